@@ -1,0 +1,54 @@
+//! Maps cgroup ids (as BPF sees them) to cgroup v2 paths.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// A cgroup v2 id is the inode number of its directory; a walk of the hierarchy maps them all.
+#[derive(Default)]
+pub(crate) struct CgroupResolver {
+    by_id: HashMap<u64, String>,
+    last_walk: Option<Instant>,
+}
+
+impl CgroupResolver {
+    pub(crate) fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.by_id.get(&id) {
+            return Some(p.clone());
+        }
+        // New cgroups appear all the time; re-walk at most once a second.
+        if self
+            .last_walk
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+        {
+            self.walk();
+        }
+        self.by_id.get(&id).cloned()
+    }
+
+    fn walk(&mut self) {
+        self.last_walk = Some(Instant::now());
+        self.by_id.clear();
+        let root = Path::new(CGROUP_ROOT);
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            if let Ok(md) = std::fs::metadata(&dir) {
+                let rel = dir
+                    .strip_prefix(root)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                self.by_id.insert(md.ino(), format!("/{rel}"));
+            }
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push(e.path());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The host agent: runs the CPU profiler in windows, keeps process snapshots for symbolization,
+//! labels each sample and turns every window into a [`Batch`] for a store.
+
+mod cgroups;
+mod collector;
+pub mod metrics;
+
+pub use collector::{CollectorOptions, CpuCollector, WindowReport};
+pub use metrics::AgentMetrics;
+
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Profiler(#[from] baton_profilers::ProfilerError),
+}
+
+/// This host's name, as the kernel has it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}

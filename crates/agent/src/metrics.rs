@@ -1,0 +1,167 @@
+//! The agent's own counters, shared with the HTTP server for `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use baton_profilers::CpuStats;
+
+/// Counters an agent keeps; all cumulative since start.
+#[derive(Debug, Default)]
+pub struct AgentMetrics {
+    pub windows: AtomicU64,
+    pub samples: AtomicU64,
+    pub lost_samples: AtomicU64,
+    pub kernel_stack_failures: AtomicU64,
+    pub user_stack_failures: AtomicU64,
+    pub stack_lookups_missing: AtomicU64,
+    pub bpf_run_time_ns: AtomicU64,
+    pub bpf_run_count: AtomicU64,
+    pub frames_unknown: AtomicU64,
+    pub frames_resolved: AtomicU64,
+    pub batches_written: AtomicU64,
+    pub batch_write_errors: AtomicU64,
+    pub sample_rows_written: AtomicU64,
+}
+
+impl AgentMetrics {
+    /// Replaces the profiler-derived counters with the profiler's cumulative values.
+    pub fn set_profiler(&self, s: &CpuStats) {
+        self.samples.store(s.samples, Ordering::Relaxed);
+        self.lost_samples.store(s.lost(), Ordering::Relaxed);
+        self.kernel_stack_failures
+            .store(s.kernel_stack_failed, Ordering::Relaxed);
+        self.user_stack_failures
+            .store(s.user_stack_failed, Ordering::Relaxed);
+        self.stack_lookups_missing
+            .store(s.stack_lookup_missing, Ordering::Relaxed);
+        self.bpf_run_time_ns
+            .store(s.prog_run_time_ns, Ordering::Relaxed);
+        self.bpf_run_count
+            .store(s.prog_run_count, Ordering::Relaxed);
+    }
+
+    /// `(name, help, kind, value)` for each counter, in Prometheus naming.
+    pub fn export(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        vec![
+            (
+                "baton_windows_total",
+                "Profiling windows drained.",
+                "counter",
+                g(&self.windows),
+            ),
+            (
+                "baton_samples_total",
+                "CPU samples taken by the BPF program.",
+                "counter",
+                g(&self.samples),
+            ),
+            (
+                "baton_lost_samples_total",
+                "Samples taken but not recorded (map full or program missed).",
+                "counter",
+                g(&self.lost_samples),
+            ),
+            (
+                "baton_kernel_stack_failures_total",
+                "Samples whose kernel stack could not be collected.",
+                "counter",
+                g(&self.kernel_stack_failures),
+            ),
+            (
+                "baton_user_stack_failures_total",
+                "Samples whose user stack could not be collected.",
+                "counter",
+                g(&self.user_stack_failures),
+            ),
+            (
+                "baton_stack_lookups_missing_total",
+                "Samples whose stack id was gone from the stack map at drain time.",
+                "counter",
+                g(&self.stack_lookups_missing),
+            ),
+            (
+                "baton_bpf_run_time_seconds_total",
+                "Run time of Baton's BPF programs (kernel bpf stats).",
+                "counter",
+                g(&self.bpf_run_time_ns) / 1e9,
+            ),
+            (
+                "baton_bpf_run_count_total",
+                "Runs of Baton's BPF programs.",
+                "counter",
+                g(&self.bpf_run_count),
+            ),
+            (
+                "baton_frames_resolved_total",
+                "Frames symbolized on this host.",
+                "counter",
+                g(&self.frames_resolved),
+            ),
+            (
+                "baton_frames_unknown_total",
+                "Frames left as module+offset.",
+                "counter",
+                g(&self.frames_unknown),
+            ),
+            (
+                "baton_batches_written_total",
+                "Batches written to the store.",
+                "counter",
+                g(&self.batches_written),
+            ),
+            (
+                "baton_batch_write_errors_total",
+                "Batches the store refused.",
+                "counter",
+                g(&self.batch_write_errors),
+            ),
+            (
+                "baton_sample_rows_written_total",
+                "Sample rows written to the store.",
+                "counter",
+                g(&self.sample_rows_written),
+            ),
+            (
+                "baton_agent_cpu_seconds_total",
+                "CPU time used by the baton process itself.",
+                "counter",
+                self_cpu_seconds(),
+            ),
+            (
+                "baton_agent_resident_bytes",
+                "Resident memory of the baton process.",
+                "gauge",
+                self_rss_bytes(),
+            ),
+        ]
+    }
+}
+
+/// User + system CPU seconds of this process, from `/proc/self/stat`.
+pub fn self_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm: state is field 3, so utime (14) and stime (15) are at 11 and 12 here.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / if hz > 0.0 { hz } else { 100.0 }
+}
+
+/// Resident set size of this process in bytes.
+pub fn self_rss_bytes() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| kb * 1024.0)
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,91 @@
+//! Helpers shared by the subcommands: logging, data directory, exit codes, tables.
+
+use std::path::PathBuf;
+
+use baton_model::TopEntry;
+use baton_profilers::ProfilerError;
+
+/// Input the user can fix: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The error chain on one line.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+/// 77 (EX_NOPERM) for missing privileges, 2 for bad input, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for c in e.chain() {
+        if let Some(p) = c.downcast_ref::<ProfilerError>() {
+            return match p {
+                ProfilerError::Permission => 77,
+                ProfilerError::UnknownProfiler { .. }
+                | ProfilerError::BadFrequency(_)
+                | ProfilerError::NoSuchProcess(_) => 2,
+                _ => 1,
+            };
+        }
+        if c.downcast_ref::<UsageError>().is_some() {
+            return 2;
+        }
+        if let Some(baton_store::StoreError::NotWritable { .. }) = c.downcast_ref() {
+            return 2;
+        }
+    }
+    1
+}
+
+/// `/var/lib/baton` for root, else `$XDG_DATA_HOME/baton` or `~/.local/share/baton`.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/baton");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("baton");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/baton")
+}
+
+/// Prints the top-functions table.
+pub fn print_top(rows: &[TopEntry], limit: usize) {
+    println!("{:>7} {:>7}  FUNCTION", "SELF%", "TOTAL%");
+    for r in rows.iter().take(limit) {
+        println!(
+            "{:>7.2} {:>7.2}  {}",
+            r.self_percent, r.total_percent, r.function
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! The `baton` binary: turns command-line arguments into plain option structs and calls the
+//! library crates. clap stops here.
+
+mod common;
+mod query;
+mod record;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Baton: a profiling orchestrator for Linux hosts",
+    long_about = "Baton runs BPF profilers on this host, symbolizes their stacks and stores them \
+                  in an embedded DuckDB store with a web UI.\n\n\
+                  Quick start:\n  sudo baton record cpu -- ./my-program   # profile one command\n  \
+                  sudo baton up                           # profile the whole host, UI on :7070",
+    after_help = "Exit codes: 0 success, 1 runtime error, 2 bad usage or input, 77 missing privileges."
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Profile processes on this host for a while and print or write the result. Needs no server.
+    #[command(after_help = "Examples:\n  \
+        sudo baton record cpu --pid 1234 --duration 30s\n  \
+        sudo baton record cpu --all --frequency 49 --output host.svg\n  \
+        sudo baton record cpu --output prof.pb.gz -- ./bench --iterations 100\n  \
+        go tool pprof -top prof.pb.gz\n\n\
+        The output format follows the file extension (.pb.gz, .folded, .speedscope.json, .svg, \
+        .json) unless --format says otherwise. Without --output a top-functions table is printed.")]
+    Record(RecordArgs),
+    /// Profile every process on this host continuously, store it, and serve the API and UI.
+    #[command(
+        after_help = "Open http://127.0.0.1:7070/ for the flame graph. Data stays in --data across \
+        restarts. SIGINT or SIGTERM stops cleanly: BPF is detached and the last window is written."
+    )]
+    Up(UpArgs),
+    /// Query a running `baton up` (or server) over HTTP.
+    #[command(after_help = "Examples:\n  \
+        baton query --since 15m --filter comm=nginx\n  \
+        baton query --since 1h --format pprof --output cpu.pb.gz\n  \
+        baton query --since 5m --format collapsed | flamegraph.pl > cpu.svg")]
+    Query(QueryArgs),
+}
+
+#[derive(Args)]
+pub struct RecordArgs {
+    /// The profiler to run (today: cpu).
+    pub profiler: String,
+    /// Profile these processes (repeat or comma-separate). Threads and later children included.
+    #[arg(long, value_delimiter = ',', conflicts_with = "all")]
+    pub pid: Vec<u32>,
+    /// Profile every process on the host.
+    #[arg(long)]
+    pub all: bool,
+    /// How long to record, e.g. 10s, 2m. With `-- CMD` the default is until the command exits.
+    #[arg(long, short = 'd')]
+    pub duration: Option<String>,
+    /// Samples per second per CPU.
+    #[arg(long, short = 'F', default_value_t = baton_profilers::cpu::DEFAULT_RECORD_HZ)]
+    pub frequency: u64,
+    /// Write the profile here; the format follows the extension unless --format is given.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// pprof, collapsed, speedscope, svg or json. Without --output, json and collapsed go to stdout.
+    #[arg(long, short = 'f')]
+    pub format: Option<String>,
+    /// Rows in the printed top-functions table.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Use the cpu-clock software event even where hardware cycles are available.
+    #[arg(long)]
+    pub cpu_clock: bool,
+    /// The command to start and profile from its first instruction.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Address for the API and UI.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// Data directory [default: /var/lib/baton for root, else ~/.local/share/baton].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Samples per second per CPU for continuous profiling.
+    #[arg(long, short = 'F', default_value_t = baton_profilers::cpu::DEFAULT_CONTINUOUS_HZ)]
+    pub frequency: u64,
+    /// Length of an aggregation window; each window becomes one batch in the store.
+    #[arg(long, default_value = "10s")]
+    pub window: String,
+    /// Use the cpu-clock software event even where hardware cycles are available.
+    #[arg(long)]
+    pub cpu_clock: bool,
+}
+
+#[derive(Args)]
+pub struct QueryArgs {
+    /// Base URL of a running baton up or server.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    #[arg(long, default_value = "cpu")]
+    pub profiler: String,
+    /// How far back to look, e.g. 5m, 1h.
+    #[arg(long, default_value = "5m")]
+    pub since: String,
+    /// Label filter, repeatable: comm=NAME, pid=N, exe=PATH, cgroup=PATH; `!=` and `~regex` too.
+    #[arg(long)]
+    pub filter: Vec<String>,
+    /// top, collapsed, pprof or json.
+    #[arg(long, short = 'f', default_value = "top")]
+    pub format: String,
+    /// Write here instead of stdout (required for pprof on a terminal).
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Rows for --format top.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    common::init_logging(&cli.log);
+    let res = match cli.command {
+        Command::Record(a) => record::run(a),
+        Command::Up(a) => up::run(a),
+        Command::Query(a) => query::run(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", common::one_line(&e));
+            ExitCode::from(common::exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! `baton query`: read profiles from a running `baton up` or server over HTTP.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use baton_model::TopEntry;
+
+use crate::common::{print_top, usage};
+use crate::QueryArgs;
+
+pub fn run(a: QueryArgs) -> anyhow::Result<ExitCode> {
+    baton_model::parse_duration(&a.since).map_err(|e| usage(format!("--since: {e}")))?;
+    let (path, export_format) = match a.format.as_str() {
+        "top" => ("/api/v1/top", None),
+        "json" => ("/api/v1/flamegraph", None),
+        "collapsed" | "folded" => ("/api/v1/export", Some("collapsed")),
+        "pprof" => ("/api/v1/export", Some("pprof")),
+        other => {
+            return Err(usage(format!(
+                "unknown --format {other:?}; use top, collapsed, pprof or json"
+            )))
+        }
+    };
+    if export_format == Some("pprof") && a.output.is_none() && std::io::stdout().is_terminal() {
+        return Err(usage("pprof is binary; write it with --output FILE.pb.gz"));
+    }
+    let mut q = form_query(&a, export_format);
+    if a.format == "top" {
+        q.push_str(&format!("&limit={}", a.top));
+    }
+    let url = format!("{}{path}?{q}", a.server.trim_end_matches('/'));
+    let resp = ureq::get(&url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .map_err(|e| anyhow::anyhow!("cannot reach {}: {e} (is `baton up` running?)", a.server))?;
+    let status = resp.status();
+    let mut body = Vec::new();
+    resp.into_body()
+        .into_reader()
+        .read_to_end(&mut body)
+        .context("reading the response")?;
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        let e = anyhow::anyhow!("server answered {status}: {msg}");
+        return Err(if status.is_client_error() {
+            usage(e.to_string())
+        } else {
+            e
+        });
+    }
+    if a.format == "top" && a.output.is_none() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).context("decoding the top table")?;
+        let rows: Vec<TopEntry> =
+            serde_json::from_value(v["rows"].clone()).context("decoding rows")?;
+        print_top(&rows, a.top);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &a.output {
+        Some(p) => {
+            std::fs::write(p, &body).with_context(|| format!("writing {}", p.display()))?;
+            eprintln!("wrote {} ({} bytes)", p.display(), body.len());
+        }
+        None => std::io::stdout().lock().write_all(&body)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn form_query(a: &QueryArgs, format: Option<&str>) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    s.append_pair("profiler", &a.profiler);
+    s.append_pair("since", &a.since);
+    for f in &a.filter {
+        s.append_pair("filter", f);
+    }
+    if let Some(f) = format {
+        s.append_pair("format", f);
+    }
+    s.finish()
+}

@@ -1,0 +1,359 @@
+//! `baton record`: profile local processes for a while, with no server.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use baton_agent::{CollectorOptions, CpuCollector};
+use baton_model::export::{self, Format};
+use baton_model::{parse_duration, Profile, ValueType};
+use baton_profilers::cpu::MAX_FREQUENCY_HZ;
+use baton_profilers::{CpuOptions, ProfilerError, ProfilerKind};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::common::{print_top, usage};
+use crate::RecordArgs;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+pub(crate) fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+pub(crate) fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT/SIGTERM end the run, keeping what was gathered.
+pub(crate) fn install_stop_handler() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// A child that is forked but blocked before `exec` until profiling is attached, so the profile
+/// starts at the command's first instruction. (std's `Command::spawn` waits for the exec, so the
+/// fork is done by hand.)
+struct GatedChild {
+    pid: libc::pid_t,
+    gate: Option<OwnedFd>,
+    status: Option<i32>,
+}
+
+/// Finds `prog` the way a shell would: a path as is, a bare name along `$PATH`.
+fn resolve_program(prog: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.is_file()
+            && p.metadata()
+                .map(|m| m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+    };
+    if prog.contains('/') {
+        let p = PathBuf::from(prog);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| executable(p))
+}
+
+impl GatedChild {
+    fn spawn(argv: &[String]) -> anyhow::Result<GatedChild> {
+        let prog = resolve_program(&argv[0])
+            .ok_or_else(|| usage(format!("command not found or not executable: {}", argv[0])))?;
+        let c_prog = CString::new(prog.as_os_str().as_bytes())
+            .map_err(|_| usage("the command contains a NUL byte"))?;
+        let c_args: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| usage("an argument contains a NUL byte"))?;
+        let mut c_argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
+        c_argv.push(std::ptr::null());
+
+        let mut fds = [0i32; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("creating the start gate");
+        }
+        // SAFETY: pipe2 returned two new descriptors that we now own.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: after fork the child only calls async-signal-safe functions (close, read,
+        // execv, _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error()).context("fork");
+        }
+        if pid == 0 {
+            // SAFETY: see above; this branch never returns.
+            unsafe {
+                libc::close(wr.as_raw_fd());
+                let mut b = 0u8;
+                let n = libc::read(rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
+                if n != 1 {
+                    // The parent gave up before profiling started: do not run the command.
+                    libc::_exit(126);
+                }
+                libc::execv(c_prog.as_ptr(), c_argv.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        drop(rd);
+        Ok(GatedChild {
+            pid,
+            gate: Some(wr),
+            status: None,
+        })
+    }
+
+    fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    fn release(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            // SAFETY: writing one byte from a valid buffer to a descriptor we own.
+            unsafe { libc::write(gate.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        }
+    }
+
+    /// The exit status once the child has exited (reaping it), else None.
+    fn try_wait(&mut self) -> Option<i32> {
+        if self.status.is_none() {
+            let mut st = 0;
+            // SAFETY: waiting on our own child with a valid status pointer.
+            if unsafe { libc::waitpid(self.pid, &mut st, libc::WNOHANG) } == self.pid {
+                self.status = Some(st);
+            }
+        }
+        self.status
+    }
+
+    fn kill(&mut self) {
+        self.gate.take();
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+fn describe_status(st: i32) -> String {
+    if libc::WIFEXITED(st) {
+        format!("exit code {}", libc::WEXITSTATUS(st))
+    } else if libc::WIFSIGNALED(st) {
+        format!("killed by signal {}", libc::WTERMSIG(st))
+    } else {
+        format!("status {st}")
+    }
+}
+
+pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
+    ProfilerKind::parse(&a.profiler)?;
+    let modes =
+        usize::from(!a.pid.is_empty()) + usize::from(a.all) + usize::from(!a.command.is_empty());
+    if modes != 1 {
+        return Err(usage(
+            "say what to profile, once: --pid PID[,PID…], --all, or -- CMD ARGS…",
+        ));
+    }
+    let duration = match &a.duration {
+        Some(d) => Some(parse_duration(d).map_err(|e| usage(format!("--duration: {e}")))?),
+        None if a.command.is_empty() => Some(Duration::from_secs(10)),
+        None => None,
+    };
+    if duration == Some(Duration::ZERO) {
+        return Err(usage("--duration must be more than zero"));
+    }
+    if a.frequency == 0 || a.frequency > MAX_FREQUENCY_HZ {
+        return Err(ProfilerError::BadFrequency(a.frequency).into());
+    }
+    let format = match (&a.format, &a.output) {
+        (Some(f), _) => Some(Format::parse(f).ok_or_else(|| {
+            usage(format!(
+                "unknown --format {f:?}; use one of {}",
+                Format::NAMES
+            ))
+        })?),
+        (None, Some(path)) => Some(Format::from_path(path).ok_or_else(|| {
+            usage(format!(
+                "cannot tell the format of {} from its extension; add --format ({})",
+                path.display(),
+                Format::NAMES
+            ))
+        })?),
+        (None, None) => None,
+    };
+    if !baton_profilers::sys::has_profiling_privileges() {
+        return Err(ProfilerError::Permission.into());
+    }
+    for &p in &a.pid {
+        if !baton_profilers::sys::process_alive(p) {
+            return Err(ProfilerError::NoSuchProcess(p).into());
+        }
+    }
+
+    install_stop_handler();
+    let mut child = if a.command.is_empty() {
+        None
+    } else {
+        Some(GatedChild::spawn(&a.command)?)
+    };
+    let targets = if a.all {
+        None
+    } else if let Some(c) = &child {
+        Some(vec![c.id()])
+    } else {
+        Some(a.pid.clone())
+    };
+    let opts = CollectorOptions {
+        cpu: CpuOptions {
+            frequency_hz: a.frequency,
+            targets,
+            follow_forks: true,
+            force_cpu_clock: a.cpu_clock,
+        },
+        host: baton_agent::hostname(),
+    };
+    let mut collector = match CpuCollector::start(&opts) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(c) = &mut child {
+                c.kill();
+            }
+            return Err(e.into());
+        }
+    };
+    if let Some(c) = &mut child {
+        c.release();
+    }
+
+    let started = Instant::now();
+    let bar = match duration {
+        Some(d) => {
+            let b = ProgressBar::new(d.as_millis() as u64);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} recording {bar:30} {elapsed}/{duration} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        }
+        None => {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} recording until the command exits {elapsed} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b
+        }
+    };
+    let mut ended_early = None;
+    let mut child_status = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        collector.discover();
+        let elapsed = started.elapsed();
+        bar.set_position(elapsed.as_millis() as u64);
+        bar.set_message(format!("{} samples", collector.stats().samples));
+        if STOP.load(Ordering::SeqCst) {
+            ended_early = Some("interrupted");
+            break;
+        }
+        if duration.is_some_and(|d| elapsed >= d) {
+            break;
+        }
+        if let Some(c) = &mut child {
+            if let Some(st) = c.try_wait() {
+                child_status = Some(st);
+                // Children it forked may still run; stop once they are gone too.
+                if collector.live_targets().is_empty() {
+                    break;
+                }
+            }
+        } else if !a.all && collector.live_targets().is_empty() {
+            ended_early = Some("every target process exited");
+            break;
+        }
+    }
+    let report = collector.collect(None)?;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    let stats = report.stats;
+    let processes: std::collections::HashSet<&str> = report
+        .batch
+        .samples
+        .iter()
+        .filter_map(|s| s.labels.get("pid").map(String::as_str))
+        .collect();
+    eprintln!(
+        "recorded {:.1}s of cpu at {} Hz on {}: {} samples from {} processes \
+         (lost {}, kernel-stack failures {}, user-stack failures {})",
+        elapsed.as_secs_f64(),
+        collector.frequency_hz(),
+        collector.event().name(),
+        report.sample_count,
+        processes.len(),
+        stats.lost(),
+        stats.kernel_stack_failed,
+        stats.user_stack_failed,
+    );
+    if let Some(why) = ended_early {
+        eprintln!("ended early: {why}; the profile holds the data gathered so far");
+    }
+    if let Some(st) = child_status {
+        eprintln!("command ended: {}", describe_status(st));
+    }
+
+    let mut profile = Profile::new(ValueType::cpu_nanoseconds());
+    profile.period_ns = Some(collector.period_ns());
+    profile.event = Some(collector.event().name().to_string());
+    profile.start_unix_ns = (report.batch.ts_ms - elapsed.as_millis() as i64) * 1_000_000;
+    profile.duration_ns = elapsed.as_nanos() as i64;
+    profile.samples = report.batch.samples;
+    drop(collector);
+
+    if profile.samples.is_empty() {
+        eprintln!("no samples: the targets used no CPU while recording");
+    }
+    match (&a.output, format) {
+        (Some(path), Some(f)) => {
+            let file =
+                File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            let mut w = BufWriter::new(file);
+            export::write(&profile, f, &mut w)?;
+            w.flush()?;
+            print_top(&profile.top_functions(), a.top);
+            eprintln!("wrote {} ({})", path.display(), f.name());
+        }
+        (None, Some(f)) => {
+            if f == Format::Pprof && std::io::stdout().is_terminal() {
+                return Err(usage("pprof is binary; write it with --output FILE.pb.gz"));
+            }
+            let mut out = std::io::stdout().lock();
+            export::write(&profile, f, &mut out)?;
+            out.flush()?;
+        }
+        _ => print_top(&profile.top_functions(), a.top),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,62 @@
+//! speedscope's file format: one "sampled" profile with shared frames and weights.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use serde_json::json;
+
+use crate::profile::Profile;
+
+pub fn write(profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
+    let mut frames: Vec<serde_json::Value> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut samples: Vec<Vec<usize>> = Vec::new();
+    let mut weights: Vec<f64> = Vec::new();
+    for s in &profile.samples {
+        let w = s.weighted();
+        if w == 0.0 {
+            continue;
+        }
+        let mut ids = Vec::with_capacity(s.stack.len());
+        for f in s.stack.iter().rev() {
+            let name = f.display_name();
+            let id = match index.get(&name) {
+                Some(&i) => i,
+                None => {
+                    let mut fr = json!({ "name": name });
+                    if let Some(file) = &f.file {
+                        fr["file"] = json!(file);
+                    }
+                    if let Some(line) = f.line {
+                        fr["line"] = json!(line);
+                    }
+                    frames.push(fr);
+                    index.insert(name, frames.len() - 1);
+                    frames.len() - 1
+                }
+            };
+            ids.push(id);
+        }
+        samples.push(ids);
+        weights.push(w);
+    }
+    let total: f64 = weights.iter().sum();
+    let doc = json!({
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "exporter": "baton",
+        "name": "baton profile",
+        "activeProfileIndex": 0,
+        "shared": { "frames": frames },
+        "profiles": [{
+            "type": "sampled",
+            "name": profile.event.clone().unwrap_or_else(|| profile.value_type.kind.clone()),
+            "unit": profile.value_type.unit,
+            "startValue": 0,
+            "endValue": total,
+            "samples": samples,
+            "weights": weights,
+        }],
+    });
+    serde_json::to_writer(&mut *out, &doc)?;
+    out.write_all(b"\n")
+}

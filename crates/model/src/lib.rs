@@ -1,0 +1,17 @@
+//! Shared, I/O-free types for Baton: frames, stacks, profiles, flame trees and export formats.
+//!
+//! Everything that crosses a crate boundary or the wire is defined here. Nothing in this crate
+//! touches the file system, the network or the kernel; writers take a `std::io::Write`.
+
+pub mod batch;
+pub mod duration;
+pub mod export;
+pub mod flame;
+pub mod frame;
+pub mod profile;
+
+pub use batch::Batch;
+pub use duration::{parse_duration, DurationError};
+pub use flame::{FlameNode, TopEntry};
+pub use frame::{Frame, FrameKind};
+pub use profile::{Labels, Profile, StackSample, ValueType};

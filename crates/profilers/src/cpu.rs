@@ -1,0 +1,420 @@
+//! The CPU profiler: BPF on a sampling perf event on every online CPU, aggregating stacks in BPF
+//! maps that user space drains once per window.
+//!
+//! Two buffers (a counts map and a stack map each) alternate: a drain flips `active_buffer`,
+//! waits for in-flight programs, then reads and clears the idle buffer. Stack ids therefore never
+//! point into a stack map that was cleared under them.
+//!
+//! User stacks come from frame pointers today (`bpf_get_stackid(BPF_F_USER_STACK)`). A sample's
+//! user stack is a plain address list tagged with its [`UserStackOrigin`]; a DWARF unwinder plugs
+//! in by producing the same list from a copied stack, and nothing downstream changes.
+
+use std::collections::{HashMap, HashSet};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
+
+use crate::perf::{open_sampling_event, SamplingEvent};
+use crate::sys;
+use crate::ProfilerError;
+
+mod skel {
+    #![allow(
+        clippy::all,
+        clippy::pedantic,
+        unused,
+        missing_docs,
+        non_camel_case_types
+    )]
+    include!(concat!(env!("OUT_DIR"), "/cpu.skel.rs"));
+}
+use skel::{CpuSkel, CpuSkelBuilder};
+
+/// Highest sampling frequency accepted; perf's default ceiling is far above what a profiler of
+/// production hosts should use.
+pub const MAX_FREQUENCY_HZ: u64 = 10_000;
+/// Default frequency for continuous profiling (`baton up`).
+pub const DEFAULT_CONTINUOUS_HZ: u64 = 19;
+/// Default frequency for `baton record`.
+pub const DEFAULT_RECORD_HZ: u64 = 99;
+
+const STACK_DEPTH: usize = 127;
+const KEY_SIZE: usize = 40;
+
+/// How the CPU profiler is set up.
+#[derive(Debug, Clone)]
+pub struct CpuOptions {
+    pub frequency_hz: u64,
+    /// Only these processes (and, with `follow_forks`, their children); `None` is every process.
+    pub targets: Option<Vec<u32>>,
+    pub follow_forks: bool,
+    /// Force the software clock even where a PMU exists.
+    pub force_cpu_clock: bool,
+}
+
+/// How a sample's user stack was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserStackOrigin {
+    FramePointers,
+}
+
+/// One aggregated sample as the kernel gave it: raw addresses, leaf first.
+#[derive(Debug, Clone)]
+pub struct RawSample {
+    pub pid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    pub kernel: Vec<u64>,
+    pub user: Vec<u64>,
+    pub user_origin: UserStackOrigin,
+    pub count: u64,
+}
+
+/// Counters of the CPU profiler, cumulative since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CpuStats {
+    pub samples: u64,
+    pub lost_map_full: u64,
+    pub kernel_stack_failed: u64,
+    pub user_stack_failed: u64,
+    pub idle: u64,
+    pub filtered: u64,
+    pub forks_followed: u64,
+    /// Stack ids recorded by BPF whose stack was no longer in the map at drain time.
+    pub stack_lookup_missing: u64,
+    /// Times the BPF program could not run (recursion or contention), from the kernel.
+    pub prog_misses: u64,
+    pub prog_run_time_ns: u64,
+    pub prog_run_count: u64,
+}
+
+impl CpuStats {
+    /// Samples that were taken but are not in any window.
+    pub fn lost(&self) -> u64 {
+        self.lost_map_full + self.prog_misses
+    }
+}
+
+/// A drained window: its samples and the counters at the end of it.
+#[derive(Debug)]
+pub struct Window {
+    pub samples: Vec<RawSample>,
+    pub stats: CpuStats,
+    pub elapsed: Duration,
+}
+
+/// A running CPU profiler. Dropping it detaches every program and closes every event.
+pub struct CpuProfiler {
+    skel: CpuSkel<'static>,
+    _links: Vec<Link>,
+    _events: Vec<OwnedFd>,
+    _stats_fd: Option<OwnedFd>,
+    event: SamplingEvent,
+    frequency_hz: u64,
+    active: u32,
+    stack_lookup_missing: u64,
+    last_drain: Instant,
+}
+
+impl CpuProfiler {
+    /// Loads the BPF program and attaches it to a sampling event on every online CPU.
+    pub fn start(opts: &CpuOptions) -> Result<CpuProfiler, ProfilerError> {
+        if opts.frequency_hz == 0 || opts.frequency_hz > MAX_FREQUENCY_HZ {
+            return Err(ProfilerError::BadFrequency(opts.frequency_hz));
+        }
+        if !sys::has_profiling_privileges() {
+            return Err(ProfilerError::Permission);
+        }
+        if let Some(pids) = &opts.targets {
+            if let Some(&p) = pids.iter().find(|&&p| !sys::process_alive(p)) {
+                return Err(ProfilerError::NoSuchProcess(p));
+            }
+        }
+        // The skeleton borrows its object storage for its whole life; a profiler lives about as
+        // long as the process, so the few hundred bytes are leaked on purpose.
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = CpuSkelBuilder::default()
+            .open(storage)
+            .map_err(ProfilerError::bpf("opening the cpu skeleton"))?;
+        let filter = opts.targets.is_some();
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.filter_targets = u8::from(filter);
+            ro.follow_forks = u8::from(filter && opts.follow_forks);
+        }
+        if !(filter && opts.follow_forks) {
+            open.progs.on_fork.set_autoload(false);
+        }
+        let skel = open
+            .load()
+            .map_err(ProfilerError::bpf("loading the cpu program"))?;
+
+        if let Some(pids) = &opts.targets {
+            for &p in pids {
+                skel.maps
+                    .targets
+                    .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)
+                    .map_err(ProfilerError::bpf("adding a target pid"))?;
+            }
+        }
+
+        let mut links = Vec::new();
+        if filter && opts.follow_forks {
+            links.push(
+                skel.progs
+                    .on_fork
+                    .attach()
+                    .map_err(ProfilerError::bpf("attaching the fork tracepoint"))?,
+            );
+        }
+
+        let cpus = sys::online_cpus().map_err(ProfilerError::CpuList)?;
+        let mut event = if opts.force_cpu_clock {
+            SamplingEvent::CpuClock
+        } else {
+            SamplingEvent::Cycles
+        };
+        let mut events = Vec::with_capacity(cpus.len());
+        for &cpu in &cpus {
+            let fd = match open_sampling_event(event, cpu, opts.frequency_hz) {
+                Ok(fd) => fd,
+                Err(e) if event == SamplingEvent::Cycles && events.is_empty() => {
+                    tracing::info!(error = %e, "hardware cycles unavailable; using cpu-clock");
+                    event = SamplingEvent::CpuClock;
+                    open_sampling_event(event, cpu, opts.frequency_hz)
+                        .map_err(|source| perf_error(event, cpu, source))?
+                }
+                Err(source) => return Err(perf_error(event, cpu, source)),
+            };
+            let link = skel
+                .progs
+                .on_cpu_sample
+                .attach_perf_event(fd.as_raw_fd())
+                .map_err(ProfilerError::bpf("attaching to the perf event"))?;
+            events.push(fd);
+            links.push(link);
+        }
+        let stats_fd = sys::enable_bpf_run_time_stats()
+            .map_err(|e| tracing::debug!(error = %e, "BPF run-time stats unavailable"))
+            .ok();
+        Ok(CpuProfiler {
+            skel,
+            _links: links,
+            _events: events,
+            _stats_fd: stats_fd,
+            event,
+            frequency_hz: opts.frequency_hz,
+            active: 0,
+            stack_lookup_missing: 0,
+            last_drain: Instant::now(),
+        })
+    }
+
+    /// The perf event that drives sampling.
+    pub fn event(&self) -> SamplingEvent {
+        self.event
+    }
+
+    pub fn frequency_hz(&self) -> u64 {
+        self.frequency_hz
+    }
+
+    /// Nanoseconds of CPU time one sample stands for.
+    pub fn period_ns(&self) -> u64 {
+        1_000_000_000 / self.frequency_hz
+    }
+
+    /// Pids in the targeted set (grows as children are followed).
+    pub fn target_pids(&self) -> Vec<u32> {
+        self.skel
+            .maps
+            .targets
+            .keys()
+            .filter_map(|k| {
+                k.get(..4)
+                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            })
+            .collect()
+    }
+
+    /// Pids that have samples in the filling buffer, without draining it. Lets the agent
+    /// snapshot a process's mappings before the process can exit.
+    pub fn pending_pids(&self) -> HashSet<u32> {
+        let counts = if self.active == 0 {
+            &self.skel.maps.counts0
+        } else {
+            &self.skel.maps.counts1
+        };
+        counts
+            .keys()
+            .filter_map(|k| {
+                k.get(..4)
+                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            })
+            .collect()
+    }
+
+    /// Cumulative counters.
+    pub fn stats(&self) -> CpuStats {
+        let mut s = CpuStats::default();
+        for (i, slot) in [
+            &mut s.samples,
+            &mut s.lost_map_full,
+            &mut s.kernel_stack_failed,
+            &mut s.user_stack_failed,
+            &mut s.idle,
+            &mut s.filtered,
+            &mut s.forks_followed,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = (i as u32).to_ne_bytes();
+            if let Ok(Some(per_cpu)) = self.skel.maps.stats.lookup_percpu(&key, MapFlags::ANY) {
+                *slot = per_cpu
+                    .iter()
+                    .filter_map(|v| {
+                        v.get(..8)
+                            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                    })
+                    .sum();
+            }
+        }
+        s.stack_lookup_missing = self.stack_lookup_missing;
+        if let Some(info) = prog_info(self.skel.progs.on_cpu_sample.as_fd().as_raw_fd()) {
+            s.prog_run_time_ns = info.run_time_ns;
+            s.prog_run_count = info.run_cnt;
+            s.prog_misses = info.recursion_misses;
+        }
+        s
+    }
+
+    /// Flips buffers and returns everything aggregated since the last drain.
+    pub fn drain(&mut self) -> Result<Window, ProfilerError> {
+        let old = self.active;
+        self.active = 1 - old;
+        if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
+            bss.active_buffer = self.active;
+        }
+        // A program that read the old index just before the flip finishes within microseconds.
+        std::thread::sleep(Duration::from_millis(5));
+        let elapsed = self.last_drain.elapsed();
+        self.last_drain = Instant::now();
+
+        let (counts, stacks) = if old == 0 {
+            (&self.skel.maps.counts0, &self.skel.maps.stacks0)
+        } else {
+            (&self.skel.maps.counts1, &self.skel.maps.stacks1)
+        };
+        let keys: Vec<Vec<u8>> = counts.keys().collect();
+        let mut stack_cache: HashMap<i32, Option<Vec<u64>>> = HashMap::new();
+        let mut samples = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(count) = counts
+                .lookup(&key, MapFlags::ANY)
+                .map_err(ProfilerError::bpf("reading a count"))?
+                .and_then(|v| {
+                    v.get(..8)
+                        .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                })
+            else {
+                continue;
+            };
+            let _ = counts.delete(&key);
+            if key.len() < KEY_SIZE {
+                continue;
+            }
+            let u32_at =
+                |o: usize| u32::from_ne_bytes([key[o], key[o + 1], key[o + 2], key[o + 3]]);
+            let pid = u32_at(0);
+            let tid = u32_at(4);
+            let cgroup_id = u64::from_ne_bytes(key[8..16].try_into().unwrap_or([0; 8]));
+            let kstack = u32_at(16) as i32;
+            let ustack = u32_at(20) as i32;
+            let comm_bytes = &key[24..40];
+            let end = comm_bytes.iter().position(|&b| b == 0).unwrap_or(16);
+            let comm = String::from_utf8_lossy(&comm_bytes[..end]).into_owned();
+            let mut fetch = |id: i32| -> Vec<u64> {
+                if id < 0 {
+                    return Vec::new();
+                }
+                let entry = stack_cache.entry(id).or_insert_with(|| {
+                    stacks
+                        .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+                        .ok()
+                        .flatten()
+                        .map(|raw| {
+                            raw.chunks_exact(8)
+                                .take(STACK_DEPTH)
+                                .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+                                .take_while(|&a| a != 0)
+                                .collect()
+                        })
+                });
+                match entry {
+                    Some(v) => v.clone(),
+                    None => {
+                        self.stack_lookup_missing += count;
+                        Vec::new()
+                    }
+                }
+            };
+            let kernel = fetch(kstack);
+            let user = fetch(ustack);
+            samples.push(RawSample {
+                pid,
+                tid,
+                cgroup_id,
+                comm,
+                kernel,
+                user,
+                user_origin: UserStackOrigin::FramePointers,
+                count,
+            });
+        }
+        // Clear the whole idle stack map, including stacks whose count could not be stored.
+        let stack_keys: Vec<Vec<u8>> = stacks.keys().collect();
+        for k in stack_keys {
+            let _ = stacks.delete(&k);
+        }
+        Ok(Window {
+            samples,
+            stats: self.stats(),
+            elapsed,
+        })
+    }
+}
+
+fn perf_error(event: SamplingEvent, cpu: u32, source: std::io::Error) -> ProfilerError {
+    if matches!(
+        source.raw_os_error(),
+        Some(libc::EACCES) | Some(libc::EPERM)
+    ) {
+        ProfilerError::Permission
+    } else {
+        ProfilerError::PerfEventOpen {
+            event: event.name(),
+            cpu,
+            source,
+        }
+    }
+}
+
+fn prog_info(fd: i32) -> Option<libbpf_rs::libbpf_sys::bpf_prog_info> {
+    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&info) as u32;
+    // SAFETY: `info` is a zeroed bpf_prog_info of `len` bytes with no output buffers requested,
+    // so the kernel writes only into it.
+    let ret = unsafe {
+        libbpf_rs::libbpf_sys::bpf_obj_get_info_by_fd(
+            fd,
+            (&mut info as *mut libbpf_rs::libbpf_sys::bpf_prog_info).cast(),
+            &mut len,
+        )
+    };
+    (ret == 0).then_some(info)
+}

@@ -1,0 +1,119 @@
+//! Parsing of API query strings into a store [`Query`].
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use baton_model::export::Format;
+use baton_model::parse_duration;
+use baton_store::{Filter, Query};
+
+/// Everything an API call may say.
+#[derive(Debug, Clone)]
+pub struct ApiParams {
+    pub query: Query,
+    pub step_ms: i64,
+    pub limit: usize,
+    pub format: Option<Format>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Parses `profiler`, `since` or `from`/`to`, `filter` (repeatable), `step`, `limit`, `format`.
+pub fn parse_params(raw: &str) -> Result<ApiParams, String> {
+    let mut profiler = "cpu".to_string();
+    let mut since = None;
+    let mut from = None;
+    let mut to = None;
+    let mut filters = Vec::new();
+    let mut step = None;
+    let mut limit = 100usize;
+    let mut format = None;
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        match k.as_ref() {
+            "profiler" => profiler = v.into_owned(),
+            "since" => {
+                since = Some(
+                    parse_duration(&v)
+                        .map_err(|e| format!("since: {e}"))?
+                        .as_millis() as i64,
+                )
+            }
+            "from" => {
+                from = Some(
+                    v.parse::<i64>()
+                        .map_err(|_| format!("from: {v:?} is not Unix milliseconds"))?,
+                )
+            }
+            "to" => {
+                to = Some(
+                    v.parse::<i64>()
+                        .map_err(|_| format!("to: {v:?} is not Unix milliseconds"))?,
+                )
+            }
+            "filter" => {
+                if !v.is_empty() {
+                    filters.push(Filter::parse(&v).map_err(|e| e.to_string())?)
+                }
+            }
+            "step" => {
+                step = Some(
+                    parse_duration(&v)
+                        .map_err(|e| format!("step: {e}"))?
+                        .as_millis() as i64,
+                )
+            }
+            "limit" => {
+                limit = v
+                    .parse()
+                    .map_err(|_| format!("limit: {v:?} is not a number"))?
+            }
+            "format" => {
+                format = Some(Format::parse(&v).ok_or_else(|| {
+                    format!("format: unknown {v:?}; use one of {}", Format::NAMES)
+                })?)
+            }
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    let now = now_ms();
+    let to_ms = to.unwrap_or(now + 1);
+    let from_ms = from.unwrap_or_else(|| to_ms - since.unwrap_or(3_600_000));
+    if from_ms >= to_ms {
+        return Err("the time range is empty: from must be before to".into());
+    }
+    // About 60 buckets across the range unless a step is given, never finer than 1 s.
+    let step_ms = step.unwrap_or(((to_ms - from_ms) / 60).max(1000));
+    Ok(ApiParams {
+        query: Query {
+            profiler,
+            from_ms,
+            to_ms,
+            filters,
+        },
+        step_ms,
+        limit,
+        format,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_repeated_filters_and_ranges() {
+        let p = parse_params("since=5m&filter=comm%3Dnginx&filter=pid%3D7&limit=5").expect("ok");
+        assert_eq!(p.query.filters.len(), 2);
+        assert_eq!(p.query.to_ms - p.query.from_ms, 300_000);
+        assert_eq!(p.limit, 5);
+        let p = parse_params("from=1000&to=61000").expect("ok");
+        assert_eq!(p.step_ms, 1000);
+        assert!(parse_params("since=5x").is_err());
+        assert!(parse_params("bogus=1").is_err());
+        assert!(parse_params("from=5&to=5").is_err());
+    }
+}

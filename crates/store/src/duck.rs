@@ -1,0 +1,528 @@
+//! The embedded DuckDB backend.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use baton_model::batch::fnv1a;
+use baton_model::{Batch, Frame, FrameKind, Labels, Profile, StackSample, ValueType};
+use duckdb::types::Value;
+use duckdb::{params, params_from_iter, Connection};
+
+use crate::query::{Param, Query};
+use crate::schema::{MIGRATIONS, SCHEMA_VERSION};
+use crate::{Point, Store, StoreError};
+
+/// DuckDB file name inside the data directory.
+pub const DB_FILE: &str = "baton.duckdb";
+
+pub struct DuckDbStore {
+    conn: Connection,
+    path: PathBuf,
+    known_frames: HashSet<u64>,
+    known_stacks: HashSet<u64>,
+    known_symbols: HashSet<(String, u64)>,
+    /// Frames and stacks read back for queries; both are immutable once written.
+    frame_cache: HashMap<u64, Frame>,
+    stack_cache: HashMap<u64, Vec<u64>>,
+}
+
+fn to_values(params: &[Param]) -> Vec<Value> {
+    params
+        .iter()
+        .map(|p| match p {
+            Param::Text(s) => Value::Text(s.clone()),
+            Param::Int(i) => Value::BigInt(*i),
+        })
+        .collect()
+}
+
+/// The key of a user frame's symbol: its build ID, or its path when the ELF has none.
+fn symbol_key(f: &Frame) -> String {
+    match &f.build_id {
+        Some(b) => b.clone(),
+        None => format!("path:{}", f.module),
+    }
+}
+
+fn frame_id(f: &Frame) -> u64 {
+    fnv1a(&[
+        &[f.kind.as_u8()],
+        f.module.as_bytes(),
+        f.build_id.as_deref().unwrap_or("").as_bytes(),
+        &f.address.to_le_bytes(),
+    ])
+}
+
+fn stack_id(frame_ids: &[u64]) -> u64 {
+    let bytes: Vec<u8> = frame_ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    fnv1a(&[&bytes])
+}
+
+impl DuckDbStore {
+    /// Opens (creating and migrating as needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<DuckDbStore, StoreError> {
+        let not_writable = |source| StoreError::NotWritable {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(not_writable)?;
+        // DuckDB's own error for a read-only directory is obscure; probe first.
+        let probe = dir.join(".baton-write-probe");
+        std::fs::write(&probe, b"ok").map_err(not_writable)?;
+        let _ = std::fs::remove_file(&probe);
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        let mut store = DuckDbStore {
+            conn,
+            path,
+            known_frames: HashSet::new(),
+            known_stacks: HashSet::new(),
+            known_symbols: HashSet::new(),
+            frame_cache: HashMap::new(),
+            stack_cache: HashMap::new(),
+        };
+        store.migrate()?;
+        store.load_known()?;
+        Ok(store)
+    }
+
+    /// Opens a throwaway in-memory store (tests and benchmarks).
+    pub fn in_memory() -> Result<DuckDbStore, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        let mut store = DuckDbStore {
+            conn,
+            path: PathBuf::from(":memory:"),
+            known_frames: HashSet::new(),
+            known_stacks: HashSet::new(),
+            known_symbols: HashSet::new(),
+            frame_cache: HashMap::new(),
+            stack_cache: HashMap::new(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Schema version in the file.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(max(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL, applied_ms BIGINT NOT NULL)",
+        )?;
+        let current = self.schema_version()?;
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: self.path.display().to_string(),
+                found: current,
+                known: SCHEMA_VERSION,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let version = i as i64 + 1;
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_version VALUES (?, epoch_ms(now()))",
+                params![version],
+            )?;
+            tx.commit()?;
+            tracing::info!(version, "store schema migrated");
+        }
+        Ok(())
+    }
+
+    fn load_known(&mut self) -> Result<(), StoreError> {
+        let mut st = self.conn.prepare("SELECT frame_id FROM frames")?;
+        self.known_frames = st
+            .query_map([], |r| r.get::<_, u64>(0))?
+            .collect::<Result<_, _>>()?;
+        let mut st = self.conn.prepare("SELECT stack_id FROM stacks")?;
+        self.known_stacks = st
+            .query_map([], |r| r.get::<_, u64>(0))?
+            .collect::<Result<_, _>>()?;
+        let mut st = self
+            .conn
+            .prepare("SELECT build_id, file_offset FROM symbols")?;
+        self.known_symbols = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
+    /// Frames of the given stacks, reading what is not cached.
+    fn resolve_stacks(&mut self, ids: &[u64]) -> Result<HashMap<u64, Vec<Frame>>, StoreError> {
+        let missing: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|i| !self.stack_cache.contains_key(i))
+            .collect();
+        for chunk in missing.chunks(2048) {
+            let list = chunk
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut st = self.conn.prepare(&format!(
+                "SELECT stack_id, frame_ids FROM stacks WHERE stack_id IN ({list})"
+            ))?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (sid, text) = row?;
+                let frames = text.split(',').filter_map(|s| s.parse().ok()).collect();
+                self.stack_cache.insert(sid, frames);
+            }
+        }
+        let mut need_frames: Vec<u64> = ids
+            .iter()
+            .filter_map(|i| self.stack_cache.get(i))
+            .flatten()
+            .copied()
+            .filter(|f| !self.frame_cache.contains_key(f))
+            .collect();
+        need_frames.sort_unstable();
+        need_frames.dedup();
+        for chunk in need_frames.chunks(2048) {
+            let list = chunk
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "SELECT f.frame_id, f.kind, f.module, f.build_id, f.address, f.name, s.function, s.file, s.line
+                 FROM frames f LEFT JOIN symbols s
+                   ON s.build_id = coalesce(f.build_id, 'path:' || f.module) AND s.file_offset = f.address AND f.kind = 1
+                 WHERE f.frame_id IN ({list})"
+            );
+            let mut st = self.conn.prepare(&sql)?;
+            let rows = st.query_map([], |r| {
+                let kind: u8 = r.get(1)?;
+                let name: Option<String> = r.get(5)?;
+                let function: Option<String> = r.get(6)?;
+                Ok((
+                    r.get::<_, u64>(0)?,
+                    Frame {
+                        kind: FrameKind::from_u8(kind).unwrap_or(FrameKind::User),
+                        function: name.or(function),
+                        module: r.get(2)?,
+                        build_id: r.get(3)?,
+                        address: r.get(4)?,
+                        file: r.get(7)?,
+                        line: r.get::<_, Option<i32>>(8)?.map(|l| l as u32),
+                    },
+                ))
+            })?;
+            for row in rows {
+                let (fid, f) = row?;
+                self.frame_cache.insert(fid, f);
+            }
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|sid| {
+                let fids = self.stack_cache.get(sid)?;
+                Some((
+                    *sid,
+                    fids.iter()
+                        .filter_map(|f| self.frame_cache.get(f).cloned())
+                        .collect(),
+                ))
+            })
+            .collect())
+    }
+}
+
+impl Store for DuckDbStore {
+    fn write_batch(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut new_frames = Vec::new();
+        let mut new_symbols = Vec::new();
+        let mut new_stacks = Vec::new();
+        let mut rows = Vec::with_capacity(batch.samples.len());
+        for s in &batch.samples {
+            let mut fids = Vec::with_capacity(s.stack.len());
+            for f in &s.stack {
+                let fid = frame_id(f);
+                if self.known_frames.insert(fid) {
+                    new_frames.push((fid, f));
+                }
+                if f.kind == FrameKind::User {
+                    if let Some(func) = &f.function {
+                        let key = (symbol_key(f), f.address);
+                        if !self.known_symbols.contains(&key) {
+                            self.known_symbols.insert(key.clone());
+                            new_symbols.push((key, func, f));
+                        }
+                    }
+                }
+                fids.push(fid);
+            }
+            let sid = stack_id(&fids);
+            if self.known_stacks.insert(sid) {
+                new_stacks.push((sid, fids));
+            }
+            rows.push((sid, s));
+        }
+        {
+            let mut app = tx.appender("frames")?;
+            for (fid, f) in &new_frames {
+                let name = match f.kind {
+                    FrameKind::User => None,
+                    _ => f.function.clone(),
+                };
+                app.append_row(params![
+                    fid,
+                    f.kind.as_u8(),
+                    f.module,
+                    f.build_id,
+                    f.address,
+                    name
+                ])?;
+            }
+            let mut app = tx.appender("symbols")?;
+            for ((key, off), func, f) in &new_symbols {
+                app.append_row(params![key, off, func, f.file, f.line.map(|l| l as i32)])?;
+            }
+            let mut app = tx.appender("stacks")?;
+            for (sid, fids) in &new_stacks {
+                let text = fids
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                app.append_row(params![sid, text])?;
+            }
+            let mut app = tx.appender("samples")?;
+            for (sid, s) in &rows {
+                let l = |k: &str| s.labels.get(k).cloned();
+                let num = |k: &str| s.labels.get(k).and_then(|v| v.parse::<i32>().ok());
+                app.append_row(params![
+                    batch.ts_ms,
+                    batch.profiler,
+                    batch.value_type.kind,
+                    batch.value_type.unit,
+                    l("host"),
+                    num("pid"),
+                    num("tid"),
+                    l("comm"),
+                    l("exe"),
+                    l("cgroup"),
+                    sid,
+                    s.value,
+                    s.weight
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn profile(&mut self, q: &Query) -> Result<Profile, StoreError> {
+        let (wh, params) = q.where_clause();
+        let sql = format!(
+            "SELECT stack_id, sum(value * weight) AS v, any_value(value_type), any_value(unit)
+             FROM samples WHERE {wh} GROUP BY stack_id"
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let rows: Vec<(u64, f64, String, String)> = st
+            .query_map(params_from_iter(to_values(&params)), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        let stacks = self.resolve_stacks(&ids)?;
+        let value_type = rows
+            .first()
+            .map(|r| ValueType {
+                kind: r.2.clone(),
+                unit: r.3.clone(),
+            })
+            .unwrap_or_else(ValueType::cpu_nanoseconds);
+        let mut p = Profile::new(value_type);
+        p.start_unix_ns = q.from_ms.saturating_mul(1_000_000);
+        p.duration_ns = (q.to_ms - q.from_ms).saturating_mul(1_000_000);
+        for (sid, v, _, _) in rows {
+            let stack = stacks.get(&sid).cloned().unwrap_or_default();
+            // Weighted sums are already applied; carry them as value with weight 1.
+            p.samples.push(StackSample {
+                stack,
+                labels: Labels::new(),
+                value: v.round() as i64,
+                weight: 1.0,
+            });
+        }
+        Ok(p)
+    }
+
+    fn timeseries(&mut self, q: &Query, step_ms: i64) -> Result<Vec<Point>, StoreError> {
+        let step = step_ms.max(1);
+        let (wh, params) = q.where_clause();
+        let sql = format!(
+            "SELECT (ts_ms // {step}) * {step} AS b, sum(value * weight) FROM samples
+             WHERE {wh} GROUP BY b ORDER BY b"
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let pts = st
+            .query_map(params_from_iter(to_values(&params)), |r| {
+                Ok(Point {
+                    ts_ms: r.get(0)?,
+                    value: r.get(1)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(pts)
+    }
+
+    fn label_values(
+        &mut self,
+        q: &Query,
+        label: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, f64)>, StoreError> {
+        let Some(col) = crate::LABEL_COLUMNS.iter().find(|c| **c == label) else {
+            return Err(StoreError::UnknownLabel(label.to_string()));
+        };
+        let (wh, params) = q.where_clause();
+        let sql = format!(
+            "SELECT CAST({col} AS VARCHAR) AS l, sum(value * weight) AS v FROM samples
+             WHERE {wh} AND {col} IS NOT NULL GROUP BY l ORDER BY v DESC LIMIT {limit}"
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let out = st
+            .query_map(params_from_iter(to_values(&params)), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(out)
+    }
+
+    fn sample_rows(&mut self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM samples", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::Filter;
+
+    fn frame(kind: FrameKind, name: Option<&str>, addr: u64) -> Frame {
+        Frame {
+            kind,
+            function: name.map(str::to_string),
+            module: if kind == FrameKind::Kernel {
+                "[kernel.kallsyms]".into()
+            } else {
+                "/bin/app".into()
+            },
+            build_id: (kind == FrameKind::User).then(|| "beef".to_string()),
+            address: addr,
+            file: None,
+            line: None,
+        }
+    }
+
+    fn batch(ts: i64, comm: &str, leaf: &str, value: i64, weight: f64) -> Batch {
+        Batch {
+            profiler: "cpu".into(),
+            value_type: ValueType::cpu_nanoseconds(),
+            ts_ms: ts,
+            samples: vec![StackSample {
+                stack: vec![
+                    frame(FrameKind::User, Some(leaf), leaf.len() as u64 * 16),
+                    frame(FrameKind::User, Some("main"), 1),
+                ],
+                labels: [
+                    ("comm".to_string(), comm.to_string()),
+                    ("pid".into(), "7".into()),
+                ]
+                .into(),
+                value,
+                weight,
+            }],
+        }
+    }
+
+    fn q(from: i64, to: i64) -> Query {
+        Query {
+            profiler: "cpu".into(),
+            from_ms: from,
+            to_ms: to,
+            filters: vec![],
+        }
+    }
+
+    #[test]
+    fn sums_value_times_weight_and_filters() {
+        let mut s = DuckDbStore::in_memory().expect("open");
+        s.write_batch(&batch(1000, "a", "hot", 10, 3.0)).expect("w");
+        s.write_batch(&batch(2000, "a", "hot", 10, 1.0)).expect("w");
+        s.write_batch(&batch(2000, "b", "cold", 5, 1.0)).expect("w");
+        let p = s.profile(&q(0, 10_000)).expect("profile");
+        assert_eq!(p.total(), 45.0);
+        let top = p.top_functions();
+        assert_eq!(top[0].function, "hot");
+        assert_eq!(top[0].self_value, 40.0);
+        let mut fq = q(0, 10_000);
+        fq.filters.push(Filter::parse("comm=b").expect("f"));
+        assert_eq!(s.profile(&fq).expect("p").total(), 5.0);
+        let ts = s.timeseries(&q(0, 10_000), 1000).expect("ts");
+        assert_eq!(
+            ts,
+            vec![
+                Point {
+                    ts_ms: 1000,
+                    value: 30.0
+                },
+                Point {
+                    ts_ms: 2000,
+                    value: 15.0
+                }
+            ]
+        );
+        let labels = s.label_values(&q(0, 10_000), "comm", 10).expect("labels");
+        assert_eq!(labels[0], ("a".to_string(), 40.0));
+        assert_eq!(s.profile(&q(3000, 4000)).expect("p").samples.len(), 0);
+    }
+
+    #[test]
+    fn survives_reopen_and_records_schema_version() {
+        let dir = std::env::temp_dir().join(format!("baton-store-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let mut s = DuckDbStore::open(&dir).expect("open");
+            s.write_batch(&batch(1000, "a", "hot", 10, 1.0)).expect("w");
+        }
+        let mut s = DuckDbStore::open(&dir).expect("reopen");
+        assert_eq!(s.schema_version().expect("v"), SCHEMA_VERSION);
+        // Writing the same stack again must not collide with the dictionary on disk.
+        s.write_batch(&batch(2000, "a", "hot", 10, 1.0))
+            .expect("w2");
+        assert_eq!(s.sample_rows().expect("rows"), 2);
+        let p = s.profile(&q(0, 10_000)).expect("p");
+        assert_eq!(p.top_functions()[0].function, "hot");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unknown_user_frames_keep_module_and_offset() {
+        let mut s = DuckDbStore::in_memory().expect("open");
+        let mut b = batch(1000, "a", "hot", 1, 1.0);
+        b.samples[0].stack[0].function = None;
+        s.write_batch(&b).expect("w");
+        let p = s.profile(&q(0, 10_000)).expect("p");
+        assert_eq!(p.samples[0].stack[0].display_name(), "[unknown] app+0x30");
+    }
+}

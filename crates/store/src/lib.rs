@@ -1,0 +1,67 @@
+//! The Store: where every profiler's samples land, and every query reads from.
+//!
+//! Samples are rows of (time, labels, value, weight, stack id). Stacks live in a dictionary of
+//! frame ids; frames are keyed by (kind, module, build ID, address); user-frame symbols live in a
+//! table keyed by (build ID, file offset), so symbols found later apply to old samples too.
+//! Every query sums `value * weight`.
+
+mod duck;
+mod query;
+mod schema;
+
+pub use duck::DuckDbStore;
+pub use query::{Filter, FilterOp, Query, LABEL_COLUMNS};
+pub use schema::SCHEMA_VERSION;
+
+use baton_model::{Batch, Profile};
+
+/// Errors of a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data directory {path} is not writable: {source} (pick another with --data DIR)")]
+    NotWritable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("DuckDB: {0}")]
+    Duck(#[from] duckdb::Error),
+    #[error(
+        "the store at {path} has schema version {found}, newer than this baton ({known}); \
+         upgrade baton or use another --data directory"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("unknown filter label {0:?}; use one of: comm, pid, tid, exe, cgroup, host")]
+    UnknownLabel(String),
+    #[error("bad filter {0:?}; write it as label=value, label!=value or label~regex")]
+    BadFilter(String),
+}
+
+/// A time bucket of a series.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Point {
+    pub ts_ms: i64,
+    pub value: f64,
+}
+
+/// What every backend offers. The DuckDB backend is the embedded default.
+pub trait Store: Send {
+    /// Writes one window's batch.
+    fn write_batch(&mut self, batch: &Batch) -> Result<(), StoreError>;
+    /// Weighted samples of the query, aggregated per stack, with frames resolved.
+    fn profile(&mut self, q: &Query) -> Result<Profile, StoreError>;
+    /// Weighted totals per time bucket of `step_ms`.
+    fn timeseries(&mut self, q: &Query, step_ms: i64) -> Result<Vec<Point>, StoreError>;
+    /// Distinct values of a label in the range, most weighted first.
+    fn label_values(
+        &mut self,
+        q: &Query,
+        label: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, f64)>, StoreError>;
+    /// Number of sample rows stored (for metrics and tests).
+    fn sample_rows(&mut self) -> Result<u64, StoreError>;
+}

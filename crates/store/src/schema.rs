@@ -1,0 +1,46 @@
+//! The versioned schema and its migrations. A migration is appended, never edited.
+
+/// Migrations in order; index + 1 is the version each one brings the store to.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: samples, stack dictionary, frames, symbols by build ID.
+    "
+    CREATE TABLE frames (
+        frame_id  UBIGINT PRIMARY KEY,
+        kind      UTINYINT NOT NULL,
+        module    VARCHAR NOT NULL,
+        build_id  VARCHAR,
+        address   UBIGINT NOT NULL,
+        name      VARCHAR            -- set for kernel and JIT frames, resolved on the host
+    );
+    CREATE TABLE symbols (
+        build_id     VARCHAR NOT NULL,  -- GNU build ID, or 'path:<module>' when there is none
+        file_offset  UBIGINT NOT NULL,
+        function     VARCHAR NOT NULL,
+        file         VARCHAR,
+        line         INTEGER,
+        PRIMARY KEY (build_id, file_offset)
+    );
+    CREATE TABLE stacks (
+        stack_id   UBIGINT PRIMARY KEY,
+        frame_ids  VARCHAR NOT NULL     -- leaf first, comma-separated frame ids
+    );
+    CREATE TABLE samples (
+        ts_ms      BIGINT NOT NULL,
+        profiler   VARCHAR NOT NULL,
+        value_type VARCHAR NOT NULL,
+        unit       VARCHAR NOT NULL,
+        host       VARCHAR,
+        pid        INTEGER,
+        tid        INTEGER,
+        comm       VARCHAR,
+        exe        VARCHAR,
+        cgroup     VARCHAR,
+        stack_id   UBIGINT NOT NULL,
+        value      BIGINT NOT NULL,
+        weight     DOUBLE NOT NULL
+    );
+    ",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1,0 +1,370 @@
+//! Host-side symbolization: per-process mapping snapshots, user frames keyed by build ID and file
+//! offset, kernel frames through kallsyms, all resolved with blazesym and cached.
+//!
+//! The key of a user frame is `(build ID, file offset)`, never a process address, so the central
+//! symbolizer of the fleet issue can reuse the same keys and the same cache.
+
+mod maps;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use baton_model::frame::KERNEL_MODULE;
+use baton_model::{Frame, FrameKind};
+use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer};
+use blazesym::MaybeDefault;
+
+pub use maps::{parse_maps, MapEntry};
+
+/// A symbol found for one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymInfo {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+/// An ELF module seen in some process, identified by device, inode and path.
+#[derive(Debug, Clone)]
+struct Module {
+    /// The path as the process sees it.
+    path: String,
+    /// Where this host can open it (the same path, or through `/proc/PID/root`).
+    open_path: PathBuf,
+    build_id: Option<String>,
+}
+
+/// Counters a caller can export.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SymbolizerStats {
+    pub frames_resolved: u64,
+    pub frames_unknown: u64,
+    pub processes_without_maps: u64,
+}
+
+/// Resolves frames of the processes on this host. Keep one per agent; its caches are the point.
+pub struct HostSymbolizer {
+    blaze: Symbolizer,
+    procs: HashMap<u32, Vec<(MapEntry, usize)>>,
+    modules: Vec<Module>,
+    module_index: HashMap<(u64, u64, String, PathBuf), usize>,
+    user_cache: HashMap<(usize, u64), Option<SymInfo>>,
+    kernel_cache: HashMap<u64, Option<SymInfo>>,
+    self_root: Option<(u64, u64)>,
+    pub stats: SymbolizerStats,
+}
+
+impl Default for HostSymbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn dev_ino(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl HostSymbolizer {
+    pub fn new() -> Self {
+        let blaze = Symbolizer::builder()
+            .enable_demangling(true)
+            .enable_code_info(true)
+            .enable_inlined_fns(false)
+            .build();
+        HostSymbolizer {
+            blaze,
+            procs: HashMap::new(),
+            modules: Vec::new(),
+            module_index: HashMap::new(),
+            user_cache: HashMap::new(),
+            kernel_cache: HashMap::new(),
+            self_root: dev_ino(Path::new("/proc/self/root")),
+            stats: SymbolizerStats::default(),
+        }
+    }
+
+    /// Whether a snapshot of this process's mappings is held.
+    pub fn knows(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
+    }
+
+    /// Snapshots the executable mappings of `pid` from `/proc/PID/maps`. Call it while the
+    /// process lives: after it exits, its frames are resolved from the last snapshot. Returns
+    /// false when the process is already gone (the old snapshot, if any, is kept).
+    pub fn observe_process(&mut self, pid: u32) -> bool {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return false;
+        };
+        let entries = parse_maps(&text);
+        if entries.is_empty() {
+            // Zombies and kernel threads have no mappings; keep what we had.
+            return false;
+        }
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let same_root = dev_ino(&root).is_some() && dev_ino(&root) == self.self_root;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let open_path = if same_root || !e.path.starts_with('/') {
+                PathBuf::from(&e.path)
+            } else {
+                root.join(e.path.trim_start_matches('/'))
+            };
+            let key = (e.dev, e.inode, e.path.clone(), open_path.clone());
+            let idx = match self.module_index.get(&key) {
+                Some(&i) => i,
+                None => {
+                    let build_id = if e.path.starts_with('/') {
+                        blazesym::helper::read_elf_build_id(&open_path)
+                            .ok()
+                            .flatten()
+                            .map(|b| hex(&b))
+                    } else {
+                        None
+                    };
+                    self.modules.push(Module {
+                        path: e.path.clone(),
+                        open_path,
+                        build_id,
+                    });
+                    self.module_index.insert(key, self.modules.len() - 1);
+                    self.modules.len() - 1
+                }
+            };
+            out.push((e, idx));
+        }
+        self.procs.insert(pid, out);
+        true
+    }
+
+    /// Drops the snapshot of a process that is gone and no longer needed.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+    }
+
+    /// Pids with a snapshot.
+    pub fn known_pids(&self) -> Vec<u32> {
+        self.procs.keys().copied().collect()
+    }
+
+    /// Resolves user addresses (leaf first) of `pid` into frames. Return addresses (all but the
+    /// leaf) are looked up one byte back, so a call at the very end of a function is credited to
+    /// its caller's call site, as perf does.
+    pub fn user_frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+        let Some(maps) = self.procs.get(&pid) else {
+            self.stats.processes_without_maps += 1;
+            self.stats.frames_unknown += addrs.len() as u64;
+            return addrs
+                .iter()
+                .map(|&a| unknown_frame("[unknown]", None, a))
+                .collect();
+        };
+        // Normalize: address -> (module, file offset).
+        let mut norm: Vec<Option<(usize, u64)>> = Vec::with_capacity(addrs.len());
+        for (i, &a) in addrs.iter().enumerate() {
+            let a = if i > 0 { a.saturating_sub(1) } else { a };
+            let hit = maps
+                .iter()
+                .find(|(m, _)| a >= m.start && a < m.end)
+                .map(|(m, idx)| (*idx, a - m.start + m.file_offset));
+            norm.push(hit);
+        }
+        // Resolve what is not cached yet, one batch per module.
+        let mut missing: HashMap<usize, Vec<u64>> = HashMap::new();
+        for (idx, off) in norm.iter().flatten() {
+            if !self.user_cache.contains_key(&(*idx, *off)) {
+                let v = missing.entry(*idx).or_default();
+                if !v.contains(off) {
+                    v.push(*off);
+                }
+            }
+        }
+        for (idx, offs) in missing {
+            let module = &self.modules[idx];
+            let resolved = if module.path.starts_with('/') {
+                let mut elf = Elf::new(module.open_path.clone());
+                elf.debug_syms = true;
+                let src = Source::Elf(elf);
+                match self.blaze.symbolize(&src, Input::FileOffset(&offs)) {
+                    Ok(v) => v.into_iter().map(sym_info).collect(),
+                    Err(e) => {
+                        tracing::debug!(module = %module.path, error = %e, "symbolization failed");
+                        vec![None; offs.len()]
+                    }
+                }
+            } else {
+                vec![None; offs.len()]
+            };
+            for (off, s) in offs.into_iter().zip(resolved) {
+                self.user_cache.insert((idx, off), s);
+            }
+        }
+        norm.iter()
+            .zip(addrs)
+            .map(|(n, &a)| match n {
+                None => {
+                    self.stats.frames_unknown += 1;
+                    unknown_frame("[unknown]", None, a)
+                }
+                Some((idx, off)) => {
+                    let m = &self.modules[*idx];
+                    match self.user_cache.get(&(*idx, *off)).cloned().flatten() {
+                        Some(s) => {
+                            self.stats.frames_resolved += 1;
+                            Frame {
+                                kind: FrameKind::User,
+                                function: Some(s.function),
+                                module: m.path.clone(),
+                                build_id: m.build_id.clone(),
+                                address: *off,
+                                file: s.file,
+                                line: s.line,
+                            }
+                        }
+                        None => {
+                            self.stats.frames_unknown += 1;
+                            unknown_frame(&m.path, m.build_id.clone(), *off)
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Resolves kernel addresses (leaf first) through kallsyms.
+    pub fn kernel_frames(&mut self, addrs: &[u64]) -> Vec<Frame> {
+        let adjusted: Vec<u64> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| if i > 0 { a.saturating_sub(1) } else { a })
+            .collect();
+        let mut missing: Vec<u64> = adjusted
+            .iter()
+            .copied()
+            .filter(|a| !self.kernel_cache.contains_key(a))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let mut k = Kernel::default();
+            k.vmlinux = MaybeDefault::None;
+            k.debug_syms = false;
+            let src = Source::Kernel(k);
+            let res = match self.blaze.symbolize(&src, Input::AbsAddr(&missing)) {
+                Ok(v) => v.into_iter().map(sym_info).collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "kernel symbolization failed");
+                    vec![None; missing.len()]
+                }
+            };
+            for (a, s) in missing.into_iter().zip(res) {
+                self.kernel_cache.insert(a, s);
+            }
+        }
+        adjusted
+            .iter()
+            .map(|a| {
+                let s = self.kernel_cache.get(a).cloned().flatten();
+                if s.is_some() {
+                    self.stats.frames_resolved += 1;
+                } else {
+                    self.stats.frames_unknown += 1;
+                }
+                Frame {
+                    kind: FrameKind::Kernel,
+                    function: s.as_ref().map(|s| s.function.clone()),
+                    module: KERNEL_MODULE.to_string(),
+                    build_id: None,
+                    address: *a,
+                    file: None,
+                    line: None,
+                }
+            })
+            .collect()
+    }
+}
+
+fn unknown_frame(module: &str, build_id: Option<String>, address: u64) -> Frame {
+    Frame {
+        kind: FrameKind::User,
+        function: None,
+        module: module.to_string(),
+        build_id,
+        address,
+        file: None,
+        line: None,
+    }
+}
+
+fn sym_info(s: Symbolized<'_>) -> Option<SymInfo> {
+    match s {
+        Symbolized::Sym(sym) => {
+            let (file, line) = match &sym.code_info {
+                Some(ci) => (Some(ci.to_path().display().to_string()), ci.line),
+                None => (None, None),
+            };
+            Some(SymInfo {
+                function: sym.name.into_owned(),
+                file,
+                line,
+            })
+        }
+        Symbolized::Unknown(_) => None,
+    }
+}
+
+/// Lower-case hex of a byte string, as build IDs are written.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn a_known_function() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    #[test]
+    fn resolves_own_function_by_build_id_and_offset() {
+        let pid = std::process::id();
+        let mut s = HostSymbolizer::new();
+        assert!(s.observe_process(pid));
+        let addr = a_known_function as usize as u64;
+        let frames = s.user_frames(pid, &[addr]);
+        assert_eq!(frames.len(), 1);
+        let f = &frames[0];
+        assert_eq!(f.kind, FrameKind::User);
+        let name = f.function.as_deref().unwrap_or("");
+        assert!(name.contains("a_known_function"), "got {name:?}");
+        assert!(
+            f.module.ends_with(
+                std::env::current_exe()
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+            ) || f.module.contains("baton_symbolizer")
+        );
+    }
+
+    #[test]
+    fn unmapped_addresses_stay_as_unknown_frames() {
+        let pid = std::process::id();
+        let mut s = HostSymbolizer::new();
+        s.observe_process(pid);
+        let frames = s.user_frames(pid, &[0x10]);
+        assert_eq!(frames[0].function, None);
+        assert_eq!(frames[0].display_name(), "[unknown] [unknown]+0x10");
+    }
+}

@@ -1,0 +1,37 @@
+/* Known-split workload: burns 75% of its CPU time in leaf_hot and 25% in leaf_cold, both called
+ * from mid, called from main. Runs for argv[1] seconds (default 5). Each round does a fixed amount
+ * of work in both leaves, in a 3:1 ratio of iterations. */
+#include <stdlib.h>
+#include <time.h>
+
+volatile unsigned long sink;
+
+__attribute__((noinline)) void leaf_hot(unsigned long n) {
+    unsigned long x = sink;
+    for (unsigned long i = 0; i < n; i++) x = x * 6364136223846793005UL + 1442695040888963407UL;
+    sink = x;
+}
+
+__attribute__((noinline)) void leaf_cold(unsigned long n) {
+    unsigned long x = sink;
+    for (unsigned long i = 0; i < n; i++) x = x * 6364136223846793005UL + 1442695040888963407UL;
+    sink = x;
+}
+
+__attribute__((noinline)) void mid(void) {
+    leaf_hot(300000);
+    leaf_cold(100000);
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    double secs = argc > 1 ? atof(argv[1]) : 5.0;
+    double end = now() + secs;
+    while (now() < end) mid();
+    return 0;
+}
