@@ -57,7 +57,10 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if c.downcast_ref::<UsageError>().is_some() {
             return 2;
         }
-        if let Some(baton_store::StoreError::NotWritable { .. }) = c.downcast_ref() {
+        if let Some(
+            baton_store::StoreError::NotWritable { .. } | baton_store::StoreError::Locked { .. },
+        ) = c.downcast_ref()
+        {
             return 2;
         }
     }

@@ -176,7 +176,13 @@ async fn timeseries(
     let query = p.query.clone();
     let step = p.step_ms;
     let points = with_store(&st, move |s| s.timeseries(&query, step)).await?;
-    Ok(Json(json!({ "step_ms": step, "points": points })).into_response())
+    Ok(Json(json!({
+        "from_ms": p.query.from_ms,
+        "to_ms": p.query.to_ms,
+        "step_ms": step,
+        "points": points,
+    }))
+    .into_response())
 }
 
 async fn export_profile(

@@ -71,7 +71,15 @@ impl DuckDbStore {
         std::fs::write(&probe, b"ok").map_err(not_writable)?;
         let _ = std::fs::remove_file(&probe);
         let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path)?;
+        let conn = Connection::open(&path).map_err(|e| {
+            if e.to_string().contains("Could not set lock") {
+                StoreError::Locked {
+                    path: path.display().to_string(),
+                }
+            } else {
+                StoreError::Duck(e)
+            }
+        })?;
         let mut store = DuckDbStore {
             conn,
             path,

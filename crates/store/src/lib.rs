@@ -23,6 +23,8 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{path} is in use by another baton process; stop it or use another --data directory")]
+    Locked { path: String },
     #[error("DuckDB: {0}")]
     Duck(#[from] duckdb::Error),
     #[error(

@@ -1,0 +1,271 @@
+//! Shared helpers: root check, workload builds, running baton, HTTP on loopback.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn baton() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// Fails the test with a reason when not root: BPF tests never pass silently.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads BPF programs and needs root (or CAP_BPF + CAP_PERFMON); run the suite as root"
+    );
+}
+
+/// A scratch directory for this test process.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir()
+        .join(format!("baton-suite-{}", std::process::id()))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create scratch dir");
+    d
+}
+
+/// Where tests keep artifacts (screenshots): `$BATON_ARTIFACTS` or `target/test-artifacts`.
+pub fn artifacts_dir() -> PathBuf {
+    let d = std::env::var_os("BATON_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts")
+        });
+    std::fs::create_dir_all(&d).expect("create artifacts dir");
+    d
+}
+
+/// Compiles `tests/workloads/NAME.c` with frame pointers (leaf frames and no sibling calls too,
+/// so the truth of the stacks is known) and returns the binary.
+pub fn workload(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| scratch("workloads"));
+    let out = dir.join(name);
+    if out.exists() {
+        return out;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/workloads")
+        .join(format!("{name}.c"));
+    let tmp =
+        dir.join(format!("{name}.tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+    let st = Command::new("clang")
+        .args([
+            "-O2",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-mno-omit-leaf-frame-pointer",
+            "-fno-optimize-sibling-calls",
+            "-o",
+        ])
+        .arg(&tmp)
+        .arg(&src)
+        .status()
+        .expect("clang must be installed to build the test workloads (scripts/install-deps.sh)");
+    assert!(st.success(), "compiling {} failed", src.display());
+    std::fs::rename(&tmp, &out).expect("rename workload");
+    out
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run baton");
+    eprintln!(
+        "--- {:?}\n--- status {:?}\n--- stderr\n{}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A running `baton up` on a free loopback port, killed on drop if still running.
+pub struct Up {
+    pub child: Child,
+    pub addr: String,
+    /// Kept so the thread that echoes stderr keeps running.
+    _stderr_lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Up {
+    pub fn start(data: &Path) -> Up {
+        let mut child = baton()
+            .args(["up", "--listen", "127.0.0.1:0", "--window", "1s", "--data"])
+            .arg(data)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start baton up");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[baton up] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("baton up did not announce its address within 30 s");
+            if let Some(rest) = line.split("UI at http://").nth(1) {
+                break rest.trim_end_matches('/').to_string();
+            }
+        };
+        Up {
+            child,
+            addr,
+            _stderr_lines: rx,
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "baton up did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback; returns (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+    out
+}
+
+pub fn http_json(addr: &str, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(addr, path);
+    assert_eq!(
+        status,
+        200,
+        "GET {path}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    serde_json::from_slice(&body).expect("json body")
+}
+
+/// Polls `f` until it returns Some or `secs` pass.
+pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Shares of `self_percent` for a function in a JSON top table.
+pub fn self_percent(top: &serde_json::Value, function: &str) -> f64 {
+    top.as_array()
+        .expect("top array")
+        .iter()
+        .find(|r| r["function"] == function)
+        .and_then(|r| r["self_percent"].as_f64())
+        .unwrap_or(0.0)
+}
+
+/// Ids of the BPF programs a process holds (through program or link descriptors).
+pub fn bpf_prog_ids_of(pid: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for e in rd.flatten() {
+        if let Ok(text) = std::fs::read_to_string(e.path()) {
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("prog_id:") {
+                    if let Ok(id) = v.trim().parse() {
+                        if !ids.contains(&id) {
+                            ids.push(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// Whether a BPF program id is still loaded in the kernel.
+pub fn bpf_prog_loaded(id: u32) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("bpftool must be installed (scripts/install-deps.sh)")
+        .success()
+}

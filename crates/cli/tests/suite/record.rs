@@ -1,0 +1,211 @@
+//! `baton record` against workloads whose truth is known.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn record_json(args: &[&str], cmd: &[&str]) -> serde_json::Value {
+    require_root();
+    let dir = scratch(&format!("record-json-{}", args.join("-").replace('/', "_")));
+    let out_file = dir.join("profile.json");
+    let mut c = baton();
+    c.args(["record", "cpu"])
+        .args(args)
+        .arg("--output")
+        .arg(&out_file)
+        .arg("--");
+    c.args(cmd);
+    let out = run(&mut c);
+    assert!(out.status.success(), "baton record failed");
+    serde_json::from_slice(&std::fs::read(&out_file).expect("read json")).expect("parse json")
+}
+
+#[test]
+fn known_split_75_25_with_main_in_stacks() {
+    let split = workload("split");
+    let doc = record_json(&[], &[split.to_str().expect("path"), "5"]);
+    let top = &doc["top"];
+    let hot = self_percent(top, "leaf_hot");
+    let cold = self_percent(top, "leaf_cold");
+    eprintln!("leaf_hot {hot:.2}%  leaf_cold {cold:.2}%");
+    assert!(
+        (hot - 75.0).abs() <= 5.0,
+        "leaf_hot {hot:.2}% is not 75 ± 5"
+    );
+    assert!(
+        (cold - 25.0).abs() <= 5.0,
+        "leaf_cold {cold:.2}% is not 25 ± 5"
+    );
+    // The whole chain is there: main -> mid -> leaf_hot.
+    let tree = &doc["flamegraph"];
+    let path = find_path(tree, &["main", "mid", "leaf_hot"]);
+    assert!(path, "main -> mid -> leaf_hot not found in the flame graph");
+    let main_total = top
+        .as_array()
+        .expect("top")
+        .iter()
+        .find(|r| r["function"] == "main")
+        .and_then(|r| r["total_percent"].as_f64())
+        .expect("main appears in the stacks");
+    assert!(
+        main_total > 95.0,
+        "main is in only {main_total:.1}% of stacks"
+    );
+    assert_eq!(
+        doc["event"], "cpu-clock",
+        "no PMU here, so cpu-clock must be reported"
+    );
+}
+
+/// Whether the tree holds the chain `names` (root-most first) anywhere.
+fn find_path(node: &serde_json::Value, names: &[&str]) -> bool {
+    fn follows(node: &serde_json::Value, names: &[&str]) -> bool {
+        match names.split_first() {
+            None => true,
+            Some((first, rest)) => node["children"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["name"] == *first && follows(c, rest)),
+        }
+    }
+    follows(node, names)
+        || node["children"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| find_path(c, names))
+}
+
+#[test]
+fn kernel_write_path_is_visible() {
+    require_root();
+    let w = workload("devnull");
+    let mut c = baton();
+    c.args(["record", "cpu", "--format", "collapsed", "--"])
+        .arg(&w)
+        .arg("3");
+    let out = run(&mut c);
+    assert!(out.status.success());
+    let folded = String::from_utf8_lossy(&out.stdout);
+    let write_path: Vec<&str> = folded
+        .lines()
+        .filter(|l| l.contains("vfs_write") && l.contains("ksys_write"))
+        .collect();
+    assert!(
+        !write_path.is_empty(),
+        "no vfs_write/ksys_write stacks in:\n{folded}"
+    );
+    assert!(
+        folded.lines().any(|l| l.contains("write_null")),
+        "the /dev/null driver's write_null is missing"
+    );
+    // User frames sit below the kernel ones in the same stack.
+    assert!(
+        write_path.iter().any(|l| l.contains("main;")),
+        "kernel stacks are not joined to user stacks"
+    );
+}
+
+#[test]
+fn pprof_is_read_by_go_tool_pprof_with_leaf_hot_on_top() {
+    require_root();
+    let split = workload("split");
+    let dir = scratch("pprof");
+    let file = dir.join("cpu.pb.gz");
+    let mut c = baton();
+    c.args(["record", "cpu", "--output"])
+        .arg(&file)
+        .arg("--")
+        .arg(&split)
+        .arg("3");
+    assert!(run(&mut c).status.success());
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .arg(&file)
+        .env("HOME", &dir)
+        .output()
+        .expect("`go` must be installed (golang-go) to read pprof files");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "go tool pprof failed");
+    let first_row = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .expect("a first row in pprof -top");
+    assert!(
+        first_row.trim_end().ends_with("leaf_hot"),
+        "top row is {first_row:?}"
+    );
+}
+
+#[test]
+fn vanishing_pid_gives_partial_data_and_exit_0() {
+    require_root();
+    let split = workload("split");
+    let mut target = Command::new(&split)
+        .arg("2")
+        .spawn()
+        .expect("start workload");
+    let pid = target.id().to_string();
+    let dir = scratch("vanish");
+    let file = dir.join("cpu.json");
+    let started = Instant::now();
+    let mut c = baton();
+    c.args([
+        "record",
+        "cpu",
+        "--duration",
+        "30s",
+        "--pid",
+        &pid,
+        "--output",
+    ])
+    .arg(&file);
+    let out = run(&mut c);
+    let took = started.elapsed();
+    let _ = target.wait();
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    assert!(
+        took < Duration::from_secs(15),
+        "record did not end when its pid exited ({took:?})"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ended early"));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
+    assert!(
+        self_percent(&doc["top"], "leaf_hot") > 50.0,
+        "partial data lacks leaf_hot"
+    );
+}
+
+#[test]
+fn all_outputs_are_written() {
+    require_root();
+    let split = workload("split");
+    let dir = scratch("formats");
+    for name in ["p.folded", "p.speedscope.json", "p.svg"] {
+        let file = dir.join(name);
+        let mut c = baton();
+        c.args(["record", "cpu", "--output"])
+            .arg(&file)
+            .arg("--")
+            .arg(&split)
+            .arg("1");
+        assert!(run(&mut c).status.success());
+        let text = std::fs::read_to_string(&file).expect("read output");
+        assert!(text.contains("leaf_hot"), "{name} lacks leaf_hot");
+        match name {
+            "p.folded" => assert!(text.lines().all(|l| l
+                .rsplit_once(' ')
+                .is_some_and(|(_, n)| n.parse::<u64>().is_ok()))),
+            "p.speedscope.json" => {
+                let v: serde_json::Value = serde_json::from_str(&text).expect("speedscope json");
+                assert_eq!(v["profiles"][0]["type"], "sampled");
+            }
+            _ => assert!(text.contains("<svg")),
+        }
+    }
+}
