@@ -24,6 +24,7 @@ use crate::ProfilerError;
 mod skel {
     #![allow(
         clippy::all,
+        clippy::unwrap_used,
         clippy::pedantic,
         unused,
         missing_docs,

@@ -187,12 +187,9 @@ pub fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
         let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
-        if n == 0 {
+        if n == 0 || b.len() < eol + 4 + n {
             break;
         }
         out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
