@@ -167,6 +167,26 @@ impl DuckDbStore {
         Ok(())
     }
 
+    /// Median milliseconds of the bare `GROUP BY stack_id` over `q`, run `n` times: the engine's
+    /// floor, used by the query benchmark as its reference.
+    pub fn bench_group_by_ms(&mut self, q: &Query, n: usize) -> Result<f64, StoreError> {
+        let (wh, params) = q.where_clause();
+        let sql = format!(
+            "SELECT stack_id, sum(value * weight) FROM samples WHERE {wh} GROUP BY stack_id"
+        );
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            let t = std::time::Instant::now();
+            let mut st = self.conn.prepare(&sql)?;
+            let rows =
+                st.query_map(params_from_iter(to_values(&params)), |r| r.get::<_, u64>(0))?;
+            let _count = rows.count();
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
     /// Frames of the given stacks, reading what is not cached.
     fn resolve_stacks(&mut self, ids: &[u64]) -> Result<HashMap<u64, Vec<Frame>>, StoreError> {
         let missing: Vec<u64> = ids

@@ -348,9 +348,15 @@ mod tests {
         let name = f.function.as_deref().unwrap_or("");
         assert!(name.contains("a_known_function"), "got {name:?}");
         let exe = std::env::current_exe().unwrap();
-        assert_eq!(std::fs::canonicalize(&f.module).unwrap(), std::fs::canonicalize(exe).unwrap());
+        assert_eq!(
+            std::fs::canonicalize(&f.module).unwrap(),
+            std::fs::canonicalize(exe).unwrap()
+        );
         assert!(f.build_id.is_some(), "the test binary has a GNU build ID");
-        assert!(f.address < std::fs::metadata(&f.module).unwrap().len(), "address is a file offset");
+        assert!(
+            f.address < std::fs::metadata(&f.module).unwrap().len(),
+            "address is a file offset"
+        );
     }
 
     #[test]
