@@ -17,12 +17,14 @@ rss_start=$(awk '/VmRSS/ {print $2}' /proc/$upid/status)
 ( end=$((SECONDS + SECS)); while [ $SECONDS -lt $end ]; do "$tmp/split" 2; sleep 1; done ) &
 for t in $(seq 60 60 "$SECS"); do
   sleep 60
-  echo "t=${t}s rss=$(awk '/VmRSS/ {print $2}' /proc/$upid/status) kB"
+  echo "t=${t}s $(grep -E 'VmRSS|RssAnon|RssFile' /proc/$upid/status | tr -s ' \t' ' ' | tr '\n' ' ')"
 done
 sleep $((SECS % 60))
 rss_end=$(awk '/VmRSS/ {print $2}' /proc/$upid/status)
 hwm=$(awk '/VmHWM/ {print $2}' /proc/$upid/status)
+anon=$(awk '/RssAnon/ {print $2}' /proc/$upid/status)
+file=$(awk '/RssFile/ {print $2}' /proc/$upid/status)
 cpu=$(awk '{print ($14+$15)/100}' /proc/$upid/stat)
 kill -TERM "$upid"; wait "$upid" || true
-echo "baton up RSS after ${SECS}s: ${rss_end} kB (at start ${rss_start} kB, peak ${hwm} kB); agent CPU ${cpu} s"
+echo "baton up RSS after ${SECS}s: ${rss_end} kB = ${anon} kB anonymous + ${file} kB file-backed (mapped libduckdb, ELF files being symbolized); at start ${rss_start} kB, peak ${hwm} kB; agent CPU ${cpu} s"
 awk -v a="$rss_end" -v b="$rss_start" 'BEGIN { printf "ratio RSS end / start: %.2f\n", a/b }'

@@ -12,8 +12,8 @@ use baton_store::{DuckDbStore, Query, Store};
 const DISTINCT_STACKS: usize = 20_000;
 const FUNCTIONS: usize = 2_000;
 const DEPTH: usize = 24;
+const BRANCH: usize = 3;
 const COMMS: usize = 200;
-const ROWS_PER_BATCH: usize = 20_000;
 const DAY_MS: i64 = 86_400_000;
 
 /// A small deterministic generator, so every run stores the same rows.
@@ -43,11 +43,16 @@ fn main() -> anyhow::Result<()> {
     let mut store = DuckDbStore::open(&dir).context("open store")?;
 
     let mut rng = Lcg(42);
+    // Stacks are paths in a call tree (each frame picks one of BRANCH callees of its caller),
+    // so they share prefixes the way real stacks do.
     let stacks: Vec<Vec<Frame>> = (0..DISTINCT_STACKS)
         .map(|_| {
-            (0..DEPTH)
+            let mut caller = 0usize;
+            let mut frames: Vec<Frame> = (0..DEPTH)
                 .map(|_| {
-                    let f = (rng.next() as usize) % FUNCTIONS;
+                    let pick = (rng.next() as usize) % BRANCH;
+                    let f = (caller.wrapping_mul(31).wrapping_add(pick * 7919 + 1)) % FUNCTIONS;
+                    caller = f;
                     Frame {
                         kind: FrameKind::User,
                         function: Some(format!("function_{f}")),
@@ -58,40 +63,42 @@ fn main() -> anyhow::Result<()> {
                         line: None,
                     }
                 })
-                .collect()
+                .collect();
+            frames.reverse(); // leaf first
+            frames
         })
         .collect();
 
     let start_ms: i64 = 1_700_000_000_000;
     let t = Instant::now();
-    let mut written = 0;
-    while written < rows {
-        let n = ROWS_PER_BATCH.min(rows - written);
-        let ts = start_ms + (written as i64 * DAY_MS) / rows as i64;
-        let samples = (0..n)
-            .map(|_| {
-                let s = (rng.next() as usize) % DISTINCT_STACKS;
-                let c = (rng.next() as usize) % COMMS;
-                StackSample {
-                    stack: stacks[s].clone(),
-                    labels: [
-                        ("comm".to_string(), format!("comm{c}")),
-                        ("pid".to_string(), (1000 + c).to_string()),
-                    ]
-                    .into(),
-                    value: 10_101_010,
-                    weight: 1.0,
-                }
-            })
-            .collect();
-        store.write_batch(&Batch {
-            profiler: "cpu".into(),
-            value_type: ValueType::cpu_nanoseconds(),
-            ts_ms: ts,
-            samples,
-        })?;
-        written += n;
-    }
+    // The dictionaries (frames, symbols, stacks) go through the real write path, one batch of
+    // one row per distinct stack; the bulk of the sample rows is then generated inside DuckDB
+    // from those rows, spread over 24 hours and COMMS processes.
+    let samples = stacks
+        .iter()
+        .map(|st| StackSample {
+            stack: st.clone(),
+            labels: [("comm".to_string(), "comm0".to_string())].into(),
+            value: 10_101_010,
+            weight: 1.0,
+        })
+        .collect();
+    store.write_batch(&Batch {
+        profiler: "cpu".into(),
+        value_type: ValueType::cpu_nanoseconds(),
+        ts_ms: start_ms,
+        samples,
+    })?;
+    let extra = rows.saturating_sub(DISTINCT_STACKS);
+    store.connection().execute_batch(&format!(
+        "INSERT INTO samples
+         SELECT {start_ms} + (i * {DAY_MS}) // {extra}, 'cpu', 'cpu', 'nanoseconds', 'bench',
+                1000 + (hash(i) % {COMMS}), 1000 + (hash(i) % {COMMS}), 'comm' || (hash(i) % {COMMS}),
+                '/usr/bin/synthetic', '/', s.stack_id, 10101010, 1.0
+         FROM range({extra}) r(i)
+         JOIN (SELECT stack_id, row_number() OVER (ORDER BY stack_id) - 1 AS n FROM stacks) s
+           ON s.n = hash(i * 7) % {DISTINCT_STACKS}"
+    ))?;
     let load_s = t.elapsed().as_secs_f64();
     let size = std::fs::metadata(store.path())
         .map(|m| m.len())
@@ -116,8 +123,8 @@ fn main() -> anyhow::Result<()> {
     let mut nodes = 0;
     for _ in 0..5 {
         let t = Instant::now();
-        let p = store.profile(&q)?;
-        let tree = p.flame_tree();
+        let named = store.named_stacks(&q)?;
+        let tree = named.flame_tree();
         times.push(t.elapsed().as_secs_f64() * 1000.0);
         nodes = tree.children.len();
     }

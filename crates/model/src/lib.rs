@@ -8,10 +8,12 @@ pub mod duration;
 pub mod export;
 pub mod flame;
 pub mod frame;
+pub mod named;
 pub mod profile;
 
 pub use batch::Batch;
 pub use duration::{parse_duration, DurationError};
 pub use flame::{FlameNode, TopEntry};
 pub use frame::{Frame, FrameKind};
+pub use named::NamedStacks;
 pub use profile::{Labels, Profile, StackSample, ValueType};

@@ -142,12 +142,12 @@ async fn flamegraph(
 ) -> Result<Response, ApiError> {
     let p = parse(q)?;
     let query = p.query.clone();
-    let profile = with_store(&st, move |s| s.profile(&query)).await?;
-    let tree = profile.flame_tree();
+    let named = with_store(&st, move |s| s.named_stacks(&query)).await?;
+    let tree = named.flame_tree();
     Ok(Json(json!({
         "from_ms": p.query.from_ms,
         "to_ms": p.query.to_ms,
-        "unit": profile.value_type.unit,
+        "unit": named.value_type.map(|v| v.unit).unwrap_or_else(|| "nanoseconds".into()),
         "total": tree.value,
         "tree": tree,
     }))
@@ -157,12 +157,12 @@ async fn flamegraph(
 async fn top(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let p = parse(q)?;
     let query = p.query.clone();
-    let profile = with_store(&st, move |s| s.profile(&query)).await?;
-    let mut rows = profile.top_functions();
+    let named = with_store(&st, move |s| s.named_stacks(&query)).await?;
+    let mut rows = named.top_functions();
     rows.truncate(p.limit);
     Ok(Json(json!({
-        "unit": profile.value_type.unit,
-        "total": profile.total(),
+        "unit": named.value_type.as_ref().map(|v| v.unit.clone()).unwrap_or_else(|| "nanoseconds".into()),
+        "total": named.total(),
         "rows": rows,
     }))
     .into_response())

@@ -4,13 +4,17 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use baton_model::batch::fnv1a;
-use baton_model::{Batch, Frame, FrameKind, Labels, Profile, StackSample, ValueType};
+use baton_model::{Batch, Frame, FrameKind, Labels, NamedStacks, Profile, StackSample, ValueType};
 use duckdb::types::Value;
 use duckdb::{params, params_from_iter, Connection};
 
 use crate::query::{Param, Query};
 use crate::schema::{MIGRATIONS, SCHEMA_VERSION};
 use crate::{Point, Store, StoreError};
+
+/// DuckDB's own memory ceiling. Its default is 80% of RAM, far too much for an agent that shares
+/// the host with its workload; queries that need more spill to disk.
+pub const MEMORY_LIMIT: &str = "256MB";
 
 /// DuckDB file name inside the data directory.
 pub const DB_FILE: &str = "baton.duckdb";
@@ -21,8 +25,12 @@ pub struct DuckDbStore {
     known_frames: HashSet<u64>,
     known_stacks: HashSet<u64>,
     known_symbols: HashSet<(String, u64)>,
+    /// User frames whose symbol row exists, so the write path checks a u64, not a string key.
+    symbolized_frames: HashSet<u64>,
     /// Frames and stacks read back for queries; both are immutable once written.
     frame_cache: HashMap<u64, Frame>,
+    /// Display name of each cached frame, computed once.
+    name_cache: HashMap<u64, String>,
     stack_cache: HashMap<u64, Vec<u64>>,
 }
 
@@ -86,9 +94,14 @@ impl DuckDbStore {
             known_frames: HashSet::new(),
             known_stacks: HashSet::new(),
             known_symbols: HashSet::new(),
+            symbolized_frames: HashSet::new(),
             frame_cache: HashMap::new(),
+            name_cache: HashMap::new(),
             stack_cache: HashMap::new(),
         };
+        store
+            .conn
+            .execute_batch(&format!("SET memory_limit = '{MEMORY_LIMIT}'"))?;
         store.migrate()?;
         store.load_known()?;
         Ok(store)
@@ -103,7 +116,9 @@ impl DuckDbStore {
             known_frames: HashSet::new(),
             known_stacks: HashSet::new(),
             known_symbols: HashSet::new(),
+            symbolized_frames: HashSet::new(),
             frame_cache: HashMap::new(),
+            name_cache: HashMap::new(),
             stack_cache: HashMap::new(),
         };
         store.migrate()?;
@@ -164,7 +179,20 @@ impl DuckDbStore {
         self.known_symbols = st
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
             .collect::<Result<_, _>>()?;
+        let mut st = self.conn.prepare(
+            "SELECT f.frame_id FROM frames f JOIN symbols s
+               ON s.build_id = coalesce(f.build_id, 'path:' || f.module) AND s.file_offset = f.address
+             WHERE f.kind = 1",
+        )?;
+        self.symbolized_frames = st
+            .query_map([], |r| r.get::<_, u64>(0))?
+            .collect::<Result<_, _>>()?;
         Ok(())
+    }
+
+    /// The underlying connection, for benchmarks and maintenance tools that need raw SQL.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// Median milliseconds of the bare `GROUP BY stack_id` over `q`, run `n` times: the engine's
@@ -189,6 +217,39 @@ impl DuckDbStore {
 
     /// Frames of the given stacks, reading what is not cached.
     fn resolve_stacks(&mut self, ids: &[u64]) -> Result<HashMap<u64, Vec<Frame>>, StoreError> {
+        self.fill_caches(ids)?;
+        Ok(ids
+            .iter()
+            .filter_map(|sid| {
+                let fids = self.stack_cache.get(sid)?;
+                Some((
+                    *sid,
+                    fids.iter()
+                        .filter_map(|f| self.frame_cache.get(f).cloned())
+                        .collect(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Weighted totals per stack id for a query: the one SQL aggregation every view starts from.
+    fn stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64, String, String)>, StoreError> {
+        let (wh, params) = q.where_clause();
+        let sql = format!(
+            "SELECT stack_id, sum(value * weight) AS v, any_value(value_type), any_value(unit)
+             FROM samples WHERE {wh} GROUP BY stack_id"
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st
+            .query_map(params_from_iter(to_values(&params)), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Loads the stacks and frames of `ids` that are not cached yet.
+    fn fill_caches(&mut self, ids: &[u64]) -> Result<(), StoreError> {
         let missing: Vec<u64> = ids
             .iter()
             .copied()
@@ -251,21 +312,11 @@ impl DuckDbStore {
             })?;
             for row in rows {
                 let (fid, f) = row?;
+                self.name_cache.insert(fid, f.display_name());
                 self.frame_cache.insert(fid, f);
             }
         }
-        Ok(ids
-            .iter()
-            .filter_map(|sid| {
-                let fids = self.stack_cache.get(sid)?;
-                Some((
-                    *sid,
-                    fids.iter()
-                        .filter_map(|f| self.frame_cache.get(f).cloned())
-                        .collect(),
-                ))
-            })
-            .collect())
+        Ok(())
     }
 }
 
@@ -283,11 +334,13 @@ impl Store for DuckDbStore {
                 if self.known_frames.insert(fid) {
                     new_frames.push((fid, f));
                 }
-                if f.kind == FrameKind::User {
+                // A frame's symbol is written once; a frame first seen unresolved gets its
+                // symbol when a later batch resolves it.
+                if f.kind == FrameKind::User && !self.symbolized_frames.contains(&fid) {
                     if let Some(func) = &f.function {
+                        self.symbolized_frames.insert(fid);
                         let key = (symbol_key(f), f.address);
-                        if !self.known_symbols.contains(&key) {
-                            self.known_symbols.insert(key.clone());
+                        if self.known_symbols.insert(key.clone()) {
                             new_symbols.push((key, func, f));
                         }
                     }
@@ -354,20 +407,52 @@ impl Store for DuckDbStore {
         Ok(())
     }
 
-    fn profile(&mut self, q: &Query) -> Result<Profile, StoreError> {
-        let (wh, params) = q.where_clause();
-        let sql = format!(
-            "SELECT stack_id, sum(value * weight) AS v, any_value(value_type), any_value(unit)
-             FROM samples WHERE {wh} GROUP BY stack_id"
-        );
-        let mut st = self.conn.prepare(&sql)?;
-        let rows: Vec<(u64, f64, String, String)> = st
-            .query_map(params_from_iter(to_values(&params)), |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?;
+    fn named_stacks(&mut self, q: &Query) -> Result<NamedStacks, StoreError> {
+        let rows = self.stack_totals(q)?;
         let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
-        let stacks = self.resolve_stacks(&ids)?;
+        self.fill_caches(&ids)?;
+        let mut out = NamedStacks {
+            value_type: rows.first().map(|r| ValueType {
+                kind: r.2.clone(),
+                unit: r.3.clone(),
+            }),
+            names: Vec::new(),
+            stacks: Vec::with_capacity(rows.len()),
+        };
+        // Frame ids to name indices, interned by name so equal names merge in the tree.
+        let mut by_frame: HashMap<u64, u32> = HashMap::new();
+        let mut by_name: HashMap<&str, u32> = HashMap::new();
+        for (sid, v, _, _) in &rows {
+            let Some(fids) = self.stack_cache.get(sid) else {
+                continue;
+            };
+            let mut idx = Vec::with_capacity(fids.len());
+            for fid in fids {
+                let i = match by_frame.get(fid) {
+                    Some(&i) => i,
+                    None => {
+                        let Some(name) = self.name_cache.get(fid) else {
+                            continue;
+                        };
+                        let i = *by_name.entry(name.as_str()).or_insert_with(|| {
+                            out.names.push(name.clone());
+                            (out.names.len() - 1) as u32
+                        });
+                        by_frame.insert(*fid, i);
+                        i
+                    }
+                };
+                idx.push(i);
+            }
+            out.stacks.push((idx, *v));
+        }
+        Ok(out)
+    }
+
+    fn profile(&mut self, q: &Query) -> Result<Profile, StoreError> {
+        let rows = self.stack_totals(q)?;
+        let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        let mut stacks = self.resolve_stacks(&ids)?;
         let value_type = rows
             .first()
             .map(|r| ValueType {
@@ -379,7 +464,7 @@ impl Store for DuckDbStore {
         p.start_unix_ns = q.from_ms.saturating_mul(1_000_000);
         p.duration_ns = (q.to_ms - q.from_ms).saturating_mul(1_000_000);
         for (sid, v, _, _) in rows {
-            let stack = stacks.get(&sid).cloned().unwrap_or_default();
+            let stack = stacks.remove(&sid).unwrap_or_default();
             // Weighted sums are already applied; carry them as value with weight 1.
             p.samples.push(StackSample {
                 stack,
@@ -506,6 +591,9 @@ mod tests {
         let mut fq = q(0, 10_000);
         fq.filters.push(Filter::parse("comm=b").expect("f"));
         assert_eq!(s.profile(&fq).expect("p").total(), 5.0);
+        let named = s.named_stacks(&q(0, 10_000)).expect("named");
+        assert_eq!(named.flame_tree(), p.flame_tree());
+        assert_eq!(named.top_functions(), top);
         let ts = s.timeseries(&q(0, 10_000), 1000).expect("ts");
         assert_eq!(
             ts,

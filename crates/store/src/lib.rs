@@ -13,7 +13,7 @@ pub use duck::DuckDbStore;
 pub use query::{Filter, FilterOp, Query, LABEL_COLUMNS};
 pub use schema::SCHEMA_VERSION;
 
-use baton_model::{Batch, Profile};
+use baton_model::{Batch, NamedStacks, Profile};
 
 /// Errors of a store.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,9 @@ pub trait Store: Send {
     fn write_batch(&mut self, batch: &Batch) -> Result<(), StoreError>;
     /// Weighted samples of the query, aggregated per stack, with frames resolved.
     fn profile(&mut self, q: &Query) -> Result<Profile, StoreError>;
+    /// The same stacks as [`Store::profile`], as interned names: the fast path for flame graphs
+    /// and top tables.
+    fn named_stacks(&mut self, q: &Query) -> Result<NamedStacks, StoreError>;
     /// Weighted totals per time bucket of `step_ms`.
     fn timeseries(&mut self, q: &Query, step_ms: i64) -> Result<Vec<Point>, StoreError>;
     /// Distinct values of a label in the range, most weighted first.

@@ -51,12 +51,15 @@ pub fn workload(name: &str) -> PathBuf {
     if out.exists() {
         return out;
     }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/workloads")
-        .join(format!("{name}.c"));
+    let dir_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/workloads");
+    let (src, compiler) = if dir_src.join(format!("{name}.cc")).exists() {
+        (dir_src.join(format!("{name}.cc")), "clang++")
+    } else {
+        (dir_src.join(format!("{name}.c")), "clang")
+    };
     let tmp =
         dir.join(format!("{name}.tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""));
-    let st = Command::new("clang")
+    let st = Command::new(compiler)
         .args([
             "-O2",
             "-g",

@@ -48,6 +48,26 @@ fn up_serves_queries_survives_restart_and_detaches() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
+    // Labels: the executable path and the cgroup of the workload are recorded.
+    let exes = http_json(&addr, "/api/v1/labels/exe?since=10m&filter=comm%3Dsplit");
+    let split_path = split.display().to_string();
+    assert!(
+        exes["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .any(|v| v["value"] == split_path.as_str()),
+        "exe label lacks {split_path}: {exes}"
+    );
+    let cgroups = http_json(&addr, "/api/v1/labels/cgroup?since=10m&filter=comm%3Dsplit");
+    assert!(
+        cgroups["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .any(|v| v["value"].as_str().is_some_and(|c| c.starts_with('/'))),
+        "no cgroup label: {cgroups}"
+    );
     let (st, _) = http_get(&addr, "/api/v1/top?filter=colour%3Dred");
     assert_eq!(st, 400, "a bad filter is a client error");
 
