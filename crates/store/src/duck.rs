@@ -233,19 +233,32 @@ impl DuckDbStore {
     }
 
     /// Weighted totals per stack id for a query: the one SQL aggregation every view starts from.
-    fn stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64, String, String)>, StoreError> {
+    fn stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64)>, StoreError> {
         let (wh, params) = q.where_clause();
         let sql = format!(
-            "SELECT stack_id, sum(value * weight) AS v, any_value(value_type), any_value(unit)
-             FROM samples WHERE {wh} GROUP BY stack_id"
+            "SELECT stack_id, sum(value * weight) FROM samples WHERE {wh} GROUP BY stack_id"
         );
         let mut st = self.conn.prepare(&sql)?;
         let rows = st
             .query_map(params_from_iter(to_values(&params)), |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?))
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// The value type of the query's samples (one profiler has one value type).
+    fn value_type(&mut self, q: &Query) -> Result<Option<ValueType>, StoreError> {
+        let (wh, params) = q.where_clause();
+        let sql = format!("SELECT value_type, unit FROM samples WHERE {wh} LIMIT 1");
+        let mut st = self.conn.prepare(&sql)?;
+        let mut rows = st.query_map(params_from_iter(to_values(&params)), |r| {
+            Ok(ValueType {
+                kind: r.get(0)?,
+                unit: r.get(1)?,
+            })
+        })?;
+        Ok(rows.next().transpose()?)
     }
 
     /// Loads the stacks and frames of `ids` that are not cached yet.
@@ -412,17 +425,14 @@ impl Store for DuckDbStore {
         let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
         self.fill_caches(&ids)?;
         let mut out = NamedStacks {
-            value_type: rows.first().map(|r| ValueType {
-                kind: r.2.clone(),
-                unit: r.3.clone(),
-            }),
+            value_type: self.value_type(q)?,
             names: Vec::new(),
             stacks: Vec::with_capacity(rows.len()),
         };
         // Frame ids to name indices, interned by name so equal names merge in the tree.
         let mut by_frame: HashMap<u64, u32> = HashMap::new();
         let mut by_name: HashMap<&str, u32> = HashMap::new();
-        for (sid, v, _, _) in &rows {
+        for (sid, v) in &rows {
             let Some(fids) = self.stack_cache.get(sid) else {
                 continue;
             };
@@ -453,17 +463,13 @@ impl Store for DuckDbStore {
         let rows = self.stack_totals(q)?;
         let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
         let mut stacks = self.resolve_stacks(&ids)?;
-        let value_type = rows
-            .first()
-            .map(|r| ValueType {
-                kind: r.2.clone(),
-                unit: r.3.clone(),
-            })
+        let value_type = self
+            .value_type(q)?
             .unwrap_or_else(ValueType::cpu_nanoseconds);
         let mut p = Profile::new(value_type);
         p.start_unix_ns = q.from_ms.saturating_mul(1_000_000);
         p.duration_ns = (q.to_ms - q.from_ms).saturating_mul(1_000_000);
-        for (sid, v, _, _) in rows {
+        for (sid, v) in rows {
             let stack = stacks.remove(&sid).unwrap_or_default();
             // Weighted sums are already applied; carry them as value with weight 1.
             p.samples.push(StackSample {

@@ -183,16 +183,7 @@ impl HostSymbolizer {
         for (idx, offs) in missing {
             let module = &self.modules[idx];
             let resolved = if module.path.starts_with('/') {
-                let mut elf = Elf::new(module.open_path.clone());
-                elf.debug_syms = true;
-                let src = Source::Elf(elf);
-                match self.blaze.symbolize(&src, Input::FileOffset(&offs)) {
-                    Ok(v) => v.into_iter().map(sym_info).collect(),
-                    Err(e) => {
-                        tracing::debug!(module = %module.path, error = %e, "symbolization failed");
-                        vec![None; offs.len()]
-                    }
-                }
+                self.resolve_elf(&module.open_path, &module.path, &offs)
             } else {
                 vec![None; offs.len()]
             };
@@ -228,6 +219,41 @@ impl HostSymbolizer {
                         }
                     }
                 }
+            })
+            .collect()
+    }
+
+    /// Names from the ELF symbol table, which carries full (mangled, then demangled) paths such
+    /// as `crate::module::function`; file and line from DWARF. DWARF alone is not enough for
+    /// names: with line-tables-only debug info its subprogram names lack the namespace path.
+    /// When the symbol table has nothing (a stripped binary), the DWARF name is used.
+    fn resolve_elf(&self, open_path: &Path, module: &str, offs: &[u64]) -> Vec<Option<SymInfo>> {
+        let run = |debug_syms: bool| -> Vec<Option<SymInfo>> {
+            let mut elf = Elf::new(open_path.to_path_buf());
+            elf.debug_syms = debug_syms;
+            match self
+                .blaze
+                .symbolize(&Source::Elf(elf), Input::FileOffset(offs))
+            {
+                Ok(v) => v.into_iter().map(sym_info).collect(),
+                Err(e) => {
+                    tracing::debug!(module, error = %e, debug_syms, "symbolization failed");
+                    vec![None; offs.len()]
+                }
+            }
+        };
+        let from_symtab = run(false);
+        let from_dwarf = run(true);
+        from_symtab
+            .into_iter()
+            .zip(from_dwarf)
+            .map(|(sym, dwarf)| match (sym, dwarf) {
+                (Some(mut s), Some(d)) => {
+                    s.file = d.file;
+                    s.line = d.line;
+                    Some(s)
+                }
+                (s, d) => s.or(d),
             })
             .collect()
     }
@@ -348,6 +374,14 @@ mod tests {
         let name = f.function.as_deref().unwrap_or("");
         // Demangled: the Rust path, without the `17h…E` hash suffix of the mangled symbol.
         assert_eq!(name, "baton_symbolizer::tests::a_known_function");
+        // File and line come from DWARF (the workspace builds with line tables). The first
+        // instruction may belong to inlined code (black_box), so the file is not checked here.
+        assert!(
+            f.file.as_deref().is_some_and(|p| p.ends_with(".rs")),
+            "file: {:?}",
+            f.file
+        );
+        assert!(f.line.is_some());
         let exe = std::env::current_exe().unwrap();
         assert_eq!(
             std::fs::canonicalize(&f.module).unwrap(),
