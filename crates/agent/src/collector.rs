@@ -169,6 +169,7 @@ impl CpuCollector {
                 self.exes.remove(&pid);
             }
         }
+        self.symbolizer.trim();
         if let Some(m) = metrics {
             m.windows.fetch_add(1, Ordering::Relaxed);
             m.set_profiler(&window.stats);

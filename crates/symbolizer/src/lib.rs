@@ -6,7 +6,7 @@
 
 mod maps;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use baton_model::frame::KERNEL_MODULE;
@@ -52,8 +52,15 @@ pub struct HostSymbolizer {
     user_cache: HashMap<(usize, u64), Option<SymInfo>>,
     kernel_cache: HashMap<u64, Option<SymInfo>>,
     self_root: Option<(u64, u64)>,
+    /// Modules blazesym has opened since it was last rebuilt; see [`HostSymbolizer::trim`].
+    opened_since_rebuild: HashSet<usize>,
     pub stats: SymbolizerStats,
 }
+
+/// blazesym keeps every ELF file it opened mapped, with the pages it touched resident. After
+/// this many distinct modules it is rebuilt, so a host with churning binaries (builds, deploys)
+/// does not grow the agent's memory without bound.
+const MAX_OPEN_MODULES: usize = 48;
 
 impl Default for HostSymbolizer {
     fn default() -> Self {
@@ -68,19 +75,15 @@ fn dev_ino(path: &Path) -> Option<(u64, u64)> {
 
 impl HostSymbolizer {
     pub fn new() -> Self {
-        let blaze = Symbolizer::builder()
-            .enable_demangling(true)
-            .enable_code_info(true)
-            .enable_inlined_fns(false)
-            .build();
         HostSymbolizer {
-            blaze,
+            blaze: new_blazesym(),
             procs: HashMap::new(),
             modules: Vec::new(),
             module_index: HashMap::new(),
             user_cache: HashMap::new(),
             kernel_cache: HashMap::new(),
             self_root: dev_ino(Path::new("/proc/self/root")),
+            opened_since_rebuild: HashSet::new(),
             stats: SymbolizerStats::default(),
         }
     }
@@ -143,6 +146,18 @@ impl HostSymbolizer {
         self.procs.remove(&pid);
     }
 
+    /// Bounds memory: drops cached symbols of modules no known process maps any more, and
+    /// rebuilds blazesym (unmapping every file it holds) once it has opened too many modules.
+    /// Call it once per window.
+    pub fn trim(&mut self) {
+        let live: HashSet<usize> = self.procs.values().flatten().map(|(_, idx)| *idx).collect();
+        self.user_cache.retain(|(idx, _), _| live.contains(idx));
+        if self.opened_since_rebuild.len() > MAX_OPEN_MODULES {
+            self.blaze = new_blazesym();
+            self.opened_since_rebuild.clear();
+        }
+    }
+
     /// Pids with a snapshot.
     pub fn known_pids(&self) -> Vec<u32> {
         self.procs.keys().copied().collect()
@@ -183,6 +198,7 @@ impl HostSymbolizer {
         for (idx, offs) in missing {
             let module = &self.modules[idx];
             let resolved = if module.path.starts_with('/') {
+                self.opened_since_rebuild.insert(idx);
                 self.resolve_elf(&module.open_path, &module.path, &offs)
             } else {
                 vec![None; offs.len()]
@@ -312,6 +328,14 @@ impl HostSymbolizer {
     }
 }
 
+fn new_blazesym() -> Symbolizer {
+    Symbolizer::builder()
+        .enable_demangling(true)
+        .enable_code_info(true)
+        .enable_inlined_fns(false)
+        .build()
+}
+
 fn unknown_frame(module: &str, build_id: Option<String>, address: u64) -> Frame {
     Frame {
         kind: FrameKind::User,
@@ -392,6 +416,19 @@ mod tests {
             f.address < std::fs::metadata(&f.module).unwrap().len(),
             "address is a file offset"
         );
+    }
+
+    #[test]
+    fn trim_drops_symbols_of_forgotten_processes() {
+        let pid = std::process::id();
+        let mut s = HostSymbolizer::new();
+        s.observe_process(pid);
+        s.user_frames(pid, &[a_known_function as *const () as u64]);
+        s.trim();
+        assert_eq!(s.user_cache.len(), 1, "a live process keeps its symbols");
+        s.forget_process(pid);
+        s.trim();
+        assert!(s.user_cache.is_empty());
     }
 
     #[test]
