@@ -8,7 +8,7 @@ SECS=${1:-600}
 BATON=${BATON:-${CARGO_TARGET_DIR:-target}/release/baton}
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
-clang -O2 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer -o "$tmp/split" tests/workloads/split.c
+clang -O2 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer -fno-optimize-sibling-calls -o "$tmp/split" tests/workloads/split.c
 "$BATON" up --data "$tmp/data" --listen 127.0.0.1:0 2>"$tmp/up.log" &
 upid=$!
 sleep 3
