@@ -2,6 +2,7 @@
 //! library crates. clap stops here.
 
 mod common;
+mod config_cmd;
 mod query;
 mod record;
 mod up;
@@ -53,6 +54,27 @@ enum Command {
         baton query --since 1h --format pprof --output cpu.pb.gz\n  \
         baton query --since 5m --format collapsed | flamegraph.pl > cpu.svg")]
     Query(QueryArgs),
+    /// Validate or show a config-as-code directory.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the whole tree: exit 0 when good, 1 with `file:line:col: message` lines when not.
+    #[command(after_help = "Run it in the config repository's CI:\n  baton config check config/")]
+    Check {
+        /// The config directory.
+        dir: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the effective config (defaults filled in) and its version as JSON.
+    Show {
+        /// The config directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -138,6 +160,8 @@ fn main() -> ExitCode {
         Command::Record(a) => record::run(a),
         Command::Up(a) => up::run(a),
         Command::Query(a) => query::run(a),
+        Command::Config(ConfigCommand::Check { dir, json }) => config_cmd::check(&dir, json),
+        Command::Config(ConfigCommand::Show { dir }) => config_cmd::show(&dir),
     };
     match res {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 //! `go tool pprof` and headless Chromium. They need root; without it they fail, loudly.
 
 mod bad_input;
+mod config;
 mod harness;
 mod record;
 mod up;

@@ -1,0 +1,74 @@
+//! `baton config check|show DIR`: validate a config tree as CI would, or print its effective form.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use baton_config::ConfigError;
+use baton_profilers::ProfilerKind;
+
+use crate::common::usage;
+
+fn known_profilers() -> Vec<&'static str> {
+    ProfilerKind::ALL.iter().map(|k| k.name()).collect()
+}
+
+/// Exit 0 on a good tree; exit 1 with one `file:line:col: message` line per problem.
+pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    match baton_config::load_dir(dir, &known_profilers()) {
+        Ok(cfg) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "version": cfg.version, "problems": [] })
+                );
+            } else {
+                println!(
+                    "{}: ok ({} services, {} profiler overrides; version {})",
+                    dir.display(),
+                    cfg.services.len(),
+                    cfg.profilers.len(),
+                    cfg.version
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ConfigError::Invalid(problems)) => {
+            if json {
+                let list: Vec<_> = problems
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "file": dir.join(&p.file).display().to_string(),
+                            "line": p.line, "col": p.col, "message": p.message,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "ok": false, "problems": list }));
+            } else {
+                for p in &problems {
+                    eprintln!(
+                        "{}:{}:{}: {}",
+                        dir.join(&p.file).display(),
+                        p.line,
+                        p.col,
+                        p.message
+                    );
+                }
+                eprintln!("{} problem(s); the tree is rejected", problems.len());
+            }
+            Ok(ExitCode::from(1))
+        }
+        Err(e @ ConfigError::Io { .. }) => Err(usage(e.to_string())),
+    }
+}
+
+/// Prints the effective config (defaults filled in) and its version, as JSON.
+pub fn show(dir: &Path) -> anyhow::Result<ExitCode> {
+    match baton_config::load_dir(dir, &known_profilers()) {
+        Ok(cfg) => {
+            println!("{}", serde_json::to_string_pretty(&cfg)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(usage(e.to_string())),
+    }
+}

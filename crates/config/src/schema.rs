@@ -1,0 +1,262 @@
+//! The typed, validated configuration, and the raw serde documents it is built from.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+// ---- Raw documents, as written in a file. Field doc comments are the reference docs. ----
+
+/// One file: any of these tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileDoc {
+    pub host: Option<Spanned<HostDoc>>,
+    pub tuner: Option<Spanned<TunerDoc>>,
+    #[serde(default)]
+    pub profilers: BTreeMap<Spanned<String>, Spanned<ProfilerDoc>>,
+    #[serde(default)]
+    pub services: BTreeMap<Spanned<String>, Spanned<ServiceDoc>>,
+}
+
+/// `[host]`: safety limits every host enforces.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HostDoc {
+    /// Profilers running at once on one host.
+    pub max_concurrent: Option<Spanned<i64>>,
+    /// CPU the profilers may use, in percent of one host's total CPU.
+    pub overhead_budget_percent: Option<Spanned<f64>>,
+    /// Sample rows per minute the store accepts from one profiler on one host.
+    pub write_budget_rows_per_minute: Option<Spanned<i64>>,
+    /// Groups of profilers that may not run together beyond `max`.
+    #[serde(default)]
+    pub concurrency_groups: BTreeMap<Spanned<String>, Spanned<GroupDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GroupDoc {
+    pub max: Spanned<i64>,
+    pub profilers: Vec<Spanned<String>>,
+}
+
+/// `[tuner]`: how the dynamic sampling tuner works.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TunerDoc {
+    /// How often run probabilities are re-tuned (default `24h`).
+    pub interval: Option<Spanned<String>>,
+}
+
+/// `[profilers.NAME]`: overrides of a registered profiler.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProfilerDoc {
+    /// Default sampling frequency in Hz.
+    pub frequency: Option<Spanned<i64>>,
+    /// Aggregation window, e.g. `10s`.
+    pub window: Option<Spanned<String>>,
+    /// Hard ceiling on frequency, even for forced runs.
+    pub max_frequency: Option<Spanned<i64>>,
+    /// Hard ceiling on a run's duration, even for forced runs.
+    pub max_duration: Option<Spanned<String>>,
+}
+
+/// `[services.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceDoc {
+    pub selector: Spanned<SelectorDoc>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub continuous: Vec<Spanned<ContinuousDoc>>,
+    #[serde(default)]
+    pub triggers: Vec<Spanned<TriggerDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SelectorDoc {
+    /// A cgroup v2 path, e.g. `/system.slice/nginx.service`.
+    pub cgroup: Option<Spanned<String>>,
+    /// A systemd unit, e.g. `nginx.service`.
+    pub unit: Option<Spanned<String>>,
+    /// A process name (comm, at most 15 bytes).
+    pub comm: Option<Spanned<String>>,
+    /// An absolute executable path.
+    pub exe: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ContinuousDoc {
+    pub profiler: Spanned<String>,
+    /// Samples per hour wanted across the whole fleet for this service.
+    pub target_samples_per_hour: Spanned<i64>,
+    /// Length of one run on one host, e.g. `30s`.
+    pub duration: Spanned<String>,
+    pub frequency: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TriggerDoc {
+    /// `process_cpu`, `host_cpu`, `rss_growth`, `exec` or `prometheus`.
+    pub kind: Spanned<String>,
+    pub profiler: Spanned<String>,
+    pub duration: Spanned<String>,
+    pub cooldown: Spanned<String>,
+    pub max_per_hour: Spanned<i64>,
+    pub above_percent: Option<Spanned<f64>>,
+    /// How long the condition must hold (`process_cpu`).
+    #[serde(rename = "for")]
+    pub for_: Option<Spanned<String>>,
+    pub bytes_per_second: Option<Spanned<i64>>,
+    /// Executable path pattern (`exec`), `*` matches any run of characters.
+    pub pattern: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
+    pub metric: Option<Spanned<String>>,
+    pub above: Option<Spanned<f64>>,
+}
+
+// ---- The validated configuration. ----
+
+/// The whole validated tree.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// Hash of the files the config came from.
+    pub version: String,
+    pub host: HostLimits,
+    pub tuner: TunerSettings,
+    pub profilers: BTreeMap<String, ProfilerOverride>,
+    pub services: BTreeMap<String, Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostLimits {
+    pub max_concurrent: u32,
+    pub overhead_budget_percent: f64,
+    pub write_budget_rows_per_minute: u64,
+    pub concurrency_groups: BTreeMap<String, ConcurrencyGroup>,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        HostLimits {
+            max_concurrent: 4,
+            overhead_budget_percent: 1.0,
+            write_budget_rows_per_minute: 60_000,
+            concurrency_groups: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConcurrencyGroup {
+    pub max: u32,
+    pub profilers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TunerSettings {
+    #[serde(with = "secs")]
+    pub interval: Duration,
+}
+
+impl Default for TunerSettings {
+    fn default() -> Self {
+        TunerSettings {
+            interval: Duration::from_secs(86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct ProfilerOverride {
+    pub frequency: Option<u64>,
+    #[serde(with = "opt_secs")]
+    pub window: Option<Duration>,
+    pub max_frequency: Option<u64>,
+    #[serde(with = "opt_secs")]
+    pub max_duration: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    pub selector: Selector,
+    pub labels: BTreeMap<String, String>,
+    pub continuous: Vec<ContinuousRule>,
+    pub triggers: Vec<TriggerRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Selector {
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+    pub comm: Option<String>,
+    pub exe: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContinuousRule {
+    pub profiler: String,
+    pub target_samples_per_hour: u64,
+    #[serde(with = "secs")]
+    pub duration: Duration,
+    pub frequency: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TriggerRule {
+    pub condition: TriggerCondition,
+    pub profiler: String,
+    #[serde(with = "secs")]
+    pub duration: Duration,
+    #[serde(with = "secs")]
+    pub cooldown: Duration,
+    pub max_per_hour: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TriggerCondition {
+    ProcessCpu {
+        above_percent: f64,
+        #[serde(with = "secs")]
+        for_: Duration,
+    },
+    HostCpu {
+        above_percent: f64,
+    },
+    RssGrowth {
+        bytes_per_second: u64,
+    },
+    Exec {
+        pattern: String,
+    },
+    Prometheus {
+        url: String,
+        metric: String,
+        above: f64,
+    },
+}
+
+mod secs {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+mod opt_secs {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64(d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Unit tests of whole-tree validation.
+
+use super::*;
+
+const KNOWN: &[&str] = &["cpu", "offcpu"];
+
+fn file(path: &str, text: &str) -> SourceFile {
+    SourceFile {
+        path: PathBuf::from(path),
+        text: text.to_string(),
+    }
+}
+
+fn problems(files: &[SourceFile]) -> Vec<String> {
+    match load(files, KNOWN) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+const GOOD: &str = r#"
+[host]
+max_concurrent = 3
+overhead_budget_percent = 0.5
+
+[host.concurrency_groups.sched]
+max = 1
+profilers = ["cpu", "offcpu"]
+
+[profilers.cpu]
+frequency = 49
+max_duration = "10m"
+
+[services.checkout]
+selector = { cgroup = "/system.slice/checkout.service" }
+labels = { team = "payments" }
+continuous = [{ profiler = "cpu", target_samples_per_hour = 100000, duration = "30s" }]
+
+[[services.checkout.triggers]]
+kind = "process_cpu"
+above_percent = 90.0
+for = "30s"
+profiler = "cpu"
+duration = "20s"
+cooldown = "10m"
+max_per_hour = 2
+"#;
+
+#[test]
+fn a_good_tree_loads() {
+    let cfg = load(&[file("baton.toml", GOOD)], KNOWN).expect("valid");
+    assert_eq!(cfg.host.max_concurrent, 3);
+    assert_eq!(cfg.profilers["cpu"].frequency, Some(49));
+    let svc = &cfg.services["checkout"];
+    assert_eq!(svc.continuous[0].target_samples_per_hour, 100_000);
+    assert_eq!(
+        svc.continuous[0].duration,
+        std::time::Duration::from_secs(30)
+    );
+    assert!(matches!(
+        svc.triggers[0].condition,
+        TriggerCondition::ProcessCpu { .. }
+    ));
+    assert_eq!(cfg.version.len(), 16);
+}
+
+#[test]
+fn a_mistyped_key_is_named_with_file_line_col_and_a_hint() {
+    let p = problems(&[file(
+        "profilers/cpu.toml",
+        "[profilers.cpu]\nfrequncy = 49\n",
+    )]);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("profilers/cpu.toml:2:1: unknown key `frequncy`"),
+        "{}",
+        p[0]
+    );
+    assert!(p[0].contains("did you mean `frequency`?"), "{}", p[0]);
+}
+
+#[test]
+fn every_problem_in_the_tree_is_reported_at_once() {
+    let bad = r#"
+[services.api]
+selector = { cgroup = "system.slice/api.service", unit = "api" }
+continuous = [{ profiler = "cpux", target_samples_per_hour = 0, duration = "ten seconds" }]
+"#;
+    let p = problems(&[
+        file("a.toml", bad),
+        file("b.toml", "[profilers.gpu]\nfrequency = 99999\n"),
+    ]);
+    let all = p.join("\n");
+    for needle in [
+        "a.toml:3:23: bad selector cgroup",
+        "bad selector unit `api`",
+        "unknown profiler `cpux`",
+        "did you mean `cpu`?",
+        "target_samples_per_hour must be at least 1",
+        "duration: bad duration",
+        "b.toml:1:12: unknown profiler `gpu`",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn duplicates_across_files_name_both_places() {
+    let p = problems(&[
+        file("a.toml", "[host]\nmax_concurrent = 2\n"),
+        file("b.toml", "\n[host]\nmax_concurrent = 3\n"),
+    ]);
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("b.toml:") && m.contains("first at a.toml:1")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn triggers_need_their_fields_and_refuse_others() {
+    let t = r#"
+[services.s]
+selector = { comm = "app" }
+[[services.s.triggers]]
+kind = "host_cpu"
+pattern = "/usr/bin/*"
+profiler = "cpu"
+duration = "10s"
+cooldown = "1m"
+max_per_hour = 1
+"#;
+    let p = problems(&[file("t.toml", t)]).join("\n");
+    assert!(
+        p.contains("a `host_cpu` trigger needs `above_percent`"),
+        "{p}"
+    );
+    assert!(
+        p.contains("`pattern` does not apply to a `host_cpu` trigger"),
+        "{p}"
+    );
+    let t2 = t.replace("host_cpu", "hots_cpu");
+    let p = problems(&[file("t.toml", &t2)]).join("\n");
+    assert!(
+        p.contains("unknown trigger kind `hots_cpu`") && p.contains("did you mean `host_cpu`?"),
+        "{p}"
+    );
+}
+
+#[test]
+fn syntax_errors_have_a_location() {
+    let p = problems(&[file("x.toml", "[host\nmax_concurrent = 2\n")]);
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with("x.toml:1:"), "{}", p[0]);
+}
+
+#[test]
+fn the_version_changes_with_content() {
+    let a = version_of(&[file("a.toml", "[host]\n")]);
+    let b = version_of(&[file("a.toml", "[host]\nmax_concurrent = 1\n")]);
+    assert_ne!(a, b);
+}
+
+#[test]
+fn suggestions_stay_close() {
+    assert_eq!(
+        validate::suggest("frequncy", ["frequency", "window"].into_iter()),
+        Some("frequency")
+    );
+    assert_eq!(
+        validate::suggest("zzz", ["frequency", "window"].into_iter()),
+        None
+    );
+}

@@ -1,0 +1,514 @@
+//! Whole-tree validation: parse every file, merge, and check every value, collecting problems.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::time::Duration;
+
+use baton_model::parse_duration;
+use toml::Spanned;
+
+use crate::schema::*;
+use crate::{line_col, version_of, ConfigError, Problem, SourceFile};
+
+/// Frequency bounds shared with the CPU profiler.
+const MAX_FREQUENCY_HZ: i64 = 10_000;
+const UNIT_SUFFIXES: &[&str] = &[
+    ".service", ".scope", ".slice", ".socket", ".timer", ".mount",
+];
+const TRIGGER_KINDS: &[&str] = &[
+    "process_cpu",
+    "host_cpu",
+    "rss_growth",
+    "exec",
+    "prometheus",
+];
+
+struct Ctx<'a> {
+    file: &'a SourceFile,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = line_col(&self.file.text, span.start);
+        self.problems.push(Problem {
+            file: self.file.path.clone(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, v: &Spanned<String>, what: &str) -> Option<Duration> {
+        match parse_duration(v.get_ref()) {
+            Ok(d) if d > Duration::ZERO => Some(d),
+            Ok(_) => {
+                self.at(v.span(), format!("{what} must be more than zero"));
+                None
+            }
+            Err(e) => {
+                self.at(v.span(), format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn profiler(&mut self, v: &Spanned<String>, known: &[&str]) -> Option<String> {
+        let name = v.get_ref();
+        if known.contains(&name.as_str()) {
+            return Some(name.clone());
+        }
+        let hint = suggest(name, known.iter().copied())
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        self.at(
+            v.span(),
+            format!(
+                "unknown profiler `{name}` (known: {}){hint}",
+                known.join(", ")
+            ),
+        );
+        None
+    }
+
+    fn frequency(&mut self, v: &Spanned<i64>) -> Option<u64> {
+        let f = *v.get_ref();
+        if (1..=MAX_FREQUENCY_HZ).contains(&f) {
+            Some(f as u64)
+        } else {
+            self.at(
+                v.span(),
+                format!("frequency {f} is out of range 1..={MAX_FREQUENCY_HZ} Hz"),
+            );
+            None
+        }
+    }
+
+    fn positive(&mut self, v: &Spanned<i64>, what: &str) -> Option<u64> {
+        let n = *v.get_ref();
+        if n >= 1 {
+            Some(n as u64)
+        } else {
+            self.at(v.span(), format!("{what} must be at least 1, not {n}"));
+            None
+        }
+    }
+}
+
+/// The closest candidate within a small edit distance, for "did you mean".
+pub(crate) fn suggest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Turns toml's "unknown field `x`, expected one of `a`, `b`" into a message with a hint.
+fn parse_error_message(msg: &str) -> String {
+    let first = msg.lines().next().unwrap_or(msg).trim().to_string();
+    let m = msg.replace('\n', " ");
+    if let Some(rest) = m.split("unknown field `").nth(1) {
+        let unknown = rest.split('`').next().unwrap_or("");
+        let expected: Vec<&str> = rest
+            .split("expected ")
+            .nth(1)
+            .map(|e| e.split('`').skip(1).step_by(2).collect())
+            .unwrap_or_default();
+        let hint = suggest(unknown, expected.iter().copied())
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        let allowed = if expected.is_empty() {
+            String::new()
+        } else {
+            format!(" (allowed: {})", expected.join(", "))
+        };
+        return format!("unknown key `{unknown}`{allowed}{hint}");
+    }
+    first
+}
+
+pub(crate) fn validate(files: &[SourceFile], known: &[&str]) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut config = Config {
+        version: version_of(files),
+        host: HostLimits::default(),
+        tuner: TunerSettings::default(),
+        profilers: BTreeMap::new(),
+        services: BTreeMap::new(),
+    };
+    // Where each unique thing was first defined, for duplicate errors.
+    let mut host_at: Option<String> = None;
+    let mut tuner_at: Option<String> = None;
+    let mut profiler_at: BTreeMap<String, String> = BTreeMap::new();
+    let mut service_at: BTreeMap<String, String> = BTreeMap::new();
+
+    for file in files {
+        let doc: FileDoc = match toml::from_str(&file.text) {
+            Ok(d) => d,
+            Err(e) => {
+                let (line, col) = e
+                    .span()
+                    .map(|s| line_col(&file.text, s.start))
+                    .unwrap_or((1, 1));
+                problems.push(Problem {
+                    file: file.path.clone(),
+                    line,
+                    col,
+                    message: parse_error_message(e.message()),
+                });
+                continue;
+            }
+        };
+        let mut cx = Ctx {
+            file,
+            problems: &mut problems,
+        };
+        let here = |span: Range<usize>| {
+            let (l, c) = line_col(&file.text, span.start);
+            format!("{}:{l}:{c}", file.path.display())
+        };
+
+        if let Some(h) = &doc.host {
+            if let Some(first) = &host_at {
+                cx.at(
+                    h.span(),
+                    format!("[host] is defined twice; first at {first}"),
+                );
+            } else {
+                host_at = Some(here(h.span()));
+                config.host = host_limits(&mut cx, h.get_ref(), known);
+            }
+        }
+        if let Some(t) = &doc.tuner {
+            if let Some(first) = &tuner_at {
+                cx.at(
+                    t.span(),
+                    format!("[tuner] is defined twice; first at {first}"),
+                );
+            } else {
+                tuner_at = Some(here(t.span()));
+                if let Some(iv) = &t.get_ref().interval {
+                    if let Some(d) = cx.duration(iv, "tuner interval") {
+                        config.tuner.interval = d;
+                    }
+                }
+            }
+        }
+        for (name, p) in &doc.profilers {
+            if let Some(first) = profiler_at.get(name.get_ref()) {
+                cx.at(
+                    name.span(),
+                    format!(
+                        "[profilers.{}] is defined twice; first at {first}",
+                        name.get_ref()
+                    ),
+                );
+                continue;
+            }
+            profiler_at.insert(name.get_ref().clone(), here(name.span()));
+            if cx.profiler(name, known).is_none() {
+                continue;
+            }
+            let o = profiler_override(&mut cx, p.get_ref());
+            config.profilers.insert(name.get_ref().clone(), o);
+        }
+        for (name, s) in &doc.services {
+            if let Some(first) = service_at.get(name.get_ref()) {
+                cx.at(
+                    name.span(),
+                    format!(
+                        "[services.{}] is defined twice; first at {first}",
+                        name.get_ref()
+                    ),
+                );
+                continue;
+            }
+            service_at.insert(name.get_ref().clone(), here(name.span()));
+            if let Some(svc) = service(&mut cx, s.get_ref(), known) {
+                config.services.insert(name.get_ref().clone(), svc);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn host_limits(cx: &mut Ctx<'_>, h: &HostDoc, known: &[&str]) -> HostLimits {
+    let mut out = HostLimits::default();
+    if let Some(v) = &h.max_concurrent {
+        if let Some(n) = cx.positive(v, "max_concurrent") {
+            out.max_concurrent = n as u32;
+        }
+    }
+    if let Some(v) = &h.overhead_budget_percent {
+        let p = *v.get_ref();
+        if p > 0.0 && p <= 100.0 {
+            out.overhead_budget_percent = p;
+        } else {
+            cx.at(
+                v.span(),
+                format!("overhead_budget_percent must be in (0, 100], not {p}"),
+            );
+        }
+    }
+    if let Some(v) = &h.write_budget_rows_per_minute {
+        if let Some(n) = cx.positive(v, "write_budget_rows_per_minute") {
+            out.write_budget_rows_per_minute = n;
+        }
+    }
+    for (name, g) in &h.concurrency_groups {
+        let g = g.get_ref();
+        let max = cx.positive(&g.max, "max").unwrap_or(1) as u32;
+        let profilers: Vec<String> = g
+            .profilers
+            .iter()
+            .filter_map(|p| cx.profiler(p, known))
+            .collect();
+        out.concurrency_groups
+            .insert(name.get_ref().clone(), ConcurrencyGroup { max, profilers });
+    }
+    out
+}
+
+fn profiler_override(cx: &mut Ctx<'_>, p: &ProfilerDoc) -> ProfilerOverride {
+    let mut o = ProfilerOverride {
+        frequency: p.frequency.as_ref().and_then(|f| cx.frequency(f)),
+        window: p.window.as_ref().and_then(|w| cx.duration(w, "window")),
+        max_frequency: p.max_frequency.as_ref().and_then(|f| cx.frequency(f)),
+        max_duration: p
+            .max_duration
+            .as_ref()
+            .and_then(|d| cx.duration(d, "max_duration")),
+    };
+    if let (Some(f), Some(m), Some(span)) = (o.frequency, o.max_frequency, p.frequency.as_ref()) {
+        if f > m {
+            cx.at(
+                span.span(),
+                format!("frequency {f} is above this profiler's max_frequency {m}"),
+            );
+            o.frequency = Some(m);
+        }
+    }
+    o
+}
+
+fn selector(cx: &mut Ctx<'_>, s: &Spanned<SelectorDoc>) -> Option<Selector> {
+    let d = s.get_ref();
+    let mut ok = true;
+    if d.cgroup.is_none() && d.unit.is_none() && d.comm.is_none() && d.exe.is_none() {
+        cx.at(
+            s.span(),
+            "the selector matches nothing: give at least one of cgroup, unit, comm, exe",
+        );
+        return None;
+    }
+    if let Some(c) = &d.cgroup {
+        if !c.get_ref().starts_with('/') {
+            cx.at(
+                c.span(),
+                format!(
+                    "bad selector cgroup `{}`: a cgroup path starts with `/`",
+                    c.get_ref()
+                ),
+            );
+            ok = false;
+        }
+    }
+    if let Some(u) = &d.unit {
+        if !UNIT_SUFFIXES.iter().any(|s| u.get_ref().ends_with(s)) {
+            cx.at(
+                u.span(),
+                format!(
+                    "bad selector unit `{}`: a systemd unit ends in one of {}",
+                    u.get_ref(),
+                    UNIT_SUFFIXES.join(", ")
+                ),
+            );
+            ok = false;
+        }
+    }
+    if let Some(c) = &d.comm {
+        let n = c.get_ref().len();
+        if n == 0 || n > 15 {
+            cx.at(
+                c.span(),
+                format!(
+                    "bad selector comm `{}`: a process name is 1 to 15 bytes",
+                    c.get_ref()
+                ),
+            );
+            ok = false;
+        }
+    }
+    if let Some(e) = &d.exe {
+        if !e.get_ref().starts_with('/') {
+            cx.at(
+                e.span(),
+                format!("bad selector exe `{}`: use an absolute path", e.get_ref()),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| Selector {
+        cgroup: d.cgroup.as_ref().map(|v| v.get_ref().clone()),
+        unit: d.unit.as_ref().map(|v| v.get_ref().clone()),
+        comm: d.comm.as_ref().map(|v| v.get_ref().clone()),
+        exe: d.exe.as_ref().map(|v| v.get_ref().clone()),
+    })
+}
+
+fn service(cx: &mut Ctx<'_>, s: &ServiceDoc, known: &[&str]) -> Option<Service> {
+    let sel = selector(cx, &s.selector);
+    let mut continuous = Vec::new();
+    for c in &s.continuous {
+        let c = c.get_ref();
+        let profiler = cx.profiler(&c.profiler, known);
+        let target = cx.positive(&c.target_samples_per_hour, "target_samples_per_hour");
+        let duration = cx.duration(&c.duration, "duration");
+        let frequency = c.frequency.as_ref().map(|f| cx.frequency(f));
+        if let (Some(profiler), Some(target), Some(duration)) = (profiler, target, duration) {
+            continuous.push(ContinuousRule {
+                profiler,
+                target_samples_per_hour: target,
+                duration,
+                frequency: frequency.flatten(),
+            });
+        }
+    }
+    let mut triggers = Vec::new();
+    for t in &s.triggers {
+        if let Some(rule) = trigger(cx, t.get_ref(), known) {
+            triggers.push(rule);
+        }
+    }
+    Some(Service {
+        selector: sel?,
+        labels: s.labels.clone(),
+        continuous,
+        triggers,
+    })
+}
+
+fn trigger(cx: &mut Ctx<'_>, t: &TriggerDoc, known: &[&str]) -> Option<TriggerRule> {
+    let kind = t.kind.get_ref().as_str();
+    let profiler = cx.profiler(&t.profiler, known);
+    let duration = cx.duration(&t.duration, "duration");
+    let cooldown = cx.duration(&t.cooldown, "cooldown");
+    let max_per_hour = cx.positive(&t.max_per_hour, "max_per_hour");
+    // Which optional fields each kind needs; any other optional field is a mistake.
+    let needs: &[&str] = match kind {
+        "process_cpu" => &["above_percent", "for"],
+        "host_cpu" => &["above_percent"],
+        "rss_growth" => &["bytes_per_second"],
+        "exec" => &["pattern"],
+        "prometheus" => &["url", "metric", "above"],
+        other => {
+            let hint = suggest(other, TRIGGER_KINDS.iter().copied())
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            cx.at(
+                t.kind.span(),
+                format!(
+                    "unknown trigger kind `{other}` (known: {}){hint}",
+                    TRIGGER_KINDS.join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    let present: [(&str, Option<Range<usize>>); 7] = [
+        ("above_percent", t.above_percent.as_ref().map(|v| v.span())),
+        ("for", t.for_.as_ref().map(|v| v.span())),
+        (
+            "bytes_per_second",
+            t.bytes_per_second.as_ref().map(|v| v.span()),
+        ),
+        ("pattern", t.pattern.as_ref().map(|v| v.span())),
+        ("url", t.url.as_ref().map(|v| v.span())),
+        ("metric", t.metric.as_ref().map(|v| v.span())),
+        ("above", t.above.as_ref().map(|v| v.span())),
+    ];
+    let mut ok = true;
+    for (name, span) in &present {
+        match (needs.contains(name), span) {
+            (true, None) => {
+                cx.at(t.kind.span(), format!("a `{kind}` trigger needs `{name}`"));
+                ok = false;
+            }
+            (false, Some(span)) => {
+                cx.at(
+                    span.clone(),
+                    format!("`{name}` does not apply to a `{kind}` trigger"),
+                );
+                ok = false;
+            }
+            _ => {}
+        }
+    }
+    let pct = |cx: &mut Ctx<'_>, v: &Option<Spanned<f64>>| -> Option<f64> {
+        let v = v.as_ref()?;
+        let p = *v.get_ref();
+        if p > 0.0 && p <= 100.0 * 1024.0 {
+            Some(p)
+        } else {
+            cx.at(
+                v.span(),
+                format!("above_percent must be more than 0, not {p}"),
+            );
+            None
+        }
+    };
+    if !ok {
+        return None;
+    }
+    let condition = match kind {
+        "process_cpu" => TriggerCondition::ProcessCpu {
+            above_percent: pct(cx, &t.above_percent)?,
+            for_: t.for_.as_ref().and_then(|d| cx.duration(d, "for"))?,
+        },
+        "host_cpu" => TriggerCondition::HostCpu {
+            above_percent: pct(cx, &t.above_percent)?,
+        },
+        "rss_growth" => TriggerCondition::RssGrowth {
+            bytes_per_second: t
+                .bytes_per_second
+                .as_ref()
+                .and_then(|v| cx.positive(v, "bytes_per_second"))?,
+        },
+        "exec" => TriggerCondition::Exec {
+            pattern: t.pattern.as_ref()?.get_ref().clone(),
+        },
+        _ => {
+            let url = t.url.as_ref()?;
+            if !url.get_ref().starts_with("http://") && !url.get_ref().starts_with("https://") {
+                cx.at(
+                    url.span(),
+                    format!(
+                        "url `{}` must start with http:// or https://",
+                        url.get_ref()
+                    ),
+                );
+                return None;
+            }
+            TriggerCondition::Prometheus {
+                url: url.get_ref().clone(),
+                metric: t.metric.as_ref()?.get_ref().clone(),
+                above: *t.above.as_ref()?.get_ref(),
+            }
+        }
+    };
+    Some(TriggerRule {
+        condition,
+        profiler: profiler?,
+        duration: duration?,
+        cooldown: cooldown?,
+        max_per_hour: max_per_hour? as u32,
+    })
+}
