@@ -3,6 +3,7 @@
 
 mod common;
 mod config_cmd;
+mod plan;
 mod query;
 mod record;
 mod up;
@@ -54,9 +55,37 @@ enum Command {
         baton query --since 1h --format pprof --output cpu.pb.gz\n  \
         baton query --since 5m --format collapsed | flamegraph.pl > cpu.svg")]
     Query(QueryArgs),
+    /// Simulate the scheduler over a fleet before committing a config change.
+    #[command(
+        after_help = "Example:\n  baton plan --config examples/config --fleet examples/fleet-10k.toml --simulate 24h\n\n\
+        Exit 0 when no resource conflict occurred, 1 otherwise."
+    )]
+    Plan(PlanCli),
     /// Validate or show a config-as-code directory.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Args)]
+struct PlanCli {
+    /// The config directory to plan.
+    #[arg(long)]
+    config: PathBuf,
+    /// The fleet description: [[group]] name, count, cpus, services = { NAME = busy CPUs }.
+    #[arg(long)]
+    fleet: PathBuf,
+    /// How much time to simulate.
+    #[arg(long, default_value = "24h")]
+    simulate: String,
+    /// Scheduler tick of the simulation.
+    #[arg(long, default_value = "10s")]
+    tick: String,
+    /// Re-tune interval during the simulation [default: the config's tuner interval].
+    #[arg(long)]
+    tuner_interval: Option<String>,
+    /// table or json.
+    #[arg(long, default_value = "table")]
+    format: String,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +190,19 @@ fn main() -> ExitCode {
         Command::Up(a) => up::run(a),
         Command::Query(a) => query::run(a),
         Command::Config(ConfigCommand::Check { dir, json }) => config_cmd::check(&dir, json),
+        Command::Plan(p) => match p.format.as_str() {
+            "table" | "json" => plan::run(plan::PlanArgs {
+                json: p.format == "json",
+                config: p.config,
+                fleet: p.fleet,
+                simulate: p.simulate,
+                tick: p.tick,
+                tuner_interval: p.tuner_interval,
+            }),
+            other => Err(common::usage(format!(
+                "unknown --format {other:?}; use table or json"
+            ))),
+        },
         Command::Config(ConfigCommand::Show { dir }) => config_cmd::show(&dir),
     };
     match res {

@@ -4,5 +4,6 @@
 mod bad_input;
 mod config;
 mod harness;
+mod plan;
 mod record;
 mod up;

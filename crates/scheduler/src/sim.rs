@@ -1,0 +1,467 @@
+//! Fleet simulation for `baton plan`: the real scheduler, tuner and trigger engine over a fleet
+//! described in TOML, on a simulated clock.
+//!
+//! ```toml
+//! [[group]]
+//! name = "web"            # hosts are named web-0, web-1, …
+//! count = 6000
+//! cpus = 32
+//! services = { checkout = 6.0, search = 1.5 }   # busy CPUs each service uses on each host
+//! ```
+//!
+//! The model: a run of a CPU-style profiler at `f` Hz for `d` seconds on a host where the service
+//! keeps `b` CPUs busy yields `f × d × b` samples. Load follows a daily curve (±25% around the
+//! given figure, peaking mid-day) so triggers and the tuner see change.
+
+use std::collections::{BTreeMap, HashMap};
+
+use baton_config::Config;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Decision, JobRequest, Millis, Mode, ProfilerSpec, Scheduler, Sharing, TriggerEngine, Tuner,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    #[serde(rename = "group")]
+    pub groups: Vec<HostGroup>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostGroup {
+    pub name: String,
+    pub count: u32,
+    pub cpus: u32,
+    #[serde(default)]
+    pub services: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("fleet file: {0}")]
+    Parse(String),
+    #[error(
+        "fleet file: group {group:?} uses service {service:?}, which the config does not define"
+    )]
+    UnknownService { group: String, service: String },
+}
+
+impl Fleet {
+    pub fn parse(text: &str) -> Result<Fleet, FleetError> {
+        toml::from_str(text).map_err(|e| FleetError::Parse(e.to_string()))
+    }
+
+    pub fn hosts(&self) -> u64 {
+        self.groups.iter().map(|g| u64::from(g.count)).sum()
+    }
+}
+
+/// What the plan says of one service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServicePlan {
+    pub name: String,
+    pub hosts: u64,
+    /// Target over the simulated span (per-hour target × hours).
+    pub target_samples: u64,
+    /// Raw samples the continuous runs would collect over the span.
+    pub expected_samples: u64,
+    /// Samples over the last 24 h of the span (the whole span if shorter), once tuned.
+    pub settled_samples: u64,
+    /// The target over that same window.
+    pub settled_target: u64,
+    pub target_samples_per_hour: u64,
+    pub continuous_runs: u64,
+    pub triggered_runs: u64,
+    pub trigger_firings: u64,
+    pub trigger_suppressed: u64,
+    /// Final run probability per continuous rule.
+    pub probabilities: Vec<f64>,
+    /// Peak sample rows per minute one host would write, against the host write budget.
+    pub peak_rows_per_minute_per_host: u64,
+    pub write_budget_rows_per_minute: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub hosts: u64,
+    pub simulated_seconds: u64,
+    pub tick_seconds: u64,
+    pub tuner_interval_seconds: u64,
+    /// Exclusive resources double-booked or caps exceeded, as checked after every tick. Must be 0.
+    pub conflicts: u64,
+    pub peak_concurrent_per_host: u32,
+    pub preemptions: u64,
+    pub services: Vec<ServicePlan>,
+    /// Median scheduler time per host per tick, in nanoseconds (filled by the caller that
+    /// times the run).
+    pub decisions: u64,
+}
+
+struct SimHost {
+    name: String,
+    cpus: u32,
+    services: Vec<(String, f64)>,
+}
+
+/// splitmix64's finaliser: a well-mixed 64-bit hash of one word.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A deterministic draw per (host, slot, rule): the same plan gives the same answer every time.
+fn hash3(a: u64, b: u64, c: u64) -> u64 {
+    mix(a ^ mix(b ^ mix(c)))
+}
+
+fn unit(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Daily load factor in [0.75, 1.25], peaking at noon.
+fn load_factor(t: Millis) -> f64 {
+    let day = (t % 86_400_000) as f64 / 86_400_000.0;
+    1.0 - 0.25 * (2.0 * std::f64::consts::PI * day).cos()
+}
+
+/// Runs the fleet for `span_ms` with a tick of `tick_ms`. The tuner re-tunes every
+/// `tuner_interval_ms` (the config's interval, or shorter to plan a day quickly).
+///
+/// With `seed`, each rule's starting probability is computed from the fleet's average load (a
+/// plan knows the fleet); without it the tuner starts from 5% and must find its own way, which
+/// is what the convergence test checks.
+pub fn simulate(
+    config: &Config,
+    fleet: &Fleet,
+    span_ms: Millis,
+    tick_ms: Millis,
+    tuner_interval_ms: Millis,
+    seed: bool,
+) -> Result<PlanReport, FleetError> {
+    for g in &fleet.groups {
+        for s in g.services.keys() {
+            if !config.services.contains_key(s) {
+                return Err(FleetError::UnknownService {
+                    group: g.name.clone(),
+                    service: s.clone(),
+                });
+            }
+        }
+    }
+    let specs: Vec<ProfilerSpec> = ["cpu"]
+        .iter()
+        .filter_map(|n| ProfilerSpec::builtin(n, config))
+        .collect();
+    let mut sched = Scheduler::new(config, specs);
+    let mut triggers = TriggerEngine::default();
+    let mut tuner = Tuner::new(tuner_interval_ms, 0.05, 0);
+
+    let mut hosts = Vec::new();
+    for g in &fleet.groups {
+        for i in 0..g.count {
+            hosts.push(SimHost {
+                name: format!("{}-{i}", g.name),
+                cpus: g.cpus,
+                services: g.services.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            });
+        }
+    }
+    let host_index: HashMap<String, usize> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.name.clone(), i))
+        .collect();
+
+    // Continuous rules: (service, rule index, slot length, duration, target per hour).
+    let mut rules: Vec<(String, usize, Millis, Millis, u64, String)> = Vec::new();
+    for (name, svc) in &config.services {
+        for (i, c) in svc.continuous.iter().enumerate() {
+            let d = c.duration.as_millis() as Millis;
+            rules.push((
+                name.clone(),
+                i,
+                d * 10,
+                d,
+                c.target_samples_per_hour,
+                c.profiler.clone(),
+            ));
+        }
+    }
+    let targets: Vec<((String, usize), u64)> =
+        rules.iter().map(|r| ((r.0.clone(), r.1), r.4)).collect();
+    if seed {
+        for (svc, rule, slot, dur, target, profiler) in &rules {
+            let freq = config.services[svc].continuous[*rule]
+                .frequency
+                .or_else(|| sched.spec(profiler).map(|s| s.default_frequency))
+                .unwrap_or(19) as f64;
+            let busy: f64 = hosts
+                .iter()
+                .filter_map(|h| {
+                    h.services
+                        .iter()
+                        .find(|(s, _)| s == svc)
+                        .map(|(_, b)| b.min(f64::from(h.cpus)))
+                })
+                .sum();
+            let per_hour_at_p1 =
+                busy * freq * (*dur as f64 / 1000.0) * (3_600_000.0 / *slot as f64);
+            if per_hour_at_p1 > 0.0 {
+                tuner.seed(svc, *rule, *target as f64 / per_hour_at_p1);
+            }
+        }
+    }
+    let hosts_of: HashMap<&str, Vec<usize>> = {
+        let mut m: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, h) in hosts.iter().enumerate() {
+            for (s, _) in &h.services {
+                if let Some(name) = config
+                    .services
+                    .get_key_value(s.as_str())
+                    .map(|(k, _)| k.as_str())
+                {
+                    m.entry(name).or_default().push(i);
+                }
+            }
+        }
+        m
+    };
+
+    #[derive(Default)]
+    struct Acc {
+        expected: u64,
+        settled: u64,
+        continuous_runs: u64,
+        triggered_runs: u64,
+        peak_rows: u64,
+    }
+    let mut acc: HashMap<String, Acc> = config
+        .services
+        .keys()
+        .map(|k| (k.clone(), Acc::default()))
+        .collect();
+    let mut conflicts = 0u64;
+    let mut peak = 0u32;
+    let mut preemptions = 0u64;
+    let mut decisions = 0u64;
+    let mut weights: HashMap<u64, f64> = HashMap::new();
+    let settled_from = span_ms.saturating_sub(86_400_000);
+    let settled_hours = (span_ms - settled_from) as f64 / 3_600_000.0;
+
+    let mut now: Millis = 0;
+    while now < span_ms {
+        // Continuous: at each slot start, each host draws against the tuned probability.
+        for (svc, rule, slot, dur, _, profiler) in &rules {
+            if now % slot >= tick_ms {
+                continue;
+            }
+            let slot_no = now / slot;
+            let p = tuner.probability(svc, *rule);
+            let Some(list) = hosts_of.get(svc.as_str()) else {
+                continue;
+            };
+            for &hi in list {
+                let h = hash3(
+                    hi as u64,
+                    slot_no,
+                    baton_model::batch::fnv1a(&[svc.as_bytes(), &rule.to_le_bytes()]),
+                );
+                if unit(h) >= p {
+                    continue;
+                }
+                let offset = (h >> 7) % (slot - dur).max(1);
+                let req = JobRequest {
+                    profiler: profiler.clone(),
+                    host: hosts[hi].name.clone(),
+                    target: format!("service:{svc}"),
+                    mode: Mode::Continuous {
+                        service: svc.clone(),
+                        rule: *rule,
+                    },
+                    duration_ms: *dur,
+                    frequency: config.services[svc].continuous[*rule].frequency,
+                    priority: 0,
+                    force: false,
+                    owner: "continuous".into(),
+                    not_before: now + offset,
+                };
+                if let Ok(id) = sched.submit(req, now) {
+                    weights.insert(id, 1.0 / p);
+                }
+            }
+        }
+        // Triggers: every minute, per host and service, the observed load.
+        if now % 60_000 < tick_ms {
+            let lf = load_factor(now);
+            for h in &hosts {
+                let busy: f64 = h.services.iter().map(|(_, b)| b * lf).sum();
+                let host_pct = 100.0 * busy / f64::from(h.cpus.max(1));
+                for (svc, b) in &h.services {
+                    for obs in [
+                        crate::Observation::HostCpu {
+                            host: h.name.clone(),
+                            service: svc.clone(),
+                            percent: host_pct,
+                        },
+                        crate::Observation::ProcessCpu {
+                            host: h.name.clone(),
+                            service: svc.clone(),
+                            percent: 100.0 * b * lf,
+                        },
+                    ] {
+                        for req in triggers.observe(config, &obs, now) {
+                            let _ = sched.submit(req, now);
+                        }
+                    }
+                }
+            }
+        }
+        let out = sched.tick(now);
+        decisions += out.len() as u64;
+        for d in &out {
+            match d {
+                Decision::Preempt { .. } => preemptions += 1,
+                Decision::Stop { run, host } => {
+                    let Some(r) = sched.run(*run).cloned() else {
+                        continue;
+                    };
+                    let hi = host_index[host];
+                    let (svc, rule, continuous) = match &r.request.mode {
+                        Mode::Continuous { service, rule } => (service.clone(), *rule, true),
+                        Mode::Triggered { service, rule } => (service.clone(), *rule, false),
+                        Mode::OnDemand => continue,
+                    };
+                    let busy = hosts[hi]
+                        .services
+                        .iter()
+                        .find(|(s, _)| *s == svc)
+                        .map(|(_, b)| b * load_factor(now))
+                        .unwrap_or(0.0)
+                        .min(f64::from(hosts[hi].cpus));
+                    let secs = r.request.duration_ms as f64 / 1000.0;
+                    let samples = (r.frequency as f64 * secs * busy).round() as u64;
+                    sched.finish(*run, samples, None);
+                    let a = acc.get_mut(&svc).expect("service known");
+                    let rows_per_min = (samples as f64 / secs.max(1.0) * 60.0) as u64;
+                    a.peak_rows = a.peak_rows.max(rows_per_min);
+                    if continuous {
+                        a.expected += samples;
+                        a.continuous_runs += 1;
+                        if now >= settled_from {
+                            a.settled += samples;
+                        }
+                        tuner.observe(&svc, rule, samples);
+                        weights.remove(run);
+                    } else {
+                        a.triggered_runs += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Independent check of the safety rules on every host where something started: only
+        // a start can break them.
+        let mut touched: Vec<&str> = out
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Start { host, .. } | Decision::Resume { host, .. } => Some(host.as_str()),
+                _ => None,
+            })
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for h in touched {
+            let running = sched.running_on(h);
+            peak = peak.max(running.len() as u32);
+            let forced = running
+                .iter()
+                .any(|id| sched.run(*id).is_some_and(|r| r.request.force));
+            if !forced && running.len() as u32 > config.host.max_concurrent {
+                conflicts += 1;
+            }
+            let mut held: HashMap<&str, u32> = HashMap::new();
+            for id in running {
+                let Some(r) = sched.run(*id) else { continue };
+                let Some(spec) = sched.spec(&r.request.profiler) else {
+                    continue;
+                };
+                for c in &spec.claims {
+                    let n = held.entry(c.resource.as_str()).or_default();
+                    *n += 1;
+                    let limit = match c.sharing {
+                        Sharing::Exclusive => 1,
+                        Sharing::SharedUpTo(n) => n,
+                    };
+                    if *n > limit {
+                        conflicts += 1;
+                    }
+                }
+            }
+        }
+        tuner.maybe_retune(now, &targets);
+        if now % 3_600_000 < tick_ms {
+            sched.forget_ended(now.saturating_sub(600_000));
+        }
+        now += tick_ms;
+    }
+
+    let hours = span_ms as f64 / 3_600_000.0;
+    let mut services = Vec::new();
+    for (name, svc) in &config.services {
+        let a = &acc[name];
+        let per_hour: u64 = svc
+            .continuous
+            .iter()
+            .map(|c| c.target_samples_per_hour)
+            .sum();
+        let fired: u64 = (0..svc.triggers.len())
+            .map(|i| triggers.fired.get(&(name.clone(), i)).copied().unwrap_or(0))
+            .sum();
+        let suppressed: u64 = (0..svc.triggers.len())
+            .map(|i| {
+                triggers
+                    .suppressed
+                    .get(&(name.clone(), i))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum();
+        services.push(ServicePlan {
+            name: name.clone(),
+            hosts: hosts_of
+                .get(name.as_str())
+                .map(|v| v.len() as u64)
+                .unwrap_or(0),
+            target_samples: (per_hour as f64 * hours).round() as u64,
+            expected_samples: a.expected,
+            settled_samples: a.settled,
+            settled_target: (per_hour as f64 * settled_hours).round() as u64,
+            target_samples_per_hour: per_hour,
+            continuous_runs: a.continuous_runs,
+            triggered_runs: a.triggered_runs,
+            trigger_firings: fired,
+            trigger_suppressed: suppressed,
+            probabilities: (0..svc.continuous.len())
+                .map(|i| tuner.probability(name, i))
+                .collect(),
+            peak_rows_per_minute_per_host: a.peak_rows,
+            write_budget_rows_per_minute: config.host.write_budget_rows_per_minute,
+        });
+    }
+    Ok(PlanReport {
+        hosts: hosts.len() as u64,
+        simulated_seconds: span_ms / 1000,
+        tick_seconds: tick_ms / 1000,
+        tuner_interval_seconds: tuner_interval_ms / 1000,
+        conflicts,
+        peak_concurrent_per_host: peak,
+        preemptions,
+        services,
+        decisions,
+    })
+}

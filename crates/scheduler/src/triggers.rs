@@ -1,0 +1,210 @@
+//! Triggers: conditions observed on hosts that start runs, with cooldowns and hourly caps.
+
+use std::collections::{HashMap, VecDeque};
+
+use baton_config::{Config, TriggerCondition};
+
+use crate::{JobRequest, Millis, Mode};
+
+/// Something a host's agent saw, already attributed to a service by its selector.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// The busiest process of the service, in percent of one CPU.
+    ProcessCpu {
+        host: String,
+        service: String,
+        percent: f64,
+    },
+    /// The whole host's CPU use in percent.
+    HostCpu {
+        host: String,
+        service: String,
+        percent: f64,
+    },
+    RssGrowth {
+        host: String,
+        service: String,
+        bytes_per_second: f64,
+    },
+    Exec {
+        host: String,
+        service: String,
+        exe: String,
+    },
+    Metric {
+        host: String,
+        service: String,
+        url: String,
+        metric: String,
+        value: f64,
+    },
+}
+
+impl Observation {
+    fn key(&self) -> (&str, &str) {
+        match self {
+            Observation::ProcessCpu { host, service, .. }
+            | Observation::HostCpu { host, service, .. }
+            | Observation::RssGrowth { host, service, .. }
+            | Observation::Exec { host, service, .. }
+            | Observation::Metric { host, service, .. } => (host, service),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct RuleState {
+    /// Since when the condition has held (for conditions with a `for`).
+    since: Option<Millis>,
+    last_fired: Option<Millis>,
+    fired: VecDeque<Millis>,
+}
+
+/// Trigger state for every (service, rule, host).
+#[derive(Debug, Default)]
+pub struct TriggerEngine {
+    state: HashMap<(String, usize, String), RuleState>,
+    /// Firings per (service, rule), for reports and metrics.
+    pub fired: HashMap<(String, usize), u64>,
+    /// Conditions that held but were held back by a cooldown or the hourly cap.
+    pub suppressed: HashMap<(String, usize), u64>,
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(pos) => rest = &rest[pos + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+impl TriggerEngine {
+    /// Feeds one observation; returns the runs it fires.
+    pub fn observe(&mut self, config: &Config, obs: &Observation, now: Millis) -> Vec<JobRequest> {
+        let (host, service) = obs.key();
+        let Some(svc) = config.services.get(service) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, rule) in svc.triggers.iter().enumerate() {
+            // Whether this observation speaks to the rule, and whether its condition holds.
+            let (holds, needs_for) = match (&rule.condition, obs) {
+                (
+                    TriggerCondition::ProcessCpu {
+                        above_percent,
+                        for_,
+                    },
+                    Observation::ProcessCpu { percent, .. },
+                ) => (*percent > *above_percent, Some(for_.as_millis() as Millis)),
+                (
+                    TriggerCondition::HostCpu { above_percent },
+                    Observation::HostCpu { percent, .. },
+                ) => (*percent > *above_percent, None),
+                (
+                    TriggerCondition::RssGrowth { bytes_per_second },
+                    Observation::RssGrowth {
+                        bytes_per_second: b,
+                        ..
+                    },
+                ) => (*b > *bytes_per_second as f64, None),
+                (TriggerCondition::Exec { pattern }, Observation::Exec { exe, .. }) => {
+                    (glob_match(pattern, exe), None)
+                }
+                (
+                    TriggerCondition::Prometheus { url, metric, above },
+                    Observation::Metric {
+                        url: u,
+                        metric: m,
+                        value,
+                        ..
+                    },
+                ) => {
+                    if url != u || metric != m {
+                        continue;
+                    }
+                    (*value > *above, None)
+                }
+                _ => continue,
+            };
+            let st = self
+                .state
+                .entry((service.to_string(), i, host.to_string()))
+                .or_default();
+            if !holds {
+                st.since = None;
+                continue;
+            }
+            let since = *st.since.get_or_insert(now);
+            if let Some(f) = needs_for {
+                if now.saturating_sub(since) < f {
+                    continue;
+                }
+            }
+            while st
+                .fired
+                .front()
+                .is_some_and(|t| now.saturating_sub(*t) >= 3_600_000)
+            {
+                st.fired.pop_front();
+            }
+            let cooling = st
+                .last_fired
+                .is_some_and(|t| now.saturating_sub(t) < rule.cooldown.as_millis() as Millis);
+            if cooling || st.fired.len() as u32 >= rule.max_per_hour {
+                *self.suppressed.entry((service.to_string(), i)).or_default() += 1;
+                continue;
+            }
+            st.last_fired = Some(now);
+            st.fired.push_back(now);
+            st.since = None;
+            *self.fired.entry((service.to_string(), i)).or_default() += 1;
+            out.push(JobRequest {
+                profiler: rule.profiler.clone(),
+                host: host.to_string(),
+                target: format!("service:{service}"),
+                mode: Mode::Triggered {
+                    service: service.to_string(),
+                    rule: i,
+                },
+                duration_ms: rule.duration.as_millis() as Millis,
+                frequency: None,
+                priority: 5,
+                force: false,
+                owner: format!("trigger:{service}#{i}"),
+                not_before: now,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("/usr/bin/*", "/usr/bin/python3"));
+        assert!(glob_match("*checkout*", "/opt/checkout-v2/bin"));
+        assert!(glob_match("/a/b", "/a/b"));
+        assert!(!glob_match("/usr/bin/*", "/usr/sbin/x"));
+        assert!(!glob_match("a*c", "abd"));
+    }
+}
