@@ -72,3 +72,17 @@ pub fn show(dir: &Path) -> anyhow::Result<ExitCode> {
         Err(e) => Err(usage(e.to_string())),
     }
 }
+
+/// Prints the config in force in a running `baton up`, with its version and reload history.
+pub fn show_server(url: &str) -> anyhow::Result<ExitCode> {
+    let (status, body) = crate::query::get(url, "/api/v1/config")?;
+    if !(200..300).contains(&status) {
+        return Err(anyhow::anyhow!(
+            "server answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -99,10 +99,15 @@ enum ConfigCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the effective config (defaults filled in) and its version as JSON.
+    /// Print the effective config (defaults filled in) and its version as JSON: of a directory,
+    /// or the one in force in a running `baton up` (--server).
     Show {
         /// The config directory.
-        dir: PathBuf,
+        #[arg(required_unless_present = "server")]
+        dir: Option<PathBuf>,
+        /// Ask a running baton up which config is in force.
+        #[arg(long, conflicts_with = "dir")]
+        server: Option<String>,
     },
 }
 
@@ -147,9 +152,13 @@ pub struct UpArgs {
     /// Data directory [default: /var/lib/baton for root, else ~/.local/share/baton].
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Samples per second per CPU for continuous profiling.
-    #[arg(long, short = 'F', default_value_t = baton_profilers::cpu::DEFAULT_CONTINUOUS_HZ)]
-    pub frequency: u64,
+    /// Samples per second per CPU for continuous profiling [default: the config's
+    /// [profilers.cpu] frequency, else 19].
+    #[arg(long, short = 'F')]
+    pub frequency: Option<u64>,
+    /// A config-as-code directory; it is watched, and a good edit applies without a restart.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Length of an aggregation window; each window becomes one batch in the store.
     #[arg(long, default_value = "10s")]
     pub window: String,
@@ -203,7 +212,11 @@ fn main() -> ExitCode {
                 "unknown --format {other:?}; use table or json"
             ))),
         },
-        Command::Config(ConfigCommand::Show { dir }) => config_cmd::show(&dir),
+        Command::Config(ConfigCommand::Show { dir, server }) => match (dir, server) {
+            (Some(d), _) => config_cmd::show(&d),
+            (None, Some(url)) => config_cmd::show_server(&url),
+            (None, None) => Err(common::usage("give a config DIR or --server URL")),
+        },
     };
     match res {
         Ok(code) => code,

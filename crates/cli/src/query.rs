@@ -29,26 +29,14 @@ pub fn run(a: QueryArgs) -> anyhow::Result<ExitCode> {
     if a.format == "top" {
         q.push_str(&format!("&limit={}", a.top));
     }
-    let url = format!("{}{path}?{q}", a.server.trim_end_matches('/'));
-    let resp = ureq::get(&url)
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .map_err(|e| anyhow::anyhow!("cannot reach {}: {e} (is `baton up` running?)", a.server))?;
-    let status = resp.status();
-    let mut body = Vec::new();
-    resp.into_body()
-        .into_reader()
-        .read_to_end(&mut body)
-        .context("reading the response")?;
-    if !status.is_success() {
+    let (status, body) = get(&a.server, &format!("{path}?{q}"))?;
+    if !(200..300).contains(&status) {
         let msg = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
         let e = anyhow::anyhow!("server answered {status}: {msg}");
-        return Err(if status.is_client_error() {
+        return Err(if (400..500).contains(&status) {
             usage(e.to_string())
         } else {
             e
@@ -70,6 +58,24 @@ pub fn run(a: QueryArgs) -> anyhow::Result<ExitCode> {
         None => std::io::stdout().lock().write_all(&body)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// GET `path` from a baton server: (status, body).
+pub fn get(server: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let resp = ureq::get(&url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .map_err(|e| anyhow::anyhow!("cannot reach {server}: {e} (is `baton up` running?)"))?;
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    resp.into_body()
+        .into_reader()
+        .read_to_end(&mut body)
+        .context("reading the response")?;
+    Ok((status, body))
 }
 
 fn form_query(a: &QueryArgs, format: Option<&str>) -> String {

@@ -12,7 +12,7 @@
 mod params;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -31,13 +31,26 @@ pub type MetricLines = Vec<(&'static str, &'static str, &'static str, f64)>;
 /// Produces the agent's metrics at scrape time.
 pub type MetricsFn = Arc<dyn Fn() -> MetricLines + Send + Sync>;
 
+/// The config in force and the story of its reloads, shared with whoever watches the directory.
+#[derive(Debug, Default, Clone)]
+pub struct LiveConfig {
+    pub dir: String,
+    pub config: Option<baton_config::Config>,
+    pub loaded_at_ms: i64,
+    pub reloads: u64,
+    pub rejected: u64,
+    /// `file:line:col: message` lines of the last rejected tree, if the newest edit was bad.
+    pub last_errors: Vec<String>,
+}
+
 /// Shared state of the server.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Mutex<Box<dyn Store>>>,
     pub metrics: Option<MetricsFn>,
-    /// Static facts shown by `/api/v1/status` (event, frequency, data dir…).
-    pub status: Arc<serde_json::Value>,
+    /// Facts shown by `/api/v1/status` (event, frequency, data dir…), updated as they change.
+    pub status: Arc<RwLock<serde_json::Value>>,
+    pub config: Option<Arc<RwLock<LiveConfig>>>,
     requests: Arc<AtomicU64>,
     query_errors: Arc<AtomicU64>,
 }
@@ -46,12 +59,14 @@ impl AppState {
     pub fn new(
         store: Arc<Mutex<Box<dyn Store>>>,
         metrics: Option<MetricsFn>,
-        status: serde_json::Value,
+        status: Arc<RwLock<serde_json::Value>>,
+        config: Option<Arc<RwLock<LiveConfig>>>,
     ) -> Self {
         AppState {
             store,
             metrics,
-            status: Arc::new(status),
+            status,
+            config,
             requests: Arc::new(AtomicU64::new(0)),
             query_errors: Arc::new(AtomicU64::new(0)),
         }
@@ -68,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/export", get(export_profile))
         .route("/api/v1/labels/{label}", get(labels))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/config", get(config))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -234,13 +250,48 @@ async fn labels(
 
 async fn status(State(st): State<AppState>) -> Result<Response, ApiError> {
     let rows = with_store(&st, |s| s.sample_rows()).await?;
-    let mut v = (*st.status).clone();
+    let mut v = st.status.read().unwrap_or_else(|p| p.into_inner()).clone();
     v["sample_rows"] = json!(rows);
     Ok(Json(v).into_response())
 }
 
+async fn config(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let Some(live) = &st.config else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "no config directory is in use; start baton up with --config DIR".into(),
+        ));
+    };
+    let live = live.read().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(Json(json!({
+        "dir": live.dir,
+        "version": live.config.as_ref().map(|c| c.version.clone()),
+        "loaded_at_ms": live.loaded_at_ms,
+        "reloads": live.reloads,
+        "rejected": live.rejected,
+        "last_errors": live.last_errors,
+        "config": live.config,
+    }))
+    .into_response())
+}
+
 async fn metrics(State(st): State<AppState>) -> Response {
     let mut lines: MetricLines = st.metrics.as_ref().map(|f| f()).unwrap_or_default();
+    if let Some(live) = &st.config {
+        let live = live.read().unwrap_or_else(|p| p.into_inner());
+        lines.push((
+            "baton_config_reloads_total",
+            "Config trees accepted after a change on disk.",
+            "counter",
+            live.reloads as f64,
+        ));
+        lines.push((
+            "baton_config_rejected_total",
+            "Config trees rejected (the last good one stayed live).",
+            "counter",
+            live.rejected as f64,
+        ));
+    }
     lines.push((
         "baton_http_api_requests_total",
         "API requests that touched the store.",

@@ -69,3 +69,70 @@ fn a_broken_tree_is_rejected_with_file_line_col() {
     assert_eq!(v["ok"], false);
     assert_eq!(v["problems"].as_array().expect("problems").len(), 3);
 }
+
+#[test]
+fn up_reloads_a_good_edit_and_keeps_the_last_good_config_on_a_bad_one() {
+    require_root();
+    let dir = scratch("live-config");
+    copy_tree(&examples(), &dir);
+    let data = scratch("live-config-data");
+    let up = Up::start_with(&data, &["--config", dir.to_str().expect("utf-8 path")]);
+    let first = http_json(&up.addr, "/api/v1/config");
+    let v1 = first["version"].as_str().expect("version").to_string();
+    assert_eq!(http_json(&up.addr, "/api/v1/status")["frequency_hz"], 19);
+
+    // A broken edit: rejected with file:line, counted, and the old version stays live.
+    let cpu = dir.join("profilers/cpu.toml");
+    let good = std::fs::read_to_string(&cpu).expect("read");
+    std::fs::write(&cpu, good.replace("frequency = 19 ", "frequncy = 49 ")).expect("write");
+    let cfg = eventually(20, "the bad edit to be rejected", || {
+        let c = http_json(&up.addr, "/api/v1/config");
+        (c["rejected"] == 1).then_some(c)
+    });
+    assert_eq!(
+        cfg["version"],
+        v1.as_str(),
+        "the last good config must stay live"
+    );
+    let errors = cfg["last_errors"].to_string();
+    assert!(
+        errors.contains("profilers/cpu.toml:3:1: unknown key `frequncy`"),
+        "{errors}"
+    );
+    let (_, metrics) = http_get(&up.addr, "/metrics");
+    assert!(String::from_utf8_lossy(&metrics).contains("baton_config_rejected_total 1"));
+    assert_eq!(http_json(&up.addr, "/api/v1/status")["frequency_hz"], 19);
+
+    // A good edit: picked up without a restart, and the profiler runs at the new rate.
+    std::fs::write(&cpu, good.replace("frequency = 19 ", "frequency = 49 ")).expect("write");
+    eventually(20, "the good edit to apply", || {
+        let c = http_json(&up.addr, "/api/v1/config");
+        let s = http_json(&up.addr, "/api/v1/status");
+        (c["version"] != v1.as_str() && c["reloads"] == 1 && s["frequency_hz"] == 49).then_some(())
+    });
+    let out = run(baton().args(["config", "show", "--server", &format!("http://{}", up.addr)]));
+    assert!(out.status.success());
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(shown["config"]["profilers"]["cpu"]["frequency"], 49);
+    assert!(up.stop().success());
+}
+
+#[test]
+fn up_refuses_to_start_on_a_broken_tree() {
+    require_root();
+    let dir = scratch("broken-start");
+    std::fs::write(dir.join("baton.toml"), "[host]\nmax_concurent = 2\n").expect("write");
+    let data = scratch("broken-start-data");
+    let out = run(baton()
+        .args(["up", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&dir)
+        .arg("--data")
+        .arg(&data));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("baton.toml:2:1: unknown key `max_concurent`")
+            && err.contains("did you mean `max_concurrent`?"),
+        "{err}"
+    );
+}

@@ -98,9 +98,14 @@ pub struct Up {
 
 impl Up {
     pub fn start(data: &Path) -> Up {
+        Up::start_with(data, &[])
+    }
+
+    pub fn start_with(data: &Path, extra: &[&str]) -> Up {
         let mut child = baton()
             .args(["up", "--listen", "127.0.0.1:0", "--window", "1s", "--data"])
             .arg(data)
+            .args(extra)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
