@@ -6,6 +6,7 @@ mod config_cmd;
 mod plan;
 mod query;
 mod record;
+mod runs_cmd;
 mod up;
 
 use std::path::PathBuf;
@@ -55,6 +56,17 @@ enum Command {
         baton query --since 1h --format pprof --output cpu.pb.gz\n  \
         baton query --since 5m --format collapsed | flamegraph.pl > cpu.svg")]
     Query(QueryArgs),
+    /// Ask a running `baton up` for an on-demand run; it is queued, scheduled and stored.
+    #[command(
+        after_help = "Examples:\n  baton run cpu --target pid:1234 --duration 30s --wait\n  \
+        baton run cpu --target comm:nginx --duration 10s --frequency 499 --priority 5\n\n\
+        --force bypasses the soft limits (host cap, concurrency groups) and is written to the \
+        audit log; the hard ceilings (max duration, max frequency) and resource exclusivity hold."
+    )]
+    Run(RunCli),
+    /// List, show or cancel runs of a running `baton up`.
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Simulate the scheduler over a fleet before committing a config change.
     #[command(
         after_help = "Example:\n  baton plan --config examples/config --fleet examples/fleet-10k.toml --simulate 24h\n\n\
@@ -64,6 +76,60 @@ enum Command {
     /// Validate or show a config-as-code directory.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Args)]
+struct RunCli {
+    /// The profiler to run.
+    profiler: String,
+    /// pid:PID, comm:NAME, exe:PATH, cgroup:PATH or service:NAME.
+    #[arg(long)]
+    target: String,
+    #[arg(long, default_value = "30s")]
+    duration: String,
+    #[arg(long, short = 'F')]
+    frequency: Option<u64>,
+    /// Higher runs first; FIFO within a priority.
+    #[arg(long, default_value_t = 0)]
+    priority: i32,
+    /// Bypass the soft limits; audited.
+    #[arg(long)]
+    force: bool,
+    /// Wait for the run, with progress, then print its top functions.
+    #[arg(long)]
+    wait: bool,
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    server: String,
+    /// table or json.
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Runs, newest first.
+    List {
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        server: String,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// One run as JSON: id, profiler, state, reason, queued_at, started_at, ended_at, samples.
+    Show {
+        id: u64,
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        server: String,
+        /// json (the only format).
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+    /// Cancel a queued or running run.
+    Cancel {
+        id: u64,
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        server: String,
+    },
 }
 
 #[derive(Args)]
@@ -199,6 +265,23 @@ fn main() -> ExitCode {
         Command::Up(a) => up::run(a),
         Command::Query(a) => query::run(a),
         Command::Config(ConfigCommand::Check { dir, json }) => config_cmd::check(&dir, json),
+        Command::Run(r) => runs_cmd::run(runs_cmd::RunArgs {
+            json: r.format == "json",
+            profiler: r.profiler,
+            target: r.target,
+            duration: r.duration,
+            frequency: r.frequency,
+            priority: r.priority,
+            force: r.force,
+            wait: r.wait,
+            server: r.server,
+            top: 20,
+        }),
+        Command::Runs(RunsCommand::List { server, format }) => {
+            runs_cmd::list(&server, format == "json")
+        }
+        Command::Runs(RunsCommand::Show { id, server, .. }) => runs_cmd::show(&server, id),
+        Command::Runs(RunsCommand::Cancel { id, server }) => runs_cmd::cancel(&server, id),
         Command::Plan(p) => match p.format.as_str() {
             "table" | "json" => plan::run(plan::PlanArgs {
                 json: p.format == "json",

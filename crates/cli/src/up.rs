@@ -7,11 +7,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use baton_agent::targets::{resolve, Target};
 use baton_agent::{AgentMetrics, CollectorOptions, CpuCollector};
 use baton_config::ConfigError;
 use baton_model::parse_duration;
 use baton_profilers::cpu::MAX_FREQUENCY_HZ;
 use baton_profilers::{CpuOptions, ProfilerError};
+use baton_scheduler::{Decision, JobRequest, Mode, ProfilerSpec, RunState, Scheduler};
+use baton_server::runs::RunsHandle;
 use baton_server::{AppState, LiveConfig, MetricsFn};
 use baton_store::{DuckDbStore, Store};
 use serde_json::json;
@@ -81,8 +84,19 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     let store: Arc<Mutex<Box<dyn Store>>> = Arc::new(Mutex::new(Box::new(store)));
     let metrics = Arc::new(AgentMetrics::default());
     let status = Arc::new(RwLock::new(json!({})));
+    let effective = live
+        .as_ref()
+        .and_then(|l| l.read().unwrap_or_else(|p| p.into_inner()).config.clone())
+        .unwrap_or_else(default_config);
+    let specs = baton_profilers::ProfilerKind::ALL
+        .iter()
+        .filter_map(|k| ProfilerSpec::builtin(k.name(), &effective))
+        .collect();
+    let scheduler = Arc::new(Mutex::new(Scheduler::new(&effective, specs)));
     let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
     let worker = {
+        let scheduler = scheduler.clone();
+        let live = live.clone();
         let store = store.clone();
         let metrics = metrics.clone();
         let opts = opts.clone();
@@ -101,7 +115,20 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                         return Ok(());
                     }
                 };
-                collect_loop(collector, opts, store, metrics, window, desired, status)
+                let mut d = Driver {
+                    opts,
+                    continuous: Some(collector),
+                    continuous_run: None,
+                    on_demand: None,
+                    scheduler,
+                    store,
+                    metrics,
+                    window,
+                    desired,
+                    status,
+                    live,
+                };
+                d.run()
             })
             .context("starting the collector thread")?
     };
@@ -138,12 +165,18 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
             .spawn(move || watch_config(&dir, &live))
             .context("starting the config watcher")?;
     }
-    let state = AppState::new(
+    let mut state = AppState::new(
         store.clone(),
         Some(metrics_fn),
         status.clone(),
         live.clone(),
     );
+    state.runs = Some(RunsHandle {
+        scheduler: scheduler.clone(),
+        host: LOCAL_HOST.to_string(),
+        audit_log: Some(data.join("audit.log")),
+        clock: now_ms_u64,
+    });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -189,60 +222,274 @@ fn write(store: &Mutex<Box<dyn Store>>, metrics: &AgentMetrics, report: baton_ag
     }
 }
 
-/// Discovers processes often, drains a window every `window`, restarts the profiler when the
-/// desired frequency changes (a config reload), and flushes the last window on stop. The
-/// collector is dropped at the end, which detaches every BPF program.
-fn collect_loop(
-    mut collector: CpuCollector,
-    mut opts: CollectorOptions,
+/// The scheduler's name for this host in `baton up`.
+const LOCAL_HOST: &str = "local";
+
+fn now_ms_u64() -> u64 {
+    now_ms() as u64
+}
+
+/// An empty config: the defaults of every limit, no services.
+fn default_config() -> baton_config::Config {
+    baton_config::load(&[], &[]).expect("an empty tree is valid")
+}
+
+/// Carries out the scheduler's decisions on this host. Continuous profiling of every process is
+/// a chain of continuous runs, one per window; on-demand runs preempt it (the CPU profiler holds
+/// the PMU exclusively) and it resumes when they end. The collectors are dropped at the end,
+/// which detaches every BPF program.
+struct Driver {
+    opts: CollectorOptions,
+    continuous: Option<CpuCollector>,
+    continuous_run: Option<u64>,
+    on_demand: Option<(u64, CpuCollector)>,
+    scheduler: Arc<Mutex<Scheduler>>,
     store: Arc<Mutex<Box<dyn Store>>>,
     metrics: Arc<AgentMetrics>,
     window: Duration,
     desired: Arc<dyn Fn() -> u64 + Send + Sync>,
     status: Arc<RwLock<serde_json::Value>>,
-) -> anyhow::Result<()> {
-    let mut last = Instant::now();
-    while !stop_requested() {
-        std::thread::sleep(Duration::from_millis(250));
-        collector.discover();
-        let want = desired();
-        if want != opts.cpu.frequency_hz {
-            // Flush what the old rate gathered, then start again at the new one.
-            match collector.collect(Some(&metrics)) {
-                Ok(r) => write(&store, &metrics, r),
-                Err(e) => tracing::error!(error = %e, "draining before a restart failed"),
-            }
-            let previous = opts.cpu.frequency_hz;
-            opts.cpu.frequency_hz = want;
-            drop(collector);
-            collector = match CpuCollector::start(&opts) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "restarting at {want} Hz failed; staying at {previous} Hz");
-                    opts.cpu.frequency_hz = previous;
-                    CpuCollector::start(&opts)?
+    live: Option<Arc<RwLock<LiveConfig>>>,
+}
+
+impl Driver {
+    fn run(&mut self) -> anyhow::Result<()> {
+        let mut last_prune = Instant::now();
+        while !stop_requested() {
+            let now = now_ms_u64();
+            let decisions = {
+                let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+                let has_continuous = s.runs().any(|r| {
+                    matches!(r.request.mode, Mode::Continuous { .. })
+                        && !r.state.is_terminal()
+                        && r.state != RunState::Processing
+                });
+                if !has_continuous {
+                    let req = JobRequest {
+                        profiler: "cpu".into(),
+                        host: LOCAL_HOST.into(),
+                        target: "host".into(),
+                        mode: Mode::Continuous {
+                            service: "host".into(),
+                            rule: 0,
+                        },
+                        duration_ms: self.window.as_millis() as u64,
+                        frequency: Some(self.opts.cpu.frequency_hz),
+                        priority: 0,
+                        force: false,
+                        owner: "continuous".into(),
+                        not_before: now,
+                    };
+                    if let Err(e) = s.submit(req, now) {
+                        tracing::error!(error = %e, "queueing the continuous run failed");
+                    }
                 }
+                // A cancelled on-demand run stops at once.
+                if let Some((id, _)) = &self.on_demand {
+                    if s.run(*id).is_some_and(|r| r.state == RunState::Cancelled) {
+                        let id = *id;
+                        drop(s);
+                        self.stop_on_demand(id, false);
+                        s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+                // Targets that all exited end their run early.
+                let mut out = Vec::new();
+                if let Some((id, c)) = &self.on_demand {
+                    if c.live_targets().is_empty() {
+                        out.extend(s.end_early(*id, now, "every target process exited"));
+                    }
+                }
+                out.extend(s.tick(now));
+                if last_prune.elapsed() > Duration::from_secs(60) {
+                    s.forget_continuous_ended(now.saturating_sub(600_000));
+                    last_prune = Instant::now();
+                }
+                out
             };
-            eprintln!(
-                "baton up: sampling frequency now {} Hz",
-                opts.cpu.frequency_hz
-            );
-            status.write().unwrap_or_else(|p| p.into_inner())["frequency_hz"] =
-                json!(opts.cpu.frequency_hz);
-            last = Instant::now();
+            for d in decisions {
+                self.apply(d, now);
+            }
+            self.retune_frequency();
+            if let Some(c) = &mut self.continuous {
+                c.discover();
+            }
+            if let Some((_, c)) = &mut self.on_demand {
+                c.discover();
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
-        if last.elapsed() >= window {
-            last = Instant::now();
-            match collector.collect(Some(&metrics)) {
-                Ok(r) => write(&store, &metrics, r),
-                Err(e) => tracing::error!(error = %e, "draining a window failed"),
+        self.flush_continuous(None);
+        if let Some((id, _)) = &self.on_demand {
+            let id = *id;
+            let now = now_ms_u64();
+            self.scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .end_early(id, now, "baton up stopped");
+            self.stop_on_demand(id, true);
+        }
+        self.continuous = None;
+        Ok(())
+    }
+
+    fn is_continuous(&self, id: u64) -> bool {
+        let s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        s.run(id)
+            .is_some_and(|r| matches!(r.request.mode, Mode::Continuous { .. }))
+    }
+
+    fn apply(&mut self, d: Decision, now: u64) {
+        match d {
+            Decision::Start { run, .. } | Decision::Resume { run, .. } => {
+                if self.is_continuous(run) {
+                    self.continuous_run = Some(run);
+                    if self.continuous.is_none() {
+                        match CpuCollector::start(&self.opts) {
+                            Ok(c) => self.continuous = Some(c),
+                            Err(e) => {
+                                tracing::error!(error = %e, "resuming continuous profiling failed")
+                            }
+                        }
+                    }
+                } else {
+                    self.start_on_demand(run, now);
+                }
+            }
+            Decision::Preempt { run, by, .. } => {
+                // Free the PMU: store what the continuous profiler has, then detach it.
+                let samples = self.flush_continuous(None);
+                tracing::info!(run, by, samples, "continuous profiling preempted");
+                self.continuous = None;
+            }
+            Decision::Stop { run, .. } => {
+                if self.on_demand.as_ref().is_some_and(|(id, _)| *id == run) {
+                    self.stop_on_demand(run, true);
+                } else if self.is_continuous(run) {
+                    let samples = self.flush_continuous(None);
+                    self.scheduler
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .finish(run, samples, None);
+                }
             }
         }
     }
-    let r = collector.collect(Some(&metrics))?;
-    write(&store, &metrics, r);
-    drop(collector);
-    Ok(())
+
+    fn start_on_demand(&mut self, id: u64, now: u64) {
+        let (target, frequency) = {
+            let s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+            match s.run(id) {
+                Some(r) => (r.request.target.clone(), r.frequency),
+                None => return,
+            }
+        };
+        let services = |name: &str| {
+            let l = self
+                .live
+                .as_ref()?
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            Some(l.config.as_ref()?.services.get(name)?.selector.clone())
+        };
+        let started = Target::parse(&target)
+            .and_then(|t| resolve(&t, &services))
+            .and_then(|pids| {
+                let opts = CollectorOptions {
+                    cpu: CpuOptions {
+                        frequency_hz: frequency,
+                        targets: Some(pids),
+                        follow_forks: true,
+                        force_cpu_clock: self.opts.cpu.force_cpu_clock,
+                    },
+                    host: self.opts.host.clone(),
+                };
+                CpuCollector::start(&opts).map_err(|e| e.to_string())
+            });
+        match started {
+            Ok(c) => {
+                eprintln!("baton up: run {id} started ({target} at {frequency} Hz)");
+                self.on_demand = Some((id, c));
+            }
+            Err(e) => {
+                let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+                s.end_early(id, now, "could not start");
+                s.finish(id, 0, Some(e));
+            }
+        }
+    }
+
+    /// Drains the on-demand collector into the store under its run id and detaches it.
+    fn stop_on_demand(&mut self, id: u64, finish: bool) {
+        let Some((_, mut c)) = self.on_demand.take() else {
+            return;
+        };
+        let (samples, failure) = match c.collect(Some(&self.metrics)) {
+            Ok(mut r) => {
+                for s in &mut r.batch.samples {
+                    s.labels.insert("run".into(), id.to_string());
+                }
+                let n = r.sample_count;
+                write(&self.store, &self.metrics, r);
+                (n, None)
+            }
+            Err(e) => (0, Some(e.to_string())),
+        };
+        drop(c);
+        eprintln!("baton up: run {id} ended with {samples} samples");
+        if finish {
+            self.scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .finish(id, samples, failure);
+        }
+    }
+
+    /// Stores the continuous collector's window; returns its raw sample count.
+    fn flush_continuous(&mut self, _: Option<u64>) -> u64 {
+        let Some(c) = &mut self.continuous else {
+            return 0;
+        };
+        match c.collect(Some(&self.metrics)) {
+            Ok(r) => {
+                let n = r.sample_count;
+                write(&self.store, &self.metrics, r);
+                n
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "draining a window failed");
+                0
+            }
+        }
+    }
+
+    /// Restarts continuous profiling at a new rate after a config reload.
+    fn retune_frequency(&mut self) {
+        let want = (self.desired)();
+        if want == self.opts.cpu.frequency_hz {
+            return;
+        }
+        let previous = self.opts.cpu.frequency_hz;
+        self.opts.cpu.frequency_hz = want;
+        if self.continuous.is_some() {
+            self.flush_continuous(None);
+            self.continuous = None;
+            match CpuCollector::start(&self.opts) {
+                Ok(c) => self.continuous = Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "restarting at {want} Hz failed; staying at {previous} Hz");
+                    self.opts.cpu.frequency_hz = previous;
+                    self.continuous = CpuCollector::start(&self.opts).ok();
+                }
+            }
+        }
+        eprintln!(
+            "baton up: sampling frequency now {} Hz",
+            self.opts.cpu.frequency_hz
+        );
+        self.status.write().unwrap_or_else(|p| p.into_inner())["frequency_hz"] =
+            json!(self.opts.cpu.frequency_hz);
+    }
 }
 
 fn now_ms() -> i64 {

@@ -10,6 +10,7 @@ pub mod flame;
 pub mod frame;
 pub mod named;
 pub mod profile;
+pub mod time;
 
 pub use batch::Batch;
 pub use duration::{parse_duration, DurationError};

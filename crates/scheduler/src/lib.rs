@@ -327,6 +327,28 @@ impl Scheduler {
         Ok(was_running.then_some(Decision::Stop { run: id, host }))
     }
 
+    /// Ends a running run before its time (its targets exited, or it failed to start); the
+    /// driver then stores what it has and calls [`Scheduler::finish`].
+    pub fn end_early(&mut self, id: u64, now: Millis, reason: &str) -> Option<Decision> {
+        let state = self.runs.get(&id)?.state;
+        if state.is_terminal() || state == RunState::Processing {
+            return None;
+        }
+        self.release(id);
+        self.waiting.retain(|w| *w != id);
+        let r = self.runs.get_mut(&id)?;
+        r.state = RunState::Processing;
+        r.reason = Some(reason.to_string());
+        r.ended_at = Some(now);
+        if r.started_at.is_none() {
+            r.started_at = Some(now);
+        }
+        Some(Decision::Stop {
+            run: id,
+            host: r.request.host.clone(),
+        })
+    }
+
     /// The driver reports that a stopped run's data is stored.
     pub fn finish(&mut self, id: u64, samples: u64, failure: Option<String>) {
         if let Some(r) = self.runs.get_mut(&id) {
@@ -365,6 +387,16 @@ impl Scheduler {
     pub fn forget_ended(&mut self, before: Millis) {
         self.runs
             .retain(|_, r| !(r.state.is_terminal() && r.ended_at.is_some_and(|e| e < before)));
+    }
+
+    /// Drops terminal continuous runs that ended before `before`; on-demand and triggered runs
+    /// stay in the history.
+    pub fn forget_continuous_ended(&mut self, before: Millis) {
+        self.runs.retain(|_, r| {
+            !(matches!(r.request.mode, Mode::Continuous { .. })
+                && r.state.is_terminal()
+                && r.ended_at.is_some_and(|e| e < before))
+        });
     }
 
     fn release(&mut self, id: u64) {

@@ -10,6 +10,7 @@
 //! `from`/`to` in Unix milliseconds, and any number of `filter=label=value` (`!=`, `~` too).
 
 mod params;
+pub mod runs;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -51,6 +52,7 @@ pub struct AppState {
     /// Facts shown by `/api/v1/status` (event, frequency, data dir…), updated as they change.
     pub status: Arc<RwLock<serde_json::Value>>,
     pub config: Option<Arc<RwLock<LiveConfig>>>,
+    pub runs: Option<runs::RunsHandle>,
     requests: Arc<AtomicU64>,
     query_errors: Arc<AtomicU64>,
 }
@@ -67,6 +69,7 @@ impl AppState {
             metrics,
             status,
             config,
+            runs: None,
             requests: Arc::new(AtomicU64::new(0)),
             query_errors: Arc::new(AtomicU64::new(0)),
         }
@@ -84,6 +87,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/labels/{label}", get(labels))
         .route("/api/v1/status", get(status))
         .route("/api/v1/config", get(config))
+        .route("/api/v1/runs", get(runs::list).post(runs::submit))
+        .route("/api/v1/runs/{id}", get(runs::show))
+        .route(
+            "/api/v1/runs/{id}/cancel",
+            axum::routing::post(runs::cancel),
+        )
         .route("/metrics", get(metrics))
         .with_state(state)
 }

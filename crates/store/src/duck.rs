@@ -412,7 +412,8 @@ impl Store for DuckDbStore {
                     l("cgroup"),
                     sid,
                     s.value,
-                    s.weight
+                    s.weight,
+                    s.labels.get("run").and_then(|v| v.parse::<i64>().ok())
                 ])?;
             }
         }

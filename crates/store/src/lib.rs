@@ -36,7 +36,7 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
-    #[error("unknown filter label {0:?}; use one of: comm, pid, tid, exe, cgroup, host")]
+    #[error("unknown filter label {0:?}; use one of: comm, pid, tid, exe, cgroup, host, run")]
     UnknownLabel(String),
     #[error("bad filter {0:?}; write it as label=value, label!=value or label~regex")]
     BadFilter(String),

@@ -3,7 +3,7 @@
 use crate::StoreError;
 
 /// Label columns that can be filtered and grouped on.
-pub const LABEL_COLUMNS: &[&str] = &["comm", "pid", "tid", "exe", "cgroup", "host"];
+pub const LABEL_COLUMNS: &[&str] = &["comm", "pid", "tid", "exe", "cgroup", "host", "run"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FilterOp {

@@ -40,6 +40,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         weight     DOUBLE NOT NULL
     );
     ",
+    // 2: the run a sample belongs to (on-demand and triggered runs); NULL for continuous.
+    "ALTER TABLE samples ADD COLUMN run BIGINT;",
 ];
 
 /// The schema version this build writes.

@@ -6,4 +6,5 @@ mod config;
 mod harness;
 mod plan;
 mod record;
+mod runs;
 mod up;

@@ -1,0 +1,164 @@
+//! `baton run` and `baton runs`: on-demand runs through a running `baton up`.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use baton_model::TopEntry;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::common::{print_top, usage};
+use crate::query::get;
+
+pub struct RunArgs {
+    pub profiler: String,
+    pub target: String,
+    pub duration: String,
+    pub frequency: Option<u64>,
+    pub priority: i32,
+    pub force: bool,
+    pub wait: bool,
+    pub server: String,
+    pub top: usize,
+    pub json: bool,
+}
+
+fn post(server: &str, path: &str, body: &Value) -> anyhow::Result<(u16, Vec<u8>)> {
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let resp = ureq::post(&url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .header("content-type", "application/json")
+        .send(body.to_string().as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot reach {server}: {e} (is `baton up` running?)"))?;
+    let status = resp.status().as_u16();
+    let mut out = Vec::new();
+    resp.into_body()
+        .into_reader()
+        .read_to_end(&mut out)
+        .context("reading the response")?;
+    Ok((status, out))
+}
+
+fn answer(status: u16, body: &[u8]) -> anyhow::Result<Value> {
+    let v: Value = serde_json::from_slice(body)
+        .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(body) }));
+    if (200..300).contains(&status) {
+        Ok(v)
+    } else {
+        let msg = v["error"].as_str().unwrap_or("request failed").to_string();
+        Err(if (400..500).contains(&status) {
+            usage(msg)
+        } else {
+            anyhow::anyhow!("server answered {status}: {msg}")
+        })
+    }
+}
+
+pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    baton_model::parse_duration(&a.duration).map_err(|e| usage(format!("--duration: {e}")))?;
+    let mut body = json!({
+        "profiler": a.profiler, "target": a.target, "duration": a.duration,
+        "priority": a.priority, "force": a.force,
+    });
+    if let Some(f) = a.frequency {
+        body["frequency"] = json!(f);
+    }
+    let (status, out) = post(&a.server, "/api/v1/runs", &body)?;
+    let id = answer(status, &out)?["id"]
+        .as_u64()
+        .context("the server returned no run id")?;
+    if !a.wait {
+        if a.json {
+            println!("{}", json!({ "id": id }));
+        } else {
+            println!("{id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("run {id} queued");
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} run {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let run = loop {
+        let (status, out) = get(&a.server, &format!("/api/v1/runs/{id}"))?;
+        let r = answer(status, &out)?;
+        let state = r["state"].as_str().unwrap_or("?").to_string();
+        bar.set_message(format!("{id} {state}"));
+        bar.tick();
+        if matches!(state.as_str(), "done" | "failed" | "cancelled") {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    bar.finish_and_clear();
+    if a.json {
+        println!("{run}");
+    } else {
+        eprintln!(
+            "run {id} {}: {} samples{}",
+            run["state"].as_str().unwrap_or("?"),
+            run["samples"],
+            run["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+        let (status, out) = get(
+            &a.server,
+            &format!("/api/v1/top?since=7d&filter=run%3D{id}&limit={}", a.top),
+        )?;
+        let top = answer(status, &out)?;
+        let rows: Vec<TopEntry> = serde_json::from_value(top["rows"].clone()).unwrap_or_default();
+        print_top(&rows, a.top);
+    }
+    Ok(if run["state"] == "done" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub fn list(server: &str, json_out: bool) -> anyhow::Result<ExitCode> {
+    let (status, out) = get(server, "/api/v1/runs")?;
+    let v = answer(status, &out)?;
+    if json_out {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>6}  {:<10} {:<8} {:<24} {:>8}  {:<24} REASON",
+        "ID", "STATE", "PROFILER", "TARGET", "SAMPLES", "STARTED"
+    );
+    for r in v["runs"].as_array().into_iter().flatten() {
+        println!(
+            "{:>6}  {:<10} {:<8} {:<24} {:>8}  {:<24} {}",
+            r["id"],
+            r["state"].as_str().unwrap_or(""),
+            r["profiler"].as_str().unwrap_or(""),
+            r["target"].as_str().unwrap_or(""),
+            r["samples"],
+            r["started_at"].as_str().unwrap_or("-"),
+            r["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn show(server: &str, id: u64) -> anyhow::Result<ExitCode> {
+    let (status, out) = get(server, &format!("/api/v1/runs/{id}"))?;
+    println!("{}", serde_json::to_string_pretty(&answer(status, &out)?)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cancel(server: &str, id: u64) -> anyhow::Result<ExitCode> {
+    let (status, out) = post(server, &format!("/api/v1/runs/{id}/cancel"), &json!({}))?;
+    let v = answer(status, &out)?;
+    println!("run {id}: {}", v["state"].as_str().unwrap_or("?"));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,165 @@
+//! On-demand runs through a real `baton up`: PMU exclusivity, preemption of continuous
+//! profiling and its resumption, `baton run --wait`, forced runs and hard ceilings.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+fn submit(addr: &str, body: &str) -> u64 {
+    let out = run(baton()
+        .args(["run", "cpu", "--server", &format!("http://{addr}")])
+        .args(body.split_whitespace()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("run id")
+}
+
+fn wait_done(addr: &str, id: u64) -> serde_json::Value {
+    eventually(40, &format!("run {id} to end"), || {
+        let r = http_json(addr, &format!("/api/v1/runs/{id}"));
+        matches!(r["state"].as_str(), Some("done" | "failed" | "cancelled")).then_some(r)
+    })
+}
+
+#[test]
+fn two_cpu_runs_never_overlap_and_preempted_continuous_profiling_resumes() {
+    require_root();
+    let split = workload("split");
+    let data = scratch("runs-data");
+    let up = Up::start(&data);
+    let mut w = Command::new(&split).arg("12").spawn().expect("workload");
+    let pid = w.id().to_string();
+    // Let continuous profiling get going first.
+    eventually(20, "a running continuous run", || {
+        let v = http_json(&up.addr, "/api/v1/runs?all=1");
+        v["runs"]
+            .as_array()?
+            .iter()
+            .any(|r| r["mode"] == "continuous" && r["state"] == "running")
+            .then_some(())
+    });
+    let target = format!("--target pid:{pid} --duration 2s --frequency 99");
+    let a = submit(&up.addr, &target);
+    let b = submit(&up.addr, &target);
+    let (ra, rb) = (wait_done(&up.addr, a), wait_done(&up.addr, b));
+    eprintln!("a: {ra}\nb: {rb}");
+    assert_eq!(ra["state"], "done");
+    assert_eq!(rb["state"], "done");
+    let a_end = ra["ended_at_ms"].as_u64().expect("a ended");
+    let b_start = rb["started_at_ms"].as_u64().expect("b started");
+    assert!(
+        b_start >= a_end,
+        "the PMU was shared: b started at {b_start}, a ended at {a_end}"
+    );
+    assert!(ra["samples"].as_u64().expect("samples") > 50, "{ra}");
+
+    // The continuous run in force when `a` arrived was preempted by it, and continuous
+    // profiling ran again after `b` ended.
+    let all = http_json(&up.addr, "/api/v1/runs?all=1");
+    let runs = all["runs"].as_array().expect("runs");
+    let preempted = runs
+        .iter()
+        .filter(|r| r["mode"] == "continuous")
+        .find(|r| r["preemptions"].as_u64().unwrap_or(0) >= 1)
+        .unwrap_or_else(|| panic!("no continuous run was preempted: {all}"));
+    assert!(
+        preempted["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("preempted by run"),
+        "{preempted}"
+    );
+    let b_end = rb["ended_at_ms"].as_u64().expect("b ended");
+    eventually(20, "continuous profiling to resume", || {
+        let v = http_json(&up.addr, "/api/v1/runs?all=1");
+        v["runs"]
+            .as_array()?
+            .iter()
+            .any(|r| {
+                r["mode"] == "continuous"
+                    && r["started_at_ms"]
+                        .as_u64()
+                        .is_some_and(|s| s >= b_end.saturating_sub(1))
+                    || r["mode"] == "continuous"
+                        && r["state"] == "running"
+                        && r["preemptions"].as_u64().unwrap_or(0) >= 1
+            })
+            .then_some(())
+    });
+    // The run's samples are in the store under its id.
+    let top = http_json(&up.addr, &format!("/api/v1/top?since=10m&filter=run%3D{a}"));
+    assert!(self_percent(&top["rows"], "leaf_hot") > 50.0, "{top}");
+    let _ = w.kill();
+    let _ = w.wait();
+    assert!(up.stop().success());
+}
+
+#[test]
+fn run_wait_prints_the_top_functions_and_ceilings_hold_even_forced() {
+    require_root();
+    let split = workload("split");
+    let data = scratch("run-wait-data");
+    let up = Up::start(&data);
+    let mut w = Command::new(&split).arg("8").spawn().expect("workload");
+    let server = format!("http://{}", up.addr);
+    let out = run(baton().args([
+        "run",
+        "cpu",
+        "--target",
+        &format!("pid:{}", w.id()),
+        "--duration",
+        "2s",
+        "--frequency",
+        "199",
+        "--force",
+        "--wait",
+        "--server",
+        &server,
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.trim_end().ends_with("leaf_hot")),
+        "{stdout}"
+    );
+    // The forced run is in the audit log.
+    let audit = std::fs::read_to_string(data.join("audit.log")).expect("audit log written");
+    assert!(
+        audit.contains("\"event\":\"forced_run\"") && audit.contains("\"profiler\":\"cpu\""),
+        "{audit}"
+    );
+    // A hard ceiling is a clear refusal, forced or not.
+    let out = run(baton().args([
+        "run",
+        "cpu",
+        "--target",
+        "pid:1",
+        "--duration",
+        "2h",
+        "--force",
+        "--server",
+        &server,
+    ]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hard ceiling"));
+    // A bad target is refused before anything runs.
+    let out = run(baton().args(["run", "cpu", "--target", "proc:1", "--server", &server]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad target"));
+    let _ = w.kill();
+    let _ = w.wait();
+    assert!(up.stop().success());
+}
