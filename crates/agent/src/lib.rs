@@ -4,6 +4,7 @@
 mod cgroups;
 mod collector;
 pub mod metrics;
+pub mod observe;
 pub mod targets;
 
 pub use collector::{CollectorOptions, CpuCollector, WindowReport};

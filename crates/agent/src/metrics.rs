@@ -20,6 +20,8 @@ pub struct AgentMetrics {
     pub batches_written: AtomicU64,
     pub batch_write_errors: AtomicU64,
     pub sample_rows_written: AtomicU64,
+    pub trigger_firings: AtomicU64,
+    pub trigger_suppressed: AtomicU64,
 }
 
 impl AgentMetrics {
@@ -120,6 +122,18 @@ impl AgentMetrics {
                 "Sample rows written to the store.",
                 "counter",
                 g(&self.sample_rows_written),
+            ),
+            (
+                "baton_trigger_firings_total",
+                "Runs started by triggers.",
+                "counter",
+                g(&self.trigger_firings),
+            ),
+            (
+                "baton_trigger_suppressed_total",
+                "Trigger conditions held back by a cooldown or the hourly cap.",
+                "counter",
+                g(&self.trigger_suppressed),
             ),
             (
                 "baton_agent_cpu_seconds_total",

@@ -7,17 +7,21 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton_agent::targets::{resolve, Target};
+use baton_agent::observe::{HostCpu, ProcessCpu};
+use baton_agent::targets::{resolve, selector_pids, Target};
 use baton_agent::{AgentMetrics, CollectorOptions, CpuCollector};
 use baton_config::ConfigError;
 use baton_model::parse_duration;
 use baton_profilers::cpu::MAX_FREQUENCY_HZ;
 use baton_profilers::{CpuOptions, ProfilerError};
-use baton_scheduler::{Decision, JobRequest, Mode, ProfilerSpec, RunState, Scheduler};
+use baton_scheduler::{
+    Decision, JobRequest, Mode, Observation, ProfilerSpec, RunState, Scheduler, TriggerEngine,
+};
 use baton_server::runs::RunsHandle;
 use baton_server::{AppState, LiveConfig, MetricsFn};
 use baton_store::{DuckDbStore, Store};
 use serde_json::json;
+use std::collections::HashMap;
 
 use crate::common::{default_data_dir, usage};
 use crate::record::{install_stop_handler, stop_requested};
@@ -127,6 +131,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                     desired,
                     status,
                     live,
+                    triggers: TriggerWatch::default(),
                 };
                 d.run()
             })
@@ -250,9 +255,83 @@ struct Driver {
     desired: Arc<dyn Fn() -> u64 + Send + Sync>,
     status: Arc<RwLock<serde_json::Value>>,
     live: Option<Arc<RwLock<LiveConfig>>>,
+    triggers: TriggerWatch,
+}
+
+/// Feeds the trigger engine once a second with what this host sees: the busiest process of
+/// each service that has triggers, and the host's CPU.
+#[derive(Default)]
+struct TriggerWatch {
+    engine: TriggerEngine,
+    per_service: HashMap<String, ProcessCpu>,
+    host: HostCpu,
+    last: Option<Instant>,
 }
 
 impl Driver {
+    /// Evaluates the config's triggers and queues the runs they fire.
+    fn watch_triggers(&mut self, now: u64) {
+        if self
+            .triggers
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.triggers.last = Some(Instant::now());
+        let Some(config) = self
+            .live
+            .as_ref()
+            .and_then(|l| l.read().unwrap_or_else(|p| p.into_inner()).config.clone())
+        else {
+            return;
+        };
+        let host_pct = self.triggers.host.percent();
+        let mut requests = Vec::new();
+        for (name, svc) in &config.services {
+            if svc.triggers.is_empty() {
+                continue;
+            }
+            let pids = selector_pids(&svc.selector);
+            let sampler = self.triggers.per_service.entry(name.clone()).or_default();
+            let mut obs = Vec::new();
+            if let Some(p) = sampler.busiest(&pids) {
+                obs.push(Observation::ProcessCpu {
+                    host: LOCAL_HOST.into(),
+                    service: name.clone(),
+                    percent: p,
+                });
+            }
+            if let Some(p) = host_pct {
+                obs.push(Observation::HostCpu {
+                    host: LOCAL_HOST.into(),
+                    service: name.clone(),
+                    percent: p,
+                });
+            }
+            for o in &obs {
+                requests.extend(self.triggers.engine.observe(&config, o, now));
+            }
+        }
+        let fired: u64 = self.triggers.engine.fired.values().sum();
+        let suppressed: u64 = self.triggers.engine.suppressed.values().sum();
+        self.metrics.trigger_firings.store(fired, Ordering::Relaxed);
+        self.metrics
+            .trigger_suppressed
+            .store(suppressed, Ordering::Relaxed);
+        if requests.is_empty() {
+            return;
+        }
+        let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        for r in requests {
+            let owner = r.owner.clone();
+            match s.submit(r, now) {
+                Ok(id) => eprintln!("baton up: {owner} fired run {id}"),
+                Err(e) => tracing::error!(error = %e, "a triggered run was refused"),
+            }
+        }
+    }
+
     fn run(&mut self) -> anyhow::Result<()> {
         let mut last_prune = Instant::now();
         while !stop_requested() {
@@ -310,6 +389,7 @@ impl Driver {
             for d in decisions {
                 self.apply(d, now);
             }
+            self.watch_triggers(now);
             self.retune_frequency();
             if let Some(c) = &mut self.continuous {
                 c.discover();

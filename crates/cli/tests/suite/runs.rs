@@ -163,3 +163,61 @@ fn run_wait_prints_the_top_functions_and_ceilings_hold_even_forced() {
     let _ = w.wait();
     assert!(up.stop().success());
 }
+
+#[test]
+fn a_process_cpu_trigger_fires_for_a_busy_process_and_its_cooldown_holds() {
+    require_root();
+    let split = workload("split");
+    let cfg = scratch("trigger-config");
+    std::fs::write(
+        cfg.join("busy.toml"),
+        r#"
+[services.busy]
+selector = { comm = "split" }
+
+[[services.busy.triggers]]
+kind = "process_cpu"
+above_percent = 50.0
+for = "2s"
+profiler = "cpu"
+duration = "2s"
+cooldown = "10m"
+max_per_hour = 5
+"#,
+    )
+    .expect("write config");
+    let data = scratch("trigger-data");
+    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+    let mut w = Command::new(&split).arg("10").spawn().expect("workload");
+    let run = eventually(20, "a triggered run to finish", || {
+        let v = http_json(&up.addr, "/api/v1/runs");
+        v["runs"]
+            .as_array()?
+            .iter()
+            .find(|r| r["mode"] == "triggered" && r["state"] == "done")
+            .cloned()
+    });
+    assert_eq!(run["target"], "service:busy");
+    assert!(run["samples"].as_u64().expect("samples") > 0, "{run}");
+    // The process stays busy, but the 10 min cooldown holds: no second run, and the held-back
+    // condition is counted.
+    eventually(20, "a suppressed firing", || {
+        let (_, m) = http_get(&up.addr, "/metrics");
+        let m = String::from_utf8_lossy(&m).to_string();
+        m.lines()
+            .find_map(|l| l.strip_prefix("baton_trigger_suppressed_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| *v >= 1.0)
+    });
+    let v = http_json(&up.addr, "/api/v1/runs");
+    let triggered = v["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter(|r| r["mode"] == "triggered")
+        .count();
+    assert_eq!(triggered, 1, "the cooldown did not hold: {v}");
+    let _ = w.kill();
+    let _ = w.wait();
+    assert!(up.stop().success());
+}
