@@ -21,6 +21,9 @@ pub struct AgentMetrics {
     pub batch_write_errors: AtomicU64,
     pub sample_rows_written: AtomicU64,
     pub trigger_firings: AtomicU64,
+    pub batches_downsampled: AtomicU64,
+    pub batches_refused_budget: AtomicU64,
+    pub rows_dropped_budget: AtomicU64,
     pub trigger_suppressed: AtomicU64,
 }
 
@@ -122,6 +125,24 @@ impl AgentMetrics {
                 "Sample rows written to the store.",
                 "counter",
                 g(&self.sample_rows_written),
+            ),
+            (
+                "baton_write_budget_downsampled_batches_total",
+                "Batches over their write budget, down-sampled with raised weights.",
+                "counter",
+                g(&self.batches_downsampled),
+            ),
+            (
+                "baton_write_budget_refused_batches_total",
+                "Batches refused because their write budget was empty.",
+                "counter",
+                g(&self.batches_refused_budget),
+            ),
+            (
+                "baton_write_budget_dropped_rows_total",
+                "Sample rows not stored because of write budgets.",
+                "counter",
+                g(&self.rows_dropped_budget),
             ),
             (
                 "baton_trigger_firings_total",

@@ -15,7 +15,8 @@ use baton_model::parse_duration;
 use baton_profilers::cpu::MAX_FREQUENCY_HZ;
 use baton_profilers::{CpuOptions, ProfilerError};
 use baton_scheduler::{
-    Decision, JobRequest, Mode, Observation, ProfilerSpec, RunState, Scheduler, TriggerEngine,
+    keep_row, Admission, Decision, JobRequest, Mode, Observation, ProfilerSpec, RunState,
+    Scheduler, TriggerEngine, WriteBudgets,
 };
 use baton_server::runs::RunsHandle;
 use baton_server::{AppState, LiveConfig, MetricsFn};
@@ -132,6 +133,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                     status,
                     live,
                     triggers: TriggerWatch::default(),
+                    budgets: WriteBudgets::default(),
                 };
                 d.run()
             })
@@ -256,6 +258,7 @@ struct Driver {
     status: Arc<RwLock<serde_json::Value>>,
     live: Option<Arc<RwLock<LiveConfig>>>,
     triggers: TriggerWatch,
+    budgets: WriteBudgets,
 }
 
 /// Feeds the trigger engine once a second with what this host sees: the busiest process of
@@ -269,6 +272,56 @@ struct TriggerWatch {
 }
 
 impl Driver {
+    /// Writes a batch through the write budget of its profiler: accepted, down-sampled with
+    /// raised weights, or refused; each outcome is counted in `/metrics`.
+    fn store_batch(&mut self, mut r: baton_agent::WindowReport) {
+        let per_minute = self
+            .live
+            .as_ref()
+            .and_then(|l| {
+                let l = l.read().unwrap_or_else(|p| p.into_inner());
+                Some(l.config.as_ref()?.host.write_budget_rows_per_minute)
+            })
+            .unwrap_or_else(|| baton_config::HostLimits::default().write_budget_rows_per_minute);
+        let rows = r.batch.samples.len() as u64;
+        let now = now_ms_u64();
+        match self.budgets.admit(&r.batch.profiler, rows, per_minute, now) {
+            Admission::Accept => {}
+            Admission::Downsample {
+                keep_probability: p,
+            } => {
+                let salt = r.batch.ts_ms as u64;
+                let mut i = 0u64;
+                r.batch.samples.retain_mut(|s| {
+                    i += 1;
+                    let keep = keep_row(salt, i, p);
+                    s.weight /= p;
+                    keep
+                });
+                let kept = r.batch.samples.len() as u64;
+                self.budgets.stats.rows_dropped += rows - kept;
+                tracing::warn!(rows, kept, "write budget: batch down-sampled");
+            }
+            Admission::Refuse => {
+                tracing::warn!(rows, "write budget: batch refused");
+                r.batch.samples.clear();
+            }
+        }
+        let st = self.budgets.stats;
+        self.metrics
+            .batches_downsampled
+            .store(st.batches_downsampled, Ordering::Relaxed);
+        self.metrics
+            .batches_refused_budget
+            .store(st.batches_refused, Ordering::Relaxed);
+        self.metrics
+            .rows_dropped_budget
+            .store(st.rows_dropped, Ordering::Relaxed);
+        if !r.batch.samples.is_empty() {
+            write(&self.store, &self.metrics, r);
+        }
+    }
+
     /// Evaluates the config's triggers and queues the runs they fire.
     fn watch_triggers(&mut self, now: u64) {
         if self
@@ -510,7 +563,7 @@ impl Driver {
                     s.labels.insert("run".into(), id.to_string());
                 }
                 let n = r.sample_count;
-                write(&self.store, &self.metrics, r);
+                self.store_batch(r);
                 (n, None)
             }
             Err(e) => (0, Some(e.to_string())),
@@ -533,7 +586,7 @@ impl Driver {
         match c.collect(Some(&self.metrics)) {
             Ok(r) => {
                 let n = r.sample_count;
-                write(&self.store, &self.metrics, r);
+                self.store_batch(r);
                 n
             }
             Err(e) => {

@@ -12,6 +12,7 @@
 //! - on-demand and triggered runs preempt continuous ones that stand in their way; the
 //!   continuous run resumes with its remaining time once it can.
 
+pub mod budget;
 mod sim;
 mod triggers;
 mod tuner;
@@ -21,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use baton_config::{Config, HostLimits};
 use serde::Serialize;
 
+pub use budget::{keep_row, Admission, BudgetStats, WriteBudgets};
 pub use sim::{simulate, Fleet, FleetError, HostGroup, PlanReport, ServicePlan};
 pub use triggers::{Observation, TriggerEngine};
 pub use tuner::Tuner;

@@ -136,3 +136,49 @@ fn up_refuses_to_start_on_a_broken_tree() {
         "{err}"
     );
 }
+
+#[test]
+fn a_write_budget_over_limit_downsamples_or_refuses_and_counts_it() {
+    require_root();
+    let split = workload("split");
+    let dir = scratch("budget-config");
+    // One row per second: every window of the busy host is over budget.
+    std::fs::write(
+        dir.join("baton.toml"),
+        "[host]\nwrite_budget_rows_per_minute = 60\n",
+    )
+    .expect("write");
+    let data = scratch("budget-data");
+    let up = Up::start_with(
+        &data,
+        &[
+            "--config",
+            dir.to_str().expect("utf-8"),
+            "--frequency",
+            "99",
+        ],
+    );
+    let mut w = std::process::Command::new(&split)
+        .arg("6")
+        .spawn()
+        .expect("workload");
+    let metric = |name: &str| -> f64 {
+        let (_, m) = http_get(&up.addr, "/metrics");
+        String::from_utf8_lossy(&m)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{name} "))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    eventually(40, "a down-sampled or refused batch", || {
+        (metric("baton_write_budget_downsampled_batches_total")
+            + metric("baton_write_budget_refused_batches_total")
+            >= 1.0)
+            .then_some(())
+    });
+    assert!(metric("baton_write_budget_dropped_rows_total") >= 1.0);
+    let _ = w.wait();
+    assert!(up.stop().success());
+}
