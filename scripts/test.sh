@@ -9,7 +9,9 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --release --workspace -- --test-threads=2 2>&1 | tee "$log"
+# One test at a time: the end-to-end tests profile real processes, and on a 2-CPU machine
+# parallel tests starve each other's workloads.
+cargo test --release --workspace -- --test-threads=1 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line over every test binary, so the total is not hidden behind the last one.

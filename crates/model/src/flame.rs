@@ -1,9 +1,8 @@
 //! Flame-graph trees and top-function tables, built from weighted stacks.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
+use crate::named::NamedStacks;
 use crate::profile::Profile;
 
 /// A node of a flame graph. `value` includes the children; `self_value` does not.
@@ -22,28 +21,11 @@ impl FlameNode {
     where
         I: IntoIterator<Item = (Vec<&'a str>, f64)>,
     {
-        let mut root = Builder::default();
-        for (path, v) in paths {
-            if v == 0.0 {
-                continue;
-            }
-            let mut node = &mut root;
-            node.value += v;
-            for name in path {
-                let i = match node.index.get(name) {
-                    Some(&i) => i,
-                    None => {
-                        node.children.push((name.to_string(), Builder::default()));
-                        node.index.insert(name.to_string(), node.children.len() - 1);
-                        node.children.len() - 1
-                    }
-                };
-                node = &mut node.children[i].1;
-                node.value += v;
-            }
-            node.self_value += v;
-        }
-        root.finish("all".to_string())
+        NamedStacks::intern(paths.into_iter().map(|(mut p, v)| {
+            p.reverse();
+            (p, v)
+        }))
+        .flame_tree()
     }
 
     /// Depth-first search for a node by name; used by tests and the CLI.
@@ -52,31 +34,6 @@ impl FlameNode {
             return Some(self);
         }
         self.children.iter().find_map(|c| c.find(name))
-    }
-}
-
-#[derive(Default)]
-struct Builder {
-    value: f64,
-    self_value: f64,
-    children: Vec<(String, Builder)>,
-    index: HashMap<String, usize>,
-}
-
-impl Builder {
-    fn finish(self, name: String) -> FlameNode {
-        let mut children: Vec<FlameNode> = self
-            .children
-            .into_iter()
-            .map(|(n, b)| b.finish(n))
-            .collect();
-        children.sort_by(|a, b| a.name.cmp(&b.name));
-        FlameNode {
-            name,
-            value: self.value,
-            self_value: self.self_value,
-            children,
-        }
     }
 }
 
@@ -91,47 +48,12 @@ pub struct TopEntry {
 }
 
 /// Self is the leaf's share; total counts a function once per stack however often it recurses.
+/// Stacks are leaf first.
 pub fn top_functions<'a, I>(stacks: I) -> Vec<TopEntry>
 where
     I: IntoIterator<Item = (Vec<&'a str>, f64)>,
 {
-    let mut self_v: HashMap<&str, f64> = HashMap::new();
-    let mut total_v: HashMap<&str, f64> = HashMap::new();
-    let mut grand = 0.0;
-    for (leaf_first, v) in stacks {
-        grand += v;
-        if let Some(leaf) = leaf_first.first() {
-            *self_v.entry(leaf).or_default() += v;
-        }
-        let mut seen: Vec<&str> = Vec::with_capacity(leaf_first.len());
-        for name in leaf_first {
-            if !seen.contains(&name) {
-                seen.push(name);
-                *total_v.entry(name).or_default() += v;
-            }
-        }
-    }
-    let pct = |v: f64| if grand > 0.0 { 100.0 * v / grand } else { 0.0 };
-    let mut out: Vec<TopEntry> = total_v
-        .into_iter()
-        .map(|(name, total)| {
-            let s = self_v.get(name).copied().unwrap_or(0.0);
-            TopEntry {
-                function: name.to_string(),
-                self_value: s,
-                total_value: total,
-                self_percent: pct(s),
-                total_percent: pct(total),
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| {
-        b.self_value
-            .total_cmp(&a.self_value)
-            .then(b.total_value.total_cmp(&a.total_value))
-            .then(a.function.cmp(&b.function))
-    });
-    out
+    NamedStacks::intern(stacks).top_functions()
 }
 
 impl Profile {
@@ -148,22 +70,24 @@ impl Profile {
             .collect()
     }
 
-    pub fn flame_tree(&self) -> FlameNode {
+    /// The samples as interned names, the form every view is computed from.
+    pub fn interned(&self) -> NamedStacks {
         let named = self.named_stacks();
-        FlameNode::from_paths(
-            named
-                .iter()
-                .map(|(n, v)| (n.iter().rev().map(String::as_str).collect(), *v)),
-        )
-    }
-
-    pub fn top_functions(&self) -> Vec<TopEntry> {
-        let named = self.named_stacks();
-        top_functions(
+        let mut ns = NamedStacks::intern(
             named
                 .iter()
                 .map(|(n, v)| (n.iter().map(String::as_str).collect(), *v)),
-        )
+        );
+        ns.value_type = Some(self.value_type.clone());
+        ns
+    }
+
+    pub fn flame_tree(&self) -> FlameNode {
+        self.interned().flame_tree()
+    }
+
+    pub fn top_functions(&self) -> Vec<TopEntry> {
+        self.interned().top_functions()
     }
 }
 

@@ -42,6 +42,28 @@ impl Node {
 }
 
 impl NamedStacks {
+    /// Interns leaf-first name stacks.
+    pub fn intern<'a, I>(stacks: I) -> NamedStacks
+    where
+        I: IntoIterator<Item = (Vec<&'a str>, f64)>,
+    {
+        let mut out = NamedStacks::default();
+        let mut index: HashMap<&'a str, u32> = HashMap::new();
+        for (names, v) in stacks {
+            let ids = names
+                .into_iter()
+                .map(|n| {
+                    *index.entry(n).or_insert_with(|| {
+                        out.names.push(n.to_string());
+                        (out.names.len() - 1) as u32
+                    })
+                })
+                .collect();
+            out.stacks.push((ids, v));
+        }
+        out
+    }
+
     pub fn total(&self) -> f64 {
         self.stacks.iter().map(|s| s.1).sum()
     }
@@ -115,32 +137,20 @@ impl NamedStacks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flame;
 
     #[test]
-    fn agrees_with_the_string_path() {
-        let names: Vec<String> = ["main", "mid", "hot", "cold"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let ns = NamedStacks {
-            value_type: None,
-            names: names.clone(),
-            stacks: vec![(vec![2, 1, 0], 3.0), (vec![3, 1, 0], 1.0), (vec![0], 1.0)],
-        };
-        let by_name = |ids: &Vec<u32>| {
-            ids.iter()
-                .map(|&i| names[i as usize].as_str())
-                .collect::<Vec<_>>()
-        };
-        let expected_tree = FlameNode::from_paths(
-            ns.stacks
-                .iter()
-                .map(|(ids, v)| (by_name(ids).into_iter().rev().collect(), *v)),
-        );
-        assert_eq!(ns.flame_tree(), expected_tree);
-        let expected_top =
-            flame::top_functions(ns.stacks.iter().map(|(ids, v)| (by_name(ids), *v)));
-        assert_eq!(ns.top_functions(), expected_top);
+    fn interning_merges_equal_names() {
+        let ns = NamedStacks::intern(vec![
+            (vec!["hot", "mid", "main"], 3.0),
+            (vec!["cold", "mid", "main"], 1.0),
+        ]);
+        assert_eq!(ns.names, ["hot", "mid", "main", "cold"]);
+        assert_eq!(ns.stacks[1].0, vec![3, 1, 2]);
+        let tree = ns.flame_tree();
+        assert_eq!(tree.value, 4.0);
+        assert_eq!(tree.find("mid").expect("mid").children.len(), 2);
+        let top = ns.top_functions();
+        assert_eq!(top[0].function, "hot");
+        assert_eq!(top[0].self_percent, 75.0);
     }
 }

@@ -177,7 +177,7 @@ selector = { comm = "split" }
 
 [[services.busy.triggers]]
 kind = "process_cpu"
-above_percent = 50.0
+above_percent = 20.0
 for = "2s"
 profiler = "cpu"
 duration = "2s"
@@ -188,8 +188,9 @@ max_per_hour = 5
     .expect("write config");
     let data = scratch("trigger-data");
     let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
-    let mut w = Command::new(&split).arg("10").spawn().expect("workload");
-    let run = eventually(20, "a triggered run to finish", || {
+    // A busy loop reads near 100% alone and above 20% even on a loaded 2-CPU CI machine.
+    let mut w = Command::new(&split).arg("15").spawn().expect("workload");
+    let run = eventually(40, "a triggered run to finish", || {
         let v = http_json(&up.addr, "/api/v1/runs");
         v["runs"]
             .as_array()?
