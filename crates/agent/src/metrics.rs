@@ -21,6 +21,10 @@ pub struct AgentMetrics {
     pub batch_write_errors: AtomicU64,
     pub sample_rows_written: AtomicU64,
     pub trigger_firings: AtomicU64,
+    pub overhead_throttled: AtomicU64,
+    pub overhead_stopped: AtomicU64,
+    /// Last measured overhead, in thousandths of a percent of host CPU.
+    pub overhead_percent_milli: AtomicU64,
     pub batches_downsampled: AtomicU64,
     pub batches_refused_budget: AtomicU64,
     pub rows_dropped_budget: AtomicU64,
@@ -143,6 +147,24 @@ impl AgentMetrics {
                 "Sample rows not stored because of write budgets.",
                 "counter",
                 g(&self.rows_dropped_budget),
+            ),
+            (
+                "baton_overhead_percent",
+                "Last measured cost of profiling (own CPU + BPF run time), in percent of host CPU.",
+                "gauge",
+                g(&self.overhead_percent_milli) / 1000.0,
+            ),
+            (
+                "baton_overhead_throttled_total",
+                "Times the overhead guard lowered the continuous frequency.",
+                "counter",
+                g(&self.overhead_throttled),
+            ),
+            (
+                "baton_overhead_stopped_total",
+                "Times the overhead guard stopped continuous profiling.",
+                "counter",
+                g(&self.overhead_stopped),
             ),
             (
                 "baton_trigger_firings_total",

@@ -119,8 +119,13 @@ pub fn resolve(
             selector_pids(&sel)
         }
     };
+    // Zombies and processes that exited since the scan cannot be profiled.
+    let pids: Vec<u32> = pids
+        .into_iter()
+        .filter(|p| baton_profilers::sys::process_alive(*p))
+        .collect();
     if pids.is_empty() {
-        return Err(format!("no process matches {target:?}"));
+        return Err(format!("no live process matches {target:?}"));
     }
     Ok(pids)
 }

@@ -134,6 +134,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                     live,
                     triggers: TriggerWatch::default(),
                     budgets: WriteBudgets::default(),
+                    guard: OverheadGuard::default(),
                 };
                 d.run()
             })
@@ -259,7 +260,22 @@ struct Driver {
     live: Option<Arc<RwLock<LiveConfig>>>,
     triggers: TriggerWatch,
     budgets: WriteBudgets,
+    guard: OverheadGuard,
 }
+
+/// Keeps the profilers' cost (this process's CPU plus its BPF programs' run time) under the
+/// host's overhead budget: over it, halve the continuous frequency; at 1 Hz and still over,
+/// stop continuous profiling for a while. Each step logs an event and counts.
+#[derive(Default)]
+struct OverheadGuard {
+    last: Option<(Instant, f64, u64)>,
+    /// The highest frequency the guard allows, once it has acted.
+    cap: Option<u64>,
+    stopped_until: Option<Instant>,
+}
+
+/// How long continuous profiling stays off after the guard stops it.
+const GUARD_PAUSE: Duration = Duration::from_secs(300);
 
 /// Feeds the trigger engine once a second with what this host sees: the busiest process of
 /// each service that has triggers, and the host's CPU.
@@ -443,6 +459,7 @@ impl Driver {
                 self.apply(d, now);
             }
             self.watch_triggers(now);
+            self.guard_overhead();
             self.retune_frequency();
             if let Some(c) = &mut self.continuous {
                 c.discover();
@@ -477,7 +494,7 @@ impl Driver {
             Decision::Start { run, .. } | Decision::Resume { run, .. } => {
                 if self.is_continuous(run) {
                     self.continuous_run = Some(run);
-                    if self.continuous.is_none() {
+                    if self.continuous.is_none() && self.guard.stopped_until.is_none() {
                         match CpuCollector::start(&self.opts) {
                             Ok(c) => self.continuous = Some(c),
                             Err(e) => {
@@ -545,6 +562,7 @@ impl Driver {
                 self.on_demand = Some((id, c));
             }
             Err(e) => {
+                eprintln!("baton up: run {id} could not start: {e}");
                 let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
                 s.end_early(id, now, "could not start");
                 s.finish(id, 0, Some(e));
@@ -597,14 +615,93 @@ impl Driver {
     }
 
     /// Restarts continuous profiling at a new rate after a config reload.
+    /// Measures the overhead every `[host] overhead_check_interval` (30 s by default) and acts.
+    fn guard_overhead(&mut self) {
+        let now = Instant::now();
+        if let Some(until) = self.guard.stopped_until {
+            if now >= until {
+                self.guard.stopped_until = None;
+                eprintln!("baton up: overhead guard: resuming continuous profiling");
+            }
+        }
+        let cpu = baton_agent::metrics::self_cpu_seconds();
+        let bpf = self.metrics.bpf_run_time_ns.load(Ordering::Relaxed);
+        let Some((t0, cpu0, bpf0)) = self.guard.last else {
+            self.guard.last = Some((now, cpu, bpf));
+            return;
+        };
+        let limits = self
+            .live
+            .as_ref()
+            .and_then(|l| {
+                Some(
+                    l.read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .config
+                        .as_ref()?
+                        .host
+                        .clone(),
+                )
+            })
+            .unwrap_or_default();
+        let elapsed = now.duration_since(t0).as_secs_f64();
+        if elapsed < limits.overhead_check_interval.as_secs_f64().max(1.0) {
+            return;
+        }
+        self.guard.last = Some((now, cpu, bpf));
+        let cpus = baton_profilers::sys::online_cpus()
+            .map(|c| c.len())
+            .unwrap_or(1)
+            .max(1) as f64;
+        let used = (cpu - cpu0).max(0.0) + bpf.saturating_sub(bpf0) as f64 / 1e9;
+        let pct = 100.0 * used / (elapsed * cpus);
+        self.metrics
+            .overhead_percent_milli
+            .store((pct * 1000.0) as u64, Ordering::Relaxed);
+        let budget = self
+            .live
+            .as_ref()
+            .and_then(|l| {
+                Some(
+                    l.read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .config
+                        .as_ref()?
+                        .host
+                        .overhead_budget_percent,
+                )
+            })
+            .unwrap_or_else(|| baton_config::HostLimits::default().overhead_budget_percent);
+        if pct <= budget || self.guard.stopped_until.is_some() {
+            return;
+        }
+        let current = self.opts.cpu.frequency_hz;
+        if current > 1 {
+            let lower = (current / 2).max(1);
+            self.guard.cap = Some(lower);
+            self.metrics
+                .overhead_throttled
+                .fetch_add(1, Ordering::Relaxed);
+            eprintln!("baton up: overhead guard: {pct:.2}% of CPU is over the {budget}% budget; lowering the frequency to {lower} Hz");
+        } else {
+            self.flush_continuous(None);
+            self.continuous = None;
+            self.guard.stopped_until = Some(now + GUARD_PAUSE);
+            self.metrics
+                .overhead_stopped
+                .fetch_add(1, Ordering::Relaxed);
+            eprintln!("baton up: overhead guard: {pct:.2}% is still over the {budget}% budget at 1 Hz; continuous profiling stops for {}s", GUARD_PAUSE.as_secs());
+        }
+    }
+
     fn retune_frequency(&mut self) {
-        let want = (self.desired)();
+        let want = (self.desired)().min(self.guard.cap.unwrap_or(u64::MAX));
         if want == self.opts.cpu.frequency_hz {
             return;
         }
         let previous = self.opts.cpu.frequency_hz;
         self.opts.cpu.frequency_hz = want;
-        if self.continuous.is_some() {
+        if self.continuous.is_some() && self.guard.stopped_until.is_none() {
             self.flush_continuous(None);
             self.continuous = None;
             match CpuCollector::start(&self.opts) {

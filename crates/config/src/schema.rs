@@ -28,6 +28,8 @@ pub(crate) struct HostDoc {
     pub max_concurrent: Option<Spanned<i64>>,
     /// CPU the profilers may use, in percent of one host's total CPU.
     pub overhead_budget_percent: Option<Spanned<f64>>,
+    /// How often the overhead guard measures, e.g. `30s` (the default).
+    pub overhead_check_interval: Option<Spanned<String>>,
     /// Sample rows per minute the store accepts from one profiler on one host.
     pub write_budget_rows_per_minute: Option<Spanned<i64>>,
     /// Groups of profilers that may not run together beyond `max`.
@@ -139,6 +141,8 @@ pub struct Config {
 pub struct HostLimits {
     pub max_concurrent: u32,
     pub overhead_budget_percent: f64,
+    #[serde(with = "secs")]
+    pub overhead_check_interval: Duration,
     pub write_budget_rows_per_minute: u64,
     pub concurrency_groups: BTreeMap<String, ConcurrencyGroup>,
 }
@@ -148,6 +152,7 @@ impl Default for HostLimits {
         HostLimits {
             max_concurrent: 4,
             overhead_budget_percent: 1.0,
+            overhead_check_interval: Duration::from_secs(30),
             write_budget_rows_per_minute: 60_000,
             concurrency_groups: BTreeMap::new(),
         }

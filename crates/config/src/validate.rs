@@ -258,6 +258,11 @@ fn host_limits(cx: &mut Ctx<'_>, h: &HostDoc, known: &[&str]) -> HostLimits {
             );
         }
     }
+    if let Some(v) = &h.overhead_check_interval {
+        if let Some(d) = cx.duration(v, "overhead_check_interval") {
+            out.overhead_check_interval = d;
+        }
+    }
     if let Some(v) = &h.write_budget_rows_per_minute {
         if let Some(n) = cx.positive(v, "write_budget_rows_per_minute") {
             out.write_budget_rows_per_minute = n;

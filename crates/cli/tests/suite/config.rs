@@ -182,3 +182,59 @@ fn a_write_budget_over_limit_downsamples_or_refuses_and_counts_it() {
     let _ = w.wait();
     assert!(up.stop().success());
 }
+
+#[test]
+fn the_overhead_guard_lowers_the_frequency_then_stops_when_over_budget() {
+    require_root();
+    let dir = scratch("guard-config");
+    // A budget no profiler can meet: the guard must act, and say so.
+    std::fs::write(
+        dir.join("baton.toml"),
+        "[host]\noverhead_budget_percent = 0.0001\noverhead_check_interval = \"2s\"\n",
+    )
+    .expect("write");
+    let data = scratch("guard-data");
+    let up = Up::start_with(
+        &data,
+        &[
+            "--config",
+            dir.to_str().expect("utf-8"),
+            "--frequency",
+            "99",
+        ],
+    );
+    let split = workload("split");
+    let mut w = std::process::Command::new(&split)
+        .arg("8")
+        .spawn()
+        .expect("workload");
+    eventually(40, "the guard to lower the frequency", || {
+        let s = http_json(&up.addr, "/api/v1/status");
+        (s["frequency_hz"].as_u64().is_some_and(|f| f < 99)).then_some(())
+    });
+    let (_, m) = http_get(&up.addr, "/metrics");
+    let m = String::from_utf8_lossy(&m).to_string();
+    let throttled: f64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("baton_overhead_throttled_total ")
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0);
+    assert!(throttled >= 1.0, "{m}");
+    assert!(m.contains("baton_overhead_percent "));
+    // Still over budget at 1 Hz: continuous profiling stops, with its own counter.
+    eventually(60, "the guard to stop continuous profiling", || {
+        let (_, m) = http_get(&up.addr, "/metrics");
+        String::from_utf8_lossy(&m)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("baton_overhead_stopped_total ")
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+            .filter(|v| *v >= 1.0)
+    });
+    assert_eq!(http_json(&up.addr, "/api/v1/status")["frequency_hz"], 1);
+    let _ = w.wait();
+    assert!(up.stop().success());
+}
