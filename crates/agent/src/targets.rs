@@ -35,7 +35,7 @@ impl Target {
     }
 }
 
-fn all_pids() -> Vec<u32> {
+pub fn all_pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
         .map(|rd| {
             rd.flatten()
@@ -45,51 +45,44 @@ fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-fn comm_of(pid: u32) -> Option<String> {
+pub fn comm_of(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|s| s.trim_end().to_string())
 }
 
-fn exe_of(pid: u32) -> Option<String> {
+pub fn exe_of(pid: u32) -> Option<String> {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.display().to_string())
 }
 
-fn cgroup_pids(path: &str) -> Vec<u32> {
-    let file = format!("/sys/fs/cgroup{}/cgroup.procs", path.trim_end_matches('/'));
-    std::fs::read_to_string(file)
-        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
+/// The cgroup v2 path of a process, from `/proc/PID/cgroup` (`0::/path`).
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_end().to_string())
 }
 
-/// The pids a selector matches now (any field).
+/// The pids a selector matches now (any field; see [`Selector::matches`]). Only the fields the
+/// selector uses are read from `/proc`.
 pub fn selector_pids(sel: &Selector) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Some(c) = &sel.cgroup {
-        out.extend(cgroup_pids(c));
-    }
-    if let Some(u) = &sel.unit {
-        out.extend(cgroup_pids(&format!("/system.slice/{u}")));
-    }
-    if sel.comm.is_some() || sel.exe.is_some() {
-        for pid in all_pids() {
-            let by_comm = sel
-                .comm
-                .as_ref()
-                .is_some_and(|c| comm_of(pid).as_ref() == Some(c));
-            let by_exe = sel
-                .exe
-                .as_ref()
-                .is_some_and(|e| exe_of(pid).as_ref() == Some(e));
-            if by_comm || by_exe {
-                out.push(pid);
-            }
-        }
-    }
+    let by_cgroup = sel.cgroup.is_some() || sel.unit.is_some();
+    let mut out: Vec<u32> = all_pids()
+        .into_iter()
+        .filter(|&pid| {
+            let cgroup = if by_cgroup { cgroup_of(pid) } else { None };
+            let comm = if sel.comm.is_some() {
+                comm_of(pid)
+            } else {
+                None
+            };
+            let exe = if sel.exe.is_some() { exe_of(pid) } else { None };
+            sel.matches(cgroup.as_deref(), comm.as_deref(), exe.as_deref())
+        })
+        .collect();
     out.sort_unstable();
-    out.dedup();
     out
 }
 
@@ -113,7 +106,10 @@ pub fn resolve(
             exe: Some(e.clone()),
             ..Default::default()
         }),
-        Target::Cgroup(c) => cgroup_pids(c),
+        Target::Cgroup(c) => selector_pids(&Selector {
+            cgroup: Some(c.clone()),
+            ..Default::default()
+        }),
         Target::Service(name) => {
             let sel = services(name).ok_or_else(|| format!("no service {name:?} in the config"))?;
             selector_pids(&sel)
@@ -153,6 +149,19 @@ mod tests {
         let comm = comm_of(me).expect("comm");
         assert!(resolve(&Target::Comm(comm), &|_| None)
             .expect("by comm")
+            .contains(&me));
+        // A cgroup target takes its whole subtree: this process is under its own cgroup's
+        // parent too.
+        let cg = cgroup_of(me).expect("cgroup v2 path");
+        assert!(resolve(&Target::Cgroup(cg.clone()), &|_| None)
+            .expect("by cgroup")
+            .contains(&me));
+        let parent = match cg.rfind('/') {
+            Some(0) | None => "/".to_string(),
+            Some(i) => cg[..i].to_string(),
+        };
+        assert!(resolve(&Target::Cgroup(parent), &|_| None)
+            .expect("by parent cgroup")
             .contains(&me));
     }
 }

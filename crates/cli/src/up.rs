@@ -427,6 +427,7 @@ impl Driver {
                         force: false,
                         owner: "continuous".into(),
                         not_before: now,
+                        weight: 1.0,
                     };
                     if let Err(e) = s.submit(req, now) {
                         tracing::error!(error = %e, "queueing the continuous run failed");

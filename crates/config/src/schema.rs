@@ -77,6 +77,9 @@ pub(crate) struct ServiceDoc {
     pub continuous: Vec<Spanned<ContinuousDoc>>,
     #[serde(default)]
     pub triggers: Vec<Spanned<TriggerDoc>>,
+    /// Sample rows per minute the store accepts from this service on one host, on top of the
+    /// host's per-profiler budget.
+    pub write_budget_rows_per_minute: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +198,8 @@ pub struct Service {
     pub labels: BTreeMap<String, String>,
     pub continuous: Vec<ContinuousRule>,
     pub triggers: Vec<TriggerRule>,
+    /// Rows per minute this service may write on one host; `None`: only the host's budget.
+    pub write_budget_rows_per_minute: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -203,6 +208,32 @@ pub struct Selector {
     pub unit: Option<String>,
     pub comm: Option<String>,
     pub exe: Option<String>,
+}
+
+impl Selector {
+    /// Whether a process with this cgroup path, name and executable belongs to the selector.
+    /// Any given field may match: `cgroup` matches its whole subtree, `unit` any cgroup with a
+    /// path component of that name (wherever the unit's slice is), `comm` and `exe` exactly.
+    pub fn matches(&self, cgroup: Option<&str>, comm: Option<&str>, exe: Option<&str>) -> bool {
+        if let (Some(want), Some(have)) = (&self.cgroup, cgroup) {
+            let want = want.trim_end_matches('/');
+            if want.is_empty()
+                || have == want
+                || have.strip_prefix(want).is_some_and(|r| r.starts_with('/'))
+            {
+                return true;
+            }
+        }
+        if let (Some(unit), Some(have)) = (&self.unit, cgroup) {
+            if have.split('/').any(|c| c == unit) {
+                return true;
+            }
+        }
+        if self.comm.is_some() && self.comm.as_deref() == comm {
+            return true;
+        }
+        self.exe.is_some() && self.exe.as_deref() == exe
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -172,3 +172,49 @@ fn suggestions_stay_close() {
         None
     );
 }
+
+#[test]
+fn selectors_match_subtrees_units_names_and_paths() {
+    let s = Selector {
+        cgroup: Some("/kubepods/burstable".into()),
+        unit: Some("nginx.service".into()),
+        comm: Some("redis-server".into()),
+        exe: Some("/usr/bin/envoy".into()),
+    };
+    assert!(s.matches(Some("/kubepods/burstable"), None, None));
+    assert!(s.matches(Some("/kubepods/burstable/pod1/c2"), None, None));
+    assert!(!s.matches(Some("/kubepods/burstable2"), None, None));
+    assert!(s.matches(Some("/system.slice/nginx.service"), None, None));
+    assert!(s.matches(Some("/user.slice/nginx.service/x"), None, None));
+    assert!(!s.matches(Some("/system.slice/nginx.service2"), None, None));
+    assert!(s.matches(None, Some("redis-server"), None));
+    assert!(s.matches(None, None, Some("/usr/bin/envoy")));
+    assert!(!s.matches(Some("/"), Some("bash"), Some("/bin/bash")));
+    let root = Selector {
+        cgroup: Some("/".into()),
+        ..Default::default()
+    };
+    assert!(root.matches(Some("/anything/at/all"), None, None));
+}
+
+#[test]
+fn a_service_write_budget_is_validated() {
+    let ok = load(
+        &[file(
+            "s.toml",
+            "[services.a]\nselector = { comm = \"a\" }\nwrite_budget_rows_per_minute = 500\n",
+        )],
+        &["cpu"],
+    )
+    .expect("valid");
+    assert_eq!(ok.services["a"].write_budget_rows_per_minute, Some(500));
+    let p = problems(&[file(
+        "s.toml",
+        "[services.a]\nselector = { comm = \"a\" }\nwrite_budget_rows_per_minute = 0\n",
+    )]);
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("s.toml:3:") && p.contains("at least 1")),
+        "{p:?}"
+    );
+}

@@ -393,11 +393,16 @@ fn service(cx: &mut Ctx<'_>, s: &ServiceDoc, known: &[&str]) -> Option<Service> 
             triggers.push(rule);
         }
     }
+    let budget = s
+        .write_budget_rows_per_minute
+        .as_ref()
+        .and_then(|v| cx.positive(v, "write_budget_rows_per_minute"));
     Some(Service {
         selector: sel?,
         labels: s.labels.clone(),
         continuous,
         triggers,
+        write_budget_rows_per_minute: budget,
     })
 }
 

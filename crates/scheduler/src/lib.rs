@@ -13,6 +13,7 @@
 //!   continuous run resumes with its remaining time once it can.
 
 pub mod budget;
+pub mod continuous;
 mod sim;
 mod triggers;
 mod tuner;
@@ -114,6 +115,9 @@ pub struct JobRequest {
     pub owner: String,
     /// Do not start before this time (spreads continuous runs across their slot).
     pub not_before: Millis,
+    /// The weight every sample of the run carries: `1 / p` for a continuous run drawn with
+    /// probability `p`, 1 for the rest.
+    pub weight: f64,
 }
 
 /// A run's lifecycle.

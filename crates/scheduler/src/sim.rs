@@ -18,9 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 use baton_config::Config;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    Decision, JobRequest, Millis, Mode, ProfilerSpec, Scheduler, Sharing, TriggerEngine, Tuner,
-};
+use crate::continuous::{host_key, slot_rules};
+use crate::{Decision, Millis, Mode, ProfilerSpec, Scheduler, Sharing, TriggerEngine, Tuner};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,23 +105,6 @@ struct SimHost {
     services: Vec<(String, f64)>,
 }
 
-/// splitmix64's finaliser: a well-mixed 64-bit hash of one word.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A deterministic draw per (host, slot, rule): the same plan gives the same answer every time.
-fn hash3(a: u64, b: u64, c: u64) -> u64 {
-    mix(a ^ mix(b ^ mix(c)))
-}
-
-fn unit(h: u64) -> f64 {
-    (h >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// Daily load factor in [0.75, 1.25], peaking at noon.
 fn load_factor(t: Millis) -> f64 {
     let day = (t % 86_400_000) as f64 / 86_400_000.0;
@@ -171,48 +153,41 @@ pub fn simulate(
             });
         }
     }
+    let host_keys: Vec<u64> = hosts.iter().map(|h| host_key(&h.name)).collect();
     let host_index: HashMap<String, usize> = hosts
         .iter()
         .enumerate()
         .map(|(i, h)| (h.name.clone(), i))
         .collect();
 
-    // Continuous rules: (service, rule index, slot length, duration, target per hour).
-    let mut rules: Vec<(String, usize, Millis, Millis, u64, String)> = Vec::new();
-    for (name, svc) in &config.services {
-        for (i, c) in svc.continuous.iter().enumerate() {
-            let d = c.duration.as_millis() as Millis;
-            rules.push((
-                name.clone(),
-                i,
-                d * 10,
-                d,
-                c.target_samples_per_hour,
-                c.profiler.clone(),
-            ));
-        }
-    }
-    let targets: Vec<((String, usize), u64)> =
-        rules.iter().map(|r| ((r.0.clone(), r.1), r.4)).collect();
+    let rules = slot_rules(config);
+    let targets: Vec<((String, usize), u64)> = rules
+        .iter()
+        .map(|r| (r.key(), r.target_samples_per_hour))
+        .collect();
     if seed {
-        for (svc, rule, slot, dur, target, profiler) in &rules {
-            let freq = config.services[svc].continuous[*rule]
+        for r in &rules {
+            let freq = r
                 .frequency
-                .or_else(|| sched.spec(profiler).map(|s| s.default_frequency))
+                .or_else(|| sched.spec(&r.profiler).map(|s| s.default_frequency))
                 .unwrap_or(19) as f64;
             let busy: f64 = hosts
                 .iter()
                 .filter_map(|h| {
                     h.services
                         .iter()
-                        .find(|(s, _)| s == svc)
+                        .find(|(s, _)| *s == r.service)
                         .map(|(_, b)| b.min(f64::from(h.cpus)))
                 })
                 .sum();
             let per_hour_at_p1 =
-                busy * freq * (*dur as f64 / 1000.0) * (3_600_000.0 / *slot as f64);
+                busy * freq * (r.duration_ms as f64 / 1000.0) * (3_600_000.0 / r.slot_ms as f64);
             if per_hour_at_p1 > 0.0 {
-                tuner.seed(svc, *rule, *target as f64 / per_hour_at_p1);
+                tuner.seed(
+                    &r.service,
+                    r.rule,
+                    r.target_samples_per_hour as f64 / per_hour_at_p1,
+                );
             }
         }
     }
@@ -249,49 +224,24 @@ pub fn simulate(
     let mut peak = 0u32;
     let mut preemptions = 0u64;
     let mut decisions = 0u64;
-    let mut weights: HashMap<u64, f64> = HashMap::new();
     let settled_from = span_ms.saturating_sub(86_400_000);
     let settled_hours = (span_ms - settled_from) as f64 / 3_600_000.0;
 
     let mut now: Millis = 0;
     while now < span_ms {
         // Continuous: at each slot start, each host draws against the tuned probability.
-        for (svc, rule, slot, dur, _, profiler) in &rules {
-            if now % slot >= tick_ms {
+        for r in &rules {
+            if now % r.slot_ms >= tick_ms {
                 continue;
             }
-            let slot_no = now / slot;
-            let p = tuner.probability(svc, *rule);
-            let Some(list) = hosts_of.get(svc.as_str()) else {
+            let slot_no = r.slot_of(now);
+            let p = tuner.probability(&r.service, r.rule);
+            let Some(list) = hosts_of.get(r.service.as_str()) else {
                 continue;
             };
             for &hi in list {
-                let h = hash3(
-                    hi as u64,
-                    slot_no,
-                    baton_model::batch::fnv1a(&[svc.as_bytes(), &rule.to_le_bytes()]),
-                );
-                if unit(h) >= p {
-                    continue;
-                }
-                let offset = (h >> 7) % (slot - dur).max(1);
-                let req = JobRequest {
-                    profiler: profiler.clone(),
-                    host: hosts[hi].name.clone(),
-                    target: format!("service:{svc}"),
-                    mode: Mode::Continuous {
-                        service: svc.clone(),
-                        rule: *rule,
-                    },
-                    duration_ms: *dur,
-                    frequency: config.services[svc].continuous[*rule].frequency,
-                    priority: 0,
-                    force: false,
-                    owner: "continuous".into(),
-                    not_before: now + offset,
-                };
-                if let Ok(id) = sched.submit(req, now) {
-                    weights.insert(id, 1.0 / p);
+                if let Some(req) = r.draw(host_keys[hi], &hosts[hi].name, slot_no, p, now) {
+                    let _ = sched.submit(req, now);
                 }
             }
         }
@@ -356,7 +306,6 @@ pub fn simulate(
                             a.settled += samples;
                         }
                         tuner.observe(&svc, rule, samples);
-                        weights.remove(run);
                     } else {
                         a.triggered_runs += 1;
                     }

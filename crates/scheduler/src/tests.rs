@@ -39,6 +39,7 @@ fn req(mode: Mode, secs: u64) -> JobRequest {
         force: false,
         owner: "test".into(),
         not_before: 0,
+        weight: 1.0,
     }
 }
 

@@ -189,6 +189,7 @@ impl TriggerEngine {
                 force: false,
                 owner: format!("trigger:{service}#{i}"),
                 not_before: now,
+                weight: 1.0,
             });
         }
         out

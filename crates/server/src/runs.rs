@@ -100,6 +100,7 @@ pub(crate) async fn submit(
         force: req.force,
         owner: owner.clone(),
         not_before: now,
+        weight: 1.0,
     };
     let id = {
         let mut s = h.scheduler.lock().unwrap_or_else(|p| p.into_inner());
