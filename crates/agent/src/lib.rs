@@ -1,6 +1,7 @@
 //! The host agent: runs the CPU profiler in windows, keeps process snapshots for symbolization,
 //! labels each sample and turns every window into a [`Batch`] for a store.
 
+pub mod attribute;
 mod cgroups;
 mod collector;
 pub mod metrics;

@@ -14,9 +14,10 @@ use baton_config::ConfigError;
 use baton_model::parse_duration;
 use baton_profilers::cpu::MAX_FREQUENCY_HZ;
 use baton_profilers::{CpuOptions, ProfilerError};
+use baton_scheduler::continuous::{host_key, slot_rules, SlotRule};
 use baton_scheduler::{
-    keep_row, Admission, Decision, JobRequest, Mode, Observation, ProfilerSpec, RunState,
-    Scheduler, TriggerEngine, WriteBudgets,
+    Decision, JobRequest, Mode, Observation, ProfilerSpec, RunState, Scheduler, TriggerEngine,
+    Tuner, WriteBudgets,
 };
 use baton_server::runs::RunsHandle;
 use baton_server::{AppState, LiveConfig, MetricsFn};
@@ -98,6 +99,12 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         .filter_map(|k| ProfilerSpec::builtin(k.name(), &effective))
         .collect();
     let scheduler = Arc::new(Mutex::new(Scheduler::new(&effective, specs)));
+    let tuner_interval = effective.tuner.interval.as_millis() as u64;
+    let host_name = opts.host.clone();
+    let service_rules = slot_rules(&effective)
+        .into_iter()
+        .filter(|r| r.profiler == "cpu")
+        .count();
     let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
     let worker = {
         let scheduler = scheduler.clone();
@@ -124,7 +131,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                     opts,
                     continuous: Some(collector),
                     continuous_run: None,
-                    on_demand: None,
+                    targeted: None,
                     scheduler,
                     store,
                     metrics,
@@ -135,6 +142,9 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                     triggers: TriggerWatch::default(),
                     budgets: WriteBudgets::default(),
                     guard: OverheadGuard::default(),
+                    tuner: Tuner::new(tuner_interval, 1.0, now_ms_u64()),
+                    drawn: HashMap::new(),
+                    host_key: host_key(&host_name),
                 };
                 d.run()
             })
@@ -143,12 +153,19 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     let event = started_rx
         .recv()
         .map_err(|_| anyhow::anyhow!("the collector thread died while starting"))??;
-    eprintln!(
-        "baton up: profiling every process at {} Hz on {event}, {}s windows; data in {}; UI at http://{addr}/",
-        opts.cpu.frequency_hz,
-        window.as_secs(),
-        data.display()
-    );
+    if service_rules == 0 {
+        eprintln!(
+            "baton up: profiling every process at {} Hz on {event}, {}s windows; data in {}; UI at http://{addr}/",
+            opts.cpu.frequency_hz,
+            window.as_secs(),
+            data.display()
+        );
+    } else {
+        eprintln!(
+            "baton up: continuous profiling by {service_rules} service rule(s) of the config, on {event}; data in {}; UI at http://{addr}/",
+            data.display()
+        );
+    }
 
     let m2 = metrics.clone();
     let metrics_fn: MetricsFn = Arc::new(move || m2.export());
@@ -233,6 +250,13 @@ fn write(store: &Mutex<Box<dyn Store>>, metrics: &AgentMetrics, report: baton_ag
 /// The scheduler's name for this host in `baton up`.
 const LOCAL_HOST: &str = "local";
 
+/// The pseudo-service of the whole-host continuous chain.
+const HOST_CHAIN: &str = "host";
+
+fn is_host_chain(mode: &Mode) -> bool {
+    matches!(mode, Mode::Continuous { service, .. } if service == HOST_CHAIN)
+}
+
 fn now_ms_u64() -> u64 {
     now_ms() as u64
 }
@@ -242,15 +266,20 @@ fn default_config() -> baton_config::Config {
     baton_config::load(&[], &[]).expect("an empty tree is valid")
 }
 
-/// Carries out the scheduler's decisions on this host. Continuous profiling of every process is
-/// a chain of continuous runs, one per window; on-demand runs preempt it (the CPU profiler holds
-/// the PMU exclusively) and it resumes when they end. The collectors are dropped at the end,
-/// which detaches every BPF program.
+/// Carries out the scheduler's decisions on this host.
+///
+/// Continuous profiling takes one of two forms. With no continuous rules in the config, every
+/// process is profiled by a chain of *host* continuous runs, one per window, with weight 1.
+/// With rules, only the rules run: each rule draws once per slot against its tuned probability
+/// `p`, and a drawn run profiles the service's processes with every sample weighted `1 / p`.
+/// On-demand and triggered runs preempt continuous ones (the CPU profiler holds the PMU
+/// exclusively), which resume when they end. Every run but the host chain has its own targeted
+/// collector. The collectors are dropped at the end, which detaches every BPF program.
 struct Driver {
     opts: CollectorOptions,
     continuous: Option<CpuCollector>,
     continuous_run: Option<u64>,
-    on_demand: Option<(u64, CpuCollector)>,
+    targeted: Option<(u64, CpuCollector)>,
     scheduler: Arc<Mutex<Scheduler>>,
     store: Arc<Mutex<Box<dyn Store>>>,
     metrics: Arc<AgentMetrics>,
@@ -261,6 +290,11 @@ struct Driver {
     triggers: TriggerWatch,
     budgets: WriteBudgets,
     guard: OverheadGuard,
+    /// Run probabilities of the config's continuous rules, re-tuned from what this host saw.
+    tuner: Tuner,
+    /// The last slot drawn for each continuous rule.
+    drawn: HashMap<(String, usize), u64>,
+    host_key: u64,
 }
 
 /// Keeps the profilers' cost (this process's CPU plus its BPF programs' run time) under the
@@ -288,42 +322,53 @@ struct TriggerWatch {
 }
 
 impl Driver {
-    /// Writes a batch through the write budget of its profiler: accepted, down-sampled with
-    /// raised weights, or refused; each outcome is counted in `/metrics`.
-    fn store_batch(&mut self, mut r: baton_agent::WindowReport) {
-        let per_minute = self
-            .live
+    /// The live config, if `baton up` has one.
+    fn config(&self) -> Option<baton_config::Config> {
+        self.live
             .as_ref()
-            .and_then(|l| {
-                let l = l.read().unwrap_or_else(|p| p.into_inner());
-                Some(l.config.as_ref()?.host.write_budget_rows_per_minute)
-            })
+            .and_then(|l| l.read().unwrap_or_else(|p| p.into_inner()).config.clone())
+    }
+
+    /// Labels a batch's rows with their service, then writes it through the write budgets (each
+    /// service's, then its profiler's): accepted, down-sampled with raised weights, or refused;
+    /// each outcome is counted in `/metrics` and, per budget, in `/api/v1/status`.
+    fn store_batch(&mut self, mut r: baton_agent::WindowReport) {
+        let config = self.config();
+        if let Some(c) = &config {
+            baton_agent::attribute::attribute(c, &mut r.batch);
+        }
+        let per_minute = config
+            .as_ref()
+            .map(|c| c.host.write_budget_rows_per_minute)
             .unwrap_or_else(|| baton_config::HostLimits::default().write_budget_rows_per_minute);
         let rows = r.batch.samples.len() as u64;
-        let now = now_ms_u64();
-        match self.budgets.admit(&r.batch.profiler, rows, per_minute, now) {
-            Admission::Accept => {}
-            Admission::Downsample {
-                keep_probability: p,
-            } => {
-                let salt = r.batch.ts_ms as u64;
-                let mut i = 0u64;
-                r.batch.samples.retain_mut(|s| {
-                    i += 1;
-                    let keep = keep_row(salt, i, p);
-                    s.weight /= p;
-                    keep
-                });
-                let kept = r.batch.samples.len() as u64;
-                self.budgets.stats.rows_dropped += rows - kept;
-                tracing::warn!(rows, kept, "write budget: batch down-sampled");
-            }
-            Admission::Refuse => {
-                tracing::warn!(rows, "write budget: batch refused");
-                r.batch.samples.clear();
+        let before = self.budgets.stats;
+        self.budgets.admit_batch(
+            &mut r.batch,
+            |svc| {
+                config
+                    .as_ref()?
+                    .services
+                    .get(svc)?
+                    .write_budget_rows_per_minute
+            },
+            per_minute,
+            now_ms_u64(),
+        );
+        let st = self.budgets.stats;
+        if st != before {
+            let kept = r.batch.samples.len() as u64;
+            if st.batches_downsampled > before.batches_downsampled
+                || st.batches_refused > before.batches_refused
+            {
+                tracing::warn!(rows, kept, "write budget: batch down-sampled or refused");
+                eprintln!(
+                    "baton up: write budget: {kept} of {rows} rows kept ({} budget(s) over)",
+                    (st.batches_downsampled - before.batches_downsampled)
+                        + (st.batches_refused - before.batches_refused)
+                );
             }
         }
-        let st = self.budgets.stats;
         self.metrics
             .batches_downsampled
             .store(st.batches_downsampled, Ordering::Relaxed);
@@ -333,9 +378,112 @@ impl Driver {
         self.metrics
             .rows_dropped_budget
             .store(st.rows_dropped, Ordering::Relaxed);
+        let per_key: serde_json::Map<String, serde_json::Value> = self
+            .budgets
+            .per_key
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    json!({
+                        "batches_accepted": v.batches_accepted,
+                        "batches_downsampled": v.batches_downsampled,
+                        "batches_refused": v.batches_refused,
+                        "rows_dropped": v.rows_dropped,
+                    }),
+                )
+            })
+            .collect();
+        self.status.write().unwrap_or_else(|p| p.into_inner())["write_budgets"] =
+            serde_json::Value::Object(per_key);
         if !r.batch.samples.is_empty() {
             write(&self.store, &self.metrics, r);
         }
+    }
+
+    /// Draws each continuous rule once per slot, for services with processes on this host, and
+    /// queues the runs drawn with their weight `1 / p`.
+    fn draw_continuous(&mut self, rules: &[SlotRule], config: &baton_config::Config, now: u64) {
+        for r in rules {
+            let slot = r.slot_of(now);
+            if self.drawn.get(&r.key()) == Some(&slot) {
+                continue;
+            }
+            self.drawn.insert(r.key(), slot);
+            let Some(svc) = config.services.get(&r.service) else {
+                continue;
+            };
+            if selector_pids(&svc.selector).is_empty() {
+                continue;
+            }
+            let p = self.tuner.probability(&r.service, r.rule);
+            let Some(req) = r.draw(self.host_key, LOCAL_HOST, slot, p, now) else {
+                continue;
+            };
+            let weight = req.weight;
+            let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+            match s.submit(req, now) {
+                Ok(id) => eprintln!(
+                    "baton up: continuous run {id} of {}#{} drawn (p = {p:.4}, weight {weight:.2})",
+                    r.service, r.rule
+                ),
+                Err(e) => tracing::error!(error = %e, "a continuous run was refused"),
+            }
+        }
+    }
+
+    /// Re-tunes the continuous rules' probabilities at the end of each tuner interval, and
+    /// shows them in `/api/v1/status`.
+    fn tune(&mut self, rules: &[SlotRule], config: Option<&baton_config::Config>, now: u64) {
+        if let Some(c) = config {
+            self.tuner.set_interval(c.tuner.interval.as_millis() as u64);
+        }
+        let before: Vec<(f64, u64)> = rules
+            .iter()
+            .map(|r| {
+                (
+                    self.tuner.probability(&r.service, r.rule),
+                    self.tuner.observed(&r.service, r.rule),
+                )
+            })
+            .collect();
+        let targets: Vec<((String, usize), u64)> = rules
+            .iter()
+            .map(|r| (r.key(), r.target_samples_per_hour))
+            .collect();
+        if self.tuner.maybe_retune(now, &targets) {
+            for (r, (p, seen)) in rules.iter().zip(&before) {
+                eprintln!(
+                    "baton up: tuner: {}#{} saw {seen} samples; probability {p:.4} -> {:.4} (target {}/h)",
+                    r.service,
+                    r.rule,
+                    self.tuner.probability(&r.service, r.rule),
+                    r.target_samples_per_hour
+                );
+            }
+        }
+        let list: Vec<serde_json::Value> = rules
+            .iter()
+            .map(|r| {
+                let p = self.tuner.probability(&r.service, r.rule);
+                json!({
+                    "service": r.service,
+                    "rule": r.rule,
+                    "profiler": r.profiler,
+                    "probability": p,
+                    "weight": 1.0 / p,
+                    "duration_s": r.duration_ms as f64 / 1000.0,
+                    "slot_s": r.slot_ms as f64 / 1000.0,
+                    "target_samples_per_hour": r.target_samples_per_hour,
+                    "observed_samples": self.tuner.observed(&r.service, r.rule),
+                })
+            })
+            .collect();
+        let mut st = self.status.write().unwrap_or_else(|p| p.into_inner());
+        st["continuous"] = json!({
+            "mode": if rules.is_empty() { "host" } else { "services" },
+            "rules": list,
+        });
     }
 
     /// Evaluates the config's triggers and queues the runs they fire.
@@ -405,20 +553,39 @@ impl Driver {
         let mut last_prune = Instant::now();
         while !stop_requested() {
             let now = now_ms_u64();
+            let config = self.config();
+            let rules: Vec<SlotRule> = config
+                .as_ref()
+                .map(slot_rules)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.profiler == "cpu")
+                .collect();
+            let by_services = !rules.is_empty();
             let decisions = {
                 let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
-                let has_continuous = s.runs().any(|r| {
-                    matches!(r.request.mode, Mode::Continuous { .. })
-                        && !r.state.is_terminal()
-                        && r.state != RunState::Processing
-                });
-                if !has_continuous {
+                let host_chain: Vec<(u64, RunState)> = s
+                    .runs()
+                    .filter(|r| is_host_chain(&r.request.mode) && !r.state.is_terminal())
+                    .map(|r| (r.id, r.state))
+                    .collect();
+                let mut out = Vec::new();
+                if by_services {
+                    // The config's rules replace whole-host profiling.
+                    for (id, _) in &host_chain {
+                        out.extend(s.end_early(
+                            *id,
+                            now,
+                            "the config's continuous rules replace whole-host profiling",
+                        ));
+                    }
+                } else if host_chain.iter().all(|(_, st)| *st == RunState::Processing) {
                     let req = JobRequest {
                         profiler: "cpu".into(),
                         host: LOCAL_HOST.into(),
                         target: "host".into(),
                         mode: Mode::Continuous {
-                            service: "host".into(),
+                            service: HOST_CHAIN.into(),
                             rule: 0,
                         },
                         duration_ms: self.window.as_millis() as u64,
@@ -433,18 +600,17 @@ impl Driver {
                         tracing::error!(error = %e, "queueing the continuous run failed");
                     }
                 }
-                // A cancelled on-demand run stops at once.
-                if let Some((id, _)) = &self.on_demand {
+                // A cancelled targeted run stops at once.
+                if let Some((id, _)) = &self.targeted {
                     if s.run(*id).is_some_and(|r| r.state == RunState::Cancelled) {
                         let id = *id;
                         drop(s);
-                        self.stop_on_demand(id, false);
+                        self.stop_targeted(id, false);
                         s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
                     }
                 }
                 // Targets that all exited end their run early.
-                let mut out = Vec::new();
-                if let Some((id, c)) = &self.on_demand {
+                if let Some((id, c)) = &self.targeted {
                     if c.live_targets().is_empty() {
                         out.extend(s.end_early(*id, now, "every target process exited"));
                     }
@@ -459,41 +625,49 @@ impl Driver {
             for d in decisions {
                 self.apply(d, now);
             }
+            if by_services && self.continuous.is_some() {
+                // Whole-host profiling ended: store its last window and detach it.
+                self.flush_continuous(None);
+                self.continuous = None;
+            }
+            if let Some(c) = &config {
+                self.draw_continuous(&rules, c, now);
+            }
+            self.tune(&rules, config.as_ref(), now);
             self.watch_triggers(now);
             self.guard_overhead();
             self.retune_frequency();
             if let Some(c) = &mut self.continuous {
                 c.discover();
             }
-            if let Some((_, c)) = &mut self.on_demand {
+            if let Some((_, c)) = &mut self.targeted {
                 c.discover();
             }
             std::thread::sleep(Duration::from_millis(250));
         }
         self.flush_continuous(None);
-        if let Some((id, _)) = &self.on_demand {
+        if let Some((id, _)) = &self.targeted {
             let id = *id;
             let now = now_ms_u64();
             self.scheduler
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .end_early(id, now, "baton up stopped");
-            self.stop_on_demand(id, true);
+            self.stop_targeted(id, true);
         }
         self.continuous = None;
         Ok(())
     }
 
-    fn is_continuous(&self, id: u64) -> bool {
+    fn is_host_chain(&self, id: u64) -> bool {
         let s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
-        s.run(id)
-            .is_some_and(|r| matches!(r.request.mode, Mode::Continuous { .. }))
+        s.run(id).is_some_and(|r| is_host_chain(&r.request.mode))
     }
 
     fn apply(&mut self, d: Decision, now: u64) {
         match d {
             Decision::Start { run, .. } | Decision::Resume { run, .. } => {
-                if self.is_continuous(run) {
+                if self.is_host_chain(run) {
                     self.continuous_run = Some(run);
                     if self.continuous.is_none() && self.guard.stopped_until.is_none() {
                         match CpuCollector::start(&self.opts) {
@@ -504,30 +678,40 @@ impl Driver {
                         }
                     }
                 } else {
-                    self.start_on_demand(run, now);
+                    self.start_targeted(run, now);
                 }
             }
             Decision::Preempt { run, by, .. } => {
-                // Free the PMU: store what the continuous profiler has, then detach it.
-                let samples = self.flush_continuous(None);
-                tracing::info!(run, by, samples, "continuous profiling preempted");
-                self.continuous = None;
+                // Free the PMU: store what the preempted run has, then detach it.
+                if self.targeted.as_ref().is_some_and(|(id, _)| *id == run) {
+                    self.stop_targeted(run, false);
+                } else {
+                    let samples = self.flush_continuous(None);
+                    tracing::info!(run, by, samples, "continuous profiling preempted");
+                    self.continuous = None;
+                }
             }
             Decision::Stop { run, .. } => {
-                if self.on_demand.as_ref().is_some_and(|(id, _)| *id == run) {
-                    self.stop_on_demand(run, true);
-                } else if self.is_continuous(run) {
+                if self.targeted.as_ref().is_some_and(|(id, _)| *id == run) {
+                    self.stop_targeted(run, true);
+                } else if self.is_host_chain(run) {
                     let samples = self.flush_continuous(None);
                     self.scheduler
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .finish(run, samples, None);
+                } else {
+                    // Ended before its collector started (e.g. ended while suspended).
+                    self.scheduler
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .finish(run, 0, None);
                 }
             }
         }
     }
 
-    fn start_on_demand(&mut self, id: u64, now: u64) {
+    fn start_targeted(&mut self, id: u64, now: u64) {
         let (target, frequency) = {
             let s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
             match s.run(id) {
@@ -560,7 +744,7 @@ impl Driver {
         match started {
             Ok(c) => {
                 eprintln!("baton up: run {id} started ({target} at {frequency} Hz)");
-                self.on_demand = Some((id, c));
+                self.targeted = Some((id, c));
             }
             Err(e) => {
                 eprintln!("baton up: run {id} could not start: {e}");
@@ -571,29 +755,53 @@ impl Driver {
         }
     }
 
-    /// Drains the on-demand collector into the store under its run id and detaches it.
-    fn stop_on_demand(&mut self, id: u64, finish: bool) {
-        let Some((_, mut c)) = self.on_demand.take() else {
+    /// Drains a targeted collector into the store under its run id and detaches it. Samples get
+    /// the run's weight and, for a service's run, the `service` label; a continuous rule's
+    /// samples count toward its tuner. With `finish`, the run is done; without, it was preempted
+    /// (or cancelled) and only its samples so far are counted.
+    fn stop_targeted(&mut self, id: u64, finish: bool) {
+        let Some((_, mut c)) = self.targeted.take() else {
             return;
+        };
+        let (mode, weight) = {
+            let s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+            match s.run(id) {
+                Some(r) => (r.request.mode.clone(), r.request.weight),
+                None => (Mode::OnDemand, 1.0),
+            }
+        };
+        let service = match &mode {
+            Mode::Continuous { service, .. } | Mode::Triggered { service, .. } => {
+                Some(service.clone())
+            }
+            Mode::OnDemand => None,
         };
         let (samples, failure) = match c.collect(Some(&self.metrics)) {
             Ok(mut r) => {
                 for s in &mut r.batch.samples {
                     s.labels.insert("run".into(), id.to_string());
+                    s.weight *= weight;
+                    if let Some(svc) = &service {
+                        s.labels.insert("service".into(), svc.clone());
+                    }
                 }
                 let n = r.sample_count;
+                if let Mode::Continuous { service, rule } = &mode {
+                    self.tuner.observe(service, *rule, n);
+                }
                 self.store_batch(r);
                 (n, None)
             }
             Err(e) => (0, Some(e.to_string())),
         };
         drop(c);
-        eprintln!("baton up: run {id} ended with {samples} samples");
+        let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
         if finish {
-            self.scheduler
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .finish(id, samples, failure);
+            eprintln!("baton up: run {id} ended with {samples} samples");
+            s.finish(id, samples, failure);
+        } else {
+            eprintln!("baton up: run {id} stopped after {samples} samples");
+            s.add_samples(id, samples);
         }
     }
 

@@ -4,7 +4,9 @@
 //! and its weight multiplied by `1 / p`, so weighted sums stay unbiased. With no tokens at all,
 //! the batch is refused. Either way the outcome is counted: a drop is never silent.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use baton_model::Batch;
 
 use crate::Millis;
 
@@ -60,11 +62,21 @@ pub struct BudgetStats {
 #[derive(Debug, Default)]
 pub struct WriteBudgets {
     buckets: HashMap<String, TokenBucket>,
+    /// Totals over every key.
     pub stats: BudgetStats,
+    /// The same counters per key (`cpu`, `service:checkout`, …).
+    pub per_key: BTreeMap<String, BudgetStats>,
 }
 
 impl WriteBudgets {
+    fn count(&mut self, key: &str, f: impl Fn(&mut BudgetStats)) {
+        f(&mut self.stats);
+        f(self.per_key.entry(key.to_string()).or_default());
+    }
+
     /// Decides the fate of a batch of `rows` rows under `key` at `per_minute` rows per minute.
+    /// A refusal counts its rows as dropped; for a down-sampling the caller counts the rows it
+    /// drops with [`WriteBudgets::dropped`].
     pub fn admit(&mut self, key: &str, rows: u64, per_minute: u64, now: Millis) -> Admission {
         if rows == 0 {
             return Admission::Accept;
@@ -76,16 +88,90 @@ impl WriteBudgets {
         bucket.per_minute = per_minute as f64;
         let granted = bucket.take(rows, now);
         if granted >= rows {
-            self.stats.batches_accepted += 1;
+            self.count(key, |s| s.batches_accepted += 1);
             Admission::Accept
         } else if granted == 0 {
-            self.stats.batches_refused += 1;
-            self.stats.rows_dropped += rows;
+            self.count(key, |s| {
+                s.batches_refused += 1;
+                s.rows_dropped += rows;
+            });
             Admission::Refuse
         } else {
-            self.stats.batches_downsampled += 1;
+            self.count(key, |s| s.batches_downsampled += 1);
             Admission::Downsample {
                 keep_probability: granted as f64 / rows as f64,
+            }
+        }
+    }
+
+    /// Counts rows a down-sampling dropped under `key`.
+    pub fn dropped(&mut self, key: &str, rows: u64) {
+        self.count(key, |s| s.rows_dropped += rows);
+    }
+
+    /// Puts a whole batch through its budgets at ingest: first the budget of each service that
+    /// has one (rows grouped by their `service` label, key `service:NAME`), then the profiler's
+    /// budget (key: the profiler's name) over what is left. Down-sampled rows that survive have
+    /// their weight divided by the keep probability; refused and dropped rows are counted.
+    pub fn admit_batch(
+        &mut self,
+        batch: &mut Batch,
+        service_budget: impl Fn(&str) -> Option<u64>,
+        profiler_budget: u64,
+        now: Millis,
+    ) {
+        let salt = batch.ts_ms as u64;
+        let mut groups: BTreeMap<String, u64> = BTreeMap::new();
+        for s in &batch.samples {
+            if let Some(svc) = s.labels.get("service") {
+                if service_budget(svc).is_some() {
+                    *groups.entry(svc.clone()).or_default() += 1;
+                }
+            }
+        }
+        let mut fate: HashMap<String, Admission> = HashMap::new();
+        for (svc, rows) in &groups {
+            let budget = service_budget(svc).unwrap_or(u64::MAX);
+            let a = self.admit(&format!("service:{svc}"), *rows, budget, now);
+            fate.insert(svc.clone(), a);
+        }
+        let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
+        let mut i = 0u64;
+        batch.samples.retain_mut(|s| {
+            i += 1;
+            let Some(svc) = s.labels.get("service") else {
+                return true;
+            };
+            match fate.get(svc) {
+                None | Some(Admission::Accept) => true,
+                Some(Admission::Refuse) => false,
+                Some(Admission::Downsample { keep_probability }) => {
+                    s.weight /= keep_probability;
+                    let keep = keep_row(salt, i, *keep_probability);
+                    if !keep {
+                        *dropped.entry(format!("service:{svc}")).or_default() += 1;
+                    }
+                    keep
+                }
+            }
+        });
+        for (key, n) in dropped {
+            self.dropped(&key, n);
+        }
+        let rows = batch.samples.len() as u64;
+        let key = batch.profiler.clone();
+        match self.admit(&key, rows, profiler_budget, now) {
+            Admission::Accept => {}
+            Admission::Refuse => batch.samples.clear(),
+            Admission::Downsample { keep_probability } => {
+                let salt = salt.rotate_left(17);
+                let mut i = 0u64;
+                batch.samples.retain_mut(|s| {
+                    i += 1;
+                    s.weight /= keep_probability;
+                    keep_row(salt, i, keep_probability)
+                });
+                self.dropped(&key, rows - batch.samples.len() as u64);
             }
         }
     }
@@ -141,6 +227,73 @@ mod tests {
                 batches_refused: 1,
                 rows_dropped: 10
             }
+        );
+        assert_eq!(w.per_key["other"].batches_accepted, 1);
+        assert_eq!(w.per_key["cpu"].batches_refused, 1);
+    }
+
+    fn batch(rows: &[(&str, usize)]) -> Batch {
+        let mut samples = Vec::new();
+        for (svc, n) in rows {
+            for _ in 0..*n {
+                let mut labels = baton_model::Labels::new();
+                if !svc.is_empty() {
+                    labels.insert("service".into(), svc.to_string());
+                }
+                samples.push(baton_model::StackSample {
+                    stack: Vec::new(),
+                    labels,
+                    value: 1,
+                    weight: 1.0,
+                });
+            }
+        }
+        Batch {
+            profiler: "cpu".into(),
+            value_type: baton_model::ValueType::cpu_nanoseconds(),
+            ts_ms: 1_234,
+            samples,
+        }
+    }
+
+    fn weighted(b: &Batch, svc: &str) -> f64 {
+        b.samples
+            .iter()
+            .filter(|s| s.labels.get("service").map(String::as_str).unwrap_or("") == svc)
+            .map(|s| s.value as f64 * s.weight)
+            .sum()
+    }
+
+    #[test]
+    fn a_service_over_its_budget_is_downsampled_alone_and_stays_unbiased() {
+        let mut w = WriteBudgets::default();
+        let budget = |s: &str| (s == "noisy").then_some(1_000);
+        let mut b = batch(&[("noisy", 10_000), ("quiet", 500), ("", 300)]);
+        w.admit_batch(&mut b, budget, 1_000_000, 0);
+        // The noisy service keeps about a tenth of its rows, each weighing about 10.
+        let kept = b
+            .samples
+            .iter()
+            .filter(|s| s.labels.get("service").is_some_and(|v| v == "noisy"))
+            .count();
+        assert!((800..1_200).contains(&kept), "{kept}");
+        // Unbiased: the kept rows weigh 10 each (sd of the kept count is about 3%).
+        assert!((weighted(&b, "noisy") / 10_000.0 - 1.0).abs() < 0.15);
+        // Nobody else lost a row.
+        assert_eq!(weighted(&b, "quiet"), 500.0);
+        assert_eq!(weighted(&b, ""), 300.0);
+        let noisy = w.per_key["service:noisy"];
+        assert_eq!(noisy.batches_downsampled, 1);
+        assert_eq!(noisy.rows_dropped, 10_000 - kept as u64);
+        assert_eq!(w.per_key["cpu"].batches_accepted, 1);
+        // The next batch within the minute finds no tokens: refused, and counted.
+        let mut b = batch(&[("noisy", 100), ("quiet", 5)]);
+        w.admit_batch(&mut b, budget, 1_000_000, 1);
+        assert_eq!(b.samples.len(), 5);
+        assert_eq!(w.per_key["service:noisy"].batches_refused, 1);
+        assert_eq!(
+            w.per_key["service:noisy"].rows_dropped,
+            10_000 - kept as u64 + 100
         );
     }
 

@@ -355,6 +355,13 @@ impl Scheduler {
         })
     }
 
+    /// Counts samples a run stored before it ended (e.g. when it was preempted).
+    pub fn add_samples(&mut self, id: u64, samples: u64) {
+        if let Some(r) = self.runs.get_mut(&id) {
+            r.samples += samples;
+        }
+    }
+
     /// The driver reports that a stopped run's data is stored.
     pub fn finish(&mut self, id: u64, samples: u64, failure: Option<String>) {
         if let Some(r) = self.runs.get_mut(&id) {

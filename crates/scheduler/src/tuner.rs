@@ -41,6 +41,20 @@ impl Tuner {
             .unwrap_or(self.initial)
     }
 
+    /// Changes the re-tuning interval (after a config reload); the current interval keeps its
+    /// start.
+    pub fn set_interval(&mut self, interval_ms: Millis) {
+        self.interval_ms = interval_ms.max(1);
+    }
+
+    /// Raw samples counted for a rule since the last re-tune.
+    pub fn observed(&self, service: &str, rule: usize) -> u64 {
+        self.observed
+            .get(&(service.to_string(), rule))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Sets a starting probability (e.g. from a plan) before any observation.
     pub fn seed(&mut self, service: &str, rule: usize, p: f64) {
         self.p.insert(

@@ -42,16 +42,17 @@ pub struct RunRequest {
 /// The JSON view of a run.
 pub fn run_json(r: &Run) -> serde_json::Value {
     let t = |v: Option<u64>| v.map(|ms| rfc3339_ms(ms as i64));
-    let mode = match &r.request.mode {
-        Mode::Continuous { .. } => "continuous",
-        Mode::OnDemand => "on-demand",
-        Mode::Triggered { .. } => "triggered",
+    let (mode, service) = match &r.request.mode {
+        Mode::Continuous { service, .. } => ("continuous", Some(service)),
+        Mode::OnDemand => ("on-demand", None),
+        Mode::Triggered { service, .. } => ("triggered", Some(service)),
     };
     json!({
         "id": r.id,
         "profiler": r.request.profiler,
         "target": r.request.target,
         "mode": mode,
+        "service": service,
         "state": r.state,
         "reason": r.reason,
         "priority": r.request.priority,
@@ -67,6 +68,7 @@ pub fn run_json(r: &Run) -> serde_json::Value {
         "ended_at_ms": r.ended_at,
         "preemptions": r.preemptions,
         "samples": r.samples,
+        "weight": r.request.weight,
     })
 }
 

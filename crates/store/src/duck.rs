@@ -413,7 +413,8 @@ impl Store for DuckDbStore {
                     sid,
                     s.value,
                     s.weight,
-                    s.labels.get("run").and_then(|v| v.parse::<i64>().ok())
+                    s.labels.get("run").and_then(|v| v.parse::<i64>().ok()),
+                    l("service")
                 ])?;
             }
         }

@@ -3,7 +3,9 @@
 use crate::StoreError;
 
 /// Label columns that can be filtered and grouped on.
-pub const LABEL_COLUMNS: &[&str] = &["comm", "pid", "tid", "exe", "cgroup", "host", "run"];
+pub const LABEL_COLUMNS: &[&str] = &[
+    "comm", "pid", "tid", "exe", "cgroup", "host", "run", "service",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FilterOp {

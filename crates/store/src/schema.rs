@@ -42,6 +42,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ",
     // 2: the run a sample belongs to (on-demand and triggered runs); NULL for continuous.
     "ALTER TABLE samples ADD COLUMN run BIGINT;",
+    // 3: the config service a sample's process belongs to (by its selector), if any.
+    "ALTER TABLE samples ADD COLUMN service VARCHAR;",
 ];
 
 /// The schema version this build writes.

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod config;
+mod continuous;
 mod harness;
 mod plan;
 mod record;

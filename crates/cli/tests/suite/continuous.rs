@@ -1,0 +1,127 @@
+//! Per-service continuous profiling in a real `baton up`: slots drawn against the tuned
+//! probability, samples weighted `1 / p` in the store, the tuner acting on what it saw, and
+//! per-service write budgets.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+fn runs_of(addr: &str, service: &str) -> Vec<serde_json::Value> {
+    let v = http_json(addr, "/api/v1/runs?all=1");
+    v["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["target"] == format!("service:{service}").as_str())
+        .collect()
+}
+
+/// The weighted total (sum of value × weight) the store holds for one run.
+fn stored_total(addr: &str, run: u64) -> f64 {
+    let v = http_json(
+        addr,
+        &format!("/api/v1/labels/service?since=1h&filter=run%3D{run}"),
+    );
+    v["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .map(|x| x["total"].as_f64().expect("total"))
+        .sum()
+}
+
+#[test]
+fn service_rules_draw_runs_weighted_by_their_tuned_probability() {
+    require_root();
+    let split = workload("split");
+    let cfg = scratch("continuous-config");
+    // One busy CPU at 99 Hz for 1 s per 10 s slot yields about 35,000 samples an hour at
+    // p = 1; the target is about half that, so the tuner must lower p.
+    std::fs::write(
+        cfg.join("svc.toml"),
+        r#"
+[tuner]
+interval = "15s"
+
+[services.burner]
+selector = { comm = "split" }
+labels = { team = "test" }
+continuous = [{ profiler = "cpu", target_samples_per_hour = 18000, duration = "1s", frequency = 99 }]
+"#,
+    )
+    .expect("write config");
+    let data = scratch("continuous-data");
+    let mut w = Command::new(&split).arg("150").spawn().expect("workload");
+    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+
+    // p starts at 1: the first slot runs, with weight 1.
+    let first = eventually(30, "a first continuous run of the service", || {
+        runs_of(&up.addr, "burner")
+            .into_iter()
+            .find(|r| r["state"] == "done")
+    });
+    eprintln!("first: {first}");
+    assert_eq!(first["mode"], "continuous");
+    assert_eq!(first["weight"].as_f64(), Some(1.0));
+    let samples = first["samples"].as_u64().expect("samples");
+    assert!(samples > 30, "{first}");
+    let period = 1e9 / 99.0;
+    let total = stored_total(&up.addr, first["id"].as_u64().expect("id"));
+    assert!(
+        (total / (samples as f64 * period) - 1.0).abs() < 0.02,
+        "stored {total} for {samples} samples"
+    );
+
+    // No whole-host profiling while the config has continuous rules.
+    let v = http_json(&up.addr, "/api/v1/runs?all=1");
+    assert!(
+        !v["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .any(|r| r["target"] == "host" && r["state"] == "running"),
+        "{v}"
+    );
+
+    // After a tuner interval the probability drops below 1 and the weight rises to match.
+    let p = eventually(40, "the tuner to lower the probability", || {
+        let st = http_json(&up.addr, "/api/v1/status");
+        let rule = st["continuous"]["rules"].get(0)?.clone();
+        let p = rule["probability"].as_f64()?;
+        (p < 0.99).then_some(p)
+    });
+    eprintln!("tuned probability {p}");
+    assert!(p > 0.05, "the tuner overshot: {p}");
+    // A run drawn after that carries weight 1/p, and the store sums it weighted.
+    let later = eventually(
+        90,
+        "a continuous run drawn at the tuned probability",
+        || {
+            runs_of(&up.addr, "burner")
+                .into_iter()
+                .find(|r| r["state"] == "done" && r["weight"].as_f64().is_some_and(|w| w > 1.01))
+        },
+    );
+    eprintln!("later: {later}");
+    let weight = later["weight"].as_f64().expect("weight");
+    let samples = later["samples"].as_u64().expect("samples");
+    let total = stored_total(&up.addr, later["id"].as_u64().expect("id"));
+    assert!(
+        (total / (samples as f64 * period * weight) - 1.0).abs() < 0.02,
+        "stored {total} for {samples} samples at weight {weight}"
+    );
+    // Every sample of the service is labelled with it.
+    let v = http_json(&up.addr, "/api/v1/labels/service?since=1h");
+    assert!(
+        v["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .any(|x| x["value"] == "burner"),
+        "{v}"
+    );
+    let _ = w.kill();
+    let _ = w.wait();
+    assert!(up.stop().success());
+}
