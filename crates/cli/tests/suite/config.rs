@@ -184,6 +184,58 @@ fn a_write_budget_over_limit_downsamples_or_refuses_and_counts_it() {
 }
 
 #[test]
+fn a_service_over_its_own_write_budget_is_cut_alone() {
+    require_root();
+    let split = workload("split");
+    let dir = scratch("service-budget-config");
+    // No continuous rules: the whole host is profiled, and rows of `split` are attributed to
+    // the service by its selector, then held to the service's tiny budget.
+    std::fs::write(
+        dir.join("svc.toml"),
+        "[services.busy]\nselector = { comm = \"split\" }\nwrite_budget_rows_per_minute = 20\n",
+    )
+    .expect("write");
+    let data = scratch("service-budget-data");
+    let up = Up::start_with(
+        &data,
+        &[
+            "--config",
+            dir.to_str().expect("utf-8"),
+            "--frequency",
+            "99",
+        ],
+    );
+    let mut w = std::process::Command::new(&split)
+        .arg("8")
+        .spawn()
+        .expect("workload");
+    let budgets = eventually(40, "the service budget to act", || {
+        let st = http_json(&up.addr, "/api/v1/status");
+        let b = st["write_budgets"].clone();
+        let svc = &b["service:busy"];
+        let acted = svc["batches_downsampled"].as_u64()? + svc["batches_refused"].as_u64()?;
+        (acted >= 1 && svc["rows_dropped"].as_u64()? >= 1).then_some(b)
+    });
+    eprintln!("budgets: {budgets}");
+    // The host's own budget was never touched: only the service was cut.
+    // (No `cpu` entry yet means no batch reached it: nothing cut there either.)
+    let host_cut = |k: &str| budgets["cpu"][k].as_u64().unwrap_or(0);
+    assert_eq!(host_cut("batches_refused"), 0, "{budgets}");
+    assert_eq!(host_cut("batches_downsampled"), 0, "{budgets}");
+    // Rows kept are labelled with the service.
+    eventually(20, "rows labelled with the service", || {
+        let v = http_json(&up.addr, "/api/v1/labels/service?since=10m");
+        v["values"]
+            .as_array()?
+            .iter()
+            .any(|x| x["value"] == "busy")
+            .then_some(())
+    });
+    let _ = w.wait();
+    assert!(up.stop().success());
+}
+
+#[test]
 fn the_overhead_guard_lowers_the_frequency_then_stops_when_over_budget() {
     require_root();
     let dir = scratch("guard-config");
