@@ -6,6 +6,7 @@ mod cgroups;
 mod collector;
 pub mod metrics;
 pub mod observe;
+pub mod prom;
 pub mod targets;
 
 pub use collector::{CollectorOptions, CpuCollector, WindowReport};

@@ -29,6 +29,8 @@ pub struct AgentMetrics {
     pub batches_refused_budget: AtomicU64,
     pub rows_dropped_budget: AtomicU64,
     pub trigger_suppressed: AtomicU64,
+    /// Prometheus scrapes for triggers that failed (unreachable, bad status, series missing).
+    pub trigger_scrape_errors: AtomicU64,
 }
 
 impl AgentMetrics {
@@ -177,6 +179,12 @@ impl AgentMetrics {
                 "Trigger conditions held back by a cooldown or the hourly cap.",
                 "counter",
                 g(&self.trigger_suppressed),
+            ),
+            (
+                "baton_trigger_scrape_errors_total",
+                "Prometheus scrapes for triggers that failed or lacked the series.",
+                "counter",
+                g(&self.trigger_scrape_errors),
             ),
             (
                 "baton_agent_cpu_seconds_total",

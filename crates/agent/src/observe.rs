@@ -1,7 +1,8 @@
-//! Observations for triggers: CPU use of a set of processes and of the whole host, from /proc.
+//! Observations for triggers, from /proc: CPU use of a set of processes and of the whole host,
+//! processes that exec'd a new binary, and RSS growth.
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 fn clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -79,6 +80,105 @@ impl HostCpu {
     }
 }
 
+/// Processes that started running a new executable since the last scan, found by polling every
+/// pid's `/proc/PID/exe`. The first scan only records what runs; a process that both starts and
+/// exits between two scans is not seen.
+#[derive(Debug, Default)]
+pub struct ExecWatch {
+    exes: HashMap<u32, String>,
+    primed: bool,
+}
+
+impl ExecWatch {
+    /// `(pid, exe)` of every process that is new, or runs another executable, since last time.
+    pub fn scan(&mut self) -> Vec<(u32, String)> {
+        let mut now = HashMap::with_capacity(self.exes.len());
+        let mut out = Vec::new();
+        for pid in crate::targets::all_pids() {
+            // Kernel threads have no exe.
+            let Some(exe) = crate::targets::exe_of(pid) else {
+                continue;
+            };
+            if self.primed && self.exes.get(&pid) != Some(&exe) {
+                out.push((pid, exe.clone()));
+            }
+            now.insert(pid, exe);
+        }
+        self.exes = now;
+        self.primed = true;
+        out
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// Resident set size of a process in bytes, from `/proc/PID/statm`.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+/// RSS growth rate of processes over a sliding window.
+#[derive(Debug)]
+pub struct RssWatch {
+    window: Duration,
+    history: HashMap<u32, VecDeque<(Instant, u64)>>,
+}
+
+impl Default for RssWatch {
+    fn default() -> Self {
+        RssWatch::new(Duration::from_secs(5))
+    }
+}
+
+impl RssWatch {
+    /// Rates are measured over at least `window`.
+    pub fn new(window: Duration) -> RssWatch {
+        RssWatch {
+            window,
+            history: HashMap::new(),
+        }
+    }
+
+    /// The fastest-growing of `pids`, in bytes per second over the window; `None` until some pid
+    /// has been watched for a whole window. A process that appears or exits is never growth.
+    pub fn fastest(&mut self, pids: &[u32]) -> Option<f64> {
+        let now = Instant::now();
+        let mut best: Option<f64> = None;
+        let mut keep = HashMap::with_capacity(pids.len());
+        for &pid in pids {
+            let Some(rss) = rss_bytes(pid) else {
+                continue;
+            };
+            let mut h = self.history.remove(&pid).unwrap_or_default();
+            h.push_back((now, rss));
+            // Keep the newest sample at least a window old as the base of the rate.
+            while h.len() > 2 && now.duration_since(h[1].0) >= self.window {
+                h.pop_front();
+            }
+            if let Some((t0, r0)) = h.front() {
+                let secs = now.duration_since(*t0).as_secs_f64();
+                if now.duration_since(*t0) >= self.window && secs > 0.0 {
+                    let rate = (rss as f64 - *r0 as f64) / secs;
+                    best = Some(best.map_or(rate, |b: f64| b.max(rate)));
+                }
+            }
+            keep.insert(pid, h);
+        }
+        self.history = keep;
+        best
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +199,42 @@ mod tests {
         assert!(h.percent().is_none());
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(h.percent().is_some_and(|v| (0.0..=100.0).contains(&v)));
+    }
+
+    #[test]
+    fn rss_growth_is_seen_once_a_window_has_passed() {
+        let me = std::process::id();
+        let mut w = RssWatch::new(Duration::from_millis(200));
+        assert_eq!(w.fastest(&[me]), None);
+        let mut hold = Vec::new();
+        for _ in 0..6 {
+            // 8 MiB, touched so it is resident.
+            hold.push(vec![1u8; 8 << 20]);
+            std::thread::sleep(Duration::from_millis(50));
+            w.fastest(&[me]);
+        }
+        let rate = w.fastest(&[me]).expect("a rate");
+        assert!(rate > 10.0 * 1024.0 * 1024.0, "grew at {rate} B/s");
+        assert!(std::hint::black_box(&hold).len() == 6);
+    }
+
+    #[test]
+    fn exec_watch_reports_new_processes_after_the_first_scan() {
+        let mut w = ExecWatch::default();
+        assert!(w.scan().is_empty(), "the first scan only primes");
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        // Give the child time to get from fork to exec.
+        std::thread::sleep(Duration::from_millis(100));
+        let seen = w.scan();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            seen.iter()
+                .any(|(pid, exe)| *pid == child.id() && exe.ends_with("sleep")),
+            "{seen:?}"
+        );
     }
 }

@@ -8,6 +8,7 @@ mod query;
 mod record;
 mod runs_cmd;
 mod up;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton_agent::observe::{HostCpu, ProcessCpu};
 use baton_agent::targets::{resolve, selector_pids, Target};
 use baton_agent::{AgentMetrics, CollectorOptions, CpuCollector};
 use baton_config::ConfigError;
@@ -16,8 +15,7 @@ use baton_profilers::cpu::MAX_FREQUENCY_HZ;
 use baton_profilers::{CpuOptions, ProfilerError};
 use baton_scheduler::continuous::{host_key, slot_rules, SlotRule};
 use baton_scheduler::{
-    Decision, JobRequest, Mode, Observation, ProfilerSpec, RunState, Scheduler, TriggerEngine,
-    Tuner, WriteBudgets,
+    Decision, JobRequest, Mode, ProfilerSpec, RunState, Scheduler, Tuner, WriteBudgets,
 };
 use baton_server::runs::RunsHandle;
 use baton_server::{AppState, LiveConfig, MetricsFn};
@@ -27,6 +25,7 @@ use std::collections::HashMap;
 
 use crate::common::{default_data_dir, usage};
 use crate::record::{install_stop_handler, stop_requested};
+use crate::watch::{scrape_loop, TriggerWatch};
 use crate::UpArgs;
 
 pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
@@ -105,6 +104,16 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|r| r.profiler == "cpu")
         .count();
+    let triggers = TriggerWatch::default();
+    if let Some(live) = &live {
+        let live = live.clone();
+        let out = triggers.scraped.clone();
+        let metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("baton-scrape".into())
+            .spawn(move || scrape_loop(&live, &out, &metrics, LOCAL_HOST, stop_requested))
+            .context("starting the trigger scraper")?;
+    }
     let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
     let worker = {
         let scheduler = scheduler.clone();
@@ -139,7 +148,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                     desired,
                     status,
                     live,
-                    triggers: TriggerWatch::default(),
+                    triggers,
                     budgets: WriteBudgets::default(),
                     guard: OverheadGuard::default(),
                     tuner: Tuner::new(tuner_interval, 1.0, now_ms_u64()),
@@ -311,16 +320,6 @@ struct OverheadGuard {
 /// How long continuous profiling stays off after the guard stops it.
 const GUARD_PAUSE: Duration = Duration::from_secs(300);
 
-/// Feeds the trigger engine once a second with what this host sees: the busiest process of
-/// each service that has triggers, and the host's CPU.
-#[derive(Default)]
-struct TriggerWatch {
-    engine: TriggerEngine,
-    per_service: HashMap<String, ProcessCpu>,
-    host: HostCpu,
-    last: Option<Instant>,
-}
-
 impl Driver {
     /// The live config, if `baton up` has one.
     fn config(&self) -> Option<baton_config::Config> {
@@ -488,48 +487,10 @@ impl Driver {
 
     /// Evaluates the config's triggers and queues the runs they fire.
     fn watch_triggers(&mut self, now: u64) {
-        if self
-            .triggers
-            .last
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return;
-        }
-        self.triggers.last = Some(Instant::now());
-        let Some(config) = self
-            .live
-            .as_ref()
-            .and_then(|l| l.read().unwrap_or_else(|p| p.into_inner()).config.clone())
-        else {
+        let Some(config) = self.config() else {
             return;
         };
-        let host_pct = self.triggers.host.percent();
-        let mut requests = Vec::new();
-        for (name, svc) in &config.services {
-            if svc.triggers.is_empty() {
-                continue;
-            }
-            let pids = selector_pids(&svc.selector);
-            let sampler = self.triggers.per_service.entry(name.clone()).or_default();
-            let mut obs = Vec::new();
-            if let Some(p) = sampler.busiest(&pids) {
-                obs.push(Observation::ProcessCpu {
-                    host: LOCAL_HOST.into(),
-                    service: name.clone(),
-                    percent: p,
-                });
-            }
-            if let Some(p) = host_pct {
-                obs.push(Observation::HostCpu {
-                    host: LOCAL_HOST.into(),
-                    service: name.clone(),
-                    percent: p,
-                });
-            }
-            for o in &obs {
-                requests.extend(self.triggers.engine.observe(&config, o, now));
-            }
-        }
+        let requests = self.triggers.poll(&config, LOCAL_HOST, now);
         let fired: u64 = self.triggers.engine.fired.values().sum();
         let suppressed: u64 = self.triggers.engine.suppressed.values().sum();
         self.metrics.trigger_firings.store(fired, Ordering::Relaxed);
@@ -541,9 +502,9 @@ impl Driver {
         }
         let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
         for r in requests {
-            let owner = r.owner.clone();
+            let (owner, target) = (r.owner.clone(), r.target.clone());
             match s.submit(r, now) {
-                Ok(id) => eprintln!("baton up: {owner} fired run {id}"),
+                Ok(id) => eprintln!("baton up: {owner} fired run {id} on {target}"),
                 Err(e) => tracing::error!(error = %e, "a triggered run was refused"),
             }
         }

@@ -26,10 +26,12 @@ pub enum Observation {
         service: String,
         bytes_per_second: f64,
     },
+    /// A process started running `exe`; the run it fires profiles that process (`pid`).
     Exec {
         host: String,
         service: String,
         exe: String,
+        pid: Option<u32>,
     },
     Metric {
         host: String,
@@ -175,10 +177,14 @@ impl TriggerEngine {
             st.fired.push_back(now);
             st.since = None;
             *self.fired.entry((service.to_string(), i)).or_default() += 1;
+            let target = match obs {
+                Observation::Exec { pid: Some(pid), .. } => format!("pid:{pid}"),
+                _ => format!("service:{service}"),
+            };
             out.push(JobRequest {
                 profiler: rule.profiler.clone(),
                 host: host.to_string(),
-                target: format!("service:{service}"),
+                target,
                 mode: Mode::Triggered {
                     service: service.to_string(),
                     rule: i,
@@ -198,7 +204,121 @@ impl TriggerEngine {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::*;
+
+    fn config() -> Config {
+        let text = r#"
+[services.s]
+selector = { comm = "s" }
+
+[[services.s.triggers]]
+kind = "exec"
+pattern = "/opt/s/*"
+profiler = "cpu"
+duration = "5s"
+cooldown = "1m"
+max_per_hour = 2
+
+[[services.s.triggers]]
+kind = "rss_growth"
+bytes_per_second = 1000
+profiler = "cpu"
+duration = "5s"
+cooldown = "1s"
+max_per_hour = 3
+
+[[services.s.triggers]]
+kind = "prometheus"
+url = "http://127.0.0.1:1/metrics"
+metric = "lat"
+above = 0.5
+profiler = "cpu"
+duration = "5s"
+cooldown = "10s"
+max_per_hour = 10
+"#;
+        baton_config::load(
+            &[baton_config::SourceFile {
+                path: "t.toml".into(),
+                text: text.into(),
+            }],
+            &["cpu"],
+        )
+        .expect("valid")
+    }
+
+    fn exec(exe: &str, pid: u32) -> Observation {
+        Observation::Exec {
+            host: "h".into(),
+            service: "s".into(),
+            exe: exe.into(),
+            pid: Some(pid),
+        }
+    }
+
+    #[test]
+    fn exec_rss_and_metric_rules_fire_with_cooldowns_and_caps() {
+        let c = config();
+        let mut e = TriggerEngine::default();
+        assert!(e.observe(&c, &exec("/usr/bin/ls", 1), 0).is_empty());
+        let fired = e.observe(&c, &exec("/opt/s/server", 42), 0);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(
+            fired[0].target, "pid:42",
+            "an exec run profiles the new process"
+        );
+        // Within the minute's cooldown: held back, and counted.
+        assert!(e.observe(&c, &exec("/opt/s/server", 43), 30_000).is_empty());
+        assert_eq!(e.suppressed[&("s".to_string(), 0)], 1);
+        assert_eq!(e.observe(&c, &exec("/opt/s/server", 44), 61_000).len(), 1);
+        // The hourly cap of 2 holds even after the cooldown.
+        assert!(e
+            .observe(&c, &exec("/opt/s/server", 45), 200_000)
+            .is_empty());
+
+        let rss = |b: f64| Observation::RssGrowth {
+            host: "h".into(),
+            service: "s".into(),
+            bytes_per_second: b,
+        };
+        assert!(e.observe(&c, &rss(999.0), 0).is_empty());
+        let r = e.observe(&c, &rss(5_000.0), 0);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].target, "service:s");
+
+        let metric = |url: &str, m: &str, v: f64| Observation::Metric {
+            host: "h".into(),
+            service: "s".into(),
+            url: url.into(),
+            metric: m.into(),
+            value: v,
+        };
+        assert!(e
+            .observe(&c, &metric("http://127.0.0.1:1/metrics", "lat", 0.4), 0)
+            .is_empty());
+        assert!(
+            e.observe(&c, &metric("http://other/metrics", "lat", 9.0), 0)
+                .is_empty(),
+            "another URL is another rule's business"
+        );
+        assert_eq!(
+            e.observe(&c, &metric("http://127.0.0.1:1/metrics", "lat", 0.6), 0)
+                .len(),
+            1
+        );
+        assert!(e
+            .observe(&c, &metric("http://127.0.0.1:1/metrics", "lat", 0.6), 5_000)
+            .is_empty());
+        assert_eq!(
+            e.observe(
+                &c,
+                &metric("http://127.0.0.1:1/metrics", "lat", 0.6),
+                11_000
+            )
+            .len(),
+            1
+        );
+    }
 
     #[test]
     fn globs() {

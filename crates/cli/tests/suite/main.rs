@@ -8,4 +8,5 @@ mod harness;
 mod plan;
 mod record;
 mod runs;
+mod triggers;
 mod up;

@@ -1,0 +1,216 @@
+//! What `baton up` observes for the config's triggers: process and host CPU, RSS growth and
+//! new executables from /proc (once a second), and Prometheus metrics scraped from URLs (on
+//! their own thread, so a slow endpoint never stalls the driver).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use baton_agent::observe::{ExecWatch, HostCpu, ProcessCpu, RssWatch};
+use baton_agent::targets::selector_pids;
+use baton_agent::AgentMetrics;
+use baton_config::{Config, TriggerCondition};
+use baton_scheduler::{JobRequest, Observation, TriggerEngine};
+use baton_server::LiveConfig;
+
+/// How often Prometheus endpoints named by triggers are scraped.
+pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Trigger state and the observers that feed it.
+#[derive(Default)]
+pub struct TriggerWatch {
+    pub engine: TriggerEngine,
+    cpu: HashMap<String, ProcessCpu>,
+    rss: HashMap<String, RssWatch>,
+    exec: ExecWatch,
+    host: HostCpu,
+    last: Option<Instant>,
+    /// Metric observations from the scraper thread, not yet fed to the engine.
+    pub scraped: Arc<Mutex<Vec<Observation>>>,
+}
+
+impl TriggerWatch {
+    /// Once a second: observes what the config's triggers ask about and returns the runs they
+    /// fire. `host` is the scheduler's name for this host.
+    pub fn poll(&mut self, config: &Config, host: &str, now: u64) -> Vec<JobRequest> {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Vec::new();
+        }
+        self.last = Some(Instant::now());
+        let wants = |pred: fn(&TriggerCondition) -> bool| {
+            config
+                .services
+                .values()
+                .any(|s| s.triggers.iter().any(|t| pred(&t.condition)))
+        };
+        let host_pct = if wants(|c| matches!(c, TriggerCondition::HostCpu { .. })) {
+            self.host.percent()
+        } else {
+            None
+        };
+        let execs = if wants(|c| matches!(c, TriggerCondition::Exec { .. })) {
+            self.exec.scan()
+        } else {
+            Vec::new()
+        };
+        let mut obs = Vec::new();
+        for (name, svc) in &config.services {
+            let has = |pred: fn(&TriggerCondition) -> bool| {
+                svc.triggers.iter().any(|t| pred(&t.condition))
+            };
+            let needs_pids = has(|c| matches!(c, TriggerCondition::ProcessCpu { .. }))
+                || has(|c| matches!(c, TriggerCondition::RssGrowth { .. }));
+            let pids = if needs_pids {
+                selector_pids(&svc.selector)
+            } else {
+                Vec::new()
+            };
+            if has(|c| matches!(c, TriggerCondition::ProcessCpu { .. })) {
+                let sampler = self.cpu.entry(name.clone()).or_default();
+                if let Some(p) = sampler.busiest(&pids) {
+                    obs.push(Observation::ProcessCpu {
+                        host: host.into(),
+                        service: name.clone(),
+                        percent: p,
+                    });
+                }
+            }
+            if has(|c| matches!(c, TriggerCondition::RssGrowth { .. })) {
+                let watch = self.rss.entry(name.clone()).or_default();
+                if let Some(b) = watch.fastest(&pids) {
+                    obs.push(Observation::RssGrowth {
+                        host: host.into(),
+                        service: name.clone(),
+                        bytes_per_second: b,
+                    });
+                }
+            }
+            if has(|c| matches!(c, TriggerCondition::HostCpu { .. })) {
+                if let Some(p) = host_pct {
+                    obs.push(Observation::HostCpu {
+                        host: host.into(),
+                        service: name.clone(),
+                        percent: p,
+                    });
+                }
+            }
+            if has(|c| matches!(c, TriggerCondition::Exec { .. })) {
+                for (pid, exe) in &execs {
+                    obs.push(Observation::Exec {
+                        host: host.into(),
+                        service: name.clone(),
+                        exe: exe.clone(),
+                        pid: Some(*pid),
+                    });
+                }
+            }
+        }
+        obs.append(&mut self.scraped.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut out = Vec::new();
+        for o in &obs {
+            out.extend(self.engine.observe(config, o, now));
+        }
+        out
+    }
+}
+
+/// Fetches one URL's body, with a short timeout.
+fn fetch(url: &str) -> Result<String, String> {
+    let mut resp = ureq::get(url)
+        .config()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .call()
+        .map_err(|e| e.to_string())?;
+    resp.body_mut()
+        .with_config()
+        .limit(16 << 20)
+        .read_to_string()
+        .map_err(|e| e.to_string())
+}
+
+/// Scrapes every URL that a `prometheus` trigger names, every [`SCRAPE_INTERVAL`], and queues
+/// one observation per (service, rule) whose series is present. A failed scrape or a missing
+/// series is counted in `baton_trigger_scrape_errors_total` and logged when it starts failing.
+pub fn scrape_loop(
+    live: &RwLock<LiveConfig>,
+    out: &Mutex<Vec<Observation>>,
+    metrics: &AgentMetrics,
+    host: &str,
+    stop: impl Fn() -> bool,
+) {
+    let mut failing: HashMap<String, String> = HashMap::new();
+    let mut next = Instant::now();
+    while !stop() {
+        if Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        next = Instant::now() + SCRAPE_INTERVAL;
+        let Some(config) = live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .config
+            .clone()
+        else {
+            continue;
+        };
+        // url -> [(service, metric selector)]
+        let mut wanted: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for (name, svc) in &config.services {
+            for t in &svc.triggers {
+                if let TriggerCondition::Prometheus { url, metric, .. } = &t.condition {
+                    wanted
+                        .entry(url.clone())
+                        .or_default()
+                        .push((name.clone(), metric.clone()));
+                }
+            }
+        }
+        for (url, rules) in wanted {
+            let series = match fetch(&url) {
+                Ok(body) => baton_agent::prom::parse(&body),
+                Err(e) => {
+                    metrics
+                        .trigger_scrape_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    if failing.get(&url) != Some(&e) {
+                        eprintln!("baton up: scraping {url} for a trigger failed: {e}");
+                        failing.insert(url.clone(), e);
+                    }
+                    continue;
+                }
+            };
+            if failing.remove(&url).is_some() {
+                eprintln!("baton up: scraping {url} works again");
+            }
+            for (service, metric) in rules {
+                let value = baton_agent::prom::Selector::parse(&metric)
+                    .ok()
+                    .and_then(|sel| sel.value(&series));
+                match value {
+                    Some(value) => {
+                        out.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(Observation::Metric {
+                                host: host.into(),
+                                service,
+                                url: url.clone(),
+                                metric,
+                                value,
+                            })
+                    }
+                    None => {
+                        metrics
+                            .trigger_scrape_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}

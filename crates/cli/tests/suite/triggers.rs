@@ -1,0 +1,162 @@
+//! Live trigger observation in a real `baton up`: a process exec'ing a matching binary, RSS
+//! growing faster than a rate, and a threshold on a Prometheus metric scraped from a URL.
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::harness::*;
+
+/// A tiny HTTP server answering every request with a Prometheus page whose latency gauge is
+/// the current value of `value`.
+fn metrics_server(value: Arc<AtomicU64>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let v = f64::from_bits(value.load(Ordering::Relaxed));
+            let body = format!(
+                "# TYPE app_latency_p99_seconds gauge\napp_latency_p99_seconds{{route=\"/other\"}} 9\napp_latency_p99_seconds{{route=\"/checkout\"}} {v}\n"
+            );
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+fn triggered(addr: &str, owner: &str) -> Vec<serde_json::Value> {
+    let v = http_json(addr, "/api/v1/runs");
+    v["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["mode"] == "triggered" && r["owner"] == owner)
+        .collect()
+}
+
+fn metric(addr: &str, name: &str) -> f64 {
+    let (_, m) = http_get(addr, "/metrics");
+    String::from_utf8_lossy(&m)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name} "))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn exec_rss_growth_and_prometheus_triggers_fire_from_live_observations() {
+    require_root();
+    let split = workload("split");
+    let grow = workload("grow");
+    let value = Arc::new(AtomicU64::new(0.1f64.to_bits()));
+    let server = metrics_server(value.clone());
+    let cfg = scratch("live-trigger-config");
+    std::fs::write(
+        cfg.join("t.toml"),
+        format!(
+            r#"
+[services.fresh]
+selector = {{ comm = "baton-probe" }}
+[[services.fresh.triggers]]
+kind = "exec"
+pattern = "*/baton-exec-probe"
+profiler = "cpu"
+duration = "1s"
+cooldown = "10m"
+max_per_hour = 1
+
+[services.grower]
+selector = {{ comm = "grow" }}
+[[services.grower.triggers]]
+kind = "rss_growth"
+bytes_per_second = 5242880
+profiler = "cpu"
+duration = "1s"
+cooldown = "10m"
+max_per_hour = 1
+
+[services.latency]
+selector = {{ comm = "split" }}
+[[services.latency.triggers]]
+kind = "prometheus"
+url = "http://{server}/metrics"
+metric = 'app_latency_p99_seconds{{route="/checkout"}}'
+above = 0.5
+profiler = "cpu"
+duration = "1s"
+cooldown = "10m"
+max_per_hour = 1
+[[services.latency.triggers]]
+kind = "prometheus"
+url = "http://127.0.0.1:1/metrics"
+metric = "never_there"
+above = 1.0
+profiler = "cpu"
+duration = "1s"
+cooldown = "10m"
+max_per_hour = 1
+"#
+        ),
+    )
+    .expect("write config");
+    let data = scratch("live-trigger-data");
+    let mut busy = Command::new(&split).arg("60").spawn().expect("split");
+    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+
+    // Exec: a copy of `sleep` under a matching name, started after baton up.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let probe = scratch("exec-probe").join("baton-exec-probe");
+    std::fs::copy("/bin/sleep", &probe).expect("copy sleep");
+    let mut p = Command::new(&probe).arg("30").spawn().expect("probe");
+    let run = eventually(20, "the exec trigger's run", || {
+        triggered(&up.addr, "trigger:fresh#0").into_iter().next()
+    });
+    assert_eq!(run["target"], format!("pid:{}", p.id()).as_str(), "{run}");
+
+    // RSS growth: about 20 MiB/s against a 5 MiB/s rule.
+    let mut g = Command::new(&grow).arg("12").spawn().expect("grow");
+    let run = eventually(20, "the rss_growth trigger's run", || {
+        triggered(&up.addr, "trigger:grower#0").into_iter().next()
+    });
+    assert_eq!(run["target"], "service:grower", "{run}");
+
+    // Prometheus: below the threshold for a few scrapes, nothing fires; the unreachable
+    // endpoint is counted; above it, the rule fires.
+    eventually(20, "a counted scrape error", || {
+        (metric(&up.addr, "baton_trigger_scrape_errors_total") >= 1.0).then_some(())
+    });
+    assert!(
+        triggered(&up.addr, "trigger:latency#0").is_empty(),
+        "fired below the threshold"
+    );
+    value.store(0.9f64.to_bits(), Ordering::Relaxed);
+    let run = eventually(20, "the prometheus trigger's run", || {
+        triggered(&up.addr, "trigger:latency#0").into_iter().next()
+    });
+    assert_eq!(run["target"], "service:latency", "{run}");
+    // Every run ends cleanly, even the one on an idle process.
+    for owner in ["trigger:fresh#0", "trigger:grower#0", "trigger:latency#0"] {
+        eventually(20, &format!("{owner}'s run to end"), || {
+            triggered(&up.addr, owner)
+                .into_iter()
+                .find(|r| r["state"] == "done")
+        });
+    }
+    assert!(triggered(&up.addr, "trigger:latency#1").is_empty());
+    for c in [&mut busy, &mut p, &mut g] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(up.stop().success());
+}
