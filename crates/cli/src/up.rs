@@ -21,7 +21,7 @@ use baton_server::runs::RunsHandle;
 use baton_server::{AppState, LiveConfig, MetricsFn};
 use baton_store::{DuckDbStore, Store};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::common::{default_data_dir, usage};
 use crate::record::{install_stop_handler, stop_requested};
@@ -140,7 +140,8 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                     opts,
                     continuous: Some(collector),
                     continuous_run: None,
-                    targeted: None,
+                    targeted: BTreeMap::new(),
+                    config_version: None,
                     scheduler,
                     store,
                     metrics,
@@ -288,7 +289,11 @@ struct Driver {
     opts: CollectorOptions,
     continuous: Option<CpuCollector>,
     continuous_run: Option<u64>,
-    targeted: Option<(u64, CpuCollector)>,
+    /// The collectors of every running run but the host chain, by run id. The scheduler decides
+    /// how many may run at once (resources, cap, groups).
+    targeted: BTreeMap<u64, CpuCollector>,
+    /// The config version the scheduler was last given.
+    config_version: Option<String>,
     scheduler: Arc<Mutex<Scheduler>>,
     store: Arc<Mutex<Box<dyn Store>>>,
     metrics: Arc<AgentMetrics>,
@@ -561,17 +566,29 @@ impl Driver {
                         tracing::error!(error = %e, "queueing the continuous run failed");
                     }
                 }
-                // A cancelled targeted run stops at once.
-                if let Some((id, _)) = &self.targeted {
-                    if s.run(*id).is_some_and(|r| r.state == RunState::Cancelled) {
-                        let id = *id;
-                        drop(s);
-                        self.stop_targeted(id, false);
-                        s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+                // A new config's limits and profiler specs reach the scheduler.
+                if let Some(c) = &config {
+                    if self.config_version.as_deref() != Some(c.version.as_str()) {
+                        s.reconfigure(c);
+                        self.config_version = Some(c.version.clone());
                     }
                 }
+                // A cancelled targeted run stops at once.
+                let cancelled: Vec<u64> = self
+                    .targeted
+                    .keys()
+                    .copied()
+                    .filter(|id| s.run(*id).is_some_and(|r| r.state == RunState::Cancelled))
+                    .collect();
+                if !cancelled.is_empty() {
+                    drop(s);
+                    for id in cancelled {
+                        self.stop_targeted(id, false);
+                    }
+                    s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+                }
                 // Targets that all exited end their run early.
-                if let Some((id, c)) = &self.targeted {
+                for (id, c) in &self.targeted {
                     if c.live_targets().is_empty() {
                         out.extend(s.end_early(*id, now, "every target process exited"));
                     }
@@ -601,14 +618,14 @@ impl Driver {
             if let Some(c) = &mut self.continuous {
                 c.discover();
             }
-            if let Some((_, c)) = &mut self.targeted {
+            for c in self.targeted.values_mut() {
                 c.discover();
             }
             std::thread::sleep(Duration::from_millis(250));
         }
         self.flush_continuous(None);
-        if let Some((id, _)) = &self.targeted {
-            let id = *id;
+        let ids: Vec<u64> = self.targeted.keys().copied().collect();
+        for id in ids {
             let now = now_ms_u64();
             self.scheduler
                 .lock()
@@ -644,7 +661,7 @@ impl Driver {
             }
             Decision::Preempt { run, by, .. } => {
                 // Free the PMU: store what the preempted run has, then detach it.
-                if self.targeted.as_ref().is_some_and(|(id, _)| *id == run) {
+                if self.targeted.contains_key(&run) {
                     self.stop_targeted(run, false);
                 } else {
                     let samples = self.flush_continuous(None);
@@ -653,7 +670,7 @@ impl Driver {
                 }
             }
             Decision::Stop { run, .. } => {
-                if self.targeted.as_ref().is_some_and(|(id, _)| *id == run) {
+                if self.targeted.contains_key(&run) {
                     self.stop_targeted(run, true);
                 } else if self.is_host_chain(run) {
                     let samples = self.flush_continuous(None);
@@ -705,7 +722,7 @@ impl Driver {
         match started {
             Ok(c) => {
                 eprintln!("baton up: run {id} started ({target} at {frequency} Hz)");
-                self.targeted = Some((id, c));
+                self.targeted.insert(id, c);
             }
             Err(e) => {
                 eprintln!("baton up: run {id} could not start: {e}");
@@ -721,7 +738,7 @@ impl Driver {
     /// samples count toward its tuner. With `finish`, the run is done; without, it was preempted
     /// (or cancelled) and only its samples so far are counted.
     fn stop_targeted(&mut self, id: u64, finish: bool) {
-        let Some((_, mut c)) = self.targeted.take() else {
+        let Some(mut c) = self.targeted.remove(&id) else {
             return;
         };
         let (mode, weight) = {

@@ -64,6 +64,18 @@ pub(crate) struct ProfilerDoc {
     pub max_frequency: Option<Spanned<i64>>,
     /// Hard ceiling on a run's duration, even for forced runs.
     pub max_duration: Option<Spanned<String>>,
+    /// The host resources the profiler claims while it runs, replacing its built-in claims.
+    pub resources: Option<Vec<Spanned<ResourceDoc>>>,
+}
+
+/// One claimed resource: `{ name = "pmu" }` (exclusive) or `{ name = "gpu:0", shared = 4 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResourceDoc {
+    /// `pmu`, `tracepoint:GROUP:NAME`, `kprobe:FUNC`, `uprobe:LIBRARY`, `gpu` or `gpu:N`.
+    pub name: Spanned<String>,
+    /// How many runs may hold it at once; absent means exclusive.
+    pub shared: Option<Spanned<i64>>,
 }
 
 /// `[services.NAME]`.
@@ -190,6 +202,16 @@ pub struct ProfilerOverride {
     pub max_frequency: Option<u64>,
     #[serde(with = "opt_secs")]
     pub max_duration: Option<Duration>,
+    /// Replaces the profiler's built-in resource claims when set.
+    pub resources: Option<Vec<ResourceSpec>>,
+}
+
+/// A resource claim from the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResourceSpec {
+    pub name: String,
+    /// `None`: exclusive; `Some(n)`: shared by up to `n` runs.
+    pub shared: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -218,3 +218,46 @@ fn a_service_write_budget_is_validated() {
         "{p:?}"
     );
 }
+
+#[test]
+fn profiler_resources_are_checked_and_typed() {
+    let ok = load(
+        &[file(
+            "p.toml",
+            "[profilers.cpu]\nresources = [{ name = \"pmu\", shared = 2 }, { name = \"tracepoint:sched:sched_switch\" }, { name = \"gpu:0\" }]\n",
+        )],
+        KNOWN,
+    )
+    .expect("valid");
+    let r = ok.profilers["cpu"].resources.as_ref().expect("resources");
+    assert_eq!(
+        r,
+        &vec![
+            ResourceSpec {
+                name: "pmu".into(),
+                shared: Some(2)
+            },
+            ResourceSpec {
+                name: "tracepoint:sched:sched_switch".into(),
+                shared: None
+            },
+            ResourceSpec {
+                name: "gpu:0".into(),
+                shared: None
+            },
+        ]
+    );
+    let p = problems(&[file(
+        "p.toml",
+        "[profilers.cpu]\nresources = [{ name = \"pmv\" }, { name = \"uprobe:\" }, { name = \"pmu\", shared = 0 }]\n",
+    )]);
+    assert_eq!(p.len(), 3, "{p:?}");
+    assert!(
+        p[0].starts_with("p.toml:2:23: bad resource `pmv`"),
+        "{}",
+        p[0]
+    );
+    assert!(p[0].contains("did you mean `pmu`?"), "{}", p[0]);
+    assert!(p[1].contains("bad resource `uprobe:`"), "{}", p[1]);
+    assert!(p[2].contains("shared must be at least 1"), "{}", p[2]);
+}

@@ -291,6 +291,11 @@ fn profiler_override(cx: &mut Ctx<'_>, p: &ProfilerDoc) -> ProfilerOverride {
             .max_duration
             .as_ref()
             .and_then(|d| cx.duration(d, "max_duration")),
+        resources: p.resources.as_ref().map(|list| {
+            list.iter()
+                .filter_map(|r| resource(cx, r.get_ref()))
+                .collect()
+        }),
     };
     if let (Some(f), Some(m), Some(span)) = (o.frequency, o.max_frequency, p.frequency.as_ref()) {
         if f > m {
@@ -302,6 +307,50 @@ fn profiler_override(cx: &mut Ctx<'_>, p: &ProfilerDoc) -> ProfilerOverride {
         }
     }
     o
+}
+
+/// Resource kinds a claim may name, and whether the kind takes a `:detail`.
+const RESOURCE_KINDS: &[(&str, bool)] = &[
+    ("pmu", false),
+    ("tracepoint", true),
+    ("kprobe", true),
+    ("uprobe", true),
+    ("gpu", false),
+];
+
+fn resource(cx: &mut Ctx<'_>, r: &ResourceDoc) -> Option<ResourceSpec> {
+    let name = r.name.get_ref();
+    let (kind, detail) = match name.split_once(':') {
+        Some((k, d)) => (k, Some(d)),
+        None => (name.as_str(), None),
+    };
+    let known = RESOURCE_KINDS.iter().find(|(k, _)| *k == kind);
+    let ok = match known {
+        // `gpu` alone or `gpu:N`; the others need their detail.
+        Some(("gpu", _)) => detail.is_none_or(|d| d.parse::<u32>().is_ok()),
+        Some((_, true)) => detail.is_some_and(|d| !d.is_empty()),
+        Some((_, false)) => detail.is_none(),
+        None => false,
+    };
+    if !ok {
+        let hint = suggest(kind, RESOURCE_KINDS.iter().map(|(k, _)| *k))
+            .filter(|s| *s != kind)
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        cx.at(
+            r.name.span(),
+            format!("bad resource `{name}`: use pmu, tracepoint:GROUP:NAME, kprobe:FUNC, uprobe:LIBRARY, gpu or gpu:N{hint}"),
+        );
+        return None;
+    }
+    let shared = match &r.shared {
+        Some(n) => Some(cx.positive(n, "shared")? as u32),
+        None => None,
+    };
+    Some(ResourceSpec {
+        name: name.clone(),
+        shared,
+    })
 }
 
 fn selector(cx: &mut Ctx<'_>, s: &Spanned<SelectorDoc>) -> Option<Selector> {

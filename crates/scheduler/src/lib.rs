@@ -84,6 +84,18 @@ impl ProfilerSpec {
             if let Some(d) = o.max_duration {
                 spec.max_duration_ms = d.as_millis() as Millis;
             }
+            if let Some(list) = &o.resources {
+                spec.claims = list
+                    .iter()
+                    .map(|r| ResourceClaim {
+                        resource: r.name.clone(),
+                        sharing: match r.shared {
+                            None => Sharing::Exclusive,
+                            Some(n) => Sharing::SharedUpTo(n),
+                        },
+                    })
+                    .collect();
+            }
         }
         Some(spec)
     }

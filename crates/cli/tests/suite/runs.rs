@@ -222,3 +222,63 @@ max_per_hour = 5
     let _ = w.wait();
     assert!(up.stop().success());
 }
+
+/// Whether two finished runs overlapped in time.
+fn overlapped(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let t = |r: &serde_json::Value, k: &str| r[k].as_u64().expect(k);
+    t(a, "started_at_ms") < t(b, "ended_at_ms") && t(b, "started_at_ms") < t(a, "ended_at_ms")
+}
+
+#[test]
+fn resources_cap_and_groups_from_the_config_decide_what_runs_together() {
+    require_root();
+    let split = workload("split");
+    let cfg = scratch("limits-config");
+    let write = |host: &str| {
+        std::fs::write(
+            cfg.join("limits.toml"),
+            format!("[profilers.cpu]\nresources = [{{ name = \"pmu\", shared = 2 }}]\n\n{host}\n"),
+        )
+        .expect("write config");
+    };
+    // Phase 1: the PMU shared by two, room for three profilers: two CPU runs go together.
+    write("[host]\nmax_concurrent = 3");
+    let data = scratch("limits-data");
+    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+    let mut w = Command::new(&split).arg("40").spawn().expect("workload");
+    let target = format!("--target pid:{} --duration 2s --frequency 49", w.id());
+    let pair = |up: &Up| {
+        let a = submit(&up.addr, &target);
+        let b = submit(&up.addr, &target);
+        let (ra, rb) = (wait_done(&up.addr, a), wait_done(&up.addr, b));
+        assert_eq!(ra["state"], "done", "{ra}");
+        assert_eq!(rb["state"], "done", "{rb}");
+        assert!(ra["samples"].as_u64().expect("samples") > 0, "{ra}");
+        assert!(rb["samples"].as_u64().expect("samples") > 0, "{rb}");
+        (ra, rb)
+    };
+    let (a, b) = pair(&up);
+    assert!(overlapped(&a, &b), "a shared PMU ran them apart:\n{a}\n{b}");
+
+    // Phase 2: the host cap at 1 (hot reload): the same two runs now take turns.
+    let version = |up: &Up| http_json(&up.addr, "/api/v1/config")["version"].clone();
+    let before = version(&up);
+    write("[host]\nmax_concurrent = 1");
+    eventually(10, "the cap edit to load", || {
+        (version(&up) != before).then_some(())
+    });
+    let (a, b) = pair(&up);
+    assert!(!overlapped(&a, &b), "the cap of 1 was broken:\n{a}\n{b}");
+
+    // Phase 3: room for three, but a concurrency group of one CPU profiler.
+    let before = version(&up);
+    write("[host]\nmax_concurrent = 3\n[host.concurrency_groups.walkers]\nmax = 1\nprofilers = [\"cpu\"]");
+    eventually(10, "the group edit to load", || {
+        (version(&up) != before).then_some(())
+    });
+    let (a, b) = pair(&up);
+    assert!(!overlapped(&a, &b), "the group of 1 was broken:\n{a}\n{b}");
+    let _ = w.kill();
+    let _ = w.wait();
+    assert!(up.stop().success());
+}
