@@ -399,7 +399,10 @@ pub fn simulate(
                 .map(|i| tuner.probability(name, i))
                 .collect(),
             peak_rows_per_minute_per_host: a.peak_rows,
-            write_budget_rows_per_minute: config.host.write_budget_rows_per_minute,
+            // A service with its own budget is held to it; the rest to the host's.
+            write_budget_rows_per_minute: svc
+                .write_budget_rows_per_minute
+                .unwrap_or(config.host.write_budget_rows_per_minute),
         });
     }
     Ok(PlanReport {
