@@ -115,6 +115,10 @@ enum RunsCommand {
         /// table or json.
         #[arg(long, default_value = "table")]
         format: String,
+        /// Include continuous runs (whole-host windows and service slots), not only on-demand
+        /// and triggered ones.
+        #[arg(long)]
+        all: bool,
     },
     /// One run as JSON: id, profiler, state, reason, queued_at, started_at, ended_at, samples.
     Show {
@@ -278,9 +282,11 @@ fn main() -> ExitCode {
             server: r.server,
             top: 20,
         }),
-        Command::Runs(RunsCommand::List { server, format }) => {
-            runs_cmd::list(&server, format == "json")
-        }
+        Command::Runs(RunsCommand::List {
+            server,
+            format,
+            all,
+        }) => runs_cmd::list(&server, format == "json", all),
         Command::Runs(RunsCommand::Show { id, server, .. }) => runs_cmd::show(&server, id),
         Command::Runs(RunsCommand::Cancel { id, server }) => runs_cmd::cancel(&server, id),
         Command::Plan(p) => match p.format.as_str() {

@@ -124,25 +124,32 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn list(server: &str, json_out: bool) -> anyhow::Result<ExitCode> {
-    let (status, out) = get(server, "/api/v1/runs")?;
+pub fn list(server: &str, json_out: bool, all: bool) -> anyhow::Result<ExitCode> {
+    let path = if all {
+        "/api/v1/runs?all=1"
+    } else {
+        "/api/v1/runs"
+    };
+    let (status, out) = get(server, path)?;
     let v = answer(status, &out)?;
     if json_out {
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:>6}  {:<10} {:<8} {:<24} {:>8}  {:<24} REASON",
-        "ID", "STATE", "PROFILER", "TARGET", "SAMPLES", "STARTED"
+        "{:>6}  {:<10} {:<10} {:<8} {:<22} {:>8} {:>7}  {:<24} REASON",
+        "ID", "STATE", "MODE", "PROFILER", "TARGET", "SAMPLES", "WEIGHT", "STARTED"
     );
     for r in v["runs"].as_array().into_iter().flatten() {
         println!(
-            "{:>6}  {:<10} {:<8} {:<24} {:>8}  {:<24} {}",
-            r["id"],
+            "{:>6}  {:<10} {:<10} {:<8} {:<22} {:>8} {:>7.2}  {:<24} {}",
+            r["id"].as_u64().unwrap_or(0),
             r["state"].as_str().unwrap_or(""),
+            r["mode"].as_str().unwrap_or(""),
             r["profiler"].as_str().unwrap_or(""),
             r["target"].as_str().unwrap_or(""),
-            r["samples"],
+            r["samples"].as_u64().unwrap_or(0),
+            r["weight"].as_f64().unwrap_or(1.0),
             r["started_at"].as_str().unwrap_or("-"),
             r["reason"].as_str().unwrap_or("")
         );

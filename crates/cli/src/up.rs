@@ -420,6 +420,7 @@ impl Driver {
             if selector_pids(&svc.selector).is_empty() {
                 continue;
             }
+            self.tuner.drew(&r.service, r.rule);
             let p = self.tuner.probability(&r.service, r.rule);
             let Some(req) = r.draw(self.host_key, LOCAL_HOST, slot, p, now) else {
                 continue;
@@ -727,8 +728,18 @@ impl Driver {
             Err(e) => {
                 eprintln!("baton up: run {id} could not start: {e}");
                 let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
-                s.end_early(id, now, "could not start");
-                s.finish(id, 0, Some(e));
+                let continuous = s
+                    .run(id)
+                    .is_some_and(|r| matches!(r.request.mode, Mode::Continuous { .. }));
+                if continuous && e.starts_with("no live process") {
+                    // The service's processes left between the draw and the start: nothing
+                    // to profile in this slot, which is not a failure.
+                    s.end_early(id, now, "no live process of the service at start");
+                    s.finish(id, 0, None);
+                } else {
+                    s.end_early(id, now, "could not start");
+                    s.finish(id, 0, Some(e));
+                }
             }
         }
     }

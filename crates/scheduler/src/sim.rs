@@ -239,6 +239,7 @@ pub fn simulate(
             let Some(list) = hosts_of.get(r.service.as_str()) else {
                 continue;
             };
+            tuner.drew(&r.service, r.rule);
             for &hi in list {
                 if let Some(req) = r.draw(host_keys[hi], &hosts[hi].name, slot_no, p, now) {
                     let _ = sched.submit(req, now);

@@ -5,7 +5,7 @@
 //! of each interval the tuner scales each probability by `target / observed` (clamped), which
 //! converges in a few intervals while the load is steady.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::Millis;
 
@@ -20,6 +20,9 @@ pub struct Tuner {
     initial: f64,
     p: HashMap<(String, usize), f64>,
     observed: HashMap<(String, usize), u64>,
+    /// Rules that drew at least once this interval; the others keep their probability (a
+    /// service absent from every host for a while says nothing about its rate).
+    active: HashSet<(String, usize)>,
 }
 
 impl Tuner {
@@ -30,6 +33,7 @@ impl Tuner {
             initial: initial.clamp(MIN_PROBABILITY, MAX_PROBABILITY),
             p: HashMap::new(),
             observed: HashMap::new(),
+            active: HashSet::new(),
         }
     }
 
@@ -63,6 +67,14 @@ impl Tuner {
         );
     }
 
+    /// Notes that hosts drew for this rule (whatever the draw said) in the current interval.
+    pub fn drew(&mut self, service: &str, rule: usize) {
+        let key = (service.to_string(), rule);
+        if !self.active.contains(&key) {
+            self.active.insert(key);
+        }
+    }
+
     /// Counts samples a continuous run of this rule produced (raw, unweighted).
     pub fn observe(&mut self, service: &str, rule: usize, samples: u64) {
         *self
@@ -71,8 +83,8 @@ impl Tuner {
             .or_default() += samples;
     }
 
-    /// At the end of an interval, re-tunes every rule in `targets` (samples per hour) and
-    /// returns true. Before that, does nothing and returns false.
+    /// At the end of an interval, re-tunes every rule in `targets` (samples per hour) that drew
+    /// or observed anything in it, and returns true. Before that, does nothing and returns false.
     pub fn maybe_retune(&mut self, now: Millis, targets: &[((String, usize), u64)]) -> bool {
         let elapsed = now.saturating_sub(self.window_start);
         if elapsed < self.interval_ms {
@@ -80,6 +92,9 @@ impl Tuner {
         }
         let hours = elapsed as f64 / 3_600_000.0;
         for (key, target) in targets {
+            if !self.active.contains(key) && !self.observed.contains_key(key) {
+                continue;
+            }
             let p = self.p.get(key).copied().unwrap_or(self.initial);
             let observed_per_hour = self.observed.get(key).copied().unwrap_or(0) as f64 / hours;
             let next = if observed_per_hour <= 0.0 {
@@ -92,7 +107,30 @@ impl Tuner {
                 .insert(key.clone(), next.clamp(MIN_PROBABILITY, MAX_PROBABILITY));
         }
         self.observed.clear();
+        self.active.clear();
         self.window_start = now;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_that_never_drew_keeps_its_probability() {
+        let hour = 3_600_000;
+        let mut t = Tuner::new(hour, 0.5, 0);
+        let targets = vec![(("a".to_string(), 0), 100), (("b".to_string(), 0), 100)];
+        // `a` drew and saw twice its target; `b` had no host to draw on.
+        t.drew("a", 0);
+        t.observe("a", 0, 200);
+        assert!(t.maybe_retune(hour, &targets));
+        assert!((t.probability("a", 0) - 0.25).abs() < 1e-9);
+        assert_eq!(t.probability("b", 0), 0.5);
+        // A rule that drew but saw nothing is raised.
+        t.drew("b", 0);
+        assert!(t.maybe_retune(2 * hour, &targets));
+        assert_eq!(t.probability("b", 0), 1.0);
     }
 }
