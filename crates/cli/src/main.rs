@@ -230,9 +230,10 @@ pub struct UpArgs {
     /// A config-as-code directory; it is watched, and a good edit applies without a restart.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Length of an aggregation window; each window becomes one batch in the store.
-    #[arg(long, default_value = "10s")]
-    pub window: String,
+    /// Length of an aggregation window; each window becomes one batch in the store. Default:
+    /// the config's `[profilers.cpu] window`, else 10s.
+    #[arg(long)]
+    pub window: Option<String>,
     /// Use the cpu-clock software event even where hardware cycles are available.
     #[arg(long)]
     pub cpu_clock: bool,

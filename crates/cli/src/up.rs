@@ -29,10 +29,16 @@ use crate::watch::{scrape_loop, TriggerWatch};
 use crate::UpArgs;
 
 pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
-    let window = parse_duration(&a.window).map_err(|e| usage(format!("--window: {e}")))?;
-    if window < Duration::from_secs(1) {
-        return Err(usage("--window must be at least 1s"));
-    }
+    let window_flag = match &a.window {
+        Some(w) => {
+            let d = parse_duration(w).map_err(|e| usage(format!("--window: {e}")))?;
+            if d < Duration::from_secs(1) {
+                return Err(usage("--window must be at least 1s"));
+            }
+            Some(d)
+        }
+        None => None,
+    };
     if let Some(f) = a.frequency {
         if f == 0 || f > MAX_FREQUENCY_HZ {
             return Err(ProfilerError::BadFrequency(f).into());
@@ -59,6 +65,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(baton_profilers::cpu::DEFAULT_CONTINUOUS_HZ)
         })
     };
+    let window = window_for(window_flag, live.as_deref());
     let data = a.data.clone().unwrap_or_else(default_data_dir);
     let store = DuckDbStore::open(&data)?;
     let listener = std::net::TcpListener::bind(&a.listen).map_err(|e| {
@@ -145,7 +152,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                     scheduler,
                     store,
                     metrics,
-                    window,
+                    window_flag,
                     desired,
                     status,
                     live,
@@ -257,6 +264,17 @@ fn write(store: &Mutex<Box<dyn Store>>, metrics: &AgentMetrics, report: baton_ag
     }
 }
 
+/// The whole-host window: `--window`, else the config's `[profilers.cpu] window`, else 10 s
+/// (never under 1 s).
+fn window_for(flag: Option<Duration>, live: Option<&RwLock<LiveConfig>>) -> Duration {
+    flag.or_else(|| {
+        let l = live?.read().unwrap_or_else(|p| p.into_inner());
+        l.config.as_ref()?.profilers.get("cpu")?.window
+    })
+    .unwrap_or(Duration::from_secs(10))
+    .max(Duration::from_secs(1))
+}
+
 /// The scheduler's name for this host in `baton up`.
 const LOCAL_HOST: &str = "local";
 
@@ -297,7 +315,8 @@ struct Driver {
     scheduler: Arc<Mutex<Scheduler>>,
     store: Arc<Mutex<Box<dyn Store>>>,
     metrics: Arc<AgentMetrics>,
-    window: Duration,
+    /// `--window`, which wins over the config's `[profilers.cpu] window`.
+    window_flag: Option<Duration>,
     desired: Arc<dyn Fn() -> u64 + Send + Sync>,
     status: Arc<RwLock<serde_json::Value>>,
     live: Option<Arc<RwLock<LiveConfig>>>,
@@ -555,7 +574,8 @@ impl Driver {
                             service: HOST_CHAIN.into(),
                             rule: 0,
                         },
-                        duration_ms: self.window.as_millis() as u64,
+                        duration_ms: window_for(self.window_flag, self.live.as_deref()).as_millis()
+                            as u64,
                         frequency: Some(self.opts.cpu.frequency_hz),
                         priority: 0,
                         force: false,
@@ -691,13 +711,35 @@ impl Driver {
     }
 
     fn start_targeted(&mut self, id: u64, now: u64) {
-        let (target, frequency) = {
+        let (target, mut frequency, continuous) = {
             let s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
             match s.run(id) {
-                Some(r) => (r.request.target.clone(), r.frequency),
+                Some(r) => (
+                    r.request.target.clone(),
+                    r.frequency,
+                    matches!(r.request.mode, Mode::Continuous { .. }),
+                ),
                 None => return,
             }
         };
+        // The overhead guard holds continuous runs of services too.
+        if continuous {
+            if self.guard.stopped_until.is_some() {
+                let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+                s.end_early(id, now, "overhead guard: continuous profiling is paused");
+                s.finish(id, 0, None);
+                return;
+            }
+            if let Some(cap) = self.guard.cap {
+                if frequency > cap {
+                    frequency = cap;
+                    self.scheduler
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .lower_frequency(id, cap);
+                }
+            }
+        }
         let services = |name: &str| {
             let l = self
                 .live
@@ -873,7 +915,10 @@ impl Driver {
         if pct <= budget || self.guard.stopped_until.is_some() {
             return;
         }
-        let current = self.opts.cpu.frequency_hz;
+        let current = self
+            .guard
+            .cap
+            .unwrap_or_else(|| self.highest_continuous_frequency());
         if current > 1 {
             let lower = (current / 2).max(1);
             self.guard.cap = Some(lower);
@@ -884,12 +929,49 @@ impl Driver {
         } else {
             self.flush_continuous(None);
             self.continuous = None;
+            // Continuous runs of services stop too; on-demand and triggered runs go on.
+            let running: Vec<u64> = {
+                let s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+                self.targeted
+                    .keys()
+                    .copied()
+                    .filter(|id| {
+                        s.run(*id)
+                            .is_some_and(|r| matches!(r.request.mode, Mode::Continuous { .. }))
+                    })
+                    .collect()
+            };
+            for id in running {
+                self.scheduler
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .end_early(
+                        id,
+                        now_ms_u64(),
+                        "overhead guard: continuous profiling paused",
+                    );
+                self.stop_targeted(id, true);
+            }
             self.guard.stopped_until = Some(now + GUARD_PAUSE);
             self.metrics
                 .overhead_stopped
                 .fetch_add(1, Ordering::Relaxed);
             eprintln!("baton up: overhead guard: {pct:.2}% is still over the {budget}% budget at 1 Hz; continuous profiling stops for {}s", GUARD_PAUSE.as_secs());
         }
+    }
+
+    /// The highest frequency continuous profiling uses: that of the fastest continuous rule of
+    /// the config, or the whole-host chain's when there is no rule.
+    fn highest_continuous_frequency(&self) -> u64 {
+        let base = self.opts.cpu.frequency_hz;
+        self.config()
+            .map(|c| slot_rules(&c))
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.profiler == "cpu")
+            .map(|r| r.frequency.unwrap_or(base))
+            .max()
+            .unwrap_or(base)
     }
 
     fn retune_frequency(&mut self) {

@@ -367,6 +367,13 @@ impl Scheduler {
         })
     }
 
+    /// Lowers a run's frequency (the overhead guard's cap); never raises it.
+    pub fn lower_frequency(&mut self, id: u64, hz: u64) {
+        if let Some(r) = self.runs.get_mut(&id) {
+            r.frequency = r.frequency.min(hz.max(1));
+        }
+    }
+
     /// Counts samples a run stored before it ended (e.g. when it was preempted).
     pub fn add_samples(&mut self, id: u64, samples: u64) {
         if let Some(r) = self.runs.get_mut(&id) {

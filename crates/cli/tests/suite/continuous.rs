@@ -125,3 +125,54 @@ continuous = [{ profiler = "cpu", target_samples_per_hour = 18000, duration = "1
     let _ = w.wait();
     assert!(up.stop().success());
 }
+
+#[test]
+fn the_overhead_guard_caps_then_pauses_the_continuous_runs_of_services() {
+    require_root();
+    let split = workload("split");
+    let cfg = scratch("continuous-guard-config");
+    // A budget nothing can meet, checked every second: the guard must act on service runs.
+    std::fs::write(
+        cfg.join("svc.toml"),
+        r#"
+[host]
+overhead_budget_percent = 0.0001
+overhead_check_interval = "1s"
+
+[services.burner]
+selector = { comm = "split" }
+continuous = [{ profiler = "cpu", target_samples_per_hour = 1000000, duration = "1s", frequency = 99 }]
+"#,
+    )
+    .expect("write config");
+    let data = scratch("continuous-guard-data");
+    let mut w = Command::new(&split).arg("90").spawn().expect("workload");
+    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+    // First the frequency comes down: a later run samples below the rule's 99 Hz.
+    let capped = eventually(40, "a service run at a capped frequency", || {
+        runs_of(&up.addr, "burner")
+            .into_iter()
+            .find(|r| r["state"] == "done" && r["frequency_hz"].as_u64().is_some_and(|f| f < 99))
+    });
+    eprintln!("capped: {capped}");
+    // Then continuous profiling pauses: runs drawn now end at once, with the guard's reason.
+    let paused = eventually(60, "a service run held back by the guard", || {
+        runs_of(&up.addr, "burner").into_iter().find(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("overhead guard"))
+        })
+    });
+    eprintln!("paused: {paused}");
+    let (_, m) = http_get(&up.addr, "/metrics");
+    let m = String::from_utf8_lossy(&m).to_string();
+    let stopped = m
+        .lines()
+        .find_map(|l| l.strip_prefix("baton_overhead_stopped_total "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(stopped >= 1.0, "{m}");
+    let _ = w.kill();
+    let _ = w.wait();
+    assert!(up.stop().success());
+}

@@ -101,9 +101,17 @@ impl Up {
         Up::start_with(data, &[])
     }
 
+    /// Starts `baton up` with 1 s windows and `extra` flags.
     pub fn start_with(data: &Path, extra: &[&str]) -> Up {
+        let mut args = vec!["--window", "1s"];
+        args.extend_from_slice(extra);
+        Up::start_raw(data, &args)
+    }
+
+    /// Starts `baton up` with only `extra` flags (the window comes from the config or the default).
+    pub fn start_raw(data: &Path, extra: &[&str]) -> Up {
         let mut child = baton()
-            .args(["up", "--listen", "127.0.0.1:0", "--window", "1s", "--data"])
+            .args(["up", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
             .stderr(Stdio::piped())

@@ -237,14 +237,17 @@ fn resources_cap_and_groups_from_the_config_decide_what_runs_together() {
     let write = |host: &str| {
         std::fs::write(
             cfg.join("limits.toml"),
-            format!("[profilers.cpu]\nresources = [{{ name = \"pmu\", shared = 2 }}]\n\n{host}\n"),
+            format!(
+                "[profilers.cpu]\nwindow = \"2s\"\nresources = [{{ name = \"pmu\", shared = 2 }}]\n\n{host}\n"
+            ),
         )
         .expect("write config");
     };
     // Phase 1: the PMU shared by two, room for three profilers: two CPU runs go together.
     write("[host]\nmax_concurrent = 3");
     let data = scratch("limits-data");
-    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+    // No --window: the config's `[profilers.cpu] window` sets the whole-host run length.
+    let up = Up::start_raw(&data, &["--config", cfg.to_str().expect("utf-8")]);
     let mut w = Command::new(&split).arg("40").spawn().expect("workload");
     let target = format!("--target pid:{} --duration 2s --frequency 49", w.id());
     let pair = |up: &Up| {
@@ -259,6 +262,15 @@ fn resources_cap_and_groups_from_the_config_decide_what_runs_together() {
     };
     let (a, b) = pair(&up);
     assert!(overlapped(&a, &b), "a shared PMU ran them apart:\n{a}\n{b}");
+    let v = http_json(&up.addr, "/api/v1/runs?all=1");
+    let chain = v["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .find(|r| r["target"] == "host")
+        .cloned()
+        .expect("a whole-host run");
+    assert_eq!(chain["duration_s"].as_f64(), Some(2.0), "{chain}");
 
     // Phase 2: the host cap at 1 (hot reload): the same two runs now take turns.
     let version = |up: &Up| http_json(&up.addr, "/api/v1/config")["version"].clone();
