@@ -402,16 +402,26 @@ services = { tiny = 0.05, mid = 2.0, huge = 40.0 }
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
 
-    /// Random streams of submissions, cancellations and config changes: no exclusive resource
-    /// is double-booked, no soft cap is passed without force, and every run ends within its
-    /// hard ceiling (duration plus the time it spent preempted).
+    /// Random streams of submissions, cancellations, trigger observations and config changes
+    /// (host cap, PMU sharing): no resource is held beyond its limit, no soft cap is passed
+    /// without force, and every run ends within its hard ceiling (duration plus the time it
+    /// spent preempted).
     #[test]
     fn invariants_hold_under_random_streams(
-        ops in proptest::collection::vec((0u8..6, 0u8..3, 1u64..120, -2i32..3, any::<bool>(), 1u32..4), 1..120)
+        ops in proptest::collection::vec((0u8..7, 0u8..3, 1u64..120, -2i32..3, any::<bool>(), 1u32..4), 1..120)
     ) {
-        let mut cfg = basic();
+        let limits = |cap: u32, shared: u32| config(&format!(
+            "[host]\nmax_concurrent = {cap}\n[profilers.cpu]\nmax_duration = \"10m\"\nmax_frequency = 999\nresources = [{{ name = \"pmu\", shared = {shared} }}]\n\
+             [services.s]\nselector = {{ comm = \"s\" }}\n[[services.s.triggers]]\nkind = \"process_cpu\"\nabove_percent = 50.0\nfor = \"1s\"\nprofiler = \"cpu\"\nduration = \"20s\"\ncooldown = \"30s\"\nmax_per_hour = 20\n"
+        ));
+        let mut cfg = limits(2, 1);
+        let mut pmu_limit = 1usize;
         let mut s = sched(&cfg);
+        let mut engine = TriggerEngine::default();
         let hosts = ["h0", "h1", "h2"];
+        // Runs that were going when a config change lowered a limit may finish their time.
+        let mut grandfathered = [0usize; 3];
+        let mut over_cap = [0usize; 3];
         let mut now = 0;
         let mut submitted = Vec::new();
         for (op, host, secs, prio, force, cap) in ops {
@@ -429,17 +439,39 @@ proptest! {
                     if let Ok(id) = s.submit(r, now) { submitted.push(id); }
                 }
                 3 => { if let Some(id) = submitted.get(secs as usize % submitted.len().max(1)) { let _ = s.cancel(*id, now, "test"); } }
-                4 => { cfg.host.max_concurrent = cap; s.reconfigure(&cfg); }
+                4 => {
+                    let shared = if prio > 0 { 2 } else { 1 };
+                    cfg = limits(cap, shared);
+                    s.reconfigure(&cfg);
+                    pmu_limit = shared as usize;
+                    for (i, h) in hosts.iter().enumerate() {
+                        grandfathered[i] = s.running_on(h).len();
+                        over_cap[i] = s.running_on(h).len();
+                    }
+                }
+                5 => {
+                    let obs = Observation::ProcessCpu {
+                        host: hosts[host as usize].into(),
+                        service: "s".into(),
+                        percent: (secs % 100) as f64,
+                    };
+                    for r in engine.observe(&cfg, &obs, now) {
+                        if let Ok(id) = s.submit(r, now) { submitted.push(id); }
+                    }
+                }
                 _ => {}
             }
             now += secs * 250;
             s.tick(now);
-            for h in hosts {
+            for (i, h) in hosts.iter().enumerate() {
                 let running = s.running_on(h);
                 let pmu = running.iter().filter(|id| s.run(**id).is_some_and(|r| r.request.profiler == "cpu")).count();
-                prop_assert!(pmu <= 1, "PMU double-booked on {h}");
+                prop_assert!(pmu <= pmu_limit.max(grandfathered[i]), "PMU over its limit on {h}: {pmu} > {pmu_limit}");
+                grandfathered[i] = grandfathered[i].min(pmu);
                 let forced = running.iter().any(|id| s.run(*id).is_some_and(|r| r.request.force));
-                prop_assert!(forced || running.len() as u32 <= cfg.host.max_concurrent.max(1) || running.len() <= 1);
+                let cap = (cfg.host.max_concurrent as usize).max(over_cap[i]);
+                prop_assert!(forced || running.len() <= cap, "cap {cap} passed on {h}: {}", running.len());
+                over_cap[i] = over_cap[i].min(running.len());
             }
             for r in s.runs() {
                 if r.state == RunState::Running {
