@@ -439,7 +439,7 @@ impl Driver {
             if selector_pids(&svc.selector).is_empty() {
                 continue;
             }
-            self.tuner.drew(&r.service, r.rule);
+            self.tuner.drew(&r.service, r.rule, 1);
             let p = self.tuner.probability(&r.service, r.rule);
             let Some(req) = r.draw(self.host_key, LOCAL_HOST, slot, p, now) else {
                 continue;
@@ -818,7 +818,7 @@ impl Driver {
                 }
                 let n = r.sample_count;
                 if let Mode::Continuous { service, rule } = &mode {
-                    self.tuner.observe(service, *rule, n);
+                    self.tuner.observe(service, *rule, n, finish);
                 }
                 self.store_batch(r);
                 (n, None)

@@ -239,7 +239,7 @@ pub fn simulate(
             let Some(list) = hosts_of.get(r.service.as_str()) else {
                 continue;
             };
-            tuner.drew(&r.service, r.rule);
+            tuner.drew(&r.service, r.rule, list.len() as u64);
             for &hi in list {
                 if let Some(req) = r.draw(host_keys[hi], &hosts[hi].name, slot_no, p, now) {
                     let _ = sched.submit(req, now);
@@ -306,7 +306,7 @@ pub fn simulate(
                         if now >= settled_from {
                             a.settled += samples;
                         }
-                        tuner.observe(&svc, rule, samples);
+                        tuner.observe(&svc, rule, samples, true);
                     } else {
                         a.triggered_runs += 1;
                     }

@@ -1,11 +1,15 @@
 //! Dynamic sampling: per-(service, rule) run probabilities tuned toward a samples-per-hour target.
 //!
 //! Each host draws against the probability at every slot of a continuous rule; every sample a
-//! run yields carries the weight `1 / probability`, so fleet-wide sums stay unbiased. At the end
-//! of each interval the tuner scales each probability by `target / observed` (clamped), which
-//! converges in a few intervals while the load is steady.
+//! run yields carries the weight `1 / probability`, so fleet-wide sums stay unbiased.
+//!
+//! At the end of each interval the tuner estimates what one run yields (raw samples per ended
+//! run) and how many draws the fleet makes per hour, and sets
+//! `p = target / (draws per hour × yield per run)`, moving at most 10× per interval. Luck in the
+//! draws does not move `p`: an interval where every draw missed still knows the draw rate, and
+//! keeps the last known yield. A rule that no host drew for keeps its probability.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::Millis;
 
@@ -13,16 +17,23 @@ use crate::Millis;
 pub const MIN_PROBABILITY: f64 = 1e-6;
 pub const MAX_PROBABILITY: f64 = 1.0;
 
+/// What the tuner saw of one rule in the current interval.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    draws: u64,
+    runs: u64,
+    samples: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Tuner {
     interval_ms: Millis,
     window_start: Millis,
     initial: f64,
     p: HashMap<(String, usize), f64>,
-    observed: HashMap<(String, usize), u64>,
-    /// Rules that drew at least once this interval; the others keep their probability (a
-    /// service absent from every host for a while says nothing about its rate).
-    active: HashSet<(String, usize)>,
+    seen: HashMap<(String, usize), Seen>,
+    /// The last known raw samples per ended run, per rule.
+    yield_per_run: HashMap<(String, usize), f64>,
 }
 
 impl Tuner {
@@ -32,8 +43,8 @@ impl Tuner {
             window_start: now,
             initial: initial.clamp(MIN_PROBABILITY, MAX_PROBABILITY),
             p: HashMap::new(),
-            observed: HashMap::new(),
-            active: HashSet::new(),
+            seen: HashMap::new(),
+            yield_per_run: HashMap::new(),
         }
     }
 
@@ -53,10 +64,9 @@ impl Tuner {
 
     /// Raw samples counted for a rule since the last re-tune.
     pub fn observed(&self, service: &str, rule: usize) -> u64 {
-        self.observed
+        self.seen
             .get(&(service.to_string(), rule))
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |s| s.samples)
     }
 
     /// Sets a starting probability (e.g. from a plan) before any observation.
@@ -67,24 +77,27 @@ impl Tuner {
         );
     }
 
-    /// Notes that hosts drew for this rule (whatever the draw said) in the current interval.
-    pub fn drew(&mut self, service: &str, rule: usize) {
-        let key = (service.to_string(), rule);
-        if !self.active.contains(&key) {
-            self.active.insert(key);
+    fn entry(&mut self, service: &str, rule: usize) -> &mut Seen {
+        self.seen.entry((service.to_string(), rule)).or_default()
+    }
+
+    /// Counts `n` draws (hosts that drew, whatever the draw said) for this rule.
+    pub fn drew(&mut self, service: &str, rule: usize, n: u64) {
+        self.entry(service, rule).draws += n;
+    }
+
+    /// Counts raw samples a continuous run of this rule stored; `ended` when the run is over
+    /// (a preempted run reports its samples so far without ending).
+    pub fn observe(&mut self, service: &str, rule: usize, samples: u64, ended: bool) {
+        let s = self.entry(service, rule);
+        s.samples += samples;
+        if ended {
+            s.runs += 1;
         }
     }
 
-    /// Counts samples a continuous run of this rule produced (raw, unweighted).
-    pub fn observe(&mut self, service: &str, rule: usize, samples: u64) {
-        *self
-            .observed
-            .entry((service.to_string(), rule))
-            .or_default() += samples;
-    }
-
     /// At the end of an interval, re-tunes every rule in `targets` (samples per hour) that drew
-    /// or observed anything in it, and returns true. Before that, does nothing and returns false.
+    /// in it, and returns true. Before that, does nothing and returns false.
     pub fn maybe_retune(&mut self, now: Millis, targets: &[((String, usize), u64)]) -> bool {
         let elapsed = now.saturating_sub(self.window_start);
         if elapsed < self.interval_ms {
@@ -92,22 +105,28 @@ impl Tuner {
         }
         let hours = elapsed as f64 / 3_600_000.0;
         for (key, target) in targets {
-            if !self.active.contains(key) && !self.observed.contains_key(key) {
+            let seen = self.seen.get(key).copied().unwrap_or_default();
+            if seen.runs > 0 {
+                self.yield_per_run
+                    .insert(key.clone(), seen.samples as f64 / seen.runs as f64);
+            }
+            if seen.draws == 0 {
                 continue;
             }
             let p = self.p.get(key).copied().unwrap_or(self.initial);
-            let observed_per_hour = self.observed.get(key).copied().unwrap_or(0) as f64 / hours;
-            let next = if observed_per_hour <= 0.0 {
-                p * 4.0
-            } else {
-                // Move at most 10x per interval, so one odd interval cannot swing it wildly.
-                p * (*target as f64 / observed_per_hour).clamp(0.1, 10.0)
+            let next = match self.yield_per_run.get(key) {
+                Some(y) if *y > 0.0 => {
+                    let at_p1 = seen.draws as f64 / hours * y;
+                    // Move at most 10x per interval, so one odd interval cannot swing it wildly.
+                    (*target as f64 / at_p1).clamp(p / 10.0, p * 10.0)
+                }
+                // Runs so far yielded nothing, or none has ended yet: look harder.
+                _ => p * 4.0,
             };
             self.p
                 .insert(key.clone(), next.clamp(MIN_PROBABILITY, MAX_PROBABILITY));
         }
-        self.observed.clear();
-        self.active.clear();
+        self.seen.clear();
         self.window_start = now;
         true
     }
@@ -122,15 +141,21 @@ mod tests {
         let hour = 3_600_000;
         let mut t = Tuner::new(hour, 0.5, 0);
         let targets = vec![(("a".to_string(), 0), 100), (("b".to_string(), 0), 100)];
-        // `a` drew and saw twice its target; `b` had no host to draw on.
-        t.drew("a", 0);
-        t.observe("a", 0, 200);
+        // `a`: 4 draws, 2 runs of 100 samples: 400 an hour at p = 1, so p = 0.25.
+        t.drew("a", 0, 4);
+        t.observe("a", 0, 100, true);
+        t.observe("a", 0, 100, true);
         assert!(t.maybe_retune(hour, &targets));
         assert!((t.probability("a", 0) - 0.25).abs() < 1e-9);
+        // `b` had no host to draw on.
         assert_eq!(t.probability("b", 0), 0.5);
-        // A rule that drew but saw nothing is raised.
-        t.drew("b", 0);
+        // `a` drew 4 times and every draw missed: the yield is known, p stays.
+        t.drew("a", 0, 4);
         assert!(t.maybe_retune(2 * hour, &targets));
+        assert!((t.probability("a", 0) - 0.25).abs() < 1e-9);
+        // `b` drew but no run has ever ended: it looks harder.
+        t.drew("b", 0, 1);
+        assert!(t.maybe_retune(3 * hour, &targets));
         assert_eq!(t.probability("b", 0), 1.0);
     }
 }

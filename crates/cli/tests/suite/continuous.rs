@@ -37,12 +37,13 @@ fn service_rules_draw_runs_weighted_by_their_tuned_probability() {
     let split = workload("split");
     let cfg = scratch("continuous-config");
     // One busy CPU at 99 Hz for 1 s per 10 s slot yields about 35,000 samples an hour at
-    // p = 1; the target is about half that, so the tuner must lower p.
+    // p = 1; the target is about half that, so the tuner must lower p to about 0.5. The
+    // interval spans two slots, so it sees two draws.
     std::fs::write(
         cfg.join("svc.toml"),
         r#"
 [tuner]
-interval = "15s"
+interval = "20s"
 
 [services.burner]
 selector = { comm = "split" }
