@@ -111,6 +111,23 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|r| r.profiler == "cpu")
         .count();
+    let mut tuner = Tuner::new(tuner_interval, 1.0, now_ms_u64());
+    match load_tuner(&data.join(TUNER_FILE)) {
+        Ok(Some(state)) => {
+            eprintln!(
+                "baton up: tuner: {} rule(s) restored from {}",
+                state.len(),
+                data.join(TUNER_FILE).display()
+            );
+            tuner.restore(&state);
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "baton up: tuner: ignoring {}: {e}",
+            data.join(TUNER_FILE).display()
+        ),
+    }
+    let tuner_file = data.join(TUNER_FILE);
     let triggers = TriggerWatch::default();
     if let Some(live) = &live {
         let live = live.clone();
@@ -159,7 +176,8 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                     triggers,
                     budgets: WriteBudgets::default(),
                     guard: OverheadGuard::default(),
-                    tuner: Tuner::new(tuner_interval, 1.0, now_ms_u64()),
+                    tuner,
+                    tuner_file,
                     drawn: HashMap::new(),
                     host_key: host_key(&host_name),
                 };
@@ -275,6 +293,26 @@ fn window_for(flag: Option<Duration>, live: Option<&RwLock<LiveConfig>>) -> Dura
     .max(Duration::from_secs(1))
 }
 
+/// The tuner's state under the data directory.
+const TUNER_FILE: &str = "tuner.json";
+
+fn load_tuner(path: &Path) -> anyhow::Result<Option<Vec<baton_scheduler::RuleState>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the state to a temporary file and renames it over the old one, so a crash never
+/// leaves half a file.
+fn save_tuner(path: &Path, state: &[baton_scheduler::RuleState]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 /// The scheduler's name for this host in `baton up`.
 const LOCAL_HOST: &str = "local";
 
@@ -325,6 +363,8 @@ struct Driver {
     guard: OverheadGuard,
     /// Run probabilities of the config's continuous rules, re-tuned from what this host saw.
     tuner: Tuner,
+    /// Where the tuner's state is kept across restarts.
+    tuner_file: std::path::PathBuf,
     /// The last slot drawn for each continuous rule.
     drawn: HashMap<(String, usize), u64>,
     host_key: u64,
@@ -476,6 +516,9 @@ impl Driver {
             .map(|r| (r.key(), r.target_samples_per_hour))
             .collect();
         if self.tuner.maybe_retune(now, &targets) {
+            if let Err(e) = save_tuner(&self.tuner_file, &self.tuner.state()) {
+                tracing::warn!(error = %e, "saving the tuner state failed");
+            }
             for (r, (p, seen)) in rules.iter().zip(&before) {
                 eprintln!(
                     "baton up: tuner: {}#{} saw {seen} samples; probability {p:.4} -> {:.4} (target {}/h)",

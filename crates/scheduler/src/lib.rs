@@ -26,7 +26,7 @@ use serde::Serialize;
 pub use budget::{keep_row, Admission, BudgetStats, WriteBudgets};
 pub use sim::{simulate, Fleet, FleetError, HostGroup, PlanReport, ServicePlan};
 pub use triggers::{Observation, TriggerEngine};
-pub use tuner::Tuner;
+pub use tuner::{RuleState, Tuner};
 
 /// Milliseconds on the scheduler's clock (wall or simulated).
 pub type Millis = u64;

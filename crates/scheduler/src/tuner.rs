@@ -11,6 +11,8 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::Millis;
 
 /// Lowest and highest run probability the tuner will set.
@@ -23,6 +25,15 @@ struct Seen {
     draws: u64,
     runs: u64,
     samples: u64,
+}
+
+/// What the tuner has learnt of one rule, for keeping across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleState {
+    pub service: String,
+    pub rule: usize,
+    pub probability: f64,
+    pub yield_per_run: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +78,38 @@ impl Tuner {
         self.seen
             .get(&(service.to_string(), rule))
             .map_or(0, |s| s.samples)
+    }
+
+    /// What the tuner has learnt, rule by rule (sorted).
+    pub fn state(&self) -> Vec<RuleState> {
+        let mut keys: Vec<&(String, usize)> =
+            self.p.keys().chain(self.yield_per_run.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .map(|k| RuleState {
+                service: k.0.clone(),
+                rule: k.1,
+                probability: self.p.get(k).copied().unwrap_or(self.initial),
+                yield_per_run: self.yield_per_run.get(k).copied(),
+            })
+            .collect()
+    }
+
+    /// Takes back what an earlier tuner learnt.
+    pub fn restore(&mut self, state: &[RuleState]) {
+        for r in state {
+            let key = (r.service.clone(), r.rule);
+            if r.probability.is_finite() {
+                self.p.insert(
+                    key.clone(),
+                    r.probability.clamp(MIN_PROBABILITY, MAX_PROBABILITY),
+                );
+            }
+            if let Some(y) = r.yield_per_run.filter(|y| y.is_finite() && *y > 0.0) {
+                self.yield_per_run.insert(key, y);
+            }
+        }
     }
 
     /// Sets a starting probability (e.g. from a plan) before any observation.
@@ -157,5 +200,10 @@ mod tests {
         t.drew("b", 0, 1);
         assert!(t.maybe_retune(3 * hour, &targets));
         assert_eq!(t.probability("b", 0), 1.0);
+        // What it learnt survives a restart.
+        let mut again = Tuner::new(hour, 1.0, 0);
+        again.restore(&t.state());
+        assert_eq!(again.state(), t.state());
+        assert!((again.probability("a", 0) - 0.25).abs() < 1e-9);
     }
 }

@@ -122,6 +122,23 @@ continuous = [{ profiler = "cpu", target_samples_per_hour = 18000, duration = "1
             .any(|x| x["value"] == "burner"),
         "{v}"
     );
+    assert!(up.stop().success());
+
+    // What the tuner learnt is kept in the data directory and taken back on restart.
+    let saved: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data.join("tuner.json")).expect("tuner.json after a re-tune"),
+    )
+    .expect("tuner.json is JSON");
+    let saved_p = saved[0]["probability"].as_f64().expect("probability");
+    assert!(saved_p < 0.99, "{saved}");
+    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+    let p_now = eventually(10, "the restored probability in the status", || {
+        http_json(&up.addr, "/api/v1/status")["continuous"]["rules"][0]["probability"].as_f64()
+    });
+    assert!(
+        (p_now - saved_p).abs() < 1e-9,
+        "restored {p_now}, saved {saved_p}"
+    );
     let _ = w.kill();
     let _ = w.wait();
     assert!(up.stop().success());
