@@ -127,6 +127,8 @@ pub(crate) struct TriggerDoc {
     pub duration: Spanned<String>,
     pub cooldown: Spanned<String>,
     pub max_per_hour: Spanned<i64>,
+    /// Sampling frequency of the runs it fires (default: the profiler's).
+    pub frequency: Option<Spanned<i64>>,
     pub above_percent: Option<Spanned<f64>>,
     /// How long the condition must hold (`process_cpu`).
     #[serde(rename = "for")]
@@ -276,6 +278,8 @@ pub struct TriggerRule {
     #[serde(with = "secs")]
     pub cooldown: Duration,
     pub max_per_hour: u32,
+    /// Sampling frequency of the runs it fires; `None`: the profiler's default.
+    pub frequency: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

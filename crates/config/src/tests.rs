@@ -261,3 +261,44 @@ fn profiler_resources_are_checked_and_typed() {
     assert!(p[1].contains("bad resource `uprobe:`"), "{}", p[1]);
     assert!(p[2].contains("shared must be at least 1"), "{}", p[2]);
 }
+
+#[test]
+fn trigger_frequency_url_and_metric_are_checked() {
+    let base = |extra: &str| {
+        format!(
+            "[services.a]\nselector = {{ comm = \"a\" }}\n[[services.a.triggers]]\nkind = \"prometheus\"\nprofiler = \"cpu\"\nduration = \"5s\"\ncooldown = \"1m\"\nmax_per_hour = 1\nabove = 1.0\n{extra}"
+        )
+    };
+    let ok = load(
+        &[file(
+            "t.toml",
+            &base("url = \"http://h:9/metrics\"\nmetric = 'lat{route=\"/a\",code=\"200\"}'\nfrequency = 49\n"),
+        )],
+        KNOWN,
+    )
+    .expect("valid");
+    assert_eq!(ok.services["a"].triggers[0].frequency, Some(49));
+    let p = problems(&[file(
+        "t.toml",
+        &base("url = \"https://h:9/metrics\"\nmetric = \"lat\"\n"),
+    )]);
+    assert!(
+        p.len() == 1 && p[0].starts_with("t.toml:10:7:") && p[0].contains("TLS"),
+        "{p:?}"
+    );
+    let p = problems(&[file(
+        "t.toml",
+        &base("url = \"http://h:9/metrics\"\nmetric = \"9lat\"\n"),
+    )]);
+    assert!(p.len() == 1 && p[0].contains("bad metric `9lat`"), "{p:?}");
+    let p = problems(&[file(
+        "t.toml",
+        &base("url = \"http://h:9/metrics\"\nmetric = \"lat{route=a}\"\n"),
+    )]);
+    assert!(p.len() == 1 && p[0].contains("label matchers"), "{p:?}");
+    let p = problems(&[file(
+        "t.toml",
+        &base("url = \"http://h:9/metrics\"\nmetric = \"lat\"\nfrequency = 100000\n"),
+    )]);
+    assert!(p.len() == 1 && p[0].starts_with("t.toml:12:"), "{p:?}");
+}

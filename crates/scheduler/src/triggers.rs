@@ -190,7 +190,7 @@ impl TriggerEngine {
                     rule: i,
                 },
                 duration_ms: rule.duration.as_millis() as Millis,
-                frequency: None,
+                frequency: rule.frequency,
                 priority: 5,
                 force: false,
                 owner: format!("trigger:{service}#{i}"),

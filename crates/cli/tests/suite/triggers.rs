@@ -94,6 +94,7 @@ url = "http://{server}/metrics"
 metric = 'app_latency_p99_seconds{{route="/checkout"}}'
 above = 0.5
 profiler = "cpu"
+frequency = 49
 duration = "1s"
 cooldown = "10m"
 max_per_hour = 1
@@ -145,6 +146,7 @@ max_per_hour = 1
         triggered(&up.addr, "trigger:latency#0").into_iter().next()
     });
     assert_eq!(run["target"], "service:latency", "{run}");
+    assert_eq!(run["frequency_hz"], 49, "the rule's frequency: {run}");
     // Every run ends cleanly, even the one on an idle process.
     for owner in ["trigger:fresh#0", "trigger:grower#0", "trigger:latency#0"] {
         eventually(20, &format!("{owner}'s run to end"), || {
