@@ -25,7 +25,7 @@ use baton_model::export::{self, Format};
 use baton_store::{Store, StoreError};
 use serde_json::json;
 
-pub use params::{parse_params, ApiParams};
+pub use params::{parse_params, parse_params_with, ApiParams};
 
 /// Counter lines for `/metrics`: (name, help, kind, value).
 pub type MetricLines = Vec<(&'static str, &'static str, &'static str, f64)>;
@@ -157,15 +157,20 @@ where
     })
 }
 
-fn parse(q: Option<String>) -> Result<ApiParams, ApiError> {
-    parse_params(q.as_deref().unwrap_or("")).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
+fn parse(st: &AppState, q: Option<String>) -> Result<ApiParams, ApiError> {
+    let config = st
+        .config
+        .as_ref()
+        .and_then(|l| l.read().unwrap_or_else(|p| p.into_inner()).config.clone());
+    parse_params_with(q.as_deref().unwrap_or(""), config.as_ref())
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
 }
 
 async fn flamegraph(
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = parse(q)?;
+    let p = parse(&st, q)?;
     let query = p.query.clone();
     let named = with_store(&st, move |s| s.named_stacks(&query)).await?;
     let tree = named.flame_tree();
@@ -180,7 +185,7 @@ async fn flamegraph(
 }
 
 async fn top(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    let p = parse(q)?;
+    let p = parse(&st, q)?;
     let query = p.query.clone();
     let named = with_store(&st, move |s| s.named_stacks(&query)).await?;
     let mut rows = named.top_functions();
@@ -197,7 +202,7 @@ async fn timeseries(
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = parse(q)?;
+    let p = parse(&st, q)?;
     let query = p.query.clone();
     let step = p.step_ms;
     let points = with_store(&st, move |s| s.timeseries(&query, step)).await?;
@@ -214,7 +219,7 @@ async fn export_profile(
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = parse(q)?;
+    let p = parse(&st, q)?;
     let format = p.format.unwrap_or(Format::Pprof);
     let query = p.query.clone();
     let profile = with_store(&st, move |s| s.profile(&query)).await?;
@@ -246,7 +251,7 @@ async fn labels(
     Path(label): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = parse(q)?;
+    let p = parse(&st, q)?;
     let query = p.query.clone();
     let limit = p.limit;
     let values = with_store(&st, move |s| s.label_values(&query, &label, limit)).await?;

@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use baton_model::export::Format;
 use baton_model::parse_duration;
-use baton_store::{Filter, Query};
+use baton_store::{Filter, FilterOp, Query};
 
 /// Everything an API call may say.
 #[derive(Debug, Clone)]
@@ -24,6 +24,51 @@ fn now_ms() -> i64 {
 
 /// Parses `profiler`, `since` or `from`/`to`, `filter` (repeatable), `step`, `limit`, `format`.
 pub fn parse_params(raw: &str) -> Result<ApiParams, String> {
+    parse_params_with(raw, None)
+}
+
+/// A filter on a label that a service of the config carries (`team=payments`) becomes a filter
+/// on the `service` column: the services with that label value, or (with `!=`) the others.
+fn service_label_filter(
+    text: &str,
+    config: &baton_config::Config,
+) -> Option<Result<Filter, String>> {
+    let (label, op, value) = Filter::split(text).ok()?;
+    if !config
+        .services
+        .values()
+        .any(|s| s.labels.contains_key(label))
+    {
+        return None;
+    }
+    let op = match op {
+        FilterOp::Eq => FilterOp::AnyOf,
+        FilterOp::NotEq => FilterOp::NoneOf,
+        _ => {
+            return Some(Err(format!(
+                "service label `{label}`: use = or != (regexes apply to stored labels only)"
+            )))
+        }
+    };
+    let values = config
+        .services
+        .iter()
+        .filter(|(_, s)| s.labels.get(label).map(String::as_str) == Some(value))
+        .map(|(name, _)| name.clone())
+        .collect();
+    Some(Ok(Filter {
+        label: "service".into(),
+        op,
+        value: text.to_string(),
+        values,
+    }))
+}
+
+/// Like [`parse_params`]; with a config, filters may also name the services' labels.
+pub fn parse_params_with(
+    raw: &str,
+    config: Option<&baton_config::Config>,
+) -> Result<ApiParams, String> {
     let mut profiler = "cpu".to_string();
     let mut since = None;
     let mut from = None;
@@ -56,7 +101,13 @@ pub fn parse_params(raw: &str) -> Result<ApiParams, String> {
             }
             "filter" => {
                 if !v.is_empty() {
-                    filters.push(Filter::parse(&v).map_err(|e| e.to_string())?)
+                    match Filter::parse(&v) {
+                        Ok(f) => filters.push(f),
+                        Err(e) => match config.and_then(|c| service_label_filter(&v, c)) {
+                            Some(f) => filters.push(f?),
+                            None => return Err(e.to_string()),
+                        },
+                    }
                 }
             }
             "step" => {
@@ -114,6 +165,27 @@ mod tests {
         assert_eq!(p.step_ms, 1000);
         assert!(parse_params("since=5x").is_err());
         assert!(parse_params("bogus=1").is_err());
+        // Service labels resolve through the config to the services that carry them.
+        let cfg = baton_config::load(
+            &[baton_config::SourceFile {
+                path: "s.toml".into(),
+                text: "[services.a]\nselector = { comm = \"a\" }\nlabels = { team = \"pay\" }\n[services.b]\nselector = { comm = \"b\" }\nlabels = { team = \"search\" }\n".into(),
+            }],
+            &["cpu"],
+        )
+        .expect("config");
+        let p = parse_params_with("filter=team%3Dpay", Some(&cfg)).expect("team=pay");
+        assert_eq!(p.query.filters[0].label, "service");
+        assert_eq!(p.query.filters[0].op, FilterOp::AnyOf);
+        assert_eq!(p.query.filters[0].values, vec!["a".to_string()]);
+        let p = parse_params_with("filter=team!%3Dpay", Some(&cfg)).expect("team!=pay");
+        assert_eq!(p.query.filters[0].op, FilterOp::NoneOf);
+        assert!(parse_params_with("filter=team~p.*", Some(&cfg)).is_err());
+        assert!(parse_params_with("filter=colour%3Dred", Some(&cfg)).is_err());
+        assert!(
+            parse_params("filter=team%3Dpay").is_err(),
+            "no config, no service labels"
+        );
         assert!(parse_params("from=5&to=5").is_err());
     }
 }

@@ -537,7 +537,7 @@ impl Store for DuckDbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::Filter;
+    use crate::query::{Filter, FilterOp};
 
     fn frame(kind: FrameKind, name: Option<&str>, addr: u64) -> Frame {
         Frame {
@@ -599,6 +599,22 @@ mod tests {
         let mut fq = q(0, 10_000);
         fq.filters.push(Filter::parse("comm=b").expect("f"));
         assert_eq!(s.profile(&fq).expect("p").total(), 5.0);
+        // Set filters (service labels resolve to these): in, not in, and the empty set.
+        let set = |op, values: &[&str]| Filter {
+            label: "comm".into(),
+            op,
+            value: String::new(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        let mut total = |f: Filter| {
+            let mut fq = q(0, 10_000);
+            fq.filters.push(f);
+            s.profile(&fq).expect("p").total()
+        };
+        assert_eq!(total(set(FilterOp::AnyOf, &["a", "zz"])), 40.0);
+        assert_eq!(total(set(FilterOp::AnyOf, &[])), 0.0);
+        assert_eq!(total(set(FilterOp::NoneOf, &["a"])), 5.0);
+        assert_eq!(total(set(FilterOp::NoneOf, &[])), 45.0);
         let named = s.named_stacks(&q(0, 10_000)).expect("named");
         assert_eq!(named.flame_tree(), p.flame_tree());
         assert_eq!(named.top_functions(), top);

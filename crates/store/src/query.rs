@@ -12,6 +12,10 @@ pub enum FilterOp {
     Eq,
     NotEq,
     Regex,
+    /// The label is one of `values` (e.g. the services that carry a service label).
+    AnyOf,
+    /// The label is none of `values`, or absent.
+    NoneOf,
 }
 
 /// One label filter: `comm=nginx`, `pid!=1`, `exe~/usr/bin/.*`.
@@ -20,10 +24,13 @@ pub struct Filter {
     pub label: String,
     pub op: FilterOp,
     pub value: String,
+    /// The set for [`FilterOp::AnyOf`] and [`FilterOp::NoneOf`].
+    pub values: Vec<String>,
 }
 
 impl Filter {
-    pub fn parse(s: &str) -> Result<Filter, StoreError> {
+    /// Splits `label=value`, `label!=value` or `label~regex` into its parts.
+    pub fn split(s: &str) -> Result<(&str, FilterOp, &str), StoreError> {
         let (label, op, value) = if let Some((l, v)) = s.split_once("!=") {
             (l, FilterOp::NotEq, v)
         } else if let Some((l, v)) = s.split_once('~') {
@@ -33,7 +40,11 @@ impl Filter {
         } else {
             return Err(StoreError::BadFilter(s.to_string()));
         };
-        let label = label.trim();
+        Ok((label.trim(), op, value))
+    }
+
+    pub fn parse(s: &str) -> Result<Filter, StoreError> {
+        let (label, op, value) = Filter::split(s)?;
         if !LABEL_COLUMNS.contains(&label) {
             return Err(StoreError::UnknownLabel(label.to_string()));
         }
@@ -41,6 +52,7 @@ impl Filter {
             label: label.to_string(),
             op,
             value: value.to_string(),
+            values: Vec::new(),
         })
     }
 }
@@ -76,13 +88,26 @@ impl Query {
             let Some(col) = LABEL_COLUMNS.iter().find(|c| **c == f.label) else {
                 continue;
             };
+            let set = || vec!["?"; f.values.len()].join(", ");
             let expr = match f.op {
                 FilterOp::Eq => format!(" AND CAST({col} AS VARCHAR) = ?"),
                 FilterOp::NotEq => format!(" AND CAST({col} AS VARCHAR) IS DISTINCT FROM ?"),
                 FilterOp::Regex => format!(" AND regexp_full_match(CAST({col} AS VARCHAR), ?)"),
+                FilterOp::AnyOf if f.values.is_empty() => " AND FALSE".to_string(),
+                FilterOp::NoneOf if f.values.is_empty() => String::new(),
+                FilterOp::AnyOf => format!(" AND CAST({col} AS VARCHAR) IN ({})", set()),
+                FilterOp::NoneOf => format!(
+                    " AND ({col} IS NULL OR CAST({col} AS VARCHAR) NOT IN ({}))",
+                    set()
+                ),
             };
             sql.push_str(&expr);
-            params.push(Param::Text(f.value.clone()));
+            match f.op {
+                FilterOp::AnyOf | FilterOp::NoneOf => {
+                    params.extend(f.values.iter().cloned().map(Param::Text))
+                }
+                _ => params.push(Param::Text(f.value.clone())),
+            }
         }
         (sql, params)
     }

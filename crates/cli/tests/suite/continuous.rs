@@ -122,6 +122,16 @@ continuous = [{ profiler = "cpu", target_samples_per_hour = 18000, duration = "1
             .any(|x| x["value"] == "burner"),
         "{v}"
     );
+    // A service's config labels filter through to its samples.
+    let by_team = |team: &str| {
+        let v = http_json(
+            &up.addr,
+            &format!("/api/v1/labels/service?since=1h&filter=team%3D{team}"),
+        );
+        v["values"].as_array().expect("values").len()
+    };
+    assert_eq!(by_team("test"), 1);
+    assert_eq!(by_team("nobody"), 0);
     assert!(up.stop().success());
 
     // What the tuner learnt is kept in the data directory and taken back on restart.
