@@ -19,6 +19,8 @@ pub struct CollectorOptions {
     pub cpu: CpuOptions,
     /// Value of the `host` label.
     pub host: String,
+    /// Ask the JVMs it samples for their JIT perf maps (`jcmd PID Compiler.perfmap`).
+    pub jvm_perf_maps: bool,
 }
 
 /// What one window produced.
@@ -39,6 +41,7 @@ pub struct CpuCollector {
     cgroups: CgroupResolver,
     exes: HashMap<u32, String>,
     host: String,
+    jvm: Option<crate::jvm::JvmMaps>,
 }
 
 fn read_exe(pid: u32) -> Option<String> {
@@ -63,6 +66,7 @@ impl CpuCollector {
             cgroups: CgroupResolver::default(),
             exes: HashMap::new(),
             host: opts.host.clone(),
+            jvm: opts.jvm_perf_maps.then(crate::jvm::JvmMaps::default),
         };
         c.discover();
         Ok(c)
@@ -101,9 +105,16 @@ impl CpuCollector {
         for pid in pids {
             // A pid whose executable changed has exec'd since its snapshot: take a new one.
             let exe = read_exe(pid);
+            if let (Some(jvm), Some(exe)) = (&mut self.jvm, &exe) {
+                if crate::jvm::is_jvm(exe) {
+                    jvm.request(pid, exe);
+                }
+            }
             if !self.symbolizer.knows(pid) || (exe.is_some() && exe.as_ref() != self.exes.get(&pid))
             {
                 self.observe(pid);
+                // A short-lived JIT process may be gone (with its map) by the end of the window.
+                self.symbolizer.refresh_perf_map(pid);
             }
         }
     }
@@ -119,12 +130,20 @@ impl CpuCollector {
     /// Drains the window and turns it into a batch. Updates `metrics` when given.
     pub fn collect(&mut self, metrics: Option<&AgentMetrics>) -> Result<WindowReport, AgentError> {
         let window = self.profiler.drain()?;
+        if let Some(jvm) = &mut self.jvm {
+            // Maps asked for during the window should be on disk before it is symbolized.
+            jvm.settle(std::time::Duration::from_secs(2));
+        }
         let period = self.profiler.period_ns();
         // Refresh snapshots of live processes in this window: it catches dlopen'ed libraries.
         let window_pids: HashSet<u32> = window.samples.iter().map(|s| s.pid).collect();
         for &pid in &window_pids {
             if pid != 0 && process_alive(pid) {
                 self.observe(pid);
+            }
+            // JIT runtimes append to their perf map as they compile: read it now.
+            if pid != 0 {
+                self.symbolizer.refresh_perf_map(pid);
             }
         }
         let mut samples = Vec::with_capacity(window.samples.len());

@@ -4,6 +4,7 @@
 pub mod attribute;
 mod cgroups;
 mod collector;
+pub mod jvm;
 pub mod metrics;
 pub mod observe;
 pub mod prom;

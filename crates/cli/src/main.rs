@@ -210,6 +210,10 @@ pub struct RecordArgs {
     /// Use the cpu-clock software event even where hardware cycles are available.
     #[arg(long)]
     pub cpu_clock: bool,
+    /// Do not ask sampled JVMs for their JIT symbol maps (by default Baton runs
+    /// `jcmd PID Compiler.perfmap`, as the JVM's user, every 2 s while it samples them).
+    #[arg(long)]
+    pub no_jvm_perf_map: bool,
     /// The command to start and profile from its first instruction.
     #[arg(last = true)]
     pub command: Vec<String>,

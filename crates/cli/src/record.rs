@@ -230,6 +230,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
             force_cpu_clock: a.cpu_clock,
         },
         host: baton_agent::hostname(),
+        jvm_perf_maps: !a.no_jvm_perf_map,
     };
     let mut collector = match CpuCollector::start(&opts) {
         Ok(c) => c,

@@ -89,6 +89,8 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
             force_cpu_clock: a.cpu_clock,
         },
         host: baton_agent::hostname(),
+        // Continuous whole-host profiling does not attach to JVMs.
+        jvm_perf_maps: false,
     };
     install_stop_handler();
     // The symbolizer and BPF skeleton are not Send, so the collector is built on its own thread
@@ -802,6 +804,9 @@ impl Driver {
                         force_cpu_clock: self.opts.cpu.force_cpu_clock,
                     },
                     host: self.opts.host.clone(),
+                    // On-demand and triggered runs ask JVMs for their JIT maps; continuous
+                    // runs do not attach to them.
+                    jvm_perf_maps: !continuous,
                 };
                 CpuCollector::start(&opts).map_err(|e| e.to_string())
             });

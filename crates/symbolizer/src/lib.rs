@@ -5,6 +5,7 @@
 //! symbolizer of the fleet issue can reuse the same keys and the same cache.
 
 mod maps;
+pub mod perfmap;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
 
 pub use maps::{parse_maps, MapEntry};
+pub use perfmap::PerfMap;
 
 /// A symbol found for one address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,8 @@ struct Module {
 pub struct SymbolizerStats {
     pub frames_resolved: u64,
     pub frames_unknown: u64,
+    /// Frames named from a JIT perf map.
+    pub frames_jit: u64,
     pub processes_without_maps: u64,
 }
 
@@ -52,6 +56,8 @@ pub struct HostSymbolizer {
     user_cache: HashMap<(usize, u64), Option<SymInfo>>,
     kernel_cache: HashMap<u64, Option<SymInfo>>,
     self_root: Option<(u64, u64)>,
+    /// JIT perf maps (`/tmp/perf-PID.map`) of processes that have one.
+    perf_maps: HashMap<u32, PerfMap>,
     /// Modules blazesym has opened since it was last rebuilt; see [`HostSymbolizer::trim`].
     opened_since_rebuild: HashSet<usize>,
     pub stats: SymbolizerStats,
@@ -84,6 +90,7 @@ impl HostSymbolizer {
             kernel_cache: HashMap::new(),
             self_root: dev_ino(Path::new("/proc/self/root")),
             opened_since_rebuild: HashSet::new(),
+            perf_maps: HashMap::new(),
             stats: SymbolizerStats::default(),
         }
     }
@@ -144,6 +151,49 @@ impl HostSymbolizer {
     /// Drops the snapshot of a process that is gone and no longer needed.
     pub fn forget_process(&mut self, pid: u32) {
         self.procs.remove(&pid);
+        self.perf_maps.remove(&pid);
+    }
+
+    /// Reads (or re-reads, when it grew) the JIT perf map of `pid`, if the process writes one.
+    /// Call it at collection time: runtimes write these files as they compile, and they vanish
+    /// with the container or the tmpfs. Returns the number of methods known for the pid.
+    pub fn refresh_perf_map(&mut self, pid: u32) -> usize {
+        let path = perfmap::path_of(pid);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return self.perf_maps.get(&pid).map_or(0, PerfMap::len);
+        };
+        if self
+            .perf_maps
+            .get(&pid)
+            .is_some_and(|m| m.read_len == meta.len())
+        {
+            return self.perf_maps[&pid].len();
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let m = PerfMap::parse(&text);
+                let n = m.len();
+                self.perf_maps.insert(pid, m);
+                n
+            }
+            Err(_) => self.perf_maps.get(&pid).map_or(0, PerfMap::len),
+        }
+    }
+
+    /// A JIT frame for `addr` of `pid`, from its perf map.
+    fn jit_frame(&mut self, pid: u32, addr: u64) -> Option<Frame> {
+        let name = self.perf_maps.get(&pid)?.lookup(addr)?.to_string();
+        self.stats.frames_jit += 1;
+        self.stats.frames_resolved += 1;
+        Some(Frame {
+            kind: FrameKind::Jit,
+            function: Some(name),
+            module: "[jit]".into(),
+            build_id: None,
+            address: addr,
+            file: None,
+            line: None,
+        })
     }
 
     /// Bounds memory: drops cached symbols of modules no known process maps any more, and
@@ -209,34 +259,52 @@ impl HostSymbolizer {
         }
         norm.iter()
             .zip(addrs)
-            .map(|(n, &a)| match n {
-                None => {
-                    self.stats.frames_unknown += 1;
-                    unknown_frame("[unknown]", None, a)
-                }
-                Some((idx, off)) => {
-                    let m = &self.modules[*idx];
-                    match self.user_cache.get(&(*idx, *off)).cloned().flatten() {
-                        Some(s) => {
-                            self.stats.frames_resolved += 1;
-                            Frame {
-                                kind: FrameKind::User,
-                                function: Some(s.function),
-                                module: m.path.clone(),
-                                build_id: m.build_id.clone(),
-                                address: *off,
-                                file: s.file,
-                                line: s.line,
-                            }
-                        }
-                        None => {
-                            self.stats.frames_unknown += 1;
-                            unknown_frame(&m.path, m.build_id.clone(), *off)
-                        }
+            .enumerate()
+            .map(|(i, (n, &a))| {
+                // Code outside any file (anonymous or memfd mappings) may be JIT code.
+                let lookup = if i > 0 { a.saturating_sub(1) } else { a };
+                let outside_files = n.is_none_or(|(idx, _)| {
+                    !self.modules[idx].path.starts_with('/')
+                        || self.modules[idx].path.starts_with("/memfd:")
+                });
+                if outside_files {
+                    if let Some(f) = self.jit_frame(pid, lookup) {
+                        return f;
                     }
                 }
+                self.native_frame(*n, a)
             })
             .collect()
+    }
+
+    fn native_frame(&mut self, n: Option<(usize, u64)>, a: u64) -> Frame {
+        match n {
+            None => {
+                self.stats.frames_unknown += 1;
+                unknown_frame("[unknown]", None, a)
+            }
+            Some((idx, off)) => {
+                let m = &self.modules[idx];
+                match self.user_cache.get(&(idx, off)).cloned().flatten() {
+                    Some(s) => {
+                        self.stats.frames_resolved += 1;
+                        Frame {
+                            kind: FrameKind::User,
+                            function: Some(s.function),
+                            module: m.path.clone(),
+                            build_id: m.build_id.clone(),
+                            address: off,
+                            file: s.file,
+                            line: s.line,
+                        }
+                    }
+                    None => {
+                        self.stats.frames_unknown += 1;
+                        unknown_frame(&m.path, m.build_id.clone(), off)
+                    }
+                }
+            }
+        }
     }
 
     /// Names from the ELF symbol table, which carries full (mangled, then demangled) paths such

@@ -226,3 +226,66 @@ fn cpp_names_are_demangled() {
         doc["top"]
     );
 }
+
+/// Runs `baton record` with its top table on stdout (JIT stacks nest deeper than a JSON parser's
+/// default recursion limit), and returns the self share of the functions whose name contains
+/// `needle`, with the table for messages.
+fn self_share_containing(args: &[&str], cmd: &[&str], needle: &str) -> (f64, String) {
+    require_root();
+    let mut c = baton();
+    c.args(["record", "cpu", "--top", "30"])
+        .args(args)
+        .arg("--")
+        .args(cmd);
+    let out = run(&mut c);
+    assert!(out.status.success(), "baton record failed");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let share = table
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .sum();
+    (share, table)
+}
+
+fn workload_source(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/workloads")
+        .join(name)
+}
+
+#[test]
+fn node_functions_are_named_from_its_perf_map() {
+    let script = workload_source("hot.js");
+    let (hot, table) = self_share_containing(
+        &["--frequency", "199"],
+        &[
+            "node",
+            "--perf-basic-prof",
+            script.to_str().expect("path"),
+            "3",
+        ],
+        "hotLoop",
+    );
+    assert!(hot > 50.0, "hotLoop has {hot:.1}% self:\n{table}");
+}
+
+#[test]
+fn java_hot_method_is_named_through_jcmd() {
+    let dir = scratch("java-classes");
+    let st = Command::new("javac")
+        .arg("-d")
+        .arg(&dir)
+        .arg(workload_source("Hot.java"))
+        .status()
+        .expect(
+            "javac must be installed (scripts/install-deps.sh installs openjdk-17-jdk-headless)",
+        );
+    assert!(st.success(), "javac failed");
+    let (hot, table) = self_share_containing(
+        &["--frequency", "199"],
+        &["java", "-cp", dir.to_str().expect("path"), "Hot", "4"],
+        "Hot.hotMethod",
+    );
+    assert!(hot > 50.0, "Hot.hotMethod has {hot:.1}% self:\n{table}");
+}
