@@ -12,6 +12,10 @@ pub enum FrameKind {
     User,
     /// A JIT frame named from a perf map on the host.
     Jit,
+    /// A function inlined into the frame that follows it (its caller), at the same code
+    /// address: `module`, `build_id` and `address` are the caller's, `function`, `file` and
+    /// `line` its own, resolved on the host from DWARF.
+    Inlined,
 }
 
 impl FrameKind {
@@ -20,6 +24,7 @@ impl FrameKind {
             FrameKind::Kernel => 0,
             FrameKind::User => 1,
             FrameKind::Jit => 2,
+            FrameKind::Inlined => 3,
         }
     }
 
@@ -28,6 +33,7 @@ impl FrameKind {
             0 => Some(FrameKind::Kernel),
             1 => Some(FrameKind::User),
             2 => Some(FrameKind::Jit),
+            3 => Some(FrameKind::Inlined),
             _ => None,
         }
     }

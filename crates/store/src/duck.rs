@@ -53,11 +53,17 @@ fn symbol_key(f: &Frame) -> String {
 }
 
 fn frame_id(f: &Frame) -> u64 {
+    // Inlined frames share their caller's address: their function tells them apart.
+    let inlined = match f.kind {
+        FrameKind::Inlined => f.function.as_deref().unwrap_or(""),
+        _ => "",
+    };
     fnv1a(&[
         &[f.kind.as_u8()],
         f.module.as_bytes(),
         f.build_id.as_deref().unwrap_or("").as_bytes(),
         &f.address.to_le_bytes(),
+        inlined.as_bytes(),
     ])
 }
 
@@ -300,7 +306,8 @@ impl DuckDbStore {
                 .collect::<Vec<_>>()
                 .join(",");
             let sql = format!(
-                "SELECT f.frame_id, f.kind, f.module, f.build_id, f.address, f.name, s.function, s.file, s.line
+                "SELECT f.frame_id, f.kind, f.module, f.build_id, f.address, f.name, s.function,
+                        coalesce(f.file, s.file), coalesce(f.line, s.line)
                  FROM frames f LEFT JOIN symbols s
                    ON s.build_id = coalesce(f.build_id, 'path:' || f.module) AND s.file_offset = f.address AND f.kind = 1
                  WHERE f.frame_id IN ({list})"
@@ -373,13 +380,21 @@ impl Store for DuckDbStore {
                     FrameKind::User => None,
                     _ => f.function.clone(),
                 };
+                // Only inlined frames keep their own source location here; a user frame's is in
+                // `symbols`, keyed by build ID and offset.
+                let (file, line) = match f.kind {
+                    FrameKind::Inlined => (f.file.clone(), f.line.map(|l| l as i32)),
+                    _ => (None, None),
+                };
                 app.append_row(params![
                     fid,
                     f.kind.as_u8(),
                     f.module,
                     f.build_id,
                     f.address,
-                    name
+                    name,
+                    file,
+                    line
                 ])?;
             }
             let mut app = tx.appender("symbols")?;
@@ -583,6 +598,34 @@ mod tests {
             to_ms: to,
             filters: vec![],
         }
+    }
+
+    #[test]
+    fn inlined_frames_keep_their_own_name_and_line() {
+        let mut s = DuckDbStore::in_memory().expect("open");
+        let mut b = batch(1000, "a", "outer", 10, 1.0);
+        let outer = b.samples[0].stack[0].clone();
+        let inl = |name: &str, line: u32| Frame {
+            kind: FrameKind::Inlined,
+            function: Some(name.into()),
+            file: Some("/src/x.c".into()),
+            line: Some(line),
+            ..outer.clone()
+        };
+        // Two functions inlined at the same address as `outer`: three distinct frames.
+        b.samples[0].stack.insert(0, inl("mid_inl", 20));
+        b.samples[0].stack.insert(0, inl("leaf_inl", 10));
+        s.write_batch(&b).expect("write");
+        let p = s.profile(&q(0, 10_000)).expect("profile");
+        let stack = &p.samples[0].stack;
+        assert_eq!(stack.len(), 4, "{stack:?}");
+        assert_eq!(stack[0].kind, FrameKind::Inlined);
+        assert_eq!(stack[0].function.as_deref(), Some("leaf_inl"));
+        assert_eq!(stack[0].line, Some(10));
+        assert_eq!(stack[1].function.as_deref(), Some("mid_inl"));
+        assert_eq!(stack[1].file.as_deref(), Some("/src/x.c"));
+        assert_eq!(stack[2].function.as_deref(), Some("outer"));
+        assert_eq!(stack[2].kind, FrameKind::User);
     }
 
     #[test]

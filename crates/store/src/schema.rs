@@ -44,6 +44,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE samples ADD COLUMN run BIGINT;",
     // 3: the config service a sample's process belongs to (by its selector), if any.
     "ALTER TABLE samples ADD COLUMN service VARCHAR;",
+    // 4: inlined frames carry their own source location (their name is in `frames.name`).
+    "ALTER TABLE frames ADD COLUMN file VARCHAR; ALTER TABLE frames ADD COLUMN line INTEGER;",
 ];
 
 /// The schema version this build writes.

@@ -25,6 +25,8 @@ pub struct SymInfo {
     pub function: String,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// Functions inlined at this address, outermost first, each with its own location.
+    pub inlined: Vec<(String, Option<String>, Option<u32>)>,
 }
 
 /// An ELF module seen in some process, identified by device, inode and path.
@@ -260,7 +262,7 @@ impl HostSymbolizer {
         norm.iter()
             .zip(addrs)
             .enumerate()
-            .map(|(i, (n, &a))| {
+            .flat_map(|(i, (n, &a))| {
                 // Code outside any file (anonymous or memfd mappings) may be JIT code.
                 let lookup = if i > 0 { a.saturating_sub(1) } else { a };
                 let outside_files = n.is_none_or(|(idx, _)| {
@@ -269,12 +271,40 @@ impl HostSymbolizer {
                 });
                 if outside_files {
                     if let Some(f) = self.jit_frame(pid, lookup) {
-                        return f;
+                        return vec![f];
                     }
                 }
-                self.native_frame(*n, a)
+                self.native_frames(*n, a)
             })
             .collect()
+    }
+
+    /// The frame of a native address, preceded (leaf first) by the functions inlined there.
+    fn native_frames(&mut self, n: Option<(usize, u64)>, a: u64) -> Vec<Frame> {
+        let Some((idx, off)) = n else {
+            return vec![self.native_frame(n, a)];
+        };
+        let inlined = match self.user_cache.get(&(idx, off)) {
+            Some(Some(s)) if !s.inlined.is_empty() => s.inlined.clone(),
+            _ => return vec![self.native_frame(n, a)],
+        };
+        let m = &self.modules[idx];
+        let mut out: Vec<Frame> = inlined
+            .into_iter()
+            .rev()
+            .map(|(name, file, line)| Frame {
+                kind: FrameKind::Inlined,
+                function: Some(name),
+                module: m.path.clone(),
+                build_id: m.build_id.clone(),
+                address: off,
+                file,
+                line,
+            })
+            .collect();
+        self.stats.frames_resolved += out.len() as u64;
+        out.push(self.native_frame(n, a));
+        out
     }
 
     fn native_frame(&mut self, n: Option<(usize, u64)>, a: u64) -> Frame {
@@ -335,6 +365,7 @@ impl HostSymbolizer {
                 (Some(mut s), Some(d)) => {
                     s.file = d.file;
                     s.line = d.line;
+                    s.inlined = d.inlined;
                     Some(s)
                 }
                 (s, d) => s.or(d),
@@ -400,7 +431,7 @@ fn new_blazesym() -> Symbolizer {
     Symbolizer::builder()
         .enable_demangling(true)
         .enable_code_info(true)
-        .enable_inlined_fns(false)
+        .enable_inlined_fns(true)
         .build()
 }
 
@@ -423,10 +454,22 @@ fn sym_info(s: Symbolized<'_>) -> Option<SymInfo> {
                 Some(ci) => (Some(ci.to_path().display().to_string()), ci.line),
                 None => (None, None),
             };
+            let inlined = sym
+                .inlined
+                .iter()
+                .map(|f| {
+                    let (file, line) = match &f.code_info {
+                        Some(ci) => (Some(ci.to_path().display().to_string()), ci.line),
+                        None => (None, None),
+                    };
+                    (f.name.to_string(), file, line)
+                })
+                .collect();
             Some(SymInfo {
                 function: sym.name.into_owned(),
                 file,
                 line,
+                inlined,
             })
         }
         Symbolized::Unknown(_) => None,

@@ -289,3 +289,45 @@ fn java_hot_method_is_named_through_jcmd() {
     );
     assert!(hot > 50.0, "Hot.hotMethod has {hot:.1}% self:\n{table}");
 }
+
+#[test]
+fn an_inlined_function_is_its_own_frame_with_its_line() {
+    require_root();
+    let w = workload("inline");
+    // The top table: `crunch`, inlined into `work`, is a frame of its own with the self time.
+    let (crunch, table) = self_share_containing(
+        &["--frequency", "199"],
+        &[w.to_str().expect("path"), "2"],
+        "crunch",
+    );
+    assert!(crunch > 80.0, "crunch has {crunch:.1}% self:\n{table}");
+    assert!(
+        table.lines().any(|l| l.trim_end().ends_with(" work")),
+        "work, the function it was inlined into, is missing:\n{table}"
+    );
+    // pprof: the inlined function is a line of its caller's location, with its source line.
+    let dir = scratch("pprof-inline");
+    let file = dir.join("inline.pb.gz");
+    let mut c = baton();
+    c.args(["record", "cpu", "--frequency", "199", "--output"])
+        .arg(&file)
+        .arg("--")
+        .arg(&w)
+        .arg("2");
+    assert!(run(&mut c).status.success());
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", "-lines"])
+        .arg(&file)
+        .env("HOME", &dir)
+        .output()
+        .expect("`go` must be installed (golang-go) to read pprof files");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(out.status.success(), "go tool pprof failed");
+    // The loop is on line 10 of tests/workloads/inline.c.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("crunch") && l.contains("inline.c:10") && l.contains("(inline)")),
+        "no inlined crunch at inline.c:10 in pprof -lines:\n{text}"
+    );
+}

@@ -9,6 +9,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use prost::Message;
 
+use crate::frame::Frame;
 use crate::frame::{FrameKind, KERNEL_MODULE};
 use crate::profile::Profile;
 
@@ -183,12 +184,20 @@ pub fn build(profile: &Profile) -> PbProfile {
 
     let mut mappings: HashMap<(String, Option<String>), u64> = HashMap::new();
     let mut functions: HashMap<(String, String), u64> = HashMap::new();
-    let mut locations: HashMap<(FrameKind, String, u64, Option<String>), u64> = HashMap::new();
+    type LocationKey = (FrameKind, String, u64, Option<String>, Vec<String>);
+    let mut locations: HashMap<LocationKey, u64> = HashMap::new();
     let mut mapping_unresolved: HashMap<u64, bool> = HashMap::new();
 
     for s in &profile.samples {
         let mut loc_ids = Vec::with_capacity(s.stack.len());
+        // Inlined frames (leaf first) wait for the frame they were inlined into, and become
+        // the first lines of its location, as pprof represents inlining.
+        let mut inlined: Vec<&Frame> = Vec::new();
         for f in &s.stack {
+            if f.kind == FrameKind::Inlined {
+                inlined.push(f);
+                continue;
+            }
             let mkey = (f.module.clone(), f.build_id.clone());
             let mid = match mappings.get(&mkey) {
                 Some(&id) => id,
@@ -213,46 +222,41 @@ pub fn build(profile: &Profile) -> PbProfile {
                     id
                 }
             };
-            let lkey = (f.kind, f.module.clone(), f.address, f.function.clone());
+            let chain: Vec<String> = inlined.iter().map(|i| i.display_name()).collect();
+            let lkey = (
+                f.kind,
+                f.module.clone(),
+                f.address,
+                f.function.clone(),
+                chain,
+            );
             let lid = match locations.get(&lkey) {
                 Some(&id) => id,
                 None => {
                     let id = pb.location.len() as u64 + 1;
-                    let name = f.display_name();
-                    let file = f.file.clone().unwrap_or_default();
-                    let fkey = (name.clone(), file.clone());
-                    let fid = match functions.get(&fkey) {
-                        Some(&id) => id,
-                        None => {
-                            let fid = pb.function.len() as u64 + 1;
-                            let n = st.get(&name);
-                            let fname = st.get(&file);
-                            pb.function.push(PbFunction {
-                                id: fid,
-                                name: n,
-                                system_name: n,
-                                filename: fname,
-                            });
-                            functions.insert(fkey, fid);
-                            fid
-                        }
-                    };
                     if f.function.is_none() {
                         mapping_unresolved.insert(mid, true);
                     }
+                    let lines = inlined
+                        .iter()
+                        .copied()
+                        .chain(std::iter::once(f))
+                        .map(|fr| PbLine {
+                            function_id: function_id(&mut pb, &mut st, &mut functions, fr),
+                            line: fr.line.map(i64::from).unwrap_or(0),
+                        })
+                        .collect();
                     pb.location.push(PbLocation {
                         id,
                         mapping_id: mid,
                         address: f.address,
-                        line: vec![PbLine {
-                            function_id: fid,
-                            line: f.line.map(i64::from).unwrap_or(0),
-                        }],
+                        line: lines,
                     });
                     locations.insert(lkey, id);
                     id
                 }
             };
+            inlined.clear();
             loc_ids.push(lid);
         }
         let weighted = s.weighted();
@@ -294,6 +298,32 @@ pub fn build(profile: &Profile) -> PbProfile {
     }
     pb.string_table = st.table;
     pb
+}
+
+/// The pprof function of a frame (by display name and file), added on first use.
+fn function_id(
+    pb: &mut PbProfile,
+    st: &mut Strings,
+    functions: &mut HashMap<(String, String), u64>,
+    f: &Frame,
+) -> u64 {
+    let name = f.display_name();
+    let file = f.file.clone().unwrap_or_default();
+    let key = (name, file);
+    if let Some(&id) = functions.get(&key) {
+        return id;
+    }
+    let id = pb.function.len() as u64 + 1;
+    let n = st.get(&key.0);
+    let fname = st.get(&key.1);
+    pb.function.push(PbFunction {
+        id,
+        name: n,
+        system_name: n,
+        filename: fname,
+    });
+    functions.insert(key, id);
+    id
 }
 
 /// Writes the profile as gzip-compressed protobuf.
