@@ -503,9 +503,14 @@ mod tests {
         assert!(s.observe_process(pid));
         let addr = a_known_function as *const () as u64;
         let frames = s.user_frames(pid, &[addr]);
-        assert_eq!(frames.len(), 1);
-        let f = &frames[0];
+        // Code inlined at the function's first instruction (black_box) comes first, as frames
+        // of its own at the same offset; the function itself is the last frame.
+        let f = frames.last().expect("a frame");
         assert_eq!(f.kind, FrameKind::User);
+        for inl in &frames[..frames.len() - 1] {
+            assert_eq!(inl.kind, FrameKind::Inlined, "{frames:?}");
+            assert_eq!((&inl.module, inl.address), (&f.module, f.address));
+        }
         let name = f.function.as_deref().unwrap_or("");
         // Demangled: the Rust path, without the `17h…E` hash suffix of the mangled symbol.
         assert_eq!(name, "baton_symbolizer::tests::a_known_function");
