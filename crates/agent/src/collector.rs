@@ -196,6 +196,8 @@ impl CpuCollector {
                 .store(self.symbolizer.stats.frames_resolved, Ordering::Relaxed);
             m.frames_unknown
                 .store(self.symbolizer.stats.frames_unknown, Ordering::Relaxed);
+            m.frames_jit
+                .store(self.symbolizer.stats.frames_jit, Ordering::Relaxed);
         }
         Ok(WindowReport {
             batch: Batch {

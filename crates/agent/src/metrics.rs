@@ -17,6 +17,8 @@ pub struct AgentMetrics {
     pub bpf_run_count: AtomicU64,
     pub frames_unknown: AtomicU64,
     pub frames_resolved: AtomicU64,
+    /// Frames named from a JIT perf map (also counted in `frames_resolved`).
+    pub frames_jit: AtomicU64,
     pub batches_written: AtomicU64,
     pub batch_write_errors: AtomicU64,
     pub sample_rows_written: AtomicU64,
@@ -107,6 +109,12 @@ impl AgentMetrics {
                 "Frames symbolized on this host.",
                 "counter",
                 g(&self.frames_resolved),
+            ),
+            (
+                "baton_frames_jit_total",
+                "User frames named from a JIT perf map (also counted as resolved).",
+                "counter",
+                g(&self.frames_jit),
             ),
             (
                 "baton_frames_unknown_total",
