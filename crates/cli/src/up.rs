@@ -130,10 +130,10 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     let tuner_file = data.join(TUNER_FILE);
-    let triggers = TriggerWatch::default();
+    let scraped: Arc<Mutex<Vec<baton_scheduler::Observation>>> = Arc::default();
     if let Some(live) = &live {
         let live = live.clone();
-        let out = triggers.scraped.clone();
+        let out = scraped.clone();
         let metrics = metrics.clone();
         std::thread::Builder::new()
             .name("baton-scrape".into())
@@ -175,7 +175,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                     desired,
                     status,
                     live,
-                    triggers,
+                    triggers: TriggerWatch::new(scraped),
                     budgets: WriteBudgets::default(),
                     guard: OverheadGuard::default(),
                     tuner,

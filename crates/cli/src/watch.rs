@@ -1,6 +1,6 @@
-//! What `baton up` observes for the config's triggers: process and host CPU, RSS growth and
-//! new executables from /proc (once a second), and Prometheus metrics scraped from URLs (on
-//! their own thread, so a slow endpoint never stalls the driver).
+//! What `baton up` observes for the config's triggers: process and host CPU and RSS growth from
+//! /proc (once a second), new executables from BPF exec events, and Prometheus metrics scraped
+//! from URLs (on their own thread, so a slow endpoint never stalls the driver).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -11,18 +11,24 @@ use baton_agent::observe::{ExecWatch, HostCpu, ProcessCpu, RssWatch};
 use baton_agent::targets::selector_pids;
 use baton_agent::AgentMetrics;
 use baton_config::{Config, TriggerCondition};
+use baton_profilers::exec::ExecEvents;
 use baton_scheduler::{JobRequest, Observation, TriggerEngine};
 use baton_server::LiveConfig;
 
 /// How often Prometheus endpoints named by triggers are scraped.
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Trigger state and the observers that feed it.
+/// Trigger state and the observers that feed it. Not `Send` (the BPF exec watcher is tied to
+/// its thread): build it on the thread that polls it.
 #[derive(Default)]
 pub struct TriggerWatch {
     pub engine: TriggerEngine,
     cpu: HashMap<String, ProcessCpu>,
     rss: HashMap<String, RssWatch>,
+    /// Exec events from BPF, started when a config first has an exec rule.
+    exec_bpf: Option<ExecEvents>,
+    /// The BPF exec watcher could not start: poll /proc instead.
+    exec_polling: bool,
     exec: ExecWatch,
     host: HostCpu,
     last: Option<Instant>,
@@ -31,6 +37,45 @@ pub struct TriggerWatch {
 }
 
 impl TriggerWatch {
+    /// A watch whose Prometheus observations arrive through `scraped`.
+    pub fn new(scraped: Arc<Mutex<Vec<Observation>>>) -> TriggerWatch {
+        TriggerWatch {
+            scraped,
+            ..Default::default()
+        }
+    }
+
+    /// Processes that exec'd since the last call: from BPF (every exec, however short-lived
+    /// the process), or, where the BPF watcher cannot start, by polling /proc once a second.
+    fn execs(&mut self) -> Vec<(u32, String)> {
+        if self.exec_bpf.is_none() && !self.exec_polling {
+            match ExecEvents::start() {
+                Ok(e) => self.exec_bpf = Some(e),
+                Err(e) => {
+                    eprintln!("baton up: exec watcher: BPF unavailable ({e}); polling /proc once a second instead");
+                    self.exec_polling = true;
+                    // The first scan only primes.
+                    self.exec.scan();
+                }
+            }
+        }
+        match &mut self.exec_bpf {
+            Some(bpf) => bpf
+                .take()
+                .into_iter()
+                .map(|(pid, file)| {
+                    // The resolved path where the process still lives; else what execve got.
+                    let exe = baton_agent::targets::exe_of(pid).unwrap_or(file);
+                    (
+                        pid,
+                        exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string(),
+                    )
+                })
+                .collect(),
+            None => self.exec.scan(),
+        }
+    }
+
     /// Once a second: observes what the config's triggers ask about and returns the runs they
     /// fire. `host` is the scheduler's name for this host.
     pub fn poll(&mut self, config: &Config, host: &str, now: u64) -> Vec<JobRequest> {
@@ -53,7 +98,7 @@ impl TriggerWatch {
             None
         };
         let execs = if wants(|c| matches!(c, TriggerCondition::Exec { .. })) {
-            self.exec.scan()
+            self.execs()
         } else {
             Vec::new()
         };

@@ -4,6 +4,7 @@
 //! `src/bpf/<name>.bpf.c` and is compiled into a skeleton by `build.rs`.
 
 pub mod cpu;
+pub mod exec;
 mod perf;
 pub mod sys;
 

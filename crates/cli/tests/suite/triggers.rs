@@ -1,5 +1,6 @@
-//! Live trigger observation in a real `baton up`: a process exec'ing a matching binary, RSS
-//! growing faster than a rate, and a threshold on a Prometheus metric scraped from a URL.
+//! Live trigger observation in a real `baton up`: a process exec'ing a matching binary (even one
+//! that lives a millisecond), RSS growing faster than a rate, and a threshold on a Prometheus
+//! metric scraped from a URL.
 
 use std::io::{Read, Write};
 use std::process::Command;
@@ -76,6 +77,16 @@ duration = "1s"
 cooldown = "10m"
 max_per_hour = 1
 
+[services.quick]
+selector = {{ comm = "baton-probe" }}
+[[services.quick.triggers]]
+kind = "exec"
+pattern = "*/baton-exec-quick"
+profiler = "cpu"
+duration = "1s"
+cooldown = "10m"
+max_per_hour = 1
+
 [services.grower]
 selector = {{ comm = "grow" }}
 [[services.grower.triggers]]
@@ -124,6 +135,19 @@ max_per_hour = 1
         triggered(&up.addr, "trigger:fresh#0").into_iter().next()
     });
     assert_eq!(run["target"], format!("pid:{}", p.id()).as_str(), "{run}");
+
+    // Exec of a process that lives about a millisecond: BPF exec events still see it (polling
+    // /proc would almost never). Its run then finds no process to profile.
+    let quick = scratch("exec-quick").join("baton-exec-quick");
+    std::fs::copy("/bin/true", &quick).expect("copy true");
+    let q = Command::new(&quick).spawn().expect("quick");
+    let quick_pid = q.id();
+    let mut q = q;
+    assert!(q.wait().expect("wait quick").success());
+    let run = eventually(20, "the short-lived exec's trigger to fire", || {
+        triggered(&up.addr, "trigger:quick#0").into_iter().next()
+    });
+    assert_eq!(run["target"], format!("pid:{quick_pid}").as_str(), "{run}");
 
     // RSS growth: about 20 MiB/s against a 5 MiB/s rule.
     let mut g = Command::new(&grow).arg("12").spawn().expect("grow");
