@@ -100,6 +100,8 @@ impl TriggerWatch {
         let execs = if wants(|c| matches!(c, TriggerCondition::Exec { .. })) {
             self.execs()
         } else {
+            // No exec rule (any more): detach the watcher rather than let events pile up.
+            self.exec_bpf = None;
             Vec::new()
         };
         let mut obs = Vec::new();
