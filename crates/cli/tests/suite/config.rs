@@ -159,7 +159,7 @@ fn a_write_budget_over_limit_downsamples_or_refuses_and_counts_it() {
         ],
     );
     let mut w = std::process::Command::new(&split)
-        .arg("6")
+        .arg("30")
         .spawn()
         .expect("workload");
     let metric = |name: &str| -> f64 {
@@ -178,7 +178,12 @@ fn a_write_budget_over_limit_downsamples_or_refuses_and_counts_it() {
             >= 1.0)
             .then_some(())
     });
-    assert!(metric("baton_write_budget_dropped_rows_total") >= 1.0);
+    // A down-sampled batch may by chance keep every row; the host stays over budget, so rows
+    // are dropped soon enough.
+    eventually(40, "dropped rows to be counted", || {
+        (metric("baton_write_budget_dropped_rows_total") >= 1.0).then_some(())
+    });
+    let _ = w.kill();
     let _ = w.wait();
     assert!(up.stop().success());
 }
