@@ -44,12 +44,6 @@ pub struct CpuCollector {
     jvm: Option<crate::jvm::JvmMaps>,
 }
 
-fn read_exe(pid: u32) -> Option<String> {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    let exe = exe.display().to_string();
-    Some(exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string())
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -104,7 +98,7 @@ impl CpuCollector {
         pids.extend(self.profiler.target_pids());
         for pid in pids {
             // A pid whose executable changed has exec'd since its snapshot: take a new one.
-            let exe = read_exe(pid);
+            let exe = crate::targets::exe_of(pid);
             if let (Some(jvm), Some(exe)) = (&mut self.jvm, &exe) {
                 if crate::jvm::is_jvm(exe) {
                     jvm.request(pid, exe);
@@ -121,7 +115,7 @@ impl CpuCollector {
 
     fn observe(&mut self, pid: u32) {
         if self.symbolizer.observe_process(pid) {
-            if let Some(exe) = read_exe(pid) {
+            if let Some(exe) = crate::targets::exe_of(pid) {
                 self.exes.insert(pid, exe);
             }
         }

@@ -1,40 +1,14 @@
 //! The Prometheus text exposition format, read just far enough to pick one series' value for
 //! a trigger: `name{label="value",…} value [timestamp]` lines, `#` comments skipped.
 
+use baton_config::metric::{parse_label_set, MetricSelector};
+
 /// One sample line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     pub name: String,
     pub labels: Vec<(String, String)>,
     pub value: f64,
-}
-
-/// Parses a label set body (between the braces): `a="x",b="y\"z"`.
-fn parse_labels(body: &str) -> Option<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    let mut rest = body.trim();
-    while !rest.is_empty() {
-        let eq = rest.find('=')?;
-        let key = rest[..eq].trim().to_string();
-        rest = rest[eq + 1..].trim_start().strip_prefix('"')?;
-        let mut value = String::new();
-        let mut chars = rest.char_indices();
-        let end = loop {
-            let (i, c) = chars.next()?;
-            match c {
-                '\\' => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => break i,
-                c => value.push(c),
-            }
-        };
-        out.push((key, value));
-        rest = rest[end + 1..].trim_start();
-        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
-    }
-    Some(out)
 }
 
 /// Every well-formed sample line of a scrape; malformed lines are skipped.
@@ -50,7 +24,7 @@ pub fn parse(text: &str) -> Vec<Series> {
                 let Some(close) = line.rfind('}') else {
                     continue;
                 };
-                let Some(labels) = parse_labels(&line[open + 1..close]) else {
+                let Some(labels) = parse_label_set(&line[open + 1..close]) else {
                     continue;
                 };
                 (&line[..open], labels, &line[close + 1..])
@@ -80,50 +54,13 @@ pub fn parse(text: &str) -> Vec<Series> {
     out
 }
 
-/// A trigger's series selector: `name` or `name{label="value",…}` (every given label must match).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Selector {
-    pub name: String,
-    pub labels: Vec<(String, String)>,
-}
-
-impl Selector {
-    pub fn parse(s: &str) -> Result<Selector, String> {
-        let s = s.trim();
-        let (name, labels) = match s.find('{') {
-            Some(open) => {
-                let body = s[open + 1..]
-                    .strip_suffix('}')
-                    .ok_or_else(|| format!("bad metric selector {s:?}: missing `}}`"))?;
-                let labels = parse_labels(body).ok_or_else(|| {
-                    format!("bad metric selector {s:?}: use name{{label=\"value\"}}")
-                })?;
-                (&s[..open], labels)
-            }
-            None => (s, Vec::new()),
-        };
-        let ok = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-            && !name.starts_with(|c: char| c.is_ascii_digit());
-        if !ok {
-            return Err(format!("bad metric name {name:?}"));
-        }
-        Ok(Selector {
-            name: name.to_string(),
-            labels,
-        })
-    }
-
-    /// The largest value among the series it matches, if any matches.
-    pub fn value(&self, series: &[Series]) -> Option<f64> {
-        series
-            .iter()
-            .filter(|s| s.name == self.name && self.labels.iter().all(|l| s.labels.contains(l)))
-            .map(|s| s.value)
-            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
-    }
+/// The largest value among the series `sel` matches, if any matches.
+pub fn value(sel: &MetricSelector, series: &[Series]) -> Option<f64> {
+    series
+        .iter()
+        .filter(|s| s.name == sel.name && sel.labels.iter().all(|l| s.labels.contains(l)))
+        .map(|s| s.value)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
 }
 
 #[cfg(test)]
@@ -148,16 +85,13 @@ broken{x="1" 5
             vec![("msg".into(), "a \"quoted\", comma".into())]
         );
         assert_eq!(s[3].value, 300.0);
-        let any = Selector::parse("http_latency_p99_seconds").expect("selector");
-        assert_eq!(any.value(&s), Some(0.75));
-        let a = Selector::parse(r#"http_latency_p99_seconds{route="/a"}"#).expect("selector");
-        assert_eq!(a.value(&s), Some(0.25));
-        assert_eq!(
-            Selector::parse("queue_depth").expect("q").value(&s),
-            Some(12.0)
-        );
-        assert_eq!(Selector::parse("missing").expect("m").value(&s), None);
-        assert!(Selector::parse("9bad").is_err());
-        assert!(Selector::parse("x{a=1}").is_err());
+        let sel = |t: &str| MetricSelector::parse(t).expect("selector");
+        assert_eq!(value(&sel("http_latency_p99_seconds"), &s), Some(0.75));
+        let a = sel(r#"http_latency_p99_seconds{route="/a"}"#);
+        assert_eq!(value(&a, &s), Some(0.25));
+        assert_eq!(value(&sel("queue_depth"), &s), Some(12.0));
+        assert_eq!(value(&sel("missing"), &s), None);
+        assert!(MetricSelector::parse("9bad").is_err());
+        assert!(MetricSelector::parse("x{a=1}").is_err());
     }
 }

@@ -51,10 +51,12 @@ pub fn comm_of(pid: u32) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
+/// The executable of a process, without the ` (deleted)` the kernel appends once the file
+/// was replaced (a deploy), so the path stays the one selectors and exec patterns name.
 pub fn exe_of(pid: u32) -> Option<String> {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.display().to_string())
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let exe = exe.display().to_string();
+    Some(exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string())
 }
 
 /// The cgroup v2 path of a process, from `/proc/PID/cgroup` (`0::/path`).

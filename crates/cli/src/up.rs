@@ -556,11 +556,11 @@ impl Driver {
     }
 
     /// Evaluates the config's triggers and queues the runs they fire.
-    fn watch_triggers(&mut self, now: u64) {
-        let Some(config) = self.config() else {
+    fn watch_triggers(&mut self, config: Option<&baton_config::Config>, now: u64) {
+        let Some(config) = config else {
             return;
         };
-        let requests = self.triggers.poll(&config, LOCAL_HOST, now);
+        let requests = self.triggers.poll(config, LOCAL_HOST, now);
         let fired: u64 = self.triggers.engine.fired.values().sum();
         let suppressed: u64 = self.triggers.engine.suppressed.values().sum();
         self.metrics.trigger_firings.store(fired, Ordering::Relaxed);
@@ -678,7 +678,7 @@ impl Driver {
                 self.draw_continuous(&rules, c, now);
             }
             self.tune(&rules, config.as_ref(), now);
-            self.watch_triggers(now);
+            self.watch_triggers(config.as_ref(), now);
             self.guard_overhead();
             self.retune_frequency();
             if let Some(c) = &mut self.continuous {
@@ -918,20 +918,7 @@ impl Driver {
             self.guard.last = Some((now, cpu, bpf));
             return;
         };
-        let limits = self
-            .live
-            .as_ref()
-            .and_then(|l| {
-                Some(
-                    l.read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .config
-                        .as_ref()?
-                        .host
-                        .clone(),
-                )
-            })
-            .unwrap_or_default();
+        let limits = self.config().map(|c| c.host).unwrap_or_default();
         let elapsed = now.duration_since(t0).as_secs_f64();
         if elapsed < limits.overhead_check_interval.as_secs_f64().max(1.0) {
             return;
@@ -946,20 +933,7 @@ impl Driver {
         self.metrics
             .overhead_percent_milli
             .store((pct * 1000.0) as u64, Ordering::Relaxed);
-        let budget = self
-            .live
-            .as_ref()
-            .and_then(|l| {
-                Some(
-                    l.read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .config
-                        .as_ref()?
-                        .host
-                        .overhead_budget_percent,
-                )
-            })
-            .unwrap_or_else(|| baton_config::HostLimits::default().overhead_budget_percent);
+        let budget = limits.overhead_budget_percent;
         if pct <= budget || self.guard.stopped_until.is_some() {
             return;
         }

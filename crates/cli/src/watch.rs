@@ -65,11 +65,7 @@ impl TriggerWatch {
                 .into_iter()
                 .map(|(pid, file)| {
                     // The resolved path where the process still lives; else what execve got.
-                    let exe = baton_agent::targets::exe_of(pid).unwrap_or(file);
-                    (
-                        pid,
-                        exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string(),
-                    )
+                    (pid, baton_agent::targets::exe_of(pid).unwrap_or(file))
                 })
                 .collect(),
             None => self.exec.scan(),
@@ -236,9 +232,9 @@ pub fn scrape_loop(
                 eprintln!("baton up: scraping {url} works again");
             }
             for (service, metric) in rules {
-                let value = baton_agent::prom::Selector::parse(&metric)
+                let value = baton_config::MetricSelector::parse(&metric)
                     .ok()
-                    .and_then(|sel| sel.value(&series));
+                    .and_then(|sel| baton_agent::prom::value(&sel, &series));
                 match value {
                     Some(value) => {
                         out.lock()

@@ -19,8 +19,11 @@
 //! Validation gathers every problem in one pass and reports each with `file:line:col`. Nothing
 //! here touches the network or the kernel; the caller passes the names of known profilers.
 
+pub mod metric;
 mod schema;
 mod validate;
+
+pub use metric::MetricSelector;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

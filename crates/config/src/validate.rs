@@ -309,41 +309,6 @@ fn profiler_override(cx: &mut Ctx<'_>, p: &ProfilerDoc) -> ProfilerOverride {
     o
 }
 
-/// Checks a Prometheus series selector: `name` or `name{label="value",…}`.
-fn metric_selector(s: &str) -> Result<(), &'static str> {
-    let (name, rest) = match s.find('{') {
-        Some(i) => (&s[..i], Some(&s[i..])),
-        None => (s, None),
-    };
-    let first_ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':');
-    if !first_ok
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    {
-        return Err("a metric name is letters, digits, `_` and `:`, not starting with a digit");
-    }
-    if let Some(r) = rest {
-        if !r.ends_with('}')
-            || !r[1..r.len() - 1].split(',').all(|m| {
-                m.trim().is_empty()
-                    || m.split_once('=').is_some_and(|(k, v)| {
-                        !k.trim().is_empty()
-                            && v.trim().starts_with('"')
-                            && v.trim().ends_with('"')
-                            && v.trim().len() >= 2
-                    })
-            })
-        {
-            return Err("label matchers are written {label=\"value\",…}");
-        }
-    }
-    Ok(())
-}
-
 /// Resource kinds a claim may name, and whether the kind takes a `:detail`.
 const RESOURCE_KINDS: &[(&str, bool)] = &[
     ("pmu", false),
@@ -592,7 +557,7 @@ fn trigger(cx: &mut Ctx<'_>, t: &TriggerDoc, known: &[&str]) -> Option<TriggerRu
                 return None;
             }
             let metric = t.metric.as_ref()?;
-            if let Err(why) = metric_selector(metric.get_ref()) {
+            if let Err(why) = crate::MetricSelector::parse(metric.get_ref()) {
                 cx.at(
                     metric.span(),
                     format!("bad metric `{}`: {why}", metric.get_ref()),

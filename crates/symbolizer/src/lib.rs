@@ -282,59 +282,32 @@ impl HostSymbolizer {
     /// The frame of a native address, preceded (leaf first) by the functions inlined there.
     fn native_frames(&mut self, n: Option<(usize, u64)>, a: u64) -> Vec<Frame> {
         let Some((idx, off)) = n else {
-            return vec![self.native_frame(n, a)];
-        };
-        let inlined = match self.user_cache.get(&(idx, off)) {
-            Some(Some(s)) if !s.inlined.is_empty() => s.inlined.clone(),
-            _ => return vec![self.native_frame(n, a)],
+            self.stats.frames_unknown += 1;
+            return vec![unknown_frame("[unknown]", None, a)];
         };
         let m = &self.modules[idx];
-        let mut out: Vec<Frame> = inlined
-            .into_iter()
+        let Some(Some(s)) = self.user_cache.get(&(idx, off)) else {
+            self.stats.frames_unknown += 1;
+            return vec![unknown_frame(&m.path, m.build_id.clone(), off)];
+        };
+        let frame = |kind, function: &str, file: &Option<String>, line| Frame {
+            kind,
+            function: Some(function.to_string()),
+            module: m.path.clone(),
+            build_id: m.build_id.clone(),
+            address: off,
+            file: file.clone(),
+            line,
+        };
+        let mut out: Vec<Frame> = s
+            .inlined
+            .iter()
             .rev()
-            .map(|(name, file, line)| Frame {
-                kind: FrameKind::Inlined,
-                function: Some(name),
-                module: m.path.clone(),
-                build_id: m.build_id.clone(),
-                address: off,
-                file,
-                line,
-            })
+            .map(|(name, file, line)| frame(FrameKind::Inlined, name, file, *line))
             .collect();
+        out.push(frame(FrameKind::User, &s.function, &s.file, s.line));
         self.stats.frames_resolved += out.len() as u64;
-        out.push(self.native_frame(n, a));
         out
-    }
-
-    fn native_frame(&mut self, n: Option<(usize, u64)>, a: u64) -> Frame {
-        match n {
-            None => {
-                self.stats.frames_unknown += 1;
-                unknown_frame("[unknown]", None, a)
-            }
-            Some((idx, off)) => {
-                let m = &self.modules[idx];
-                match self.user_cache.get(&(idx, off)).cloned().flatten() {
-                    Some(s) => {
-                        self.stats.frames_resolved += 1;
-                        Frame {
-                            kind: FrameKind::User,
-                            function: Some(s.function),
-                            module: m.path.clone(),
-                            build_id: m.build_id.clone(),
-                            address: off,
-                            file: s.file,
-                            line: s.line,
-                        }
-                    }
-                    None => {
-                        self.stats.frames_unknown += 1;
-                        unknown_frame(&m.path, m.build_id.clone(), off)
-                    }
-                }
-            }
-        }
     }
 
     /// Names from the ELF symbol table, which carries full (mangled, then demangled) paths such
