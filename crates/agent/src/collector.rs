@@ -95,7 +95,15 @@ impl CpuCollector {
     /// resolved even if they exit before the window ends. Call it often (every ~250 ms).
     pub fn discover(&mut self) {
         let mut pids: HashSet<u32> = self.profiler.pending_pids();
-        pids.extend(self.profiler.target_pids());
+        let targets = self.profiler.target_pids();
+        // Targets are few: re-plan them each time, so libraries their loader maps after the
+        // exec are covered within one call (cheap when the mappings did not change).
+        for &pid in &targets {
+            if self.symbolizer.knows(pid) {
+                self.profiler.plan_unwinding(pid);
+            }
+        }
+        pids.extend(targets);
         for pid in pids {
             // A pid whose executable changed has exec'd since its snapshot: take a new one.
             let exe = crate::targets::exe_of(pid);
@@ -107,6 +115,8 @@ impl CpuCollector {
             if !self.symbolizer.knows(pid) || (exe.is_some() && exe.as_ref() != self.exes.get(&pid))
             {
                 self.observe(pid);
+                // Which of its code lacks frame pointers, so BPF copies those samples' stacks.
+                self.profiler.plan_unwinding(pid);
                 // A short-lived JIT process may be gone (with its map) by the end of the window.
                 self.symbolizer.refresh_perf_map(pid);
             }
@@ -134,6 +144,8 @@ impl CpuCollector {
         for &pid in &window_pids {
             if pid != 0 && process_alive(pid) {
                 self.observe(pid);
+                // A library loaded since may lack frame pointers (cheap when nothing changed).
+                self.profiler.plan_unwinding(pid);
             }
             // JIT runtimes append to their perf map as they compile: read it now.
             if pid != 0 {

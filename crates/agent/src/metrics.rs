@@ -15,6 +15,10 @@ pub struct AgentMetrics {
     pub stack_lookups_missing: AtomicU64,
     pub bpf_run_time_ns: AtomicU64,
     pub bpf_run_count: AtomicU64,
+    pub dwarf_copied: AtomicU64,
+    pub dwarf_fallbacks: AtomicU64,
+    pub dwarf_complete: AtomicU64,
+    pub unwind_bytes: AtomicU64,
     pub frames_unknown: AtomicU64,
     pub frames_resolved: AtomicU64,
     /// Frames named from a JIT perf map (also counted in `frames_resolved`).
@@ -50,6 +54,13 @@ impl AgentMetrics {
             .store(s.prog_run_time_ns, Ordering::Relaxed);
         self.bpf_run_count
             .store(s.prog_run_count, Ordering::Relaxed);
+        self.dwarf_copied.store(s.dwarf_copied, Ordering::Relaxed);
+        self.dwarf_fallbacks
+            .store(s.dwarf_ring_full + s.dwarf_no_regs, Ordering::Relaxed);
+        self.dwarf_complete
+            .store(s.unwind.complete, Ordering::Relaxed);
+        self.unwind_bytes
+            .store(s.unwind.unwind_bytes, Ordering::Relaxed);
     }
 
     /// `(name, help, kind, value)` for each counter, in Prometheus naming.
@@ -91,6 +102,32 @@ impl AgentMetrics {
                 "Samples whose stack id was gone from the stack map at drain time.",
                 "counter",
                 g(&self.stack_lookups_missing),
+            ),
+            (
+                "baton_dwarf_stacks_copied_total",
+                "Samples whose user stack was copied for DWARF unwinding (code without frame \
+                 pointers).",
+                "counter",
+                g(&self.dwarf_copied),
+            ),
+            (
+                "baton_dwarf_fallbacks_total",
+                "Samples that wanted a DWARF copy but fell back to frame pointers (ring full, no \
+                 user registers).",
+                "counter",
+                g(&self.dwarf_fallbacks),
+            ),
+            (
+                "baton_dwarf_stacks_complete_total",
+                "Copied stacks unwound to a frame whose CFI marks the outermost one.",
+                "counter",
+                g(&self.dwarf_complete),
+            ),
+            (
+                "baton_unwind_table_bytes",
+                "Bytes of .eh_frame/.eh_frame_hdr held for DWARF unwinding.",
+                "gauge",
+                g(&self.unwind_bytes),
             ),
             (
                 "baton_bpf_run_time_seconds_total",

@@ -79,6 +79,15 @@ enum Command {
     Config(ConfigCommand),
 }
 
+/// How user stacks are unwound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnwindMode {
+    /// Frame pointers where a module keeps them, DWARF CFI where it does not.
+    Auto,
+    /// Frame pointers only.
+    Fp,
+}
+
 #[derive(Args)]
 struct RunCli {
     /// The profiler to run.
@@ -210,6 +219,11 @@ pub struct RecordArgs {
     /// Use the cpu-clock software event even where hardware cycles are available.
     #[arg(long)]
     pub cpu_clock: bool,
+    /// How user stacks are unwound: `auto` walks frame pointers where a module keeps them and
+    /// unwinds the rest from DWARF CFI (.eh_frame) on a copy of the stack; `fp` walks frame
+    /// pointers only (cheaper, but code built without them shows little more than its leaf).
+    #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
+    pub unwind: UnwindMode,
     /// Do not ask sampled JVMs for their JIT symbol maps (by default Baton runs
     /// `jcmd PID Compiler.perfmap`, as the JVM's user, every 2 s while it samples them).
     #[arg(long)]
@@ -241,6 +255,11 @@ pub struct UpArgs {
     /// Use the cpu-clock software event even where hardware cycles are available.
     #[arg(long)]
     pub cpu_clock: bool,
+    /// How user stacks are unwound: `auto` walks frame pointers where a module keeps them and
+    /// unwinds the rest from DWARF CFI (.eh_frame) on a copy of the stack; `fp` walks frame
+    /// pointers only (cheaper, but code built without them shows little more than its leaf).
+    #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
+    pub unwind: UnwindMode,
 }
 
 #[derive(Args)]

@@ -228,6 +228,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
             targets,
             follow_forks: true,
             force_cpu_clock: a.cpu_clock,
+            dwarf: a.unwind == crate::UnwindMode::Auto,
         },
         host: baton_agent::hostname(),
         jvm_perf_maps: !a.no_jvm_perf_map,
@@ -243,6 +244,16 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(c) = &mut child {
         c.release();
+        // Look at the command's own mappings as soon as it has exec'd (the snapshot so far is
+        // of this binary, forked), so its unwinding plan is right from its first samples.
+        let own = std::fs::read_link("/proc/self/exe").ok();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(200)
+            && std::fs::read_link(format!("/proc/{}/exe", c.id())).ok() == own
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        collector.discover();
     }
 
     let started = Instant::now();
@@ -318,6 +329,16 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         stats.kernel_stack_failed,
         stats.user_stack_failed,
     );
+    if stats.dwarf_copied > 0 {
+        eprintln!(
+            "user stacks without frame pointers: {} unwound from DWARF CFI ({} to the outermost \
+             frame, {} fell back to frame pointers); unwind tables: {:.2} MiB at most",
+            stats.unwind.stacks,
+            stats.unwind.complete,
+            stats.dwarf_ring_full + stats.dwarf_no_regs,
+            stats.unwind.peak_unwind_bytes as f64 / 1048576.0,
+        );
+    }
     if let Some(why) = ended_early {
         eprintln!("ended early: {why}; the profile holds the data gathered so far");
     }

@@ -87,6 +87,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
             targets: None,
             follow_forks: false,
             force_cpu_clock: a.cpu_clock,
+            dwarf: a.unwind == crate::UnwindMode::Auto,
         },
         host: baton_agent::hostname(),
         // Continuous whole-host profiling does not attach to JVMs.
@@ -802,6 +803,7 @@ impl Driver {
                         targets: Some(pids),
                         follow_forks: true,
                         force_cpu_clock: self.opts.cpu.force_cpu_clock,
+                        dwarf: self.opts.cpu.dwarf,
                     },
                     host: self.opts.host.clone(),
                     // On-demand and triggered runs ask JVMs for their JIT maps; continuous

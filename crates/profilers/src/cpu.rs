@@ -5,20 +5,26 @@
 //! waits for in-flight programs, then reads and clears the idle buffer. Stack ids therefore never
 //! point into a stack map that was cleared under them.
 //!
-//! User stacks come from frame pointers today (`bpf_get_stackid(BPF_F_USER_STACK)`). A sample's
-//! user stack is a plain address list tagged with its [`UserStackOrigin`]; a DWARF unwinder plugs
-//! in by producing the same list from a copied stack, and nothing downstream changes.
+//! User stacks come from frame pointers (`bpf_get_stackid(BPF_F_USER_STACK)`) where the code
+//! keeps them. Where it does not (per module, see [`crate::unwind`]), the BPF program copies the
+//! user registers and stack into a ring buffer; a reader thread unwinds each copy with DWARF CFI
+//! and aggregates the stacks until the next drain. Either way a sample's user stack is a plain
+//! address list tagged with its [`UserStackOrigin`], and nothing downstream differs.
 
 use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
 use crate::perf::{open_sampling_event, SamplingEvent};
 use crate::sys;
+use crate::unwind::{DwarfUnwinder, ProcessPlan, UnwindStats, MAX_RANGES};
 use crate::ProfilerError;
 
 mod skel {
@@ -44,6 +50,15 @@ pub const DEFAULT_RECORD_HZ: u64 = 99;
 
 const STACK_DEPTH: usize = 127;
 const KEY_SIZE: usize = 40;
+/// Ring buffer for copied stacks: about 950 samples of 17.5 KiB, which the reader thread empties
+/// every 20 ms.
+const COPY_RING_BYTES: u32 = 16 * 1024 * 1024;
+/// Layout of `struct stack_event` in cpu.bpf.c.
+const EV_KERNEL: usize = 72;
+const EV_STACK: usize = EV_KERNEL + STACK_DEPTH * 8;
+const EV_STACK_MAX: usize = 4 * 4096;
+/// Size of `struct unwind_plan` in cpu.bpf.c.
+const PLAN_SIZE: usize = 8 + MAX_RANGES * 16;
 
 /// How the CPU profiler is set up.
 #[derive(Debug, Clone)]
@@ -54,12 +69,17 @@ pub struct CpuOptions {
     pub follow_forks: bool,
     /// Force the software clock even where a PMU exists.
     pub force_cpu_clock: bool,
+    /// Unwind code without frame pointers from DWARF CFI (copying the stack); when false, frame
+    /// pointers only.
+    pub dwarf: bool,
 }
 
 /// How a sample's user stack was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserStackOrigin {
     FramePointers,
+    /// Unwound in user space from a copied stack with `.eh_frame` CFI.
+    Dwarf,
 }
 
 /// One aggregated sample as the kernel gave it: raw addresses, leaf first.
@@ -91,6 +111,14 @@ pub struct CpuStats {
     pub prog_misses: u64,
     pub prog_run_time_ns: u64,
     pub prog_run_count: u64,
+    /// Samples whose user stack was copied for DWARF unwinding.
+    pub dwarf_copied: u64,
+    /// Copies that did not fit the ring; those samples used frame pointers.
+    pub dwarf_ring_full: u64,
+    /// Samples that wanted a copy but had no user registers; frame pointers were used.
+    pub dwarf_no_regs: u64,
+    /// The DWARF unwinder's counters.
+    pub unwind: UnwindStats,
 }
 
 impl CpuStats {
@@ -110,6 +138,8 @@ pub struct Window {
 
 /// A running CPU profiler. Dropping it detaches every program and closes every event.
 pub struct CpuProfiler {
+    /// First, so the reader thread stops before the ring's map is closed.
+    dwarf: Option<DwarfReader>,
     skel: CpuSkel<'static>,
     _links: Vec<Link>,
     _events: Vec<OwnedFd>,
@@ -119,6 +149,69 @@ pub struct CpuProfiler {
     active: u32,
     stack_lookup_missing: u64,
     last_drain: Instant,
+}
+
+/// Key of a copied sample once unwound: (pid, tid, cgroup, comm, kernel stack, user stack).
+type CopyKey = (u32, u32, u64, String, Vec<u64>, Vec<u64>);
+
+/// What the reader thread shares with the profiler.
+struct DwarfShared {
+    unwinder: Mutex<DwarfUnwinder>,
+    stacks: Mutex<HashMap<CopyKey, u64>>,
+    stop: AtomicBool,
+    /// Flush handshake: the profiler bumps `flush_asked`; the thread copies it to `flush_done`
+    /// after a pass over the ring that started after the request.
+    flush_asked: AtomicU64,
+    flush_done: AtomicU64,
+}
+
+/// The DWARF side of the profiler: plans per pid, and the thread reading copied stacks.
+struct DwarfReader {
+    shared: Arc<DwarfShared>,
+    thread: Option<JoinHandle<()>>,
+    planned: HashSet<u32>,
+}
+
+impl Drop for DwarfReader {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Unwinds one copied sample from the ring and counts its stack.
+fn take_copy(shared: &DwarfShared, data: &[u8]) -> i32 {
+    let (Some(head), Some(kernel_raw)) = (data.get(..EV_KERNEL), data.get(EV_KERNEL..EV_STACK))
+    else {
+        return 0;
+    };
+    let u32_at = |o: usize| u32::from_ne_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]);
+    let u64_at = |o: usize| u64::from_ne_bytes(head[o..o + 8].try_into().unwrap_or([0; 8]));
+    let (pid, tid, cgroup) = (u32_at(0), u32_at(4), u64_at(8));
+    let comm_bytes = &head[16..32];
+    let end = comm_bytes.iter().position(|&b| b == 0).unwrap_or(16);
+    let comm = String::from_utf8_lossy(&comm_bytes[..end]).into_owned();
+    let (ip, sp, bp) = (u64_at(32), u64_at(40), u64_at(48));
+    let kernel_bytes = (u64_at(56) as i64).clamp(0, (STACK_DEPTH * 8) as i64) as usize;
+    let stack_bytes = (u64_at(64) as usize).min(EV_STACK_MAX);
+    let kernel: Vec<u64> = kernel_raw[..kernel_bytes]
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+        .take_while(|&a| a != 0)
+        .collect();
+    let stack = data.get(EV_STACK..EV_STACK + stack_bytes).unwrap_or(&[]);
+    let (user, _complete) = lock(&shared.unwinder).unwind(pid, ip, sp, bp, stack);
+    tracing::trace!(pid, ip, sp, stack_bytes, frames = user.len(), "unwound a copied stack");
+    *lock(&shared.stacks)
+        .entry((pid, tid, cgroup, comm, kernel, user))
+        .or_insert(0) += 1;
+    0
 }
 
 impl CpuProfiler {
@@ -149,6 +242,18 @@ impl CpuProfiler {
         }
         if !(filter && opts.follow_forks) {
             open.progs.on_fork.set_autoload(false);
+        }
+        if !opts.dwarf {
+            // Nothing is ever copied: keep the ring at its smallest.
+            open.maps
+                .stack_events
+                .set_max_entries(4096)
+                .map_err(ProfilerError::bpf("sizing the stack ring"))?;
+        } else {
+            open.maps
+                .stack_events
+                .set_max_entries(COPY_RING_BYTES)
+                .map_err(ProfilerError::bpf("sizing the stack ring"))?;
         }
         let skel = open
             .load()
@@ -202,7 +307,13 @@ impl CpuProfiler {
         let stats_fd = sys::enable_bpf_run_time_stats()
             .map_err(|e| tracing::debug!(error = %e, "BPF run-time stats unavailable"))
             .ok();
-        Ok(CpuProfiler {
+        let dwarf = if opts.dwarf {
+            Some(start_reader(&skel)?)
+        } else {
+            None
+        };
+        let mut p = CpuProfiler {
+            dwarf,
             skel,
             _links: links,
             _events: events,
@@ -212,7 +323,42 @@ impl CpuProfiler {
             active: 0,
             stack_lookup_missing: 0,
             last_drain: Instant::now(),
-        })
+        };
+        for pid in opts.targets.iter().flatten() {
+            p.plan_unwinding(*pid);
+        }
+        Ok(p)
+    }
+
+    /// Decides, from the modules `pid` maps now, which of its samples BPF copies for DWARF
+    /// unwinding, and tells BPF. Call it for every process seen (cheap when its mappings did not
+    /// change) and again after it execs or loads libraries. A no-op without DWARF unwinding.
+    pub fn plan_unwinding(&mut self, pid: u32) {
+        let Some(d) = &mut self.dwarf else {
+            return;
+        };
+        let plan = lock(&d.shared.unwinder).prepare(pid);
+        let key = pid.to_ne_bytes();
+        match plan {
+            Some(plan) if !plan.is_empty() => {
+                let value = encode_plan(&plan);
+                if let Err(e) = self.skel.maps.dwarf_pids.update(&key, &value, MapFlags::ANY) {
+                    tracing::debug!(pid, error = %e, "could not set the unwind plan");
+                    return;
+                }
+                d.planned.insert(pid);
+            }
+            _ => {
+                if d.planned.remove(&pid) {
+                    let _ = self.skel.maps.dwarf_pids.delete(&key);
+                }
+            }
+        }
+    }
+
+    /// Whether `plan_unwinding` has run for `pid` and left a plan in BPF.
+    pub fn has_unwind_plan(&self, pid: u32) -> bool {
+        self.dwarf.as_ref().is_some_and(|d| d.planned.contains(&pid))
     }
 
     /// The perf event that drives sampling.
@@ -270,6 +416,9 @@ impl CpuProfiler {
             &mut s.idle,
             &mut s.filtered,
             &mut s.forks_followed,
+            &mut s.dwarf_copied,
+            &mut s.dwarf_ring_full,
+            &mut s.dwarf_no_regs,
         ]
         .into_iter()
         .enumerate()
@@ -286,6 +435,9 @@ impl CpuProfiler {
             }
         }
         s.stack_lookup_missing = self.stack_lookup_missing;
+        if let Some(d) = &self.dwarf {
+            s.unwind = lock(&d.shared.unwinder).stats;
+        }
         if let Some(info) = prog_info(self.skel.progs.on_cpu_sample.as_fd().as_raw_fd()) {
             s.prog_run_time_ns = info.run_time_ns;
             s.prog_run_count = info.run_cnt;
@@ -382,12 +534,98 @@ impl CpuProfiler {
         for k in stack_keys {
             let _ = stacks.delete(&k);
         }
+        if let Some(d) = &mut self.dwarf {
+            // Copies taken before the flip are in the ring: wait for one more pass over it.
+            let asked = d.shared.flush_asked.fetch_add(1, Ordering::SeqCst) + 1;
+            let t0 = Instant::now();
+            while d.shared.flush_done.load(Ordering::SeqCst) < asked
+                && t0.elapsed() < Duration::from_millis(500)
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let copied = std::mem::take(&mut *lock(&d.shared.stacks));
+            for ((pid, tid, cgroup_id, comm, kernel, user), count) in copied {
+                samples.push(RawSample {
+                    pid,
+                    tid,
+                    cgroup_id,
+                    comm,
+                    kernel,
+                    user,
+                    user_origin: UserStackOrigin::Dwarf,
+                    count,
+                });
+            }
+            // Forget processes that are gone: their pid may come back as another program.
+            let gone: Vec<u32> = d
+                .planned
+                .iter()
+                .copied()
+                .filter(|&p| !sys::process_alive(p))
+                .collect();
+            for pid in gone {
+                d.planned.remove(&pid);
+                let _ = self.skel.maps.dwarf_pids.delete(&pid.to_ne_bytes());
+            }
+            lock(&d.shared.unwinder).retain(sys::process_alive);
+        }
         Ok(Window {
             samples,
             stats: self.stats(),
             elapsed,
         })
     }
+}
+
+fn encode_plan(plan: &ProcessPlan) -> Vec<u8> {
+    let mut v = Vec::with_capacity(PLAN_SIZE);
+    v.extend_from_slice(&u32::from(plan.all).to_ne_bytes());
+    let n = plan.ranges.len().min(MAX_RANGES);
+    v.extend_from_slice(&(n as u32).to_ne_bytes());
+    for r in plan.ranges.iter().take(MAX_RANGES) {
+        v.extend_from_slice(&r.start.to_ne_bytes());
+        v.extend_from_slice(&r.end.to_ne_bytes());
+    }
+    v.resize(PLAN_SIZE, 0);
+    v
+}
+
+/// Starts the thread that reads copied stacks from the ring and unwinds them.
+fn start_reader(skel: &CpuSkel<'static>) -> Result<DwarfReader, ProfilerError> {
+    let shared = Arc::new(DwarfShared {
+        unwinder: Mutex::new(DwarfUnwinder::new()),
+        stacks: Mutex::new(HashMap::new()),
+        stop: AtomicBool::new(false),
+        flush_asked: AtomicU64::new(0),
+        flush_done: AtomicU64::new(0),
+    });
+    let mut builder = RingBufferBuilder::new();
+    let cb_shared = Arc::clone(&shared);
+    builder
+        .add(&skel.maps.stack_events, move |data: &[u8]| {
+            take_copy(&cb_shared, data)
+        })
+        .map_err(ProfilerError::bpf("reading the stack ring"))?;
+    let ring = builder
+        .build()
+        .map_err(ProfilerError::bpf("reading the stack ring"))?;
+    let t_shared = Arc::clone(&shared);
+    let thread = std::thread::Builder::new()
+        .name("baton-unwind".into())
+        .spawn(move || {
+            while !t_shared.stop.load(Ordering::Relaxed) {
+                let asked = t_shared.flush_asked.load(Ordering::SeqCst);
+                let _ = ring.poll(Duration::from_millis(20));
+                let _ = ring.consume();
+                t_shared.flush_done.store(asked, Ordering::SeqCst);
+            }
+        })
+        .map_err(|e| ProfilerError::Thread(e.to_string()))?;
+    Ok(DwarfReader {
+        shared,
+        thread: Some(thread),
+        planned: HashSet::new(),
+    })
 }
 
 fn perf_error(event: SamplingEvent, cpu: u32, source: std::io::Error) -> ProfilerError {

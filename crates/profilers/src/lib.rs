@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod exec;
 mod perf;
 pub mod sys;
+pub mod unwind;
 
 pub use cpu::{CpuOptions, CpuProfiler, CpuStats, RawSample, UserStackOrigin, Window};
 pub use perf::SamplingEvent;
@@ -33,6 +34,8 @@ pub enum ProfilerError {
     },
     #[error("reading the online CPU list failed: {0}")]
     CpuList(std::io::Error),
+    #[error("starting the stack-unwinding thread failed: {0}")]
+    Thread(String),
     #[error("BPF: {context}: {source}")]
     Bpf {
         context: &'static str,
