@@ -96,10 +96,12 @@ impl CpuCollector {
     pub fn discover(&mut self) {
         let mut pids: HashSet<u32> = self.profiler.pending_pids();
         let targets = self.profiler.target_pids();
-        // Targets are few: re-plan them each time, so libraries their loader maps after the
-        // exec are covered within one call (cheap when the mappings did not change).
+        // Targets are few: re-read their mappings each time, so the libraries their loader maps
+        // after the exec are known (and planned for) even if the process exits before the end
+        // of the window.
         for &pid in &targets {
             if self.symbolizer.knows(pid) {
+                self.observe(pid);
                 self.profiler.plan_unwinding(pid);
             }
         }

@@ -45,9 +45,27 @@ pub fn artifacts_dir() -> PathBuf {
 /// Compiles `tests/workloads/NAME.c` with frame pointers (leaf frames and no sibling calls too,
 /// so the truth of the stacks is known) and returns the binary.
 pub fn workload(name: &str) -> PathBuf {
+    workload_with(
+        name,
+        "",
+        &[
+            "-fno-omit-frame-pointer",
+            "-mno-omit-leaf-frame-pointer",
+            "-fno-optimize-sibling-calls",
+        ],
+    )
+}
+
+/// Compiles `tests/workloads/NAME.c` at -O2 without frame pointers, as distributions build.
+pub fn workload_without_frame_pointers(name: &str) -> PathBuf {
+    workload_with(name, "-nofp", &["-fomit-frame-pointer"])
+}
+
+/// Compiles `tests/workloads/NAME.c` (or `.cc`) with `-O2 -g` plus `flags` into `NAME{suffix}`.
+fn workload_with(name: &str, suffix: &str, flags: &[&str]) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| scratch("workloads"));
-    let out = dir.join(name);
+    let out = dir.join(format!("{name}{suffix}"));
     if out.exists() {
         return out;
     }
@@ -57,17 +75,13 @@ pub fn workload(name: &str) -> PathBuf {
     } else {
         (dir_src.join(format!("{name}.c")), "clang")
     };
-    let tmp =
-        dir.join(format!("{name}.tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+    let tmp = dir.join(
+        format!("{name}{suffix}.tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""),
+    );
     let st = Command::new(compiler)
-        .args([
-            "-O2",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-mno-omit-leaf-frame-pointer",
-            "-fno-optimize-sibling-calls",
-            "-o",
-        ])
+        .args(["-O2", "-g"])
+        .args(flags)
+        .arg("-o")
         .arg(&tmp)
         .arg(&src)
         .status()

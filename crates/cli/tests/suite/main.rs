@@ -9,4 +9,5 @@ mod plan;
 mod record;
 mod runs;
 mod triggers;
+mod unwind;
 mod up;

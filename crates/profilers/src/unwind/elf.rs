@@ -27,6 +27,8 @@ pub struct ModuleUnwind {
     pub eh_frame_hdr: Option<Section>,
     pub text_svma: Option<Range<u64>>,
     pub got_svma: Option<Range<u64>>,
+    /// The entry point (`e_entry`); 0 for most shared objects.
+    pub entry: u64,
     /// Executable `PT_LOAD` segments: (file offset, stated address, file size). Only executable
     /// ones, because neighbouring segments share a page and only code mappings are unwound.
     pub loads: Vec<(u64, u64, u64)>,
@@ -39,13 +41,15 @@ pub struct ModuleUnwind {
 }
 
 /// A module counts as built with frame pointers when at least this share of its functions
-/// (FDEs in `.text`; PLT stubs are left out) switch the CFA to `rbp`. Built with
-/// `-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer`, nearly every function does. Without
-/// frame pointers only the few that need one (`alloca`, variable-length arrays) do: 3% of
-/// Debian's libc and gzip, 7% of a Rust release binary. In between, gcc's
-/// `-fno-omit-frame-pointer` alone leaves leaf functions without one, and a frame-pointer walk
-/// then loses each leaf's caller: below half, DWARF serves such a module better.
-const FRAME_POINTER_SHARE: f64 = 0.5;
+/// (FDEs in `.text`, leaving out PLT stubs and the entry point `_start`) switch the CFA to `rbp`.
+/// Built with `-fno-omit-frame-pointer -mno-omit-leaf-frame-pointer`, every function does.
+/// Without frame pointers only the few that need one (`alloca`, variable-length arrays) do: 3%
+/// of Debian's libc and gzip, 7% of a Rust release binary. In between are mixed modules, and a
+/// frame-pointer walk through any function without one loses frames: gcc's
+/// `-fno-omit-frame-pointer` alone leaves leaf functions without (a walk from a leaf skips its
+/// caller), and a Rust binary links a standard library built with frame pointers into code built
+/// without (74% of a small one). Those are unwound with DWARF: being right beats being cheap.
+const FRAME_POINTER_SHARE: f64 = 0.9;
 
 impl ModuleUnwind {
     /// Bytes of unwind data held for this module.
@@ -113,6 +117,7 @@ impl ModuleUnwind {
             eh_frame_hdr: section(".eh_frame_hdr"),
             text_svma: range(".text"),
             got_svma: range(".got"),
+            entry: obj.entry(),
             loads,
             frame_pointers: true,
             fdes: 0,
@@ -149,6 +154,10 @@ impl ModuleUnwind {
                 if !t.contains(&fde.initial_address()) {
                     continue;
                 }
+            }
+            let start = fde.initial_address();
+            if self.entry != 0 && (start..start + fde.len()).contains(&self.entry) {
+                continue;
             }
             fdes += 1;
             let mut ins = fde.instructions(&section, &bases);
@@ -202,6 +211,7 @@ mod tests {
             eh_frame_hdr: None,
             text_svma: None,
             got_svma: None,
+            entry: 0,
             loads: vec![(0, 0, 0x1000), (0x1234, 0x2234, 0x5000)],
             frame_pointers: true,
             fdes: 0,
