@@ -21,6 +21,9 @@ pub struct CollectorOptions {
     pub host: String,
     /// Ask the JVMs it samples for their JIT perf maps (`jcmd PID Compiler.perfmap`).
     pub jvm_perf_maps: bool,
+    /// The targets are a forked child still waiting to exec: do not look at them until the
+    /// first `discover` call (their mappings are this binary's until the exec).
+    pub defer_discovery: bool,
 }
 
 /// What one window produced.
@@ -62,7 +65,9 @@ impl CpuCollector {
             host: opts.host.clone(),
             jvm: opts.jvm_perf_maps.then(crate::jvm::JvmMaps::default),
         };
-        c.discover();
+        if !opts.defer_discovery {
+            c.discover();
+        }
         Ok(c)
     }
 

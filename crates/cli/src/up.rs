@@ -92,6 +92,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         host: baton_agent::hostname(),
         // Continuous whole-host profiling does not attach to JVMs.
         jvm_perf_maps: false,
+        defer_discovery: false,
     };
     install_stop_handler();
     // The symbolizer and BPF skeleton are not Send, so the collector is built on its own thread
@@ -809,6 +810,7 @@ impl Driver {
                     // On-demand and triggered runs ask JVMs for their JIT maps; continuous
                     // runs do not attach to them.
                     jvm_perf_maps: !continuous,
+                    defer_discovery: false,
                 };
                 CpuCollector::start(&opts).map_err(|e| e.to_string())
             });

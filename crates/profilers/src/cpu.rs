@@ -312,7 +312,7 @@ impl CpuProfiler {
         } else {
             None
         };
-        let mut p = CpuProfiler {
+        let p = CpuProfiler {
             dwarf,
             skel,
             _links: links,
@@ -324,9 +324,6 @@ impl CpuProfiler {
             stack_lookup_missing: 0,
             last_drain: Instant::now(),
         };
-        for pid in opts.targets.iter().flatten() {
-            p.plan_unwinding(*pid);
-        }
         Ok(p)
     }
 
