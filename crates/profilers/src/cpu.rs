@@ -50,9 +50,10 @@ pub const DEFAULT_RECORD_HZ: u64 = 99;
 
 const STACK_DEPTH: usize = 127;
 const KEY_SIZE: usize = 40;
-/// Ring buffer for copied stacks: about 950 samples of 17.5 KiB, which the reader thread empties
-/// every 20 ms.
-const COPY_RING_BYTES: u32 = 16 * 1024 * 1024;
+/// Ring buffer for copied stacks, per online CPU: about 60 samples of 17.5 KiB, which the reader
+/// thread empties every 20 ms (a CPU at 999 Hz fills 20). The ring is a power of two between 1
+/// and 64 MiB; libbpf maps it into this process, so it counts in the agent's RSS as it is used.
+const COPY_RING_BYTES_PER_CPU: u64 = 1024 * 1024;
 /// Layout of `struct stack_event` in cpu.bpf.c.
 const EV_KERNEL: usize = 72;
 const EV_STACK: usize = EV_KERNEL + STACK_DEPTH * 8;
@@ -207,7 +208,14 @@ fn take_copy(shared: &DwarfShared, data: &[u8]) -> i32 {
         .collect();
     let stack = data.get(EV_STACK..EV_STACK + stack_bytes).unwrap_or(&[]);
     let (user, _complete) = lock(&shared.unwinder).unwind(pid, ip, sp, bp, stack);
-    tracing::trace!(pid, ip, sp, stack_bytes, frames = user.len(), "unwound a copied stack");
+    tracing::trace!(
+        pid,
+        ip,
+        sp,
+        stack_bytes,
+        frames = user.len(),
+        "unwound a copied stack"
+    );
     *lock(&shared.stacks)
         .entry((pid, tid, cgroup, comm, kernel, user))
         .or_insert(0) += 1;
@@ -250,9 +258,13 @@ impl CpuProfiler {
                 .set_max_entries(4096)
                 .map_err(ProfilerError::bpf("sizing the stack ring"))?;
         } else {
+            let cpus = sys::online_cpus().map_or(1, |c| c.len()) as u64;
+            let bytes = (cpus * COPY_RING_BYTES_PER_CPU)
+                .next_power_of_two()
+                .clamp(1 << 20, 64 << 20);
             open.maps
                 .stack_events
-                .set_max_entries(COPY_RING_BYTES)
+                .set_max_entries(bytes as u32)
                 .map_err(ProfilerError::bpf("sizing the stack ring"))?;
         }
         let skel = open
@@ -339,7 +351,12 @@ impl CpuProfiler {
         match plan {
             Some(plan) if !plan.is_empty() => {
                 let value = encode_plan(&plan);
-                if let Err(e) = self.skel.maps.dwarf_pids.update(&key, &value, MapFlags::ANY) {
+                if let Err(e) = self
+                    .skel
+                    .maps
+                    .dwarf_pids
+                    .update(&key, &value, MapFlags::ANY)
+                {
                     tracing::debug!(pid, error = %e, "could not set the unwind plan");
                     return;
                 }
@@ -355,7 +372,9 @@ impl CpuProfiler {
 
     /// Whether `plan_unwinding` has run for `pid` and left a plan in BPF.
     pub fn has_unwind_plan(&self, pid: u32) -> bool {
-        self.dwarf.as_ref().is_some_and(|d| d.planned.contains(&pid))
+        self.dwarf
+            .as_ref()
+            .is_some_and(|d| d.planned.contains(&pid))
     }
 
     /// The perf event that drives sampling.
@@ -612,6 +631,7 @@ fn start_reader(skel: &CpuSkel<'static>) -> Result<DwarfReader, ProfilerError> {
         .spawn(move || {
             while !t_shared.stop.load(Ordering::Relaxed) {
                 let asked = t_shared.flush_asked.load(Ordering::SeqCst);
+                // BPF submits without waking us: this is a 20 ms sleep, then a read of all.
                 let _ = ring.poll(Duration::from_millis(20));
                 let _ = ring.consume();
                 t_shared.flush_done.store(asked, Ordering::SeqCst);

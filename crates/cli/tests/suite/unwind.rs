@@ -51,11 +51,7 @@ fn has_chain(frames: &[String], chain: &[&str]) -> bool {
 fn share(stacks: &[(Vec<String>, u64)], pred: impl Fn(&[String]) -> bool) -> f64 {
     let total: u64 = stacks.iter().map(|(_, n)| n).sum();
     assert!(total > 0, "no samples");
-    let hit: u64 = stacks
-        .iter()
-        .filter(|(f, _)| pred(f))
-        .map(|(_, n)| n)
-        .sum();
+    let hit: u64 = stacks.iter().filter(|(f, _)| pred(f)).map(|(_, n)| n).sum();
     100.0 * hit as f64 / total as f64
 }
 
@@ -79,8 +75,14 @@ fn split_without_frame_pointers_has_the_full_chain() {
         full >= 95.0,
         "only {full:.1}% of samples carry leaf_* <- mid <- main"
     );
-    assert!((hot - 75.0).abs() <= 5.0, "leaf_hot {hot:.1}% is not 75 ± 5");
-    assert!((cold - 25.0).abs() <= 5.0, "leaf_cold {cold:.1}% is not 25 ± 5");
+    assert!(
+        (hot - 75.0).abs() <= 5.0,
+        "leaf_hot {hot:.1}% is not 75 ± 5"
+    );
+    assert!(
+        (cold - 25.0).abs() <= 5.0,
+        "leaf_cold {cold:.1}% is not 25 ± 5"
+    );
     assert!(
         log.contains("unwound from DWARF CFI"),
         "the summary does not report DWARF unwinding:\n{log}"
@@ -226,7 +228,10 @@ fn debian_gzip_reaches_its_entry_as_often_as_perf() {
         stacks.iter().map(|(_, n)| n).sum::<u64>(),
         perf_stacks.len()
     );
-    assert!(ours >= 90.0, "only {ours:.1}% of baton's gzip samples reach the entry");
+    assert!(
+        ours >= 90.0,
+        "only {ours:.1}% of baton's gzip samples reach the entry"
+    );
     assert!(
         ours >= theirs - 5.0,
         "baton {ours:.1}% is more than 5 points below perf {theirs:.1}%"
@@ -274,5 +279,60 @@ fn rust_release_binary_without_frame_pointers_has_full_demangled_stacks() {
         full >= 95.0,
         "only {full:.1}% of samples carry spin::hot_leaf|cold_leaf <- spin::middle <- spin::main"
     );
-    assert!((hot - 75.0).abs() <= 7.0, "hot_leaf {hot:.1}% is not about 75");
+    assert!(
+        (hot - 75.0).abs() <= 7.0,
+        "hot_leaf {hot:.1}% is not about 75"
+    );
+}
+
+#[test]
+fn up_unwinds_a_process_without_frame_pointers_through_dwarf() {
+    require_root();
+    let split = workload_without_frame_pointers("split");
+    let data = scratch("up-unwind-data");
+    let up = Up::start(&data);
+    let mut w = Command::new(&split).arg("8").spawn().expect("workload");
+    // comm is the binary's name, `split-nofp`, truncated by the kernel to 15 bytes.
+    let filter = "filter=comm%3Dsplit-nofp";
+    let stacks = eventually(40, "the workload's DWARF stacks in the store", || {
+        let (st, body) = http_get(
+            &up.addr,
+            &format!("/api/v1/export?since=10m&format=collapsed&{filter}"),
+        );
+        let text = String::from_utf8_lossy(&body).to_string();
+        (st == 200 && text.contains("main;mid;leaf_hot")).then_some(text)
+    });
+    let _ = w.wait();
+    // Everything the workload ran, now that it has ended.
+    let (_, body) = http_get(
+        &up.addr,
+        &format!("/api/v1/export?since=10m&format=collapsed&{filter}"),
+    );
+    let all = String::from_utf8_lossy(&body).to_string();
+    let parsed: Vec<(Vec<String>, u64)> = all
+        .lines()
+        .filter_map(|l| {
+            let (s, n) = l.rsplit_once(' ')?;
+            Some((s.split(';').map(str::to_string).collect(), n.parse().ok()?))
+        })
+        .collect();
+    let full = share(&parsed, |f| {
+        has_chain(f, &["main", "mid", "leaf_hot"]) || has_chain(f, &["main", "mid", "leaf_cold"])
+    });
+    eprintln!("full chains in baton up: {full:.1}%\nfirst seen:\n{stacks}");
+    // The first ~250 ms of a new process, before it is planned, are walked with frame pointers.
+    assert!(full >= 85.0, "only {full:.1}% full chains:\n{all}");
+    let (_, metrics) = http_get(&up.addr, "/metrics");
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    let copied = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("baton_dwarf_stacks_copied_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(copied > 0.0, "no DWARF copies counted in /metrics");
+    assert!(
+        metrics.contains("baton_unwind_table_bytes"),
+        "/metrics lacks baton_unwind_table_bytes"
+    );
+    up.stop();
 }

@@ -224,7 +224,8 @@ static __always_inline int send_copy(struct bpf_perf_event_data *ctx, __u32 tgid
         }
     }
     ev->stack_bytes = copied;
-    bpf_ringbuf_submit(ev, 0);
+    // No wakeup per sample: the reader polls the ring every 20 ms anyway.
+    bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
     return 1;
 }
 

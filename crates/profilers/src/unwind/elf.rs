@@ -186,17 +186,23 @@ mod tests {
 
     #[test]
     fn debian_libc_has_cfi_and_no_frame_pointers() {
-        let Some(libc) = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-        else {
+        let Some(libc) = [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists()) else {
             panic!("libc.so.6 not found in the Debian paths");
         };
         let m = ModuleUnwind::read(libc).expect("libc parses");
         assert!(m.eh_frame.is_some() && m.eh_frame_hdr.is_some());
         assert!(m.fdes > 1000, "fdes {}", m.fdes);
-        assert!(!m.frame_pointers, "{} of {} FDEs use rbp", m.fdes_with_rbp, m.fdes);
+        assert!(
+            !m.frame_pointers,
+            "{} of {} FDEs use rbp",
+            m.fdes_with_rbp, m.fdes
+        );
         assert!(m.build_id.as_deref().is_some_and(|b| b.len() >= 40));
         // The code mapping starts at the page of the executable segment's first byte.
         let &(off, vaddr, _) = m.loads.first().expect("an executable segment");

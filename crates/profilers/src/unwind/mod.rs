@@ -140,7 +140,9 @@ impl DwarfUnwinder {
             .ok()
             .map(|p| {
                 let s = p.to_string_lossy().into_owned();
-                s.strip_suffix(" (deleted)").map(str::to_string).unwrap_or(s)
+                s.strip_suffix(" (deleted)")
+                    .map(str::to_string)
+                    .unwrap_or(s)
             });
         let mut unwinder = UnwinderX86_64::new();
         let mut code = Vec::new();
@@ -226,7 +228,14 @@ impl DwarfUnwinder {
 
     /// Unwinds one copied stack. Returns the addresses, leaf first, and whether the unwinder
     /// reached the outermost frame.
-    pub fn unwind(&mut self, pid: u32, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> (Vec<u64>, bool) {
+    pub fn unwind(
+        &mut self,
+        pid: u32,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        stack: &[u8],
+    ) -> (Vec<u64>, bool) {
         let stale = self
             .spaces
             .get(&pid)
@@ -282,8 +291,7 @@ impl DwarfUnwinder {
         // mapping): drop cache entries whose Arc is held by the caches alone.
         self.by_file
             .retain(|_, m| m.as_ref().is_none_or(|m| Arc::strong_count(m) > 2));
-        self.by_build_id
-            .retain(|_, m| Arc::strong_count(m) > 1);
+        self.by_build_id.retain(|_, m| Arc::strong_count(m) > 1);
         self.update_module_stats();
     }
 
