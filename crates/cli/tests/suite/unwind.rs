@@ -336,3 +336,121 @@ fn up_unwinds_a_process_without_frame_pointers_through_dwarf() {
     );
     up.stop();
 }
+
+/// Compiles a C file with `clang -O2 -g` and `flags` into `dir/out`.
+fn cc(src: &Path, out: &Path, flags: &[&str]) {
+    let st = Command::new("clang")
+        .args(["-O2", "-g"])
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .status()
+        .expect("clang must be installed (scripts/install-deps.sh)");
+    assert!(st.success(), "compiling {} failed", src.display());
+}
+
+fn source(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+#[test]
+fn a_dlopened_library_without_frame_pointers_is_unwound() {
+    require_root();
+    let dir = scratch("dlopen-workload");
+    let lib = dir.join("libplugin.so");
+    cc(
+        &source("tests/workloads/plugin.c"),
+        &lib,
+        &["-shared", "-fPIC", "-fomit-frame-pointer"],
+    );
+    // The program keeps frame pointers: only the library's code is copied, once Baton has seen
+    // it mapped (the library arrives half a second after the start).
+    let prog = workload("dlopen");
+    let (stacks, log) = record_collapsed(
+        "dlopen",
+        &["--frequency", "499"],
+        &[
+            prog.to_str().expect("path"),
+            lib.to_str().expect("path"),
+            "0.5",
+            "3",
+        ],
+    );
+    let in_plugin = |f: &[String]| f.last().is_some_and(|l| l == "plugin_leaf");
+    let plugin = share(&stacks, in_plugin);
+    let plugin_stacks: Vec<(Vec<String>, u64)> = stacks
+        .iter()
+        .filter(|(f, _)| in_plugin(f))
+        .cloned()
+        .collect();
+    let full = share(&plugin_stacks, |f| {
+        has_chain(f, &["main", "call_plugin", "plugin_burn", "plugin_leaf"])
+    });
+    eprintln!("plugin_leaf {plugin:.1}% of samples, {full:.1}% of them with the full chain\n{log}");
+    assert!(
+        plugin > 50.0,
+        "plugin_leaf has only {plugin:.1}% of the samples"
+    );
+    assert!(
+        full >= 85.0,
+        "only {full:.1}% of plugin_leaf samples carry main <- call_plugin <- plugin_burn"
+    );
+}
+
+#[test]
+fn threads_without_frame_pointers_reach_their_thread_entry() {
+    require_root();
+    let dir = scratch("threads-workload");
+    let burn = dir.join("burn-nofp");
+    cc(
+        &source("bench/burn.c"),
+        &burn,
+        &["-fomit-frame-pointer", "-pthread"],
+    );
+    let (stacks, log) = record_collapsed(
+        "threads",
+        &["--frequency", "499"],
+        &[burn.to_str().expect("path"), "3"],
+    );
+    let in_work = |f: &[String]| f.last().is_some_and(|l| l == "work");
+    let work = share(&stacks, in_work);
+    let work_stacks: Vec<(Vec<String>, u64)> =
+        stacks.iter().filter(|(f, _)| in_work(f)).cloned().collect();
+    let full = share(&work_stacks, |f| {
+        has_chain(f, &["run", "work"]) && f.iter().any(|x| x == "start_thread" || x == "clone3")
+    });
+    eprintln!("work {work:.1}% of samples, {full:.1}% of them reach the thread entry\n{log}");
+    assert!(work > 80.0, "work has only {work:.1}%");
+    assert!(
+        full >= 95.0,
+        "only {full:.1}% of thread samples carry clone3/start_thread ... run <- work"
+    );
+}
+
+#[test]
+fn vdso_frames_unwind_into_their_callers() {
+    require_root();
+    let prog = workload_without_frame_pointers("vdso");
+    let (stacks, log) = record_collapsed(
+        "vdso",
+        &["--frequency", "499"],
+        &[prog.to_str().expect("path"), "3"],
+    );
+    let in_vdso = |f: &[String]| {
+        f.last()
+            .is_some_and(|l| l.contains("[vdso]") || l.contains("vdso"))
+    };
+    let vdso = share(&stacks, in_vdso);
+    let vdso_stacks: Vec<(Vec<String>, u64)> =
+        stacks.iter().filter(|(f, _)| in_vdso(f)).cloned().collect();
+    let full = share(&vdso_stacks, |f| has_chain(f, &["main", "tick"]));
+    eprintln!("vDSO leaves {vdso:.1}% of samples, {full:.1}% of them under main <- tick\n{log}");
+    assert!(vdso > 20.0, "only {vdso:.1}% of samples are in the vDSO");
+    assert!(
+        full >= 90.0,
+        "only {full:.1}% of vDSO samples unwind to main <- tick"
+    );
+}
