@@ -13,11 +13,14 @@
 #   memory: the unwind tables and peak RSS of `baton record` on clang (libLLVM) and on baton
 #     itself (a large Rust binary), both without frame pointers, --unwind auto against fp.
 # Usage (as root): bench/unwind.sh [SECONDS=10] [REPEATS=3] [FREQUENCY=99]
+# PARTS=overhead,completeness,memory (the default: all three) picks what runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
 REPEAT=${2:-3}
 FREQ=${3:-99}
+PARTS=${PARTS:-overhead,completeness,memory}
+want() { [[ ",$PARTS," == *",$1,"* ]]; }
 BATON=${BATON:-${CARGO_TARGET_DIR:-target}/release/baton}
 [ -x "$BATON" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 command -v perf >/dev/null || { echo "perf is needed as the reference (apt-get install linux-perf)" >&2; exit 1; }
@@ -40,6 +43,7 @@ entry_share_perf() {
        END {printf "%.1f", t ? 100 * h / t : 0}'
 }
 
+if want overhead; then
 base=(); dw=(); fp=(); pdw=(); pfp=()
 for i in $(seq "$REPEAT"); do
   base+=("$("$tmp/burn-nofp" "$SECS" | rate)")
@@ -63,8 +67,14 @@ awk -v b="$b" -v d="$d" -v f="$f" -v pd="$pd" -v pf="$pf" 'BEGIN {
   printf "throughput ratio baton DWARF / perf dwarf:          %.4f\n", d/pd;
 }'
 grep "unwound from DWARF" "$tmp/dw.log" || true
+fi
 
-echo "--- completeness: share of samples reaching the entry (last run)"
+if want completeness; then
+echo "--- completeness: share of samples reaching the entry"
+"$BATON" record cpu -F "$FREQ" --unwind auto --format collapsed --output "$tmp/dw.folded" -- "$tmp/burn-nofp" 3 >/dev/null 2>&1
+"$BATON" record cpu -F "$FREQ" --unwind fp --format collapsed --output "$tmp/fp.folded" -- "$tmp/burn-fp" 3 >/dev/null 2>&1
+perf record -q -F "$FREQ" --call-graph dwarf -o "$tmp/pdw.data" -- "$tmp/burn-nofp" 3 >/dev/null 2>&1
+perf record -q -F "$FREQ" -g -o "$tmp/pfp.data" -- "$tmp/burn-fp" 3 >/dev/null 2>&1
 "$BATON" record cpu -F "$FREQ" --unwind fp --format collapsed --output "$tmp/fpn.folded" -- "$tmp/burn-nofp" 3 >/dev/null 2>&1
 echo "burn without frame pointers: baton dwarf $(entry_share_folded "$tmp/dw.folded")%, perf dwarf $(entry_share_perf "$tmp/pdw.data")%, baton fp-only $(entry_share_folded "$tmp/fpn.folded")%"
 echo "burn with frame pointers:    baton fp $(entry_share_folded "$tmp/fp.folded")%, perf -g $(entry_share_perf "$tmp/pfp.data")%"
@@ -77,8 +87,11 @@ echo "Debian gzip -9 (499 Hz):     baton dwarf $(entry_share_folded "$tmp/gz.fol
 awk 'BEGIN {for (i = 0; i < 800; i++) printf "int g%d(int x) { int s = 0; for (int j = 0; j < x; j++) s += j * %d %% 7; return s; }\n", i, i}' > "$tmp/few.c"
 "$BATON" record cpu -F 499 --format collapsed --output "$tmp/cl.folded" -- clang -O2 -c -o "$tmp/few.o" "$tmp/few.c" >/dev/null 2>&1
 perf record -q -F 499 --call-graph dwarf -o "$tmp/cl.data" -- clang -O2 -c -o "$tmp/few.o" "$tmp/few.c" >/dev/null 2>&1
-echo "Debian clang-14 -O2 (499 Hz): baton dwarf $(entry_share_folded "$tmp/cl.folded")%, perf dwarf $(entry_share_perf "$tmp/cl.data")% (deep C++ stacks: baton copies 16 KiB of stack, perf 8 KiB by default)"
+echo "Debian clang-14 -O2 (499 Hz): baton dwarf $(entry_share_folded "$tmp/cl.folded")%, perf dwarf $(entry_share_perf "$tmp/cl.data")% (deep C++ stacks: baton copies up to 32 KiB of stack, perf 8 KiB by default)"
 
+fi
+
+if want memory; then
 echo "--- memory: unwind tables and peak RSS of baton record on two large binaries without frame pointers"
 # clang (libLLVM is ~100 MB) compiling a generated file, and baton itself planning a 10k-host fleet.
 awk 'BEGIN {for (i = 0; i < 3000; i++) printf "int f%d(int x) { int s = 0; for (int j = 0; j < x; j++) s += j * %d %% 7; return s; }\n", i, i}' > "$tmp/many.c"
@@ -90,3 +103,4 @@ for mode in auto fp; do
     --output "$tmp/self.$mode.folded" -- "$BATON" plan --config examples/config --fleet examples/fleet-10k.toml --simulate 6h 2>"$tmp/self.$mode.log" >/dev/null || true
   echo "baton plan, --unwind $mode: peak RSS of baton record $(( $(cat "$tmp/rss.self.$mode") / 1024 )) MiB; $(grep -o 'unwind tables.*' "$tmp/self.$mode.log" || echo 'no DWARF copies'); entry reached $(entry_share_folded "$tmp/self.$mode.folded")%"
 done
+fi

@@ -50,14 +50,14 @@ pub const DEFAULT_RECORD_HZ: u64 = 99;
 
 const STACK_DEPTH: usize = 127;
 const KEY_SIZE: usize = 40;
-/// Ring buffer for copied stacks, per online CPU: about 60 samples of 17.5 KiB, which the reader
-/// thread empties every 20 ms (a CPU at 999 Hz fills 20). The ring is a power of two between 1
+/// Ring buffer for copied stacks, per online CPU: about 60 samples of 33.5 KiB, which the reader
+/// thread empties every 20 ms (a CPU at 999 Hz fills 20). The ring is a power of two between 2
 /// and 64 MiB; libbpf maps it into this process, so it counts in the agent's RSS as it is used.
-const COPY_RING_BYTES_PER_CPU: u64 = 1024 * 1024;
+const COPY_RING_BYTES_PER_CPU: u64 = 2 * 1024 * 1024;
 /// Layout of `struct stack_event` in cpu.bpf.c.
 const EV_KERNEL: usize = 72;
 const EV_STACK: usize = EV_KERNEL + STACK_DEPTH * 8;
-const EV_STACK_MAX: usize = 4 * 4096;
+const EV_STACK_MAX: usize = 8 * 4096;
 /// Size of `struct unwind_plan` in cpu.bpf.c.
 const PLAN_SIZE: usize = 8 + MAX_RANGES * 16;
 
@@ -261,7 +261,7 @@ impl CpuProfiler {
             let cpus = sys::online_cpus().map_or(1, |c| c.len()) as u64;
             let bytes = (cpus * COPY_RING_BYTES_PER_CPU)
                 .next_power_of_two()
-                .clamp(1 << 20, 64 << 20);
+                .clamp(2 << 20, 64 << 20);
             open.maps
                 .stack_events
                 .set_max_entries(bytes as u32)

@@ -94,7 +94,7 @@ struct {
 // A copied sample: enough for user space to unwind with CFI. The user stack is copied from the
 // stack pointer upwards, page by page, up to USTACK_BYTES or the end of the stack mapping.
 #define PAGE 4096
-#define USTACK_PAGES 4
+#define USTACK_PAGES 8
 #define USTACK_BYTES (USTACK_PAGES * PAGE)
 struct stack_event {
     __u32 pid;
