@@ -50,6 +50,9 @@ pub(crate) fn install_stop_handler() {
 struct GatedChild {
     pid: libc::pid_t,
     gate: Option<OwnedFd>,
+    /// Read end of a pipe whose write end the child holds close-on-exec: it reads EOF once the
+    /// child has exec'd (or died).
+    execd: Option<OwnedFd>,
     status: Option<i32>,
 }
 
@@ -93,6 +96,14 @@ impl GatedChild {
         }
         // SAFETY: pipe2 returned two new descriptors that we now own.
         let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut efds = [0i32; 2];
+        // SAFETY: `efds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(efds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("creating the exec pipe");
+        }
+        // SAFETY: pipe2 returned two new descriptors that we now own.
+        let (exec_rd, exec_wr) =
+            unsafe { (OwnedFd::from_raw_fd(efds[0]), OwnedFd::from_raw_fd(efds[1])) };
         // SAFETY: after fork the child only calls async-signal-safe functions (close, read,
         // execv, _exit) on memory prepared before the fork.
         let pid = unsafe { libc::fork() };
@@ -103,6 +114,7 @@ impl GatedChild {
             // SAFETY: see above; this branch never returns.
             unsafe {
                 libc::close(wr.as_raw_fd());
+                libc::close(exec_rd.as_raw_fd());
                 let mut b = 0u8;
                 let n = libc::read(rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
                 if n != 1 {
@@ -114,15 +126,31 @@ impl GatedChild {
             }
         }
         drop(rd);
+        drop(exec_wr);
         Ok(GatedChild {
             pid,
             gate: Some(wr),
+            execd: Some(exec_rd),
             status: None,
         })
     }
 
     fn id(&self) -> u32 {
         self.pid as u32
+    }
+
+    /// Waits up to `timeout` for the released child to exec (or die).
+    fn wait_exec(&mut self, timeout: Duration) {
+        let Some(fd) = self.execd.take() else {
+            return;
+        };
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polling one valid descriptor we own, with a valid pollfd.
+        unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
     }
 
     fn release(&mut self) {
@@ -245,15 +273,9 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(c) = &mut child {
         c.release();
-        // Look at the command's own mappings as soon as it has exec'd (the snapshot so far is
-        // of this binary, forked), so its unwinding plan is right from its first samples.
-        let own = std::fs::read_link("/proc/self/exe").ok();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_millis(200)
-            && std::fs::read_link(format!("/proc/{}/exe", c.id())).ok() == own
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // Look at the command's own mappings as soon as it has exec'd (until then it is this
+        // binary, forked), so its unwinding plan is right from its first samples.
+        c.wait_exec(Duration::from_millis(500));
         collector.discover();
     }
 
