@@ -139,11 +139,14 @@ impl GatedChild {
         self.pid as u32
     }
 
-    /// Waits up to `timeout` for the released child to exec (or die).
+    /// Waits up to `timeout` for the released child to exec (or die), and then for its
+    /// executable to be mapped: the close-on-exec descriptors close before the kernel maps the
+    /// new program.
     fn wait_exec(&mut self, timeout: Duration) {
         let Some(fd) = self.execd.take() else {
             return;
         };
+        let t0 = Instant::now();
         let mut p = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -151,6 +154,18 @@ impl GatedChild {
         };
         // SAFETY: polling one valid descriptor we own, with a valid pollfd.
         unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+        let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", self.pid)) else {
+            return;
+        };
+        let exe = exe.to_string_lossy().into_owned();
+        while t0.elapsed() < timeout {
+            match std::fs::read_to_string(format!("/proc/{}/maps", self.pid)) {
+                Ok(maps) if !maps.lines().any(|l| l.ends_with(exe.as_str())) => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                _ => break,
+            }
+        }
     }
 
     fn release(&mut self) {

@@ -6,6 +6,7 @@
 
 mod maps;
 pub mod perfmap;
+mod vdso;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use blazesym::MaybeDefault;
 
 pub use maps::{parse_maps, MapEntry};
 pub use perfmap::PerfMap;
+pub use vdso::own_vdso_image;
 
 /// A symbol found for one address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +64,8 @@ pub struct HostSymbolizer {
     perf_maps: HashMap<u32, PerfMap>,
     /// Modules blazesym has opened since it was last rebuilt; see [`HostSymbolizer::trim`].
     opened_since_rebuild: HashSet<usize>,
+    /// This kernel's vDSO image, written to a file once so blazesym can read its symbols.
+    vdso: vdso::VdsoFile,
     pub stats: SymbolizerStats,
 }
 
@@ -93,6 +97,7 @@ impl HostSymbolizer {
             self_root: dev_ino(Path::new("/proc/self/root")),
             opened_since_rebuild: HashSet::new(),
             perf_maps: HashMap::new(),
+            vdso: vdso::VdsoFile::default(),
             stats: SymbolizerStats::default(),
         }
     }
@@ -252,6 +257,11 @@ impl HostSymbolizer {
             let resolved = if module.path.starts_with('/') {
                 self.opened_since_rebuild.insert(idx);
                 self.resolve_elf(&module.open_path, &module.path, &offs)
+            } else if module.path == "[vdso]" {
+                match self.vdso.path() {
+                    Some(p) => self.resolve_elf(&p, "[vdso]", &offs),
+                    None => vec![None; offs.len()],
+                }
             } else {
                 vec![None; offs.len()]
             };

@@ -342,19 +342,7 @@ fn section_info(m: &ModuleUnwind) -> ExplicitModuleSectionInfo<Data> {
 
 /// The vDSO image is the same in every process of this kernel: read this process's copy.
 fn own_vdso() -> Option<ModuleUnwind> {
-    use std::os::unix::fs::FileExt;
-    let text = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let line = text.lines().find(|l| l.ends_with("[vdso]"))?;
-    let (range, _) = line.split_once(' ')?;
-    let (s, e) = range.split_once('-')?;
-    let (start, end) = (
-        u64::from_str_radix(s, 16).ok()?,
-        u64::from_str_radix(e, 16).ok()?,
-    );
-    let mut buf = vec![0u8; usize::try_from(end.checked_sub(start)?).ok()?];
-    let mem = std::fs::File::open("/proc/self/mem").ok()?;
-    mem.read_exact_at(&mut buf, start).ok()?;
-    ModuleUnwind::parse(&buf).ok()
+    ModuleUnwind::parse(&baton_symbolizer::own_vdso_image()?).ok()
 }
 
 #[cfg(test)]
