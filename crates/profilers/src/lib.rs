@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod exec;
+pub mod offcpu;
 mod perf;
 pub mod sys;
 pub mod unwind;

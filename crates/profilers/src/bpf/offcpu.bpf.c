@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: GPL-2.0
+// Baton off-CPU profiler: on sched_switch, a thread that goes to sleep (interruptible or
+// uninterruptible) has its stacks and the time noted; when it is switched back in, the time it
+// was blocked is added to (pid, tid, comm, cgroup, state, kernel stack, user stack) in one of
+// two buffers, so user space can drain one while the other fills. Blocks shorter than
+// `min_block_ns` are counted but not recorded, which bounds the map traffic on busy hosts.
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#define MAX_STACK_DEPTH 127
+#define MAX_ENTRIES 16384
+#define STACK_ENTRIES 16384
+#define TASK_COMM_LEN 16
+#define TASK_INTERRUPTIBLE 0x1
+#define TASK_UNINTERRUPTIBLE 0x2
+
+struct task_struct {
+    unsigned int __state;
+    int pid;
+    int tgid;
+    char comm[TASK_COMM_LEN];
+} __attribute__((preserve_access_index));
+
+struct block_key {
+    __u32 pid;
+    __u32 tid;
+    __u64 cgroup_id;
+    __s32 kernel_stack;
+    __s32 user_stack;
+    __u32 state;
+    __u32 pad;
+    char comm[TASK_COMM_LEN];
+};
+
+struct block_value {
+    __u64 ns;
+    __u64 count;
+};
+
+// A thread asleep: when it went off CPU, and the key it will be counted under.
+struct start {
+    __u64 ts;
+    __u32 generation;
+    __u32 pad;
+    struct block_key key;
+};
+
+#define COUNTS_MAP(name)                                                                       \
+    struct {                                                                                   \
+        __uint(type, BPF_MAP_TYPE_HASH);                                                       \
+        __uint(max_entries, MAX_ENTRIES);                                                      \
+        __type(key, struct block_key);                                                         \
+        __type(value, struct block_value);                                                     \
+    } name SEC(".maps")
+
+COUNTS_MAP(counts0);
+COUNTS_MAP(counts1);
+
+// One stack map for both buffers: a sleeping thread's stack ids must stay valid until it wakes,
+// whatever the drains in between. User space clears it only when it fills, and bumps
+// `generation`; a thread that went to sleep before a clear is counted without its stacks.
+struct {
+    __uint(type, BPF_MAP_TYPE_STACK_TRACE);
+    __uint(max_entries, STACK_ENTRIES);
+    __uint(key_size, sizeof(__u32));
+    __uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
+} stacks SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u32);
+    __type(value, struct start);
+} starts SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 8192);
+    __type(key, __u32);
+    __type(value, __u8);
+} targets SEC(".maps");
+
+enum stat_index {
+    STAT_SWITCHES_OUT = 0,  // threads of interest that went to sleep
+    STAT_BLOCKS = 1,        // blocks recorded (at least min_block_ns)
+    STAT_SHORT = 2,         // blocks under min_block_ns, not recorded
+    STAT_LOST_MAP_FULL = 3, // blocks lost because the counts map was full
+    STAT_STARTS_FULL = 4,   // sleeps not tracked because the starts map was full
+    STAT_STALE_STACKS = 5,  // blocks counted without stacks (stack map cleared meanwhile)
+    STAT_KSTACK_FAILED = 6,
+    STAT_USTACK_FAILED = 7,
+    STAT_COUNT = 8,
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, STAT_COUNT);
+    __type(key, __u32);
+    __type(value, __u64);
+} stats SEC(".maps");
+
+const volatile __u8 filter_targets = 0;
+const volatile __u64 min_block_ns = 1000000;
+volatile __u32 active_buffer = 0;
+volatile __u32 generation = 0;
+
+static __always_inline void bump(__u32 idx)
+{
+    __u64 *v = bpf_map_lookup_elem(&stats, &idx);
+    if (v)
+        *v += 1;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(on_switch, _Bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+    __u64 now = bpf_ktime_get_ns();
+
+    // `prev` is still current here: its stacks are the ones the helpers see.
+    __u32 prev_tid = prev->pid;
+    __u32 prev_tgid = prev->tgid;
+    __u32 state = prev->__state & (TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE);
+    if (prev_tid != 0 && state != 0 &&
+        (!filter_targets || bpf_map_lookup_elem(&targets, &prev_tgid))) {
+        struct start s = {};
+        s.ts = now;
+        s.generation = generation;
+        s.key.pid = prev_tgid;
+        s.key.tid = prev_tid;
+        s.key.cgroup_id = bpf_get_current_cgroup_id();
+        s.key.state = state;
+        bpf_get_current_comm(&s.key.comm, sizeof(s.key.comm));
+        s.key.kernel_stack = bpf_get_stackid(ctx, &stacks, 0);
+        if (s.key.kernel_stack < 0)
+            bump(STAT_KSTACK_FAILED);
+        s.key.user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+        if (s.key.user_stack < 0)
+            bump(STAT_USTACK_FAILED);
+        bump(STAT_SWITCHES_OUT);
+        if (bpf_map_update_elem(&starts, &prev_tid, &s, BPF_ANY) != 0)
+            bump(STAT_STARTS_FULL);
+    }
+
+    __u32 next_tid = next->pid;
+    struct start *s = bpf_map_lookup_elem(&starts, &next_tid);
+    if (!s)
+        return 0;
+    __u64 delta = now - s->ts;
+    struct block_key key = s->key;
+    __u32 gen = s->generation;
+    bpf_map_delete_elem(&starts, &next_tid);
+    if (delta < min_block_ns) {
+        bump(STAT_SHORT);
+        return 0;
+    }
+    if (gen != generation) {
+        key.kernel_stack = -1;
+        key.user_stack = -1;
+        bump(STAT_STALE_STACKS);
+    }
+    void *counts = active_buffer ? (void *)&counts1 : (void *)&counts0;
+    struct block_value *v = bpf_map_lookup_elem(counts, &key);
+    if (!v) {
+        struct block_value zero = {};
+        bpf_map_update_elem(counts, &key, &zero, BPF_NOEXIST);
+        v = bpf_map_lookup_elem(counts, &key);
+        if (!v) {
+            bump(STAT_LOST_MAP_FULL);
+            return 0;
+        }
+    }
+    __sync_fetch_and_add(&v->ns, delta);
+    __sync_fetch_and_add(&v->count, 1);
+    bump(STAT_BLOCKS);
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

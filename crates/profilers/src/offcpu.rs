@@ -1,0 +1,266 @@
+//! The off-CPU profiler: time threads spend blocked, per stack, from `sched_switch`.
+//!
+//! A thread that goes to sleep (`TASK_INTERRUPTIBLE` or `TASK_UNINTERRUPTIBLE`) has its stacks
+//! taken and the time noted in BPF; when it runs again, the blocked time is added to its key.
+//! Blocks shorter than `min_block_ns` are only counted, which bounds the map updates where
+//! scheduler events pass a million per second. Counts are double-buffered as in the CPU
+//! profiler; the stack map is shared by both buffers and cleared only when it fills (see
+//! `offcpu.bpf.c`). User stacks come from frame pointers.
+
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::time::Duration;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
+
+use crate::sys;
+use crate::ProfilerError;
+
+mod skel {
+    #![allow(
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::pedantic,
+        unused,
+        missing_docs,
+        non_camel_case_types
+    )]
+    include!(concat!(env!("OUT_DIR"), "/offcpu.skel.rs"));
+}
+use skel::{OffcpuSkel, OffcpuSkelBuilder};
+
+const STACK_DEPTH: usize = 127;
+const KEY_SIZE: usize = 48;
+const STACK_ENTRIES: usize = 16384;
+/// Default shortest block recorded.
+pub const DEFAULT_MIN_BLOCK_NS: u64 = 1_000_000;
+
+/// How the off-CPU profiler is set up.
+#[derive(Debug, Clone)]
+pub struct OffCpuOptions {
+    /// Only these processes; `None` is every process.
+    pub targets: Option<Vec<u32>>,
+    /// Blocks shorter than this are counted but not recorded.
+    pub min_block_ns: u64,
+}
+
+/// Why a thread was off CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockState {
+    /// `TASK_INTERRUPTIBLE`: sleeping, waiting for an event (timers, sockets, futexes).
+    Sleeping,
+    /// `TASK_UNINTERRUPTIBLE`: usually waiting for disk I/O.
+    Uninterruptible,
+}
+
+impl BlockState {
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockState::Sleeping => "sleeping",
+            BlockState::Uninterruptible => "uninterruptible",
+        }
+    }
+}
+
+/// Blocked time of one (thread, state, stacks), leaf first.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub pid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    pub state: BlockState,
+    pub kernel: Vec<u64>,
+    pub user: Vec<u64>,
+    /// Nanoseconds blocked.
+    pub ns: u64,
+    /// Blocks added up in `ns`.
+    pub count: u64,
+}
+
+/// Counters of the off-CPU profiler, cumulative since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OffCpuStats {
+    pub switches_out: u64,
+    pub blocks: u64,
+    pub short_blocks: u64,
+    pub lost_map_full: u64,
+    pub starts_full: u64,
+    pub stale_stacks: u64,
+    pub kernel_stack_failed: u64,
+    pub user_stack_failed: u64,
+    /// Times the stack map was cleared because it filled.
+    pub stack_map_clears: u64,
+}
+
+/// A running off-CPU profiler. Dropping it detaches the program.
+pub struct OffCpuProfiler {
+    skel: OffcpuSkel<'static>,
+    _link: Link,
+    active: u32,
+    clears: u64,
+}
+
+impl OffCpuProfiler {
+    /// Loads the program and attaches it to `sched_switch`.
+    pub fn start(opts: &OffCpuOptions) -> Result<OffCpuProfiler, ProfilerError> {
+        if !sys::has_profiling_privileges() {
+            return Err(ProfilerError::Permission);
+        }
+        if let Some(pids) = &opts.targets {
+            if let Some(&p) = pids.iter().find(|&&p| !sys::process_alive(p)) {
+                return Err(ProfilerError::NoSuchProcess(p));
+            }
+        }
+        // As for the CPU profiler: the skeleton borrows its storage for its whole life.
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = OffcpuSkelBuilder::default()
+            .open(storage)
+            .map_err(ProfilerError::bpf("opening the offcpu skeleton"))?;
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.filter_targets = u8::from(opts.targets.is_some());
+            ro.min_block_ns = opts.min_block_ns;
+        }
+        let skel = open
+            .load()
+            .map_err(ProfilerError::bpf("loading the offcpu program"))?;
+        for &p in opts.targets.iter().flatten() {
+            skel.maps
+                .targets
+                .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)
+                .map_err(ProfilerError::bpf("adding a target pid"))?;
+        }
+        let link = skel
+            .progs
+            .on_switch
+            .attach()
+            .map_err(ProfilerError::bpf("attaching to sched_switch"))?;
+        Ok(OffCpuProfiler {
+            skel,
+            _link: link,
+            active: 0,
+            clears: 0,
+        })
+    }
+
+    /// Cumulative counters.
+    pub fn stats(&self) -> OffCpuStats {
+        let read = |i: u32| -> u64 {
+            self.skel
+                .maps
+                .stats
+                .lookup_percpu(&i.to_ne_bytes(), MapFlags::ANY)
+                .ok()
+                .flatten()
+                .map(|per_cpu| per_cpu.iter().map(|v| u64_at(v, 0)).sum())
+                .unwrap_or(0)
+        };
+        OffCpuStats {
+            switches_out: read(0),
+            blocks: read(1),
+            short_blocks: read(2),
+            lost_map_full: read(3),
+            starts_full: read(4),
+            stale_stacks: read(5),
+            kernel_stack_failed: read(6),
+            user_stack_failed: read(7),
+            stack_map_clears: self.clears,
+        }
+    }
+
+    /// Flips buffers and returns the blocks that ended since the last drain.
+    pub fn drain(&mut self) -> Result<Vec<Block>, ProfilerError> {
+        let old = self.active;
+        self.active = 1 - old;
+        if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
+            bss.active_buffer = self.active;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let counts = if old == 0 {
+            &self.skel.maps.counts0
+        } else {
+            &self.skel.maps.counts1
+        };
+        let stacks = &self.skel.maps.stacks;
+        let keys: Vec<Vec<u8>> = counts.keys().collect();
+        let mut cache: HashMap<i32, Vec<u64>> = HashMap::new();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value = counts
+                .lookup(&key, MapFlags::ANY)
+                .map_err(ProfilerError::bpf("reading a block"))?;
+            let _ = counts.delete(&key);
+            let (Some(value), true) = (value, key.len() >= KEY_SIZE) else {
+                continue;
+            };
+            let mut fetch = |id: i32| -> Vec<u64> {
+                if id < 0 {
+                    return Vec::new();
+                }
+                cache
+                    .entry(id)
+                    .or_insert_with(|| {
+                        stacks
+                            .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+                            .ok()
+                            .flatten()
+                            .map(|raw| {
+                                raw.chunks_exact(8)
+                                    .take(STACK_DEPTH)
+                                    .map(|c| u64_at(c, 0))
+                                    .take_while(|&a| a != 0)
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    })
+                    .clone()
+            };
+            let comm_bytes = &key[32..48];
+            let end = comm_bytes.iter().position(|&b| b == 0).unwrap_or(16);
+            out.push(Block {
+                pid: u32_at(&key, 0),
+                tid: u32_at(&key, 4),
+                cgroup_id: u64_at(&key, 8),
+                kernel: fetch(u32_at(&key, 16) as i32),
+                user: fetch(u32_at(&key, 20) as i32),
+                state: if u32_at(&key, 24) & 2 != 0 {
+                    BlockState::Uninterruptible
+                } else {
+                    BlockState::Sleeping
+                },
+                comm: String::from_utf8_lossy(&comm_bytes[..end]).into_owned(),
+                ns: u64_at(&value, 0),
+                count: u64_at(&value, 8),
+            });
+        }
+        // Sleeping threads keep stack ids across drains, so the stack map is cleared only when
+        // it is half full; those threads are then counted without stacks (`stale_stacks`).
+        let used = stacks.keys().count();
+        if used > STACK_ENTRIES / 2 {
+            if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
+                bss.generation = bss.generation.wrapping_add(1);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            let ids: Vec<Vec<u8>> = stacks.keys().collect();
+            for k in ids {
+                let _ = stacks.delete(&k);
+            }
+            self.clears += 1;
+        }
+        Ok(out)
+    }
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    b.get(o..o + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_ne_bytes)
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    b.get(o..o + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_ne_bytes)
+}

@@ -1,0 +1,107 @@
+//! The off-CPU profiler against a program whose blocking is known: 10 sleeps of 200 ms. Needs
+//! root (real BPF); without it the test fails, loudly.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use baton_profilers::offcpu::{BlockState, OffCpuOptions, OffCpuProfiler};
+use baton_symbolizer::HostSymbolizer;
+
+#[test]
+fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
+    assert!(
+        baton_profilers::sys::has_profiling_privileges(),
+        "this test loads BPF: run it as root"
+    );
+    let dir = std::env::temp_dir().join(format!("baton-offcpu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let bin = dir.join("sleeper");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/workloads/sleeper.c");
+    let st = Command::new("clang")
+        .args([
+            "-O2",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-mno-omit-leaf-frame-pointer",
+        ])
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("clang must be installed (scripts/install-deps.sh)");
+    assert!(st.success(), "compiling sleeper.c failed");
+
+    // warm_up sleeps 0.5 s first, which leaves time to attach before the measured sleeps.
+    let mut child = Command::new(&bin)
+        .arg("0.5")
+        .spawn()
+        .expect("start sleeper");
+    let pid = child.id();
+    let mut prof = OffCpuProfiler::start(&OffCpuOptions {
+        targets: Some(vec![pid]),
+        min_block_ns: 1_000_000,
+    })
+    .expect("offcpu profiler starts");
+    let mut sym = HostSymbolizer::new();
+    sym.observe_process(pid);
+    let mut blocks = Vec::new();
+    let t0 = Instant::now();
+    while child.try_wait().expect("wait").is_none() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(300));
+        sym.observe_process(pid);
+        blocks.extend(prof.drain().expect("drain"));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    blocks.extend(prof.drain().expect("drain"));
+    let stats = prof.stats();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut in_sleep = 0u64;
+    let mut sleeps = 0u64;
+    let mut total = 0u64;
+    for b in blocks.iter().filter(|b| b.pid == pid) {
+        total += b.ns;
+        let kernel: Vec<String> = sym
+            .kernel_frames(&b.kernel)
+            .into_iter()
+            .filter_map(|f| f.function)
+            .collect();
+        let user: Vec<String> = sym
+            .user_frames(pid, &b.user)
+            .into_iter()
+            .filter_map(|f| f.function)
+            .collect();
+        let in_nanosleep = kernel.iter().any(|f| f.contains("nanosleep"));
+        eprintln!(
+            "block {} ns x{}: user {user:?} kernel {kernel:?}",
+            b.ns, b.count
+        );
+        // Frame pointers only so far: Debian's libc has none, so the walk from its
+        // clock_nanosleep skips to libc's start and `wait_here` is not in the user stack yet
+        // (DWARF unwinding of off-CPU stacks is the next step). The kernel stack is complete.
+        if b.state == BlockState::Sleeping
+            && in_nanosleep
+            && user.first().is_some_and(|f| f == "clock_nanosleep")
+        {
+            in_sleep += b.ns;
+            sleeps += b.count;
+        }
+    }
+    let secs = in_sleep as f64 / 1e9;
+    eprintln!(
+        "blocked in clock_nanosleep: {secs:.3} s in {sleeps} sleeps; all blocks of the pid {:.3} s; {stats:?}",
+        total as f64 / 1e9
+    );
+    assert!(
+        (secs - 2.0).abs() <= 0.2,
+        "blocked {secs:.3} s in clock_nanosleep, not 2.0 ± 10%"
+    );
+    assert_eq!(sleeps, 10, "{sleeps} sleeps, not 10");
+    // The warm-up sleep began before the profiler attached: it is not seen, and nothing else is.
+    assert!(
+        (total as f64 / 1e9 - secs).abs() < 0.05,
+        "{:.3} s blocked outside the 10 sleeps",
+        total as f64 / 1e9 - secs
+    );
+}
