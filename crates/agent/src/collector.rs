@@ -1,12 +1,14 @@
-//! One CPU profiler plus the host state needed to turn its raw windows into labelled batches.
+//! One stack profiler (CPU or off-CPU) plus the host state needed to turn its raw windows into
+//! labelled batches.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use baton_model::{Batch, Frame, FrameKind, Labels, StackSample, ValueType};
+use baton_profilers::offcpu::{OffCpuOptions, OffCpuProfiler};
 use baton_profilers::sys::process_alive;
-use baton_profilers::{CpuOptions, CpuProfiler, CpuStats, SamplingEvent};
+use baton_profilers::{CpuOptions, CpuProfiler, CpuStats, ProfilerKind, SamplingEvent};
 use baton_symbolizer::HostSymbolizer;
 
 use crate::cgroups::CgroupResolver;
@@ -16,7 +18,12 @@ use crate::AgentError;
 /// How the collector runs.
 #[derive(Debug, Clone)]
 pub struct CollectorOptions {
+    /// Which profiler: `cpu` uses `cpu`'s options; `offcpu` uses `cpu.targets` and
+    /// `offcpu_min_block_ns`.
+    pub profiler: ProfilerKind,
     pub cpu: CpuOptions,
+    /// Shortest block the off-CPU profiler records.
+    pub offcpu_min_block_ns: u64,
     /// Value of the `host` label.
     pub host: String,
     /// Ask the JVMs it samples for their JIT perf maps (`jcmd PID Compiler.perfmap`).
@@ -38,8 +45,27 @@ pub struct WindowReport {
 /// Module name of the placeholder frame for samples whose stacks could not be collected.
 pub const NO_STACK_MODULE: &str = "[no stack]";
 
+/// The profiler a collector drains.
+enum Source {
+    Cpu(CpuProfiler),
+    OffCpu(OffCpuProfiler, OffCpuOptions),
+}
+
+/// One sample as a profiler gave it, before symbolization.
+struct Raw {
+    pid: u32,
+    tid: u32,
+    cgroup_id: u64,
+    comm: String,
+    kernel: Vec<u64>,
+    user: Vec<u64>,
+    count: u64,
+    value: u64,
+    state: Option<&'static str>,
+}
+
 pub struct CpuCollector {
-    profiler: CpuProfiler,
+    profiler: Source,
     symbolizer: HostSymbolizer,
     cgroups: CgroupResolver,
     exes: HashMap<u32, String>,
@@ -56,7 +82,16 @@ fn now_ms() -> i64 {
 
 impl CpuCollector {
     pub fn start(opts: &CollectorOptions) -> Result<CpuCollector, AgentError> {
-        let profiler = CpuProfiler::start(&opts.cpu)?;
+        let profiler = match opts.profiler {
+            ProfilerKind::Cpu => Source::Cpu(CpuProfiler::start(&opts.cpu)?),
+            ProfilerKind::OffCpu => {
+                let o = OffCpuOptions {
+                    targets: opts.cpu.targets.clone(),
+                    min_block_ns: opts.offcpu_min_block_ns,
+                };
+                Source::OffCpu(OffCpuProfiler::start(&o)?, o)
+            }
+        };
         let mut c = CpuCollector {
             profiler,
             symbolizer: HostSymbolizer::new(),
@@ -71,26 +106,95 @@ impl CpuCollector {
         Ok(c)
     }
 
+    /// The profiler this collector runs.
+    pub fn kind(&self) -> ProfilerKind {
+        match self.profiler {
+            Source::Cpu(_) => ProfilerKind::Cpu,
+            Source::OffCpu(..) => ProfilerKind::OffCpu,
+        }
+    }
+
+    /// The CPU profiler's sampling event; `None` for other profilers.
+    pub fn sampling_event(&self) -> Option<SamplingEvent> {
+        match &self.profiler {
+            Source::Cpu(p) => Some(p.event()),
+            Source::OffCpu(..) => None,
+        }
+    }
+
+    /// What drives the profiler, for summaries: the perf event, or the tracepoint.
+    pub fn event_name(&self) -> &'static str {
+        match &self.profiler {
+            Source::Cpu(p) => p.event().name(),
+            Source::OffCpu(..) => "sched_switch",
+        }
+    }
+
+    /// The CPU profiler's event. Panics for other profilers: callers that may run those use
+    /// [`CpuCollector::sampling_event`].
     pub fn event(&self) -> SamplingEvent {
-        self.profiler.event()
+        self.sampling_event().unwrap_or(SamplingEvent::CpuClock)
     }
 
+    /// Nanoseconds one sample stands for (CPU), or 0 where values are measured (off-CPU).
     pub fn period_ns(&self) -> u64 {
-        self.profiler.period_ns()
+        match &self.profiler {
+            Source::Cpu(p) => p.period_ns(),
+            Source::OffCpu(..) => 0,
+        }
     }
 
+    /// Sampling frequency (CPU), or 0.
     pub fn frequency_hz(&self) -> u64 {
-        self.profiler.frequency_hz()
+        match &self.profiler {
+            Source::Cpu(p) => p.frequency_hz(),
+            Source::OffCpu(..) => 0,
+        }
     }
 
+    /// The counters, in the CPU profiler's terms: for off-CPU, `samples` are blocks recorded,
+    /// `lost_map_full` also counts sleeps the start map could not track, and
+    /// `stack_lookup_missing` counts blocks whose stacks were cleared while they slept.
     pub fn stats(&self) -> CpuStats {
-        self.profiler.stats()
+        match &self.profiler {
+            Source::Cpu(p) => p.stats(),
+            Source::OffCpu(p, _) => {
+                let s = p.stats();
+                CpuStats {
+                    samples: s.blocks,
+                    lost_map_full: s.lost_map_full + s.starts_full,
+                    kernel_stack_failed: s.kernel_stack_failed,
+                    user_stack_failed: s.user_stack_failed,
+                    stack_lookup_missing: s.stale_stacks,
+                    ..CpuStats::default()
+                }
+            }
+        }
+    }
+
+    fn target_pids(&self) -> Vec<u32> {
+        match &self.profiler {
+            Source::Cpu(p) => p.target_pids(),
+            Source::OffCpu(_, o) => o.targets.clone().unwrap_or_default(),
+        }
+    }
+
+    fn pending_pids(&self) -> HashSet<u32> {
+        match &self.profiler {
+            Source::Cpu(p) => p.pending_pids(),
+            Source::OffCpu(..) => HashSet::new(),
+        }
+    }
+
+    fn plan_unwinding(&mut self, pid: u32) {
+        if let Source::Cpu(p) = &mut self.profiler {
+            p.plan_unwinding(pid);
+        }
     }
 
     /// Targeted pids that are still alive (all targets, children included).
     pub fn live_targets(&self) -> Vec<u32> {
-        self.profiler
-            .target_pids()
+        self.target_pids()
             .into_iter()
             .filter(|&p| process_alive(p))
             .collect()
@@ -99,15 +203,15 @@ impl CpuCollector {
     /// Snapshots processes that have samples pending but no snapshot yet, so their frames can be
     /// resolved even if they exit before the window ends. Call it often (every ~250 ms).
     pub fn discover(&mut self) {
-        let mut pids: HashSet<u32> = self.profiler.pending_pids();
-        let targets = self.profiler.target_pids();
+        let mut pids: HashSet<u32> = self.pending_pids();
+        let targets = self.target_pids();
         // Targets are few: re-read their mappings each time, so the libraries their loader maps
         // after the exec are known (and planned for) even if the process exits before the end
         // of the window.
         for &pid in &targets {
             if self.symbolizer.knows(pid) {
                 self.observe(pid);
-                self.profiler.plan_unwinding(pid);
+                self.plan_unwinding(pid);
             }
         }
         pids.extend(targets);
@@ -123,7 +227,7 @@ impl CpuCollector {
             {
                 self.observe(pid);
                 // Which of its code lacks frame pointers, so BPF copies those samples' stacks.
-                self.profiler.plan_unwinding(pid);
+                self.plan_unwinding(pid);
                 // A short-lived JIT process may be gone (with its map) by the end of the window.
                 self.symbolizer.refresh_perf_map(pid);
             }
@@ -140,30 +244,88 @@ impl CpuCollector {
 
     /// Drains the window and turns it into a batch. Updates `metrics` when given.
     pub fn collect(&mut self, metrics: Option<&AgentMetrics>) -> Result<WindowReport, AgentError> {
-        let window = self.profiler.drain()?;
+        let (raws, stats, value_type, profiler) = match &mut self.profiler {
+            Source::Cpu(p) => {
+                let period = p.period_ns();
+                let w = p.drain()?;
+                let raws: Vec<Raw> = w
+                    .samples
+                    .into_iter()
+                    .map(|r| Raw {
+                        pid: r.pid,
+                        tid: r.tid,
+                        cgroup_id: r.cgroup_id,
+                        comm: r.comm,
+                        kernel: r.kernel,
+                        user: r.user,
+                        count: r.count,
+                        value: r.count * period,
+                        state: None,
+                    })
+                    .collect();
+                (raws, w.stats, ValueType::cpu_nanoseconds(), "cpu")
+            }
+            Source::OffCpu(p, _) => {
+                let blocks = p.drain()?;
+                let raws: Vec<Raw> = blocks
+                    .into_iter()
+                    .map(|b| Raw {
+                        pid: b.pid,
+                        tid: b.tid,
+                        cgroup_id: b.cgroup_id,
+                        comm: b.comm,
+                        kernel: b.kernel,
+                        user: b.user,
+                        count: b.count,
+                        value: b.ns,
+                        state: Some(b.state.name()),
+                    })
+                    .collect();
+                (
+                    raws,
+                    self.stats(),
+                    ValueType::offcpu_nanoseconds(),
+                    "offcpu",
+                )
+            }
+        };
         if let Some(jvm) = &mut self.jvm {
             // Maps asked for during the window should be on disk before it is symbolized.
             jvm.settle(std::time::Duration::from_secs(2));
         }
-        let period = self.profiler.period_ns();
         // Refresh snapshots of live processes in this window: it catches dlopen'ed libraries.
-        let window_pids: HashSet<u32> = window.samples.iter().map(|s| s.pid).collect();
+        let window_pids: HashSet<u32> = raws.iter().map(|s| s.pid).collect();
         for &pid in &window_pids {
             if pid != 0 && process_alive(pid) {
                 self.observe(pid);
                 // A library loaded since may lack frame pointers (cheap when nothing changed).
-                self.profiler.plan_unwinding(pid);
+                self.plan_unwinding(pid);
             }
             // JIT runtimes append to their perf map as they compile: read it now.
             if pid != 0 {
                 self.symbolizer.refresh_perf_map(pid);
             }
         }
-        let mut samples = Vec::with_capacity(window.samples.len());
+        let mut samples = Vec::with_capacity(raws.len());
         let mut sample_count = 0;
-        for raw in &window.samples {
+        for raw in &raws {
             sample_count += raw.count;
             let mut stack: Vec<Frame> = self.symbolizer.kernel_frames(&raw.kernel);
+            // The off-CPU program's own frames (the BPF program and its trampoline) sit on top
+            // of the scheduler's: they are the profiler, not the workload.
+            if raw.state.is_some() {
+                let own = stack
+                    .iter()
+                    .take_while(|f| {
+                        f.function.as_deref().is_some_and(|n| {
+                            n.starts_with("bpf_prog_")
+                                || n.starts_with("bpf_trace_run")
+                                || n.starts_with("__bpf_trace_")
+                        })
+                    })
+                    .count();
+                stack.drain(..own);
+            }
             stack.extend(self.symbolizer.user_frames(raw.pid, &raw.user));
             if stack.is_empty() {
                 stack.push(Frame {
@@ -187,10 +349,13 @@ impl CpuCollector {
             if let Some(cg) = self.cgroups.path(raw.cgroup_id) {
                 labels.insert("cgroup".into(), cg);
             }
+            if let Some(state) = raw.state {
+                labels.insert("state".into(), state.to_string());
+            }
             samples.push(StackSample {
                 stack,
                 labels,
-                value: (raw.count * period) as i64,
+                value: raw.value as i64,
                 weight: 1.0,
             });
         }
@@ -204,7 +369,7 @@ impl CpuCollector {
         self.symbolizer.trim();
         if let Some(m) = metrics {
             m.windows.fetch_add(1, Ordering::Relaxed);
-            m.set_profiler(&window.stats);
+            m.set_profiler(&stats);
             m.frames_resolved
                 .store(self.symbolizer.stats.frames_resolved, Ordering::Relaxed);
             m.frames_unknown
@@ -214,12 +379,12 @@ impl CpuCollector {
         }
         Ok(WindowReport {
             batch: Batch {
-                profiler: "cpu".into(),
-                value_type: ValueType::cpu_nanoseconds(),
+                profiler: profiler.into(),
+                value_type,
                 ts_ms: now_ms(),
                 samples,
             },
-            stats: window.stats,
+            stats,
             sample_count,
         })
     }

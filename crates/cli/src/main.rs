@@ -193,7 +193,7 @@ enum ConfigCommand {
 
 #[derive(Args)]
 pub struct RecordArgs {
-    /// The profiler to run (today: cpu).
+    /// The profiler to run: cpu (on-CPU stacks, sampled) or offcpu (time blocked per stack).
     pub profiler: String,
     /// Profile these processes (repeat or comma-separate). Threads and later children included.
     #[arg(long, value_delimiter = ',', conflicts_with = "all")]
@@ -219,6 +219,10 @@ pub struct RecordArgs {
     /// Use the cpu-clock software event even where hardware cycles are available.
     #[arg(long)]
     pub cpu_clock: bool,
+    /// offcpu: the shortest block recorded (shorter ones are only counted), e.g. 100us, 1ms.
+    /// Default: 1ms.
+    #[arg(long, value_name = "DURATION")]
+    pub min_block: Option<String>,
     /// How user stacks are unwound: `auto` walks frame pointers where a module keeps them and
     /// unwinds the rest from DWARF CFI (.eh_frame) on a copy of the stack; `fp` walks frame
     /// pointers only (cheaper, but code built without them shows little more than its leaf).

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use baton_agent::{CollectorOptions, CpuCollector};
 use baton_model::export::{self, Format};
-use baton_model::{parse_duration, Profile, ValueType};
+use baton_model::{parse_duration, Profile};
 use baton_profilers::cpu::MAX_FREQUENCY_HZ;
 use baton_profilers::{CpuOptions, ProfilerError, ProfilerKind};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -208,7 +208,13 @@ fn describe_status(st: i32) -> String {
 }
 
 pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
-    ProfilerKind::parse(&a.profiler)?;
+    let kind = ProfilerKind::parse(&a.profiler)?;
+    let min_block_ns = match &a.min_block {
+        Some(d) => parse_duration(d)
+            .map_err(|e| usage(format!("--min-block: {e}")))?
+            .as_nanos() as u64,
+        None => baton_profilers::offcpu::DEFAULT_MIN_BLOCK_NS,
+    };
     let modes =
         usize::from(!a.pid.is_empty()) + usize::from(a.all) + usize::from(!a.command.is_empty());
     if modes != 1 {
@@ -266,6 +272,8 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         Some(a.pid.clone())
     };
     let opts = CollectorOptions {
+        profiler: kind,
+        offcpu_min_block_ns: min_block_ns,
         cpu: CpuOptions {
             frequency_hz: a.frequency,
             targets,
@@ -355,18 +363,34 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .filter_map(|s| s.labels.get("pid").map(String::as_str))
         .collect();
-    eprintln!(
-        "recorded {:.1}s of cpu at {} Hz on {}: {} samples from {} processes \
-         (lost {}, kernel-stack failures {}, user-stack failures {})",
-        elapsed.as_secs_f64(),
-        collector.frequency_hz(),
-        collector.event().name(),
-        report.sample_count,
-        processes.len(),
-        stats.lost(),
-        stats.kernel_stack_failed,
-        stats.user_stack_failed,
-    );
+    if kind == ProfilerKind::OffCpu {
+        let blocked: i64 = report.batch.samples.iter().map(|s| s.value).sum();
+        eprintln!(
+            "recorded {:.1}s of offcpu on sched_switch: {} blocks of {} or more, {:.3}s blocked, \
+             from {} processes (lost {}, kernel-stack failures {}, user-stack failures {})",
+            elapsed.as_secs_f64(),
+            report.sample_count,
+            format!("{:?}", Duration::from_nanos(min_block_ns)),
+            blocked as f64 / 1e9,
+            processes.len(),
+            stats.lost(),
+            stats.kernel_stack_failed,
+            stats.user_stack_failed,
+        );
+    } else {
+        eprintln!(
+            "recorded {:.1}s of cpu at {} Hz on {}: {} samples from {} processes \
+             (lost {}, kernel-stack failures {}, user-stack failures {})",
+            elapsed.as_secs_f64(),
+            collector.frequency_hz(),
+            collector.event_name(),
+            report.sample_count,
+            processes.len(),
+            stats.lost(),
+            stats.kernel_stack_failed,
+            stats.user_stack_failed,
+        );
+    }
     if stats.dwarf_copied > 0 {
         eprintln!(
             "user stacks without frame pointers: {} unwound from DWARF CFI ({} to the outermost \
@@ -384,9 +408,9 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         eprintln!("command ended: {}", describe_status(st));
     }
 
-    let mut profile = Profile::new(ValueType::cpu_nanoseconds());
-    profile.period_ns = Some(collector.period_ns());
-    profile.event = Some(collector.event().name().to_string());
+    let mut profile = Profile::new(report.batch.value_type.clone());
+    profile.period_ns = (collector.period_ns() > 0).then(|| collector.period_ns());
+    profile.event = Some(collector.event_name().to_string());
     profile.start_unix_ns = (report.batch.ts_ms - elapsed.as_millis() as i64) * 1_000_000;
     profile.duration_ns = elapsed.as_nanos() as i64;
     profile.samples = report.batch.samples;

@@ -82,6 +82,8 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
 
     let opts = CollectorOptions {
+        profiler: baton_profilers::ProfilerKind::Cpu,
+        offcpu_min_block_ns: baton_profilers::offcpu::DEFAULT_MIN_BLOCK_NS,
         cpu: CpuOptions {
             frequency_hz: desired(),
             targets: None,
@@ -798,7 +800,10 @@ impl Driver {
         let started = Target::parse(&target)
             .and_then(|t| resolve(&t, &services))
             .and_then(|pids| {
+                // Only the CPU profiler has a scheduler spec in `up` so far (issue 5).
                 let opts = CollectorOptions {
+                    profiler: baton_profilers::ProfilerKind::Cpu,
+                    offcpu_min_block_ns: baton_profilers::offcpu::DEFAULT_MIN_BLOCK_NS,
                     cpu: CpuOptions {
                         frequency_hz: frequency,
                         targets: Some(pids),

@@ -23,6 +23,14 @@ impl ValueType {
             unit: "nanoseconds".into(),
         }
     }
+
+    /// Time threads spent blocked (off CPU).
+    pub fn offcpu_nanoseconds() -> Self {
+        ValueType {
+            kind: "offcpu".into(),
+            unit: "nanoseconds".into(),
+        }
+    }
 }
 
 /// One aggregated row: a stack (leaf first), its labels, its value and its weight.

@@ -60,20 +60,25 @@ impl ProfilerError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProfilerKind {
     Cpu,
+    OffCpu,
 }
 
 impl ProfilerKind {
-    pub const ALL: &'static [ProfilerKind] = &[ProfilerKind::Cpu];
+    pub const ALL: &'static [ProfilerKind] = &[ProfilerKind::Cpu, ProfilerKind::OffCpu];
 
     pub fn name(self) -> &'static str {
         match self {
             ProfilerKind::Cpu => "cpu",
+            ProfilerKind::OffCpu => "offcpu",
         }
     }
 
     pub fn description(self) -> &'static str {
         match self {
             ProfilerKind::Cpu => "on-CPU stacks sampled on a perf event (cycles, else cpu-clock)",
+            ProfilerKind::OffCpu => {
+                "time blocked per stack, from sched_switch (sleeping or uninterruptible)"
+            }
         }
     }
 

@@ -333,3 +333,47 @@ fn an_inlined_function_is_its_own_frame_with_its_line() {
         "no inlined crunch at inline.c:10 in pprof -lines:\n{text}"
     );
 }
+
+#[test]
+fn offcpu_measures_ten_sleeps_of_200_ms() {
+    require_root();
+    let w = workload("sleeper");
+    let dir = scratch("offcpu-record");
+    let out_file = dir.join("off.folded");
+    let mut c = baton();
+    c.args(["record", "offcpu", "--format", "collapsed", "--output"])
+        .arg(&out_file)
+        // No warm-up sleep: the profile starts at the exec.
+        .args(["--", w.to_str().expect("path"), "0"]);
+    let out = run(&mut c);
+    assert!(out.status.success(), "baton record offcpu failed");
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(log.contains("on sched_switch"), "summary: {log}");
+    let text = std::fs::read_to_string(&out_file).expect("collapsed output");
+    let mut asleep = 0u64;
+    let mut total = 0u64;
+    for line in text.lines() {
+        let Some((stack, n)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let ns: u64 = n.parse().expect("a value in ns");
+        total += ns;
+        if stack.contains("do_nanosleep") && stack.contains("clock_nanosleep") {
+            asleep += ns;
+        }
+    }
+    let secs = asleep as f64 / 1e9;
+    eprintln!(
+        "{secs:.3} s blocked in nanosleep of {:.3} s\n{text}",
+        total as f64 / 1e9
+    );
+    assert!(
+        (secs - 2.0).abs() <= 0.2,
+        "{secs:.3} s blocked in nanosleep, not 2.0 ± 10%"
+    );
+    // The BPF program's own frames are not shown on top of the scheduler's.
+    assert!(
+        !text.contains("bpf_prog_"),
+        "profiler frames in the stacks:\n{text}"
+    );
+}
