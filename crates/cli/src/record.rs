@@ -366,11 +366,11 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
     if kind == ProfilerKind::OffCpu {
         let blocked: i64 = report.batch.samples.iter().map(|s| s.value).sum();
         eprintln!(
-            "recorded {:.1}s of offcpu on sched_switch: {} blocks of {} or more, {:.3}s blocked, \
+            "recorded {:.1}s of offcpu on sched_switch: {} blocks of {:?} or more, {:.3}s blocked, \
              from {} processes (lost {}, kernel-stack failures {}, user-stack failures {})",
             elapsed.as_secs_f64(),
             report.sample_count,
-            format!("{:?}", Duration::from_nanos(min_block_ns)),
+            Duration::from_nanos(min_block_ns),
             blocked as f64 / 1e9,
             processes.len(),
             stats.lost(),
