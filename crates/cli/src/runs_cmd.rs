@@ -111,7 +111,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         );
         let (status, out) = get(
             &a.server,
-            &format!("/api/v1/top?since=7d&filter=run%3D{id}&limit={}", a.top),
+            &format!(
+                "/api/v1/top?profiler={}&since=7d&filter=run%3D{id}&limit={}",
+                a.profiler, a.top
+            ),
         )?;
         let top = answer(status, &out)?;
         let rows: Vec<TopEntry> = serde_json::from_value(top["rows"].clone()).unwrap_or_default();

@@ -760,17 +760,21 @@ impl Driver {
     }
 
     fn start_targeted(&mut self, id: u64, now: u64) {
-        let (target, mut frequency, continuous) = {
+        let (target, mut frequency, continuous, profiler) = {
             let s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
             match s.run(id) {
                 Some(r) => (
                     r.request.target.clone(),
                     r.frequency,
                     matches!(r.request.mode, Mode::Continuous { .. }),
+                    r.request.profiler.clone(),
                 ),
                 None => return,
             }
         };
+        // The scheduler only holds runs of profilers it has a spec for, all registered.
+        let kind = baton_profilers::ProfilerKind::parse(&profiler)
+            .unwrap_or(baton_profilers::ProfilerKind::Cpu);
         // The overhead guard holds continuous runs of services too.
         if continuous {
             if self.guard.stopped_until.is_some() {
@@ -800,9 +804,8 @@ impl Driver {
         let started = Target::parse(&target)
             .and_then(|t| resolve(&t, &services))
             .and_then(|pids| {
-                // Only the CPU profiler has a scheduler spec in `up` so far (issue 5).
                 let opts = CollectorOptions {
-                    profiler: baton_profilers::ProfilerKind::Cpu,
+                    profiler: kind,
                     offcpu_min_block_ns: baton_profilers::offcpu::DEFAULT_MIN_BLOCK_NS,
                     cpu: CpuOptions {
                         frequency_hz: frequency,
@@ -821,7 +824,11 @@ impl Driver {
             });
         match started {
             Ok(c) => {
-                eprintln!("baton up: run {id} started ({target} at {frequency} Hz)");
+                if frequency > 0 {
+                    eprintln!("baton up: run {id} started ({target} at {frequency} Hz)");
+                } else {
+                    eprintln!("baton up: run {id} started ({profiler} on {target})");
+                }
                 self.targeted.insert(id, c);
             }
             Err(e) => {

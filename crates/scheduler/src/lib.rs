@@ -72,6 +72,18 @@ impl ProfilerSpec {
                 max_frequency: 999,
                 max_duration_ms: 3_600_000,
             },
+            // The off-CPU profiler attaches its own program to sched_switch: several may run
+            // at once. It has no sampling frequency (0, and 0 is also its ceiling).
+            "offcpu" => ProfilerSpec {
+                name: "offcpu".into(),
+                claims: vec![ResourceClaim {
+                    resource: "tracepoint:sched:sched_switch".into(),
+                    sharing: Sharing::SharedUpTo(4),
+                }],
+                default_frequency: 0,
+                max_frequency: 0,
+                max_duration_ms: 3_600_000,
+            },
             _ => return None,
         };
         if let Some(o) = config.profilers.get(name) {

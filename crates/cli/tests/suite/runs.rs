@@ -294,3 +294,50 @@ fn resources_cap_and_groups_from_the_config_decide_what_runs_together() {
     let _ = w.wait();
     assert!(up.stop().success());
 }
+
+#[test]
+fn an_offcpu_run_through_up_measures_ten_sleeps_of_200_ms() {
+    require_root();
+    let sleeper = workload("sleeper");
+    let data = scratch("runs-offcpu-data");
+    let up = Up::start(&data);
+    // A 0.5 s warm-up sleep before the ten measured ones leaves time for the run to start.
+    let mut w = Command::new(&sleeper).arg("0.5").spawn().expect("sleeper");
+    let server = format!("http://{}", up.addr);
+    let out = run(baton().args([
+        "run",
+        "offcpu",
+        "--target",
+        &format!("pid:{}", w.id()),
+        "--duration",
+        "6s",
+        "--server",
+        &server,
+        "--wait",
+    ]));
+    let _ = w.wait();
+    assert!(out.status.success(), "baton run offcpu failed");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("do_nanosleep"),
+        "the run's top table:\n{table}"
+    );
+    let fg = http_json(
+        &up.addr,
+        "/api/v1/flamegraph?profiler=offcpu&since=10m&filter=comm%3Dsleeper",
+    );
+    let total = fg["total"].as_f64().unwrap_or(0.0) / 1e9;
+    eprintln!("offcpu total through up: {total:.3} s");
+    // The ten sleeps, plus the part of the warm-up that was left when the run attached.
+    assert!(
+        (2.0..=2.5).contains(&total),
+        "{total:.3} s off CPU, not 2.0 s (+ at most 0.5 s of warm-up)"
+    );
+    // The CPU profile is not mixed with it.
+    let cpu = http_json(&up.addr, "/api/v1/top?since=10m&filter=comm%3Dsleeper");
+    assert!(
+        cpu["total"].as_f64().unwrap_or(0.0) < 0.5e9,
+        "off-CPU time leaked into the cpu profile: {cpu}"
+    );
+    up.stop();
+}
