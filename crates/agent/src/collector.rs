@@ -88,6 +88,7 @@ impl CpuCollector {
                 let o = OffCpuOptions {
                     targets: opts.cpu.targets.clone(),
                     min_block_ns: opts.offcpu_min_block_ns,
+                    max_tracked_per_sec: baton_profilers::offcpu::DEFAULT_MAX_TRACKED_PER_SEC,
                 };
                 Source::OffCpu(OffCpuProfiler::start(&o)?, o)
             }
@@ -203,6 +204,9 @@ impl CpuCollector {
     /// Snapshots processes that have samples pending but no snapshot yet, so their frames can be
     /// resolved even if they exit before the window ends. Call it often (every ~250 ms).
     pub fn discover(&mut self) {
+        if let Source::OffCpu(p, _) = &mut self.profiler {
+            p.adapt();
+        }
         let mut pids: HashSet<u32> = self.pending_pids();
         let targets = self.target_pids();
         // Targets are few: re-read their mappings each time, so the libraries their loader maps

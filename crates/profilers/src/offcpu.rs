@@ -2,14 +2,16 @@
 //!
 //! A thread that goes to sleep (`TASK_INTERRUPTIBLE` or `TASK_UNINTERRUPTIBLE`) has its stacks
 //! taken and the time noted in BPF; when it runs again, the blocked time is added to its key.
-//! Blocks shorter than `min_block_ns` are only counted, which bounds the map updates where
-//! scheduler events pass a million per second. Counts are double-buffered as in the CPU
+//! Blocks shorter than `min_block_ns` are only counted. Taking the stacks at each switch is the
+//! cost, so where threads of interest switch out more than `max_tracked_per_sec` times a second,
+//! [`OffCpuProfiler::adapt`] has BPF track one switch-out in N, at random, and count its block N
+//! times: the overhead stays bounded and the sums unbiased. Counts are double-buffered as in the CPU
 //! profiler; the stack map is shared by both buffers and cleared only when it fills (see
 //! `offcpu.bpf.c`). User stacks come from frame pointers.
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
@@ -43,7 +45,12 @@ pub struct OffCpuOptions {
     pub targets: Option<Vec<u32>>,
     /// Blocks shorter than this are counted but not recorded.
     pub min_block_ns: u64,
+    /// Most switch-outs per second that get their stacks taken; beyond it they are sampled.
+    pub max_tracked_per_sec: u64,
 }
+
+/// Default budget of tracked switch-outs per second: about 1.5% of one CPU at ~1.5 us each.
+pub const DEFAULT_MAX_TRACKED_PER_SEC: u64 = 10_000;
 
 /// Why a thread was off CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,9 +80,9 @@ pub struct Block {
     pub state: BlockState,
     pub kernel: Vec<u64>,
     pub user: Vec<u64>,
-    /// Nanoseconds blocked.
+    /// Nanoseconds blocked (sampled blocks count `sample_every` times).
     pub ns: u64,
-    /// Blocks added up in `ns`.
+    /// Blocks added up in `ns` (weighted likewise).
     pub count: u64,
 }
 
@@ -92,6 +99,10 @@ pub struct OffCpuStats {
     pub user_stack_failed: u64,
     /// Times the stack map was cleared because it filled.
     pub stack_map_clears: u64,
+    /// Switch-outs not tracked because of sampling.
+    pub skipped: u64,
+    /// One switch-out in this many is tracked now.
+    pub sample_every: u32,
 }
 
 /// A running off-CPU profiler. Dropping it detaches the program.
@@ -100,6 +111,9 @@ pub struct OffCpuProfiler {
     _link: Link,
     active: u32,
     clears: u64,
+    max_tracked_per_sec: u64,
+    /// (when, switch-outs so far) at the last `adapt`.
+    last_adapt: (Instant, u64),
 }
 
 impl OffCpuProfiler {
@@ -142,7 +156,27 @@ impl OffCpuProfiler {
             _link: link,
             active: 0,
             clears: 0,
+            max_tracked_per_sec: opts.max_tracked_per_sec.max(1),
+            last_adapt: (Instant::now(), 0),
         })
+    }
+
+    /// Sets the sampling of switch-outs from the rate seen since the last call, so that about
+    /// `max_tracked_per_sec` are tracked. Call it a few times a second.
+    pub fn adapt(&mut self) {
+        let seen = self.stats().switches_out;
+        let (t0, s0) = self.last_adapt;
+        let secs = t0.elapsed().as_secs_f64();
+        if secs < 0.1 {
+            return;
+        }
+        self.last_adapt = (Instant::now(), seen);
+        let rate = seen.saturating_sub(s0) as f64 / secs;
+        let every = (rate / self.max_tracked_per_sec as f64).ceil().clamp(1.0, 1e6) as u32;
+        // Initialised to 1, the variable lives in .data, not .bss.
+        if let Some(data) = self.skel.maps.data_data.as_deref_mut() {
+            data.sample_every = every;
+        }
     }
 
     /// Cumulative counters.
@@ -167,6 +201,13 @@ impl OffCpuProfiler {
             kernel_stack_failed: read(6),
             user_stack_failed: read(7),
             stack_map_clears: self.clears,
+            skipped: read(8),
+            sample_every: self
+                .skel
+                .maps
+                .data_data
+                .as_deref()
+                .map_or(1, |d| d.sample_every),
         }
     }
 
