@@ -641,6 +641,13 @@ impl Driver {
                     if self.config_version.as_deref() != Some(c.version.as_str()) {
                         s.reconfigure(c);
                         self.config_version = Some(c.version.clone());
+                        for r in slot_rules(c).iter().filter(|r| r.profiler != "cpu") {
+                            eprintln!(
+                                "baton up: service {} continuous rule {} uses profiler {}, \
+                                 which runs on demand only so far (baton run); it is not drawn",
+                                r.service, r.rule, r.profiler
+                            );
+                        }
                     }
                 }
                 // A cancelled targeted run stops at once.
