@@ -554,7 +554,7 @@ impl Driver {
             .collect();
         let mut st = self.status.write().unwrap_or_else(|p| p.into_inner());
         st["continuous"] = json!({
-            "mode": if rules.is_empty() { "host" } else { "services" },
+            "mode": if rules.iter().any(|r| r.profiler == "cpu") { "services" } else { "host" },
             "rules": list,
         });
     }
@@ -594,9 +594,9 @@ impl Driver {
                 .map(slot_rules)
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|r| r.profiler == "cpu")
                 .collect();
-            let by_services = !rules.is_empty();
+            // CPU rules replace whole-host CPU profiling; rules of other profilers run beside it.
+            let by_services = rules.iter().any(|r| r.profiler == "cpu");
             let decisions = {
                 let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
                 let host_chain: Vec<(u64, RunState)> = s
@@ -641,13 +641,6 @@ impl Driver {
                     if self.config_version.as_deref() != Some(c.version.as_str()) {
                         s.reconfigure(c);
                         self.config_version = Some(c.version.clone());
-                        for r in slot_rules(c).iter().filter(|r| r.profiler != "cpu") {
-                            eprintln!(
-                                "baton up: service {} continuous rule {} uses profiler {}, \
-                                 which runs on demand only so far (baton run); it is not drawn",
-                                r.service, r.rule, r.profiler
-                            );
-                        }
                     }
                 }
                 // A cancelled targeted run stops at once.

@@ -205,3 +205,55 @@ continuous = [{ profiler = "cpu", target_samples_per_hour = 1000000, duration = 
     let _ = w.wait();
     assert!(up.stop().success());
 }
+
+#[test]
+fn an_offcpu_continuous_rule_runs_beside_whole_host_cpu_profiling() {
+    require_root();
+    let sleeper = workload("sleeper");
+    let cfg = scratch("continuous-offcpu-config");
+    // A 2 s run per 20 s slot, drawn at p = 1 (the target is far above what it yields).
+    std::fs::write(
+        cfg.join("svc.toml"),
+        r#"
+[services.sleepers]
+selector = { comm = "sleeper" }
+continuous = [{ profiler = "offcpu", target_samples_per_hour = 1000000, duration = "2s" }]
+"#,
+    )
+    .expect("write config");
+    let data = scratch("continuous-offcpu-data");
+    // 200 ms sleeps for 60 s.
+    let mut w = Command::new(&sleeper)
+        .args(["0", "300"])
+        .spawn()
+        .expect("workload");
+    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+    let run = eventually(
+        40,
+        "a finished continuous offcpu run of the service",
+        || {
+            runs_of(&up.addr, "sleepers")
+                .into_iter()
+                .find(|r| r["state"] == "done")
+        },
+    );
+    eprintln!("run: {run}");
+    assert_eq!(run["profiler"], "offcpu");
+    let id = run["id"].as_u64().expect("id");
+    let fg = http_json(
+        &up.addr,
+        &format!("/api/v1/flamegraph?profiler=offcpu&since=10m&filter=run%3D{id}"),
+    );
+    let secs = fg["total"].as_f64().unwrap_or(0.0) / 1e9;
+    // The sleeps that ended inside the 2 s run: 9 to 11 of them.
+    assert!(
+        (1.6..=2.4).contains(&secs),
+        "a 2 s continuous run stored {secs:.3} s off CPU"
+    );
+    // Whole-host CPU profiling went on beside it.
+    let status = http_json(&up.addr, "/api/v1/status");
+    assert_eq!(status["continuous"]["mode"], "host", "{status}");
+    let _ = w.kill();
+    let _ = w.wait();
+    up.stop();
+}
