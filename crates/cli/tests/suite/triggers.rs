@@ -186,3 +186,54 @@ max_per_hour = 1
     }
     assert!(up.stop().success());
 }
+
+#[test]
+fn an_exec_trigger_starts_an_offcpu_run() {
+    require_root();
+    let sleeper = workload("sleeper");
+    let cfg = scratch("offcpu-trigger-config");
+    std::fs::write(
+        cfg.join("t.toml"),
+        r#"
+[services.sleepers]
+selector = { comm = "sleeper" }
+[[services.sleepers.triggers]]
+kind = "exec"
+pattern = "*/sleeper"
+profiler = "offcpu"
+duration = "3s"
+cooldown = "10m"
+max_per_hour = 1
+"#,
+    )
+    .expect("write config");
+    let data = scratch("offcpu-trigger-data");
+    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // 200 ms sleeps for 10 s, after a 0.3 s warm-up.
+    let mut w = Command::new(&sleeper)
+        .args(["0.3", "50"])
+        .spawn()
+        .expect("sleeper");
+    let run = eventually(30, "the exec trigger's offcpu run to finish", || {
+        triggered(&up.addr, "trigger:sleepers#0")
+            .into_iter()
+            .find(|r| r["state"] == "done")
+    });
+    eprintln!("run: {run}");
+    assert_eq!(run["profiler"], "offcpu", "{run}");
+    assert_eq!(run["target"], format!("pid:{}", w.id()).as_str(), "{run}");
+    let id = run["id"].as_u64().expect("id");
+    let fg = http_json(
+        &up.addr,
+        &format!("/api/v1/flamegraph?profiler=offcpu&since=10m&filter=run%3D{id}"),
+    );
+    let secs = fg["total"].as_f64().unwrap_or(0.0) / 1e9;
+    assert!(
+        (1.5..=3.3).contains(&secs),
+        "a 3 s triggered run stored {secs:.3} s off CPU"
+    );
+    let _ = w.kill();
+    let _ = w.wait();
+    up.stop();
+}
