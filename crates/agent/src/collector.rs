@@ -48,7 +48,7 @@ pub const NO_STACK_MODULE: &str = "[no stack]";
 /// The profiler a collector drains.
 enum Source {
     Cpu(CpuProfiler),
-    OffCpu(OffCpuProfiler, OffCpuOptions),
+    OffCpu(OffCpuProfiler),
 }
 
 /// One sample as a profiler gave it, before symbolization.
@@ -87,10 +87,11 @@ impl CpuCollector {
             ProfilerKind::OffCpu => {
                 let o = OffCpuOptions {
                     targets: opts.cpu.targets.clone(),
+                    follow_forks: opts.cpu.follow_forks,
                     min_block_ns: opts.offcpu_min_block_ns,
                     max_tracked_per_sec: baton_profilers::offcpu::DEFAULT_MAX_TRACKED_PER_SEC,
                 };
-                Source::OffCpu(OffCpuProfiler::start(&o)?, o)
+                Source::OffCpu(OffCpuProfiler::start(&o)?)
             }
         };
         let mut c = CpuCollector {
@@ -111,7 +112,7 @@ impl CpuCollector {
     pub fn kind(&self) -> ProfilerKind {
         match self.profiler {
             Source::Cpu(_) => ProfilerKind::Cpu,
-            Source::OffCpu(..) => ProfilerKind::OffCpu,
+            Source::OffCpu(_) => ProfilerKind::OffCpu,
         }
     }
 
@@ -119,7 +120,7 @@ impl CpuCollector {
     pub fn sampling_event(&self) -> Option<SamplingEvent> {
         match &self.profiler {
             Source::Cpu(p) => Some(p.event()),
-            Source::OffCpu(..) => None,
+            Source::OffCpu(_) => None,
         }
     }
 
@@ -127,7 +128,7 @@ impl CpuCollector {
     pub fn event_name(&self) -> &'static str {
         match &self.profiler {
             Source::Cpu(p) => p.event().name(),
-            Source::OffCpu(..) => "sched_switch",
+            Source::OffCpu(_) => "sched_switch",
         }
     }
 
@@ -141,7 +142,7 @@ impl CpuCollector {
     pub fn period_ns(&self) -> u64 {
         match &self.profiler {
             Source::Cpu(p) => p.period_ns(),
-            Source::OffCpu(..) => 0,
+            Source::OffCpu(_) => 0,
         }
     }
 
@@ -149,7 +150,7 @@ impl CpuCollector {
     pub fn frequency_hz(&self) -> u64 {
         match &self.profiler {
             Source::Cpu(p) => p.frequency_hz(),
-            Source::OffCpu(..) => 0,
+            Source::OffCpu(_) => 0,
         }
     }
 
@@ -159,7 +160,7 @@ impl CpuCollector {
     pub fn stats(&self) -> CpuStats {
         match &self.profiler {
             Source::Cpu(p) => p.stats(),
-            Source::OffCpu(p, _) => {
+            Source::OffCpu(p) => {
                 let s = p.stats();
                 CpuStats {
                     samples: s.blocks,
@@ -176,14 +177,14 @@ impl CpuCollector {
     fn target_pids(&self) -> Vec<u32> {
         match &self.profiler {
             Source::Cpu(p) => p.target_pids(),
-            Source::OffCpu(_, o) => o.targets.clone().unwrap_or_default(),
+            Source::OffCpu(p) => p.target_pids(),
         }
     }
 
     fn pending_pids(&self) -> HashSet<u32> {
         match &self.profiler {
             Source::Cpu(p) => p.pending_pids(),
-            Source::OffCpu(..) => HashSet::new(),
+            Source::OffCpu(_) => HashSet::new(),
         }
     }
 
@@ -204,7 +205,7 @@ impl CpuCollector {
     /// Snapshots processes that have samples pending but no snapshot yet, so their frames can be
     /// resolved even if they exit before the window ends. Call it often (every ~250 ms).
     pub fn discover(&mut self) {
-        if let Source::OffCpu(p, _) = &mut self.profiler {
+        if let Source::OffCpu(p) = &mut self.profiler {
             p.adapt();
         }
         let mut pids: HashSet<u32> = self.pending_pids();
@@ -269,7 +270,7 @@ impl CpuCollector {
                     .collect();
                 (raws, w.stats, ValueType::cpu_nanoseconds(), "cpu")
             }
-            Source::OffCpu(p, _) => {
+            Source::OffCpu(p) => {
                 let blocks = p.drain()?;
                 let raws: Vec<Raw> = blocks
                     .into_iter()

@@ -41,8 +41,9 @@ pub const DEFAULT_MIN_BLOCK_NS: u64 = 1_000_000;
 /// How the off-CPU profiler is set up.
 #[derive(Debug, Clone)]
 pub struct OffCpuOptions {
-    /// Only these processes; `None` is every process.
+    /// Only these processes (and, with `follow_forks`, their children); `None` is every process.
     pub targets: Option<Vec<u32>>,
+    pub follow_forks: bool,
     /// Blocks shorter than this are counted but not recorded.
     pub min_block_ns: u64,
     /// Most switch-outs per second that get their stacks taken; beyond it they are sampled.
@@ -111,6 +112,7 @@ pub struct OffCpuStats {
 pub struct OffCpuProfiler {
     skel: OffcpuSkel<'static>,
     _link: Link,
+    _fork_link: Option<Link>,
     _stats_fd: Option<std::os::fd::OwnedFd>,
     active: u32,
     clears: u64,
@@ -136,9 +138,14 @@ impl OffCpuProfiler {
         let mut open = OffcpuSkelBuilder::default()
             .open(storage)
             .map_err(ProfilerError::bpf("opening the offcpu skeleton"))?;
+        let follow = opts.targets.is_some() && opts.follow_forks;
         if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
             ro.filter_targets = u8::from(opts.targets.is_some());
+            ro.follow_forks = u8::from(follow);
             ro.min_block_ns = opts.min_block_ns;
+        }
+        if !follow {
+            open.progs.on_fork.set_autoload(false);
         }
         let skel = open
             .load()
@@ -154,12 +161,23 @@ impl OffCpuProfiler {
             .on_switch
             .attach()
             .map_err(ProfilerError::bpf("attaching to sched_switch"))?;
+        let fork_link = if follow {
+            Some(
+                skel.progs
+                    .on_fork
+                    .attach()
+                    .map_err(ProfilerError::bpf("attaching the fork tracepoint"))?,
+            )
+        } else {
+            None
+        };
         let stats_fd = sys::enable_bpf_run_time_stats()
             .map_err(|e| tracing::debug!(error = %e, "BPF run-time stats unavailable"))
             .ok();
         Ok(OffCpuProfiler {
             skel,
             _link: link,
+            _fork_link: fork_link,
             _stats_fd: stats_fd,
             active: 0,
             clears: 0,
@@ -186,6 +204,16 @@ impl OffCpuProfiler {
         if let Some(data) = self.skel.maps.data_data.as_deref_mut() {
             data.sample_every = every;
         }
+    }
+
+    /// Pids in the targeted set (grows as children are followed).
+    pub fn target_pids(&self) -> Vec<u32> {
+        self.skel
+            .maps
+            .targets
+            .keys()
+            .map(|k| u32_at(&k, 0))
+            .collect()
     }
 
     /// Cumulative counters.

@@ -40,6 +40,7 @@ fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
     let pid = child.id();
     let mut prof = OffCpuProfiler::start(&OffCpuOptions {
         targets: Some(vec![pid]),
+        follow_forks: false,
         min_block_ns: 1_000_000,
         max_tracked_per_sec: baton_profilers::offcpu::DEFAULT_MAX_TRACKED_PER_SEC,
     })

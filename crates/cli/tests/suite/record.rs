@@ -376,4 +376,25 @@ fn offcpu_measures_ten_sleeps_of_200_ms() {
         !text.contains("bpf_prog_"),
         "profiler frames in the stacks:\n{text}"
     );
+
+    // Children are followed: the sleeper under a shell that waits for it.
+    let out_file = dir.join("off-child.folded");
+    let mut c = baton();
+    c.args(["record", "offcpu", "--format", "collapsed", "--output"])
+        .arg(&out_file)
+        .args(["--", "sh", "-c"])
+        .arg(format!("{} 0; true", w.display()));
+    let out = run(&mut c);
+    assert!(out.status.success(), "baton record offcpu -- sh failed");
+    let text = std::fs::read_to_string(&out_file).expect("collapsed output");
+    let asleep: u64 = text
+        .lines()
+        .filter(|l| l.contains("do_nanosleep") && l.contains("clock_nanosleep"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    let secs = asleep as f64 / 1e9;
+    assert!(
+        (secs - 2.0).abs() <= 0.2,
+        "the child's sleeps: {secs:.3} s, not 2.0 ± 10%\n{text}"
+    );
 }

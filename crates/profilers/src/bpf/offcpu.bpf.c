@@ -98,7 +98,8 @@ enum stat_index {
     STAT_KSTACK_FAILED = 6,
     STAT_USTACK_FAILED = 7,
     STAT_SKIPPED = 8,       // switch-outs not tracked (sampling)
-    STAT_COUNT = 9,
+    STAT_FORKS_FOLLOWED = 9,
+    STAT_COUNT = 10,
 };
 
 struct {
@@ -109,6 +110,7 @@ struct {
 } stats SEC(".maps");
 
 const volatile __u8 filter_targets = 0;
+const volatile __u8 follow_forks = 0;
 const volatile __u64 min_block_ns = 1000000;
 volatile __u32 active_buffer = 0;
 volatile __u32 generation = 0;
@@ -193,6 +195,22 @@ switch_in:;
     __sync_fetch_and_add(&v->ns, delta * weight);
     __sync_fetch_and_add(&v->count, weight);
     bump(STAT_BLOCKS);
+    return 0;
+}
+
+// Follows children of targeted processes, as the CPU profiler does.
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+    if (!filter_targets || !follow_forks)
+        return 0;
+    __u32 ptgid = parent->tgid;
+    if (!bpf_map_lookup_elem(&targets, &ptgid))
+        return 0;
+    __u32 ctgid = child->tgid;
+    __u8 one = 1;
+    if (ctgid != ptgid && bpf_map_update_elem(&targets, &ctgid, &one, BPF_ANY) == 0)
+        bump(STAT_FORKS_FOLLOWED);
     return 0;
 }
 
