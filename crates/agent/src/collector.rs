@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use baton_model::{Batch, Frame, FrameKind, Labels, StackSample, ValueType};
 use baton_profilers::offcpu::{OffCpuOptions, OffCpuProfiler};
 use baton_profilers::sys::process_alive;
-use baton_profilers::{CpuOptions, CpuProfiler, CpuStats, ProfilerKind, SamplingEvent};
+use baton_profilers::{CpuOptions, CpuProfiler, CpuStats, ProfilerKind};
 use baton_symbolizer::HostSymbolizer;
 
 use crate::cgroups::CgroupResolver;
@@ -116,26 +116,12 @@ impl CpuCollector {
         }
     }
 
-    /// The CPU profiler's sampling event; `None` for other profilers.
-    pub fn sampling_event(&self) -> Option<SamplingEvent> {
-        match &self.profiler {
-            Source::Cpu(p) => Some(p.event()),
-            Source::OffCpu(_) => None,
-        }
-    }
-
     /// What drives the profiler, for summaries: the perf event, or the tracepoint.
     pub fn event_name(&self) -> &'static str {
         match &self.profiler {
             Source::Cpu(p) => p.event().name(),
             Source::OffCpu(_) => "sched_switch",
         }
-    }
-
-    /// The CPU profiler's event. Panics for other profilers: callers that may run those use
-    /// [`CpuCollector::sampling_event`].
-    pub fn event(&self) -> SamplingEvent {
-        self.sampling_event().unwrap_or(SamplingEvent::CpuClock)
     }
 
     /// Nanoseconds one sample stands for (CPU), or 0 where values are measured (off-CPU).
@@ -188,12 +174,6 @@ impl CpuCollector {
         }
     }
 
-    fn plan_unwinding(&mut self, pid: u32) {
-        if let Source::Cpu(p) = &mut self.profiler {
-            p.plan_unwinding(pid);
-        }
-    }
-
     /// Targeted pids that are still alive (all targets, children included).
     pub fn live_targets(&self) -> Vec<u32> {
         self.target_pids()
@@ -216,7 +196,6 @@ impl CpuCollector {
         for &pid in &targets {
             if self.symbolizer.knows(pid) {
                 self.observe(pid);
-                self.plan_unwinding(pid);
             }
         }
         pids.extend(targets);
@@ -231,19 +210,26 @@ impl CpuCollector {
             if !self.symbolizer.knows(pid) || (exe.is_some() && exe.as_ref() != self.exes.get(&pid))
             {
                 self.observe(pid);
-                // Which of its code lacks frame pointers, so BPF copies those samples' stacks.
-                self.plan_unwinding(pid);
                 // A short-lived JIT process may be gone (with its map) by the end of the window.
                 self.symbolizer.refresh_perf_map(pid);
             }
         }
     }
 
+    /// Reads `/proc/PID/maps` once for both the symbolizer's snapshot and the unwinding plan
+    /// (which of the process's code lacks frame pointers, so BPF copies those samples' stacks;
+    /// cheap when nothing changed).
     fn observe(&mut self, pid: u32) {
-        if self.symbolizer.observe_process(pid) {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return;
+        };
+        if self.symbolizer.observe_maps(pid, &maps) {
             if let Some(exe) = crate::targets::exe_of(pid) {
                 self.exes.insert(pid, exe);
             }
+        }
+        if let Source::Cpu(p) = &mut self.profiler {
+            p.plan_unwinding(pid, &maps);
         }
     }
 
@@ -302,9 +288,8 @@ impl CpuCollector {
         let window_pids: HashSet<u32> = raws.iter().map(|s| s.pid).collect();
         for &pid in &window_pids {
             if pid != 0 && process_alive(pid) {
+                // Also re-plans unwinding: a library loaded since may lack frame pointers.
                 self.observe(pid);
-                // A library loaded since may lack frame pointers (cheap when nothing changed).
-                self.plan_unwinding(pid);
             }
             // JIT runtimes append to their perf map as they compile: read it now.
             if pid != 0 {
@@ -318,7 +303,7 @@ impl CpuCollector {
             let mut stack: Vec<Frame> = self.symbolizer.kernel_frames(&raw.kernel);
             // The off-CPU program's own frames (the BPF program and its trampoline) sit on top
             // of the scheduler's: they are the profiler, not the workload.
-            if raw.state.is_some() {
+            if profiler == "offcpu" {
                 let own = stack
                     .iter()
                     .take_while(|f| {

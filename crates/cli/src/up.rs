@@ -158,7 +158,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
             .spawn(move || -> anyhow::Result<()> {
                 let collector = match CpuCollector::start(&opts) {
                     Ok(c) => {
-                        let _ = started_tx.send(Ok(c.event().name()));
+                        let _ = started_tx.send(Ok(c.event_name()));
                         c
                     }
                     Err(e) => {

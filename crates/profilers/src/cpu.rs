@@ -23,6 +23,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
 use crate::perf::{open_sampling_event, SamplingEvent};
+use crate::raw::{addresses, comm_at, percpu_sum, stack_of, u32_at, u64_at, STACK_DEPTH};
 use crate::sys;
 use crate::unwind::{DwarfUnwinder, ProcessPlan, UnwindStats, MAX_RANGES};
 use crate::ProfilerError;
@@ -48,7 +49,6 @@ pub const DEFAULT_CONTINUOUS_HZ: u64 = 19;
 /// Default frequency for `baton record`.
 pub const DEFAULT_RECORD_HZ: u64 = 99;
 
-const STACK_DEPTH: usize = 127;
 const KEY_SIZE: usize = 40;
 /// Ring buffer for copied stacks, per online CPU: about 60 samples of 33.5 KiB, which the reader
 /// thread empties every 20 ms (a CPU at 999 Hz fills 20). The ring is a power of two between 2
@@ -192,20 +192,12 @@ fn take_copy(shared: &DwarfShared, data: &[u8]) -> i32 {
     else {
         return 0;
     };
-    let u32_at = |o: usize| u32::from_ne_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]);
-    let u64_at = |o: usize| u64::from_ne_bytes(head[o..o + 8].try_into().unwrap_or([0; 8]));
-    let (pid, tid, cgroup) = (u32_at(0), u32_at(4), u64_at(8));
-    let comm_bytes = &head[16..32];
-    let end = comm_bytes.iter().position(|&b| b == 0).unwrap_or(16);
-    let comm = String::from_utf8_lossy(&comm_bytes[..end]).into_owned();
-    let (ip, sp, bp) = (u64_at(32), u64_at(40), u64_at(48));
-    let kernel_bytes = (u64_at(56) as i64).clamp(0, (STACK_DEPTH * 8) as i64) as usize;
-    let stack_bytes = (u64_at(64) as usize).min(EV_STACK_MAX);
-    let kernel: Vec<u64> = kernel_raw[..kernel_bytes]
-        .chunks_exact(8)
-        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
-        .take_while(|&a| a != 0)
-        .collect();
+    let (pid, tid, cgroup) = (u32_at(head, 0), u32_at(head, 4), u64_at(head, 8));
+    let comm = comm_at(head, 16);
+    let (ip, sp, bp) = (u64_at(head, 32), u64_at(head, 40), u64_at(head, 48));
+    let kernel_bytes = (u64_at(head, 56) as i64).clamp(0, (STACK_DEPTH * 8) as i64) as usize;
+    let stack_bytes = (u64_at(head, 64) as usize).min(EV_STACK_MAX);
+    let kernel = addresses(&kernel_raw[..kernel_bytes]);
     let stack = data.get(EV_STACK..EV_STACK + stack_bytes).unwrap_or(&[]);
     let (user, _complete) = lock(&shared.unwinder).unwind(pid, ip, sp, bp, stack);
     tracing::trace!(
@@ -339,14 +331,15 @@ impl CpuProfiler {
         Ok(p)
     }
 
-    /// Decides, from the modules `pid` maps now, which of its samples BPF copies for DWARF
-    /// unwinding, and tells BPF. Call it for every process seen (cheap when its mappings did not
-    /// change) and again after it execs or loads libraries. A no-op without DWARF unwinding.
-    pub fn plan_unwinding(&mut self, pid: u32) {
+    /// Decides, from the modules `pid` maps now (`maps` is the text of its `/proc/PID/maps`),
+    /// which of its samples BPF copies for DWARF unwinding, and tells BPF. Call it for every
+    /// process seen (cheap when its mappings did not change) and again after it execs or loads
+    /// libraries. A no-op without DWARF unwinding.
+    pub fn plan_unwinding(&mut self, pid: u32, maps: &str) {
         let Some(d) = &mut self.dwarf else {
             return;
         };
-        let plan = lock(&d.shared.unwinder).prepare(pid);
+        let plan = lock(&d.shared.unwinder).prepare_maps(pid, maps);
         let key = pid.to_ne_bytes();
         match plan {
             Some(plan) if !plan.is_empty() => {
@@ -370,13 +363,6 @@ impl CpuProfiler {
         }
     }
 
-    /// Whether `plan_unwinding` has run for `pid` and left a plan in BPF.
-    pub fn has_unwind_plan(&self, pid: u32) -> bool {
-        self.dwarf
-            .as_ref()
-            .is_some_and(|d| d.planned.contains(&pid))
-    }
-
     /// The perf event that drives sampling.
     pub fn event(&self) -> SamplingEvent {
         self.event
@@ -397,10 +383,7 @@ impl CpuProfiler {
             .maps
             .targets
             .keys()
-            .filter_map(|k| {
-                k.get(..4)
-                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            })
+            .map(|k| u32_at(&k, 0))
             .collect()
     }
 
@@ -412,13 +395,7 @@ impl CpuProfiler {
         } else {
             &self.skel.maps.counts1
         };
-        counts
-            .keys()
-            .filter_map(|k| {
-                k.get(..4)
-                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            })
-            .collect()
+        counts.keys().map(|k| u32_at(&k, 0)).collect()
     }
 
     /// Cumulative counters.
@@ -439,16 +416,7 @@ impl CpuProfiler {
         .into_iter()
         .enumerate()
         {
-            let key = (i as u32).to_ne_bytes();
-            if let Ok(Some(per_cpu)) = self.skel.maps.stats.lookup_percpu(&key, MapFlags::ANY) {
-                *slot = per_cpu
-                    .iter()
-                    .filter_map(|v| {
-                        v.get(..8)
-                            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-                    })
-                    .sum();
-            }
+            *slot = percpu_sum(&self.skel.maps.stats, i as u32);
         }
         s.stack_lookup_missing = self.stack_lookup_missing;
         if let Some(d) = &self.dwarf {
@@ -497,33 +465,17 @@ impl CpuProfiler {
             if key.len() < KEY_SIZE {
                 continue;
             }
-            let u32_at =
-                |o: usize| u32::from_ne_bytes([key[o], key[o + 1], key[o + 2], key[o + 3]]);
-            let pid = u32_at(0);
-            let tid = u32_at(4);
-            let cgroup_id = u64::from_ne_bytes(key[8..16].try_into().unwrap_or([0; 8]));
-            let kstack = u32_at(16) as i32;
-            let ustack = u32_at(20) as i32;
-            let comm_bytes = &key[24..40];
-            let end = comm_bytes.iter().position(|&b| b == 0).unwrap_or(16);
-            let comm = String::from_utf8_lossy(&comm_bytes[..end]).into_owned();
+            let (pid, tid, cgroup_id) = (u32_at(&key, 0), u32_at(&key, 4), u64_at(&key, 8));
+            let kstack = u32_at(&key, 16) as i32;
+            let ustack = u32_at(&key, 20) as i32;
+            let comm = comm_at(&key, 24);
             let mut fetch = |id: i32| -> Vec<u64> {
                 if id < 0 {
                     return Vec::new();
                 }
-                let entry = stack_cache.entry(id).or_insert_with(|| {
-                    stacks
-                        .lookup(&id.to_ne_bytes(), MapFlags::ANY)
-                        .ok()
-                        .flatten()
-                        .map(|raw| {
-                            raw.chunks_exact(8)
-                                .take(STACK_DEPTH)
-                                .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
-                                .take_while(|&a| a != 0)
-                                .collect()
-                        })
-                });
+                let entry = stack_cache
+                    .entry(id)
+                    .or_insert_with(|| stack_of(stacks, id));
                 match entry {
                     Some(v) => v.clone(),
                     None => {

@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod exec;
 pub mod offcpu;
 mod perf;
+mod raw;
 pub mod sys;
 pub mod unwind;
 

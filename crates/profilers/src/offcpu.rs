@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 
+use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
 use crate::sys;
 use crate::ProfilerError;
 
@@ -32,7 +33,6 @@ mod skel {
 }
 use skel::{OffcpuSkel, OffcpuSkelBuilder};
 
-const STACK_DEPTH: usize = 127;
 const KEY_SIZE: usize = 48;
 const STACK_ENTRIES: usize = 16384;
 /// Default shortest block recorded.
@@ -218,16 +218,7 @@ impl OffCpuProfiler {
 
     /// Cumulative counters.
     pub fn stats(&self) -> OffCpuStats {
-        let read = |i: u32| -> u64 {
-            self.skel
-                .maps
-                .stats
-                .lookup_percpu(&i.to_ne_bytes(), MapFlags::ANY)
-                .ok()
-                .flatten()
-                .map(|per_cpu| per_cpu.iter().map(|v| u64_at(v, 0)).sum())
-                .unwrap_or(0)
-        };
+        let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
         OffCpuStats {
             switches_out: read(0),
             blocks: read(1),
@@ -279,24 +270,9 @@ impl OffCpuProfiler {
                 }
                 cache
                     .entry(id)
-                    .or_insert_with(|| {
-                        stacks
-                            .lookup(&id.to_ne_bytes(), MapFlags::ANY)
-                            .ok()
-                            .flatten()
-                            .map(|raw| {
-                                raw.chunks_exact(8)
-                                    .take(STACK_DEPTH)
-                                    .map(|c| u64_at(c, 0))
-                                    .take_while(|&a| a != 0)
-                                    .collect()
-                            })
-                            .unwrap_or_default()
-                    })
+                    .or_insert_with(|| stack_of(stacks, id).unwrap_or_default())
                     .clone()
             };
-            let comm_bytes = &key[32..48];
-            let end = comm_bytes.iter().position(|&b| b == 0).unwrap_or(16);
             out.push(Block {
                 pid: u32_at(&key, 0),
                 tid: u32_at(&key, 4),
@@ -308,7 +284,7 @@ impl OffCpuProfiler {
                 } else {
                     BlockState::Sleeping
                 },
-                comm: String::from_utf8_lossy(&comm_bytes[..end]).into_owned(),
+                comm: comm_at(&key, 32),
                 ns: u64_at(&value, 0),
                 count: u64_at(&value, 8),
             });
@@ -329,16 +305,4 @@ impl OffCpuProfiler {
         }
         Ok(out)
     }
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    b.get(o..o + 4)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u32::from_ne_bytes)
-}
-
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    b.get(o..o + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_ne_bytes)
 }

@@ -114,7 +114,12 @@ impl HostSymbolizer {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             return false;
         };
-        let entries = parse_maps(&text);
+        self.observe_maps(pid, &text)
+    }
+
+    /// As [`HostSymbolizer::observe_process`], from `/proc/PID/maps` text the caller has read.
+    pub fn observe_maps(&mut self, pid: u32, text: &str) -> bool {
+        let entries = parse_maps(text);
         if entries.is_empty() {
             // Zombies and kernel threads have no mappings; keep what we had.
             return false;

@@ -228,6 +228,15 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Seconds of off-CPU time the store holds for the samples matching `filter` (e.g. `run%3D7`).
+pub fn offcpu_seconds(addr: &str, filter: &str) -> f64 {
+    let fg = http_json(
+        addr,
+        &format!("/api/v1/flamegraph?profiler=offcpu&since=10m&filter={filter}"),
+    );
+    fg["total"].as_f64().unwrap_or(0.0) / 1e9
+}
+
 pub fn http_json(addr: &str, path: &str) -> serde_json::Value {
     let (status, body) = http_get(addr, path);
     assert_eq!(

@@ -322,11 +322,7 @@ fn an_offcpu_run_through_up_measures_ten_sleeps_of_200_ms() {
         table.contains("do_nanosleep"),
         "the run's top table:\n{table}"
     );
-    let fg = http_json(
-        &up.addr,
-        "/api/v1/flamegraph?profiler=offcpu&since=10m&filter=comm%3Dsleeper",
-    );
-    let total = fg["total"].as_f64().unwrap_or(0.0) / 1e9;
+    let total = offcpu_seconds(&up.addr, "comm%3Dsleeper");
     eprintln!("offcpu total through up: {total:.3} s");
     // The ten sleeps, plus the part of the warm-up that was left when the run attached.
     assert!(

@@ -224,11 +224,7 @@ max_per_hour = 1
     assert_eq!(run["profiler"], "offcpu", "{run}");
     assert_eq!(run["target"], format!("pid:{}", w.id()).as_str(), "{run}");
     let id = run["id"].as_u64().expect("id");
-    let fg = http_json(
-        &up.addr,
-        &format!("/api/v1/flamegraph?profiler=offcpu&since=10m&filter=run%3D{id}"),
-    );
-    let secs = fg["total"].as_f64().unwrap_or(0.0) / 1e9;
+    let secs = offcpu_seconds(&up.addr, &format!("run%3D{id}"));
     assert!(
         (1.5..=3.3).contains(&secs),
         "a 3 s triggered run stored {secs:.3} s off CPU"

@@ -8,7 +8,11 @@ use crate::harness::*;
 
 /// Stacks of a collapsed profile: (frames root first, count).
 fn collapsed(path: &Path) -> Vec<(Vec<String>, u64)> {
-    let text = std::fs::read_to_string(path).expect("read collapsed output");
+    parse_collapsed(&std::fs::read_to_string(path).expect("read collapsed output"))
+}
+
+/// Stacks of collapsed text: (frames root first, count).
+fn parse_collapsed(text: &str) -> Vec<(Vec<String>, u64)> {
     text.lines()
         .filter_map(|l| {
             let (stack, n) = l.rsplit_once(' ')?;
@@ -309,13 +313,7 @@ fn up_unwinds_a_process_without_frame_pointers_through_dwarf() {
         &format!("/api/v1/export?since=10m&format=collapsed&{filter}"),
     );
     let all = String::from_utf8_lossy(&body).to_string();
-    let parsed: Vec<(Vec<String>, u64)> = all
-        .lines()
-        .filter_map(|l| {
-            let (s, n) = l.rsplit_once(' ')?;
-            Some((s.split(';').map(str::to_string).collect(), n.parse().ok()?))
-        })
-        .collect();
+    let parsed = parse_collapsed(&all);
     let full = share(&parsed, |f| {
         has_chain(f, &["main", "mid", "leaf_hot"]) || has_chain(f, &["main", "mid", "leaf_cold"])
     });

@@ -121,8 +121,13 @@ impl DwarfUnwinder {
     /// for the BPF program, or `None` when the process is gone. Cheap when the mappings did not
     /// change since the last call.
     pub fn prepare(&mut self, pid: u32) -> Option<ProcessPlan> {
-        use std::hash::{Hash, Hasher};
         let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        self.prepare_maps(pid, &text)
+    }
+
+    /// As [`DwarfUnwinder::prepare`], from `/proc/PID/maps` text the caller has read.
+    pub fn prepare_maps(&mut self, pid: u32, text: &str) -> Option<ProcessPlan> {
+        use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         text.hash(&mut h);
         let maps_hash = h.finish();
@@ -132,7 +137,7 @@ impl DwarfUnwinder {
                 return Some(s.plan.clone());
             }
         }
-        let entries = parse_maps(&text);
+        let entries = parse_maps(text);
         if entries.is_empty() {
             return None;
         }
@@ -293,11 +298,6 @@ impl DwarfUnwinder {
             .retain(|_, m| m.as_ref().is_none_or(|m| Arc::strong_count(m) > 2));
         self.by_build_id.retain(|_, m| Arc::strong_count(m) > 1);
         self.update_module_stats();
-    }
-
-    /// Pids with loaded mappings.
-    pub fn pids(&self) -> Vec<u32> {
-        self.spaces.keys().copied().collect()
     }
 
     fn update_module_stats(&mut self) {
