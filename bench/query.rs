@@ -81,17 +81,16 @@ fn main() -> anyhow::Result<()> {
             labels: [("comm".to_string(), "comm0".to_string())].into(),
             value: 10_101_010,
             weight: 1.0,
+            value_index: 0,
         })
         .collect();
-    store.write_batch(&Batch {
-        profiler: "cpu".into(),
-        value_type: ValueType::cpu_nanoseconds(),
-        ts_ms: start_ms,
-        samples,
-    })?;
+    let mut batch = Batch::new("cpu", vec![ValueType::cpu_nanoseconds()], start_ms);
+    batch.samples = samples;
+    store.write_batch(&batch)?;
     let extra = rows.saturating_sub(DISTINCT_STACKS);
     store.connection().execute_batch(&format!(
-        "INSERT INTO samples
+        "INSERT INTO samples (ts_ms, profiler, value_type, unit, host, pid, tid, comm, exe,
+                              cgroup, stack_id, value, weight)
          SELECT {start_ms} + (i * {DAY_MS}) // {extra}, 'cpu', 'cpu', 'nanoseconds', 'bench',
                 1000 + (hash(i) % {COMMS}), 1000 + (hash(i) % {COMMS}), 'comm' || (hash(i) % {COMMS}),
                 '/usr/bin/synthetic', '/', s.stack_id, 10101010, 1.0
@@ -115,6 +114,7 @@ fn main() -> anyhow::Result<()> {
     let mut store = DuckDbStore::open(&dir)?;
     let q = Query {
         profiler: "cpu".into(),
+        value: None,
         from_ms: start_ms,
         to_ms: start_ms + DAY_MS + 1,
         filters: vec![],

@@ -5,14 +5,22 @@ use std::path::PathBuf;
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROGRAMS: &[&str] = &["cpu", "exec", "offcpu"];
-
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
     // Debian keeps <asm/types.h> under the multiarch include directory.
     let multiarch = format!("-I/usr/include/{arch}-linux-gnu");
-    for name in PROGRAMS {
+    // Every `src/bpf/NAME.bpf.c` becomes `NAME.skel.rs`: a new profiler needs no edit here.
+    let mut names: Vec<String> = std::fs::read_dir("src/bpf")
+        .expect("src/bpf exists")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".bpf.c").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    println!("cargo:rerun-if-changed=src/bpf");
+    for name in &names {
         let src = format!("src/bpf/{name}.bpf.c");
         let skel = out.join(format!("{name}.skel.rs"));
         SkeletonBuilder::new()

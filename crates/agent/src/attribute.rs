@@ -57,6 +57,7 @@ mod tests {
             labels,
             value: 1,
             weight: 1.0,
+            value_index: 0,
         }
     }
 
@@ -74,6 +75,8 @@ mod tests {
         let mut batch = Batch {
             profiler: "cpu".into(),
             value_type: ValueType::cpu_nanoseconds(),
+            more_value_types: Vec::new(),
+            histograms: Vec::new(),
             ts_ms: 0,
             samples: vec![
                 row("postgres", "/system.slice/postgresql.service"),

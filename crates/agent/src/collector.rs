@@ -1,14 +1,13 @@
-//! One stack profiler (CPU or off-CPU) plus the host state needed to turn its raw windows into
+//! One profiler of the registry plus the host state needed to turn its raw windows into
 //! labelled batches.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use baton_model::{Batch, Frame, FrameKind, Labels, StackSample, ValueType};
-use baton_profilers::offcpu::{OffCpuOptions, OffCpuProfiler};
+use baton_model::{Batch, Frame, FrameKind, Histogram, Labels, ProfilerInfo, StackSample};
 use baton_profilers::sys::process_alive;
-use baton_profilers::{CpuOptions, CpuProfiler, CpuStats, ProfilerKind};
+use baton_profilers::{CpuStats, Profiler, StartOptions};
 use baton_symbolizer::HostSymbolizer;
 
 use crate::cgroups::CgroupResolver;
@@ -18,12 +17,10 @@ use crate::AgentError;
 /// How the collector runs.
 #[derive(Debug, Clone)]
 pub struct CollectorOptions {
-    /// Which profiler: `cpu` uses `cpu`'s options; `offcpu` uses `cpu.targets` and
-    /// `offcpu_min_block_ns`.
-    pub profiler: ProfilerKind,
-    pub cpu: CpuOptions,
-    /// Shortest block the off-CPU profiler records.
-    pub offcpu_min_block_ns: u64,
+    /// The registered profiler to run.
+    pub profiler: String,
+    /// Its targets, rate and options.
+    pub start: StartOptions,
     /// Value of the `host` label.
     pub host: String,
     /// Ask the JVMs it samples for their JIT perf maps (`jcmd PID Compiler.perfmap`).
@@ -38,34 +35,17 @@ pub struct CollectorOptions {
 pub struct WindowReport {
     pub batch: Batch,
     pub stats: CpuStats,
-    /// Raw samples in the window (unweighted count).
+    /// Raw events in the window (samples, calls, blocks; unweighted).
     pub sample_count: u64,
 }
 
 /// Module name of the placeholder frame for samples whose stacks could not be collected.
 pub const NO_STACK_MODULE: &str = "[no stack]";
 
-/// The profiler a collector drains.
-enum Source {
-    Cpu(CpuProfiler),
-    OffCpu(OffCpuProfiler),
-}
-
-/// One sample as a profiler gave it, before symbolization.
-struct Raw {
-    pid: u32,
-    tid: u32,
-    cgroup_id: u64,
-    comm: String,
-    kernel: Vec<u64>,
-    user: Vec<u64>,
-    count: u64,
-    value: u64,
-    state: Option<&'static str>,
-}
-
-pub struct CpuCollector {
-    profiler: Source,
+/// One profiler, whichever it is, plus the host state that turns its raw windows into labelled
+/// batches: the symbolizer, cgroup paths, executables.
+pub struct Collector {
+    profiler: Box<dyn Profiler>,
     symbolizer: HostSymbolizer,
     cgroups: CgroupResolver,
     exes: HashMap<u32, String>,
@@ -80,21 +60,22 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-impl CpuCollector {
-    pub fn start(opts: &CollectorOptions) -> Result<CpuCollector, AgentError> {
-        let profiler = match opts.profiler {
-            ProfilerKind::Cpu => Source::Cpu(CpuProfiler::start(&opts.cpu)?),
-            ProfilerKind::OffCpu => {
-                let o = OffCpuOptions {
-                    targets: opts.cpu.targets.clone(),
-                    follow_forks: opts.cpu.follow_forks,
-                    min_block_ns: opts.offcpu_min_block_ns,
-                    max_tracked_per_sec: baton_profilers::offcpu::DEFAULT_MAX_TRACKED_PER_SEC,
-                };
-                Source::OffCpu(OffCpuProfiler::start(&o)?)
-            }
-        };
-        let mut c = CpuCollector {
+impl Collector {
+    /// The labels every row and histogram of a process carries.
+    fn common_labels(&self, pid: u32, comm: &str) -> Labels {
+        let mut labels = Labels::new();
+        labels.insert("pid".into(), pid.to_string());
+        labels.insert("comm".into(), comm.to_string());
+        labels.insert("host".into(), self.host.clone());
+        if let Some(exe) = self.exes.get(&pid) {
+            labels.insert("exe".into(), exe.clone());
+        }
+        labels
+    }
+
+    pub fn start(opts: &CollectorOptions) -> Result<Collector, AgentError> {
+        let profiler = baton_profilers::registry::start(&opts.profiler, &opts.start)?;
+        let mut c = Collector {
             profiler,
             symbolizer: HostSymbolizer::new(),
             cgroups: CgroupResolver::default(),
@@ -108,70 +89,37 @@ impl CpuCollector {
         Ok(c)
     }
 
-    /// The profiler this collector runs.
-    pub fn kind(&self) -> ProfilerKind {
-        match self.profiler {
-            Source::Cpu(_) => ProfilerKind::Cpu,
-            Source::OffCpu(_) => ProfilerKind::OffCpu,
-        }
+    /// What the profiler this collector runs declares.
+    pub fn info(&self) -> &'static ProfilerInfo {
+        self.profiler.info()
     }
 
-    /// What drives the profiler, for summaries: the perf event, or the tracepoint.
-    pub fn event_name(&self) -> &'static str {
-        match &self.profiler {
-            Source::Cpu(p) => p.event().name(),
-            Source::OffCpu(_) => "sched_switch",
-        }
+    /// What drives the profiler, for summaries: the perf event, the tracepoint or the probes.
+    pub fn event_name(&self) -> String {
+        self.profiler.event_name()
     }
 
-    /// Nanoseconds one sample stands for (CPU), or 0 where values are measured (off-CPU).
+    /// Nanoseconds one sample stands for (sampling profilers), or 0 where values are measured.
     pub fn period_ns(&self) -> u64 {
-        match &self.profiler {
-            Source::Cpu(p) => p.period_ns(),
-            Source::OffCpu(_) => 0,
-        }
+        self.profiler.period_ns()
     }
 
-    /// Sampling frequency (CPU), or 0.
+    /// Sampling frequency (sampling profilers), or 0.
     pub fn frequency_hz(&self) -> u64 {
-        match &self.profiler {
-            Source::Cpu(p) => p.frequency_hz(),
-            Source::OffCpu(_) => 0,
-        }
+        self.profiler.frequency_hz()
     }
 
-    /// The counters, in the CPU profiler's terms: for off-CPU, `samples` are blocks recorded,
-    /// `lost_map_full` also counts sleeps the start map could not track, and
-    /// `stack_lookup_missing` counts blocks whose stacks were cleared while they slept.
+    /// The profiler's counters, in the CPU profiler's terms (see [`Profiler::stats`]).
     pub fn stats(&self) -> CpuStats {
-        match &self.profiler {
-            Source::Cpu(p) => p.stats(),
-            Source::OffCpu(p) => {
-                let s = p.stats();
-                CpuStats {
-                    samples: s.blocks,
-                    lost_map_full: s.lost_map_full + s.starts_full,
-                    kernel_stack_failed: s.kernel_stack_failed,
-                    user_stack_failed: s.user_stack_failed,
-                    stack_lookup_missing: s.stale_stacks,
-                    ..CpuStats::default()
-                }
-            }
-        }
+        self.profiler.stats()
     }
 
     fn target_pids(&self) -> Vec<u32> {
-        match &self.profiler {
-            Source::Cpu(p) => p.target_pids(),
-            Source::OffCpu(p) => p.target_pids(),
-        }
+        self.profiler.target_pids()
     }
 
     fn pending_pids(&self) -> HashSet<u32> {
-        match &self.profiler {
-            Source::Cpu(p) => p.pending_pids(),
-            Source::OffCpu(_) => HashSet::new(),
-        }
+        self.profiler.pending_pids()
     }
 
     /// Targeted pids that are still alive (all targets, children included).
@@ -185,9 +133,7 @@ impl CpuCollector {
     /// Snapshots processes that have samples pending but no snapshot yet, so their frames can be
     /// resolved even if they exit before the window ends. Call it often (every ~250 ms).
     pub fn discover(&mut self) {
-        if let Source::OffCpu(p) = &mut self.profiler {
-            p.adapt();
-        }
+        self.profiler.tick();
         let mut pids: HashSet<u32> = self.pending_pids();
         let targets = self.target_pids();
         // Targets are few: re-read their mappings each time, so the libraries their loader maps
@@ -228,58 +174,15 @@ impl CpuCollector {
                 self.exes.insert(pid, exe);
             }
         }
-        if let Source::Cpu(p) = &mut self.profiler {
-            p.plan_unwinding(pid, &maps);
-        }
+        self.profiler.observe_maps(pid, &maps);
     }
 
     /// Drains the window and turns it into a batch. Updates `metrics` when given.
     pub fn collect(&mut self, metrics: Option<&AgentMetrics>) -> Result<WindowReport, AgentError> {
-        let (raws, stats, value_type, profiler) = match &mut self.profiler {
-            Source::Cpu(p) => {
-                let period = p.period_ns();
-                let w = p.drain()?;
-                let raws: Vec<Raw> = w
-                    .samples
-                    .into_iter()
-                    .map(|r| Raw {
-                        pid: r.pid,
-                        tid: r.tid,
-                        cgroup_id: r.cgroup_id,
-                        comm: r.comm,
-                        kernel: r.kernel,
-                        user: r.user,
-                        count: r.count,
-                        value: r.count * period,
-                        state: None,
-                    })
-                    .collect();
-                (raws, w.stats, ValueType::cpu_nanoseconds(), "cpu")
-            }
-            Source::OffCpu(p) => {
-                let blocks = p.drain()?;
-                let raws: Vec<Raw> = blocks
-                    .into_iter()
-                    .map(|b| Raw {
-                        pid: b.pid,
-                        tid: b.tid,
-                        cgroup_id: b.cgroup_id,
-                        comm: b.comm,
-                        kernel: b.kernel,
-                        user: b.user,
-                        count: b.count,
-                        value: b.ns,
-                        state: Some(b.state.name()),
-                    })
-                    .collect();
-                (
-                    raws,
-                    self.stats(),
-                    ValueType::offcpu_nanoseconds(),
-                    "offcpu",
-                )
-            }
-        };
+        let info = self.profiler.info();
+        let drained = self.profiler.drain()?;
+        let stats = self.profiler.stats();
+        let raws = drained.events;
         if let Some(jvm) = &mut self.jvm {
             // Maps asked for during the window should be on disk before it is symbolized.
             jvm.settle(std::time::Duration::from_secs(2));
@@ -300,10 +203,13 @@ impl CpuCollector {
         let mut sample_count = 0;
         for raw in &raws {
             sample_count += raw.count;
+            if raw.values.is_empty() {
+                continue;
+            }
             let mut stack: Vec<Frame> = self.symbolizer.kernel_frames(&raw.kernel);
-            // The off-CPU program's own frames (the BPF program and its trampoline) sit on top
-            // of the scheduler's: they are the profiler, not the workload.
-            if profiler == "offcpu" {
+            // A tracepoint or probe program's own frames (the BPF program and its trampoline)
+            // sit on top of the kernel's: they are the profiler, not the workload.
+            if self.profiler.own_frames_on_top() {
                 let own = stack
                     .iter()
                     .take_while(|f| {
@@ -328,27 +234,51 @@ impl CpuCollector {
                     line: None,
                 });
             }
-            let mut labels = Labels::new();
-            labels.insert("pid".into(), raw.pid.to_string());
+            let mut labels = self.common_labels(raw.pid, &raw.comm);
             labels.insert("tid".into(), raw.tid.to_string());
-            labels.insert("comm".into(), raw.comm.clone());
-            labels.insert("host".into(), self.host.clone());
-            if let Some(exe) = self.exes.get(&raw.pid) {
-                labels.insert("exe".into(), exe.clone());
-            }
             if let Some(cg) = self.cgroups.path(raw.cgroup_id) {
                 labels.insert("cgroup".into(), cg);
             }
-            if let Some(state) = raw.state {
-                labels.insert("state".into(), state.to_string());
+            for (k, v) in &raw.labels {
+                labels.insert((*k).to_string(), v.clone());
             }
-            samples.push(StackSample {
-                stack,
-                labels,
-                value: raw.value as i64,
-                weight: 1.0,
-            });
+            let weight = if raw.weight > 0.0 { raw.weight } else { 1.0 };
+            let last = raw.values.len().saturating_sub(1);
+            for (i, &value) in raw.values.iter().enumerate() {
+                // A row with no value of a type is left out, except the primary one of a row
+                // that has no value at all (it still counts as a sample).
+                if value == 0 && !(i == 0 && raw.values.iter().all(|&v| v == 0)) {
+                    continue;
+                }
+                samples.push(StackSample {
+                    stack: if i == last {
+                        std::mem::take(&mut stack)
+                    } else {
+                        stack.clone()
+                    },
+                    labels: if i == last {
+                        std::mem::take(&mut labels)
+                    } else {
+                        labels.clone()
+                    },
+                    value: value as i64,
+                    weight,
+                    value_index: i as u8,
+                });
+            }
         }
+        let histograms: Vec<Histogram> = drained
+            .histograms
+            .iter()
+            .map(|h| {
+                let mut out =
+                    Histogram::new(h.name, h.unit, &h.key, self.common_labels(h.pid, &h.comm));
+                for &(i, c) in &h.buckets {
+                    out.add(baton_model::hist::log2_le(i), c);
+                }
+                out
+            })
+            .collect();
         // Forget processes that are gone and had nothing in this window.
         for pid in self.symbolizer.known_pids() {
             if !window_pids.contains(&pid) && !process_alive(pid) {
@@ -368,11 +298,11 @@ impl CpuCollector {
                 .store(self.symbolizer.stats.frames_jit, Ordering::Relaxed);
         }
         Ok(WindowReport {
-            batch: Batch {
-                profiler: profiler.into(),
-                value_type,
-                ts_ms: now_ms(),
-                samples,
+            batch: {
+                let mut b = Batch::new(info.name, info.value_types(), now_ms());
+                b.samples = samples;
+                b.histograms = histograms;
+                b
             },
             stats,
             sample_count,

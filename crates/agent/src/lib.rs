@@ -10,7 +10,7 @@ pub mod observe;
 pub mod prom;
 pub mod targets;
 
-pub use collector::{CollectorOptions, CpuCollector, WindowReport};
+pub use collector::{Collector, CollectorOptions, WindowReport};
 pub use metrics::AgentMetrics;
 
 /// Errors of the agent.

@@ -92,3 +92,28 @@ pub fn print_top(rows: &[TopEntry], limit: usize) {
         );
     }
 }
+
+/// `KEY=VALUE` profiler options from the command line.
+pub fn parse_options(
+    list: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for o in list {
+        let (k, v) = o
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--opt {o:?}: write it as KEY=VALUE")))?;
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// A total in its unit, for summaries: seconds for nanoseconds, KiB/MiB for bytes.
+pub fn format_value(v: f64, unit: &str) -> String {
+    match unit {
+        "nanoseconds" => format!("{:.3}s", v / 1e9),
+        "bytes" if v >= 1048576.0 => format!("{:.2} MiB", v / 1048576.0),
+        "bytes" if v >= 1024.0 => format!("{:.1} KiB", v / 1024.0),
+        "bytes" => format!("{v:.0} B"),
+        _ => format!("{v:.0}"),
+    }
+}

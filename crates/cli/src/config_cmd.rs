@@ -4,12 +4,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use baton_config::ConfigError;
-use baton_profilers::ProfilerKind;
 
 use crate::common::usage;
 
 fn known_profilers() -> Vec<&'static str> {
-    ProfilerKind::ALL.iter().map(|k| k.name()).collect()
+    baton_profilers::registry::names()
 }
 
 /// Exit 0 on a good tree; exit 1 with one `file:line:col: message` line per problem.

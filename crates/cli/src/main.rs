@@ -105,6 +105,9 @@ struct RunCli {
     /// Bypass the soft limits; audited.
     #[arg(long)]
     force: bool,
+    /// A profiler option, KEY=VALUE (repeat it); `baton profilers` lists each profiler's.
+    #[arg(long = "opt", value_name = "KEY=VALUE")]
+    opt: Vec<String>,
     /// Wait for the run, with progress, then print its top functions.
     #[arg(long)]
     wait: bool,
@@ -193,7 +196,7 @@ enum ConfigCommand {
 
 #[derive(Args)]
 pub struct RecordArgs {
-    /// The profiler to run: cpu (on-CPU stacks, sampled) or offcpu (time blocked per stack).
+    /// The profiler to run: cpu, offcpu, … (`baton profilers` lists them all).
     pub profiler: String,
     /// Profile these processes (repeat or comma-separate). Threads and later children included.
     #[arg(long, value_delimiter = ',', conflicts_with = "all")]
@@ -220,9 +223,18 @@ pub struct RecordArgs {
     #[arg(long)]
     pub cpu_clock: bool,
     /// offcpu: the shortest block recorded (shorter ones are only counted), e.g. 100us, 1ms.
-    /// Default: 1ms.
+    /// Default: 1ms. The same as `--opt min_block=DURATION`.
     #[arg(long, value_name = "DURATION")]
     pub min_block: Option<String>,
+    /// A profiler option, KEY=VALUE (repeat it), e.g. `--opt sample_bytes=0` for exact malloc
+    /// figures; `baton profilers` lists every profiler's options and defaults.
+    #[arg(long = "opt", value_name = "KEY=VALUE")]
+    pub opt: Vec<String>,
+    /// The value shown by the top table and written by collapsed, speedscope, svg and json,
+    /// for profilers that measure several (malloc: alloc_bytes, alloc_count, live_bytes).
+    /// pprof always carries them all. Default: the profiler's first.
+    #[arg(long, value_name = "NAME")]
+    pub value: Option<String>,
     /// How user stacks are unwound: `auto` walks frame pointers where a module keeps them and
     /// unwinds the rest from DWARF CFI (.eh_frame) on a copy of the stack; `fp` walks frame
     /// pointers only (cheaper, but code built without them shows little more than its leaf).
@@ -276,10 +288,15 @@ pub struct QueryArgs {
     /// How far back to look, e.g. 5m, 1h.
     #[arg(long, default_value = "5m")]
     pub since: String,
-    /// Label filter, repeatable: comm=NAME, pid=N, exe=PATH, cgroup=PATH; `!=` and `~regex` too.
+    /// Label filter, repeatable: comm=NAME, pid=N, exe=PATH, cgroup=PATH, and a profiler's own
+    /// (state=sleeping, syscall=write, op=write, function=NAME); `!=` and `~regex` too.
     #[arg(long)]
     pub filter: Vec<String>,
-    /// top, collapsed, pprof or json.
+    /// The value to show, for profilers that measure several (malloc: alloc_bytes,
+    /// alloc_count, live_bytes). Default: the profiler's first.
+    #[arg(long, value_name = "NAME")]
+    pub value: Option<String>,
+    /// top, collapsed, pprof, json, or hist (the profiler's histograms, with percentiles).
     #[arg(long, short = 'f', default_value = "top")]
     pub format: String,
     /// Write here instead of stdout (required for pprof on a terminal).
@@ -306,6 +323,7 @@ fn main() -> ExitCode {
             frequency: r.frequency,
             priority: r.priority,
             force: r.force,
+            options: r.opt,
             wait: r.wait,
             server: r.server,
             top: 20,

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use baton_model::parse_duration;
-use baton_profilers::ProfilerKind;
 use baton_scheduler::{simulate, Fleet};
 
 use crate::common::usage;
@@ -21,7 +20,7 @@ pub struct PlanArgs {
 }
 
 pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
-    let known: Vec<&str> = ProfilerKind::ALL.iter().map(|k| k.name()).collect();
+    let known: Vec<&str> = baton_profilers::registry::names();
     let config = baton_config::load_dir(&a.config, &known).map_err(|e| usage(e.to_string()))?;
     let text = std::fs::read_to_string(&a.fleet)
         .with_context(|| format!("reading {}", a.fleet.display()))
@@ -41,6 +40,10 @@ pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
     let t = Instant::now();
     let report = simulate(
         &config,
+        baton_profilers::registry::infos()
+            .into_iter()
+            .map(baton_scheduler::ProfilerSpec::from_info)
+            .collect(),
         &fleet,
         span.as_millis() as u64,
         tick.as_millis() as u64,

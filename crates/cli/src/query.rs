@@ -16,9 +16,10 @@ pub fn run(a: QueryArgs) -> anyhow::Result<ExitCode> {
         "json" => ("/api/v1/flamegraph", None),
         "collapsed" | "folded" => ("/api/v1/export", Some("collapsed")),
         "pprof" => ("/api/v1/export", Some("pprof")),
+        "hist" | "histogram" | "histograms" => ("/api/v1/histograms", None),
         other => {
             return Err(usage(format!(
-                "unknown --format {other:?}; use top, collapsed, pprof or json"
+                "unknown --format {other:?}; use top, collapsed, pprof, json or hist"
             )))
         }
     };
@@ -41,6 +42,38 @@ pub fn run(a: QueryArgs) -> anyhow::Result<ExitCode> {
         } else {
             e
         });
+    }
+    if path == "/api/v1/histograms" && a.output.is_none() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).context("decoding the histograms")?;
+        let hs = v["histograms"].as_array().cloned().unwrap_or_default();
+        if hs.is_empty() {
+            eprintln!("no histograms for {} in the last {}", a.profiler, a.since);
+        }
+        for h in hs {
+            let mut hist = baton_model::Histogram::new(
+                h["name"].as_str().unwrap_or("?"),
+                h["unit"].as_str().unwrap_or(""),
+                h["key"].as_str().unwrap_or(""),
+                Default::default(),
+            );
+            hist.buckets = serde_json::from_value(h["buckets"].clone()).unwrap_or_default();
+            println!(
+                "{} of {}: {} values, p50 {}, p90 {}, p99 {}\n{}",
+                hist.name,
+                if hist.key.is_empty() {
+                    "all"
+                } else {
+                    &hist.key
+                },
+                hist.total(),
+                h["p50"],
+                h["p90"],
+                h["p99"],
+                hist.render()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     if a.format == "top" && a.output.is_none() {
         let v: serde_json::Value =
@@ -82,6 +115,9 @@ fn form_query(a: &QueryArgs, format: Option<&str>) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
     s.append_pair("profiler", &a.profiler);
     s.append_pair("since", &a.since);
+    if let Some(v) = &a.value {
+        s.append_pair("value", v);
+    }
     for f in &a.filter {
         s.append_pair("filter", f);
     }

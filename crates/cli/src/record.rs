@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton_agent::{CollectorOptions, CpuCollector};
+use baton_agent::{Collector, CollectorOptions};
 use baton_model::export::{self, Format};
 use baton_model::{parse_duration, Profile};
 use baton_profilers::cpu::MAX_FREQUENCY_HZ;
-use baton_profilers::{CpuOptions, ProfilerError, ProfilerKind};
+use baton_profilers::{ProfilerError, StartOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::common::{print_top, usage};
@@ -208,13 +208,16 @@ fn describe_status(st: i32) -> String {
 }
 
 pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
-    let kind = ProfilerKind::parse(&a.profiler)?;
-    let min_block_ns = match &a.min_block {
-        Some(d) => parse_duration(d)
-            .map_err(|e| usage(format!("--min-block: {e}")))?
-            .as_nanos() as u64,
-        None => baton_profilers::offcpu::DEFAULT_MIN_BLOCK_NS,
-    };
+    let info = baton_profilers::registry::find(&a.profiler)?.info;
+    let mut options = crate::common::parse_options(&a.opt)?;
+    if let Some(d) = &a.min_block {
+        parse_duration(d).map_err(|e| usage(format!("--min-block: {e}")))?;
+        options.insert("min_block".into(), d.clone());
+    }
+    info.check_options(&options).map_err(usage)?;
+    if let Some(v) = &a.value {
+        info.value_index(v).map_err(usage)?;
+    }
     let modes =
         usize::from(!a.pid.is_empty()) + usize::from(a.all) + usize::from(!a.command.is_empty());
     if modes != 1 {
@@ -272,20 +275,20 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         Some(a.pid.clone())
     };
     let opts = CollectorOptions {
-        profiler: kind,
-        offcpu_min_block_ns: min_block_ns,
-        cpu: CpuOptions {
+        profiler: info.name.into(),
+        start: StartOptions {
             frequency_hz: a.frequency,
             targets,
             follow_forks: true,
             force_cpu_clock: a.cpu_clock,
             dwarf: a.unwind == crate::UnwindMode::Auto,
+            options,
         },
         host: baton_agent::hostname(),
         jvm_perf_maps: !a.no_jvm_perf_map,
         defer_discovery: child.is_some(),
     };
-    let mut collector = match CpuCollector::start(&opts) {
+    let mut collector = match Collector::start(&opts) {
         Ok(c) => c,
         Err(e) => {
             if let Some(c) = &mut child {
@@ -363,25 +366,12 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .filter_map(|s| s.labels.get("pid").map(String::as_str))
         .collect();
-    if kind == ProfilerKind::OffCpu {
-        let blocked: i64 = report.batch.samples.iter().map(|s| s.value).sum();
+    if collector.frequency_hz() > 0 {
         eprintln!(
-            "recorded {:.1}s of offcpu on sched_switch: {} blocks of {:?} or more, {:.3}s blocked, \
-             from {} processes (lost {}, kernel-stack failures {}, user-stack failures {})",
-            elapsed.as_secs_f64(),
-            report.sample_count,
-            Duration::from_nanos(min_block_ns),
-            blocked as f64 / 1e9,
-            processes.len(),
-            stats.lost(),
-            stats.kernel_stack_failed,
-            stats.user_stack_failed,
-        );
-    } else {
-        eprintln!(
-            "recorded {:.1}s of cpu at {} Hz on {}: {} samples from {} processes \
+            "recorded {:.1}s of {} at {} Hz on {}: {} samples from {} processes \
              (lost {}, kernel-stack failures {}, user-stack failures {})",
             elapsed.as_secs_f64(),
+            info.name,
             collector.frequency_hz(),
             collector.event_name(),
             report.sample_count,
@@ -389,6 +379,45 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
             stats.lost(),
             stats.kernel_stack_failed,
             stats.user_stack_failed,
+        );
+    } else {
+        let totals: Vec<String> = report
+            .batch
+            .value_types()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let sum: f64 = report
+                    .batch
+                    .samples
+                    .iter()
+                    .filter(|s| usize::from(s.value_index) == i)
+                    .map(|s| s.weighted())
+                    .sum();
+                format!("{} {}", crate::common::format_value(sum, &t.unit), t.kind)
+            })
+            .collect();
+        eprintln!(
+            "recorded {:.1}s of {} on {}: {} events from {} processes: {} \
+             (lost {}, kernel-stack failures {}, user-stack failures {})",
+            elapsed.as_secs_f64(),
+            info.name,
+            collector.event_name(),
+            report.sample_count,
+            processes.len(),
+            totals.join(", "),
+            stats.lost(),
+            stats.kernel_stack_failed,
+            stats.user_stack_failed,
+        );
+    }
+    for h in &report.batch.histograms {
+        eprintln!(
+            "{} of {} (pid {}):\n{}",
+            h.name,
+            if h.key.is_empty() { "all" } else { &h.key },
+            h.labels.get("pid").map(String::as_str).unwrap_or("?"),
+            h.render()
         );
     }
     if stats.dwarf_copied > 0 {
@@ -409,6 +438,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
     }
 
     let mut profile = Profile::new(report.batch.value_type.clone());
+    profile.more_value_types = report.batch.more_value_types.clone();
     profile.period_ns = (collector.period_ns() > 0).then(|| collector.period_ns());
     profile.event = Some(collector.event_name().to_string());
     profile.start_unix_ns = (report.batch.ts_ms - elapsed.as_millis() as i64) * 1_000_000;
@@ -417,14 +447,18 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
     drop(collector);
 
     if profile.samples.is_empty() {
-        eprintln!("no samples: the targets used no CPU while recording");
+        eprintln!("no samples: the targets did nothing this profiler measures while recording");
     }
+    // pprof carries every value type; the other outputs show one.
+    let full = profile.clone();
+    let profile = profile.select(a.value.as_deref()).map_err(usage)?;
+    let histograms = report.batch.histograms;
     match (&a.output, format) {
         (Some(path), Some(f)) => {
             let file =
                 File::create(path).with_context(|| format!("creating {}", path.display()))?;
             let mut w = BufWriter::new(file);
-            export::write(&profile, f, &mut w)?;
+            write_output(&full, &profile, &histograms, f, &mut w)?;
             w.flush()?;
             print_top(&profile.top_functions(), a.top);
             eprintln!("wrote {} ({})", path.display(), f.name());
@@ -434,10 +468,33 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
                 return Err(usage("pprof is binary; write it with --output FILE.pb.gz"));
             }
             let mut out = std::io::stdout().lock();
-            export::write(&profile, f, &mut out)?;
+            write_output(&full, &profile, &histograms, f, &mut out)?;
             out.flush()?;
         }
         _ => print_top(&profile.top_functions(), a.top),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// pprof gets every value type; the other formats the selected one. JSON also carries the
+/// histograms.
+fn write_output(
+    full: &Profile,
+    selected: &Profile,
+    histograms: &[baton_model::Histogram],
+    f: Format,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match f {
+        Format::Pprof => export::write(full, f, out)?,
+        Format::Json if !histograms.is_empty() => {
+            let mut buf = Vec::new();
+            export::write(selected, f, &mut buf)?;
+            let mut doc: serde_json::Value = serde_json::from_slice(&buf)?;
+            doc["histograms"] = serde_json::to_value(histograms)?;
+            serde_json::to_writer(&mut *out, &doc)?;
+        }
+        _ => export::write(selected, f, out)?,
+    }
+    Ok(())
 }

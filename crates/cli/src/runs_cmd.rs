@@ -19,6 +19,8 @@ pub struct RunArgs {
     pub frequency: Option<u64>,
     pub priority: i32,
     pub force: bool,
+    /// `KEY=VALUE` profiler options.
+    pub options: Vec<String>,
     pub wait: bool,
     pub server: String,
     pub top: usize,
@@ -67,6 +69,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(f) = a.frequency {
         body["frequency"] = json!(f);
     }
+    body["options"] = json!(crate::common::parse_options(&a.options)?);
     let (status, out) = post(&a.server, "/api/v1/runs", &body)?;
     let id = answer(status, &out)?["id"]
         .as_u64()

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use baton_agent::targets::{resolve, selector_pids, Target};
-use baton_agent::{AgentMetrics, CollectorOptions, CpuCollector};
+use baton_agent::{AgentMetrics, Collector, CollectorOptions};
 use baton_config::ConfigError;
 use baton_model::parse_duration;
 use baton_profilers::cpu::MAX_FREQUENCY_HZ;
-use baton_profilers::{CpuOptions, ProfilerError};
+use baton_profilers::{ProfilerError, StartOptions};
 use baton_scheduler::continuous::{host_key, slot_rules, SlotRule};
 use baton_scheduler::{
     Decision, JobRequest, Mode, ProfilerSpec, RunState, Scheduler, Tuner, WriteBudgets,
@@ -82,14 +82,14 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
 
     let opts = CollectorOptions {
-        profiler: baton_profilers::ProfilerKind::Cpu,
-        offcpu_min_block_ns: baton_profilers::offcpu::DEFAULT_MIN_BLOCK_NS,
-        cpu: CpuOptions {
+        profiler: "cpu".into(),
+        start: StartOptions {
             frequency_hz: desired(),
             targets: None,
             follow_forks: false,
             force_cpu_clock: a.cpu_clock,
             dwarf: a.unwind == crate::UnwindMode::Auto,
+            options: Default::default(),
         },
         host: baton_agent::hostname(),
         // Continuous whole-host profiling does not attach to JVMs.
@@ -106,9 +106,9 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .and_then(|l| l.read().unwrap_or_else(|p| p.into_inner()).config.clone())
         .unwrap_or_else(default_config);
-    let specs = baton_profilers::ProfilerKind::ALL
-        .iter()
-        .filter_map(|k| ProfilerSpec::builtin(k.name(), &effective))
+    let specs = baton_profilers::registry::infos()
+        .into_iter()
+        .map(ProfilerSpec::from_info)
         .collect();
     let scheduler = Arc::new(Mutex::new(Scheduler::new(&effective, specs)));
     let tuner_interval = effective.tuner.interval.as_millis() as u64;
@@ -156,7 +156,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         std::thread::Builder::new()
             .name("baton-collector".into())
             .spawn(move || -> anyhow::Result<()> {
-                let collector = match CpuCollector::start(&opts) {
+                let collector = match Collector::start(&opts) {
                     Ok(c) => {
                         let _ = started_tx.send(Ok(c.event_name()));
                         c
@@ -197,7 +197,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     if service_rules == 0 {
         eprintln!(
             "baton up: profiling every process at {} Hz on {event}, {}s windows; data in {}; UI at http://{addr}/",
-            opts.cpu.frequency_hz,
+            opts.start.frequency_hz,
             window.as_secs(),
             data.display()
         );
@@ -215,7 +215,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         *st = json!({
             "profiler": "cpu",
             "event": event,
-            "frequency_hz": opts.cpu.frequency_hz,
+            "frequency_hz": opts.start.frequency_hz,
             "window_s": window.as_secs(),
             "data_dir": data.display().to_string(),
             "schema_version": baton_store::SCHEMA_VERSION,
@@ -349,11 +349,11 @@ fn default_config() -> baton_config::Config {
 /// collector. The collectors are dropped at the end, which detaches every BPF program.
 struct Driver {
     opts: CollectorOptions,
-    continuous: Option<CpuCollector>,
+    continuous: Option<Collector>,
     continuous_run: Option<u64>,
     /// The collectors of every running run but the host chain, by run id. The scheduler decides
     /// how many may run at once (resources, cap, groups).
-    targeted: BTreeMap<u64, CpuCollector>,
+    targeted: BTreeMap<u64, Collector>,
     /// The config version the scheduler was last given.
     config_version: Option<String>,
     scheduler: Arc<Mutex<Scheduler>>,
@@ -625,12 +625,13 @@ impl Driver {
                         },
                         duration_ms: window_for(self.window_flag, self.live.as_deref()).as_millis()
                             as u64,
-                        frequency: Some(self.opts.cpu.frequency_hz),
+                        frequency: Some(self.opts.start.frequency_hz),
                         priority: 0,
                         force: false,
                         owner: "continuous".into(),
                         not_before: now,
                         weight: 1.0,
+                        options: Default::default(),
                     };
                     if let Err(e) = s.submit(req, now) {
                         tracing::error!(error = %e, "queueing the continuous run failed");
@@ -718,7 +719,7 @@ impl Driver {
                 if self.is_host_chain(run) {
                     self.continuous_run = Some(run);
                     if self.continuous.is_none() && self.guard.stopped_until.is_none() {
-                        match CpuCollector::start(&self.opts) {
+                        match Collector::start(&self.opts) {
                             Ok(c) => self.continuous = Some(c),
                             Err(e) => {
                                 tracing::error!(error = %e, "resuming continuous profiling failed")
@@ -760,7 +761,7 @@ impl Driver {
     }
 
     fn start_targeted(&mut self, id: u64, now: u64) {
-        let (target, mut frequency, continuous, profiler) = {
+        let (target, mut frequency, continuous, profiler, mut options) = {
             let s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
             match s.run(id) {
                 Some(r) => (
@@ -768,13 +769,20 @@ impl Driver {
                     r.frequency,
                     matches!(r.request.mode, Mode::Continuous { .. }),
                     r.request.profiler.clone(),
+                    r.request.options.clone(),
                 ),
                 None => return,
             }
         };
-        // The scheduler only holds runs of profilers it has a spec for, all registered.
-        let kind = baton_profilers::ProfilerKind::parse(&profiler)
-            .unwrap_or(baton_profilers::ProfilerKind::Cpu);
+        // The config's `[profilers.NAME] options` apply where the request does not say.
+        if let Some(live) = &self.live {
+            let l = live.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(o) = l.config.as_ref().and_then(|c| c.profilers.get(&profiler)) {
+                for (k, v) in &o.options {
+                    options.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
         // The overhead guard holds continuous runs of services too.
         if continuous {
             if self.guard.stopped_until.is_some() {
@@ -805,14 +813,14 @@ impl Driver {
             .and_then(|t| resolve(&t, &services))
             .and_then(|pids| {
                 let opts = CollectorOptions {
-                    profiler: kind,
-                    offcpu_min_block_ns: baton_profilers::offcpu::DEFAULT_MIN_BLOCK_NS,
-                    cpu: CpuOptions {
+                    profiler: profiler.clone(),
+                    start: StartOptions {
                         frequency_hz: frequency,
                         targets: Some(pids),
                         follow_forks: true,
-                        force_cpu_clock: self.opts.cpu.force_cpu_clock,
-                        dwarf: self.opts.cpu.dwarf,
+                        force_cpu_clock: self.opts.start.force_cpu_clock,
+                        dwarf: self.opts.start.dwarf,
+                        options,
                     },
                     host: self.opts.host.clone(),
                     // On-demand and triggered runs ask JVMs for their JIT maps; continuous
@@ -820,7 +828,7 @@ impl Driver {
                     jvm_perf_maps: !continuous,
                     defer_discovery: false,
                 };
-                CpuCollector::start(&opts).map_err(|e| e.to_string())
+                Collector::start(&opts).map_err(|e| e.to_string())
             });
         match started {
             Ok(c) => {
@@ -878,6 +886,15 @@ impl Driver {
                     s.weight *= weight;
                     if let Some(svc) = &service {
                         s.labels.insert("service".into(), svc.clone());
+                    }
+                }
+                for h in &mut r.batch.histograms {
+                    h.labels.insert("run".into(), id.to_string());
+                    if let Some(svc) = &service {
+                        h.labels.insert("service".into(), svc.clone());
+                    }
+                    for b in &mut h.buckets {
+                        b.count *= weight;
                     }
                 }
                 let n = r.sample_count;
@@ -1001,7 +1018,7 @@ impl Driver {
     /// The highest frequency continuous profiling uses: that of the fastest continuous rule of
     /// the config, or the whole-host chain's when there is no rule.
     fn highest_continuous_frequency(&self) -> u64 {
-        let base = self.opts.cpu.frequency_hz;
+        let base = self.opts.start.frequency_hz;
         self.config()
             .map(|c| slot_rules(&c))
             .unwrap_or_default()
@@ -1014,29 +1031,29 @@ impl Driver {
 
     fn retune_frequency(&mut self) {
         let want = (self.desired)().min(self.guard.cap.unwrap_or(u64::MAX));
-        if want == self.opts.cpu.frequency_hz {
+        if want == self.opts.start.frequency_hz {
             return;
         }
-        let previous = self.opts.cpu.frequency_hz;
-        self.opts.cpu.frequency_hz = want;
+        let previous = self.opts.start.frequency_hz;
+        self.opts.start.frequency_hz = want;
         if self.continuous.is_some() && self.guard.stopped_until.is_none() {
             self.flush_continuous(None);
             self.continuous = None;
-            match CpuCollector::start(&self.opts) {
+            match Collector::start(&self.opts) {
                 Ok(c) => self.continuous = Some(c),
                 Err(e) => {
                     tracing::error!(error = %e, "restarting at {want} Hz failed; staying at {previous} Hz");
-                    self.opts.cpu.frequency_hz = previous;
-                    self.continuous = CpuCollector::start(&self.opts).ok();
+                    self.opts.start.frequency_hz = previous;
+                    self.continuous = Collector::start(&self.opts).ok();
                 }
             }
         }
         eprintln!(
             "baton up: sampling frequency now {} Hz",
-            self.opts.cpu.frequency_hz
+            self.opts.start.frequency_hz
         );
         self.status.write().unwrap_or_else(|p| p.into_inner())["frequency_hz"] =
-            json!(self.opts.cpu.frequency_hz);
+            json!(self.opts.start.frequency_hz);
     }
 }
 
@@ -1048,10 +1065,7 @@ fn now_ms() -> i64 {
 }
 
 fn known_profilers() -> Vec<&'static str> {
-    baton_profilers::ProfilerKind::ALL
-        .iter()
-        .map(|k| k.name())
-        .collect()
+    baton_profilers::registry::names()
 }
 
 /// Loads the tree at start; a broken tree stops `baton up` before anything runs.

@@ -66,6 +66,8 @@ pub(crate) struct ProfilerDoc {
     pub max_duration: Option<Spanned<String>>,
     /// The host resources the profiler claims while it runs, replacing its built-in claims.
     pub resources: Option<Vec<Spanned<ResourceDoc>>>,
+    /// Profiler-specific options (`sample_bytes = 0`, `probe = "/bin/app:handle_*"`).
+    pub options: Option<BTreeMap<String, Spanned<toml::Value>>>,
 }
 
 /// One claimed resource: `{ name = "pmu" }` (exclusive) or `{ name = "gpu:0", shared = 4 }`.
@@ -206,6 +208,8 @@ pub struct ProfilerOverride {
     pub max_duration: Option<Duration>,
     /// Replaces the profiler's built-in resource claims when set.
     pub resources: Option<Vec<ResourceSpec>>,
+    /// Profiler-specific options, as text; the profiler checks them when a run starts.
+    pub options: BTreeMap<String, String>,
 }
 
 /// A resource claim from the config.

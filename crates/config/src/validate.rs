@@ -296,7 +296,24 @@ fn profiler_override(cx: &mut Ctx<'_>, p: &ProfilerDoc) -> ProfilerOverride {
                 .filter_map(|r| resource(cx, r.get_ref()))
                 .collect()
         }),
+        options: BTreeMap::new(),
     };
+    for (k, v) in p.options.iter().flatten() {
+        let text = match v.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => {
+                cx.at(
+                    v.span(),
+                    format!("option {k} must be a string, number or boolean"),
+                );
+                continue;
+            }
+        };
+        o.options.insert(k.clone(), text);
+    }
     if let (Some(f), Some(m), Some(span)) = (o.frequency, o.max_frequency, p.frequency.as_ref()) {
         if f > m {
             cx.at(

@@ -57,10 +57,11 @@ where
 }
 
 impl Profile {
-    /// Display names per sample, leaf first.
+    /// Display names per sample of the primary value type, leaf first.
     pub fn named_stacks(&self) -> Vec<(Vec<String>, f64)> {
         self.samples
             .iter()
+            .filter(|s| s.value_index == 0)
             .map(|s| {
                 (
                     s.stack.iter().map(|f| f.display_name()).collect(),

@@ -8,13 +8,17 @@ pub mod duration;
 pub mod export;
 pub mod flame;
 pub mod frame;
+pub mod hist;
 pub mod named;
 pub mod profile;
+pub mod registry;
 pub mod time;
 
 pub use batch::Batch;
 pub use duration::{parse_duration, DurationError};
 pub use flame::{FlameNode, TopEntry};
 pub use frame::{Frame, FrameKind};
+pub use hist::{Bucket, Histogram};
 pub use named::NamedStacks;
 pub use profile::{Labels, Profile, StackSample, ValueType};
+pub use registry::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};

@@ -17,6 +17,13 @@ pub struct ValueType {
 }
 
 impl ValueType {
+    pub fn new(kind: &str, unit: &str) -> Self {
+        ValueType {
+            kind: kind.into(),
+            unit: unit.into(),
+        }
+    }
+
     pub fn cpu_nanoseconds() -> Self {
         ValueType {
             kind: "cpu".into(),
@@ -42,6 +49,15 @@ pub struct StackSample {
     pub value: i64,
     /// Inverse of the probability that this sample was taken; 1.0 when nothing was dropped.
     pub weight: f64,
+    /// Which of its batch's or profile's value types `value` is: 0 is the primary one, `i > 0`
+    /// is `more_value_types[i - 1]` (a profiler that measures several things per stack, such as
+    /// `malloc`'s bytes, counts and live bytes, gives one sample per stack and type).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub value_index: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 impl StackSample {
@@ -54,6 +70,10 @@ impl StackSample {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     pub value_type: ValueType,
+    /// Further value types, for samples whose `value_index` is above 0. Only pprof carries them
+    /// all; the other views take one type at a time ([`Profile::select`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_value_types: Vec<ValueType>,
     /// Nanoseconds between samples, when one sampling period applies to the whole profile.
     pub period_ns: Option<u64>,
     /// The perf event that drove sampling (`cycles`, `cpu-clock`), when known.
@@ -67,6 +87,7 @@ impl Profile {
     pub fn new(value_type: ValueType) -> Self {
         Profile {
             value_type,
+            more_value_types: Vec::new(),
             period_ns: None,
             event: None,
             start_unix_ns: 0,
@@ -75,9 +96,53 @@ impl Profile {
         }
     }
 
-    /// Sum of `value * weight` over all samples.
+    /// Sum of `value * weight` over the samples of the primary value type.
     pub fn total(&self) -> f64 {
-        self.samples.iter().map(StackSample::weighted).sum()
+        self.samples
+            .iter()
+            .filter(|s| s.value_index == 0)
+            .map(StackSample::weighted)
+            .sum()
+    }
+
+    /// Every value type, the primary one first.
+    pub fn value_types(&self) -> Vec<&ValueType> {
+        std::iter::once(&self.value_type)
+            .chain(self.more_value_types.iter())
+            .collect()
+    }
+
+    /// The profile of one value type, by kind (`alloc_bytes`), made the primary one; `None`
+    /// names the primary type. Errors list the kinds there are.
+    pub fn select(mut self, kind: Option<&str>) -> Result<Profile, String> {
+        let index = match kind {
+            None => 0,
+            Some(k) => self
+                .value_types()
+                .iter()
+                .position(|t| t.kind == k)
+                .ok_or_else(|| {
+                    format!(
+                        "no value {k:?} in this profile; it has {}",
+                        self.value_types()
+                            .iter()
+                            .map(|t| t.kind.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?,
+        };
+        if index > 0 {
+            self.value_type = self.more_value_types[index - 1].clone();
+            // A period describes the primary (sampled) value only.
+            self.period_ns = None;
+        }
+        self.more_value_types.clear();
+        self.samples.retain(|s| usize::from(s.value_index) == index);
+        for s in &mut self.samples {
+            s.value_index = 0;
+        }
+        Ok(self)
     }
 
     /// Number of raw samples behind a weighted value, when the period is known.

@@ -626,3 +626,79 @@ fn prog_info(fd: i32) -> Option<libbpf_rs::libbpf_sys::bpf_prog_info> {
     };
     (ret == 0).then_some(info)
 }
+
+/// The registry's constructor.
+pub(crate) fn start_dyn(
+    o: &crate::StartOptions,
+) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
+    Ok(Box::new(CpuProfiler::start(&CpuOptions {
+        frequency_hz: o.frequency_hz,
+        targets: o.targets.clone(),
+        follow_forks: o.follow_forks,
+        force_cpu_clock: o.force_cpu_clock,
+        dwarf: o.dwarf,
+    })?))
+}
+
+impl crate::Profiler for CpuProfiler {
+    fn info(&self) -> &'static baton_model::ProfilerInfo {
+        &crate::registry::CPU
+    }
+
+    fn drain(&mut self) -> Result<crate::Drained, ProfilerError> {
+        let period = self.period_ns();
+        let w = CpuProfiler::drain(self)?;
+        let events = w
+            .samples
+            .into_iter()
+            .map(|r| crate::Event {
+                pid: r.pid,
+                tid: r.tid,
+                cgroup_id: r.cgroup_id,
+                comm: r.comm,
+                kernel: r.kernel,
+                user: r.user,
+                count: r.count,
+                values: vec![r.count * period],
+                weight: 1.0,
+                labels: Vec::new(),
+            })
+            .collect();
+        Ok(crate::Drained {
+            events,
+            histograms: Vec::new(),
+        })
+    }
+
+    fn stats(&self) -> CpuStats {
+        CpuProfiler::stats(self)
+    }
+
+    fn target_pids(&self) -> Vec<u32> {
+        CpuProfiler::target_pids(self)
+    }
+
+    fn pending_pids(&self) -> HashSet<u32> {
+        CpuProfiler::pending_pids(self)
+    }
+
+    fn observe_maps(&mut self, pid: u32, maps: &str) {
+        self.plan_unwinding(pid, maps);
+    }
+
+    fn event_name(&self) -> String {
+        self.event.name().to_string()
+    }
+
+    fn period_ns(&self) -> u64 {
+        CpuProfiler::period_ns(self)
+    }
+
+    fn frequency_hz(&self) -> u64 {
+        CpuProfiler::frequency_hz(self)
+    }
+
+    fn own_frames_on_top(&self) -> bool {
+        false
+    }
+}

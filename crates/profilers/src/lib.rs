@@ -1,18 +1,22 @@
 //! The profiler registry and the BPF profilers that run on this host.
 //!
-//! Every profiler is listed once, in [`ProfilerKind`]; each has its own module. BPF C lives in
+//! Every profiler is declared once, in [`registry`], and implements [`Profiler`] in its own
+//! module. BPF C lives in
 //! `src/bpf/<name>.bpf.c` and is compiled into a skeleton by `build.rs`.
 
 pub mod cpu;
 pub mod exec;
 pub mod offcpu;
 mod perf;
+pub mod profiler;
 mod raw;
+pub mod registry;
 pub mod sys;
 pub mod unwind;
 
 pub use cpu::{CpuOptions, CpuProfiler, CpuStats, RawSample, UserStackOrigin, Window};
 pub use perf::SamplingEvent;
+pub use profiler::{Drained, Event, Profiler, RawHistogram, StartOptions};
 
 /// Errors from loading, attaching or reading a profiler.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,13 @@ pub enum ProfilerError {
     },
     #[error("reading the online CPU list failed: {0}")]
     CpuList(std::io::Error),
+    #[error("{profiler}: {message}")]
+    BadOption {
+        profiler: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Attach(String),
     #[error("starting the stack-unwinding thread failed: {0}")]
     Thread(String),
     #[error("BPF: {context}: {source}")]
@@ -54,60 +65,5 @@ impl ProfilerError {
                 ProfilerError::Bpf { context, source }
             }
         }
-    }
-}
-
-/// Every profiler Baton knows. Adding one means a variant here and a module beside `cpu`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProfilerKind {
-    Cpu,
-    OffCpu,
-}
-
-impl ProfilerKind {
-    pub const ALL: &'static [ProfilerKind] = &[ProfilerKind::Cpu, ProfilerKind::OffCpu];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ProfilerKind::Cpu => "cpu",
-            ProfilerKind::OffCpu => "offcpu",
-        }
-    }
-
-    pub fn description(self) -> &'static str {
-        match self {
-            ProfilerKind::Cpu => "on-CPU stacks sampled on a perf event (cycles, else cpu-clock)",
-            ProfilerKind::OffCpu => {
-                "time blocked per stack, from sched_switch (sleeping or uninterruptible)"
-            }
-        }
-    }
-
-    /// Looks a profiler up by name, with the list of valid names in the error.
-    pub fn parse(name: &str) -> Result<ProfilerKind, ProfilerError> {
-        ProfilerKind::ALL
-            .iter()
-            .copied()
-            .find(|k| k.name() == name)
-            .ok_or_else(|| ProfilerError::UnknownProfiler {
-                name: name.to_string(),
-                available: ProfilerKind::ALL
-                    .iter()
-                    .map(|k| k.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unknown_profiler_lists_the_known_ones() {
-        let e = ProfilerKind::parse("gpu-magic").unwrap_err().to_string();
-        assert!(e.contains("gpu-magic") && e.contains("cpu"), "{e}");
-        assert_eq!(ProfilerKind::parse("cpu").ok(), Some(ProfilerKind::Cpu));
     }
 }

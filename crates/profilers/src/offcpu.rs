@@ -306,3 +306,71 @@ impl OffCpuProfiler {
         Ok(out)
     }
 }
+
+/// The registry's constructor.
+pub(crate) fn start_dyn(
+    o: &crate::StartOptions,
+) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
+    let info = &crate::registry::OFFCPU;
+    Ok(Box::new(OffCpuProfiler::start(&OffCpuOptions {
+        targets: o.targets.clone(),
+        follow_forks: o.follow_forks,
+        min_block_ns: o.option_ns(info, "min_block")?,
+        max_tracked_per_sec: o.option_u64(info, "max_tracked_per_sec")?,
+    })?))
+}
+
+impl crate::Profiler for OffCpuProfiler {
+    fn info(&self) -> &'static baton_model::ProfilerInfo {
+        &crate::registry::OFFCPU
+    }
+
+    fn drain(&mut self) -> Result<crate::Drained, ProfilerError> {
+        let events = OffCpuProfiler::drain(self)?
+            .into_iter()
+            .map(|b| crate::Event {
+                pid: b.pid,
+                tid: b.tid,
+                cgroup_id: b.cgroup_id,
+                comm: b.comm,
+                kernel: b.kernel,
+                user: b.user,
+                count: b.count,
+                values: vec![b.ns, b.count],
+                weight: 1.0,
+                labels: vec![("state", b.state.name().to_string())],
+            })
+            .collect();
+        Ok(crate::Drained {
+            events,
+            histograms: Vec::new(),
+        })
+    }
+
+    /// `samples` are blocks recorded, `lost_map_full` also counts sleeps the start map could
+    /// not track, and `stack_lookup_missing` counts blocks whose stacks were cleared while they
+    /// slept.
+    fn stats(&self) -> crate::CpuStats {
+        let s = OffCpuProfiler::stats(self);
+        crate::CpuStats {
+            samples: s.blocks,
+            lost_map_full: s.lost_map_full + s.starts_full,
+            kernel_stack_failed: s.kernel_stack_failed,
+            user_stack_failed: s.user_stack_failed,
+            stack_lookup_missing: s.stale_stacks,
+            ..crate::CpuStats::default()
+        }
+    }
+
+    fn target_pids(&self) -> Vec<u32> {
+        OffCpuProfiler::target_pids(self)
+    }
+
+    fn tick(&mut self) {
+        self.adapt();
+    }
+
+    fn event_name(&self) -> String {
+        "sched_switch".into()
+    }
+}

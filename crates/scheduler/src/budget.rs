@@ -245,14 +245,17 @@ mod tests {
                     labels,
                     value: 1,
                     weight: 1.0,
+                    value_index: 0,
                 });
             }
         }
         Batch {
             profiler: "cpu".into(),
             value_type: baton_model::ValueType::cpu_nanoseconds(),
+            more_value_types: Vec::new(),
             ts_ms: 1_234,
             samples,
+            histograms: Vec::new(),
         }
     }
 

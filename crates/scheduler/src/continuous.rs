@@ -101,6 +101,7 @@ impl SlotRule {
             owner: "continuous".into(),
             not_before: (slot * self.slot_ms + offset).max(now),
             weight: 1.0 / p,
+            options: Default::default(),
         })
     }
 }

@@ -58,34 +58,31 @@ pub struct ProfilerSpec {
 }
 
 impl ProfilerSpec {
-    /// The built-in spec of a registered profiler, with the config's overrides applied.
-    pub fn builtin(name: &str, config: &Config) -> Option<ProfilerSpec> {
-        let mut spec = match name {
-            // The CPU profiler samples on `cycles` where a PMU exists: one PMU user per host.
-            "cpu" => ProfilerSpec {
-                name: "cpu".into(),
-                claims: vec![ResourceClaim {
-                    resource: "pmu".into(),
-                    sharing: Sharing::Exclusive,
-                }],
-                default_frequency: 19,
-                max_frequency: 999,
-                max_duration_ms: 3_600_000,
-            },
-            // The off-CPU profiler attaches its own program to sched_switch: several may run
-            // at once. It has no sampling frequency (0, and 0 is also its ceiling).
-            "offcpu" => ProfilerSpec {
-                name: "offcpu".into(),
-                claims: vec![ResourceClaim {
-                    resource: "tracepoint:sched:sched_switch".into(),
-                    sharing: Sharing::SharedUpTo(4),
-                }],
-                default_frequency: 0,
-                max_frequency: 0,
-                max_duration_ms: 3_600_000,
-            },
-            _ => return None,
-        };
+    /// The spec a registered profiler declares (claims, frequencies), before config.
+    pub fn from_info(info: &baton_model::ProfilerInfo) -> ProfilerSpec {
+        ProfilerSpec {
+            name: info.name.into(),
+            claims: info
+                .claims
+                .iter()
+                .map(|c| ResourceClaim {
+                    resource: c.resource.into(),
+                    sharing: match c.shared {
+                        None => Sharing::Exclusive,
+                        Some(n) => Sharing::SharedUpTo(n),
+                    },
+                })
+                .collect(),
+            default_frequency: info.default_frequency,
+            max_frequency: info.max_frequency,
+            max_duration_ms: 3_600_000,
+        }
+    }
+
+    /// This spec with the config's `[profilers.NAME]` overrides applied.
+    pub fn configured(&self, config: &Config) -> ProfilerSpec {
+        let mut spec = self.clone();
+        let name = self.name.as_str();
         if let Some(o) = config.profilers.get(name) {
             if let Some(f) = o.frequency {
                 spec.default_frequency = f;
@@ -109,7 +106,7 @@ impl ProfilerSpec {
                     .collect();
             }
         }
-        Some(spec)
+        spec
     }
 }
 
@@ -142,6 +139,8 @@ pub struct JobRequest {
     /// The weight every sample of the run carries: `1 / p` for a continuous run drawn with
     /// probability `p`, 1 for the rest.
     pub weight: f64,
+    /// Profiler-specific options (`sample_bytes`, `probe`…), checked by the profiler.
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 /// A run's lifecycle.
@@ -237,6 +236,8 @@ pub enum SubmitError {
 /// The scheduler of one fleet (or of one host, in `baton up`).
 #[derive(Debug)]
 pub struct Scheduler {
+    /// As the registry declares them; `specs` are these with the config applied.
+    bases: Vec<ProfilerSpec>,
     specs: HashMap<String, ProfilerSpec>,
     limits: HostLimits,
     runs: BTreeMap<u64, Run>,
@@ -248,9 +249,15 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(config: &Config, specs: Vec<ProfilerSpec>) -> Scheduler {
+    /// A scheduler for the profilers `bases` (as declared, see [`ProfilerSpec::from_info`]),
+    /// with the config's overrides applied to them.
+    pub fn new(config: &Config, bases: Vec<ProfilerSpec>) -> Scheduler {
         Scheduler {
-            specs: specs.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            specs: bases
+                .iter()
+                .map(|s| (s.name.clone(), s.configured(config)))
+                .collect(),
+            bases,
             limits: config.host.clone(),
             runs: BTreeMap::new(),
             waiting: Vec::new(),
@@ -263,11 +270,11 @@ impl Scheduler {
     /// Takes a new config's limits; runs already going keep going.
     pub fn reconfigure(&mut self, config: &Config) {
         self.limits = config.host.clone();
-        for spec in self.specs.values_mut() {
-            if let Some(new) = ProfilerSpec::builtin(&spec.name, config) {
-                *spec = new;
-            }
-        }
+        self.specs = self
+            .bases
+            .iter()
+            .map(|s| (s.name.clone(), s.configured(config)))
+            .collect();
     }
 
     pub fn spec(&self, profiler: &str) -> Option<&ProfilerSpec> {

@@ -119,6 +119,7 @@ fn load_factor(t: Millis) -> f64 {
 /// is what the convergence test checks.
 pub fn simulate(
     config: &Config,
+    specs: Vec<ProfilerSpec>,
     fleet: &Fleet,
     span_ms: Millis,
     tick_ms: Millis,
@@ -135,10 +136,6 @@ pub fn simulate(
             }
         }
     }
-    let specs: Vec<ProfilerSpec> = ["cpu"]
-        .iter()
-        .filter_map(|n| ProfilerSpec::builtin(n, config))
-        .collect();
     let mut sched = Scheduler::new(config, specs);
     let mut triggers = TriggerEngine::default();
     let mut tuner = Tuner::new(tuner_interval_ms, 0.05, 0);

@@ -16,15 +16,26 @@ fn config(text: &str) -> Config {
     .expect("valid config")
 }
 
+/// The CPU profiler as the registry declares it (this crate does not depend on the registry).
+fn cpu_spec() -> ProfilerSpec {
+    ProfilerSpec {
+        name: "cpu".into(),
+        claims: vec![ResourceClaim {
+            resource: "pmu".into(),
+            sharing: Sharing::Exclusive,
+        }],
+        default_frequency: 19,
+        max_frequency: 999,
+        max_duration_ms: 3_600_000,
+    }
+}
+
 fn basic() -> Config {
     config("[host]\nmax_concurrent = 2\n[profilers.cpu]\nmax_duration = \"10m\"\nmax_frequency = 999\n")
 }
 
 fn sched(cfg: &Config) -> Scheduler {
-    Scheduler::new(
-        cfg,
-        vec![ProfilerSpec::builtin("cpu", cfg).expect("cpu spec")],
-    )
+    Scheduler::new(cfg, vec![cpu_spec()])
 }
 
 fn req(mode: Mode, secs: u64) -> JobRequest {
@@ -40,6 +51,7 @@ fn req(mode: Mode, secs: u64) -> JobRequest {
         owner: "test".into(),
         not_before: 0,
         weight: 1.0,
+        options: Default::default(),
     }
 }
 
@@ -212,7 +224,7 @@ fn hard_ceilings_hold_even_when_forced() {
 fn groups_and_cap_are_soft_but_resources_are_hard() {
     // A made-up second profiler sharing nothing, to exercise the cap and groups.
     let cfg = config("[host]\nmax_concurrent = 1\n");
-    let mut specs = vec![ProfilerSpec::builtin("cpu", &cfg).expect("cpu")];
+    let mut specs = vec![cpu_spec()];
     specs.push(ProfilerSpec {
         name: "calls".into(),
         claims: vec![ResourceClaim {
@@ -381,7 +393,16 @@ services = { tiny = 0.05, mid = 2.0, huge = 40.0 }
     )
     .expect("fleet");
     // Four simulated days from an unseeded 5% start, re-tuned every 6 hours; judge the last day.
-    let r = simulate(&cfg, &fleet, 4 * 86_400_000, 10_000, 6 * 3_600_000, false).expect("sim");
+    let r = simulate(
+        &cfg,
+        vec![cpu_spec()],
+        &fleet,
+        4 * 86_400_000,
+        10_000,
+        6 * 3_600_000,
+        false,
+    )
+    .expect("sim");
     assert_eq!(r.conflicts, 0);
     for s in &r.services {
         let ratio = s.settled_samples as f64 / s.settled_target as f64;

@@ -196,6 +196,7 @@ impl TriggerEngine {
                 owner: format!("trigger:{service}#{i}"),
                 not_before: now,
                 weight: 1.0,
+                options: Default::default(),
             });
         }
         out

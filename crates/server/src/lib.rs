@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/flamegraph", get(flamegraph))
         .route("/api/v1/top", get(top))
         .route("/api/v1/timeseries", get(timeseries))
+        .route("/api/v1/histograms", get(histograms))
         .route("/api/v1/export", get(export_profile))
         .route("/api/v1/labels/{label}", get(labels))
         .route("/api/v1/status", get(status))
@@ -194,6 +195,33 @@ async fn top(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Respon
         "unit": named.value_type.as_ref().map(|v| v.unit.clone()).unwrap_or_else(|| "nanoseconds".into()),
         "total": named.total(),
         "rows": rows,
+    }))
+    .into_response())
+}
+
+/// Histograms of a profiler in the range, merged per (name, key), with p50/p90/p99.
+async fn histograms(
+    State(st): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = parse(&st, q)?;
+    let query = p.query.clone();
+    let hs = with_store(&st, move |s| s.histograms(&query)).await?;
+    let out: Vec<serde_json::Value> = hs
+        .iter()
+        .map(|h| {
+            json!({
+                "name": h.name, "unit": h.unit, "key": h.key, "count": h.total(),
+                "p50": h.quantile(0.5), "p90": h.quantile(0.9), "p99": h.quantile(0.99),
+                "buckets": h.buckets,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "profiler": p.query.profiler,
+        "from_ms": p.query.from_ms,
+        "to_ms": p.query.to_ms,
+        "histograms": out,
     }))
     .into_response())
 }

@@ -22,7 +22,8 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Parses `profiler`, `since` or `from`/`to`, `filter` (repeatable), `step`, `limit`, `format`.
+/// Parses `profiler`, `value`, `since` or `from`/`to`, `filter` (repeatable), `step`, `limit`,
+/// `format`.
 pub fn parse_params(raw: &str) -> Result<ApiParams, String> {
     parse_params_with(raw, None)
 }
@@ -70,6 +71,7 @@ pub fn parse_params_with(
     config: Option<&baton_config::Config>,
 ) -> Result<ApiParams, String> {
     let mut profiler = "cpu".to_string();
+    let mut value = None;
     let mut since = None;
     let mut from = None;
     let mut to = None;
@@ -80,6 +82,7 @@ pub fn parse_params_with(
     for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
         match k.as_ref() {
             "profiler" => profiler = v.into_owned(),
+            "value" => value = Some(v.into_owned()).filter(|v| !v.is_empty()),
             "since" => {
                 since = Some(
                     parse_duration(&v)
@@ -141,6 +144,7 @@ pub fn parse_params_with(
     Ok(ApiParams {
         query: Query {
             profiler,
+            value,
             from_ms,
             to_ms,
             filters,

@@ -37,6 +37,9 @@ pub struct RunRequest {
     #[serde(default)]
     pub force: bool,
     pub owner: Option<String>,
+    /// Profiler-specific options, e.g. `{"sample_bytes": "0"}`.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 /// The JSON view of a run.
@@ -69,6 +72,7 @@ pub fn run_json(r: &Run) -> serde_json::Value {
         "preemptions": r.preemptions,
         "samples": r.samples,
         "weight": r.request.weight,
+        "options": r.request.options,
     })
 }
 
@@ -103,6 +107,7 @@ pub(crate) async fn submit(
         owner: owner.clone(),
         not_before: now,
         weight: 1.0,
+        options: req.options.clone(),
     };
     let id = {
         let mut s = h.scheduler.lock().unwrap_or_else(|p| p.into_inner());

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use baton_model::batch::fnv1a;
-use baton_model::{Batch, Frame, FrameKind, Labels, NamedStacks, Profile, StackSample, ValueType};
+use baton_model::{
+    Batch, Frame, FrameKind, Histogram, Labels, NamedStacks, Profile, StackSample, ValueType,
+};
 use duckdb::types::Value;
 use duckdb::{params, params_from_iter, Connection};
 
@@ -45,6 +47,15 @@ fn to_values(params: &[Param]) -> Vec<Value> {
 }
 
 /// The key of a user frame's symbol: its build ID, or its path when the ELF has none.
+/// The profiler-specific labels of a row, as `k=v;k=v` (see [`crate::query::DETAIL_LABELS`]).
+fn detail(labels: &baton_model::Labels) -> Option<String> {
+    let parts: Vec<String> = crate::query::DETAIL_LABELS
+        .iter()
+        .filter_map(|k| labels.get(*k).map(|v| format!("{k}={v}")))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(";"))
+}
+
 fn symbol_key(f: &Frame) -> String {
     match &f.build_id {
         Some(b) => b.clone(),
@@ -414,11 +425,12 @@ impl Store for DuckDbStore {
             for (sid, s) in &rows {
                 let l = |k: &str| s.labels.get(k).cloned();
                 let num = |k: &str| s.labels.get(k).and_then(|v| v.parse::<i32>().ok());
+                let vt = batch.value_type_of(s);
                 app.append_row(params![
                     batch.ts_ms,
                     batch.profiler,
-                    batch.value_type.kind,
-                    batch.value_type.unit,
+                    vt.kind,
+                    vt.unit,
                     l("host"),
                     num("pid"),
                     num("tid"),
@@ -429,8 +441,31 @@ impl Store for DuckDbStore {
                     s.value,
                     s.weight,
                     s.labels.get("run").and_then(|v| v.parse::<i64>().ok()),
-                    l("service")
+                    l("service"),
+                    s.value_index,
+                    detail(&s.labels)
                 ])?;
+            }
+            let mut app = tx.appender("histograms")?;
+            for h in &batch.histograms {
+                let l = |k: &str| h.labels.get(k).cloned();
+                for b in &h.buckets {
+                    app.append_row(params![
+                        batch.ts_ms,
+                        batch.profiler,
+                        h.name,
+                        h.unit,
+                        h.key,
+                        l("host"),
+                        h.labels.get("pid").and_then(|v| v.parse::<i32>().ok()),
+                        l("comm"),
+                        l("exe"),
+                        h.labels.get("run").and_then(|v| v.parse::<i64>().ok()),
+                        l("service"),
+                        b.le,
+                        b.count
+                    ])?;
+                }
             }
         }
         tx.commit()?;
@@ -494,6 +529,7 @@ impl Store for DuckDbStore {
                 labels: Labels::new(),
                 value: v.round() as i64,
                 weight: 1.0,
+                value_index: 0,
             });
         }
         Ok(p)
@@ -541,6 +577,35 @@ impl Store for DuckDbStore {
         Ok(out)
     }
 
+    fn histograms(&mut self, q: &Query) -> Result<Vec<Histogram>, StoreError> {
+        let (wh, params) = q.histogram_where();
+        let sql = format!(
+            "SELECT name, unit, key, le, sum(count) FROM histograms WHERE {wh}
+             GROUP BY name, unit, key, le ORDER BY name, key, le"
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let rows: Vec<(String, String, String, u64, f64)> = st
+            .query_map(params_from_iter(to_values(&params)), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut out: Vec<Histogram> = Vec::new();
+        for (name, unit, key, le, count) in rows {
+            let same = out
+                .last()
+                .is_some_and(|h| h.name == name && h.key == key && h.unit == unit);
+            if !same {
+                let mut labels = Labels::new();
+                labels.insert("profiler".into(), q.profiler.clone());
+                out.push(Histogram::new(&name, &unit, &key, labels));
+            }
+            if let Some(h) = out.last_mut() {
+                h.add(le, count);
+            }
+        }
+        Ok(out)
+    }
+
     fn sample_rows(&mut self) -> Result<u64, StoreError> {
         Ok(self
             .conn
@@ -574,6 +639,8 @@ mod tests {
         Batch {
             profiler: "cpu".into(),
             value_type: ValueType::cpu_nanoseconds(),
+            more_value_types: Vec::new(),
+            histograms: Vec::new(),
             ts_ms: ts,
             samples: vec![StackSample {
                 stack: vec![
@@ -587,6 +654,7 @@ mod tests {
                 .into(),
                 value,
                 weight,
+                value_index: 0,
             }],
         }
     }
@@ -594,10 +662,51 @@ mod tests {
     fn q(from: i64, to: i64) -> Query {
         Query {
             profiler: "cpu".into(),
+            value: None,
             from_ms: from,
             to_ms: to,
             filters: vec![],
         }
+    }
+
+    #[test]
+    fn several_values_details_and_histograms_are_queryable() {
+        let mut s = DuckDbStore::in_memory().expect("store");
+        let mut b = batch(1_000, "app", "alloc_site_a", 4096, 1.0);
+        b.profiler = "malloc".into();
+        b.value_type = ValueType::new("alloc_bytes", "bytes");
+        b.more_value_types = vec![ValueType::new("alloc_count", "count")];
+        let mut second = b.samples[0].clone();
+        second.value = 3;
+        second.value_index = 1;
+        second.labels.insert("op".into(), "write".into());
+        b.samples.push(second);
+        let mut h = Histogram::new("call_latency", "nanoseconds", "foo", Labels::new());
+        h.add(1023, 5.0);
+        h.add(2047, 1.0);
+        b.histograms.push(h.clone());
+        b.histograms.push(h);
+        s.write_batch(&b).expect("write");
+        let mut q = q(0, 10_000);
+        q.profiler = "malloc".into();
+        assert_eq!(s.profile(&q).expect("p").total(), 4096.0);
+        assert_eq!(s.profile(&q).expect("p").value_type.kind, "alloc_bytes");
+        q.value = Some("alloc_count".into());
+        let p = s.profile(&q).expect("p");
+        assert_eq!(
+            (p.total(), p.value_type.kind.as_str()),
+            (3.0, "alloc_count")
+        );
+        q.filters = vec![Filter::parse("op=write").expect("filter")];
+        assert_eq!(s.profile(&q).expect("p").total(), 3.0);
+        q.filters = vec![Filter::parse("op=read").expect("filter")];
+        assert_eq!(s.profile(&q).expect("p").total(), 0.0);
+        q.filters = vec![];
+        let hs = s.histograms(&q).expect("hist");
+        assert_eq!(hs.len(), 1);
+        assert_eq!((hs[0].key.as_str(), hs[0].total()), ("foo", 12.0));
+        q.filters = vec![Filter::parse("function=bar").expect("filter")];
+        assert!(s.histograms(&q).expect("hist").is_empty());
     }
 
     #[test]

@@ -10,10 +10,10 @@ mod query;
 mod schema;
 
 pub use duck::DuckDbStore;
-pub use query::{Filter, FilterOp, Query, LABEL_COLUMNS};
+pub use query::{Filter, FilterOp, Query, DETAIL_LABELS, LABEL_COLUMNS};
 pub use schema::SCHEMA_VERSION;
 
-use baton_model::{Batch, NamedStacks, Profile};
+use baton_model::{Batch, Histogram, NamedStacks, Profile};
 
 /// Errors of a store.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,10 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
-    #[error("unknown filter label {0:?}; use one of: comm, pid, tid, exe, cgroup, host, run")]
+    #[error(
+        "unknown filter label {0:?}; use one of: comm, pid, tid, exe, cgroup, host, run, \
+         service, or a profiler's own: state, syscall, op, function, request"
+    )]
     UnknownLabel(String),
     #[error("bad filter {0:?}; write it as label=value, label!=value or label~regex")]
     BadFilter(String),
@@ -67,6 +70,9 @@ pub trait Store: Send {
         label: &str,
         limit: usize,
     ) -> Result<Vec<(String, f64)>, StoreError>;
+    /// The histograms of the query's profiler in its range, merged per (name, key), each
+    /// labelled with `profiler` only.
+    fn histograms(&mut self, q: &Query) -> Result<Vec<Histogram>, StoreError>;
     /// Number of sample rows stored (for metrics and tests).
     fn sample_rows(&mut self) -> Result<u64, StoreError>;
 }

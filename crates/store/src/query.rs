@@ -7,6 +7,10 @@ pub const LABEL_COLUMNS: &[&str] = &[
     "comm", "pid", "tid", "exe", "cgroup", "host", "run", "service",
 ];
 
+/// Profiler-specific labels, stored together in the `detail` column as `k=v;k=v`. They can be
+/// filtered on (`state=sleeping`, `syscall!=futex`, `op~write.*`) like the columns.
+pub const DETAIL_LABELS: &[&str] = &["state", "syscall", "op", "function", "request"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FilterOp {
     Eq,
@@ -45,7 +49,7 @@ impl Filter {
 
     pub fn parse(s: &str) -> Result<Filter, StoreError> {
         let (label, op, value) = Filter::split(s)?;
-        if !LABEL_COLUMNS.contains(&label) {
+        if !LABEL_COLUMNS.contains(&label) && !DETAIL_LABELS.contains(&label) {
             return Err(StoreError::UnknownLabel(label.to_string()));
         }
         Ok(Filter {
@@ -68,6 +72,8 @@ pub(crate) enum Param {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
     pub profiler: String,
+    /// The value type (`alloc_bytes`); `None` is the profiler's default one.
+    pub value: Option<String>,
     pub from_ms: i64,
     pub to_ms: i64,
     pub filters: Vec<Filter>,
@@ -83,7 +89,37 @@ impl Query {
             Param::Int(self.from_ms),
             Param::Int(self.to_ms),
         ];
+        match &self.value {
+            Some(v) => {
+                sql.push_str(" AND value_type = ?");
+                params.push(Param::Text(v.clone()));
+            }
+            None => sql.push_str(" AND coalesce(value_index, 0) = 0"),
+        }
         for f in &self.filters {
+            if DETAIL_LABELS.contains(&f.label.as_str()) {
+                let pair = format!("{}={}", f.label, f.value);
+                match f.op {
+                    FilterOp::Eq => {
+                        sql.push_str(
+                            " AND list_contains(string_split(coalesce(detail, ''), ';'), ?)",
+                        );
+                        params.push(Param::Text(pair));
+                    }
+                    FilterOp::NotEq => {
+                        sql.push_str(
+                            " AND NOT list_contains(string_split(coalesce(detail, ''), ';'), ?)",
+                        );
+                        params.push(Param::Text(pair));
+                    }
+                    FilterOp::Regex => {
+                        sql.push_str(" AND regexp_matches(coalesce(detail, ''), ?)");
+                        params.push(Param::Text(format!("(^|;){}=({})(;|$)", f.label, f.value)));
+                    }
+                    FilterOp::AnyOf | FilterOp::NoneOf => {}
+                }
+                continue;
+            }
             // Validated by Filter::parse; re-checked so a hand-built Filter cannot inject SQL.
             let Some(col) = LABEL_COLUMNS.iter().find(|c| **c == f.label) else {
                 continue;
@@ -112,6 +148,54 @@ impl Query {
         (sql, params)
     }
 }
+
+impl Query {
+    /// The WHERE clause over the `histograms` table: the same range and label filters, where a
+    /// profiler-specific label (`syscall=write`) matches the histogram's key. `tid` and
+    /// `cgroup` filters do not apply to histograms and are left out.
+    pub(crate) fn histogram_where(&self) -> (String, Vec<Param>) {
+        let mut sql = String::from("profiler = ? AND ts_ms >= ? AND ts_ms < ?");
+        let mut params = vec![
+            Param::Text(self.profiler.clone()),
+            Param::Int(self.from_ms),
+            Param::Int(self.to_ms),
+        ];
+        for f in &self.filters {
+            let col = if DETAIL_LABELS.contains(&f.label.as_str()) {
+                "key"
+            } else {
+                match HISTOGRAM_COLUMNS.iter().find(|c| **c == f.label) {
+                    Some(c) => c,
+                    None => continue,
+                }
+            };
+            let set = || vec!["?"; f.values.len()].join(", ");
+            let expr = match f.op {
+                FilterOp::Eq => format!(" AND CAST({col} AS VARCHAR) = ?"),
+                FilterOp::NotEq => format!(" AND CAST({col} AS VARCHAR) IS DISTINCT FROM ?"),
+                FilterOp::Regex => format!(" AND regexp_full_match(CAST({col} AS VARCHAR), ?)"),
+                FilterOp::AnyOf if f.values.is_empty() => " AND FALSE".to_string(),
+                FilterOp::NoneOf if f.values.is_empty() => String::new(),
+                FilterOp::AnyOf => format!(" AND CAST({col} AS VARCHAR) IN ({})", set()),
+                FilterOp::NoneOf => format!(
+                    " AND ({col} IS NULL OR CAST({col} AS VARCHAR) NOT IN ({}))",
+                    set()
+                ),
+            };
+            sql.push_str(&expr);
+            match f.op {
+                FilterOp::AnyOf | FilterOp::NoneOf => {
+                    params.extend(f.values.iter().cloned().map(Param::Text))
+                }
+                _ => params.push(Param::Text(f.value.clone())),
+            }
+        }
+        (sql, params)
+    }
+}
+
+/// Label columns of the `histograms` table.
+const HISTOGRAM_COLUMNS: &[&str] = &["comm", "pid", "exe", "host", "run", "service"];
 
 #[cfg(test)]
 mod tests {

@@ -46,6 +46,28 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE samples ADD COLUMN service VARCHAR;",
     // 4: inlined frames carry their own source location (their name is in `frames.name`).
     "ALTER TABLE frames ADD COLUMN file VARCHAR; ALTER TABLE frames ADD COLUMN line INTEGER;",
+    // 5: profilers with several values per stack (malloc: bytes, counts, live bytes) say which
+    // is the default one (index 0); profiler-specific labels (`state=sleeping`,
+    // `syscall=write`) go in `detail` as `k=v;k=v`; histograms have a table of buckets.
+    "
+    ALTER TABLE samples ADD COLUMN value_index UTINYINT DEFAULT 0;
+    ALTER TABLE samples ADD COLUMN detail VARCHAR;
+    CREATE TABLE histograms (
+        ts_ms    BIGINT NOT NULL,
+        profiler VARCHAR NOT NULL,
+        name     VARCHAR NOT NULL,
+        unit     VARCHAR NOT NULL,
+        key      VARCHAR NOT NULL,
+        host     VARCHAR,
+        pid      INTEGER,
+        comm     VARCHAR,
+        exe      VARCHAR,
+        run      BIGINT,
+        service  VARCHAR,
+        le       UBIGINT NOT NULL,   -- inclusive upper bound of the bucket
+        count    DOUBLE NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -149,6 +149,9 @@ impl Strings {
     }
 }
 
+/// A pprof sample's identity: its location ids and labels.
+type SampleKey = (Vec<u64>, Vec<(String, String)>);
+
 /// Labels whose values are numbers in pprof (`pid`, `tid`).
 const NUMERIC_LABELS: &[&str] = &["pid", "tid"];
 
@@ -164,10 +167,16 @@ pub fn build(profile: &Profile) -> PbProfile {
             unit: st.get("count"),
         });
     }
-    pb.sample_type.push(PbValueType {
-        r#type: st.get(&profile.value_type.kind),
-        unit: st.get(&profile.value_type.unit),
-    });
+    for t in profile.value_types() {
+        pb.sample_type.push(PbValueType {
+            r#type: st.get(&t.kind),
+            unit: st.get(&t.unit),
+        });
+    }
+    // Samples of several value types that share a stack and labels become one pprof sample.
+    let n_values = pb.sample_type.len();
+    let first_value = usize::from(with_count);
+    let mut merged: HashMap<SampleKey, usize> = HashMap::new();
     if let Some(p) = profile.period_ns {
         pb.period_type = Some(PbValueType {
             r#type: st.get(&profile.value_type.kind),
@@ -260,11 +269,28 @@ pub fn build(profile: &Profile) -> PbProfile {
             loc_ids.push(lid);
         }
         let weighted = s.weighted();
-        let mut values = Vec::with_capacity(2);
-        if with_count {
-            values.push(profile.as_sample_count(weighted).round() as i64);
+        let mut values = vec![0i64; n_values];
+        if with_count && s.value_index == 0 {
+            values[0] = profile.as_sample_count(weighted).round() as i64;
         }
-        values.push(weighted.round() as i64);
+        let slot = (first_value + usize::from(s.value_index)).min(n_values - 1);
+        values[slot] = weighted.round() as i64;
+        if !profile.more_value_types.is_empty() {
+            let key = (
+                loc_ids.clone(),
+                s.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            );
+            if let Some(&i) = merged.get(&key) {
+                for (a, b) in pb.sample[i].value.iter_mut().zip(&values) {
+                    *a += b;
+                }
+                continue;
+            }
+            merged.insert(key, pb.sample.len());
+        }
         let mut labels = Vec::with_capacity(s.labels.len());
         for (k, v) in &s.labels {
             let key = st.get(k);
@@ -383,6 +409,7 @@ mod tests {
             labels: [("pid".to_string(), "42".to_string())].into(),
             value: 30,
             weight: 2.0,
+            value_index: 0,
         });
         let mut buf = Vec::new();
         write_gzipped(&p, &mut buf).expect("write");
@@ -393,5 +420,46 @@ mod tests {
         let leaf_loc = &pb.location[(pb.sample[0].location_id[0] - 1) as usize];
         let f = &pb.function[(leaf_loc.line[0].function_id - 1) as usize];
         assert_eq!(pb.string_table[f.name as usize], "leaf");
+    }
+
+    #[test]
+    fn several_value_types_share_one_sample_per_stack() {
+        let mut p = Profile::new(ValueType::new("alloc_bytes", "bytes"));
+        p.more_value_types = vec![
+            ValueType::new("alloc_count", "count"),
+            ValueType::new("live_bytes", "bytes"),
+        ];
+        for (i, v) in [(0u8, 4096i64), (1, 1), (2, 4096)] {
+            p.samples.push(StackSample {
+                stack: vec![frame("site"), frame("main")],
+                labels: [("pid".to_string(), "7".to_string())].into(),
+                value: v,
+                weight: 1.0,
+                value_index: i,
+            });
+        }
+        p.samples.push(StackSample {
+            stack: vec![frame("other")],
+            labels: [("pid".to_string(), "7".to_string())].into(),
+            value: 1,
+            weight: 1.0,
+            value_index: 1,
+        });
+        let mut buf = Vec::new();
+        write_gzipped(&p, &mut buf).expect("write");
+        let pb = decode(&buf).expect("decode");
+        let types: Vec<&str> = pb
+            .sample_type
+            .iter()
+            .map(|t| pb.string_table[t.r#type as usize].as_str())
+            .collect();
+        assert_eq!(types, vec!["alloc_bytes", "alloc_count", "live_bytes"]);
+        assert_eq!(pb.sample.len(), 2);
+        assert_eq!(pb.sample[0].value, vec![4096, 1, 4096]);
+        assert_eq!(pb.sample[1].value, vec![0, 1, 0]);
+        let only = p.select(Some("live_bytes")).expect("select");
+        assert_eq!(only.value_type.kind, "live_bytes");
+        assert_eq!(only.samples.len(), 1);
+        assert_eq!(only.total(), 4096.0);
     }
 }

@@ -12,7 +12,7 @@ pub fn write(profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut samples: Vec<Vec<usize>> = Vec::new();
     let mut weights: Vec<f64> = Vec::new();
-    for s in &profile.samples {
+    for s in profile.samples.iter().filter(|s| s.value_index == 0) {
         let w = s.weighted();
         if w == 0.0 {
             continue;

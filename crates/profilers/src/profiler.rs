@@ -1,0 +1,144 @@
+//! The one interface every profiler implements, and what a drain hands back.
+
+use std::collections::{BTreeMap, HashSet};
+
+use baton_model::ProfilerInfo;
+
+use crate::{CpuStats, ProfilerError};
+
+/// How any profiler is started. Profiler-specific settings are in `options`, checked against
+/// the registry's [`baton_model::OptionInfo`] list and parsed by the profiler.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Only these processes (and, with `follow_forks`, their children); `None` is every process.
+    pub targets: Option<Vec<u32>>,
+    pub follow_forks: bool,
+    /// Sampling frequency, for sampling profilers.
+    pub frequency_hz: u64,
+    /// CPU profiler: the software clock even where a PMU exists.
+    pub force_cpu_clock: bool,
+    /// CPU profiler: unwind code without frame pointers from DWARF CFI.
+    pub dwarf: bool,
+    pub options: BTreeMap<String, String>,
+}
+
+impl StartOptions {
+    /// The option `name`, or the registry's default for it.
+    pub fn option<'a>(&'a self, info: &'static ProfilerInfo, name: &str) -> &'a str {
+        self.options
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_else(|| {
+                info.options
+                    .iter()
+                    .find(|o| o.name == name)
+                    .map(|o| o.default)
+                    .unwrap_or("")
+            })
+    }
+
+    /// The option `name` as an integer (`0x` hex allowed), with a clear error.
+    pub fn option_u64(
+        &self,
+        info: &'static ProfilerInfo,
+        name: &str,
+    ) -> Result<u64, ProfilerError> {
+        let v = self.option(info, name).trim();
+        let parsed = match v.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).ok(),
+            None => v.replace('_', "").parse().ok(),
+        };
+        parsed.ok_or_else(|| ProfilerError::BadOption {
+            profiler: info.name,
+            message: format!("option {name} must be a whole number, not {v:?}"),
+        })
+    }
+
+    /// The option `name` as a duration in nanoseconds (`100us`, `1ms`, `2s`).
+    pub fn option_ns(&self, info: &'static ProfilerInfo, name: &str) -> Result<u64, ProfilerError> {
+        let v = self.option(info, name);
+        baton_model::parse_duration(v)
+            .map(|d| d.as_nanos() as u64)
+            .map_err(|e| ProfilerError::BadOption {
+                profiler: info.name,
+                message: format!("option {name}: {e}"),
+            })
+    }
+}
+
+/// One aggregated row of a window, before symbolization: a thread's stacks and what was
+/// measured on them.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    pub pid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    /// Kernel addresses, leaf first.
+    pub kernel: Vec<u64>,
+    /// User addresses, leaf first.
+    pub user: Vec<u64>,
+    /// Raw events behind the row (samples, calls, blocks), unweighted.
+    pub count: u64,
+    /// One value per value type the registry lists for the profiler (missing ones are 0).
+    pub values: Vec<u64>,
+    /// Inverse of the probability the row's events were recorded.
+    pub weight: f64,
+    /// Profiler-specific labels (`state`, `syscall`, `op`…), as declared in the registry.
+    pub labels: Vec<(&'static str, String)>,
+}
+
+/// A distribution in power-of-two buckets, before labelling.
+#[derive(Debug, Clone)]
+pub struct RawHistogram {
+    pub name: &'static str,
+    pub unit: &'static str,
+    /// What it is of: a syscall, a function, an operation.
+    pub key: String,
+    pub pid: u32,
+    pub comm: String,
+    /// (bucket index: values in `[2^i, 2^(i+1))`, weighted count).
+    pub buckets: Vec<(u32, f64)>,
+}
+
+/// What one drain hands back.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub events: Vec<Event>,
+    pub histograms: Vec<RawHistogram>,
+}
+
+/// A running profiler. Dropping it detaches everything it attached.
+pub trait Profiler {
+    fn info(&self) -> &'static ProfilerInfo;
+    /// Hands back what was measured since the last drain.
+    fn drain(&mut self) -> Result<Drained, ProfilerError>;
+    /// Cumulative counters, in the CPU profiler's terms where they apply (`samples` are the
+    /// events recorded, `lost_map_full` the ones BPF could not store).
+    fn stats(&self) -> CpuStats;
+    /// Every targeted pid, children followed included; empty when profiling every process.
+    fn target_pids(&self) -> Vec<u32>;
+    /// Pids with data waiting to be drained, to be snapshotted before they exit.
+    fn pending_pids(&self) -> HashSet<u32> {
+        HashSet::new()
+    }
+    /// Called every ~200 ms: adapt sampling, attach to new children, re-read state.
+    fn tick(&mut self) {}
+    /// A target's `/proc/PID/maps`, whenever it is (re)read.
+    fn observe_maps(&mut self, _pid: u32, _maps: &str) {}
+    /// What drives it, for summaries: the perf event, tracepoint or probes.
+    fn event_name(&self) -> String;
+    /// Nanoseconds one sample stands for (sampling profilers), else 0.
+    fn period_ns(&self) -> u64 {
+        0
+    }
+    /// Sampling frequency (sampling profilers), else 0.
+    fn frequency_hz(&self) -> u64 {
+        0
+    }
+    /// Whether kernel stacks start inside the profiler's own BPF program (tracepoints and
+    /// probes do; perf-event samples do not), so the collector drops those frames.
+    fn own_frames_on_top(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,150 @@
+//! The registry: every profiler Baton can run, declared once. Adding a profiler means an entry
+//! here and one new module that implements [`crate::Profiler`].
+
+use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
+
+use crate::profiler::{Profiler, StartOptions};
+use crate::ProfilerError;
+
+/// Starts a profiler from generic options.
+pub type StartFn = fn(&StartOptions) -> Result<Box<dyn Profiler>, ProfilerError>;
+
+/// A registered profiler: what it declares, and how to start it.
+pub struct Registered {
+    pub info: &'static ProfilerInfo,
+    pub start: StartFn,
+}
+
+pub static CPU: ProfilerInfo = ProfilerInfo {
+    name: "cpu",
+    description: "on-CPU stacks sampled on a perf event (cycles, else cpu-clock)",
+    // Sampling on `cycles` where a PMU exists: one PMU user per host.
+    claims: &[Claim {
+        resource: "pmu",
+        shared: None,
+    }],
+    values: &[ValueInfo {
+        kind: "cpu",
+        unit: "nanoseconds",
+        help: "CPU time, estimated as samples × the sampling period",
+    }],
+    histograms: &[],
+    labels: &[],
+    default_frequency: crate::cpu::DEFAULT_CONTINUOUS_HZ,
+    max_frequency: 999,
+    default_rate: "19 Hz continuous, 99 Hz for record, per CPU",
+    cost: CostClass::Low,
+    options: &[],
+};
+
+pub static OFFCPU: ProfilerInfo = ProfilerInfo {
+    name: "offcpu",
+    description: "time blocked per stack, from sched_switch (sleeping or uninterruptible)",
+    claims: &[Claim {
+        resource: "tracepoint:sched:sched_switch",
+        shared: Some(4),
+    }],
+    values: &[
+        ValueInfo {
+            kind: "offcpu",
+            unit: "nanoseconds",
+            help: "time blocked",
+        },
+        ValueInfo {
+            kind: "blocks",
+            unit: "count",
+            help: "blocks at least min_block long",
+        },
+    ],
+    histograms: &[],
+    labels: &["state"],
+    default_frequency: 0,
+    max_frequency: 0,
+    default_rate: "stacks for at most 1,000 switch-outs/s, sampled beyond with weights",
+    cost: CostClass::Medium,
+    options: &[
+        OptionInfo {
+            name: "min_block",
+            default: "1ms",
+            help: "shortest block recorded; shorter ones are only counted",
+        },
+        OptionInfo {
+            name: "max_tracked_per_sec",
+            default: "1000",
+            help: "switch-outs per second whose stacks are taken; beyond, 1 in N at random",
+        },
+    ],
+};
+
+/// Every profiler, in the order `--help` lists them.
+pub static REGISTRY: &[Registered] = &[
+    Registered {
+        info: &CPU,
+        start: crate::cpu::start_dyn,
+    },
+    Registered {
+        info: &OFFCPU,
+        start: crate::offcpu::start_dyn,
+    },
+];
+
+/// Every registered profiler's declaration.
+pub fn infos() -> Vec<&'static ProfilerInfo> {
+    REGISTRY.iter().map(|r| r.info).collect()
+}
+
+/// Every registered profiler's name.
+pub fn names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|r| r.info.name).collect()
+}
+
+/// Looks a profiler up by name, with the list of valid names in the error.
+pub fn find(name: &str) -> Result<&'static Registered, ProfilerError> {
+    REGISTRY
+        .iter()
+        .find(|r| r.info.name == name)
+        .ok_or_else(|| ProfilerError::UnknownProfiler {
+            name: name.to_string(),
+            available: names().join(", "),
+        })
+}
+
+/// Starts the profiler `name`, after checking its options against its declaration.
+pub fn start(name: &str, opts: &StartOptions) -> Result<Box<dyn Profiler>, ProfilerError> {
+    let r = find(name)?;
+    r.info
+        .check_options(&opts.options)
+        .map_err(|message| ProfilerError::BadOption {
+            profiler: r.info.name,
+            message,
+        })?;
+    (r.start)(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_profiler_lists_the_known_ones() {
+        let e = find("gpu-magic")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("gpu-magic") && e.contains("cpu"), "{e}");
+        assert_eq!(find("cpu").map(|r| r.info.name).ok(), Some("cpu"));
+    }
+
+    #[test]
+    fn every_entry_is_complete() {
+        let mut seen = std::collections::HashSet::new();
+        for r in REGISTRY {
+            let i = r.info;
+            assert!(seen.insert(i.name), "{} registered twice", i.name);
+            assert!(!i.values.is_empty(), "{} declares no value", i.name);
+            assert!(!i.claims.is_empty(), "{} claims nothing", i.name);
+            assert!(!i.description.is_empty() && !i.default_rate.is_empty());
+            assert!(i.default_frequency <= i.max_frequency);
+        }
+    }
+}
