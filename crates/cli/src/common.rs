@@ -109,6 +109,7 @@ pub fn parse_options(
 
 /// A total in its unit, for summaries: seconds for nanoseconds, KiB/MiB for bytes.
 pub fn format_value(v: f64, unit: &str) -> String {
+    let v = v.max(0.0);
     match unit {
         "nanoseconds" => format!("{:.3}s", v / 1e9),
         "bytes" if v >= 1048576.0 => format!("{:.2} MiB", v / 1048576.0),

@@ -331,7 +331,10 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
     let mut ended_early = None;
     let mut child_status = None;
     loop {
-        std::thread::sleep(Duration::from_millis(200));
+        // Look often at first, so the libraries a new command's loader maps are seen before a
+        // short command exits.
+        let first_second = started.elapsed() < Duration::from_secs(1);
+        std::thread::sleep(Duration::from_millis(if first_second { 50 } else { 200 }));
         collector.discover();
         let elapsed = started.elapsed();
         bar.set_position(elapsed.as_millis() as u64);

@@ -6,11 +6,13 @@
 
 pub mod cpu;
 pub mod exec;
+pub mod malloc;
 pub mod offcpu;
 mod perf;
 pub mod profiler;
 mod raw;
 pub mod registry;
+mod ring;
 pub mod sys;
 pub mod unwind;
 

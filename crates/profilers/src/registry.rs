@@ -76,6 +76,51 @@ pub static OFFCPU: ProfilerInfo = ProfilerInfo {
     ],
 };
 
+pub static MALLOC: ProfilerInfo = ProfilerInfo {
+    name: "malloc",
+    description: "allocations per stack from uprobes on libc malloc/calloc/realloc/\
+                  posix_memalign/free, sampled by bytes, with live (unfreed) bytes",
+    claims: &[Claim {
+        resource: "uprobe:libc",
+        shared: Some(2),
+    }],
+    values: &[
+        ValueInfo {
+            kind: "alloc_bytes",
+            unit: "bytes",
+            help: "bytes allocated in the window",
+        },
+        ValueInfo {
+            kind: "alloc_count",
+            unit: "count",
+            help: "allocations in the window",
+        },
+        ValueInfo {
+            kind: "live_bytes",
+            unit: "bytes",
+            help: "bytes allocated since the start and not freed at the end of the window",
+        },
+    ],
+    histograms: &[],
+    labels: &[],
+    default_frequency: 0,
+    max_frequency: 0,
+    default_rate: "1 sample per 64 KiB allocated, per thread",
+    cost: CostClass::High,
+    options: &[
+        OptionInfo {
+            name: "sample_bytes",
+            default: "65536",
+            help: "mean bytes between samples, per thread; 0 records every allocation (exact)",
+        },
+        OptionInfo {
+            name: "lib",
+            default: "",
+            help: "the library holding malloc (default: the libc each target maps)",
+        },
+    ],
+};
+
 /// Every profiler, in the order `--help` lists them.
 pub static REGISTRY: &[Registered] = &[
     Registered {
@@ -85,6 +130,10 @@ pub static REGISTRY: &[Registered] = &[
     Registered {
         info: &OFFCPU,
         start: crate::offcpu::start_dyn,
+    },
+    Registered {
+        info: &MALLOC,
+        start: crate::malloc::start_dyn,
     },
 ];
 

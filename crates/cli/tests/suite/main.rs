@@ -6,6 +6,7 @@ mod config;
 mod continuous;
 mod harness;
 mod plan;
+mod profilers;
 mod record;
 mod runs;
 mod triggers;

@@ -1,0 +1,201 @@
+//! The profiler suite beyond CPU and off-CPU: each profiler against a program whose truth is
+//! known, through `baton record -- CMD` and through `baton run` against a live `baton up`.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+/// Runs `baton record PROFILER ARGS… --format collapsed -- CMD…` and returns (collapsed text,
+/// stderr).
+fn record_collapsed(profiler: &str, args: &[&str], cmd: &[&str]) -> (String, String) {
+    let out = run(baton()
+        .args(["record", profiler, "--format", "collapsed"])
+        .args(args)
+        .arg("--")
+        .args(cmd));
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "baton record {profiler} failed:\n{log}"
+    );
+    (String::from_utf8_lossy(&out.stdout).to_string(), log)
+}
+
+/// Sum of the collapsed values of stacks that contain `frame`.
+fn sum_with(collapsed: &str, frame: &str) -> f64 {
+    collapsed
+        .lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(stack, _)| stack.split(';').any(|f| f == frame))
+        .map(|(_, v)| v.parse::<f64>().expect("a value"))
+        .sum()
+}
+
+/// The `self_value` of `function` in a JSON top table of the store.
+fn self_value(addr: &str, query: &str, function: &str) -> f64 {
+    let top = http_json(addr, &format!("/api/v1/top?since=10m&limit=50&{query}"));
+    top["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["function"] == function)
+        .and_then(|r| r["self_value"].as_f64())
+        .unwrap_or(0.0)
+}
+
+/// `baton run PROFILER --target pid:PID --wait` with `opts`; returns the run's JSON.
+fn run_and_wait(up: &Up, profiler: &str, pid: u32, duration: &str, opts: &[&str]) -> String {
+    let mut c = baton();
+    c.args(["run", profiler, "--target", &format!("pid:{pid}")])
+        .args(["--duration", duration, "--wait", "--format", "json"])
+        .args(["--server", &format!("http://{}", up.addr)]);
+    for o in opts {
+        c.args(["--opt", o]);
+    }
+    let out = run(&mut c);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "baton run {profiler} failed: {stdout}"
+    );
+    stdout
+}
+
+#[test]
+fn malloc_exact_mode_counts_every_allocation_and_the_live_half() {
+    require_root();
+    let w = workload("alloc");
+    let cmd = [w.to_str().expect("path"), "0.3"];
+    let exact = ["--opt", "sample_bytes=0"];
+    let (bytes, log) = record_collapsed("malloc", &exact, &cmd);
+    assert!(log.contains("every allocation"), "summary: {log}");
+    let (count, _) = record_collapsed(
+        "malloc",
+        &[&exact[..], &["--value", "alloc_count"]].concat(),
+        &cmd,
+    );
+    let (live, _) = record_collapsed(
+        "malloc",
+        &[&exact[..], &["--value", "live_bytes"]].concat(),
+        &cmd,
+    );
+    eprintln!("alloc_bytes:\n{bytes}\nalloc_count:\n{count}\nlive_bytes:\n{live}");
+    assert_eq!(sum_with(&bytes, "alloc_site_a"), 4_096_000.0);
+    assert_eq!(sum_with(&count, "alloc_site_a"), 1_000.0);
+    assert_eq!(sum_with(&live, "alloc_site_a"), 2_048_000.0);
+    // The stack goes on to the caller.
+    assert!(
+        live.lines().any(|l| l.contains("main;alloc_site_a")),
+        "no main;alloc_site_a stack:\n{live}"
+    );
+}
+
+#[test]
+fn malloc_sampled_mode_is_within_ten_percent_with_weights() {
+    require_root();
+    let w = workload("alloc");
+    let cmd = [w.to_str().expect("path"), "0.3"];
+    // Default sampling (1 in 64 KiB): about 63 of the 1,000 allocations are sampled.
+    for (value, truth) in [
+        ("alloc_bytes", 4_096_000.0),
+        ("alloc_count", 1_000.0),
+        ("live_bytes", 2_048_000.0),
+    ] {
+        let (text, log) = record_collapsed("malloc", &["--value", value], &cmd);
+        let got = sum_with(&text, "alloc_site_a");
+        eprintln!("{value}: {got} (truth {truth})");
+        assert!(log.contains("1 sample per 64 KiB"), "summary: {log}");
+        assert!(
+            (got - truth).abs() <= 0.1 * truth,
+            "{value} at alloc_site_a is {got}, not {truth} ± 10%"
+        );
+    }
+}
+
+#[test]
+fn malloc_pprof_carries_the_three_values() {
+    require_root();
+    let w = workload("alloc");
+    let dir = scratch("malloc-pprof");
+    let pb = dir.join("malloc.pb.gz");
+    let out = run(baton()
+        .args(["record", "malloc", "--opt", "sample_bytes=0", "--output"])
+        .arg(&pb)
+        .args(["--", w.to_str().expect("path"), "0.3"]));
+    assert!(out.status.success());
+    for (index, truth) in [
+        ("alloc_bytes", 4_096_000u64),
+        ("alloc_count", 1_000),
+        ("live_bytes", 2_048_000),
+    ] {
+        let p = Command::new("go")
+            .args(["tool", "pprof", "-top", "-sample_index", index])
+            .arg(&pb)
+            .output()
+            .expect("go tool pprof (scripts/install-deps.sh installs Go)");
+        let text = String::from_utf8_lossy(&p.stdout);
+        eprintln!("{index}:\n{text}{}", String::from_utf8_lossy(&p.stderr));
+        assert!(p.status.success(), "pprof failed on {index}");
+        let row = text
+            .lines()
+            .find(|l| l.trim_end().ends_with("alloc_site_a"))
+            .unwrap_or_else(|| panic!("no alloc_site_a row for {index}:\n{text}"));
+        let flat = row.split_whitespace().next().unwrap_or("");
+        let digits: String = flat
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let unit_scale = if flat.ends_with("kB") {
+            1024.0
+        } else if flat.ends_with("MB") {
+            1048576.0
+        } else {
+            1.0
+        };
+        let v = digits.parse::<f64>().unwrap_or(0.0) * unit_scale;
+        assert!(
+            (v - truth as f64).abs() <= truth as f64 * 0.01,
+            "{index}: pprof says {flat} at alloc_site_a, not {truth}"
+        );
+    }
+}
+
+#[test]
+fn malloc_run_through_up_sees_the_live_half() {
+    require_root();
+    let data = scratch("malloc-up");
+    let up = Up::start(&data);
+    // One second to attach before it allocates, then it holds the live half for three.
+    let mut w = Command::new(workload("alloc"))
+        .args(["1", "3"])
+        .spawn()
+        .expect("alloc");
+    let json = run_and_wait(&up, "malloc", w.id(), "3s", &["sample_bytes=0"]);
+    let _ = w.wait();
+    assert!(json.contains("\"done\""), "run: {json}");
+    let live = self_value(
+        &up.addr,
+        "profiler=malloc&value=live_bytes&filter=comm%3Dalloc",
+        "alloc_site_a",
+    );
+    let count = self_value(
+        &up.addr,
+        "profiler=malloc&value=alloc_count&filter=comm%3Dalloc",
+        "alloc_site_a",
+    );
+    let bytes = self_value(
+        &up.addr,
+        "profiler=malloc&filter=comm%3Dalloc",
+        "alloc_site_a",
+    );
+    eprintln!("through up: alloc_bytes {bytes}, alloc_count {count}, live_bytes {live}");
+    assert_eq!(bytes, 4_096_000.0);
+    assert_eq!(count, 1_000.0);
+    // Live bytes are a level at each window's end: the windows while it held them each say
+    // 2,048,000, and the store sums them, so take one window's worth by the count of windows.
+    assert!(
+        live >= 2_048_000.0 && (live / 2_048_000.0).fract() == 0.0,
+        "live_bytes {live} is not a whole number of windows of 2,048,000"
+    );
+    up.stop();
+}

@@ -1,0 +1,303 @@
+// SPDX-License-Identifier: GPL-2.0
+// Baton malloc profiler: uprobes on libc's malloc, calloc, realloc, posix_memalign and free in
+// the target processes.
+//
+// Sampling is by bytes: each thread counts down a budget drawn around `sample_bytes`; the
+// allocation that exhausts it is sampled and carries every byte allocated since the thread's
+// last sample (`acc`), so the sampled bytes add up to the bytes allocated and user space weighs
+// each sample by acc / size. With `sample_bytes` 0 every allocation is sampled with weight 1.
+//
+// A sampled allocation's user stack is taken at the function's return, where the frame-pointer
+// chain starts in the caller (at the entry the caller's own frame would be skipped). It is
+// remembered in `live` by address; a free of a remembered address is reported, so user space
+// knows which sampled allocations are still live.
+#include <linux/bpf.h>
+#include <linux/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#define MAX_STACK_DEPTH 127
+#define TASK_COMM_LEN 16
+
+struct task_struct {
+    int pid;
+    int tgid;
+} __attribute__((preserve_access_index));
+
+enum event_kind {
+    EV_ALLOC = 1,
+    EV_FREE = 2,
+};
+
+struct free_event {
+    __u32 kind;
+    __u32 pid;
+    __u64 addr;
+};
+
+struct alloc_event {
+    __u32 kind;
+    __u32 pid;
+    __u64 addr;
+    __u32 tid;
+    __u32 stack_bytes;
+    __u64 size;
+    __u64 acc;
+    __u64 cgroup_id;
+    char comm[TASK_COMM_LEN];
+    __u64 stack[MAX_STACK_DEPTH];
+};
+
+// Per thread: the sampling budget, and the allocation between its entry and its return.
+struct thread_state {
+    __s64 left;
+    __u64 acc;
+    __u64 size;
+    // Bytes the pending allocation stands for; 0 when it is not sampled.
+    __u64 sampled_acc;
+    // posix_memalign's out pointer.
+    __u64 memptr;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u32);
+    __type(value, struct thread_state);
+} threads SEC(".maps");
+
+struct live_key {
+    __u64 addr;
+    __u32 pid;
+    __u32 pad;
+};
+
+// Sampled allocations still live, by (address, process).
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 1 << 20);
+    __type(key, struct live_key);
+    __type(value, __u8);
+} live SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 16 * 1024 * 1024);
+} events SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 8192);
+    __type(key, __u32);
+    __type(value, __u8);
+} targets SEC(".maps");
+
+enum stat_index {
+    STAT_CALLS = 0,        // allocation calls seen
+    STAT_SAMPLED = 1,      // allocations sampled and reported
+    STAT_RING_FULL = 2,    // sampled allocations lost: the ring was full
+    STAT_LIVE_FULL = 3,    // sampled allocations not tracked for frees: `live` was full
+    STAT_FREES = 4,        // frees of sampled allocations reported
+    STAT_FREE_LOST = 5,    // frees of sampled allocations lost: the ring was full
+    STAT_USTACK_FAILED = 6,
+    STAT_FORKS_FOLLOWED = 7,
+    STAT_FAILED = 8,       // allocations that returned NULL
+    STAT_COUNT = 9,
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, STAT_COUNT);
+    __type(key, __u32);
+    __type(value, __u64);
+} stats SEC(".maps");
+
+const volatile __u64 sample_bytes = 65536;
+const volatile __u8 follow_forks = 0;
+
+static __always_inline void bump(__u32 idx)
+{
+    __u64 *v = bpf_map_lookup_elem(&stats, &idx);
+    if (v)
+        *v += 1;
+}
+
+// A budget drawn uniformly from [sample_bytes / 2, 3 * sample_bytes / 2): the mean is
+// sample_bytes, and the jitter keeps the samples from locking onto a periodic pattern.
+static __always_inline __s64 next_budget(void)
+{
+    __u64 n = sample_bytes;
+    return (__s64)(n / 2 + (n ? bpf_get_prandom_u32() % n : 0));
+}
+
+static __always_inline int alloc_entry(__u64 size, __u64 memptr)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    bump(STAT_CALLS);
+    struct thread_state *t = bpf_map_lookup_elem(&threads, &tid);
+    if (!t) {
+        struct thread_state fresh = {};
+        fresh.left = next_budget();
+        bpf_map_update_elem(&threads, &tid, &fresh, BPF_ANY);
+        t = bpf_map_lookup_elem(&threads, &tid);
+        if (!t)
+            return 0;
+    }
+    t->size = size;
+    t->memptr = memptr;
+    t->sampled_acc = 0;
+    t->acc += size;
+    if (sample_bytes == 0) {
+        t->sampled_acc = size;
+        t->acc = 0;
+        return 0;
+    }
+    t->left -= (__s64)size;
+    if (t->left <= 0) {
+        t->sampled_acc = t->acc;
+        t->acc = 0;
+        t->left = next_budget();
+    }
+    return 0;
+}
+
+static __always_inline int alloc_return(struct pt_regs *ctx, __u64 addr)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct thread_state *t = bpf_map_lookup_elem(&threads, &tid);
+    if (!t || t->sampled_acc == 0)
+        return 0;
+    __u64 acc = t->sampled_acc;
+    __u64 size = t->size;
+    t->sampled_acc = 0;
+    if (addr == 0) {
+        bump(STAT_FAILED);
+        return 0;
+    }
+    struct alloc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) {
+        bump(STAT_RING_FULL);
+        return 0;
+    }
+    __u64 id = bpf_get_current_pid_tgid();
+    e->kind = EV_ALLOC;
+    e->pid = id >> 32;
+    e->tid = (__u32)id;
+    e->addr = addr;
+    e->size = size;
+    e->acc = acc;
+    e->cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    long n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), BPF_F_USER_STACK);
+    if (n < 0) {
+        bump(STAT_USTACK_FAILED);
+        n = 0;
+    }
+    e->stack_bytes = (__u32)n;
+    struct live_key k = {.addr = addr, .pid = e->pid};
+    __u8 one = 1;
+    if (bpf_map_update_elem(&live, &k, &one, BPF_ANY) != 0)
+        bump(STAT_LIVE_FULL);
+    bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    bump(STAT_SAMPLED);
+    return 0;
+}
+
+static __always_inline void on_free_addr(__u64 addr)
+{
+    if (addr == 0)
+        return;
+    struct live_key k = {.addr = addr, .pid = bpf_get_current_pid_tgid() >> 32};
+    if (!bpf_map_lookup_elem(&live, &k))
+        return;
+    bpf_map_delete_elem(&live, &k);
+    struct free_event e = {.kind = EV_FREE, .pid = k.pid, .addr = addr};
+    if (bpf_ringbuf_output(&events, &e, sizeof(e), BPF_RB_NO_WAKEUP) != 0)
+        bump(STAT_FREE_LOST);
+    else
+        bump(STAT_FREES);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(malloc_entry, __u64 size)
+{
+    return alloc_entry(size, 0);
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(malloc_return, __u64 ret)
+{
+    return alloc_return(ctx, ret);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(calloc_entry, __u64 n, __u64 size)
+{
+    return alloc_entry(n * size, 0);
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(calloc_return, __u64 ret)
+{
+    return alloc_return(ctx, ret);
+}
+
+// realloc(p, n) frees p (as far as live memory goes) and allocates n.
+SEC("uprobe")
+int BPF_UPROBE(realloc_entry, __u64 ptr, __u64 size)
+{
+    on_free_addr(ptr);
+    if (size == 0)
+        return 0;
+    return alloc_entry(size, 0);
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(realloc_return, __u64 ret)
+{
+    return alloc_return(ctx, ret);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(memalign_entry, __u64 memptr, __u64 align, __u64 size)
+{
+    return alloc_entry(size, memptr);
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(memalign_return, int rc)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct thread_state *t = bpf_map_lookup_elem(&threads, &tid);
+    if (!t)
+        return 0;
+    __u64 addr = 0;
+    if (rc == 0 && t->memptr)
+        bpf_probe_read_user(&addr, sizeof(addr), (void *)t->memptr);
+    return alloc_return(ctx, addr);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(free_entry, __u64 ptr)
+{
+    on_free_addr(ptr);
+    return 0;
+}
+
+// Children of targets become targets; user space attaches the probes to them.
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+    if (!follow_forks)
+        return 0;
+    __u32 ptgid = parent->tgid;
+    if (!bpf_map_lookup_elem(&targets, &ptgid))
+        return 0;
+    __u32 ctgid = child->tgid;
+    __u8 one = 1;
+    if (ctgid != ptgid && bpf_map_update_elem(&targets, &ctgid, &one, BPF_ANY) == 0)
+        bump(STAT_FORKS_FOLLOWED);
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

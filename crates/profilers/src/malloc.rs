@@ -1,0 +1,434 @@
+//! The malloc profiler: allocations per stack from uprobes on libc's `malloc`, `calloc`,
+//! `realloc`, `posix_memalign` and `free`, sampled by bytes (see `malloc.bpf.c`).
+//!
+//! A sampled allocation arrives with its user stack, its size and the bytes it stands for
+//! (`acc`: everything its thread allocated since its previous sample), and weighs `acc / size`.
+//! Per stack the window reports `alloc_bytes` (sum of `acc`), `alloc_count` (sum of weights)
+//! and `live_bytes`: the weighted bytes of sampled allocations, made at any time since the
+//! profiler started, that are not freed at the end of the window, as bcc's `memleak` reports
+//! outstanding allocations. With `sample_bytes=0` every allocation is recorded, weight 1.
+//!
+//! Probes are attached per target process (so other processes never trap), to the libc it maps,
+//! or to `lib=PATH`; children of targets are followed by attaching to them as they appear.
+
+use std::collections::{HashMap, HashSet};
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
+
+use crate::raw::{comm_at, percpu_sum, u32_at, u64_at};
+use crate::ring::RingReader;
+use crate::{sys, CpuStats, Drained, Event, ProfilerError, StartOptions};
+
+mod skel {
+    #![allow(
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::pedantic,
+        unused,
+        missing_docs,
+        non_camel_case_types
+    )]
+    include!(concat!(env!("OUT_DIR"), "/malloc.skel.rs"));
+}
+use skel::{MallocSkel, MallocSkelBuilder};
+
+/// Layout of `struct alloc_event` in malloc.bpf.c.
+const EV_TID: usize = 16;
+const EV_STACK_BYTES: usize = 20;
+const EV_SIZE: usize = 24;
+const EV_ACC: usize = 32;
+const EV_CGROUP: usize = 40;
+const EV_COMM: usize = 48;
+const EV_STACK: usize = 64;
+
+/// (pid, tid, comm, cgroup id, user stack): what a row is aggregated under.
+type Key = (u32, u32, String, u64, Vec<u64>);
+
+#[derive(Default)]
+struct Totals {
+    bytes: f64,
+    count: f64,
+    events: u64,
+}
+
+/// What the ring reader builds up between drains.
+#[derive(Default)]
+struct State {
+    keys: HashMap<Key, usize>,
+    entries: Vec<Key>,
+    window: HashMap<usize, Totals>,
+    /// Sampled allocations not freed yet: (pid, address) -> (key index, weighted bytes).
+    live: HashMap<(u32, u64), (usize, f64)>,
+    frees_unmatched: u64,
+}
+
+impl State {
+    fn on_event(&mut self, data: &[u8]) {
+        if data.len() < 16 {
+            return;
+        }
+        let kind = u32_at(data, 0);
+        let pid = u32_at(data, 4);
+        let addr = u64_at(data, 8);
+        match kind {
+            1 if data.len() >= EV_STACK => {
+                let n =
+                    (u32_at(data, EV_STACK_BYTES) as usize / 8).min((data.len() - EV_STACK) / 8);
+                let stack: Vec<u64> = (0..n)
+                    .map(|i| u64_at(data, EV_STACK + 8 * i))
+                    .take_while(|&a| a != 0)
+                    .collect();
+                let size = u64_at(data, EV_SIZE).max(1);
+                let acc = u64_at(data, EV_ACC).max(size);
+                let key = (
+                    pid,
+                    u32_at(data, EV_TID),
+                    comm_at(data, EV_COMM),
+                    u64_at(data, EV_CGROUP),
+                    stack,
+                );
+                let idx = match self.keys.get(&key) {
+                    Some(&i) => i,
+                    None => {
+                        self.entries.push(key.clone());
+                        self.keys.insert(key, self.entries.len() - 1);
+                        self.entries.len() - 1
+                    }
+                };
+                let t = self.window.entry(idx).or_default();
+                t.bytes += acc as f64;
+                t.count += acc as f64 / size as f64;
+                t.events += 1;
+                self.live.insert((pid, addr), (idx, acc as f64));
+            }
+            2 => {
+                if self.live.remove(&(pid, addr)).is_none() {
+                    self.frees_unmatched += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A running malloc profiler. Dropping it detaches every probe.
+pub struct MallocProfiler {
+    skel: MallocSkel<'static>,
+    links: Vec<Link>,
+    _fork_link: Option<Link>,
+    reader: RingReader,
+    state: Arc<Mutex<State>>,
+    /// Pids with probes attached (all targets and followed children).
+    attached: HashSet<u32>,
+    /// The library to probe in every target, when given (`lib=PATH`).
+    lib: Option<PathBuf>,
+    /// Every process (probes on the host's libc with no pid filter).
+    all: bool,
+    sample_bytes: u64,
+}
+
+/// The library a process allocates through: the libc it maps (by its path inside the
+/// process's root, so containers work).
+fn libc_of(pid: u32) -> Option<PathBuf> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let path = maps.lines().find_map(|l| {
+        let path = l.split_whitespace().nth(5)?;
+        let name = Path::new(path).file_name()?.to_str()?;
+        (name.starts_with("libc.so") || (name.starts_with("libc-") && name.ends_with(".so")))
+            .then(|| path.to_string())
+    })?;
+    let rooted = PathBuf::from(format!("/proc/{pid}/root{path}"));
+    Some(if rooted.exists() {
+        rooted
+    } else {
+        PathBuf::from(path)
+    })
+}
+
+/// (function, entry program, return program).
+const FUNCTIONS: &[(&str, &str, Option<&str>)] = &[
+    ("malloc", "malloc_entry", Some("malloc_return")),
+    ("calloc", "calloc_entry", Some("calloc_return")),
+    ("realloc", "realloc_entry", Some("realloc_return")),
+    ("posix_memalign", "memalign_entry", Some("memalign_return")),
+    ("free", "free_entry", None),
+];
+
+impl MallocProfiler {
+    pub fn start(o: &StartOptions) -> Result<MallocProfiler, ProfilerError> {
+        let info = &crate::registry::MALLOC;
+        if !sys::has_profiling_privileges() {
+            return Err(ProfilerError::Permission);
+        }
+        let sample_bytes = o.option_u64(info, "sample_bytes")?;
+        let lib = Some(o.option(info, "lib"))
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from);
+        if let Some(l) = &lib {
+            if !l.exists() {
+                return Err(ProfilerError::BadOption {
+                    profiler: info.name,
+                    message: format!("lib {} does not exist", l.display()),
+                });
+            }
+        }
+        if let Some(pids) = &o.targets {
+            if let Some(&p) = pids.iter().find(|&&p| !sys::process_alive(p)) {
+                return Err(ProfilerError::NoSuchProcess(p));
+            }
+        }
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = MallocSkelBuilder::default()
+            .open(storage)
+            .map_err(ProfilerError::bpf("opening the malloc skeleton"))?;
+        let follow = o.targets.is_some() && o.follow_forks;
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.sample_bytes = sample_bytes;
+            ro.follow_forks = u8::from(follow);
+        }
+        if !follow {
+            open.progs.on_fork.set_autoload(false);
+        }
+        let skel = open
+            .load()
+            .map_err(ProfilerError::bpf("loading the malloc programs"))?;
+        let state: Arc<Mutex<State>> = Arc::default();
+        let sink = Arc::clone(&state);
+        let reader = RingReader::start("baton-malloc", &skel.maps.events, move |data| {
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .on_event(data)
+        })?;
+        let fork_link = if follow {
+            Some(
+                skel.progs
+                    .on_fork
+                    .attach()
+                    .map_err(ProfilerError::bpf("attaching the fork tracepoint"))?,
+            )
+        } else {
+            None
+        };
+        let mut p = MallocProfiler {
+            skel,
+            links: Vec::new(),
+            _fork_link: fork_link,
+            reader,
+            state,
+            attached: HashSet::new(),
+            lib,
+            all: o.targets.is_none(),
+            sample_bytes,
+        };
+        match &o.targets {
+            None => {
+                let path = match &p.lib {
+                    Some(l) => l.clone(),
+                    None => libc_of(std::process::id()).ok_or_else(|| {
+                        ProfilerError::Attach("cannot find this host's libc; give lib=PATH".into())
+                    })?,
+                };
+                p.attach(-1, &path)?;
+            }
+            Some(pids) => {
+                for &pid in pids {
+                    p.skel
+                        .maps
+                        .targets
+                        .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
+                        .map_err(ProfilerError::bpf("adding a target pid"))?;
+                    p.attach_pid(pid)?;
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn attach_pid(&mut self, pid: u32) -> Result<(), ProfilerError> {
+        let path = match &self.lib {
+            Some(l) => l.clone(),
+            None => libc_of(pid).ok_or_else(|| {
+                ProfilerError::Attach(format!(
+                    "process {pid} maps no libc (static binary, or another allocator?); \
+                     name the library that holds malloc with --opt lib=PATH"
+                ))
+            })?,
+        };
+        self.attach(pid as i32, &path)?;
+        self.attached.insert(pid);
+        Ok(())
+    }
+
+    fn attach(&mut self, pid: i32, path: &Path) -> Result<(), ProfilerError> {
+        for (func, entry, ret) in FUNCTIONS {
+            for (prog_name, retprobe) in [(Some(*entry), false), (*ret, true)] {
+                let Some(prog_name) = prog_name else { continue };
+                let progs = &self.skel.progs;
+                let prog = match prog_name {
+                    "malloc_entry" => &progs.malloc_entry,
+                    "malloc_return" => &progs.malloc_return,
+                    "calloc_entry" => &progs.calloc_entry,
+                    "calloc_return" => &progs.calloc_return,
+                    "realloc_entry" => &progs.realloc_entry,
+                    "realloc_return" => &progs.realloc_return,
+                    "memalign_entry" => &progs.memalign_entry,
+                    "memalign_return" => &progs.memalign_return,
+                    _ => &progs.free_entry,
+                };
+                let link = prog
+                    .attach_uprobe_with_opts(
+                        pid,
+                        path,
+                        0,
+                        UprobeOpts {
+                            func_name: Some((*func).to_string()),
+                            retprobe,
+                            ..Default::default()
+                        },
+                    )
+                    .map_err(|e| {
+                        ProfilerError::Attach(format!(
+                            "attaching to {func} in {} (pid {pid}): {e}",
+                            path.display()
+                        ))
+                    })?;
+                self.links.push(link);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The registry's constructor.
+pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
+    Ok(Box::new(MallocProfiler::start(o)?))
+}
+
+impl crate::Profiler for MallocProfiler {
+    fn info(&self) -> &'static baton_model::ProfilerInfo {
+        &crate::registry::MALLOC
+    }
+
+    fn drain(&mut self) -> Result<Drained, ProfilerError> {
+        self.reader.flush();
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *guard;
+        let mut live: HashMap<usize, f64> = HashMap::new();
+        for &(idx, bytes) in st.live.values() {
+            *live.entry(idx).or_default() += bytes;
+        }
+        // A process that has exited reports what it left unfreed at exit (its leaks) in this
+        // window, and is then forgotten: its memory is gone with it.
+        let dead: HashSet<u32> = st
+            .live
+            .keys()
+            .map(|&(pid, _)| pid)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .filter(|&pid| !sys::process_alive(pid))
+            .collect();
+        st.live.retain(|(pid, _), _| !dead.contains(pid));
+        let window = std::mem::take(&mut st.window);
+        let mut idxs: Vec<usize> = window.keys().chain(live.keys()).copied().collect();
+        idxs.sort_unstable();
+        idxs.dedup();
+        let events = idxs
+            .into_iter()
+            .map(|i| {
+                let (pid, tid, comm, cgroup_id, user) = st.entries[i].clone();
+                let t = window.get(&i);
+                Event {
+                    pid,
+                    tid,
+                    cgroup_id,
+                    comm,
+                    kernel: Vec::new(),
+                    user,
+                    count: t.map_or(0, |t| t.events),
+                    values: vec![
+                        t.map_or(0, |t| t.bytes.round() as u64),
+                        t.map_or(0, |t| t.count.round() as u64),
+                        live.get(&i).map_or(0, |b| b.round() as u64),
+                    ],
+                    weight: 1.0,
+                    labels: Vec::new(),
+                }
+            })
+            .collect();
+        // Keys no allocation refers to any more are forgotten.
+        let used: HashSet<usize> = st.live.values().map(|&(i, _)| i).collect();
+        if used.len() < st.entries.len() / 2 && st.entries.len() > 4096 {
+            let mut remap = HashMap::new();
+            let old = std::mem::take(&mut st.entries);
+            st.keys.clear();
+            for (i, k) in old.into_iter().enumerate() {
+                if used.contains(&i) {
+                    let at = st.entries.len();
+                    remap.insert(i, at);
+                    st.keys.insert(k.clone(), at);
+                    st.entries.push(k);
+                }
+            }
+            for v in st.live.values_mut() {
+                v.0 = remap[&v.0];
+            }
+        }
+        Ok(Drained {
+            events,
+            histograms: Vec::new(),
+        })
+    }
+
+    /// `samples`: sampled allocations; `lost_map_full`: sampled allocations or frees the ring
+    /// had no room for, and allocations the live map could not hold.
+    fn stats(&self) -> CpuStats {
+        let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
+        CpuStats {
+            samples: read(1),
+            lost_map_full: read(2) + read(3) + read(5),
+            user_stack_failed: read(6),
+            forks_followed: read(7),
+            ..CpuStats::default()
+        }
+    }
+
+    fn target_pids(&self) -> Vec<u32> {
+        self.skel
+            .maps
+            .targets
+            .keys()
+            .map(|k| u32_at(&k, 0))
+            .collect()
+    }
+
+    fn tick(&mut self) {
+        if self.all {
+            return;
+        }
+        // Children followed by BPF get their own probes.
+        for pid in self.target_pids() {
+            if !self.attached.contains(&pid) && sys::process_alive(pid) {
+                if let Err(e) = self.attach_pid(pid) {
+                    tracing::debug!(pid, error = %e, "could not attach to a child");
+                    self.attached.insert(pid);
+                }
+            }
+        }
+    }
+
+    fn event_name(&self) -> String {
+        if self.sample_bytes == 0 {
+            "libc malloc uprobes, every allocation".into()
+        } else {
+            format!(
+                "libc malloc uprobes, 1 sample per {} KiB",
+                self.sample_bytes / 1024
+            )
+        }
+    }
+}
