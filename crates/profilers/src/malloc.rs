@@ -105,11 +105,7 @@ impl State {
                 t.events += 1;
                 self.live.insert((pid, addr), (idx, acc as f64));
             }
-            2 => {
-                if self.live.remove(&(pid, addr)).is_none() {
-                    self.frees_unmatched += 1;
-                }
-            }
+            2 if self.live.remove(&(pid, addr)).is_none() => self.frees_unmatched += 1,
             _ => {}
         }
     }
