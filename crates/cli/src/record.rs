@@ -283,6 +283,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
             force_cpu_clock: a.cpu_clock,
             dwarf: a.unwind == crate::UnwindMode::Auto,
             options,
+            pending_exec: a.command.first().and_then(|c| which(c)),
         },
         host: baton_agent::hostname(),
         jvm_perf_maps: !a.no_jvm_perf_map,
@@ -500,4 +501,18 @@ fn write_output(
         _ => export::write(selected, f, out)?,
     }
     Ok(())
+}
+
+/// The file `execvp` would run for `cmd`: itself when it has a slash, else the first match on
+/// `PATH`.
+fn which(cmd: &str) -> Option<PathBuf> {
+    if cmd.contains('/') {
+        return std::fs::canonicalize(cmd).ok();
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::canonicalize(p).ok())
 }

@@ -90,6 +90,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
             force_cpu_clock: a.cpu_clock,
             dwarf: a.unwind == crate::UnwindMode::Auto,
             options: Default::default(),
+            pending_exec: None,
         },
         host: baton_agent::hostname(),
         // Continuous whole-host profiling does not attach to JVMs.
@@ -821,6 +822,7 @@ impl Driver {
                         force_cpu_clock: self.opts.start.force_cpu_clock,
                         dwarf: self.opts.start.dwarf,
                         options,
+                        pending_exec: None,
                     },
                     host: self.opts.host.clone(),
                     // On-demand and triggered runs ask JVMs for their JIT maps; continuous

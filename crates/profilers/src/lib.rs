@@ -4,6 +4,7 @@
 //! module. BPF C lives in
 //! `src/bpf/<name>.bpf.c` and is compiled into a skeleton by `build.rs`.
 
+pub mod calls;
 pub mod cpu;
 pub mod exec;
 pub mod malloc;
@@ -15,6 +16,7 @@ pub mod registry;
 mod ring;
 pub mod sys;
 pub mod unwind;
+pub mod uprobe;
 
 pub use cpu::{CpuOptions, CpuProfiler, CpuStats, RawSample, UserStackOrigin, Window};
 pub use perf::SamplingEvent;

@@ -20,6 +20,9 @@ pub struct StartOptions {
     /// CPU profiler: unwind code without frame pointers from DWARF CFI.
     pub dwarf: bool,
     pub options: BTreeMap<String, String>,
+    /// The targets are a forked child that will exec this file: uprobe profilers that probe
+    /// "the target's executable" probe it, not the image the child has until then.
+    pub pending_exec: Option<std::path::PathBuf>,
 }
 
 impl StartOptions {

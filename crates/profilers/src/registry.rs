@@ -121,6 +121,45 @@ pub static MALLOC: ProfilerInfo = ProfilerInfo {
     ],
 };
 
+pub static CALLS: ProfilerInfo = ProfilerInfo {
+    name: "calls",
+    description: "call counts of the functions matching a pattern (uprobes, as funccount), \
+                  per stack, with an optional latency histogram per function",
+    claims: &[Claim {
+        resource: "uprobe",
+        shared: Some(8),
+    }],
+    values: &[ValueInfo {
+        kind: "calls",
+        unit: "count",
+        help: "calls of the probed functions",
+    }],
+    histograms: &["call_latency"],
+    labels: &["function"],
+    default_frequency: 0,
+    max_frequency: 0,
+    default_rate: "every call of the chosen functions (at most 1,000 functions)",
+    cost: CostClass::High,
+    options: &[
+        OptionInfo {
+            name: "probe",
+            default: "",
+            help: "[BINARY:]PATTERN: functions to count, a glob (BINARY: a path or a library \
+                   name such as libc; default the target's executable)",
+        },
+        OptionInfo {
+            name: "latency",
+            default: "false",
+            help: "also time each call (uretprobes) into a histogram per function",
+        },
+        OptionInfo {
+            name: "stacks",
+            default: "true",
+            help: "count per user stack (false: per function only, cheaper)",
+        },
+    ],
+};
+
 /// Every profiler, in the order `--help` lists them.
 pub static REGISTRY: &[Registered] = &[
     Registered {
@@ -134,6 +173,10 @@ pub static REGISTRY: &[Registered] = &[
     Registered {
         info: &MALLOC,
         start: crate::malloc::start_dyn,
+    },
+    Registered {
+        info: &CALLS,
+        start: crate::calls::start_dyn,
     },
 ];
 

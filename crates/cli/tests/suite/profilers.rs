@@ -199,3 +199,111 @@ fn malloc_run_through_up_sees_the_live_half() {
     );
     up.stop();
 }
+
+#[test]
+fn calls_counts_a_function_called_12345_times_exactly() {
+    require_root();
+    let w = workload("calls");
+    let (text, log) = record_collapsed(
+        "calls",
+        &["--opt", "probe=counted"],
+        &[w.to_str().expect("path"), "0.2"],
+    );
+    assert!(log.contains("12345 calls"), "summary: {log}");
+    assert_eq!(sum_with(&text, "counted"), 12_345.0, "{text}");
+    // Stacks reach the caller.
+    assert!(
+        text.lines().any(|l| l.contains("main;counted ")),
+        "no main;counted stack:\n{text}"
+    );
+}
+
+#[test]
+fn calls_latency_puts_3_ms_calls_in_their_bucket() {
+    require_root();
+    let w = workload("calls");
+    let out = run(baton()
+        .args([
+            "record",
+            "calls",
+            "--opt",
+            "probe=slow_call",
+            "--opt",
+            "latency=true",
+        ])
+        .args(["--format", "json", "--", w.to_str().expect("path"), "0.2"]));
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let h = &doc["histograms"][0];
+    assert_eq!(h["name"], "call_latency", "{doc}");
+    assert_eq!(h["key"], "slow_call");
+    let buckets = h["buckets"].as_array().expect("buckets");
+    let total: f64 = buckets.iter().filter_map(|b| b["count"].as_f64()).sum();
+    assert_eq!(total, 20.0, "{h}");
+    // 3 ms (plus wake-up latency) lies in [2^21, 2^22) ns.
+    let in_bucket: f64 = buckets
+        .iter()
+        .filter(|b| b["le"] == 4_194_303u64)
+        .filter_map(|b| b["count"].as_f64())
+        .sum();
+    assert!(
+        in_bucket >= 19.0,
+        "3 ms calls outside [2.1 ms, 4.2 ms): {h}"
+    );
+}
+
+#[test]
+fn calls_run_through_up_counts_exactly_and_stores_the_histogram() {
+    require_root();
+    let data = scratch("calls-up");
+    let up = Up::start(&data);
+    let mut w = Command::new(workload("calls"))
+        .arg("1.5")
+        .spawn()
+        .expect("calls workload");
+    let json = run_and_wait(
+        &up,
+        "calls",
+        w.id(),
+        "4s",
+        &["probe=*", "latency=true", "stacks=false"],
+    );
+    let _ = w.wait();
+    assert!(json.contains("\"done\""), "run: {json}");
+    let counted = self_value(
+        &up.addr,
+        "profiler=calls&filter=function%3Dcounted",
+        "counted",
+    );
+    assert_eq!(counted, 12_345.0);
+    let h = http_json(
+        &up.addr,
+        "/api/v1/histograms?profiler=calls&since=10m&filter=function%3Dslow_call",
+    );
+    let hs = h["histograms"].as_array().expect("histograms");
+    assert_eq!(hs.len(), 1, "{h}");
+    assert_eq!(hs[0]["count"], 20.0, "{h}");
+    let p50 = hs[0]["p50"].as_u64().unwrap_or(0);
+    assert!(
+        (2_097_152..=4_194_303).contains(&p50),
+        "median of 3 ms calls is {p50} ns"
+    );
+    // The CLI reads the same.
+    let out = run(baton().args([
+        "query",
+        "--profiler",
+        "calls",
+        "--format",
+        "hist",
+        "--since",
+        "10m",
+        "--server",
+        &format!("http://{}", up.addr),
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("call_latency of slow_call: 20 values"),
+        "{text}"
+    );
+    up.stop();
+}

@@ -1,0 +1,364 @@
+//! The call-count profiler: uprobes on the functions of a binary whose names match a pattern,
+//! as bcc's `funccount` does, counted per stack, with an optional latency histogram per
+//! function from uretprobes.
+//!
+//! `probe=[BINARY:]PATTERN` chooses the functions: BINARY is an absolute path or a library name
+//! (`libc`), and defaults to each target's executable. Probes are attached per target process,
+//! and to the children it forks as they are seen.
+
+use std::collections::{HashMap, HashSet};
+use std::mem::MaybeUninit;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
+
+use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
+use crate::uprobe::{functions_matching, resolve_binary};
+use crate::{sys, CpuStats, Drained, Event, ProfilerError, RawHistogram, StartOptions};
+
+mod skel {
+    #![allow(
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::pedantic,
+        unused,
+        missing_docs,
+        non_camel_case_types
+    )]
+    include!(concat!(env!("OUT_DIR"), "/calls.skel.rs"));
+}
+use skel::{CallsSkel, CallsSkelBuilder};
+
+/// Most functions one run may probe.
+const MAX_FUNCTIONS: usize = 1000;
+const STACK_ENTRIES: usize = 16384;
+
+/// A running call-count profiler. Dropping it detaches every probe.
+pub struct CallsProfiler {
+    skel: CallsSkel<'static>,
+    links: Vec<Link>,
+    _fork_link: Option<Link>,
+    /// The binary part of the probe spec, and the pattern.
+    binary: String,
+    pattern: String,
+    latency: bool,
+    /// Function names by cookie.
+    names: Vec<String>,
+    index: HashMap<String, u32>,
+    attached: HashSet<u32>,
+    all: bool,
+    active: u32,
+    stale_stacks: u64,
+}
+
+impl CallsProfiler {
+    pub fn start(o: &StartOptions) -> Result<CallsProfiler, ProfilerError> {
+        let info = &crate::registry::CALLS;
+        if !sys::has_profiling_privileges() {
+            return Err(ProfilerError::Permission);
+        }
+        let bad = |message: String| ProfilerError::BadOption {
+            profiler: info.name,
+            message,
+        };
+        let probe = o.option(info, "probe").trim().to_string();
+        if probe.is_empty() {
+            return Err(bad(
+                "say which functions to count with probe=[BINARY:]PATTERN, e.g. \
+                 --opt probe=handle_* or --opt probe=libc:malloc"
+                    .into(),
+            ));
+        }
+        let (binary, pattern) = match probe.split_once(':') {
+            Some((b, p)) => (b.to_string(), p.to_string()),
+            None => (String::new(), probe.clone()),
+        };
+        let flag = |name: &str| -> Result<bool, ProfilerError> {
+            match o.option(info, name) {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                other => Err(bad(format!("{name} must be true or false, not {other:?}"))),
+            }
+        };
+        let latency = flag("latency")?;
+        let stacks = flag("stacks")?;
+        if let Some(pids) = &o.targets {
+            if let Some(&p) = pids.iter().find(|&&p| !sys::process_alive(p)) {
+                return Err(ProfilerError::NoSuchProcess(p));
+            }
+        }
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = CallsSkelBuilder::default()
+            .open(storage)
+            .map_err(ProfilerError::bpf("opening the calls skeleton"))?;
+        let follow = o.targets.is_some() && o.follow_forks;
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.take_stacks = u8::from(stacks);
+            ro.measure_latency = u8::from(latency);
+            ro.follow_forks = u8::from(follow);
+        }
+        if !follow {
+            open.progs.on_fork.set_autoload(false);
+        }
+        let skel = open
+            .load()
+            .map_err(ProfilerError::bpf("loading the calls programs"))?;
+        let fork_link = if follow {
+            Some(
+                skel.progs
+                    .on_fork
+                    .attach()
+                    .map_err(ProfilerError::bpf("attaching the fork tracepoint"))?,
+            )
+        } else {
+            None
+        };
+        let mut p = CallsProfiler {
+            skel,
+            links: Vec::new(),
+            _fork_link: fork_link,
+            binary,
+            pattern,
+            latency,
+            names: Vec::new(),
+            index: HashMap::new(),
+            attached: HashSet::new(),
+            all: o.targets.is_none(),
+            active: 0,
+            stale_stacks: 0,
+        };
+        match &o.targets {
+            None => {
+                let path = resolve_binary(None, &p.binary)?;
+                p.attach(-1, path)?;
+            }
+            Some(pids) => {
+                for &pid in pids {
+                    p.skel
+                        .maps
+                        .targets
+                        .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
+                        .map_err(ProfilerError::bpf("adding a target pid"))?;
+                    let path = match &o.pending_exec {
+                        Some(exe) if p.binary.is_empty() => exe.clone(),
+                        _ => resolve_binary(Some(pid), &p.binary)?,
+                    };
+                    p.attach(pid as i32, path)?;
+                    p.attached.insert(pid);
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn attach(&mut self, pid: i32, path: PathBuf) -> Result<(), ProfilerError> {
+        let found = functions_matching(&path, &self.pattern)?;
+        if found.is_empty() {
+            return Err(ProfilerError::Attach(format!(
+                "no function of {} matches {:?}",
+                path.display(),
+                self.pattern
+            )));
+        }
+        if found.len() > MAX_FUNCTIONS {
+            return Err(ProfilerError::Attach(format!(
+                "{} functions of {} match {:?}; narrow the pattern (at most {MAX_FUNCTIONS})",
+                found.len(),
+                path.display(),
+                self.pattern
+            )));
+        }
+        for f in found {
+            let cookie = match self.index.get(&f.name) {
+                Some(&c) => c,
+                None => {
+                    self.names.push(f.name.clone());
+                    let c = (self.names.len() - 1) as u32;
+                    self.index.insert(f.name.clone(), c);
+                    c
+                }
+            };
+            let mut progs = vec![(&self.skel.progs.call_entry, false)];
+            if self.latency {
+                progs.push((&self.skel.progs.call_return, true));
+            }
+            for (prog, retprobe) in progs {
+                let link = prog
+                    .attach_uprobe_with_opts(
+                        pid,
+                        &path,
+                        f.file_offset as usize,
+                        UprobeOpts {
+                            cookie: u64::from(cookie),
+                            retprobe,
+                            ..Default::default()
+                        },
+                    )
+                    .map_err(|e| {
+                        ProfilerError::Attach(format!(
+                            "attaching to {} in {} (pid {pid}): {e}",
+                            f.name,
+                            path.display()
+                        ))
+                    })?;
+                self.links.push(link);
+            }
+        }
+        Ok(())
+    }
+
+    fn name(&self, cookie: u32) -> String {
+        self.names
+            .get(cookie as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("function #{cookie}"))
+    }
+}
+
+/// The registry's constructor.
+pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
+    Ok(Box::new(CallsProfiler::start(o)?))
+}
+
+impl crate::Profiler for CallsProfiler {
+    fn info(&self) -> &'static baton_model::ProfilerInfo {
+        &crate::registry::CALLS
+    }
+
+    fn drain(&mut self) -> Result<Drained, ProfilerError> {
+        let old = self.active;
+        self.active = 1 - old;
+        if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
+            bss.active_buffer = self.active;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let mut out = Drained::default();
+        let counts = &self.skel.maps.counts;
+        let stacks = &self.skel.maps.stacks;
+        let mut cache: HashMap<i32, Vec<u64>> = HashMap::new();
+        for key in counts.keys().collect::<Vec<_>>() {
+            if key.len() < 56 || u32_at(&key, 24) != old {
+                continue;
+            }
+            let n = counts
+                .lookup(&key, MapFlags::ANY)
+                .map_err(ProfilerError::bpf("reading a call count"))?
+                .map_or(0, |v| u64_at(&v, 0));
+            let _ = counts.delete(&key);
+            let id = u32_at(&key, 12) as i32;
+            let mut user = if id >= 0 {
+                cache
+                    .entry(id)
+                    .or_insert_with(|| stack_of(stacks, id).unwrap_or_default())
+                    .clone()
+            } else {
+                // Stacks off: the function alone.
+                vec![u64_at(&key, 48)]
+            };
+            if id >= 0 && user.is_empty() {
+                self.stale_stacks += 1;
+            }
+            // Kernels since 6.12 add the caller themselves at a uprobe on a function's entry;
+            // older ones skip it.
+            let caller = u64_at(&key, 16);
+            if caller != 0 && !user.is_empty() && user.get(1) != Some(&caller) {
+                user.insert(1, caller);
+            }
+            out.events.push(Event {
+                pid: u32_at(&key, 0),
+                tid: u32_at(&key, 4),
+                cgroup_id: 0,
+                comm: comm_at(&key, 32),
+                kernel: Vec::new(),
+                user,
+                count: n,
+                values: vec![n],
+                weight: 1.0,
+                labels: vec![("function", self.name(u32_at(&key, 8)))],
+            });
+        }
+        // Stack ids of the filling buffer may be lost by this clear; those calls are counted
+        // without a stack (`stack_lookup_missing`).
+        if stacks.keys().count() > STACK_ENTRIES / 2 {
+            for k in stacks.keys().collect::<Vec<_>>() {
+                let _ = stacks.delete(&k);
+            }
+        }
+        let hists = &self.skel.maps.hists;
+        let mut by: HashMap<(u32, u32), Vec<(u32, f64)>> = HashMap::new();
+        for key in hists.keys().collect::<Vec<_>>() {
+            if key.len() < 16 || u32_at(&key, 12) != old {
+                continue;
+            }
+            let n = hists
+                .lookup(&key, MapFlags::ANY)
+                .map_err(ProfilerError::bpf("reading a latency histogram"))?
+                .map_or(0, |v| u64_at(&v, 0));
+            let _ = hists.delete(&key);
+            by.entry((u32_at(&key, 0), u32_at(&key, 4)))
+                .or_default()
+                .push((u32_at(&key, 8), n as f64));
+        }
+        let comms: HashMap<u32, String> =
+            out.events.iter().map(|e| (e.pid, e.comm.clone())).collect();
+        for ((pid, function), buckets) in by {
+            out.histograms.push(RawHistogram {
+                name: "call_latency",
+                unit: "nanoseconds",
+                key: self.name(function),
+                pid,
+                comm: comms.get(&pid).cloned().unwrap_or_default(),
+                buckets,
+            });
+        }
+        Ok(out)
+    }
+
+    fn stats(&self) -> CpuStats {
+        let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
+        CpuStats {
+            samples: read(0),
+            lost_map_full: read(1),
+            user_stack_failed: read(2),
+            forks_followed: read(5),
+            stack_lookup_missing: self.stale_stacks,
+            ..CpuStats::default()
+        }
+    }
+
+    fn target_pids(&self) -> Vec<u32> {
+        self.skel
+            .maps
+            .targets
+            .keys()
+            .map(|k| u32_at(&k, 0))
+            .collect()
+    }
+
+    fn tick(&mut self) {
+        if self.all {
+            return;
+        }
+        for pid in self.target_pids() {
+            if self.attached.insert(pid) && sys::process_alive(pid) {
+                let r = resolve_binary(Some(pid), &self.binary)
+                    .and_then(|p| self.attach(pid as i32, p));
+                if let Err(e) = r {
+                    tracing::debug!(pid, error = %e, "could not attach to a child");
+                }
+            }
+        }
+    }
+
+    fn event_name(&self) -> String {
+        format!(
+            "uprobes on {} function(s) matching {}{}",
+            self.names.len(),
+            self.pattern,
+            if self.latency { ", with latency" } else { "" }
+        )
+    }
+}
