@@ -20,6 +20,7 @@ fn main() {
         .collect();
     names.sort();
     println!("cargo:rerun-if-changed=src/bpf");
+    println!("cargo:rerun-if-changed=src/bpf/common.h");
     for name in &names {
         let src = format!("src/bpf/{name}.bpf.c");
         let skel = out.join(format!("{name}.skel.rs"));
@@ -30,4 +31,25 @@ fn main() {
             .unwrap_or_else(|e| panic!("building {src} failed (is clang installed?): {e:#}"));
         println!("cargo:rerun-if-changed={src}");
     }
+    syscall_names(&out, &arch);
+}
+
+/// Writes `syscall_names.rs`, the syscall numbers of the target architecture and their names,
+/// from the kernel headers the BPF programs are built against.
+fn syscall_names(out: &std::path::Path, arch: &str) {
+    let header = format!("/usr/include/{arch}-linux-gnu/asm/unistd_64.h");
+    println!("cargo:rerun-if-changed={header}");
+    let text = std::fs::read_to_string(&header).unwrap_or_default();
+    let mut rows = String::from("pub(crate) static SYSCALL_NAMES: &[(u32, &str)] = &[\n");
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some("#define"), Some(name), Some(nr)) = (parts.next(), parts.next(), parts.next())
+        {
+            if let (Some(name), Ok(nr)) = (name.strip_prefix("__NR_"), nr.parse::<u32>()) {
+                rows.push_str(&format!("    ({nr}, {name:?}),\n"));
+            }
+        }
+    }
+    rows.push_str("];\n");
+    std::fs::write(out.join("syscall_names.rs"), rows).expect("write syscall_names.rs");
 }

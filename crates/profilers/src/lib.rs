@@ -6,7 +6,10 @@
 
 pub mod calls;
 pub mod cpu;
+mod events;
 pub mod exec;
+pub mod io;
+pub mod locks;
 pub mod malloc;
 pub mod offcpu;
 mod perf;
@@ -15,6 +18,7 @@ mod raw;
 pub mod registry;
 mod ring;
 pub mod sys;
+pub mod syscalls;
 pub mod unwind;
 pub mod uprobe;
 

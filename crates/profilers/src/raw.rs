@@ -35,7 +35,7 @@ pub(crate) fn addresses(raw: &[u8]) -> Vec<u64> {
 }
 
 /// The stack with id `id` in a stack map, or `None` when it is not there.
-pub(crate) fn stack_of(stacks: &impl MapCore, id: i32) -> Option<Vec<u64>> {
+pub(crate) fn stack_of(stacks: &(impl MapCore + ?Sized), id: i32) -> Option<Vec<u64>> {
     stacks
         .lookup(&id.to_ne_bytes(), MapFlags::ANY)
         .ok()
@@ -44,7 +44,7 @@ pub(crate) fn stack_of(stacks: &impl MapCore, id: i32) -> Option<Vec<u64>> {
 }
 
 /// The sum over CPUs of entry `idx` of a per-CPU array of u64.
-pub(crate) fn percpu_sum(map: &impl MapCore, idx: u32) -> u64 {
+pub(crate) fn percpu_sum(map: &(impl MapCore + ?Sized), idx: u32) -> u64 {
     map.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
         .ok()
         .flatten()

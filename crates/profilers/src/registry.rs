@@ -160,6 +160,102 @@ pub static CALLS: ProfilerInfo = ProfilerInfo {
     ],
 };
 
+pub static SYSCALLS: ProfilerInfo = ProfilerInfo {
+    name: "syscalls",
+    description: "syscall counts and latency per process, syscall and user stack, from \
+                  raw_syscalls, with exact latency histograms per syscall",
+    claims: &[Claim {
+        resource: "tracepoint:raw_syscalls",
+        shared: Some(2),
+    }],
+    values: &[
+        ValueInfo {
+            kind: "syscall_time",
+            unit: "nanoseconds",
+            help: "time in syscalls",
+        },
+        ValueInfo {
+            kind: "syscalls",
+            unit: "count",
+            help: "syscalls made",
+        },
+    ],
+    histograms: &["syscall_latency"],
+    labels: &["syscall"],
+    default_frequency: 0,
+    max_frequency: 0,
+    default_rate: "every syscall timed; stacks for at most 1,000 syscalls/s, weighted",
+    cost: CostClass::Medium,
+    options: &[OptionInfo {
+        name: "max_stacks_per_sec",
+        default: "1000",
+        help: "syscalls per second whose user stacks are taken; beyond, 1 in N at random",
+    }],
+};
+
+pub static LOCKS: ProfilerInfo = ProfilerInfo {
+    name: "locks",
+    description: "time waiting on futexes (mutexes, condition variables) per user stack, \
+                  from the futex syscall tracepoints",
+    claims: &[Claim {
+        resource: "tracepoint:syscalls:futex",
+        shared: Some(4),
+    }],
+    values: &[
+        ValueInfo {
+            kind: "lock_wait",
+            unit: "nanoseconds",
+            help: "time blocked in futex waits",
+        },
+        ValueInfo {
+            kind: "lock_waits",
+            unit: "count",
+            help: "futex waits",
+        },
+    ],
+    histograms: &["futex_wait"],
+    labels: &["op"],
+    default_frequency: 0,
+    max_frequency: 0,
+    default_rate: "every futex wait (each one already blocks)",
+    cost: CostClass::Medium,
+    options: &[],
+};
+
+pub static IO: ProfilerInfo = ProfilerInfo {
+    name: "io",
+    description: "block I/O latency, bytes and requests per process, operation and stack, \
+                  from the block tracepoints",
+    claims: &[Claim {
+        resource: "tracepoint:block",
+        shared: Some(4),
+    }],
+    values: &[
+        ValueInfo {
+            kind: "io_time",
+            unit: "nanoseconds",
+            help: "time from submission to completion",
+        },
+        ValueInfo {
+            kind: "io_bytes",
+            unit: "bytes",
+            help: "bytes completed",
+        },
+        ValueInfo {
+            kind: "io_requests",
+            unit: "count",
+            help: "requests completed",
+        },
+    ],
+    histograms: &["io_latency"],
+    labels: &["op"],
+    default_frequency: 0,
+    max_frequency: 0,
+    default_rate: "every request of the targets",
+    cost: CostClass::Medium,
+    options: &[],
+};
+
 /// Every profiler, in the order `--help` lists them.
 pub static REGISTRY: &[Registered] = &[
     Registered {
@@ -177,6 +273,18 @@ pub static REGISTRY: &[Registered] = &[
     Registered {
         info: &CALLS,
         start: crate::calls::start_dyn,
+    },
+    Registered {
+        info: &SYSCALLS,
+        start: crate::syscalls::start_dyn,
+    },
+    Registered {
+        info: &LOCKS,
+        start: crate::locks::start_dyn,
+    },
+    Registered {
+        info: &IO,
+        start: crate::io::start_dyn,
     },
 ];
 

@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: GPL-2.0
+// Baton lock profiler: time threads wait in futex(2) wait operations (FUTEX_WAIT,
+// FUTEX_WAIT_BITSET, FUTEX_LOCK_PI, FUTEX_LOCK_PI2, FUTEX_WAIT_REQUEUE_PI), from the
+// syscalls:sys_enter_futex and sys_exit_futex tracepoints, per thread and user stack, with a
+// histogram of waits per process. Every wait is recorded (waits are slow by nature).
+enum stat_index {
+    STAT_WAITS = 0,
+    STAT_LOST_MAP_FULL = 1,
+    STAT_USTACK_FAILED = 2,
+    STAT_NO_STORAGE = 3,
+    STAT_FORKS_FOLLOWED = 4,
+    STAT_COUNT = 5,
+};
+#include "common.h"
+
+#define FUTEX_WAIT 0
+#define FUTEX_LOCK_PI 6
+#define FUTEX_WAIT_BITSET 9
+#define FUTEX_WAIT_REQUEUE_PI 11
+#define FUTEX_LOCK_PI2 13
+#define FUTEX_CMD_MASK 0x7f
+
+// The layout of the syscalls:sys_enter_futex and sys_exit_futex records.
+struct futex_enter {
+    __u64 common;
+    __s32 nr;
+    __u32 pad;
+    __u64 uaddr;
+    __u64 op;
+    __u64 val;
+    __u64 utime;
+    __u64 uaddr2;
+    __u64 val3;
+};
+
+struct futex_exit {
+    __u64 common;
+    __s32 nr;
+    __u32 pad;
+    __s64 ret;
+};
+
+struct start {
+    __u64 ts;
+    __s32 user_stack;
+    __u32 op;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct start);
+} starts SEC(".maps");
+
+SEC("tracepoint/syscalls/sys_enter_futex")
+int on_futex_enter(struct futex_enter *args)
+{
+    __u32 cmd = args->op & FUTEX_CMD_MASK;
+    if (cmd != FUTEX_WAIT && cmd != FUTEX_WAIT_BITSET && cmd != FUTEX_LOCK_PI &&
+        cmd != FUTEX_LOCK_PI2 && cmd != FUTEX_WAIT_REQUEUE_PI)
+        return 0;
+    if (!is_target(bpf_get_current_pid_tgid() >> 32))
+        return 0;
+    struct task_struct *task = bpf_get_current_task_btf();
+    struct start *s = bpf_task_storage_get(&starts, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!s) {
+        bump(STAT_NO_STORAGE);
+        return 0;
+    }
+    s->op = cmd;
+    s->user_stack = bpf_get_stackid(args, &stacks, BPF_F_USER_STACK);
+    if (s->user_stack < 0)
+        bump(STAT_USTACK_FAILED);
+    s->ts = bpf_ktime_get_ns();
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_futex")
+int on_futex_exit(struct futex_exit *args)
+{
+    struct task_struct *task = bpf_get_current_task_btf();
+    struct start *s = bpf_task_storage_get(&starts, task, 0, 0);
+    if (!s || s->ts == 0)
+        return 0;
+    __u64 delta = bpf_ktime_get_ns() - s->ts;
+    s->ts = 0;
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct row_key key = {};
+    key.pid = pid_tgid >> 32;
+    key.tid = (__u32)pid_tgid;
+    key.cgroup_id = bpf_get_current_cgroup_id();
+    key.kernel_stack = -1;
+    key.user_stack = s->user_stack;
+    key.kind = s->op;
+    bpf_get_current_comm(&key.comm, sizeof(key.comm));
+    if (add_row(&key, 1, delta, 0) != 0 || add_hist(key.pid, 0, delta) != 0)
+        bump(STAT_LOST_MAP_FULL);
+    bump(STAT_WAITS);
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

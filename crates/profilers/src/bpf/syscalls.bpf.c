@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: GPL-2.0
+// Baton syscall profiler: raw_syscalls sys_enter/sys_exit. Every syscall of the targets is
+// timed into a power-of-two latency histogram per (process, syscall), exactly. Stacks are taken
+// at the entry for one syscall in `sample_every` (at random, so the per-second budget user
+// space sets holds), and those rows carry the weight `sample_every`.
+enum stat_index {
+    STAT_SYSCALLS = 0,      // syscalls of targets that returned
+    STAT_TRACKED = 1,       // of those, with stacks
+    STAT_LOST_MAP_FULL = 2,
+    STAT_USTACK_FAILED = 3,
+    STAT_NO_STORAGE = 4,
+    STAT_FORKS_FOLLOWED = 5,
+    STAT_COUNT = 6,
+};
+#include "common.h"
+
+struct pt_regs;
+
+struct start {
+    __u64 ts;
+    __u32 nr;
+    __u32 weight;
+    __s32 user_stack;
+    __u32 pad;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct start);
+} starts SEC(".maps");
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(on_enter, struct pt_regs *regs, long id)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (!is_target(pid_tgid >> 32))
+        return 0;
+    struct task_struct *task = bpf_get_current_task_btf();
+    struct start *s = bpf_task_storage_get(&starts, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!s) {
+        bump(STAT_NO_STORAGE);
+        return 0;
+    }
+    s->nr = (__u32)id;
+    s->weight = sampled_weight();
+    s->user_stack = -1;
+    if (s->weight) {
+        s->user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+        if (s->user_stack < 0)
+            bump(STAT_USTACK_FAILED);
+    }
+    s->ts = bpf_ktime_get_ns();
+    return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(on_exit, struct pt_regs *regs, long ret)
+{
+    struct task_struct *task = bpf_get_current_task_btf();
+    struct start *s = bpf_task_storage_get(&starts, task, 0, 0);
+    if (!s || s->ts == 0)
+        return 0;
+    __u64 delta = bpf_ktime_get_ns() - s->ts;
+    s->ts = 0;
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    __u32 pid = pid_tgid >> 32;
+    bump(STAT_SYSCALLS);
+    if (add_hist(pid, s->nr, delta) != 0)
+        bump(STAT_LOST_MAP_FULL);
+    if (!s->weight)
+        return 0;
+    struct row_key key = {};
+    key.pid = pid;
+    key.tid = (__u32)pid_tgid;
+    key.cgroup_id = bpf_get_current_cgroup_id();
+    key.kernel_stack = -1;
+    key.user_stack = s->user_stack;
+    key.kind = s->nr;
+    bpf_get_current_comm(&key.comm, sizeof(key.comm));
+    if (add_row(&key, s->weight, delta * s->weight, 0) != 0)
+        bump(STAT_LOST_MAP_FULL);
+    bump(STAT_TRACKED);
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,68 @@
+//! The block I/O profiler: each request noted where it is submitted (`block_io_start`, in the
+//! submitting thread, with its kernel and user stacks) and measured at `block_rq_complete`:
+//! latency, bytes and requests per (thread, operation, stacks), and a latency histogram per
+//! (process, operation).
+
+use crate::events::{event_skel, open_event_skel, EventProfiler, RowValue, Spec};
+use crate::{ProfilerError, StartOptions};
+
+mod skel {
+    #![allow(
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::pedantic,
+        unused,
+        missing_docs,
+        non_camel_case_types
+    )]
+    include!(concat!(env!("OUT_DIR"), "/io.skel.rs"));
+}
+use skel::{IoSkel, IoSkelBuilder};
+
+event_skel!(IoSkel);
+
+/// The block layer's `REQ_OP_*` names.
+fn op_name(op: u32) -> String {
+    match op {
+        0 => "read".into(),
+        1 => "write".into(),
+        2 => "flush".into(),
+        3 => "discard".into(),
+        5 => "secure_erase".into(),
+        9 => "write_zeroes".into(),
+        other => format!("op_{other}"),
+    }
+}
+
+static SPEC: Spec = Spec {
+    info: &crate::registry::IO,
+    event: "block:block_io_start/block_rq_complete",
+    label: "op",
+    kind_name: op_name,
+    values: |v: &RowValue| vec![v.ns, v.bytes, v.count],
+    histogram: "io_latency",
+    hist_key: op_name,
+    stat_events: 0,
+    stat_lost: 1,
+    stat_ustack: 2,
+    stat_kstack: Some(3),
+    stat_forks: 5,
+};
+
+pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
+    crate::events::check_targets(o)?;
+    let (skel, mut links) = open_event_skel!(IoSkelBuilder, o, "io");
+    links.push(
+        skel.progs
+            .on_start
+            .attach()
+            .map_err(ProfilerError::bpf("attaching to block:block_io_start"))?,
+    );
+    links.push(
+        skel.progs
+            .on_complete
+            .attach()
+            .map_err(ProfilerError::bpf("attaching to block:block_rq_complete"))?,
+    );
+    Ok(Box::new(EventProfiler::new(skel, links, &SPEC, o, None)?))
+}

@@ -1,0 +1,66 @@
+//! The lock profiler: time threads wait in futex(2) wait operations, the slow path of every
+//! pthread mutex, condition variable and most user-space locks, per thread and user stack, from
+//! the `syscalls:sys_enter_futex` / `sys_exit_futex` tracepoints, with a wait-time histogram
+//! per process.
+
+use crate::events::{event_skel, open_event_skel, EventProfiler, RowValue, Spec};
+use crate::{ProfilerError, StartOptions};
+
+mod skel {
+    #![allow(
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::pedantic,
+        unused,
+        missing_docs,
+        non_camel_case_types
+    )]
+    include!(concat!(env!("OUT_DIR"), "/locks.skel.rs"));
+}
+use skel::{LocksSkel, LocksSkelBuilder};
+
+event_skel!(LocksSkel);
+
+fn futex_op(op: u32) -> String {
+    match op {
+        0 => "wait".into(),
+        6 => "lock_pi".into(),
+        9 => "wait_bitset".into(),
+        11 => "wait_requeue_pi".into(),
+        13 => "lock_pi2".into(),
+        other => format!("futex_op_{other}"),
+    }
+}
+
+static SPEC: Spec = Spec {
+    info: &crate::registry::LOCKS,
+    event: "syscalls:sys_enter_futex/sys_exit_futex",
+    label: "op",
+    kind_name: futex_op,
+    values: |v: &RowValue| vec![v.ns, v.count],
+    histogram: "futex_wait",
+    hist_key: |_| "futex".into(),
+    stat_events: 0,
+    stat_lost: 1,
+    stat_ustack: 2,
+    stat_kstack: None,
+    stat_forks: 4,
+};
+
+pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
+    crate::events::check_targets(o)?;
+    let (skel, mut links) = open_event_skel!(LocksSkelBuilder, o, "locks");
+    links.push(
+        skel.progs
+            .on_futex_enter
+            .attach()
+            .map_err(ProfilerError::bpf("attaching to syscalls:sys_enter_futex"))?,
+    );
+    links.push(
+        skel.progs
+            .on_futex_exit
+            .attach()
+            .map_err(ProfilerError::bpf("attaching to syscalls:sys_exit_futex"))?,
+    );
+    Ok(Box::new(EventProfiler::new(skel, links, &SPEC, o, None)?))
+}

@@ -1,0 +1,85 @@
+//! The syscall profiler: every syscall of the targets timed from `raw_syscalls`, as exact
+//! latency histograms per (process, syscall), plus time and counts per (thread, syscall, user
+//! stack) with stacks taken for at most `max_stacks_per_sec` syscalls a second (at random,
+//! weighted), so a process making a million syscalls a second costs a bounded stack budget.
+
+use crate::events::{event_skel, open_event_skel, EventProfiler, RowValue, Spec};
+use crate::{ProfilerError, StartOptions};
+
+mod skel {
+    #![allow(
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::pedantic,
+        unused,
+        missing_docs,
+        non_camel_case_types
+    )]
+    include!(concat!(env!("OUT_DIR"), "/syscalls.skel.rs"));
+}
+use skel::{SyscallsSkel, SyscallsSkelBuilder};
+
+mod names {
+    include!(concat!(env!("OUT_DIR"), "/syscall_names.rs"));
+}
+
+event_skel!(SyscallsSkel);
+
+/// The name of syscall `nr` on this architecture.
+pub fn syscall_name(nr: u32) -> String {
+    names::SYSCALL_NAMES
+        .iter()
+        .find(|(n, _)| *n == nr)
+        .map(|(_, name)| (*name).to_string())
+        .unwrap_or_else(|| format!("syscall_{nr}"))
+}
+
+static SPEC: Spec = Spec {
+    info: &crate::registry::SYSCALLS,
+    event: "raw_syscalls:sys_enter/sys_exit",
+    label: "syscall",
+    kind_name: syscall_name,
+    values: |v: &RowValue| vec![v.ns, v.count],
+    histogram: "syscall_latency",
+    hist_key: syscall_name,
+    stat_events: 0,
+    stat_lost: 2,
+    stat_ustack: 3,
+    stat_kstack: None,
+    stat_forks: 5,
+};
+
+pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
+    crate::events::check_targets(o)?;
+    let budget = o.option_u64(&crate::registry::SYSCALLS, "max_stacks_per_sec")?;
+    let (skel, mut links) = open_event_skel!(SyscallsSkelBuilder, o, "syscalls");
+    links.push(
+        skel.progs
+            .on_enter
+            .attach()
+            .map_err(ProfilerError::bpf("attaching to raw_syscalls:sys_enter"))?,
+    );
+    links.push(
+        skel.progs
+            .on_exit
+            .attach()
+            .map_err(ProfilerError::bpf("attaching to raw_syscalls:sys_exit"))?,
+    );
+    Ok(Box::new(EventProfiler::new(
+        skel,
+        links,
+        &SPEC,
+        o,
+        Some(budget),
+    )?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_come_from_the_kernel_headers() {
+        assert_eq!(super::syscall_name(1), "write");
+        assert_eq!(super::syscall_name(202), "futex");
+        assert_eq!(super::syscall_name(99_999), "syscall_99999");
+    }
+}
