@@ -307,3 +307,134 @@ fn calls_run_through_up_counts_exactly_and_stores_the_histogram() {
     );
     up.stop();
 }
+
+/// `baton record PROFILER --format json -- CMD…`: the document, with its histograms.
+fn record_json(profiler: &str, args: &[&str], cmd: &[&str]) -> serde_json::Value {
+    let out = run(baton()
+        .args(["record", profiler, "--format", "json"])
+        .args(args)
+        .arg("--")
+        .args(cmd));
+    assert!(out.status.success(), "baton record {profiler} failed");
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// Total count of the histogram `key` in a record's JSON document.
+fn hist_count(doc: &serde_json::Value, key: &str) -> f64 {
+    doc["histograms"]
+        .as_array()
+        .expect("histograms")
+        .iter()
+        .filter(|h| h["key"] == key)
+        .flat_map(|h| h["buckets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|b| b["count"].as_f64())
+        .sum()
+}
+
+#[test]
+fn syscalls_counts_5000_writes_exactly_and_by_stack_within_ten_percent() {
+    require_root();
+    let w = workload("writes");
+    let cmd = [w.to_str().expect("path"), "0.2", "5000"];
+    // The histograms time every syscall: exact.
+    let doc = record_json("syscalls", &[], &cmd);
+    assert_eq!(hist_count(&doc, "write"), 5_000.0, "{}", doc["histograms"]);
+    // Stacks are sampled beyond 1,000 syscalls/s, with weights.
+    let (text, _) = record_collapsed("syscalls", &["--value", "syscalls"], &cmd);
+    let by_stack = sum_with(&text, "main");
+    eprintln!("{text}");
+    // main's writes, plus the few syscalls it makes itself (open, exit).
+    assert!(
+        (by_stack - 5_000.0).abs() <= 500.0,
+        "{by_stack} syscalls under main, not 5,000 ± 10%"
+    );
+}
+
+#[test]
+fn io_sees_8_mib_written_by_fsync() {
+    require_root();
+    let w = workload("fsync");
+    // A file on the root file system, which sits on a block device (not tmpfs).
+    let file = format!("/var/tmp/baton-io-test-{}", std::process::id());
+    let cmd = [w.to_str().expect("path"), file.as_str(), "0.2"];
+    let (text, log) = record_collapsed("io", &["--value", "io_bytes"], &cmd);
+    assert!(log.contains("block_io_start"), "summary: {log}");
+    let synced = sum_with(&text, "fsync");
+    eprintln!("{text}");
+    // The 8 MiB of data, plus the inode and bitmap blocks the fsync writes (a few KiB).
+    assert!(
+        (8_388_608.0..=8_388_608.0 * 1.1).contains(&synced),
+        "{synced} bytes of block I/O under fsync, not 8 MiB (+ up to 10% of metadata)"
+    );
+    let doc = record_json("io", &[], &cmd);
+    assert!(hist_count(&doc, "write") >= 1.0, "{}", doc["histograms"]);
+}
+
+#[test]
+fn locks_measures_two_threads_contending_for_900_ms() {
+    require_root();
+    let w = workload("contend");
+    let (text, _) = record_collapsed("locks", &[], &[w.to_str().expect("path"), "0.2"]);
+    eprintln!("{text}");
+    // Ten turns of 100 ms; every turn but the first waits for the other's (0.9 s), less the
+    // 1 ms each holder naps after unlocking.
+    let waited = sum_with(&text, "worker") / 1e9;
+    assert!(
+        (0.81..=0.99).contains(&waited),
+        "{waited:.3} s of futex waits under worker, not 0.9 s ± 10%"
+    );
+}
+
+#[test]
+fn syscalls_locks_and_io_run_through_up() {
+    require_root();
+    let data = scratch("events-up");
+    let up = Up::start(&data);
+    let writes = workload("writes");
+    let mut w = Command::new(&writes)
+        .args(["1.5", "5000"])
+        .spawn()
+        .expect("writes");
+    let json = run_and_wait(&up, "syscalls", w.id(), "3s", &[]);
+    let _ = w.wait();
+    assert!(json.contains("\"done\""), "run: {json}");
+    let h = http_json(
+        &up.addr,
+        "/api/v1/histograms?profiler=syscalls&since=10m&filter=syscall%3Dwrite&filter=comm%3Dwrites",
+    );
+    assert_eq!(h["histograms"][0]["count"], 5_000.0, "{h}");
+
+    let mut c = Command::new(workload("contend"))
+        .arg("1.5")
+        .spawn()
+        .expect("contend");
+    let json = run_and_wait(&up, "locks", c.id(), "4s", &[]);
+    let _ = c.wait();
+    assert!(json.contains("\"done\""), "run: {json}");
+    let fg = http_json(
+        &up.addr,
+        "/api/v1/flamegraph?profiler=locks&since=10m&filter=comm%3Dcontend",
+    );
+    let total = fg["total"].as_f64().unwrap_or(0.0) / 1e9;
+    // The 0.9 s of contention plus main's wait in pthread_join (about 1 s).
+    assert!((1.6..=2.2).contains(&total), "{total:.3} s of futex waits");
+
+    let file = format!("/var/tmp/baton-io-up-{}", std::process::id());
+    let mut f = Command::new(workload("fsync"))
+        .args([file.as_str(), "1.5"])
+        .spawn()
+        .expect("fsync");
+    let json = run_and_wait(&up, "io", f.id(), "4s", &[]);
+    let _ = f.wait();
+    assert!(json.contains("\"done\""), "run: {json}");
+    let fg = http_json(
+        &up.addr,
+        "/api/v1/flamegraph?profiler=io&value=io_bytes&since=10m&filter=comm%3Dfsync&filter=op%3Dwrite",
+    );
+    let bytes = fg["total"].as_f64().unwrap_or(0.0);
+    assert!(
+        (8_388_608.0..=8_388_608.0 * 1.1).contains(&bytes),
+        "{bytes} bytes written through up"
+    );
+    up.stop();
+}
