@@ -118,3 +118,48 @@ pub fn format_value(v: f64, unit: &str) -> String {
         _ => format!("{v:.0}"),
     }
 }
+
+/// `baton profilers`: the registry, as a table or JSON.
+pub fn list_profilers(json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let infos = baton_profilers::registry::infos();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&infos)?);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    for p in infos {
+        println!("{}  ({} cost)", p.name, p.cost.name());
+        println!("    {}", p.description);
+        let values: Vec<String> = p
+            .values
+            .iter()
+            .map(|v| format!("{} ({})", v.kind, v.unit))
+            .collect();
+        println!("    values: {}", values.join(", "));
+        if !p.histograms.is_empty() {
+            println!("    histograms: {}", p.histograms.join(", "));
+        }
+        if !p.labels.is_empty() {
+            println!("    labels: {}", p.labels.join(", "));
+        }
+        println!("    default rate: {}", p.default_rate);
+        let claims: Vec<String> = p
+            .claims
+            .iter()
+            .map(|c| match c.shared {
+                None => format!("{} (exclusive)", c.resource),
+                Some(n) => format!("{} (shared by {n})", c.resource),
+            })
+            .collect();
+        println!("    claims: {}", claims.join(", "));
+        for o in p.options {
+            let default = if o.default.is_empty() {
+                String::new()
+            } else {
+                format!(" [default {}]", o.default)
+            };
+            println!("    --opt {}=…  {}{default}", o.name, o.help);
+        }
+        println!();
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -74,6 +74,13 @@ enum Command {
         Exit 0 when no resource conflict occurred, 1 otherwise."
     )]
     Plan(PlanCli),
+    /// List the profilers: what each measures, its values and units, histograms, labels, cost
+    /// class, default rate and options.
+    Profilers {
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// Validate or show a config-as-code directory.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -314,6 +321,7 @@ fn main() -> ExitCode {
         Command::Record(a) => record::run(a),
         Command::Up(a) => up::run(a),
         Command::Query(a) => query::run(a),
+        Command::Profilers { format } => common::list_profilers(format == "json"),
         Command::Config(ConfigCommand::Check { dir, json }) => config_cmd::check(&dir, json),
         Command::Run(r) => runs_cmd::run(runs_cmd::RunArgs {
             json: r.format == "json",

@@ -222,6 +222,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
             "schema_version": baton_store::SCHEMA_VERSION,
             "host": opts.host,
             "config_dir": a.config.as_ref().map(|d| d.display().to_string()),
+            "profilers": baton_profilers::registry::infos(),
         });
     }
     if let (Some(dir), Some(live)) = (&a.config, &live) {

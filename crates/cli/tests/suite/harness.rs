@@ -305,3 +305,31 @@ pub fn bpf_prog_loaded(id: u32) -> bool {
         .expect("bpftool must be installed (scripts/install-deps.sh)")
         .success()
 }
+
+/// The DOM of `url` after headless Chromium ran its scripts (up to 8 s of virtual time).
+pub fn chromium_dom(url: &str) -> String {
+    let chromium = "/usr/bin/chromium";
+    assert!(
+        Path::new(chromium).exists(),
+        "Debian's chromium is needed for the UI tests (scripts/install-deps.sh)"
+    );
+    let profile_dir = scratch("chromium-dom-profile");
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1400,900",
+            "--virtual-time-budget=8000",
+        ])
+        .arg(format!("--user-data-dir={}", profile_dir.display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
