@@ -305,6 +305,24 @@ fn calls_run_through_up_counts_exactly_and_stores_the_histogram() {
         text.contains("call_latency of slow_call: 20 values"),
         "{text}"
     );
+    // The UI lists the profiler, its value, and draws the histogram.
+    let dom = chromium_dom(&format!("http://{}/?profiler=calls&since=15m", up.addr));
+    assert!(
+        dom.contains("data-loaded=\"1\""),
+        "the page never loaded its data"
+    );
+    assert!(
+        dom.contains(">counted<"),
+        "the flame graph lacks counted:\n{dom}"
+    );
+    assert!(
+        dom.contains("<option value=\"calls\""),
+        "no calls value in the menu"
+    );
+    assert!(
+        dom.contains("call_latency of slow_call: 20 values"),
+        "no histogram in the DOM"
+    );
     up.stop();
 }
 
