@@ -9,6 +9,7 @@ pub mod cpu;
 mod events;
 pub mod exec;
 pub mod io;
+pub mod latency;
 pub mod locks;
 pub mod malloc;
 pub mod offcpu;
@@ -67,7 +68,10 @@ pub enum ProfilerError {
 impl ProfilerError {
     pub(crate) fn bpf(context: &'static str) -> impl FnOnce(libbpf_rs::Error) -> ProfilerError {
         move |source| {
-            if source.kind() == libbpf_rs::ErrorKind::PermissionDenied {
+            // With the privileges, EACCES means the verifier refused the program.
+            if source.kind() == libbpf_rs::ErrorKind::PermissionDenied
+                && !sys::has_profiling_privileges()
+            {
                 ProfilerError::Permission
             } else {
                 ProfilerError::Bpf { context, source }

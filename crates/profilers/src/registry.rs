@@ -256,6 +256,49 @@ pub static IO: ProfilerInfo = ProfilerInfo {
     options: &[],
 };
 
+pub static LATENCY: ProfilerInfo = ProfilerInfo {
+    name: "latency",
+    description: "request latency between a begin and an end probe (uprobes or USDT), as a \
+                  histogram, with the CPU stacks of requests slower than a threshold",
+    claims: &[Claim {
+        resource: "uprobe",
+        shared: Some(8),
+    }],
+    values: &[ValueInfo {
+        kind: "slow_request_cpu",
+        unit: "nanoseconds",
+        help: "CPU time of slow requests, sampled on their threads (cpu-clock)",
+    }],
+    histograms: &["request_latency"],
+    labels: &["request"],
+    default_frequency: 99,
+    max_frequency: 999,
+    default_rate: "every request timed; CPU sampled at 99 Hz inside requests",
+    cost: CostClass::High,
+    options: &[
+        OptionInfo {
+            name: "begin",
+            default: "",
+            help: "where a request begins: [BINARY:]SYMBOL (uprobe) or usdt:[BINARY:]PROVIDER:NAME",
+        },
+        OptionInfo {
+            name: "end",
+            default: "",
+            help: "where it ends, in the same forms",
+        },
+        OptionInfo {
+            name: "match",
+            default: "thread",
+            help: "pair begin and end by thread, or by an argument of both: arg1 … arg6",
+        },
+        OptionInfo {
+            name: "threshold",
+            default: "10ms",
+            help: "requests at least this slow keep the CPU stacks sampled while they ran",
+        },
+    ],
+};
+
 /// Every profiler, in the order `--help` lists them.
 pub static REGISTRY: &[Registered] = &[
     Registered {
@@ -285,6 +328,10 @@ pub static REGISTRY: &[Registered] = &[
     Registered {
         info: &IO,
         start: crate::io::start_dyn,
+    },
+    Registered {
+        info: &LATENCY,
+        start: crate::latency::start_dyn,
     },
 ];
 

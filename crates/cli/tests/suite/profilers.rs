@@ -456,3 +456,101 @@ fn syscalls_locks_and_io_run_through_up() {
     );
     up.stop();
 }
+
+/// Weighted count of the histogram buckets ending at `le` in a JSON histogram.
+fn bucket(h: &serde_json::Value, le: u64) -> f64 {
+    h["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .filter(|b| b["le"] == le)
+        .filter_map(|b| b["count"].as_f64())
+        .sum()
+}
+
+#[test]
+fn latency_buckets_requests_and_keeps_cpu_stacks_of_slow_ones() {
+    require_root();
+    let w = workload("server");
+    let cmd = [w.to_str().expect("path"), "0.2"];
+    let opts = [
+        "--opt",
+        "begin=request_begin",
+        "--opt",
+        "end=request_end",
+        "--opt",
+        "threshold=20ms",
+    ];
+    let doc = record_json("latency", &opts, &cmd);
+    let h = &doc["histograms"][0];
+    assert_eq!(h["name"], "request_latency", "{doc}");
+    // 30 requests of 3 ms in [2^21, 2^22) ns, 10 of 50 ms in [2^25, 2^26).
+    assert_eq!(bucket(h, 4_194_303), 30.0, "{h}");
+    assert_eq!(bucket(h, 67_108_863), 10.0, "{h}");
+    let (text, _) = record_collapsed("latency", &opts, &cmd);
+    eprintln!("{text}");
+    let slow = sum_with(&text, "slow_work");
+    let all: f64 = text
+        .lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum();
+    // 10 × 50 ms at 99 Hz: about 50 samples, nearly all in slow_work.
+    assert!((30.0..=70.0).contains(&slow), "{slow} samples in slow_work");
+    assert!(slow >= 0.9 * all, "{slow} of {all} samples in slow_work");
+    // Fast requests' samples (30 × 3 ms of CPU) are dropped.
+    assert_eq!(
+        sum_with(&text, "fast_work"),
+        0.0,
+        "fast requests kept:\n{text}"
+    );
+}
+
+#[test]
+fn latency_through_up_with_usdt_probes_matched_by_argument() {
+    require_root();
+    let data = scratch("latency-up");
+    let up = Up::start(&data);
+    let mut w = Command::new(workload("server"))
+        .arg("1.5")
+        .spawn()
+        .expect("server");
+    let json = run_and_wait(
+        &up,
+        "latency",
+        w.id(),
+        "4s",
+        &[
+            "begin=usdt:server:request__start",
+            "end=usdt:server:request__done",
+            "match=arg1",
+            "threshold=20ms",
+        ],
+    );
+    let _ = w.wait();
+    assert!(json.contains("\"done\""), "run: {json}");
+    let h = http_json(
+        &up.addr,
+        "/api/v1/histograms?profiler=latency&since=10m&filter=comm%3Dserver",
+    );
+    let h = &h["histograms"][0];
+    assert_eq!(bucket(h, 4_194_303), 30.0, "{h}");
+    assert_eq!(bucket(h, 67_108_863), 10.0, "{h}");
+    let top = http_json(
+        &up.addr,
+        "/api/v1/top?profiler=latency&since=10m&limit=20&filter=comm%3Dserver",
+    );
+    let rows = top["rows"].as_array().expect("rows");
+    let slow = rows.iter().find(|r| r["function"] == "slow_work");
+    assert!(
+        slow.and_then(|r| r["total_percent"].as_f64())
+            .unwrap_or(0.0)
+            >= 90.0,
+        "slow requests' stacks are not in slow_work: {top}"
+    );
+    assert!(
+        !rows.iter().any(|r| r["function"] == "fast_work"),
+        "fast requests kept: {top}"
+    );
+    up.stop();
+}

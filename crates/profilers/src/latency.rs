@@ -1,0 +1,545 @@
+//! The request-latency profiler: the user names where a request begins and ends (two uprobe
+//! symbols or two USDT probes), matched per thread or by an argument. Every request's latency
+//! goes into a histogram per process; requests slower than `threshold` carry the CPU stacks
+//! sampled on their thread while they ran (cpu-clock at the run's frequency), labelled with the
+//! request: the CPU profiler's signal composed with request boundaries.
+//!
+//! Probe specs: `[BINARY:]SYMBOL` for a uprobe, `usdt:[BINARY:]PROVIDER:NAME` for a USDT probe;
+//! BINARY is a path or a library name and defaults to the target's executable.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
+
+use crate::perf::{open_sampling_event, SamplingEvent};
+use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
+use crate::ring::RingReader;
+use crate::uprobe::{functions_matching, resolve_binary};
+use crate::{sys, CpuStats, Drained, Event, ProfilerError, RawHistogram, StartOptions};
+
+mod skel {
+    #![allow(
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::pedantic,
+        unused,
+        missing_docs,
+        non_camel_case_types
+    )]
+    include!(concat!(env!("OUT_DIR"), "/latency.skel.rs"));
+}
+use skel::{LatencySkel, LatencySkelBuilder};
+
+const DEFAULT_HZ: u64 = 99;
+const STACK_ENTRIES: usize = 16384;
+
+/// Where a request begins or ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Probe {
+    Uprobe {
+        binary: String,
+        symbol: String,
+    },
+    Usdt {
+        binary: String,
+        provider: String,
+        name: String,
+    },
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bin = |b: &str| {
+            if b.is_empty() {
+                String::new()
+            } else {
+                format!("{b}:")
+            }
+        };
+        match self {
+            Probe::Uprobe { binary, symbol } => write!(f, "{}{symbol}", bin(binary)),
+            Probe::Usdt {
+                binary,
+                provider,
+                name,
+            } => write!(f, "usdt:{}{provider}:{name}", bin(binary)),
+        }
+    }
+}
+
+impl Probe {
+    fn parse(spec: &str) -> Result<Probe, String> {
+        let spec = spec.trim();
+        if let Some(rest) = spec.strip_prefix("usdt:") {
+            let parts: Vec<&str> = rest.split(':').collect();
+            return match parts.as_slice() {
+                [p, n] => Ok(Probe::Usdt {
+                    binary: String::new(),
+                    provider: (*p).into(),
+                    name: (*n).into(),
+                }),
+                [b, p, n] => Ok(Probe::Usdt {
+                    binary: (*b).into(),
+                    provider: (*p).into(),
+                    name: (*n).into(),
+                }),
+                _ => Err(format!(
+                    "{spec:?}: write a USDT probe as usdt:[BINARY:]PROVIDER:NAME"
+                )),
+            };
+        }
+        let (binary, symbol) = match spec.split_once(':') {
+            Some((b, s)) => (b.to_string(), s.to_string()),
+            None => (String::new(), spec.to_string()),
+        };
+        if symbol.is_empty() {
+            return Err(format!("{spec:?}: name a function, [BINARY:]SYMBOL"));
+        }
+        Ok(Probe::Uprobe { binary, symbol })
+    }
+
+    fn binary(&self) -> &str {
+        match self {
+            Probe::Uprobe { binary, .. } | Probe::Usdt { binary, .. } => binary,
+        }
+    }
+}
+
+/// A sample taken inside a request, before its request is known to be slow.
+#[derive(Clone)]
+struct Sample {
+    pid: u32,
+    tid: u32,
+    comm: String,
+    kernel: i32,
+    user: i32,
+}
+
+#[derive(Default)]
+struct State {
+    /// Samples per request id, until the request ends.
+    pending: HashMap<u64, Vec<Sample>>,
+    /// Requests that ended slow since the last drain: id -> latency.
+    slow: HashMap<u64, u64>,
+}
+
+impl State {
+    fn on_event(&mut self, d: &[u8]) {
+        if d.len() < 24 {
+            return;
+        }
+        let id = u64_at(d, 8);
+        match u32_at(d, 0) {
+            1 if d.len() >= 48 => self.pending.entry(id).or_default().push(Sample {
+                pid: u32_at(d, 4),
+                tid: u32_at(d, 16),
+                kernel: u32_at(d, 20) as i32,
+                user: u32_at(d, 24) as i32,
+                comm: comm_at(d, 32),
+            }),
+            2 => {
+                self.slow.insert(id, u64_at(d, 16));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A running latency profiler. Dropping it detaches every probe and sampler.
+pub struct LatencyProfiler {
+    skel: LatencySkel<'static>,
+    links: Vec<Link>,
+    _events: Vec<OwnedFd>,
+    reader: RingReader,
+    state: Arc<Mutex<State>>,
+    begin: Probe,
+    end: Probe,
+    attached: HashSet<u32>,
+    all: bool,
+    frequency_hz: u64,
+    threshold_ns: u64,
+    active: u32,
+    stale_stacks: u64,
+}
+
+impl LatencyProfiler {
+    pub fn start(o: &StartOptions) -> Result<LatencyProfiler, ProfilerError> {
+        let info = &crate::registry::LATENCY;
+        crate::events::check_targets(o)?;
+        let bad = |message: String| ProfilerError::BadOption {
+            profiler: info.name,
+            message,
+        };
+        let (b, e) = (o.option(info, "begin"), o.option(info, "end"));
+        if b.is_empty() || e.is_empty() {
+            return Err(bad(
+                "name where a request begins and ends: --opt begin=handle_start --opt \
+                 end=handle_done (uprobes), or begin=usdt:PROVIDER:NAME (USDT)"
+                    .into(),
+            ));
+        }
+        let begin = Probe::parse(b).map_err(bad)?;
+        let end = Probe::parse(e).map_err(bad)?;
+        let match_arg = match o.option(info, "match") {
+            "thread" => 0u8,
+            m => m
+                .strip_prefix("arg")
+                .and_then(|n| n.parse::<u8>().ok())
+                .filter(|n| (1..=6).contains(n))
+                .ok_or_else(|| bad(format!("match must be thread or arg1…arg6, not {m:?}")))?,
+        };
+        let threshold_ns = o.option_ns(info, "threshold")?;
+        let frequency_hz = if o.frequency_hz == 0 {
+            DEFAULT_HZ
+        } else {
+            o.frequency_hz
+        };
+        let (mut skel, mut links) = {
+            // As `events::open_event_skel!`, plus this program's own settings.
+            let o2 = o.clone();
+            let storage: &'static mut std::mem::MaybeUninit<libbpf_rs::OpenObject> =
+                Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
+            let mut open =
+                libbpf_rs::skel::SkelBuilder::open(LatencySkelBuilder::default(), storage)
+                    .map_err(ProfilerError::bpf("opening the latency skeleton"))?;
+            let follow = o2.targets.is_some() && o2.follow_forks;
+            if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+                ro.filter_targets = u8::from(o2.targets.is_some());
+                ro.follow_forks = u8::from(follow);
+                ro.match_arg = match_arg;
+                ro.threshold_ns = threshold_ns;
+            }
+            if !follow {
+                open.progs.on_fork.set_autoload(false);
+            }
+            let skel = libbpf_rs::skel::OpenSkel::load(open)
+                .map_err(ProfilerError::bpf("loading the latency programs"))?;
+            let mut links = Vec::new();
+            if follow {
+                links.push(
+                    skel.progs
+                        .on_fork
+                        .attach()
+                        .map_err(ProfilerError::bpf("attaching the fork tracepoint"))?,
+                );
+            }
+            (skel, links)
+        };
+        let cpus = sys::online_cpus().map_err(ProfilerError::CpuList)?;
+        let mut events = Vec::new();
+        for cpu in cpus {
+            let fd = open_sampling_event(SamplingEvent::CpuClock, cpu, frequency_hz).map_err(
+                |source| ProfilerError::PerfEventOpen {
+                    event: "cpu-clock",
+                    cpu,
+                    source,
+                },
+            )?;
+            links.push(
+                skel.progs
+                    .on_cpu_sample
+                    .attach_perf_event(fd.as_raw_fd())
+                    .map_err(ProfilerError::bpf("attaching the request sampler"))?,
+            );
+            events.push(fd);
+        }
+        let state: Arc<Mutex<State>> = Arc::default();
+        let sink = Arc::clone(&state);
+        let reader = RingReader::start("baton-latency", &skel.maps.events, move |d| {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).on_event(d)
+        })?;
+        if let Some(bss) = skel.maps.bss_data.as_deref_mut() {
+            bss.active_buffer = 0;
+        }
+        let mut p = LatencyProfiler {
+            skel,
+            links,
+            _events: events,
+            reader,
+            state,
+            begin,
+            end,
+            attached: HashSet::new(),
+            all: o.targets.is_none(),
+            frequency_hz,
+            threshold_ns,
+            active: 0,
+            stale_stacks: 0,
+        };
+        match &o.targets {
+            None => p.attach(-1, None)?,
+            Some(pids) => {
+                for &pid in pids {
+                    p.skel
+                        .maps
+                        .targets
+                        .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
+                        .map_err(ProfilerError::bpf("adding a target pid"))?;
+                    p.attach(pid as i32, o.pending_exec.clone())?;
+                    p.attached.insert(pid);
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn attach(&mut self, pid: i32, pending_exec: Option<PathBuf>) -> Result<(), ProfilerError> {
+        for (probe, is_begin) in [(self.begin.clone(), true), (self.end.clone(), false)] {
+            let path = match (&pending_exec, probe.binary()) {
+                (Some(exe), "") => exe.clone(),
+                (_, b) => resolve_binary((pid > 0).then_some(pid as u32), b)?,
+            };
+            let link = match &probe {
+                Probe::Uprobe { symbol, .. } => {
+                    let f = functions_matching(&path, symbol)?
+                        .into_iter()
+                        .find(|f| &f.name == symbol)
+                        .ok_or_else(|| {
+                            ProfilerError::Attach(format!(
+                                "no function {symbol} in {}",
+                                path.display()
+                            ))
+                        })?;
+                    let prog = if is_begin {
+                        &self.skel.progs.begin_uprobe
+                    } else {
+                        &self.skel.progs.end_uprobe
+                    };
+                    prog.attach_uprobe_with_opts(
+                        pid,
+                        &path,
+                        f.file_offset as usize,
+                        UprobeOpts::default(),
+                    )
+                }
+                Probe::Usdt { provider, name, .. } => {
+                    let prog = if is_begin {
+                        &self.skel.progs.begin_usdt
+                    } else {
+                        &self.skel.progs.end_usdt
+                    };
+                    prog.attach_usdt(pid, &path, provider, name)
+                }
+            }
+            .map_err(|e| {
+                ProfilerError::Attach(format!(
+                    "attaching to {probe} in {} (pid {pid}): {e}",
+                    path.display()
+                ))
+            })?;
+            self.links.push(link);
+        }
+        Ok(())
+    }
+}
+
+/// The registry's constructor.
+pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
+    Ok(Box::new(LatencyProfiler::start(o)?))
+}
+
+impl crate::Profiler for LatencyProfiler {
+    fn info(&self) -> &'static baton_model::ProfilerInfo {
+        &crate::registry::LATENCY
+    }
+
+    fn drain(&mut self) -> Result<Drained, ProfilerError> {
+        let old = self.active;
+        self.active = 1 - old;
+        if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
+            bss.active_buffer = self.active;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        self.reader.flush();
+        let in_flight: HashSet<u64> = self
+            .skel
+            .maps
+            .inflight
+            .keys()
+            .filter_map(|k| {
+                self.skel
+                    .maps
+                    .inflight
+                    .lookup(&k, MapFlags::ANY)
+                    .ok()
+                    .flatten()
+            })
+            .map(|v| u64_at(&v, 8))
+            .collect();
+        let mut out = Drained::default();
+        let period = 1_000_000_000 / self.frequency_hz;
+        let stacks = &self.skel.maps.stacks;
+        let mut cache: HashMap<i32, Vec<u64>> = HashMap::new();
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let slow = std::mem::take(&mut st.slow);
+            let ids: Vec<u64> = st.pending.keys().copied().collect();
+            // (pid, tid, comm, kernel, user, request) -> samples
+            let mut agg: HashMap<(u32, u32, String, i32, i32, u64), u64> = HashMap::new();
+            for id in ids {
+                if slow.contains_key(&id) {
+                    for s in st.pending.remove(&id).unwrap_or_default() {
+                        *agg.entry((s.pid, s.tid, s.comm, s.kernel, s.user, id))
+                            .or_default() += 1;
+                    }
+                } else if !in_flight.contains(&id) {
+                    // Ended under the threshold.
+                    st.pending.remove(&id);
+                }
+            }
+            for ((pid, tid, comm, k, u, id), n) in agg {
+                let mut fetch = |sid: i32| -> Vec<u64> {
+                    if sid < 0 {
+                        return Vec::new();
+                    }
+                    let s = cache
+                        .entry(sid)
+                        .or_insert_with(|| stack_of(stacks, sid).unwrap_or_default())
+                        .clone();
+                    if s.is_empty() {
+                        self.stale_stacks += 1;
+                    }
+                    s
+                };
+                let latency_ms = slow.get(&id).copied().unwrap_or(0) as f64 / 1e6;
+                out.events.push(Event {
+                    pid,
+                    tid,
+                    cgroup_id: 0,
+                    comm,
+                    kernel: fetch(k),
+                    user: fetch(u),
+                    count: n,
+                    values: vec![n * period],
+                    weight: 1.0,
+                    labels: vec![("request", format!("{id:x} ({latency_ms:.1} ms)"))],
+                });
+            }
+        }
+        if stacks.keys().count() > STACK_ENTRIES / 2 {
+            for k in stacks.keys().collect::<Vec<_>>() {
+                let _ = stacks.delete(&k);
+            }
+        }
+        let hists = &self.skel.maps.hists;
+        let mut by: HashMap<u32, Vec<(u32, f64)>> = HashMap::new();
+        for key in hists.keys().collect::<Vec<_>>() {
+            if key.len() < 16 || u32_at(&key, 12) != old {
+                continue;
+            }
+            let n = hists
+                .lookup(&key, MapFlags::ANY)
+                .map_err(ProfilerError::bpf("reading the latency histogram"))?
+                .map_or(0, |v| u64_at(&v, 0));
+            let _ = hists.delete(&key);
+            by.entry(u32_at(&key, 0))
+                .or_default()
+                .push((u32_at(&key, 8), n as f64));
+        }
+        for (pid, buckets) in by {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_default();
+            out.histograms.push(RawHistogram {
+                name: "request_latency",
+                unit: "nanoseconds",
+                key: String::new(),
+                pid,
+                comm,
+                buckets,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `samples`: requests ended; `lost_map_full`: requests or samples BPF had no room for.
+    fn stats(&self) -> CpuStats {
+        let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
+        CpuStats {
+            samples: read(0),
+            lost_map_full: read(1) + read(6),
+            user_stack_failed: read(2),
+            kernel_stack_failed: read(3),
+            forks_followed: read(4),
+            stack_lookup_missing: self.stale_stacks,
+            ..CpuStats::default()
+        }
+    }
+
+    fn target_pids(&self) -> Vec<u32> {
+        self.skel
+            .maps
+            .targets
+            .keys()
+            .map(|k| u32_at(&k, 0))
+            .collect()
+    }
+
+    fn tick(&mut self) {
+        if self.all {
+            return;
+        }
+        for pid in self.target_pids() {
+            if self.attached.insert(pid) && sys::process_alive(pid) {
+                if let Err(e) = self.attach(pid as i32, None) {
+                    tracing::debug!(pid, error = %e, "could not attach to a child");
+                }
+            }
+        }
+    }
+
+    fn event_name(&self) -> String {
+        format!(
+            "requests from {} to {}, CPU stacks of those over {:.1} ms",
+            self.begin,
+            self.end,
+            self.threshold_ns as f64 / 1e6
+        )
+    }
+
+    fn frequency_hz(&self) -> u64 {
+        self.frequency_hz
+    }
+
+    fn period_ns(&self) -> u64 {
+        1_000_000_000 / self.frequency_hz
+    }
+
+    fn own_frames_on_top(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Probe;
+
+    #[test]
+    fn probe_specs_parse() {
+        assert_eq!(
+            Probe::parse("handle_start"),
+            Ok(Probe::Uprobe {
+                binary: String::new(),
+                symbol: "handle_start".into()
+            })
+        );
+        assert_eq!(
+            Probe::parse("usdt:server:request__start"),
+            Ok(Probe::Usdt {
+                binary: String::new(),
+                provider: "server".into(),
+                name: "request__start".into()
+            })
+        );
+        assert!(matches!(
+            Probe::parse("usdt:/bin/x:p:n"),
+            Ok(Probe::Usdt { .. })
+        ));
+        assert!(Probe::parse("usdt:onlyone").is_err());
+        assert!(Probe::parse("/bin/x:").is_err());
+    }
+}
