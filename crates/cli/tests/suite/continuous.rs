@@ -256,3 +256,51 @@ continuous = [{ profiler = "offcpu", target_samples_per_hour = 1000000, duration
     let _ = w.wait();
     up.stop();
 }
+
+#[test]
+fn a_syscalls_continuous_rule_uses_the_configs_profiler_options() {
+    require_root();
+    let sleeper = workload("sleeper");
+    let cfg = scratch("continuous-syscalls-config");
+    std::fs::write(
+        cfg.join("svc.toml"),
+        r#"
+[profilers.syscalls]
+options = { max_stacks_per_sec = 5 }
+
+[services.sleepers]
+selector = { comm = "sleeper" }
+continuous = [{ profiler = "syscalls", target_samples_per_hour = 1000000, duration = "2s" }]
+"#,
+    )
+    .expect("write config");
+    let data = scratch("continuous-syscalls-data");
+    let mut w = Command::new(&sleeper)
+        .args(["0", "300"])
+        .spawn()
+        .expect("workload");
+    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+    let run = eventually(40, "a finished continuous syscalls run", || {
+        runs_of(&up.addr, "sleepers")
+            .into_iter()
+            .find(|r| r["state"] == "done")
+    });
+    eprintln!("run: {run}");
+    assert_eq!(run["profiler"], "syscalls");
+    let id = run["id"].as_u64().expect("id");
+    let h = http_json(
+        &up.addr,
+        &format!(
+            "/api/v1/histograms?profiler=syscalls&since=10m&filter=run%3D{id}&filter=syscall%3Dclock_nanosleep"
+        ),
+    );
+    let h = &h["histograms"][0];
+    // 200 ms sleeps during a 2 s run: 9 to 11, their median in [2^27, 2^28) ns.
+    let n = h["count"].as_f64().unwrap_or(0.0);
+    assert!((8.0..=11.0).contains(&n), "{n} clock_nanosleep calls: {h}");
+    let p50 = h["p50"].as_u64().unwrap_or(0);
+    assert!((134_217_728..=268_435_455).contains(&p50), "p50 {p50} ns");
+    let _ = w.kill();
+    let _ = w.wait();
+    up.stop();
+}

@@ -233,3 +233,48 @@ max_per_hour = 1
     let _ = w.wait();
     up.stop();
 }
+
+#[test]
+fn an_exec_trigger_starts_a_calls_run_with_the_configs_probe() {
+    require_root();
+    let calls = workload("calls");
+    let cfg = scratch("calls-trigger-config");
+    std::fs::write(
+        cfg.join("t.toml"),
+        r#"
+[profilers.calls]
+options = { probe = "counted" }
+
+[services.counters]
+selector = { comm = "calls" }
+[[services.counters.triggers]]
+kind = "exec"
+pattern = "*/calls"
+profiler = "calls"
+duration = "4s"
+cooldown = "10m"
+max_per_hour = 1
+"#,
+    )
+    .expect("write config");
+    let data = scratch("calls-trigger-data");
+    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // 1.5 s before its 12,345 calls: time for the trigger to fire and attach.
+    let mut w = Command::new(&calls).arg("1.5").spawn().expect("calls");
+    let run = eventually(30, "the exec trigger's calls run to finish", || {
+        triggered(&up.addr, "trigger:counters#0")
+            .into_iter()
+            .find(|r| r["state"] == "done")
+    });
+    eprintln!("run: {run}");
+    assert_eq!(run["profiler"], "calls", "{run}");
+    let id = run["id"].as_u64().expect("id");
+    let fg = http_json(
+        &up.addr,
+        &format!("/api/v1/flamegraph?profiler=calls&since=10m&filter=run%3D{id}"),
+    );
+    assert_eq!(fg["total"].as_f64(), Some(12_345.0), "{fg}");
+    let _ = w.wait();
+    up.stop();
+}
