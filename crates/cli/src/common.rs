@@ -163,3 +163,10 @@ pub fn list_profilers(json: bool) -> anyhow::Result<std::process::ExitCode> {
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
+
+/// The option names the registry declares for a profiler (for config validation).
+pub fn registry_options(name: &str) -> Option<Vec<&'static str>> {
+    baton_profilers::registry::find(name)
+        .ok()
+        .map(|r| r.info.options.iter().map(|o| o.name).collect())
+}

@@ -13,7 +13,8 @@ fn known_profilers() -> Vec<&'static str> {
 
 /// Exit 0 on a good tree; exit 1 with one `file:line:col: message` line per problem.
 pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    match baton_config::load_dir(dir, &known_profilers()) {
+    match baton_config::load_dir_checked(dir, &known_profilers(), &crate::common::registry_options)
+    {
         Ok(cfg) => {
             if json {
                 println!(
@@ -63,7 +64,8 @@ pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 /// Prints the effective config (defaults filled in) and its version, as JSON.
 pub fn show(dir: &Path) -> anyhow::Result<ExitCode> {
-    match baton_config::load_dir(dir, &known_profilers()) {
+    match baton_config::load_dir_checked(dir, &known_profilers(), &crate::common::registry_options)
+    {
         Ok(cfg) => {
             println!("{}", serde_json::to_string_pretty(&cfg)?);
             Ok(ExitCode::SUCCESS)

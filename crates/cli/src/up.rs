@@ -1073,7 +1073,8 @@ fn known_profilers() -> Vec<&'static str> {
 
 /// Loads the tree at start; a broken tree stops `baton up` before anything runs.
 fn load_initial_config(dir: &Path) -> anyhow::Result<LiveConfig> {
-    match baton_config::load_dir(dir, &known_profilers()) {
+    match baton_config::load_dir_checked(dir, &known_profilers(), &crate::common::registry_options)
+    {
         Ok(cfg) => {
             eprintln!("baton up: config {} version {}", dir.display(), cfg.version);
             Ok(LiveConfig {
@@ -1126,7 +1127,11 @@ fn watch_config(dir: &Path, live: &RwLock<LiveConfig>) {
         }
         seen = Some(version.clone());
         let mut l = live.write().unwrap_or_else(|p| p.into_inner());
-        match baton_config::load(&files, &known_profilers()) {
+        match baton_config::load_checked(
+            &files,
+            &known_profilers(),
+            &crate::common::registry_options,
+        ) {
             Ok(cfg) => {
                 eprintln!("baton up: config reloaded, version {}", cfg.version);
                 l.config = Some(cfg);

@@ -24,6 +24,7 @@ mod schema;
 mod validate;
 
 pub use metric::MetricSelector;
+pub use validate::OptionsOf;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -124,7 +125,27 @@ pub fn load_dir(dir: &Path, known_profilers: &[&str]) -> Result<Config, ConfigEr
 
 /// Validates already-read files as one tree.
 pub fn load(files: &[SourceFile], known_profilers: &[&str]) -> Result<Config, ConfigError> {
-    validate::validate(files, known_profilers)
+    validate::validate(files, known_profilers, &|_| None)
+}
+
+/// As [`load`], also checking option names (see [`load_dir_checked`]).
+pub fn load_checked(
+    files: &[SourceFile],
+    known_profilers: &[&str],
+    options_of: validate::OptionsOf<'_>,
+) -> Result<Config, ConfigError> {
+    validate::validate(files, known_profilers, options_of)
+}
+
+/// As [`load_dir`], also checking each `[profilers.NAME] options` key against the names
+/// `options_of(NAME)` gives (the registry's), with `file:line:col` and a hint.
+pub fn load_dir_checked(
+    dir: &Path,
+    known_profilers: &[&str],
+    options_of: validate::OptionsOf<'_>,
+) -> Result<Config, ConfigError> {
+    let files = read_tree(dir)?;
+    validate::validate(&files, known_profilers, options_of)
 }
 
 /// A short stable version of the tree: FNV-1a over paths and contents, in hex.

@@ -302,3 +302,25 @@ fn trigger_frequency_url_and_metric_are_checked() {
     )]);
     assert!(p.len() == 1 && p[0].starts_with("t.toml:12:"), "{p:?}");
 }
+
+#[test]
+fn profiler_options_are_checked_against_the_names_given() {
+    let files = vec![SourceFile {
+        path: "p.toml".into(),
+        text: "[profilers.calls]\noptions = { probes = \"handle_*\", latency = true }\n".into(),
+    }];
+    let names = |p: &str| (p == "calls").then(|| vec!["probe", "latency", "stacks"]);
+    let e = crate::load_checked(&files, &["calls"], &names)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("p.toml:2:22") && e.contains("did you mean `probe`"),
+        "{e}"
+    );
+    let ok = vec![SourceFile {
+        path: "p.toml".into(),
+        text: "[profilers.calls]\noptions = { probe = \"handle_*\", latency = true }\n".into(),
+    }];
+    let cfg = crate::load_checked(&ok, &["calls"], &names).expect("valid");
+    assert_eq!(cfg.profilers["calls"].options["latency"], "true");
+}

@@ -131,7 +131,14 @@ fn parse_error_message(msg: &str) -> String {
     first
 }
 
-pub(crate) fn validate(files: &[SourceFile], known: &[&str]) -> Result<Config, ConfigError> {
+/// The option names of a profiler, when the caller knows them (None: not checked).
+pub type OptionsOf<'a> = &'a dyn Fn(&str) -> Option<Vec<&'static str>>;
+
+pub(crate) fn validate(
+    files: &[SourceFile],
+    known: &[&str],
+    options_of: OptionsOf<'_>,
+) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
     let mut config = Config {
         version: version_of(files),
@@ -213,7 +220,7 @@ pub(crate) fn validate(files: &[SourceFile], known: &[&str]) -> Result<Config, C
             if cx.profiler(name, known).is_none() {
                 continue;
             }
-            let o = profiler_override(&mut cx, p.get_ref());
+            let o = profiler_override(&mut cx, name.get_ref(), p.get_ref(), options_of);
             config.profilers.insert(name.get_ref().clone(), o);
         }
         for (name, s) in &doc.services {
@@ -282,7 +289,12 @@ fn host_limits(cx: &mut Ctx<'_>, h: &HostDoc, known: &[&str]) -> HostLimits {
     out
 }
 
-fn profiler_override(cx: &mut Ctx<'_>, p: &ProfilerDoc) -> ProfilerOverride {
+fn profiler_override(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    p: &ProfilerDoc,
+    options_of: OptionsOf<'_>,
+) -> ProfilerOverride {
     let mut o = ProfilerOverride {
         frequency: p.frequency.as_ref().and_then(|f| cx.frequency(f)),
         window: p.window.as_ref().and_then(|w| cx.duration(w, "window")),
@@ -298,7 +310,27 @@ fn profiler_override(cx: &mut Ctx<'_>, p: &ProfilerDoc) -> ProfilerOverride {
         }),
         options: BTreeMap::new(),
     };
+    let allowed = options_of(name);
     for (k, v) in p.options.iter().flatten() {
+        if let Some(allowed) = &allowed {
+            if !allowed.contains(&k.as_str()) {
+                let hint = suggest(k, allowed.iter().copied())
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                cx.at(
+                    v.span(),
+                    if allowed.is_empty() {
+                        format!("profiler {name} takes no options (got `{k}`)")
+                    } else {
+                        format!(
+                            "profiler {name} has no option `{k}` (its options: {}){hint}",
+                            allowed.join(", ")
+                        )
+                    },
+                );
+                continue;
+            }
+        }
         let text = match v.get_ref() {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),
