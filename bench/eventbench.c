@@ -3,7 +3,8 @@
  *   malloc    malloc/free of 16..1039 bytes, 1,024 kept live at any time;
  *   calls     calls of a small function (about 50 ns of work);
  *   syscalls  getppid(2), the cheapest syscall;
- *   locks     two threads taking one mutex with a short critical section (futex waits);
+ *   locks     two threads handing a turn to each other through a mutex and a condition
+ *             variable, so every handoff is a futex wait and a wake (run it pinned to one CPU);
  *   io        4 KiB pwrite + fdatasync to argv[3] (a file on a block device);
  *   latency   requests of about 20 us between request_begin and request_end.
  * Usage: eventbench MODE SECONDS [FILE] */
@@ -35,18 +36,21 @@ __attribute__((noinline)) void request_begin(uint64_t id) { sink += id; }
 __attribute__((noinline)) void request_end(uint64_t id) { sink -= id; }
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static uint64_t lock_ops;
+static pthread_cond_t turned = PTHREAD_COND_INITIALIZER;
+static int turn;
+static uint64_t handoffs;
 
-static void *locker(void *arg) {
-    (void)arg;
-    uint64_t n = 0;
+static void *player(void *arg) {
+    int me = (int)(intptr_t)arg;
+    pthread_mutex_lock(&lock);
     while (!stop) {
-        pthread_mutex_lock(&lock);
-        sink = work(sink);
-        lock_ops++;
-        pthread_mutex_unlock(&lock);
-        n++;
+        while (turn != me && !stop) pthread_cond_wait(&turned, &lock);
+        turn = 1 - me;
+        handoffs++;
+        pthread_cond_signal(&turned);
     }
+    pthread_cond_broadcast(&turned);
+    pthread_mutex_unlock(&lock);
     return NULL;
 }
 
@@ -87,13 +91,16 @@ int main(int argc, char **argv) {
         }
     } else if (!strcmp(mode, "locks")) {
         pthread_t a, b;
-        pthread_create(&a, NULL, locker, NULL);
-        pthread_create(&b, NULL, locker, NULL);
+        pthread_create(&a, NULL, player, (void *)0);
+        pthread_create(&b, NULL, player, (void *)1);
         while (now() < end) usleep(10000);
+        pthread_mutex_lock(&lock);
         stop = 1;
+        pthread_cond_broadcast(&turned);
+        pthread_mutex_unlock(&lock);
         pthread_join(a, NULL);
         pthread_join(b, NULL);
-        ops = lock_ops;
+        ops = handoffs;
     } else if (!strcmp(mode, "io")) {
         if (argc < 4) return 2;
         int fd = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0600);

@@ -14,7 +14,11 @@ BATON=${BATON:-${CARGO_TARGET_DIR:-target}/release/baton}
 [ -x "$BATON" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-clang -O2 -g -fno-omit-frame-pointer -pthread -o "$tmp/eventbench" bench/eventbench.c
+clang -O2 -g -fno-omit-frame-pointer -pthread -o "$tmp/eventbench.bin" bench/eventbench.c
+# Pinned to CPU 0: a handoff between two threads on one CPU is a plain context switch; across
+# CPUs this VM's wakeups make it slow and noisy (as for bench/pingpong.c).
+printf '#!/bin/sh\nexec taskset -c 0 "%s" "$@"\n' "$tmp/eventbench.bin" > "$tmp/eventbench"
+chmod +x "$tmp/eventbench"
 FILE=/var/tmp/baton-bench-io.$$
 
 rate() { grep -o 'ops_per_sec=[0-9]*' | tail -1 | cut -d= -f2; }
@@ -24,8 +28,8 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 opts() {
   case "$1" in
     malloc) echo "" ;;
-    calls) echo "--opt probe=work" ;;
-    latency) echo "--opt begin=request_begin --opt end=request_end" ;;
+    calls) echo "--opt probe=$tmp/eventbench.bin:work" ;;
+    latency) echo "--opt begin=$tmp/eventbench.bin:request_begin --opt end=$tmp/eventbench.bin:request_end" ;;
     *) echo "" ;;
   esac
 }
