@@ -111,6 +111,8 @@ pub fn parse_options(
 pub fn format_value(v: f64, unit: &str) -> String {
     let v = v.max(0.0);
     match unit {
+        "nanoseconds" if v < 1e6 => format!("{:.1}us", v / 1e3),
+        "nanoseconds" if v < 1e9 => format!("{:.2}ms", v / 1e6),
         "nanoseconds" => format!("{:.3}s", v / 1e9),
         "bytes" if v >= 1048576.0 => format!("{:.2} MiB", v / 1048576.0),
         "bytes" if v >= 1024.0 => format!("{:.1} KiB", v / 1024.0),

@@ -415,15 +415,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
             stats.user_stack_failed,
         );
     }
-    for h in &report.batch.histograms {
-        eprintln!(
-            "{} of {} (pid {}):\n{}",
-            h.name,
-            if h.key.is_empty() { "all" } else { &h.key },
-            h.labels.get("pid").map(String::as_str).unwrap_or("?"),
-            h.render()
-        );
-    }
+    print_histograms(&report.batch.histograms);
     if stats.dwarf_copied > 0 {
         eprintln!(
             "user stacks without frame pointers: {} unwound from DWARF CFI ({} to the outermost \
@@ -515,4 +507,47 @@ fn which(cmd: &str) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(cmd))
         .find(|p| p.is_file())
         .and_then(|p| std::fs::canonicalize(p).ok())
+}
+
+/// The histograms as a table, most values first (at most 10 rows; `--format json` has them
+/// all, with their buckets). One histogram is drawn in full.
+fn print_histograms(hs: &[baton_model::Histogram]) {
+    if hs.is_empty() {
+        return;
+    }
+    let mut rows: Vec<&baton_model::Histogram> = hs.iter().collect();
+    rows.sort_by(|a, b| b.total().total_cmp(&a.total()));
+    if rows.len() == 1 {
+        let h = rows[0];
+        eprintln!(
+            "{} of {} (pid {}):\n{}",
+            h.name,
+            if h.key.is_empty() { "all" } else { &h.key },
+            h.labels.get("pid").map(String::as_str).unwrap_or("?"),
+            h.render()
+        );
+        return;
+    }
+    let unit = |v: Option<u64>, u: &str| match v {
+        Some(v) => crate::common::format_value(v as f64, u),
+        None => "-".into(),
+    };
+    eprintln!(
+        "{:<16} {:<20} {:>8} {:>10} {:>10} {:>10}",
+        "HISTOGRAM", "OF", "COUNT", "P50", "P90", "P99"
+    );
+    for h in rows.iter().take(10) {
+        eprintln!(
+            "{:<16} {:<20} {:>8} {:>10} {:>10} {:>10}",
+            h.name,
+            if h.key.is_empty() { "all" } else { &h.key },
+            h.total(),
+            unit(h.quantile(0.5), &h.unit),
+            unit(h.quantile(0.9), &h.unit),
+            unit(h.quantile(0.99), &h.unit),
+        );
+    }
+    if rows.len() > 10 {
+        eprintln!("… and {} more (--format json has them all)", rows.len() - 10);
+    }
 }
