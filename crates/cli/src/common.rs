@@ -45,12 +45,19 @@ pub fn one_line(e: &anyhow::Error) -> String {
 /// 77 (EX_NOPERM) for missing privileges, 2 for bad input, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for c in e.chain() {
-        if let Some(p) = c.downcast_ref::<ProfilerError>() {
+        // The agent wraps the profiler's errors transparently: look inside.
+        let inner = match c.downcast_ref::<baton_agent::AgentError>() {
+            Some(baton_agent::AgentError::Profiler(p)) => Some(p),
+            None => c.downcast_ref::<ProfilerError>(),
+        };
+        if let Some(p) = inner {
             return match p {
                 ProfilerError::Permission => 77,
                 ProfilerError::UnknownProfiler { .. }
                 | ProfilerError::BadFrequency(_)
-                | ProfilerError::NoSuchProcess(_) => 2,
+                | ProfilerError::NoSuchProcess(_)
+                | ProfilerError::BadOption { .. }
+                | ProfilerError::Attach(_) => 2,
                 _ => 1,
             };
         }

@@ -548,6 +548,9 @@ fn print_histograms(hs: &[baton_model::Histogram]) {
         );
     }
     if rows.len() > 10 {
-        eprintln!("… and {} more (--format json has them all)", rows.len() - 10);
+        eprintln!(
+            "… and {} more (--format json has them all)",
+            rows.len() - 10
+        );
     }
 }

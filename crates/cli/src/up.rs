@@ -244,6 +244,11 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         host: LOCAL_HOST.to_string(),
         audit_log: Some(data.join("audit.log")),
         clock: now_ms_u64,
+        check_options: |profiler, options| match baton_profilers::registry::find(profiler) {
+            Ok(r) => r.info.check_options(options),
+            // The scheduler refuses unknown profilers with its own message.
+            Err(_) => Ok(()),
+        },
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -23,6 +23,9 @@ pub struct RunsHandle {
     pub host: String,
     pub audit_log: Option<PathBuf>,
     pub clock: fn() -> u64,
+    /// Checks a request's profiler options (names against the registry), so a bad one is
+    /// refused at submission rather than failing when the run starts.
+    pub check_options: fn(&str, &std::collections::BTreeMap<String, String>) -> Result<(), String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +95,7 @@ pub(crate) async fn submit(
     let h = handle(&st)?;
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     check_target(&req.target).map_err(bad)?;
+    (h.check_options)(&req.profiler, &req.options).map_err(bad)?;
     let duration = parse_duration(&req.duration).map_err(|e| bad(format!("duration: {e}")))?;
     let now = (h.clock)();
     let owner = req.owner.clone().unwrap_or_else(|| "local".into());

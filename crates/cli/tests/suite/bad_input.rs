@@ -39,6 +39,21 @@ fn bad_input_gets_clear_errors() {
         "cannot tell the format",
     );
     check(&["up", "--window", "soon"], 2, "--window");
+    check(
+        &["record", "malloc", "--all", "--opt", "sample_byte=0"],
+        2,
+        "profiler malloc has no option \"sample_byte\"; its options are sample_bytes, lib",
+    );
+    check(
+        &["record", "malloc", "--all", "--value", "rss"],
+        2,
+        "its values are alloc_bytes, alloc_count, live_bytes",
+    );
+    check(
+        &["record", "calls", "--all", "--opt", "probe"],
+        2,
+        "KEY=VALUE",
+    );
 }
 
 #[test]
@@ -59,6 +74,39 @@ fn missing_pid_and_unwritable_data_dir() {
         ],
         2,
         "not writable",
+    );
+    check(
+        &["record", "calls", "--", "true"],
+        2,
+        "say which functions to count with probe=[BINARY:]PATTERN",
+    );
+    check(
+        &[
+            "record",
+            "calls",
+            "--opt",
+            "probe=no_such_function_here",
+            "--",
+            "true",
+        ],
+        2,
+        "matches \"no_such_function_here\"",
+    );
+    check(
+        &[
+            "record",
+            "latency",
+            "--opt",
+            "begin=a",
+            "--opt",
+            "end=b",
+            "--opt",
+            "match=arg9",
+            "--",
+            "true",
+        ],
+        2,
+        "match must be thread or arg1…arg6",
     );
 }
 
