@@ -25,7 +25,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 use crate::perf::{open_sampling_event, SamplingEvent};
 use crate::raw::{addresses, comm_at, percpu_sum, stack_of, u32_at, u64_at, STACK_DEPTH};
 use crate::sys;
-use crate::unwind::{DwarfUnwinder, ProcessPlan, UnwindStats, MAX_RANGES};
+use crate::unwind::{encode_plan, DwarfUnwinder, UnwindStats};
 use crate::ProfilerError;
 
 mod skel {
@@ -58,8 +58,6 @@ const COPY_RING_BYTES_PER_CPU: u64 = 2 * 1024 * 1024;
 const EV_KERNEL: usize = 72;
 const EV_STACK: usize = EV_KERNEL + STACK_DEPTH * 8;
 const EV_STACK_MAX: usize = 8 * 4096;
-/// Size of `struct unwind_plan` in cpu.bpf.c.
-const PLAN_SIZE: usize = 8 + MAX_RANGES * 16;
 
 /// How the CPU profiler is set up.
 #[derive(Debug, Clone)]
@@ -543,19 +541,6 @@ impl CpuProfiler {
             elapsed,
         })
     }
-}
-
-fn encode_plan(plan: &ProcessPlan) -> Vec<u8> {
-    let mut v = Vec::with_capacity(PLAN_SIZE);
-    v.extend_from_slice(&u32::from(plan.all).to_ne_bytes());
-    let n = plan.ranges.len().min(MAX_RANGES);
-    v.extend_from_slice(&(n as u32).to_ne_bytes());
-    for r in plan.ranges.iter().take(MAX_RANGES) {
-        v.extend_from_slice(&r.start.to_ne_bytes());
-        v.extend_from_slice(&r.end.to_ne_bytes());
-    }
-    v.resize(PLAN_SIZE, 0);
-    v
 }
 
 /// Starts the thread that reads copied stacks from the ring and unwinds them.

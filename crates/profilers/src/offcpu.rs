@@ -7,17 +7,23 @@
 //! [`OffCpuProfiler::adapt`] has BPF track one switch-out in N, at random, and count its block N
 //! times: the overhead stays bounded and the sums unbiased. Counts are double-buffered as in the CPU
 //! profiler; the stack map is shared by both buffers and cleared only when it fills (see
-//! `offcpu.bpf.c`). User stacks come from frame pointers.
+//! `offcpu.bpf.c`). User stacks come from frame pointers where the code keeps them; where it
+//! does not (per module, as the CPU profiler plans it), a tracked switch-out's user registers and
+//! stack are copied into a ring, unwound with DWARF CFI on a reader thread, and paired with the
+//! block's end, which BPF then reports through the same ring.
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 
 use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
+use crate::ring::RingReader;
 use crate::sys;
+use crate::unwind::{encode_plan, DwarfUnwinder};
 use crate::ProfilerError;
 
 mod skel {
@@ -48,6 +54,72 @@ pub struct OffCpuOptions {
     pub min_block_ns: u64,
     /// Most switch-outs per second that get their stacks taken; beyond it they are sampled.
     pub max_tracked_per_sec: u64,
+    /// Unwind user code without frame pointers from DWARF CFI (copying the stack).
+    pub dwarf: bool,
+}
+
+/// (pid, tid, cgroup, comm, state, kernel stack id, user stack): a block reported with a copied
+/// user stack.
+type CopiedKey = (u32, u32, u64, String, u32, i32, Vec<u64>);
+
+/// What the ring reader builds between drains.
+#[derive(Default)]
+struct Copied {
+    /// The last copy per thread (a thread sleeps once at a time): (cookie, unwound stack).
+    pending: HashMap<u32, (u64, Vec<u64>)>,
+    /// Blocks paired with their copies: (ns, count).
+    blocks: HashMap<CopiedKey, (u64, u64)>,
+    /// Ends whose copy was not found (replaced by a later one, or lost).
+    unpaired: u64,
+}
+
+/// Layout of `struct copy_event` and `struct end_event` in offcpu.bpf.c.
+const CP_STACK: usize = 56;
+const CP_STACK_MAX: usize = 8 * 4096;
+const END_SIZE: usize = 72;
+
+impl Copied {
+    fn on_event(&mut self, unwinder: &Mutex<DwarfUnwinder>, d: &[u8]) {
+        if d.len() < 24 {
+            return;
+        }
+        let (pid, cookie, tid) = (u32_at(d, 4), u64_at(d, 8), u32_at(d, 16));
+        match u32_at(d, 0) {
+            1 if d.len() >= CP_STACK => {
+                let (ip, sp, bp) = (u64_at(d, 24), u64_at(d, 32), u64_at(d, 40));
+                let n = (u64_at(d, 48) as usize).min(CP_STACK_MAX);
+                let stack = d.get(CP_STACK..CP_STACK + n).unwrap_or(&[]);
+                let (user, _) = unwinder
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unwind(pid, ip, sp, bp, stack);
+                self.pending.insert(tid, (cookie, user));
+            }
+            2 if d.len() >= END_SIZE => match self.pending.remove(&tid) {
+                Some((c, user)) if c == cookie => {
+                    let key = (
+                        pid,
+                        tid,
+                        u64_at(d, 24),
+                        comm_at(d, 56),
+                        u32_at(d, 20),
+                        u32_at(d, 32) as i32,
+                        user,
+                    );
+                    let e = self.blocks.entry(key).or_default();
+                    e.0 += u64_at(d, 40);
+                    e.1 += u64_at(d, 48);
+                }
+                other => {
+                    if let Some(p) = other {
+                        self.pending.insert(tid, p);
+                    }
+                    self.unpaired += 1;
+                }
+            },
+            _ => {}
+        }
+    }
 }
 
 /// Default budget of tracked switch-outs per second. Taking a switch-out's two stacks cost about
@@ -106,10 +178,19 @@ pub struct OffCpuStats {
     pub skipped: u64,
     /// One switch-out in this many is tracked now.
     pub sample_every: u32,
+    /// Tracked switch-outs whose user stack was copied for DWARF unwinding.
+    pub dwarf_copied: u64,
+    /// Copies or block ends the ring had no room for (frame pointers were used), and block
+    /// ends whose copy was not found.
+    pub dwarf_lost: u64,
 }
 
 /// A running off-CPU profiler. Dropping it detaches the program.
 pub struct OffCpuProfiler {
+    /// First, so the reader thread stops before the ring's map is closed.
+    reader: Option<RingReader>,
+    copied: Arc<Mutex<Copied>>,
+    unwinder: Arc<Mutex<DwarfUnwinder>>,
     skel: OffcpuSkel<'static>,
     _link: Link,
     _fork_link: Option<Link>,
@@ -143,6 +224,14 @@ impl OffCpuProfiler {
             ro.filter_targets = u8::from(opts.targets.is_some());
             ro.follow_forks = u8::from(follow);
             ro.min_block_ns = opts.min_block_ns;
+            ro.dwarf = u8::from(opts.dwarf);
+        }
+        if !opts.dwarf {
+            // Nothing is ever copied: keep the ring at its smallest.
+            open.maps
+                .copies
+                .set_max_entries(4096)
+                .map_err(ProfilerError::bpf("sizing the copy ring"))?;
         }
         if !follow {
             open.progs.on_fork.set_autoload(false);
@@ -174,7 +263,26 @@ impl OffCpuProfiler {
         let stats_fd = sys::enable_bpf_run_time_stats()
             .map_err(|e| tracing::debug!(error = %e, "BPF run-time stats unavailable"))
             .ok();
+        let copied: Arc<Mutex<Copied>> = Arc::default();
+        let unwinder = Arc::new(Mutex::new(DwarfUnwinder::new()));
+        let reader = if opts.dwarf {
+            let (sink, uw) = (Arc::clone(&copied), Arc::clone(&unwinder));
+            Some(RingReader::start(
+                "baton-offcpu",
+                &skel.maps.copies,
+                move |d| {
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .on_event(&uw, d)
+                },
+            )?)
+        } else {
+            None
+        };
         Ok(OffCpuProfiler {
+            reader,
+            copied,
+            unwinder,
             skel,
             _link: link,
             _fork_link: fork_link,
@@ -230,6 +338,13 @@ impl OffCpuProfiler {
             user_stack_failed: read(7),
             stack_map_clears: self.clears,
             skipped: read(8),
+            dwarf_copied: read(10),
+            dwarf_lost: read(11)
+                + self
+                    .copied
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unpaired,
             sample_every: self
                 .skel
                 .maps
@@ -289,6 +404,52 @@ impl OffCpuProfiler {
                 count: u64_at(&value, 8),
             });
         }
+        if let Some(r) = &self.reader {
+            r.flush();
+            // Processes that are gone: their unwinders and plans go (a pid can come back as
+            // another program).
+            let mut dead = Vec::new();
+            self.unwinder
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|pid| {
+                    let alive = sys::process_alive(pid);
+                    if !alive {
+                        dead.push(pid);
+                    }
+                    alive
+                });
+            for pid in dead {
+                let _ = self.skel.maps.dwarf_pids.delete(&pid.to_ne_bytes());
+            }
+            let blocks =
+                std::mem::take(&mut self.copied.lock().unwrap_or_else(|p| p.into_inner()).blocks);
+            for ((pid, tid, cgroup_id, comm, state, kstack, user), (ns, count)) in blocks {
+                let kernel = if kstack < 0 {
+                    Vec::new()
+                } else {
+                    cache
+                        .entry(kstack)
+                        .or_insert_with(|| stack_of(stacks, kstack).unwrap_or_default())
+                        .clone()
+                };
+                out.push(Block {
+                    pid,
+                    tid,
+                    cgroup_id,
+                    comm,
+                    state: if state & 2 != 0 {
+                        BlockState::Uninterruptible
+                    } else {
+                        BlockState::Sleeping
+                    },
+                    kernel,
+                    user,
+                    ns,
+                    count,
+                });
+            }
+        }
         // Sleeping threads keep stack ids across drains, so the stack map is cleared only when
         // it is half full; those threads are then counted without stacks (`stale_stacks`).
         let used = stacks.keys().count();
@@ -317,6 +478,7 @@ pub(crate) fn start_dyn(
         follow_forks: o.follow_forks,
         min_block_ns: o.option_ns(info, "min_block")?,
         max_tracked_per_sec: o.option_u64(info, "max_tracked_per_sec")?,
+        dwarf: o.dwarf,
     })?))
 }
 
@@ -358,6 +520,13 @@ impl crate::Profiler for OffCpuProfiler {
             kernel_stack_failed: s.kernel_stack_failed,
             user_stack_failed: s.user_stack_failed,
             stack_lookup_missing: s.stale_stacks,
+            dwarf_copied: s.dwarf_copied,
+            dwarf_ring_full: s.dwarf_lost,
+            unwind: self
+                .unwinder
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .stats,
             ..crate::CpuStats::default()
         }
     }
@@ -368,6 +537,32 @@ impl crate::Profiler for OffCpuProfiler {
 
     fn tick(&mut self) {
         self.adapt();
+    }
+
+    /// Plans which of the process's code lacks frame pointers, so BPF copies the user stacks
+    /// of switch-outs there (with DWARF unwinding on).
+    fn observe_maps(&mut self, pid: u32, maps: &str) {
+        if self.reader.is_none() {
+            return;
+        }
+        let plan = self
+            .unwinder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .prepare_maps(pid, maps);
+        let key = pid.to_ne_bytes();
+        match plan {
+            Some(plan) if !plan.is_empty() => {
+                let _ = self
+                    .skel
+                    .maps
+                    .dwarf_pids
+                    .update(&key, &encode_plan(&plan), MapFlags::ANY);
+            }
+            _ => {
+                let _ = self.skel.maps.dwarf_pids.delete(&key);
+            }
+        }
     }
 
     fn event_name(&self) -> String {

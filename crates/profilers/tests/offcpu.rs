@@ -43,6 +43,8 @@ fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
         follow_forks: false,
         min_block_ns: 1_000_000,
         max_tracked_per_sec: baton_profilers::offcpu::DEFAULT_MAX_TRACKED_PER_SEC,
+        // Frame pointers only: this test checks the BPF side's blocks and stack ids.
+        dwarf: false,
     })
     .expect("offcpu profiler starts");
     let mut sym = HostSymbolizer::new();

@@ -371,6 +371,18 @@ fn offcpu_measures_ten_sleeps_of_200_ms() {
         (secs - 2.0).abs() <= 0.2,
         "{secs:.3} s blocked in nanosleep, not 2.0 ± 10%"
     );
+    // Through libc (no frame pointers, unwound from its CFI) to the function that slept.
+    let at_wait_here: f64 = text
+        .lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(stack, _)| stack.contains("main;wait_here;"))
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9;
+    assert!(
+        (at_wait_here - 2.0).abs() <= 0.2,
+        "{at_wait_here:.3} s off CPU under main;wait_here, not 2.0 ± 10%"
+    );
     // The BPF program's own frames are not shown on top of the scheduler's.
     assert!(
         !text.contains("bpf_prog_"),

@@ -40,6 +40,23 @@ pub struct ProcessPlan {
     pub ranges: Vec<Range<u64>>,
 }
 
+/// Size of `struct unwind_plan` in the BPF programs.
+const PLAN_SIZE: usize = 8 + MAX_RANGES * 16;
+
+/// A plan as BPF's `struct unwind_plan` lays it out (`dwarf_pids` values).
+pub(crate) fn encode_plan(plan: &ProcessPlan) -> Vec<u8> {
+    let mut v = Vec::with_capacity(PLAN_SIZE);
+    v.extend_from_slice(&u32::from(plan.all).to_ne_bytes());
+    let n = plan.ranges.len().min(MAX_RANGES);
+    v.extend_from_slice(&(n as u32).to_ne_bytes());
+    for r in plan.ranges.iter().take(MAX_RANGES) {
+        v.extend_from_slice(&r.start.to_ne_bytes());
+        v.extend_from_slice(&r.end.to_ne_bytes());
+    }
+    v.resize(PLAN_SIZE, 0);
+    v
+}
+
 impl ProcessPlan {
     /// Whether frame pointers serve every sample of the process.
     pub fn is_empty(&self) -> bool {
