@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use libbpf_rs::{Link, MapCore, MapFlags};
 
+use crate::copies::CopyReader;
 use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
 use crate::{sys, CpuStats, Drained, Event, ProfilerError, RawHistogram, StartOptions};
 
@@ -21,6 +22,9 @@ pub(crate) trait EventSkel {
     fn stacks(&self) -> &dyn MapCore;
     fn stats(&self) -> &dyn MapCore;
     fn targets(&self) -> &dyn MapCore;
+    fn copies(&self) -> &dyn MapCore;
+    fn dwarf_pids(&self) -> &dyn MapCore;
+    fn copy_stats(&self) -> &dyn MapCore;
     fn set_buffer(&mut self, buffer: u32);
     fn set_sample_every(&mut self, every: u32);
 }
@@ -43,6 +47,15 @@ macro_rules! event_skel {
             }
             fn targets(&self) -> &dyn libbpf_rs::MapCore {
                 &self.maps.targets
+            }
+            fn copies(&self) -> &dyn libbpf_rs::MapCore {
+                &self.maps.copies
+            }
+            fn dwarf_pids(&self) -> &dyn libbpf_rs::MapCore {
+                &self.maps.dwarf_pids
+            }
+            fn copy_stats(&self) -> &dyn libbpf_rs::MapCore {
+                &self.maps.copy_stats
             }
             fn set_buffer(&mut self, buffer: u32) {
                 if let Some(bss) = self.maps.bss_data.as_deref_mut() {
@@ -92,6 +105,8 @@ const STACK_ENTRIES: usize = 16384;
 
 /// A running event profiler over skeleton `S`.
 pub(crate) struct EventProfiler<S: EventSkel> {
+    /// First, so its reader thread stops before the ring's map is closed.
+    copies: Option<CopyReader>,
     skel: S,
     _links: Vec<Link>,
     spec: &'static Spec,
@@ -116,7 +131,16 @@ impl<S: EventSkel> EventProfiler<S> {
                 .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)
                 .map_err(ProfilerError::bpf("adding a target pid"))?;
         }
+        let copies = if o.dwarf {
+            Some(CopyReader::start(
+                &format!("baton-{}", spec.info.name),
+                skel.copies(),
+            )?)
+        } else {
+            None
+        };
         Ok(EventProfiler {
+            copies,
             skel,
             _links: links,
             spec,
@@ -207,6 +231,36 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
                 labels: vec![(self.spec.label, (self.spec.kind_name)(u32_at(&key, 24)))],
             });
         }
+        if let Some(c) = &self.copies {
+            for (k, sums) in c.take(self.skel.dwarf_pids()) {
+                let kernel = if k.kernel_stack < 0 {
+                    Vec::new()
+                } else {
+                    cache
+                        .entry(k.kernel_stack)
+                        .or_insert_with(|| stack_of(stacks, k.kernel_stack).unwrap_or_default())
+                        .clone()
+                };
+                comms.entry(k.pid).or_insert_with(|| k.comm.clone());
+                let value = RowValue {
+                    count: sums.count,
+                    ns: sums.ns,
+                    bytes: sums.bytes,
+                };
+                out.events.push(Event {
+                    pid: k.pid,
+                    tid: k.tid,
+                    cgroup_id: k.cgroup_id,
+                    comm: k.comm,
+                    kernel,
+                    user: k.user,
+                    count: sums.count,
+                    values: (self.spec.values)(&value),
+                    weight: 1.0,
+                    labels: vec![(self.spec.label, (self.spec.kind_name)(k.what))],
+                });
+            }
+        }
         // Ids of the filling buffer may point into what this clears; those rows are counted
         // without stacks (`stack_lookup_missing`).
         if stacks.keys().count() > STACK_ENTRIES / 2 {
@@ -252,7 +306,15 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
     }
 
     fn stats(&self) -> CpuStats {
+        let (dwarf_copied, dwarf_lost, unwind) = self
+            .copies
+            .as_ref()
+            .map(|c| c.stats(self.skel.copy_stats()))
+            .unwrap_or_default();
         CpuStats {
+            dwarf_copied,
+            dwarf_ring_full: dwarf_lost,
+            unwind,
             samples: self.stat(self.spec.stat_events),
             lost_map_full: self.stat(self.spec.stat_lost),
             user_stack_failed: self.stat(self.spec.stat_ustack),
@@ -286,6 +348,12 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
     fn event_name(&self) -> String {
         self.spec.event.into()
     }
+
+    fn observe_maps(&mut self, pid: u32, maps: &str) {
+        if let Some(c) = &self.copies {
+            c.observe_maps(self.skel.dwarf_pids(), pid, maps);
+        }
+    }
 }
 
 /// Opens, configures (targets, fork following) and loads a skeleton built on `common.h`.
@@ -300,6 +368,14 @@ macro_rules! open_event_skel {
         if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
             ro.filter_targets = u8::from($o.targets.is_some());
             ro.follow_forks = u8::from(follow);
+            ro.dwarf = u8::from($o.dwarf);
+        }
+        if !$o.dwarf {
+            // Nothing is ever copied: keep the ring at its smallest.
+            open.maps
+                .copies
+                .set_max_entries(4096)
+                .map_err(crate::ProfilerError::bpf("sizing the copy ring"))?;
         }
         if !follow {
             open.progs.on_fork.set_autoload(false);

@@ -216,6 +216,11 @@ impl LatencyProfiler {
             if !follow {
                 open.progs.on_fork.set_autoload(false);
             }
+            // Stack copies (copy.h) are not used here: keep their ring at its smallest.
+            open.maps
+                .copies
+                .set_max_entries(4096)
+                .map_err(ProfilerError::bpf("sizing the copy ring"))?;
             let skel = libbpf_rs::skel::OpenSkel::load(open)
                 .map_err(ProfilerError::bpf("loading the latency programs"))?;
             let mut links = Vec::new();

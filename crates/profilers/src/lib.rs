@@ -5,6 +5,7 @@
 //! `src/bpf/<name>.bpf.c` and is compiled into a skeleton by `build.rs`.
 
 pub mod calls;
+mod copies;
 pub mod cpu;
 mod events;
 pub mod exec;

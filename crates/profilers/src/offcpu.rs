@@ -14,16 +14,14 @@
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 
+use crate::copies::CopyReader;
 use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
-use crate::ring::RingReader;
 use crate::sys;
-use crate::unwind::{encode_plan, DwarfUnwinder};
 use crate::ProfilerError;
 
 mod skel {
@@ -56,70 +54,6 @@ pub struct OffCpuOptions {
     pub max_tracked_per_sec: u64,
     /// Unwind user code without frame pointers from DWARF CFI (copying the stack).
     pub dwarf: bool,
-}
-
-/// (pid, tid, cgroup, comm, state, kernel stack id, user stack): a block reported with a copied
-/// user stack.
-type CopiedKey = (u32, u32, u64, String, u32, i32, Vec<u64>);
-
-/// What the ring reader builds between drains.
-#[derive(Default)]
-struct Copied {
-    /// The last copy per thread (a thread sleeps once at a time): (cookie, unwound stack).
-    pending: HashMap<u32, (u64, Vec<u64>)>,
-    /// Blocks paired with their copies: (ns, count).
-    blocks: HashMap<CopiedKey, (u64, u64)>,
-    /// Ends whose copy was not found (replaced by a later one, or lost).
-    unpaired: u64,
-}
-
-/// Layout of `struct copy_event` and `struct end_event` in offcpu.bpf.c.
-const CP_STACK: usize = 56;
-const CP_STACK_MAX: usize = 8 * 4096;
-const END_SIZE: usize = 72;
-
-impl Copied {
-    fn on_event(&mut self, unwinder: &Mutex<DwarfUnwinder>, d: &[u8]) {
-        if d.len() < 24 {
-            return;
-        }
-        let (pid, cookie, tid) = (u32_at(d, 4), u64_at(d, 8), u32_at(d, 16));
-        match u32_at(d, 0) {
-            1 if d.len() >= CP_STACK => {
-                let (ip, sp, bp) = (u64_at(d, 24), u64_at(d, 32), u64_at(d, 40));
-                let n = (u64_at(d, 48) as usize).min(CP_STACK_MAX);
-                let stack = d.get(CP_STACK..CP_STACK + n).unwrap_or(&[]);
-                let (user, _) = unwinder
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .unwind(pid, ip, sp, bp, stack);
-                self.pending.insert(tid, (cookie, user));
-            }
-            2 if d.len() >= END_SIZE => match self.pending.remove(&tid) {
-                Some((c, user)) if c == cookie => {
-                    let key = (
-                        pid,
-                        tid,
-                        u64_at(d, 24),
-                        comm_at(d, 56),
-                        u32_at(d, 20),
-                        u32_at(d, 32) as i32,
-                        user,
-                    );
-                    let e = self.blocks.entry(key).or_default();
-                    e.0 += u64_at(d, 40);
-                    e.1 += u64_at(d, 48);
-                }
-                other => {
-                    if let Some(p) = other {
-                        self.pending.insert(tid, p);
-                    }
-                    self.unpaired += 1;
-                }
-            },
-            _ => {}
-        }
-    }
 }
 
 /// Default budget of tracked switch-outs per second. Taking a switch-out's two stacks cost about
@@ -188,9 +122,7 @@ pub struct OffCpuStats {
 /// A running off-CPU profiler. Dropping it detaches the program.
 pub struct OffCpuProfiler {
     /// First, so the reader thread stops before the ring's map is closed.
-    reader: Option<RingReader>,
-    copied: Arc<Mutex<Copied>>,
-    unwinder: Arc<Mutex<DwarfUnwinder>>,
+    copies: Option<CopyReader>,
     skel: OffcpuSkel<'static>,
     _link: Link,
     _fork_link: Option<Link>,
@@ -263,26 +195,13 @@ impl OffCpuProfiler {
         let stats_fd = sys::enable_bpf_run_time_stats()
             .map_err(|e| tracing::debug!(error = %e, "BPF run-time stats unavailable"))
             .ok();
-        let copied: Arc<Mutex<Copied>> = Arc::default();
-        let unwinder = Arc::new(Mutex::new(DwarfUnwinder::new()));
-        let reader = if opts.dwarf {
-            let (sink, uw) = (Arc::clone(&copied), Arc::clone(&unwinder));
-            Some(RingReader::start(
-                "baton-offcpu",
-                &skel.maps.copies,
-                move |d| {
-                    sink.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .on_event(&uw, d)
-                },
-            )?)
+        let copies = if opts.dwarf {
+            Some(CopyReader::start("baton-offcpu", &skel.maps.copies)?)
         } else {
             None
         };
         Ok(OffCpuProfiler {
-            reader,
-            copied,
-            unwinder,
+            copies,
             skel,
             _link: link,
             _fork_link: fork_link,
@@ -327,6 +246,10 @@ impl OffCpuProfiler {
     /// Cumulative counters.
     pub fn stats(&self) -> OffCpuStats {
         let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
+        let (dwarf_copied, dwarf_lost) = self.copies.as_ref().map_or((0, 0), |c| {
+            let (copied, lost, _) = c.stats(&self.skel.maps.copy_stats);
+            (copied, lost)
+        });
         OffCpuStats {
             switches_out: read(0),
             blocks: read(1),
@@ -338,13 +261,8 @@ impl OffCpuProfiler {
             user_stack_failed: read(7),
             stack_map_clears: self.clears,
             skipped: read(8),
-            dwarf_copied: read(10),
-            dwarf_lost: read(11)
-                + self
-                    .copied
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .unpaired,
+            dwarf_copied,
+            dwarf_lost,
             sample_every: self
                 .skel
                 .maps
@@ -404,49 +322,30 @@ impl OffCpuProfiler {
                 count: u64_at(&value, 8),
             });
         }
-        if let Some(r) = &self.reader {
-            r.flush();
-            // Processes that are gone: their unwinders and plans go (a pid can come back as
-            // another program).
-            let mut dead = Vec::new();
-            self.unwinder
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|pid| {
-                    let alive = sys::process_alive(pid);
-                    if !alive {
-                        dead.push(pid);
-                    }
-                    alive
-                });
-            for pid in dead {
-                let _ = self.skel.maps.dwarf_pids.delete(&pid.to_ne_bytes());
-            }
-            let blocks =
-                std::mem::take(&mut self.copied.lock().unwrap_or_else(|p| p.into_inner()).blocks);
-            for ((pid, tid, cgroup_id, comm, state, kstack, user), (ns, count)) in blocks {
-                let kernel = if kstack < 0 {
+        if let Some(c) = &self.copies {
+            for (k, sums) in c.take(&self.skel.maps.dwarf_pids) {
+                let kernel = if k.kernel_stack < 0 {
                     Vec::new()
                 } else {
                     cache
-                        .entry(kstack)
-                        .or_insert_with(|| stack_of(stacks, kstack).unwrap_or_default())
+                        .entry(k.kernel_stack)
+                        .or_insert_with(|| stack_of(stacks, k.kernel_stack).unwrap_or_default())
                         .clone()
                 };
                 out.push(Block {
-                    pid,
-                    tid,
-                    cgroup_id,
-                    comm,
-                    state: if state & 2 != 0 {
+                    pid: k.pid,
+                    tid: k.tid,
+                    cgroup_id: k.cgroup_id,
+                    comm: k.comm,
+                    state: if k.what & 2 != 0 {
                         BlockState::Uninterruptible
                     } else {
                         BlockState::Sleeping
                     },
                     kernel,
-                    user,
-                    ns,
-                    count,
+                    user: k.user,
+                    ns: sums.ns,
+                    count: sums.count,
                 });
             }
         }
@@ -523,10 +422,10 @@ impl crate::Profiler for OffCpuProfiler {
             dwarf_copied: s.dwarf_copied,
             dwarf_ring_full: s.dwarf_lost,
             unwind: self
-                .unwinder
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .stats,
+                .copies
+                .as_ref()
+                .map(|c| c.stats(&self.skel.maps.copy_stats).2)
+                .unwrap_or_default(),
             ..crate::CpuStats::default()
         }
     }
@@ -542,26 +441,8 @@ impl crate::Profiler for OffCpuProfiler {
     /// Plans which of the process's code lacks frame pointers, so BPF copies the user stacks
     /// of switch-outs there (with DWARF unwinding on).
     fn observe_maps(&mut self, pid: u32, maps: &str) {
-        if self.reader.is_none() {
-            return;
-        }
-        let plan = self
-            .unwinder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .prepare_maps(pid, maps);
-        let key = pid.to_ne_bytes();
-        match plan {
-            Some(plan) if !plan.is_empty() => {
-                let _ = self
-                    .skel
-                    .maps
-                    .dwarf_pids
-                    .update(&key, &encode_plan(&plan), MapFlags::ANY);
-            }
-            _ => {
-                let _ = self.skel.maps.dwarf_pids.delete(&key);
-            }
+        if let Some(c) = &self.copies {
+            c.observe_maps(&self.skel.maps.dwarf_pids, pid, maps);
         }
     }
 

@@ -357,14 +357,38 @@ fn syscalls_counts_5000_writes_exactly_and_by_stack_within_ten_percent() {
     // The histograms time every syscall: exact.
     let doc = record_json("syscalls", &[], &cmd);
     assert_eq!(hist_count(&doc, "write"), 5_000.0, "{}", doc["histograms"]);
-    // Stacks are sampled beyond 1,000 syscalls/s, with weights.
+    // Stacks are sampled beyond 1,000 syscalls/s, 1 in N at random with weight N: the 5,000
+    // writes come in a burst, so N is about 10 and the weighted count has a standard deviation
+    // of about 4%; ±15% is 3.5 of them.
     let (text, _) = record_collapsed("syscalls", &["--value", "syscalls"], &cmd);
     let by_stack = sum_with(&text, "main");
     eprintln!("{text}");
     // main's writes, plus the few syscalls it makes itself (open, exit).
     assert!(
-        (by_stack - 5_000.0).abs() <= 500.0,
-        "{by_stack} syscalls under main, not 5,000 ± 10%"
+        (by_stack - 5_000.0).abs() <= 750.0,
+        "{by_stack} syscalls under main, not 5,000 ± 15%"
+    );
+    // With a budget above the rate, every syscall has its stack: exact but for main's own few.
+    let (text, _) = record_collapsed(
+        "syscalls",
+        &[
+            "--value",
+            "syscalls",
+            "--opt",
+            "max_stacks_per_sec=10000000",
+        ],
+        &cmd,
+    );
+    let exact = sum_with(&text, "main");
+    assert!(
+        (5_000.0..=5_020.0).contains(&exact),
+        "{exact} syscalls under main with every stack taken:\n{text}"
+    );
+    // Copies unwound through libc (no frame pointers) reach write_many; in a burst this fast
+    // the copy ring overflows and the rest fall back to frame pointers, which skip it.
+    assert!(
+        sum_with(&text, "write_many") > 0.0,
+        "no stack reaches write_many:\n{text}"
     );
 }
 
@@ -377,12 +401,12 @@ fn io_sees_8_mib_written_by_fsync() {
     let cmd = [w.to_str().expect("path"), file.as_str(), "0.2"];
     let (text, log) = record_collapsed("io", &["--value", "io_bytes"], &cmd);
     assert!(log.contains("block_io_start"), "summary: {log}");
-    let synced = sum_with(&text, "fsync");
+    let synced = sum_with(&text, "sync_file");
     eprintln!("{text}");
     // The 8 MiB of data, plus the inode and bitmap blocks the fsync writes (a few KiB).
     assert!(
         (8_388_608.0..=8_388_608.0 * 1.1).contains(&synced),
-        "{synced} bytes of block I/O under fsync, not 8 MiB (+ up to 10% of metadata)"
+        "{synced} bytes of block I/O under sync_file, not 8 MiB (+ up to 10% of metadata)"
     );
     let doc = record_json("io", &[], &cmd);
     assert!(hist_count(&doc, "write") >= 1.0, "{}", doc["histograms"]);
@@ -396,10 +420,11 @@ fn locks_measures_two_threads_contending_for_900_ms() {
     eprintln!("{text}");
     // Ten turns of 100 ms; every turn but the first waits for the other's (0.9 s), less the
     // 1 ms each holder naps after unlocking.
-    let waited = sum_with(&text, "worker") / 1e9;
+    // Through libc's pthread_mutex_lock (no frame pointers, unwound from its CFI).
+    let waited = sum_with(&text, "hold_lock") / 1e9;
     assert!(
         (0.81..=0.99).contains(&waited),
-        "{waited:.3} s of futex waits under worker, not 0.9 s ± 10%"
+        "{waited:.3} s of futex waits under hold_lock, not 0.9 s ± 10%"
     );
 }
 
@@ -468,6 +493,18 @@ fn bucket(h: &serde_json::Value, le: u64) -> f64 {
         .sum()
 }
 
+/// server.c's 30 requests of 3 ms of CPU belong in [2^21, 2^22) ns and its 10 of 50 ms in
+/// [2^25, 2^26). A request preempted for over a millisecond on this 2-CPU VM (the profiler's own
+/// threads run too) lands one bucket up: at most 2 of the 30 may.
+fn fast_and_slow_buckets(h: &serde_json::Value) {
+    let fast = bucket(h, 4_194_303);
+    assert!(
+        fast >= 28.0 && fast + bucket(h, 8_388_607) == 30.0,
+        "3 ms requests: {h}"
+    );
+    assert_eq!(bucket(h, 67_108_863), 10.0, "50 ms requests: {h}");
+}
+
 #[test]
 fn latency_buckets_requests_and_keeps_cpu_stacks_of_slow_ones() {
     require_root();
@@ -485,8 +522,7 @@ fn latency_buckets_requests_and_keeps_cpu_stacks_of_slow_ones() {
     let h = &doc["histograms"][0];
     assert_eq!(h["name"], "request_latency", "{doc}");
     // 30 requests of 3 ms in [2^21, 2^22) ns, 10 of 50 ms in [2^25, 2^26).
-    assert_eq!(bucket(h, 4_194_303), 30.0, "{h}");
-    assert_eq!(bucket(h, 67_108_863), 10.0, "{h}");
+    fast_and_slow_buckets(h);
     let (text, _) = record_collapsed("latency", &opts, &cmd);
     eprintln!("{text}");
     let slow = sum_with(&text, "slow_work");
@@ -533,9 +569,7 @@ fn latency_through_up_with_usdt_probes_matched_by_argument() {
         &up.addr,
         "/api/v1/histograms?profiler=latency&since=10m&filter=comm%3Dserver",
     );
-    let h = &h["histograms"][0];
-    assert_eq!(bucket(h, 4_194_303), 30.0, "{h}");
-    assert_eq!(bucket(h, 67_108_863), 10.0, "{h}");
+    fast_and_slow_buckets(&h["histograms"][0]);
     let top = http_json(
         &up.addr,
         "/api/v1/top?profiler=latency&since=10m&limit=20&filter=comm%3Dserver",

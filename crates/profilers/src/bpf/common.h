@@ -20,6 +20,8 @@ struct task_struct {
     char comm[TASK_COMM_LEN];
 } __attribute__((preserve_access_index));
 
+#include "copy.h"
+
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 8192);

@@ -24,6 +24,8 @@ struct request {
 struct inflight {
     __u64 ts;
     struct row_key key;
+    __u32 copied;
+    __u32 pad;
 };
 
 struct {
@@ -48,10 +50,14 @@ int BPF_PROG(on_start, struct request *rq)
     f.key.kernel_stack = bpf_get_stackid(ctx, &stacks, 0);
     if (f.key.kernel_stack < 0)
         bump(STAT_KSTACK_FAILED);
-    f.key.user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-    if (f.key.user_stack < 0)
-        bump(STAT_USTACK_FAILED);
     f.ts = bpf_ktime_get_ns();
+    f.key.user_stack = -1;
+    f.copied = copy_user_stack(bpf_get_current_task_btf(), f.key.pid, f.key.tid, f.ts);
+    if (!f.copied) {
+        f.key.user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+        if (f.key.user_stack < 0)
+            bump(STAT_USTACK_FAILED);
+    }
     __u64 id = (__u64)rq;
     if (bpf_map_update_elem(&inflight, &id, &f, BPF_ANY) != 0)
         bump(STAT_INFLIGHT_FULL);
@@ -65,10 +71,19 @@ int BPF_PROG(on_complete, struct request *rq, int error, unsigned int nr_bytes)
     struct inflight *f = bpf_map_lookup_elem(&inflight, &id);
     if (!f)
         return 0;
-    __u64 delta = bpf_ktime_get_ns() - f->ts;
+    __u64 cookie = f->ts;
+    __u64 delta = bpf_ktime_get_ns() - cookie;
     struct row_key key = f->key;
+    __u32 copied = f->copied;
     bpf_map_delete_elem(&inflight, &id);
-    if (add_row(&key, 1, delta, nr_bytes) != 0 || add_hist(key.pid, key.kind, delta) != 0)
+    if (add_hist(key.pid, key.kind, delta) != 0)
+        bump(STAT_LOST_MAP_FULL);
+    if (copied && send_end(key.pid, key.tid, cookie, key.kind, key.cgroup_id, key.kernel_stack,
+                           delta, 1, nr_bytes, key.comm) == 0) {
+        bump(STAT_REQUESTS);
+        return 0;
+    }
+    if (add_row(&key, 1, delta, nr_bytes) != 0)
         bump(STAT_LOST_MAP_FULL);
     bump(STAT_REQUESTS);
     return 0;

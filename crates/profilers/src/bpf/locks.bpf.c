@@ -44,6 +44,8 @@ struct start {
     __u64 ts;
     __s32 user_stack;
     __u32 op;
+    __u32 copied;
+    __u32 pad;
 };
 
 struct {
@@ -60,7 +62,8 @@ int on_futex_enter(struct futex_enter *args)
     if (cmd != FUTEX_WAIT && cmd != FUTEX_WAIT_BITSET && cmd != FUTEX_LOCK_PI &&
         cmd != FUTEX_LOCK_PI2 && cmd != FUTEX_WAIT_REQUEUE_PI)
         return 0;
-    if (!is_target(bpf_get_current_pid_tgid() >> 32))
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (!is_target(pid_tgid >> 32))
         return 0;
     struct task_struct *task = bpf_get_current_task_btf();
     struct start *s = bpf_task_storage_get(&starts, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -68,11 +71,16 @@ int on_futex_enter(struct futex_enter *args)
         bump(STAT_NO_STORAGE);
         return 0;
     }
+    __u64 now = bpf_ktime_get_ns();
     s->op = cmd;
-    s->user_stack = bpf_get_stackid(args, &stacks, BPF_F_USER_STACK);
-    if (s->user_stack < 0)
-        bump(STAT_USTACK_FAILED);
-    s->ts = bpf_ktime_get_ns();
+    s->user_stack = -1;
+    s->copied = copy_user_stack(task, pid_tgid >> 32, (__u32)pid_tgid, now);
+    if (!s->copied) {
+        s->user_stack = bpf_get_stackid(args, &stacks, BPF_F_USER_STACK);
+        if (s->user_stack < 0)
+            bump(STAT_USTACK_FAILED);
+    }
+    s->ts = now;
     return 0;
 }
 
@@ -83,7 +91,8 @@ int on_futex_exit(struct futex_exit *args)
     struct start *s = bpf_task_storage_get(&starts, task, 0, 0);
     if (!s || s->ts == 0)
         return 0;
-    __u64 delta = bpf_ktime_get_ns() - s->ts;
+    __u64 cookie = s->ts;
+    __u64 delta = bpf_ktime_get_ns() - cookie;
     s->ts = 0;
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     struct row_key key = {};
@@ -94,7 +103,14 @@ int on_futex_exit(struct futex_exit *args)
     key.user_stack = s->user_stack;
     key.kind = s->op;
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
-    if (add_row(&key, 1, delta, 0) != 0 || add_hist(key.pid, 0, delta) != 0)
+    if (add_hist(key.pid, 0, delta) != 0)
+        bump(STAT_LOST_MAP_FULL);
+    if (s->copied &&
+        send_end(key.pid, key.tid, cookie, key.kind, key.cgroup_id, -1, delta, 1, 0, key.comm) == 0) {
+        bump(STAT_WAITS);
+        return 0;
+    }
+    if (add_row(&key, 1, delta, 0) != 0)
         bump(STAT_LOST_MAP_FULL);
     bump(STAT_WAITS);
     return 0;

@@ -55,71 +55,7 @@ struct start {
     __u32 pad;
 };
 
-// The user registers as the uapi <asm/ptrace.h> lays them out on x86-64.
-struct user_regs {
-    unsigned long r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi;
-    unsigned long orig_rax, rip, cs, eflags, rsp, ss;
-};
-
-// Code ranges without frame pointers, per process, as in cpu.bpf.c (set by user space).
-#define MAX_RANGES 16
-struct range {
-    __u64 start;
-    __u64 end;
-};
-struct unwind_plan {
-    __u32 all;
-    __u32 n;
-    struct range ranges[MAX_RANGES];
-};
-
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 8192);
-    __type(key, __u32);
-    __type(value, struct unwind_plan);
-} dwarf_pids SEC(".maps");
-
-#define PAGE 4096
-#define USTACK_PAGES 8
-#define USTACK_BYTES (USTACK_PAGES * PAGE)
-
-enum { EV_COPY = 1, EV_END = 2 };
-
-// A tracked switch-out's user registers and stack, for DWARF unwinding in user space.
-struct copy_event {
-    __u32 kind;
-    __u32 pid;
-    __u64 cookie;
-    __u32 tid;
-    __u32 pad;
-    __u64 ip;
-    __u64 sp;
-    __u64 bp;
-    __u64 stack_bytes;
-    __u8 stack[USTACK_BYTES];
-};
-
-// The end of a block whose user stack was copied.
-struct end_event {
-    __u32 kind;
-    __u32 pid;
-    __u64 cookie;
-    __u32 tid;
-    __u32 state;
-    __u64 cgroup_id;
-    __s32 kernel_stack;
-    __u32 pad;
-    __u64 ns;
-    __u64 count;
-    char comm[TASK_COMM_LEN];
-};
-
-// Sized by user space before load: one page when DWARF unwinding is off.
-struct {
-    __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 8 * 1024 * 1024);
-} copies SEC(".maps");
+#include "copy.h"
 
 #define COUNTS_MAP(name)                                                                       \
     struct {                                                                                   \
@@ -169,9 +105,7 @@ enum stat_index {
     STAT_USTACK_FAILED = 7,
     STAT_SKIPPED = 8,       // switch-outs not tracked (sampling)
     STAT_FORKS_FOLLOWED = 9,
-    STAT_DWARF_COPIED = 10, // tracked switch-outs whose user stack was copied
-    STAT_DWARF_RING_FULL = 11, // copies or ends the ring had no room for (frame pointers used)
-    STAT_COUNT = 12,
+    STAT_COUNT = 10,
 };
 
 struct {
@@ -184,7 +118,6 @@ struct {
 const volatile __u8 filter_targets = 0;
 const volatile __u8 follow_forks = 0;
 const volatile __u64 min_block_ns = 1000000;
-const volatile __u8 dwarf = 0;
 volatile __u32 active_buffer = 0;
 volatile __u32 generation = 0;
 // Track one switch-out in this many; set by user space from the observed switch rate.
@@ -195,65 +128,6 @@ static __always_inline void bump(__u32 idx)
     __u64 *v = bpf_map_lookup_elem(&stats, &idx);
     if (v)
         *v += 1;
-}
-
-// Copies the user registers and stack of `prev` (the current task, going to sleep in the
-// kernel) when its user code at the time lacks frame pointers. Returns 1 when a copy was sent.
-static __always_inline int copy_user_stack(struct task_struct *prev, __u32 tgid, __u32 tid,
-                                           __u64 cookie)
-{
-    struct unwind_plan *plan = bpf_map_lookup_elem(&dwarf_pids, &tgid);
-    if (!plan)
-        return 0;
-    struct user_regs regs = {};
-    struct pt_regs *uregs = bpf_task_pt_regs(prev);
-    if (!uregs || bpf_probe_read_kernel(&regs, sizeof(regs), uregs) != 0)
-        return 0;
-    if ((regs.cs & 3) != 3 || regs.rsp == 0)
-        return 0;
-    int wanted = plan->all;
-    __u32 n = plan->n;
-    for (int i = 0; i < MAX_RANGES && !wanted; i++) {
-        if (i >= n)
-            break;
-        if (regs.rip >= plan->ranges[i].start && regs.rip < plan->ranges[i].end)
-            wanted = 1;
-    }
-    if (!wanted)
-        return 0;
-    struct copy_event *ev = bpf_ringbuf_reserve(&copies, sizeof(*ev), 0);
-    if (!ev) {
-        bump(STAT_DWARF_RING_FULL);
-        return 0;
-    }
-    ev->kind = EV_COPY;
-    ev->pid = tgid;
-    ev->tid = tid;
-    ev->pad = 0;
-    ev->cookie = cookie;
-    ev->ip = regs.rip;
-    ev->sp = regs.rsp;
-    ev->bp = regs.rbp;
-    __u64 sp = regs.rsp;
-    __u64 first = PAGE - (sp & (PAGE - 1));
-    __u64 copied = 0;
-    if (first > PAGE)
-        first = PAGE;
-    if (first > 0 && bpf_probe_read_user(ev->stack, first, (void *)sp) == 0) {
-        copied = first;
-        for (int i = 0; i < USTACK_PAGES - 1; i++) {
-            __u64 off = copied;
-            if (off > USTACK_BYTES - PAGE)
-                break;
-            if (bpf_probe_read_user(ev->stack + off, PAGE, (void *)(sp + off)) != 0)
-                break;
-            copied = off + PAGE;
-        }
-    }
-    ev->stack_bytes = copied;
-    bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
-    bump(STAT_DWARF_COPIED);
-    return 1;
 }
 
 SEC("tp_btf/sched_switch")
@@ -289,7 +163,7 @@ int BPF_PROG(on_switch, _Bool preempt, struct task_struct *prev, struct task_str
         s->key.kernel_stack = bpf_get_stackid(ctx, &stacks, 0);
         if (s->key.kernel_stack < 0)
             bump(STAT_KSTACK_FAILED);
-        s->copied = dwarf && copy_user_stack(prev, prev_tgid, prev_tid, now);
+        s->copied = copy_user_stack(prev, prev_tgid, prev_tid, now);
         if (s->copied) {
             s->key.user_stack = -1;
         } else {
@@ -323,16 +197,11 @@ switch_in:;
     }
     if (copied) {
         // User space pairs this with the copy sent at the switch-out and counts the block.
-        struct end_event e = {.kind = EV_END, .pid = key.pid, .cookie = cookie, .tid = key.tid,
-                              .state = key.state, .cgroup_id = key.cgroup_id,
-                              .kernel_stack = key.kernel_stack, .ns = delta * weight,
-                              .count = weight};
-        __builtin_memcpy(e.comm, key.comm, sizeof(e.comm));
-        if (bpf_ringbuf_output(&copies, &e, sizeof(e), BPF_RB_NO_WAKEUP) == 0) {
+        if (send_end(key.pid, key.tid, cookie, key.state, key.cgroup_id, key.kernel_stack,
+                     delta * weight, weight, 0, key.comm) == 0) {
             bump(STAT_BLOCKS);
             return 0;
         }
-        bump(STAT_DWARF_RING_FULL);
     }
     void *counts = active_buffer ? (void *)&counts1 : (void *)&counts0;
     struct block_value *v = bpf_map_lookup_elem(counts, &key);

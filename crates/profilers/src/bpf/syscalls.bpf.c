@@ -21,7 +21,8 @@ struct start {
     __u32 nr;
     __u32 weight;
     __s32 user_stack;
-    __u32 pad;
+    // The user stack went to user space as a copy (see copy.h), under `ts`.
+    __u32 copied;
 };
 
 struct {
@@ -43,15 +44,20 @@ int BPF_PROG(on_enter, struct pt_regs *regs, long id)
         bump(STAT_NO_STORAGE);
         return 0;
     }
+    __u64 now = bpf_ktime_get_ns();
     s->nr = (__u32)id;
     s->weight = sampled_weight();
     s->user_stack = -1;
+    s->copied = 0;
     if (s->weight) {
-        s->user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-        if (s->user_stack < 0)
-            bump(STAT_USTACK_FAILED);
+        s->copied = copy_user_stack(task, pid_tgid >> 32, (__u32)pid_tgid, now);
+        if (!s->copied) {
+            s->user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+            if (s->user_stack < 0)
+                bump(STAT_USTACK_FAILED);
+        }
     }
-    s->ts = bpf_ktime_get_ns();
+    s->ts = now;
     return 0;
 }
 
@@ -62,7 +68,8 @@ int BPF_PROG(on_exit, struct pt_regs *regs, long ret)
     struct start *s = bpf_task_storage_get(&starts, task, 0, 0);
     if (!s || s->ts == 0)
         return 0;
-    __u64 delta = bpf_ktime_get_ns() - s->ts;
+    __u64 cookie = s->ts;
+    __u64 delta = bpf_ktime_get_ns() - cookie;
     s->ts = 0;
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 pid = pid_tgid >> 32;
@@ -79,6 +86,11 @@ int BPF_PROG(on_exit, struct pt_regs *regs, long ret)
     key.user_stack = s->user_stack;
     key.kind = s->nr;
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
+    if (s->copied && send_end(pid, key.tid, cookie, key.kind, key.cgroup_id, -1,
+                              delta * s->weight, s->weight, 0, key.comm) == 0) {
+        bump(STAT_TRACKED);
+        return 0;
+    }
     if (add_row(&key, s->weight, delta * s->weight, 0) != 0)
         bump(STAT_LOST_MAP_FULL);
     bump(STAT_TRACKED);

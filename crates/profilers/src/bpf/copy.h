@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: GPL-2.0
+// User-stack copies for DWARF unwinding, shared by the event-driven profilers (offcpu and those
+// built on common.h). Where the current thread's user code lacks frame pointers (per process,
+// as user space plans it in `dwarf_pids`), an event copies the user registers and stack into the
+// `copies` ring under a cookie (its start time); when the event ends, `send_end` reports what
+// was measured through the same ring, and user space pairs the two by (thread, cookie).
+// Include it after <bpf/bpf_helpers.h> and a `struct task_struct` declaration.
+#ifndef BATON_COPY_H
+#define BATON_COPY_H
+
+// The user registers as the uapi <asm/ptrace.h> lays them out on x86-64.
+struct user_regs {
+    unsigned long r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi;
+    unsigned long orig_rax, rip, cs, eflags, rsp, ss;
+};
+
+#define MAX_RANGES 16
+struct range {
+    __u64 start;
+    __u64 end;
+};
+struct unwind_plan {
+    __u32 all;
+    __u32 n;
+    struct range ranges[MAX_RANGES];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 8192);
+    __type(key, __u32);
+    __type(value, struct unwind_plan);
+} dwarf_pids SEC(".maps");
+
+#define PAGE 4096
+#define USTACK_PAGES 8
+#define USTACK_BYTES (USTACK_PAGES * PAGE)
+
+enum { EV_COPY = 1, EV_END = 2 };
+
+struct copy_event {
+    __u32 kind;
+    __u32 pid;
+    __u64 cookie;
+    __u32 tid;
+    __u32 pad;
+    __u64 ip;
+    __u64 sp;
+    __u64 bp;
+    __u64 stack_bytes;
+    __u8 stack[USTACK_BYTES];
+};
+
+// What an event that had its stack copied measured; `what` is its kind (a block's state, a
+// syscall number, an operation).
+struct end_event {
+    __u32 kind;
+    __u32 pid;
+    __u64 cookie;
+    __u32 tid;
+    __u32 what;
+    __u64 cgroup_id;
+    __s32 kernel_stack;
+    __u32 pad;
+    __u64 ns;
+    __u64 count;
+    __u64 bytes;
+    char comm[16];
+};
+
+// Sized by user space before load: one page when DWARF unwinding is off.
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 8 * 1024 * 1024);
+} copies SEC(".maps");
+
+// [0]: stacks copied; [1]: copies or ends the ring had no room for.
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 2);
+    __type(key, __u32);
+    __type(value, __u64);
+} copy_stats SEC(".maps");
+
+const volatile __u8 dwarf = 0;
+
+static __always_inline void copy_bump(__u32 idx)
+{
+    __u64 *v = bpf_map_lookup_elem(&copy_stats, &idx);
+    if (v)
+        *v += 1;
+}
+
+// Copies `task`'s (the current task's) user registers and stack when its user code lacks
+// frame pointers. Returns 1 when a copy was sent.
+static __always_inline int copy_user_stack(struct task_struct *task, __u32 tgid, __u32 tid,
+                                           __u64 cookie)
+{
+    if (!dwarf)
+        return 0;
+    struct unwind_plan *plan = bpf_map_lookup_elem(&dwarf_pids, &tgid);
+    if (!plan)
+        return 0;
+    struct user_regs regs = {};
+    struct pt_regs *uregs = bpf_task_pt_regs(task);
+    if (!uregs || bpf_probe_read_kernel(&regs, sizeof(regs), uregs) != 0)
+        return 0;
+    if ((regs.cs & 3) != 3 || regs.rsp == 0)
+        return 0;
+    int wanted = plan->all;
+    __u32 n = plan->n;
+    for (int i = 0; i < MAX_RANGES && !wanted; i++) {
+        if (i >= n)
+            break;
+        if (regs.rip >= plan->ranges[i].start && regs.rip < plan->ranges[i].end)
+            wanted = 1;
+    }
+    if (!wanted)
+        return 0;
+    struct copy_event *ev = bpf_ringbuf_reserve(&copies, sizeof(*ev), 0);
+    if (!ev) {
+        copy_bump(1);
+        return 0;
+    }
+    ev->kind = EV_COPY;
+    ev->pid = tgid;
+    ev->tid = tid;
+    ev->pad = 0;
+    ev->cookie = cookie;
+    ev->ip = regs.rip;
+    ev->sp = regs.rsp;
+    ev->bp = regs.rbp;
+    __u64 sp = regs.rsp;
+    __u64 first = PAGE - (sp & (PAGE - 1));
+    __u64 copied = 0;
+    if (first > PAGE)
+        first = PAGE;
+    if (first > 0 && bpf_probe_read_user(ev->stack, first, (void *)sp) == 0) {
+        copied = first;
+        for (int i = 0; i < USTACK_PAGES - 1; i++) {
+            __u64 off = copied;
+            if (off > USTACK_BYTES - PAGE)
+                break;
+            if (bpf_probe_read_user(ev->stack + off, PAGE, (void *)(sp + off)) != 0)
+                break;
+            copied = off + PAGE;
+        }
+    }
+    ev->stack_bytes = copied;
+    bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+    copy_bump(0);
+    return 1;
+}
+
+// Reports the end of an event whose stack was copied. Returns 0 when sent.
+static __always_inline int send_end(__u32 pid, __u32 tid, __u64 cookie, __u32 what,
+                                    __u64 cgroup_id, __s32 kernel_stack, __u64 ns, __u64 count,
+                                    __u64 bytes, const char *comm)
+{
+    struct end_event e = {.kind = EV_END, .pid = pid, .cookie = cookie, .tid = tid,
+                          .what = what, .cgroup_id = cgroup_id, .kernel_stack = kernel_stack,
+                          .ns = ns, .count = count, .bytes = bytes};
+    __builtin_memcpy(e.comm, comm, sizeof(e.comm));
+    if (bpf_ringbuf_output(&copies, &e, sizeof(e), BPF_RB_NO_WAKEUP) != 0) {
+        copy_bump(1);
+        return -1;
+    }
+    return 0;
+}
+
+#endif

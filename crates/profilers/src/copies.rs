@@ -1,0 +1,181 @@
+//! The user-space side of `bpf/copy.h`: DWARF unwinding for the event-driven profilers.
+//!
+//! A reader thread unwinds each copied user stack as it arrives and keeps the result under
+//! (thread, cookie); the event's end, reported later through the same ring, is paired with it
+//! and aggregated. The per-process plans (which code lacks frame pointers) are the CPU
+//! profiler's: `observe_maps` computes them and writes them to the program's `dwarf_pids`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use libbpf_rs::{MapCore, MapFlags};
+
+use crate::raw::{comm_at, percpu_sum, u32_at, u64_at};
+use crate::ring::RingReader;
+use crate::unwind::{encode_plan, DwarfUnwinder, UnwindStats};
+use crate::ProfilerError;
+
+/// Layout of `struct copy_event` and `struct end_event` in copy.h.
+const CP_STACK: usize = 56;
+const CP_STACK_MAX: usize = 8 * 4096;
+const END_SIZE: usize = 80;
+/// A copy whose end has not come after this many drains is dropped (its event was shorter than
+/// the profiler records, or its end was lost).
+const PENDING_DRAINS: u32 = 3;
+
+/// An event with a copied (and unwound) user stack, as aggregated between drains.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct CopiedKey {
+    pub pid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    /// The event's kind (block state, syscall number, operation).
+    pub what: u32,
+    pub kernel_stack: i32,
+    pub user: Vec<u64>,
+}
+
+/// Sums of the events under one key.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CopiedSums {
+    pub ns: u64,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct State {
+    /// (tid, cookie) -> (unwound user stack, drain generation it arrived in).
+    pending: HashMap<(u32, u64), (Vec<u64>, u32)>,
+    done: HashMap<CopiedKey, CopiedSums>,
+    unpaired: u64,
+    generation: u32,
+}
+
+impl State {
+    fn on_event(&mut self, unwinder: &Mutex<DwarfUnwinder>, d: &[u8]) {
+        if d.len() < 24 {
+            return;
+        }
+        let (pid, cookie, tid) = (u32_at(d, 4), u64_at(d, 8), u32_at(d, 16));
+        match u32_at(d, 0) {
+            1 if d.len() >= CP_STACK => {
+                let (ip, sp, bp) = (u64_at(d, 24), u64_at(d, 32), u64_at(d, 40));
+                let n = (u64_at(d, 48) as usize).min(CP_STACK_MAX);
+                let stack = d.get(CP_STACK..CP_STACK + n).unwrap_or(&[]);
+                let (user, _) = unwinder
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unwind(pid, ip, sp, bp, stack);
+                self.pending.insert((tid, cookie), (user, self.generation));
+            }
+            2 if d.len() >= END_SIZE => match self.pending.remove(&(tid, cookie)) {
+                Some((user, _)) => {
+                    let key = CopiedKey {
+                        pid,
+                        tid,
+                        cgroup_id: u64_at(d, 24),
+                        comm: comm_at(d, 64),
+                        what: u32_at(d, 20),
+                        kernel_stack: u32_at(d, 32) as i32,
+                        user,
+                    };
+                    let e = self.done.entry(key).or_default();
+                    e.ns += u64_at(d, 40);
+                    e.count += u64_at(d, 48);
+                    e.bytes += u64_at(d, 56);
+                }
+                None => self.unpaired += 1,
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Reads a program's `copies` ring and plans its `dwarf_pids`.
+pub(crate) struct CopyReader {
+    /// First, so the thread stops before anything it uses goes.
+    reader: RingReader,
+    state: Arc<Mutex<State>>,
+    unwinder: Arc<Mutex<DwarfUnwinder>>,
+}
+
+impl CopyReader {
+    pub(crate) fn start(name: &str, copies: &dyn MapCore) -> Result<CopyReader, ProfilerError> {
+        let state: Arc<Mutex<State>> = Arc::default();
+        let unwinder = Arc::new(Mutex::new(DwarfUnwinder::new()));
+        let (sink, uw) = (Arc::clone(&state), Arc::clone(&unwinder));
+        let reader = RingReader::start(name, copies, move |d| {
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .on_event(&uw, d)
+        })?;
+        Ok(CopyReader {
+            reader,
+            state,
+            unwinder,
+        })
+    }
+
+    /// Plans which of `pid`'s code lacks frame pointers and tells BPF through `dwarf_pids`.
+    pub(crate) fn observe_maps(&self, dwarf_pids: &dyn MapCore, pid: u32, maps: &str) {
+        let plan = self
+            .unwinder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .prepare_maps(pid, maps);
+        let key = pid.to_ne_bytes();
+        match plan {
+            Some(plan) if !plan.is_empty() => {
+                let _ = dwarf_pids.update(&key, &encode_plan(&plan), MapFlags::ANY);
+            }
+            _ => {
+                let _ = dwarf_pids.delete(&key);
+            }
+        }
+    }
+
+    /// Everything paired since the last call. Also forgets processes that are gone (their
+    /// unwinders and plans) and copies too old to be paired.
+    pub(crate) fn take(&self, dwarf_pids: &dyn MapCore) -> Vec<(CopiedKey, CopiedSums)> {
+        self.reader.flush();
+        let mut dead = Vec::new();
+        self.unwinder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|pid| {
+                let alive = crate::sys::process_alive(pid);
+                if !alive {
+                    dead.push(pid);
+                }
+                alive
+            });
+        for pid in dead {
+            let _ = dwarf_pids.delete(&pid.to_ne_bytes());
+        }
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.generation = st.generation.wrapping_add(1);
+        let now = st.generation;
+        st.pending
+            .retain(|_, (_, g)| now.wrapping_sub(*g) <= PENDING_DRAINS);
+        st.done.drain().collect()
+    }
+
+    /// (stacks copied, copies or ends lost or unpaired), and the unwinder's counters.
+    pub(crate) fn stats(&self, copy_stats: &dyn MapCore) -> (u64, u64, UnwindStats) {
+        let unpaired = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unpaired;
+        (
+            percpu_sum(copy_stats, 0),
+            percpu_sum(copy_stats, 1) + unpaired,
+            self.unwinder
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .stats,
+        )
+    }
+}
