@@ -59,10 +59,11 @@ struct thread_state {
     __u64 memptr;
 };
 
+// In task-local storage: found through the task itself, with no hash lookup or LRU lock.
 struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, 65536);
-    __type(key, __u32);
+    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
     __type(value, struct thread_state);
 } threads SEC(".maps");
 
@@ -132,17 +133,13 @@ static __always_inline __s64 next_budget(void)
 
 static __always_inline int alloc_entry(__u64 size, __u64 memptr)
 {
-    __u32 tid = (__u32)bpf_get_current_pid_tgid();
     bump(STAT_CALLS);
-    struct thread_state *t = bpf_map_lookup_elem(&threads, &tid);
-    if (!t) {
-        struct thread_state fresh = {};
-        fresh.left = next_budget();
-        bpf_map_update_elem(&threads, &tid, &fresh, BPF_ANY);
-        t = bpf_map_lookup_elem(&threads, &tid);
-        if (!t)
-            return 0;
-    }
+    struct thread_state *t = bpf_task_storage_get(&threads, bpf_get_current_task_btf(), 0,
+                                                  BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!t)
+        return 0;
+    if (t->left == 0 && t->acc == 0 && t->size == 0)
+        t->left = next_budget();
     t->size = size;
     t->memptr = memptr;
     t->sampled_acc = 0;
@@ -163,8 +160,7 @@ static __always_inline int alloc_entry(__u64 size, __u64 memptr)
 
 static __always_inline int alloc_return(struct pt_regs *ctx, __u64 addr)
 {
-    __u32 tid = (__u32)bpf_get_current_pid_tgid();
-    struct thread_state *t = bpf_map_lookup_elem(&threads, &tid);
+    struct thread_state *t = bpf_task_storage_get(&threads, bpf_get_current_task_btf(), 0, 0);
     if (!t || t->sampled_acc == 0)
         return 0;
     __u64 acc = t->sampled_acc;
@@ -267,8 +263,7 @@ int BPF_UPROBE(memalign_entry, __u64 memptr, __u64 align, __u64 size)
 SEC("uretprobe")
 int BPF_URETPROBE(memalign_return, int rc)
 {
-    __u32 tid = (__u32)bpf_get_current_pid_tgid();
-    struct thread_state *t = bpf_map_lookup_elem(&threads, &tid);
+    struct thread_state *t = bpf_task_storage_get(&threads, bpf_get_current_task_btf(), 0, 0);
     if (!t)
         return 0;
     __u64 addr = 0;
