@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use baton_model::{Batch, Frame, FrameKind, Histogram, Labels, ProfilerInfo, StackSample};
 use baton_profilers::sys::process_alive;
-use baton_profilers::{CpuStats, Profiler, StartOptions};
+use baton_profilers::{Profiler, ProfilerStats, StartOptions};
 use baton_symbolizer::HostSymbolizer;
 
 use crate::cgroups::CgroupResolver;
@@ -34,7 +34,7 @@ pub struct CollectorOptions {
 #[derive(Debug)]
 pub struct WindowReport {
     pub batch: Batch,
-    pub stats: CpuStats,
+    pub stats: ProfilerStats,
     /// Raw events in the window (samples, calls, blocks; unweighted).
     pub sample_count: u64,
 }
@@ -110,7 +110,7 @@ impl Collector {
     }
 
     /// The profiler's counters, in the CPU profiler's terms (see [`Profiler::stats`]).
-    pub fn stats(&self) -> CpuStats {
+    pub fn stats(&self) -> ProfilerStats {
         self.profiler.stats()
     }
 

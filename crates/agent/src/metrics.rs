@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use baton_profilers::CpuStats;
+use baton_profilers::ProfilerStats;
 
 /// Counters an agent keeps; all cumulative since start.
 #[derive(Debug, Default)]
@@ -41,7 +41,7 @@ pub struct AgentMetrics {
 
 impl AgentMetrics {
     /// Replaces the profiler-derived counters with the profiler's cumulative values.
-    pub fn set_profiler(&self, s: &CpuStats) {
+    pub fn set_profiler(&self, s: &ProfilerStats) {
         self.samples.store(s.samples, Ordering::Relaxed);
         self.lost_samples.store(s.lost(), Ordering::Relaxed);
         self.kernel_stack_failures

@@ -16,7 +16,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
 
 use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
 use crate::uprobe::{functions_matching, resolve_binary};
-use crate::{sys, CpuStats, Drained, Event, ProfilerError, RawHistogram, StartOptions};
+use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
 
 mod skel {
     #![allow(
@@ -317,15 +317,15 @@ impl crate::Profiler for CallsProfiler {
         Ok(out)
     }
 
-    fn stats(&self) -> CpuStats {
+    fn stats(&self) -> ProfilerStats {
         let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
-        CpuStats {
+        ProfilerStats {
             samples: read(0),
             lost_map_full: read(1),
             user_stack_failed: read(2),
             forks_followed: read(5),
             stack_lookup_missing: self.stale_stacks,
-            ..CpuStats::default()
+            ..ProfilerStats::default()
         }
     }
 

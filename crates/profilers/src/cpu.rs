@@ -25,8 +25,8 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 use crate::perf::{open_sampling_event, SamplingEvent};
 use crate::raw::{addresses, comm_at, percpu_sum, stack_of, u32_at, u64_at, STACK_DEPTH};
 use crate::sys;
-use crate::unwind::{encode_plan, DwarfUnwinder, UnwindStats};
-use crate::ProfilerError;
+use crate::unwind::{encode_plan, DwarfUnwinder};
+use crate::{ProfilerError, ProfilerStats};
 
 mod skel {
     #![allow(
@@ -94,44 +94,11 @@ pub struct RawSample {
     pub count: u64,
 }
 
-/// Counters of the CPU profiler, cumulative since start.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CpuStats {
-    pub samples: u64,
-    pub lost_map_full: u64,
-    pub kernel_stack_failed: u64,
-    pub user_stack_failed: u64,
-    pub idle: u64,
-    pub filtered: u64,
-    pub forks_followed: u64,
-    /// Stack ids recorded by BPF whose stack was no longer in the map at drain time.
-    pub stack_lookup_missing: u64,
-    /// Times the BPF program could not run (recursion or contention), from the kernel.
-    pub prog_misses: u64,
-    pub prog_run_time_ns: u64,
-    pub prog_run_count: u64,
-    /// Samples whose user stack was copied for DWARF unwinding.
-    pub dwarf_copied: u64,
-    /// Copies that did not fit the ring; those samples used frame pointers.
-    pub dwarf_ring_full: u64,
-    /// Samples that wanted a copy but had no user registers; frame pointers were used.
-    pub dwarf_no_regs: u64,
-    /// The DWARF unwinder's counters.
-    pub unwind: UnwindStats,
-}
-
-impl CpuStats {
-    /// Samples that were taken but are not in any window.
-    pub fn lost(&self) -> u64 {
-        self.lost_map_full + self.prog_misses
-    }
-}
-
 /// A drained window: its samples and the counters at the end of it.
 #[derive(Debug)]
 pub struct Window {
     pub samples: Vec<RawSample>,
-    pub stats: CpuStats,
+    pub stats: ProfilerStats,
     pub elapsed: Duration,
 }
 
@@ -397,8 +364,8 @@ impl CpuProfiler {
     }
 
     /// Cumulative counters.
-    pub fn stats(&self) -> CpuStats {
-        let mut s = CpuStats::default();
+    pub fn stats(&self) -> ProfilerStats {
+        let mut s = ProfilerStats::default();
         for (i, slot) in [
             &mut s.samples,
             &mut s.lost_map_full,
@@ -655,7 +622,7 @@ impl crate::Profiler for CpuProfiler {
         })
     }
 
-    fn stats(&self) -> CpuStats {
+    fn stats(&self) -> ProfilerStats {
         CpuProfiler::stats(self)
     }
 

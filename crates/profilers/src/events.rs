@@ -13,7 +13,7 @@ use libbpf_rs::{Link, MapCore, MapFlags};
 
 use crate::copies::CopyReader;
 use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
-use crate::{sys, CpuStats, Drained, Event, ProfilerError, RawHistogram, StartOptions};
+use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
 
 /// What the generic code needs of a skeleton built on `common.h`.
 pub(crate) trait EventSkel {
@@ -305,13 +305,13 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
         Ok(out)
     }
 
-    fn stats(&self) -> CpuStats {
+    fn stats(&self) -> ProfilerStats {
         let (dwarf_copied, dwarf_lost, unwind) = self
             .copies
             .as_ref()
             .map(|c| c.stats(self.skel.copy_stats()))
             .unwrap_or_default();
-        CpuStats {
+        ProfilerStats {
             dwarf_copied,
             dwarf_ring_full: dwarf_lost,
             unwind,
@@ -321,7 +321,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
             kernel_stack_failed: self.spec.stat_kstack.map_or(0, |i| self.stat(i)),
             forks_followed: self.stat(self.spec.stat_forks),
             stack_lookup_missing: self.stale_stacks,
-            ..CpuStats::default()
+            ..ProfilerStats::default()
         }
     }
 

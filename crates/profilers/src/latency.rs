@@ -19,7 +19,7 @@ use crate::perf::{open_sampling_event, SamplingEvent};
 use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
 use crate::ring::RingReader;
 use crate::uprobe::{functions_matching, resolve_binary};
-use crate::{sys, CpuStats, Drained, Event, ProfilerError, RawHistogram, StartOptions};
+use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
 
 mod skel {
     #![allow(
@@ -462,16 +462,16 @@ impl crate::Profiler for LatencyProfiler {
     }
 
     /// `samples`: requests ended; `lost_map_full`: requests or samples BPF had no room for.
-    fn stats(&self) -> CpuStats {
+    fn stats(&self) -> ProfilerStats {
         let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
-        CpuStats {
+        ProfilerStats {
             samples: read(0),
             lost_map_full: read(1) + read(6),
             user_stack_failed: read(2),
             kernel_stack_failed: read(3),
             forks_followed: read(4),
             stack_lookup_missing: self.stale_stacks,
-            ..CpuStats::default()
+            ..ProfilerStats::default()
         }
     }
 

@@ -24,9 +24,9 @@ pub mod syscalls;
 pub mod unwind;
 pub mod uprobe;
 
-pub use cpu::{CpuOptions, CpuProfiler, CpuStats, RawSample, UserStackOrigin, Window};
+pub use cpu::{CpuOptions, CpuProfiler, RawSample, UserStackOrigin, Window};
 pub use perf::SamplingEvent;
-pub use profiler::{Drained, Event, Profiler, RawHistogram, StartOptions};
+pub use profiler::{Drained, Event, Profiler, ProfilerStats, RawHistogram, StartOptions};
 
 /// Errors from loading, attaching or reading a profiler.
 #[derive(Debug, thiserror::Error)]

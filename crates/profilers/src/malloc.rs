@@ -21,7 +21,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
 
 use crate::raw::{comm_at, percpu_sum, u32_at, u64_at};
 use crate::ring::RingReader;
-use crate::{sys, CpuStats, Drained, Event, ProfilerError, StartOptions};
+use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
 mod skel {
     #![allow(
@@ -382,14 +382,14 @@ impl crate::Profiler for MallocProfiler {
 
     /// `samples`: sampled allocations; `lost_map_full`: sampled allocations or frees the ring
     /// had no room for, and allocations the live map could not hold.
-    fn stats(&self) -> CpuStats {
+    fn stats(&self) -> ProfilerStats {
         let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
-        CpuStats {
+        ProfilerStats {
             samples: read(1),
             lost_map_full: read(2) + read(3) + read(5),
             user_stack_failed: read(6),
             forks_followed: read(7),
-            ..CpuStats::default()
+            ..ProfilerStats::default()
         }
     }
 

@@ -97,7 +97,7 @@ pub struct Block {
 
 /// Counters of the off-CPU profiler, cumulative since start.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct OffCpuStats {
+pub struct OffProfilerStats {
     pub switches_out: u64,
     pub blocks: u64,
     pub short_blocks: u64,
@@ -244,13 +244,13 @@ impl OffCpuProfiler {
     }
 
     /// Cumulative counters.
-    pub fn stats(&self) -> OffCpuStats {
+    pub fn stats(&self) -> OffProfilerStats {
         let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
         let (dwarf_copied, dwarf_lost) = self.copies.as_ref().map_or((0, 0), |c| {
             let (copied, lost, _) = c.stats(&self.skel.maps.copy_stats);
             (copied, lost)
         });
-        OffCpuStats {
+        OffProfilerStats {
             switches_out: read(0),
             blocks: read(1),
             short_blocks: read(2),
@@ -411,9 +411,9 @@ impl crate::Profiler for OffCpuProfiler {
     /// `samples` are blocks recorded, `lost_map_full` also counts sleeps the start map could
     /// not track, and `stack_lookup_missing` counts blocks whose stacks were cleared while they
     /// slept.
-    fn stats(&self) -> crate::CpuStats {
+    fn stats(&self) -> crate::ProfilerStats {
         let s = OffCpuProfiler::stats(self);
-        crate::CpuStats {
+        crate::ProfilerStats {
             samples: s.blocks,
             lost_map_full: s.lost_map_full + s.starts_full,
             kernel_stack_failed: s.kernel_stack_failed,
@@ -426,7 +426,7 @@ impl crate::Profiler for OffCpuProfiler {
                 .as_ref()
                 .map(|c| c.stats(&self.skel.maps.copy_stats).2)
                 .unwrap_or_default(),
-            ..crate::CpuStats::default()
+            ..crate::ProfilerStats::default()
         }
     }
 

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use baton_model::ProfilerInfo;
 
-use crate::{CpuStats, ProfilerError};
+use crate::unwind::UnwindStats;
+use crate::ProfilerError;
 
 /// How any profiler is started. Profiler-specific settings are in `options`, checked against
 /// the registry's [`baton_model::OptionInfo`] list and parsed by the profiler.
@@ -118,7 +119,7 @@ pub trait Profiler {
     fn drain(&mut self) -> Result<Drained, ProfilerError>;
     /// Cumulative counters, in the CPU profiler's terms where they apply (`samples` are the
     /// events recorded, `lost_map_full` the ones BPF could not store).
-    fn stats(&self) -> CpuStats;
+    fn stats(&self) -> ProfilerStats;
     /// Every targeted pid, children followed included; empty when profiling every process.
     fn target_pids(&self) -> Vec<u32>;
     /// Pids with data waiting to be drained, to be snapshotted before they exit.
@@ -143,5 +144,40 @@ pub trait Profiler {
     /// probes do; perf-event samples do not), so the collector drops those frames.
     fn own_frames_on_top(&self) -> bool {
         true
+    }
+}
+
+/// A profiler's counters, cumulative since start, in the CPU profiler's terms: each profiler
+/// fills the ones that apply (`samples` are the events it recorded, `lost_map_full` the ones
+/// BPF had no room for).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProfilerStats {
+    pub samples: u64,
+    pub lost_map_full: u64,
+    pub kernel_stack_failed: u64,
+    pub user_stack_failed: u64,
+    pub idle: u64,
+    pub filtered: u64,
+    pub forks_followed: u64,
+    /// Stack ids recorded by BPF whose stack was no longer in the map at drain time.
+    pub stack_lookup_missing: u64,
+    /// Times the BPF program could not run (recursion or contention), from the kernel.
+    pub prog_misses: u64,
+    pub prog_run_time_ns: u64,
+    pub prog_run_count: u64,
+    /// Samples whose user stack was copied for DWARF unwinding.
+    pub dwarf_copied: u64,
+    /// Copies that did not fit the ring; those samples used frame pointers.
+    pub dwarf_ring_full: u64,
+    /// Samples that wanted a copy but had no user registers; frame pointers were used.
+    pub dwarf_no_regs: u64,
+    /// The DWARF unwinder's counters.
+    pub unwind: UnwindStats,
+}
+
+impl ProfilerStats {
+    /// Samples that were taken but are not in any window.
+    pub fn lost(&self) -> u64 {
+        self.lost_map_full + self.prog_misses
     }
 }
