@@ -197,6 +197,26 @@ fn malloc_run_through_up_sees_the_live_half() {
         live >= 2_048_000.0 && (live / 2_048_000.0).fract() == 0.0,
         "live_bytes {live} is not a whole number of windows of 2,048,000"
     );
+    // The UI shows the value asked for: its menu offers malloc's three, and the flame graph
+    // of live bytes has the allocation site.
+    let dom = chromium_dom(&format!(
+        "http://{}/?profiler=malloc&value=live_bytes&since=15m",
+        up.addr
+    ));
+    assert!(
+        dom.contains("data-loaded=\"1\""),
+        "the page never loaded its data"
+    );
+    for v in ["alloc_bytes", "alloc_count", "live_bytes"] {
+        assert!(
+            dom.contains(&format!("<option value=\"{v}\"")),
+            "no {v} in the value menu"
+        );
+    }
+    assert!(
+        dom.contains(">alloc_site_a<"),
+        "the flame graph lacks alloc_site_a"
+    );
     up.stop();
 }
 
