@@ -162,6 +162,22 @@ impl CopyReader {
         st.done.drain().collect()
     }
 
+    /// The unwound stack of the copy `(tid, cookie)`, for profilers that pair copies with
+    /// events of their own (after [`CopyReader::flush`]).
+    pub(crate) fn take_unwound(&self, tid: u32, cookie: u64) -> Option<Vec<u64>> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .remove(&(tid, cookie))
+            .map(|(user, _)| user)
+    }
+
+    /// Waits until every copy submitted so far has been unwound.
+    pub(crate) fn flush(&self) {
+        self.reader.flush();
+    }
+
     /// (stacks copied, copies or ends lost or unpaired), and the unwinder's counters.
     pub(crate) fn stats(&self, copy_stats: &dyn MapCore) -> (u64, u64, UnwindStats) {
         let unpaired = self

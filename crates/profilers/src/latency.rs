@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
 
+use crate::copies::CopyReader;
 use crate::perf::{open_sampling_event, SamplingEvent};
 use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
 use crate::ring::RingReader;
@@ -117,6 +118,8 @@ struct Sample {
     comm: String,
     kernel: i32,
     user: i32,
+    /// The copy's cookie, when the user stack was copied for DWARF unwinding.
+    copied: Option<u64>,
 }
 
 #[derive(Default)]
@@ -134,12 +137,13 @@ impl State {
         }
         let id = u64_at(d, 8);
         match u32_at(d, 0) {
-            1 if d.len() >= 48 => self.pending.entry(id).or_default().push(Sample {
+            1 if d.len() >= 56 => self.pending.entry(id).or_default().push(Sample {
                 pid: u32_at(d, 4),
                 tid: u32_at(d, 16),
                 kernel: u32_at(d, 20) as i32,
                 user: u32_at(d, 24) as i32,
                 comm: comm_at(d, 32),
+                copied: (u32_at(d, 28) != 0).then(|| u64_at(d, 48)),
             }),
             2 => {
                 self.slow.insert(id, u64_at(d, 16));
@@ -151,6 +155,8 @@ impl State {
 
 /// A running latency profiler. Dropping it detaches every probe and sampler.
 pub struct LatencyProfiler {
+    /// First, so its reader thread stops before the ring's map is closed.
+    copies: Option<CopyReader>,
     skel: LatencySkel<'static>,
     links: Vec<Link>,
     _events: Vec<OwnedFd>,
@@ -216,11 +222,16 @@ impl LatencyProfiler {
             if !follow {
                 open.progs.on_fork.set_autoload(false);
             }
-            // Stack copies (copy.h) are not used here: keep their ring at its smallest.
-            open.maps
-                .copies
-                .set_max_entries(4096)
-                .map_err(ProfilerError::bpf("sizing the copy ring"))?;
+            if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+                ro.dwarf = u8::from(o2.dwarf);
+            }
+            if !o2.dwarf {
+                // Nothing is ever copied: keep the ring at its smallest.
+                open.maps
+                    .copies
+                    .set_max_entries(4096)
+                    .map_err(ProfilerError::bpf("sizing the copy ring"))?;
+            }
             let skel = libbpf_rs::skel::OpenSkel::load(open)
                 .map_err(ProfilerError::bpf("loading the latency programs"))?;
             let mut links = Vec::new();
@@ -260,7 +271,16 @@ impl LatencyProfiler {
         if let Some(bss) = skel.maps.bss_data.as_deref_mut() {
             bss.active_buffer = 0;
         }
+        let copies = if o.dwarf {
+            Some(CopyReader::start(
+                "baton-latency-copies",
+                &skel.maps.copies,
+            )?)
+        } else {
+            None
+        };
         let mut p = LatencyProfiler {
+            copies,
             skel,
             links,
             _events: events,
@@ -360,6 +380,9 @@ impl crate::Profiler for LatencyProfiler {
         }
         std::thread::sleep(Duration::from_millis(5));
         self.reader.flush();
+        if let Some(c) = &self.copies {
+            c.flush();
+        }
         let in_flight: HashSet<u64> = self
             .skel
             .maps
@@ -383,20 +406,29 @@ impl crate::Profiler for LatencyProfiler {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let slow = std::mem::take(&mut st.slow);
             let ids: Vec<u64> = st.pending.keys().copied().collect();
-            // (pid, tid, comm, kernel, user, request) -> samples
-            let mut agg: HashMap<(u32, u32, String, i32, i32, u64), u64> = HashMap::new();
+            // (pid, tid, comm, kernel, user stack id, unwound user stack, request) -> samples
+            type Key = (u32, u32, String, i32, i32, Option<Vec<u64>>, u64);
+            let mut agg: HashMap<Key, u64> = HashMap::new();
             for id in ids {
                 if slow.contains_key(&id) {
                     for s in st.pending.remove(&id).unwrap_or_default() {
-                        *agg.entry((s.pid, s.tid, s.comm, s.kernel, s.user, id))
+                        let unwound = match (&self.copies, s.copied) {
+                            (Some(c), Some(cookie)) => c.take_unwound(s.tid, cookie),
+                            _ => None,
+                        };
+                        *agg.entry((s.pid, s.tid, s.comm, s.kernel, s.user, unwound, id))
                             .or_default() += 1;
                     }
                 } else if !in_flight.contains(&id) {
-                    // Ended under the threshold.
-                    st.pending.remove(&id);
+                    // Ended under the threshold: its samples, and their copies, go.
+                    for s in st.pending.remove(&id).unwrap_or_default() {
+                        if let (Some(c), Some(cookie)) = (&self.copies, s.copied) {
+                            c.take_unwound(s.tid, cookie);
+                        }
+                    }
                 }
             }
-            for ((pid, tid, comm, k, u, id), n) in agg {
+            for ((pid, tid, comm, k, u, unwound, id), n) in agg {
                 let mut fetch = |sid: i32| -> Vec<u64> {
                     if sid < 0 {
                         return Vec::new();
@@ -417,13 +449,17 @@ impl crate::Profiler for LatencyProfiler {
                     cgroup_id: 0,
                     comm,
                     kernel: fetch(k),
-                    user: fetch(u),
+                    user: unwound.unwrap_or_else(|| fetch(u)),
                     count: n,
                     values: vec![n * period],
                     weight: 1.0,
                     labels: vec![("request", format!("{id:x} ({latency_ms:.1} ms)"))],
                 });
             }
+        }
+        if let Some(c) = &self.copies {
+            // Forgets the copies of samples no request kept, and processes that are gone.
+            c.take(&self.skel.maps.dwarf_pids);
         }
         if stacks.keys().count() > STACK_ENTRIES / 2 {
             for k in stacks.keys().collect::<Vec<_>>() {
@@ -464,7 +500,15 @@ impl crate::Profiler for LatencyProfiler {
     /// `samples`: requests ended; `lost_map_full`: requests or samples BPF had no room for.
     fn stats(&self) -> ProfilerStats {
         let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
+        let (dwarf_copied, dwarf_ring_full, unwind) = self
+            .copies
+            .as_ref()
+            .map(|c| c.stats(&self.skel.maps.copy_stats))
+            .unwrap_or_default();
         ProfilerStats {
+            dwarf_copied,
+            dwarf_ring_full,
+            unwind,
             samples: read(0),
             lost_map_full: read(1) + read(6),
             user_stack_failed: read(2),
@@ -516,6 +560,12 @@ impl crate::Profiler for LatencyProfiler {
 
     fn own_frames_on_top(&self) -> bool {
         false
+    }
+
+    fn observe_maps(&mut self, pid: u32, maps: &str) {
+        if let Some(c) = &self.copies {
+            c.observe_maps(&self.skel.maps.dwarf_pids, pid, maps);
+        }
     }
 }
 

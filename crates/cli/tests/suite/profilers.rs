@@ -560,6 +560,22 @@ fn latency_buckets_requests_and_keeps_cpu_stacks_of_slow_ones() {
         0.0,
         "fast requests kept:\n{text}"
     );
+
+    // Built without frame pointers, the slow requests' samples are copied and unwound from
+    // DWARF CFI: the stacks still go from slow_work up through handle_request to main.
+    let nofp = workload_without_frame_pointers("server");
+    let (text, log) = record_collapsed("latency", &opts, &[nofp.to_str().expect("path"), "0.2"]);
+    eprintln!("{text}");
+    assert!(log.contains("unwound from DWARF CFI"), "summary: {log}");
+    let full: f64 = text
+        .lines()
+        .filter(|l| l.contains("main;handle_request;slow_work"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert!(
+        full >= 0.9 * sum_with(&text, "slow_work") && full > 0.0,
+        "slow requests' stacks without frame pointers do not reach main:\n{text}"
+    );
 }
 
 #[test]

@@ -63,8 +63,10 @@ struct sample_event {
     __u32 tid;
     __s32 kernel_stack;
     __s32 user_stack;
-    __u32 pad;
+    // 1: the user stack was copied (copy.h) under `cookie` instead of walked.
+    __u32 copied;
     char comm[TASK_COMM_LEN];
+    __u64 cookie;
 };
 
 struct slow_event {
@@ -190,14 +192,22 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
     e->pid = pid_tgid >> 32;
     e->tid = tid;
     e->id = *id;
-    e->pad = 0;
+    e->copied = 0;
+    e->cookie = 0;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     e->kernel_stack = bpf_get_stackid(ctx, &stacks, 0);
     if (e->kernel_stack < 0 && e->kernel_stack != -14)
         bump(STAT_KSTACK_FAILED);
-    e->user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-    if (e->user_stack < 0)
-        bump(STAT_USTACK_FAILED);
+    __u64 now = bpf_ktime_get_ns();
+    if (copy_user_stack(bpf_get_current_task_btf(), e->pid, tid, now)) {
+        e->copied = 1;
+        e->cookie = now;
+        e->user_stack = -1;
+    } else {
+        e->user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+        if (e->user_stack < 0)
+            bump(STAT_USTACK_FAILED);
+    }
     bpf_ringbuf_submit(e, 0);
     bump(STAT_SAMPLES);
     return 0;
