@@ -6,7 +6,7 @@
 //! (`libc`), and defaults to each target's executable. Probes are attached per target process,
 //! and to the children it forks as they are seen.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,8 +14,8 @@ use std::time::Duration;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
 
-use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
-use crate::uprobe::{functions_matching, resolve_binary};
+use crate::raw::{comm_at, percpu_sum, pids_of, stack_of, u32_at, u64_at};
+use crate::uprobe::{functions_matching, resolve_binary, Followed};
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
 
 mod skel {
@@ -47,7 +47,7 @@ pub struct CallsProfiler {
     /// Function names by cookie.
     names: Vec<String>,
     index: HashMap<String, u32>,
-    attached: HashSet<u32>,
+    followed: Followed,
     all: bool,
     active: u32,
     stale_stacks: u64,
@@ -99,6 +99,7 @@ impl CallsProfiler {
             ro.take_stacks = u8::from(stacks);
             ro.measure_latency = u8::from(latency);
             ro.follow_forks = u8::from(follow);
+            ro.filter_targets = u8::from(o.targets.is_some());
         }
         if !follow {
             open.progs.on_fork.set_autoload(false);
@@ -125,7 +126,7 @@ impl CallsProfiler {
             latency,
             names: Vec::new(),
             index: HashMap::new(),
-            attached: HashSet::new(),
+            followed: Followed::default(),
             all: o.targets.is_none(),
             active: 0,
             stale_stacks: 0,
@@ -147,7 +148,7 @@ impl CallsProfiler {
                         _ => resolve_binary(Some(pid), &p.binary)?,
                     };
                     p.attach(pid as i32, path)?;
-                    p.attached.insert(pid);
+                    p.followed.mark(pid);
                 }
             }
         }
@@ -330,25 +331,18 @@ impl crate::Profiler for CallsProfiler {
     }
 
     fn target_pids(&self) -> Vec<u32> {
-        self.skel
-            .maps
-            .targets
-            .keys()
-            .map(|k| u32_at(&k, 0))
-            .collect()
+        pids_of(&self.skel.maps.targets)
     }
 
     fn tick(&mut self) {
         if self.all {
             return;
         }
-        for pid in self.target_pids() {
-            if self.attached.insert(pid) && sys::process_alive(pid) {
-                let r = resolve_binary(Some(pid), &self.binary)
-                    .and_then(|p| self.attach(pid as i32, p));
-                if let Err(e) = r {
-                    tracing::debug!(pid, error = %e, "could not attach to a child");
-                }
+        for pid in self.followed.new_children(&self.skel.maps.targets) {
+            let r =
+                resolve_binary(Some(pid), &self.binary).and_then(|p| self.attach(pid as i32, p));
+            if let Err(e) = r {
+                tracing::debug!(pid, error = %e, "could not attach to a child");
             }
         }
     }

@@ -344,12 +344,7 @@ impl CpuProfiler {
 
     /// Pids in the targeted set (grows as children are followed).
     pub fn target_pids(&self) -> Vec<u32> {
-        self.skel
-            .maps
-            .targets
-            .keys()
-            .map(|k| u32_at(&k, 0))
-            .collect()
+        crate::raw::pids_of(&self.skel.maps.targets)
     }
 
     /// Pids that have samples in the filling buffer, without draining it. Lets the agent

@@ -326,7 +326,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
     }
 
     fn target_pids(&self) -> Vec<u32> {
-        self.skel.targets().keys().map(|k| u32_at(&k, 0)).collect()
+        crate::raw::pids_of(self.skel.targets())
     }
 
     /// Sets stack sampling from the event rate since the last call, so about `budget` events

@@ -17,9 +17,9 @@ use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
 
 use crate::copies::CopyReader;
 use crate::perf::{open_sampling_event, SamplingEvent};
-use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
+use crate::raw::{comm_at, percpu_sum, pids_of, stack_of, u32_at, u64_at};
 use crate::ring::RingReader;
-use crate::uprobe::{functions_matching, resolve_binary};
+use crate::uprobe::{functions_matching, resolve_binary, Followed};
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
 
 mod skel {
@@ -164,7 +164,7 @@ pub struct LatencyProfiler {
     state: Arc<Mutex<State>>,
     begin: Probe,
     end: Probe,
-    attached: HashSet<u32>,
+    followed: Followed,
     all: bool,
     frequency_hz: u64,
     threshold_ns: u64,
@@ -288,7 +288,7 @@ impl LatencyProfiler {
             state,
             begin,
             end,
-            attached: HashSet::new(),
+            followed: Followed::default(),
             all: o.targets.is_none(),
             frequency_hz,
             threshold_ns,
@@ -305,7 +305,7 @@ impl LatencyProfiler {
                         .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
                         .map_err(ProfilerError::bpf("adding a target pid"))?;
                     p.attach(pid as i32, o.pending_exec.clone())?;
-                    p.attached.insert(pid);
+                    p.followed.mark(pid);
                 }
             }
         }
@@ -520,23 +520,16 @@ impl crate::Profiler for LatencyProfiler {
     }
 
     fn target_pids(&self) -> Vec<u32> {
-        self.skel
-            .maps
-            .targets
-            .keys()
-            .map(|k| u32_at(&k, 0))
-            .collect()
+        pids_of(&self.skel.maps.targets)
     }
 
     fn tick(&mut self) {
         if self.all {
             return;
         }
-        for pid in self.target_pids() {
-            if self.attached.insert(pid) && sys::process_alive(pid) {
-                if let Err(e) = self.attach(pid as i32, None) {
-                    tracing::debug!(pid, error = %e, "could not attach to a child");
-                }
+        for pid in self.followed.new_children(&self.skel.maps.targets) {
+            if let Err(e) = self.attach(pid as i32, None) {
+                tracing::debug!(pid, error = %e, "could not attach to a child");
             }
         }
     }

@@ -19,8 +19,9 @@ use std::sync::{Arc, Mutex};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
 
-use crate::raw::{comm_at, percpu_sum, u32_at, u64_at};
+use crate::raw::{comm_at, percpu_sum, pids_of, u32_at, u64_at};
 use crate::ring::RingReader;
+use crate::uprobe::Followed;
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
 mod skel {
@@ -118,8 +119,7 @@ pub struct MallocProfiler {
     _fork_link: Option<Link>,
     reader: RingReader,
     state: Arc<Mutex<State>>,
-    /// Pids with probes attached (all targets and followed children).
-    attached: HashSet<u32>,
+    followed: Followed,
     /// The library to probe in every target, when given (`lib=PATH`).
     lib: Option<PathBuf>,
     /// Every process (probes on the host's libc with no pid filter).
@@ -186,6 +186,7 @@ impl MallocProfiler {
         if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
             ro.sample_bytes = sample_bytes;
             ro.follow_forks = u8::from(follow);
+            ro.filter_targets = u8::from(o.targets.is_some());
         }
         if !follow {
             open.progs.on_fork.set_autoload(false);
@@ -216,7 +217,7 @@ impl MallocProfiler {
             _fork_link: fork_link,
             reader,
             state,
-            attached: HashSet::new(),
+            followed: Followed::default(),
             lib,
             all: o.targets.is_none(),
             sample_bytes,
@@ -256,7 +257,7 @@ impl MallocProfiler {
             })?,
         };
         self.attach(pid as i32, &path)?;
-        self.attached.insert(pid);
+        self.followed.mark(pid);
         Ok(())
     }
 
@@ -394,12 +395,7 @@ impl crate::Profiler for MallocProfiler {
     }
 
     fn target_pids(&self) -> Vec<u32> {
-        self.skel
-            .maps
-            .targets
-            .keys()
-            .map(|k| u32_at(&k, 0))
-            .collect()
+        pids_of(&self.skel.maps.targets)
     }
 
     fn tick(&mut self) {
@@ -407,12 +403,9 @@ impl crate::Profiler for MallocProfiler {
             return;
         }
         // Children followed by BPF get their own probes.
-        for pid in self.target_pids() {
-            if !self.attached.contains(&pid) && sys::process_alive(pid) {
-                if let Err(e) = self.attach_pid(pid) {
-                    tracing::debug!(pid, error = %e, "could not attach to a child");
-                    self.attached.insert(pid);
-                }
+        for pid in self.followed.new_children(&self.skel.maps.targets) {
+            if let Err(e) = self.attach_pid(pid) {
+                tracing::debug!(pid, error = %e, "could not attach to a child");
             }
         }
     }

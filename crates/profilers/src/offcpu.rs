@@ -235,12 +235,7 @@ impl OffCpuProfiler {
 
     /// Pids in the targeted set (grows as children are followed).
     pub fn target_pids(&self) -> Vec<u32> {
-        self.skel
-            .maps
-            .targets
-            .keys()
-            .map(|k| u32_at(&k, 0))
-            .collect()
+        crate::raw::pids_of(&self.skel.maps.targets)
     }
 
     /// Cumulative counters.

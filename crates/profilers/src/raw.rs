@@ -50,3 +50,8 @@ pub(crate) fn percpu_sum(map: &(impl MapCore + ?Sized), idx: u32) -> u64 {
         .flatten()
         .map_or(0, |per_cpu| per_cpu.iter().map(|v| u64_at(v, 0)).sum())
 }
+
+/// The pids in a targets map (`tgid -> 1`).
+pub(crate) fn pids_of(targets: &(impl MapCore + ?Sized)) -> Vec<u32> {
+    targets.keys().map(|k| u32_at(&k, 0)).collect()
+}

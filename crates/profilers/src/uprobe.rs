@@ -1,7 +1,10 @@
 //! What uprobe profilers share: finding the binary a probe goes in, and the functions of an ELF
 //! file that match a pattern, with the file offsets uprobes attach at.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+
+use libbpf_rs::MapCore;
 
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
@@ -61,6 +64,29 @@ fn rooted(proc_dir: &str, path: &Path) -> PathBuf {
         r
     } else {
         path.to_path_buf()
+    }
+}
+
+/// The processes a uprobe profiler has probes in. Uprobes are attached per process (so no
+/// other process traps); BPF adds the children of targets to the targets map as they fork, and
+/// [`Followed::new_children`] hands them over to be attached.
+#[derive(Debug, Default)]
+pub(crate) struct Followed {
+    attached: HashSet<u32>,
+}
+
+impl Followed {
+    /// Notes that `pid` has its probes.
+    pub(crate) fn mark(&mut self, pid: u32) {
+        self.attached.insert(pid);
+    }
+
+    /// Live targets without probes yet, marked as handled (an attach that fails is not retried).
+    pub(crate) fn new_children(&mut self, targets: &dyn MapCore) -> Vec<u32> {
+        crate::raw::pids_of(targets)
+            .into_iter()
+            .filter(|&pid| self.attached.insert(pid) && crate::sys::process_alive(pid))
+            .collect()
     }
 }
 

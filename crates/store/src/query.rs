@@ -121,28 +121,8 @@ impl Query {
                 continue;
             }
             // Validated by Filter::parse; re-checked so a hand-built Filter cannot inject SQL.
-            let Some(col) = LABEL_COLUMNS.iter().find(|c| **c == f.label) else {
-                continue;
-            };
-            let set = || vec!["?"; f.values.len()].join(", ");
-            let expr = match f.op {
-                FilterOp::Eq => format!(" AND CAST({col} AS VARCHAR) = ?"),
-                FilterOp::NotEq => format!(" AND CAST({col} AS VARCHAR) IS DISTINCT FROM ?"),
-                FilterOp::Regex => format!(" AND regexp_full_match(CAST({col} AS VARCHAR), ?)"),
-                FilterOp::AnyOf if f.values.is_empty() => " AND FALSE".to_string(),
-                FilterOp::NoneOf if f.values.is_empty() => String::new(),
-                FilterOp::AnyOf => format!(" AND CAST({col} AS VARCHAR) IN ({})", set()),
-                FilterOp::NoneOf => format!(
-                    " AND ({col} IS NULL OR CAST({col} AS VARCHAR) NOT IN ({}))",
-                    set()
-                ),
-            };
-            sql.push_str(&expr);
-            match f.op {
-                FilterOp::AnyOf | FilterOp::NoneOf => {
-                    params.extend(f.values.iter().cloned().map(Param::Text))
-                }
-                _ => params.push(Param::Text(f.value.clone())),
+            if let Some(col) = LABEL_COLUMNS.iter().find(|c| **c == f.label) {
+                column_filter(col, f, &mut sql, &mut params);
             }
         }
         (sql, params)
@@ -169,28 +149,33 @@ impl Query {
                     None => continue,
                 }
             };
-            let set = || vec!["?"; f.values.len()].join(", ");
-            let expr = match f.op {
-                FilterOp::Eq => format!(" AND CAST({col} AS VARCHAR) = ?"),
-                FilterOp::NotEq => format!(" AND CAST({col} AS VARCHAR) IS DISTINCT FROM ?"),
-                FilterOp::Regex => format!(" AND regexp_full_match(CAST({col} AS VARCHAR), ?)"),
-                FilterOp::AnyOf if f.values.is_empty() => " AND FALSE".to_string(),
-                FilterOp::NoneOf if f.values.is_empty() => String::new(),
-                FilterOp::AnyOf => format!(" AND CAST({col} AS VARCHAR) IN ({})", set()),
-                FilterOp::NoneOf => format!(
-                    " AND ({col} IS NULL OR CAST({col} AS VARCHAR) NOT IN ({}))",
-                    set()
-                ),
-            };
-            sql.push_str(&expr);
-            match f.op {
-                FilterOp::AnyOf | FilterOp::NoneOf => {
-                    params.extend(f.values.iter().cloned().map(Param::Text))
-                }
-                _ => params.push(Param::Text(f.value.clone())),
-            }
+            column_filter(col, f, &mut sql, &mut params);
         }
         (sql, params)
+    }
+}
+
+/// Appends one filter on a label column (from a fixed list, never user text) to a WHERE clause.
+fn column_filter(col: &str, f: &Filter, sql: &mut String, params: &mut Vec<Param>) {
+    let set = || vec!["?"; f.values.len()].join(", ");
+    let expr = match f.op {
+        FilterOp::Eq => format!(" AND CAST({col} AS VARCHAR) = ?"),
+        FilterOp::NotEq => format!(" AND CAST({col} AS VARCHAR) IS DISTINCT FROM ?"),
+        FilterOp::Regex => format!(" AND regexp_full_match(CAST({col} AS VARCHAR), ?)"),
+        FilterOp::AnyOf if f.values.is_empty() => " AND FALSE".to_string(),
+        FilterOp::NoneOf if f.values.is_empty() => String::new(),
+        FilterOp::AnyOf => format!(" AND CAST({col} AS VARCHAR) IN ({})", set()),
+        FilterOp::NoneOf => format!(
+            " AND ({col} IS NULL OR CAST({col} AS VARCHAR) NOT IN ({}))",
+            set()
+        ),
+    };
+    sql.push_str(&expr);
+    match f.op {
+        FilterOp::AnyOf | FilterOp::NoneOf => {
+            params.extend(f.values.iter().cloned().map(Param::Text))
+        }
+        _ => params.push(Param::Text(f.value.clone())),
     }
 }
 

@@ -3,18 +3,17 @@
 // Calls are counted per (process, thread, function, user stack) in one of two buffers, as the
 // CPU profiler does. With latency on, a uretprobe per function measures each call and counts it
 // in a power-of-two histogram per (process, function).
-#include <linux/bpf.h>
+enum stat_index {
+    STAT_CALLS = 0,
+    STAT_LOST_MAP_FULL = 1,
+    STAT_USTACK_FAILED = 2,
+    STAT_RETURNS = 3,
+    STAT_NO_ENTRY = 4,     // returns whose entry was not seen (attached mid-call, or evicted)
+    STAT_FORKS_FOLLOWED = 5,
+    STAT_COUNT = 6,
+};
+#include "base.h"
 #include <linux/ptrace.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
-
-#define MAX_STACK_DEPTH 127
-#define TASK_COMM_LEN 16
-
-struct task_struct {
-    int pid;
-    int tgid;
-} __attribute__((preserve_access_index));
 
 struct call_key {
     __u32 pid;
@@ -72,57 +71,13 @@ struct {
     __uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
 } stacks SEC(".maps");
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 8192);
-    __type(key, __u32);
-    __type(value, __u8);
-} targets SEC(".maps");
 
-enum stat_index {
-    STAT_CALLS = 0,
-    STAT_LOST_MAP_FULL = 1,
-    STAT_USTACK_FAILED = 2,
-    STAT_RETURNS = 3,
-    STAT_NO_ENTRY = 4,     // returns whose entry was not seen (attached mid-call, or evicted)
-    STAT_FORKS_FOLLOWED = 5,
-    STAT_COUNT = 6,
-};
-
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, STAT_COUNT);
-    __type(key, __u32);
-    __type(value, __u64);
-} stats SEC(".maps");
 
 const volatile __u8 take_stacks = 1;
 const volatile __u8 measure_latency = 0;
-const volatile __u8 follow_forks = 0;
 volatile __u32 active_buffer = 0;
 
-static __always_inline void bump(__u32 idx)
-{
-    __u64 *v = bpf_map_lookup_elem(&stats, &idx);
-    if (v)
-        *v += 1;
-}
 
-static __always_inline void add(void *map, void *key, __u64 n)
-{
-    __u64 *v = bpf_map_lookup_elem(map, key);
-    if (v) {
-        __sync_fetch_and_add(v, n);
-        return;
-    }
-    if (bpf_map_update_elem(map, key, &n, BPF_NOEXIST) != 0) {
-        v = bpf_map_lookup_elem(map, key);
-        if (v)
-            __sync_fetch_and_add(v, n);
-        else
-            bump(STAT_LOST_MAP_FULL);
-    }
-}
 
 SEC("uprobe")
 int BPF_UPROBE(call_entry)
@@ -144,7 +99,8 @@ int BPF_UPROBE(call_entry)
     } else {
         key.ip = PT_REGS_IP(ctx);
     }
-    add(&counts, &key, 1);
+    if (add_u64(&counts, &key, 1) != 0)
+        bump(STAT_LOST_MAP_FULL);
     bump(STAT_CALLS);
     if (measure_latency) {
         struct entry_key ek = {.tid = (__u32)id, .function = function};
@@ -154,17 +110,6 @@ int BPF_UPROBE(call_entry)
     return 0;
 }
 
-static __always_inline __u32 log2_bucket(__u64 v)
-{
-    __u32 b = 0;
-    if (v >= (1ULL << 32)) { v >>= 32; b += 32; }
-    if (v >= (1ULL << 16)) { v >>= 16; b += 16; }
-    if (v >= (1ULL << 8)) { v >>= 8; b += 8; }
-    if (v >= (1ULL << 4)) { v >>= 4; b += 4; }
-    if (v >= (1ULL << 2)) { v >>= 2; b += 2; }
-    if (v >= (1ULL << 1)) { b += 1; }
-    return b;
-}
 
 SEC("uretprobe")
 int BPF_URETPROBE(call_return)
@@ -181,25 +126,11 @@ int BPF_URETPROBE(call_return)
     struct hist_key hk = {
         .pid = id >> 32, .function = ek.function, .bucket = log2_bucket(delta),
         .buffer = active_buffer};
-    add(&hists, &hk, 1);
+    if (add_u64(&hists, &hk, 1) != 0)
+        bump(STAT_LOST_MAP_FULL);
     bump(STAT_RETURNS);
     return 0;
 }
 
-// Children of targets become targets; user space attaches the probes to them.
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
-{
-    if (!follow_forks)
-        return 0;
-    __u32 ptgid = parent->tgid;
-    if (!bpf_map_lookup_elem(&targets, &ptgid))
-        return 0;
-    __u32 ctgid = child->tgid;
-    __u8 one = 1;
-    if (ctgid != ptgid && bpf_map_update_elem(&targets, &ctgid, &one, BPF_ANY) == 0)
-        bump(STAT_FORKS_FOLLOWED);
-    return 0;
-}
 
 char LICENSE[] SEC("license") = "GPL";

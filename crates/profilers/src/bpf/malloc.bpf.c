@@ -11,18 +11,20 @@
 // chain starts in the caller (at the entry the caller's own frame would be skipped). It is
 // remembered in `live` by address; a free of a remembered address is reported, so user space
 // knows which sampled allocations are still live.
-#include <linux/bpf.h>
+enum stat_index {
+    STAT_CALLS = 0,        // allocation calls seen
+    STAT_SAMPLED = 1,      // allocations sampled and reported
+    STAT_RING_FULL = 2,    // sampled allocations lost: the ring was full
+    STAT_LIVE_FULL = 3,    // sampled allocations not tracked for frees: `live` was full
+    STAT_FREES = 4,        // frees of sampled allocations reported
+    STAT_FREE_LOST = 5,    // frees of sampled allocations lost: the ring was full
+    STAT_USTACK_FAILED = 6,
+    STAT_FORKS_FOLLOWED = 7,
+    STAT_FAILED = 8,       // allocations that returned NULL
+    STAT_COUNT = 9,
+};
+#include "base.h"
 #include <linux/ptrace.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
-
-#define MAX_STACK_DEPTH 127
-#define TASK_COMM_LEN 16
-
-struct task_struct {
-    int pid;
-    int tgid;
-} __attribute__((preserve_access_index));
 
 enum event_kind {
     EV_ALLOC = 1,
@@ -86,42 +88,10 @@ struct {
     __uint(max_entries, 16 * 1024 * 1024);
 } events SEC(".maps");
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 8192);
-    __type(key, __u32);
-    __type(value, __u8);
-} targets SEC(".maps");
 
-enum stat_index {
-    STAT_CALLS = 0,        // allocation calls seen
-    STAT_SAMPLED = 1,      // allocations sampled and reported
-    STAT_RING_FULL = 2,    // sampled allocations lost: the ring was full
-    STAT_LIVE_FULL = 3,    // sampled allocations not tracked for frees: `live` was full
-    STAT_FREES = 4,        // frees of sampled allocations reported
-    STAT_FREE_LOST = 5,    // frees of sampled allocations lost: the ring was full
-    STAT_USTACK_FAILED = 6,
-    STAT_FORKS_FOLLOWED = 7,
-    STAT_FAILED = 8,       // allocations that returned NULL
-    STAT_COUNT = 9,
-};
-
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, STAT_COUNT);
-    __type(key, __u32);
-    __type(value, __u64);
-} stats SEC(".maps");
 
 const volatile __u64 sample_bytes = 65536;
-const volatile __u8 follow_forks = 0;
 
-static __always_inline void bump(__u32 idx)
-{
-    __u64 *v = bpf_map_lookup_elem(&stats, &idx);
-    if (v)
-        *v += 1;
-}
 
 // A budget drawn uniformly from [sample_bytes / 2, 3 * sample_bytes / 2): the mean is
 // sample_bytes, and the jitter keeps the samples from locking onto a periodic pattern.
@@ -279,20 +249,5 @@ int BPF_UPROBE(free_entry, __u64 ptr)
     return 0;
 }
 
-// Children of targets become targets; user space attaches the probes to them.
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
-{
-    if (!follow_forks)
-        return 0;
-    __u32 ptgid = parent->tgid;
-    if (!bpf_map_lookup_elem(&targets, &ptgid))
-        return 0;
-    __u32 ctgid = child->tgid;
-    __u8 one = 1;
-    if (ctgid != ptgid && bpf_map_update_elem(&targets, &ctgid, &one, BPF_ANY) == 0)
-        bump(STAT_FORKS_FOLLOWED);
-    return 0;
-}
 
 char LICENSE[] SEC("license") = "GPL";

@@ -8,24 +8,25 @@
 // Taking two stacks at every switch is what costs (about 3.5 us here); where threads of interest
 // switch faster than user space's budget, only one switch-out in `sample_every` is tracked,
 // chosen at random, and its block counts `sample_every` times, so sums stay unbiased.
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
+enum stat_index {
+    STAT_SWITCHES_OUT = 0,  // threads of interest that went to sleep
+    STAT_BLOCKS = 1,        // blocks recorded (at least min_block_ns)
+    STAT_SHORT = 2,         // blocks under min_block_ns, not recorded
+    STAT_LOST_MAP_FULL = 3, // blocks lost because the counts map was full
+    STAT_STARTS_FULL = 4,   // sleeps not tracked: no task storage could be had
+    STAT_STALE_STACKS = 5,  // blocks counted without stacks (stack map cleared meanwhile)
+    STAT_KSTACK_FAILED = 6,
+    STAT_USTACK_FAILED = 7,
+    STAT_SKIPPED = 8,       // switch-outs not tracked (sampling)
+    STAT_FORKS_FOLLOWED = 9,
+    STAT_COUNT = 10,
+};
+#include "base.h"
 
-#define MAX_STACK_DEPTH 127
 #define MAX_ENTRIES 16384
 #define STACK_ENTRIES 16384
-#define TASK_COMM_LEN 16
 #define TASK_INTERRUPTIBLE 0x1
 #define TASK_UNINTERRUPTIBLE 0x2
-
-struct task_struct {
-    unsigned int __state;
-    int pid;
-    int tgid;
-    char comm[TASK_COMM_LEN];
-} __attribute__((preserve_access_index));
 
 struct block_key {
     __u32 pid;
@@ -87,48 +88,17 @@ struct {
     __type(value, struct start);
 } starts SEC(".maps");
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 8192);
-    __type(key, __u32);
-    __type(value, __u8);
-} targets SEC(".maps");
 
-enum stat_index {
-    STAT_SWITCHES_OUT = 0,  // threads of interest that went to sleep
-    STAT_BLOCKS = 1,        // blocks recorded (at least min_block_ns)
-    STAT_SHORT = 2,         // blocks under min_block_ns, not recorded
-    STAT_LOST_MAP_FULL = 3, // blocks lost because the counts map was full
-    STAT_STARTS_FULL = 4,   // sleeps not tracked: no task storage could be had
-    STAT_STALE_STACKS = 5,  // blocks counted without stacks (stack map cleared meanwhile)
-    STAT_KSTACK_FAILED = 6,
-    STAT_USTACK_FAILED = 7,
-    STAT_SKIPPED = 8,       // switch-outs not tracked (sampling)
-    STAT_FORKS_FOLLOWED = 9,
-    STAT_COUNT = 10,
-};
 
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, STAT_COUNT);
-    __type(key, __u32);
-    __type(value, __u64);
-} stats SEC(".maps");
 
-const volatile __u8 filter_targets = 0;
-const volatile __u8 follow_forks = 0;
+
+
 const volatile __u64 min_block_ns = 1000000;
 volatile __u32 active_buffer = 0;
 volatile __u32 generation = 0;
 // Track one switch-out in this many; set by user space from the observed switch rate.
 volatile __u32 sample_every = 1;
 
-static __always_inline void bump(__u32 idx)
-{
-    __u64 *v = bpf_map_lookup_elem(&stats, &idx);
-    if (v)
-        *v += 1;
-}
 
 SEC("tp_btf/sched_switch")
 int BPF_PROG(on_switch, _Bool preempt, struct task_struct *prev, struct task_struct *next)
@@ -220,20 +190,5 @@ switch_in:;
     return 0;
 }
 
-// Follows children of targeted processes, as the CPU profiler does.
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
-{
-    if (!filter_targets || !follow_forks)
-        return 0;
-    __u32 ptgid = parent->tgid;
-    if (!bpf_map_lookup_elem(&targets, &ptgid))
-        return 0;
-    __u32 ctgid = child->tgid;
-    __u8 one = 1;
-    if (ctgid != ptgid && bpf_map_update_elem(&targets, &ctgid, &one, BPF_ANY) == 0)
-        bump(STAT_FORKS_FOLLOWED);
-    return 0;
-}
 
 char LICENSE[] SEC("license") = "GPL";

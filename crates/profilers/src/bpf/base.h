@@ -1,0 +1,99 @@
+// SPDX-License-Identifier: GPL-2.0
+// What every Baton BPF program that follows target processes shares: the targets map with fork
+// following, per-CPU counters, and small helpers. Include it after declaring STAT_COUNT and
+// STAT_FORKS_FOLLOWED in the program's stat enum.
+#ifndef BATON_BASE_H
+#define BATON_BASE_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#define MAX_STACK_DEPTH 127
+#define TASK_COMM_LEN 16
+
+struct task_struct {
+    unsigned int __state;
+    int pid;
+    int tgid;
+    char comm[TASK_COMM_LEN];
+} __attribute__((preserve_access_index));
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 8192);
+    __type(key, __u32);
+    __type(value, __u8);
+} targets SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, STAT_COUNT);
+    __type(key, __u32);
+    __type(value, __u64);
+} stats SEC(".maps");
+
+const volatile __u8 filter_targets = 0;
+const volatile __u8 follow_forks = 0;
+
+static __always_inline void bump(__u32 idx)
+{
+    __u64 *v = bpf_map_lookup_elem(&stats, &idx);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline int is_target(__u32 tgid)
+{
+    return !filter_targets || bpf_map_lookup_elem(&targets, &tgid) != 0;
+}
+
+// Adds `n` to the u64 at `key` in a hash map, creating it; returns -1 when the map is full.
+static __always_inline int add_u64(void *map, void *key, __u64 n)
+{
+    __u64 *v = bpf_map_lookup_elem(map, key);
+    if (v) {
+        __sync_fetch_and_add(v, n);
+        return 0;
+    }
+    if (bpf_map_update_elem(map, key, &n, BPF_NOEXIST) == 0)
+        return 0;
+    // Another CPU created it in between.
+    v = bpf_map_lookup_elem(map, key);
+    if (!v)
+        return -1;
+    __sync_fetch_and_add(v, n);
+    return 0;
+}
+
+// The power-of-two bucket of `v`: floor(log2(v)), 0 for 0 and 1.
+static __always_inline __u32 log2_bucket(__u64 v)
+{
+    __u32 b = 0;
+    if (v >= (1ULL << 32)) { v >>= 32; b += 32; }
+    if (v >= (1ULL << 16)) { v >>= 16; b += 16; }
+    if (v >= (1ULL << 8)) { v >>= 8; b += 8; }
+    if (v >= (1ULL << 4)) { v >>= 4; b += 4; }
+    if (v >= (1ULL << 2)) { v >>= 2; b += 2; }
+    if (v >= (1ULL << 1)) { b += 1; }
+    return b;
+}
+
+// Children of targets become targets.
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+    if (!filter_targets || !follow_forks)
+        return 0;
+    __u32 ptgid = parent->tgid;
+    if (!bpf_map_lookup_elem(&targets, &ptgid))
+        return 0;
+    __u32 ctgid = child->tgid;
+    __u8 one = 1;
+    if (ctgid != ptgid && bpf_map_update_elem(&targets, &ctgid, &one, BPF_ANY) == 0)
+        bump(STAT_FORKS_FOLLOWED);
+    return 0;
+}
+
+#endif
