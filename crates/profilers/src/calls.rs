@@ -14,21 +14,13 @@ use std::time::Duration;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
 
-use crate::raw::{comm_at, percpu_sum, pids_of, stack_of, u32_at, u64_at};
+use crate::raw::{
+    clear_if_half_full, comm_at, drain_hists, percpu_sum, pids_of, u32_at, u64_at, StackReader,
+};
 use crate::uprobe::{functions_matching, resolve_binary, Followed};
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
 
-mod skel {
-    #![allow(
-        clippy::all,
-        clippy::unwrap_used,
-        clippy::pedantic,
-        unused,
-        missing_docs,
-        non_camel_case_types
-    )]
-    include!(concat!(env!("OUT_DIR"), "/calls.skel.rs"));
-}
+bpf_skel!("calls");
 use skel::{CallsSkel, CallsSkelBuilder};
 
 /// Most functions one run may probe.
@@ -238,8 +230,7 @@ impl crate::Profiler for CallsProfiler {
         std::thread::sleep(Duration::from_millis(5));
         let mut out = Drained::default();
         let counts = &self.skel.maps.counts;
-        let stacks = &self.skel.maps.stacks;
-        let mut cache: HashMap<i32, Vec<u64>> = HashMap::new();
+        let mut stacks = StackReader::new(&self.skel.maps.stacks);
         for key in counts.keys().collect::<Vec<_>>() {
             if key.len() < 56 || u32_at(&key, 24) != old {
                 continue;
@@ -251,17 +242,11 @@ impl crate::Profiler for CallsProfiler {
             let _ = counts.delete(&key);
             let id = u32_at(&key, 12) as i32;
             let mut user = if id >= 0 {
-                cache
-                    .entry(id)
-                    .or_insert_with(|| stack_of(stacks, id).unwrap_or_default())
-                    .clone()
+                stacks.get(id)
             } else {
                 // Stacks off: the function alone.
                 vec![u64_at(&key, 48)]
             };
-            if id >= 0 && user.is_empty() {
-                self.stale_stacks += 1;
-            }
             // Kernels since 6.12 add the caller themselves at a uprobe on a function's entry;
             // older ones skip it.
             let caller = u64_at(&key, 16);
@@ -281,28 +266,9 @@ impl crate::Profiler for CallsProfiler {
                 labels: vec![("function", self.name(u32_at(&key, 8)))],
             });
         }
-        // Stack ids of the filling buffer may be lost by this clear; those calls are counted
-        // without a stack (`stack_lookup_missing`).
-        if stacks.keys().count() > STACK_ENTRIES / 2 {
-            for k in stacks.keys().collect::<Vec<_>>() {
-                let _ = stacks.delete(&k);
-            }
-        }
-        let hists = &self.skel.maps.hists;
-        let mut by: HashMap<(u32, u32), Vec<(u32, f64)>> = HashMap::new();
-        for key in hists.keys().collect::<Vec<_>>() {
-            if key.len() < 16 || u32_at(&key, 12) != old {
-                continue;
-            }
-            let n = hists
-                .lookup(&key, MapFlags::ANY)
-                .map_err(ProfilerError::bpf("reading a latency histogram"))?
-                .map_or(0, |v| u64_at(&v, 0));
-            let _ = hists.delete(&key);
-            by.entry((u32_at(&key, 0), u32_at(&key, 4)))
-                .or_default()
-                .push((u32_at(&key, 8), n as f64));
-        }
+        self.stale_stacks += stacks.stale;
+        clear_if_half_full(&self.skel.maps.stacks, STACK_ENTRIES);
+        let by = drain_hists(&self.skel.maps.hists, old)?;
         let comms: HashMap<u32, String> =
             out.events.iter().map(|e| (e.pid, e.comm.clone())).collect();
         for ((pid, function), buckets) in by {

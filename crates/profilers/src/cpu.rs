@@ -28,17 +28,7 @@ use crate::sys;
 use crate::unwind::{encode_plan, DwarfUnwinder};
 use crate::{ProfilerError, ProfilerStats};
 
-mod skel {
-    #![allow(
-        clippy::all,
-        clippy::unwrap_used,
-        clippy::pedantic,
-        unused,
-        missing_docs,
-        non_camel_case_types
-    )]
-    include!(concat!(env!("OUT_DIR"), "/cpu.skel.rs"));
-}
+bpf_skel!("cpu");
 use skel::{CpuSkel, CpuSkelBuilder};
 
 /// Highest sampling frequency accepted; perf's default ceiling is far above what a profiler of

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use libbpf_rs::{Link, MapCore, MapFlags};
 
 use crate::copies::CopyReader;
-use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
+use crate::raw::{
+    clear_if_half_full, comm_at, drain_hists, percpu_sum, u32_at, u64_at, StackReader,
+};
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
 
 /// What the generic code needs of a skeleton built on `common.h`.
@@ -181,8 +183,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
         std::thread::sleep(Duration::from_millis(5));
         let mut out = Drained::default();
         let rows = self.skel.rows();
-        let stacks = self.skel.stacks();
-        let mut cache: HashMap<i32, Vec<u64>> = HashMap::new();
+        let mut stacks = StackReader::new(self.skel.stacks());
         let mut comms: HashMap<u32, String> = HashMap::new();
         for key in rows.keys().collect::<Vec<_>>() {
             if key.len() < 48 || u32_at(&key, 28) != old {
@@ -200,21 +201,8 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
                 ns: u64_at(&v, 8),
                 bytes: u64_at(&v, 16),
             };
-            let mut fetch = |id: i32, stale: &mut u64| -> Vec<u64> {
-                if id < 0 {
-                    return Vec::new();
-                }
-                let s = cache
-                    .entry(id)
-                    .or_insert_with(|| stack_of(stacks, id).unwrap_or_default())
-                    .clone();
-                if s.is_empty() {
-                    *stale += 1;
-                }
-                s
-            };
-            let kernel = fetch(u32_at(&key, 16) as i32, &mut self.stale_stacks);
-            let user = fetch(u32_at(&key, 20) as i32, &mut self.stale_stacks);
+            let kernel = stacks.get(u32_at(&key, 16) as i32);
+            let user = stacks.get(u32_at(&key, 20) as i32);
             let pid = u32_at(&key, 0);
             let comm = comm_at(&key, 32);
             comms.entry(pid).or_insert_with(|| comm.clone());
@@ -233,14 +221,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
         }
         if let Some(c) = &self.copies {
             for (k, sums) in c.take(self.skel.dwarf_pids()) {
-                let kernel = if k.kernel_stack < 0 {
-                    Vec::new()
-                } else {
-                    cache
-                        .entry(k.kernel_stack)
-                        .or_insert_with(|| stack_of(stacks, k.kernel_stack).unwrap_or_default())
-                        .clone()
-                };
+                let kernel = stacks.get(k.kernel_stack);
                 comms.entry(k.pid).or_insert_with(|| k.comm.clone());
                 let value = RowValue {
                     count: sums.count,
@@ -261,28 +242,9 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
                 });
             }
         }
-        // Ids of the filling buffer may point into what this clears; those rows are counted
-        // without stacks (`stack_lookup_missing`).
-        if stacks.keys().count() > STACK_ENTRIES / 2 {
-            for k in stacks.keys().collect::<Vec<_>>() {
-                let _ = stacks.delete(&k);
-            }
-        }
-        let hists = self.skel.hists();
-        let mut by: HashMap<(u32, u32), Vec<(u32, f64)>> = HashMap::new();
-        for key in hists.keys().collect::<Vec<_>>() {
-            if key.len() < 16 || u32_at(&key, 12) != old {
-                continue;
-            }
-            let n = hists
-                .lookup(&key, MapFlags::ANY)
-                .map_err(ProfilerError::bpf("reading a histogram"))?
-                .map_or(0, |v| u64_at(&v, 0));
-            let _ = hists.delete(&key);
-            by.entry((u32_at(&key, 0), u32_at(&key, 4)))
-                .or_default()
-                .push((u32_at(&key, 8), n as f64));
-        }
+        self.stale_stacks += stacks.stale;
+        clear_if_half_full(self.skel.stacks(), STACK_ENTRIES);
+        let by = drain_hists(self.skel.hists(), old)?;
         for ((pid, kind), buckets) in by {
             let comm = comms
                 .get(&pid)
@@ -357,18 +319,23 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
 }
 
 /// Opens, configures (targets, fork following) and loads a skeleton built on `common.h`.
+/// An optional last argument, `|ro| { … }`, sets the program's own read-only variables too.
 macro_rules! open_event_skel {
-    ($builder:ident, $o:expr, $what:literal) => {{
+    ($builder:ident, $o:expr, $what:literal) => {
+        crate::events::open_event_skel!($builder, $o, $what, |_ro| {})
+    };
+    ($builder:ident, $o:expr, $what:literal, |$ro:ident| $extra:block) => {{
         let storage: &'static mut std::mem::MaybeUninit<libbpf_rs::OpenObject> =
             Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
         let mut open = libbpf_rs::skel::SkelBuilder::open($builder::default(), storage).map_err(
             crate::ProfilerError::bpf(concat!("opening the ", $what, " skeleton")),
         )?;
         let follow = $o.targets.is_some() && $o.follow_forks;
-        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-            ro.filter_targets = u8::from($o.targets.is_some());
-            ro.follow_forks = u8::from(follow);
-            ro.dwarf = u8::from($o.dwarf);
+        if let Some($ro) = open.maps.rodata_data.as_deref_mut() {
+            $ro.filter_targets = u8::from($o.targets.is_some());
+            $ro.follow_forks = u8::from(follow);
+            $ro.dwarf = u8::from($o.dwarf);
+            $extra
         }
         if !$o.dwarf {
             // Nothing is ever copied: keep the ring at its smallest.

@@ -11,17 +11,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuild
 use crate::sys;
 use crate::ProfilerError;
 
-mod skel {
-    #![allow(
-        clippy::all,
-        clippy::unwrap_used,
-        clippy::pedantic,
-        unused,
-        missing_docs,
-        non_camel_case_types
-    )]
-    include!(concat!(env!("OUT_DIR"), "/exec.skel.rs"));
-}
+bpf_skel!("exec");
 use skel::{ExecSkel, ExecSkelBuilder};
 
 /// Size of the filename field of an event, as in `exec.bpf.c`.

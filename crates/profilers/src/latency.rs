@@ -16,23 +16,16 @@ use std::time::Duration;
 use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
 
 use crate::copies::CopyReader;
+use crate::events::open_event_skel;
 use crate::perf::{open_sampling_event, SamplingEvent};
-use crate::raw::{comm_at, percpu_sum, pids_of, stack_of, u32_at, u64_at};
+use crate::raw::{
+    clear_if_half_full, comm_at, drain_hists, percpu_sum, pids_of, u32_at, u64_at, StackReader,
+};
 use crate::ring::RingReader;
 use crate::uprobe::{functions_matching, resolve_binary, Followed};
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
 
-mod skel {
-    #![allow(
-        clippy::all,
-        clippy::unwrap_used,
-        clippy::pedantic,
-        unused,
-        missing_docs,
-        non_camel_case_types
-    )]
-    include!(concat!(env!("OUT_DIR"), "/latency.skel.rs"));
-}
+bpf_skel!("latency");
 use skel::{LatencySkel, LatencySkelBuilder};
 
 const DEFAULT_HZ: u64 = 99;
@@ -204,47 +197,10 @@ impl LatencyProfiler {
         } else {
             o.frequency_hz
         };
-        let (mut skel, mut links) = {
-            // As `events::open_event_skel!`, plus this program's own settings.
-            let o2 = o.clone();
-            let storage: &'static mut std::mem::MaybeUninit<libbpf_rs::OpenObject> =
-                Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
-            let mut open =
-                libbpf_rs::skel::SkelBuilder::open(LatencySkelBuilder::default(), storage)
-                    .map_err(ProfilerError::bpf("opening the latency skeleton"))?;
-            let follow = o2.targets.is_some() && o2.follow_forks;
-            if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-                ro.filter_targets = u8::from(o2.targets.is_some());
-                ro.follow_forks = u8::from(follow);
-                ro.match_arg = match_arg;
-                ro.threshold_ns = threshold_ns;
-            }
-            if !follow {
-                open.progs.on_fork.set_autoload(false);
-            }
-            if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-                ro.dwarf = u8::from(o2.dwarf);
-            }
-            if !o2.dwarf {
-                // Nothing is ever copied: keep the ring at its smallest.
-                open.maps
-                    .copies
-                    .set_max_entries(4096)
-                    .map_err(ProfilerError::bpf("sizing the copy ring"))?;
-            }
-            let skel = libbpf_rs::skel::OpenSkel::load(open)
-                .map_err(ProfilerError::bpf("loading the latency programs"))?;
-            let mut links = Vec::new();
-            if follow {
-                links.push(
-                    skel.progs
-                        .on_fork
-                        .attach()
-                        .map_err(ProfilerError::bpf("attaching the fork tracepoint"))?,
-                );
-            }
-            (skel, links)
-        };
+        let (mut skel, mut links) = open_event_skel!(LatencySkelBuilder, o, "latency", |ro| {
+            ro.match_arg = match_arg;
+            ro.threshold_ns = threshold_ns;
+        });
         let cpus = sys::online_cpus().map_err(ProfilerError::CpuList)?;
         let mut events = Vec::new();
         for cpu in cpus {
@@ -400,8 +356,7 @@ impl crate::Profiler for LatencyProfiler {
             .collect();
         let mut out = Drained::default();
         let period = 1_000_000_000 / self.frequency_hz;
-        let stacks = &self.skel.maps.stacks;
-        let mut cache: HashMap<i32, Vec<u64>> = HashMap::new();
+        let mut stacks = StackReader::new(&self.skel.maps.stacks);
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let slow = std::mem::take(&mut st.slow);
@@ -429,27 +384,14 @@ impl crate::Profiler for LatencyProfiler {
                 }
             }
             for ((pid, tid, comm, k, u, unwound, id), n) in agg {
-                let mut fetch = |sid: i32| -> Vec<u64> {
-                    if sid < 0 {
-                        return Vec::new();
-                    }
-                    let s = cache
-                        .entry(sid)
-                        .or_insert_with(|| stack_of(stacks, sid).unwrap_or_default())
-                        .clone();
-                    if s.is_empty() {
-                        self.stale_stacks += 1;
-                    }
-                    s
-                };
                 let latency_ms = slow.get(&id).copied().unwrap_or(0) as f64 / 1e6;
                 out.events.push(Event {
                     pid,
                     tid,
                     cgroup_id: 0,
                     comm,
-                    kernel: fetch(k),
-                    user: unwound.unwrap_or_else(|| fetch(u)),
+                    kernel: stacks.get(k),
+                    user: unwound.unwrap_or_else(|| stacks.get(u)),
                     count: n,
                     values: vec![n * period],
                     weight: 1.0,
@@ -461,27 +403,11 @@ impl crate::Profiler for LatencyProfiler {
             // Forgets the copies of samples no request kept, and processes that are gone.
             c.take(&self.skel.maps.dwarf_pids);
         }
-        if stacks.keys().count() > STACK_ENTRIES / 2 {
-            for k in stacks.keys().collect::<Vec<_>>() {
-                let _ = stacks.delete(&k);
-            }
-        }
-        let hists = &self.skel.maps.hists;
-        let mut by: HashMap<u32, Vec<(u32, f64)>> = HashMap::new();
-        for key in hists.keys().collect::<Vec<_>>() {
-            if key.len() < 16 || u32_at(&key, 12) != old {
-                continue;
-            }
-            let n = hists
-                .lookup(&key, MapFlags::ANY)
-                .map_err(ProfilerError::bpf("reading the latency histogram"))?
-                .map_or(0, |v| u64_at(&v, 0));
-            let _ = hists.delete(&key);
-            by.entry(u32_at(&key, 0))
-                .or_default()
-                .push((u32_at(&key, 8), n as f64));
-        }
-        for (pid, buckets) in by {
+        self.stale_stacks += stacks.stale;
+        clear_if_half_full(&self.skel.maps.stacks, STACK_ENTRIES);
+        let by = drain_hists(&self.skel.maps.hists, old)?;
+        // One histogram per process (the kind is always 0).
+        for ((pid, _), buckets) in by {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .map(|c| c.trim().to_string())
                 .unwrap_or_default();

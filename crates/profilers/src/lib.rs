@@ -4,6 +4,24 @@
 //! module. BPF C lives in
 //! `src/bpf/<name>.bpf.c` and is compiled into a skeleton by `build.rs`.
 
+/// Includes the skeleton `build.rs` generated from `src/bpf/NAME.bpf.c` as a private module
+/// `skel`.
+macro_rules! bpf_skel {
+    ($name:literal) => {
+        mod skel {
+            #![allow(
+                clippy::all,
+                clippy::unwrap_used,
+                clippy::pedantic,
+                unused,
+                missing_docs,
+                non_camel_case_types
+            )]
+            include!(concat!(env!("OUT_DIR"), "/", $name, ".skel.rs"));
+        }
+    };
+}
+
 pub mod calls;
 mod copies;
 pub mod cpu;

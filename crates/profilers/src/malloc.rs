@@ -24,17 +24,7 @@ use crate::ring::RingReader;
 use crate::uprobe::Followed;
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
-mod skel {
-    #![allow(
-        clippy::all,
-        clippy::unwrap_used,
-        clippy::pedantic,
-        unused,
-        missing_docs,
-        non_camel_case_types
-    )]
-    include!(concat!(env!("OUT_DIR"), "/malloc.skel.rs"));
-}
+bpf_skel!("malloc");
 use skel::{MallocSkel, MallocSkelBuilder};
 
 /// Layout of `struct alloc_event` in malloc.bpf.c.
@@ -64,7 +54,6 @@ struct State {
     window: HashMap<usize, Totals>,
     /// Sampled allocations not freed yet: (pid, address) -> (key index, weighted bytes).
     live: HashMap<(u32, u64), (usize, f64)>,
-    frees_unmatched: u64,
 }
 
 impl State {
@@ -106,7 +95,9 @@ impl State {
                 t.events += 1;
                 self.live.insert((pid, addr), (idx, acc as f64));
             }
-            2 if self.live.remove(&(pid, addr)).is_none() => self.frees_unmatched += 1,
+            2 => {
+                self.live.remove(&(pid, addr));
+            }
             _ => {}
         }
     }

@@ -24,17 +24,7 @@ use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
 use crate::sys;
 use crate::ProfilerError;
 
-mod skel {
-    #![allow(
-        clippy::all,
-        clippy::unwrap_used,
-        clippy::pedantic,
-        unused,
-        missing_docs,
-        non_camel_case_types
-    )]
-    include!(concat!(env!("OUT_DIR"), "/offcpu.skel.rs"));
-}
+bpf_skel!("offcpu");
 use skel::{OffcpuSkel, OffcpuSkelBuilder};
 
 const KEY_SIZE: usize = 48;

@@ -6,17 +6,7 @@
 use crate::events::{event_skel, open_event_skel, EventProfiler, RowValue, Spec};
 use crate::{ProfilerError, StartOptions};
 
-mod skel {
-    #![allow(
-        clippy::all,
-        clippy::unwrap_used,
-        clippy::pedantic,
-        unused,
-        missing_docs,
-        non_camel_case_types
-    )]
-    include!(concat!(env!("OUT_DIR"), "/syscalls.skel.rs"));
-}
+bpf_skel!("syscalls");
 use skel::{SyscallsSkel, SyscallsSkelBuilder};
 
 mod names {
