@@ -13,6 +13,7 @@ pub mod named;
 pub mod profile;
 pub mod registry;
 pub mod time;
+pub mod wire;
 
 pub use batch::Batch;
 pub use duration::{parse_duration, DurationError};

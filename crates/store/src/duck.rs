@@ -12,7 +12,7 @@ use duckdb::{params, params_from_iter, Connection};
 
 use crate::query::{Param, Query};
 use crate::schema::{MIGRATIONS, SCHEMA_VERSION};
-use crate::{Point, Store, StoreError};
+use crate::{LateSymbol, Point, Store, StoreError, Unsymbolized};
 
 /// DuckDB's own memory ceiling. Its default is 80% of RAM, far too much for an agent that shares
 /// the host with its workload; queries that need more spill to disk.
@@ -34,6 +34,8 @@ pub struct DuckDbStore {
     /// Display name of each cached frame, computed once.
     name_cache: HashMap<u64, String>,
     stack_cache: HashMap<u64, Vec<u64>>,
+    /// Ids of the batches stored through [`Store::write_batch_once`].
+    known_batches: HashSet<String>,
 }
 
 fn to_values(params: &[Param]) -> Vec<Value> {
@@ -115,6 +117,7 @@ impl DuckDbStore {
             frame_cache: HashMap::new(),
             name_cache: HashMap::new(),
             stack_cache: HashMap::new(),
+            known_batches: HashSet::new(),
         };
         store
             .conn
@@ -137,6 +140,7 @@ impl DuckDbStore {
             frame_cache: HashMap::new(),
             name_cache: HashMap::new(),
             stack_cache: HashMap::new(),
+            known_batches: HashSet::new(),
         };
         store.migrate()?;
         Ok(store)
@@ -203,6 +207,10 @@ impl DuckDbStore {
         )?;
         self.symbolized_frames = st
             .query_map([], |r| r.get::<_, u64>(0))?
+            .collect::<Result<_, _>>()?;
+        let mut st = self.conn.prepare("SELECT batch_id FROM batches")?;
+        self.known_batches = st
+            .query_map([], |r| r.get::<_, String>(0))?
             .collect::<Result<_, _>>()?;
         Ok(())
     }
@@ -351,8 +359,13 @@ impl DuckDbStore {
     }
 }
 
-impl Store for DuckDbStore {
-    fn write_batch(&mut self, batch: &Batch) -> Result<(), StoreError> {
+impl DuckDbStore {
+    /// Writes a batch, and its id when it has one, in one transaction.
+    fn write_in(
+        &mut self,
+        batch: &Batch,
+        id: Option<(&str, Option<&str>)>,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         let mut new_frames = Vec::new();
         let mut new_symbols = Vec::new();
@@ -468,8 +481,110 @@ impl Store for DuckDbStore {
                 }
             }
         }
+        if let Some((bid, host)) = id {
+            tx.execute(
+                "INSERT INTO batches VALUES (?, ?, epoch_ms(now()), ?)",
+                params![bid, host, batch.samples.len() as i64],
+            )?;
+        }
         tx.commit()?;
         Ok(())
+    }
+}
+
+impl Store for DuckDbStore {
+    fn write_batch(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        self.write_in(batch, None)
+    }
+
+    fn write_batch_once(
+        &mut self,
+        batch: &Batch,
+        batch_id: &str,
+        host: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        if self.known_batches.contains(batch_id) {
+            return Ok(false);
+        }
+        self.write_in(batch, Some((batch_id, host)))?;
+        self.known_batches.insert(batch_id.to_string());
+        Ok(true)
+    }
+
+    fn unsymbolized(&mut self, limit: usize) -> Result<Vec<Unsymbolized>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT f.build_id, any_value(f.module), list(DISTINCT f.address ORDER BY f.address)
+             FROM frames f LEFT JOIN symbols s
+               ON s.build_id = f.build_id AND s.file_offset = f.address
+             WHERE f.kind = 1 AND f.build_id IS NOT NULL AND s.function IS NULL
+             GROUP BY f.build_id ORDER BY f.build_id",
+        )?;
+        let rows = st.query_map([], |r| {
+            let list: Value = r.get(2)?;
+            let offsets = match list {
+                Value::List(v) => v
+                    .into_iter()
+                    .filter_map(|x| match x {
+                        Value::UBigInt(u) => Some(u),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Ok(Unsymbolized {
+                build_id: r.get(0)?,
+                module: r.get(1)?,
+                offsets,
+            })
+        })?;
+        let mut out = Vec::new();
+        let mut left = limit;
+        for row in rows {
+            let mut u = row?;
+            if left == 0 {
+                break;
+            }
+            u.offsets.truncate(left);
+            left -= u.offsets.len();
+            out.push(u);
+        }
+        Ok(out)
+    }
+
+    fn add_symbols(&mut self, build_id: &str, symbols: &[LateSymbol]) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut added = 0;
+        {
+            let mut app = tx.appender("symbols")?;
+            for s in symbols {
+                if self.known_symbols.insert((build_id.to_string(), s.offset)) {
+                    app.append_row(params![
+                        build_id,
+                        s.offset,
+                        s.function,
+                        s.file,
+                        s.line.map(|l| l as i32)
+                    ])?;
+                    added += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        if added > 0 {
+            // Frames read before now were read without these names.
+            self.frame_cache.clear();
+            self.name_cache.clear();
+            let mut st = self.conn.prepare(
+                "SELECT f.frame_id FROM frames f JOIN symbols s
+                   ON s.build_id = f.build_id AND s.file_offset = f.address
+                 WHERE f.kind = 1 AND f.build_id = ?",
+            )?;
+            let ids: Vec<u64> = st
+                .query_map([build_id], |r| r.get::<_, u64>(0))?
+                .collect::<Result<_, _>>()?;
+            self.symbolized_frames.extend(ids);
+        }
+        Ok(added)
     }
 
     fn named_stacks(&mut self, q: &Query) -> Result<NamedStacks, StoreError> {
@@ -816,5 +931,33 @@ mod tests {
         s.write_batch(&b).expect("w");
         let p = s.profile(&q(0, 10_000)).expect("p");
         assert_eq!(p.samples[0].stack[0].display_name(), "[unknown] app+0x30");
+    }
+
+    #[test]
+    fn batches_with_ids_are_stored_once_and_late_symbols_name_old_samples() {
+        let mut s = DuckDbStore::in_memory().expect("store");
+        let mut b = batch(1000, "a", "hot", 5, 1.0);
+        b.samples[0].stack[0].function = None;
+        assert!(s.write_batch_once(&b, "h1-1", Some("h1")).expect("w"));
+        assert!(!s.write_batch_once(&b, "h1-1", Some("h1")).expect("w"));
+        assert_eq!(s.sample_rows().expect("rows"), 1);
+        let p = s.named_stacks(&q(0, 10_000)).expect("p");
+        assert!(p.top_functions()[0].function.starts_with("[unknown]"));
+        let waiting = s.unsymbolized(100).expect("u");
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(waiting[0].build_id, "beef");
+        assert_eq!(waiting[0].offsets, vec![48]);
+        let late = LateSymbol {
+            offset: 48,
+            function: "hot_loop".into(),
+            file: Some("hot.c".into()),
+            line: Some(12),
+        };
+        assert_eq!(s.add_symbols("beef", &[late.clone()]).expect("add"), 1);
+        assert_eq!(s.add_symbols("beef", &[late]).expect("add"), 0);
+        assert!(s.unsymbolized(100).expect("u").is_empty());
+        let p = s.profile(&q(0, 10_000)).expect("p");
+        assert_eq!(p.samples[0].stack[0].display_name(), "hot_loop");
+        assert_eq!(p.samples[0].stack[0].line, Some(12));
     }
 }

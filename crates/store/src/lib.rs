@@ -75,4 +75,35 @@ pub trait Store: Send {
     fn histograms(&mut self, q: &Query) -> Result<Vec<Histogram>, StoreError>;
     /// Number of sample rows stored (for metrics and tests).
     fn sample_rows(&mut self) -> Result<u64, StoreError>;
+    /// Writes a batch that came with an id, in the same transaction as the id: `Ok(false)`
+    /// when a batch with this id is stored already (and nothing is written).
+    fn write_batch_once(
+        &mut self,
+        batch: &Batch,
+        batch_id: &str,
+        host: Option<&str>,
+    ) -> Result<bool, StoreError>;
+    /// Native user frames that have a build ID and no symbol yet, grouped by build ID (with one
+    /// module path that had it), at most `limit` offsets in all.
+    fn unsymbolized(&mut self, limit: usize) -> Result<Vec<Unsymbolized>, StoreError>;
+    /// Stores symbols found later for `build_id`; queries show them at once. Returns how many
+    /// were new.
+    fn add_symbols(&mut self, build_id: &str, symbols: &[LateSymbol]) -> Result<usize, StoreError>;
+}
+
+/// Offsets of one build ID that wait for a symbol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unsymbolized {
+    pub build_id: String,
+    pub module: String,
+    pub offsets: Vec<u64>,
+}
+
+/// A symbol resolved after its samples were stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateSymbol {
+    pub offset: u64,
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
 }

@@ -68,6 +68,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         count    DOUBLE NOT NULL
     );
     ",
+    // 6: batches that came over the wire, by the id their sender gave them, so a batch sent
+    // twice (a retry after a lost reply, a replayed disk buffer) is stored once.
+    "
+    CREATE TABLE batches (
+        batch_id    VARCHAR PRIMARY KEY,
+        host        VARCHAR,
+        received_ms BIGINT NOT NULL,
+        sample_rows BIGINT NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

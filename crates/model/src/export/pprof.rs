@@ -158,6 +158,13 @@ const NUMERIC_LABELS: &[&str] = &["pid", "tid"];
 /// Builds the pprof message. Locations carry the module's file offset as their address, in a
 /// mapping that starts at 0, so addresses stay comparable across processes and hosts.
 pub fn build(profile: &Profile) -> PbProfile {
+    build_with(profile, false)
+}
+
+/// As [`build`]; with `raw_unknown`, a frame with no symbol gets a location with no line (only
+/// its mapping and file offset), which is how the wire format marks it for the server's
+/// symbolizer.
+pub fn build_with(profile: &Profile, raw_unknown: bool) -> PbProfile {
     let mut st = Strings::new();
     let mut pb = PbProfile::default();
     let with_count = profile.period_ns.is_some();
@@ -246,15 +253,19 @@ pub fn build(profile: &Profile) -> PbProfile {
                     if f.function.is_none() {
                         mapping_unresolved.insert(mid, true);
                     }
-                    let lines = inlined
-                        .iter()
-                        .copied()
-                        .chain(std::iter::once(f))
-                        .map(|fr| PbLine {
-                            function_id: function_id(&mut pb, &mut st, &mut functions, fr),
-                            line: fr.line.map(i64::from).unwrap_or(0),
-                        })
-                        .collect();
+                    let lines = if raw_unknown && f.function.is_none() && inlined.is_empty() {
+                        Vec::new()
+                    } else {
+                        inlined
+                            .iter()
+                            .copied()
+                            .chain(std::iter::once(f))
+                            .map(|fr| PbLine {
+                                function_id: function_id(&mut pb, &mut st, &mut functions, fr),
+                                line: fr.line.map(i64::from).unwrap_or(0),
+                            })
+                            .collect()
+                    };
                     pb.location.push(PbLocation {
                         id,
                         mapping_id: mid,

@@ -1,0 +1,361 @@
+//! The ingest wire format: a [`Batch`] as a gzip pprof file, and any pprof file as a `Batch`.
+//!
+//! Agents ship batches as pprof so that one endpoint takes Baton's own data and pprof from any
+//! other producer (Go's `net/http/pprof`, `go tool pprof -proto`, …). What pprof cannot say on
+//! its own travels in it without breaking other readers:
+//! - a sample's weight (when not 1) is the string label `baton_weight`;
+//! - the profiler's name and the batch's histograms are comments (`baton-profiler:NAME`,
+//!   `baton-histograms:JSON`);
+//! - a native frame the agent left unsymbolized is a location with no line: its mapping's build
+//!   ID plus the file offset is what the server's symbolizer resolves later.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use prost::Message;
+
+use crate::batch::Batch;
+use crate::export::pprof::{build_with, decode, DecodeError, PbProfile};
+use crate::frame::{Frame, FrameKind, KERNEL_MODULE};
+use crate::hist::Histogram;
+use crate::profile::{Labels, Profile, StackSample, ValueType};
+
+/// The label that carries a sample's weight when it is not 1.
+pub const WEIGHT_LABEL: &str = "baton_weight";
+const PROFILER_COMMENT: &str = "baton-profiler:";
+const HISTOGRAMS_COMMENT: &str = "baton-histograms:";
+/// The profiler name given to pprof that names none.
+pub const FOREIGN_PROFILER: &str = "pprof";
+
+/// Why an uploaded payload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("malformed pprof: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a batch as gzip pprof, losing nothing the store keeps.
+pub fn encode_batch(b: &Batch) -> Vec<u8> {
+    let samples = b
+        .samples
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            if s.weight != 1.0 {
+                s.labels
+                    .insert(WEIGHT_LABEL.into(), format!("{}", s.weight));
+            }
+            s.weight = 1.0;
+            s
+        })
+        .collect();
+    let profile = Profile {
+        value_type: b.value_type.clone(),
+        more_value_types: b.more_value_types.clone(),
+        period_ns: None,
+        event: None,
+        start_unix_ns: b.ts_ms.saturating_mul(1_000_000),
+        duration_ns: 0,
+        samples,
+    };
+    let mut pb = build_with(&profile, true);
+    let comment = |pb: &mut PbProfile, text: String| {
+        pb.comment.push(pb.string_table.len() as i64);
+        pb.string_table.push(text);
+    };
+    comment(&mut pb, format!("{PROFILER_COMMENT}{}", b.profiler));
+    if !b.histograms.is_empty() {
+        let json = serde_json::to_string(&b.histograms).unwrap_or_default();
+        comment(&mut pb, format!("{HISTOGRAMS_COMMENT}{json}"));
+    }
+    let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = gz.write_all(&pb.encode_to_vec());
+    gz.finish().unwrap_or_default()
+}
+
+/// Decodes pprof (gzip or not) into a batch. `profiler` (from the request) wins over the one
+/// the file names, else [`FOREIGN_PROFILER`]; `labels` are set on every sample and histogram,
+/// over what the file says. `now_ms` stamps a file that carries no time.
+pub fn decode_batch(
+    bytes: &[u8],
+    profiler: Option<&str>,
+    labels: &Labels,
+    now_ms: i64,
+) -> Result<Batch, WireError> {
+    let pb = decode(bytes)?;
+    let bad = |m: String| WireError::Malformed(m);
+    let strings = &pb.string_table;
+    if strings.first().is_some_and(|s| !s.is_empty()) {
+        return Err(bad("string_table[0] must be empty".into()));
+    }
+    let s = |i: i64| -> Result<&str, WireError> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| strings.get(i))
+            .map(String::as_str)
+            .ok_or_else(|| bad(format!("string index {i} is out of range")))
+    };
+    let mut named = None;
+    let mut histograms: Vec<Histogram> = Vec::new();
+    for &c in &pb.comment {
+        let text = s(c)?;
+        if let Some(p) = text.strip_prefix(PROFILER_COMMENT) {
+            named = Some(p.to_string());
+        } else if let Some(j) = text.strip_prefix(HISTOGRAMS_COMMENT) {
+            histograms = serde_json::from_str(j).map_err(|e| bad(format!("histograms: {e}")))?;
+        }
+    }
+    let profiler = profiler
+        .map(str::to_string)
+        .or(named)
+        .unwrap_or_else(|| FOREIGN_PROFILER.into());
+    if profiler.is_empty() || profiler.len() > 64 {
+        return Err(bad("the profiler name must be 1 to 64 characters".into()));
+    }
+    let types = pb
+        .sample_type
+        .iter()
+        .map(|t| Ok(ValueType::new(s(t.r#type)?, s(t.unit)?)))
+        .collect::<Result<Vec<_>, WireError>>()?;
+    if types.is_empty() {
+        return Err(bad("no sample_type".into()));
+    }
+    if types.len() > 255 {
+        return Err(bad("more than 255 sample types".into()));
+    }
+    let ts_ms = if pb.time_nanos > 0 {
+        pb.time_nanos.saturating_add(pb.duration_nanos.max(0)) / 1_000_000
+    } else {
+        now_ms
+    };
+    let mut batch = Batch::new(&profiler, types.clone(), ts_ms);
+
+    let mappings: HashMap<u64, &crate::export::pprof::PbMapping> =
+        pb.mapping.iter().map(|m| (m.id, m)).collect();
+    let functions: HashMap<u64, &crate::export::pprof::PbFunction> =
+        pb.function.iter().map(|f| (f.id, f)).collect();
+    let mut locations: HashMap<u64, Vec<Frame>> = HashMap::with_capacity(pb.location.len());
+    for loc in &pb.location {
+        let (module, build_id, start, offset, limit) = match mappings.get(&loc.mapping_id) {
+            Some(m) => (
+                s(m.filename)?.to_string(),
+                Some(s(m.build_id)?.to_string()).filter(|b| !b.is_empty()),
+                m.memory_start,
+                m.file_offset,
+                m.memory_limit,
+            ),
+            None if loc.mapping_id == 0 => ("[unknown]".to_string(), None, 0, 0, 0),
+            None => {
+                return Err(bad(format!(
+                    "location {} has no mapping {}",
+                    loc.id, loc.mapping_id
+                )))
+            }
+        };
+        let kind = if module == KERNEL_MODULE {
+            FrameKind::Kernel
+        } else if module == "[jit]" {
+            FrameKind::Jit
+        } else {
+            FrameKind::User
+        };
+        // User frames are keyed by file offset; Baton's own mappings start at 0 already.
+        let address = if kind == FrameKind::User && start > 0 && loc.address >= start {
+            if limit > start && loc.address >= limit {
+                return Err(bad(format!("location {} lies outside its mapping", loc.id)));
+            }
+            loc.address - start + offset
+        } else {
+            loc.address
+        };
+        let mut frames = Vec::with_capacity(loc.line.len().max(1));
+        let n = loc.line.len();
+        for (i, line) in loc.line.iter().enumerate() {
+            let f = functions.get(&line.function_id).ok_or_else(|| {
+                bad(format!(
+                    "location {} names no function {}",
+                    loc.id, line.function_id
+                ))
+            })?;
+            let name = s(f.name)?;
+            // Baton's own exports name an unresolved frame `[unknown] module+0xoff`: keep it
+            // unresolved so the symbolizer can still name it.
+            let function =
+                (!name.is_empty() && !name.starts_with("[unknown]")).then(|| name.to_string());
+            let file = Some(s(f.filename)?.to_string()).filter(|f| !f.is_empty());
+            frames.push(Frame {
+                kind: if i + 1 < n { FrameKind::Inlined } else { kind },
+                function,
+                module: module.clone(),
+                build_id: build_id.clone(),
+                address,
+                file,
+                line: u32::try_from(line.line).ok().filter(|l| *l > 0),
+            });
+        }
+        if frames.is_empty() {
+            frames.push(Frame {
+                kind,
+                function: None,
+                module,
+                build_id,
+                address,
+                file: None,
+                line: None,
+            });
+        }
+        locations.insert(loc.id, frames);
+    }
+
+    for (n, sample) in pb.sample.iter().enumerate() {
+        if sample.value.len() != types.len() {
+            return Err(bad(format!(
+                "sample {n} has {} values for {} sample types",
+                sample.value.len(),
+                types.len()
+            )));
+        }
+        let mut stack = Vec::with_capacity(sample.location_id.len());
+        for id in &sample.location_id {
+            let frames = locations
+                .get(id)
+                .ok_or_else(|| bad(format!("sample {n} names no location {id}")))?;
+            stack.extend(frames.iter().cloned());
+        }
+        let mut sl = Labels::new();
+        let mut weight = 1.0;
+        for l in &sample.label {
+            let key = s(l.key)?;
+            let value = if l.str != 0 {
+                s(l.str)?.to_string()
+            } else {
+                l.num.to_string()
+            };
+            if key == WEIGHT_LABEL {
+                weight = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|w| w.is_finite() && *w > 0.0)
+                    .ok_or_else(|| bad(format!("sample {n} has a bad weight {value:?}")))?;
+            } else {
+                sl.insert(key.to_string(), value);
+            }
+        }
+        for (k, v) in labels {
+            sl.insert(k.clone(), v.clone());
+        }
+        for (i, &v) in sample.value.iter().enumerate() {
+            if v == 0 {
+                continue;
+            }
+            batch.samples.push(StackSample {
+                stack: stack.clone(),
+                labels: sl.clone(),
+                value: v,
+                weight,
+                value_index: i as u8,
+            });
+        }
+    }
+    for h in &mut histograms {
+        for (k, v) in labels {
+            h.labels.insert(k.clone(), v.clone());
+        }
+    }
+    batch.histograms = histograms;
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: FrameKind, function: Option<&str>, module: &str, address: u64) -> Frame {
+        Frame {
+            kind,
+            function: function.map(str::to_string),
+            module: module.into(),
+            build_id: (kind == FrameKind::User || kind == FrameKind::Inlined)
+                .then(|| "00ff".to_string()),
+            address,
+            file: function.map(|_| "a.c".to_string()),
+            line: function.map(|_| 7),
+        }
+    }
+
+    #[test]
+    fn a_batch_survives_the_wire() {
+        let mut b = Batch::new(
+            "malloc",
+            vec![
+                ValueType::new("alloc_bytes", "bytes"),
+                ValueType::new("alloc_count", "count"),
+            ],
+            1_700_000_000_123,
+        );
+        let stack = vec![
+            frame(
+                FrameKind::Kernel,
+                Some("do_sys_open"),
+                KERNEL_MODULE,
+                0xffff_8000,
+            ),
+            frame(FrameKind::Inlined, Some("helper"), "/bin/app", 0x1234),
+            frame(FrameKind::User, Some("main"), "/bin/app", 0x1234),
+            frame(FrameKind::User, None, "/lib/libc.so.6", 0x2a1f0),
+            frame(
+                FrameKind::Jit,
+                Some("Interp::run"),
+                "[jit]",
+                0x7f00_0000_1000,
+            ),
+        ];
+        let mut labels = Labels::new();
+        labels.insert("pid".into(), "42".into());
+        labels.insert("comm".into(), "app".into());
+        for (i, (v, w)) in [(4096, 2.5), (3, 2.5)].into_iter().enumerate() {
+            b.samples.push(StackSample {
+                stack: stack.clone(),
+                labels: labels.clone(),
+                value: v,
+                weight: w,
+                value_index: i as u8,
+            });
+        }
+        let mut h = Histogram::new("call_latency", "nanoseconds", "main", Labels::new());
+        h.add(1000, 2.0);
+        b.histograms.push(h);
+        let bytes = encode_batch(&b);
+        let back = decode_batch(&bytes, None, &Labels::new(), 0).expect("decodes");
+        assert_eq!(back, b);
+    }
+
+    #[test]
+    fn request_labels_win_and_bad_input_is_refused() {
+        let mut b = Batch::new("cpu", vec![ValueType::new("cpu", "nanoseconds")], 5);
+        b.samples.push(StackSample {
+            stack: vec![frame(FrameKind::User, Some("f"), "/bin/a", 1)],
+            labels: [("host".to_string(), "liar".to_string())].into(),
+            value: 10,
+            weight: 1.0,
+            value_index: 0,
+        });
+        let bytes = encode_batch(&b);
+        let over: Labels = [("host".to_string(), "h1".to_string())].into();
+        let back = decode_batch(&bytes, Some("go-cpu"), &over, 0).expect("decodes");
+        assert_eq!(back.profiler, "go-cpu");
+        assert_eq!(back.samples[0].labels["host"], "h1");
+        assert!(decode_batch(b"\x1f\x8bnot gzip", None, &Labels::new(), 0).is_err());
+        assert!(decode_batch(&bytes[..bytes.len() / 2], None, &Labels::new(), 0).is_err());
+        // A sample naming a location that does not exist.
+        let mut pb = decode(&bytes).expect("decodes");
+        pb.sample[0].location_id.push(999);
+        let err = decode_batch(&pb.encode_to_vec(), None, &Labels::new(), 0).unwrap_err();
+        assert!(err.to_string().contains("no location 999"), "{err}");
+    }
+}
