@@ -28,6 +28,9 @@ pub struct CollectorOptions {
     /// The targets are a forked child still waiting to exec: do not look at them until the
     /// first `discover` call (their mappings are this binary's until the exec).
     pub defer_discovery: bool,
+    /// Leave native frames of files with a build ID unnamed, for the server to name (fleet
+    /// mode's delayed symbolization).
+    pub defer_symbols: bool,
 }
 
 /// What one window produced.
@@ -83,6 +86,7 @@ impl Collector {
             host: opts.host.clone(),
             jvm: opts.jvm_perf_maps.then(crate::jvm::JvmMaps::default),
         };
+        c.symbolizer.defer_by_build_id = opts.defer_symbols;
         if !opts.defer_discovery {
             c.discover();
         }

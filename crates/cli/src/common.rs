@@ -179,3 +179,43 @@ pub fn registry_options(name: &str) -> Option<Vec<&'static str>> {
         .ok()
         .map(|r| r.info.options.iter().map(|o| o.name).collect())
 }
+
+/// Parses a size such as `1GiB`, `512MiB`, `64KiB`, `10MB` or a byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 1GiB, 512MiB, 100MB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+            ))
+        }
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(super::parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(super::parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(super::parse_size("4096"), Ok(4096));
+        assert!(super::parse_size("lots").is_err());
+    }
+}

@@ -1,12 +1,17 @@
 //! The `baton` binary: turns command-line arguments into plain option structs and calls the
 //! library crates. clap stops here.
 
+mod agent_cmd;
+mod client;
 mod common;
 mod config_cmd;
+mod outbox;
 mod plan;
 mod query;
 mod record;
 mod runs_cmd;
+mod server_cmd;
+mod symbolize_cmd;
 mod up;
 mod watch;
 
@@ -30,6 +35,13 @@ struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "warn")]
     log: String,
+    /// File holding the API token sent to the server (else $BATON_TOKEN_FILE, else
+    /// $BATON_TOKEN).
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to trust for an https server (else $BATON_CA_FILE).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,6 +96,138 @@ enum Command {
     /// Validate or show a config-as-code directory.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The central server of a fleet: agents register with it and ship to it; it schedules
+    /// runs on hosts, stores everything, symbolizes by build ID and serves the API and UI.
+    #[command(after_help = "Examples:\n  \
+        baton server --config /etc/baton/config --data /var/lib/baton --listen 0.0.0.0:7070 --auth /etc/baton/tokens\n  \
+        baton server --insecure-local --data /tmp/baton   # loopback only, no tokens\n\n\
+        The tokens file has one token per line: ROLE NAME TOKEN, roles viewer, operator, admin \
+        and agent. Every API call then needs `Authorization: Bearer TOKEN`; failed auth, runs, \
+        forced runs and config changes go to DATA/audit.log.")]
+    Server(ServerArgs),
+    /// The per-host agent of a fleet: profiles this host, takes its runs from the server, and
+    /// ships batches (buffered on disk while the server is unreachable).
+    #[command(after_help = "Example:\n  \
+        sudo baton agent --server https://baton.example:7070 --token-file /etc/baton/agent.token \\\n      \
+        --ca-file /etc/baton/ca.pem --label rack=r12 --buffer-max 1GiB\n\n\
+        Metrics (shipped, dropped, buffered) are on --listen, default http://127.0.0.1:7071/metrics.")]
+    Agent(AgentArgs),
+    /// Name addresses of an ELF file: function, file:line and inlined frames, as addr2line and
+    /// llvm-symbolizer do (the symbolizer the server uses).
+    #[command(after_help = "Examples:\n  \
+        baton symbolize --elf ./app 0x401136 0x4011a0\n  \
+        baton symbolize --elf ./app --input addrs.txt --format json\n\n\
+        Addresses are virtual addresses as in the ELF file (what `nm` prints), in hex (0x…) \
+        or decimal; --file-offsets takes file offsets instead.")]
+    Symbolize(SymbolizeArgs),
+    /// The hosts of a fleet server: state, last heartbeat, kernel, labels.
+    Hosts {
+        #[arg(long, env = "BATON_SERVER", default_value = "http://127.0.0.1:7070")]
+        server: String,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Address for the API, the UI and the agents.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// Data directory (store, debug info, audit log) [default: /var/lib/baton for root].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The config-as-code directory, watched and sent to every agent.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --tls-key, the server speaks https only.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Tokens file: lines of `ROLE NAME TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    pub auth: Option<PathBuf>,
+    /// Serve without tokens; loopback addresses only.
+    #[arg(long)]
+    pub insecure_local: bool,
+    /// A host whose agent is silent this long is gone, and its runs fail.
+    #[arg(long, default_value = "30s")]
+    pub host_timeout: String,
+    /// How often agents call in (the long poll's length).
+    #[arg(long, default_value = "5s")]
+    pub heartbeat: String,
+    /// A debuginfod server to ask for debug info by build ID.
+    #[arg(long, value_name = "URL", env = "DEBUGINFOD_URLS")]
+    pub debuginfod: Option<String>,
+    /// Local debug directories holding `.build-id/xx/yyyy.debug` [default: /usr/lib/debug].
+    #[arg(long, value_name = "DIR")]
+    pub debug_dir: Vec<PathBuf>,
+    /// HTTP worker threads.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The server's base URL.
+    #[arg(long, env = "BATON_SERVER")]
+    pub server: String,
+    /// Where batches wait until the server has them; kept across restarts.
+    #[arg(long, default_value = "/var/lib/baton/agent-buffer")]
+    pub buffer_dir: PathBuf,
+    /// The most the buffer holds (e.g. 512MiB, 1GiB); past it the oldest batches are dropped
+    /// and counted.
+    #[arg(long, default_value = "1GiB")]
+    pub buffer_max: String,
+    /// A label of this host, key=value (repeat it).
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// This host's name [default: the kernel's host name].
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Address of the agent's own /metrics.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    pub listen: String,
+    /// Continuous sampling frequency [default: the config's, else 19 Hz].
+    #[arg(long, short = 'F')]
+    pub frequency: Option<u64>,
+    /// Continuous window length [default: the config's, else 10s].
+    #[arg(long)]
+    pub window: Option<String>,
+    /// Use the cpu-clock software event even where hardware cycles are available.
+    #[arg(long)]
+    pub cpu_clock: bool,
+    /// Name native frames here instead of leaving them to the server's symbolizer.
+    #[arg(long)]
+    pub symbolize_locally: bool,
+    /// Never upload binaries for the server's symbolizer.
+    #[arg(long)]
+    pub no_debuginfo_upload: bool,
+}
+
+#[derive(Args)]
+pub struct SymbolizeArgs {
+    /// The ELF file (with its symbols and, for file:line, DWARF).
+    #[arg(long)]
+    pub elf: PathBuf,
+    /// Addresses, hex (0x…) or decimal.
+    pub addrs: Vec<String>,
+    /// Read addresses from this file (one or more per line; `-` is stdin).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// The addresses are file offsets, not virtual addresses.
+    #[arg(long)]
+    pub file_offsets: bool,
+    /// text or json.
+    #[arg(long, default_value = "text")]
+    pub format: String,
+    /// Symbolize the input this many times and report each pass's time on stderr (the first
+    /// pass is cold, the next ones warm).
+    #[arg(long, default_value_t = 1, hide = true)]
+    pub passes: u32,
 }
 
 /// How user stacks are unwound.
@@ -118,7 +262,11 @@ struct RunCli {
     /// Wait for the run, with progress, then print its top functions.
     #[arg(long)]
     wait: bool,
-    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    /// The host to run on, against a fleet server (`baton hosts` lists them); optional when
+    /// one host is up.
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long, env = "BATON_SERVER", default_value = "http://127.0.0.1:7070")]
     server: String,
     /// table or json.
     #[arg(long, default_value = "table")]
@@ -129,7 +277,7 @@ struct RunCli {
 enum RunsCommand {
     /// Runs, newest first.
     List {
-        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        #[arg(long, env = "BATON_SERVER", default_value = "http://127.0.0.1:7070")]
         server: String,
         /// table or json.
         #[arg(long, default_value = "table")]
@@ -142,7 +290,7 @@ enum RunsCommand {
     /// One run as JSON: id, profiler, state, reason, queued_at, started_at, ended_at, samples.
     Show {
         id: u64,
-        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        #[arg(long, env = "BATON_SERVER", default_value = "http://127.0.0.1:7070")]
         server: String,
         /// json (the only format).
         #[arg(long, default_value = "json")]
@@ -151,7 +299,7 @@ enum RunsCommand {
     /// Cancel a queued or running run.
     Cancel {
         id: u64,
-        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        #[arg(long, env = "BATON_SERVER", default_value = "http://127.0.0.1:7070")]
         server: String,
     },
 }
@@ -283,12 +431,16 @@ pub struct UpArgs {
     /// pointers only (cheaper, but code built without them shows little more than its leaf).
     #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
     pub unwind: UnwindMode,
+    /// Tokens file (lines of `ROLE NAME TOKEN`). Needed when --listen is not loopback; on
+    /// loopback without it, every caller is the local admin (insecure-local).
+    #[arg(long, value_name = "FILE")]
+    pub auth: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct QueryArgs {
     /// Base URL of a running baton up or server.
-    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    #[arg(long, env = "BATON_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
     #[arg(long, default_value = "cpu")]
     pub profiler: String,
@@ -317,9 +469,17 @@ pub struct QueryArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     common::init_logging(&cli.log);
+    client::set_options(client::ClientOptions {
+        token_file: cli.token_file.clone(),
+        ca_file: cli.ca_file.clone(),
+    });
     let res = match cli.command {
         Command::Record(a) => record::run(a),
         Command::Up(a) => up::run(a),
+        Command::Server(a) => server_cmd::run(a),
+        Command::Agent(a) => agent_cmd::run(a),
+        Command::Symbolize(a) => symbolize_cmd::run(a),
+        Command::Hosts { server, format } => runs_cmd::hosts(&server, format == "json"),
         Command::Query(a) => query::run(a),
         Command::Profilers { format } => common::list_profilers(format == "json"),
         Command::Config(ConfigCommand::Check { dir, json }) => config_cmd::check(&dir, json),
@@ -333,6 +493,7 @@ fn main() -> ExitCode {
             force: r.force,
             options: r.opt,
             wait: r.wait,
+            host: r.host,
             server: r.server,
             top: 20,
         }),

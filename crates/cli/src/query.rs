@@ -1,6 +1,6 @@
 //! `baton query`: read profiles from a running `baton up` or server over HTTP.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -95,20 +95,9 @@ pub fn run(a: QueryArgs) -> anyhow::Result<ExitCode> {
 
 /// GET `path` from a baton server: (status, body).
 pub fn get(server: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-    let url = format!("{}{path}", server.trim_end_matches('/'));
-    let resp = ureq::get(&url)
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .map_err(|e| anyhow::anyhow!("cannot reach {server}: {e} (is `baton up` running?)"))?;
-    let status = resp.status().as_u16();
-    let mut body = Vec::new();
-    resp.into_body()
-        .into_reader()
-        .read_to_end(&mut body)
-        .context("reading the response")?;
-    Ok((status, body))
+    crate::client::Client::new(server)?
+        .get(path)
+        .map_err(|e| anyhow::anyhow!("{e} (is `baton up` or `baton server` running?)"))
 }
 
 fn form_query(a: &QueryArgs, format: Option<&str>) -> String {

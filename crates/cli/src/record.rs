@@ -288,6 +288,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         host: baton_agent::hostname(),
         jvm_perf_maps: !a.no_jvm_perf_map,
         defer_discovery: child.is_some(),
+        defer_symbols: false,
     };
     let mut collector = match Collector::start(&opts) {
         Ok(c) => c,

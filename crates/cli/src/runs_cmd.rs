@@ -1,6 +1,5 @@
 //! `baton run` and `baton runs`: on-demand runs through a running `baton up`.
 
-use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,26 +22,15 @@ pub struct RunArgs {
     pub options: Vec<String>,
     pub wait: bool,
     pub server: String,
+    pub host: Option<String>,
     pub top: usize,
     pub json: bool,
 }
 
 fn post(server: &str, path: &str, body: &Value) -> anyhow::Result<(u16, Vec<u8>)> {
-    let url = format!("{}{path}", server.trim_end_matches('/'));
-    let resp = ureq::post(&url)
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .header("content-type", "application/json")
-        .send(body.to_string().as_bytes())
-        .map_err(|e| anyhow::anyhow!("cannot reach {server}: {e} (is `baton up` running?)"))?;
-    let status = resp.status().as_u16();
-    let mut out = Vec::new();
-    resp.into_body()
-        .into_reader()
-        .read_to_end(&mut out)
-        .context("reading the response")?;
-    Ok((status, out))
+    crate::client::Client::new(server)?
+        .post_json(path, body)
+        .map_err(|e| anyhow::anyhow!("{e} (is `baton up` or `baton server` running?)"))
 }
 
 fn answer(status: u16, body: &[u8]) -> anyhow::Result<Value> {
@@ -66,6 +54,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         "profiler": a.profiler, "target": a.target, "duration": a.duration,
         "priority": a.priority, "force": a.force,
     });
+    if let Some(h) = &a.host {
+        body["host"] = json!(h);
+    }
     if let Some(f) = a.frequency {
         body["frequency"] = json!(f);
     }
@@ -173,5 +164,42 @@ pub fn cancel(server: &str, id: u64) -> anyhow::Result<ExitCode> {
     let (status, out) = post(server, &format!("/api/v1/runs/{id}/cancel"), &json!({}))?;
     let v = answer(status, &out)?;
     println!("run {id}: {}", v["state"].as_str().unwrap_or("?"));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton hosts`: the hosts of a fleet server.
+pub fn hosts(server: &str, json_out: bool) -> anyhow::Result<ExitCode> {
+    let (status, out) = get(server, "/api/v1/hosts")?;
+    let v = answer(status, &out)?;
+    if json_out {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    println!(
+        "{:<24} {:<6} {:>9} {:>5} {:<20} LABELS",
+        "HOST", "STATE", "LAST SEEN", "CPUS", "KERNEL"
+    );
+    for h in v["hosts"].as_array().into_iter().flatten() {
+        let seen = now.saturating_sub(h["last_seen_ms"].as_u64().unwrap_or(0)) as f64 / 1000.0;
+        let labels: Vec<String> = h["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        println!(
+            "{:<24} {:<6} {:>8.1}s {:>5} {:<20} {}",
+            h["host"].as_str().unwrap_or("?"),
+            h["state"].as_str().unwrap_or("?"),
+            seen,
+            h["cpus"],
+            h["kernel"].as_str().unwrap_or(""),
+            labels.join(",")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

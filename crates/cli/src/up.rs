@@ -80,6 +80,18 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     })?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    // Loopback needs no token (--insecure-local); any other address does.
+    let tokens = match &a.auth {
+        Some(f) => Some(Arc::new(
+            baton_server::auth::Tokens::load(f).map_err(usage)?,
+        )),
+        None if addr.ip().is_loopback() => None,
+        None => {
+            return Err(usage(format!(
+                "{addr} is not loopback: give --auth FILE (lines of ROLE NAME TOKEN) so every call needs a token"
+            )))
+        }
+    };
 
     let opts = CollectorOptions {
         profiler: "cpu".into(),
@@ -96,6 +108,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         // Continuous whole-host profiling does not attach to JVMs.
         jvm_perf_maps: false,
         defer_discovery: false,
+        defer_symbols: false,
     };
     install_stop_handler();
     // The symbolizer and BPF skeleton are not Send, so the collector is built on its own thread
@@ -145,56 +158,21 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
             .spawn(move || scrape_loop(&live, &out, &metrics, LOCAL_HOST, stop_requested))
             .context("starting the trigger scraper")?;
     }
-    let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
-    let worker = {
-        let scheduler = scheduler.clone();
-        let live = live.clone();
-        let store = store.clone();
-        let metrics = metrics.clone();
-        let opts = opts.clone();
-        let desired = desired.clone();
-        let status = status.clone();
-        std::thread::Builder::new()
-            .name("baton-collector".into())
-            .spawn(move || -> anyhow::Result<()> {
-                let collector = match Collector::start(&opts) {
-                    Ok(c) => {
-                        let _ = started_tx.send(Ok(c.event_name()));
-                        c
-                    }
-                    Err(e) => {
-                        let _ = started_tx.send(Err(e));
-                        return Ok(());
-                    }
-                };
-                let mut d = Driver {
-                    opts,
-                    continuous: Some(collector),
-                    continuous_run: None,
-                    targeted: BTreeMap::new(),
-                    config_version: None,
-                    scheduler,
-                    store,
-                    metrics,
-                    window_flag,
-                    desired,
-                    status,
-                    live,
-                    triggers: TriggerWatch::new(scraped),
-                    budgets: WriteBudgets::default(),
-                    guard: OverheadGuard::default(),
-                    tuner,
-                    tuner_file,
-                    drawn: HashMap::new(),
-                    host_key: host_key(&host_name),
-                };
-                d.run()
-            })
-            .context("starting the collector thread")?
-    };
-    let event = started_rx
-        .recv()
-        .map_err(|_| anyhow::anyhow!("the collector thread died while starting"))??;
+    let (worker, event) = start_driver(DriverSetup {
+        opts: opts.clone(),
+        scheduler: scheduler.clone(),
+        live: live.clone(),
+        sink: Sink::Store(store.clone()),
+        metrics: metrics.clone(),
+        desired: desired.clone(),
+        status: status.clone(),
+        window_flag,
+        scraped,
+        tuner,
+        tuner_file,
+        host_name: host_name.clone(),
+        remote: None,
+    })?;
     if service_rules == 0 {
         eprintln!(
             "baton up: profiling every process at {} Hz on {event}, {}s windows; data in {}; UI at http://{addr}/",
@@ -225,12 +203,21 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
             "profilers": baton_profilers::registry::infos(),
         });
     }
+    let audit = Arc::new(baton_server::auth::Audit::new(data.join("audit.log")));
     if let (Some(dir), Some(live)) = (&a.config, &live) {
         let dir = dir.clone();
         let live = live.clone();
+        let audit = audit.clone();
         std::thread::Builder::new()
             .name("baton-config-watch".into())
-            .spawn(move || watch_config(&dir, &live))
+            .spawn(move || {
+                watch_config(&dir, &live, &|accepted, version| {
+                    audit.record(
+                        "config_change",
+                        json!({ "version": version, "accepted": accepted }),
+                    )
+                })
+            })
             .context("starting the config watcher")?;
     }
     let mut state = AppState::new(
@@ -239,10 +226,11 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         status.clone(),
         live.clone(),
     );
+    state.audit = Some(audit);
+    state.tokens = tokens;
     state.runs = Some(RunsHandle {
         scheduler: scheduler.clone(),
         host: LOCAL_HOST.to_string(),
-        audit_log: Some(data.join("audit.log")),
         clock: now_ms_u64,
         check_options: |profiler, options| match baton_profilers::registry::find(profiler) {
             Ok(r) => r.info.check_options(options),
@@ -278,8 +266,122 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write(store: &Mutex<Box<dyn Store>>, metrics: &AgentMetrics, report: baton_agent::WindowReport) {
+/// Everything the driver thread needs.
+pub(crate) struct DriverSetup {
+    pub opts: CollectorOptions,
+    pub scheduler: Arc<Mutex<Scheduler>>,
+    pub live: Option<Arc<RwLock<LiveConfig>>>,
+    pub sink: Sink,
+    pub metrics: Arc<AgentMetrics>,
+    pub desired: Arc<dyn Fn() -> u64 + Send + Sync>,
+    pub status: Arc<RwLock<serde_json::Value>>,
+    pub window_flag: Option<Duration>,
+    pub scraped: Arc<Mutex<Vec<baton_scheduler::Observation>>>,
+    pub tuner: Tuner,
+    pub tuner_file: std::path::PathBuf,
+    pub host_name: String,
+    pub remote: Option<Arc<Mutex<RemoteRuns>>>,
+}
+
+/// Where the driver's batches go: the embedded store (`baton up`) or the agent's outbox, which
+/// ships them to the server (`baton agent`).
+#[derive(Clone)]
+pub(crate) enum Sink {
+    Store(Arc<Mutex<Box<dyn Store>>>),
+    Ship(Arc<crate::outbox::Outbox>),
+}
+
+/// Runs the server placed on this host (`baton agent`): their server ids, by local run id.
+#[derive(Debug, Default)]
+pub(crate) struct RemoteRuns {
+    pub server_id: HashMap<u64, u64>,
+}
+
+/// Starts the collector thread and its driver; returns it and the perf event it samples on.
+/// The symbolizer and BPF skeleton are not Send, so the collector is built on its own thread
+/// and reports how its start went.
+pub(crate) fn start_driver(
+    setup: DriverSetup,
+) -> anyhow::Result<(std::thread::JoinHandle<anyhow::Result<()>>, String)> {
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
+    let worker = {
+        let DriverSetup {
+            opts,
+            scheduler,
+            live,
+            sink,
+            metrics,
+            desired,
+            status,
+            window_flag,
+            scraped,
+            tuner,
+            tuner_file,
+            host_name,
+            remote,
+        } = setup;
+        std::thread::Builder::new()
+            .name("baton-collector".into())
+            .spawn(move || -> anyhow::Result<()> {
+                let collector = match Collector::start(&opts) {
+                    Ok(c) => {
+                        let _ = started_tx.send(Ok(c.event_name()));
+                        c
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return Ok(());
+                    }
+                };
+                let mut d = Driver {
+                    opts,
+                    continuous: Some(collector),
+                    continuous_run: None,
+                    targeted: BTreeMap::new(),
+                    config_version: None,
+                    scheduler,
+                    sink,
+                    remote,
+                    metrics,
+                    window_flag,
+                    desired,
+                    status,
+                    live,
+                    triggers: TriggerWatch::new(scraped),
+                    budgets: WriteBudgets::default(),
+                    guard: OverheadGuard::default(),
+                    tuner,
+                    tuner_file,
+                    drawn: HashMap::new(),
+                    host_key: host_key(&host_name),
+                };
+                d.run()
+            })
+            .context("starting the collector thread")?
+    };
+    let event = started_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the collector thread died while starting"))??;
+    Ok((worker, event))
+}
+
+fn write(sink: &Sink, metrics: &AgentMetrics, report: baton_agent::WindowReport) {
     let rows = report.batch.samples.len() as u64;
+    let store = match sink {
+        Sink::Store(s) => s,
+        Sink::Ship(outbox) => {
+            match outbox.push(&report.batch) {
+                Ok(()) => {
+                    metrics.batches_written.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    metrics.batch_write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, rows, "the outbox refused a batch");
+                }
+            }
+            return;
+        }
+    };
     let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
     match guard.write_batch(&report.batch) {
         Ok(()) => {
@@ -336,7 +438,7 @@ fn is_host_chain(mode: &Mode) -> bool {
     matches!(mode, Mode::Continuous { service, .. } if service == HOST_CHAIN)
 }
 
-fn now_ms_u64() -> u64 {
+pub(crate) fn now_ms_u64() -> u64 {
     now_ms() as u64
 }
 
@@ -364,7 +466,9 @@ struct Driver {
     /// The config version the scheduler was last given.
     config_version: Option<String>,
     scheduler: Arc<Mutex<Scheduler>>,
-    store: Arc<Mutex<Box<dyn Store>>>,
+    sink: Sink,
+    /// Fleet mode: the server's ids of the runs it placed here.
+    remote: Option<Arc<Mutex<RemoteRuns>>>,
     metrics: Arc<AgentMetrics>,
     /// `--window`, which wins over the config's `[profilers.cpu] window`.
     window_flag: Option<Duration>,
@@ -473,7 +577,7 @@ impl Driver {
         self.status.write().unwrap_or_else(|p| p.into_inner())["write_budgets"] =
             serde_json::Value::Object(per_key);
         if !r.batch.samples.is_empty() {
-            write(&self.store, &self.metrics, r);
+            write(&self.sink, &self.metrics, r);
         }
     }
 
@@ -835,6 +939,7 @@ impl Driver {
                     // runs do not attach to them.
                     jvm_perf_maps: !continuous,
                     defer_discovery: false,
+                    defer_symbols: self.opts.defer_symbols,
                 };
                 Collector::start(&opts).map_err(|e| e.to_string())
             });
@@ -887,17 +992,30 @@ impl Driver {
             }
             Mode::OnDemand => None,
         };
+        // In fleet mode the samples carry the server's run id.
+        let label = self
+            .remote
+            .as_ref()
+            .and_then(|r| {
+                r.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .server_id
+                    .get(&id)
+                    .copied()
+            })
+            .unwrap_or(id)
+            .to_string();
         let (samples, failure) = match c.collect(Some(&self.metrics)) {
             Ok(mut r) => {
                 for s in &mut r.batch.samples {
-                    s.labels.insert("run".into(), id.to_string());
+                    s.labels.insert("run".into(), label.clone());
                     s.weight *= weight;
                     if let Some(svc) = &service {
                         s.labels.insert("service".into(), svc.clone());
                     }
                 }
                 for h in &mut r.batch.histograms {
-                    h.labels.insert("run".into(), id.to_string());
+                    h.labels.insert("run".into(), label.clone());
                     if let Some(svc) = &service {
                         h.labels.insert("service".into(), svc.clone());
                     }
@@ -1077,14 +1195,17 @@ fn known_profilers() -> Vec<&'static str> {
 }
 
 /// Loads the tree at start; a broken tree stops `baton up` before anything runs.
-fn load_initial_config(dir: &Path) -> anyhow::Result<LiveConfig> {
+pub(crate) fn load_initial_config(dir: &Path) -> anyhow::Result<LiveConfig> {
     match baton_config::load_dir_checked(dir, &known_profilers(), &crate::common::registry_options)
     {
         Ok(cfg) => {
-            eprintln!("baton up: config {} version {}", dir.display(), cfg.version);
+            eprintln!("baton: config {} version {}", dir.display(), cfg.version);
             Ok(LiveConfig {
                 dir: dir.display().to_string(),
                 config: Some(cfg),
+                files: baton_config::read_tree(dir)
+                    .map(|f| files_text(&f))
+                    .unwrap_or_default(),
                 loaded_at_ms: now_ms(),
                 ..Default::default()
             })
@@ -1107,10 +1228,18 @@ fn load_initial_config(dir: &Path) -> anyhow::Result<LiveConfig> {
     }
 }
 
+/// The files of a tree as `(path, text)`.
+pub(crate) fn files_text(files: &[baton_config::SourceFile]) -> Vec<(String, String)> {
+    files
+        .iter()
+        .map(|f| (f.path.display().to_string(), f.text.clone()))
+        .collect()
+}
+
 /// Polls the directory every second. A changed tree is validated whole: a good one replaces the
 /// live config, a broken one is logged with every problem and counted, and the last good one
 /// stays live.
-fn watch_config(dir: &Path, live: &RwLock<LiveConfig>) {
+pub(crate) fn watch_config(dir: &Path, live: &RwLock<LiveConfig>, on_change: &dyn Fn(bool, &str)) {
     let mut seen = live
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -1138,8 +1267,10 @@ fn watch_config(dir: &Path, live: &RwLock<LiveConfig>) {
             &crate::common::registry_options,
         ) {
             Ok(cfg) => {
-                eprintln!("baton up: config reloaded, version {}", cfg.version);
+                eprintln!("baton: config reloaded, version {}", cfg.version);
                 l.config = Some(cfg);
+                l.files = files_text(&files);
+                on_change(true, &version);
                 l.loaded_at_ms = now_ms();
                 l.reloads += 1;
                 l.last_errors.clear();
@@ -1159,8 +1290,9 @@ fn watch_config(dir: &Path, live: &RwLock<LiveConfig>) {
                         )
                     })
                     .collect();
+                on_change(false, &version);
                 eprintln!(
-                    "baton up: config version {version} rejected; keeping version {}",
+                    "baton: config version {version} rejected; keeping version {}",
                     l.config
                         .as_ref()
                         .map(|c| c.version.as_str())

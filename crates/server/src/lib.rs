@@ -9,17 +9,22 @@
 //! Query parameters: `profiler` (default `cpu`), `since` (e.g. `15m`, default `1h`) or
 //! `from`/`to` in Unix milliseconds, and any number of `filter=label=value` (`!=`, `~` too).
 
+pub mod auth;
+pub mod fleet;
+pub mod ingest;
 mod params;
 pub mod runs;
+pub mod tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use baton_model::export::{self, Format};
 use baton_store::{Store, StoreError};
@@ -42,6 +47,41 @@ pub struct LiveConfig {
     pub rejected: u64,
     /// `file:line:col: message` lines of the last rejected tree, if the newest edit was bad.
     pub last_errors: Vec<String>,
+    /// The files of the tree in force, `(path, text)`, as sent to agents.
+    pub files: Vec<(String, String)>,
+}
+
+/// Count, sum and maximum of a latency, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LatencyStat {
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl LatencyStat {
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = d.as_micros() as u64;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// (count, sum in seconds, max in seconds).
+    pub fn get(&self) -> (u64, f64, f64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            self.max_us.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Shared state of the server.
@@ -53,6 +93,14 @@ pub struct AppState {
     pub status: Arc<RwLock<serde_json::Value>>,
     pub config: Option<Arc<RwLock<LiveConfig>>>,
     pub runs: Option<runs::RunsHandle>,
+    /// Fleet mode (`baton server`): hosts, their agents and the runs placed on them.
+    pub fleet: Option<Arc<fleet::Fleet>>,
+    /// The accepted tokens; `None` is `--insecure-local` (every caller is the local admin).
+    pub tokens: Option<Arc<auth::Tokens>>,
+    pub audit: Option<Arc<auth::Audit>>,
+    pub ingest: Arc<ingest::IngestStats>,
+    pub debuginfo: Option<Arc<ingest::DebugInfo>>,
+    pub auth_failures: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
     query_errors: Arc<AtomicU64>,
 }
@@ -70,6 +118,12 @@ impl AppState {
             status,
             config,
             runs: None,
+            fleet: None,
+            tokens: None,
+            audit: None,
+            ingest: Arc::default(),
+            debuginfo: None,
+            auth_failures: Arc::default(),
             requests: Arc::new(AtomicU64::new(0)),
             query_errors: Arc::new(AtomicU64::new(0)),
         }
@@ -94,8 +148,46 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/runs/{id}/cancel",
             axum::routing::post(runs::cancel),
         )
+        .route("/api/v1/hosts", get(fleet::hosts))
+        .route("/api/v1/agents/register", post(fleet::register))
+        .route("/api/v1/agents/heartbeat", post(fleet::heartbeat))
+        .route(
+            "/api/v1/ingest",
+            post(ingest::ingest).layer(DefaultBodyLimit::max(INGEST_LIMIT)),
+        )
+        .route(
+            "/api/v1/debuginfo/{build_id}",
+            get(ingest::has_debuginfo)
+                .put(ingest::put_debuginfo)
+                .layer(DefaultBodyLimit::max(DEBUGINFO_LIMIT)),
+        )
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
+        ))
         .with_state(state)
+}
+
+/// The largest pprof upload.
+const INGEST_LIMIT: usize = 64 << 20;
+/// The largest debug-info upload.
+const DEBUGINFO_LIMIT: usize = 1 << 30;
+
+/// Serves TLS until `shutdown` resolves.
+pub async fn serve_tls<F>(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    state: AppState,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = tls::TlsListener::new(listener, config)?;
+    axum::serve(l, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Serves until `shutdown` resolves.
@@ -138,7 +230,7 @@ impl From<StoreError> for ApiError {
 }
 
 /// Runs a store call off the async threads.
-async fn with_store<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
+pub(crate) async fn with_store<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
@@ -332,6 +424,119 @@ async fn metrics(State(st): State<AppState>) -> Response {
             "Config trees rejected (the last good one stayed live).",
             "counter",
             live.rejected as f64,
+        ));
+    }
+    let i = &st.ingest;
+    let (n, sum, max) = i.latency.get();
+    lines.extend([
+        (
+            "baton_ingest_samples_total",
+            "Sample rows stored from ingested batches.",
+            "counter",
+            i.samples.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "baton_ingest_batches_total",
+            "Ingested batches stored.",
+            "counter",
+            i.batches.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "baton_ingest_duplicate_batches_total",
+            "Ingested batches already stored under their batch id (not stored again).",
+            "counter",
+            i.duplicates.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "baton_ingest_refused_batches_total",
+            "Uploads refused as malformed.",
+            "counter",
+            i.refused.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "baton_ingest_bytes_total",
+            "Bytes of pprof received.",
+            "counter",
+            i.bytes.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "baton_ingest_request_seconds_count",
+            "Ingest calls timed.",
+            "counter",
+            n as f64,
+        ),
+        (
+            "baton_ingest_request_seconds_sum",
+            "Total seconds of ingest calls.",
+            "counter",
+            sum,
+        ),
+        (
+            "baton_ingest_request_seconds_max",
+            "Slowest ingest call, seconds.",
+            "gauge",
+            max,
+        ),
+        (
+            "baton_auth_failures_total",
+            "Calls refused for a missing or unknown token.",
+            "counter",
+            st.auth_failures.load(Ordering::Relaxed) as f64,
+        ),
+    ]);
+    if let Some(d) = &st.debuginfo {
+        lines.push((
+            "baton_debuginfo_uploads_total",
+            "Debug-info files stored by build ID.",
+            "counter",
+            d.uploads.load(Ordering::Relaxed) as f64,
+        ));
+        lines.push((
+            "baton_symbols_late_total",
+            "Symbols resolved after their samples were stored.",
+            "counter",
+            d.symbols_added.load(Ordering::Relaxed) as f64,
+        ));
+    }
+    if let Some(f) = &st.fleet {
+        let (up, gone, runs) = fleet::counts(f);
+        lines.push((
+            "baton_fleet_hosts_up",
+            "Hosts whose agent heartbeats.",
+            "gauge",
+            up as f64,
+        ));
+        lines.push((
+            "baton_fleet_hosts_gone",
+            "Hosts whose agent stopped heartbeating.",
+            "gauge",
+            gone as f64,
+        ));
+        let (n, sum, max) = f.heartbeat_latency.get();
+        lines.push((
+            "baton_heartbeat_seconds_count",
+            "Heartbeats answered without waiting.",
+            "counter",
+            n as f64,
+        ));
+        lines.push((
+            "baton_heartbeat_seconds_sum",
+            "Total seconds of those heartbeats.",
+            "counter",
+            sum,
+        ));
+        lines.push((
+            "baton_heartbeat_seconds_max",
+            "Slowest heartbeat, seconds.",
+            "gauge",
+            max,
+        ));
+        let failed = runs.get("failed").copied().unwrap_or(0);
+        lines.push((
+            "baton_fleet_runs_failed",
+            "Fleet runs that failed.",
+            "gauge",
+            failed as f64,
         ));
     }
     lines.push((

@@ -1,12 +1,11 @@
 //! The runs API: submit an on-demand run, list, show and cancel, over the shared scheduler.
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use baton_model::parse_duration;
 use baton_model::time::rfc3339_ms;
@@ -14,6 +13,7 @@ use baton_scheduler::{JobRequest, Mode, Run, Scheduler};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::Principal;
 use crate::{ApiError, AppState};
 
 /// What the runs API needs: the scheduler, this host's name, the clock and the audit log.
@@ -21,7 +21,6 @@ use crate::{ApiError, AppState};
 pub struct RunsHandle {
     pub scheduler: Arc<Mutex<Scheduler>>,
     pub host: String,
-    pub audit_log: Option<PathBuf>,
     pub clock: fn() -> u64,
     /// Checks a request's profiler options (names against the registry), so a bad one is
     /// refused at submission rather than failing when the run starts.
@@ -40,6 +39,9 @@ pub struct RunRequest {
     #[serde(default)]
     pub force: bool,
     pub owner: Option<String>,
+    /// The host to run on (fleet mode); optional when only one host is up.
+    #[serde(default)]
+    pub host: Option<String>,
     /// Profiler-specific options, e.g. `{"sample_bytes": "0"}`.
     #[serde(default)]
     pub options: std::collections::BTreeMap<String, String>,
@@ -90,15 +92,20 @@ fn handle(st: &AppState) -> Result<&RunsHandle, ApiError> {
 
 pub(crate) async fn submit(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Json(req): Json<RunRequest>,
 ) -> Result<Response, ApiError> {
+    crate::fleet::check_force(&who, req.force)?;
+    if st.fleet.is_some() {
+        return crate::fleet::submit(&st, &who, req).await;
+    }
     let h = handle(&st)?;
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     check_target(&req.target).map_err(bad)?;
     (h.check_options)(&req.profiler, &req.options).map_err(bad)?;
     let duration = parse_duration(&req.duration).map_err(|e| bad(format!("duration: {e}")))?;
     let now = (h.clock)();
-    let owner = req.owner.clone().unwrap_or_else(|| "local".into());
+    let owner = req.owner.clone().unwrap_or_else(|| who.name.clone());
     let job = JobRequest {
         profiler: req.profiler.clone(),
         host: h.host.clone(),
@@ -117,28 +124,19 @@ pub(crate) async fn submit(
         let mut s = h.scheduler.lock().unwrap_or_else(|p| p.into_inner());
         s.submit(job, now).map_err(|e| bad(e.to_string()))?
     };
-    if req.force {
-        if let Some(path) = &h.audit_log {
-            let line = json!({
-                "at": rfc3339_ms(now as i64), "event": "forced_run", "run": id, "owner": owner,
-                "profiler": req.profiler, "target": req.target, "duration": req.duration,
-                "frequency": req.frequency, "priority": req.priority,
-            });
-            let written = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut f| writeln!(f, "{line}"));
-            if let Err(e) = written {
-                tracing::error!(error = %e, "writing the audit log failed");
-            }
-        }
+    if let Some(a) = &st.audit {
+        a.record(
+            if req.force { "forced_run" } else { "run" },
+            json!({ "run": id, "owner": owner, "who": who.name, "role": who.role,
+                    "profiler": req.profiler, "target": req.target, "duration": req.duration,
+                    "frequency": req.frequency, "priority": req.priority }),
+        );
     }
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
 }
 
 /// Target syntax, checked here so a typo is a 400 and not a failed run.
-fn check_target(t: &str) -> Result<(), String> {
+pub(crate) fn check_target(t: &str) -> Result<(), String> {
     let ok = t.split_once(':').is_some_and(|(k, v)| {
         !v.is_empty() && ["pid", "comm", "exe", "cgroup", "service"].contains(&k)
     }) && (!t.starts_with("pid:") || t[4..].parse::<u32>().is_ok());
@@ -156,6 +154,9 @@ pub(crate) async fn list(
     State(st): State<AppState>,
     axum::extract::RawQuery(q): axum::extract::RawQuery,
 ) -> Result<Response, ApiError> {
+    if st.fleet.is_some() {
+        return crate::fleet::list(State(st), axum::extract::RawQuery(q)).await;
+    }
     let h = handle(&st)?;
     let all = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
         .any(|(k, v)| k == "all" && (v == "1" || v == "true"));
@@ -174,6 +175,9 @@ pub(crate) async fn show(
     State(st): State<AppState>,
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
+    if st.fleet.is_some() {
+        return crate::fleet::show(State(st), Path(id)).await;
+    }
     let h = handle(&st)?;
     let s = h.scheduler.lock().unwrap_or_else(|p| p.into_inner());
     let r = s
@@ -184,8 +188,12 @@ pub(crate) async fn show(
 
 pub(crate) async fn cancel(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
+    if st.fleet.is_some() {
+        return crate::fleet::cancel(State(st), Extension(who), Path(id)).await;
+    }
     let h = handle(&st)?;
     let now = (h.clock)();
     let mut s = h.scheduler.lock().unwrap_or_else(|p| p.into_inner());

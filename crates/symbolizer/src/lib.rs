@@ -53,6 +53,9 @@ pub struct SymbolizerStats {
 
 /// Resolves frames of the processes on this host. Keep one per agent; its caches are the point.
 pub struct HostSymbolizer {
+    /// Leave native frames of modules with a build ID unnamed (delayed symbolization: the
+    /// server names them by build ID and offset).
+    pub defer_by_build_id: bool,
     blaze: Symbolizer,
     procs: HashMap<u32, Vec<(MapEntry, usize)>>,
     modules: Vec<Module>,
@@ -88,6 +91,7 @@ fn dev_ino(path: &Path) -> Option<(u64, u64)> {
 impl HostSymbolizer {
     pub fn new() -> Self {
         HostSymbolizer {
+            defer_by_build_id: false,
             blaze: new_blazesym(),
             procs: HashMap::new(),
             modules: Vec::new(),
@@ -259,7 +263,12 @@ impl HostSymbolizer {
         }
         for (idx, offs) in missing {
             let module = &self.modules[idx];
-            let resolved = if module.path.starts_with('/') {
+            let resolved = if self.defer_by_build_id
+                && module.build_id.is_some()
+                && module.path.starts_with('/')
+            {
+                vec![None; offs.len()]
+            } else if module.path.starts_with('/') {
                 self.opened_since_rebuild.insert(idx);
                 self.resolve_elf(&module.open_path, &module.path, &offs)
             } else if module.path == "[vdso]" {
@@ -325,40 +334,8 @@ impl HostSymbolizer {
         out
     }
 
-    /// Names from the ELF symbol table, which carries full (mangled, then demangled) paths such
-    /// as `crate::module::function`; file and line from DWARF. DWARF alone is not enough for
-    /// names: with line-tables-only debug info its subprogram names lack the namespace path.
-    /// When the symbol table has nothing (a stripped binary), the DWARF name is used.
     fn resolve_elf(&self, open_path: &Path, module: &str, offs: &[u64]) -> Vec<Option<SymInfo>> {
-        let run = |debug_syms: bool| -> Vec<Option<SymInfo>> {
-            let mut elf = Elf::new(open_path.to_path_buf());
-            elf.debug_syms = debug_syms;
-            match self
-                .blaze
-                .symbolize(&Source::Elf(elf), Input::FileOffset(offs))
-            {
-                Ok(v) => v.into_iter().map(sym_info).collect(),
-                Err(e) => {
-                    tracing::debug!(module, error = %e, debug_syms, "symbolization failed");
-                    vec![None; offs.len()]
-                }
-            }
-        };
-        let from_symtab = run(false);
-        let from_dwarf = run(true);
-        from_symtab
-            .into_iter()
-            .zip(from_dwarf)
-            .map(|(sym, dwarf)| match (sym, dwarf) {
-                (Some(mut s), Some(d)) => {
-                    s.file = d.file;
-                    s.line = d.line;
-                    s.inlined = d.inlined;
-                    Some(s)
-                }
-                (s, d) => s.or(d),
-            })
-            .collect()
+        resolve_elf(&self.blaze, open_path, module, offs, false)
     }
 
     /// Resolves kernel addresses (leaf first) through kallsyms.
@@ -413,6 +390,170 @@ impl HostSymbolizer {
             })
             .collect()
     }
+}
+
+/// Names from the ELF symbol table, which carries full (mangled, then demangled) paths such
+/// as `crate::module::function`; file, line and inlined functions from DWARF. DWARF alone is not
+/// enough for names: with line-tables-only debug info its subprogram names lack the namespace
+/// path. When the symbol table has nothing (a stripped binary), the DWARF name is used.
+/// `addrs` are file offsets, or virtual addresses (as in the ELF's program headers) with
+/// `virtual_addrs`.
+pub(crate) fn resolve_elf(
+    blaze: &Symbolizer,
+    open_path: &Path,
+    module: &str,
+    addrs: &[u64],
+    virtual_addrs: bool,
+) -> Vec<Option<SymInfo>> {
+    let run = |debug_syms: bool| -> Vec<Option<SymInfo>> {
+        let mut elf = Elf::new(open_path.to_path_buf());
+        elf.debug_syms = debug_syms;
+        let input = if virtual_addrs {
+            Input::VirtOffset(addrs)
+        } else {
+            Input::FileOffset(addrs)
+        };
+        match blaze.symbolize(&Source::Elf(elf), input) {
+            Ok(v) => v.into_iter().map(sym_info).collect(),
+            Err(e) => {
+                tracing::debug!(module, error = %e, debug_syms, "symbolization failed");
+                vec![None; addrs.len()]
+            }
+        }
+    };
+    let from_symtab = run(false);
+    let from_dwarf = run(true);
+    from_symtab
+        .into_iter()
+        .zip(from_dwarf)
+        .map(|(sym, dwarf)| match (sym, dwarf) {
+            (Some(mut s), Some(d)) => {
+                s.file = d.file;
+                s.line = d.line;
+                s.inlined = d.inlined;
+                Some(s)
+            }
+            (s, d) => s.or(d),
+        })
+        .collect()
+}
+
+/// Symbolizes addresses of ELF files named by path: the server's delayed symbolization (by
+/// build ID, once the file is in its debug-info store) and `baton symbolize`. blazesym keeps
+/// each file's parsed symbols and DWARF between calls, so keep one.
+pub struct ElfSymbolizer {
+    blaze: Symbolizer,
+}
+
+impl Default for ElfSymbolizer {
+    fn default() -> Self {
+        ElfSymbolizer {
+            blaze: new_blazesym(),
+        }
+    }
+}
+
+impl ElfSymbolizer {
+    /// Resolves file offsets of the binary whose build ID `path` has: `path` may be the
+    /// binary itself or a separate debug file (`objcopy --only-keep-debug`, `/usr/lib/debug`),
+    /// whose sections hold no code, so offsets go through the program headers, which both keep.
+    pub fn file_offsets(&self, path: &Path, offsets: &[u64]) -> Vec<Option<SymInfo>> {
+        let Some(segments) = load_segments(path) else {
+            return resolve_elf(
+                &self.blaze,
+                path,
+                &path.display().to_string(),
+                offsets,
+                false,
+            );
+        };
+        let vaddrs: Vec<Option<u64>> = offsets
+            .iter()
+            .map(|&off| {
+                segments
+                    .iter()
+                    .find(|(o, _, sz)| off >= *o && off < o + sz)
+                    .map(|(o, v, _)| off - o + v)
+            })
+            .collect();
+        let known: Vec<u64> = vaddrs.iter().flatten().copied().collect();
+        let mut resolved =
+            resolve_elf(&self.blaze, path, &path.display().to_string(), &known, true).into_iter();
+        vaddrs
+            .into_iter()
+            .map(|v| v.and_then(|_| resolved.next().flatten()))
+            .collect()
+    }
+
+    /// Resolves virtual addresses of `path`, as `addr2line -e` and `llvm-symbolizer --obj` do.
+    pub fn virtual_addrs(&self, path: &Path, addrs: &[u64]) -> Vec<Option<SymInfo>> {
+        resolve_elf(&self.blaze, path, &path.display().to_string(), addrs, true)
+    }
+}
+
+/// The executable `PT_LOAD` segments of an ELF file: (file offset, virtual address, size).
+///
+/// A separate debug file keeps the program headers' addresses but not their file offsets
+/// (they read 0, with no file size). There the offsets are taken as the addresses less the
+/// first segment's, which is how linkers lay out shared objects and executables (a code
+/// segment's offset equals its address, less the image base). An uploaded copy of the binary
+/// itself has exact offsets.
+fn load_segments(path: &Path) -> Option<Vec<(u64, u64, u64)>> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    use std::io::Read;
+    let mut head = Vec::with_capacity(1 << 16);
+    std::fs::File::open(path)
+        .ok()?
+        .take(1 << 16)
+        .read_to_end(&mut head)
+        .ok()?;
+    let parse = |data: &[u8]| -> Option<Vec<(u64, u64, u64, u64)>> {
+        let header = object::elf::FileHeader64::<object::Endianness>::parse(data).ok()?;
+        let endian = header.endian().ok()?;
+        Some(
+            header
+                .program_headers(endian, data)
+                .ok()?
+                .iter()
+                .filter(|p| p.p_type(endian) == object::elf::PT_LOAD)
+                .map(|p| {
+                    (
+                        p.p_offset(endian),
+                        p.p_vaddr(endian),
+                        p.p_filesz(endian),
+                        p.p_memsz(endian) | u64::from(p.p_flags(endian) & object::elf::PF_X) << 63,
+                    )
+                })
+                .collect(),
+        )
+    };
+    let loads = match parse(&head) {
+        Some(l) => l,
+        None => parse(&std::fs::read(path).ok()?)?,
+    };
+    let base = loads.iter().map(|l| l.1).min()?;
+    let exec = |l: &&(u64, u64, u64, u64)| l.3 >> 63 == 1;
+    let debug_only = loads.iter().filter(exec).all(|l| l.2 == 0);
+    let segs: Vec<(u64, u64, u64)> = loads
+        .iter()
+        .filter(exec)
+        .map(|&(off, vaddr, filesz, memsz)| {
+            if debug_only {
+                (vaddr - base, vaddr, memsz & !(1 << 63))
+            } else {
+                (off, vaddr, filesz)
+            }
+        })
+        .collect();
+    (!segs.is_empty()).then_some(segs)
+}
+
+/// The GNU build ID of an ELF file, in hex.
+pub fn build_id_of(path: &Path) -> Option<String> {
+    blazesym::helper::read_elf_build_id(path)
+        .ok()
+        .flatten()
+        .map(|b| hex(&b))
 }
 
 fn new_blazesym() -> Symbolizer {

@@ -1,0 +1,174 @@
+//! `baton server`: the central server of a fleet: hosts and their runs, ingest, the store,
+//! delayed symbolization by build ID, auth, audit, and the same API and UI as `baton up`.
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use baton_model::parse_duration;
+use baton_server::auth::{Audit, Tokens};
+use baton_server::fleet::Fleet;
+use baton_server::ingest::{default_debug_dirs, symbolizer_loop, DebugInfo};
+use baton_server::AppState;
+use baton_store::{DuckDbStore, Store};
+use serde_json::json;
+
+use crate::common::{default_data_dir, usage};
+use crate::record::{install_stop_handler, request_stop, stop_requested};
+use crate::ServerArgs;
+
+pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
+    let host_timeout =
+        parse_duration(&a.host_timeout).map_err(|e| usage(format!("--host-timeout: {e}")))?;
+    let heartbeat = parse_duration(&a.heartbeat).map_err(|e| usage(format!("--heartbeat: {e}")))?;
+    if heartbeat < Duration::from_secs(1) || host_timeout <= heartbeat {
+        return Err(usage(
+            "--heartbeat must be at least 1s and --host-timeout longer than it",
+        ));
+    }
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(baton_server::tls::server_config(c, k).map_err(usage)?),
+        (None, None) => None,
+        _ => return Err(usage("--tls-cert and --tls-key go together")),
+    };
+    let tokens = match &a.auth {
+        Some(f) => Some(Arc::new(Tokens::load(f).map_err(usage)?)),
+        None => None,
+    };
+    let listen: std::net::SocketAddr = a
+        .listen
+        .parse()
+        .map_err(|e| usage(format!("--listen {}: {e}", a.listen)))?;
+    if tokens.is_none() {
+        if !a.insecure_local {
+            return Err(usage(
+                "give --auth FILE (lines of ROLE NAME TOKEN), or --insecure-local to serve \
+                 loopback without tokens",
+            ));
+        }
+        if !listen.ip().is_loopback() {
+            return Err(usage(format!(
+                "--insecure-local serves loopback only, not {listen}; use --auth FILE"
+            )));
+        }
+    }
+    let data = a.data.clone().unwrap_or_else(default_data_dir);
+    let store = DuckDbStore::open(&data)?;
+    let store: Arc<Mutex<Box<dyn Store>>> = Arc::new(Mutex::new(Box::new(store)));
+    let audit = Arc::new(Audit::new(data.join("audit.log")));
+    let live = match &a.config {
+        Some(dir) => Some(Arc::new(RwLock::new(crate::up::load_initial_config(dir)?))),
+        None => None,
+    };
+    let fleet = Arc::new(Fleet::new(
+        host_timeout,
+        heartbeat,
+        live.clone(),
+        crate::up::now_ms_u64,
+        |profiler, options| {
+            let r = baton_profilers::registry::find(profiler).map_err(|e| e.to_string())?;
+            r.info.check_options(options)
+        },
+    ));
+    let debuginfo = {
+        let mut dirs = a.debug_dir.clone();
+        if dirs.is_empty() {
+            dirs = default_debug_dirs();
+        }
+        Arc::new(DebugInfo::new(
+            data.join("debuginfo"),
+            dirs,
+            a.debuginfod.clone(),
+        ))
+    };
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    install_stop_handler();
+    if let (Some(dir), Some(live)) = (&a.config, &live) {
+        let dir = dir.clone();
+        let live = live.clone();
+        let fleet = fleet.clone();
+        let audit = audit.clone();
+        std::thread::Builder::new()
+            .name("baton-config-watch".into())
+            .spawn(move || {
+                crate::up::watch_config(&dir, &live, &|accepted, version| {
+                    audit.record(
+                        "config_change",
+                        json!({ "version": version, "accepted": accepted }),
+                    );
+                    if accepted {
+                        fleet.wake();
+                    }
+                })
+            })
+            .context("starting the config watcher")?;
+    }
+    let symbolizer = {
+        let store = store.clone();
+        let d = debuginfo.clone();
+        std::thread::Builder::new()
+            .name("baton-symbolizer".into())
+            .spawn(move || symbolizer_loop(&store, &d, stop_requested))
+            .context("starting the symbolizer")?
+    };
+    let status = Arc::new(RwLock::new(json!({
+        "mode": "server",
+        "data_dir": data.display().to_string(),
+        "schema_version": baton_store::SCHEMA_VERSION,
+        "config_dir": a.config.as_ref().map(|d| d.display().to_string()),
+        "profilers": baton_profilers::registry::infos(),
+        "tls": tls.is_some(),
+        "auth": tokens.is_some(),
+    })));
+    let mut state = AppState::new(store.clone(), None, status, live.clone());
+    state.fleet = Some(fleet.clone());
+    state.tokens = tokens.clone();
+    state.audit = Some(audit.clone());
+    state.debuginfo = Some(debuginfo.clone());
+    eprintln!(
+        "baton server: listening on {}://{addr}/ ({}); data in {}; hosts gone after {}s without a heartbeat",
+        if tls.is_some() { "https" } else { "http" },
+        if tokens.is_some() { "tokens required" } else { "insecure-local: no tokens" },
+        data.display(),
+        host_timeout.as_secs()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.threads.max(1))
+        .enable_all()
+        .build()?;
+    let served = rt.block_on(async move {
+        let reaper = {
+            let fleet = fleet.clone();
+            tokio::spawn(async move {
+                while !stop_requested() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    for h in fleet.reap() {
+                        eprintln!("baton server: host {h} is gone (no heartbeat); its runs failed");
+                    }
+                }
+            })
+        };
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let shutdown = async {
+            while !stop_requested() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let r = match tls {
+            Some(cfg) => baton_server::serve_tls(listener, cfg, state, shutdown).await,
+            None => baton_server::serve(listener, state, shutdown).await,
+        };
+        reaper.abort();
+        r
+    });
+    request_stop();
+    debuginfo.wake();
+    let _ = symbolizer.join();
+    served.context("HTTP server")?;
+    eprintln!("baton server: stopped");
+    Ok(ExitCode::SUCCESS)
+}
