@@ -380,11 +380,17 @@ mod tests {
             ..o
         };
         o.push(&batch(5)).expect("push");
-        assert_eq!(o.pending().0, 2);
-        assert_eq!(o.stats.dropped_rows.load(Ordering::Relaxed), 3);
-        assert_eq!(o.stats.dropped_batches.load(Ordering::Relaxed), 1);
-        let names: Vec<String> = o.lock().files.iter().map(|e| e.id.clone()).collect();
-        assert_eq!(names, vec!["h-1.1".to_string(), "h-2.2".to_string()]);
+        // The oldest went first, the newest stayed, and every dropped row was counted.
+        let st = o.lock();
+        let ids: Vec<String> = st.files.iter().map(|e| e.id.clone()).collect();
+        assert_eq!(ids.last().map(String::as_str), Some("h-2.2"));
+        assert!(!ids.contains(&"h-1.0".to_string()), "{ids:?}");
+        assert!(st.bytes <= size);
+        let kept: u64 = st.files.iter().map(|e| e.rows).sum();
+        drop(st);
+        let dropped = o.stats.dropped_rows.load(Ordering::Relaxed);
+        assert_eq!(dropped + kept, 3 + 4 + 5);
+        assert!(dropped >= 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
