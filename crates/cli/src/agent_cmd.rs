@@ -138,6 +138,8 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         a.buffer_dir.display(),
         max
     );
+    let drain_client = client.clone();
+    let host_for_drain = host.clone();
     let shipper = {
         let outbox = outbox.clone();
         let client = client.clone();
@@ -148,7 +150,8 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
             .spawn(move || outbox.ship_loop(&client, &host, upload, stop_requested))
             .context("starting the shipper")?
     };
-    let metrics_server = serve_metrics(&a.listen, metrics.clone(), outbox.clone())?;
+    let (metrics_server, metrics_addr) = serve_metrics(&a.listen, metrics.clone(), outbox.clone())?;
+    eprintln!("baton agent: metrics at http://{metrics_addr}/metrics");
     let control = Control {
         client,
         host,
@@ -171,13 +174,23 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let flushed = worker
         .join()
         .map_err(|_| anyhow::anyhow!("the collector thread panicked"))?;
-    // One last chance to ship what the driver flushed at stop; the rest stays on disk.
     let _ = shipper.join();
+    // The driver wrote its last window at stop: give the server a few seconds to take what is
+    // left; the rest stays on disk for the next start.
+    let drain = crate::common::parse_duration_flag(&a.drain_timeout, "--drain-timeout")?;
+    let deadline = Instant::now() + drain;
+    outbox.ship_loop(&drain_client, &host_for_drain, false, || {
+        Instant::now() >= deadline || outbox.pending().0 == 0
+    });
     let (left, bytes) = outbox.pending();
     metrics_server.shutdown();
     flushed?;
+    let st = &outbox.stats;
     eprintln!(
-        "baton agent: stopped; BPF detached; {left} batch(es) ({bytes} bytes) wait in {} for the next start",
+        "baton agent: stopped; BPF detached; sample rows produced {}, shipped {}, dropped {}; {left} batch(es) ({bytes} bytes) wait in {}",
+        st.produced_rows.load(Ordering::Relaxed),
+        st.shipped_rows.load(Ordering::Relaxed),
+        st.dropped_rows.load(Ordering::Relaxed),
         a.buffer_dir.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -499,11 +512,12 @@ fn serve_metrics(
     listen: &str,
     metrics: Arc<AgentMetrics>,
     outbox: Arc<Outbox>,
-) -> anyhow::Result<MetricsServer> {
+) -> anyhow::Result<(MetricsServer, std::net::SocketAddr)> {
     use axum::routing::get;
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| crate::common::usage(format!("cannot listen on {listen}: {e}")))?;
     listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -609,5 +623,5 @@ fn serve_metrics(
             Err(e) => tracing::error!(error = %e, "the metrics listener failed"),
         }
     });
-    Ok(MetricsServer { rt })
+    Ok((MetricsServer { rt }, addr))
 }

@@ -219,3 +219,8 @@ mod size_tests {
         assert!(super::parse_size("lots").is_err());
     }
 }
+
+/// Parses a duration flag, naming the flag in the error.
+pub fn parse_duration_flag(v: &str, flag: &str) -> anyhow::Result<std::time::Duration> {
+    baton_model::parse_duration(v).map_err(|e| usage(format!("{flag}: {e}")))
+}

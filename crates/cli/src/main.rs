@@ -206,6 +206,9 @@ pub struct AgentArgs {
     /// Never upload binaries for the server's symbolizer.
     #[arg(long)]
     pub no_debuginfo_upload: bool,
+    /// At stop, how long to keep sending what is buffered before leaving it on disk.
+    #[arg(long, default_value = "5s")]
+    pub drain_timeout: String,
 }
 
 #[derive(Args)]

@@ -185,14 +185,30 @@ impl Drop for Up {
 
 /// A minimal HTTP/1.1 GET on loopback; returns (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    http_req(addr, "GET", path, None, b"")
+}
+
+/// A minimal HTTP/1.1 request with an optional bearer token; returns (status, body).
+pub fn http_req(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
     )
     .expect("write");
+    s.write_all(body).expect("write body");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read");
     let split = raw

@@ -4,6 +4,7 @@
 mod bad_input;
 mod config;
 mod continuous;
+mod fleet;
 mod harness;
 mod plan;
 mod profilers;

@@ -1,0 +1,797 @@
+//! Fleet mode: `baton server` with `baton agent`s, each host in its own network namespace;
+//! runs placed on one host, a server outage with nothing lost, an agent killed mid-run, late
+//! symbols, tokens and roles, TLS, and pprof from other producers.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const VIEWER: &str = "viewer-token-0123456789";
+const OPERATOR: &str = "operator-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789";
+const AGENT: &str = "agent-token-0123456789";
+
+/// A child process whose stderr is echoed and kept.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let stderr = child.stderr.take().expect("stderr");
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let keep = lines.clone();
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{name}] {line}");
+                keep.lock().expect("lines").push(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    fn text(&self) -> String {
+        self.lines.lock().expect("lines").join("\n")
+    }
+
+    /// The first stderr line containing `pat`, waiting up to `secs`.
+    fn wait_line(&self, pat: &str, secs: u64) -> String {
+        eventually(secs, &format!("a line with {pat:?}"), || {
+            self.lines
+                .lock()
+                .expect("lines")
+                .iter()
+                .find(|l| l.contains(pat))
+                .cloned()
+        })
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "process did not exit within {secs} s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tokens_file(dir: &Path) -> PathBuf {
+    let p = dir.join("tokens");
+    std::fs::write(
+        &p,
+        format!(
+            "# role name token\nviewer vera {VIEWER}\noperator olga {OPERATOR}\nadmin ada {ADMIN}\nagent fleet {AGENT}\n"
+        ),
+    )
+    .expect("tokens");
+    let t = dir.join("agent.token");
+    std::fs::write(&t, AGENT).expect("agent token");
+    p
+}
+
+struct Server {
+    proc: Proc,
+    addr: String,
+}
+
+fn start_server(data: &Path, listen: &str, extra: &[&str]) -> Server {
+    let proc = Proc::spawn(
+        "server",
+        baton()
+            .args(["server", "--listen", listen, "--data"])
+            .arg(data)
+            .args(["--heartbeat", "1s", "--host-timeout", "6s"])
+            .args(extra),
+    );
+    let line = proc.wait_line("listening on ", 30);
+    let addr = line
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("address")
+        .to_string();
+    Server { proc, addr }
+}
+
+struct Agent {
+    proc: Proc,
+    metrics: String,
+}
+
+/// Starts an agent named `host`; in `netns`, it runs in that network namespace with its own
+/// host name (a UTS namespace), as on a separate machine.
+fn start_agent(host: &str, server: &str, buffer: &Path, extra: &[&str], netns: Option<(&str, &str)>) -> Agent {
+    let bin = env!("CARGO_BIN_EXE_baton");
+    let mut args: Vec<String> = vec![
+        "agent".into(),
+        "--server".into(),
+        server.into(),
+        "--buffer-dir".into(),
+        buffer.display().to_string(),
+        "--window".into(),
+        "1s".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut cmd = match netns {
+        Some((ns, ip)) => {
+            args.extend(["--listen".into(), format!("{ip}:7071")]);
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "unshare", "--uts", "--", "sh", "-c"])
+                .arg(format!("hostname {host} && exec {bin} \"$@\""))
+                .arg("sh")
+                .args(&args);
+            c
+        }
+        None => {
+            args.extend([
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--host".into(),
+                host.into(),
+            ]);
+            let mut c = baton();
+            c.args(&args);
+            c
+        }
+    };
+    let proc = Proc::spawn(&format!("agent {host}"), &mut cmd);
+    let line = proc.wait_line("metrics at http://", 30);
+    let metrics = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("metrics address")
+        .to_string();
+    Agent { proc, metrics }
+}
+
+/// A counter from a `/metrics` page.
+fn metric(addr: &str, name: &str) -> f64 {
+    let (code, body) = http_get(addr, "/metrics");
+    assert_eq!(code, 200);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} at {addr}"))
+}
+
+fn json_req(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+    let (code, out) = http_req(addr, method, path, token, body.as_bytes());
+    (code, serde_json::from_slice(&out).unwrap_or_default())
+}
+
+/// Three network namespaces on a bridge, like three hosts on a LAN; removed on drop.
+struct Lan {
+    bridge: String,
+    spaces: Vec<String>,
+}
+
+impl Lan {
+    fn new(tag: &str, hosts: usize) -> Lan {
+        let sh = |cmd: &str| {
+            let st = Command::new("sh").args(["-c", cmd]).status().expect("sh");
+            assert!(st.success(), "`{cmd}` failed (ip netns and veth need root and iproute2)");
+        };
+        let bridge = format!("btn{tag}");
+        let _ = Command::new("ip").args(["link", "del", &bridge]).status();
+        sh(&format!(
+            "ip link add {bridge} type bridge && ip addr add 10.77.0.1/24 dev {bridge} && ip link set {bridge} up"
+        ));
+        let mut spaces = Vec::new();
+        for i in 1..=hosts {
+            let ns = format!("baton-{tag}-h{i}");
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            sh(&format!(
+                "ip netns add {ns} && ip link add v{tag}{i} type veth peer name eth0 netns {ns} && \
+                 ip link set v{tag}{i} master {bridge} up && \
+                 ip netns exec {ns} ip addr add 10.77.0.1{i}/24 dev eth0 && \
+                 ip netns exec {ns} ip link set eth0 up && ip netns exec {ns} ip link set lo up"
+            ));
+            spaces.push(ns);
+        }
+        Lan { bridge, spaces }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in &self.spaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+    }
+}
+
+fn wait_run(addr: &str, token: Option<&str>, id: u64, secs: u64) -> serde_json::Value {
+    eventually(secs, &format!("run {id} to end"), || {
+        let (_, r) = json_req(addr, "GET", &format!("/api/v1/runs/{id}"), token, "");
+        matches!(r["state"].as_str(), Some("done" | "failed" | "cancelled")).then_some(r)
+    })
+}
+
+fn spawn_split(secs: &str) -> Child {
+    Command::new(workload("split"))
+        .arg(secs)
+        .spawn()
+        .expect("start split")
+}
+
+/// Three agents, each in its own network namespace with its own host name, and one server:
+/// continuous data arrives from all three labelled by host, and a run placed on one host runs
+/// only there.
+#[test]
+fn three_hosts_in_network_namespaces() {
+    require_root();
+    let dir = scratch("fleet-lan");
+    let tokens = tokens_file(&dir);
+    let lan = Lan::new(&format!("{}", std::process::id() % 10000), 3);
+    let port = free_port();
+    let server = start_server(
+        &dir.join("data"),
+        &format!("10.77.0.1:{port}"),
+        &["--auth", tokens.to_str().expect("path")],
+    );
+    let url = format!("http://{}", server.addr);
+    let agent_token = dir.join("agent.token");
+    let agents: Vec<Agent> = (1..=3)
+        .map(|i| {
+            start_agent(
+                &format!("h{i}"),
+                &url,
+                &dir.join(format!("buf{i}")),
+                &["--token-file", agent_token.to_str().expect("path")],
+                Some((&lan.spaces[i - 1], &format!("10.77.0.1{i}"))),
+            )
+        })
+        .collect();
+    // All three register and heartbeat.
+    eventually(30, "three hosts up", || {
+        let (_, v) = json_req(&server.addr, "GET", "/api/v1/hosts", Some(VIEWER), "");
+        let up: Vec<String> = v["hosts"]
+            .as_array()?
+            .iter()
+            .filter(|h| h["state"] == "up")
+            .filter_map(|h| h["host"].as_str().map(str::to_string))
+            .collect();
+        (up.len() == 3).then_some(up)
+    });
+    // Continuous data from every host, labelled by its host name.
+    eventually(60, "continuous samples from h1, h2 and h3", || {
+        let (_, v) = json_req(
+            &server.addr,
+            "GET",
+            "/api/v1/labels/host?profiler=cpu&since=10m",
+            Some(VIEWER),
+            "",
+        );
+        let hosts: Vec<String> = v["values"]
+            .as_array()?
+            .iter()
+            .filter_map(|x| x["value"].as_str().map(str::to_string))
+            .collect();
+        (["h1", "h2", "h3"].iter().all(|h| hosts.contains(&h.to_string()))).then_some(())
+    });
+    // A run placed on h2 runs only there.
+    let mut split = spawn_split("20");
+    let body = format!(
+        r#"{{"profiler":"cpu","target":"pid:{}","duration":"3s","frequency":99,"host":"h2"}}"#,
+        split.id()
+    );
+    let (code, v) = json_req(&server.addr, "POST", "/api/v1/runs", Some(OPERATOR), &body);
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_u64().expect("id");
+    let run = wait_run(&server.addr, Some(VIEWER), id, 60);
+    assert_eq!(run["state"], "done", "{run}");
+    assert_eq!(run["host"], "h2");
+    assert!(run["samples"].as_u64().unwrap_or(0) > 50, "{run}");
+    let (_, v) = json_req(
+        &server.addr,
+        "GET",
+        &format!("/api/v1/labels/host?profiler=cpu&since=10m&filter=run%3D{id}"),
+        Some(VIEWER),
+        "",
+    );
+    let hosts: Vec<&str> = v["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .filter_map(|x| x["value"].as_str())
+        .collect();
+    assert_eq!(hosts, vec!["h2"], "the run's samples come from h2 only");
+    let top = eventually(20, "the run's stacks to be named", || {
+        let (_, top) = json_req(
+            &server.addr,
+            "GET",
+            &format!("/api/v1/top?profiler=cpu&since=10m&filter=run%3D{id}&limit=50"),
+            Some(VIEWER),
+            "",
+        );
+        (self_percent(&top["rows"], "leaf_hot") > 0.0).then_some(top)
+    });
+    let hot = self_percent(&top["rows"], "leaf_hot");
+    let cold = self_percent(&top["rows"], "leaf_cold");
+    assert!(hot > 2.0 * cold && cold > 0.0, "leaf_hot {hot}% vs leaf_cold {cold}%");
+    assert!(agents[1].proc.text().contains(&format!("run {id} (cpu")));
+    assert!(!agents[0].proc.text().contains(&format!("run {id} (cpu")));
+    assert!(!agents[2].proc.text().contains(&format!("run {id} (cpu")));
+    // A run for a host that does not exist is refused.
+    let body = r#"{"profiler":"cpu","target":"pid:1","duration":"1s","host":"nope"}"#;
+    let (code, v) = json_req(&server.addr, "POST", "/api/v1/runs", Some(OPERATOR), body);
+    assert_eq!(code, 400, "{v}");
+    let _ = split.kill();
+    let _ = split.wait();
+    drop(agents);
+    // A host whose agent stops heartbeating is gone.
+    eventually(30, "hosts gone after their agents died", || {
+        let (_, v) = json_req(&server.addr, "GET", "/api/v1/hosts", Some(VIEWER), "");
+        v["hosts"]
+            .as_array()?
+            .iter()
+            .all(|h| h["state"] == "gone")
+            .then_some(())
+    });
+}
+
+/// The server is down for 30 s while two agents profile; once it is back, every sample row the
+/// agents produced is stored, exactly once.
+#[test]
+fn server_outage_loses_nothing() {
+    require_root();
+    let dir = scratch("fleet-outage");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data = dir.join("data");
+    let server = start_server(&data, &listen, &["--insecure-local"]);
+    let url = format!("http://{listen}");
+    let mut split = spawn_split("120");
+    let mut agents: Vec<Agent> = ["o1", "o2"]
+        .iter()
+        .map(|h| start_agent(h, &url, &dir.join(format!("buf-{h}")), &[], None))
+        .collect();
+    for a in &agents {
+        eventually(30, "a first batch shipped", || {
+            (metric(&a.metrics, "baton_agent_samples_shipped_total") > 0.0).then_some(())
+        });
+    }
+    drop(server);
+    let down = Instant::now();
+    // While it is down, batches wait on disk.
+    std::thread::sleep(Duration::from_secs(30));
+    for a in &agents {
+        assert!(metric(&a.metrics, "baton_agent_buffer_batches") >= 10.0);
+        assert!(metric(&a.metrics, "baton_agent_send_errors_total") > 0.0);
+    }
+    let server = start_server(&data, &listen, &["--insecure-local"]);
+    eprintln!("server was down for {:.1}s", down.elapsed().as_secs_f64());
+    for a in &agents {
+        eventually(60, "the buffer to drain", || {
+            (metric(&a.metrics, "baton_agent_buffer_batches") == 0.0).then_some(())
+        });
+    }
+    // Stop the agents: each ships its last window, then reports its totals.
+    let mut produced = 0u64;
+    let mut shipped = 0u64;
+    for a in &mut agents {
+        a.proc.signal(libc::SIGTERM);
+        assert!(a.proc.wait_exit(60).success());
+        let line = a.proc.wait_line("sample rows produced", 5);
+        let num = |key: &str| -> u64 {
+            line.split(key)
+                .nth(1)
+                .and_then(|r| r.trim().split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {key:?} in {line:?}"))
+        };
+        assert_eq!(num("dropped "), 0, "{line}");
+        assert!(line.contains(" 0 batch(es)"), "all shipped: {line}");
+        produced += num("produced ");
+        shipped += num("shipped ");
+    }
+    let _ = split.kill();
+    let _ = split.wait();
+    assert_eq!(produced, shipped);
+    let status = http_json(&server.addr, "/api/v1/status");
+    let stored = status["sample_rows"].as_u64().expect("sample_rows");
+    assert!(produced > 100, "{produced} rows produced");
+    assert_eq!(stored, produced, "rows stored = rows the agents produced");
+}
+
+/// An agent killed with SIGKILL mid-run leaves no BPF program behind, and once it restarts the
+/// server marks its run failed with the reason.
+#[test]
+fn agent_killed_mid_run() {
+    require_root();
+    let dir = scratch("fleet-kill");
+    let server = start_server(&dir.join("data"), "127.0.0.1:0", &["--insecure-local"]);
+    let url = format!("http://{}", server.addr);
+    let mut agent = start_agent("k1", &url, &dir.join("buf"), &[], None);
+    let mut split = spawn_split("60");
+    eventually(20, "host k1 up", || {
+        let v = http_json(&server.addr, "/api/v1/hosts");
+        (v["hosts"].as_array()?.len() == 1).then_some(())
+    });
+    let body = format!(
+        r#"{{"profiler":"cpu","target":"pid:{}","duration":"60s"}}"#,
+        split.id()
+    );
+    let (code, v) = json_req(&server.addr, "POST", "/api/v1/runs", None, &body);
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_u64().expect("id");
+    eventually(20, "the run to be running", || {
+        let (_, r) = json_req(&server.addr, "GET", &format!("/api/v1/runs/{id}"), None, "");
+        (r["state"] == "running").then_some(())
+    });
+    let pid = agent.proc.child.id();
+    let progs = bpf_prog_ids_of(pid);
+    assert!(!progs.is_empty(), "the agent holds BPF programs");
+    agent.proc.signal(libc::SIGKILL);
+    agent.proc.wait_exit(10);
+    let restarted = start_agent("k1", &url, &dir.join("buf"), &[], None);
+    eventually(10, "the killed agent's programs to be gone", || {
+        progs.iter().all(|p| !bpf_prog_loaded(*p)).then_some(())
+    });
+    let listed = Command::new("bpftool")
+        .args(["prog", "list", "--json"])
+        .output()
+        .expect("bpftool");
+    let list: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("bpftool json");
+    for p in list.as_array().expect("list") {
+        let id = p["id"].as_u64().unwrap_or(0) as u32;
+        assert!(!progs.contains(&id), "program {id} of the killed agent is still loaded: {p}");
+    }
+    let run = wait_run(&server.addr, None, id, 30);
+    assert_eq!(run["state"], "failed", "{run}");
+    let reason = run["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("restarted"), "{reason}");
+    let _ = split.kill();
+    let _ = split.wait();
+    drop(restarted);
+}
+
+/// Samples of a binary whose debug info reaches the server only later show as `module+0xoff`,
+/// then get their names when it arrives, with no re-ingest.
+#[test]
+fn late_symbols() {
+    require_root();
+    let dir = scratch("fleet-late");
+    let server = start_server(&dir.join("data"), "127.0.0.1:0", &["--insecure-local"]);
+    let url = format!("http://{}", server.addr);
+    // A copy of the workload under a name of its own: no other test uploads it.
+    let bin = dir.join("late-split");
+    std::fs::copy(workload("split"), &bin).expect("copy");
+    let _agent = start_agent("l1", &url, &dir.join("buf"), &["--no-debuginfo-upload"], None);
+    let mut split = Command::new(&bin).arg("20").spawn().expect("start");
+    eventually(20, "host l1 up", || {
+        let v = http_json(&server.addr, "/api/v1/hosts");
+        (v["hosts"].as_array()?.len() == 1).then_some(())
+    });
+    let body = format!(
+        r#"{{"profiler":"cpu","target":"pid:{}","duration":"2s","frequency":99}}"#,
+        split.id()
+    );
+    let (code, v) = json_req(&server.addr, "POST", "/api/v1/runs", None, &body);
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_u64().expect("id");
+    assert_eq!(wait_run(&server.addr, None, id, 30)["state"], "done");
+    let top_of_run = || {
+        let (_, top) = json_req(
+            &server.addr,
+            "GET",
+            &format!("/api/v1/top?profiler=cpu&since=10m&filter=run%3D{id}&limit=50"),
+            None,
+            "",
+        );
+        top["rows"].clone()
+    };
+    let before = eventually(20, "the run's samples", || {
+        let rows = top_of_run();
+        (!rows.as_array()?.is_empty()).then_some(rows)
+    });
+    let names: Vec<&str> = before
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["function"].as_str())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("[unknown] late-split+0x")),
+        "unsymbolized frames show module+offset: {names:?}"
+    );
+    assert!(!names.contains(&"leaf_hot"));
+    // The debug info arrives.
+    let build_id = String::from_utf8(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "readelf -n {} | awk '/Build ID/ {{print $3}}'",
+                bin.display()
+            ))
+            .output()
+            .expect("readelf")
+            .stdout,
+    )
+    .expect("utf8")
+    .trim()
+    .to_string();
+    assert!(build_id.len() >= 16, "build id {build_id:?}");
+    let elf = std::fs::read(&bin).expect("read");
+    let (code, out) = http_req(
+        &server.addr,
+        "PUT",
+        &format!("/api/v1/debuginfo/{build_id}"),
+        None,
+        &elf,
+    );
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&out));
+    // A file under the wrong build ID is refused.
+    let (code, _) = http_req(&server.addr, "PUT", "/api/v1/debuginfo/00112233445566778899", None, &elf);
+    assert_eq!(code, 400);
+    let after = eventually(30, "the old samples to get their names", || {
+        let rows = top_of_run();
+        (self_percent(&rows, "leaf_hot") > 0.0).then_some(rows)
+    });
+    let hot = self_percent(&after, "leaf_hot");
+    let cold = self_percent(&after, "leaf_cold");
+    assert!((60.0..90.0).contains(&(100.0 * hot / (hot + cold))), "hot {hot} cold {cold}");
+    assert!(metric(&server.addr, "baton_symbols_late_total") > 0.0);
+    let _ = split.kill();
+    let _ = split.wait();
+}
+
+/// Tokens and roles: a bad token gets 401, a viewer cannot start a run, an operator cannot
+/// force one, an admin can, and the audit log has the forced run and the failed auth. The
+/// server speaks TLS (rustls) and the agent and CLI trust its CA.
+#[test]
+fn auth_roles_audit_and_tls() {
+    require_root();
+    let dir = scratch("fleet-auth");
+    let tokens = tokens_file(&dir);
+    let (cert, key, ca) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.pem"));
+    // A private CA and a server certificate it signed, as a real deployment has.
+    let script = format!(
+        "cd {d} && \
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+           -subj /CN=baton-test-ca -keyout ca.key -out ca.pem && \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+           -keyout key.pem -out req.csr && \
+         printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext.cnf && \
+         openssl x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+           -extfile ext.cnf -out cert.pem",
+        d = dir.display()
+    );
+    let st = Command::new("sh")
+        .args(["-c", &script])
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success(), "openssl could not make the test certificates");
+    let data = dir.join("data");
+    let server = start_server(
+        &data,
+        "127.0.0.1:0",
+        &[
+            "--auth",
+            tokens.to_str().expect("p"),
+            "--tls-cert",
+            cert.to_str().expect("p"),
+            "--tls-key",
+            key.to_str().expect("p"),
+        ],
+    );
+    assert!(server.proc.text().contains("https://"));
+    let url = format!("https://localhost:{}", server.addr.rsplit(':').next().expect("port"));
+    let ca = ca.to_str().expect("p");
+    let agent_token = dir.join("agent.token");
+    let _agent = start_agent(
+        "a1",
+        &url,
+        &dir.join("buf"),
+        &["--token-file", agent_token.to_str().expect("p"), "--ca-file", ca],
+        None,
+    );
+    let curl = |token: Option<&str>, method: &str, path: &str, body: &str| -> (u16, String) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--cacert", ca, "-X", method]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if !body.is_empty() {
+            c.args(["-H", "content-type: application/json", "-d", body]);
+        }
+        let out = c.arg(format!("{url}{path}")).output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').expect("code line");
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    };
+    eventually(30, "host a1 up over TLS", || {
+        let (code, body) = curl(Some(VIEWER), "GET", "/api/v1/hosts", "");
+        (code == 200 && body.contains("\"a1\"")).then_some(())
+    });
+    assert_eq!(curl(None, "GET", "/api/v1/status", "").0, 401);
+    assert_eq!(curl(Some("wrong-token-0123456789"), "GET", "/api/v1/top", "").0, 401);
+    assert_eq!(curl(Some(AGENT), "GET", "/api/v1/top", "").0, 403);
+    let run = r#"{"profiler":"cpu","target":"comm:nothing-here","duration":"1s"}"#;
+    assert_eq!(curl(Some(VIEWER), "POST", "/api/v1/runs", run).0, 403);
+    let forced = r#"{"profiler":"cpu","target":"comm:nothing-here","duration":"1s","force":true}"#;
+    assert_eq!(curl(Some(OPERATOR), "POST", "/api/v1/runs", forced).0, 403);
+    let (code, body) = curl(Some(ADMIN), "POST", "/api/v1/runs", forced);
+    assert_eq!(code, 201, "{body}");
+    let id: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let id = id["id"].as_u64().expect("id");
+    assert_eq!(curl(Some(OPERATOR), "POST", "/api/v1/runs", run).0, 201);
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = Command::new("curl")
+        .args(["-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{}/api/v1/status", server.addr))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), "000");
+    // The CLI takes --server, --token-file and --ca-file.
+    let token = dir.join("viewer.token");
+    std::fs::write(&token, VIEWER).expect("token");
+    let out = run_cli(&["hosts", "--server", &url, "--token-file", token.to_str().expect("p"), "--ca-file", ca]);
+    assert!(out.contains("a1"), "{out}");
+    let audit = std::fs::read_to_string(data.join("audit.log")).expect("audit log");
+    let events: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert!(
+        events.iter().any(|e| e["event"] == "forced_run" && e["run"] == id && e["who"] == "ada"),
+        "{audit}"
+    );
+    assert!(events.iter().any(|e| e["event"] == "auth_failed"), "{audit}");
+    assert!(events.iter().any(|e| e["event"] == "run" && e["who"] == "olga"), "{audit}");
+}
+
+fn run_cli(args: &[&str]) -> String {
+    let out = run(baton().args(args));
+    assert!(out.status.success(), "baton {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// pprof from another producer (Go's runtime profiler, and the same file re-written by
+/// `go tool pprof -proto`) is accepted with labels from the query and can be queried; a batch
+/// id stores a batch once; a malformed upload is refused and counted.
+#[test]
+fn foreign_pprof_is_accepted() {
+    let dir = scratch("fleet-foreign");
+    let server = start_server(&dir.join("data"), "127.0.0.1:0", &["--insecure-local"]);
+    let src = dir.join("burn.go");
+    std::fs::write(
+        &src,
+        r#"package main
+
+import (
+	"os"
+	"runtime/pprof"
+	"time"
+)
+
+//go:noinline
+func burnGo(n int) int {
+	s := 0
+	for i := 0; i < n; i++ {
+		s += i * i % 7
+	}
+	return s
+}
+
+func main() {
+	f, _ := os.Create(os.Args[1])
+	pprof.StartCPUProfile(f)
+	end := time.Now().Add(1500 * time.Millisecond)
+	x := 0
+	for time.Now().Before(end) {
+		x += burnGo(100000)
+	}
+	pprof.StopCPUProfile()
+	f.Close()
+	if x == 42 {
+		println(x)
+	}
+}
+"#,
+    )
+    .expect("write go");
+    let prof = dir.join("go-cpu.pb.gz");
+    let st = Command::new("go")
+        .arg("run")
+        .arg(&src)
+        .arg(&prof)
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPROXY", "off")
+        .status()
+        .expect("go (scripts/install-deps.sh installs golang-go)");
+    assert!(st.success(), "go run failed");
+    let bytes = std::fs::read(&prof).expect("profile");
+    let (code, out) = http_req(
+        &server.addr,
+        "POST",
+        "/api/v1/ingest?profiler=go-cpu&service=checkout&host=go1&batch_id=go-1",
+        None,
+        &bytes,
+    );
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&out));
+    let (code, out) = http_req(
+        &server.addr,
+        "POST",
+        "/api/v1/ingest?profiler=go-cpu&service=checkout&host=go1&batch_id=go-1",
+        None,
+        &bytes,
+    );
+    assert_eq!(code, 200, "a second copy is acknowledged, not stored");
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["duplicate"], true);
+    let top = http_json(
+        &server.addr,
+        "/api/v1/top?profiler=go-cpu&value=cpu&since=1h&filter=service%3Dcheckout&limit=20",
+    );
+    assert!(
+        self_percent(&top["rows"], "main.burnGo") > 50.0,
+        "{}",
+        top["rows"]
+    );
+    assert_eq!(top["unit"], "nanoseconds");
+    // The same profile as `go tool pprof -proto` writes it.
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-proto"])
+        .arg(&prof)
+        .output()
+        .expect("go tool pprof");
+    assert!(out.status.success());
+    let (code, _) = http_req(
+        &server.addr,
+        "POST",
+        "/api/v1/ingest?profiler=go-cpu&host=go2",
+        None,
+        &out.stdout,
+    );
+    assert_eq!(code, 201);
+    let hosts = http_json(&server.addr, "/api/v1/labels/host?profiler=go-cpu&since=1h");
+    assert_eq!(hosts["values"].as_array().map(Vec::len), Some(2), "{hosts}");
+    // Malformed uploads are refused and counted.
+    let refused = metric(&server.addr, "baton_ingest_refused_batches_total");
+    let (code, out) = http_req(&server.addr, "POST", "/api/v1/ingest", None, b"\x1f\x8b\x08garbage");
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&out));
+    let (code, _) = http_req(&server.addr, "POST", "/api/v1/ingest?Bad-Label=1", None, &bytes);
+    assert_eq!(code, 400);
+    assert_eq!(
+        metric(&server.addr, "baton_ingest_refused_batches_total"),
+        refused + 2.0
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
