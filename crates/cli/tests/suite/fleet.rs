@@ -200,14 +200,17 @@ impl Lan {
             assert!(st.success(), "`{cmd}` failed (ip netns and veth need root and iproute2)");
         };
         let bridge = format!("btn{tag}");
-        let _ = Command::new("ip").args(["link", "del", &bridge]).status();
+        let quiet = |args: &[&str]| {
+            let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+        };
+        quiet(&["link", "del", &bridge]);
         sh(&format!(
             "ip link add {bridge} type bridge && ip addr add 10.77.0.1/24 dev {bridge} && ip link set {bridge} up"
         ));
         let mut spaces = Vec::new();
         for i in 1..=hosts {
             let ns = format!("baton-{tag}-h{i}");
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            quiet(&["netns", "del", &ns]);
             sh(&format!(
                 "ip netns add {ns} && ip link add v{tag}{i} type veth peer name eth0 netns {ns} && \
                  ip link set v{tag}{i} master {bridge} up && \
