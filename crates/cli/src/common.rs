@@ -208,6 +208,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// Parses a duration flag, naming the flag in the error.
+pub fn parse_duration_flag(v: &str, flag: &str) -> anyhow::Result<std::time::Duration> {
+    baton_model::parse_duration(v).map_err(|e| usage(format!("{flag}: {e}")))
+}
+
 #[cfg(test)]
 mod size_tests {
     #[test]
@@ -218,9 +223,4 @@ mod size_tests {
         assert_eq!(super::parse_size("4096"), Ok(4096));
         assert!(super::parse_size("lots").is_err());
     }
-}
-
-/// Parses a duration flag, naming the flag in the error.
-pub fn parse_duration_flag(v: &str, flag: &str) -> anyhow::Result<std::time::Duration> {
-    baton_model::parse_duration(v).map_err(|e| usage(format!("{flag}: {e}")))
 }

@@ -953,7 +953,11 @@ mod tests {
             file: Some("hot.c".into()),
             line: Some(12),
         };
-        assert_eq!(s.add_symbols("beef", std::slice::from_ref(&late)).expect("add"), 1);
+        assert_eq!(
+            s.add_symbols("beef", std::slice::from_ref(&late))
+                .expect("add"),
+            1
+        );
         assert_eq!(s.add_symbols("beef", &[late]).expect("add"), 0);
         assert!(s.unsymbolized(100).expect("u").is_empty());
         let p = s.profile(&q(0, 10_000)).expect("p");

@@ -68,7 +68,10 @@ impl Proc {
             if let Some(st) = self.child.try_wait().expect("wait") {
                 return st;
             }
-            assert!(Instant::now() < deadline, "process did not exit within {secs} s");
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {secs} s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -126,7 +129,13 @@ struct Agent {
 
 /// Starts an agent named `host`; in `netns`, it runs in that network namespace with its own
 /// host name (a UTS namespace), as on a separate machine.
-fn start_agent(host: &str, server: &str, buffer: &Path, extra: &[&str], netns: Option<(&str, &str)>) -> Agent {
+fn start_agent(
+    host: &str,
+    server: &str,
+    buffer: &Path,
+    extra: &[&str],
+    netns: Option<(&str, &str)>,
+) -> Agent {
     let bin = env!("CARGO_BIN_EXE_baton");
     let mut args: Vec<String> = vec![
         "agent".into(),
@@ -182,7 +191,13 @@ fn metric(addr: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} at {addr}"))
 }
 
-fn json_req(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+fn json_req(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
     let (code, out) = http_req(addr, method, path, token, body.as_bytes());
     (code, serde_json::from_slice(&out).unwrap_or_default())
 }
@@ -197,7 +212,10 @@ impl Lan {
     fn new(tag: &str, hosts: usize) -> Lan {
         let sh = |cmd: &str| {
             let st = Command::new("sh").args(["-c", cmd]).status().expect("sh");
-            assert!(st.success(), "`{cmd}` failed (ip netns and veth need root and iproute2)");
+            assert!(
+                st.success(),
+                "`{cmd}` failed (ip netns and veth need root and iproute2)"
+            );
         };
         let bridge = format!("btn{tag}");
         let quiet = |args: &[&str]| {
@@ -228,7 +246,9 @@ impl Drop for Lan {
         for ns in &self.spaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
     }
 }
 
@@ -299,7 +319,10 @@ fn three_hosts_in_network_namespaces() {
             .iter()
             .filter_map(|x| x["value"].as_str().map(str::to_string))
             .collect();
-        (["h1", "h2", "h3"].iter().all(|h| hosts.contains(&h.to_string()))).then_some(())
+        (["h1", "h2", "h3"]
+            .iter()
+            .all(|h| hosts.contains(&h.to_string())))
+        .then_some(())
     });
     // A run placed on h2 runs only there.
     let mut split = spawn_split("20");
@@ -340,7 +363,10 @@ fn three_hosts_in_network_namespaces() {
     });
     let hot = self_percent(&top["rows"], "leaf_hot");
     let cold = self_percent(&top["rows"], "leaf_cold");
-    assert!(hot > 2.0 * cold && cold > 0.0, "leaf_hot {hot}% vs leaf_cold {cold}%");
+    assert!(
+        hot > 2.0 * cold && cold > 0.0,
+        "leaf_hot {hot}% vs leaf_cold {cold}%"
+    );
     assert!(agents[1].proc.text().contains(&format!("run {id} (cpu")));
     assert!(!agents[0].proc.text().contains(&format!("run {id} (cpu")));
     assert!(!agents[2].proc.text().contains(&format!("run {id} (cpu")));
@@ -406,7 +432,7 @@ fn server_outage_loses_nothing() {
     let down = Instant::now();
     // While it is down, batches wait on disk; o2 restarts with what it buffered.
     std::thread::sleep(Duration::from_secs(12));
-    let mut earlier = (0u64, 0u64);
+    let earlier;
     {
         let o2 = &mut agents[1];
         o2.proc.signal(libc::SIGTERM);
@@ -417,7 +443,10 @@ fn server_outage_loses_nothing() {
         earlier = (p, s);
     }
     agents[1] = start("o2");
-    assert!(agents[1].proc.wait_line("from before; sending them first", 10).contains("batch"));
+    assert!(agents[1]
+        .proc
+        .wait_line("from before; sending them first", 10)
+        .contains("batch"));
     std::thread::sleep(Duration::from_secs(30).saturating_sub(down.elapsed()));
     for a in &agents {
         assert!(metric(&a.metrics, "baton_agent_buffer_batches") >= 5.0);
@@ -492,7 +521,10 @@ fn agent_killed_mid_run() {
     let list: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("bpftool json");
     for p in list.as_array().expect("list") {
         let id = p["id"].as_u64().unwrap_or(0) as u32;
-        assert!(!progs.contains(&id), "program {id} of the killed agent is still loaded: {p}");
+        assert!(
+            !progs.contains(&id),
+            "program {id} of the killed agent is still loaded: {p}"
+        );
     }
     let run = wait_run(&server.addr, None, id, 30);
     assert_eq!(run["state"], "failed", "{run}");
@@ -514,7 +546,13 @@ fn late_symbols() {
     // A copy of the workload under a name of its own: no other test uploads it.
     let bin = dir.join("late-split");
     std::fs::copy(workload("split"), &bin).expect("copy");
-    let _agent = start_agent("l1", &url, &dir.join("buf"), &["--no-debuginfo-upload"], None);
+    let _agent = start_agent(
+        "l1",
+        &url,
+        &dir.join("buf"),
+        &["--no-debuginfo-upload"],
+        None,
+    );
     let mut split = Command::new(&bin).arg("20").spawn().expect("start");
     eventually(20, "host l1 up", || {
         let v = http_json(&server.addr, "/api/v1/hosts");
@@ -549,7 +587,9 @@ fn late_symbols() {
         .filter_map(|r| r["function"].as_str())
         .collect();
     assert!(
-        names.iter().any(|n| n.starts_with("[unknown] late-split+0x")),
+        names
+            .iter()
+            .any(|n| n.starts_with("[unknown] late-split+0x")),
         "unsymbolized frames show module+offset: {names:?}"
     );
     assert!(!names.contains(&"leaf_hot"));
@@ -579,7 +619,13 @@ fn late_symbols() {
     );
     assert_eq!(code, 201, "{}", String::from_utf8_lossy(&out));
     // A file under the wrong build ID is refused.
-    let (code, _) = http_req(&server.addr, "PUT", "/api/v1/debuginfo/00112233445566778899", None, &elf);
+    let (code, _) = http_req(
+        &server.addr,
+        "PUT",
+        "/api/v1/debuginfo/00112233445566778899",
+        None,
+        &elf,
+    );
     assert_eq!(code, 400);
     let after = eventually(30, "the old samples to get their names", || {
         let rows = top_of_run();
@@ -587,7 +633,10 @@ fn late_symbols() {
     });
     let hot = self_percent(&after, "leaf_hot");
     let cold = self_percent(&after, "leaf_cold");
-    assert!((60.0..90.0).contains(&(100.0 * hot / (hot + cold))), "hot {hot} cold {cold}");
+    assert!(
+        (60.0..90.0).contains(&(100.0 * hot / (hot + cold))),
+        "hot {hot} cold {cold}"
+    );
     assert!(metric(&server.addr, "baton_symbols_late_total") > 0.0);
     let _ = split.kill();
     let _ = split.wait();
@@ -601,7 +650,11 @@ fn auth_roles_audit_and_tls() {
     require_root();
     let dir = scratch("fleet-auth");
     let tokens = tokens_file(&dir);
-    let (cert, key, ca) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.pem"));
+    let (cert, key, ca) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
     // A private CA and a server certificate it signed, as a real deployment has.
     let script = format!(
         "cd {d} && \
@@ -634,19 +687,37 @@ fn auth_roles_audit_and_tls() {
         ],
     );
     assert!(server.proc.text().contains("https://"));
-    let url = format!("https://localhost:{}", server.addr.rsplit(':').next().expect("port"));
+    let url = format!(
+        "https://localhost:{}",
+        server.addr.rsplit(':').next().expect("port")
+    );
     let ca = ca.to_str().expect("p");
     let agent_token = dir.join("agent.token");
     let _agent = start_agent(
         "a1",
         &url,
         &dir.join("buf"),
-        &["--token-file", agent_token.to_str().expect("p"), "--ca-file", ca],
+        &[
+            "--token-file",
+            agent_token.to_str().expect("p"),
+            "--ca-file",
+            ca,
+        ],
         None,
     );
     let curl = |token: Option<&str>, method: &str, path: &str, body: &str| -> (u16, String) {
         let mut c = Command::new("curl");
-        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--cacert", ca, "-X", method]);
+        c.args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+            ca,
+            "-X",
+            method,
+        ]);
         if let Some(t) = token {
             c.args(["-H", &format!("Authorization: Bearer {t}")]);
         }
@@ -663,7 +734,10 @@ fn auth_roles_audit_and_tls() {
         (code == 200 && body.contains("\"a1\"")).then_some(())
     });
     assert_eq!(curl(None, "GET", "/api/v1/status", "").0, 401);
-    assert_eq!(curl(Some("wrong-token-0123456789"), "GET", "/api/v1/top", "").0, 401);
+    assert_eq!(
+        curl(Some("wrong-token-0123456789"), "GET", "/api/v1/top", "").0,
+        401
+    );
     assert_eq!(curl(Some(AGENT), "GET", "/api/v1/top", "").0, 403);
     let run = r#"{"profiler":"cpu","target":"comm:nothing-here","duration":"1s"}"#;
     assert_eq!(curl(Some(VIEWER), "POST", "/api/v1/runs", run).0, 403);
@@ -684,7 +758,15 @@ fn auth_roles_audit_and_tls() {
     // The CLI takes --server, --token-file and --ca-file.
     let token = dir.join("viewer.token");
     std::fs::write(&token, VIEWER).expect("token");
-    let out = run_cli(&["hosts", "--server", &url, "--token-file", token.to_str().expect("p"), "--ca-file", ca]);
+    let out = run_cli(&[
+        "hosts",
+        "--server",
+        &url,
+        "--token-file",
+        token.to_str().expect("p"),
+        "--ca-file",
+        ca,
+    ]);
     assert!(out.contains("a1"), "{out}");
     let audit = std::fs::read_to_string(data.join("audit.log")).expect("audit log");
     let events: Vec<serde_json::Value> = audit
@@ -692,11 +774,21 @@ fn auth_roles_audit_and_tls() {
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
     assert!(
-        events.iter().any(|e| e["event"] == "forced_run" && e["run"] == id && e["who"] == "ada"),
+        events
+            .iter()
+            .any(|e| e["event"] == "forced_run" && e["run"] == id && e["who"] == "ada"),
         "{audit}"
     );
-    assert!(events.iter().any(|e| e["event"] == "auth_failed"), "{audit}");
-    assert!(events.iter().any(|e| e["event"] == "run" && e["who"] == "olga"), "{audit}");
+    assert!(
+        events.iter().any(|e| e["event"] == "auth_failed"),
+        "{audit}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "run" && e["who"] == "olga"),
+        "{audit}"
+    );
 }
 
 fn run_cli(args: &[&str]) -> String {
@@ -807,9 +899,21 @@ func main() {
     assert_eq!(hosts["values"].as_array().map(Vec::len), Some(2), "{hosts}");
     // Malformed uploads are refused and counted.
     let refused = metric(&server.addr, "baton_ingest_refused_batches_total");
-    let (code, out) = http_req(&server.addr, "POST", "/api/v1/ingest", None, b"\x1f\x8b\x08garbage");
+    let (code, out) = http_req(
+        &server.addr,
+        "POST",
+        "/api/v1/ingest",
+        None,
+        b"\x1f\x8b\x08garbage",
+    );
     assert_eq!(code, 400, "{}", String::from_utf8_lossy(&out));
-    let (code, _) = http_req(&server.addr, "POST", "/api/v1/ingest?Bad-Label=1", None, &bytes);
+    let (code, _) = http_req(
+        &server.addr,
+        "POST",
+        "/api/v1/ingest?Bad-Label=1",
+        None,
+        &bytes,
+    );
     assert_eq!(code, 400);
     assert_eq!(
         metric(&server.addr, "baton_ingest_refused_batches_total"),
