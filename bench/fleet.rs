@@ -2,7 +2,7 @@
 //!
 //! `ingest URL [BATCHES=200] [ROWS=2000] [CLIENTS=1]`: posts gzip pprof batches (the agents'
 //! wire format) and prints sample rows per second, against the reference measured in the same
-//! run: the same batches written straight into an in-memory DuckDB store (no HTTP, no decode).
+//! run: the same batches written straight into a DuckDB store file (no HTTP, no decode).
 //!
 //! `agents URL [AGENTS=200] [SECONDS=60] [ROWS=200]`: that many simulated agents register, then
 //! each heartbeats every 5 s and ships one batch every 10 s (a 10 s window), as a real agent
@@ -96,13 +96,17 @@ fn ingest(url: &str, batches: usize, rows: usize, clients: usize) -> anyhow::Res
         .collect();
     let encoded: Vec<Vec<u8>> = made.iter().map(baton_model::wire::encode_batch).collect();
     let bytes: usize = encoded.iter().map(Vec::len).sum();
-    // Reference: the same batches into DuckDB directly.
-    let mut store = DuckDbStore::in_memory()?;
+    // Reference: the same batches into a DuckDB file directly, as the server's store writes.
+    let dir = std::env::temp_dir().join(format!("fleet-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut store = DuckDbStore::open(&dir)?;
     let t = Instant::now();
     for b in &made {
         store.write_batch(b)?;
     }
     let direct = t.elapsed().as_secs_f64();
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
     let total_rows = (batches * rows) as f64;
     let run = format!("{:x}", now);
     let queue = Arc::new(Mutex::new((0..batches).collect::<Vec<_>>()));
@@ -142,7 +146,7 @@ fn ingest(url: &str, batches: usize, rows: usize, clients: usize) -> anyhow::Res
         total_rows / http
     );
     println!(
-        "  direct to DuckDB {:>8.0} rows/s  ({direct:.2}s, in-process reference)",
+        "  direct to DuckDB {:>8.0} rows/s  ({direct:.2}s, in-process writes to a store file: the reference)",
         total_rows / direct
     );
     println!("  ratio HTTP/direct {:.2}", direct / http);

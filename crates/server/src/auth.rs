@@ -32,6 +32,15 @@ pub enum Role {
 }
 
 impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
     fn parse(s: &str) -> Option<Role> {
         Some(match s {
             "agent" => Role::Agent,
@@ -226,10 +235,15 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
         return deny(
             StatusCode::FORBIDDEN,
             format!(
-                "{} has role {:?}; {} {path} needs one of {roles:?}",
+                "{} has role {}; {} {path} needs one of: {}",
                 p.name,
-                p.role,
-                req.method()
+                p.role.name(),
+                req.method(),
+                roles
+                    .iter()
+                    .map(|r| r.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         );
     }

@@ -133,6 +133,8 @@ pub struct FleetRun {
     pub reason: Option<String>,
     pub samples: u64,
     pub queued_at_ms: u64,
+    /// When the agent first reported it past `queued`.
+    pub started_at_ms: Option<u64>,
     pub ended_at_ms: Option<u64>,
     /// The agent process the run was sent to.
     #[serde(skip)]
@@ -157,6 +159,7 @@ impl FleetRun {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         v["queued_at"] = json!(rfc3339_ms(self.queued_at_ms as i64));
         v["ended_at"] = json!(self.ended_at_ms.map(|t| rfc3339_ms(t as i64)));
+        v["started_at"] = json!(self.started_at_ms.map(|t| rfc3339_ms(t as i64)));
         v["duration_s"] = json!(self.duration_ms as f64 / 1000.0);
         v["mode"] = json!("on-demand");
         v
@@ -367,6 +370,9 @@ pub(crate) async fn heartbeat(
                 if r.host != hb.host || r.is_terminal() {
                     continue;
                 }
+                if rep.state != "queued" && r.started_at_ms.is_none() {
+                    r.started_at_ms = Some(now);
+                }
                 r.state = rep.state.clone();
                 r.reason = rep.reason.clone().or(r.reason.take());
                 r.samples = rep.samples;
@@ -376,6 +382,8 @@ pub(crate) async fn heartbeat(
             }
         }
     }
+    // Server-side handling time of the heartbeat, before any long-poll wait.
+    f.heartbeat_latency.observe(started.elapsed());
     let wants_config = |f: &Fleet| {
         let files = f.config_files();
         files.filter(|c| hb.config_version.as_deref() != Some(c.version.as_str()))
@@ -407,9 +415,6 @@ pub(crate) async fn heartbeat(
         if let Some(h) = s.hosts.get_mut(&hb.host) {
             h.last_seen_ms = (f.clock)();
         }
-    }
-    if reply.assign.is_empty() && reply.cancel.is_empty() && hb.wait_s == 0 {
-        f.heartbeat_latency.observe(started.elapsed());
     }
     Ok(Json(reply).into_response())
 }
@@ -494,6 +499,7 @@ pub(crate) async fn submit(
                 reason: None,
                 samples: 0,
                 queued_at_ms: now,
+                started_at_ms: None,
                 ended_at_ms: None,
                 instance: None,
                 cancel_sent: false,

@@ -367,6 +367,25 @@ fn three_hosts_in_network_namespaces() {
         hot > 2.0 * cold && cold > 0.0,
         "leaf_hot {hot}% vs leaf_cold {cold}%"
     );
+    // The UI, with the token in its URL fragment (kept in localStorage, sent as a bearer).
+    let dom = chromium_dom(&format!("http://{}/?since=15m#token={VIEWER}", server.addr));
+    assert!(
+        dom.contains("data-loaded=\"1\""),
+        "the page never loaded its data"
+    );
+    assert!(
+        dom.contains("leaf_hot"),
+        "the flame graph lacks the run's hot function"
+    );
+    let dom = chromium_dom(&format!("http://{}/?since=15m", server.addr));
+    assert!(
+        !dom.contains("data-loaded=\"1\""),
+        "the page loaded data with no token"
+    );
+    assert!(
+        dom.contains("token-input"),
+        "the page asks for a token after a 401"
+    );
     assert!(agents[1].proc.text().contains(&format!("run {id} (cpu")));
     assert!(!agents[0].proc.text().contains(&format!("run {id} (cpu")));
     assert!(!agents[2].proc.text().contains(&format!("run {id} (cpu")));
