@@ -162,6 +162,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         remote,
         registered: false,
         heartbeat_s: 5,
+        beats: 1,
         reported_done: BTreeSet::new(),
         refused: Vec::new(),
     };
@@ -207,6 +208,7 @@ struct Control {
     remote: Arc<Mutex<RemoteRuns>>,
     registered: bool,
     heartbeat_s: u64,
+    beats: u64,
     /// Server runs whose end was reported already.
     reported_done: BTreeSet<u64>,
     /// Server runs this host could not queue, with the reason, to report once.
@@ -333,7 +335,10 @@ impl Control {
                 .as_ref()
                 .map(|c| c.version.clone()),
             wait_s: self.heartbeat_s,
+            // Services come and go with their processes: look again every 30 heartbeats.
+            services: (self.beats % 30 == 0).then(|| self.services()),
         };
+        self.beats += 1;
         let (code, out) = self
             .client
             .post_json("/api/v1/agents/heartbeat", &serde_json::to_value(&hb)?)?;

@@ -70,6 +70,9 @@ pub struct Heartbeat {
     /// Seconds the server may hold the call when it has nothing to say (long poll).
     #[serde(default)]
     pub wait_s: u64,
+    /// Config services with processes on the host now, when the agent looked again.
+    #[serde(default)]
+    pub services: Option<Vec<String>>,
 }
 
 /// A run for an agent to start.
@@ -365,6 +368,9 @@ pub(crate) async fn heartbeat(
         h.last_seen_ms = now;
         h.state = "up";
         h.heartbeats += 1;
+        if let Some(svcs) = &hb.services {
+            h.registration.services = svcs.clone();
+        }
         for rep in &hb.runs {
             if let Some(r) = s.runs.get_mut(&rep.id) {
                 if r.host != hb.host || r.is_terminal() {
