@@ -13,14 +13,24 @@ T=${CARGO_TARGET_DIR:-target}
 BATON=${BATON:-$T/release/baton}
 cargo build --release -q -p baton-bench --bin fleet-bench
 tmp=$(mktemp -d)
+SERVER=
 trap 'kill $SERVER 2>/dev/null; rm -rf "$tmp"' EXIT
-PORT=$((20000 + RANDOM % 20000))
-"$BATON" server --insecure-local --listen 127.0.0.1:$PORT --data "$tmp/data" --heartbeat 5s --host-timeout 30s 2> "$tmp/server.log" &
-SERVER=$!
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/api/v1/status" >/dev/null && break; sleep 0.2; done
-URL=http://127.0.0.1:$PORT
+# A fresh server and store for each measurement, so none finds the frames of the one before.
+start_server() {
+  [ -n "$SERVER" ] && kill "$SERVER" && wait "$SERVER" 2>/dev/null || true
+  PORT=$((20000 + RANDOM % 20000))
+  rm -rf "$tmp/data"
+  "$BATON" server --insecure-local --listen 127.0.0.1:$PORT --data "$tmp/data" --heartbeat 5s --host-timeout 30s 2> "$tmp/server.log" &
+  SERVER=$!
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/api/v1/status" >/dev/null && break; sleep 0.2; done
+  URL=http://127.0.0.1:$PORT
+}
+start_server
 "$T/release/fleet-bench" ingest "$URL" 200 2000 1
+start_server
 "$T/release/fleet-bench" ingest "$URL" 200 2000 4
+[ "${SKIP_AGENTS:-}" = 1 ] && exit 0
+start_server
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
 c0=$(cpu); t0=$(date +%s.%N)
