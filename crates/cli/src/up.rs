@@ -1108,6 +1108,11 @@ impl Driver {
                 .fetch_add(1, Ordering::Relaxed);
             eprintln!("baton up: overhead guard: {pct:.2}% of CPU is over the {budget}% budget; lowering the frequency to {lower} Hz");
         } else {
+            // Counted first, so anyone who sees a run ended by the guard sees the count too.
+            self.guard.stopped_until = Some(now + GUARD_PAUSE);
+            self.metrics
+                .overhead_stopped
+                .fetch_add(1, Ordering::Relaxed);
             self.flush_continuous(None);
             self.continuous = None;
             // Continuous runs of services stop too; on-demand and triggered runs go on.
@@ -1133,10 +1138,6 @@ impl Driver {
                     );
                 self.stop_targeted(id, true);
             }
-            self.guard.stopped_until = Some(now + GUARD_PAUSE);
-            self.metrics
-                .overhead_stopped
-                .fetch_add(1, Ordering::Relaxed);
             eprintln!("baton up: overhead guard: {pct:.2}% is still over the {budget}% budget at 1 Hz; continuous profiling stops for {}s", GUARD_PAUSE.as_secs());
         }
     }

@@ -318,6 +318,8 @@ pub fn symbolize_pending(
                     function: s.function,
                     file: s.file,
                     line: s.line,
+                    // Innermost first, as frames are ordered leaf first.
+                    inlined: s.inlined.into_iter().rev().collect(),
                 })
             })
             .collect();

@@ -33,6 +33,8 @@ pub struct DuckDbStore {
     frame_cache: HashMap<u64, Frame>,
     /// Display name of each cached frame, computed once.
     name_cache: HashMap<u64, String>,
+    /// Frames inlined at a user frame's address, leaf first, from a late symbol.
+    inlined_cache: HashMap<u64, Vec<Frame>>,
     stack_cache: HashMap<u64, Vec<u64>>,
     /// Ids of the batches stored through [`Store::write_batch_once`].
     known_batches: HashSet<String>,
@@ -116,6 +118,7 @@ impl DuckDbStore {
             symbolized_frames: HashSet::new(),
             frame_cache: HashMap::new(),
             name_cache: HashMap::new(),
+            inlined_cache: HashMap::new(),
             stack_cache: HashMap::new(),
             known_batches: HashSet::new(),
         };
@@ -139,6 +142,7 @@ impl DuckDbStore {
             symbolized_frames: HashSet::new(),
             frame_cache: HashMap::new(),
             name_cache: HashMap::new(),
+            inlined_cache: HashMap::new(),
             stack_cache: HashMap::new(),
             known_batches: HashSet::new(),
         };
@@ -250,7 +254,10 @@ impl DuckDbStore {
                 Some((
                     *sid,
                     fids.iter()
-                        .filter_map(|f| self.frame_cache.get(f).cloned())
+                        .flat_map(|f| {
+                            let inlined = self.inlined_cache.get(f).into_iter().flatten();
+                            inlined.chain(self.frame_cache.get(f)).cloned()
+                        })
                         .collect(),
                 ))
             })
@@ -326,7 +333,7 @@ impl DuckDbStore {
                 .join(",");
             let sql = format!(
                 "SELECT f.frame_id, f.kind, f.module, f.build_id, f.address, f.name, s.function,
-                        coalesce(f.file, s.file), coalesce(f.line, s.line)
+                        coalesce(f.file, s.file), coalesce(f.line, s.line), s.inlined
                  FROM frames f LEFT JOIN symbols s
                    ON s.build_id = coalesce(f.build_id, 'path:' || f.module) AND s.file_offset = f.address AND f.kind = 1
                  WHERE f.frame_id IN ({list})"
@@ -336,7 +343,9 @@ impl DuckDbStore {
                 let kind: u8 = r.get(1)?;
                 let name: Option<String> = r.get(5)?;
                 let function: Option<String> = r.get(6)?;
+                let inlined: Option<String> = r.get(9)?;
                 Ok((
+                    inlined,
                     r.get::<_, u64>(0)?,
                     Frame {
                         kind: FrameKind::from_u8(kind).unwrap_or(FrameKind::User),
@@ -350,7 +359,25 @@ impl DuckDbStore {
                 ))
             })?;
             for row in rows {
-                let (fid, f) = row?;
+                let (inlined, fid, f) = row?;
+                let chain: Vec<(String, Option<String>, Option<u32>)> = inlined
+                    .and_then(|j| serde_json::from_str(&j).ok())
+                    .unwrap_or_default();
+                if !chain.is_empty() {
+                    let frames = chain
+                        .into_iter()
+                        .map(|(name, file, line)| Frame {
+                            kind: FrameKind::Inlined,
+                            function: Some(name),
+                            module: f.module.clone(),
+                            build_id: f.build_id.clone(),
+                            address: f.address,
+                            file,
+                            line,
+                        })
+                        .collect();
+                    self.inlined_cache.insert(fid, frames);
+                }
                 self.name_cache.insert(fid, f.display_name());
                 self.frame_cache.insert(fid, f);
             }
@@ -423,7 +450,14 @@ impl DuckDbStore {
             }
             let mut app = tx.appender("symbols")?;
             for ((key, off), func, f) in &new_symbols {
-                app.append_row(params![key, off, func, f.file, f.line.map(|l| l as i32)])?;
+                app.append_row(params![
+                    key,
+                    off,
+                    func,
+                    f.file,
+                    f.line.map(|l| l as i32),
+                    None::<String>
+                ])?;
             }
             let mut app = tx.appender("stacks")?;
             for (sid, fids) in &new_stacks {
@@ -558,12 +592,15 @@ impl Store for DuckDbStore {
             let mut app = tx.appender("symbols")?;
             for s in symbols {
                 if self.known_symbols.insert((build_id.to_string(), s.offset)) {
+                    let inlined = (!s.inlined.is_empty())
+                        .then(|| serde_json::to_string(&s.inlined).unwrap_or_default());
                     app.append_row(params![
                         build_id,
                         s.offset,
                         s.function,
                         s.file,
-                        s.line.map(|l| l as i32)
+                        s.line.map(|l| l as i32),
+                        inlined
                     ])?;
                     added += 1;
                 }
@@ -574,6 +611,7 @@ impl Store for DuckDbStore {
             // Frames read before now were read without these names.
             self.frame_cache.clear();
             self.name_cache.clear();
+            self.inlined_cache.clear();
             let mut st = self.conn.prepare(
                 "SELECT f.frame_id FROM frames f JOIN symbols s
                    ON s.build_id = f.build_id AND s.file_offset = f.address
@@ -596,30 +634,39 @@ impl Store for DuckDbStore {
             names: Vec::new(),
             stacks: Vec::with_capacity(rows.len()),
         };
-        // Frame ids to name indices, interned by name so equal names merge in the tree.
-        let mut by_frame: HashMap<u64, u32> = HashMap::new();
-        let mut by_name: HashMap<&str, u32> = HashMap::new();
+        // Frame ids to name indices (inlined functions first), interned by name so equal names
+        // merge in the tree.
+        let mut by_frame: HashMap<u64, Vec<u32>> = HashMap::new();
+        let mut by_name: HashMap<String, u32> = HashMap::new();
         for (sid, v) in &rows {
             let Some(fids) = self.stack_cache.get(sid) else {
                 continue;
             };
             let mut idx = Vec::with_capacity(fids.len());
             for fid in fids {
-                let i = match by_frame.get(fid) {
-                    Some(&i) => i,
-                    None => {
-                        let Some(name) = self.name_cache.get(fid) else {
-                            continue;
-                        };
-                        let i = *by_name.entry(name.as_str()).or_insert_with(|| {
-                            out.names.push(name.clone());
-                            (out.names.len() - 1) as u32
-                        });
-                        by_frame.insert(*fid, i);
-                        i
-                    }
+                if let Some(is) = by_frame.get(fid) {
+                    idx.extend_from_slice(is);
+                    continue;
+                }
+                let Some(name) = self.name_cache.get(fid) else {
+                    continue;
                 };
-                idx.push(i);
+                let mut intern = |n: String| {
+                    *by_name.entry(n.clone()).or_insert_with(|| {
+                        out.names.push(n);
+                        (out.names.len() - 1) as u32
+                    })
+                };
+                let mut is: Vec<u32> = self
+                    .inlined_cache
+                    .get(fid)
+                    .into_iter()
+                    .flatten()
+                    .map(|f| intern(f.display_name()))
+                    .collect();
+                is.push(intern(name.clone()));
+                idx.extend_from_slice(&is);
+                by_frame.insert(*fid, is);
             }
             out.stacks.push((idx, *v));
         }
@@ -952,6 +999,7 @@ mod tests {
             function: "hot_loop".into(),
             file: Some("hot.c".into()),
             line: Some(12),
+            inlined: vec![("step".into(), Some("hot.h".into()), Some(3))],
         };
         assert_eq!(
             s.add_symbols("beef", std::slice::from_ref(&late))
@@ -961,7 +1009,16 @@ mod tests {
         assert_eq!(s.add_symbols("beef", &[late]).expect("add"), 0);
         assert!(s.unsymbolized(100).expect("u").is_empty());
         let p = s.profile(&q(0, 10_000)).expect("p");
-        assert_eq!(p.samples[0].stack[0].display_name(), "hot_loop");
-        assert_eq!(p.samples[0].stack[0].line, Some(12));
+        let names: Vec<String> = p.samples[0]
+            .stack
+            .iter()
+            .map(|f| f.display_name())
+            .collect();
+        assert_eq!(names, vec!["step", "hot_loop", "main"]);
+        assert_eq!(p.samples[0].stack[0].kind, FrameKind::Inlined);
+        assert_eq!(p.samples[0].stack[1].line, Some(12));
+        let named = s.named_stacks(&q(0, 10_000)).expect("named");
+        let leaf = named.stacks[0].0[0] as usize;
+        assert_eq!(named.names[leaf], "step");
     }
 }

@@ -106,4 +106,6 @@ pub struct LateSymbol {
     pub function: String,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// Functions inlined at this address, innermost first: (name, file, line).
+    pub inlined: Vec<(String, Option<String>, Option<u32>)>,
 }

@@ -78,6 +78,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         sample_rows BIGINT NOT NULL
     );
     ",
+    // 7: a symbol resolved late (by the server, from debug info) carries the functions inlined
+    // at its address, innermost first, as JSON `[[name, file, line], …]`; host-side
+    // symbolization stores those as frames of their own instead.
+    "ALTER TABLE symbols ADD COLUMN inlined VARCHAR;",
 ];
 
 /// The schema version this build writes.

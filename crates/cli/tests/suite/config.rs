@@ -115,6 +115,16 @@ fn up_reloads_a_good_edit_and_keeps_the_last_good_config_on_a_bad_one() {
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(shown["config"]["profilers"]["cpu"]["frequency"], 49);
     assert!(up.stop().success());
+    // Both changes are in the audit log: the rejected one and the accepted one.
+    let audit = std::fs::read_to_string(data.join("audit.log")).expect("audit log");
+    let changes: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "config_change")
+        .collect();
+    assert_eq!(changes.len(), 2, "{audit}");
+    assert_eq!(changes[0]["accepted"], false);
+    assert_eq!(changes[1]["accepted"], true);
 }
 
 #[test]

@@ -393,10 +393,25 @@ fn three_hosts_in_network_namespaces() {
     let body = r#"{"profiler":"cpu","target":"pid:1","duration":"1s","host":"nope"}"#;
     let (code, v) = json_req(&server.addr, "POST", "/api/v1/runs", Some(OPERATOR), body);
     assert_eq!(code, 400, "{v}");
-    let _ = split.kill();
-    let _ = split.wait();
+    // A long run on h1, then every agent dies: the hosts are gone and the run fails so.
+    let body = format!(
+        r#"{{"profiler":"cpu","target":"pid:{}","duration":"60s","host":"h1"}}"#,
+        split.id()
+    );
+    let (code, v) = json_req(&server.addr, "POST", "/api/v1/runs", Some(OPERATOR), &body);
+    assert_eq!(code, 201, "{v}");
+    let long = v["id"].as_u64().expect("id");
+    eventually(20, "the long run to be running", || {
+        let (_, r) = json_req(
+            &server.addr,
+            "GET",
+            &format!("/api/v1/runs/{long}"),
+            Some(VIEWER),
+            "",
+        );
+        (r["state"] == "running").then_some(())
+    });
     drop(agents);
-    // A host whose agent stops heartbeating is gone.
     eventually(30, "hosts gone after their agents died", || {
         let (_, v) = json_req(&server.addr, "GET", "/api/v1/hosts", Some(VIEWER), "");
         v["hosts"]
@@ -405,6 +420,17 @@ fn three_hosts_in_network_namespaces() {
             .all(|h| h["state"] == "gone")
             .then_some(())
     });
+    let run = wait_run(&server.addr, Some(VIEWER), long, 10);
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(
+        run["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("host h1 is gone"),
+        "{run}"
+    );
+    let _ = split.kill();
+    let _ = split.wait();
 }
 
 /// Totals an agent prints when it stops: (produced, shipped, dropped, batches left).
