@@ -292,8 +292,8 @@ impl Outbox {
         }
     }
 
-    /// Uploads the ELF file with `build_id` (symbols and DWARF included) so the server can name
-    /// its frames.
+    /// Uploads the symbol and debug sections of the ELF file with `build_id`, so the server can
+    /// name its frames.
     fn upload(&self, client: &Client, build_id: &str) {
         let module = self
             .modules
@@ -324,6 +324,24 @@ impl Outbox {
                 return;
             }
         };
+        // Only what the symbolizer reads (symbols, DWARF, notes, headers), as
+        // `objcopy --only-keep-debug` would keep; the whole file if it cannot be cut.
+        let size = bytes.len();
+        let bytes = match baton_symbolizer::debug_only(&bytes) {
+            Ok(cut) => cut,
+            Err(e) => {
+                tracing::debug!(module, error = %e, "uploading the whole file");
+                bytes
+            }
+        };
+        let kept = bytes.len();
+        // Compressed on the wire: DWARF shrinks about 3 to 4 times.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let bytes = match gz.write_all(&bytes).and_then(|()| gz.finish()) {
+            Ok(z) => z,
+            Err(_) => bytes,
+        };
+        tracing::debug!(module, size, kept, compressed = bytes.len(), "uploading debug info");
         match client.put_bytes(&format!("/api/v1/debuginfo/{build_id}"), bytes) {
             Ok((code, _)) if (200..300).contains(&code) => {
                 self.stats.debuginfo_uploads.fetch_add(1, Ordering::Relaxed);

@@ -128,7 +128,7 @@ pub(crate) async fn ingest(
             if !unnamed.is_empty() {
                 d.wake();
             }
-            unnamed.into_iter().filter(|b| !d.has_local(b)).collect()
+            unnamed.into_iter().filter(|b| d.claim(b)).collect()
         }
         None => Vec::new(),
     };
@@ -158,6 +158,9 @@ pub struct DebugInfo {
     debuginfod: Option<String>,
     /// When a debuginfod lookup last failed, per build ID (tried again after 10 minutes).
     misses: Mutex<HashMap<String, Instant>>,
+    /// When an agent was last asked for a build ID: one agent uploads it, not every agent that
+    /// has it (asked again after 10 minutes if nothing came).
+    asked: Mutex<HashMap<String, Instant>>,
     wake: (Mutex<bool>, Condvar),
     pub uploads: AtomicU64,
     pub symbols_added: AtomicU64,
@@ -174,6 +177,7 @@ impl DebugInfo {
             debug_dirs,
             debuginfod: debuginfod.map(|u| u.trim_end_matches('/').to_string()),
             misses: Mutex::new(HashMap::new()),
+            asked: Mutex::new(HashMap::new()),
             wake: (Mutex::new(false), Condvar::new()),
             uploads: AtomicU64::new(0),
             symbols_added: AtomicU64::new(0),
@@ -198,6 +202,22 @@ impl DebugInfo {
 
     pub fn has_local(&self, build_id: &str) -> bool {
         self.local(build_id).is_some()
+    }
+
+    /// Whether to ask the sender of a batch for `build_id`'s file: only when the server has
+    /// nothing for it and has not asked anyone in the last 10 minutes.
+    pub fn claim(&self, build_id: &str) -> bool {
+        if !valid_build_id(build_id) || self.has_local(build_id) {
+            return false;
+        }
+        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+        match asked.get(build_id) {
+            Some(t) if t.elapsed() < Duration::from_secs(600) => false,
+            _ => {
+                asked.insert(build_id.to_string(), Instant::now());
+                true
+            }
+        }
     }
 
     /// The file for `build_id`, downloading it from debuginfod when configured.
@@ -230,13 +250,25 @@ impl DebugInfo {
         }
     }
 
-    /// Stores an ELF file under its build ID, after checking that it has that build ID.
+    /// Stores an ELF file (as is, or gzip-compressed) under its build ID, after checking that it
+    /// has that build ID.
     pub fn put(&self, build_id: &str, bytes: &[u8]) -> Result<PathBuf, String> {
         if !valid_build_id(build_id) {
             return Err(format!(
                 "{build_id:?} is not a build ID (hex, 8 to 128 digits)"
             ));
         }
+        // Agents send it gzip-compressed.
+        let unzipped;
+        let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut out)
+                .map_err(|e| format!("bad gzip stream: {e}"))?;
+            unzipped = out;
+            &unzipped[..]
+        } else {
+            bytes
+        };
         if !bytes.starts_with(b"\x7fELF") {
             return Err("not an ELF file".into());
         }

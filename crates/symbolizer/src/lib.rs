@@ -4,6 +4,7 @@
 //! The key of a user frame is `(build ID, file offset)`, never a process address, so the central
 //! symbolizer of the fleet issue can reuse the same keys and the same cache.
 
+mod debugfile;
 mod maps;
 pub mod perfmap;
 mod vdso;
@@ -17,6 +18,7 @@ use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
 
+pub use debugfile::debug_only;
 pub use maps::{parse_maps, MapEntry};
 pub use perfmap::PerfMap;
 pub use vdso::own_vdso_image;

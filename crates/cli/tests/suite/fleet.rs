@@ -367,6 +367,35 @@ fn three_hosts_in_network_namespaces() {
         hot > 2.0 * cold && cold > 0.0,
         "leaf_hot {hot}% vs leaf_cold {cold}%"
     );
+    // The names came from what an agent uploaded: the symbol and debug sections only, with
+    // no code (`.text` is NOBITS), uploaded once for three hosts.
+    let split_bin = workload("split");
+    let split_id = build_id_of(&split_bin);
+    let stored = dir.join("data/debuginfo").join(&split_id);
+    let headers = String::from_utf8(
+        Command::new("readelf")
+            .arg("-SW")
+            .arg(&stored)
+            .output()
+            .expect("readelf")
+            .stdout,
+    )
+    .expect("utf8");
+    let text = headers
+        .lines()
+        .find(|l| l.contains(" .text "))
+        .unwrap_or_else(|| panic!("no .text header in the upload:\n{headers}"));
+    assert!(text.contains("NOBITS"), "{text}");
+    assert!(headers.contains(".symtab"), "{headers}");
+    assert!(
+        std::fs::metadata(&stored).expect("stored").len()
+            < std::fs::metadata(&split_bin).expect("split").len()
+    );
+    let uploaders = agents
+        .iter()
+        .filter(|a| a.proc.text().contains(&format!("({split_id})")))
+        .count();
+    assert_eq!(uploaders, 1, "one agent of three uploads a build ID");
     // The UI, with the token in its URL fragment (kept in localStorage, sent as a bearer).
     let dom = chromium_dom(&format!("http://{}/?since=15m#token={VIEWER}", server.addr));
     assert!(
@@ -431,6 +460,21 @@ fn three_hosts_in_network_namespaces() {
     );
     let _ = split.kill();
     let _ = split.wait();
+}
+
+/// The GNU build ID of an ELF file, as `readelf -n` prints it.
+fn build_id_of(bin: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "readelf -n {} | awk '/Build ID/ {{print $3}}'",
+            bin.display()
+        ))
+        .output()
+        .expect("readelf");
+    let id = String::from_utf8(out.stdout).expect("utf8").trim().to_string();
+    assert!(id.len() >= 16, "build id {id:?}");
+    id
 }
 
 /// Totals an agent prints when it stops: (produced, shipped, dropped, batches left).
@@ -639,21 +683,7 @@ fn late_symbols() {
     );
     assert!(!names.contains(&"leaf_hot"));
     // The debug info arrives.
-    let build_id = String::from_utf8(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "readelf -n {} | awk '/Build ID/ {{print $3}}'",
-                bin.display()
-            ))
-            .output()
-            .expect("readelf")
-            .stdout,
-    )
-    .expect("utf8")
-    .trim()
-    .to_string();
-    assert!(build_id.len() >= 16, "build id {build_id:?}");
+    let build_id = build_id_of(&bin);
     let elf = std::fs::read(&bin).expect("read");
     let (code, out) = http_req(
         &server.addr,
