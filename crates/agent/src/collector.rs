@@ -93,6 +93,16 @@ impl Collector {
         Ok(c)
     }
 
+    /// Lets the profiler collect what is still in flight before the last `collect` of a run.
+    pub fn finish(&mut self) {
+        self.profiler.finish();
+    }
+
+    /// How often a run of this profiler stores its data while it runs (`None`: at its end).
+    pub fn flush_interval(&self) -> Option<std::time::Duration> {
+        self.profiler.flush_interval()
+    }
+
     /// What the profiler this collector runs declares.
     pub fn info(&self) -> &'static ProfilerInfo {
         self.profiler.info()
@@ -227,6 +237,7 @@ impl Collector {
                 stack.drain(..own);
             }
             stack.extend(self.symbolizer.user_frames(raw.pid, &raw.user));
+            stack.extend(raw.frames.iter().cloned());
             if stack.is_empty() {
                 stack.push(Frame {
                     kind: FrameKind::User,
@@ -279,6 +290,9 @@ impl Collector {
                     Histogram::new(h.name, h.unit, &h.key, self.common_labels(h.pid, &h.comm));
                 for &(i, c) in &h.buckets {
                     out.add(baton_model::hist::log2_le(i), c);
+                }
+                for &(le, c) in &h.le_buckets {
+                    out.add(le, c);
                 }
                 out
             })

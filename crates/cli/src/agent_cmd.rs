@@ -434,7 +434,7 @@ impl Control {
         let mut l = self.live.write().unwrap_or_else(|p| p.into_inner());
         match baton_config::load_checked(
             &files,
-            &baton_profilers::registry::names(),
+            &baton_profilers::registry::builtin_names(),
             &crate::common::registry_options,
         ) {
             Ok(cfg) => {

@@ -182,30 +182,7 @@ pub fn registry_options(name: &str) -> Option<Vec<&'static str>> {
 
 /// Parses a size such as `1GiB`, `512MiB`, `64KiB`, `10MB` or a byte count.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size; write e.g. 1GiB, 512MiB, 100MB"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" | "k" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "TiB" | "T" => 1 << 40,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        u => {
-            return Err(format!(
-                "unknown size unit {u:?}; use B, KiB, MiB, GiB, KB, MB or GB"
-            ))
-        }
-    };
-    Ok((n * mult as f64) as u64)
+    baton_model::duration::parse_size(s)
 }
 
 /// Parses a duration flag, naming the flag in the error.

@@ -8,7 +8,7 @@ use baton_config::ConfigError;
 use crate::common::usage;
 
 fn known_profilers() -> Vec<&'static str> {
-    baton_profilers::registry::names()
+    baton_profilers::registry::builtin_names()
 }
 
 /// Exit 0 on a good tree; exit 1 with one `file:line:col: message` line per problem.
@@ -16,21 +16,50 @@ pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     match baton_config::load_dir_checked(dir, &known_profilers(), &crate::common::registry_options)
     {
         Ok(cfg) => {
+            // Ad-hoc scripts are also compiled and attached by bpftrace itself, where it can.
+            let mut failed = Vec::new();
+            let mut skipped = Vec::new();
+            for def in cfg.adhoc.values() {
+                match baton_profilers::adhoc::dry_run(def) {
+                    Ok(None) => {}
+                    Ok(Some(why)) => skipped.push(format!("{}: {why}", def.file.display())),
+                    Err(msg) => failed.push(format!(
+                        "{}: bpftrace rejects it:\n{msg}",
+                        dir.join(&def.file).display()
+                    )),
+                }
+            }
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "ok": true, "version": cfg.version, "problems": [] })
+                    serde_json::json!({ "ok": failed.is_empty(), "version": cfg.version,
+                                        "problems": failed, "dry_run_skipped": skipped })
                 );
             } else {
-                println!(
-                    "{}: ok ({} services, {} profiler overrides; version {})",
-                    dir.display(),
-                    cfg.services.len(),
-                    cfg.profilers.len(),
-                    cfg.version
-                );
+                for f in &failed {
+                    eprintln!("{f}");
+                }
+                for s in &skipped {
+                    eprintln!("note: bpftrace did not check {s}");
+                }
+                if failed.is_empty() {
+                    println!(
+                        "{}: ok ({} services, {} profiler overrides, {} ad-hoc profilers; version {})",
+                        dir.display(),
+                        cfg.services.len(),
+                        cfg.profilers.len(),
+                        cfg.adhoc.len(),
+                        cfg.version
+                    );
+                } else {
+                    eprintln!("{} problem(s); the tree is rejected", failed.len());
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Err(ConfigError::Invalid(problems)) => {
             if json {

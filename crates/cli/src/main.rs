@@ -402,6 +402,11 @@ pub struct RecordArgs {
     /// `jcmd PID Compiler.perfmap`, as the JVM's user, every 2 s while it samples them).
     #[arg(long)]
     pub no_jvm_perf_map: bool,
+    /// With the profiler `adhoc`: the bpftrace script to run, with its `// baton:` header
+    /// (see `examples/config/adhoc/`). It chooses its own targets; --pid, --all and -- CMD are
+    /// optional, and filter rows keyed by `pid`.
+    #[arg(long, value_name = "FILE.bt")]
+    pub script: Option<PathBuf>,
     /// The command to start and profile from its first instruction.
     #[arg(last = true)]
     pub command: Vec<String>,

@@ -341,7 +341,13 @@ impl Outbox {
             Ok(z) => z,
             Err(_) => bytes,
         };
-        tracing::debug!(module, size, kept, compressed = bytes.len(), "uploading debug info");
+        tracing::debug!(
+            module,
+            size,
+            kept,
+            compressed = bytes.len(),
+            "uploading debug info"
+        );
         match client.put_bytes(&format!("/api/v1/debuginfo/{build_id}"), bytes) {
             Ok((code, _)) if (200..300).contains(&code) => {
                 self.stats.debuginfo_uploads.fetch_add(1, Ordering::Relaxed);

@@ -20,7 +20,7 @@ pub struct PlanArgs {
 }
 
 pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
-    let known: Vec<&str> = baton_profilers::registry::names();
+    let known: Vec<&str> = baton_profilers::registry::builtin_names();
     let config =
         baton_config::load_dir_checked(&a.config, &known, &crate::common::registry_options)
             .map_err(|e| usage(e.to_string()))?;

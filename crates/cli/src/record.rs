@@ -207,8 +207,54 @@ fn describe_status(st: i32) -> String {
     }
 }
 
+/// `record adhoc --script FILE`: validates the script as a one-file tree and registers it.
+fn register_script(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+    let file = baton_config::SourceFile {
+        path: path.to_path_buf(),
+        text,
+    };
+    let cfg =
+        baton_config::load(&[file], &baton_profilers::registry::builtin_names()).map_err(|e| {
+            match e {
+                baton_config::ConfigError::Invalid(problems) => usage(
+                    problems
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+                other => usage(other.to_string()),
+            }
+        })?;
+    let name = cfg
+        .adhoc
+        .keys()
+        .next()
+        .cloned()
+        .ok_or_else(|| usage(format!("{} defines no ad-hoc profiler", path.display())))?;
+    baton_profilers::registry::set_adhoc(cfg.adhoc.values());
+    Ok(name)
+}
+
 pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
-    let info = baton_profilers::registry::find(&a.profiler)?.info;
+    let adhoc = match (&a.script, a.profiler.as_str()) {
+        (Some(path), "adhoc") => Some(register_script(path)?),
+        (Some(_), other) => {
+            return Err(usage(format!(
+                "--script goes with the profiler `adhoc` (baton record adhoc --script FILE.bt), not {other}"
+            )))
+        }
+        (None, "adhoc") => {
+            return Err(usage(
+                "baton record adhoc needs --script FILE.bt: a bpftrace script with a `// baton:` header",
+            ))
+        }
+        (None, _) => None,
+    };
+    let profiler = adhoc.clone().unwrap_or_else(|| a.profiler.clone());
+    let info = baton_profilers::registry::find(&profiler)?.info;
     let mut options = crate::common::parse_options(&a.opt)?;
     if let Some(d) = &a.min_block {
         parse_duration(d).map_err(|e| usage(format!("--min-block: {e}")))?;
@@ -220,7 +266,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
     }
     let modes =
         usize::from(!a.pid.is_empty()) + usize::from(a.all) + usize::from(!a.command.is_empty());
-    if modes != 1 {
+    if modes != 1 && !(adhoc.is_some() && modes == 0) {
         return Err(usage(
             "say what to profile, once: --pid PID[,PID…], --all, or -- CMD ARGS…",
         ));
@@ -267,7 +313,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(GatedChild::spawn(&a.command)?)
     };
-    let targets = if a.all {
+    let targets = if a.all || (adhoc.is_some() && modes == 0) {
         None
     } else if let Some(c) = &child {
         Some(vec![c.id()])
@@ -356,11 +402,12 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
                     break;
                 }
             }
-        } else if !a.all && collector.live_targets().is_empty() {
+        } else if !a.pid.is_empty() && collector.live_targets().is_empty() {
             ended_early = Some("every target process exited");
             break;
         }
     }
+    collector.finish();
     let report = collector.collect(None)?;
     bar.finish_and_clear();
     let elapsed = started.elapsed();

@@ -338,6 +338,8 @@ pub(crate) fn start_driver(
                     continuous: Some(collector),
                     continuous_run: None,
                     targeted: BTreeMap::new(),
+                    flush_due: HashMap::new(),
+                    flushed: HashMap::new(),
                     config_version: None,
                     scheduler,
                     sink,
@@ -463,6 +465,10 @@ struct Driver {
     /// The collectors of every running run but the host chain, by run id. The scheduler decides
     /// how many may run at once (resources, cap, groups).
     targeted: BTreeMap<u64, Collector>,
+    /// When each running run that flushes while it runs (see `Profiler::flush_interval`) is
+    /// next stored, and the samples it stored so far.
+    flush_due: HashMap<u64, Instant>,
+    flushed: HashMap<u64, u64>,
     /// The config version the scheduler was last given.
     config_version: Option<String>,
     scheduler: Arc<Mutex<Scheduler>>,
@@ -751,6 +757,7 @@ impl Driver {
                 // A new config's limits and profiler specs reach the scheduler.
                 if let Some(c) = &config {
                     if self.config_version.as_deref() != Some(c.version.as_str()) {
+                        baton_profilers::registry::set_adhoc(c.adhoc.values());
                         s.reconfigure(c);
                         self.config_version = Some(c.version.clone());
                     }
@@ -803,6 +810,7 @@ impl Driver {
             for c in self.targeted.values_mut() {
                 c.discover();
             }
+            self.flush_running();
             std::thread::sleep(Duration::from_millis(250));
         }
         self.flush_continuous(None);
@@ -979,6 +987,45 @@ impl Driver {
         let Some(mut c) = self.targeted.remove(&id) else {
             return;
         };
+        self.flush_due.remove(&id);
+        let flushed = self.flushed.remove(&id).unwrap_or(0);
+        c.finish();
+        let (samples, failure) = match self.store_run_window(id, &mut c) {
+            Ok(n) => {
+                if let Mode::Continuous { service, rule } = &self.run_mode(id) {
+                    self.tuner.observe(service, *rule, flushed + n, finish);
+                }
+                (n, None)
+            }
+            Err(e) => (0, Some(e)),
+        };
+        drop(c);
+        let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        if finish {
+            eprintln!(
+                "baton up: run {id} ended with {} samples",
+                flushed + samples
+            );
+            s.finish(id, samples, failure);
+        } else {
+            eprintln!(
+                "baton up: run {id} stopped after {} samples",
+                flushed + samples
+            );
+            s.add_samples(id, samples);
+        }
+    }
+
+    fn run_mode(&self, id: u64) -> Mode {
+        let s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        s.run(id)
+            .map(|r| r.request.mode.clone())
+            .unwrap_or(Mode::OnDemand)
+    }
+
+    /// Drains a targeted run's collector and stores the window under its run id. Samples get
+    /// the run's weight and, for a service's run, the `service` label. Returns the raw count.
+    fn store_run_window(&mut self, id: u64, c: &mut Collector) -> Result<u64, String> {
         let (mode, weight) = {
             let s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
             match s.run(id) {
@@ -1005,41 +1052,68 @@ impl Driver {
             })
             .unwrap_or(id)
             .to_string();
-        let (samples, failure) = match c.collect(Some(&self.metrics)) {
-            Ok(mut r) => {
-                for s in &mut r.batch.samples {
-                    s.labels.insert("run".into(), label.clone());
-                    s.weight *= weight;
-                    if let Some(svc) = &service {
-                        s.labels.insert("service".into(), svc.clone());
-                    }
-                }
-                for h in &mut r.batch.histograms {
-                    h.labels.insert("run".into(), label.clone());
-                    if let Some(svc) = &service {
-                        h.labels.insert("service".into(), svc.clone());
-                    }
-                    for b in &mut h.buckets {
-                        b.count *= weight;
-                    }
-                }
-                let n = r.sample_count;
-                if let Mode::Continuous { service, rule } = &mode {
-                    self.tuner.observe(service, *rule, n, finish);
-                }
-                self.store_batch(r);
-                (n, None)
+        let mut r = c.collect(Some(&self.metrics)).map_err(|e| e.to_string())?;
+        for s in &mut r.batch.samples {
+            s.labels.insert("run".into(), label.clone());
+            s.weight *= weight;
+            if let Some(svc) = &service {
+                s.labels.insert("service".into(), svc.clone());
             }
-            Err(e) => (0, Some(e.to_string())),
-        };
-        drop(c);
-        let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
-        if finish {
-            eprintln!("baton up: run {id} ended with {samples} samples");
-            s.finish(id, samples, failure);
-        } else {
-            eprintln!("baton up: run {id} stopped after {samples} samples");
-            s.add_samples(id, samples);
+        }
+        for h in &mut r.batch.histograms {
+            h.labels.insert("run".into(), label.clone());
+            if let Some(svc) = &service {
+                h.labels.insert("service".into(), svc.clone());
+            }
+            for b in &mut h.buckets {
+                b.count *= weight;
+            }
+        }
+        let n = r.sample_count;
+        self.store_batch(r);
+        Ok(n)
+    }
+
+    /// Stores the windows of running runs whose profiler asks to be flushed while it runs
+    /// (ad-hoc scripts), so their data is queryable before the run ends. A window that fails
+    /// (the script's output cannot be stored, or passed its ceiling) fails the run.
+    fn flush_running(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .targeted
+            .iter()
+            .filter_map(|(id, c)| {
+                let every = c.flush_interval()?;
+                let next = *self.flush_due.entry(*id).or_insert(now + every);
+                (now >= next).then_some(*id)
+            })
+            .collect();
+        for id in due {
+            let Some(mut c) = self.targeted.remove(&id) else {
+                continue;
+            };
+            match self.store_run_window(id, &mut c) {
+                Ok(n) => {
+                    *self.flushed.entry(id).or_insert(0) += n;
+                    self.scheduler
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .add_samples(id, n);
+                    if let Some(every) = c.flush_interval() {
+                        self.flush_due.insert(id, now + every);
+                    }
+                    self.targeted.insert(id, c);
+                }
+                Err(e) => {
+                    drop(c);
+                    self.flush_due.remove(&id);
+                    let flushed = self.flushed.remove(&id).unwrap_or(0);
+                    eprintln!("baton up: run {id} failed after {flushed} samples: {e}");
+                    let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+                    s.end_early(id, now_ms_u64(), "failed while running");
+                    s.finish(id, 0, Some(e));
+                }
+            }
         }
     }
 
@@ -1192,7 +1266,7 @@ fn now_ms() -> i64 {
 }
 
 fn known_profilers() -> Vec<&'static str> {
-    baton_profilers::registry::names()
+    baton_profilers::registry::builtin_names()
 }
 
 /// Loads the tree at start; a broken tree stops `baton up` before anything runs.
@@ -1201,6 +1275,7 @@ pub(crate) fn load_initial_config(dir: &Path) -> anyhow::Result<LiveConfig> {
     {
         Ok(cfg) => {
             eprintln!("baton: config {} version {}", dir.display(), cfg.version);
+            baton_profilers::registry::set_adhoc(cfg.adhoc.values());
             Ok(LiveConfig {
                 dir: dir.display().to_string(),
                 config: Some(cfg),
@@ -1269,6 +1344,7 @@ pub(crate) fn watch_config(dir: &Path, live: &RwLock<LiveConfig>, on_change: &dy
         ) {
             Ok(cfg) => {
                 eprintln!("baton: config reloaded, version {}", cfg.version);
+                baton_profilers::registry::set_adhoc(cfg.adhoc.values());
                 l.config = Some(cfg);
                 l.files = files_text(&files);
                 on_change(true, &version);

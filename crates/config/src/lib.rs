@@ -16,9 +16,13 @@
 //! continuous = [{ profiler = "cpu", target_samples_per_hour = 100000, duration = "30s" }]
 //! ```
 //!
+//! A `*.bt` file is an ad-hoc profiler: a bpftrace script with a TOML header in its comments
+//! (see [`adhoc`]).
+//!
 //! Validation gathers every problem in one pass and reports each with `file:line:col`. Nothing
 //! here touches the network or the kernel; the caller passes the names of known profilers.
 
+pub mod adhoc;
 pub mod metric;
 mod schema;
 mod validate;
@@ -85,7 +89,7 @@ pub struct SourceFile {
     pub text: String,
 }
 
-/// Reads every `*.toml` under `dir`, sorted by path.
+/// Reads every `*.toml` and `*.bt` (ad-hoc profiler) under `dir`, sorted by path.
 pub fn read_tree(dir: &Path) -> Result<Vec<SourceFile>, ConfigError> {
     let io = |source| ConfigError::Io {
         path: dir.to_path_buf(),
@@ -103,7 +107,7 @@ pub fn read_tree(dir: &Path) -> Result<Vec<SourceFile>, ConfigError> {
             }
             if e.file_type().map_err(io)?.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "toml") {
+            } else if p.extension().is_some_and(|x| x == "toml" || x == "bt") {
                 let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Io {
                     path: p.clone(),
                     source,

@@ -154,6 +154,8 @@ pub struct Config {
     pub tuner: TunerSettings,
     pub profilers: BTreeMap<String, ProfilerOverride>,
     pub services: BTreeMap<String, Service>,
+    /// Ad-hoc profilers: the tree's bpftrace scripts, by name.
+    pub adhoc: BTreeMap<String, crate::adhoc::AdhocDef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -310,7 +312,7 @@ pub enum TriggerCondition {
     },
 }
 
-mod secs {
+pub(crate) mod secs {
     use std::time::Duration;
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())

@@ -23,13 +23,24 @@ const TRIGGER_KINDS: &[&str] = &[
     "prometheus",
 ];
 
-struct Ctx<'a> {
-    file: &'a SourceFile,
-    problems: &'a mut Vec<Problem>,
+pub(crate) struct Ctx<'a> {
+    pub(crate) file: &'a SourceFile,
+    pub(crate) problems: &'a mut Vec<Problem>,
 }
 
 impl Ctx<'_> {
-    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+    /// A problem at a byte offset of another text of the same file (a script around its header).
+    pub(crate) fn at_text(&mut self, text: &str, offset: usize, message: impl Into<String>) {
+        let (line, col) = line_col(text, offset);
+        self.problems.push(Problem {
+            file: self.file.path.clone(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, col) = line_col(&self.file.text, span.start);
         self.problems.push(Problem {
             file: self.file.path.clone(),
@@ -39,7 +50,7 @@ impl Ctx<'_> {
         });
     }
 
-    fn duration(&mut self, v: &Spanned<String>, what: &str) -> Option<Duration> {
+    pub(crate) fn duration(&mut self, v: &Spanned<String>, what: &str) -> Option<Duration> {
         match parse_duration(v.get_ref()) {
             Ok(d) if d > Duration::ZERO => Some(d),
             Ok(_) => {
@@ -84,7 +95,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn positive(&mut self, v: &Spanned<i64>, what: &str) -> Option<u64> {
+    pub(crate) fn positive(&mut self, v: &Spanned<i64>, what: &str) -> Option<u64> {
         let n = *v.get_ref();
         if n >= 1 {
             Some(n as u64)
@@ -93,6 +104,11 @@ impl Ctx<'_> {
             None
         }
     }
+}
+
+/// A bpftrace script (an ad-hoc profiler), not a TOML file.
+fn is_script(f: &SourceFile) -> bool {
+    f.path.extension().is_some_and(|x| x == "bt")
 }
 
 /// The closest candidate within a small edit distance, for "did you mean".
@@ -108,7 +124,7 @@ pub(crate) fn suggest<'a>(
 }
 
 /// Turns toml's "unknown field `x`, expected one of `a`, `b`" into a message with a hint.
-fn parse_error_message(msg: &str) -> String {
+pub(crate) fn parse_error_message(msg: &str) -> String {
     let first = msg.lines().next().unwrap_or(msg).trim().to_string();
     let m = msg.replace('\n', " ");
     if let Some(rest) = m.split("unknown field `").nth(1) {
@@ -146,14 +162,50 @@ pub(crate) fn validate(
         tuner: TunerSettings::default(),
         profilers: BTreeMap::new(),
         services: BTreeMap::new(),
+        adhoc: BTreeMap::new(),
     };
+    // Ad-hoc profilers first: rules and triggers of the TOML files may name them.
+    let mut adhoc_at: BTreeMap<String, String> = BTreeMap::new();
+    for file in files.iter().filter(|f| is_script(f)) {
+        if let Some(def) = crate::adhoc::validate_script(file, known, &mut problems) {
+            if let Some(first) = adhoc_at.get(&def.name) {
+                problems.push(Problem {
+                    file: file.path.clone(),
+                    line: 1,
+                    col: 1,
+                    message: format!(
+                        "ad-hoc profiler `{}` is defined twice; first in {first}",
+                        def.name
+                    ),
+                });
+                continue;
+            }
+            adhoc_at.insert(def.name.clone(), file.path.display().to_string());
+            config.adhoc.insert(def.name.clone(), def);
+        }
+    }
+    let with_adhoc: Vec<&str> = known
+        .iter()
+        .copied()
+        .chain(config.adhoc.keys().map(String::as_str))
+        .collect();
+    let known: &[&str] = &with_adhoc;
+    let adhoc_names: Vec<String> = config.adhoc.keys().cloned().collect();
+    let adhoc_options = |name: &str| -> Option<Vec<&'static str>> {
+        adhoc_names
+            .iter()
+            .any(|n| n == name)
+            .then(|| crate::adhoc::OPTIONS.to_vec())
+            .or_else(|| options_of(name))
+    };
+    let options_of: OptionsOf<'_> = &adhoc_options;
     // Where each unique thing was first defined, for duplicate errors.
     let mut host_at: Option<String> = None;
     let mut tuner_at: Option<String> = None;
     let mut profiler_at: BTreeMap<String, String> = BTreeMap::new();
     let mut service_at: BTreeMap<String, String> = BTreeMap::new();
 
-    for file in files {
+    for file in files.iter().filter(|f| !is_script(f)) {
         let doc: FileDoc = match toml::from_str(&file.text) {
             Ok(d) => d,
             Err(e) => {
@@ -367,7 +419,7 @@ const RESOURCE_KINDS: &[(&str, bool)] = &[
     ("gpu", false),
 ];
 
-fn resource(cx: &mut Ctx<'_>, r: &ResourceDoc) -> Option<ResourceSpec> {
+pub(crate) fn resource(cx: &mut Ctx<'_>, r: &ResourceDoc) -> Option<ResourceSpec> {
     let name = r.name.get_ref();
     let (kind, detail) = match name.split_once(':') {
         Some((k, d)) => (k, Some(d)),

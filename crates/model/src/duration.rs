@@ -1,4 +1,4 @@
-//! Parsing of human durations such as `10s`, `500ms`, `5m`, `1h30m`.
+//! Parsing of human durations such as `10s`, `500ms`, `5m`, `1h30m`, and sizes such as `16MiB`.
 
 use std::time::Duration;
 
@@ -61,6 +61,34 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
             .ok_or_else(|| DurationError::Overflow(input.to_string()))?;
     }
     Ok(total)
+}
+
+/// Parses a size such as `1GiB`, `512MiB`, `64KiB`, `10MB` or a byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 1GiB, 512MiB, 100MB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+            ))
+        }
+    };
+    Ok((n * mult as f64) as u64)
 }
 
 #[cfg(test)]

@@ -264,6 +264,7 @@ impl crate::Profiler for CallsProfiler {
                 values: vec![n],
                 weight: 1.0,
                 labels: vec![("function", self.name(u32_at(&key, 8)))],
+                frames: Vec::new(),
             });
         }
         self.stale_stacks += stacks.stale;
@@ -279,6 +280,7 @@ impl crate::Profiler for CallsProfiler {
                 pid,
                 comm: comms.get(&pid).cloned().unwrap_or_default(),
                 buckets,
+                le_buckets: Vec::new(),
             });
         }
         Ok(out)

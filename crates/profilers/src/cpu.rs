@@ -599,6 +599,7 @@ impl crate::Profiler for CpuProfiler {
                 values: vec![r.count * period],
                 weight: 1.0,
                 labels: Vec::new(),
+                frames: Vec::new(),
             })
             .collect();
         Ok(crate::Drained {

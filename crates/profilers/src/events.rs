@@ -217,6 +217,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
                 values: (self.spec.values)(&value),
                 weight: 1.0,
                 labels: vec![(self.spec.label, (self.spec.kind_name)(u32_at(&key, 24)))],
+                frames: Vec::new(),
             });
         }
         if let Some(c) = &self.copies {
@@ -239,6 +240,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
                     values: (self.spec.values)(&value),
                     weight: 1.0,
                     labels: vec![(self.spec.label, (self.spec.kind_name)(k.what))],
+                    frames: Vec::new(),
                 });
             }
         }
@@ -262,6 +264,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
                 pid,
                 comm,
                 buckets,
+                le_buckets: Vec::new(),
             });
         }
         Ok(out)

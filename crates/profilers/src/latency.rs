@@ -396,6 +396,7 @@ impl crate::Profiler for LatencyProfiler {
                     values: vec![n * period],
                     weight: 1.0,
                     labels: vec![("request", format!("{id:x} ({latency_ms:.1} ms)"))],
+                    frames: Vec::new(),
                 });
             }
         }
@@ -418,6 +419,7 @@ impl crate::Profiler for LatencyProfiler {
                 pid,
                 comm,
                 buckets,
+                le_buckets: Vec::new(),
             });
         }
         Ok(out)

@@ -22,6 +22,7 @@ macro_rules! bpf_skel {
     };
 }
 
+pub mod adhoc;
 pub mod calls;
 mod copies;
 pub mod cpu;

@@ -345,6 +345,7 @@ impl crate::Profiler for MallocProfiler {
                     ],
                     weight: 1.0,
                     labels: Vec::new(),
+                    frames: Vec::new(),
                 }
             })
             .collect();

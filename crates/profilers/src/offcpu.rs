@@ -385,6 +385,7 @@ impl crate::Profiler for OffCpuProfiler {
                 values: vec![b.ns, b.count],
                 weight: 1.0,
                 labels: vec![("state", b.state.name().to_string())],
+                frames: Vec::new(),
             })
             .collect();
         Ok(crate::Drained {

@@ -90,6 +90,9 @@ pub struct Event {
     pub weight: f64,
     /// Profiler-specific labels (`state`, `syscall`, `op`…), as declared in the registry.
     pub labels: Vec<(&'static str, String)>,
+    /// Frames already named by the profiler (bpftrace's), leaf first, after any resolved from
+    /// `kernel` and `user`.
+    pub frames: Vec<baton_model::Frame>,
 }
 
 /// A distribution in power-of-two buckets, before labelling.
@@ -103,6 +106,9 @@ pub struct RawHistogram {
     pub comm: String,
     /// (bucket index: values in `[2^i, 2^(i+1))`, weighted count).
     pub buckets: Vec<(u32, f64)>,
+    /// Buckets of any other bounds: (inclusive upper bound, weighted count), e.g. bpftrace's
+    /// `lhist()`.
+    pub le_buckets: Vec<(u64, f64)>,
 }
 
 /// What one drain hands back.
@@ -144,6 +150,14 @@ pub trait Profiler {
     /// probes do; perf-event samples do not), so the collector drops those frames.
     fn own_frames_on_top(&self) -> bool {
         true
+    }
+    /// Called once before the last drain of a run: a profiler with output still in flight
+    /// (a child process) collects it, so the last drain has everything.
+    fn finish(&mut self) {}
+    /// How often a run's data should be stored while it runs, for profilers whose windows are
+    /// independent (ad-hoc scripts); `None`: once, at the end of the run.
+    fn flush_interval(&self) -> Option<std::time::Duration> {
+        None
     }
 }
 

@@ -335,20 +335,89 @@ pub static REGISTRY: &[Registered] = &[
     },
 ];
 
-/// Every registered profiler's declaration.
+/// The ad-hoc profilers of the live config tree, by name: their declaration (leaked once per
+/// distinct definition) and their definition.
+struct AdhocEntry {
+    registered: &'static Registered,
+    def: std::sync::Arc<baton_config::adhoc::AdhocDef>,
+}
+
+fn adhoc_table() -> &'static std::sync::RwLock<Vec<AdhocEntry>> {
+    static TABLE: std::sync::OnceLock<std::sync::RwLock<Vec<AdhocEntry>>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(Default::default)
+}
+
+/// Makes the tree's ad-hoc profilers the registered ones (replacing the last tree's): call it
+/// whenever a config goes live. A definition that did not change keeps its declaration.
+pub fn set_adhoc<'a>(defs: impl IntoIterator<Item = &'a baton_config::adhoc::AdhocDef>) {
+    let mut table = adhoc_table().write().unwrap_or_else(|p| p.into_inner());
+    let mut next = Vec::new();
+    for def in defs {
+        if let Some(i) = table.iter().position(|e| *e.def == *def) {
+            next.push(table.swap_remove(i));
+            continue;
+        }
+        let info = crate::adhoc::info_of(def);
+        next.push(AdhocEntry {
+            registered: Box::leak(Box::new(Registered {
+                info,
+                start: start_unbound,
+            })),
+            def: std::sync::Arc::new(def.clone()),
+        });
+    }
+    *table = next;
+}
+
+/// An ad-hoc entry is started through [`start`], which knows its definition.
+fn start_unbound(_: &StartOptions) -> Result<Box<dyn Profiler>, ProfilerError> {
+    Err(ProfilerError::Attach(
+        "an ad-hoc profiler starts through registry::start".into(),
+    ))
+}
+
+/// The definition of the ad-hoc profiler `name`, if the live tree has one.
+pub fn adhoc(name: &str) -> Option<std::sync::Arc<baton_config::adhoc::AdhocDef>> {
+    let table = adhoc_table().read().unwrap_or_else(|p| p.into_inner());
+    table
+        .iter()
+        .find(|e| e.registered.info.name == name)
+        .map(|e| e.def.clone())
+}
+
+/// Whether `name` is an ad-hoc profiler (its runs need the admin role).
+pub fn is_adhoc(name: &str) -> bool {
+    adhoc(name).is_some()
+}
+
+fn all() -> Vec<&'static Registered> {
+    let table = adhoc_table().read().unwrap_or_else(|p| p.into_inner());
+    REGISTRY
+        .iter()
+        .chain(table.iter().map(|e| e.registered))
+        .collect()
+}
+
+/// Every registered profiler's declaration, the live tree's ad-hoc ones last.
 pub fn infos() -> Vec<&'static ProfilerInfo> {
-    REGISTRY.iter().map(|r| r.info).collect()
+    all().into_iter().map(|r| r.info).collect()
 }
 
 /// Every registered profiler's name.
 pub fn names() -> Vec<&'static str> {
+    all().into_iter().map(|r| r.info.name).collect()
+}
+
+/// The built-in profilers' names (what an ad-hoc one may not be called).
+pub fn builtin_names() -> Vec<&'static str> {
     REGISTRY.iter().map(|r| r.info.name).collect()
 }
 
 /// Looks a profiler up by name, with the list of valid names in the error.
 pub fn find(name: &str) -> Result<&'static Registered, ProfilerError> {
-    REGISTRY
-        .iter()
+    all()
+        .into_iter()
         .find(|r| r.info.name == name)
         .ok_or_else(|| ProfilerError::UnknownProfiler {
             name: name.to_string(),
@@ -365,6 +434,9 @@ pub fn start(name: &str, opts: &StartOptions) -> Result<Box<dyn Profiler>, Profi
             profiler: r.info.name,
             message,
         })?;
+    if let Some(def) = adhoc(name) {
+        return crate::adhoc::start(def, r.info, opts);
+    }
     (r.start)(opts)
 }
 

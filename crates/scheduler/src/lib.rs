@@ -79,6 +79,27 @@ impl ProfilerSpec {
         }
     }
 
+    /// The spec an ad-hoc profiler's header declares: its resources and its longest run.
+    pub fn from_adhoc(def: &baton_config::adhoc::AdhocDef) -> ProfilerSpec {
+        ProfilerSpec {
+            name: def.name.clone(),
+            claims: def
+                .resources
+                .iter()
+                .map(|r| ResourceClaim {
+                    resource: r.name.clone(),
+                    sharing: match r.shared {
+                        None => Sharing::Exclusive,
+                        Some(n) => Sharing::SharedUpTo(n),
+                    },
+                })
+                .collect(),
+            default_frequency: 0,
+            max_frequency: 0,
+            max_duration_ms: def.max_duration.as_millis() as Millis,
+        }
+    }
+
     /// This spec with the config's `[profilers.NAME]` overrides applied.
     pub fn configured(&self, config: &Config) -> ProfilerSpec {
         let mut spec = self.clone();
@@ -275,6 +296,13 @@ impl Scheduler {
             .iter()
             .map(|s| (s.name.clone(), s.configured(config)))
             .collect();
+        // Ad-hoc profilers come and go with the tree; their header declares what a built-in
+        // profiler's registry entry does.
+        for def in config.adhoc.values() {
+            self.specs
+                .entry(def.name.clone())
+                .or_insert_with(|| ProfilerSpec::from_adhoc(def).configured(config));
+        }
     }
 
     pub fn spec(&self, profiler: &str) -> Option<&ProfilerSpec> {

@@ -603,6 +603,32 @@ pub fn counts(f: &Fleet) -> (u64, u64, HashMap<String, u64>) {
     (up, gone, by_state)
 }
 
+/// An ad-hoc profiler (a bpftrace script of the config tree) runs arbitrary kernel probes: its
+/// runs need an admin, as forced runs do.
+pub(crate) fn check_adhoc(
+    st: &AppState,
+    who: &Principal,
+    profiler: &str,
+) -> Result<bool, ApiError> {
+    let adhoc = st.config.as_ref().is_some_and(|c| {
+        c.read()
+            .unwrap_or_else(|p| p.into_inner())
+            .config
+            .as_ref()
+            .is_some_and(|c| c.adhoc.contains_key(profiler))
+    });
+    if adhoc && who.role < Role::Admin {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not start the ad-hoc profiler {profiler}: bpftrace scripts need the admin role",
+                who.name
+            ),
+        ));
+    }
+    Ok(adhoc)
+}
+
 /// A forced run needs an admin.
 pub(crate) fn check_force(who: &Principal, force: bool) -> Result<(), ApiError> {
     if force && who.role < Role::Admin {

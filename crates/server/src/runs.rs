@@ -96,6 +96,7 @@ pub(crate) async fn submit(
     Json(req): Json<RunRequest>,
 ) -> Result<Response, ApiError> {
     crate::fleet::check_force(&who, req.force)?;
+    crate::fleet::check_adhoc(&st, &who, &req.profiler)?;
     if st.fleet.is_some() {
         return crate::fleet::submit(&st, &who, req).await;
     }

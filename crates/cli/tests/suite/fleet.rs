@@ -472,7 +472,10 @@ fn build_id_of(bin: &Path) -> String {
         ))
         .output()
         .expect("readelf");
-    let id = String::from_utf8(out.stdout).expect("utf8").trim().to_string();
+    let id = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string();
     assert!(id.len() >= 16, "build id {id:?}");
     id
 }

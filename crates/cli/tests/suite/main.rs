@@ -1,6 +1,7 @@
 //! End-to-end tests of the `baton` binary against real BPF, real processes, a real DuckDB file,
 //! `go tool pprof` and headless Chromium. They need root; without it they fail, loudly.
 
+mod adhoc;
 mod bad_input;
 mod config;
 mod continuous;
