@@ -168,6 +168,23 @@ pub struct ServerArgs {
     /// HTTP worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Where samples are stored: `duckdb` (embedded, in --data; the default) or
+    /// `clickhouse://HOST:8123/DB` (ClickHouse's HTTP interface; add `?cluster=NAME` to write
+    /// and read through Distributed tables over a cluster's shards).
+    #[arg(
+        long,
+        default_value = "duckdb",
+        value_name = "duckdb|clickhouse://HOST:PORT/DB"
+    )]
+    pub store: String,
+    /// ClickHouse credentials: a file of `user = NAME` and `password = SECRET` lines (else
+    /// $BATON_CLICKHOUSE_USER and $BATON_CLICKHOUSE_PASSWORD, else ClickHouse's default user).
+    #[arg(long, value_name = "FILE")]
+    pub store_credentials: Option<PathBuf>,
+    /// Samples and histograms older than this (e.g. 30d) are removed, at start and hourly. On
+    /// ClickHouse whole day partitions are dropped (18.16 has no table TTL).
+    #[arg(long, value_name = "DURATION")]
+    pub retention: Option<String>,
 }
 
 #[derive(Args)]

@@ -54,8 +54,50 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let data = a.data.clone().unwrap_or_else(default_data_dir);
-    let store = DuckDbStore::open(&data)?;
-    let store: Arc<Mutex<Box<dyn Store>>> = Arc::new(Mutex::new(Box::new(store)));
+    let retention = a
+        .retention
+        .as_deref()
+        .map(|r| crate::common::parse_duration_flag(r, "--retention"))
+        .transpose()?;
+    let (store, store_desc): (Box<dyn Store>, String) = if a.store == "duckdb" {
+        (
+            Box::new(DuckDbStore::open(&data)?),
+            format!("DuckDB in {}", data.display()),
+        )
+    } else {
+        let mut url = baton_store::ClickHouseUrl::parse(&a.store).map_err(usage)?;
+        if let Some(f) = &a.store_credentials {
+            url = url.with_credentials_file(f).map_err(usage)?;
+        }
+        let desc = format!("ClickHouse {}/{}", url.base, url.database);
+        let ch = baton_store::ClickHouseStore::open(url)
+            .map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
+        (Box::new(ch), desc)
+    };
+    std::fs::create_dir_all(&data)
+        .map_err(|e| usage(format!("data directory {}: {e}", data.display())))?;
+    eprintln!("baton server: store {store_desc}");
+    let store: Arc<Mutex<Box<dyn Store>>> = Arc::new(Mutex::new(store));
+    if let Some(keep) = retention {
+        // At start, then hourly.
+        let store = store.clone();
+        std::thread::Builder::new()
+            .name("baton-retention".into())
+            .spawn(move || loop {
+                let before = baton_model::time::now_ms() - keep.as_millis() as i64;
+                let r = store
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .drop_before(before);
+                match r {
+                    Ok(0) => {}
+                    Ok(n) => eprintln!("baton server: retention removed {n} (rows or day partitions) older than {keep:?}"),
+                    Err(e) => tracing::warn!(error = %e, "retention failed"),
+                }
+                std::thread::sleep(Duration::from_secs(3600));
+            })
+            .context("starting the retention thread")?;
+    }
     let audit = Arc::new(Audit::new(data.join("audit.log")));
     let live = match &a.config {
         Some(dir) => Some(Arc::new(RwLock::new(crate::up::load_initial_config(dir)?))),

@@ -390,7 +390,7 @@ impl Profiler for AdhocProfiler {
                 return Err(ProfilerError::Attach(format!("bpftrace failed: {msg}")));
             }
         }
-        Ok(out)
+        Ok(merge_windows(out))
     }
 
     fn finish(&mut self) {
@@ -423,6 +423,67 @@ impl Profiler for AdhocProfiler {
     fn flush_interval(&self) -> Option<Duration> {
         Some(Duration::from_secs(2))
     }
+}
+
+/// One row per (thread, stack, labels) and one histogram per (name, key, process) over the
+/// windows of one drain: bpftrace prints every second, a drain may span several prints.
+fn merge_windows(d: Drained) -> Drained {
+    let mut out = Drained::default();
+    let mut rows: std::collections::HashMap<String, usize> = Default::default();
+    for e in d.events {
+        let key = format!(
+            "{}\0{}\0{}\0{:?}\0{:?}",
+            e.pid,
+            e.tid,
+            e.comm,
+            e.labels,
+            e.frames
+                .iter()
+                .map(|f| (f.kind.as_u8(), f.address))
+                .collect::<Vec<_>>()
+        );
+        match rows.get(&key) {
+            Some(&i) => {
+                let r: &mut Event = &mut out.events[i];
+                r.count += e.count;
+                for (a, b) in r.values.iter_mut().zip(&e.values) {
+                    *a += b;
+                }
+            }
+            None => {
+                rows.insert(key, out.events.len());
+                out.events.push(e);
+            }
+        }
+    }
+    let mut hists: std::collections::HashMap<(String, String, u32, String), usize> =
+        Default::default();
+    for h in d.histograms {
+        let key = (h.name.to_string(), h.key.clone(), h.pid, h.comm.clone());
+        match hists.get(&key) {
+            Some(&i) => {
+                let m = &mut out.histograms[i];
+                m.le_buckets.extend(h.le_buckets);
+            }
+            None => {
+                hists.insert(key, out.histograms.len());
+                out.histograms.push(h);
+            }
+        }
+    }
+    // Buckets of one bound added together, in order.
+    for h in &mut out.histograms {
+        h.le_buckets.sort_by_key(|b| b.0);
+        h.le_buckets.dedup_by(|b, a| {
+            if a.0 == b.0 {
+                a.1 += b.1;
+                true
+            } else {
+                false
+            }
+        });
+    }
+    out
 }
 
 /// Reads bpftrace's JSON lines until it closes its output.
@@ -955,6 +1016,35 @@ mod tests {
         )
         .expect_err("keyed series");
         assert!(e.starts_with("map @n of t.bt: declared a series"), "{e}");
+    }
+
+    #[test]
+    fn windows_of_one_drain_merge() {
+        let d = def(
+            "// name = \"r\"\n// owner = \"o\"\n// [maps.sizes]\n// kind = \"histogram\"\n// keys = [\"comm\"]\n// [maps.n]\n// kind = \"series\"",
+            "t:syscalls:sys_exit_read { @sizes[comm] = hist(args->ret); @n = count(); }",
+        );
+        let mut s = Shared::default();
+        for _ in 0..2 {
+            for l in [
+                r#"{"type": "hist", "data": {"@sizes": {"cat": [{"min": 64, "max": 127, "count": 3}]}}}"#,
+                r#"{"type": "map", "data": {"@n": 5}}"#,
+            ] {
+                parse_line(l, &d, &[], &mut s).expect("parse");
+            }
+            parse_line(
+                &format!(r#"{{"type": "printf", "data": "{MARKER}\n"}}"#),
+                &d,
+                &[],
+                &mut s,
+            )
+            .expect("marker");
+        }
+        let m = merge_windows(std::mem::take(&mut s.ready));
+        assert_eq!(m.events.len(), 1);
+        assert_eq!(m.events[0].values, vec![10]);
+        assert_eq!(m.histograms.len(), 1);
+        assert_eq!(m.histograms[0].le_buckets, vec![(127, 6.0)]);
     }
 
     #[test]

@@ -426,6 +426,13 @@ async fn metrics(State(st): State<AppState>) -> Response {
             live.rejected as f64,
         ));
     }
+    // The backend's own counters (ClickHouse inserts and errors); skipped for this scrape when
+    // a slow write holds the store.
+    if let Ok(store) = st.store.try_lock() {
+        for (name, help, v) in store.metrics() {
+            lines.push((name, help, "counter", v));
+        }
+    }
     let i = &st.ingest;
     let (n, sum, max) = i.latency.get();
     lines.extend([

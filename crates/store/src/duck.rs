@@ -50,16 +50,19 @@ fn to_values(params: &[Param]) -> Vec<Value> {
         .collect()
 }
 
-/// The key of a user frame's symbol: its build ID, or its path when the ELF has none.
-/// The profiler-specific labels of a row, as `k=v;k=v` (see [`crate::query::DETAIL_LABELS`]).
+/// Every label of a row that has no column of its own (a profiler's `state=sleeping`, an ad-hoc
+/// script's keys, an ingest's extra labels), as `k=v;k=v` in name order. A `;` in a value
+/// becomes `,`, so the list splits back.
 fn detail(labels: &baton_model::Labels) -> Option<String> {
-    let parts: Vec<String> = crate::query::DETAIL_LABELS
+    let parts: Vec<String> = labels
         .iter()
-        .filter_map(|k| labels.get(*k).map(|v| format!("{k}={v}")))
+        .filter(|(k, _)| crate::query::is_detail_label(k))
+        .map(|(k, v)| format!("{k}={}", v.replace(';', ",")))
         .collect();
     (!parts.is_empty()).then(|| parts.join(";"))
 }
 
+/// The key of a user frame's symbol: its build ID, or its path when the ELF has none.
 fn symbol_key(f: &Frame) -> String {
     match &f.build_id {
         Some(b) => b.clone(),
@@ -768,6 +771,16 @@ impl Store for DuckDbStore {
         Ok(out)
     }
 
+    fn drop_before(&mut self, before_ms: i64) -> Result<usize, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM samples WHERE ts_ms < ?", params![before_ms])?;
+        let h = self
+            .conn
+            .execute("DELETE FROM histograms WHERE ts_ms < ?", params![before_ms])?;
+        Ok(n + h)
+    }
+
     fn sample_rows(&mut self) -> Result<u64, StoreError> {
         Ok(self
             .conn
@@ -842,6 +855,8 @@ mod tests {
         second.value = 3;
         second.value_index = 1;
         second.labels.insert("op".into(), "write".into());
+        // A label of no built-in profiler (an ad-hoc script's key) is kept and filterable.
+        second.labels.insert("fd".into(), "3".into());
         b.samples.push(second);
         let mut h = Histogram::new("call_latency", "nanoseconds", "foo", Labels::new());
         h.add(1023, 5.0);
@@ -862,6 +877,10 @@ mod tests {
         q.filters = vec![Filter::parse("op=write").expect("filter")];
         assert_eq!(s.profile(&q).expect("p").total(), 3.0);
         q.filters = vec![Filter::parse("op=read").expect("filter")];
+        assert_eq!(s.profile(&q).expect("p").total(), 0.0);
+        q.filters = vec![Filter::parse("fd=3").expect("filter")];
+        assert_eq!(s.profile(&q).expect("p").total(), 3.0);
+        q.filters = vec![Filter::parse("fd!=3").expect("filter")];
         assert_eq!(s.profile(&q).expect("p").total(), 0.0);
         q.filters = vec![];
         let hs = s.histograms(&q).expect("hist");

@@ -3,14 +3,18 @@
 //! Samples are rows of (time, labels, value, weight, stack id). Stacks live in a dictionary of
 //! frame ids; frames are keyed by (kind, module, build ID, address); user-frame symbols live in a
 //! table keyed by (build ID, file offset), so symbols found later apply to old samples too.
-//! Every query sums `value * weight`.
+//! Every query sums `value * weight`. Two backends: DuckDB (embedded, the default) and
+//! ClickHouse (over HTTP, for scale-out), behind the one [`Store`] trait.
 
+mod clickhouse;
 mod duck;
 mod query;
 mod schema;
+pub mod testserver;
 
+pub use clickhouse::{ClickHouseStats, ClickHouseStore, ClickHouseUrl, CLICKHOUSE_SCHEMA_VERSION};
 pub use duck::DuckDbStore;
-pub use query::{Filter, FilterOp, Query, DETAIL_LABELS, LABEL_COLUMNS};
+pub use query::{is_detail_label, Filter, FilterOp, Query, DETAIL_LABELS, LABEL_COLUMNS};
 pub use schema::SCHEMA_VERSION;
 
 use baton_model::{Batch, Histogram, NamedStacks, Profile};
@@ -27,6 +31,8 @@ pub enum StoreError {
     Locked { path: String },
     #[error("DuckDB: {0}")]
     Duck(#[from] duckdb::Error),
+    #[error("ClickHouse: {0}")]
+    ClickHouse(String),
     #[error(
         "the store at {path} has schema version {found}, newer than this baton ({known}); \
          upgrade baton or use another --data directory"
@@ -37,8 +43,9 @@ pub enum StoreError {
         known: i64,
     },
     #[error(
-        "unknown filter label {0:?}; use one of: comm, pid, tid, exe, cgroup, host, run, \
-         service, or a profiler's own: state, syscall, op, function, request"
+        "bad filter label {0:?}; use one of: comm, pid, tid, exe, cgroup, host, run, \
+         service, or a profiler's own (state, syscall, op, function, request, an ad-hoc \
+         script's keys): lower-case letters, digits and _"
     )]
     UnknownLabel(String),
     #[error("bad filter {0:?}; write it as label=value, label!=value or label~regex")]
@@ -89,6 +96,14 @@ pub trait Store: Send {
     /// Stores symbols found later for `build_id`; queries show them at once. Returns how many
     /// were new.
     fn add_symbols(&mut self, build_id: &str, symbols: &[LateSymbol]) -> Result<usize, StoreError>;
+    /// Retention: removes samples and histograms older than `before_ms` (ClickHouse drops whole
+    /// day partitions, so it keeps up to a day more). Returns what was removed: rows (DuckDB) or
+    /// partitions (ClickHouse).
+    fn drop_before(&mut self, before_ms: i64) -> Result<usize, StoreError>;
+    /// The backend's own counters for `/metrics`: (name, help, value).
+    fn metrics(&self) -> Vec<(&'static str, &'static str, f64)> {
+        Vec::new()
+    }
 }
 
 /// Offsets of one build ID that wait for a symbol.

@@ -7,9 +7,25 @@ pub const LABEL_COLUMNS: &[&str] = &[
     "comm", "pid", "tid", "exe", "cgroup", "host", "run", "service",
 ];
 
-/// Profiler-specific labels, stored together in the `detail` column as `k=v;k=v`. They can be
-/// filtered on (`state=sleeping`, `syscall!=futex`, `op~write.*`) like the columns.
+/// The built-in profilers' own labels. They, and any other label without a column (an ad-hoc
+/// script's keys, an ingest's extra labels), are stored together in the `detail` column as
+/// `k=v;k=v`, and can be filtered on (`state=sleeping`, `syscall!=futex`, `op~write.*`) like the
+/// columns.
 pub const DETAIL_LABELS: &[&str] = &["state", "syscall", "op", "function", "request"];
+
+/// Whether a label is kept in `detail`: a name of lower-case letters, digits and `_` that is
+/// not a column (nor `baton_weight`, which the wire format uses for weights).
+pub fn is_detail_label(name: &str) -> bool {
+    !LABEL_COLUMNS.contains(&name)
+        && name != "baton_weight"
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FilterOp {
@@ -49,7 +65,7 @@ impl Filter {
 
     pub fn parse(s: &str) -> Result<Filter, StoreError> {
         let (label, op, value) = Filter::split(s)?;
-        if !LABEL_COLUMNS.contains(&label) && !DETAIL_LABELS.contains(&label) {
+        if !LABEL_COLUMNS.contains(&label) && !is_detail_label(label) {
             return Err(StoreError::UnknownLabel(label.to_string()));
         }
         Ok(Filter {
@@ -68,6 +84,81 @@ pub(crate) enum Param {
     Int(i64),
 }
 
+/// The SQL a backend speaks. Only what differs is here; the rest is common SQL that DuckDB and
+/// ClickHouse 18.16 (and later) both accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    DuckDb,
+    ClickHouse,
+}
+
+impl Dialect {
+    fn text(self, col: &str) -> String {
+        match self {
+            Dialect::DuckDb => format!("CAST({col} AS VARCHAR)"),
+            Dialect::ClickHouse => format!("toString({col})"),
+        }
+    }
+
+    fn has_pair(self) -> &'static str {
+        match self {
+            Dialect::DuckDb => "list_contains(string_split(coalesce(detail, ''), ';'), ?)",
+            Dialect::ClickHouse => "has(splitByChar(';', ifNull(detail, '')), ?)",
+        }
+    }
+
+    fn regex(self, expr: &str) -> String {
+        match self {
+            Dialect::DuckDb => format!("regexp_matches({expr}, ?)"),
+            Dialect::ClickHouse => format!("match({expr}, ?)"),
+        }
+    }
+
+    /// A column's text equals a value; a missing value (NULL, or '' where ClickHouse keeps
+    /// sort-key columns non-nullable) never does.
+    fn not_eq(self, col: &str) -> String {
+        match self {
+            Dialect::DuckDb => format!("CAST({col} AS VARCHAR) IS DISTINCT FROM ?"),
+            Dialect::ClickHouse => format!("({col} IS NULL OR toString({col}) != ?)"),
+        }
+    }
+}
+
+/// `sql` with each `?` replaced by its parameter as a literal, for backends without bound
+/// parameters (ClickHouse 18.16's HTTP interface has none). The fixed SQL has no `?` of its own.
+pub(crate) fn inline(sql: &str, params: &[Param]) -> String {
+    let mut out = String::with_capacity(sql.len() + 16 * params.len());
+    let mut it = params.iter();
+    for c in sql.chars() {
+        if c == '?' {
+            match it.next() {
+                Some(Param::Int(i)) => out.push_str(&i.to_string()),
+                Some(Param::Text(t)) => out.push_str(&quote(t)),
+                None => out.push('?'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A ClickHouse string literal: quoted, with `\` and `'` escaped.
+pub(crate) fn quote(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => q.push_str("\\\\"),
+            '\'' => q.push_str("\\'"),
+            '\0' => q.push_str("\\0"),
+            c => q.push(c),
+        }
+    }
+    q.push('\'');
+    q
+}
+
 /// What to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
@@ -83,6 +174,10 @@ impl Query {
     /// The WHERE clause and its parameters. Label names come from [`LABEL_COLUMNS`] only, so
     /// nothing user-supplied is spliced into SQL.
     pub(crate) fn where_clause(&self) -> (String, Vec<Param>) {
+        self.where_in(Dialect::DuckDb)
+    }
+
+    pub(crate) fn where_in(&self, d: Dialect) -> (String, Vec<Param>) {
         let mut sql = String::from("profiler = ? AND ts_ms >= ? AND ts_ms < ?");
         let mut params = vec![
             Param::Text(self.profiler.clone()),
@@ -94,26 +189,29 @@ impl Query {
                 sql.push_str(" AND value_type = ?");
                 params.push(Param::Text(v.clone()));
             }
-            None => sql.push_str(" AND coalesce(value_index, 0) = 0"),
+            None => sql.push_str(match d {
+                Dialect::DuckDb => " AND coalesce(value_index, 0) = 0",
+                Dialect::ClickHouse => " AND value_index = 0",
+            }),
         }
         for f in &self.filters {
-            if DETAIL_LABELS.contains(&f.label.as_str()) {
+            if is_detail_label(&f.label) {
                 let pair = format!("{}={}", f.label, f.value);
                 match f.op {
                     FilterOp::Eq => {
-                        sql.push_str(
-                            " AND list_contains(string_split(coalesce(detail, ''), ';'), ?)",
-                        );
+                        sql.push_str(&format!(" AND {}", d.has_pair()));
                         params.push(Param::Text(pair));
                     }
                     FilterOp::NotEq => {
-                        sql.push_str(
-                            " AND NOT list_contains(string_split(coalesce(detail, ''), ';'), ?)",
-                        );
+                        sql.push_str(&format!(" AND NOT {}", d.has_pair()));
                         params.push(Param::Text(pair));
                     }
                     FilterOp::Regex => {
-                        sql.push_str(" AND regexp_matches(coalesce(detail, ''), ?)");
+                        let e = match d {
+                            Dialect::DuckDb => "coalesce(detail, '')",
+                            Dialect::ClickHouse => "ifNull(detail, '')",
+                        };
+                        sql.push_str(&format!(" AND {}", d.regex(e)));
                         params.push(Param::Text(format!("(^|;){}=({})(;|$)", f.label, f.value)));
                     }
                     FilterOp::AnyOf | FilterOp::NoneOf => {}
@@ -122,7 +220,7 @@ impl Query {
             }
             // Validated by Filter::parse; re-checked so a hand-built Filter cannot inject SQL.
             if let Some(col) = LABEL_COLUMNS.iter().find(|c| **c == f.label) {
-                column_filter(col, f, &mut sql, &mut params);
+                column_filter(d, col, f, &mut sql, &mut params);
             }
         }
         (sql, params)
@@ -134,6 +232,10 @@ impl Query {
     /// profiler-specific label (`syscall=write`) matches the histogram's key. `tid` and
     /// `cgroup` filters do not apply to histograms and are left out.
     pub(crate) fn histogram_where(&self) -> (String, Vec<Param>) {
+        self.histogram_where_in(Dialect::DuckDb)
+    }
+
+    pub(crate) fn histogram_where_in(&self, d: Dialect) -> (String, Vec<Param>) {
         let mut sql = String::from("profiler = ? AND ts_ms >= ? AND ts_ms < ?");
         let mut params = vec![
             Param::Text(self.profiler.clone()),
@@ -141,7 +243,7 @@ impl Query {
             Param::Int(self.to_ms),
         ];
         for f in &self.filters {
-            let col = if DETAIL_LABELS.contains(&f.label.as_str()) {
+            let col = if is_detail_label(&f.label) {
                 "key"
             } else {
                 match HISTOGRAM_COLUMNS.iter().find(|c| **c == f.label) {
@@ -149,31 +251,36 @@ impl Query {
                     None => continue,
                 }
             };
-            column_filter(col, f, &mut sql, &mut params);
+            column_filter(d, col, f, &mut sql, &mut params);
         }
         (sql, params)
     }
 }
 
 /// Appends one filter on a label column (from a fixed list, never user text) to a WHERE clause.
-fn column_filter(col: &str, f: &Filter, sql: &mut String, params: &mut Vec<Param>) {
+fn column_filter(d: Dialect, col: &str, f: &Filter, sql: &mut String, params: &mut Vec<Param>) {
     let set = || vec!["?"; f.values.len()].join(", ");
+    let t = d.text(col);
     let expr = match f.op {
-        FilterOp::Eq => format!(" AND CAST({col} AS VARCHAR) = ?"),
-        FilterOp::NotEq => format!(" AND CAST({col} AS VARCHAR) IS DISTINCT FROM ?"),
-        FilterOp::Regex => format!(" AND regexp_full_match(CAST({col} AS VARCHAR), ?)"),
-        FilterOp::AnyOf if f.values.is_empty() => " AND FALSE".to_string(),
+        FilterOp::Eq => format!(" AND {t} = ?"),
+        FilterOp::NotEq => format!(" AND {}", d.not_eq(col)),
+        FilterOp::Regex => match d {
+            Dialect::DuckDb => format!(" AND regexp_full_match({t}, ?)"),
+            Dialect::ClickHouse => format!(" AND match({t}, ?)"),
+        },
+        FilterOp::AnyOf if f.values.is_empty() => " AND 1 = 0".to_string(),
         FilterOp::NoneOf if f.values.is_empty() => String::new(),
-        FilterOp::AnyOf => format!(" AND CAST({col} AS VARCHAR) IN ({})", set()),
-        FilterOp::NoneOf => format!(
-            " AND ({col} IS NULL OR CAST({col} AS VARCHAR) NOT IN ({}))",
-            set()
-        ),
+        FilterOp::AnyOf => format!(" AND {t} IN ({})", set()),
+        FilterOp::NoneOf => format!(" AND ({col} IS NULL OR {t} NOT IN ({}))", set()),
     };
     sql.push_str(&expr);
-    match f.op {
-        FilterOp::AnyOf | FilterOp::NoneOf => {
+    match (f.op, d) {
+        (FilterOp::AnyOf | FilterOp::NoneOf, _) => {
             params.extend(f.values.iter().cloned().map(Param::Text))
+        }
+        // ClickHouse's match() finds the pattern anywhere; anchor it as a full match.
+        (FilterOp::Regex, Dialect::ClickHouse) => {
+            params.push(Param::Text(format!("^(?:{})$", f.value)))
         }
         _ => params.push(Param::Text(f.value.clone())),
     }
@@ -198,8 +305,9 @@ mod tests {
             Filter::parse("exe~/usr/.*").expect("ok").op,
             FilterOp::Regex
         );
+        assert_eq!(Filter::parse("fd=3").expect("a detail label").label, "fd");
         assert!(matches!(
-            Filter::parse("color=red"),
+            Filter::parse("Color=red"),
             Err(StoreError::UnknownLabel(_))
         ));
         assert!(matches!(

@@ -1,0 +1,471 @@
+//! One conformance suite, run against both backends: DuckDB (in memory) and a real ClickHouse
+//! server (Debian's `clickhouse-server`, started here on free loopback ports with its own config
+//! and data directory, stopped by its pid). Every scenario runs on both and, where it says so,
+//! checks that the two give the same answer.
+
+use std::sync::OnceLock;
+
+use baton_model::{Batch, Frame, FrameKind, Histogram, Labels, StackSample, ValueType};
+use baton_store::{
+    ClickHouseStore, ClickHouseUrl, DuckDbStore, Filter, FilterOp, LateSymbol, Point, Query, Store,
+};
+
+use baton_store::testserver::{free_port, ClickHouseServer as ClickHouse};
+
+/// Starts `clickhouse-server` with a config of its own; fails loudly if it is not installed.
+fn start_clickhouse(tag: &str) -> ClickHouse {
+    ClickHouse::start(tag).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn start_clickhouse_on(tag: &str, http: u16, tcp: u16, extra: &str) -> ClickHouse {
+    ClickHouse::start_on(tag, http, tcp, extra).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn server() -> &'static std::sync::Mutex<Option<ClickHouse>> {
+    static CH: OnceLock<std::sync::Mutex<Option<ClickHouse>>> = OnceLock::new();
+    CH.get_or_init(|| std::sync::Mutex::new(Some(start_clickhouse("conformance"))))
+}
+
+/// A fresh database on the suite's ClickHouse server.
+fn clickhouse(name: &str) -> ClickHouseStore {
+    let port = server()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|c| c.http_port)
+        .expect("server");
+    let url = ClickHouseUrl::parse(&format!("clickhouse://127.0.0.1:{port}/{name}")).expect("url");
+    ClickHouseStore::open(url).expect("open ClickHouse store")
+}
+
+fn frame(kind: FrameKind, name: Option<&str>, addr: u64) -> Frame {
+    Frame {
+        kind,
+        function: name.map(str::to_string),
+        module: if kind == FrameKind::Kernel {
+            "[kernel.kallsyms]".into()
+        } else {
+            "/bin/app".into()
+        },
+        build_id: (kind == FrameKind::User).then(|| "beef".to_string()),
+        address: addr,
+        file: None,
+        line: None,
+    }
+}
+
+fn batch(ts: i64, comm: &str, leaf: &str, value: i64, weight: f64) -> Batch {
+    Batch {
+        profiler: "cpu".into(),
+        value_type: ValueType::cpu_nanoseconds(),
+        more_value_types: Vec::new(),
+        histograms: Vec::new(),
+        ts_ms: ts,
+        samples: vec![StackSample {
+            stack: vec![
+                frame(FrameKind::User, Some(leaf), leaf.len() as u64 * 16),
+                frame(FrameKind::User, Some("main"), 1),
+                frame(
+                    FrameKind::Kernel,
+                    Some("do_syscall_64"),
+                    0xffff_ffff_8100_0000,
+                ),
+            ],
+            labels: [
+                ("comm".to_string(), comm.to_string()),
+                ("pid".into(), "7".into()),
+                ("host".into(), "h1".into()),
+            ]
+            .into(),
+            value,
+            weight,
+            value_index: 0,
+        }],
+    }
+}
+
+fn q(from: i64, to: i64) -> Query {
+    Query {
+        profiler: "cpu".into(),
+        value: None,
+        from_ms: from,
+        to_ms: to,
+        filters: vec![],
+    }
+}
+
+fn with(mut q: Query, f: &str) -> Query {
+    q.filters.push(Filter::parse(f).expect("filter"));
+    q
+}
+
+/// Sums, weights, filters (columns, sets, regex, not-equal on missing labels), named stacks,
+/// time series and label values.
+fn sums_filters_series_and_labels(s: &mut dyn Store) {
+    s.write_batch(&batch(1000, "a", "hot", 10, 3.0)).expect("w");
+    s.write_batch(&batch(2000, "a", "hot", 10, 1.0)).expect("w");
+    let mut b = batch(2000, "b", "cold", 5, 1.0);
+    b.samples[0].labels.remove("pid");
+    b.samples[0]
+        .labels
+        .insert("service".into(), "checkout".into());
+    s.write_batch(&b).expect("w");
+    let all = q(0, 10_000);
+    let p = s.profile(&all).expect("profile");
+    assert_eq!(p.total(), 45.0);
+    let top = p.top_functions();
+    assert_eq!((top[0].function.as_str(), top[0].self_value), ("hot", 40.0));
+    let total = |s: &mut dyn Store, q: &Query| s.profile(q).expect("p").total();
+    assert_eq!(total(s, &with(all.clone(), "comm=b")), 5.0);
+    assert_eq!(total(s, &with(all.clone(), "comm!=b")), 40.0);
+    assert_eq!(total(s, &with(all.clone(), "comm~[ab]")), 45.0);
+    assert_eq!(total(s, &with(all.clone(), "comm~a.*x")), 0.0);
+    assert_eq!(total(s, &with(all.clone(), "pid=7")), 40.0);
+    // A sample without the label is not equal to any value.
+    assert_eq!(total(s, &with(all.clone(), "pid!=7")), 5.0);
+    assert_eq!(total(s, &with(all.clone(), "service=checkout")), 5.0);
+    assert_eq!(total(s, &with(all.clone(), "service!=checkout")), 40.0);
+    let set = |op, values: &[&str]| Filter {
+        label: "comm".into(),
+        op,
+        value: String::new(),
+        values: values.iter().map(|v| v.to_string()).collect(),
+    };
+    let mut fq = all.clone();
+    fq.filters = vec![set(FilterOp::AnyOf, &["a", "zz"])];
+    assert_eq!(total(s, &fq), 40.0);
+    fq.filters = vec![set(FilterOp::AnyOf, &[])];
+    assert_eq!(total(s, &fq), 0.0);
+    fq.filters = vec![set(FilterOp::NoneOf, &["a"])];
+    assert_eq!(total(s, &fq), 5.0);
+    fq.filters = vec![set(FilterOp::NoneOf, &[])];
+    assert_eq!(total(s, &fq), 45.0);
+    let named = s.named_stacks(&all).expect("named");
+    assert_eq!(named.flame_tree(), p.flame_tree());
+    assert_eq!(named.top_functions(), top);
+    let ts = s.timeseries(&all, 1000).expect("ts");
+    assert_eq!(
+        ts,
+        vec![
+            Point {
+                ts_ms: 1000,
+                value: 30.0
+            },
+            Point {
+                ts_ms: 2000,
+                value: 15.0
+            }
+        ]
+    );
+    let labels = s.label_values(&all, "comm", 10).expect("labels");
+    assert_eq!(
+        labels,
+        vec![("a".to_string(), 40.0), ("b".to_string(), 5.0)]
+    );
+    let services = s.label_values(&all, "service", 10).expect("labels");
+    assert_eq!(services, vec![("checkout".to_string(), 5.0)]);
+    assert_eq!(s.profile(&q(3000, 4000)).expect("p").samples.len(), 0);
+    assert_eq!(s.sample_rows().expect("rows"), 3);
+}
+
+/// Several values per stack, profiler labels in `detail`, histograms merged per (name, key).
+fn values_details_and_histograms(s: &mut dyn Store) {
+    let mut b = batch(1_000, "app", "alloc_site_a", 4096, 1.0);
+    b.profiler = "malloc".into();
+    b.value_type = ValueType::new("alloc_bytes", "bytes");
+    b.more_value_types = vec![ValueType::new("alloc_count", "count")];
+    let mut second = b.samples[0].clone();
+    second.value = 3;
+    second.value_index = 1;
+    second.labels.insert("op".into(), "write".into());
+    second.labels.insert("fd".into(), "3".into());
+    b.samples.push(second);
+    let mut h = Histogram::new("call_latency", "nanoseconds", "foo", Labels::new());
+    h.add(1023, 5.0);
+    h.add(2047, 1.0);
+    b.histograms.push(h.clone());
+    b.histograms.push(h);
+    s.write_batch(&b).expect("write");
+    let mut q = q(0, 10_000);
+    q.profiler = "malloc".into();
+    let p = s.profile(&q).expect("p");
+    assert_eq!(
+        (p.total(), p.value_type.kind.as_str()),
+        (4096.0, "alloc_bytes")
+    );
+    q.value = Some("alloc_count".into());
+    let p = s.profile(&q).expect("p");
+    assert_eq!(
+        (p.total(), p.value_type.kind.as_str()),
+        (3.0, "alloc_count")
+    );
+    assert_eq!(
+        s.profile(&with(q.clone(), "op=write")).expect("p").total(),
+        3.0
+    );
+    assert_eq!(
+        s.profile(&with(q.clone(), "op=read")).expect("p").total(),
+        0.0
+    );
+    assert_eq!(
+        s.profile(&with(q.clone(), "op~wr.*")).expect("p").total(),
+        3.0
+    );
+    assert_eq!(s.profile(&with(q.clone(), "fd=3")).expect("p").total(), 3.0);
+    assert_eq!(
+        s.profile(&with(q.clone(), "fd!=3")).expect("p").total(),
+        0.0
+    );
+    q.value = None;
+    let hs = s.histograms(&q).expect("hist");
+    assert_eq!(hs.len(), 1);
+    assert_eq!((hs[0].key.as_str(), hs[0].total()), ("foo", 12.0));
+    assert_eq!(
+        hs[0]
+            .buckets
+            .iter()
+            .map(|b| (b.le, b.count))
+            .collect::<Vec<_>>(),
+        vec![(1023, 10.0), (2047, 2.0)]
+    );
+    assert!(s
+        .histograms(&with(q.clone(), "function=bar"))
+        .expect("hist")
+        .is_empty());
+    assert_eq!(
+        s.histograms(&with(q, "function=foo")).expect("hist").len(),
+        1
+    );
+}
+
+/// Inlined frames keep their names and lines; unknown frames keep module and offset.
+fn inlined_and_unknown_frames(s: &mut dyn Store) {
+    let mut b = batch(1000, "a", "outer", 10, 1.0);
+    let outer = b.samples[0].stack[0].clone();
+    let inl = |name: &str, line: u32| Frame {
+        kind: FrameKind::Inlined,
+        function: Some(name.into()),
+        file: Some("/src/x.c".into()),
+        line: Some(line),
+        ..outer.clone()
+    };
+    b.samples[0].stack.insert(0, inl("mid_inl", 20));
+    b.samples[0].stack.insert(0, inl("leaf_inl", 10));
+    s.write_batch(&b).expect("write");
+    let mut u = batch(1000, "u", "gone", 1, 1.0);
+    u.samples[0].stack[0].function = None;
+    u.samples[0].stack[0].build_id = None;
+    s.write_batch(&u).expect("write");
+    let p = s.profile(&with(q(0, 10_000), "comm=a")).expect("profile");
+    let stack = &p.samples[0].stack;
+    let names: Vec<String> = stack.iter().map(Frame::display_name).collect();
+    assert_eq!(
+        names,
+        ["leaf_inl", "mid_inl", "outer", "main", "do_syscall_64"]
+    );
+    assert_eq!(stack[0].kind, FrameKind::Inlined);
+    assert_eq!(
+        (stack[0].line, stack[1].file.as_deref()),
+        (Some(10), Some("/src/x.c"))
+    );
+    let p = s.profile(&with(q(0, 10_000), "comm=u")).expect("profile");
+    assert_eq!(p.samples[0].stack[0].display_name(), "[unknown] app+0x40");
+}
+
+/// A batch with an id is stored once; late symbols name old samples, inlined chain included.
+fn batch_ids_and_late_symbols(s: &mut dyn Store) {
+    let mut b = batch(1000, "a", "hot", 5, 1.0);
+    b.samples[0].stack[0].function = None;
+    assert!(s.write_batch_once(&b, "h1-1", Some("h1")).expect("w"));
+    assert!(!s.write_batch_once(&b, "h1-1", Some("h1")).expect("w"));
+    assert_eq!(s.sample_rows().expect("rows"), 1);
+    let waiting = s.unsymbolized(100).expect("u");
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(
+        (waiting[0].build_id.as_str(), waiting[0].offsets.clone()),
+        ("beef", vec![48])
+    );
+    let late = LateSymbol {
+        offset: 48,
+        function: "hot_loop".into(),
+        file: Some("hot.c".into()),
+        line: Some(12),
+        inlined: vec![("step".into(), Some("hot.h".into()), Some(3))],
+    };
+    assert_eq!(
+        s.add_symbols("beef", std::slice::from_ref(&late))
+            .expect("add"),
+        1
+    );
+    assert_eq!(s.add_symbols("beef", &[late]).expect("add"), 0);
+    assert!(s.unsymbolized(100).expect("u").is_empty());
+    let p = s.profile(&q(0, 10_000)).expect("p");
+    let names: Vec<String> = p.samples[0].stack.iter().map(Frame::display_name).collect();
+    assert_eq!(names, ["step", "hot_loop", "main", "do_syscall_64"]);
+    assert_eq!(p.samples[0].stack[1].line, Some(12));
+}
+
+/// Many stacks over many windows: both backends give the same flame tree, top table, series
+/// and histograms for the same batches.
+fn same_answers(s: &mut dyn Store) -> (String, String, Vec<Point>, Vec<Histogram>) {
+    for w in 0..20i64 {
+        let mut b = batch(w * 1000, "app", "leaf0", 1, 1.0);
+        b.samples.clear();
+        for i in 0..50u64 {
+            let leaf = format!("leaf{}", (i * 7 + w as u64) % 13);
+            let mut smp = batch(
+                0,
+                if i % 3 == 0 { "x" } else { "y" },
+                &leaf,
+                (i + 1) as i64,
+                1.0 + (i % 4) as f64,
+            )
+            .samples
+            .remove(0);
+            smp.stack.insert(
+                1,
+                frame(
+                    FrameKind::User,
+                    Some(&format!("mid{}", i % 5)),
+                    1000 + i % 5,
+                ),
+            );
+            b.samples.push(smp);
+        }
+        let mut h = Histogram::new("lat", "nanoseconds", "k", Labels::new());
+        h.add(1023, w as f64);
+        b.histograms.push(h);
+        s.write_batch(&b).expect("write");
+    }
+    let all = q(0, 100_000);
+    let tree =
+        serde_json::to_string(&s.named_stacks(&all).expect("named").flame_tree()).expect("json");
+    let top = serde_json::to_string(
+        &s.named_stacks(&with(all.clone(), "comm=x"))
+            .expect("p")
+            .top_functions(),
+    )
+    .expect("json");
+    (
+        tree,
+        top,
+        s.timeseries(&all, 5000).expect("ts"),
+        s.histograms(&all).expect("h"),
+    )
+}
+
+macro_rules! conformance {
+    ($($name:ident),+ $(,)?) => {
+        mod duckdb {
+            $(
+                #[test]
+                fn $name() {
+                    let mut s = super::DuckDbStore::in_memory().expect("duckdb");
+                    super::$name(&mut s);
+                }
+            )+
+        }
+        mod clickhouse {
+            $(
+                #[test]
+                fn $name() {
+                    let mut s = super::clickhouse(stringify!($name));
+                    super::$name(&mut s);
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    sums_filters_series_and_labels,
+    values_details_and_histograms,
+    inlined_and_unknown_frames,
+    batch_ids_and_late_symbols,
+);
+
+#[test]
+fn both_backends_give_the_same_answers() {
+    let mut d = DuckDbStore::in_memory().expect("duckdb");
+    let mut c = clickhouse("same_answers");
+    let a = same_answers(&mut d);
+    let b = same_answers(&mut c);
+    assert_eq!(a.0, b.0, "flame trees differ");
+    assert_eq!(a.1, b.1, "top tables differ");
+    assert_eq!(a.2, b.2, "series differ");
+    assert_eq!(a.3, b.3, "histograms differ");
+}
+
+#[test]
+fn a_reopened_clickhouse_store_knows_its_dictionaries_and_batches() {
+    {
+        let mut s = clickhouse("reopen");
+        let mut b = batch(1000, "a", "hot", 5, 1.0);
+        b.samples[0].stack[0].function = None;
+        assert!(s.write_batch_once(&b, "r-1", Some("h")).expect("w"));
+    }
+    let mut s = clickhouse("reopen");
+    assert_eq!(
+        s.schema_version().expect("v"),
+        baton_store::CLICKHOUSE_SCHEMA_VERSION
+    );
+    let b = batch(1000, "a", "hot", 5, 1.0);
+    assert!(
+        !s.write_batch_once(&b, "r-1", Some("h")).expect("w"),
+        "the batch id survives"
+    );
+    assert_eq!(s.unsymbolized(10).expect("u").len(), 1);
+    s.write_batch(&batch(2000, "a", "hot", 5, 1.0)).expect("w");
+    assert_eq!(s.sample_rows().expect("rows"), 2);
+}
+
+#[test]
+fn clickhouse_down_is_a_clear_error() {
+    let port = free_port();
+    let url = ClickHouseUrl::parse(&format!("clickhouse://127.0.0.1:{port}/x")).expect("url");
+    let e = ClickHouseStore::open(url)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.starts_with("ClickHouse: http://127.0.0.1:"), "{e}");
+}
+
+/// Two ClickHouse servers as two shards behind `Distributed` tables: Baton writes and reads
+/// through them, and the answers match one server's. Rows land on both shards.
+#[test]
+fn two_shards_answer_as_one_server_does() {
+    let (h1, t1, h2, t2) = (free_port(), free_port(), free_port(), free_port());
+    let shard = |port: u16| {
+        format!("<shard><replica><host>127.0.0.1</host><port>{port}</port></replica></shard>")
+    };
+    let cluster = format!(
+        "<remote_servers><two>{}{}</two></remote_servers>",
+        shard(t1),
+        shard(t2)
+    );
+    let _a = start_clickhouse_on("shard1", h1, t1, &cluster);
+    let _b = start_clickhouse_on("shard2", h2, t2, &cluster);
+    let open = |port: u16, db: &str| {
+        ClickHouseStore::open(
+            ClickHouseUrl::parse(&format!("clickhouse://127.0.0.1:{port}/{db}")).expect("url"),
+        )
+        .expect("open")
+    };
+    // Each shard gets its local tables; then Baton opens the first through the cluster.
+    drop(open(h2, "sharded"));
+    let mut dist = open(h1, "sharded?cluster=two");
+    let mut single = clickhouse("single_for_shards");
+    let a = same_answers(&mut dist);
+    let b = same_answers(&mut single);
+    assert_eq!(a.0, b.0, "flame trees differ");
+    assert_eq!(a.1, b.1, "top tables differ");
+    assert_eq!(a.2, b.2, "series differ");
+    assert_eq!(a.3, b.3, "histograms differ");
+    let count = |c: &ClickHouse| -> u64 {
+        c.count("SELECT count() FROM sharded.samples_local")
+            .expect("a count")
+    };
+    let (n1, n2) = (count(&_a), count(&_b));
+    assert_eq!(n1 + n2, 1000, "shard 1 {n1}, shard 2 {n2}");
+    assert!(n1 > 0 && n2 > 0, "rows on both shards: {n1} and {n2}");
+}
