@@ -572,6 +572,69 @@ fn server_outage_loses_nothing() {
     assert_eq!(stored, produced, "rows stored = rows the agents produced");
 }
 
+/// The server stores into ClickHouse, and ClickHouse is stopped for 20 s while two agents
+/// profile at 99 Hz, then started again: the agents' buffers absorb the outage, and the sample
+/// rows in ClickHouse equal the rows the agents produced.
+#[test]
+fn clickhouse_outage_loses_nothing() {
+    require_root();
+    let dir = scratch("fleet-ch-outage");
+    let mut ch = baton_store::testserver::ClickHouseServer::start("outage")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let store = ch.url("outage");
+    let server = start_server(
+        &dir.join("data"),
+        "127.0.0.1:0",
+        &["--insecure-local", "--store", &store],
+    );
+    assert!(server.proc.text().contains("store ClickHouse http://127.0.0.1:"));
+    let url = format!("http://{}", server.addr);
+    let mut split = spawn_split("120");
+    let flags = ["--frequency", "99", "--drain-timeout", "2s"];
+    let start = |h: &str| start_agent(h, &url, &dir.join(format!("buf-{h}")), &flags, None);
+    let mut agents: Vec<Agent> = vec![start("c1"), start("c2")];
+    for a in &agents {
+        eventually(30, "a first batch shipped", || {
+            (metric(&a.metrics, "baton_agent_samples_shipped_total") > 0.0).then_some(())
+        });
+    }
+    ch.stop();
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_secs(20));
+    for a in &agents {
+        assert!(metric(&a.metrics, "baton_agent_buffer_batches") >= 3.0);
+        assert!(metric(&a.metrics, "baton_agent_send_errors_total") > 0.0);
+    }
+    assert!(metric(&server.addr, "baton_clickhouse_insert_errors_total") > 0.0);
+    ch.restart().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("ClickHouse was down for {:.1}s", down.elapsed().as_secs_f64());
+    for a in &agents {
+        eventually(60, "the buffer to drain", || {
+            (metric(&a.metrics, "baton_agent_buffer_batches") == 0.0).then_some(())
+        });
+    }
+    let (mut produced, mut shipped) = (0, 0);
+    for a in &mut agents {
+        a.proc.signal(libc::SIGTERM);
+        assert!(a.proc.wait_exit(60).success());
+        let (p, s, d, left) = agent_totals(a);
+        assert_eq!((d, left), (0, 0), "nothing dropped or left on disk");
+        produced += p;
+        shipped += s;
+    }
+    let _ = split.kill();
+    let _ = split.wait();
+    assert_eq!(produced, shipped);
+    let stored = ch
+        .count("SELECT count() FROM outage.samples_local")
+        .expect("a count");
+    eprintln!("produced {produced} sample rows, stored {stored} in ClickHouse");
+    assert!(produced > 300, "{produced} rows produced");
+    assert_eq!(stored, produced, "rows stored = rows the agents produced");
+    let status = http_json(&server.addr, "/api/v1/status");
+    assert_eq!(status["sample_rows"].as_u64(), Some(stored));
+}
+
 /// An agent killed with SIGKILL mid-run leaves no BPF program behind, and once it restarts the
 /// server marks its run failed with the reason.
 #[test]
