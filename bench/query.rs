@@ -6,27 +6,12 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use baton_model::{Batch, Frame, FrameKind, StackSample, ValueType};
+use baton_model::{Batch, StackSample, ValueType};
 use baton_store::{DuckDbStore, Query, Store};
 
-const DISTINCT_STACKS: usize = 20_000;
-const FUNCTIONS: usize = 2_000;
-const DEPTH: usize = 24;
-const BRANCH: usize = 3;
-const COMMS: usize = 200;
-const DAY_MS: i64 = 86_400_000;
-
-/// A small deterministic generator, so every run stores the same rows.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-}
+#[path = "synth.rs"]
+mod synth;
+use synth::{stacks as synthetic_stacks, COMMS, DAY_MS, DISTINCT_STACKS};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -42,32 +27,7 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let mut store = DuckDbStore::open(&dir).context("open store")?;
 
-    let mut rng = Lcg(42);
-    // Stacks are paths in a call tree (each frame picks one of BRANCH callees of its caller),
-    // so they share prefixes the way real stacks do.
-    let stacks: Vec<Vec<Frame>> = (0..DISTINCT_STACKS)
-        .map(|_| {
-            let mut caller = 0usize;
-            let mut frames: Vec<Frame> = (0..DEPTH)
-                .map(|_| {
-                    let pick = (rng.next() as usize) % BRANCH;
-                    let f = (caller.wrapping_mul(31).wrapping_add(pick * 7919 + 1)) % FUNCTIONS;
-                    caller = f;
-                    Frame {
-                        kind: FrameKind::User,
-                        function: Some(format!("function_{f}")),
-                        module: "/usr/bin/synthetic".into(),
-                        build_id: Some("0123456789abcdef".into()),
-                        address: f as u64 * 64,
-                        file: None,
-                        line: None,
-                    }
-                })
-                .collect();
-            frames.reverse(); // leaf first
-            frames
-        })
-        .collect();
+    let stacks = synthetic_stacks();
 
     let start_ms: i64 = 1_700_000_000_000;
     let t = Instant::now();

@@ -587,7 +587,10 @@ fn clickhouse_outage_loses_nothing() {
         "127.0.0.1:0",
         &["--insecure-local", "--store", &store],
     );
-    assert!(server.proc.text().contains("store ClickHouse http://127.0.0.1:"));
+    assert!(server
+        .proc
+        .text()
+        .contains("store ClickHouse http://127.0.0.1:"));
     let url = format!("http://{}", server.addr);
     let mut split = spawn_split("120");
     let flags = ["--frequency", "99", "--drain-timeout", "2s"];
@@ -607,7 +610,10 @@ fn clickhouse_outage_loses_nothing() {
     }
     assert!(metric(&server.addr, "baton_clickhouse_insert_errors_total") > 0.0);
     ch.restart().unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("ClickHouse was down for {:.1}s", down.elapsed().as_secs_f64());
+    eprintln!(
+        "ClickHouse was down for {:.1}s",
+        down.elapsed().as_secs_f64()
+    );
     for a in &agents {
         eventually(60, "the buffer to drain", || {
             (metric(&a.metrics, "baton_agent_buffer_batches") == 0.0).then_some(())
