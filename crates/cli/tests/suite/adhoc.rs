@@ -453,3 +453,83 @@ fn an_adhoc_script_claiming_the_pmu_waits_for_a_cpu_run_and_needs_admin() {
     );
     up.stop();
 }
+
+/// In the config tree, ad-hoc profilers also run on a schedule and from triggers: a continuous
+/// rule of `read_sizes` for a service of readers, and an exec trigger that starts `cpu_stacks`
+/// on a new `split`.
+#[test]
+fn continuous_rules_and_triggers_start_adhoc_runs() {
+    require_root();
+    require_bpftrace();
+    let rules = r#"
+[services.readers]
+selector = { comm = "reads" }
+continuous = [{ profiler = "read_sizes", target_samples_per_hour = 1000000, duration = "3s" }]
+
+[services.splitters]
+selector = { comm = "split" }
+[[services.splitters.triggers]]
+kind = "exec"
+pattern = "*/split"
+profiler = "cpu_stacks"
+duration = "3s"
+cooldown = "10m"
+max_per_hour = 1
+"#;
+    let cfg = tree("adhoc-rules", &[]);
+    std::fs::write(cfg.join("services.toml"), rules).expect("rules");
+    let data = cfg.with_file_name("data");
+    // 100 reads of 4 KiB every 100 ms for 90 s.
+    let mut reads = Command::new(workload("reads"))
+        .args(["0", "100", "0", "900"])
+        .spawn()
+        .expect("reads");
+    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+    let runs = |mode: &str, service: &str| -> Vec<serde_json::Value> {
+        http_json(&up.addr, "/api/v1/runs?all=1")["runs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r["mode"] == mode && r["service"] == service)
+            .collect()
+    };
+    let mut split = Command::new(workload("split"))
+        .arg("6")
+        .spawn()
+        .expect("split");
+    let trig = eventually(40, "the exec trigger's cpu_stacks run to finish", || {
+        runs("triggered", "splitters")
+            .into_iter()
+            .find(|r| r["state"] == "done")
+    });
+    assert_eq!(trig["profiler"], "cpu_stacks", "{trig}");
+    let id = trig["id"].as_u64().expect("id");
+    let rows = top(&up, &format!("profiler=cpu_stacks&filter=run%3D{id}"));
+    assert!(self_percent(&rows, "leaf_hot") > 50.0, "{rows}");
+    let _ = split.wait();
+    let cont = eventually(60, "a continuous read_sizes run to finish", || {
+        runs("continuous", "readers")
+            .into_iter()
+            .find(|r| r["state"] == "done" && r["profiler"] == "read_sizes")
+    });
+    let id = cont["id"].as_u64().expect("id");
+    let h = http_json(
+        &up.addr,
+        &format!("/api/v1/histograms?profiler=read_sizes&since=10m&filter=run%3D{id}"),
+    );
+    let big: f64 = h["histograms"]
+        .as_array()
+        .expect("histograms")
+        .iter()
+        .filter(|x| x["key"] == "reads")
+        .flat_map(|x| x["buckets"].as_array().cloned().unwrap_or_default())
+        .filter(|b| b["le"] == 8191)
+        .filter_map(|b| b["count"].as_f64())
+        .sum();
+    // Up to 3 s (less the ~1 s bpftrace takes to attach) of 100 reads per 100 ms round.
+    assert!((1_000.0..=3_300.0).contains(&big), "{big} 4 KiB reads: {h}");
+    let _ = reads.kill();
+    let _ = reads.wait();
+    up.stop();
+}
