@@ -185,6 +185,14 @@ pub struct ServerArgs {
     /// ClickHouse whole day partitions are dropped (18.16 has no table TTL).
     #[arg(long, value_name = "DURATION")]
     pub retention: Option<String>,
+    /// Sample rows of ingested batches that may wait for the store; past it, ingest answers
+    /// 503 and agents keep their batches on disk and retry (back-pressure).
+    #[arg(long, default_value_t = 200_000, value_name = "ROWS")]
+    pub ingest_queue_rows: u64,
+    /// How long the ingest writer waits after a batch for more to write with it (grouped
+    /// writes: one INSERT per table for up to 50,000 rows).
+    #[arg(long, default_value = "50ms", value_name = "DURATION")]
+    pub ingest_linger: String,
 }
 
 #[derive(Args)]

@@ -113,6 +113,16 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             r.info.check_options(options)
         },
     ));
+    // Run ids go on after the store's run history, which outlives this process.
+    let last_run = store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .run_history(1)
+        .map_err(|e| anyhow::anyhow!("reading the run history: {e}"))?;
+    if let Some(r) = last_run.first() {
+        fleet.continue_after(r.id);
+    }
+    let history_store = store.clone();
     let debuginfo = {
         let mut dirs = a.debug_dir.clone();
         if dirs.is_empty() {
@@ -171,6 +181,21 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     state.tokens = tokens.clone();
     state.audit = Some(audit.clone());
     state.debuginfo = Some(debuginfo.clone());
+    // Ingested batches are written by one writer thread, grouped by size and time.
+    let linger = crate::common::parse_duration_flag(&a.ingest_linger, "--ingest-linger")?;
+    let queue = Arc::new(baton_server::ingest::IngestQueue::new(
+        a.ingest_queue_rows,
+        50_000,
+        linger,
+    ));
+    state.ingest_queue = Some(queue.clone());
+    let writer = {
+        let (queue, store) = (queue.clone(), store.clone());
+        std::thread::Builder::new()
+            .name("baton-ingest".into())
+            .spawn(move || queue.run(&store, stop_requested))
+            .context("starting the ingest writer")?
+    };
     eprintln!(
         "baton server: listening on {}://{addr}/ ({}); data in {}; hosts gone after {}s without a heartbeat",
         if tls.is_some() { "https" } else { "http" },
@@ -185,13 +210,21 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     let served = rt.block_on(async move {
         let reaper = {
             let fleet = fleet.clone();
+            let store = history_store.clone();
             tokio::spawn(async move {
+                let mut ticks = 0u64;
                 while !stop_requested() {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     for h in fleet.reap() {
                         eprintln!("baton server: host {h} is gone (no heartbeat); its runs failed");
                     }
+                    // Every 2 s, runs that ended go to the store's run history.
+                    ticks += 1;
+                    if ticks % 4 == 0 {
+                        record_history(&fleet, &store).await;
+                    }
                 }
+                record_history(&fleet, &store).await;
             })
         };
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -204,13 +237,37 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             Some(cfg) => baton_server::serve_tls(listener, cfg, state, shutdown).await,
             None => baton_server::serve(listener, state, shutdown).await,
         };
-        reaper.abort();
+        // The reaper records the last ended runs as it stops.
+        let _ = tokio::time::timeout(Duration::from_secs(5), reaper).await;
         r
     });
     request_stop();
     debuginfo.wake();
     let _ = symbolizer.join();
+    let _ = writer.join();
     served.context("HTTP server")?;
     eprintln!("baton server: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the runs that ended since the last call to the store's run history.
+async fn record_history(fleet: &Arc<Fleet>, store: &Arc<Mutex<Box<dyn Store>>>) {
+    let recs = fleet.unrecorded(baton_model::time::now_ms());
+    if recs.is_empty() {
+        return;
+    }
+    let ids: Vec<u64> = recs.iter().map(|r| r.id).collect();
+    let store = store.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record_runs(&recs)
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => fleet.mark_recorded(&ids),
+        Ok(Err(e)) => tracing::warn!(error = %e, "recording the run history failed; retrying"),
+        Err(e) => tracing::warn!(error = %e, "recording the run history failed"),
+    }
 }

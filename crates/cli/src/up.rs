@@ -1145,8 +1145,10 @@ impl Driver {
                 eprintln!("baton up: overhead guard: resuming continuous profiling");
             }
         }
-        let cpu = baton_agent::metrics::self_cpu_seconds();
-        let bpf = self.metrics.bpf_run_time_ns.load(Ordering::Relaxed);
+        // Baton's own CPU and BPF time, plus that of the bpftrace processes of ad-hoc runs.
+        let (adhoc_cpu, adhoc_bpf) = baton_profilers::adhoc::children_cost();
+        let cpu = baton_agent::metrics::self_cpu_seconds() + adhoc_cpu;
+        let bpf = self.metrics.bpf_run_time_ns.load(Ordering::Relaxed) + adhoc_bpf;
         let Some((t0, cpu0, bpf0)) = self.guard.last else {
             self.guard.last = Some((now, cpu, bpf));
             return;

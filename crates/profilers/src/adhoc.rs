@@ -177,6 +177,71 @@ fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What the bpftrace processes this process started have cost: live ones by pid (read from
+/// `/proc` when asked), and the total of those that ended.
+#[derive(Default)]
+struct Costs {
+    live: Vec<u32>,
+    ended_cpu_s: f64,
+    ended_bpf_ns: u64,
+}
+
+fn costs() -> &'static Mutex<Costs> {
+    static C: OnceLock<Mutex<Costs>> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+/// CPU seconds of a process (user + system), and the run time of the BPF programs it holds
+/// (from `/proc/PID/fdinfo`, counted once per program; the kernel keeps it while
+/// `BPF_ENABLE_STATS` is on).
+fn cost_of(pid: u32) -> (f64, u64) {
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| {
+            let rest = st.rsplit_once(')')?.1.to_string();
+            let f: Vec<f64> = rest
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0.0))
+                .collect();
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+            Some((f.get(11)? + f.get(12)?) / if hz > 0.0 { hz } else { 100.0 })
+        })
+        .unwrap_or(0.0);
+    let mut seen = std::collections::HashSet::new();
+    let mut bpf = 0u64;
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
+        for e in rd.flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let field = |k: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            if let (Some(id), Some(ns)) = (field("prog_id:"), field("run_time_ns:")) {
+                if seen.insert(id) {
+                    bpf += ns;
+                }
+            }
+        }
+    }
+    (cpu, bpf)
+}
+
+/// CPU seconds and BPF run time (ns) of every bpftrace this process started, live or ended:
+/// what the overhead guard adds to Baton's own.
+pub fn children_cost() -> (f64, u64) {
+    let c = costs().lock().unwrap_or_else(|p| p.into_inner());
+    let (mut cpu, mut bpf) = (c.ended_cpu_s, c.ended_bpf_ns);
+    for &pid in &c.live {
+        let (a, b) = cost_of(pid);
+        cpu += a;
+        bpf += b;
+    }
+    (cpu, bpf)
+}
+
 /// Where bpftrace is: `$BATON_BPFTRACE`, else `bpftrace` on the PATH.
 pub fn bpftrace_path() -> String {
     std::env::var("BATON_BPFTRACE").unwrap_or_else(|_| "bpftrace".into())
@@ -227,6 +292,11 @@ pub fn start(
             bpftrace_path()
         ))
     })?;
+    costs()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .live
+        .push(child.id());
     let shared = Arc::new(Mutex::new(Shared::default()));
     let stderr = Arc::new(Mutex::new(String::new()));
     let err_pipe = child.stderr.take();
@@ -334,6 +404,14 @@ impl AdhocProfiler {
             return;
         };
         let pgid = child.id() as i32;
+        {
+            // Its cost so far stays counted once it is gone.
+            let (cpu, bpf) = cost_of(child.id());
+            let mut c = costs().lock().unwrap_or_else(|p| p.into_inner());
+            c.live.retain(|&p| p != child.id());
+            c.ended_cpu_s += cpu;
+            c.ended_bpf_ns += bpf;
+        }
         if child.try_wait().ok().flatten().is_none() {
             unsafe {
                 libc::kill(-pgid, libc::SIGINT);

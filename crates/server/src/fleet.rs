@@ -145,6 +145,9 @@ pub struct FleetRun {
     #[serde(skip)]
     pub cancel_sent: bool,
     pub cancel_requested: bool,
+    /// Its final state is in the store's run history.
+    #[serde(skip)]
+    pub recorded: bool,
 }
 
 impl FleetRun {
@@ -209,6 +212,40 @@ impl Fleet {
             clock,
             check_run,
             heartbeat_latency: Default::default(),
+        }
+    }
+
+    /// Run ids continue after the largest in the store's history (a restarted server never
+    /// reuses one).
+    pub fn continue_after(&self, last_id: u64) {
+        let mut s = self.lock();
+        s.next_run = s.next_run.max(last_id + 1);
+    }
+
+    /// Runs that ended and are not in the run history yet, as records; call
+    /// [`Fleet::mark_recorded`] once they are stored.
+    pub fn unrecorded(&self, now_ms: i64) -> Vec<baton_store::RunRecord> {
+        let s = self.lock();
+        s.runs
+            .values()
+            .filter(|r| r.is_terminal() && !r.recorded)
+            .map(|r| baton_store::RunRecord {
+                id: r.id,
+                host: r.host.clone(),
+                profiler: r.profiler.clone(),
+                state: r.state.clone(),
+                recorded_ms: now_ms,
+                json: r.json().to_string(),
+            })
+            .collect()
+    }
+
+    pub fn mark_recorded(&self, ids: &[u64]) {
+        let mut s = self.lock();
+        for id in ids {
+            if let Some(r) = s.runs.get_mut(id) {
+                r.recorded = true;
+            }
         }
     }
 
@@ -510,6 +547,7 @@ pub(crate) async fn submit(
                 instance: None,
                 cancel_sent: false,
                 cancel_requested: false,
+                recorded: false,
             },
         );
         id
@@ -535,14 +573,29 @@ pub(crate) async fn list(
     let host = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "host")
         .map(|(_, v)| v.to_string());
-    let s = f.lock();
-    let mut runs: Vec<_> = s
-        .runs
-        .values()
-        .filter(|r| host.as_ref().is_none_or(|h| &r.host == h))
-        .map(FleetRun::json)
-        .collect();
-    runs.reverse();
+    let (mut runs, known): (Vec<_>, std::collections::HashSet<u64>) = {
+        let s = f.lock();
+        (
+            s.runs
+                .values()
+                .rev()
+                .filter(|r| host.as_ref().is_none_or(|h| &r.host == h))
+                .map(FleetRun::json)
+                .collect(),
+            s.runs.keys().copied().collect(),
+        )
+    };
+    // Runs of earlier server processes, from the store's run history.
+    if runs.len() < 200 {
+        let history = crate::with_store(&st, |s| s.run_history(400)).await?;
+        runs.extend(
+            history
+                .into_iter()
+                .filter(|r| !known.contains(&r.id))
+                .filter(|r| host.as_ref().is_none_or(|h| &r.host == h))
+                .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.json).ok()),
+        );
+    }
     runs.truncate(200);
     Ok(Json(json!({ "runs": runs })).into_response())
 }
@@ -552,12 +605,18 @@ pub(crate) async fn show(
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
     let f = fleet(&st)?;
-    let s = f.lock();
-    let r = s
-        .runs
-        .get(&id)
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))?;
-    Ok(Json(r.json()).into_response())
+    let live = f.lock().runs.get(&id).map(FleetRun::json);
+    if let Some(v) = live {
+        return Ok(Json(v).into_response());
+    }
+    // A run of an earlier server process.
+    let history = crate::with_store(&st, |s| s.run_history(10_000)).await?;
+    history
+        .into_iter()
+        .find(|r| r.id == id)
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.json).ok())
+        .map(|v| Json(v).into_response())
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))
 }
 
 pub(crate) async fn cancel(

@@ -36,6 +36,152 @@ pub struct IngestStats {
     pub latency: crate::LatencyStat,
 }
 
+/// The ingest writer's queue: batches from concurrent ingest calls wait here and are written
+/// together, by size and by time (one grouped write takes up to `group_rows` rows, and waits up
+/// to `linger` after the first for more). Past `max_rows` rows queued, an ingest is refused with
+/// 503 and its sender keeps the batch and retries: a slow store slows ingest and fills the
+/// agents' disk buffers, never the server's memory.
+pub struct IngestQueue {
+    jobs: Mutex<std::collections::VecDeque<Job>>,
+    wake: Condvar,
+    pub max_rows: u64,
+    pub group_rows: usize,
+    pub linger: Duration,
+    /// Rows waiting now.
+    pub queued_rows: AtomicU64,
+    /// Ingests refused because the queue was full.
+    pub rejected: AtomicU64,
+    /// Grouped writes, and the batches and rows in them.
+    pub writes: AtomicU64,
+    pub written_batches: AtomicU64,
+    pub written_rows: AtomicU64,
+    pub write_latency: crate::LatencyStat,
+}
+
+struct Job {
+    batch: baton_model::Batch,
+    id: Option<String>,
+    host: Option<String>,
+    reply: tokio::sync::oneshot::Sender<Result<bool, String>>,
+}
+
+impl IngestQueue {
+    pub fn new(max_rows: u64, group_rows: usize, linger: Duration) -> IngestQueue {
+        IngestQueue {
+            jobs: Mutex::new(Default::default()),
+            wake: Condvar::new(),
+            max_rows,
+            group_rows: group_rows.max(1),
+            linger,
+            queued_rows: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            written_batches: AtomicU64::new(0),
+            written_rows: AtomicU64::new(0),
+            write_latency: Default::default(),
+        }
+    }
+
+    /// Queues a batch; `Err` when the queue is full (the caller answers 503).
+    fn submit(
+        &self,
+        batch: baton_model::Batch,
+        id: Option<String>,
+        host: Option<String>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<bool, String>>, String> {
+        let rows = batch.samples.len() as u64;
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        // Rows queued or being written; one batch is always taken when nothing waits.
+        let queued = self.queued_rows.load(Ordering::Relaxed);
+        if queued > 0 && queued + rows > self.max_rows {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(format!(
+                "the store is behind: {queued} sample rows wait to be written (at most {}); send this batch again later",
+                self.max_rows
+            ));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queued_rows.fetch_add(rows, Ordering::Relaxed);
+        jobs.push_back(Job {
+            batch,
+            id,
+            host,
+            reply: tx,
+        });
+        self.wake.notify_one();
+        Ok(rx)
+    }
+
+    /// The writer: takes a group of queued batches, writes them in one call, answers each.
+    /// Returns when `stop()` says so and the queue is empty.
+    pub fn run(&self, store: &Mutex<Box<dyn Store>>, stop: fn() -> bool) {
+        loop {
+            let mut group: Vec<Job> = Vec::new();
+            {
+                let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+                while jobs.is_empty() {
+                    if stop() {
+                        return;
+                    }
+                    jobs = self
+                        .wake
+                        .wait_timeout(jobs, Duration::from_millis(200))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                let first = Instant::now();
+                let mut rows = 0usize;
+                loop {
+                    while let Some(j) = jobs.front() {
+                        if !group.is_empty() && rows + j.batch.samples.len() > self.group_rows {
+                            break;
+                        }
+                        rows += j.batch.samples.len();
+                        if let Some(j) = jobs.pop_front() {
+                            group.push(j);
+                        }
+                    }
+                    let left = self.linger.saturating_sub(first.elapsed());
+                    if rows >= self.group_rows || left.is_zero() || stop() {
+                        break;
+                    }
+                    jobs = self
+                        .wake
+                        .wait_timeout(jobs, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    if jobs.is_empty() {
+                        break;
+                    }
+                }
+            }
+            let t = Instant::now();
+            let results = {
+                let items: Vec<baton_store::WriteItem<'_>> = group
+                    .iter()
+                    .map(|j| baton_store::WriteItem {
+                        batch: &j.batch,
+                        batch_id: j.id.as_deref(),
+                        host: j.host.as_deref(),
+                    })
+                    .collect();
+                let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+                s.write_batches(&items)
+            };
+            self.write_latency.observe(t.elapsed());
+            let rows: u64 = group.iter().map(|j| j.batch.samples.len() as u64).sum();
+            self.queued_rows.fetch_sub(rows, Ordering::Relaxed);
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            self.written_batches
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            self.written_rows.fetch_add(rows, Ordering::Relaxed);
+            for (j, r) in group.into_iter().zip(results) {
+                let _ = j.reply.send(r.map_err(|e| e.to_string()));
+            }
+        }
+    }
+}
+
 /// Query keys that are not labels.
 const RESERVED: &[&str] = &["profiler", "batch_id"];
 
@@ -112,11 +258,29 @@ pub(crate) async fn ingest(
         }
     }
     let bid = batch_id.clone();
-    let stored = crate::with_store(&st, move |s: &mut dyn Store| match &bid {
-        Some(id) => s.write_batch_once(&batch, id, host.as_deref()),
-        None => s.write_batch(&batch).map(|()| true),
-    })
-    .await?;
+    let stored = match &st.ingest_queue {
+        // Grouped with concurrent batches by the writer; refused when it is behind.
+        Some(q) => {
+            let rx = q
+                .submit(batch, bid, host)
+                .map_err(|m| ApiError(StatusCode::SERVICE_UNAVAILABLE, m))?;
+            rx.await
+                .map_err(|_| {
+                    ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the server is stopping".into(),
+                    )
+                })?
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        }
+        None => {
+            crate::with_store(&st, move |s: &mut dyn Store| match &bid {
+                Some(id) => s.write_batch_once(&batch, id, host.as_deref()),
+                None => s.write_batch(&batch).map(|()| true),
+            })
+            .await?
+        }
+    };
     if stored {
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.samples.fetch_add(rows, Ordering::Relaxed);
@@ -436,4 +600,59 @@ pub(crate) async fn has_debuginfo(
 pub fn default_debug_dirs() -> Vec<PathBuf> {
     let d = FsPath::new("/usr/lib/debug");
     vec![d.to_path_buf()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_model::{Batch, StackSample, ValueType};
+
+    fn batch(rows: usize) -> Batch {
+        let mut b = Batch::new("cpu", vec![ValueType::cpu_nanoseconds()], 1_000);
+        for i in 0..rows {
+            b.samples.push(StackSample {
+                stack: vec![],
+                labels: [("pid".to_string(), i.to_string())].into(),
+                value: 1,
+                weight: 1.0,
+                value_index: 0,
+            });
+        }
+        b
+    }
+
+    fn stopped() -> bool {
+        true
+    }
+
+    #[test]
+    fn queued_batches_are_written_together_and_a_full_queue_refuses() {
+        let store: Mutex<Box<dyn Store>> = Mutex::new(Box::new(
+            baton_store::DuckDbStore::in_memory().expect("store"),
+        ));
+        let q = IngestQueue::new(25, 1_000, Duration::from_millis(10));
+        let mut answers = Vec::new();
+        for i in 0..3 {
+            answers.push(
+                q.submit(batch(8), Some(format!("b{i}")), None)
+                    .expect("queued"),
+            );
+        }
+        // 24 rows wait: one more batch of 8 is past the bound of 25.
+        assert!(q.submit(batch(8), Some("b3".into()), None).is_err());
+        assert_eq!(q.rejected.load(Ordering::Relaxed), 1);
+        // The same id twice in one group is stored once.
+        answers.push(q.submit(batch(1), Some("b0".into()), None).expect("queued"));
+        q.run(&store, stopped);
+        assert_eq!(q.writes.load(Ordering::Relaxed), 1, "one grouped write");
+        assert_eq!(q.written_batches.load(Ordering::Relaxed), 4);
+        assert_eq!(q.queued_rows.load(Ordering::Relaxed), 0);
+        let got: Vec<Result<bool, String>> = answers
+            .into_iter()
+            .map(|mut rx| rx.try_recv().expect("answered"))
+            .collect();
+        assert_eq!(got, vec![Ok(true), Ok(true), Ok(true), Ok(false)]);
+        let rows = store.lock().expect("store").sample_rows().expect("rows");
+        assert_eq!(rows, 24);
+    }
 }

@@ -99,6 +99,8 @@ pub struct AppState {
     pub tokens: Option<Arc<auth::Tokens>>,
     pub audit: Option<Arc<auth::Audit>>,
     pub ingest: Arc<ingest::IngestStats>,
+    /// `baton server`: ingested batches are written by a writer thread, grouped.
+    pub ingest_queue: Option<Arc<ingest::IngestQueue>>,
     pub debuginfo: Option<Arc<ingest::DebugInfo>>,
     pub auth_failures: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
@@ -119,6 +121,7 @@ impl AppState {
             config,
             runs: None,
             fleet: None,
+            ingest_queue: None,
             tokens: None,
             audit: None,
             ingest: Arc::default(),
@@ -432,6 +435,65 @@ async fn metrics(State(st): State<AppState>) -> Response {
         for (name, help, v) in store.metrics() {
             lines.push((name, help, "counter", v));
         }
+    }
+    if let Some(q) = &st.ingest_queue {
+        let (n, sum, max) = q.write_latency.get();
+        lines.extend([
+            (
+                "baton_ingest_queue_rows",
+                "Sample rows waiting for the ingest writer.",
+                "gauge",
+                q.queued_rows.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "baton_ingest_queue_max_rows",
+                "Rows the ingest queue holds before it answers 503.",
+                "gauge",
+                q.max_rows as f64,
+            ),
+            (
+                "baton_ingest_queue_rejected_total",
+                "Ingests answered 503 because the store was behind (the sender retries).",
+                "counter",
+                q.rejected.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "baton_store_writes_total",
+                "Grouped writes of ingested batches to the store.",
+                "counter",
+                q.writes.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "baton_store_write_batches_total",
+                "Ingested batches in those writes.",
+                "counter",
+                q.written_batches.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "baton_store_write_rows_total",
+                "Sample rows in those writes.",
+                "counter",
+                q.written_rows.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "baton_store_write_seconds_count",
+                "Grouped writes timed.",
+                "counter",
+                n as f64,
+            ),
+            (
+                "baton_store_write_seconds_sum",
+                "Seconds spent in grouped writes.",
+                "counter",
+                sum,
+            ),
+            (
+                "baton_store_write_seconds_max",
+                "Longest grouped write, in seconds.",
+                "gauge",
+                max,
+            ),
+        ]);
     }
     let i = &st.ingest;
     let (n, sum, max) = i.latency.get();

@@ -104,12 +104,11 @@ pub fn parse_params_with(
             }
             "filter" => {
                 if !v.is_empty() {
-                    match Filter::parse(&v) {
-                        Ok(f) => filters.push(f),
-                        Err(e) => match config.and_then(|c| service_label_filter(&v, c)) {
-                            Some(f) => filters.push(f?),
-                            None => return Err(e.to_string()),
-                        },
+                    // A label the config gives services (`team=payments`) selects those
+                    // services; any other label is a stored one.
+                    match config.and_then(|c| service_label_filter(&v, c)) {
+                        Some(f) => filters.push(f?),
+                        None => filters.push(Filter::parse(&v).map_err(|e| e.to_string())?),
                     }
                 }
             }
@@ -185,11 +184,12 @@ mod tests {
         let p = parse_params_with("filter=team!%3Dpay", Some(&cfg)).expect("team!=pay");
         assert_eq!(p.query.filters[0].op, FilterOp::NoneOf);
         assert!(parse_params_with("filter=team~p.*", Some(&cfg)).is_err());
-        assert!(parse_params_with("filter=colour%3Dred", Some(&cfg)).is_err());
-        assert!(
-            parse_params("filter=team%3Dpay").is_err(),
-            "no config, no service labels"
-        );
+        // Any other label is a stored one (an ad-hoc script's key), filtered in `detail`.
+        let p = parse_params_with("filter=colour%3Dred", Some(&cfg)).expect("stored label");
+        assert_eq!(p.query.filters[0].label, "colour");
+        assert!(parse_params_with("filter=Colour%3Dred", Some(&cfg)).is_err());
+        let p = parse_params("filter=team%3Dpay").expect("no config: a stored label");
+        assert_eq!(p.query.filters[0].label, "team");
         assert!(parse_params("from=5&to=5").is_err());
     }
 }

@@ -142,10 +142,17 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE IF NOT EXISTS {db}.batches {on} (
         batch_id String, host String, received_ms Int64, sample_rows Int64
      ) ENGINE = ReplacingMergeTree() ORDER BY batch_id",
+    // 2: run history (DuckDB's 8): the latest record of a run wins.
+    "CREATE TABLE IF NOT EXISTS {db}.runs {on} (
+        id UInt64, host String, profiler String, state String, recorded_ms Int64, json String
+     ) ENGINE = ReplacingMergeTree(recorded_ms) ORDER BY id",
 ];
 
 /// The ClickHouse schema version this build writes.
 pub const CLICKHOUSE_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// A batch to write, with its id and sending host when it has an id.
+type Pending<'a> = (&'a Batch, Option<(&'a str, Option<&'a str>)>);
 
 /// A symbol as read back: function, file, line, inlined chain (JSON).
 type SymbolRow = (String, Option<String>, Option<u32>, Option<String>);
@@ -565,6 +572,15 @@ impl ClickHouseStore {
         batch: &Batch,
         id: Option<(&str, Option<&str>)>,
     ) -> Result<(), StoreError> {
+        self.write_many(&[(batch, id)])
+    }
+
+    /// Writes batches together: one INSERT per table for all of them (the ingest writer groups
+    /// concurrent batches by size and time). Dictionaries first, then samples, histograms, and
+    /// the batch ids last. No transaction spans tables in ClickHouse: a batch whose samples may
+    /// have been stored before an error is marked suspect, and its rows are counted (by its
+    /// `batch` column) before a retry writes them again.
+    fn write_many(&mut self, items: &[Pending<'_>]) -> Result<(), StoreError> {
         let mut frames = String::new();
         let mut nframes = 0;
         let mut symbols = String::new();
@@ -572,126 +588,122 @@ impl ClickHouseStore {
         let mut stacks = String::new();
         let mut nstacks = 0;
         let mut samples = String::new();
-        let mut new_frames = Vec::new();
-        let mut new_stacks = Vec::new();
-        let mut new_symbols = Vec::new();
-        for smp in &batch.samples {
-            let mut fids = Vec::with_capacity(smp.stack.len());
-            for f in &smp.stack {
-                let fid = frame_id(f);
-                if !self.known_frames.contains(&fid) && !new_frames.contains(&fid) {
-                    new_frames.push(fid);
-                    let name = match f.kind {
-                        FrameKind::User => None,
-                        _ => f.function.clone(),
-                    };
-                    let (file, line) = match f.kind {
-                        FrameKind::Inlined => (f.file.clone(), f.line.map(|l| l.to_string())),
-                        _ => (None, None),
-                    };
-                    row!(frames; s(fid), s(f.kind.as_u8()), Some(f.module.clone()), f.build_id.clone(), s(f.address), name, file, line);
-                    nframes += 1;
-                }
-                if f.kind == FrameKind::User && !self.symbolized_frames.contains(&fid) {
-                    if let Some(func) = &f.function {
-                        let key = (symbol_key(f), f.address);
-                        if !self.known_symbols.contains(&key) && !new_symbols.contains(&key) {
-                            row!(symbols; Some(key.0.clone()), s(key.1), Some(func.clone()), f.file.clone(), f.line.map(|l| l.to_string()), None::<String>);
-                            nsymbols += 1;
-                            new_symbols.push(key);
-                        }
-                    }
-                }
-                fids.push(fid);
-            }
-            let sid = stack_id(&fids);
-            if !self.known_stacks.contains(&sid) && !new_stacks.contains(&sid) {
-                new_stacks.push(sid);
-                let text = fids
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",");
-                row!(stacks; s(sid), Some(text));
-                nstacks += 1;
-            }
-            let l = |k: &str| smp.labels.get(k).cloned();
-            let num = |k: &str| {
-                smp.labels
-                    .get(k)
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map(|v| v.to_string())
-            };
-            let vt = batch.value_type_of(smp);
-            row!(samples;
-                s(batch.ts_ms), Some(batch.profiler.clone()), Some(vt.kind.clone()), Some(vt.unit.clone()),
-                Some(l("host").unwrap_or_default()), Some(l("service").unwrap_or_default()),
-                Some(l("comm").unwrap_or_default()), num("pid"), num("tid"), l("exe"), l("cgroup"),
-                s(sid), s(smp.value), s(smp.weight),
-                smp.labels.get("run").and_then(|v| v.parse::<i64>().ok()).map(|v| v.to_string()),
-                s(smp.value_index), detail(&smp.labels),
-                Some(id.map(|(b, _)| b.to_string()).unwrap_or_default()));
-        }
+        let mut nsamples = 0;
+        let mut new_frames: HashSet<u64> = HashSet::new();
+        let mut new_stacks: HashSet<u64> = HashSet::new();
+        let mut new_symbols: HashSet<(String, u64)> = HashSet::new();
+        let st = self.samples_table();
         let mut hists = String::new();
         let mut nhists = 0;
-        for h in &batch.histograms {
-            let l = |k: &str| h.labels.get(k).cloned();
-            for b in &h.buckets {
-                row!(hists;
-                    s(batch.ts_ms), Some(batch.profiler.clone()), Some(h.name.clone()), Some(h.unit.clone()),
-                    Some(h.key.clone()), Some(l("host").unwrap_or_default()),
-                    h.labels.get("pid").and_then(|v| v.parse::<i32>().ok()).map(|v| v.to_string()),
-                    Some(l("comm").unwrap_or_default()), l("exe"),
-                    h.labels.get("run").and_then(|v| v.parse::<i64>().ok()).map(|v| v.to_string()),
-                    Some(l("service").unwrap_or_default()), s(b.le), s(b.count));
-                nhists += 1;
+        for &(batch, id) in items {
+            // A suspect batch whose rows are all there already adds no samples.
+            let already = match id {
+                Some((bid, _)) if self.suspect.contains(bid) => {
+                    let n = self.rows(&format!(
+                        "SELECT count() FROM {st} WHERE profiler = {} AND ts_ms = {} AND batch = {}",
+                        quote(&batch.profiler),
+                        batch.ts_ms,
+                        quote(bid)
+                    ))?;
+                    n.first()
+                        .and_then(|r| r.first().cloned().flatten())
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0)
+                }
+                _ => 0,
+            };
+            if already != 0 && already != batch.samples.len() {
+                return Err(ch_err(format!(
+                    "batch {} has {already} of its {} rows stored already",
+                    id.map(|i| i.0).unwrap_or(""),
+                    batch.samples.len()
+                )));
+            }
+            for smp in &batch.samples {
+                let mut fids = Vec::with_capacity(smp.stack.len());
+                for f in &smp.stack {
+                    let fid = frame_id(f);
+                    if !self.known_frames.contains(&fid) && new_frames.insert(fid) {
+                        let name = match f.kind {
+                            FrameKind::User => None,
+                            _ => f.function.clone(),
+                        };
+                        let (file, line) = match f.kind {
+                            FrameKind::Inlined => (f.file.clone(), f.line.map(|l| l.to_string())),
+                            _ => (None, None),
+                        };
+                        row!(frames; s(fid), s(f.kind.as_u8()), Some(f.module.clone()), f.build_id.clone(), s(f.address), name, file, line);
+                        nframes += 1;
+                    }
+                    if f.kind == FrameKind::User && !self.symbolized_frames.contains(&fid) {
+                        if let Some(func) = &f.function {
+                            let key = (symbol_key(f), f.address);
+                            if !self.known_symbols.contains(&key) && !new_symbols.contains(&key) {
+                                row!(symbols; Some(key.0.clone()), s(key.1), Some(func.clone()), f.file.clone(), f.line.map(|l| l.to_string()), None::<String>);
+                                nsymbols += 1;
+                                new_symbols.insert(key);
+                            }
+                        }
+                    }
+                    fids.push(fid);
+                }
+                let sid = stack_id(&fids);
+                if !self.known_stacks.contains(&sid) && new_stacks.insert(sid) {
+                    let text = fids
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    row!(stacks; s(sid), Some(text));
+                    nstacks += 1;
+                }
+                if already > 0 {
+                    continue;
+                }
+                let l = |k: &str| smp.labels.get(k).cloned();
+                let num = |k: &str| {
+                    smp.labels
+                        .get(k)
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map(|v| v.to_string())
+                };
+                let vt = batch.value_type_of(smp);
+                row!(samples;
+                    s(batch.ts_ms), Some(batch.profiler.clone()), Some(vt.kind.clone()), Some(vt.unit.clone()),
+                    Some(l("host").unwrap_or_default()), Some(l("service").unwrap_or_default()),
+                    Some(l("comm").unwrap_or_default()), num("pid"), num("tid"), l("exe"), l("cgroup"),
+                    s(sid), s(smp.value), s(smp.weight),
+                    smp.labels.get("run").and_then(|v| v.parse::<i64>().ok()).map(|v| v.to_string()),
+                    s(smp.value_index), detail(&smp.labels),
+                    Some(id.map(|(b, _)| b.to_string()).unwrap_or_default()));
+                nsamples += 1;
+            }
+            for h in &batch.histograms {
+                let l = |k: &str| h.labels.get(k).cloned();
+                for b in &h.buckets {
+                    row!(hists;
+                        s(batch.ts_ms), Some(batch.profiler.clone()), Some(h.name.clone()), Some(h.unit.clone()),
+                        Some(h.key.clone()), Some(l("host").unwrap_or_default()),
+                        h.labels.get("pid").and_then(|v| v.parse::<i32>().ok()).map(|v| v.to_string()),
+                        Some(l("comm").unwrap_or_default()), l("exe"),
+                        h.labels.get("run").and_then(|v| v.parse::<i64>().ok()).map(|v| v.to_string()),
+                        Some(l("service").unwrap_or_default()), s(b.le), s(b.count));
+                    nhists += 1;
+                }
             }
         }
-        // Dictionaries first: a sample is never stored before the stack it points to. No
-        // transaction spans tables here; the batch id goes last, so a batch that failed half way
-        // is sent again (its dictionary rows collapse; see the module comment for samples).
         self.insert("frames", &frames, nframes)?;
         self.insert("symbols", &symbols, nsymbols)?;
         self.insert("stacks", &stacks, nstacks)?;
-        let st = self.samples_table();
         let table = st.rsplit('.').next().unwrap_or("samples_local").to_string();
-        // A batch whose earlier attempt failed after its samples may have reached ClickHouse
-        // (an error or timeout after the insert committed): its rows are counted first, so a
-        // retry never stores them twice.
-        let already = match id {
-            Some((bid, _)) if self.suspect.contains(bid) => {
-                let n = self.rows(&format!(
-                    "SELECT count() FROM {st} WHERE profiler = {} AND ts_ms = {} AND batch = {}",
-                    quote(&batch.profiler),
-                    batch.ts_ms,
-                    quote(bid)
-                ))?;
-                n.first()
-                    .and_then(|r| r.first().cloned().flatten())
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0)
-            }
-            _ => 0,
-        };
-        if already == 0 {
-            let r = self.insert(&table, &samples, batch.samples.len());
-            if r.is_err() {
-                if let Some((bid, _)) = id {
-                    self.suspect.insert(bid.to_string());
-                }
-            }
-            r?;
-        } else if already != batch.samples.len() {
-            return Err(ch_err(format!(
-                "batch {} has {already} of its {} rows stored already",
-                id.map(|i| i.0).unwrap_or(""),
-                batch.samples.len()
-            )));
-        }
-        if let Some((bid, _)) = id {
-            // From here a failure leaves the samples stored: the retry must not add them again.
+        let ids: Vec<&str> = items.iter().filter_map(|(_, id)| id.map(|i| i.0)).collect();
+        let r = self.insert(&table, &samples, nsamples);
+        // From the samples' insert on, an error may leave them stored (a timeout after the
+        // commit): retries must count them first.
+        for bid in &ids {
             self.suspect.insert(bid.to_string());
         }
+        r?;
         let ht = self.histograms_table();
         let htable = ht
             .rsplit('.')
@@ -699,21 +711,25 @@ impl ClickHouseStore {
             .unwrap_or("histograms_local")
             .to_string();
         self.insert(&htable, &hists, nhists)?;
-        if let Some((bid, host)) = id {
-            let mut b = String::new();
-            row!(b; Some(bid.to_string()), Some(host.unwrap_or("").to_string()), s(baton_model::time::now_ms()), s(batch.samples.len()));
-            self.insert("batches", &b, 1)?;
-            self.suspect.remove(bid);
+        let mut b = String::new();
+        for &(batch, id) in items {
+            if let Some((bid, host)) = id {
+                row!(b; Some(bid.to_string()), Some(host.unwrap_or("").to_string()), s(baton_model::time::now_ms()), s(batch.samples.len()));
+            }
+        }
+        self.insert("batches", &b, ids.len())?;
+        for bid in &ids {
+            self.suspect.remove(*bid);
         }
         self.known_frames.extend(new_frames);
         self.known_stacks.extend(new_stacks);
-        for k in new_symbols {
-            self.known_symbols.insert(k);
-        }
-        for smp in &batch.samples {
-            for f in &smp.stack {
-                if f.kind == FrameKind::User && f.function.is_some() {
-                    self.symbolized_frames.insert(frame_id(f));
+        self.known_symbols.extend(new_symbols);
+        for &(batch, _) in items {
+            for smp in &batch.samples {
+                for f in &smp.stack {
+                    if f.kind == FrameKind::User && f.function.is_some() {
+                        self.symbolized_frames.insert(frame_id(f));
+                    }
                 }
             }
         }
@@ -937,6 +953,40 @@ impl Store for ClickHouseStore {
         Ok(true)
     }
 
+    /// One INSERT per table for the whole group.
+    fn write_batches(&mut self, items: &[crate::WriteItem<'_>]) -> Vec<Result<bool, StoreError>> {
+        let mut out: Vec<Option<Result<bool, StoreError>>> = Vec::with_capacity(items.len());
+        let mut group: Vec<Pending<'_>> = Vec::new();
+        let mut in_group = Vec::new();
+        let mut ids: HashSet<&str> = HashSet::new();
+        for (i, it) in items.iter().enumerate() {
+            match it.batch_id {
+                // Stored already, or twice in this group: a duplicate.
+                Some(id) if self.known_batches.contains(id) || !ids.insert(id) => {
+                    out.push(Some(Ok(false)))
+                }
+                id => {
+                    out.push(None);
+                    group.push((it.batch, id.map(|b| (b, it.host))));
+                    in_group.push(i);
+                }
+            }
+        }
+        let r = self.write_many(&group);
+        for (k, &i) in in_group.iter().enumerate() {
+            out[i] = Some(match &r {
+                Ok(()) => {
+                    if let Some((id, _)) = group[k].1 {
+                        self.known_batches.insert(id.to_string());
+                    }
+                    Ok(true)
+                }
+                Err(e) => Err(ch_err(e.to_string())),
+            });
+        }
+        out.into_iter().map(|o| o.unwrap_or(Ok(false))).collect()
+    }
+
     fn profile(&mut self, q: &Query) -> Result<Profile, StoreError> {
         let rows = self.stack_totals(q)?;
         let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
@@ -1100,6 +1150,37 @@ impl Store for ClickHouseStore {
 
     fn drop_before(&mut self, before_ms: i64) -> Result<usize, StoreError> {
         self.drop_days_before(before_ms)
+    }
+
+    fn record_runs(&mut self, runs: &[crate::RunRecord]) -> Result<(), StoreError> {
+        let mut tsv = String::new();
+        for r in runs {
+            row!(tsv; s(r.id), Some(r.host.clone()), Some(r.profiler.clone()), Some(r.state.clone()), s(r.recorded_ms), Some(r.json.clone()));
+        }
+        self.insert("runs", &tsv, runs.len())
+    }
+
+    fn run_history(&mut self, limit: usize) -> Result<Vec<crate::RunRecord>, StoreError> {
+        let rows = self.rows(&format!(
+            "SELECT id, argMax(host, recorded_ms), argMax(profiler, recorded_ms), argMax(state, recorded_ms),
+                    max(recorded_ms), argMax(json, recorded_ms)
+             FROM {}.runs GROUP BY id ORDER BY id DESC LIMIT {limit}",
+            self.db()
+        ))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let get = |i: usize| r.get(i).cloned().flatten();
+                Some(crate::RunRecord {
+                    id: get(0)?.parse().ok()?,
+                    host: get(1)?,
+                    profiler: get(2)?,
+                    state: get(3)?,
+                    recorded_ms: get(4)?.parse().ok()?,
+                    json: get(5)?,
+                })
+            })
+            .collect())
     }
 
     fn metrics(&self) -> Vec<(&'static str, &'static str, f64)> {

@@ -781,6 +781,37 @@ impl Store for DuckDbStore {
         Ok(n + h)
     }
 
+    fn record_runs(&mut self, runs: &[crate::RunRecord]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for r in runs {
+            tx.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                params![r.id, r.host, r.profiler, r.state, r.recorded_ms, r.json],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn run_history(&mut self, limit: usize) -> Result<Vec<crate::RunRecord>, StoreError> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT id, host, profiler, state, recorded_ms, json FROM runs ORDER BY id DESC LIMIT {limit}"
+        ))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(crate::RunRecord {
+                    id: r.get(0)?,
+                    host: r.get(1)?,
+                    profiler: r.get(2)?,
+                    state: r.get(3)?,
+                    recorded_ms: r.get(4)?,
+                    json: r.get(5)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     fn sample_rows(&mut self) -> Result<u64, StoreError> {
         Ok(self
             .conn

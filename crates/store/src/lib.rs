@@ -104,6 +104,44 @@ pub trait Store: Send {
     fn metrics(&self) -> Vec<(&'static str, &'static str, f64)> {
         Vec::new()
     }
+    /// Writes several batches together (the server's ingest writer groups concurrent ones by
+    /// size and time). Each gets its own answer, as from [`Store::write_batch_once`] (or
+    /// [`Store::write_batch`] without an id). A backend may write them in one go; this default
+    /// writes them one by one.
+    fn write_batches(&mut self, items: &[WriteItem<'_>]) -> Vec<Result<bool, StoreError>> {
+        items
+            .iter()
+            .map(|it| match it.batch_id {
+                Some(id) => self.write_batch_once(it.batch, id, it.host),
+                None => self.write_batch(it.batch).map(|()| true),
+            })
+            .collect()
+    }
+    /// Stores runs in their latest state (a run recorded again replaces its earlier record).
+    fn record_runs(&mut self, runs: &[RunRecord]) -> Result<(), StoreError>;
+    /// The latest record of each stored run, newest id first, at most `limit`.
+    fn run_history(&mut self, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
+}
+
+/// One batch of a grouped write.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteItem<'a> {
+    pub batch: &'a Batch,
+    pub batch_id: Option<&'a str>,
+    pub host: Option<&'a str>,
+}
+
+/// A run as the run history keeps it: its id, where and what it ran, how it ended, and its full
+/// JSON view (as `GET /api/v1/runs/{id}` shows it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub id: u64,
+    pub host: String,
+    pub profiler: String,
+    pub state: String,
+    /// When it was recorded in this state (the latest record of a run wins).
+    pub recorded_ms: i64,
+    pub json: String,
 }
 
 /// Offsets of one build ID that wait for a symbol.

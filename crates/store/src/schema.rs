@@ -82,6 +82,18 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // at its address, innermost first, as JSON `[[name, file, line], …]`; host-side
     // symbolization stores those as frames of their own instead.
     "ALTER TABLE symbols ADD COLUMN inlined VARCHAR;",
+    // 8: run history: the last state of every run a server saw end, so it outlives the server
+    // process.
+    "
+    CREATE TABLE runs (
+        id          UBIGINT PRIMARY KEY,
+        host        VARCHAR NOT NULL,
+        profiler    VARCHAR NOT NULL,
+        state       VARCHAR NOT NULL,
+        recorded_ms BIGINT NOT NULL,
+        json        VARCHAR NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

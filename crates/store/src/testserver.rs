@@ -130,6 +130,11 @@ impl ClickHouseServer {
         }
     }
 
+    /// The server's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether it answers `/ping`.
     pub fn ping(&self) -> bool {
         self.get("/ping").is_some_and(|b| b.contains("Ok."))

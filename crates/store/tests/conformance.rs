@@ -354,6 +354,30 @@ fn same_answers(s: &mut dyn Store) -> (String, String, Vec<Point>, Vec<Histogram
     )
 }
 
+/// Run history: the latest record of each run, newest first.
+fn run_history_keeps_the_latest_state(s: &mut dyn Store) {
+    let rec = |id: u64, state: &str, at: i64| baton_store::RunRecord {
+        id,
+        host: "h1".into(),
+        profiler: "cpu".into(),
+        state: state.into(),
+        recorded_ms: at,
+        json: format!(r#"{{"id":{id},"state":"{state}","reason":"tab\there"}}"#),
+    };
+    s.record_runs(&[rec(1, "running", 10), rec(2, "done", 20)])
+        .expect("record");
+    s.record_runs(&[rec(1, "failed", 30)]).expect("record");
+    let h = s.run_history(10).expect("history");
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!((h[0].id, h[0].state.as_str()), (2, "done"));
+    assert_eq!(
+        (h[1].id, h[1].state.as_str(), h[1].recorded_ms),
+        (1, "failed", 30)
+    );
+    assert!(h[1].json.contains(r"tab\there"), "{}", h[1].json);
+    assert_eq!(s.run_history(1).expect("history").len(), 1);
+}
+
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
         mod duckdb {
@@ -382,6 +406,7 @@ conformance!(
     values_details_and_histograms,
     inlined_and_unknown_frames,
     batch_ids_and_late_symbols,
+    run_history_keeps_the_latest_state,
 );
 
 #[test]

@@ -11,6 +11,31 @@ use crate::harness::*;
 const OPERATOR: &str = "op-0123456789abcdef";
 const ADMIN: &str = "adm-0123456789abcdef";
 
+/// A workload process killed when the test ends, passed or not, so a failed test leaves no
+/// workload running into the next one.
+struct Workload(std::process::Child);
+
+impl Workload {
+    fn spawn(cmd: &mut Command) -> Workload {
+        Workload(cmd.spawn().expect("start the workload"))
+    }
+
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn wait(&mut self) {
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn require_bpftrace() {
     let ok = Command::new("bpftrace")
         .arg("--version")
@@ -114,10 +139,7 @@ fn the_three_examples_run_through_up_and_show_their_workloads() {
     let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
 
     // CPU stacks of one command: split burns 75% in leaf_hot and 25% in leaf_cold.
-    let mut split = Command::new(workload("split"))
-        .arg("12")
-        .spawn()
-        .expect("split");
+    let split = Workload::spawn(Command::new(workload("split")).arg("12"));
     let t0 = Instant::now();
     let id = submit(
         &up,
@@ -153,8 +175,7 @@ fn the_three_examples_run_through_up_and_show_their_workloads() {
         total_value(&rows, "main") > 0.9 * (hot + cold) / 100.0 * total_value(&rows, "mid"),
         "stacks reach main: {rows}"
     );
-    let _ = split.kill();
-    let _ = split.wait();
+    drop(split);
     // And through the CLI.
     let out = run(baton().args([
         "query",
@@ -242,10 +263,7 @@ fn the_three_examples_run_through_up_and_show_their_workloads() {
 
     // Off-CPU stacks of one process: after a 2 s warm-up (bpftrace attaches meanwhile), sleeper
     // spends 10 × 200 ms asleep in wait_here.
-    let mut sleeper = Command::new(workload("sleeper"))
-        .args(["2", "10"])
-        .spawn()
-        .expect("sleeper");
+    let mut sleeper = Workload::spawn(Command::new(workload("sleeper")).args(["2", "10"]));
     let pid = sleeper.id();
     let id = submit(
         &up,
@@ -255,7 +273,7 @@ fn the_three_examples_run_through_up_and_show_their_workloads() {
         ),
     );
     let r = wait_done(&up, None, id, 60);
-    let _ = sleeper.wait();
+    sleeper.wait();
     assert_eq!(r["state"], "done", "{r}");
     let fg = http_json(
         &up.addr,
@@ -279,15 +297,12 @@ fn record_adhoc_script_writes_the_histogram() {
     require_root();
     require_bpftrace();
     let script = examples_dir().join("read_sizes.bt");
-    let mut reads = Command::new(workload("reads"))
-        .args(["2", "500", "200"])
-        .spawn()
-        .expect("reads");
+    let mut reads = Workload::spawn(Command::new(workload("reads")).args(["2", "500", "200"]));
     let out = run(baton()
         .args(["record", "adhoc", "--script"])
         .arg(&script)
         .args(["--duration", "4s", "--format", "json"]));
-    let _ = reads.wait();
+    reads.wait();
     assert!(out.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let h = doc["histograms"]
@@ -406,10 +421,7 @@ fn an_adhoc_script_claiming_the_pmu_waits_for_a_cpu_run_and_needs_admin() {
             tokens.to_str().expect("utf-8"),
         ],
     );
-    let mut split = Command::new(workload("split"))
-        .arg("30")
-        .spawn()
-        .expect("split");
+    let split = Workload::spawn(Command::new(workload("split")).arg("30"));
     let target = format!("pid:{}", split.id());
     let cpu = submit(
         &up,
@@ -442,8 +454,7 @@ fn an_adhoc_script_claiming_the_pmu_waits_for_a_cpu_run_and_needs_admin() {
         !started.is_empty() && started >= ended,
         "the ad-hoc run started at {started}, before the CPU run ended at {ended}"
     );
-    let _ = split.kill();
-    let _ = split.wait();
+    drop(split);
     let audit = std::fs::read_to_string(data.join("audit.log")).expect("audit log");
     assert!(
         audit
@@ -480,10 +491,7 @@ max_per_hour = 1
     std::fs::write(cfg.join("services.toml"), rules).expect("rules");
     let data = cfg.with_file_name("data");
     // 100 reads of 4 KiB every 100 ms for 90 s.
-    let mut reads = Command::new(workload("reads"))
-        .args(["0", "100", "0", "900"])
-        .spawn()
-        .expect("reads");
+    let reads = Workload::spawn(Command::new(workload("reads")).args(["0", "100", "0", "900"]));
     let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
     let runs = |mode: &str, service: &str| -> Vec<serde_json::Value> {
         http_json(&up.addr, "/api/v1/runs?all=1")["runs"]
@@ -494,10 +502,10 @@ max_per_hour = 1
             .filter(|r| r["mode"] == mode && r["service"] == service)
             .collect()
     };
-    let mut split = Command::new(workload("split"))
-        .arg("6")
-        .spawn()
-        .expect("split");
+    // The exec watcher attaches as `up` starts; give it the time the other exec-trigger tests
+    // give it.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut split = Workload::spawn(Command::new(workload("split")).arg("6"));
     let trig = eventually(40, "the exec trigger's cpu_stacks run to finish", || {
         runs("triggered", "splitters")
             .into_iter()
@@ -507,7 +515,7 @@ max_per_hour = 1
     let id = trig["id"].as_u64().expect("id");
     let rows = top(&up, &format!("profiler=cpu_stacks&filter=run%3D{id}"));
     assert!(self_percent(&rows, "leaf_hot") > 50.0, "{rows}");
-    let _ = split.wait();
+    split.wait();
     let cont = eventually(60, "a continuous read_sizes run to finish", || {
         runs("continuous", "readers")
             .into_iter()
@@ -529,7 +537,6 @@ max_per_hour = 1
         .sum();
     // Up to 3 s (less the ~1 s bpftrace takes to attach) of 100 reads per 100 ms round.
     assert!((1_000.0..=3_300.0).contains(&big), "{big} 4 KiB reads: {h}");
-    let _ = reads.kill();
-    let _ = reads.wait();
+    drop(reads);
     up.stop();
 }

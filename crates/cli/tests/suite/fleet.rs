@@ -641,6 +641,160 @@ fn clickhouse_outage_loses_nothing() {
     assert_eq!(status["sample_rows"].as_u64(), Some(stored));
 }
 
+/// A slow ClickHouse (the process stopped with SIGSTOP for 15 s) slows ingest: the server's
+/// queue stays within its bound and answers 503 past it, the agents' disk buffers absorb the
+/// rest, and once ClickHouse goes on every row is stored.
+#[test]
+fn a_slow_clickhouse_fills_the_agents_buffers_not_the_server() {
+    require_root();
+    let dir = scratch("fleet-ch-slow");
+    let ch =
+        baton_store::testserver::ClickHouseServer::start("slow").unwrap_or_else(|e| panic!("{e}"));
+    let store = ch.url("slow");
+    let server = start_server(
+        &dir.join("data"),
+        "127.0.0.1:0",
+        // One batch at a time: an agent sends its next batch only after the answer to the
+        // last, so with two agents the second is refused while the first waits on the store.
+        &[
+            "--insecure-local",
+            "--store",
+            &store,
+            "--ingest-queue-rows",
+            "1",
+        ],
+    );
+    let url = format!("http://{}", server.addr);
+    let mut split = spawn_split("120");
+    let flags = ["--frequency", "99", "--drain-timeout", "2s"];
+    let start = |h: &str| start_agent(h, &url, &dir.join(format!("buf-{h}")), &flags, None);
+    let mut agents: Vec<Agent> = vec![start("s1"), start("s2")];
+    for a in &agents {
+        eventually(30, "a first batch shipped", || {
+            (metric(&a.metrics, "baton_agent_samples_shipped_total") > 0.0).then_some(())
+        });
+    }
+    let pid = ch.pid().expect("pid").to_string();
+    let sig = |s: &str| {
+        assert!(Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .expect("kill")
+            .success());
+    };
+    sig("-STOP");
+    let mut peak = 0.0f64;
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_secs(1));
+        peak = peak.max(metric(&server.addr, "baton_ingest_queue_rows"));
+    }
+    let rejected = metric(&server.addr, "baton_ingest_queue_rejected_total");
+    let buffered: f64 = agents
+        .iter()
+        .map(|a| metric(&a.metrics, "baton_agent_buffer_batches"))
+        .sum();
+    sig("-CONT");
+    eprintln!("queue peak {peak} rows, {rejected} ingests refused, {buffered} batches buffered by the agents");
+    // One batch is taken past the bound when nothing waits.
+    assert!(peak <= 1.0 + 2000.0, "the queue held {peak} rows");
+    assert!(
+        rejected > 0.0,
+        "no ingest was refused while ClickHouse stood still"
+    );
+    assert!(
+        buffered >= 2.0,
+        "{buffered} batches waited on the agents' disks"
+    );
+    for a in &agents {
+        eventually(90, "the buffer to drain", || {
+            (metric(&a.metrics, "baton_agent_buffer_batches") == 0.0).then_some(())
+        });
+    }
+    let (mut produced, mut shipped) = (0, 0);
+    for a in &mut agents {
+        a.proc.signal(libc::SIGTERM);
+        assert!(a.proc.wait_exit(60).success());
+        let (p, s, d, left) = agent_totals(a);
+        assert_eq!((d, left), (0, 0), "nothing dropped or left on disk");
+        produced += p;
+        shipped += s;
+    }
+    let _ = split.kill();
+    let _ = split.wait();
+    assert_eq!(produced, shipped);
+    let stored = ch
+        .count("SELECT count() FROM slow.samples_local")
+        .expect("a count");
+    eprintln!("produced {produced} sample rows, stored {stored}");
+    assert_eq!(stored, produced, "rows stored = rows the agents produced");
+    // Every batch went through the writer (grouping is tested with the queue itself).
+    assert!(metric(&server.addr, "baton_store_write_batches_total") >= 2.0);
+}
+
+/// The run history is in the store: a run that ended is still listed, with its state, by a new
+/// server process on the same ClickHouse, and run ids go on after it.
+#[test]
+fn run_history_outlives_the_server_on_clickhouse() {
+    require_root();
+    let dir = scratch("fleet-history");
+    let ch = baton_store::testserver::ClickHouseServer::start("history")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let store = ch.url("history");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = start_server(
+        &dir.join("data"),
+        &listen,
+        &["--insecure-local", "--store", &store],
+    );
+    let url = format!("http://{}", server.addr);
+    let _agent = start_agent("r1", &url, &dir.join("buf"), &[], None);
+    let mut split = spawn_split("30");
+    eventually(20, "host r1 up", || {
+        let v = http_json(&server.addr, "/api/v1/hosts");
+        (v["hosts"].as_array()?.len() == 1).then_some(())
+    });
+    let body = format!(
+        r#"{{"profiler":"cpu","target":"pid:{}","duration":"1s","frequency":99}}"#,
+        split.id()
+    );
+    let (code, v) = json_req(&server.addr, "POST", "/api/v1/runs", None, &body);
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_u64().expect("id");
+    let run = wait_run(&server.addr, None, id, 30);
+    assert_eq!(run["state"], "done", "{run}");
+    // Recorded within 2 s of ending.
+    std::thread::sleep(Duration::from_secs(3));
+    drop(server);
+    let server = start_server(
+        &dir.join("data2"),
+        &listen,
+        &["--insecure-local", "--store", &store],
+    );
+    let (code, again) = json_req(&server.addr, "GET", &format!("/api/v1/runs/{id}"), None, "");
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["state"], "done", "{again}");
+    assert_eq!(again["samples"], run["samples"], "{again}");
+    let list = http_json(&server.addr, "/api/v1/runs");
+    assert!(
+        list["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .any(|r| r["id"] == id),
+        "{list}"
+    );
+    // The agent comes back to the new server; a new run gets the next id.
+    eventually(30, "host r1 up again", || {
+        let v = http_json(&server.addr, "/api/v1/hosts");
+        (v["hosts"].as_array()?.len() == 1).then_some(())
+    });
+    let (code, v) = json_req(&server.addr, "POST", "/api/v1/runs", None, &body);
+    assert_eq!(code, 201, "{v}");
+    assert!(v["id"].as_u64().expect("id") > id, "{v}");
+    let _ = split.kill();
+    let _ = split.wait();
+}
+
 /// An agent killed with SIGKILL mid-run leaves no BPF program behind, and once it restarts the
 /// server marks its run failed with the reason.
 #[test]

@@ -68,8 +68,11 @@ fn up_serves_queries_survives_restart_and_detaches() {
             .any(|v| v["value"].as_str().is_some_and(|c| c.starts_with('/'))),
         "no cgroup label: {cgroups}"
     );
-    let (st, _) = http_get(&addr, "/api/v1/top?filter=colour%3Dred");
+    let (st, _) = http_get(&addr, "/api/v1/top?filter=Colour%3Dred");
     assert_eq!(st, 400, "a bad filter is a client error");
+    // A label no built-in profiler has is a stored label (an ad-hoc script's key): no match.
+    let v = http_json(&addr, "/api/v1/top?since=10m&filter=colour%3Dred");
+    assert_eq!(v["total"], 0.0, "{v}");
 
     // baton query, the CLI client, sees the same data.
     let out = run(baton().args([
