@@ -723,7 +723,8 @@ fn map_output(
                 }
                 e.values = vec![0; nvalues];
                 e.values[value_index.unwrap_or(0)] = n as u64;
-                e.count = n as u64;
+                // Events behind the row: the value itself for a count, else one row.
+                e.count = if map.unit == "count" { n as u64 } else { 1 };
                 e.weight = 1.0;
                 out.events.push(e);
             }

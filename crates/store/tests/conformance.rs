@@ -378,6 +378,29 @@ fn run_history_keeps_the_latest_state(s: &mut dyn Store) {
     assert_eq!(s.run_history(1).expect("history").len(), 1);
 }
 
+/// Retention: samples and histograms older than the cut are gone, newer ones stay (ClickHouse
+/// drops whole days, so the old batch is days old and the new one is now).
+fn retention_drops_old_samples(s: &mut dyn Store) {
+    let now = baton_model::time::now_ms();
+    let day = 86_400_000;
+    let mut old = batch(now - 3 * day, "old", "hot", 7, 1.0);
+    let mut h = Histogram::new("lat", "nanoseconds", "k", Labels::new());
+    h.add(1023, 1.0);
+    old.histograms.push(h.clone());
+    let mut new = batch(now, "new", "hot", 5, 1.0);
+    new.histograms.push(h);
+    s.write_batch(&old).expect("w");
+    s.write_batch(&new).expect("w");
+    let all = q(now - 4 * day, now + 1);
+    assert_eq!(s.profile(&all).expect("p").total(), 12.0);
+    assert!(s.drop_before(now - 2 * day).expect("retention") > 0);
+    assert_eq!(s.profile(&all).expect("p").total(), 5.0);
+    assert_eq!(s.sample_rows().expect("rows"), 1);
+    let hs = s.histograms(&all).expect("h");
+    assert_eq!(hs.len(), 1);
+    assert_eq!(hs[0].total(), 1.0, "only the new batch's histogram is left");
+}
+
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
         mod duckdb {
@@ -407,6 +430,7 @@ conformance!(
     inlined_and_unknown_frames,
     batch_ids_and_late_symbols,
     run_history_keeps_the_latest_state,
+    retention_drops_old_samples,
 );
 
 #[test]
