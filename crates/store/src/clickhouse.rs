@@ -15,11 +15,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use baton_model::batch::fnv1a;
 use baton_model::{
     Batch, Frame, FrameKind, Histogram, Labels, NamedStacks, Profile, StackSample, ValueType,
 };
 
+use crate::dict::{detail, frame_id, stack_id, symbol_key};
 use crate::query::{inline, quote, Dialect, Query};
 use crate::{LateSymbol, Point, Store, StoreError, Unsymbolized};
 
@@ -252,41 +252,6 @@ macro_rules! row {
 
 fn s<T: ToString>(v: T) -> Option<String> {
     Some(v.to_string())
-}
-
-fn frame_id(f: &Frame) -> u64 {
-    let inlined = match f.kind {
-        FrameKind::Inlined => f.function.as_deref().unwrap_or(""),
-        _ => "",
-    };
-    fnv1a(&[
-        &[f.kind.as_u8()],
-        f.module.as_bytes(),
-        f.build_id.as_deref().unwrap_or("").as_bytes(),
-        &f.address.to_le_bytes(),
-        inlined.as_bytes(),
-    ])
-}
-
-fn stack_id(frame_ids: &[u64]) -> u64 {
-    let bytes: Vec<u8> = frame_ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-    fnv1a(&[&bytes])
-}
-
-fn symbol_key(f: &Frame) -> String {
-    match &f.build_id {
-        Some(b) => b.clone(),
-        None => format!("path:{}", f.module),
-    }
-}
-
-fn detail(labels: &Labels) -> Option<String> {
-    let parts: Vec<String> = labels
-        .iter()
-        .filter(|(k, _)| crate::query::is_detail_label(k))
-        .map(|(k, v)| format!("{k}={}", v.replace(';', ",")))
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(";"))
 }
 
 impl ClickHouseStore {
@@ -881,26 +846,14 @@ impl ClickHouseStore {
                         inlined = inl.clone();
                     }
                 }
-                let chain: Vec<(String, Option<String>, Option<u32>)> = inlined
-                    .and_then(|j| serde_json::from_str(&j).ok())
-                    .unwrap_or_default();
-                if !chain.is_empty() {
-                    let frames = chain
-                        .into_iter()
-                        .map(|(name, file, line)| Frame {
-                            kind: FrameKind::Inlined,
-                            function: Some(name),
-                            module: f.module.clone(),
-                            build_id: f.build_id.clone(),
-                            address: f.address,
-                            file,
-                            line,
-                        })
-                        .collect();
-                    self.inlined_cache.insert(fid, frames);
-                }
-                self.name_cache.insert(fid, f.display_name());
-                self.frame_cache.insert(fid, f);
+                crate::dict::cache_frame(
+                    fid,
+                    f,
+                    inlined.as_deref(),
+                    &mut self.frame_cache,
+                    &mut self.name_cache,
+                    &mut self.inlined_cache,
+                );
             }
         }
         Ok(())
@@ -1025,46 +978,14 @@ impl Store for ClickHouseStore {
         let rows = self.stack_totals(q)?;
         let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
         self.fill_caches(&ids)?;
-        let mut out = NamedStacks {
-            value_type: self.value_type(q)?,
-            names: Vec::new(),
-            stacks: Vec::with_capacity(rows.len()),
-        };
-        let mut by_frame: HashMap<u64, Vec<u32>> = HashMap::new();
-        let mut by_name: HashMap<String, u32> = HashMap::new();
-        for (sid, v) in &rows {
-            let Some(fids) = self.stack_cache.get(sid) else {
-                continue;
-            };
-            let mut idx = Vec::with_capacity(fids.len());
-            for fid in fids {
-                if let Some(is) = by_frame.get(fid) {
-                    idx.extend_from_slice(is);
-                    continue;
-                }
-                let Some(name) = self.name_cache.get(fid) else {
-                    continue;
-                };
-                let mut intern = |n: String| {
-                    *by_name.entry(n.clone()).or_insert_with(|| {
-                        out.names.push(n);
-                        (out.names.len() - 1) as u32
-                    })
-                };
-                let mut is: Vec<u32> = self
-                    .inlined_cache
-                    .get(fid)
-                    .into_iter()
-                    .flatten()
-                    .map(|f| intern(f.display_name()))
-                    .collect();
-                is.push(intern(name.clone()));
-                idx.extend_from_slice(&is);
-                by_frame.insert(*fid, is);
-            }
-            out.stacks.push((idx, *v));
-        }
-        Ok(out)
+        let value_type = self.value_type(q)?;
+        Ok(crate::dict::name_stacks(
+            &rows,
+            value_type,
+            &self.stack_cache,
+            &self.name_cache,
+            &self.inlined_cache,
+        ))
     }
 
     fn timeseries(&mut self, q: &Query, step_ms: i64) -> Result<Vec<Point>, StoreError> {

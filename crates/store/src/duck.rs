@@ -3,13 +3,13 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use baton_model::batch::fnv1a;
 use baton_model::{
     Batch, Frame, FrameKind, Histogram, Labels, NamedStacks, Profile, StackSample, ValueType,
 };
 use duckdb::types::Value;
 use duckdb::{params, params_from_iter, Connection};
 
+use crate::dict::{detail, frame_id, stack_id, symbol_key};
 use crate::query::{Param, Query};
 use crate::schema::{MIGRATIONS, SCHEMA_VERSION};
 use crate::{LateSymbol, Point, Store, StoreError, Unsymbolized};
@@ -48,46 +48,6 @@ fn to_values(params: &[Param]) -> Vec<Value> {
             Param::Int(i) => Value::BigInt(*i),
         })
         .collect()
-}
-
-/// Every label of a row that has no column of its own (a profiler's `state=sleeping`, an ad-hoc
-/// script's keys, an ingest's extra labels), as `k=v;k=v` in name order. A `;` in a value
-/// becomes `,`, so the list splits back.
-fn detail(labels: &baton_model::Labels) -> Option<String> {
-    let parts: Vec<String> = labels
-        .iter()
-        .filter(|(k, _)| crate::query::is_detail_label(k))
-        .map(|(k, v)| format!("{k}={}", v.replace(';', ",")))
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(";"))
-}
-
-/// The key of a user frame's symbol: its build ID, or its path when the ELF has none.
-fn symbol_key(f: &Frame) -> String {
-    match &f.build_id {
-        Some(b) => b.clone(),
-        None => format!("path:{}", f.module),
-    }
-}
-
-fn frame_id(f: &Frame) -> u64 {
-    // Inlined frames share their caller's address: their function tells them apart.
-    let inlined = match f.kind {
-        FrameKind::Inlined => f.function.as_deref().unwrap_or(""),
-        _ => "",
-    };
-    fnv1a(&[
-        &[f.kind.as_u8()],
-        f.module.as_bytes(),
-        f.build_id.as_deref().unwrap_or("").as_bytes(),
-        &f.address.to_le_bytes(),
-        inlined.as_bytes(),
-    ])
-}
-
-fn stack_id(frame_ids: &[u64]) -> u64 {
-    let bytes: Vec<u8> = frame_ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-    fnv1a(&[&bytes])
 }
 
 impl DuckDbStore {
@@ -363,26 +323,14 @@ impl DuckDbStore {
             })?;
             for row in rows {
                 let (inlined, fid, f) = row?;
-                let chain: Vec<(String, Option<String>, Option<u32>)> = inlined
-                    .and_then(|j| serde_json::from_str(&j).ok())
-                    .unwrap_or_default();
-                if !chain.is_empty() {
-                    let frames = chain
-                        .into_iter()
-                        .map(|(name, file, line)| Frame {
-                            kind: FrameKind::Inlined,
-                            function: Some(name),
-                            module: f.module.clone(),
-                            build_id: f.build_id.clone(),
-                            address: f.address,
-                            file,
-                            line,
-                        })
-                        .collect();
-                    self.inlined_cache.insert(fid, frames);
-                }
-                self.name_cache.insert(fid, f.display_name());
-                self.frame_cache.insert(fid, f);
+                crate::dict::cache_frame(
+                    fid,
+                    f,
+                    inlined.as_deref(),
+                    &mut self.frame_cache,
+                    &mut self.name_cache,
+                    &mut self.inlined_cache,
+                );
             }
         }
         Ok(())
@@ -632,48 +580,14 @@ impl Store for DuckDbStore {
         let rows = self.stack_totals(q)?;
         let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
         self.fill_caches(&ids)?;
-        let mut out = NamedStacks {
-            value_type: self.value_type(q)?,
-            names: Vec::new(),
-            stacks: Vec::with_capacity(rows.len()),
-        };
-        // Frame ids to name indices (inlined functions first), interned by name so equal names
-        // merge in the tree.
-        let mut by_frame: HashMap<u64, Vec<u32>> = HashMap::new();
-        let mut by_name: HashMap<String, u32> = HashMap::new();
-        for (sid, v) in &rows {
-            let Some(fids) = self.stack_cache.get(sid) else {
-                continue;
-            };
-            let mut idx = Vec::with_capacity(fids.len());
-            for fid in fids {
-                if let Some(is) = by_frame.get(fid) {
-                    idx.extend_from_slice(is);
-                    continue;
-                }
-                let Some(name) = self.name_cache.get(fid) else {
-                    continue;
-                };
-                let mut intern = |n: String| {
-                    *by_name.entry(n.clone()).or_insert_with(|| {
-                        out.names.push(n);
-                        (out.names.len() - 1) as u32
-                    })
-                };
-                let mut is: Vec<u32> = self
-                    .inlined_cache
-                    .get(fid)
-                    .into_iter()
-                    .flatten()
-                    .map(|f| intern(f.display_name()))
-                    .collect();
-                is.push(intern(name.clone()));
-                idx.extend_from_slice(&is);
-                by_frame.insert(*fid, is);
-            }
-            out.stacks.push((idx, *v));
-        }
-        Ok(out)
+        let value_type = self.value_type(q)?;
+        Ok(crate::dict::name_stacks(
+            &rows,
+            value_type,
+            &self.stack_cache,
+            &self.name_cache,
+            &self.inlined_cache,
+        ))
     }
 
     fn profile(&mut self, q: &Query) -> Result<Profile, StoreError> {

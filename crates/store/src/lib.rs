@@ -7,6 +7,7 @@
 //! ClickHouse (over HTTP, for scale-out), behind the one [`Store`] trait.
 
 mod clickhouse;
+mod dict;
 mod duck;
 mod query;
 mod schema;

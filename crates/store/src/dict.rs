@@ -1,0 +1,129 @@
+//! The dictionary both backends share: frame and stack ids, symbol keys, the `detail` column,
+//! and naming stacks from cached frames.
+
+use std::collections::HashMap;
+
+use baton_model::batch::fnv1a;
+use baton_model::{Frame, FrameKind, NamedStacks, ValueType};
+
+/// Every label of a row that has no column of its own (a profiler's `state=sleeping`, an ad-hoc
+/// script's keys, an ingest's extra labels), as `k=v;k=v` in name order. A `;` in a value
+/// becomes `,`, so the list splits back.
+pub(crate) fn detail(labels: &baton_model::Labels) -> Option<String> {
+    let parts: Vec<String> = labels
+        .iter()
+        .filter(|(k, _)| crate::query::is_detail_label(k))
+        .map(|(k, v)| format!("{k}={}", v.replace(';', ",")))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(";"))
+}
+
+/// The key of a user frame's symbol: its build ID, or its path when the ELF has none.
+pub(crate) fn symbol_key(f: &Frame) -> String {
+    match &f.build_id {
+        Some(b) => b.clone(),
+        None => format!("path:{}", f.module),
+    }
+}
+
+pub(crate) fn frame_id(f: &Frame) -> u64 {
+    // Inlined frames share their caller's address: their function tells them apart.
+    let inlined = match f.kind {
+        FrameKind::Inlined => f.function.as_deref().unwrap_or(""),
+        _ => "",
+    };
+    fnv1a(&[
+        &[f.kind.as_u8()],
+        f.module.as_bytes(),
+        f.build_id.as_deref().unwrap_or("").as_bytes(),
+        &f.address.to_le_bytes(),
+        inlined.as_bytes(),
+    ])
+}
+
+pub(crate) fn stack_id(frame_ids: &[u64]) -> u64 {
+    let bytes: Vec<u8> = frame_ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    fnv1a(&[&bytes])
+}
+
+/// Per-stack totals as interned names (inlined functions first), from the caches a backend
+/// filled: equal names merge in the tree.
+pub(crate) fn name_stacks(
+    rows: &[(u64, f64)],
+    value_type: Option<ValueType>,
+    stack_cache: &HashMap<u64, Vec<u64>>,
+    name_cache: &HashMap<u64, String>,
+    inlined_cache: &HashMap<u64, Vec<Frame>>,
+) -> NamedStacks {
+    let mut out = NamedStacks {
+        value_type,
+        names: Vec::new(),
+        stacks: Vec::with_capacity(rows.len()),
+    };
+    let mut by_frame: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut by_name: HashMap<String, u32> = HashMap::new();
+    for (sid, v) in rows {
+        let Some(fids) = stack_cache.get(sid) else {
+            continue;
+        };
+        let mut idx = Vec::with_capacity(fids.len());
+        for fid in fids {
+            if let Some(is) = by_frame.get(fid) {
+                idx.extend_from_slice(is);
+                continue;
+            }
+            let Some(name) = name_cache.get(fid) else {
+                continue;
+            };
+            let mut intern = |n: String| {
+                *by_name.entry(n.clone()).or_insert_with(|| {
+                    out.names.push(n);
+                    (out.names.len() - 1) as u32
+                })
+            };
+            let mut is: Vec<u32> = inlined_cache
+                .get(fid)
+                .into_iter()
+                .flatten()
+                .map(|f| intern(f.display_name()))
+                .collect();
+            is.push(intern(name.clone()));
+            idx.extend_from_slice(&is);
+            by_frame.insert(*fid, is);
+        }
+        out.stacks.push((idx, *v));
+    }
+    out
+}
+
+/// Caches a frame read back from the store: itself, its display name, and the frames inlined
+/// at its address from a late symbol's chain (JSON `[[name, file, line], …]`, innermost first).
+pub(crate) fn cache_frame(
+    fid: u64,
+    f: Frame,
+    inlined: Option<&str>,
+    frames: &mut HashMap<u64, Frame>,
+    names: &mut HashMap<u64, String>,
+    inlined_frames: &mut HashMap<u64, Vec<Frame>>,
+) {
+    let chain: Vec<(String, Option<String>, Option<u32>)> = inlined
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default();
+    if !chain.is_empty() {
+        let list = chain
+            .into_iter()
+            .map(|(name, file, line)| Frame {
+                kind: FrameKind::Inlined,
+                function: Some(name),
+                module: f.module.clone(),
+                build_id: f.build_id.clone(),
+                address: f.address,
+                file,
+                line,
+            })
+            .collect();
+        inlined_frames.insert(fid, list);
+    }
+    names.insert(fid, f.display_name());
+    frames.insert(fid, f);
+}
