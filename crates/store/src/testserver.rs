@@ -107,6 +107,19 @@ impl ClickHouseServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("starting clickhouse-server: {e}"))?;
+        // A server kept in a static (the conformance suite shares one) is never dropped, so a
+        // watcher kills it once the process that started it is gone.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -9 {} 2>/dev/null",
+                std::process::id(),
+                child.id()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
         self.child = Some(child);
         let t0 = Instant::now();
         while !self.ping() {
