@@ -366,6 +366,23 @@ impl ClickHouseStore {
             .collect())
     }
 
+    /// Rows of a two-column SELECT, parsed; rows that do not parse are left out.
+    fn pairs<A: std::str::FromStr, B: std::str::FromStr>(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<(A, B)>, StoreError> {
+        Ok(self
+            .rows(sql)?
+            .into_iter()
+            .filter_map(|r| {
+                Some((
+                    r.first()?.as_ref()?.parse().ok()?,
+                    r.get(1)?.as_ref()?.parse().ok()?,
+                ))
+            })
+            .collect())
+    }
+
     fn insert(&mut self, table: &str, tsv: &str, rows: usize) -> Result<(), StoreError> {
         if tsv.is_empty() {
             return Ok(());
@@ -710,16 +727,7 @@ impl ClickHouseStore {
             ),
             &params,
         );
-        Ok(self
-            .rows(&sql)?
-            .into_iter()
-            .filter_map(|r| {
-                Some((
-                    r.first()?.as_ref()?.parse().ok()?,
-                    r.get(1)?.as_ref()?.parse().ok()?,
-                ))
-            })
-            .collect())
+        self.pairs(&sql)
     }
 
     fn value_type(&mut self, q: &Query) -> Result<Option<ValueType>, StoreError> {
@@ -999,14 +1007,9 @@ impl Store for ClickHouseStore {
             &params,
         );
         Ok(self
-            .rows(&sql)?
+            .pairs(&sql)?
             .into_iter()
-            .filter_map(|r| {
-                Some(Point {
-                    ts_ms: r.first()?.as_ref()?.parse().ok()?,
-                    value: r.get(1)?.as_ref()?.parse().ok()?,
-                })
-            })
+            .map(|(ts_ms, value)| Point { ts_ms, value })
             .collect())
     }
 
