@@ -77,6 +77,7 @@ mod tests {
             value_type: ValueType::cpu_nanoseconds(),
             more_value_types: Vec::new(),
             histograms: Vec::new(),
+            spans: Vec::new(),
             ts_ms: 0,
             samples: vec![
                 row("postgres", "/system.slice/postgresql.service"),

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use baton_model::{Batch, Frame, FrameKind, Histogram, Labels, ProfilerInfo, StackSample};
+use baton_model::{Batch, Frame, FrameKind, Histogram, Labels, ProfilerInfo, Span, StackSample};
 use baton_profilers::sys::process_alive;
 use baton_profilers::{Profiler, ProfilerStats, StartOptions};
 use baton_symbolizer::HostSymbolizer;
@@ -54,6 +54,23 @@ pub struct Collector {
     exes: HashMap<u32, String>,
     host: String,
     jvm: Option<crate::jvm::JvmMaps>,
+}
+
+/// `CLOCK_REALTIME - CLOCK_MONOTONIC` now, in ns: turns BPF's `bpf_ktime_get_ns` times into
+/// wall-clock ones.
+fn realtime_minus_monotonic_ns() -> i64 {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    };
+    let mono = read(libc::CLOCK_MONOTONIC);
+    let real = read(libc::CLOCK_REALTIME);
+    real - mono
 }
 
 fn now_ms() -> i64 {
@@ -214,9 +231,12 @@ impl Collector {
             }
         }
         let mut samples = Vec::with_capacity(raws.len());
+        // The batch sample (of the primary value) each drained row became, for its spans.
+        let mut first_sample: Vec<Option<u32>> = Vec::with_capacity(raws.len());
         let mut sample_count = 0;
         for raw in &raws {
             sample_count += raw.count;
+            first_sample.push(None);
             if raw.values.is_empty() {
                 continue;
             }
@@ -264,6 +284,9 @@ impl Collector {
                 // that has no value at all (it still counts as a sample).
                 if value == 0 && !(i == 0 && raw.values.iter().all(|&v| v == 0)) {
                     continue;
+                }
+                if let Some(slot) = first_sample.last_mut() {
+                    slot.get_or_insert(samples.len() as u32);
                 }
                 samples.push(StackSample {
                     stack: if i == last {
@@ -315,11 +338,26 @@ impl Collector {
             m.frames_jit
                 .store(self.symbolizer.stats.frames_jit, Ordering::Relaxed);
         }
+        let wall_offset_ns = realtime_minus_monotonic_ns();
+        let spans = drained
+            .spans
+            .iter()
+            .map(|s| Span {
+                kind: s.kind,
+                pid: s.pid,
+                tid: s.tid,
+                start_us: (s.start_ns as i64 + wall_offset_ns) / 1000,
+                dur_us: (s.dur_ns / 1000) as i64,
+                sample: s.event.and_then(|i| first_sample.get(i).copied().flatten()),
+                label: s.label.clone(),
+            })
+            .collect();
         Ok(WindowReport {
             batch: {
                 let mut b = Batch::new(info.name, info.value_types(), now_ms());
                 b.samples = samples;
                 b.histograms = histograms;
+                b.spans = spans;
                 b
             },
             stats,

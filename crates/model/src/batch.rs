@@ -20,6 +20,57 @@ pub struct Batch {
     /// Latency and size distributions the profiler measured in the window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub histograms: Vec<Histogram>,
+    /// Timed events of the window for the timeline: CPU samples, blocks, requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spans: Vec<Span>,
+}
+
+/// What a [`Span`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanKind {
+    /// One CPU sample (a tick on the thread's lane); its duration is the sampling period.
+    Cpu,
+    /// A block off CPU, from switch-out to switch-in.
+    Offcpu,
+    /// A request, from its begin probe to its end probe (the `latency` profiler).
+    Request,
+}
+
+impl SpanKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SpanKind::Cpu => "cpu",
+            SpanKind::Offcpu => "offcpu",
+            SpanKind::Request => "request",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SpanKind> {
+        match s {
+            "cpu" => Some(SpanKind::Cpu),
+            "offcpu" => Some(SpanKind::Offcpu),
+            "request" => Some(SpanKind::Request),
+            _ => None,
+        }
+    }
+}
+
+/// One interval on a thread's timeline, with wall-clock times in microseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Span {
+    pub kind: SpanKind,
+    pub pid: u32,
+    pub tid: u32,
+    /// Start, microseconds since the Unix epoch.
+    pub start_us: i64,
+    pub dur_us: i64,
+    /// The batch sample whose stack (and labels) this span has, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<u32>,
+    /// What to show for it: the block's state, the request's id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub label: String,
 }
 
 impl Batch {
@@ -37,7 +88,38 @@ impl Batch {
             ts_ms,
             samples: Vec::new(),
             histograms: Vec::new(),
+            spans: Vec::new(),
         }
+    }
+
+    /// Keeps the samples `keep` says to, and the spans of those samples (spans without a
+    /// sample stay); span indexes follow the samples that remain.
+    pub fn retain_samples(&mut self, mut keep: impl FnMut(&mut StackSample) -> bool) {
+        let mut new_index: Vec<Option<u32>> = Vec::with_capacity(self.samples.len());
+        let mut next = 0u32;
+        for s in self.samples.iter_mut() {
+            if keep(s) {
+                new_index.push(Some(next));
+                next += 1;
+            } else {
+                new_index.push(None);
+            }
+        }
+        let mut i = 0;
+        self.samples.retain(|_| {
+            i += 1;
+            new_index[i - 1].is_some()
+        });
+        self.spans.retain_mut(|sp| match sp.sample {
+            None => true,
+            Some(k) => match new_index.get(k as usize).copied().flatten() {
+                Some(n) => {
+                    sp.sample = Some(n);
+                    true
+                }
+                None => false,
+            },
+        });
     }
 
     /// Every value type, the primary one first.
@@ -76,6 +158,36 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn retained_samples_keep_their_spans() {
+        use super::{Batch, Span, SpanKind};
+        use crate::profile::{StackSample, ValueType};
+        let mut b = Batch::new("cpu", vec![ValueType::cpu_nanoseconds()], 0);
+        for v in 0..4 {
+            b.samples.push(StackSample {
+                stack: Vec::new(),
+                labels: Default::default(),
+                value: v,
+                weight: 1.0,
+                value_index: 0,
+            });
+        }
+        let span = |sample| Span {
+            kind: SpanKind::Cpu,
+            pid: 1,
+            tid: 1,
+            start_us: 0,
+            dur_us: 1,
+            sample,
+            label: String::new(),
+        };
+        b.spans = vec![span(Some(1)), span(Some(2)), span(Some(3)), span(None)];
+        b.retain_samples(|s| s.value != 2);
+        let kept: Vec<Option<u32>> = b.spans.iter().map(|s| s.sample).collect();
+        assert_eq!(kept, [Some(0), Some(1), None]);
+        assert_eq!(b.samples[1].value, 3);
+    }
+
     #[test]
     fn fnv_separates_parts() {
         assert_ne!(super::fnv1a(&[b"ab", b"c"]), super::fnv1a(&[b"a", b"bc"]));

@@ -15,7 +15,7 @@ pub mod registry;
 pub mod time;
 pub mod wire;
 
-pub use batch::Batch;
+pub use batch::{Batch, Span, SpanKind};
 pub use duration::{parse_duration, DurationError};
 pub use flame::{FlameNode, TopEntry};
 pub use frame::{Frame, FrameKind};

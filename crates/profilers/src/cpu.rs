@@ -61,6 +61,8 @@ pub struct CpuOptions {
     /// Unwind code without frame pointers from DWARF CFI (copying the stack); when false, frame
     /// pointers only.
     pub dwarf: bool,
+    /// Send every frame-pointer sample's time to user space too, for the timeline.
+    pub timeline: bool,
 }
 
 /// How a sample's user stack was obtained.
@@ -88,6 +90,8 @@ pub struct RawSample {
 #[derive(Debug)]
 pub struct Window {
     pub samples: Vec<RawSample>,
+    /// Timeline ticks: (`CLOCK_MONOTONIC` ns, index into `samples`).
+    pub ticks: Vec<(u64, usize)>,
     pub stats: ProfilerStats,
     pub elapsed: Duration,
 }
@@ -96,6 +100,7 @@ pub struct Window {
 pub struct CpuProfiler {
     /// First, so the reader thread stops before the ring's map is closed.
     dwarf: Option<DwarfReader>,
+    ticks: Option<TickReader>,
     skel: CpuSkel<'static>,
     _links: Vec<Link>,
     _events: Vec<OwnedFd>,
@@ -107,13 +112,29 @@ pub struct CpuProfiler {
     last_drain: Instant,
 }
 
+/// A timeline tick as BPF sent it: (ts, pid, tid, kernel stack id, user stack id, buffer).
+type Tick = (u64, u32, u32, i32, i32, u32);
+
+/// Reads the tick ring; ticks of the buffer still filling wait for the next drain.
+struct TickReader {
+    reader: crate::ring::RingReader,
+    got: Arc<Mutex<Vec<Tick>>>,
+    pending: Vec<Tick>,
+}
+
+/// Bytes of tick ring per online CPU and Hz: 32-byte ticks, 16 s of them (windows are 10 s by
+/// default and the ring is read at each drain).
+const TICK_RING_BYTES_PER_CPU_HZ: u64 = 32 * 16;
+
 /// Key of a copied sample once unwound: (pid, tid, cgroup, comm, kernel stack, user stack).
 type CopyKey = (u32, u32, u64, String, Vec<u64>, Vec<u64>);
 
 /// What the reader thread shares with the profiler.
 struct DwarfShared {
     unwinder: Mutex<DwarfUnwinder>,
-    stacks: Mutex<HashMap<CopyKey, u64>>,
+    /// Count and, with the timeline on, the time of each sample.
+    stacks: Mutex<HashMap<CopyKey, (u64, Vec<u64>)>>,
+    timeline: bool,
     stop: AtomicBool,
     /// Flush handshake: the profiler bumps `flush_asked`; the thread copies it to `flush_done`
     /// after a pass over the ring that started after the request.
@@ -163,9 +184,15 @@ fn take_copy(shared: &DwarfShared, data: &[u8]) -> i32 {
         frames = user.len(),
         "unwound a copied stack"
     );
-    *lock(&shared.stacks)
+    let ts = u64_at(data, EV_STACK + EV_STACK_MAX);
+    let mut stacks = lock(&shared.stacks);
+    let slot = stacks
         .entry((pid, tid, cgroup, comm, kernel, user))
-        .or_insert(0) += 1;
+        .or_default();
+    slot.0 += 1;
+    if shared.timeline && ts != 0 {
+        slot.1.push(ts);
+    }
     0
 }
 
@@ -214,6 +241,21 @@ impl CpuProfiler {
                 .set_max_entries(bytes as u32)
                 .map_err(ProfilerError::bpf("sizing the stack ring"))?;
         }
+        let cpus_n = sys::online_cpus().map_or(1, |c| c.len()) as u64;
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.emit_ticks = u8::from(opts.timeline);
+        }
+        let tick_bytes = if opts.timeline {
+            (cpus_n * opts.frequency_hz * TICK_RING_BYTES_PER_CPU_HZ)
+                .next_power_of_two()
+                .clamp(64 << 10, 32 << 20)
+        } else {
+            4096
+        };
+        open.maps
+            .ticks
+            .set_max_entries(tick_bytes as u32)
+            .map_err(ProfilerError::bpf("sizing the tick ring"))?;
         let skel = open
             .load()
             .map_err(ProfilerError::bpf("loading the cpu program"))?;
@@ -267,12 +309,37 @@ impl CpuProfiler {
             .map_err(|e| tracing::debug!(error = %e, "BPF run-time stats unavailable"))
             .ok();
         let dwarf = if opts.dwarf {
-            Some(start_reader(&skel)?)
+            Some(start_reader(&skel, opts.timeline)?)
+        } else {
+            None
+        };
+        let ticks = if opts.timeline {
+            let got: Arc<Mutex<Vec<Tick>>> = Arc::default();
+            let sink = Arc::clone(&got);
+            let reader =
+                crate::ring::RingReader::start("baton-ticks", &skel.maps.ticks, move |d| {
+                    if d.len() >= 28 {
+                        lock(&sink).push((
+                            u64_at(d, 0),
+                            u32_at(d, 8),
+                            u32_at(d, 12),
+                            u32_at(d, 16) as i32,
+                            u32_at(d, 20) as i32,
+                            u32_at(d, 24),
+                        ));
+                    }
+                })?;
+            Some(TickReader {
+                reader,
+                got,
+                pending: Vec::new(),
+            })
         } else {
             None
         };
         let p = CpuProfiler {
             dwarf,
+            ticks,
             skel,
             _links: links,
             _events: events,
@@ -362,6 +429,7 @@ impl CpuProfiler {
             &mut s.dwarf_copied,
             &mut s.dwarf_ring_full,
             &mut s.dwarf_no_regs,
+            &mut s.ticks_lost,
         ]
         .into_iter()
         .enumerate()
@@ -400,6 +468,7 @@ impl CpuProfiler {
         let keys: Vec<Vec<u8>> = counts.keys().collect();
         let mut stack_cache: HashMap<i32, Option<Vec<u64>>> = HashMap::new();
         let mut samples = Vec::with_capacity(keys.len());
+        let mut by_key: HashMap<(u32, u32, i32, i32), usize> = HashMap::new();
         for key in keys {
             let Some(count) = counts
                 .lookup(&key, MapFlags::ANY)
@@ -436,6 +505,9 @@ impl CpuProfiler {
             };
             let kernel = fetch(kstack);
             let user = fetch(ustack);
+            by_key
+                .entry((pid, tid, kstack, ustack))
+                .or_insert(samples.len());
             samples.push(RawSample {
                 pid,
                 tid,
@@ -446,6 +518,30 @@ impl CpuProfiler {
                 user_origin: UserStackOrigin::FramePointers,
                 count,
             });
+        }
+        // Ticks of the drained buffer name its samples; the others wait for the next drain.
+        let mut ticks = Vec::new();
+        if let Some(t) = &mut self.ticks {
+            t.reader.flush();
+            let got = std::mem::take(&mut *lock(&t.got));
+            let mut keep = Vec::new();
+            for tick in t.pending.drain(..).chain(got) {
+                let (ts, pid, tid, k, u, buffer) = tick;
+                if buffer != old {
+                    keep.push(tick);
+                } else if let Some(&i) = by_key.get(&(pid, tid, k, u)) {
+                    ticks.push((ts, i));
+                }
+            }
+            tracing::debug!(
+                matched = ticks.len(),
+                waiting = keep.len(),
+                samples = samples.len(),
+                "timeline ticks"
+            );
+            // A tick whose buffer was drained twice since is stale: keep at most one window.
+            keep.retain(|t| t.5 == self.active);
+            t.pending = keep;
         }
         // Clear the whole idle stack map, including stacks whose count could not be stored.
         let stack_keys: Vec<Vec<u8>> = stacks.keys().collect();
@@ -462,7 +558,8 @@ impl CpuProfiler {
                 std::thread::sleep(Duration::from_millis(2));
             }
             let copied = std::mem::take(&mut *lock(&d.shared.stacks));
-            for ((pid, tid, cgroup_id, comm, kernel, user), count) in copied {
+            for ((pid, tid, cgroup_id, comm, kernel, user), (count, times)) in copied {
+                ticks.extend(times.into_iter().map(|ts| (ts, samples.len())));
                 samples.push(RawSample {
                     pid,
                     tid,
@@ -489,6 +586,7 @@ impl CpuProfiler {
         }
         Ok(Window {
             samples,
+            ticks,
             stats: self.stats(),
             elapsed,
         })
@@ -496,10 +594,11 @@ impl CpuProfiler {
 }
 
 /// Starts the thread that reads copied stacks from the ring and unwinds them.
-fn start_reader(skel: &CpuSkel<'static>) -> Result<DwarfReader, ProfilerError> {
+fn start_reader(skel: &CpuSkel<'static>, timeline: bool) -> Result<DwarfReader, ProfilerError> {
     let shared = Arc::new(DwarfShared {
         unwinder: Mutex::new(DwarfUnwinder::new()),
         stacks: Mutex::new(HashMap::new()),
+        timeline,
         stop: AtomicBool::new(false),
         flush_asked: AtomicU64::new(0),
         flush_done: AtomicU64::new(0),
@@ -574,6 +673,7 @@ pub(crate) fn start_dyn(
         follow_forks: o.follow_forks,
         force_cpu_clock: o.force_cpu_clock,
         dwarf: o.dwarf,
+        timeline: o.option(&crate::registry::CPU, "timeline") != "off",
     })?))
 }
 
@@ -585,6 +685,19 @@ impl crate::Profiler for CpuProfiler {
     fn drain(&mut self) -> Result<crate::Drained, ProfilerError> {
         let period = self.period_ns();
         let w = CpuProfiler::drain(self)?;
+        let spans = w
+            .ticks
+            .iter()
+            .map(|&(ts, i)| crate::RawSpan {
+                kind: baton_model::SpanKind::Cpu,
+                pid: w.samples[i].pid,
+                tid: w.samples[i].tid,
+                start_ns: ts,
+                dur_ns: period,
+                event: Some(i),
+                label: String::new(),
+            })
+            .collect();
         let events = w
             .samples
             .into_iter()
@@ -605,6 +718,7 @@ impl crate::Profiler for CpuProfiler {
         Ok(crate::Drained {
             events,
             histograms: Vec::new(),
+            spans,
         })
     }
 

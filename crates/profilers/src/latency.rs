@@ -121,6 +121,8 @@ struct State {
     pending: HashMap<u64, Vec<Sample>>,
     /// Requests that ended slow since the last drain: id -> latency.
     slow: HashMap<u64, u64>,
+    /// Where and when they ran: id -> (pid, tid, start ns, monotonic).
+    slow_at: HashMap<u64, (u32, u32, u64)>,
 }
 
 impl State {
@@ -140,6 +142,10 @@ impl State {
             }),
             2 => {
                 self.slow.insert(id, u64_at(d, 16));
+                if d.len() >= 40 {
+                    self.slow_at
+                        .insert(id, (u32_at(d, 4), u32_at(d, 32), u64_at(d, 24)));
+                }
             }
             _ => {}
         }
@@ -360,6 +366,18 @@ impl crate::Profiler for LatencyProfiler {
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let slow = std::mem::take(&mut st.slow);
+            for (id, (pid, tid, start_ns)) in std::mem::take(&mut st.slow_at) {
+                let dur_ns = slow.get(&id).copied().unwrap_or(0);
+                out.spans.push(crate::RawSpan {
+                    kind: baton_model::SpanKind::Request,
+                    pid,
+                    tid,
+                    start_ns,
+                    dur_ns,
+                    event: None,
+                    label: format!("{id:x} ({:.1} ms)", dur_ns as f64 / 1e6),
+                });
+            }
             let ids: Vec<u64> = st.pending.keys().copied().collect();
             // (pid, tid, comm, kernel, user stack id, unwound user stack, request) -> samples
             type Key = (u32, u32, String, i32, i32, Option<Vec<u64>>, u64);

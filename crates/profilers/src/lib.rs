@@ -45,7 +45,7 @@ pub mod uprobe;
 
 pub use cpu::{CpuOptions, CpuProfiler, RawSample, UserStackOrigin, Window};
 pub use perf::SamplingEvent;
-pub use profiler::{Drained, Event, Profiler, ProfilerStats, RawHistogram, StartOptions};
+pub use profiler::{Drained, Event, Profiler, ProfilerStats, RawHistogram, RawSpan, StartOptions};
 
 /// Errors from loading, attaching or reading a profiler.
 #[derive(Debug, thiserror::Error)]

@@ -370,6 +370,7 @@ impl crate::Profiler for MallocProfiler {
         Ok(Drained {
             events,
             histograms: Vec::new(),
+            spans: Vec::new(),
         })
     }
 

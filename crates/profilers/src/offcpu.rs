@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -44,6 +45,8 @@ pub struct OffCpuOptions {
     pub max_tracked_per_sec: u64,
     /// Unwind user code without frame pointers from DWARF CFI (copying the stack).
     pub dwarf: bool,
+    /// Send each recorded block's start and length to user space too, for the timeline.
+    pub timeline: bool,
 }
 
 /// Default budget of tracked switch-outs per second. Taking a switch-out's two stacks cost about
@@ -85,6 +88,28 @@ pub struct Block {
     pub count: u64,
 }
 
+/// A recorded block on the timeline: `CLOCK_MONOTONIC` start and length in ns, and the
+/// [`Block`] of the same drain it is counted in, when one is (a block unwound from a copied
+/// stack is matched by thread, kernel stack and state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSpan {
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub dur_ns: u64,
+    pub state: BlockState,
+    pub block: Option<usize>,
+}
+
+/// (start, dur, pid, tid, kernel stack, user stack, state, buffer) as BPF sent it.
+type RawBlockSpan = (u64, u64, u32, u32, i32, i32, u32, u32);
+
+struct SpanReader {
+    reader: crate::ring::RingReader,
+    got: Arc<Mutex<Vec<RawBlockSpan>>>,
+    pending: Vec<RawBlockSpan>,
+}
+
 /// Counters of the off-CPU profiler, cumulative since start.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct OffProfilerStats {
@@ -113,6 +138,9 @@ pub struct OffProfilerStats {
 pub struct OffCpuProfiler {
     /// First, so the reader thread stops before the ring's map is closed.
     copies: Option<CopyReader>,
+    spans: Option<SpanReader>,
+    /// The spans of the last drain, until [`OffCpuProfiler::take_spans`].
+    last_spans: Vec<BlockSpan>,
     skel: OffcpuSkel<'static>,
     _link: Link,
     _fork_link: Option<Link>,
@@ -158,6 +186,21 @@ impl OffCpuProfiler {
         if !follow {
             open.progs.on_fork.set_autoload(false);
         }
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.emit_spans = u8::from(opts.timeline);
+        }
+        // 40-byte spans: the tracked-switch budget for 16 s, at least 256 KiB.
+        let span_bytes = if opts.timeline {
+            (opts.max_tracked_per_sec.max(1) * 40 * 16)
+                .next_power_of_two()
+                .clamp(256 << 10, 32 << 20)
+        } else {
+            4096
+        };
+        open.maps
+            .spans
+            .set_max_entries(span_bytes as u32)
+            .map_err(ProfilerError::bpf("sizing the span ring"))?;
         let skel = open
             .load()
             .map_err(ProfilerError::bpf("loading the offcpu program"))?;
@@ -190,8 +233,36 @@ impl OffCpuProfiler {
         } else {
             None
         };
+        let spans = if opts.timeline {
+            let got: Arc<Mutex<Vec<RawBlockSpan>>> = Arc::default();
+            let sink = Arc::clone(&got);
+            let reader =
+                crate::ring::RingReader::start("baton-offspans", &skel.maps.spans, move |d| {
+                    if d.len() >= 40 {
+                        sink.lock().unwrap_or_else(|p| p.into_inner()).push((
+                            u64_at(d, 0),
+                            u64_at(d, 8),
+                            u32_at(d, 16),
+                            u32_at(d, 20),
+                            u32_at(d, 24) as i32,
+                            u32_at(d, 28) as i32,
+                            u32_at(d, 32),
+                            u32_at(d, 36),
+                        ));
+                    }
+                })?;
+            Some(SpanReader {
+                reader,
+                got,
+                pending: Vec::new(),
+            })
+        } else {
+            None
+        };
         Ok(OffCpuProfiler {
             copies,
+            spans,
+            last_spans: Vec::new(),
             skel,
             _link: link,
             _fork_link: fork_link,
@@ -201,6 +272,11 @@ impl OffCpuProfiler {
             max_tracked_per_sec: opts.max_tracked_per_sec.max(1),
             last_adapt: (Instant::now(), 0),
         })
+    }
+
+    /// The blocks on the timeline from the last drain.
+    pub fn take_spans(&mut self) -> Vec<BlockSpan> {
+        std::mem::take(&mut self.last_spans)
     }
 
     /// Sets the sampling of switch-outs from the rate seen since the last call, so that about
@@ -259,6 +335,7 @@ impl OffCpuProfiler {
 
     /// Flips buffers and returns the blocks that ended since the last drain.
     pub fn drain(&mut self) -> Result<Vec<Block>, ProfilerError> {
+        self.last_spans.clear();
         let old = self.active;
         self.active = 1 - old;
         if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
@@ -274,6 +351,9 @@ impl OffCpuProfiler {
         let keys: Vec<Vec<u8>> = counts.keys().collect();
         let mut cache: HashMap<i32, Vec<u64>> = HashMap::new();
         let mut out = Vec::with_capacity(keys.len());
+        let mut by_key: HashMap<(u32, u32, i32, i32, u32), usize> = HashMap::new();
+        // Blocks unwound from copies, by what their spans know of them.
+        let mut by_copy: HashMap<(u32, u32, i32, u32), usize> = HashMap::new();
         for key in keys {
             let value = counts
                 .lookup(&key, MapFlags::ANY)
@@ -291,6 +371,15 @@ impl OffCpuProfiler {
                     .or_insert_with(|| stack_of(stacks, id).unwrap_or_default())
                     .clone()
             };
+            by_key
+                .entry((
+                    u32_at(&key, 0),
+                    u32_at(&key, 4),
+                    u32_at(&key, 16) as i32,
+                    u32_at(&key, 20) as i32,
+                    u32_at(&key, 24),
+                ))
+                .or_insert(out.len());
             out.push(Block {
                 pid: u32_at(&key, 0),
                 tid: u32_at(&key, 4),
@@ -317,6 +406,9 @@ impl OffCpuProfiler {
                         .or_insert_with(|| stack_of(stacks, k.kernel_stack).unwrap_or_default())
                         .clone()
                 };
+                by_copy
+                    .entry((k.pid, k.tid, k.kernel_stack, k.what & 3))
+                    .or_insert(out.len());
                 out.push(Block {
                     pid: k.pid,
                     tid: k.tid,
@@ -333,6 +425,37 @@ impl OffCpuProfiler {
                     count: sums.count,
                 });
             }
+        }
+        // Spans of the drained buffer (and of copied blocks) name its blocks; the others wait.
+        if let Some(sr) = &mut self.spans {
+            sr.reader.flush();
+            let got = std::mem::take(&mut *sr.got.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut keep = Vec::new();
+            for sp in sr.pending.drain(..).chain(got) {
+                let (start_ns, dur_ns, pid, tid, k, u, state, buffer) = sp;
+                if buffer != old && buffer != 2 {
+                    keep.push(sp);
+                    continue;
+                }
+                self.last_spans.push(BlockSpan {
+                    pid,
+                    tid,
+                    start_ns,
+                    dur_ns,
+                    state: if state & 2 != 0 {
+                        BlockState::Uninterruptible
+                    } else {
+                        BlockState::Sleeping
+                    },
+                    block: if buffer == 2 {
+                        by_copy.get(&(pid, tid, k, state & 3)).copied()
+                    } else {
+                        by_key.get(&(pid, tid, k, u, state)).copied()
+                    },
+                });
+            }
+            keep.retain(|s| s.7 == self.active);
+            sr.pending = keep;
         }
         // Sleeping threads keep stack ids across drains, so the stack map is cleared only when
         // it is half full; those threads are then counted without stacks (`stale_stacks`).
@@ -363,6 +486,7 @@ pub(crate) fn start_dyn(
         min_block_ns: o.option_ns(info, "min_block")?,
         max_tracked_per_sec: o.option_u64(info, "max_tracked_per_sec")?,
         dwarf: o.dwarf,
+        timeline: o.option(info, "timeline") != "off",
     })?))
 }
 
@@ -388,9 +512,23 @@ impl crate::Profiler for OffCpuProfiler {
                 frames: Vec::new(),
             })
             .collect();
+        let spans = self
+            .take_spans()
+            .into_iter()
+            .map(|s| crate::RawSpan {
+                kind: baton_model::SpanKind::Offcpu,
+                pid: s.pid,
+                tid: s.tid,
+                start_ns: s.start_ns,
+                dur_ns: s.dur_ns,
+                event: s.block,
+                label: s.state.name().to_string(),
+            })
+            .collect();
         Ok(crate::Drained {
             events,
             histograms: Vec::new(),
+            spans,
         })
     }
 

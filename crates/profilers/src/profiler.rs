@@ -111,11 +111,26 @@ pub struct RawHistogram {
     pub le_buckets: Vec<(u64, f64)>,
 }
 
+/// A timed event for the timeline, before labelling: times are `CLOCK_MONOTONIC` nanoseconds,
+/// as BPF's `bpf_ktime_get_ns` gives them.
+#[derive(Debug, Clone)]
+pub struct RawSpan {
+    pub kind: baton_model::SpanKind,
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub dur_ns: u64,
+    /// The drained row (an index into [`Drained::events`]) whose stack this span has.
+    pub event: Option<usize>,
+    pub label: String,
+}
+
 /// What one drain hands back.
 #[derive(Debug, Default)]
 pub struct Drained {
     pub events: Vec<Event>,
     pub histograms: Vec<RawHistogram>,
+    pub spans: Vec<RawSpan>,
 }
 
 /// A running profiler. Dropping it detaches everything it attached.
@@ -185,6 +200,8 @@ pub struct ProfilerStats {
     pub dwarf_ring_full: u64,
     /// Samples that wanted a copy but had no user registers; frame pointers were used.
     pub dwarf_no_regs: u64,
+    /// CPU samples left off the timeline because its ring was full.
+    pub ticks_lost: u64,
     /// The DWARF unwinder's counters.
     pub unwind: UnwindStats,
 }

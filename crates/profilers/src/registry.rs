@@ -34,7 +34,11 @@ pub static CPU: ProfilerInfo = ProfilerInfo {
     max_frequency: 999,
     default_rate: "19 Hz continuous, 99 Hz for record, per CPU",
     cost: CostClass::Low,
-    options: &[],
+    options: &[OptionInfo {
+        name: "timeline",
+        default: "on",
+        help: "on: each frame-pointer sample's time goes to the timeline too; off: counts only",
+    }],
 };
 
 pub static OFFCPU: ProfilerInfo = ProfilerInfo {
@@ -72,6 +76,11 @@ pub static OFFCPU: ProfilerInfo = ProfilerInfo {
             name: "max_tracked_per_sec",
             default: "1000",
             help: "switch-outs per second whose stacks are taken; beyond, 1 in N at random",
+        },
+        OptionInfo {
+            name: "timeline",
+            default: "on",
+            help: "on: each recorded block's start and end go to the timeline too",
         },
     ],
 };

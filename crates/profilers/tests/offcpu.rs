@@ -45,6 +45,7 @@ fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
         max_tracked_per_sec: baton_profilers::offcpu::DEFAULT_MAX_TRACKED_PER_SEC,
         // Frame pointers only: this test checks the BPF side's blocks and stack ids.
         dwarf: false,
+        timeline: true,
     })
     .expect("offcpu profiler starts");
     let mut sym = HostSymbolizer::new();

@@ -137,7 +137,7 @@ impl WriteBudgets {
         }
         let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
         let mut i = 0u64;
-        batch.samples.retain_mut(|s| {
+        batch.retain_samples(|s| {
             i += 1;
             let Some(svc) = s.labels.get("service") else {
                 return true;
@@ -162,11 +162,14 @@ impl WriteBudgets {
         let key = batch.profiler.clone();
         match self.admit(&key, rows, profiler_budget, now) {
             Admission::Accept => {}
-            Admission::Refuse => batch.samples.clear(),
+            Admission::Refuse => {
+                batch.samples.clear();
+                batch.spans.clear();
+            }
             Admission::Downsample { keep_probability } => {
                 let salt = salt.rotate_left(17);
                 let mut i = 0u64;
-                batch.samples.retain_mut(|s| {
+                batch.retain_samples(|s| {
                     i += 1;
                     s.weight /= keep_probability;
                     keep_row(salt, i, keep_probability)
@@ -256,6 +259,7 @@ mod tests {
             ts_ms: 1_234,
             samples,
             histograms: Vec::new(),
+            spans: Vec::new(),
         }
     }
 

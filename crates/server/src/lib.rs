@@ -141,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/top", get(top))
         .route("/api/v1/timeseries", get(timeseries))
         .route("/api/v1/histograms", get(histograms))
+        .route("/api/v1/timeline", get(timeline))
         .route("/api/v1/export", get(export_profile))
         .route("/api/v1/labels/{label}", get(labels))
         .route("/api/v1/status", get(status))
@@ -226,6 +227,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let code = match e {
             StoreError::UnknownLabel(_) | StoreError::BadFilter(_) => StatusCode::BAD_REQUEST,
+            StoreError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
@@ -290,6 +292,55 @@ async fn top(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Respon
         "unit": named.value_type.as_ref().map(|v| v.unit.clone()).unwrap_or_else(|| "nanoseconds".into()),
         "total": named.total(),
         "rows": rows,
+    }))
+    .into_response())
+}
+
+/// Timeline spans in the range: `filter=pid=N` and `filter=host=H` choose the process (no
+/// other filters apply), `limit` caps the spans (default 20,000, at most 200,000).
+async fn timeline(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let raw = q.clone().unwrap_or_default();
+    let p = parse(&st, q)?;
+    let mut tq = baton_store::TimelineQuery {
+        from_ms: p.query.from_ms,
+        to_ms: p.query.to_ms,
+        host: None,
+        pid: None,
+        limit: if raw.split('&').any(|kv| kv.starts_with("limit=")) {
+            p.limit.min(200_000)
+        } else {
+            20_000
+        },
+    };
+    for f in &p.query.filters {
+        match (f.label.as_str(), f.op) {
+            ("pid", baton_store::FilterOp::Eq) => {
+                tq.pid =
+                    Some(f.value.parse().map_err(|_| {
+                        ApiError(StatusCode::BAD_REQUEST, format!("pid {:?}", f.value))
+                    })?)
+            }
+            ("host", baton_store::FilterOp::Eq) => tq.host = Some(f.value.clone()),
+            _ => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the timeline takes filter=pid=N and filter=host=H only, not {}",
+                        f.label
+                    ),
+                ))
+            }
+        }
+    }
+    let from_ms = tq.from_ms;
+    let to_ms = tq.to_ms;
+    let t = with_store(&st, move |s| s.timeline(&tq)).await?;
+    Ok(Json(json!({
+        "from_ms": from_ms,
+        "to_ms": to_ms,
+        "spans": t.spans,
+        "stacks": t.stacks,
+        "truncated": t.truncated,
     }))
     .into_response())
 }

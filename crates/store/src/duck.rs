@@ -444,6 +444,28 @@ impl DuckDbStore {
                     detail(&s.labels)
                 ])?;
             }
+            let mut app = tx.appender("spans")?;
+            // Spans without a sample of their own take the batch's host and run from its
+            // first sample (one batch is one host's, and one run's).
+            let first = batch.samples.first().map(|s| &s.labels);
+            for sp in &batch.spans {
+                let own = sp.sample.and_then(|i| rows.get(i as usize));
+                let labels = own.map(|(_, s)| &s.labels).or(first);
+                let l = |k: &str| labels.and_then(|ls| ls.get(k)).cloned();
+                app.append_row(params![
+                    sp.start_us,
+                    sp.dur_us,
+                    sp.kind.name(),
+                    batch.profiler,
+                    l("host"),
+                    sp.pid as i32,
+                    sp.tid as i32,
+                    own.and_then(|(_, s)| s.labels.get("comm").cloned()),
+                    own.map(|(sid, _)| *sid),
+                    (!sp.label.is_empty()).then(|| sp.label.clone()),
+                    l("run").and_then(|v| v.parse::<i64>().ok())
+                ])?;
+            }
             let mut app = tx.appender("histograms")?;
             for h in &batch.histograms {
                 let l = |k: &str| h.labels.get(k).cloned();
@@ -692,7 +714,87 @@ impl Store for DuckDbStore {
         let h = self
             .conn
             .execute("DELETE FROM histograms WHERE ts_ms < ?", params![before_ms])?;
-        Ok(n + h)
+        let s = self.conn.execute(
+            "DELETE FROM spans WHERE start_us < ?",
+            params![before_ms.saturating_mul(1000)],
+        )?;
+        Ok(n + h + s)
+    }
+
+    fn timeline(&mut self, q: &crate::TimelineQuery) -> Result<crate::Timeline, StoreError> {
+        let mut sql = String::from(
+            "SELECT kind, pid, tid, comm, start_us, dur_us, stack_id, label FROM spans
+             WHERE start_us < ? AND start_us + dur_us >= ?",
+        );
+        let mut args: Vec<Value> = vec![
+            Value::BigInt(q.to_ms.saturating_mul(1000)),
+            Value::BigInt(q.from_ms.saturating_mul(1000)),
+        ];
+        if let Some(h) = &q.host {
+            sql.push_str(" AND host = ?");
+            args.push(Value::Text(h.clone()));
+        }
+        if let Some(p) = q.pid {
+            sql.push_str(" AND pid = ?");
+            args.push(Value::Int(p as i32));
+        }
+        sql.push_str(" ORDER BY start_us LIMIT ?");
+        args.push(Value::BigInt(q.limit as i64 + 1));
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(params_from_iter(args), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i32>(1)?,
+                r.get::<_, i32>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<u64>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+            ))
+        })?;
+        let mut out = crate::Timeline::default();
+        let mut sids = Vec::new();
+        for row in rows {
+            let (kind, pid, tid, comm, start_us, dur_us, sid, label) = row?;
+            if out.spans.len() == q.limit {
+                out.truncated = true;
+                break;
+            }
+            if let Some(s) = sid {
+                sids.push(s);
+            }
+            out.spans.push(crate::TimelineSpan {
+                kind,
+                pid: pid as u32,
+                tid: tid as u32,
+                comm,
+                start_us,
+                dur_us,
+                stack: sid.map(|s| s.to_string()),
+                label,
+            });
+        }
+        sids.sort_unstable();
+        sids.dedup();
+        self.fill_caches(&sids)?;
+        for sid in sids {
+            let named = crate::dict::name_stacks(
+                &[(sid, 0.0)],
+                None,
+                &self.stack_cache,
+                &self.name_cache,
+                &self.inlined_cache,
+            );
+            if let Some((idx, _)) = named.stacks.first() {
+                let names = idx
+                    .iter()
+                    .map(|&i| named.names[i as usize].clone())
+                    .collect();
+                out.stacks.insert(sid.to_string(), names);
+            }
+        }
+        Ok(out)
     }
 
     fn record_runs(&mut self, runs: &[crate::RunRecord]) -> Result<(), StoreError> {
@@ -761,6 +863,7 @@ mod tests {
             value_type: ValueType::cpu_nanoseconds(),
             more_value_types: Vec::new(),
             histograms: Vec::new(),
+            spans: Vec::new(),
             ts_ms: ts,
             samples: vec![StackSample {
                 stack: vec![

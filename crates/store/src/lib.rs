@@ -51,6 +51,8 @@ pub enum StoreError {
     UnknownLabel(String),
     #[error("bad filter {0:?}; write it as label=value, label!=value or label~regex")]
     BadFilter(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// A time bucket of a series.
@@ -122,6 +124,47 @@ pub trait Store: Send {
     fn record_runs(&mut self, runs: &[RunRecord]) -> Result<(), StoreError>;
     /// The latest record of each stored run, newest id first, at most `limit`.
     fn run_history(&mut self, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
+    /// Timeline spans of one process (or host) in a window, with the stacks they name.
+    fn timeline(&mut self, q: &TimelineQuery) -> Result<Timeline, StoreError> {
+        let _ = q;
+        Err(StoreError::Unsupported(
+            "the timeline is kept by the DuckDB store only",
+        ))
+    }
+}
+
+/// What the timeline asks for: spans that overlap `[from_ms, to_ms)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineQuery {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub host: Option<String>,
+    pub pid: Option<u32>,
+    /// Most spans returned; the earliest are kept.
+    pub limit: usize,
+}
+
+/// One span as the timeline reads it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TimelineSpan {
+    pub kind: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: Option<String>,
+    pub start_us: i64,
+    pub dur_us: i64,
+    /// Key into [`Timeline::stacks`] (a decimal stack id: too wide for JavaScript numbers).
+    pub stack: Option<String>,
+    pub label: Option<String>,
+}
+
+/// Spans in start order, and the stacks they name: function names, leaf first.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Timeline {
+    pub spans: Vec<TimelineSpan>,
+    pub stacks: std::collections::BTreeMap<String, Vec<String>>,
+    /// More spans matched than `limit`.
+    pub truncated: bool,
 }
 
 /// One batch of a grouped write.

@@ -94,6 +94,23 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         json        VARCHAR NOT NULL
     );
     ",
+    // 9: timeline spans: CPU samples, blocks off CPU and requests, each on its thread with a
+    // start and a length in microseconds, and the stack of the sample it belongs to.
+    "
+    CREATE TABLE spans (
+        start_us  BIGINT NOT NULL,
+        dur_us    BIGINT NOT NULL,
+        kind      VARCHAR NOT NULL,
+        profiler  VARCHAR NOT NULL,
+        host      VARCHAR,
+        pid       INTEGER NOT NULL,
+        tid       INTEGER NOT NULL,
+        comm      VARCHAR,
+        stack_id  UBIGINT,
+        label     VARCHAR,
+        run       BIGINT
+    );
+    ",
 ];
 
 /// The schema version this build writes.

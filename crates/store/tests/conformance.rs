@@ -60,6 +60,7 @@ fn batch(ts: i64, comm: &str, leaf: &str, value: i64, weight: f64) -> Batch {
         value_type: ValueType::cpu_nanoseconds(),
         more_value_types: Vec::new(),
         histograms: Vec::new(),
+        spans: Vec::new(),
         ts_ms: ts,
         samples: vec![StackSample {
             stack: vec![

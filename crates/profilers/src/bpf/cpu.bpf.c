@@ -108,6 +108,7 @@ struct stack_event {
     __u64 stack_bytes;
     __u64 kernel[MAX_STACK_DEPTH];
     __u8 stack[USTACK_BYTES];
+    __u64 ts;                   // when the sample was taken, for the timeline
 };
 
 // Sized by user space before load: one page when DWARF unwinding is off.
@@ -115,6 +116,23 @@ struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, 16 * 1024 * 1024);
 } stack_events SEC(".maps");
+
+// One sample's time and stacks, for the timeline: `buffer` says which stack map the ids are in.
+struct tick {
+    __u64 ts;
+    __u32 pid;
+    __u32 tid;
+    __s32 kernel_stack;
+    __s32 user_stack;
+    __u32 buffer;
+    __u32 pad;
+};
+
+// Sized by user space before load from the CPU count and frequency.
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 256 * 1024);
+} ticks SEC(".maps");
 
 enum stat_index {
     STAT_SAMPLES = 0,         // samples taken (after filtering)
@@ -127,7 +145,8 @@ enum stat_index {
     STAT_DWARF_COPIED = 7,    // samples whose user stack was copied for DWARF unwinding
     STAT_DWARF_RING_FULL = 8, // copies that did not fit the ring (frame pointers used instead)
     STAT_DWARF_NO_REGS = 9,   // copies without user registers (frame pointers used instead)
-    STAT_COUNT = 10,
+    STAT_TICKS_LOST = 10,     // samples left off the timeline: the tick ring was full
+    STAT_COUNT = 11,
 };
 
 struct {
@@ -140,6 +159,7 @@ struct {
 const volatile __u8 filter_targets = 0;
 const volatile __u8 follow_forks = 0;
 const volatile __u8 include_idle = 0;
+const volatile __u8 emit_ticks = 0;
 // Which buffer the programs write to; flipped by user space at each drain.
 volatile __u32 active_buffer = 0;
 
@@ -224,6 +244,7 @@ static __always_inline int send_copy(struct bpf_perf_event_data *ctx, __u32 tgid
         }
     }
     ev->stack_bytes = copied;
+    ev->ts = bpf_ktime_get_ns();
     // No wakeup per sample: the reader polls the ring every 20 ms anyway.
     bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
     return 1;
@@ -280,6 +301,21 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
         bump(STAT_USTACK_FAILED);
 
     bump(STAT_SAMPLES);
+    if (emit_ticks) {
+        struct tick *t = bpf_ringbuf_reserve(&ticks, sizeof(*t), 0);
+        if (t) {
+            t->ts = bpf_ktime_get_ns();
+            t->pid = tgid;
+            t->tid = tid;
+            t->kernel_stack = key.kernel_stack;
+            t->user_stack = key.user_stack;
+            t->buffer = buf;
+            t->pad = 0;
+            bpf_ringbuf_submit(t, BPF_RB_NO_WAKEUP);
+        } else {
+            bump(STAT_TICKS_LOST);
+        }
+    }
     __u64 *count = bpf_map_lookup_elem(counts, &key);
     if (count) {
         __sync_fetch_and_add(count, 1);

@@ -74,6 +74,9 @@ struct slow_event {
     __u32 pid;
     __u64 id;
     __u64 latency;
+    __u64 start;
+    __u32 tid;
+    __u32 pad;
 };
 
 static __always_inline int begin(__u64 arg)
@@ -118,7 +121,8 @@ static __always_inline int end(__u64 arg)
     if (delta < threshold_ns)
         return 0;
     bump(STAT_SLOW);
-    struct slow_event e = {.kind = EV_SLOW, .pid = done.pid, .id = done.id, .latency = delta};
+    struct slow_event e = {.kind = EV_SLOW, .pid = done.pid, .id = done.id, .latency = delta,
+                           .start = done.start, .tid = done.tid};
     if (bpf_ringbuf_output(&events, &e, sizeof(e), 0) != 0)
         bump(STAT_RING_FULL);
     return 0;

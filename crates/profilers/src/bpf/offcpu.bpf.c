@@ -19,7 +19,8 @@ enum stat_index {
     STAT_USTACK_FAILED = 7,
     STAT_SKIPPED = 8,       // switch-outs not tracked (sampling)
     STAT_FORKS_FOLLOWED = 9,
-    STAT_COUNT = 10,
+    STAT_SPANS_LOST = 10,   // recorded blocks left off the timeline: its ring was full
+    STAT_COUNT = 11,
 };
 #include "base.h"
 
@@ -93,6 +94,26 @@ struct {
 
 
 
+// A recorded block for the timeline: when it began, how long it lasted, and the key it is
+// counted under in buffer `buffer`.
+struct span {
+    __u64 start;
+    __u64 dur;
+    __u32 pid;
+    __u32 tid;
+    __s32 kernel_stack;
+    __s32 user_stack;
+    __u32 state;
+    __u32 buffer;
+};
+
+// Sized by user space before load.
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 256 * 1024);
+} spans SEC(".maps");
+
+const volatile __u8 emit_spans = 0;
 const volatile __u64 min_block_ns = 1000000;
 volatile __u32 active_buffer = 0;
 volatile __u32 generation = 0;
@@ -164,6 +185,22 @@ switch_in:;
         key.kernel_stack = -1;
         key.user_stack = -1;
         bump(STAT_STALE_STACKS);
+    }
+    if (emit_spans) {
+        struct span *sp = bpf_ringbuf_reserve(&spans, sizeof(*sp), 0);
+        if (sp) {
+            sp->start = cookie;
+            sp->dur = delta;
+            sp->pid = key.pid;
+            sp->tid = key.tid;
+            sp->kernel_stack = key.kernel_stack;
+            sp->user_stack = key.user_stack;
+            sp->state = key.state;
+            sp->buffer = copied ? 2 : active_buffer;
+            bpf_ringbuf_submit(sp, BPF_RB_NO_WAKEUP);
+        } else {
+            bump(STAT_SPANS_LOST);
+        }
     }
     if (copied) {
         // User space pairs this with the copy sent at the switch-out and counts the block.
