@@ -184,8 +184,8 @@ mod tests {
         b.spans = vec![span(Some(1)), span(Some(2)), span(Some(3)), span(None)];
         b.retain_samples(|s| s.value != 2);
         let kept: Vec<Option<u32>> = b.spans.iter().map(|s| s.sample).collect();
-        assert_eq!(kept, [Some(0), Some(1), None]);
-        assert_eq!(b.samples[1].value, 3);
+        assert_eq!(kept, [Some(1), Some(2), None]);
+        assert_eq!(b.samples[2].value, 3);
     }
 
     #[test]
