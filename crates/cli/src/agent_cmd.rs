@@ -124,7 +124,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         sink: Sink::Ship(outbox.clone()),
         metrics: metrics.clone(),
         desired,
-        status,
+        status: status.clone(),
         window_flag,
         scraped,
         tuner: Tuner::new(300_000, 1.0, started_ms),
@@ -165,6 +165,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         beats: 1,
         reported_done: BTreeSet::new(),
         refused: Vec::new(),
+        status,
     };
     let control = std::thread::Builder::new()
         .name("baton-control".into())
@@ -213,6 +214,8 @@ struct Control {
     reported_done: BTreeSet<u64>,
     /// Server runs this host could not queue, with the reason, to report once.
     refused: Vec<RunReport>,
+    /// The driver's status (overhead, write budgets, frequency), sent with each heartbeat.
+    status: Arc<RwLock<serde_json::Value>>,
 }
 
 impl Control {
@@ -337,6 +340,15 @@ impl Control {
             wait_s: self.heartbeat_s,
             // Services come and go with their processes: look again every 30 heartbeats.
             services: (self.beats % 30 == 0).then(|| self.services()),
+            health: {
+                let st = self.status.read().unwrap_or_else(|p| p.into_inner());
+                Some(json!({
+                    "overhead": st.get("overhead"),
+                    "write_budgets": st.get("write_budgets"),
+                    "frequency_hz": st.get("frequency_hz"),
+                    "continuous": st.get("continuous").and_then(|c| c.get("mode")),
+                }))
+            },
         };
         self.beats += 1;
         let (code, out) = self

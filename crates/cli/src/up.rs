@@ -1169,6 +1169,12 @@ impl Driver {
             .overhead_percent_milli
             .store((pct * 1000.0) as u64, Ordering::Relaxed);
         let budget = limits.overhead_budget_percent;
+        self.status.write().unwrap_or_else(|p| p.into_inner())["overhead"] = json!({
+            "percent": pct,
+            "budget_percent": budget,
+            "frequency_cap_hz": self.guard.cap,
+            "paused": self.guard.stopped_until.is_some(),
+        });
         if pct <= budget || self.guard.stopped_until.is_some() {
             return;
         }

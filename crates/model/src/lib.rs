@@ -20,6 +20,6 @@ pub use duration::{parse_duration, DurationError};
 pub use flame::{FlameNode, TopEntry};
 pub use frame::{Frame, FrameKind};
 pub use hist::{Bucket, Histogram};
-pub use named::NamedStacks;
+pub use named::{FlatTree, NamedStacks};
 pub use profile::{Labels, Profile, StackSample, ValueType};
 pub use registry::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};

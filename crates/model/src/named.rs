@@ -16,6 +16,16 @@ pub struct NamedStacks {
     pub stacks: Vec<(Vec<u32>, f64)>,
 }
 
+/// A flame tree in pre-order: node `i` has name `names[name[i]]`, depth `depth[i]` and total
+/// `values[i]`; a node's children follow it, before its next sibling.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlatTree {
+    pub names: Vec<String>,
+    pub name: Vec<u32>,
+    pub depth: Vec<u16>,
+    pub values: Vec<f64>,
+}
+
 #[derive(Default)]
 struct Node {
     value: f64,
@@ -95,6 +105,51 @@ impl NamedStacks {
         root.finish("all".to_string(), &self.names)
     }
 
+    /// The flame tree in pre-order as parallel arrays, the compact shape the UI draws from.
+    /// `names[0]` is the root, `all`; children are in name order.
+    pub fn flat_tree(&self) -> FlatTree {
+        let mut root = Node::default();
+        for (ids, v) in &self.stacks {
+            if *v == 0.0 {
+                continue;
+            }
+            let mut node = &mut root;
+            node.value += v;
+            for &id in ids.iter().rev() {
+                let i = match node.index.get(&id) {
+                    Some(&i) => i,
+                    None => {
+                        node.children.push((id, Node::default()));
+                        node.index.insert(id, node.children.len() - 1);
+                        node.children.len() - 1
+                    }
+                };
+                node = &mut node.children[i].1;
+                node.value += v;
+            }
+        }
+        let mut out = FlatTree {
+            names: std::iter::once("all".to_string())
+                .chain(self.names.iter().cloned())
+                .collect(),
+            ..FlatTree::default()
+        };
+        // Iterative pre-order: (node, name index + 1, depth).
+        let mut todo: Vec<(&Node, u32, u16)> = vec![(&root, 0, 0)];
+        while let Some((node, name, depth)) = todo.pop() {
+            out.name.push(name);
+            out.depth.push(depth);
+            out.values.push(node.value);
+            let mut kids: Vec<&(u32, Node)> = node.children.iter().collect();
+            // Reverse name order on the stack pops them in name order.
+            kids.sort_by(|a, b| self.names[b.0 as usize].cmp(&self.names[a.0 as usize]));
+            for (id, child) in kids {
+                todo.push((child, id + 1, depth.saturating_add(1)));
+            }
+        }
+        out
+    }
+
     /// The top-functions table, as [`crate::flame::top_functions`] computes it.
     pub fn top_functions(&self) -> Vec<TopEntry> {
         let mut self_v = vec![0.0; self.names.len()];
@@ -152,5 +207,28 @@ mod tests {
         let top = ns.top_functions();
         assert_eq!(top[0].function, "hot");
         assert_eq!(top[0].self_percent, 75.0);
+    }
+
+    #[test]
+    fn the_flat_tree_is_the_flame_tree_in_pre_order() {
+        let ns = NamedStacks::intern(vec![
+            (vec!["hot", "mid", "main"], 3.0),
+            (vec!["cold", "mid", "main"], 1.0),
+            (vec!["main"], 0.5),
+        ]);
+        let f = ns.flat_tree();
+        let path: Vec<(&str, u16, f64)> = (0..f.name.len())
+            .map(|i| (f.names[f.name[i] as usize].as_str(), f.depth[i], f.values[i]))
+            .collect();
+        assert_eq!(
+            path,
+            [
+                ("all", 0, 4.5),
+                ("main", 1, 4.5),
+                ("mid", 2, 4.0),
+                ("cold", 3, 1.0),
+                ("hot", 3, 3.0)
+            ]
+        );
     }
 }

@@ -197,8 +197,8 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
         req.extensions_mut().insert(Principal::local());
         return next.run(req).await;
     };
-    // The UI page itself holds no data; it asks for a token and sends it with each call.
-    if path == "/" {
+    // The UI's pages and assets hold no data; they ask for a token and send it with each call.
+    if !path.starts_with("/api/") && path != "/metrics" {
         return next.run(req).await;
     }
     let token = req

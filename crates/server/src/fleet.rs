@@ -73,6 +73,9 @@ pub struct Heartbeat {
     /// Config services with processes on the host now, when the agent looked again.
     #[serde(default)]
     pub services: Option<Vec<String>>,
+    /// The agent's overhead against its budget, its write budgets and frequency, as JSON.
+    #[serde(default)]
+    pub health: Option<serde_json::Value>,
 }
 
 /// A run for an agent to start.
@@ -115,6 +118,8 @@ pub struct HostRecord {
     /// `up` or `gone`.
     pub state: &'static str,
     pub heartbeats: u64,
+    /// What the last heartbeat said of the agent's health.
+    pub health: Option<serde_json::Value>,
 }
 
 /// A run of the fleet, as the server tracks it.
@@ -368,6 +373,7 @@ pub(crate) async fn register(
                 last_seen_ms: now,
                 state: "up",
                 heartbeats,
+                health: None,
             },
         );
     }
@@ -405,6 +411,9 @@ pub(crate) async fn heartbeat(
         h.last_seen_ms = now;
         h.state = "up";
         h.heartbeats += 1;
+        if hb.health.is_some() {
+            h.health = hb.health.clone();
+        }
         if let Some(svcs) = &hb.services {
             h.registration.services = svcs.clone();
         }

@@ -137,6 +137,14 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/explore", get(index))
+        .route("/compare", get(index))
+        .route("/timeline", get(index))
+        .route("/runs", get(index))
+        .route("/fleet", get(index))
+        .route("/config", get(index))
+        .route("/assets/{name}", get(asset))
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/flamegraph", get(flamegraph))
         .route("/api/v1/top", get(top))
         .route("/api/v1/timeseries", get(timeseries))
@@ -210,8 +218,45 @@ where
 
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
 
+/// The UI's modules, shipped inside the binary (no CDN, no build step).
+const ASSETS: &[(&str, &str)] = &[
+    ("app.js", include_str!("../../../web/app.js")),
+    ("flame.js", include_str!("../../../web/flame.js")),
+    ("timeline.js", include_str!("../../../web/timeline.js")),
+    ("pages.js", include_str!("../../../web/pages.js")),
+];
+
 async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
+}
+
+async fn asset(Path(name): Path<String>) -> Response {
+    match ASSETS.iter().find(|(n, _)| *n == name) {
+        Some((_, body)) => (
+            [
+                (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such asset").into_response(),
+    }
+}
+
+/// Who the caller is and what the UI should offer them (the force switch needs admin).
+async fn whoami(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<auth::Principal>,
+) -> Response {
+    Json(json!({
+        "name": who.name,
+        "role": who.role.name(),
+        "can_run": who.role >= auth::Role::Operator && st.runs.is_some() || st.fleet.is_some() && who.role >= auth::Role::Operator,
+        "can_force": who.role >= auth::Role::Admin,
+        "fleet": st.fleet.is_some(),
+    }))
+    .into_response()
 }
 
 /// An API error: status plus a one-line message, as JSON.
@@ -264,13 +309,62 @@ fn parse(st: &AppState, q: Option<String>) -> Result<ApiParams, ApiError> {
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
 }
 
+/// Whether the client takes gzip.
+fn gzip_ok(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")))
+}
+
+/// The flame graph as the UI draws it: the tree in pre-order as three arrays, `n` (index into
+/// `names`), `d` (depth, the root at 0) and `v` (total value, rounded), children by name.
+/// Gzipped when the client takes it.
+fn flat_flamegraph(named: &baton_model::NamedStacks, p: &ApiParams, gzip: bool) -> Response {
+    let flat = named.flat_tree();
+    let body = json!({
+        "from_ms": p.query.from_ms,
+        "to_ms": p.query.to_ms,
+        "unit": named.value_type.as_ref().map(|v| v.unit.clone()).unwrap_or_else(|| "nanoseconds".into()),
+        "total": flat.values.first().copied().unwrap_or(0.0),
+        "stacks": named.stacks.len(),
+        "names": flat.names,
+        "n": flat.name,
+        "d": flat.depth,
+        "v": flat.values.iter().map(|v| v.round() as i64).collect::<Vec<_>>(),
+    });
+    let text = body.to_string();
+    if gzip {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        if enc.write_all(text.as_bytes()).is_ok() {
+            if let Ok(bytes) = enc.finish() {
+                return (
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        (header::CONTENT_ENCODING, "gzip"),
+                    ],
+                    bytes,
+                )
+                    .into_response();
+            }
+        }
+    }
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
 async fn flamegraph(
     State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
+    let raw = q.clone().unwrap_or_default();
     let p = parse(&st, q)?;
     let query = p.query.clone();
     let named = with_store(&st, move |s| s.named_stacks(&query)).await?;
+    if raw.split('&').any(|kv| kv == "shape=flat") {
+        return Ok(flat_flamegraph(&named, &p, gzip_ok(&headers)));
+    }
     let tree = named.flame_tree();
     Ok(Json(json!({
         "from_ms": p.query.from_ms,

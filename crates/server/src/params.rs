@@ -129,6 +129,9 @@ pub fn parse_params_with(
                     format!("format: unknown {v:?}; use one of {}", Format::NAMES)
                 })?)
             }
+            // The flame graph's compact shape (`flat`), read by its handler.
+            "shape" if v == "flat" || v == "tree" => {}
+            "shape" => return Err(format!("shape: unknown {v:?}; use flat or tree")),
             other => return Err(format!("unknown parameter {other:?}")),
         }
     }
