@@ -34,6 +34,15 @@ if [ ! -f /usr/local/lib/libduckdb.so ] || [ "$(cat "$marker" 2>/dev/null)" != "
   ldconfig
 fi
 
+# playwright-core for the UI tests, from the npm registry at the version of the committed
+# lockfile; it drives Debian's chromium (no browser download).
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -f "$here/tests/ui/node_modules/playwright-core/package.json" ] \
+  || [ "$here/tests/ui/package-lock.json" -nt "$here/tests/ui/node_modules/.package-lock.json" ]; then
+  echo "install-deps: playwright-core (npm ci in tests/ui)"
+  (cd "$here/tests/ui" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
+fi
+
 # tracefs is not mounted at boot on these machines; tracepoint profilers need it.
 if ! mountpoint -q /sys/kernel/tracing; then
   mount -t tracefs nodev /sys/kernel/tracing && echo "install-deps: mounted tracefs on /sys/kernel/tracing"

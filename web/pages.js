@@ -626,7 +626,10 @@ async function config() {
     </tbody></table>
     ${c.last_errors && c.last_errors.length ? `<h2>The last tree was rejected; the version above stays in force</h2><pre class="errors" id="config-errors">${esc(c.last_errors.join("\n"))}</pre>` : `<p id="config-errors">The newest edit loaded cleanly.</p>`}`;
     document.body.dataset.loaded = "1";
-  } catch (e) { body.innerHTML = `<p class="err">${esc(e.message)}</p>`; }
+  } catch (e) {
+    body.innerHTML = `<p class="err" id="config-errors">${esc(e.message)}</p><code id="config-version">none</code>`;
+    document.body.dataset.loaded = "1";
+  }
 }
 
 // ---- Router ----------------------------------------------------------------------------------

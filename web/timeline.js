@@ -83,7 +83,7 @@ export class TimelineView {
     g.fillStyle = "#777";
     const span = this.to - this.from;
     const ticks = 8;
-    for (let k = 0; k <= ticks; k++) {
+    for (let k = 0; k < ticks; k++) {
       const t = this.from + span * k / ticks, x = this.xOf(t);
       g.fillRect(x, HEAD - 4, 1, 4);
       const ms = t / 1000;

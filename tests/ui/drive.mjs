@@ -20,13 +20,13 @@ async function loaded(page) {
   await page.waitForFunction(() => document.body.dataset.loaded === "1", null, { timeout: 30000 });
 }
 
-// The colour drawn at the middle of a node, read back from the canvas.
+// The colour drawn in a node, above its label, read back from the canvas.
 async function pixelOf(page, canvasSel, rect) {
   return page.evaluate(([sel, r]) => {
     const c = document.querySelector(sel);
     const box = c.getBoundingClientRect();
     const dpr = window.devicePixelRatio || 1;
-    const x = Math.round((r.x - box.left + Math.min(r.w / 2, 40)) * dpr), y = Math.round((r.y - box.top + r.h / 2) * dpr);
+    const x = Math.round((r.x - box.left + Math.min(r.w / 2, 40)) * dpr), y = Math.round((r.y - box.top + 1.5) * dpr);
     const d = c.getContext("2d").getImageData(x, y, 1, 1).data;
     return [d[0], d[1], d[2]];
   }, [canvasSel, rect]);
@@ -133,7 +133,7 @@ const scenarios = {
 
   // A viewer gets no force switch and no run button.
   async viewer(page) {
-    await page.goto(`${base}/runs#token=${args.token}`);
+    await page.goto(`${base}/runs`);
     await loaded(page);
     check(!(await page.$("#r-force")), "a viewer sees the force switch");
     check(await page.$eval("#r-go", (b) => b.disabled), "a viewer may press Run");
@@ -230,6 +230,11 @@ try {
   const page = await browser.newPage({ viewport: { width: 1500, height: 950 } });
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
+  // A server with tokens: the token goes in through the URL fragment, as a user would paste it.
+  if (args.token) {
+    await page.goto(`${base}/config#token=${args.token}`);
+    await page.waitForFunction(() => localStorage.getItem("baton-token"));
+  }
   const result = await scenarios[scenario](page);
   check(errors.length === 0, `the page threw: ${errors.join("; ")}`);
   const line = JSON.stringify({ scenario, ok: true, ...result });

@@ -11,31 +11,6 @@ use crate::harness::*;
 const OPERATOR: &str = "op-0123456789abcdef";
 const ADMIN: &str = "adm-0123456789abcdef";
 
-/// A workload process killed when the test ends, passed or not, so a failed test leaves no
-/// workload running into the next one.
-struct Workload(std::process::Child);
-
-impl Workload {
-    fn spawn(cmd: &mut Command) -> Workload {
-        Workload(cmd.spawn().expect("start the workload"))
-    }
-
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn wait(&mut self) {
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn require_bpftrace() {
     let ok = Command::new("bpftrace")
         .arg("--version")

@@ -415,6 +415,24 @@ fn three_hosts_in_network_namespaces() {
         dom.contains("token-input"),
         "the page asks for a token after a 401"
     );
+    // The Fleet page: every agent with its overhead against its budget (measured every 30 s)
+    // and its write budgets; a viewer is offered no run button and no force switch.
+    eventually(70, "every agent to report its overhead", || {
+        let (_, v) = json_req(&server.addr, "GET", "/api/v1/hosts", Some(VIEWER), "");
+        let hosts = v["hosts"].as_array()?;
+        (hosts.len() == 3 && hosts.iter().all(|h| h["health"]["overhead"].is_object()))
+            .then_some(())
+    });
+    crate::ui::drive(
+        "fleet",
+        &server.addr,
+        &serde_json::json!({ "token": VIEWER, "names": ["h1", "h2", "h3"], "hosts": 3 }),
+    );
+    crate::ui::drive(
+        "viewer",
+        &server.addr,
+        &serde_json::json!({ "token": VIEWER }),
+    );
     assert!(agents[1].proc.text().contains(&format!("run {id} (cpu")));
     assert!(!agents[0].proc.text().contains(&format!("run {id} (cpu")));
     assert!(!agents[2].proc.text().contains(&format!("run {id} (cpu")));

@@ -349,3 +349,28 @@ pub fn chromium_dom(url: &str) -> String {
         .expect("run chromium");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A workload process killed when the test ends, passed or not, so a failed test leaves no
+/// workload running into the next one.
+pub struct Workload(pub std::process::Child);
+
+impl Workload {
+    pub fn spawn(cmd: &mut std::process::Command) -> Workload {
+        Workload(cmd.spawn().expect("start the workload"))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn wait(&mut self) {
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

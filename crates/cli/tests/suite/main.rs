@@ -12,5 +12,6 @@ mod profilers;
 mod record;
 mod runs;
 mod triggers;
+mod ui;
 mod unwind;
 mod up;
