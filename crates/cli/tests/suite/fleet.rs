@@ -325,7 +325,7 @@ fn three_hosts_in_network_namespaces() {
         .then_some(())
     });
     // A run placed on h2 runs only there.
-    let mut split = spawn_split("20");
+    let mut split = spawn_split("120");
     let body = format!(
         r#"{{"profiler":"cpu","target":"pid:{}","duration":"3s","frequency":99,"host":"h2"}}"#,
         split.id()
