@@ -2,7 +2,7 @@
 # The UI on large profiles: time to the first flame-graph frame, zoom frame rate and bytes of the
 # flame-graph payload, for 10,000 and 100,000 distinct stacks, in headless Chromium (playwright-
 # core from tests/ui). References measured in the same run: the 300 ms and 16.7 ms (60 fps)
-# budgets, and the bytes of the nested-tree JSON the flat, gzipped payload replaces.
+# budgets, and the bytes of the nested-tree JSON that the binary flat, gzipped payload replaces.
 # Usage (as root): bench/ui.sh [REPEATS=5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,9 +20,10 @@ for n in 10000 100000; do
   for _ in $(seq 60); do grep -q "UI at" "$tmp/up$n.log" && break; sleep 0.5; done
   addr=$(grep -o 'UI at http://[^/]*' "$tmp/up$n.log" | sed 's|UI at http://||')
   q="since=15m&comm=synthetic"
-  tree=$(curl -s "http://$addr/api/v1/flamegraph?$q" | wc -c)
-  flat=$(curl -s "http://$addr/api/v1/flamegraph?$q&shape=flat" | wc -c)
-  flatgz=$(curl -s -H 'Accept-Encoding: gzip' "http://$addr/api/v1/flamegraph?$q&shape=flat" | wc -c)
+  api="since=15m&filter=comm%3Dsynthetic"
+  tree=$(curl -s "http://$addr/api/v1/flamegraph?$api" | wc -c)
+  flat=$(curl -s "http://$addr/api/v1/flamegraph?$api&shape=flatbin" | wc -c)
+  flatgz=$(curl -s -H 'Accept-Encoding: gzip' "http://$addr/api/v1/flamegraph?$api&shape=flatbin" | wc -c)
   mkdir -p "$tmp/out$n"
   (cd tests/ui && node drive.mjs perf "http://$addr" "$tmp/out$n" "{\"query\":\"$q\",\"repeat\":$REPEAT}") > "$tmp/perf$n.json"
   python3 - "$n" "$tree" "$flat" "$flatgz" "$tmp/perf$n.json" <<'PY'
@@ -36,7 +37,7 @@ fps = 1000 / zoom("meanGapMs")
 print(f"{int(n):,} stacks, {runs[0]['nodes']:,} nodes:")
 print(f"  first frame {first:.0f} ms (server query + transfer {med('fetchMs'):.0f} ms, parse {med('parseMs'):.0f} ms, layout+draw+paint {med('renderMs'):.0f} ms); {first/300:.2f}x the 300 ms budget, client side {client/300:.2f}x")
 print(f"  zoom: {fps:.0f} fps ({zoom('frames'):.0f} frames), draw median {zoom('medianDrawMs'):.1f} ms, p95 {zoom('p95DrawMs'):.1f} ms; p95 is {zoom('p95DrawMs')/16.7:.2f}x a 60 fps frame")
-print(f"  payload: nested tree JSON {tree:,} B, flat {flat:,} B ({flat/tree:.2f}x), flat gzipped {flatgz:,} B ({flatgz/tree:.3f}x); transferred as seen by the page {med('bytes'):,.0f} B")
+print(f"  payload: nested tree JSON {tree:,} B; binary flat {flat:,} B ({flat/tree:.2f}x), gzipped {flatgz:,} B ({flatgz/tree:.3f}x); transferred as the page saw it {med('bytes'):,.0f} B")
 PY
   kill $up; wait $up 2>/dev/null || true
 done

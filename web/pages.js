@@ -76,21 +76,33 @@ function searchRegex(s) {
 
 function escRe(s) { return "^" + s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&") + "$"; }
 
-// A flat flame graph, timed: fetch (bytes as sent), parse, tree.
+// A flame graph in the binary flat shape (see `flat_binary` in crates/server), timed: fetch
+// (bytes as sent), decode, tree.
 async function fetchTree(params) {
   const t0 = performance.now();
   const p = new URLSearchParams(params);
-  p.set("shape", "flat");
+  p.set("shape", "flatbin");
   const url = "/api/v1/flamegraph?" + p.toString();
   const r = await apiFetch(url);
-  const text = await r.text();
+  if (!r.ok) {
+    const j = await r.json().catch(() => ({}));
+    throw new Error(j.error || r.statusText);
+  }
+  const buf = await r.arrayBuffer();
   const t1 = performance.now();
-  const j = JSON.parse(text);
-  if (!r.ok) throw new Error(j.error || r.statusText);
-  const tree = Tree.fromFlat(j);
+  const dv = new DataView(buf);
+  const hl = dv.getUint32(0, true);
+  const j = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, hl)));
+  const N = j.nodes;
+  let off = Math.ceil((4 + hl) / 8) * 8;
+  const n = new Int32Array(buf, off, N);
+  off = Math.ceil((off + 4 * N) / 8) * 8;
+  const v = new Float64Array(buf, off, N);
+  const d = new Uint16Array(new Uint8Array(buf, off + 8 * N, N));
+  const tree = new Tree(j.names, n, d, v, j.unit);
   const t2 = performance.now();
   const entry = performance.getEntriesByName(new URL(url, location.href).href).pop();
-  return { tree, json: j, fetchMs: t1 - t0, parseMs: t2 - t1, bytes: entry ? entry.transferSize || entry.encodedBodySize : text.length, rawBytes: text.length };
+  return { tree, json: j, fetchMs: t1 - t0, parseMs: t2 - t1, bytes: entry ? entry.transferSize || entry.encodedBodySize : buf.byteLength, rawBytes: buf.byteLength };
 }
 
 // The weighted-samples chart: bars per step, drag to select (`onSelect(fromMs, toMs, shift)`),

@@ -106,46 +106,54 @@ impl NamedStacks {
     }
 
     /// The flame tree in pre-order as parallel arrays, the compact shape the UI draws from.
-    /// `names[0]` is the root, `all`; children are in name order.
+    /// `names[0]` is the root, `all`; children are in name order. The stacks, root first with
+    /// names as their rank in name order, are sorted; then one pass emits the pre-order, each
+    /// stack opening nodes below what it shares with the one before (no hashing: this is the
+    /// hot path of the UI's first frame).
     pub fn flat_tree(&self) -> FlatTree {
-        let mut root = Node::default();
-        for (ids, v) in &self.stacks {
-            if *v == 0.0 {
-                continue;
-            }
-            let mut node = &mut root;
-            node.value += v;
-            for &id in ids.iter().rev() {
-                let i = match node.index.get(&id) {
-                    Some(&i) => i,
-                    None => {
-                        node.children.push((id, Node::default()));
-                        node.index.insert(id, node.children.len() - 1);
-                        node.children.len() - 1
-                    }
-                };
-                node = &mut node.children[i].1;
-                node.value += v;
-            }
+        let k = self.names.len();
+        let mut order: Vec<u32> = (0..k as u32).collect();
+        order.sort_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
+        let mut rank = vec![0u32; k];
+        for (r, &i) in order.iter().enumerate() {
+            rank[i as usize] = r as u32;
         }
+        let mut paths: Vec<(Vec<u32>, f64)> = self
+            .stacks
+            .iter()
+            .filter(|(_, v)| *v != 0.0)
+            .map(|(ids, v)| (ids.iter().rev().map(|&i| rank[i as usize]).collect(), *v))
+            .collect();
+        paths.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let frames: usize = paths.iter().map(|p| p.0.len()).sum();
         let mut out = FlatTree {
             names: std::iter::once("all".to_string())
                 .chain(self.names.iter().cloned())
                 .collect(),
-            ..FlatTree::default()
+            name: Vec::with_capacity(frames / 2 + 1),
+            depth: Vec::with_capacity(frames / 2 + 1),
+            values: Vec::with_capacity(frames / 2 + 1),
         };
-        // Iterative pre-order: (node, name index + 1, depth).
-        let mut todo: Vec<(&Node, u32, u16)> = vec![(&root, 0, 0)];
-        while let Some((node, name, depth)) = todo.pop() {
-            out.name.push(name);
-            out.depth.push(depth);
-            out.values.push(node.value);
-            let mut kids: Vec<&(u32, Node)> = node.children.iter().collect();
-            // Reverse name order on the stack pops them in name order.
-            kids.sort_by(|a, b| self.names[b.0 as usize].cmp(&self.names[a.0 as usize]));
-            for (id, child) in kids {
-                todo.push((child, id + 1, depth.saturating_add(1)));
+        out.name.push(0);
+        out.depth.push(0);
+        out.values.push(0.0);
+        // The out index of the node at each depth (below the root) of the previous stack.
+        let mut open: Vec<usize> = Vec::new();
+        let mut prev: &[u32] = &[];
+        for (path, v) in &paths {
+            out.values[0] += v;
+            let common = prev.iter().zip(path).take_while(|(a, b)| a == b).count();
+            open.truncate(common);
+            for &i in &open {
+                out.values[i] += v;
             }
+            for (lvl, &r) in path[common..].iter().enumerate() {
+                open.push(out.name.len());
+                out.name.push(order[r as usize] + 1);
+                out.depth.push((common + lvl + 1).min(usize::from(u16::MAX)) as u16);
+                out.values.push(*v);
+            }
+            prev = path;
         }
         out
     }

@@ -333,24 +333,69 @@ fn flat_flamegraph(named: &baton_model::NamedStacks, p: &ApiParams, gzip: bool) 
         "d": flat.depth,
         "v": flat.values.iter().map(|v| v.round() as i64).collect::<Vec<_>>(),
     });
-    let text = body.to_string();
+    maybe_gzip(body.to_string().into_bytes(), "application/json", gzip)
+}
+
+/// The body as is, or gzipped (fast level) when the client takes it.
+fn maybe_gzip(bytes: Vec<u8>, content_type: &'static str, gzip: bool) -> Response {
     if gzip {
         use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        if enc.write_all(text.as_bytes()).is_ok() {
-            if let Ok(bytes) = enc.finish() {
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(bytes.len() / 4),
+            flate2::Compression::fast(),
+        );
+        if enc.write_all(&bytes).is_ok() {
+            if let Ok(z) = enc.finish() {
                 return (
                     [
-                        (header::CONTENT_TYPE, "application/json"),
+                        (header::CONTENT_TYPE, content_type),
                         (header::CONTENT_ENCODING, "gzip"),
                     ],
-                    bytes,
+                    z,
                 )
                     .into_response();
             }
         }
     }
-    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+    ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+}
+
+/// The flat tree in binary, what the UI loads: a little-endian u32 length, a JSON header
+/// (`from_ms`, `to_ms`, `unit`, `total`, `stacks`, `nodes`, `names`), zero padding to a multiple
+/// of 8, then `n` as u32s, `v` as f64s and `d` as u8s (depths past 255 are clamped), each array
+/// `nodes` long and the first two 8-byte aligned. Typed arrays read it with no parsing.
+fn flat_binary(named: &baton_model::NamedStacks, p: &ApiParams, gzip: bool) -> Response {
+    let t0 = std::time::Instant::now();
+    let flat = named.flat_tree();
+    tracing::debug!(elapsed_ms = t0.elapsed().as_millis() as u64, nodes = flat.name.len(), "flat tree built");
+    let nodes = flat.name.len();
+    let head = json!({
+        "from_ms": p.query.from_ms,
+        "to_ms": p.query.to_ms,
+        "unit": named.value_type.as_ref().map(|v| v.unit.clone()).unwrap_or_else(|| "nanoseconds".into()),
+        "total": flat.values.first().copied().unwrap_or(0.0),
+        "stacks": named.stacks.len(),
+        "nodes": nodes,
+        "names": flat.names,
+    })
+    .to_string();
+    let mut out = Vec::with_capacity(16 + head.len() + nodes * 13 + 16);
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(head.as_bytes());
+    while out.len() % 8 != 0 {
+        out.push(0);
+    }
+    for &n in &flat.name {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    while out.len() % 8 != 0 {
+        out.push(0);
+    }
+    for &v in &flat.values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend(flat.depth.iter().map(|&d| d.min(255) as u8));
+    maybe_gzip(out, "application/octet-stream", gzip)
 }
 
 async fn flamegraph(
@@ -361,9 +406,14 @@ async fn flamegraph(
     let raw = q.clone().unwrap_or_default();
     let p = parse(&st, q)?;
     let query = p.query.clone();
+    let t0 = std::time::Instant::now();
     let named = with_store(&st, move |s| s.named_stacks(&query)).await?;
+    tracing::debug!(elapsed_ms = t0.elapsed().as_millis() as u64, stacks = named.stacks.len(), "stacks named");
     if raw.split('&').any(|kv| kv == "shape=flat") {
         return Ok(flat_flamegraph(&named, &p, gzip_ok(&headers)));
+    }
+    if raw.split('&').any(|kv| kv == "shape=flatbin") {
+        return Ok(flat_binary(&named, &p, gzip_ok(&headers)));
     }
     let tree = named.flame_tree();
     Ok(Json(json!({

@@ -130,8 +130,8 @@ pub fn parse_params_with(
                 })?)
             }
             // The flame graph's compact shape (`flat`), read by its handler.
-            "shape" if v == "flat" || v == "tree" => {}
-            "shape" => return Err(format!("shape: unknown {v:?}; use flat or tree")),
+            "shape" if v == "flat" || v == "flatbin" || v == "tree" => {}
+            "shape" => return Err(format!("shape: unknown {v:?}; use tree, flat or flatbin")),
             other => return Err(format!("unknown parameter {other:?}")),
         }
     }
