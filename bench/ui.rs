@@ -20,7 +20,9 @@ fn main() -> anyhow::Result<()> {
     let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| "/tmp/baton-ui-bench".into()));
     let mut store = DuckDbStore::open(&dir)?;
     let mut rng = Lcg(7);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     let mut labels = Labels::new();
     labels.insert("comm".into(), "synthetic".into());
     labels.insert("pid".into(), "4242".into());
@@ -33,7 +35,10 @@ fn main() -> anyhow::Result<()> {
         for level in 0..DEPTH {
             let fan = if level < 6 { 4 } else { 12 };
             let pick = (rng.next() as usize) % fan;
-            caller = (caller.wrapping_mul(131).wrapping_add(pick * 7919 + level + 1)) % FUNCTIONS;
+            caller = (caller
+                .wrapping_mul(131)
+                .wrapping_add(pick * 7919 + level + 1))
+                % FUNCTIONS;
             ids.push(caller);
         }
         if !seen.insert(ids.clone()) {
@@ -65,6 +70,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
     store.write_batch(&batch)?;
-    println!("ui-data: {n} distinct stacks of {DEPTH} frames in {}", dir.display());
+    println!(
+        "ui-data: {n} distinct stacks of {DEPTH} frames in {}",
+        dir.display()
+    );
     Ok(())
 }

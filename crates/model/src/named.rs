@@ -150,7 +150,8 @@ impl NamedStacks {
             for (lvl, &r) in path[common..].iter().enumerate() {
                 open.push(out.name.len());
                 out.name.push(order[r as usize] + 1);
-                out.depth.push((common + lvl + 1).min(usize::from(u16::MAX)) as u16);
+                out.depth
+                    .push((common + lvl + 1).min(usize::from(u16::MAX)) as u16);
                 out.values.push(*v);
             }
             prev = path;
@@ -226,7 +227,13 @@ mod tests {
         ]);
         let f = ns.flat_tree();
         let path: Vec<(&str, u16, f64)> = (0..f.name.len())
-            .map(|i| (f.names[f.name[i] as usize].as_str(), f.depth[i], f.values[i]))
+            .map(|i| {
+                (
+                    f.names[f.name[i] as usize].as_str(),
+                    f.depth[i],
+                    f.values[i],
+                )
+            })
             .collect();
         assert_eq!(
             path,

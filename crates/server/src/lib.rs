@@ -252,7 +252,7 @@ async fn whoami(
     Json(json!({
         "name": who.name,
         "role": who.role.name(),
-        "can_run": who.role >= auth::Role::Operator && st.runs.is_some() || st.fleet.is_some() && who.role >= auth::Role::Operator,
+        "can_run": who.role >= auth::Role::Operator && (st.runs.is_some() || st.fleet.is_some()),
         "can_force": who.role >= auth::Role::Admin,
         "fleet": st.fleet.is_some(),
     }))
@@ -367,7 +367,11 @@ fn maybe_gzip(bytes: Vec<u8>, content_type: &'static str, gzip: bool) -> Respons
 fn flat_binary(named: &baton_model::NamedStacks, p: &ApiParams, gzip: bool) -> Response {
     let t0 = std::time::Instant::now();
     let flat = named.flat_tree();
-    tracing::debug!(elapsed_ms = t0.elapsed().as_millis() as u64, nodes = flat.name.len(), "flat tree built");
+    tracing::debug!(
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        nodes = flat.name.len(),
+        "flat tree built"
+    );
     let nodes = flat.name.len();
     let head = json!({
         "from_ms": p.query.from_ms,
@@ -408,7 +412,11 @@ async fn flamegraph(
     let query = p.query.clone();
     let t0 = std::time::Instant::now();
     let named = with_store(&st, move |s| s.named_stacks(&query)).await?;
-    tracing::debug!(elapsed_ms = t0.elapsed().as_millis() as u64, stacks = named.stacks.len(), "stacks named");
+    tracing::debug!(
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        stacks = named.stacks.len(),
+        "stacks named"
+    );
     if raw.split('&').any(|kv| kv == "shape=flat") {
         return Ok(flat_flamegraph(&named, &p, gzip_ok(&headers)));
     }
