@@ -206,29 +206,45 @@ async function explore() {
 
   setStatus("loading…");
   const t0 = performance.now();
+  // At the root, the first frame needs only the nodes one screen width can show (the view
+  // skips those under 0.4 px): it loads those first, then everything, and swaps.
+  const width = $("views").clientWidth || 1000;
+  const progressive = view !== "sandwich" && !u.get("focus");
+  const first = new URLSearchParams(base);
+  if (progressive) first.set("min_share", String(0.3 / width));
   let got;
-  try {
-    const [fg, ts] = await Promise.all([fetchTree(base), api("/api/v1/timeseries", base)]);
-    got = fg;
-    drawSeries($("series"), ts, [[+u.get("from"), +u.get("to"), "#2f6fdf"]], (a, b) => { setQ({ from: a, to: b }, true); explore(); });
-  } catch (e) {
-    setStatus("error: " + e.message, true);
-    return;
-  }
-  const tree = got.tree;
+  try { got = await fetchTree(first); } catch (e) { setStatus("error: " + e.message, true); return; }
+  // The store answers one query at a time: the rest is asked for once the first is in.
+  const fullP = progressive ? fetchTree(base) : null;
+  api("/api/v1/timeseries", base)
+    .then((ts) => drawSeries($("series"), ts, [[+u.get("from"), +u.get("to"), "#2f6fdf"]], (a, b) => { setQ({ from: a, to: b }, true); explore(); }))
+    .catch((e) => setStatus("error: " + e.message, true));
   const d0 = performance.now();
-  const fv = renderExploreView(tree, u, view);
+  const fv = renderExploreView(got.tree, u, view);
   const d1 = performance.now();
-  renderTop(tree, u);
-  // The first frame is on screen once the browser paints after this task.
-  requestAnimationFrame(() => {
+  await new Promise((res) => requestAnimationFrame(() => {
+    // The first frame is on screen once the browser paints after this task.
     const painted = performance.now();
     Object.assign(debug.timings, {
-      stacks: got.json.stacks, nodes: tree.size, bytes: got.bytes, rawBytes: got.rawBytes,
-      fetchMs: got.fetchMs, parseMs: got.parseMs, drawMs: d1 - d0, firstFrameMs: painted - t0,
-      renderMs: painted - d0,
+      firstNodes: got.tree.size, firstBytes: got.bytes, firstFetchMs: got.fetchMs,
+      parseMs: got.parseMs, drawMs: d1 - d0, firstFrameMs: painted - t0, renderMs: painted - d0,
     });
     document.body.dataset.firstFrame = String(Math.round(painted - t0));
+    res();
+  }));
+  if (fullP) {
+    try { got = await fullP; } catch (e) { setStatus("error: " + e.message, true); return; }
+    if (fv) {
+      fv.setTree(got.tree, got.tree.find(fv.tree.path(fv.focus)));
+      crumbs(got.tree, fv);
+      if ($("search").value) $("search").oninput();
+    }
+  }
+  const tree = got.tree;
+  renderTop(tree, u);
+  Object.assign(debug.timings, {
+    stacks: got.json.stacks, nodes: tree.size, bytes: got.bytes, rawBytes: got.rawBytes,
+    fetchMs: got.fetchMs, fullMs: performance.now() - t0,
   });
   setStatus(`${fmtValue(tree.total, tree.unit)} total · ${got.json.stacks.toLocaleString()} stacks · ${(got.bytes / 1024).toFixed(1)} KiB`);
   const p = registry[u.get("profiler") || "cpu"];
@@ -267,7 +283,7 @@ function renderExploreView(tree, u, view) {
   const focusPath = (u.get("focus") || "").split(";").filter(Boolean);
   const fv = new FlameView($("flame"), {
     icicle: view === "icicle",
-    onZoom: (i) => { setQ({ focus: tree.path(i).join(";") || null }); crumbs(tree, fv); },
+    onZoom: (i) => { setQ({ focus: fv.tree.path(i).join(";") || null }); crumbs(fv.tree, fv); },
   });
   fv.setTree(tree, tree.find(focusPath));
   crumbs(tree, fv);

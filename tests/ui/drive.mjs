@@ -214,7 +214,14 @@ const scenarios = {
         const draws = f.map((x) => x.draw).sort((a, b) => a - b);
         return { frames: f.length, seconds: (performance.now() - t0) / 1000, meanGapMs: gaps.reduce((a, b) => a + b, 0) / gaps.length, p95DrawMs: draws[Math.floor(draws.length * 0.95)], medianDrawMs: draws[Math.floor(draws.length / 2)] };
       });
-      results.push({ ...t, zoom: fps });
+      // Reference in the same page: how often this browser runs animation frames with nothing
+      // to draw.
+      const idleFps = await page.evaluate(() => new Promise((res) => {
+        let n = 0; const t0 = performance.now();
+        const f = (now) => { n++; if (now - t0 < 1500) requestAnimationFrame(f); else res(n / ((now - t0) / 1000)); };
+        requestAnimationFrame(f);
+      }));
+      results.push({ ...t, zoom: { ...fps, idleFps } });
     }
     await page.screenshot({ path: `${out}/perf.png` });
     return { runs: results };

@@ -26,6 +26,39 @@ pub struct FlatTree {
     pub values: Vec<f64>,
 }
 
+impl FlatTree {
+    /// Without the nodes (and their subtrees) under `min_share` of the root's value; a node's
+    /// value still counts what was left out below it. `0` keeps everything.
+    pub fn pruned(self, min_share: f64) -> FlatTree {
+        let total = self.values.first().copied().unwrap_or(0.0);
+        if min_share <= 0.0 || total <= 0.0 {
+            return self;
+        }
+        let floor = total * min_share;
+        let mut out = FlatTree {
+            names: self.names,
+            ..FlatTree::default()
+        };
+        let mut i = 0;
+        let n = self.name.len();
+        while i < n {
+            if self.values[i] < floor {
+                let d = self.depth[i];
+                i += 1;
+                while i < n && self.depth[i] > d {
+                    i += 1;
+                }
+                continue;
+            }
+            out.name.push(self.name[i]);
+            out.depth.push(self.depth[i]);
+            out.values.push(self.values[i]);
+            i += 1;
+        }
+        out
+    }
+}
+
 #[derive(Default)]
 struct Node {
     value: f64,
@@ -244,6 +277,17 @@ mod tests {
                 ("cold", 3, 1.0),
                 ("hot", 3, 3.0)
             ]
+        );
+        let p = f.pruned(0.25);
+        let kept: Vec<&str> = p
+            .name
+            .iter()
+            .map(|&n| p.names[n as usize].as_str())
+            .collect();
+        assert_eq!(
+            kept,
+            ["all", "main", "mid", "hot"],
+            "cold is 1/4.5 of the total"
         );
     }
 }

@@ -319,9 +319,14 @@ fn gzip_ok(headers: &axum::http::HeaderMap) -> bool {
 
 /// The flame graph as the UI draws it: the tree in pre-order as three arrays, `n` (index into
 /// `names`), `d` (depth, the root at 0) and `v` (total value, rounded), children by name.
-/// Gzipped when the client takes it.
-fn flat_flamegraph(named: &baton_model::NamedStacks, p: &ApiParams, gzip: bool) -> Response {
-    let flat = named.flat_tree();
+/// Gzipped when the client takes it; `min_share` prunes as for [`flat_binary`].
+fn flat_flamegraph(
+    named: &baton_model::NamedStacks,
+    p: &ApiParams,
+    min_share: f64,
+    gzip: bool,
+) -> Response {
+    let flat = named.flat_tree().pruned(min_share);
     let body = json!({
         "from_ms": p.query.from_ms,
         "to_ms": p.query.to_ms,
@@ -364,9 +369,16 @@ fn maybe_gzip(bytes: Vec<u8>, content_type: &'static str, gzip: bool) -> Respons
 /// (`from_ms`, `to_ms`, `unit`, `total`, `stacks`, `nodes`, `names`), zero padding to a multiple
 /// of 8, then `n` as u32s, `v` as f64s and `d` as u8s (depths past 255 are clamped), each array
 /// `nodes` long and the first two 8-byte aligned. Typed arrays read it with no parsing.
-fn flat_binary(named: &baton_model::NamedStacks, p: &ApiParams, gzip: bool) -> Response {
+/// `min_share` > 0 leaves out nodes under that share of the total, with their subtrees (the
+/// UI's first frame asks for what one screen width can show, then for everything).
+fn flat_binary(
+    named: &baton_model::NamedStacks,
+    p: &ApiParams,
+    min_share: f64,
+    gzip: bool,
+) -> Response {
     let t0 = std::time::Instant::now();
-    let flat = named.flat_tree();
+    let flat = named.flat_tree().pruned(min_share);
     tracing::debug!(
         elapsed_ms = t0.elapsed().as_millis() as u64,
         nodes = flat.name.len(),
@@ -417,11 +429,16 @@ async fn flamegraph(
         stacks = named.stacks.len(),
         "stacks named"
     );
+    let min_share = raw
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("min_share="))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
     if raw.split('&').any(|kv| kv == "shape=flat") {
-        return Ok(flat_flamegraph(&named, &p, gzip_ok(&headers)));
+        return Ok(flat_flamegraph(&named, &p, min_share, gzip_ok(&headers)));
     }
     if raw.split('&').any(|kv| kv == "shape=flatbin") {
-        return Ok(flat_binary(&named, &p, gzip_ok(&headers)));
+        return Ok(flat_binary(&named, &p, min_share, gzip_ok(&headers)));
     }
     let tree = named.flame_tree();
     Ok(Json(json!({

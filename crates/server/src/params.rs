@@ -131,6 +131,15 @@ pub fn parse_params_with(
             }
             // The flame graph's compact shape (`flat`), read by its handler.
             "shape" if v == "flat" || v == "flatbin" || v == "tree" => {}
+            // The flat shapes' pruning (read by the flame graph handler).
+            "min_share" => {
+                let f: f64 = v
+                    .parse()
+                    .map_err(|_| format!("min_share: {v:?} is not a number"))?;
+                if !(0.0..1.0).contains(&f) {
+                    return Err(format!("min_share: {v} is not in [0, 1)"));
+                }
+            }
             "shape" => return Err(format!("shape: unknown {v:?}; use tree, flat or flatbin")),
             other => return Err(format!("unknown parameter {other:?}")),
         }

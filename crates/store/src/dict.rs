@@ -46,6 +46,33 @@ pub(crate) fn stack_id(frame_ids: &[u64]) -> u64 {
     fnv1a(&[&bytes])
 }
 
+/// Hashes a `u64` that is already a hash (frame ids are FNV-1a), by one multiply.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct BuildIdHash;
+
+pub(crate) struct IdHash(u64);
+
+impl std::hash::BuildHasher for BuildIdHash {
+    type Hasher = IdHash;
+    fn build_hasher(&self) -> IdHash {
+        IdHash(0)
+    }
+}
+
+impl std::hash::Hasher for IdHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v ^ (v >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Per-stack totals as interned names (inlined functions first), from the caches a backend
 /// filled: equal names merge in the tree.
 pub(crate) fn name_stacks(
@@ -60,7 +87,10 @@ pub(crate) fn name_stacks(
         names: Vec::new(),
         stacks: Vec::with_capacity(rows.len()),
     };
-    let mut by_frame: HashMap<u64, Vec<u32>> = HashMap::new();
+    // Looked up once per frame of every stack (millions for a large profile): a cheap hash of
+    // ids that are already well-mixed FNV hashes.
+    let mut by_frame: HashMap<u64, Vec<u32>, BuildIdHash> =
+        HashMap::with_capacity_and_hasher(4096, BuildIdHash);
     let mut by_name: HashMap<String, u32> = HashMap::new();
     for (sid, v) in rows {
         let Some(fids) = stack_cache.get(sid) else {
