@@ -38,9 +38,6 @@ export function token() {
   return localStorage.getItem("baton-token");
 }
 
-// Bytes of API responses as they came over the wire (compressed), for the status line.
-export const transfer = { last: 0 };
-
 export async function apiFetch(url, init = {}) {
   const t = token();
   const headers = Object.assign({}, init.headers || {}, t ? { Authorization: "Bearer " + t } : {});
@@ -157,6 +154,23 @@ export function colour(name) {
   }
   colourCache.set(name, c);
   return c;
+}
+
+// ---- Canvas --------------------------------------------------------------------------------
+
+// Sizes a canvas to W×H CSS pixels at the device's pixel ratio (only when that changes) and
+// returns its context, cleared, drawing in CSS pixels.
+export function sizeCanvas(c, W, H) {
+  const dpr = window.devicePixelRatio || 1;
+  if (c.width !== Math.round(W * dpr) || c.height !== Math.round(H * dpr)) {
+    c.width = Math.round(W * dpr);
+    c.height = Math.round(H * dpr);
+    c.style.height = H + "px";
+  }
+  const g = c.getContext("2d");
+  g.setTransform(dpr, 0, 0, dpr, 0, 0);
+  g.clearRect(0, 0, W, H);
+  return g;
 }
 
 // ---- Tooltip ---------------------------------------------------------------------------------

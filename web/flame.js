@@ -1,7 +1,7 @@
 // Flame graphs on canvas: the tree model (pre-order arrays from `/api/v1/flamegraph?shape=flat`),
 // the top table's sums, sandwich and diff trees, and the view that draws, zooms and searches.
 
-import { colour, pct, fmtValue, showTip } from "./app.js";
+import { colour, pct, fmtValue, showTip, sizeCanvas } from "./app.js";
 
 // A flame tree in pre-order: node i has name names[n[i]], depth d[i] and total v[i]; its
 // subtree is [i, end[i]). `va`/`vb` are set on diff trees: each side's share of its total.
@@ -13,10 +13,6 @@ export class Tree {
     this.v = v instanceof Float64Array ? v : Float64Array.from(v);
     this.unit = unit || "";
     this.index();
-  }
-
-  static fromFlat(j) {
-    return new Tree(j.names, j.n, j.d, j.v, j.unit);
   }
 
   get size() { return this.n.length; }
@@ -205,7 +201,6 @@ export class FlameView {
     this.view = [0, 1];
     this.match = null;
     this.frameTimes = [];
-    this.firstFrameAt = 0;
     canvas.addEventListener("mousemove", (e) => this.hover(e));
     canvas.addEventListener("mouseleave", () => showTip(null));
     canvas.addEventListener("click", (e) => {
@@ -221,7 +216,6 @@ export class FlameView {
     this.focus = focus;
     this.view = tree && tree.size ? [tree.x[focus], tree.x[focus] + tree.v[focus]] : [0, 1];
     this.draw();
-    if (!this.firstFrameAt) this.firstFrameAt = performance.now();
   }
 
   // Search: a RegExp or null. Returns the share of the total the matches stand for.
@@ -267,15 +261,7 @@ export class FlameView {
     const W = c.clientWidth || c.parentElement.clientWidth || 800;
     const rows = t ? Math.min(t.maxDepth + 1, 160) : 1;
     const H = rows * ROW + 2;
-    const dpr = window.devicePixelRatio || 1;
-    if (c.width !== Math.round(W * dpr) || c.height !== Math.round(H * dpr)) {
-      c.width = Math.round(W * dpr);
-      c.height = Math.round(H * dpr);
-      c.style.height = H + "px";
-    }
-    const g = c.getContext("2d");
-    g.setTransform(dpr, 0, 0, dpr, 0, 0);
-    g.clearRect(0, 0, W, H);
+    const g = sizeCanvas(c, W, H);
     this.rects = [];
     if (!t || !t.size || t.total <= 0) return;
     const [x0, x1] = this.view, scale = W / (x1 - x0 || 1);

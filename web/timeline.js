@@ -2,7 +2,7 @@
 // leaf function, off-CPU intervals as bars and requests (the `latency` profiler's slow ones)
 // as a band under them. Click a mark for its stack; drag across lanes to narrow the window.
 
-import { colour, showTip, fmtTime } from "./app.js";
+import { colour, showTip, fmtTime, sizeCanvas } from "./app.js";
 
 const LANE = 40, HEAD = 22, LEFT = 150;
 
@@ -70,13 +70,7 @@ export class TimelineView {
   draw() {
     const c = this.canvas, W = c.clientWidth || 900;
     const H = HEAD + Math.max(1, this.lanes.length) * LANE + 4;
-    const dpr = window.devicePixelRatio || 1;
-    c.width = Math.round(W * dpr);
-    c.height = Math.round(H * dpr);
-    c.style.height = H + "px";
-    const g = c.getContext("2d");
-    g.setTransform(dpr, 0, 0, dpr, 0, 0);
-    g.clearRect(0, 0, W, H);
+    const g = sizeCanvas(c, W, H);
     g.font = "11px ui-monospace, monospace";
     g.textBaseline = "middle";
     // Time axis.

@@ -327,18 +327,32 @@ fn flat_flamegraph(
     gzip: bool,
 ) -> Response {
     let flat = named.flat_tree().pruned(min_share);
-    let body = json!({
+    let mut body = flat_header(named, p, &flat);
+    body["n"] = json!(flat.name);
+    body["d"] = json!(flat.depth);
+    body["v"] = json!(flat
+        .values
+        .iter()
+        .map(|v| v.round() as i64)
+        .collect::<Vec<_>>());
+    maybe_gzip(body.to_string().into_bytes(), "application/json", gzip)
+}
+
+/// What both flat shapes say besides the node arrays: range, unit, total, counts and names.
+fn flat_header(
+    named: &baton_model::NamedStacks,
+    p: &ApiParams,
+    flat: &baton_model::FlatTree,
+) -> serde_json::Value {
+    json!({
         "from_ms": p.query.from_ms,
         "to_ms": p.query.to_ms,
         "unit": named.value_type.as_ref().map(|v| v.unit.clone()).unwrap_or_else(|| "nanoseconds".into()),
         "total": flat.values.first().copied().unwrap_or(0.0),
         "stacks": named.stacks.len(),
+        "nodes": flat.name.len(),
         "names": flat.names,
-        "n": flat.name,
-        "d": flat.depth,
-        "v": flat.values.iter().map(|v| v.round() as i64).collect::<Vec<_>>(),
-    });
-    maybe_gzip(body.to_string().into_bytes(), "application/json", gzip)
+    })
 }
 
 /// The body as is, or gzipped (fast level) when the client takes it.
@@ -385,16 +399,7 @@ fn flat_binary(
         "flat tree built"
     );
     let nodes = flat.name.len();
-    let head = json!({
-        "from_ms": p.query.from_ms,
-        "to_ms": p.query.to_ms,
-        "unit": named.value_type.as_ref().map(|v| v.unit.clone()).unwrap_or_else(|| "nanoseconds".into()),
-        "total": flat.values.first().copied().unwrap_or(0.0),
-        "stacks": named.stacks.len(),
-        "nodes": nodes,
-        "names": flat.names,
-    })
-    .to_string();
+    let head = flat_header(named, p, &flat).to_string();
     let mut out = Vec::with_capacity(16 + head.len() + nodes * 13 + 16);
     out.extend_from_slice(&(head.len() as u32).to_le_bytes());
     out.extend_from_slice(head.as_bytes());
