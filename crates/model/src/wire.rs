@@ -4,8 +4,9 @@
 //! other producer (Go's `net/http/pprof`, `go tool pprof -proto`, …). What pprof cannot say on
 //! its own travels in it without breaking other readers:
 //! - a sample's weight (when not 1) is the string label `baton_weight`;
-//! - the profiler's name and the batch's histograms are comments (`baton-profiler:NAME`,
-//!   `baton-histograms:JSON`);
+//! - the profiler's name, the batch's histograms and its timeline spans are comments
+//!   (`baton-profiler:NAME`, `baton-histograms:JSON`, `baton-spans:JSON`, the spans as columns,
+//!   each naming its sample by its index in the decoded batch);
 //! - a native frame the agent left unsymbolized is a location with no line: its mapping's build
 //!   ID plus the file offset is what the server's symbolizer resolves later.
 
@@ -16,8 +17,8 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use prost::Message;
 
-use crate::batch::Batch;
-use crate::export::pprof::{build_with, decode, DecodeError, PbProfile};
+use crate::batch::{Batch, Span, SpanKind};
+use crate::export::pprof::{build_placed, decode, DecodeError, PbProfile};
 use crate::frame::{Frame, FrameKind, KERNEL_MODULE};
 use crate::hist::Histogram;
 use crate::profile::{Labels, Profile, StackSample, ValueType};
@@ -26,6 +27,78 @@ use crate::profile::{Labels, Profile, StackSample, ValueType};
 pub const WEIGHT_LABEL: &str = "baton_weight";
 const PROFILER_COMMENT: &str = "baton-profiler:";
 const HISTOGRAMS_COMMENT: &str = "baton-histograms:";
+const SPANS_COMMENT: &str = "baton-spans:";
+
+/// A batch's spans as columns: kinds, starts (the first absolute, then deltas), durations, pids,
+/// tids, sample indexes in the decoded batch (-1: none) and labels.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SpanColumns {
+    k: Vec<String>,
+    s: Vec<i64>,
+    d: Vec<i64>,
+    p: Vec<u32>,
+    t: Vec<u32>,
+    i: Vec<i64>,
+    l: Vec<String>,
+}
+
+impl SpanColumns {
+    /// `decoded[k]`: where batch sample k will be after decoding, if it survives (a value that
+    /// rounds to 0 does not).
+    fn encode(spans: &[Span], decoded: &[Option<usize>]) -> SpanColumns {
+        let mut c = SpanColumns::default();
+        let mut prev = 0;
+        for sp in spans {
+            c.k.push(sp.kind.name().to_string());
+            c.s.push(sp.start_us - prev);
+            prev = sp.start_us;
+            c.d.push(sp.dur_us);
+            c.p.push(sp.pid);
+            c.t.push(sp.tid);
+            let at = sp
+                .sample
+                .and_then(|k| decoded.get(k as usize).copied().flatten());
+            c.i.push(at.map_or(-1, |i| i as i64));
+            c.l.push(sp.label.clone());
+        }
+        c
+    }
+
+    fn decode(mut self, samples: usize) -> Result<Vec<Span>, String> {
+        let n = self.k.len();
+        if [self.s.len(), self.d.len(), self.p.len(), self.t.len(), self.i.len(), self.l.len()]
+            .iter()
+            .any(|&m| m != n)
+        {
+            return Err("span columns differ in length".into());
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut start = 0i64;
+        for j in 0..n {
+            let kind = SpanKind::parse(&self.k[j])
+                .ok_or_else(|| format!("span {j} has an unknown kind {:?}", self.k[j]))?;
+            start = start.saturating_add(self.s[j]);
+            let sample = match self.i[j] {
+                -1 => None,
+                i if i >= 0 && (i as usize) < samples => Some(i as u32),
+                i => return Err(format!("span {j} names sample {i} of {samples}")),
+            };
+            if self.d[j] < 0 {
+                return Err(format!("span {j} has a negative duration"));
+            }
+            out.push(Span {
+                kind,
+                pid: self.p[j],
+                tid: self.t[j],
+                start_us: start,
+                dur_us: self.d[j],
+                sample,
+                label: std::mem::take(&mut self.l[j]),
+            });
+        }
+        Ok(out)
+    }
+}
 /// The profiler name given to pprof that names none.
 pub const FOREIGN_PROFILER: &str = "pprof";
 
@@ -62,7 +135,7 @@ pub fn encode_batch(b: &Batch) -> Vec<u8> {
         duration_ns: 0,
         samples,
     };
-    let mut pb = build_with(&profile, true);
+    let (mut pb, placed) = build_placed(&profile, true);
     let comment = |pb: &mut PbProfile, text: String| {
         pb.comment.push(pb.string_table.len() as i64);
         pb.string_table.push(text);
@@ -71,6 +144,22 @@ pub fn encode_batch(b: &Batch) -> Vec<u8> {
     if !b.histograms.is_empty() {
         let json = serde_json::to_string(&b.histograms).unwrap_or_default();
         comment(&mut pb, format!("{HISTOGRAMS_COMMENT}{json}"));
+    }
+    if !b.spans.is_empty() {
+        // Decoding makes one sample per non-zero value of each pprof sample, in order.
+        let mut at: HashMap<(usize, usize), usize> = HashMap::new();
+        for (p, smp) in pb.sample.iter().enumerate() {
+            for (slot, &v) in smp.value.iter().enumerate() {
+                if v != 0 {
+                    let next = at.len();
+                    at.insert((p, slot), next);
+                }
+            }
+        }
+        let decoded: Vec<Option<usize>> = placed.iter().map(|k| at.get(k).copied()).collect();
+        let cols = SpanColumns::encode(&b.spans, &decoded);
+        let json = serde_json::to_string(&cols).unwrap_or_default();
+        comment(&mut pb, format!("{SPANS_COMMENT}{json}"));
     }
     let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
     // Writing into a Vec cannot fail.
@@ -102,12 +191,15 @@ pub fn decode_batch(
     };
     let mut named = None;
     let mut histograms: Vec<Histogram> = Vec::new();
+    let mut spans: Option<SpanColumns> = None;
     for &c in &pb.comment {
         let text = s(c)?;
         if let Some(p) = text.strip_prefix(PROFILER_COMMENT) {
             named = Some(p.to_string());
         } else if let Some(j) = text.strip_prefix(HISTOGRAMS_COMMENT) {
             histograms = serde_json::from_str(j).map_err(|e| bad(format!("histograms: {e}")))?;
+        } else if let Some(j) = text.strip_prefix(SPANS_COMMENT) {
+            spans = Some(serde_json::from_str(j).map_err(|e| bad(format!("spans: {e}")))?);
         }
     }
     let profiler = profiler
@@ -268,6 +360,11 @@ pub fn decode_batch(
         }
     }
     batch.histograms = histograms;
+    if let Some(cols) = spans {
+        batch.spans = cols
+            .decode(batch.samples.len())
+            .map_err(|e| bad(format!("spans: {e}")))?;
+    }
     Ok(batch)
 }
 
@@ -327,12 +424,56 @@ mod tests {
                 value_index: i as u8,
             });
         }
+        b.samples.push(StackSample {
+            stack: stack[2..].to_vec(),
+            labels: labels.clone(),
+            value: 7,
+            weight: 1.0,
+            value_index: 1,
+        });
         let mut h = Histogram::new("call_latency", "nanoseconds", "main", Labels::new());
         h.add(1000, 2.0);
         b.histograms.push(h);
+        // Spans name samples by index: the two values of the first stack share one pprof
+        // sample, and must still find their own.
+        let span = |kind, start_us, sample, label: &str| Span {
+            kind,
+            pid: 42,
+            tid: 43,
+            start_us,
+            dur_us: 250,
+            sample,
+            label: label.into(),
+        };
+        b.spans = vec![
+            span(SpanKind::Cpu, 1_700_000_000_000_000, Some(2), ""),
+            span(SpanKind::Offcpu, 1_700_000_000_100_000, Some(1), "sleeping"),
+            span(SpanKind::Request, 1_699_999_999_900_000, None, "req-7"),
+            span(SpanKind::Cpu, 1_700_000_000_200_000, Some(0), ""),
+        ];
         let bytes = encode_batch(&b);
         let back = decode_batch(&bytes, None, &Labels::new(), 0).expect("decodes");
         assert_eq!(back, b);
+    }
+
+    #[test]
+    fn spans_that_name_no_sample_are_refused() {
+        let mut b = Batch::new("cpu", vec![ValueType::new("cpu", "nanoseconds")], 1);
+        b.samples.push(StackSample {
+            stack: vec![frame(FrameKind::User, Some("main"), "/bin/app", 0x10)],
+            labels: Labels::new(),
+            value: 5,
+            weight: 1.0,
+            value_index: 0,
+        });
+        let mut pb = decode(&encode_batch(&b)).expect("pprof");
+        pb.comment.push(pb.string_table.len() as i64);
+        pb.string_table.push(format!(
+            "{SPANS_COMMENT}{{\"k\":[\"cpu\"],\"s\":[1],\"d\":[1],\"p\":[1],\"t\":[1],\"i\":[9],\"l\":[\"\"]}}"
+        ));
+        let err = decode_batch(&pb.encode_to_vec(), None, &Labels::new(), 0)
+            .expect_err("a span naming sample 9 of 1 is refused");
+        assert!(err.to_string().contains("names sample 9 of 1"), "{err}");
     }
 
     #[test]

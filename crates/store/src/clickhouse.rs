@@ -146,6 +146,15 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {db}.runs {on} (
         id UInt64, host String, profiler String, state String, recorded_ms Int64, json String
      ) ENGINE = ReplacingMergeTree(recorded_ms) ORDER BY id",
+    // 3: timeline spans (DuckDB's 9): CPU samples, blocks off CPU and requests, each on its
+    // thread, with the stack of the sample it belongs to. Read by host and pid over a window.
+    "CREATE TABLE IF NOT EXISTS {db}.spans_local {on} (
+        start_us Int64, dur_us Int64, kind String, profiler String, host String, pid Int32,
+        tid Int32, comm Nullable(String), stack_id Nullable(UInt64), label Nullable(String),
+        run Nullable(Int64)
+     ) ENGINE = MergeTree()
+       PARTITION BY toYYYYMMDD(toDateTime(intDiv(start_us, 1000000)))
+       ORDER BY (host, pid, start_us)",
 ];
 
 /// The ClickHouse schema version this build writes.
@@ -420,6 +429,13 @@ impl ClickHouseStore {
         }
     }
 
+    fn spans_table(&self) -> String {
+        match &self.url.cluster {
+            Some(_) => format!("{}.spans", self.db()),
+            None => format!("{}.spans_local", self.db()),
+        }
+    }
+
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         let rows = self.rows(&format!(
             "SELECT max(version) FROM {}.schema_version",
@@ -451,9 +467,16 @@ impl ClickHouseStore {
                 self.exec(&stmt.replace("{db}", self.db()).replace("{on}", &on))?;
             }
             if let Some(c) = self.url.cluster.clone() {
-                // Samples and histograms are sharded: a Distributed table over each shard's
-                // local one, spread by stack.
-                for (t, key) in [("samples", "stack_id"), ("histograms", "cityHash64(key)")] {
+                // Samples, histograms and spans are sharded: a Distributed table over each
+                // shard's local one (made by this migration), spread by stack, key or thread.
+                for (t, key) in [
+                    ("samples", "stack_id"),
+                    ("histograms", "cityHash64(key)"),
+                    ("spans", "tid"),
+                ] {
+                    if !sql.contains(&format!("{{db}}.{t}_local ")) {
+                        continue;
+                    }
                     self.exec(&format!(
                         "CREATE TABLE IF NOT EXISTS {db}.{t} {on} AS {db}.{t}_local ENGINE = Distributed({c}, {db}, {t}_local, {key})",
                         db = self.db()
@@ -527,7 +550,7 @@ impl ClickHouseStore {
         };
         let cutoff = day(before_ms);
         let mut dropped = 0;
-        for t in ["samples_local", "histograms_local"] {
+        for t in ["samples_local", "histograms_local", "spans_local"] {
             let parts = self.rows(&format!(
                 "SELECT DISTINCT partition FROM system.parts WHERE database = {} AND table = '{t}' AND active",
                 quote(self.db())
@@ -577,6 +600,8 @@ impl ClickHouseStore {
         let st = self.samples_table();
         let mut hists = String::new();
         let mut nhists = 0;
+        let mut spans = String::new();
+        let mut nspans = 0;
         for &(batch, id) in items {
             // A suspect batch whose rows are all there already adds no samples.
             let already = match id {
@@ -601,6 +626,8 @@ impl ClickHouseStore {
                     batch.samples.len()
                 )));
             }
+            // Each sample's stack id, for the spans that name their sample.
+            let mut sids: Vec<u64> = Vec::with_capacity(batch.samples.len());
             for smp in &batch.samples {
                 let mut fids = Vec::with_capacity(smp.stack.len());
                 for f in &smp.stack {
@@ -630,6 +657,7 @@ impl ClickHouseStore {
                     fids.push(fid);
                 }
                 let sid = stack_id(&fids);
+                sids.push(sid);
                 if !self.known_stacks.contains(&sid) && new_stacks.insert(sid) {
                     let text = fids
                         .iter()
@@ -673,6 +701,23 @@ impl ClickHouseStore {
                     nhists += 1;
                 }
             }
+            // Spans without a sample of their own take the batch's host and run from its first
+            // sample (one batch is one host's, and one run's), as on DuckDB.
+            let first = batch.samples.first().map(|s| &s.labels);
+            for sp in &batch.spans {
+                let own = sp.sample.map(|i| i as usize).filter(|&i| i < sids.len());
+                let labels = own.map(|i| &batch.samples[i].labels).or(first);
+                let l = |k: &str| labels.and_then(|ls| ls.get(k)).cloned();
+                row!(spans;
+                    s(sp.start_us), s(sp.dur_us), Some(sp.kind.name().to_string()),
+                    Some(batch.profiler.clone()), Some(l("host").unwrap_or_default()),
+                    s(sp.pid as i32), s(sp.tid as i32),
+                    own.and_then(|i| batch.samples[i].labels.get("comm").cloned()),
+                    own.map(|i| sids[i].to_string()),
+                    (!sp.label.is_empty()).then(|| sp.label.clone()),
+                    l("run").and_then(|v| v.parse::<i64>().ok()).map(|v| v.to_string()));
+                nspans += 1;
+            }
         }
         self.insert("frames", &frames, nframes)?;
         self.insert("symbols", &symbols, nsymbols)?;
@@ -693,6 +738,9 @@ impl ClickHouseStore {
             .unwrap_or("histograms_local")
             .to_string();
         self.insert(&htable, &hists, nhists)?;
+        let sp = self.spans_table();
+        let stable = sp.rsplit('.').next().unwrap_or("spans_local").to_string();
+        self.insert(&stable, &spans, nspans)?;
         let mut b = String::new();
         for &(batch, id) in items {
             if let Some((bid, host)) = id {
@@ -1074,6 +1122,55 @@ impl Store for ClickHouseStore {
 
     fn drop_before(&mut self, before_ms: i64) -> Result<usize, StoreError> {
         self.drop_days_before(before_ms)
+    }
+
+    fn timeline(&mut self, q: &crate::TimelineQuery) -> Result<crate::Timeline, StoreError> {
+        let mut sql = format!(
+            "SELECT kind, pid, tid, comm, start_us, dur_us, stack_id, label FROM {}
+             WHERE start_us < {} AND start_us + dur_us >= {}",
+            self.spans_table(),
+            q.to_ms.saturating_mul(1000),
+            q.from_ms.saturating_mul(1000)
+        );
+        if let Some(h) = &q.host {
+            sql.push_str(&format!(" AND host = {}", quote(h)));
+        }
+        if let Some(p) = q.pid {
+            sql.push_str(&format!(" AND pid = {p}"));
+        }
+        sql.push_str(&format!(" ORDER BY start_us, tid LIMIT {}", q.limit + 1));
+        let mut out = crate::Timeline::default();
+        let mut sids = Vec::new();
+        for r in self.rows(&sql)? {
+            let get = |i: usize| r.get(i).cloned().flatten();
+            let num = |i: usize| get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            if out.spans.len() == q.limit {
+                out.truncated = true;
+                break;
+            }
+            let sid = get(6).and_then(|v| v.parse::<u64>().ok());
+            sids.extend(sid);
+            out.spans.push(crate::TimelineSpan {
+                kind: get(0).unwrap_or_default(),
+                pid: num(1) as u32,
+                tid: num(2) as u32,
+                comm: get(3),
+                start_us: num(4),
+                dur_us: num(5),
+                stack: sid.map(|s| s.to_string()),
+                label: get(7),
+            });
+        }
+        sids.sort_unstable();
+        sids.dedup();
+        self.fill_caches(&sids)?;
+        out.stacks = crate::dict::timeline_stacks(
+            &sids,
+            &self.stack_cache,
+            &self.name_cache,
+            &self.inlined_cache,
+        );
+        Ok(out)
     }
 
     fn record_runs(&mut self, runs: &[crate::RunRecord]) -> Result<(), StoreError> {

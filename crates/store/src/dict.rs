@@ -157,3 +157,25 @@ pub(crate) fn cache_frame(
     names.insert(fid, f.display_name());
     frames.insert(fid, f);
 }
+
+/// The timeline's stacks: each stack id (in decimal, too wide for JavaScript numbers) to its
+/// function names, leaf first, from the caches a backend filled for those ids.
+pub(crate) fn timeline_stacks(
+    sids: &[u64],
+    stack_cache: &HashMap<u64, Vec<u64>>,
+    name_cache: &HashMap<u64, String>,
+    inlined_cache: &HashMap<u64, Vec<Frame>>,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for &sid in sids {
+        let named = name_stacks(&[(sid, 0.0)], None, stack_cache, name_cache, inlined_cache);
+        if let Some((idx, _)) = named.stacks.first() {
+            let names = idx
+                .iter()
+                .map(|&i| named.names[i as usize].clone())
+                .collect();
+            out.insert(sid.to_string(), names);
+        }
+    }
+    out
+}

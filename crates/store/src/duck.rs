@@ -778,22 +778,12 @@ impl Store for DuckDbStore {
         sids.sort_unstable();
         sids.dedup();
         self.fill_caches(&sids)?;
-        for sid in sids {
-            let named = crate::dict::name_stacks(
-                &[(sid, 0.0)],
-                None,
-                &self.stack_cache,
-                &self.name_cache,
-                &self.inlined_cache,
-            );
-            if let Some((idx, _)) = named.stacks.first() {
-                let names = idx
-                    .iter()
-                    .map(|&i| named.names[i as usize].clone())
-                    .collect();
-                out.stacks.insert(sid.to_string(), names);
-            }
-        }
+        out.stacks = crate::dict::timeline_stacks(
+            &sids,
+            &self.stack_cache,
+            &self.name_cache,
+            &self.inlined_cache,
+        );
         Ok(out)
     }
 

@@ -125,12 +125,7 @@ pub trait Store: Send {
     /// The latest record of each stored run, newest id first, at most `limit`.
     fn run_history(&mut self, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
     /// Timeline spans of one process (or host) in a window, with the stacks they name.
-    fn timeline(&mut self, q: &TimelineQuery) -> Result<Timeline, StoreError> {
-        let _ = q;
-        Err(StoreError::Unsupported(
-            "the timeline is kept by the DuckDB store only",
-        ))
-    }
+    fn timeline(&mut self, q: &TimelineQuery) -> Result<Timeline, StoreError>;
 }
 
 /// What the timeline asks for: spans that overlap `[from_ms, to_ms)`.

@@ -5,9 +5,11 @@
 
 use std::sync::OnceLock;
 
+use baton_model::batch::{Span, SpanKind};
 use baton_model::{Batch, Frame, FrameKind, Histogram, Labels, StackSample, ValueType};
 use baton_store::{
     ClickHouseStore, ClickHouseUrl, DuckDbStore, Filter, FilterOp, LateSymbol, Point, Query, Store,
+    TimelineQuery,
 };
 
 use baton_store::testserver::{free_port, ClickHouseServer as ClickHouse};
@@ -402,6 +404,83 @@ fn retention_drops_old_samples(s: &mut dyn Store) {
     assert_eq!(hs[0].total(), 1.0, "only the new batch's histogram is left");
 }
 
+/// Timeline spans: by pid and host over a window, with their stacks (leaf first), kinds,
+/// labels and the sample's comm; a span without a sample takes the batch's host; the limit
+/// keeps the earliest and says it truncated; retention drops old spans.
+fn timeline_spans_by_process_and_window(s: &mut dyn Store) {
+    let now = baton_model::time::now_ms();
+    let t0 = now * 1000;
+    let mut b = batch(now, "app", "hot", 10, 1.0);
+    let mut other = b.samples[0].clone();
+    other.stack[0].function = Some("cold".into());
+    other.stack[0].address = 99;
+    other.labels.insert("pid".into(), "8".into());
+    b.samples.push(other);
+    let span = |kind, pid, tid, start_us, sample, label: &str| Span {
+        kind,
+        pid,
+        tid,
+        start_us,
+        dur_us: 1000,
+        sample,
+        label: label.into(),
+    };
+    b.spans = vec![
+        span(SpanKind::Cpu, 7, 71, t0 + 2000, Some(0), ""),
+        span(SpanKind::Offcpu, 7, 72, t0, Some(0), "sleeping"),
+        span(SpanKind::Request, 7, 71, t0 + 5000, None, "req-1"),
+        span(SpanKind::Cpu, 8, 81, t0 + 1000, Some(1), ""),
+    ];
+    let mut old = batch(now - 3 * 86_400_000, "app", "hot", 1, 1.0);
+    old.spans = vec![span(SpanKind::Cpu, 7, 71, (now - 3 * 86_400_000) * 1000, Some(0), "")];
+    s.write_batch(&b).expect("w");
+    s.write_batch(&old).expect("w");
+    let tq = |pid: Option<u32>, host: Option<&str>, limit: usize| TimelineQuery {
+        from_ms: now - 1,
+        to_ms: now + 60_000,
+        host: host.map(str::to_string),
+        pid,
+        limit,
+    };
+    let t = s.timeline(&tq(Some(7), Some("h1"), 100)).expect("timeline");
+    let got: Vec<(&str, u32, i64, Option<&str>, Option<&str>)> = t
+        .spans
+        .iter()
+        .map(|x| (x.kind.as_str(), x.tid, x.start_us - t0, x.label.as_deref(), x.comm.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("offcpu", 72, 0, Some("sleeping"), Some("app")),
+            ("cpu", 71, 2000, None, Some("app")),
+            ("request", 71, 5000, Some("req-1"), None),
+        ]
+    );
+    assert!(!t.truncated);
+    let key = t.spans[0].stack.clone().expect("a stack");
+    assert_eq!(t.stacks[&key], vec!["hot", "main", "do_syscall_64"]);
+    assert_eq!(t.spans[1].stack, t.spans[0].stack);
+    assert_eq!(t.spans[2].stack, None);
+    let eight = s.timeline(&tq(Some(8), None, 100)).expect("timeline");
+    assert_eq!(eight.spans.len(), 1);
+    let k8 = eight.spans[0].stack.clone().expect("a stack");
+    assert_eq!(eight.stacks[&k8][0], "cold");
+    assert!(s.timeline(&tq(Some(7), Some("h2"), 100)).expect("t").spans.is_empty());
+    let cut = s.timeline(&tq(None, None, 2)).expect("timeline");
+    assert!(cut.truncated);
+    assert_eq!(
+        cut.spans.iter().map(|x| x.start_us - t0).collect::<Vec<_>>(),
+        vec![0, 1000]
+    );
+    let all_old = TimelineQuery {
+        from_ms: now - 4 * 86_400_000,
+        ..tq(Some(7), None, 100)
+    };
+    assert_eq!(s.timeline(&all_old).expect("t").spans.len(), 4);
+    s.drop_before(now - 2 * 86_400_000).expect("retention");
+    assert_eq!(s.timeline(&all_old).expect("t").spans.len(), 3, "the old span is gone");
+}
+
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
         mod duckdb {
@@ -432,6 +511,7 @@ conformance!(
     batch_ids_and_late_symbols,
     run_history_keeps_the_latest_state,
     retention_drops_old_samples,
+    timeline_spans_by_process_and_window,
 );
 
 #[test]

@@ -780,6 +780,35 @@ fn run_history_outlives_the_server_on_clickhouse() {
     let id = v["id"].as_u64().expect("id");
     let run = wait_run(&server.addr, None, id, 30);
     assert_eq!(run["state"], "done", "{run}");
+    // The run's CPU samples travelled as timeline spans too (in the wire format's spans
+    // comment) and ClickHouse answers the timeline: ticks on split's thread, each with a stack
+    // through leaf_hot or leaf_cold.
+    let tl = eventually(20, "timeline spans of split on ClickHouse", || {
+        let v = http_json(
+            &server.addr,
+            &format!("/api/v1/timeline?since=5m&filter=pid%3D{}", split.id()),
+        );
+        (v["spans"].as_array()?.len() >= 50).then_some(v)
+    });
+    let spans = tl["spans"].as_array().expect("spans");
+    let leafy = spans
+        .iter()
+        .filter(|sp| {
+            sp["kind"] == "cpu"
+                && sp["tid"] == split.id()
+                && sp["stack"].as_str().is_some_and(|k| {
+                    tl["stacks"][k]
+                        .as_array()
+                        .is_some_and(|f| f.iter().any(|n| n == "leaf_hot" || n == "leaf_cold"))
+                })
+        })
+        .count();
+    eprintln!("timeline on ClickHouse: {} spans, {leafy} CPU ticks in a leaf", spans.len());
+    assert!(
+        leafy * 10 >= spans.len() * 9,
+        "{leafy} of {} spans are split's CPU ticks with a leaf in their stack",
+        spans.len()
+    );
     // Recorded within 2 s of ending.
     std::thread::sleep(Duration::from_secs(3));
     drop(server);

@@ -165,6 +165,13 @@ pub fn build(profile: &Profile) -> PbProfile {
 /// its mapping and file offset), which is how the wire format marks it for the server's
 /// symbolizer.
 pub fn build_with(profile: &Profile, raw_unknown: bool) -> PbProfile {
+    build_placed(profile, raw_unknown).0
+}
+
+/// As [`build_with`], and where each of the profile's samples went: the index of its pprof
+/// sample (several value types of one stack and labels share one) and its slot in `value`.
+pub fn build_placed(profile: &Profile, raw_unknown: bool) -> (PbProfile, Vec<(usize, usize)>) {
+    let mut placed = Vec::with_capacity(profile.samples.len());
     let mut st = Strings::new();
     let mut pb = PbProfile::default();
     let with_count = profile.period_ns.is_some();
@@ -298,10 +305,12 @@ pub fn build_with(profile: &Profile, raw_unknown: bool) -> PbProfile {
                 for (a, b) in pb.sample[i].value.iter_mut().zip(&values) {
                     *a += b;
                 }
+                placed.push((i, slot));
                 continue;
             }
             merged.insert(key, pb.sample.len());
         }
+        placed.push((pb.sample.len(), slot));
         let mut labels = Vec::with_capacity(s.labels.len());
         for (k, v) in &s.labels {
             let key = st.get(k);
@@ -334,7 +343,7 @@ pub fn build_with(profile: &Profile, raw_unknown: bool) -> PbProfile {
         m.has_filenames = !mapping_unresolved.contains_key(&m.id);
     }
     pb.string_table = st.table;
-    pb
+    (pb, placed)
 }
 
 /// The pprof function of a frame (by display name and file), added on first use.
