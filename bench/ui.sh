@@ -38,7 +38,7 @@ fps = 1000 / zoom("meanGapMs")
 print(f"{int(n):,} stacks, {runs[0]['nodes']:,} nodes:")
 print(f"  first frame {first:.0f} ms: {med('firstNodes'):,.0f} visible nodes, {med('firstBytes'):,.0f} B (query + transfer {med('firstFetchMs'):.0f} ms, decode {med('parseMs'):.0f} ms, layout+draw+paint {med('renderMs'):.0f} ms); {first/300:.2f}x the 300 ms budget")
 print(f"  whole tree in (top table, search, zoom detail) at {full:.0f} ms; its fetch {med('fetchMs'):.0f} ms")
-print(f"  zoom: {fps:.0f} fps ({zoom('frames'):.0f} frames) against {zoom('idleFps'):.0f} fps of empty animation frames in the same page ({fps/zoom('idleFps'):.2f}x); draw median {zoom('medianDrawMs'):.1f} ms, p95 {zoom('p95DrawMs'):.1f} ms ({zoom('p95DrawMs')/16.7:.2f}x a 60 fps frame)")
+print(f"  zoom: {fps:.1f} fps ({zoom('frames'):.0f} frames in 6 zooms, {zoom('slowFrames'):.0f} gaps over 20 ms, longest {zoom('maxGapMs'):.0f} ms) against {zoom('idleFps'):.1f} fps of empty animation frames in the same page ({fps/zoom('idleFps'):.2f}x); draw median {zoom('medianDrawMs'):.1f} ms, p95 {zoom('p95DrawMs'):.1f} ms ({zoom('p95DrawMs')/16.7:.2f}x a 60 fps frame)")
 print(f"  payload: nested tree JSON {tree:,} B; binary flat {flat:,} B ({flat/tree:.2f}x), gzipped {flatgz:,} B ({flatgz/tree:.3f}x); transferred as the page saw it {med('bytes'):,.0f} B")
 PY
   kill $up; wait $up 2>/dev/null || true

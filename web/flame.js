@@ -40,6 +40,9 @@ export class Tree {
       if (di > this.maxDepth) this.maxDepth = di;
     }
     while (open.length) this.end[open.pop()] = N;
+    // The deepest level in each subtree (a parent comes before its children).
+    this.deep = Uint16Array.from(d);
+    for (let i = N - 1; i > 0; i--) if (this.deep[i] > this.deep[this.parent[i]]) this.deep[this.parent[i]] = this.deep[i];
   }
 
   selfOf(i) {
@@ -238,16 +241,20 @@ export class FlameView {
     if (!t) return;
     this.focus = i;
     const to = [t.x[i], t.x[i] + t.v[i]];
-    if (this.onZoom) this.onZoom(i);
-    if (!animate) { this.view = to; this.draw(); return; }
+    // The URL and the breadcrumbs change once the animation ends: a DOM change while it runs
+    // relays the page out in its first frame.
+    if (!animate) { this.view = to; this.draw(); if (this.onZoom) this.onZoom(i); return; }
     const from = this.view.slice(), t0 = performance.now(), D = 220;
     const step = (now) => {
       const k = Math.min(1, (now - t0) / D), e = 1 - Math.pow(1 - k, 3);
       this.view = [from[0] + (to[0] - from[0]) * e, from[1] + (to[1] - from[1]) * e];
       const a = performance.now();
+      this.animating = k < 1;
       this.draw();
+      this.animating = false;
       this.frameTimes.push({ at: now, draw: performance.now() - a });
       if (k < 1) requestAnimationFrame(step);
+      else if (this.onZoom && this.focus === i) this.onZoom(i);
     };
     requestAnimationFrame(step);
   }
@@ -265,35 +272,77 @@ export class FlameView {
     this.rects = [];
     if (!t || !t.size || t.total <= 0) return;
     const [x0, x1] = this.view, scale = W / (x1 - x0 || 1);
-    const focusDepth = t.d[this.focus];
-    g.font = "11px ui-monospace, monospace";
-    g.textBaseline = "middle";
-    const names = t.names, N = t.size;
+    const focusDepth = t.d[this.focus], fx = t.x[this.focus];
+    const names = t.names, N = t.size, tn = t.n, td = t.d, tx = t.x, tv = t.v, tend = t.end;
+    // Fill colour per name, once per tree (and per search).
+    const fills = this.fills(t);
+    // Rectangles snap to whole pixels, and each row's pixels are filled once: the right edge
+    // painted so far per depth. A zoom into a wide subtree can show ~1,000 nodes per row, about
+    // one per pixel; fractional edges made every one of them an anti-aliased fill. Fills are
+    // drawn grouped by colour, then the labels, so the context changes state a few hundred
+    // times a frame, not once per node.
+    const painted = new Float64Array(rows).fill(-1);
+    // While a zoom animates, a subtree under 1.5 px is one column in its root's colour, as
+    // deep as the subtree: the same outline, without a rectangle per sliver. The last frame
+    // draws every node.
+    const lod = this.animating ? 1.5 : 0;
+    const deep = t.deep;
+    const byFill = new Map();
+    const labels = [];
+    const rects = this.rects;
     for (let i = 0; i < N;) {
-      const left = (t.x[i] - x0) * scale, w = t.v[i] * scale;
+      const left = (tx[i] - x0) * scale, w = tv[i] * scale;
       const right = left + w;
+      const depth = td[i];
       // Off screen, too thin to see, or beside the focus's ancestry: skip the whole subtree.
-      if (w < 0.4 || right < 0 || left > W || t.d[i] >= rows) { i = t.end[i]; continue; }
-      const depth = t.d[i];
-      if (depth < focusDepth && !(t.x[i] <= t.x[this.focus] && t.x[this.focus] < t.x[i] + t.v[i] + 1e-9)) { i = t.end[i]; continue; }
+      if (w < 0.4 || right < 0 || left > W || depth >= rows) { i = tend[i]; continue; }
+      if (depth < focusDepth && !(tx[i] <= fx && fx < tx[i] + tv[i] + 1e-9)) { i = tend[i]; continue; }
       const y = this.icicle ? depth * ROW : H - (depth + 1) * ROW;
-      const name = names[t.n[i]];
-      const L = Math.max(0, left), R = Math.min(W, right);
-      let fill;
-      if (t.isDiff) fill = diffColour(t.va[i], t.vb[i]);
-      else fill = colour(name);
-      if (this.match) fill = this.match[t.n[i]] ? "#e040fb" : (t.isDiff ? fill : "#e4e4e4");
-      g.fillStyle = fill;
-      g.fillRect(L, y, Math.max(R - L - 0.5, 0.5), ROW - 1);
-      if (R - L > 28) {
-        g.fillStyle = "#111";
-        const chars = Math.floor((R - L - 6) / 6.6);
-        const label = name.length > chars ? name.slice(0, Math.max(chars - 1, 1)) + "…" : name;
-        g.fillText(label, L + 3, y + ROW / 2);
+      const L = left < 0 ? 0 : left, R = right > W ? W : right;
+      let a = Math.round(L);
+      const b = Math.round(R);
+      if (a < painted[depth]) a = painted[depth];
+      const column = w < lod;
+      const last = column ? Math.min(deep[i], rows - 1) : depth;
+      if (b > a) {
+        const fill = t.isDiff && !(this.match && this.match[tn[i]]) ? diffColour(t.va[i], t.vb[i]) : fills[tn[i]];
+        let list = byFill.get(fill);
+        if (!list) byFill.set(fill, (list = []));
+        // A pixel's gap between neighbours wide enough to spare it.
+        const top = this.icicle ? y : H - (last + 1) * ROW;
+        list.push(a, top, b - a > 3 ? b - a - 1 : b - a, (last - depth + 1) * ROW - 1);
+        for (let k = depth; k <= last; k++) if (painted[k] < b) painted[k] = b;
+        rects.push(i, L, y, R - L);
       }
-      this.rects.push(i, L, y, R - L);
+      if (column) { i = tend[i]; continue; }
+      if (R - L > 28) labels.push(i, L, y, R - L);
       i++;
     }
+    for (const [fill, list] of byFill) {
+      g.fillStyle = fill;
+      for (let k = 0; k < list.length; k += 4) g.fillRect(list[k], list[k + 1], list[k + 2], list[k + 3]);
+    }
+    g.font = "11px ui-monospace, monospace";
+    g.textBaseline = "middle";
+    g.fillStyle = "#111";
+    for (let k = 0; k < labels.length; k += 4) {
+      const name = names[tn[labels[k]]];
+      const chars = Math.floor((labels[k + 3] - 6) / 6.6);
+      const label = name.length > chars ? name.slice(0, Math.max(chars - 1, 1)) + "…" : name;
+      g.fillText(label, labels[k + 1] + 3, labels[k + 2] + ROW / 2);
+    }
+  }
+
+  // Fill colour of each name index: the function's colour, or the search's highlight (others
+  // grey; a diff tree keeps its own colours for non-matches, chosen per node in `draw`).
+  fills(t) {
+    if (this.fillCache && this.fillCache.tree === t && this.fillCache.match === this.match) return this.fillCache.fills;
+    const fills = t.names.map((name, k) => {
+      if (this.match) return this.match[k] ? "#e040fb" : "#e4e4e4";
+      return colour(name);
+    });
+    this.fillCache = { tree: t, match: this.match, fills };
+    return fills;
   }
 
   // The node under the mouse, or -1.

@@ -59,6 +59,42 @@ impl FlatTree {
     }
 }
 
+/// What [`NamedStacks::pruned_flat_tree`] walks with.
+struct Pruning<'a> {
+    stacks: &'a [(Vec<u32>, f64)],
+    rank: &'a [u32],
+    order: &'a [u32],
+    floor: f64,
+}
+
+impl Pruning<'_> {
+    /// Emits the children at `level` (0: the root's) of the node whose stacks are `members`, in
+    /// name order, each followed by its own subtree.
+    fn emit(&self, level: usize, members: &[u32], out: &mut FlatTree) {
+        let mut groups: HashMap<u32, (f64, Vec<u32>)> = HashMap::new();
+        for &m in members {
+            let (ids, v) = &self.stacks[m as usize];
+            if let Some(&id) = ids.len().checked_sub(level + 1).and_then(|j| ids.get(j)) {
+                let g = groups.entry(self.rank[id as usize]).or_default();
+                g.0 += v;
+                g.1.push(m);
+            }
+        }
+        let mut kept: Vec<(u32, (f64, Vec<u32>))> = groups
+            .into_iter()
+            .filter(|(_, (sum, _))| *sum >= self.floor)
+            .collect();
+        kept.sort_unstable_by_key(|(r, _)| *r);
+        for (r, (sum, ms)) in kept {
+            out.name.push(self.order[r as usize] + 1);
+            out.depth
+                .push((level + 1).min(usize::from(u16::MAX)) as u16);
+            out.values.push(sum);
+            self.emit(level + 1, &ms, out);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Node {
     value: f64,
@@ -192,6 +228,43 @@ impl NamedStacks {
         out
     }
 
+    /// The same as `flat_tree().pruned(min_share)`, without building the nodes that pruning
+    /// would leave out: stacks are grouped by their frame at each level from the root, and only
+    /// groups of at least `min_share` of the total go a level deeper. The UI's first frame asks
+    /// for this; on 100,000 stacks that diverge early it touches a small part of the frames.
+    pub fn pruned_flat_tree(&self, min_share: f64) -> FlatTree {
+        let live: Vec<u32> = (0..self.stacks.len() as u32)
+            .filter(|&i| self.stacks[i as usize].1 != 0.0)
+            .collect();
+        let total: f64 = live.iter().map(|&i| self.stacks[i as usize].1).sum();
+        if min_share <= 0.0 || total <= 0.0 {
+            return self.flat_tree();
+        }
+        let k = self.names.len();
+        let mut order: Vec<u32> = (0..k as u32).collect();
+        order.sort_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
+        let mut rank = vec![0u32; k];
+        for (r, &i) in order.iter().enumerate() {
+            rank[i as usize] = r as u32;
+        }
+        let mut out = FlatTree {
+            names: std::iter::once("all".to_string())
+                .chain(self.names.iter().cloned())
+                .collect(),
+            name: vec![0],
+            depth: vec![0],
+            values: vec![total],
+        };
+        let ctx = Pruning {
+            stacks: &self.stacks,
+            rank: &rank,
+            order: &order,
+            floor: total * min_share,
+        };
+        ctx.emit(0, &live, &mut out);
+        out
+    }
+
     /// The top-functions table, as [`crate::flame::top_functions`] computes it.
     pub fn top_functions(&self) -> Vec<TopEntry> {
         let mut self_v = vec![0.0; self.names.len()];
@@ -249,6 +322,33 @@ mod tests {
         let top = ns.top_functions();
         assert_eq!(top[0].function, "hot");
         assert_eq!(top[0].self_percent, 75.0);
+    }
+
+    #[test]
+    fn pruning_while_building_equals_pruning_after() {
+        // Stacks that share prefixes at every level, with whole-number weights so both ways
+        // of summing are exact; some shares fall under each floor, some just over.
+        let mut seed = 7u64;
+        let mut next = move |m: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % m
+        };
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let mut stacks = Vec::new();
+        for _ in 0..3000 {
+            let depth = 1 + next(9) as usize;
+            let frames: Vec<&str> = (0..depth).map(|_| names[next(8) as usize]).collect();
+            stacks.push((frames, next(50) as f64));
+        }
+        let ns = NamedStacks::intern(stacks);
+        for share in [0.0, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.2, 1.0] {
+            assert_eq!(
+                ns.pruned_flat_tree(share),
+                ns.flat_tree().pruned(share),
+                "min_share {share}"
+            );
+        }
+        assert!(ns.pruned_flat_tree(0.01).name.len() < ns.flat_tree().name.len());
     }
 
     #[test]

@@ -326,7 +326,7 @@ fn flat_flamegraph(
     min_share: f64,
     gzip: bool,
 ) -> Response {
-    let flat = named.flat_tree().pruned(min_share);
+    let flat = named.pruned_flat_tree(min_share);
     let mut body = flat_header(named, p, &flat);
     body["n"] = json!(flat.name);
     body["d"] = json!(flat.depth);
@@ -392,7 +392,7 @@ fn flat_binary(
     gzip: bool,
 ) -> Response {
     let t0 = std::time::Instant::now();
-    let flat = named.flat_tree().pruned(min_share);
+    let flat = named.pruned_flat_tree(min_share);
     tracing::debug!(
         elapsed_ms = t0.elapsed().as_millis() as u64,
         nodes = flat.name.len(),
