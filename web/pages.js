@@ -202,7 +202,6 @@ async function explore() {
   document.querySelectorAll(".tabs button").forEach((b) => b.onclick = () => { setQ({ view: b.dataset.view }); explore(); });
   $("refresh").onclick = () => { setQ({ from: null, to: null }); explore(); };
   $("auto").onchange = () => setQ({ auto: $("auto").checked ? "1" : null });
-  fillSuggestions(u);
 
   setStatus("loading…");
   const t0 = performance.now();
@@ -232,6 +231,9 @@ async function explore() {
     document.body.dataset.firstFrame = String(Math.round(painted - t0));
     res();
   }));
+  // The filters' suggestions (a query per label) wait for the first frame: the store answers
+  // one query at a time, and they had queued ahead of the flame graph.
+  fillSuggestions(u);
   if (fullP) {
     try { got = await fullP; } catch (e) { setStatus("error: " + e.message, true); return; }
     if (fv) {

@@ -69,28 +69,37 @@ struct Pruning<'a> {
 
 impl Pruning<'_> {
     /// Emits the children at `level` (0: the root's) of the node whose stacks are `members`, in
-    /// name order, each followed by its own subtree.
-    fn emit(&self, level: usize, members: &[u32], out: &mut FlatTree) {
-        let mut groups: HashMap<u32, (f64, Vec<u32>)> = HashMap::new();
+    /// name order, each followed by its own subtree. `slot` maps a name rank to its group here;
+    /// it is all `u32::MAX` on entry and on return.
+    fn emit(&self, level: usize, members: &[u32], out: &mut FlatTree, slot: &mut [u32]) {
+        let mut groups: Vec<(u32, f64, Vec<u32>)> = Vec::new();
         for &m in members {
             let (ids, v) = &self.stacks[m as usize];
             if let Some(&id) = ids.len().checked_sub(level + 1).and_then(|j| ids.get(j)) {
-                let g = groups.entry(self.rank[id as usize]).or_default();
-                g.0 += v;
-                g.1.push(m);
+                let r = self.rank[id as usize];
+                let g = match slot[r as usize] {
+                    u32::MAX => {
+                        slot[r as usize] = groups.len() as u32;
+                        groups.push((r, 0.0, Vec::new()));
+                        groups.len() - 1
+                    }
+                    g => g as usize,
+                };
+                groups[g].1 += v;
+                groups[g].2.push(m);
             }
         }
-        let mut kept: Vec<(u32, (f64, Vec<u32>))> = groups
-            .into_iter()
-            .filter(|(_, (sum, _))| *sum >= self.floor)
-            .collect();
-        kept.sort_unstable_by_key(|(r, _)| *r);
-        for (r, (sum, ms)) in kept {
+        for g in &groups {
+            slot[g.0 as usize] = u32::MAX;
+        }
+        groups.retain(|g| g.1 >= self.floor);
+        groups.sort_unstable_by_key(|g| g.0);
+        for (r, sum, ms) in groups {
             out.name.push(self.order[r as usize] + 1);
             out.depth
                 .push((level + 1).min(usize::from(u16::MAX)) as u16);
             out.values.push(sum);
-            self.emit(level + 1, &ms, out);
+            self.emit(level + 1, &ms, out, slot);
         }
     }
 }
@@ -261,7 +270,8 @@ impl NamedStacks {
             order: &order,
             floor: total * min_share,
         };
-        ctx.emit(0, &live, &mut out);
+        let mut slot = vec![u32::MAX; k];
+        ctx.emit(0, &live, &mut out, &mut slot);
         out
     }
 

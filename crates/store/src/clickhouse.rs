@@ -182,10 +182,10 @@ pub struct ClickHouseStore {
     known_symbols: HashSet<(String, u64)>,
     symbolized_frames: HashSet<u64>,
     known_batches: HashSet<String>,
-    frame_cache: HashMap<u64, Frame>,
-    name_cache: HashMap<u64, String>,
-    inlined_cache: HashMap<u64, Vec<Frame>>,
-    stack_cache: HashMap<u64, Vec<u64>>,
+    frame_cache: crate::dict::IdMap<Frame>,
+    name_cache: crate::dict::IdMap<String>,
+    inlined_cache: crate::dict::IdMap<Vec<Frame>>,
+    stack_cache: crate::dict::IdMap<Vec<u64>>,
     /// Batch ids whose last attempt failed after its samples may have been stored.
     suspect: HashSet<String>,
     pub stats: ClickHouseStats,
@@ -280,10 +280,10 @@ impl ClickHouseStore {
             known_symbols: HashSet::new(),
             symbolized_frames: HashSet::new(),
             known_batches: HashSet::new(),
-            frame_cache: HashMap::new(),
-            name_cache: HashMap::new(),
-            inlined_cache: HashMap::new(),
-            stack_cache: HashMap::new(),
+            frame_cache: Default::default(),
+            name_cache: Default::default(),
+            inlined_cache: Default::default(),
+            stack_cache: Default::default(),
             suspect: HashSet::new(),
             stats: ClickHouseStats::default(),
         };
@@ -802,6 +802,7 @@ impl ClickHouseStore {
             .copied()
             .filter(|i| !self.stack_cache.contains_key(i))
             .collect();
+        let mut fresh: Vec<(u64, Vec<u64>)> = Vec::with_capacity(missing.len());
         for chunk in missing.chunks(4096) {
             let list = chunk
                 .iter()
@@ -816,15 +817,15 @@ impl ClickHouseStore {
                 };
                 if let Ok(sid) = sid.parse() {
                     let frames = text.split(',').filter_map(|s| s.parse().ok()).collect();
-                    self.stack_cache.insert(sid, frames);
+                    fresh.push((sid, frames));
                 }
             }
         }
-        let mut need: Vec<u64> = ids
+        // Only the new stacks' frames can be missing: a cached stack's frames were read with it,
+        // and clearing the frame caches clears the stack cache too.
+        let mut need: Vec<u64> = fresh
             .iter()
-            .filter_map(|i| self.stack_cache.get(i))
-            .flatten()
-            .copied()
+            .flat_map(|(_, f)| f.iter().copied())
             .filter(|f| !self.frame_cache.contains_key(f))
             .collect();
         need.sort_unstable();
@@ -912,6 +913,8 @@ impl ClickHouseStore {
                 );
             }
         }
+        // Stacks join the cache once their frames are in it.
+        self.stack_cache.extend(fresh);
         Ok(())
     }
 }
@@ -1291,6 +1294,7 @@ impl Store for ClickHouseStore {
             self.frame_cache.clear();
             self.name_cache.clear();
             self.inlined_cache.clear();
+            self.stack_cache.clear();
         }
         Ok(added)
     }

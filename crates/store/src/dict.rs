@@ -46,6 +46,10 @@ pub(crate) fn stack_id(frame_ids: &[u64]) -> u64 {
     fnv1a(&[&bytes])
 }
 
+/// A map keyed by frame or stack id (FNV hashes already): the caches of both backends, looked
+/// up once per frame of every stack a query returns, so SipHash showed in profiles.
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildIdHash>;
+
 /// Hashes a `u64` that is already a hash (frame ids are FNV-1a), by one multiply.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct BuildIdHash;
@@ -78,9 +82,9 @@ impl std::hash::Hasher for IdHash {
 pub(crate) fn name_stacks(
     rows: &[(u64, f64)],
     value_type: Option<ValueType>,
-    stack_cache: &HashMap<u64, Vec<u64>>,
-    name_cache: &HashMap<u64, String>,
-    inlined_cache: &HashMap<u64, Vec<Frame>>,
+    stack_cache: &IdMap<Vec<u64>>,
+    name_cache: &IdMap<String>,
+    inlined_cache: &IdMap<Vec<Frame>>,
 ) -> NamedStacks {
     let mut out = NamedStacks {
         value_type,
@@ -132,9 +136,9 @@ pub(crate) fn cache_frame(
     fid: u64,
     f: Frame,
     inlined: Option<&str>,
-    frames: &mut HashMap<u64, Frame>,
-    names: &mut HashMap<u64, String>,
-    inlined_frames: &mut HashMap<u64, Vec<Frame>>,
+    frames: &mut IdMap<Frame>,
+    names: &mut IdMap<String>,
+    inlined_frames: &mut IdMap<Vec<Frame>>,
 ) {
     let chain: Vec<(String, Option<String>, Option<u32>)> = inlined
         .and_then(|j| serde_json::from_str(j).ok())
@@ -162,9 +166,9 @@ pub(crate) fn cache_frame(
 /// function names, leaf first, from the caches a backend filled for those ids.
 pub(crate) fn timeline_stacks(
     sids: &[u64],
-    stack_cache: &HashMap<u64, Vec<u64>>,
-    name_cache: &HashMap<u64, String>,
-    inlined_cache: &HashMap<u64, Vec<Frame>>,
+    stack_cache: &IdMap<Vec<u64>>,
+    name_cache: &IdMap<String>,
+    inlined_cache: &IdMap<Vec<Frame>>,
 ) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut out = std::collections::BTreeMap::new();
     for &sid in sids {

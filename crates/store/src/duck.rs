@@ -30,12 +30,12 @@ pub struct DuckDbStore {
     /// User frames whose symbol row exists, so the write path checks a u64, not a string key.
     symbolized_frames: HashSet<u64>,
     /// Frames and stacks read back for queries; both are immutable once written.
-    frame_cache: HashMap<u64, Frame>,
+    frame_cache: crate::dict::IdMap<Frame>,
     /// Display name of each cached frame, computed once.
-    name_cache: HashMap<u64, String>,
+    name_cache: crate::dict::IdMap<String>,
     /// Frames inlined at a user frame's address, leaf first, from a late symbol.
-    inlined_cache: HashMap<u64, Vec<Frame>>,
-    stack_cache: HashMap<u64, Vec<u64>>,
+    inlined_cache: crate::dict::IdMap<Vec<Frame>>,
+    stack_cache: crate::dict::IdMap<Vec<u64>>,
     /// Ids of the batches stored through [`Store::write_batch_once`].
     known_batches: HashSet<String>,
 }
@@ -79,10 +79,10 @@ impl DuckDbStore {
             known_stacks: HashSet::new(),
             known_symbols: HashSet::new(),
             symbolized_frames: HashSet::new(),
-            frame_cache: HashMap::new(),
-            name_cache: HashMap::new(),
-            inlined_cache: HashMap::new(),
-            stack_cache: HashMap::new(),
+            frame_cache: Default::default(),
+            name_cache: Default::default(),
+            inlined_cache: Default::default(),
+            stack_cache: Default::default(),
             known_batches: HashSet::new(),
         };
         store
@@ -103,10 +103,10 @@ impl DuckDbStore {
             known_stacks: HashSet::new(),
             known_symbols: HashSet::new(),
             symbolized_frames: HashSet::new(),
-            frame_cache: HashMap::new(),
-            name_cache: HashMap::new(),
-            inlined_cache: HashMap::new(),
-            stack_cache: HashMap::new(),
+            frame_cache: Default::default(),
+            name_cache: Default::default(),
+            inlined_cache: Default::default(),
+            stack_cache: Default::default(),
             known_batches: HashSet::new(),
         };
         store.migrate()?;
@@ -263,6 +263,7 @@ impl DuckDbStore {
             .copied()
             .filter(|i| !self.stack_cache.contains_key(i))
             .collect();
+        let mut fresh: Vec<(u64, Vec<u64>)> = Vec::with_capacity(missing.len());
         for chunk in missing.chunks(2048) {
             let list = chunk
                 .iter()
@@ -276,14 +277,14 @@ impl DuckDbStore {
             for row in rows {
                 let (sid, text) = row?;
                 let frames = text.split(',').filter_map(|s| s.parse().ok()).collect();
-                self.stack_cache.insert(sid, frames);
+                fresh.push((sid, frames));
             }
         }
-        let mut need_frames: Vec<u64> = ids
+        // Only the new stacks' frames can be missing: a cached stack's frames were read with it,
+        // and clearing the frame caches clears the stack cache too.
+        let mut need_frames: Vec<u64> = fresh
             .iter()
-            .filter_map(|i| self.stack_cache.get(i))
-            .flatten()
-            .copied()
+            .flat_map(|(_, f)| f.iter().copied())
             .filter(|f| !self.frame_cache.contains_key(f))
             .collect();
         need_frames.sort_unstable();
@@ -333,6 +334,8 @@ impl DuckDbStore {
                 );
             }
         }
+        // Stacks join the cache once their frames are in it.
+        self.stack_cache.extend(fresh);
         Ok(())
     }
 }
@@ -581,10 +584,12 @@ impl Store for DuckDbStore {
         }
         tx.commit()?;
         if added > 0 {
-            // Frames read before now were read without these names.
+            // Frames read before now were read without these names (and cached stacks are
+            // taken to have their frames cached: they go too).
             self.frame_cache.clear();
             self.name_cache.clear();
             self.inlined_cache.clear();
+            self.stack_cache.clear();
             let mut st = self.conn.prepare(
                 "SELECT f.frame_id FROM frames f JOIN symbols s
                    ON s.build_id = f.build_id AND s.file_offset = f.address
