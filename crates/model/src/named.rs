@@ -340,7 +340,9 @@ mod tests {
         // of summing are exact; some shares fall under each floor, some just over.
         let mut seed = 7u64;
         let mut next = move |m: u64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 33) % m
         };
         let names = ["a", "b", "c", "d", "e", "f", "g", "h"];

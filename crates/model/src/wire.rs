@@ -66,9 +66,16 @@ impl SpanColumns {
 
     fn decode(mut self, samples: usize) -> Result<Vec<Span>, String> {
         let n = self.k.len();
-        if [self.s.len(), self.d.len(), self.p.len(), self.t.len(), self.i.len(), self.l.len()]
-            .iter()
-            .any(|&m| m != n)
+        if [
+            self.s.len(),
+            self.d.len(),
+            self.p.len(),
+            self.t.len(),
+            self.i.len(),
+            self.l.len(),
+        ]
+        .iter()
+        .any(|&m| m != n)
         {
             return Err("span columns differ in length".into());
         }

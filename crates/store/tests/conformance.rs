@@ -432,7 +432,14 @@ fn timeline_spans_by_process_and_window(s: &mut dyn Store) {
         span(SpanKind::Cpu, 8, 81, t0 + 1000, Some(1), ""),
     ];
     let mut old = batch(now - 3 * 86_400_000, "app", "hot", 1, 1.0);
-    old.spans = vec![span(SpanKind::Cpu, 7, 71, (now - 3 * 86_400_000) * 1000, Some(0), "")];
+    old.spans = vec![span(
+        SpanKind::Cpu,
+        7,
+        71,
+        (now - 3 * 86_400_000) * 1000,
+        Some(0),
+        "",
+    )];
     s.write_batch(&b).expect("w");
     s.write_batch(&old).expect("w");
     let tq = |pid: Option<u32>, host: Option<&str>, limit: usize| TimelineQuery {
@@ -443,10 +450,20 @@ fn timeline_spans_by_process_and_window(s: &mut dyn Store) {
         limit,
     };
     let t = s.timeline(&tq(Some(7), Some("h1"), 100)).expect("timeline");
-    let got: Vec<(&str, u32, i64, Option<&str>, Option<&str>)> = t
+    // (kind, tid, start from t0, label, comm)
+    type Row<'a> = (&'a str, u32, i64, Option<&'a str>, Option<&'a str>);
+    let got: Vec<Row> = t
         .spans
         .iter()
-        .map(|x| (x.kind.as_str(), x.tid, x.start_us - t0, x.label.as_deref(), x.comm.as_deref()))
+        .map(|x| {
+            (
+                x.kind.as_str(),
+                x.tid,
+                x.start_us - t0,
+                x.label.as_deref(),
+                x.comm.as_deref(),
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -465,11 +482,18 @@ fn timeline_spans_by_process_and_window(s: &mut dyn Store) {
     assert_eq!(eight.spans.len(), 1);
     let k8 = eight.spans[0].stack.clone().expect("a stack");
     assert_eq!(eight.stacks[&k8][0], "cold");
-    assert!(s.timeline(&tq(Some(7), Some("h2"), 100)).expect("t").spans.is_empty());
+    assert!(s
+        .timeline(&tq(Some(7), Some("h2"), 100))
+        .expect("t")
+        .spans
+        .is_empty());
     let cut = s.timeline(&tq(None, None, 2)).expect("timeline");
     assert!(cut.truncated);
     assert_eq!(
-        cut.spans.iter().map(|x| x.start_us - t0).collect::<Vec<_>>(),
+        cut.spans
+            .iter()
+            .map(|x| x.start_us - t0)
+            .collect::<Vec<_>>(),
         vec![0, 1000]
     );
     let all_old = TimelineQuery {
@@ -478,7 +502,11 @@ fn timeline_spans_by_process_and_window(s: &mut dyn Store) {
     };
     assert_eq!(s.timeline(&all_old).expect("t").spans.len(), 4);
     s.drop_before(now - 2 * 86_400_000).expect("retention");
-    assert_eq!(s.timeline(&all_old).expect("t").spans.len(), 3, "the old span is gone");
+    assert_eq!(
+        s.timeline(&all_old).expect("t").spans.len(),
+        3,
+        "the old span is gone"
+    );
 }
 
 macro_rules! conformance {

@@ -803,7 +803,10 @@ fn run_history_outlives_the_server_on_clickhouse() {
                 })
         })
         .count();
-    eprintln!("timeline on ClickHouse: {} spans, {leafy} CPU ticks in a leaf", spans.len());
+    eprintln!(
+        "timeline on ClickHouse: {} spans, {leafy} CPU ticks in a leaf",
+        spans.len()
+    );
     assert!(
         leafy * 10 >= spans.len() * 9,
         "{leafy} of {} spans are split's CPU ticks with a leaf in their stack",
