@@ -5,9 +5,9 @@
 //! The split is held in CPU time, not in counts of iterations: the two loops are the same code at
 //! different addresses, and on some CPUs their alignment alone made one run twice as fast per
 //! iteration (a CI run saw 87/13 from a 3:1 count). So `middle` reads the thread's CPU clock
-//! around each leaf and scales the next call's count toward 3 ms and 1 ms. It reads the clock
-//! outside the loops, four times per 4 ms: a clock read in the loop is a syscall here, and it
-//! skewed what a cpu-clock sampler saw.
+//! around each leaf, learns each loop's pace, and sizes the next round's counts to a 3:1 split
+//! of CPU time. It reads the clock outside the loops, a few times per round: a clock read in the
+//! loop is a syscall here, and it skewed what a cpu-clock sampler saw.
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -47,22 +47,36 @@ fn cold_leaf(n: u64) -> u64 {
     x
 }
 
-/// The next count for a leaf that took `took` ns for `n` iterations and should take `want` ns.
-fn rescale(n: u64, took: u64, want: u64) -> u64 {
-    let next = (n as u128 * want as u128 / took.max(1) as u128) as u64;
-    // Move halfway, so one preempted or interrupted call cannot swing the count.
-    ((n + next) / 2).clamp(1_000, 100_000_000)
+/// One leaf's pace: nanoseconds of thread CPU time per iteration, smoothed over its calls.
+struct Pace {
+    ns_per_iter: f64,
 }
 
+impl Pace {
+    /// Iterations for `want` ns at the current pace.
+    fn count(&self, want: f64) -> u64 {
+        ((want / self.ns_per_iter) as u64).clamp(1_000, 100_000_000)
+    }
+
+    /// Learns from a call of `n` iterations that took `took` ns: halfway toward it, so one
+    /// preempted or interrupted call cannot swing the pace.
+    fn learn(&mut self, n: u64, took: u64) {
+        let seen = took.max(1) as f64 / n as f64;
+        self.ns_per_iter = (self.ns_per_iter + seen) / 2.0;
+    }
+}
+
+/// Runs one round: `unit` ns of CPU in `cold_leaf` and three times that in `hot_leaf`.
 #[inline(never)]
-fn middle(counts: &mut (u64, u64)) -> u64 {
+fn middle(pace: &mut (Pace, Pace), unit: f64) -> u64 {
+    let (nh, nc) = (pace.0.count(3.0 * unit), pace.1.count(unit));
     let t0 = thread_cpu_ns();
-    let a = hot_leaf(counts.0);
+    let a = hot_leaf(nh);
     let t1 = thread_cpu_ns();
-    let b = cold_leaf(counts.1);
+    let b = cold_leaf(nc);
     let t2 = thread_cpu_ns();
-    counts.0 = rescale(counts.0, t1 - t0, 3_000_000);
-    counts.1 = rescale(counts.1, t2 - t1, 1_000_000);
+    pace.0.learn(nh, t1 - t0);
+    pace.1.learn(nc, t2 - t1);
     // Work after the last call keeps it a real call, so `middle` stays on the stack.
     black_box(a ^ b)
 }
@@ -73,10 +87,18 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5.0);
     let end = Instant::now() + Duration::from_secs_f64(secs);
-    let mut counts = (300_000u64, 100_000u64);
+    let mut pace = (Pace { ns_per_iter: 1.0 }, Pace { ns_per_iter: 1.0 });
     let mut acc = 0u64;
+    // Each round's length is drawn from 0.6 to 3.4 ms (a quarter of it cold): a fixed 4 ms
+    // round is a multiple of a 499 Hz sampler's period, and the two locked in phase (a run
+    // saw 83/17).
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     while Instant::now() < end {
-        acc ^= middle(&mut counts);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let unit = 150_000.0 + (seed >> 33) as f64 % 700_000.0;
+        acc ^= middle(&mut pace, unit);
     }
     black_box(acc);
 }

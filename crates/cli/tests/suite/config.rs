@@ -220,8 +220,11 @@ fn a_service_over_its_own_write_budget_is_cut_alone() {
             "99",
         ],
     );
+    // `split` makes two or three distinct rows a window: it runs until the end of the test, so
+    // the 20-row bucket (full at the start, refilled by one row every 3 s) surely runs out. At 8 s
+    // of work it sometimes never did.
     let mut w = std::process::Command::new(&split)
-        .arg("8")
+        .arg("60")
         .spawn()
         .expect("workload");
     let budgets = eventually(40, "the service budget to act", || {
@@ -246,6 +249,7 @@ fn a_service_over_its_own_write_budget_is_cut_alone() {
             .any(|x| x["value"] == "busy")
             .then_some(())
     });
+    let _ = w.kill();
     let _ = w.wait();
     assert!(up.stop().success());
 }
