@@ -11,7 +11,7 @@ trap 'rm -f "$log"' EXIT
 set +e
 # One test at a time: the end-to-end tests profile real processes, and on a 2-CPU machine
 # parallel tests starve each other's workloads.
-cargo test --release --workspace -- --test-threads=1 2>&1 | tee "$log"
+cargo test --release --workspace --no-fail-fast -- --test-threads=1 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line over every test binary, so the total is not hidden behind the last one.

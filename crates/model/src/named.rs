@@ -189,13 +189,7 @@ impl NamedStacks {
     /// stack opening nodes below what it shares with the one before (no hashing: this is the
     /// hot path of the UI's first frame).
     pub fn flat_tree(&self) -> FlatTree {
-        let k = self.names.len();
-        let mut order: Vec<u32> = (0..k as u32).collect();
-        order.sort_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
-        let mut rank = vec![0u32; k];
-        for (r, &i) in order.iter().enumerate() {
-            rank[i as usize] = r as u32;
-        }
+        let (order, rank) = self.name_order();
         let mut paths: Vec<(Vec<u32>, f64)> = self
             .stacks
             .iter()
@@ -249,13 +243,7 @@ impl NamedStacks {
         if min_share <= 0.0 || total <= 0.0 {
             return self.flat_tree();
         }
-        let k = self.names.len();
-        let mut order: Vec<u32> = (0..k as u32).collect();
-        order.sort_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
-        let mut rank = vec![0u32; k];
-        for (r, &i) in order.iter().enumerate() {
-            rank[i as usize] = r as u32;
-        }
+        let (order, rank) = self.name_order();
         let mut out = FlatTree {
             names: std::iter::once("all".to_string())
                 .chain(self.names.iter().cloned())
@@ -270,9 +258,21 @@ impl NamedStacks {
             order: &order,
             floor: total * min_share,
         };
-        let mut slot = vec![u32::MAX; k];
+        let mut slot = vec![u32::MAX; self.names.len()];
         ctx.emit(0, &live, &mut out, &mut slot);
         out
+    }
+
+    /// Name ids in name order, and each id's rank in that order: children are emitted by rank.
+    fn name_order(&self) -> (Vec<u32>, Vec<u32>) {
+        let k = self.names.len();
+        let mut order: Vec<u32> = (0..k as u32).collect();
+        order.sort_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
+        let mut rank = vec![0u32; k];
+        for (r, &i) in order.iter().enumerate() {
+            rank[i as usize] = r as u32;
+        }
+        (order, rank)
     }
 
     /// The top-functions table, as [`crate::flame::top_functions`] computes it.

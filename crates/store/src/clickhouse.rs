@@ -1143,7 +1143,6 @@ impl Store for ClickHouseStore {
         }
         sql.push_str(&format!(" ORDER BY start_us, tid LIMIT {}", q.limit + 1));
         let mut out = crate::Timeline::default();
-        let mut sids = Vec::new();
         for r in self.rows(&sql)? {
             let get = |i: usize| r.get(i).cloned().flatten();
             let num = |i: usize| get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
@@ -1152,7 +1151,6 @@ impl Store for ClickHouseStore {
                 break;
             }
             let sid = get(6).and_then(|v| v.parse::<u64>().ok());
-            sids.extend(sid);
             out.spans.push(crate::TimelineSpan {
                 kind: get(0).unwrap_or_default(),
                 pid: num(1) as u32,
@@ -1164,8 +1162,7 @@ impl Store for ClickHouseStore {
                 label: get(7),
             });
         }
-        sids.sort_unstable();
-        sids.dedup();
+        let sids = crate::dict::span_stack_ids(&out.spans);
         self.fill_caches(&sids)?;
         out.stacks = crate::dict::timeline_stacks(
             &sids,

@@ -162,6 +162,17 @@ pub(crate) fn cache_frame(
     frames.insert(fid, f);
 }
 
+/// The stack ids the timeline's spans name, sorted and without repeats.
+pub(crate) fn span_stack_ids(spans: &[crate::TimelineSpan]) -> Vec<u64> {
+    let mut sids: Vec<u64> = spans
+        .iter()
+        .filter_map(|s| s.stack.as_deref()?.parse().ok())
+        .collect();
+    sids.sort_unstable();
+    sids.dedup();
+    sids
+}
+
 /// The timeline's stacks: each stack id (in decimal, too wide for JavaScript numbers) to its
 /// function names, leaf first, from the caches a backend filled for those ids.
 pub(crate) fn timeline_stacks(

@@ -759,15 +759,11 @@ impl Store for DuckDbStore {
             ))
         })?;
         let mut out = crate::Timeline::default();
-        let mut sids = Vec::new();
         for row in rows {
             let (kind, pid, tid, comm, start_us, dur_us, sid, label) = row?;
             if out.spans.len() == q.limit {
                 out.truncated = true;
                 break;
-            }
-            if let Some(s) = sid {
-                sids.push(s);
             }
             out.spans.push(crate::TimelineSpan {
                 kind,
@@ -780,8 +776,7 @@ impl Store for DuckDbStore {
                 label,
             });
         }
-        sids.sort_unstable();
-        sids.dedup();
+        let sids = crate::dict::span_stack_ids(&out.spans);
         self.fill_caches(&sids)?;
         out.stacks = crate::dict::timeline_stacks(
             &sids,
