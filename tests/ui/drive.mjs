@@ -168,6 +168,22 @@ const scenarios = {
     return { lanes, cpuTicks: cpu, detail: text.split("\n")[0] };
   },
 
+  // The timeline of a process on a fleet host (spans shipped by its agent, kept by ClickHouse):
+  // CPU ticks in its lane, and a tick's stack through one of split's leaves.
+  async fleettimeline(page) {
+    await page.goto(`${base}/timeline?pid=${args.pid}&host=${args.host}&since=5m`);
+    await loaded(page);
+    const cpu = await page.evaluate(() => window.__baton.timeline.lanes.reduce((n, l) => n + l.cpu, 0));
+    check(cpu >= 20, `the fleet host's process has ${cpu} CPU ticks`);
+    const r = await page.evaluate(() => window.__baton.timeline.rectOfSpan((s) => s.kind === "cpu"));
+    await page.mouse.click(r.x + r.w / 2, r.y + r.h / 2);
+    await page.waitForFunction(() => document.getElementById("tl-detail").dataset.kind === "cpu");
+    const text = await page.$eval("#tl-detail", (e) => e.textContent);
+    check(/leaf_hot|leaf_cold/.test(text), `the tick's stack lacks split's leaves:\n${text}`);
+    await page.screenshot({ path: `${out}/timeline-fleet.png` });
+    return { cpuTicks: cpu };
+  },
+
   async fleet(page) {
     await page.goto(`${base}/fleet`);
     await loaded(page);

@@ -812,6 +812,12 @@ fn run_history_outlives_the_server_on_clickhouse() {
         "{leafy} of {} spans are split's CPU ticks with a leaf in their stack",
         spans.len()
     );
+    // And the Timeline page shows them, for this host.
+    crate::ui::drive(
+        "fleettimeline",
+        &server.addr,
+        &serde_json::json!({ "pid": split.id(), "host": "r1" }),
+    );
     // Recorded within 2 s of ending.
     std::thread::sleep(Duration::from_secs(3));
     drop(server);
