@@ -263,6 +263,53 @@ pub fn self_cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / if hz > 0.0 { hz } else { 100.0 }
 }
 
+/// The name `baton up` gives its HTTP runtime's threads (workers and blocking pool): what they
+/// spend serving the API and the UI is not profiling overhead.
+pub const API_THREAD_NAME: &str = "baton-api";
+
+/// CPU seconds spent by this process's threads of one name, summed across calls: a thread that
+/// exits between two calls keeps what it had used at the earlier one (tokio's blocking threads
+/// come and go).
+#[derive(Debug, Default)]
+pub struct ThreadCpu {
+    last: std::collections::HashMap<u32, f64>,
+    total: f64,
+}
+
+impl ThreadCpu {
+    /// The total so far for threads whose name (`comm`) is `name`.
+    pub fn seconds(&mut self, name: &str) -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let hz = if hz > 0.0 { hz } else { 100.0 };
+        let mut seen = std::collections::HashMap::new();
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+            return self.total;
+        };
+        for e in dir.flatten() {
+            let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            if &stat[open + 1..close] != name {
+                continue;
+            }
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            let cpu = (ticks(11) + ticks(12)) / hz;
+            self.total += (cpu - self.last.get(&tid).copied().unwrap_or(0.0)).max(0.0);
+            seen.insert(tid, cpu);
+        }
+        self.last = seen;
+        self.total
+    }
+}
+
 /// Resident set size of this process in bytes.
 pub fn self_rss_bytes() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -274,4 +321,37 @@ pub fn self_rss_bytes() -> f64 {
         })
         .map(|kb| kb * 1024.0)
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_cpu_keeps_what_an_exited_thread_used() {
+        let mut t = ThreadCpu::default();
+        assert_eq!(t.seconds("baton-t-burn"), 0.0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::Builder::new()
+            .name("baton-t-burn".into())
+            .spawn(move || {
+                let end = std::time::Instant::now() + std::time::Duration::from_millis(300);
+                let mut x = 1u64;
+                while std::time::Instant::now() < end {
+                    x = std::hint::black_box(x.wrapping_mul(3).wrapping_add(1));
+                }
+                tx.send(()).ok();
+                // Stay alive until the reading below, then exit.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            })
+            .expect("spawn");
+        rx.recv().expect("burned");
+        let during = t.seconds("baton-t-burn");
+        h.join().expect("join");
+        let after = t.seconds("baton-t-burn");
+        // 300 ms of wall time spinning: at least 0.1 s of CPU even on a busy machine.
+        assert!(during >= 0.1, "{during}");
+        assert_eq!(after, during, "the exited thread's time is kept");
+        assert_eq!(t.seconds("no-such-thread"), during);
+    }
 }

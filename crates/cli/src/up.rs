@@ -241,6 +241,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(baton_agent::metrics::API_THREAD_NAME)
         .enable_all()
         .build()?;
     let served = rt.block_on(async move {
@@ -493,12 +494,16 @@ struct Driver {
     host_key: u64,
 }
 
-/// Keeps the profilers' cost (this process's CPU plus its BPF programs' run time) under the
-/// host's overhead budget: over it, halve the continuous frequency; at 1 Hz and still over,
-/// stop continuous profiling for a while. Each step logs an event and counts.
+/// Keeps the profilers' cost (this process's CPU, less what its API threads spend serving
+/// queries and the UI, plus its BPF programs' run time) under the host's overhead budget: over
+/// it, halve the continuous frequency; at 1 Hz and still over, stop continuous profiling for a
+/// while. Each step logs an event and counts.
 #[derive(Default)]
 struct OverheadGuard {
     last: Option<(Instant, f64, u64)>,
+    /// CPU of the `baton-api` threads, left out: a user loading large flame graphs is not
+    /// profiling overhead, and used to pause continuous profiling.
+    api: baton_agent::metrics::ThreadCpu,
     /// The highest frequency the guard allows, once it has acted.
     cap: Option<u64>,
     stopped_until: Option<Instant>,
@@ -1145,9 +1150,14 @@ impl Driver {
                 eprintln!("baton up: overhead guard: resuming continuous profiling");
             }
         }
-        // Baton's own CPU and BPF time, plus that of the bpftrace processes of ad-hoc runs.
+        // Baton's own CPU (less its API threads') and BPF time, plus that of the bpftrace
+        // processes of ad-hoc runs.
         let (adhoc_cpu, adhoc_bpf) = baton_profilers::adhoc::children_cost();
-        let cpu = baton_agent::metrics::self_cpu_seconds() + adhoc_cpu;
+        let api = self
+            .guard
+            .api
+            .seconds(baton_agent::metrics::API_THREAD_NAME);
+        let cpu = baton_agent::metrics::self_cpu_seconds() - api + adhoc_cpu;
         let bpf = self.metrics.bpf_run_time_ns.load(Ordering::Relaxed) + adhoc_bpf;
         let Some((t0, cpu0, bpf0)) = self.guard.last else {
             self.guard.last = Some((now, cpu, bpf));
