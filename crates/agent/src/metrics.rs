@@ -249,18 +249,10 @@ impl AgentMetrics {
 
 /// User + system CPU seconds of this process, from `/proc/self/stat`.
 pub fn self_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the comm: state is field 3, so utime (14) and stime (15) are at 11 and 12 here.
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / if hz > 0.0 { hz } else { 100.0 }
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| crate::observe::stat_ticks(&stat))
+        .map_or(0.0, |t| t as f64 / crate::observe::clk_tck())
 }
 
 /// The name `baton up` gives its HTTP runtime's threads (workers and blocking pool): what they
@@ -279,9 +271,7 @@ pub struct ThreadCpu {
 impl ThreadCpu {
     /// The total so far for threads whose name (`comm`) is `name`.
     pub fn seconds(&mut self, name: &str) -> f64 {
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let hz = if hz > 0.0 { hz } else { 100.0 };
+        let hz = crate::observe::clk_tck();
         let mut seen = std::collections::HashMap::new();
         let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
             return self.total;
@@ -299,9 +289,10 @@ impl ThreadCpu {
             if &stat[open + 1..close] != name {
                 continue;
             }
-            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            let cpu = (ticks(11) + ticks(12)) / hz;
+            let Some(ticks) = crate::observe::stat_ticks(&stat) else {
+                continue;
+            };
+            let cpu = ticks as f64 / hz;
             self.total += (cpu - self.last.get(&tid).copied().unwrap_or(0.0)).max(0.0);
             seen.insert(tid, cpu);
         }

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-fn clk_tck() -> f64 {
+pub(crate) fn clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz > 0 {
@@ -14,12 +14,18 @@ fn clk_tck() -> f64 {
     }
 }
 
-/// utime + stime of a process, in clock ticks.
-fn process_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// utime + stime, in clock ticks, from the text of a `/proc/…/stat` file (process or thread).
+pub(crate) fn stat_ticks(stat: &str) -> Option<u64> {
+    // After the comm (in parentheses, and it may hold spaces): state is field 3, so utime (14)
+    // and stime (15) are at 11 and 12 here.
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn process_ticks(pid: u32) -> Option<u64> {
+    stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// CPU% of processes between two calls (100 = one full CPU).

@@ -106,6 +106,7 @@ impl SpanColumns {
         Ok(out)
     }
 }
+
 /// The profiler name given to pprof that names none.
 pub const FOREIGN_PROFILER: &str = "pprof";
 

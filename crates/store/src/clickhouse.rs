@@ -413,27 +413,25 @@ impl ClickHouseStore {
         r.map(|_| ())
     }
 
-    /// The tables samples and histograms are read from and written to: the local ones, or the
-    /// `Distributed` ones over the cluster's shards.
-    fn samples_table(&self) -> String {
+    /// The sharded tables (`samples`, `histograms`, `spans`) are read from and written to as
+    /// the local ones, or the `Distributed` ones over the cluster's shards: the bare name.
+    fn sharded(&self, table: &str) -> String {
         match &self.url.cluster {
-            Some(_) => format!("{}.samples", self.db()),
-            None => format!("{}.samples_local", self.db()),
+            Some(_) => table.to_string(),
+            None => format!("{table}_local"),
         }
+    }
+
+    fn samples_table(&self) -> String {
+        format!("{}.{}", self.db(), self.sharded("samples"))
     }
 
     fn histograms_table(&self) -> String {
-        match &self.url.cluster {
-            Some(_) => format!("{}.histograms", self.db()),
-            None => format!("{}.histograms_local", self.db()),
-        }
+        format!("{}.{}", self.db(), self.sharded("histograms"))
     }
 
     fn spans_table(&self) -> String {
-        match &self.url.cluster {
-            Some(_) => format!("{}.spans", self.db()),
-            None => format!("{}.spans_local", self.db()),
-        }
+        format!("{}.{}", self.db(), self.sharded("spans"))
     }
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {
@@ -722,25 +720,16 @@ impl ClickHouseStore {
         self.insert("frames", &frames, nframes)?;
         self.insert("symbols", &symbols, nsymbols)?;
         self.insert("stacks", &stacks, nstacks)?;
-        let table = st.rsplit('.').next().unwrap_or("samples_local").to_string();
         let ids: Vec<&str> = items.iter().filter_map(|(_, id)| id.map(|i| i.0)).collect();
-        let r = self.insert(&table, &samples, nsamples);
+        let r = self.insert(&self.sharded("samples"), &samples, nsamples);
         // From the samples' insert on, an error may leave them stored (a timeout after the
         // commit): retries must count them first.
         for bid in &ids {
             self.suspect.insert(bid.to_string());
         }
         r?;
-        let ht = self.histograms_table();
-        let htable = ht
-            .rsplit('.')
-            .next()
-            .unwrap_or("histograms_local")
-            .to_string();
-        self.insert(&htable, &hists, nhists)?;
-        let sp = self.spans_table();
-        let stable = sp.rsplit('.').next().unwrap_or("spans_local").to_string();
-        self.insert(&stable, &spans, nspans)?;
+        self.insert(&self.sharded("histograms"), &hists, nhists)?;
+        self.insert(&self.sharded("spans"), &spans, nspans)?;
         let mut b = String::new();
         for &(batch, id) in items {
             if let Some((bid, host)) = id {

@@ -51,8 +51,6 @@ pub enum StoreError {
     UnknownLabel(String),
     #[error("bad filter {0:?}; write it as label=value, label!=value or label~regex")]
     BadFilter(String),
-    #[error("{0}")]
-    Unsupported(&'static str),
 }
 
 /// A time bucket of a series.
