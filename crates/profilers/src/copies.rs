@@ -136,6 +136,18 @@ impl CopyReader {
         }
     }
 
+    /// Plans the targets named at start, before BPF tracks them: an event that began between
+    /// the attach and the collector's first look would otherwise be walked by frame pointers
+    /// alone (a sleeper's first block, say, would skip the caller of libc's `clock_nanosleep`).
+    /// A target still waiting to exec is planned again by the collector once it has.
+    pub(crate) fn plan_targets(&self, dwarf_pids: &dyn MapCore, targets: Option<&[u32]>) {
+        for &pid in targets.unwrap_or(&[]) {
+            if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+                self.observe_maps(dwarf_pids, pid, &maps);
+            }
+        }
+    }
+
     /// Everything paired since the last call. Also forgets processes that are gone (their
     /// unwinders and plans) and copies too old to be paired.
     pub(crate) fn take(&self, dwarf_pids: &dyn MapCore) -> Vec<(CopiedKey, CopiedSums)> {

@@ -128,19 +128,18 @@ impl<S: EventSkel> EventProfiler<S> {
         o: &StartOptions,
         budget: Option<u64>,
     ) -> Result<EventProfiler<S>, ProfilerError> {
+        let copies = if o.dwarf {
+            let c = CopyReader::start(&format!("baton-{}", spec.info.name), skel.copies())?;
+            c.plan_targets(skel.dwarf_pids(), o.targets.as_deref());
+            Some(c)
+        } else {
+            None
+        };
         for &p in o.targets.iter().flatten() {
             skel.targets()
                 .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)
                 .map_err(ProfilerError::bpf("adding a target pid"))?;
         }
-        let copies = if o.dwarf {
-            Some(CopyReader::start(
-                &format!("baton-{}", spec.info.name),
-                skel.copies(),
-            )?)
-        } else {
-            None
-        };
         Ok(EventProfiler {
             copies,
             skel,

@@ -234,10 +234,9 @@ impl LatencyProfiler {
             bss.active_buffer = 0;
         }
         let copies = if o.dwarf {
-            Some(CopyReader::start(
-                "baton-latency-copies",
-                &skel.maps.copies,
-            )?)
+            let c = CopyReader::start("baton-latency-copies", &skel.maps.copies)?;
+            c.plan_targets(&skel.maps.dwarf_pids, o.targets.as_deref());
+            Some(c)
         } else {
             None
         };

@@ -204,6 +204,13 @@ impl OffCpuProfiler {
         let skel = open
             .load()
             .map_err(ProfilerError::bpf("loading the offcpu program"))?;
+        let copies = if opts.dwarf {
+            let c = CopyReader::start("baton-offcpu", &skel.maps.copies)?;
+            c.plan_targets(&skel.maps.dwarf_pids, opts.targets.as_deref());
+            Some(c)
+        } else {
+            None
+        };
         for &p in opts.targets.iter().flatten() {
             skel.maps
                 .targets
@@ -228,11 +235,6 @@ impl OffCpuProfiler {
         let stats_fd = sys::enable_bpf_run_time_stats()
             .map_err(|e| tracing::debug!(error = %e, "BPF run-time stats unavailable"))
             .ok();
-        let copies = if opts.dwarf {
-            Some(CopyReader::start("baton-offcpu", &skel.maps.copies)?)
-        } else {
-            None
-        };
         let spans = if opts.timeline {
             let got: Arc<Mutex<Vec<RawBlockSpan>>> = Arc::default();
             let sink = Arc::clone(&got);

@@ -1,20 +1,16 @@
 //! The off-CPU profiler against a program whose blocking is known: 10 sleeps of 200 ms. Needs
 //! root (real BPF); without it the test fails, loudly.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton_profilers::offcpu::{BlockState, OffCpuOptions, OffCpuProfiler};
 use baton_symbolizer::HostSymbolizer;
 
-#[test]
-fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
-    assert!(
-        baton_profilers::sys::has_profiling_privileges(),
-        "this test loads BPF: run it as root"
-    );
-    let dir = std::env::temp_dir().join(format!("baton-offcpu-{}", std::process::id()));
+/// Builds `tests/workloads/sleeper.c` with frame pointers into a scratch directory.
+fn sleeper(tag: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("baton-offcpu-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let bin = dir.join("sleeper");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/workloads/sleeper.c");
@@ -31,6 +27,16 @@ fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
         .status()
         .expect("clang must be installed (scripts/install-deps.sh)");
     assert!(st.success(), "compiling sleeper.c failed");
+    (dir, bin)
+}
+
+#[test]
+fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
+    assert!(
+        baton_profilers::sys::has_profiling_privileges(),
+        "this test loads BPF: run it as root"
+    );
+    let (dir, bin) = sleeper("fp");
 
     // warm_up sleeps 0.5 s first, which leaves time to attach before the measured sleeps.
     let mut child = Command::new(&bin)
@@ -60,7 +66,6 @@ fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
     std::thread::sleep(Duration::from_millis(50));
     blocks.extend(prof.drain().expect("drain"));
     let stats = prof.stats();
-    let _ = std::fs::remove_dir_all(&dir);
 
     let mut in_sleep = 0u64;
     let mut sleeps = 0u64;
@@ -82,9 +87,8 @@ fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
             "block {} ns x{}: user {user:?} kernel {kernel:?}",
             b.ns, b.count
         );
-        // Frame pointers only so far: Debian's libc has none, so the walk from its
-        // clock_nanosleep skips to libc's start and `wait_here` is not in the user stack yet
-        // (DWARF unwinding of off-CPU stacks is the next step). The kernel stack is complete.
+        // Frame pointers only: Debian's libc has none, so the walk from its clock_nanosleep
+        // skips `wait_here` (the DWARF test below reaches it). The kernel stack is complete.
         if b.state == BlockState::Sleeping
             && in_nanosleep
             && user.first().is_some_and(|f| f == "clock_nanosleep")
@@ -93,6 +97,7 @@ fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
             sleeps += b.count;
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
     let secs = in_sleep as f64 / 1e9;
     eprintln!(
         "blocked in clock_nanosleep: {secs:.3} s in {sleeps} sleeps; all blocks of the pid {:.3} s; {stats:?}",
@@ -109,4 +114,69 @@ fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
         "{:.3} s blocked outside the 10 sleeps",
         total as f64 / 1e9 - secs
     );
+}
+
+/// With DWARF unwinding on, a target's blocks are unwound through libc (which has no frame
+/// pointers) from the first one: the profiler plans the targets it is given before it tracks
+/// them, so nothing here ever calls `observe_maps`. Every one of the 10 sleeps names
+/// `clock_nanosleep`, `wait_here` and `main`.
+#[test]
+fn a_targets_first_blocks_are_unwound_through_libc() {
+    assert!(
+        baton_profilers::sys::has_profiling_privileges(),
+        "this test loads BPF: run it as root"
+    );
+    let (dir, bin) = sleeper("dwarf");
+    let mut child = Command::new(&bin)
+        .arg("0.5")
+        .spawn()
+        .expect("start sleeper");
+    let pid = child.id();
+    // Long enough for the loader to have mapped libc; the warm-up sleep lasts 0.5 s.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut prof = OffCpuProfiler::start(&OffCpuOptions {
+        targets: Some(vec![pid]),
+        follow_forks: false,
+        min_block_ns: 1_000_000,
+        max_tracked_per_sec: baton_profilers::offcpu::DEFAULT_MAX_TRACKED_PER_SEC,
+        dwarf: true,
+        timeline: false,
+    })
+    .expect("offcpu profiler starts");
+    let mut sym = HostSymbolizer::new();
+    sym.observe_process(pid);
+    let mut blocks = Vec::new();
+    let t0 = Instant::now();
+    while child.try_wait().expect("wait").is_none() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(300));
+        blocks.extend(prof.drain().expect("drain"));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    blocks.extend(prof.drain().expect("drain"));
+    let stats = prof.stats();
+
+    let (mut whole, mut sleeps) = (0u64, 0u64);
+    for b in blocks.iter().filter(|b| b.pid == pid) {
+        let user: Vec<String> = sym
+            .user_frames(pid, &b.user)
+            .into_iter()
+            .filter_map(|f| f.function)
+            .collect();
+        eprintln!("block {} ns x{}: user {user:?}", b.ns, b.count);
+        let at = |name: &str| user.iter().position(|f| f == name);
+        if b.state == BlockState::Sleeping && b.ns >= 150_000_000 * b.count {
+            sleeps += b.count;
+            if matches!(
+                (at("clock_nanosleep"), at("wait_here"), at("main")),
+                (Some(a), Some(w), Some(m)) if a < w && w < m
+            ) {
+                whole += b.count;
+            }
+        }
+    }
+    // Symbols are read from the binary: remove it only now.
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("{whole} of {sleeps} sleeps unwound through libc; {stats:?}");
+    assert_eq!(sleeps, 10, "{sleeps} sleeps of 200 ms, not 10");
+    assert_eq!(whole, 10, "{whole} of 10 sleeps reach wait_here and main");
 }
