@@ -155,6 +155,12 @@ const MIGRATIONS: &[&str] = &[
      ) ENGINE = MergeTree()
        PARTITION BY toYYYYMMDD(toDateTime(intDiv(start_us, 1000000)))
        ORDER BY (host, pid, start_us)",
+    // 4: histograms and spans carry their batch id, as samples do, so that a retried batch
+    // whose first attempt failed part-way is counted per table before any table is written
+    // again (see `write_many`). ClickHouse 18 has no `ADD COLUMN IF NOT EXISTS`: `migrate`
+    // skips a column that is there already.
+    "ALTER TABLE {db}.histograms_local {on} ADD COLUMN batch String DEFAULT '';
+     ALTER TABLE {db}.spans_local {on} ADD COLUMN batch String DEFAULT ''",
 ];
 
 /// The ClickHouse schema version this build writes.
@@ -446,6 +452,35 @@ impl ClickHouseStore {
             .unwrap_or(0))
     }
 
+    /// Runs a migration's statement, except an `ALTER TABLE DB.T ADD COLUMN C …` whose column
+    /// is there already (a migration cut short before its version was recorded runs again).
+    fn exec_once(&self, stmt: &str) -> Result<(), StoreError> {
+        let words: Vec<&str> = stmt.split_whitespace().collect();
+        let added = words
+            .windows(2)
+            .position(|w| w == ["ADD", "COLUMN"])
+            .and_then(|i| words.get(i + 2));
+        if let (["ALTER", "TABLE", table, ..], Some(column)) = (words.as_slice(), added) {
+            if let Some((db, t)) = table.split_once('.') {
+                let there = self.rows(&format!(
+                    "SELECT count() FROM system.columns WHERE database = {} AND table = {} AND name = {}",
+                    quote(db),
+                    quote(t),
+                    quote(column)
+                ))?;
+                if there
+                    .first()
+                    .and_then(|r| r.first().cloned().flatten())
+                    .as_deref()
+                    != Some("0")
+                {
+                    return Ok(());
+                }
+            }
+        }
+        self.exec(stmt)
+    }
+
     fn migrate(&mut self) -> Result<(), StoreError> {
         let on = self.on_cluster();
         self.exec(&format!(
@@ -462,7 +497,19 @@ impl ClickHouseStore {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                self.exec(&stmt.replace("{db}", self.db()).replace("{on}", &on))?;
+                let stmt = stmt.replace("{db}", self.db()).replace("{on}", &on);
+                self.exec_once(&stmt)?;
+                // A column added to a shard's local table is added to the Distributed table
+                // over it too.
+                if self.url.cluster.is_some() && stmt.starts_with("ALTER TABLE ") {
+                    if let Some(dist) = ["samples", "histograms", "spans"].iter().find_map(|t| {
+                        let local = format!("{}.{t}_local ", self.db());
+                        stmt.contains(&local)
+                            .then(|| stmt.replace(&local, &format!("{}.{t} ", self.db())))
+                    }) {
+                        self.exec_once(&dist)?;
+                    }
+                }
             }
             if let Some(c) = self.url.cluster.clone() {
                 // Samples, histograms and spans are sharded: a Distributed table over each
@@ -600,30 +647,50 @@ impl ClickHouseStore {
         let mut nhists = 0;
         let mut spans = String::new();
         let mut nspans = 0;
+        let ht = format!("{}.{}", self.db(), self.sharded("histograms"));
+        let spt = format!("{}.{}", self.db(), self.sharded("spans"));
         for &(batch, id) in items {
-            // A suspect batch whose rows are all there already adds no samples.
-            let already = match id {
+            let bid = id.map(|i| i.0).unwrap_or("");
+            // A suspect batch may have some of its tables stored already: each table's rows
+            // are counted, and a table that has them all is not written again.
+            let (already, hists_there, spans_there) = match id {
                 Some((bid, _)) if self.suspect.contains(bid) => {
-                    let n = self.rows(&format!(
-                        "SELECT count() FROM {st} WHERE profiler = {} AND ts_ms = {} AND batch = {}",
+                    let b = quote(bid);
+                    let key = format!(
+                        "profiler = {} AND ts_ms = {} AND batch = {b}",
                         quote(&batch.profiler),
-                        batch.ts_ms,
-                        quote(bid)
-                    ))?;
-                    n.first()
-                        .and_then(|r| r.first().cloned().flatten())
-                        .and_then(|v| v.parse::<usize>().ok())
-                        .unwrap_or(0)
+                        batch.ts_ms
+                    );
+                    let hist_rows: usize = batch.histograms.iter().map(|h| h.buckets.len()).sum();
+                    let starts = batch.spans.iter().map(|s| s.start_us);
+                    let spans_there = match (starts.clone().min(), starts.max()) {
+                        (Some(a), Some(z)) => self.stored_part(
+                            &format!("SELECT count() FROM {spt} WHERE start_us BETWEEN {a} AND {z} AND batch = {b}"),
+                            batch.spans.len(),
+                            "spans",
+                            bid,
+                        )?,
+                        _ => false,
+                    };
+                    (
+                        self.stored_part(
+                            &format!("SELECT count() FROM {st} WHERE {key}"),
+                            batch.samples.len(),
+                            "samples",
+                            bid,
+                        )?,
+                        hist_rows > 0
+                            && self.stored_part(
+                                &format!("SELECT count() FROM {ht} WHERE {key}"),
+                                hist_rows,
+                                "histogram buckets",
+                                bid,
+                            )?,
+                        spans_there,
+                    )
                 }
-                _ => 0,
+                _ => (false, false, false),
             };
-            if already != 0 && already != batch.samples.len() {
-                return Err(ch_err(format!(
-                    "batch {} has {already} of its {} rows stored already",
-                    id.map(|i| i.0).unwrap_or(""),
-                    batch.samples.len()
-                )));
-            }
             // Each sample's stack id, for the spans that name their sample.
             let mut sids: Vec<u64> = Vec::with_capacity(batch.samples.len());
             for smp in &batch.samples {
@@ -665,7 +732,7 @@ impl ClickHouseStore {
                     row!(stacks; s(sid), Some(text));
                     nstacks += 1;
                 }
-                if already > 0 {
+                if already {
                     continue;
                 }
                 let l = |k: &str| smp.labels.get(k).cloned();
@@ -683,10 +750,10 @@ impl ClickHouseStore {
                     s(sid), s(smp.value), s(smp.weight),
                     smp.labels.get("run").and_then(|v| v.parse::<i64>().ok()).map(|v| v.to_string()),
                     s(smp.value_index), detail(&smp.labels),
-                    Some(id.map(|(b, _)| b.to_string()).unwrap_or_default()));
+                    Some(bid.to_string()));
                 nsamples += 1;
             }
-            for h in &batch.histograms {
+            for h in batch.histograms.iter().filter(|_| !hists_there) {
                 let l = |k: &str| h.labels.get(k).cloned();
                 for b in &h.buckets {
                     row!(hists;
@@ -695,14 +762,15 @@ impl ClickHouseStore {
                         h.labels.get("pid").and_then(|v| v.parse::<i32>().ok()).map(|v| v.to_string()),
                         Some(l("comm").unwrap_or_default()), l("exe"),
                         h.labels.get("run").and_then(|v| v.parse::<i64>().ok()).map(|v| v.to_string()),
-                        Some(l("service").unwrap_or_default()), s(b.le), s(b.count));
+                        Some(l("service").unwrap_or_default()), s(b.le), s(b.count),
+                        Some(bid.to_string()));
                     nhists += 1;
                 }
             }
             // Spans without a sample of their own take the batch's host and run from its first
             // sample (one batch is one host's, and one run's), as on DuckDB.
             let first = batch.samples.first().map(|s| &s.labels);
-            for sp in &batch.spans {
+            for sp in batch.spans.iter().filter(|_| !spans_there) {
                 let own = sp.sample.map(|i| i as usize).filter(|&i| i < sids.len());
                 let labels = own.map(|i| &batch.samples[i].labels).or(first);
                 let l = |k: &str| labels.and_then(|ls| ls.get(k)).cloned();
@@ -713,7 +781,8 @@ impl ClickHouseStore {
                     own.and_then(|i| batch.samples[i].labels.get("comm").cloned()),
                     own.map(|i| sids[i].to_string()),
                     (!sp.label.is_empty()).then(|| sp.label.clone()),
-                    l("run").and_then(|v| v.parse::<i64>().ok()).map(|v| v.to_string()));
+                    l("run").and_then(|v| v.parse::<i64>().ok()).map(|v| v.to_string()),
+                    Some(bid.to_string()));
                 nspans += 1;
             }
         }
@@ -722,8 +791,8 @@ impl ClickHouseStore {
         self.insert("stacks", &stacks, nstacks)?;
         let ids: Vec<&str> = items.iter().filter_map(|(_, id)| id.map(|i| i.0)).collect();
         let r = self.insert(&self.sharded("samples"), &samples, nsamples);
-        // From the samples' insert on, an error may leave them stored (a timeout after the
-        // commit): retries must count them first.
+        // From the samples' insert on, an error may leave rows stored (a timeout after the
+        // commit, or a later table's insert failing): retries must count them first.
         for bid in &ids {
             self.suspect.insert(bid.to_string());
         }
@@ -753,6 +822,30 @@ impl ClickHouseStore {
             }
         }
         Ok(())
+    }
+
+    /// Whether a suspect batch's rows of one table are all stored (`count_sql` counts them):
+    /// none is false, all is true, and a part is an error, since neither writing nor skipping
+    /// them would leave the batch whole.
+    fn stored_part(
+        &self,
+        count_sql: &str,
+        expected: usize,
+        what: &str,
+        bid: &str,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .rows(count_sql)?
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        if n != 0 && n != expected {
+            return Err(ch_err(format!(
+                "batch {bid} has {n} of its {expected} {what} stored already"
+            )));
+        }
+        Ok(n != 0)
     }
 
     fn stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64)>, StoreError> {

@@ -163,6 +163,27 @@ impl ClickHouseServer {
         out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
     }
 
+    /// Runs a statement that changes something (DDL, inserts): a POST, since GET is read-only.
+    /// Returns ClickHouse's answer, or its error text.
+    pub fn exec(&self, sql: &str) -> Result<String, String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).map_err(|e| e.to_string())?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        write!(
+            s,
+            "POST / HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{sql}",
+            sql.len()
+        )
+        .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+            Ok(body.to_string())
+        } else {
+            Err(body.trim().to_string())
+        }
+    }
+
     /// The first value of a query's answer, as a number.
     pub fn count(&self, sql: &str) -> Option<u64> {
         let q: String = sql

@@ -577,6 +577,87 @@ fn a_reopened_clickhouse_store_knows_its_dictionaries_and_batches() {
     assert_eq!(s.sample_rows().expect("rows"), 2);
 }
 
+/// ClickHouse has no transaction over tables: a batch whose insert fails part-way (here, a
+/// table taken away under it) keeps what was stored, and its retry writes each table's rows
+/// exactly once. Each of the three sharded tables fails in turn.
+#[test]
+fn a_retried_batch_stores_each_table_once_on_clickhouse() {
+    let mut s = clickhouse("retry");
+    let ch = |sql: &str| {
+        server()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .expect("server")
+            .exec(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    let count = |table: &str, bid: &str| -> u64 {
+        ch(&format!(
+            "SELECT count() FROM retry.{table}_local WHERE batch = '{bid}'"
+        ))
+        .trim()
+        .parse()
+        .expect("a count")
+    };
+    let now = baton_model::time::now_ms();
+    for (i, broken) in ["samples", "histograms", "spans"].iter().enumerate() {
+        let bid = format!("retry-{broken}");
+        let mut b = batch(now + i as i64, "app", "hot", 10, 1.0);
+        b.samples.push(b.samples[0].clone());
+        b.samples[1].labels.insert("tid".into(), "9".into());
+        b.histograms = vec![Histogram {
+            name: "syscall_latency".into(),
+            unit: "nanoseconds".into(),
+            key: "read".into(),
+            labels: b.samples[0].labels.clone(),
+            buckets: vec![
+                baton_model::Bucket {
+                    le: 1023,
+                    count: 3.0,
+                },
+                baton_model::Bucket {
+                    le: 2047,
+                    count: 1.0,
+                },
+            ],
+        }];
+        b.spans = (0..3)
+            .map(|k| Span {
+                kind: SpanKind::Cpu,
+                pid: 7,
+                tid: 71,
+                start_us: (now + k) * 1000,
+                dur_us: 1000,
+                sample: Some(0),
+                label: String::new(),
+            })
+            .collect();
+        ch(&format!(
+            "RENAME TABLE retry.{broken}_local TO retry.{broken}_away"
+        ));
+        let e = s.write_batch_once(&b, &bid, Some("h1"));
+        ch(&format!(
+            "RENAME TABLE retry.{broken}_away TO retry.{broken}_local"
+        ));
+        assert!(e.is_err(), "the write without {broken} succeeded");
+        assert!(
+            s.write_batch_once(&b, &bid, Some("h1")).expect("retry"),
+            "the retry after {broken} failed was taken as a duplicate"
+        );
+        assert!(!s.write_batch_once(&b, &bid, Some("h1")).expect("again"));
+        assert_eq!(
+            (
+                count("samples", &bid),
+                count("histograms", &bid),
+                count("spans", &bid)
+            ),
+            (2, 2, 3),
+            "rows of {bid} after its {broken} insert failed and it was retried"
+        );
+    }
+}
+
 #[test]
 fn clickhouse_down_is_a_clear_error() {
     let port = free_port();
