@@ -8,6 +8,11 @@
 //! profiler started, that are not freed at the end of the window, as bcc's `memleak` reports
 //! outstanding allocations. With `sample_bytes=0` every allocation is recorded, weight 1.
 //!
+//! Where the allocating code lacks frame pointers, BPF copies the stack at the allocation's
+//! return and the event names the copy (`copies.rs` unwinds it from DWARF CFI). Such events wait
+//! in `State::unresolved` until the drain has flushed both rings, then are counted like the
+//! rest; a free that comes first marks the waiting allocation freed.
+//!
 //! Probes are attached per target process (so other processes never trap), to the libc it maps,
 //! or to `lib=PATH`; children of targets are followed by attaching to them as they appear.
 
@@ -19,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
 
+use crate::copies::CopyReader;
 use crate::raw::{comm_at, percpu_sum, pids_of, u32_at, u64_at};
 use crate::ring::RingReader;
 use crate::uprobe::Followed;
@@ -34,7 +40,8 @@ const EV_SIZE: usize = 24;
 const EV_ACC: usize = 32;
 const EV_CGROUP: usize = 40;
 const EV_COMM: usize = 48;
-const EV_STACK: usize = 64;
+const EV_COOKIE: usize = 64;
+const EV_STACK: usize = 72;
 
 /// (pid, tid, comm, cgroup id, user stack): what a row is aggregated under.
 type Key = (u32, u32, String, u64, Vec<u64>);
@@ -46,6 +53,17 @@ struct Totals {
     events: u64,
 }
 
+/// A sampled allocation whose stack is a copy not unwound yet.
+struct Unresolved {
+    key: Key,
+    addr: u64,
+    size: u64,
+    acc: u64,
+    cookie: u64,
+    /// Freed before it was resolved: counted as allocated, not as live.
+    freed: bool,
+}
+
 /// What the ring reader builds up between drains.
 #[derive(Default)]
 struct State {
@@ -54,6 +72,10 @@ struct State {
     window: HashMap<usize, Totals>,
     /// Sampled allocations not freed yet: (pid, address) -> (key index, weighted bytes).
     live: HashMap<(u32, u64), (usize, f64)>,
+    /// Allocations waiting for their copied stack, in arrival order.
+    unresolved: Vec<Unresolved>,
+    /// (pid, address) -> index in `unresolved` of the latest allocation there.
+    unresolved_at: HashMap<(u32, u64), usize>,
 }
 
 impl State {
@@ -81,30 +103,78 @@ impl State {
                     u64_at(data, EV_CGROUP),
                     stack,
                 );
-                let idx = match self.keys.get(&key) {
-                    Some(&i) => i,
-                    None => {
-                        self.entries.push(key.clone());
-                        self.keys.insert(key, self.entries.len() - 1);
-                        self.entries.len() - 1
+                match u64_at(data, EV_COOKIE) {
+                    0 => self.count(key, addr, size, acc, true),
+                    cookie => {
+                        self.unresolved_at
+                            .insert((pid, addr), self.unresolved.len());
+                        self.unresolved.push(Unresolved {
+                            key,
+                            addr,
+                            size,
+                            acc,
+                            cookie,
+                            freed: false,
+                        });
                     }
-                };
-                let t = self.window.entry(idx).or_default();
-                t.bytes += acc as f64;
-                t.count += acc as f64 / size as f64;
-                t.events += 1;
-                self.live.insert((pid, addr), (idx, acc as f64));
+                }
             }
             2 => {
-                self.live.remove(&(pid, addr));
+                // An address is live or waiting, never both: malloc returns it again only
+                // after this free.
+                let was_live = self.live.remove(&(pid, addr)).is_some();
+                let waiting = self.unresolved_at.remove(&(pid, addr));
+                if let Some(i) = waiting.filter(|_| !was_live) {
+                    self.unresolved[i].freed = true;
+                }
             }
             _ => {}
+        }
+    }
+
+    /// Adds one sampled allocation to the window, and to the live ones unless it was freed.
+    fn count(&mut self, key: Key, addr: u64, size: u64, acc: u64, live: bool) {
+        let pid = key.0;
+        let idx = match self.keys.get(&key) {
+            Some(&i) => i,
+            None => {
+                self.entries.push(key.clone());
+                self.keys.insert(key, self.entries.len() - 1);
+                self.entries.len() - 1
+            }
+        };
+        let t = self.window.entry(idx).or_default();
+        t.bytes += acc as f64;
+        t.count += acc as f64 / size as f64;
+        t.events += 1;
+        if live {
+            self.live.insert((pid, addr), (idx, acc as f64));
+        }
+    }
+
+    /// Counts the first `n` waiting allocations with the stacks `unwound` gives them (an
+    /// empty stack when a copy is missing).
+    fn resolve(&mut self, n: usize, mut unwound: impl FnMut(u32, u64) -> Option<Vec<u64>>) {
+        let n = n.min(self.unresolved.len());
+        let ready: Vec<Unresolved> = self.unresolved.drain(..n).collect();
+        self.unresolved_at.retain(|_, i| match i.checked_sub(n) {
+            Some(j) => {
+                *i = j;
+                true
+            }
+            None => false,
+        });
+        for mut u in ready {
+            u.key.4 = unwound(u.key.1, u.cookie).unwrap_or_default();
+            self.count(u.key, u.addr, u.size, u.acc, !u.freed);
         }
     }
 }
 
 /// A running malloc profiler. Dropping it detaches every probe.
 pub struct MallocProfiler {
+    /// First, so its reader thread stops before the ring's map is closed.
+    copies: Option<CopyReader>,
     skel: MallocSkel<'static>,
     links: Vec<Link>,
     _fork_link: Option<Link>,
@@ -178,6 +248,14 @@ impl MallocProfiler {
             ro.sample_bytes = sample_bytes;
             ro.follow_forks = u8::from(follow);
             ro.filter_targets = u8::from(o.targets.is_some());
+            ro.dwarf = u8::from(o.dwarf);
+        }
+        if !o.dwarf {
+            // Nothing is ever copied: keep the ring at its smallest.
+            open.maps
+                .copies
+                .set_max_entries(4096)
+                .map_err(ProfilerError::bpf("sizing the copy ring"))?;
         }
         if !follow {
             open.progs.on_fork.set_autoload(false);
@@ -185,6 +263,13 @@ impl MallocProfiler {
         let skel = open
             .load()
             .map_err(ProfilerError::bpf("loading the malloc programs"))?;
+        let copies = if o.dwarf {
+            let c = CopyReader::start("baton-malloc-copies", &skel.maps.copies)?;
+            c.plan_targets(&skel.maps.dwarf_pids, o.targets.as_deref());
+            Some(c)
+        } else {
+            None
+        };
         let state: Arc<Mutex<State>> = Arc::default();
         let sink = Arc::clone(&state);
         let reader = RingReader::start("baton-malloc", &skel.maps.events, move |data| {
@@ -203,6 +288,7 @@ impl MallocProfiler {
             None
         };
         let mut p = MallocProfiler {
+            copies,
             skel,
             links: Vec::new(),
             _fork_link: fork_link,
@@ -304,8 +390,27 @@ impl crate::Profiler for MallocProfiler {
 
     fn drain(&mut self) -> Result<Drained, ProfilerError> {
         self.reader.flush();
+        // Every allocation read so far had its copy submitted before it: once the copy ring
+        // is flushed too, all of those are unwound.
+        let waiting = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unresolved
+            .len();
+        if let Some(c) = &self.copies {
+            c.flush();
+        }
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *guard;
+        match &self.copies {
+            Some(c) => {
+                st.resolve(waiting, |tid, cookie| c.take_unwound(tid, cookie));
+                // Forgets the plans of processes that are gone (nothing is paired here).
+                let _ = c.take(&self.skel.maps.dwarf_pids);
+            }
+            None => st.resolve(waiting, |_, _| None),
+        }
         let mut live: HashMap<usize, f64> = HashMap::new();
         for &(idx, bytes) in st.live.values() {
             *live.entry(idx).or_default() += bytes;
@@ -378,12 +483,28 @@ impl crate::Profiler for MallocProfiler {
     /// had no room for, and allocations the live map could not hold.
     fn stats(&self) -> ProfilerStats {
         let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
+        let (copied, lost, unwind) = self
+            .copies
+            .as_ref()
+            .map(|c| c.stats(&self.skel.maps.copy_stats))
+            .unwrap_or_default();
         ProfilerStats {
             samples: read(1),
             lost_map_full: read(2) + read(3) + read(5),
             user_stack_failed: read(6),
             forks_followed: read(7),
+            dwarf_copied: copied,
+            dwarf_ring_full: lost,
+            unwind,
             ..ProfilerStats::default()
+        }
+    }
+
+    /// Plans which of the process's code lacks frame pointers, so BPF copies the stacks of
+    /// allocations made there (with DWARF unwinding on).
+    fn observe_maps(&mut self, pid: u32, maps: &str) {
+        if let Some(c) = &self.copies {
+            c.observe_maps(&self.skel.maps.dwarf_pids, pid, maps);
         }
     }
 
@@ -412,5 +533,75 @@ impl crate::Profiler for MallocProfiler {
                 self.sample_bytes / 1024
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An allocation event as BPF lays it out, with a copied stack (`cookie`) or a walked one.
+    fn alloc(pid: u32, tid: u32, addr: u64, size: u64, cookie: u64, stack: &[u64]) -> Vec<u8> {
+        let mut d = vec![0u8; EV_STACK + 8 * stack.len()];
+        d[0..4].copy_from_slice(&1u32.to_ne_bytes());
+        d[4..8].copy_from_slice(&pid.to_ne_bytes());
+        d[8..16].copy_from_slice(&addr.to_ne_bytes());
+        d[EV_TID..EV_TID + 4].copy_from_slice(&tid.to_ne_bytes());
+        d[EV_STACK_BYTES..EV_STACK_BYTES + 4]
+            .copy_from_slice(&((8 * stack.len()) as u32).to_ne_bytes());
+        d[EV_SIZE..EV_SIZE + 8].copy_from_slice(&size.to_ne_bytes());
+        d[EV_ACC..EV_ACC + 8].copy_from_slice(&size.to_ne_bytes());
+        d[EV_COOKIE..EV_COOKIE + 8].copy_from_slice(&cookie.to_ne_bytes());
+        for (i, a) in stack.iter().enumerate() {
+            d[EV_STACK + 8 * i..EV_STACK + 8 * i + 8].copy_from_slice(&a.to_ne_bytes());
+        }
+        d
+    }
+
+    fn free(pid: u32, addr: u64) -> Vec<u8> {
+        let mut d = vec![0u8; 16];
+        d[0..4].copy_from_slice(&2u32.to_ne_bytes());
+        d[4..8].copy_from_slice(&pid.to_ne_bytes());
+        d[8..16].copy_from_slice(&addr.to_ne_bytes());
+        d
+    }
+
+    #[test]
+    fn copied_stacks_wait_for_the_drain_and_frees_that_come_first_count() {
+        let mut st = State::default();
+        st.on_event(&alloc(1, 10, 0x100, 64, 0, &[0xa, 0xb]));
+        st.on_event(&alloc(1, 10, 0x200, 32, 7, &[]));
+        st.on_event(&alloc(1, 11, 0x300, 16, 8, &[]));
+        // Freed before its stack is known: allocated, not live.
+        st.on_event(&free(1, 0x200));
+        // Came after the drain's flush: left for the next one.
+        st.on_event(&alloc(1, 11, 0x400, 8, 9, &[]));
+        assert_eq!(st.window.len(), 1);
+        st.resolve(2, |tid, cookie| match (tid, cookie) {
+            (10, 7) => Some(vec![0xc, 0xd]),
+            (11, 8) => Some(vec![0xe]),
+            _ => None,
+        });
+        let bytes_of = |st: &State, stack: &[u64]| {
+            let i = st.entries.iter().position(|k| k.4 == stack).expect("key");
+            (st.window.get(&i).map_or(0.0, |t| t.bytes), i)
+        };
+        let (b, i) = bytes_of(&st, &[0xc, 0xd]);
+        assert_eq!(b, 32.0);
+        assert!(
+            st.live.values().all(|&(j, _)| j != i),
+            "a freed allocation is live"
+        );
+        let (b, i) = bytes_of(&st, &[0xe]);
+        assert_eq!(b, 16.0);
+        assert_eq!(st.live.get(&(1, 0x300)), Some(&(i, 16.0)));
+        // The one left over moved to the front, and a free still finds it.
+        assert_eq!(st.unresolved.len(), 1);
+        assert_eq!(st.unresolved_at.get(&(1, 0x400)), Some(&0));
+        st.on_event(&free(1, 0x400));
+        assert!(st.unresolved[0].freed);
+        st.resolve(1, |_, _| None);
+        assert!(st.unresolved.is_empty() && st.unresolved_at.is_empty());
+        assert_eq!(bytes_of(&st, &[]).0, 8.0);
     }
 }

@@ -112,6 +112,39 @@ fn malloc_sampled_mode_is_within_ten_percent_with_weights() {
     }
 }
 
+/// `alloc` built without frame pointers: with `--unwind auto` (the default) each sampled
+/// allocation's stack is unwound from DWARF CFI and reaches `main`; `--unwind fp` stops at
+/// `alloc_site_a`, as the frame-pointer walk has nothing to follow.
+#[test]
+fn malloc_unwinds_allocations_in_code_without_frame_pointers() {
+    require_root();
+    let w = workload_without_frame_pointers("alloc");
+    let cmd = [w.to_str().expect("path"), "0.3"];
+    let (text, log) = record_collapsed("malloc", &[], &cmd);
+    eprintln!("{text}\n{log}");
+    let site = sum_with(&text, "alloc_site_a");
+    let via_main: f64 = text
+        .lines()
+        .filter(|l| l.contains("main;alloc_site_a "))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(_, v)| v.parse::<f64>().expect("a value"))
+        .sum();
+    assert!(
+        (site - 4_096_000.0).abs() <= 409_600.0,
+        "{site} bytes at alloc_site_a, not 4,096,000 ± 10%"
+    );
+    assert_eq!(via_main, site, "not every allocation reaches main:\n{text}");
+    assert!(
+        log.contains("unwound from DWARF CFI"),
+        "no DWARF summary: {log}"
+    );
+    let (fp, _) = record_collapsed("malloc", &["--unwind", "fp"], &cmd);
+    assert!(
+        !fp.contains("main;alloc_site_a"),
+        "frame pointers alone reached main, so this test shows nothing:\n{fp}"
+    );
+}
+
 #[test]
 fn malloc_pprof_carries_the_three_values() {
     require_root();

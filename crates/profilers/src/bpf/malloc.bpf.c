@@ -8,9 +8,12 @@
 // each sample by acc / size. With `sample_bytes` 0 every allocation is sampled with weight 1.
 //
 // A sampled allocation's user stack is taken at the function's return, where the frame-pointer
-// chain starts in the caller (at the entry the caller's own frame would be skipped). It is
-// remembered in `live` by address; a free of a remembered address is reported, so user space
-// knows which sampled allocations are still live.
+// chain starts in the caller (at the entry the caller's own frame would be skipped). Where the
+// caller's code lacks frame pointers (user space's plan in `dwarf_pids`), the user registers and
+// stack are copied into the `copies` ring instead (copy.h) and the event names the copy by its
+// cookie; user space unwinds it from DWARF CFI. The allocation is remembered in `live` by
+// address; a free of a remembered address is reported, so user space knows which sampled
+// allocations are still live.
 enum stat_index {
     STAT_CALLS = 0,        // allocation calls seen
     STAT_SAMPLED = 1,      // allocations sampled and reported
@@ -47,6 +50,9 @@ struct alloc_event {
     __u64 acc;
     __u64 cgroup_id;
     char comm[TASK_COMM_LEN];
+    // The copy of the user stack (copy.h) this allocation's stack is unwound from, or 0 when
+    // `stack` holds the frame-pointer walk.
+    __u64 cookie;
     __u64 stack[MAX_STACK_DEPTH];
 };
 
@@ -89,6 +95,8 @@ struct {
 } events SEC(".maps");
 
 
+
+#include "copy.h"
 
 const volatile __u64 sample_bytes = 65536;
 
@@ -154,10 +162,18 @@ static __always_inline int alloc_return(struct pt_regs *ctx, __u64 addr)
     e->acc = acc;
     e->cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    long n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), BPF_F_USER_STACK);
-    if (n < 0) {
-        bump(STAT_USTACK_FAILED);
-        n = 0;
+    // The copy is submitted before the event, so user space has it by the time it reads this.
+    __u64 cookie = bpf_ktime_get_ns();
+    long n = 0;
+    if (copy_user_stack(bpf_get_current_task_btf(), e->pid, e->tid, cookie)) {
+        e->cookie = cookie;
+    } else {
+        e->cookie = 0;
+        n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), BPF_F_USER_STACK);
+        if (n < 0) {
+            bump(STAT_USTACK_FAILED);
+            n = 0;
+        }
     }
     e->stack_bytes = (__u32)n;
     struct live_key k = {.addr = addr, .pid = e->pid};
