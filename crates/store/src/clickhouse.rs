@@ -192,7 +192,8 @@ pub struct ClickHouseStore {
     name_cache: crate::dict::IdMap<String>,
     inlined_cache: crate::dict::IdMap<Vec<Frame>>,
     stack_cache: crate::dict::IdMap<Vec<u64>>,
-    /// Batch ids whose last attempt failed after its samples may have been stored.
+    /// Batch ids whose last attempt failed after its samples may have been stored (also read
+    /// back at open from `batches` rows of -1).
     suspect: HashSet<String>,
     pub stats: ClickHouseStats,
 }
@@ -577,11 +578,20 @@ impl ClickHouseStore {
                 }
             }
         }
-        self.known_batches = self
-            .rows(&format!("SELECT DISTINCT batch_id FROM {db}.batches"))?
-            .into_iter()
-            .filter_map(|r| r.first().cloned().flatten())
-            .collect();
+        // A batch whose only rows say -1 was being written when the last server stopped: it
+        // is suspect, and its retry counts what is there (see `write_many`).
+        for r in self.rows(&format!(
+            "SELECT batch_id, max(sample_rows) FROM {db}.batches GROUP BY batch_id"
+        ))? {
+            let (Some(Some(id)), Some(Some(rows))) = (r.first(), r.get(1)) else {
+                continue;
+            };
+            if rows.parse::<i64>().is_ok_and(|n| n >= 0) {
+                self.known_batches.insert(id.clone());
+            } else {
+                self.suspect.insert(id.clone());
+            }
+        }
         Ok(())
     }
 
@@ -790,13 +800,23 @@ impl ClickHouseStore {
         self.insert("symbols", &symbols, nsymbols)?;
         self.insert("stacks", &stacks, nstacks)?;
         let ids: Vec<&str> = items.iter().filter_map(|(_, id)| id.map(|i| i.0)).collect();
-        let r = self.insert(&self.sharded("samples"), &samples, nsamples);
         // From the samples' insert on, an error may leave rows stored (a timeout after the
-        // commit, or a later table's insert failing): retries must count them first.
+        // commit, or a later table's insert failing): retries must count them first. The
+        // batches are marked suspect here, and in the store too (a `batches` row of -1 sample
+        // rows, replaced by the final one), so a server restarted in between knows it.
+        let mut intent = String::new();
+        let mut nintent = 0;
+        for &(_, id) in items {
+            if let Some((bid, host)) = id.filter(|(bid, _)| !self.suspect.contains(*bid)) {
+                row!(intent; Some(bid.to_string()), Some(host.unwrap_or("").to_string()), s(baton_model::time::now_ms()), s(-1));
+                nintent += 1;
+            }
+        }
+        self.insert("batches", &intent, nintent)?;
         for bid in &ids {
             self.suspect.insert(bid.to_string());
         }
-        r?;
+        self.insert(&self.sharded("samples"), &samples, nsamples)?;
         self.insert(&self.sharded("histograms"), &hists, nhists)?;
         self.insert(&self.sharded("spans"), &spans, nspans)?;
         let mut b = String::new();

@@ -579,7 +579,8 @@ fn a_reopened_clickhouse_store_knows_its_dictionaries_and_batches() {
 
 /// ClickHouse has no transaction over tables: a batch whose insert fails part-way (here, a
 /// table taken away under it) keeps what was stored, and its retry writes each table's rows
-/// exactly once. Each of the three sharded tables fails in turn.
+/// exactly once. Each of the three sharded tables fails in turn, and each is retried both by
+/// the same store and by a reopened one (a server restarted between the two attempts).
 #[test]
 fn a_retried_batch_stores_each_table_once_on_clickhouse() {
     let mut s = clickhouse("retry");
@@ -601,8 +602,14 @@ fn a_retried_batch_stores_each_table_once_on_clickhouse() {
         .expect("a count")
     };
     let now = baton_model::time::now_ms();
-    for (i, broken) in ["samples", "histograms", "spans"].iter().enumerate() {
-        let bid = format!("retry-{broken}");
+    let cases = ["samples", "histograms", "spans"]
+        .into_iter()
+        .flat_map(|t| [(t, false), (t, true)]);
+    for (i, (broken, reopen)) in cases.enumerate() {
+        let bid = format!(
+            "retry-{broken}-{}",
+            if reopen { "reopened" } else { "same" }
+        );
         let mut b = batch(now + i as i64, "app", "hot", 10, 1.0);
         b.samples.push(b.samples[0].clone());
         b.samples[1].labels.insert("tid".into(), "9".into());
@@ -641,6 +648,9 @@ fn a_retried_batch_stores_each_table_once_on_clickhouse() {
             "RENAME TABLE retry.{broken}_away TO retry.{broken}_local"
         ));
         assert!(e.is_err(), "the write without {broken} succeeded");
+        if reopen {
+            s = clickhouse("retry");
+        }
         assert!(
             s.write_batch_once(&b, &bid, Some("h1")).expect("retry"),
             "the retry after {broken} failed was taken as a duplicate"
