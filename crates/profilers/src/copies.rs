@@ -93,6 +93,17 @@ impl State {
     }
 }
 
+/// A target's `/proc/PID/maps`, to plan it at the profiler's start; `None` for a child that
+/// has not exec'd yet (`baton record -- CMD` gates it until the profiler runs: its mappings are
+/// still Baton's own, and the collector plans it after the exec).
+pub(crate) fn maps_to_plan(pid: u32) -> Option<String> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    if std::env::current_exe().is_ok_and(|me| me == exe) {
+        return None;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()
+}
+
 /// Reads a program's `copies` ring and plans its `dwarf_pids`.
 pub(crate) struct CopyReader {
     /// First, so the thread stops before anything it uses goes.
@@ -142,7 +153,7 @@ impl CopyReader {
     /// A target still waiting to exec is planned again by the collector once it has.
     pub(crate) fn plan_targets(&self, dwarf_pids: &dyn MapCore, targets: Option<&[u32]>) {
         for &pid in targets.unwrap_or(&[]) {
-            if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            if let Some(maps) = maps_to_plan(pid) {
                 self.observe_maps(dwarf_pids, pid, &maps);
             }
         }

@@ -260,6 +260,20 @@ impl CpuProfiler {
             .load()
             .map_err(ProfilerError::bpf("loading the cpu program"))?;
 
+        // The targets are planned before the targets map lets BPF sample them, so their first
+        // samples are unwound like the rest.
+        let mut dwarf = if opts.dwarf {
+            Some(start_reader(&skel, opts.timeline)?)
+        } else {
+            None
+        };
+        if let Some(d) = &mut dwarf {
+            for &pid in opts.targets.iter().flatten() {
+                if let Some(maps) = crate::copies::maps_to_plan(pid) {
+                    plan_pid(d, &skel.maps.dwarf_pids, pid, &maps);
+                }
+            }
+        }
         if let Some(pids) = &opts.targets {
             for &p in pids {
                 skel.maps
@@ -308,11 +322,6 @@ impl CpuProfiler {
         let stats_fd = sys::enable_bpf_run_time_stats()
             .map_err(|e| tracing::debug!(error = %e, "BPF run-time stats unavailable"))
             .ok();
-        let dwarf = if opts.dwarf {
-            Some(start_reader(&skel, opts.timeline)?)
-        } else {
-            None
-        };
         let ticks = if opts.timeline {
             let got: Arc<Mutex<Vec<Tick>>> = Arc::default();
             let sink = Arc::clone(&got);
@@ -358,30 +367,8 @@ impl CpuProfiler {
     /// process seen (cheap when its mappings did not change) and again after it execs or loads
     /// libraries. A no-op without DWARF unwinding.
     pub fn plan_unwinding(&mut self, pid: u32, maps: &str) {
-        let Some(d) = &mut self.dwarf else {
-            return;
-        };
-        let plan = lock(&d.shared.unwinder).prepare_maps(pid, maps);
-        let key = pid.to_ne_bytes();
-        match plan {
-            Some(plan) if !plan.is_empty() => {
-                let value = encode_plan(&plan);
-                if let Err(e) = self
-                    .skel
-                    .maps
-                    .dwarf_pids
-                    .update(&key, &value, MapFlags::ANY)
-                {
-                    tracing::debug!(pid, error = %e, "could not set the unwind plan");
-                    return;
-                }
-                d.planned.insert(pid);
-            }
-            _ => {
-                if d.planned.remove(&pid) {
-                    let _ = self.skel.maps.dwarf_pids.delete(&key);
-                }
-            }
+        if let Some(d) = &mut self.dwarf {
+            plan_pid(d, &self.skel.maps.dwarf_pids, pid, maps);
         }
     }
 
@@ -594,6 +581,26 @@ impl CpuProfiler {
 }
 
 /// Starts the thread that reads copied stacks from the ring and unwinds them.
+/// Plans `pid`'s unwinding from its mappings and tells BPF through `dwarf_pids`.
+fn plan_pid(d: &mut DwarfReader, dwarf_pids: &dyn MapCore, pid: u32, maps: &str) {
+    let plan = lock(&d.shared.unwinder).prepare_maps(pid, maps);
+    let key = pid.to_ne_bytes();
+    match plan {
+        Some(plan) if !plan.is_empty() => {
+            if let Err(e) = dwarf_pids.update(&key, &encode_plan(&plan), MapFlags::ANY) {
+                tracing::debug!(pid, error = %e, "could not set the unwind plan");
+                return;
+            }
+            d.planned.insert(pid);
+        }
+        _ => {
+            if d.planned.remove(&pid) {
+                let _ = dwarf_pids.delete(&key);
+            }
+        }
+    }
+}
+
 fn start_reader(skel: &CpuSkel<'static>, timeline: bool) -> Result<DwarfReader, ProfilerError> {
     let shared = Arc::new(DwarfShared {
         unwinder: Mutex::new(DwarfUnwinder::new()),
