@@ -301,6 +301,33 @@ impl ThreadCpu {
     }
 }
 
+/// The ids of this process's threads now.
+pub fn thread_ids() -> std::collections::HashSet<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|t| t.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// CPU time of one thread of this process, in ns, from its own CPU clock (precise, unlike the
+/// clock ticks of `/proc`); 0 once it has exited.
+pub fn thread_cpu_ns(tid: u32) -> u64 {
+    // The kernel's per-thread scheduler clock id: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED).
+    let clock = (!(tid as libc::clockid_t) << 3) | 6;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Resident set size of this process in bytes.
 pub fn self_rss_bytes() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -317,6 +344,35 @@ pub fn self_rss_bytes() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threads_cpu_clock_counts_its_own_work_only() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() } as u32).expect("send");
+            let t0 = std::time::Instant::now();
+            let mut x = 1u64;
+            while t0.elapsed() < std::time::Duration::from_millis(200) {
+                x = std::hint::black_box(x.wrapping_mul(3).wrapping_add(1));
+            }
+            done_rx.recv().expect("recv");
+        });
+        let tid = rx.recv().expect("tid");
+        assert!(thread_ids().contains(&tid));
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let busy = thread_cpu_ns(tid);
+        // SAFETY: gettid has no preconditions.
+        let me = thread_cpu_ns(unsafe { libc::gettid() } as u32);
+        done_tx.send(()).expect("send");
+        h.join().expect("join");
+        assert!(
+            (150_000_000..400_000_000).contains(&busy),
+            "the burning thread used {busy} ns"
+        );
+        assert!(me < busy / 2, "the sleeping thread used {me} ns");
+    }
 
     #[test]
     fn thread_cpu_keeps_what_an_exited_thread_used() {

@@ -131,6 +131,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         tuner_file: a.buffer_dir.join("tuner.json"),
         host_name: host.clone(),
         remote: Some(remote.clone()),
+        store_during_api: Arc::default(),
     })?;
     eprintln!(
         "baton agent: {host} profiling on {event}; shipping to {} (buffer {} up to {} bytes)",

@@ -67,7 +67,22 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let window = window_for(window_flag, live.as_deref());
     let data = a.data.clone().unwrap_or_else(default_data_dir);
+    // DuckDB starts its worker threads when it opens: they are the threads that appear here.
+    let before = baton_agent::metrics::thread_ids();
     let store = DuckDbStore::open(&data)?;
+    let store_tids: Vec<u32> = baton_agent::metrics::thread_ids()
+        .difference(&before)
+        .copied()
+        .collect();
+    let store_cpu = baton_server::StoreCpu {
+        read: Arc::new(move || {
+            store_tids
+                .iter()
+                .map(|&t| baton_agent::metrics::thread_cpu_ns(t))
+                .sum()
+        }),
+        during_api_ns: Arc::default(),
+    };
     let listener = std::net::TcpListener::bind(&a.listen).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             usage(format!(
@@ -172,6 +187,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         tuner_file,
         host_name: host_name.clone(),
         remote: None,
+        store_during_api: store_cpu.during_api_ns.clone(),
     })?;
     if service_rules == 0 {
         eprintln!(
@@ -228,6 +244,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     );
     state.audit = Some(audit);
     state.tokens = tokens;
+    state.store_cpu = Some(store_cpu.clone());
     state.runs = Some(RunsHandle {
         scheduler: scheduler.clone(),
         host: LOCAL_HOST.to_string(),
@@ -282,6 +299,9 @@ pub(crate) struct DriverSetup {
     pub tuner_file: std::path::PathBuf,
     pub host_name: String,
     pub remote: Option<Arc<Mutex<RemoteRuns>>>,
+    /// CPU (ns) the store's worker threads spent on API queries, which the overhead guard
+    /// leaves out (`baton up`; it stays 0 in `baton agent`, which has no store).
+    pub store_during_api: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Where the driver's batches go: the embedded store (`baton up`) or the agent's outbox, which
@@ -320,6 +340,7 @@ pub(crate) fn start_driver(
             tuner_file,
             host_name,
             remote,
+            store_during_api,
         } = setup;
         std::thread::Builder::new()
             .name("baton-collector".into())
@@ -352,7 +373,10 @@ pub(crate) fn start_driver(
                     live,
                     triggers: TriggerWatch::new(scraped),
                     budgets: WriteBudgets::default(),
-                    guard: OverheadGuard::default(),
+                    guard: OverheadGuard {
+                        store_during_api,
+                        ..OverheadGuard::default()
+                    },
                     tuner,
                     tuner_file,
                     drawn: HashMap::new(),
@@ -504,6 +528,8 @@ struct OverheadGuard {
     /// CPU of the `baton-api` threads, left out: a user loading large flame graphs is not
     /// profiling overhead, and used to pause continuous profiling.
     api: baton_agent::metrics::ThreadCpu,
+    /// And the CPU DuckDB's worker threads spent on the API's queries (ns).
+    store_during_api: Arc<std::sync::atomic::AtomicU64>,
     /// The highest frequency the guard allows, once it has acted.
     cap: Option<u64>,
     stopped_until: Option<Instant>,
@@ -1150,14 +1176,15 @@ impl Driver {
                 eprintln!("baton up: overhead guard: resuming continuous profiling");
             }
         }
-        // Baton's own CPU (less its API threads') and BPF time, plus that of the bpftrace
-        // processes of ad-hoc runs.
+        // Baton's own CPU (less its API threads', and less what DuckDB's workers spent on
+        // the API's queries) and BPF time, plus that of the bpftrace processes of ad-hoc runs.
         let (adhoc_cpu, adhoc_bpf) = baton_profilers::adhoc::children_cost();
         let api = self
             .guard
             .api
             .seconds(baton_agent::metrics::API_THREAD_NAME);
-        let cpu = baton_agent::metrics::self_cpu_seconds() - api + adhoc_cpu;
+        let store_api = self.guard.store_during_api.load(Ordering::Relaxed) as f64 / 1e9;
+        let cpu = baton_agent::metrics::self_cpu_seconds() - api - store_api + adhoc_cpu;
         let bpf = self.metrics.bpf_run_time_ns.load(Ordering::Relaxed) + adhoc_bpf;
         let Some((t0, cpu0, bpf0)) = self.guard.last else {
             self.guard.last = Some((now, cpu, bpf));
@@ -1184,6 +1211,10 @@ impl Driver {
             "budget_percent": budget,
             "frequency_cap_hz": self.guard.cap,
             "paused": self.guard.stopped_until.is_some(),
+            // Left out as the user's, not profiling's: the API threads' CPU and what the
+            // store's workers spent on the API's queries, since start.
+            "api_cpu_seconds": api,
+            "store_cpu_for_api_seconds": store_api,
         });
         if pct <= budget || self.guard.stopped_until.is_some() {
             return;

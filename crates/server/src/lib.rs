@@ -103,6 +103,9 @@ pub struct AppState {
     pub ingest_queue: Option<Arc<ingest::IngestQueue>>,
     pub debuginfo: Option<Arc<ingest::DebugInfo>>,
     pub auth_failures: Arc<AtomicU64>,
+    /// `baton up`: the CPU of the store's own threads, so that what they spend while an API
+    /// call holds the store is counted as the API's (the overhead guard leaves it out).
+    pub store_cpu: Option<StoreCpu>,
     requests: Arc<AtomicU64>,
     query_errors: Arc<AtomicU64>,
 }
@@ -127,6 +130,7 @@ impl AppState {
             ingest: Arc::default(),
             debuginfo: None,
             auth_failures: Arc::default(),
+            store_cpu: None,
             requests: Arc::new(AtomicU64::new(0)),
             query_errors: Arc::new(AtomicU64::new(0)),
         }
@@ -278,6 +282,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The store's own worker threads (DuckDB runs parts of a query on them): `read` gives their
+/// CPU time in ns, and `during_api_ns` sums what they spent while an API call held the store.
+/// The store is behind one lock, so that time was spent on the API call's behalf.
+#[derive(Clone)]
+pub struct StoreCpu {
+    pub read: Arc<dyn Fn() -> u64 + Send + Sync>,
+    pub during_api_ns: Arc<AtomicU64>,
+}
+
 /// Runs a store call off the async threads.
 pub(crate) async fn with_store<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
 where
@@ -287,9 +300,16 @@ where
     state.requests.fetch_add(1, Ordering::Relaxed);
     let store = state.store.clone();
     let errors = state.query_errors.clone();
+    let cpu = state.store_cpu.clone();
     let res = tokio::task::spawn_blocking(move || {
         let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
-        f(guard.as_mut())
+        let t0 = cpu.as_ref().map(|c| (c.read)());
+        let r = f(guard.as_mut());
+        if let (Some(c), Some(t0)) = (&cpu, t0) {
+            c.during_api_ns
+                .fetch_add((c.read)().saturating_sub(t0), Ordering::Relaxed);
+        }
+        r
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
