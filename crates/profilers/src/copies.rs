@@ -113,7 +113,20 @@ pub(crate) struct CopyReader {
 }
 
 impl CopyReader {
-    pub(crate) fn start(name: &str, copies: &dyn MapCore) -> Result<CopyReader, ProfilerError> {
+    /// Starts the reader of `copies` and plans the `targets` the profiler starts with (see
+    /// `plan_targets`); call it before the targets map lets BPF track them.
+    pub(crate) fn start(
+        name: &str,
+        copies: &dyn MapCore,
+        dwarf_pids: &dyn MapCore,
+        targets: Option<&[u32]>,
+    ) -> Result<CopyReader, ProfilerError> {
+        let reader = CopyReader::start_reader(name, copies)?;
+        reader.plan_targets(dwarf_pids, targets);
+        Ok(reader)
+    }
+
+    fn start_reader(name: &str, copies: &dyn MapCore) -> Result<CopyReader, ProfilerError> {
         let state: Arc<Mutex<State>> = Arc::default();
         let unwinder = Arc::new(Mutex::new(DwarfUnwinder::new()));
         let (sink, uw) = (Arc::clone(&state), Arc::clone(&unwinder));
@@ -151,7 +164,7 @@ impl CopyReader {
     /// the attach and the collector's first look would otherwise be walked by frame pointers
     /// alone (a sleeper's first block, say, would skip the caller of libc's `clock_nanosleep`).
     /// A target still waiting to exec is planned again by the collector once it has.
-    pub(crate) fn plan_targets(&self, dwarf_pids: &dyn MapCore, targets: Option<&[u32]>) {
+    fn plan_targets(&self, dwarf_pids: &dyn MapCore, targets: Option<&[u32]>) {
         for &pid in targets.unwrap_or(&[]) {
             if let Some(maps) = maps_to_plan(pid) {
                 self.observe_maps(dwarf_pids, pid, &maps);

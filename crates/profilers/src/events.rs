@@ -129,9 +129,12 @@ impl<S: EventSkel> EventProfiler<S> {
         budget: Option<u64>,
     ) -> Result<EventProfiler<S>, ProfilerError> {
         let copies = if o.dwarf {
-            let c = CopyReader::start(&format!("baton-{}", spec.info.name), skel.copies())?;
-            c.plan_targets(skel.dwarf_pids(), o.targets.as_deref());
-            Some(c)
+            Some(CopyReader::start(
+                &format!("baton-{}", spec.info.name),
+                skel.copies(),
+                skel.dwarf_pids(),
+                o.targets.as_deref(),
+            )?)
         } else {
             None
         };

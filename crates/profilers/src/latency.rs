@@ -234,9 +234,12 @@ impl LatencyProfiler {
             bss.active_buffer = 0;
         }
         let copies = if o.dwarf {
-            let c = CopyReader::start("baton-latency-copies", &skel.maps.copies)?;
-            c.plan_targets(&skel.maps.dwarf_pids, o.targets.as_deref());
-            Some(c)
+            Some(CopyReader::start(
+                "baton-latency-copies",
+                &skel.maps.copies,
+                &skel.maps.dwarf_pids,
+                o.targets.as_deref(),
+            )?)
         } else {
             None
         };

@@ -264,9 +264,12 @@ impl MallocProfiler {
             .load()
             .map_err(ProfilerError::bpf("loading the malloc programs"))?;
         let copies = if o.dwarf {
-            let c = CopyReader::start("baton-malloc-copies", &skel.maps.copies)?;
-            c.plan_targets(&skel.maps.dwarf_pids, o.targets.as_deref());
-            Some(c)
+            Some(CopyReader::start(
+                "baton-malloc-copies",
+                &skel.maps.copies,
+                &skel.maps.dwarf_pids,
+                o.targets.as_deref(),
+            )?)
         } else {
             None
         };

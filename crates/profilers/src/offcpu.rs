@@ -205,9 +205,12 @@ impl OffCpuProfiler {
             .load()
             .map_err(ProfilerError::bpf("loading the offcpu program"))?;
         let copies = if opts.dwarf {
-            let c = CopyReader::start("baton-offcpu", &skel.maps.copies)?;
-            c.plan_targets(&skel.maps.dwarf_pids, opts.targets.as_deref());
-            Some(c)
+            Some(CopyReader::start(
+                "baton-offcpu",
+                &skel.maps.copies,
+                &skel.maps.dwarf_pids,
+                opts.targets.as_deref(),
+            )?)
         } else {
             None
         };

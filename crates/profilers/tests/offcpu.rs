@@ -30,27 +30,38 @@ fn sleeper(tag: &str) -> (PathBuf, PathBuf) {
     (dir, bin)
 }
 
-#[test]
-fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
+/// What one profiled run of the sleeper gave.
+struct SleeperRun {
+    dir: PathBuf,
+    pid: u32,
+    blocks: Vec<baton_profilers::offcpu::Block>,
+    stats: baton_profilers::offcpu::OffProfilerStats,
+    /// Knows the sleeper; its binary stays in `dir` until the test removes it.
+    sym: HostSymbolizer,
+}
+
+/// Starts the sleeper (a 0.5 s warm-up, then 10 sleeps of 200 ms), attaches the off-CPU
+/// profiler during the warm-up, and drains it until the sleeper exits. Nothing calls
+/// `observe_maps`: with `dwarf`, the profiler's own planning of its targets is all there is.
+fn profile_sleeper(tag: &str, dwarf: bool) -> SleeperRun {
     assert!(
         baton_profilers::sys::has_profiling_privileges(),
         "this test loads BPF: run it as root"
     );
-    let (dir, bin) = sleeper("fp");
-
-    // warm_up sleeps 0.5 s first, which leaves time to attach before the measured sleeps.
+    let (dir, bin) = sleeper(tag);
     let mut child = Command::new(&bin)
         .arg("0.5")
         .spawn()
         .expect("start sleeper");
     let pid = child.id();
+    // Long enough for the loader to have mapped libc; the warm-up sleep lasts 0.5 s.
+    std::thread::sleep(Duration::from_millis(100));
     let mut prof = OffCpuProfiler::start(&OffCpuOptions {
         targets: Some(vec![pid]),
         follow_forks: false,
         min_block_ns: 1_000_000,
         max_tracked_per_sec: baton_profilers::offcpu::DEFAULT_MAX_TRACKED_PER_SEC,
-        // Frame pointers only: this test checks the BPF side's blocks and stack ids.
-        dwarf: false,
+        dwarf,
         timeline: true,
     })
     .expect("offcpu profiler starts");
@@ -60,12 +71,30 @@ fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
     let t0 = Instant::now();
     while child.try_wait().expect("wait").is_none() && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(300));
-        sym.observe_process(pid);
         blocks.extend(prof.drain().expect("drain"));
     }
     std::thread::sleep(Duration::from_millis(50));
     blocks.extend(prof.drain().expect("drain"));
     let stats = prof.stats();
+    SleeperRun {
+        dir,
+        pid,
+        blocks,
+        stats,
+        sym,
+    }
+}
+
+#[test]
+fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
+    // Frame pointers only: this test checks the BPF side's blocks and stack ids.
+    let SleeperRun {
+        dir,
+        pid,
+        blocks,
+        stats,
+        mut sym,
+    } = profile_sleeper("fp", false);
 
     let mut in_sleep = 0u64;
     let mut sleeps = 0u64;
@@ -122,38 +151,13 @@ fn ten_sleeps_of_200_ms_show_2_seconds_blocked_in_nanosleep() {
 /// `clock_nanosleep`, `wait_here` and `main`.
 #[test]
 fn a_targets_first_blocks_are_unwound_through_libc() {
-    assert!(
-        baton_profilers::sys::has_profiling_privileges(),
-        "this test loads BPF: run it as root"
-    );
-    let (dir, bin) = sleeper("dwarf");
-    let mut child = Command::new(&bin)
-        .arg("0.5")
-        .spawn()
-        .expect("start sleeper");
-    let pid = child.id();
-    // Long enough for the loader to have mapped libc; the warm-up sleep lasts 0.5 s.
-    std::thread::sleep(Duration::from_millis(100));
-    let mut prof = OffCpuProfiler::start(&OffCpuOptions {
-        targets: Some(vec![pid]),
-        follow_forks: false,
-        min_block_ns: 1_000_000,
-        max_tracked_per_sec: baton_profilers::offcpu::DEFAULT_MAX_TRACKED_PER_SEC,
-        dwarf: true,
-        timeline: false,
-    })
-    .expect("offcpu profiler starts");
-    let mut sym = HostSymbolizer::new();
-    sym.observe_process(pid);
-    let mut blocks = Vec::new();
-    let t0 = Instant::now();
-    while child.try_wait().expect("wait").is_none() && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(300));
-        blocks.extend(prof.drain().expect("drain"));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    blocks.extend(prof.drain().expect("drain"));
-    let stats = prof.stats();
+    let SleeperRun {
+        dir,
+        pid,
+        blocks,
+        stats,
+        mut sym,
+    } = profile_sleeper("dwarf", true);
 
     let (mut whole, mut sleeps) = (0u64, 0u64);
     for b in blocks.iter().filter(|b| b.pid == pid) {
