@@ -580,7 +580,6 @@ impl CpuProfiler {
     }
 }
 
-/// Starts the thread that reads copied stacks from the ring and unwinds them.
 /// Plans `pid`'s unwinding from its mappings and tells BPF through `dwarf_pids`.
 fn plan_pid(d: &mut DwarfReader, dwarf_pids: &dyn MapCore, pid: u32, maps: &str) {
     let plan = lock(&d.shared.unwinder).prepare_maps(pid, maps);
@@ -601,6 +600,7 @@ fn plan_pid(d: &mut DwarfReader, dwarf_pids: &dyn MapCore, pid: u32, maps: &str)
     }
 }
 
+/// Starts the thread that reads copied stacks from the ring and unwinds them.
 fn start_reader(skel: &CpuSkel<'static>, timeline: bool) -> Result<DwarfReader, ProfilerError> {
     let shared = Arc::new(DwarfShared {
         unwinder: Mutex::new(DwarfUnwinder::new()),

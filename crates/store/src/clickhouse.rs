@@ -441,16 +441,21 @@ impl ClickHouseStore {
         format!("{}.{}", self.db(), self.sharded("spans"))
     }
 
-    pub fn schema_version(&self) -> Result<i64, StoreError> {
-        let rows = self.rows(&format!(
-            "SELECT max(version) FROM {}.schema_version",
-            self.db()
-        ))?;
-        Ok(rows
+    /// The first value of a query's answer, as a number (0 when there is none).
+    fn number(&self, sql: &str) -> Result<i64, StoreError> {
+        Ok(self
+            .rows(sql)?
             .first()
             .and_then(|r| r.first().cloned().flatten())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0))
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.number(&format!(
+            "SELECT max(version) FROM {}.schema_version",
+            self.db()
+        ))
     }
 
     /// Runs a migration's statement, except an `ALTER TABLE DB.T ADD COLUMN C …` whose column
@@ -463,18 +468,13 @@ impl ClickHouseStore {
             .and_then(|i| words.get(i + 2));
         if let (["ALTER", "TABLE", table, ..], Some(column)) = (words.as_slice(), added) {
             if let Some((db, t)) = table.split_once('.') {
-                let there = self.rows(&format!(
+                let there = self.number(&format!(
                     "SELECT count() FROM system.columns WHERE database = {} AND table = {} AND name = {}",
                     quote(db),
                     quote(t),
                     quote(column)
                 ))?;
-                if there
-                    .first()
-                    .and_then(|r| r.first().cloned().flatten())
-                    .as_deref()
-                    != Some("0")
-                {
+                if there != 0 {
                     return Ok(());
                 }
             }
@@ -657,8 +657,8 @@ impl ClickHouseStore {
         let mut nhists = 0;
         let mut spans = String::new();
         let mut nspans = 0;
-        let ht = format!("{}.{}", self.db(), self.sharded("histograms"));
-        let spt = format!("{}.{}", self.db(), self.sharded("spans"));
+        let ht = self.histograms_table();
+        let spt = self.spans_table();
         for &(batch, id) in items {
             let bid = id.map(|i| i.0).unwrap_or("");
             // A suspect batch may have some of its tables stored already: each table's rows
@@ -854,12 +854,7 @@ impl ClickHouseStore {
         what: &str,
         bid: &str,
     ) -> Result<bool, StoreError> {
-        let n = self
-            .rows(count_sql)?
-            .first()
-            .and_then(|r| r.first().cloned().flatten())
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
+        let n = self.number(count_sql)?.max(0) as usize;
         if n != 0 && n != expected {
             return Err(ch_err(format!(
                 "batch {bid} has {n} of its {expected} {what} stored already"
@@ -1327,12 +1322,9 @@ impl Store for ClickHouseStore {
     }
 
     fn sample_rows(&mut self) -> Result<u64, StoreError> {
-        let rows = self.rows(&format!("SELECT count() FROM {}", self.samples_table()))?;
-        Ok(rows
-            .first()
-            .and_then(|r| r.first().cloned().flatten())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+        Ok(self
+            .number(&format!("SELECT count() FROM {}", self.samples_table()))?
+            .max(0) as u64)
     }
 
     fn unsymbolized(&mut self, limit: usize) -> Result<Vec<Unsymbolized>, StoreError> {
