@@ -90,6 +90,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
             dwarf: true,
             options: Default::default(),
             pending_exec: None,
+            attach_in_background: true,
         },
         host: host.clone(),
         jvm_perf_maps: false,

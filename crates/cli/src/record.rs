@@ -330,6 +330,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
             dwarf: a.unwind == crate::UnwindMode::Auto,
             options,
             pending_exec: a.command.first().and_then(|c| which(c)),
+            attach_in_background: false,
         },
         host: baton_agent::hostname(),
         jvm_perf_maps: !a.no_jvm_perf_map,

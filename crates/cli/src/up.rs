@@ -118,6 +118,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
             dwarf: a.unwind == crate::UnwindMode::Auto,
             options: Default::default(),
             pending_exec: None,
+            attach_in_background: true,
         },
         host: baton_agent::hostname(),
         // Continuous whole-host profiling does not attach to JVMs.
@@ -421,6 +422,53 @@ fn write(sink: &Sink, metrics: &AgentMetrics, report: baton_agent::WindowReport)
             metrics.batch_write_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, rows, "the store refused a batch");
         }
+    }
+}
+
+/// The phases of one pass of the driver loop, timed. A run due to end waits for the pass in
+/// progress, so a long pass is logged with what took the time.
+struct PassTimer {
+    began: Instant,
+    last: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+/// A pass longer than this is logged.
+const SLOW_PASS: Duration = Duration::from_millis(750);
+
+impl PassTimer {
+    fn start() -> PassTimer {
+        let now = Instant::now();
+        PassTimer {
+            began: now,
+            last: now,
+            phases: Vec::new(),
+        }
+    }
+
+    /// Ends the phase `name`.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.phases.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn report(&self) {
+        let total = self.began.elapsed();
+        if total < SLOW_PASS {
+            return;
+        }
+        let parts: Vec<String> = self
+            .phases
+            .iter()
+            .filter(|(_, d)| *d >= Duration::from_millis(50))
+            .map(|(n, d)| format!("{n} {} ms", d.as_millis()))
+            .collect();
+        tracing::warn!(
+            "a collector pass took {} ms ({}): runs due to end waited for it",
+            total.as_millis(),
+            parts.join(", ")
+        );
     }
 }
 
@@ -735,6 +783,7 @@ impl Driver {
     fn run(&mut self) -> anyhow::Result<()> {
         let mut last_prune = Instant::now();
         while !stop_requested() {
+            let mut pass = PassTimer::start();
             let now = now_ms_u64();
             let config = self.config();
             let rules: Vec<SlotRule> = config
@@ -820,9 +869,11 @@ impl Driver {
                 }
                 out
             };
+            pass.mark("scheduler");
             for d in decisions {
                 self.apply(d, now);
             }
+            pass.mark("starting and stopping runs");
             if by_services && self.continuous.is_some() {
                 // Whole-host profiling ended: store its last window and detach it.
                 self.flush_continuous(None);
@@ -831,17 +882,22 @@ impl Driver {
             if let Some(c) = &config {
                 self.draw_continuous(&rules, c, now);
             }
+            pass.mark("continuous draws");
             self.tune(&rules, config.as_ref(), now);
             self.watch_triggers(config.as_ref(), now);
             self.guard_overhead();
             self.retune_frequency();
+            pass.mark("tuning, triggers and the overhead guard");
             if let Some(c) = &mut self.continuous {
                 c.discover();
             }
             for c in self.targeted.values_mut() {
                 c.discover();
             }
+            pass.mark("discovering processes");
             self.flush_running();
+            pass.mark("storing running runs' windows");
+            pass.report();
             std::thread::sleep(Duration::from_millis(250));
         }
         self.flush_continuous(None);
@@ -972,6 +1028,7 @@ impl Driver {
                         dwarf: self.opts.start.dwarf,
                         options,
                         pending_exec: None,
+                        attach_in_background: true,
                     },
                     host: self.opts.host.clone(),
                     // On-demand and triggered runs ask JVMs for their JIT maps; continuous

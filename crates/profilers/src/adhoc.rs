@@ -171,6 +171,8 @@ pub struct AdhocProfiler {
     targets: Vec<u32>,
     script_path: PathBuf,
     stopped: bool,
+    /// When bpftrace was started: it has `ATTACH_TIMEOUT` to compile and attach.
+    spawned: Instant,
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -344,38 +346,53 @@ pub fn start(
         targets: opts.targets.clone().unwrap_or_default(),
         script_path,
         stopped: false,
+        spawned: Instant::now(),
     };
-    // Attached, or failed to compile or attach.
-    let t0 = Instant::now();
+    if opts.attach_in_background {
+        // The first drain reports a failed compile or attach.
+        return Ok(Box::new(p));
+    }
     loop {
-        let (attached, eof) = {
-            let s = lock(&p.shared);
-            (s.attached, s.eof)
-        };
-        if attached.is_some() {
+        if p.attach_state()? {
             return Ok(Box::new(p));
-        }
-        let exited = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-        if eof || exited.is_some() {
-            p.stop_child();
-            return Err(ProfilerError::Attach(format!(
-                "bpftrace failed on {}: {}",
-                p.def.file.display(),
-                p.bpftrace_message()
-            )));
-        }
-        if t0.elapsed() > ATTACH_TIMEOUT {
-            p.stop_child();
-            return Err(ProfilerError::Attach(format!(
-                "bpftrace did not attach within {} s",
-                ATTACH_TIMEOUT.as_secs()
-            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 impl AdhocProfiler {
+    /// Whether bpftrace has attached its probes; an error (and bpftrace stopped) once it has
+    /// failed to compile or attach, or has taken longer than `ATTACH_TIMEOUT`.
+    fn attach_state(&mut self) -> Result<bool, ProfilerError> {
+        let (attached, eof) = {
+            let s = lock(&self.shared);
+            (s.attached.is_some(), s.eof)
+        };
+        if attached {
+            return Ok(true);
+        }
+        let exited = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        if eof || exited.is_some() {
+            self.stop_child();
+            return Err(ProfilerError::Attach(format!(
+                "bpftrace failed on {}: {}",
+                self.def.file.display(),
+                self.bpftrace_message()
+            )));
+        }
+        if self.spawned.elapsed() > ATTACH_TIMEOUT {
+            self.stop_child();
+            return Err(ProfilerError::Attach(format!(
+                "bpftrace did not attach within {} s",
+                ATTACH_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(false)
+    }
+
     /// bpftrace's error lines, without its RLIMIT_MEMLOCK warning (which is harmless here),
     /// and with the script path that of the tree.
     fn bpftrace_message(&self) -> String {
@@ -447,6 +464,19 @@ impl Profiler for AdhocProfiler {
     }
 
     fn drain(&mut self) -> Result<Drained, ProfilerError> {
+        if lock(&self.shared).attached.is_none() {
+            if self.stopped {
+                return Err(ProfilerError::Attach(format!(
+                    "the run ended {:.1} s after bpftrace started, before it had compiled and attached {}",
+                    self.spawned.elapsed().as_secs_f64(),
+                    self.def.file.display()
+                )));
+            }
+            // Started in the background and still compiling: nothing yet.
+            if !self.attach_state()? {
+                return Ok(Drained::default());
+            }
+        }
         let (out, error, eof) = {
             let mut s = lock(&self.shared);
             (std::mem::take(&mut s.ready), s.error.clone(), s.eof)

@@ -24,6 +24,11 @@ pub struct StartOptions {
     /// The targets are a forked child that will exec this file: uprobe profilers that probe
     /// "the target's executable" probe it, not the image the child has until then.
     pub pending_exec: Option<std::path::PathBuf>,
+    /// Return before a slow attach is done (bpftrace compiles a script for a second or more);
+    /// a failed attach is then reported by the first `drain`. `baton up` and `baton agent` set
+    /// it, so starting one run never delays another's end; `baton record` waits, so the command
+    /// it starts next is watched from its first instruction.
+    pub attach_in_background: bool,
 }
 
 impl StartOptions {

@@ -767,10 +767,14 @@ fn run_history_outlives_the_server_on_clickhouse() {
     let url = format!("http://{}", server.addr);
     let _agent = start_agent("r1", &url, &dir.join("buf"), &[], None);
     let mut split = spawn_split("30");
+    let spawned = Instant::now();
     eventually(20, "host r1 up", || {
         let v = http_json(&server.addr, "/api/v1/hosts");
         (v["hosts"].as_array()?.len() == 1).then_some(())
     });
+    // The run starts within milliseconds of the request: give split a second to be in its loop,
+    // or the page's first tick may be in the dynamic loader.
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(spawned.elapsed()));
     let body = format!(
         r#"{{"profiler":"cpu","target":"pid:{}","duration":"1s","frequency":99}}"#,
         split.id()

@@ -87,7 +87,21 @@ fn explore_compare_timeline_and_config_in_chromium() {
 
     // Explore: a 75/25 workload.
     let steady = Workload::spawn(Command::new(&split).arg("40"));
-    std::thread::sleep(Duration::from_secs(6));
+    // Until 4 s of its CPU time are stored (76 ticks at 19 Hz): a sleep of fixed length gave a
+    // loaded machine's slow first windows too few ticks for a steady 75/25.
+    eventually(60, "4 s of split's CPU time in the store", || {
+        let rows = http_json(
+            &up.addr,
+            &format!(
+                "/api/v1/top?since=15m&limit=20&filter=pid%3D{}",
+                steady.id()
+            ),
+        )["rows"]
+            .clone();
+        let main =
+            rows.as_array()?.iter().find(|r| r["function"] == "main")?["total_value"].as_f64()?;
+        (main >= 4e9).then_some(())
+    });
     let v = drive(
         "explore",
         &up.addr,
