@@ -1090,10 +1090,16 @@ impl Driver {
         drop(c);
         let mut s = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
         if finish {
-            eprintln!(
-                "baton up: run {id} ended with {} samples",
-                flushed + samples
-            );
+            match &failure {
+                Some(e) => eprintln!(
+                    "baton up: run {id} failed after {} samples: {e}",
+                    flushed + samples
+                ),
+                None => eprintln!(
+                    "baton up: run {id} ended with {} samples",
+                    flushed + samples
+                ),
+            }
             s.finish(id, samples, failure);
         } else {
             eprintln!(

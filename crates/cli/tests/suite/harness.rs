@@ -124,10 +124,16 @@ impl Up {
 
     /// Starts `baton up` with only `extra` flags (the window comes from the config or the default).
     pub fn start_raw(data: &Path, extra: &[&str]) -> Up {
+        Up::start_env(data, extra, &[])
+    }
+
+    /// Starts `baton up` with only `extra` flags and `env` added to its environment.
+    pub fn start_env(data: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Up {
         let mut child = baton()
             .args(["up", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
