@@ -320,6 +320,8 @@ impl Control {
                     state,
                     reason: r.reason.clone(),
                     samples: r.samples,
+                    started_at_ms: r.started_at,
+                    ended_at_ms: r.ended_at,
                 });
             }
         }
@@ -412,6 +414,8 @@ impl Control {
                     state: "failed".into(),
                     reason: Some(format!("this host refused the run: {e}")),
                     samples: 0,
+                    started_at_ms: None,
+                    ended_at_ms: None,
                 }),
             }
         }

@@ -56,6 +56,12 @@ pub struct RunReport {
     pub reason: Option<String>,
     #[serde(default)]
     pub samples: u64,
+    /// When the run started and ended on the agent (its clock, ms since the epoch). Agents
+    /// before these fields leave them out; the server then uses the heartbeat's arrival.
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    #[serde(default)]
+    pub ended_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,7 +147,9 @@ pub struct FleetRun {
     pub reason: Option<String>,
     pub samples: u64,
     pub queued_at_ms: u64,
-    /// When the agent first reported it past `queued`.
+    /// When it started on the agent, by the agent's report (kept between its queueing and the
+    /// report's arrival, whatever the agent's clock says); else when a heartbeat first said it
+    /// was past `queued`.
     pub started_at_ms: Option<u64>,
     pub ended_at_ms: Option<u64>,
     /// The agent process the run was sent to.
@@ -423,13 +431,15 @@ pub(crate) async fn heartbeat(
                     continue;
                 }
                 if rep.state != "queued" && r.started_at_ms.is_none() {
-                    r.started_at_ms = Some(now);
+                    let queued = r.queued_at_ms.min(now);
+                    r.started_at_ms = Some(rep.started_at_ms.map_or(now, |t| t.clamp(queued, now)));
                 }
                 r.state = rep.state.clone();
                 r.reason = rep.reason.clone().or(r.reason.take());
                 r.samples = rep.samples;
                 if r.is_terminal() {
-                    r.ended_at_ms = Some(now);
+                    let from = r.started_at_ms.unwrap_or(r.queued_at_ms).min(now);
+                    r.ended_at_ms = Some(rep.ended_at_ms.map_or(now, |t| t.clamp(from, now)));
                 }
             }
         }

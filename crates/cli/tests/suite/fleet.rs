@@ -816,6 +816,34 @@ fn run_history_outlives_the_server_on_clickhouse() {
         "{leafy} of {} spans are split's CPU ticks with a leaf in their stack",
         spans.len()
     );
+    // The run's times are the agent's: its own ticks lie between them (a heartbeat's arrival
+    // would start it up to a heartbeat late).
+    // Its ticks are those of 99 Hz (10.1 ms); whole-host profiling's are of 19 Hz.
+    let starts: Vec<u64> = spans
+        .iter()
+        .filter(|sp| sp["dur_us"].as_u64().is_some_and(|d| d < 20_000))
+        .filter_map(|sp| sp["start_us"].as_u64())
+        .map(|us| us / 1000)
+        .collect();
+    let (first, last) = (
+        *starts.iter().min().expect("the run's spans"),
+        *starts.iter().max().expect("the run's spans"),
+    );
+    let (from, to) = (
+        run["started_at_ms"].as_u64().expect("started"),
+        run["ended_at_ms"].as_u64().expect("ended"),
+    );
+    eprintln!(
+        "run {id}: {} ticks from {} to {} ms after its recorded start; it ended at {} ms",
+        starts.len(),
+        first as i64 - from as i64,
+        last as i64 - from as i64,
+        to - from
+    );
+    assert!(
+        from <= first && last <= to,
+        "run {id} held [{from}, {to}] but its ticks span [{first}, {last}]"
+    );
     // And the Timeline page shows them, for this host.
     crate::ui::drive(
         "fleettimeline",
