@@ -148,7 +148,8 @@ impl Up {
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(30);
         let addr = loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -157,6 +158,12 @@ impl Up {
                 break rest.trim_end_matches('/').to_string();
             }
         };
+        if t0.elapsed() > Duration::from_secs(2) {
+            eprintln!(
+                "baton up took {:.1} s to announce its address",
+                t0.elapsed().as_secs_f64()
+            );
+        }
         Up {
             child,
             addr,

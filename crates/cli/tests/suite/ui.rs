@@ -89,6 +89,7 @@ fn explore_compare_timeline_and_config_in_chromium() {
     let steady = Workload::spawn(Command::new(&split).arg("40"));
     // Until 4 s of its CPU time are stored (76 ticks at 19 Hz): a sleep of fixed length gave a
     // loaded machine's slow first windows too few ticks for a steady 75/25.
+    let waited = std::time::Instant::now();
     eventually(60, "4 s of split's CPU time in the store", || {
         let rows = http_json(
             &up.addr,
@@ -102,6 +103,10 @@ fn explore_compare_timeline_and_config_in_chromium() {
             rows.as_array()?.iter().find(|r| r["function"] == "main")?["total_value"].as_f64()?;
         (main >= 4e9).then_some(())
     });
+    eprintln!(
+        "4 s of split's CPU time were stored {:.1} s after it started",
+        waited.elapsed().as_secs_f64()
+    );
     let v = drive(
         "explore",
         &up.addr,
