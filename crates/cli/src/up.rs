@@ -870,6 +870,11 @@ impl Driver {
                 out
             };
             pass.mark("scheduler");
+            // A whole-host window that ends is followed at once by the next, without the nap.
+            let window_ended = !by_services
+                && decisions
+                    .iter()
+                    .any(|d| matches!(d, Decision::Stop { run, .. } if self.is_host_chain(*run)));
             for d in decisions {
                 self.apply(d, now);
             }
@@ -898,7 +903,21 @@ impl Driver {
             self.flush_running();
             pass.mark("storing running runs' windows");
             pass.report();
-            std::thread::sleep(Duration::from_millis(250));
+            // Up to 250 ms, or until the first running run's time is up, so runs (and windows)
+            // end on time rather than up to a nap late.
+            let next_end = self
+                .scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .next_end();
+            let mut nap = Duration::from_millis(250);
+            if let Some(end) = next_end {
+                nap = nap.min(Duration::from_millis(end.saturating_sub(now_ms_u64())));
+            }
+            if window_ended {
+                nap = Duration::ZERO;
+            }
+            std::thread::sleep(nap.max(Duration::from_millis(2)));
         }
         self.flush_continuous(None);
         let ids: Vec<u64> = self.targeted.keys().copied().collect();

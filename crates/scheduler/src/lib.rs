@@ -555,6 +555,17 @@ impl Scheduler {
         });
     }
 
+    /// When the first running run's time is up (the `tick` that ends it should come then), or
+    /// `None` when nothing runs.
+    pub fn next_end(&self) -> Option<Millis> {
+        self.running
+            .values()
+            .flatten()
+            .filter_map(|id| self.runs.get(id))
+            .filter_map(|r| r.resumed_at.map(|t| t + r.remaining_ms))
+            .min()
+    }
+
     /// Advances to `now`: ends runs whose time is up, then starts, preempts and resumes.
     pub fn tick(&mut self, now: Millis) -> Vec<Decision> {
         let mut out = Vec::new();
