@@ -152,6 +152,38 @@ fn on_demand_preempts_continuous_which_resumes_with_its_remaining_time() {
     );
 }
 
+/// `next_end` is when the driver must tick next: the earliest end among running runs, which a
+/// preemption moves and a resume counts from the resume with the time left.
+#[test]
+fn next_end_follows_preemption_and_resume() {
+    let cfg = basic();
+    let mut s = sched(&cfg);
+    assert_eq!(s.next_end(), None);
+    let cont = s
+        .submit(
+            req(
+                Mode::Continuous {
+                    service: "svc".into(),
+                    rule: 0,
+                },
+                30,
+            ),
+            0,
+        )
+        .expect("c");
+    assert_eq!(s.next_end(), None, "queued is not running");
+    s.tick(0);
+    assert_eq!(s.next_end(), Some(30_000));
+    s.submit(req(Mode::OnDemand, 5), 10_000).expect("od");
+    s.tick(10_000);
+    assert_eq!(s.next_end(), Some(15_000), "the preempting run's end");
+    s.tick(15_000);
+    assert_eq!(s.run(cont).expect("c").state, RunState::Running);
+    assert_eq!(s.next_end(), Some(35_000), "20 s left from the resume");
+    s.tick(35_000);
+    assert_eq!(s.next_end(), None);
+}
+
 #[test]
 fn continuous_never_preempts() {
     let cfg = basic();
