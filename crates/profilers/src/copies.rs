@@ -113,17 +113,22 @@ pub(crate) struct CopyReader {
 }
 
 impl CopyReader {
-    /// Starts the reader of `copies` and plans the `targets` the profiler starts with (see
-    /// `plan_targets`); call it before the targets map lets BPF track them.
+    /// With `dwarf`, starts the reader of `copies` and plans the `targets` the profiler starts
+    /// with (see `plan_targets`); call it before the targets map lets BPF track them. Without
+    /// DWARF unwinding there is nothing to read: `None`.
     pub(crate) fn start(
         name: &str,
         copies: &dyn MapCore,
         dwarf_pids: &dyn MapCore,
+        dwarf: bool,
         targets: Option<&[u32]>,
-    ) -> Result<CopyReader, ProfilerError> {
+    ) -> Result<Option<CopyReader>, ProfilerError> {
+        if !dwarf {
+            return Ok(None);
+        }
         let reader = CopyReader::start_reader(name, copies)?;
         reader.plan_targets(dwarf_pids, targets);
-        Ok(reader)
+        Ok(Some(reader))
     }
 
     fn start_reader(name: &str, copies: &dyn MapCore) -> Result<CopyReader, ProfilerError> {

@@ -128,16 +128,13 @@ impl<S: EventSkel> EventProfiler<S> {
         o: &StartOptions,
         budget: Option<u64>,
     ) -> Result<EventProfiler<S>, ProfilerError> {
-        let copies = if o.dwarf {
-            Some(CopyReader::start(
-                &format!("baton-{}", spec.info.name),
-                skel.copies(),
-                skel.dwarf_pids(),
-                o.targets.as_deref(),
-            )?)
-        } else {
-            None
-        };
+        let copies = CopyReader::start(
+            &format!("baton-{}", spec.info.name),
+            skel.copies(),
+            skel.dwarf_pids(),
+            o.dwarf,
+            o.targets.as_deref(),
+        )?;
         for &p in o.targets.iter().flatten() {
             skel.targets()
                 .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)

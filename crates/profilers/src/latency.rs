@@ -233,16 +233,13 @@ impl LatencyProfiler {
         if let Some(bss) = skel.maps.bss_data.as_deref_mut() {
             bss.active_buffer = 0;
         }
-        let copies = if o.dwarf {
-            Some(CopyReader::start(
-                "baton-latency-copies",
-                &skel.maps.copies,
-                &skel.maps.dwarf_pids,
-                o.targets.as_deref(),
-            )?)
-        } else {
-            None
-        };
+        let copies = CopyReader::start(
+            "baton-latency-copies",
+            &skel.maps.copies,
+            &skel.maps.dwarf_pids,
+            o.dwarf,
+            o.targets.as_deref(),
+        )?;
         let mut p = LatencyProfiler {
             copies,
             skel,

@@ -263,16 +263,13 @@ impl MallocProfiler {
         let skel = open
             .load()
             .map_err(ProfilerError::bpf("loading the malloc programs"))?;
-        let copies = if o.dwarf {
-            Some(CopyReader::start(
-                "baton-malloc-copies",
-                &skel.maps.copies,
-                &skel.maps.dwarf_pids,
-                o.targets.as_deref(),
-            )?)
-        } else {
-            None
-        };
+        let copies = CopyReader::start(
+            "baton-malloc-copies",
+            &skel.maps.copies,
+            &skel.maps.dwarf_pids,
+            o.dwarf,
+            o.targets.as_deref(),
+        )?;
         let state: Arc<Mutex<State>> = Arc::default();
         let sink = Arc::clone(&state);
         let reader = RingReader::start("baton-malloc", &skel.maps.events, move |data| {

@@ -204,16 +204,13 @@ impl OffCpuProfiler {
         let skel = open
             .load()
             .map_err(ProfilerError::bpf("loading the offcpu program"))?;
-        let copies = if opts.dwarf {
-            Some(CopyReader::start(
-                "baton-offcpu",
-                &skel.maps.copies,
-                &skel.maps.dwarf_pids,
-                opts.targets.as_deref(),
-            )?)
-        } else {
-            None
-        };
+        let copies = CopyReader::start(
+            "baton-offcpu",
+            &skel.maps.copies,
+            &skel.maps.dwarf_pids,
+            opts.dwarf,
+            opts.targets.as_deref(),
+        )?;
         for &p in opts.targets.iter().flatten() {
             skel.maps
                 .targets
