@@ -12,6 +12,7 @@ pub mod hist;
 pub mod named;
 pub mod profile;
 pub mod registry;
+pub mod sync;
 pub mod time;
 pub mod wire;
 
