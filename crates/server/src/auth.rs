@@ -16,9 +16,11 @@ use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use baton_model::time::rfc3339_ms;
+use baton_model::sync::lock;
+use baton_model::time::{now_ms, rfc3339_ms};
 use serde_json::{json, Value};
 
+use crate::api::ErrorBody;
 use crate::AppState;
 
 /// What a token may do. Higher user roles include the lower ones.
@@ -154,15 +156,12 @@ impl Audit {
 
     /// Appends an event with its time; a failure to write is logged, never fatal.
     pub fn record(&self, event: &str, mut fields: Value) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now = now_ms();
         if let Value::Object(m) = &mut fields {
             m.insert("at".into(), json!(rfc3339_ms(now)));
             m.insert("event".into(), json!(event));
         }
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = lock(&self.lock);
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -207,8 +206,7 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let deny =
-        |code: StatusCode, msg: String| (code, Json(json!({ "error": msg }))).into_response();
+    let deny = |code: StatusCode, error: String| (code, Json(ErrorBody { error })).into_response();
     let Some(p) = token.and_then(|t| tokens.check(t)).cloned() else {
         st.auth_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

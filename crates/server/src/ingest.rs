@@ -18,12 +18,15 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use baton_model::sync::lock;
 use baton_model::{FrameKind, Labels};
 use baton_store::{LateSymbol, Store};
 use baton_symbolizer::ElfSymbolizer;
-use serde_json::json;
 
-use crate::{ApiError, AppState};
+use crate::api::{DebugInfoFound, DebugInfoStored, Ingested};
+use crate::error::ApiError;
+use crate::state::{with_store, LatencyStat};
+use crate::AppState;
 
 /// Counters of the ingest endpoint.
 #[derive(Debug, Default)]
@@ -33,7 +36,7 @@ pub struct IngestStats {
     pub duplicates: AtomicU64,
     pub refused: AtomicU64,
     pub bytes: AtomicU64,
-    pub latency: crate::LatencyStat,
+    pub latency: LatencyStat,
 }
 
 /// The ingest writer's queue: batches from concurrent ingest calls wait here and are written
@@ -55,7 +58,7 @@ pub struct IngestQueue {
     pub writes: AtomicU64,
     pub written_batches: AtomicU64,
     pub written_rows: AtomicU64,
-    pub write_latency: crate::LatencyStat,
+    pub write_latency: LatencyStat,
 }
 
 struct Job {
@@ -90,7 +93,7 @@ impl IngestQueue {
         host: Option<String>,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<bool, String>>, String> {
         let rows = batch.samples.len() as u64;
-        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut jobs = lock(&self.jobs);
         // Rows queued or being written; one batch is always taken when nothing waits.
         let queued = self.queued_rows.load(Ordering::Relaxed);
         if queued > 0 && queued + rows > self.max_rows {
@@ -118,7 +121,7 @@ impl IngestQueue {
         loop {
             let mut group: Vec<Job> = Vec::new();
             {
-                let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+                let mut jobs = lock(&self.jobs);
                 while jobs.is_empty() {
                     if stop() {
                         return;
@@ -165,7 +168,7 @@ impl IngestQueue {
                         host: j.host.as_deref(),
                     })
                     .collect();
-                let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+                let mut s = lock(store);
                 s.write_batches(&items)
             };
             self.write_latency.observe(t.elapsed());
@@ -234,7 +237,7 @@ pub(crate) async fn ingest(
         return Err(refuse("empty body: send a pprof file".into()));
     }
     stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-    let now = crate::now_ms();
+    let now = baton_model::time::now_ms();
     let decoded = tokio::task::spawn_blocking(move || {
         baton_model::wire::decode_batch(&body, profiler.as_deref(), &labels, now)
     })
@@ -274,7 +277,7 @@ pub(crate) async fn ingest(
                 .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?
         }
         None => {
-            crate::with_store(&st, move |s: &mut dyn Store| match &bid {
+            with_store(&st, move |s: &mut dyn Store| match &bid {
                 Some(id) => s.write_batch_once(&batch, id, host.as_deref()),
                 None => s.write_batch(&batch).map(|()| true),
             })
@@ -303,13 +306,13 @@ pub(crate) async fn ingest(
         } else {
             StatusCode::OK
         },
-        Json(json!({
-            "stored": stored,
-            "duplicate": !stored,
-            "batch_id": batch_id,
-            "sample_rows": rows,
-            "missing_build_ids": missing,
-        })),
+        Json(Ingested {
+            stored,
+            duplicate: !stored,
+            batch_id,
+            sample_rows: rows,
+            missing_build_ids: missing,
+        }),
     )
         .into_response())
 }
@@ -374,7 +377,7 @@ impl DebugInfo {
         if !valid_build_id(build_id) || self.has_local(build_id) {
             return false;
         }
-        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut asked = lock(&self.asked);
         match asked.get(build_id) {
             Some(t) if t.elapsed() < Duration::from_secs(600) => false,
             _ => {
@@ -391,7 +394,7 @@ impl DebugInfo {
         }
         let url = self.debuginfod.as_ref()?;
         {
-            let misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+            let misses = lock(&self.misses);
             if misses
                 .get(build_id)
                 .is_some_and(|t| t.elapsed() < Duration::from_secs(600))
@@ -405,10 +408,7 @@ impl DebugInfo {
             Ok(p) => Some(p),
             Err(e) => {
                 tracing::info!(build_id, error = %e, "debuginfod has nothing");
-                self.misses
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(build_id.to_string(), Instant::now());
+                lock(&self.misses).insert(build_id.to_string(), Instant::now());
                 None
             }
         }
@@ -459,14 +459,14 @@ impl DebugInfo {
     /// Asks the symbolizer thread to look again now.
     pub fn wake(&self) {
         let (m, c) = &self.wake;
-        *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *lock(m) = true;
         c.notify_all();
     }
 
     /// Waits for [`DebugInfo::wake`] or `timeout`.
     pub fn wait(&self, timeout: Duration) {
         let (m, c) = &self.wake;
-        let g = m.lock().unwrap_or_else(|p| p.into_inner());
+        let g = lock(m);
         let (mut g, _) = c
             .wait_timeout_while(g, timeout, |woken| !*woken)
             .unwrap_or_else(|p| p.into_inner());
@@ -495,10 +495,7 @@ pub fn symbolize_pending(
     debuginfo: &DebugInfo,
     resolver: &ElfSymbolizer,
 ) -> Result<usize, baton_store::StoreError> {
-    let waiting = store
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .unsymbolized(200_000)?;
+    let waiting = lock(store).unsymbolized(200_000)?;
     let mut added = 0;
     for w in waiting {
         let Some(path) = debuginfo.find(&w.build_id) else {
@@ -522,10 +519,7 @@ pub fn symbolize_pending(
         if syms.is_empty() {
             continue;
         }
-        let n = store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .add_symbols(&w.build_id, &syms)?;
+        let n = lock(store).add_symbols(&w.build_id, &syms)?;
         tracing::info!(build_id = %w.build_id, module = %w.module, symbols = n, "symbolized late");
         added += n;
     }
@@ -572,7 +566,10 @@ pub(crate) async fn put_debuginfo(
     tracing::info!(build_id, size, "debug info uploaded");
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "build_id": build_id, "bytes": size })),
+        Json(DebugInfoStored {
+            build_id,
+            bytes: size,
+        }),
     )
         .into_response())
 }
@@ -588,7 +585,7 @@ pub(crate) async fn has_debuginfo(
         .and_then(|d| d.local(&build_id))
         .map(|p| p.display().to_string());
     match found {
-        Some(p) => Ok(Json(json!({ "build_id": build_id, "path": p })).into_response()),
+        Some(path) => Ok(Json(DebugInfoFound { build_id, path }).into_response()),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no debug info for {build_id}"),

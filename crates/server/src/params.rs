@@ -1,9 +1,8 @@
 //! Parsing of API query strings into a store [`Query`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use baton_model::export::Format;
 use baton_model::parse_duration;
+use baton_model::time::now_ms;
 use baton_store::{Filter, FilterOp, Query};
 
 /// Everything an API call may say.
@@ -13,13 +12,6 @@ pub struct ApiParams {
     pub step_ms: i64,
     pub limit: usize,
     pub format: Option<Format>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Parses `profiler`, `value`, `since` or `from`/`to`, `filter` (repeatable), `step`, `limit`,

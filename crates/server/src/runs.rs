@@ -1,20 +1,27 @@
-//! The runs API: submit an on-demand run, list, show and cancel, over the shared scheduler.
+//! The runs API: submit an on-demand run, list, show and cancel, over this host's scheduler;
+//! on a fleet server the same routes go to [`crate::fleet::handlers`].
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
-use axum::Json;
+use axum::{Extension, Json};
 use baton_model::parse_duration;
+use baton_model::sync::lock;
 use baton_model::time::rfc3339_ms;
-use baton_scheduler::{JobRequest, Mode, Run, Scheduler};
-use serde::Deserialize;
-use serde_json::json;
+use baton_scheduler::{JobRequest, Mode, Run, RunState, Scheduler};
+use serde::Serialize;
 
+use crate::api::{Created, RunList};
 use crate::auth::Principal;
-use crate::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::fleet::handlers as fleet;
+use crate::submit::{audit_event, audit_record, check_caller, check_target};
+use crate::AppState;
+
+pub use crate::submit::RunRequest;
 
 /// What the runs API needs: the scheduler, this host's name, the clock and the audit log.
 #[derive(Clone)]
@@ -24,87 +31,94 @@ pub struct RunsHandle {
     pub clock: fn() -> u64,
     /// Checks a request's profiler options (names against the registry), so a bad one is
     /// refused at submission rather than failing when the run starts.
-    pub check_options: fn(&str, &std::collections::BTreeMap<String, String>) -> Result<(), String>,
+    pub check_options: fn(&str, &BTreeMap<String, String>) -> Result<(), String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunRequest {
-    pub profiler: String,
-    pub target: String,
-    pub duration: String,
-    pub frequency: Option<u64>,
-    #[serde(default)]
+/// A run of this host, as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct RunView<'a> {
+    pub id: u64,
+    pub profiler: &'a str,
+    pub target: &'a str,
+    /// `continuous`, `on-demand` or `triggered`.
+    pub mode: &'static str,
+    /// The service of a continuous or triggered run.
+    pub service: Option<&'a str>,
+    pub state: RunState,
+    pub reason: Option<&'a str>,
     pub priority: i32,
-    #[serde(default)]
     pub force: bool,
-    pub owner: Option<String>,
-    /// The host to run on (fleet mode); optional when only one host is up.
-    #[serde(default)]
-    pub host: Option<String>,
-    /// Profiler-specific options, e.g. `{"sample_bytes": "0"}`.
-    #[serde(default)]
-    pub options: std::collections::BTreeMap<String, String>,
+    pub owner: &'a str,
+    pub frequency_hz: u64,
+    pub duration_s: f64,
+    pub queued_at: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub queued_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
+    pub preemptions: u32,
+    pub samples: u64,
+    pub weight: f64,
+    pub options: &'a BTreeMap<String, String>,
 }
 
-/// The JSON view of a run.
-pub fn run_json(r: &Run) -> serde_json::Value {
-    let t = |v: Option<u64>| v.map(|ms| rfc3339_ms(ms as i64));
-    let (mode, service) = match &r.request.mode {
-        Mode::Continuous { service, .. } => ("continuous", Some(service)),
-        Mode::OnDemand => ("on-demand", None),
-        Mode::Triggered { service, .. } => ("triggered", Some(service)),
-    };
-    json!({
-        "id": r.id,
-        "profiler": r.request.profiler,
-        "target": r.request.target,
-        "mode": mode,
-        "service": service,
-        "state": r.state,
-        "reason": r.reason,
-        "priority": r.request.priority,
-        "force": r.request.force,
-        "owner": r.request.owner,
-        "frequency_hz": r.frequency,
-        "duration_s": r.request.duration_ms as f64 / 1000.0,
-        "queued_at": rfc3339_ms(r.queued_at as i64),
-        "started_at": t(r.started_at),
-        "ended_at": t(r.ended_at),
-        "queued_at_ms": r.queued_at,
-        "started_at_ms": r.started_at,
-        "ended_at_ms": r.ended_at,
-        "preemptions": r.preemptions,
-        "samples": r.samples,
-        "weight": r.request.weight,
-        "options": r.request.options,
-    })
+impl<'a> RunView<'a> {
+    pub fn of(r: &'a Run) -> RunView<'a> {
+        let t = |v: Option<u64>| v.map(|ms| rfc3339_ms(ms as i64));
+        let (mode, service) = match &r.request.mode {
+            Mode::Continuous { service, .. } => ("continuous", Some(service.as_str())),
+            Mode::OnDemand => ("on-demand", None),
+            Mode::Triggered { service, .. } => ("triggered", Some(service.as_str())),
+        };
+        RunView {
+            id: r.id,
+            profiler: &r.request.profiler,
+            target: &r.request.target,
+            mode,
+            service,
+            state: r.state,
+            reason: r.reason.as_deref(),
+            priority: r.request.priority,
+            force: r.request.force,
+            owner: &r.request.owner,
+            frequency_hz: r.frequency,
+            duration_s: r.request.duration_ms as f64 / 1000.0,
+            queued_at: rfc3339_ms(r.queued_at as i64),
+            started_at: t(r.started_at),
+            ended_at: t(r.ended_at),
+            queued_at_ms: r.queued_at,
+            started_at_ms: r.started_at,
+            ended_at_ms: r.ended_at,
+            preemptions: r.preemptions,
+            samples: r.samples,
+            weight: r.request.weight,
+            options: &r.request.options,
+        }
+    }
 }
 
 fn handle(st: &AppState) -> Result<&RunsHandle, ApiError> {
-    st.runs.as_ref().ok_or_else(|| {
-        ApiError(
-            StatusCode::NOT_FOUND,
-            "this server runs no profilers".into(),
-        )
-    })
+    st.runs
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("this server runs no profilers"))
 }
 
+/// `POST /api/v1/runs`
 pub(crate) async fn submit(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
     Json(req): Json<RunRequest>,
 ) -> Result<Response, ApiError> {
-    crate::fleet::check_force(&who, req.force)?;
-    crate::fleet::check_adhoc(&st, &who, &req.profiler)?;
+    check_caller(&st, &who, &req)?;
     if st.fleet.is_some() {
-        return crate::fleet::submit(&st, &who, req).await;
+        return fleet::submit(&st, &who, req).await;
     }
     let h = handle(&st)?;
-    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
-    check_target(&req.target).map_err(bad)?;
-    (h.check_options)(&req.profiler, &req.options).map_err(bad)?;
-    let duration = parse_duration(&req.duration).map_err(|e| bad(format!("duration: {e}")))?;
+    check_target(&req.target)?;
+    (h.check_options)(&req.profiler, &req.options).map_err(ApiError::bad_request)?;
+    let duration = parse_duration(&req.duration)
+        .map_err(|e| ApiError::bad_request(format!("duration: {e}")))?;
     let now = (h.clock)();
     let owner = req.owner.clone().unwrap_or_else(|| who.name.clone());
     let job = JobRequest {
@@ -121,85 +135,68 @@ pub(crate) async fn submit(
         weight: 1.0,
         options: req.options.clone(),
     };
-    let id = {
-        let mut s = h.scheduler.lock().unwrap_or_else(|p| p.into_inner());
-        s.submit(job, now).map_err(|e| bad(e.to_string()))?
-    };
+    let id = lock(&h.scheduler)
+        .submit(job, now)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(a) = &st.audit {
-        a.record(
-            if req.force { "forced_run" } else { "run" },
-            json!({ "run": id, "owner": owner, "who": who.name, "role": who.role,
-                    "profiler": req.profiler, "target": req.target, "duration": req.duration,
-                    "frequency": req.frequency, "priority": req.priority }),
-        );
+        let mut rec = audit_record(id, &who, &req);
+        rec["owner"] = owner.into();
+        a.record(audit_event(&req), rec);
     }
-    Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
+    Ok((StatusCode::CREATED, Json(Created { id })).into_response())
 }
 
-/// Target syntax, checked here so a typo is a 400 and not a failed run.
-pub(crate) fn check_target(t: &str) -> Result<(), String> {
-    let ok = t.split_once(':').is_some_and(|(k, v)| {
-        !v.is_empty() && ["pid", "comm", "exe", "cgroup", "service"].contains(&k)
-    }) && (!t.starts_with("pid:") || t[4..].parse::<u32>().is_ok());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "bad target {t:?}; use pid:PID, comm:NAME, exe:PATH, cgroup:PATH or service:NAME"
-        ))
-    }
-}
-
-/// Runs, newest first; continuous runs (one per window) only with `?all=1`.
+/// `GET /api/v1/runs`: runs, newest first; continuous runs (one per window) only with `?all=1`.
 pub(crate) async fn list(
     State(st): State<AppState>,
-    axum::extract::RawQuery(q): axum::extract::RawQuery,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     if st.fleet.is_some() {
-        return crate::fleet::list(State(st), axum::extract::RawQuery(q)).await;
+        return fleet::list(&st, q).await;
     }
     let h = handle(&st)?;
     let all = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
         .any(|(k, v)| k == "all" && (v == "1" || v == "true"));
-    let s = h.scheduler.lock().unwrap_or_else(|p| p.into_inner());
-    let mut runs: Vec<serde_json::Value> = s
+    let s = lock(&h.scheduler);
+    let mut runs: Vec<RunView> = s
         .runs()
         .filter(|r| all || !matches!(r.request.mode, Mode::Continuous { .. }))
-        .map(run_json)
+        .map(RunView::of)
         .collect();
     runs.reverse();
     runs.truncate(200);
-    Ok(Json(json!({ "runs": runs })).into_response())
+    Ok(Json(RunList { runs }).into_response())
 }
 
+/// `GET /api/v1/runs/{id}`
 pub(crate) async fn show(
     State(st): State<AppState>,
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
     if st.fleet.is_some() {
-        return crate::fleet::show(State(st), Path(id)).await;
+        return fleet::show(&st, id).await;
     }
     let h = handle(&st)?;
-    let s = h.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+    let s = lock(&h.scheduler);
     let r = s
         .run(id)
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))?;
-    Ok(Json(run_json(r)).into_response())
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    Ok(Json(RunView::of(r)).into_response())
 }
 
+/// `POST /api/v1/runs/{id}/cancel`: the run as it is after the cancel.
 pub(crate) async fn cancel(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
     if st.fleet.is_some() {
-        return crate::fleet::cancel(State(st), Extension(who), Path(id)).await;
+        return fleet::cancel(&st, &who, id).await;
     }
     let h = handle(&st)?;
     let now = (h.clock)();
-    let mut s = h.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = lock(&h.scheduler);
     s.cancel(id, now, "cancelled by request")
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
-    let r = s.run(id).map(run_json).unwrap_or_default();
-    Ok(Json(r).into_response())
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
+    Ok(Json(s.run(id).map(RunView::of)).into_response())
 }
