@@ -232,6 +232,12 @@ impl AgentMetrics {
                 g(&self.trigger_scrape_errors),
             ),
             (
+                "baton_bpf_bad_records_total",
+                "Records from BPF dropped because their size did not match their struct.",
+                "counter",
+                baton_profilers::bad_records() as f64,
+            ),
+            (
                 "baton_agent_cpu_seconds_total",
                 "CPU time used by the baton process itself.",
                 "counter",

@@ -7,18 +7,16 @@
 //! and to the children it forks as they are seen.
 
 use std::collections::HashMap;
-use std::mem::MaybeUninit;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
+use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
 
-use crate::raw::{
-    clear_if_half_full, comm_at, drain_hists, percpu_sum, pids_of, u32_at, u64_at, StackReader,
-};
+use crate::mechanics::record::{comm, decode, record};
+use crate::mechanics::skel::open_targeted;
+use crate::raw::{clear_if_half_full, drain_hists, percpu_sum, pids_of, StackReader};
 use crate::uprobe::{functions_matching, resolve_binary, Followed};
-use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
+use crate::{Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
 
 bpf_skel!("calls");
 use skel::{CallsSkel, CallsSkelBuilder};
@@ -26,6 +24,24 @@ use skel::{CallsSkel, CallsSkelBuilder};
 /// Most functions one run may probe.
 const MAX_FUNCTIONS: usize = 1000;
 const STACK_ENTRIES: usize = 16384;
+
+/// `struct call_key` of calls.bpf.c: calls of one function by a thread, from one stack.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CallKey {
+    pid: u32,
+    tid: u32,
+    function: u32,
+    user_stack: i32,
+    /// The caller's return address, read from the top of the stack at the entry.
+    caller: u64,
+    buffer: u32,
+    pad: u32,
+    comm: [u8; 16],
+    /// The function's address, for a one-frame stack when stacks are off.
+    ip: u64,
+}
+record!(CallKey, "call_key", 56);
 
 /// A running call-count profiler. Dropping it detaches every probe.
 pub struct CallsProfiler {
@@ -48,9 +64,6 @@ pub struct CallsProfiler {
 impl CallsProfiler {
     pub fn start(o: &StartOptions) -> Result<CallsProfiler, ProfilerError> {
         let info = &crate::registry::CALLS;
-        if !sys::has_profiling_privileges() {
-            return Err(ProfilerError::Permission);
-        }
         let bad = |message: String| ProfilerError::BadOption {
             profiler: info.name,
             message,
@@ -76,39 +89,12 @@ impl CallsProfiler {
         };
         let latency = flag("latency")?;
         let stacks = flag("stacks")?;
-        if let Some(pids) = &o.targets {
-            if let Some(&p) = pids.iter().find(|&&p| !sys::process_alive(p)) {
-                return Err(ProfilerError::NoSuchProcess(p));
+        let (skel, fork_link) = open_targeted!(CallsSkelBuilder, "calls", o, |open| {
+            if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+                ro.take_stacks = u8::from(stacks);
+                ro.measure_latency = u8::from(latency);
             }
-        }
-        let storage: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = CallsSkelBuilder::default()
-            .open(storage)
-            .map_err(ProfilerError::bpf("opening the calls skeleton"))?;
-        let follow = o.targets.is_some() && o.follow_forks;
-        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-            ro.take_stacks = u8::from(stacks);
-            ro.measure_latency = u8::from(latency);
-            ro.follow_forks = u8::from(follow);
-            ro.filter_targets = u8::from(o.targets.is_some());
-        }
-        if !follow {
-            open.progs.on_fork.set_autoload(false);
-        }
-        let skel = open
-            .load()
-            .map_err(ProfilerError::bpf("loading the calls programs"))?;
-        let fork_link = if follow {
-            Some(
-                skel.progs
-                    .on_fork
-                    .attach()
-                    .map_err(ProfilerError::bpf("attaching the fork tracepoint"))?,
-            )
-        } else {
-            None
-        };
+        });
         let mut p = CallsProfiler {
             skel,
             links: Vec::new(),
@@ -129,12 +115,8 @@ impl CallsProfiler {
                 p.attach(-1, path)?;
             }
             Some(pids) => {
+                crate::raw::add_targets(&p.skel.maps.targets, pids)?;
                 for &pid in pids {
-                    p.skel
-                        .maps
-                        .targets
-                        .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
-                        .map_err(ProfilerError::bpf("adding a target pid"))?;
                     let path = match &o.pending_exec {
                         Some(exe) if p.binary.is_empty() => exe.clone(),
                         _ => resolve_binary(Some(pid), &p.binary)?,
@@ -231,39 +213,41 @@ impl crate::Profiler for CallsProfiler {
         let mut out = Drained::default();
         let counts = &self.skel.maps.counts;
         let mut stacks = StackReader::new(&self.skel.maps.stacks);
-        for key in counts.keys().collect::<Vec<_>>() {
-            if key.len() < 56 || u32_at(&key, 24) != old {
+        for raw in counts.keys().collect::<Vec<_>>() {
+            let Ok(key) = decode::<CallKey>(&raw) else {
+                continue;
+            };
+            if key.buffer != old {
                 continue;
             }
             let n = counts
-                .lookup(&key, MapFlags::ANY)
+                .lookup(&raw, MapFlags::ANY)
                 .map_err(ProfilerError::bpf("reading a call count"))?
-                .map_or(0, |v| u64_at(&v, 0));
-            let _ = counts.delete(&key);
-            let id = u32_at(&key, 12) as i32;
-            let mut user = if id >= 0 {
-                stacks.get(id)
+                .and_then(|v| decode::<u64>(&v).ok())
+                .unwrap_or(0);
+            let _ = counts.delete(&raw);
+            let mut user = if key.user_stack >= 0 {
+                stacks.get(key.user_stack)
             } else {
                 // Stacks off: the function alone.
-                vec![u64_at(&key, 48)]
+                vec![key.ip]
             };
             // Kernels since 6.12 add the caller themselves at a uprobe on a function's entry;
             // older ones skip it.
-            let caller = u64_at(&key, 16);
-            if caller != 0 && !user.is_empty() && user.get(1) != Some(&caller) {
-                user.insert(1, caller);
+            if key.caller != 0 && !user.is_empty() && user.get(1) != Some(&key.caller) {
+                user.insert(1, key.caller);
             }
             out.events.push(Event {
-                pid: u32_at(&key, 0),
-                tid: u32_at(&key, 4),
+                pid: key.pid,
+                tid: key.tid,
                 cgroup_id: 0,
-                comm: comm_at(&key, 32),
+                comm: comm(&key.comm),
                 kernel: Vec::new(),
                 user,
                 count: n,
                 values: vec![n],
                 weight: 1.0,
-                labels: vec![("function", self.name(u32_at(&key, 8)))],
+                labels: vec![("function", self.name(key.function))],
                 frames: Vec::new(),
             });
         }

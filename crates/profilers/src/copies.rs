@@ -8,17 +8,54 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use baton_model::sync::lock;
 use libbpf_rs::{MapCore, MapFlags};
 
-use crate::raw::{comm_at, percpu_sum, u32_at, u64_at};
+use crate::mechanics::record::{comm, decode, decode_with_tail, kind_of, record};
+use crate::raw::percpu_sum;
 use crate::ring::RingReader;
-use crate::unwind::{encode_plan, DwarfUnwinder, UnwindStats};
+use crate::unwind::{encode_plan, DwarfUnwinder, UnwindStats, USTACK_BYTES};
 use crate::ProfilerError;
 
-/// Layout of `struct copy_event` and `struct end_event` in copy.h.
-const CP_STACK: usize = 56;
-const CP_STACK_MAX: usize = 8 * 4096;
-const END_SIZE: usize = 80;
+/// `struct copy_event` of copy.h without its trailing `stack[USTACK_BYTES]`, which is read
+/// where it lies in the ring.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CopyEvent {
+    kind: u32,
+    pid: u32,
+    cookie: u64,
+    tid: u32,
+    pad: u32,
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    stack_bytes: u64,
+}
+record!(CopyEvent, "copy_event", 56);
+
+/// `struct end_event` of copy.h: what an event whose stack was copied measured.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EndEvent {
+    kind: u32,
+    pid: u32,
+    cookie: u64,
+    tid: u32,
+    what: u32,
+    cgroup_id: u64,
+    kernel_stack: i32,
+    pad: u32,
+    ns: u64,
+    count: u64,
+    bytes: u64,
+    comm: [u8; 16],
+}
+record!(EndEvent, "end_event", 80);
+
+/// The `kind`s of copy.h's ring.
+const EV_COPY: u32 = 1;
+const EV_END: u32 = 2;
 /// A copy whose end has not come after this many drains is dropped (its event was shorter than
 /// the profiler records, or its end was lost).
 const PENDING_DRAINS: u32 = 3;
@@ -55,39 +92,39 @@ struct State {
 
 impl State {
     fn on_event(&mut self, unwinder: &Mutex<DwarfUnwinder>, d: &[u8]) {
-        if d.len() < 24 {
-            return;
-        }
-        let (pid, cookie, tid) = (u32_at(d, 4), u64_at(d, 8), u32_at(d, 16));
-        match u32_at(d, 0) {
-            1 if d.len() >= CP_STACK => {
-                let (ip, sp, bp) = (u64_at(d, 24), u64_at(d, 32), u64_at(d, 40));
-                let n = (u64_at(d, 48) as usize).min(CP_STACK_MAX);
-                let stack = d.get(CP_STACK..CP_STACK + n).unwrap_or(&[]);
-                let (user, _) = unwinder
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .unwind(pid, ip, sp, bp, stack);
-                self.pending.insert((tid, cookie), (user, self.generation));
+        match kind_of(d) {
+            Some(EV_COPY) => {
+                let Ok((c, stack)) = decode_with_tail::<CopyEvent>(d, USTACK_BYTES) else {
+                    return;
+                };
+                let stack = &stack[..(c.stack_bytes as usize).min(USTACK_BYTES)];
+                let (user, _) = lock(unwinder).unwind(c.pid, c.ip, c.sp, c.bp, stack);
+                self.pending
+                    .insert((c.tid, c.cookie), (user, self.generation));
             }
-            2 if d.len() >= END_SIZE => match self.pending.remove(&(tid, cookie)) {
-                Some((user, _)) => {
-                    let key = CopiedKey {
-                        pid,
-                        tid,
-                        cgroup_id: u64_at(d, 24),
-                        comm: comm_at(d, 64),
-                        what: u32_at(d, 20),
-                        kernel_stack: u32_at(d, 32) as i32,
-                        user,
-                    };
-                    let e = self.done.entry(key).or_default();
-                    e.ns += u64_at(d, 40);
-                    e.count += u64_at(d, 48);
-                    e.bytes += u64_at(d, 56);
+            Some(EV_END) => {
+                let Ok(e) = decode::<EndEvent>(d) else {
+                    return;
+                };
+                match self.pending.remove(&(e.tid, e.cookie)) {
+                    Some((user, _)) => {
+                        let key = CopiedKey {
+                            pid: e.pid,
+                            tid: e.tid,
+                            cgroup_id: e.cgroup_id,
+                            comm: comm(&e.comm),
+                            what: e.what,
+                            kernel_stack: e.kernel_stack,
+                            user,
+                        };
+                        let sums = self.done.entry(key).or_default();
+                        sums.ns += e.ns;
+                        sums.count += e.count;
+                        sums.bytes += e.bytes;
+                    }
+                    None => self.unpaired += 1,
                 }
-                None => self.unpaired += 1,
-            },
+            }
             _ => {}
         }
     }
@@ -135,11 +172,7 @@ impl CopyReader {
         let state: Arc<Mutex<State>> = Arc::default();
         let unwinder = Arc::new(Mutex::new(DwarfUnwinder::new()));
         let (sink, uw) = (Arc::clone(&state), Arc::clone(&unwinder));
-        let reader = RingReader::start(name, copies, move |d| {
-            sink.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .on_event(&uw, d)
-        })?;
+        let reader = RingReader::start(name, copies, move |d| lock(&sink).on_event(&uw, d))?;
         Ok(CopyReader {
             reader,
             state,
@@ -149,11 +182,7 @@ impl CopyReader {
 
     /// Plans which of `pid`'s code lacks frame pointers and tells BPF through `dwarf_pids`.
     pub(crate) fn observe_maps(&self, dwarf_pids: &dyn MapCore, pid: u32, maps: &str) {
-        let plan = self
-            .unwinder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .prepare_maps(pid, maps);
+        let plan = lock(&self.unwinder).prepare_maps(pid, maps);
         let key = pid.to_ne_bytes();
         match plan {
             Some(plan) if !plan.is_empty() => {
@@ -182,20 +211,17 @@ impl CopyReader {
     pub(crate) fn take(&self, dwarf_pids: &dyn MapCore) -> Vec<(CopiedKey, CopiedSums)> {
         self.reader.flush();
         let mut dead = Vec::new();
-        self.unwinder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|pid| {
-                let alive = crate::sys::process_alive(pid);
-                if !alive {
-                    dead.push(pid);
-                }
-                alive
-            });
+        lock(&self.unwinder).retain(|pid| {
+            let alive = crate::sys::process_alive(pid);
+            if !alive {
+                dead.push(pid);
+            }
+            alive
+        });
         for pid in dead {
             let _ = dwarf_pids.delete(&pid.to_ne_bytes());
         }
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = lock(&self.state);
         st.generation = st.generation.wrapping_add(1);
         let now = st.generation;
         st.pending
@@ -206,9 +232,7 @@ impl CopyReader {
     /// The unwound stack of the copy `(tid, cookie)`, for profilers that pair copies with
     /// events of their own (after [`CopyReader::flush`]).
     pub(crate) fn take_unwound(&self, tid: u32, cookie: u64) -> Option<Vec<u64>> {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
             .pending
             .remove(&(tid, cookie))
             .map(|(user, _)| user)
@@ -221,18 +245,11 @@ impl CopyReader {
 
     /// (stacks copied, copies or ends lost or unpaired), and the unwinder's counters.
     pub(crate) fn stats(&self, copy_stats: &dyn MapCore) -> (u64, u64, UnwindStats) {
-        let unpaired = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unpaired;
+        let unpaired = lock(&self.state).unpaired;
         (
             percpu_sum(copy_stats, 0),
             percpu_sum(copy_stats, 1) + unpaired,
-            self.unwinder
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .stats,
+            lock(&self.unwinder).stats,
         )
     }
 }

@@ -12,20 +12,20 @@
 //! address list tagged with its [`UserStackOrigin`], and nothing downstream differs.
 
 use std::collections::{HashMap, HashSet};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
+use baton_model::sync::lock;
+use libbpf_rs::{Link, MapCore, MapFlags};
 
+use crate::mechanics::record::{addresses, comm, decode, decode_with_tail, record};
+use crate::mechanics::skel::open_targeted;
 use crate::perf::{open_sampling_event, SamplingEvent};
-use crate::raw::{addresses, comm_at, percpu_sum, stack_of, u32_at, u64_at, STACK_DEPTH};
+use crate::raw::{percpu_sum, StackEntry, StackReader};
+use crate::ring::{RingCollector, RingReader};
 use crate::sys;
-use crate::unwind::{encode_plan, DwarfUnwinder};
+use crate::unwind::{encode_plan, DwarfUnwinder, USTACK_BYTES};
 use crate::{ProfilerError, ProfilerStats};
 
 bpf_skel!("cpu");
@@ -39,15 +39,56 @@ pub const DEFAULT_CONTINUOUS_HZ: u64 = 19;
 /// Default frequency for `baton record`.
 pub const DEFAULT_RECORD_HZ: u64 = 99;
 
-const KEY_SIZE: usize = 40;
 /// Ring buffer for copied stacks, per online CPU: about 60 samples of 33.5 KiB, which the reader
 /// thread empties every 20 ms (a CPU at 999 Hz fills 20). The ring is a power of two between 2
 /// and 64 MiB; libbpf maps it into this process, so it counts in the agent's RSS as it is used.
 const COPY_RING_BYTES_PER_CPU: u64 = 2 * 1024 * 1024;
-/// Layout of `struct stack_event` in cpu.bpf.c.
-const EV_KERNEL: usize = 72;
-const EV_STACK: usize = EV_KERNEL + STACK_DEPTH * 8;
-const EV_STACK_MAX: usize = 8 * 4096;
+/// `struct sample_key` of cpu.bpf.c: what the counts maps count under.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SampleKey {
+    pid: u32,
+    tid: u32,
+    cgroup_id: u64,
+    kernel_stack: i32,
+    user_stack: i32,
+    comm: [u8; 16],
+}
+record!(SampleKey, "sample_key", 40);
+
+/// `struct stack_event` of cpu.bpf.c without its trailing `stack[USTACK_BYTES]`, which is read
+/// where it lies in the ring.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct StackEvent {
+    pid: u32,
+    tid: u32,
+    cgroup_id: u64,
+    comm: [u8; 16],
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    kernel_bytes: i64,
+    stack_bytes: u64,
+    ts: u64,
+    kernel: StackEntry,
+}
+record!(StackEvent, "stack_event", 1096);
+
+/// `struct tick` of cpu.bpf.c: one sample's time and stacks, for the timeline; `buffer` says
+/// which stack map the ids are in.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Tick {
+    ts: u64,
+    pid: u32,
+    tid: u32,
+    kernel_stack: i32,
+    user_stack: i32,
+    buffer: u32,
+    pad: u32,
+}
+record!(Tick, "tick", 32);
 
 /// How the CPU profiler is set up.
 #[derive(Debug, Clone)]
@@ -112,13 +153,9 @@ pub struct CpuProfiler {
     last_drain: Instant,
 }
 
-/// A timeline tick as BPF sent it: (ts, pid, tid, kernel stack id, user stack id, buffer).
-type Tick = (u64, u32, u32, i32, i32, u32);
-
 /// Reads the tick ring; ticks of the buffer still filling wait for the next drain.
 struct TickReader {
-    reader: crate::ring::RingReader,
-    got: Arc<Mutex<Vec<Tick>>>,
+    ring: RingCollector<Tick>,
     pending: Vec<Tick>,
 }
 
@@ -135,47 +172,27 @@ struct DwarfShared {
     /// Count and, with the timeline on, the time of each sample.
     stacks: Mutex<HashMap<CopyKey, (u64, Vec<u64>)>>,
     timeline: bool,
-    stop: AtomicBool,
-    /// Flush handshake: the profiler bumps `flush_asked`; the thread copies it to `flush_done`
-    /// after a pass over the ring that started after the request.
-    flush_asked: AtomicU64,
-    flush_done: AtomicU64,
 }
 
 /// The DWARF side of the profiler: plans per pid, and the thread reading copied stacks.
 struct DwarfReader {
+    /// First, so the thread stops before anything it uses goes.
+    reader: RingReader,
     shared: Arc<DwarfShared>,
-    thread: Option<JoinHandle<()>>,
     planned: HashSet<u32>,
 }
 
-impl Drop for DwarfReader {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Unwinds one copied sample from the ring and counts its stack.
-fn take_copy(shared: &DwarfShared, data: &[u8]) -> i32 {
-    let (Some(head), Some(kernel_raw)) = (data.get(..EV_KERNEL), data.get(EV_KERNEL..EV_STACK))
-    else {
-        return 0;
+fn take_copy(shared: &DwarfShared, data: &[u8]) {
+    let Ok((ev, stack)) = decode_with_tail::<StackEvent>(data, USTACK_BYTES) else {
+        return;
     };
-    let (pid, tid, cgroup) = (u32_at(head, 0), u32_at(head, 4), u64_at(head, 8));
-    let comm = comm_at(head, 16);
-    let (ip, sp, bp) = (u64_at(head, 32), u64_at(head, 40), u64_at(head, 48));
-    let kernel_bytes = (u64_at(head, 56) as i64).clamp(0, (STACK_DEPTH * 8) as i64) as usize;
-    let stack_bytes = (u64_at(head, 64) as usize).min(EV_STACK_MAX);
-    let kernel = addresses(&kernel_raw[..kernel_bytes]);
-    let stack = data.get(EV_STACK..EV_STACK + stack_bytes).unwrap_or(&[]);
-    let (user, _complete) = lock(&shared.unwinder).unwind(pid, ip, sp, bp, stack);
+    let kernel_frames = (ev.kernel_bytes.max(0) as usize / 8).min(ev.kernel.len());
+    let kernel = addresses(&ev.kernel[..kernel_frames]);
+    let stack_bytes = (ev.stack_bytes as usize).min(USTACK_BYTES);
+    let stack = &stack[..stack_bytes];
+    let (pid, ip, sp) = (ev.pid, ev.ip, ev.sp);
+    let (user, _complete) = lock(&shared.unwinder).unwind(pid, ip, sp, ev.bp, stack);
     tracing::trace!(
         pid,
         ip,
@@ -184,16 +201,14 @@ fn take_copy(shared: &DwarfShared, data: &[u8]) -> i32 {
         frames = user.len(),
         "unwound a copied stack"
     );
-    let ts = u64_at(data, EV_STACK + EV_STACK_MAX);
     let mut stacks = lock(&shared.stacks);
     let slot = stacks
-        .entry((pid, tid, cgroup, comm, kernel, user))
+        .entry((pid, ev.tid, ev.cgroup_id, comm(&ev.comm), kernel, user))
         .or_default();
     slot.0 += 1;
-    if shared.timeline && ts != 0 {
-        slot.1.push(ts);
+    if shared.timeline && ev.ts != 0 {
+        slot.1.push(ev.ts);
     }
-    0
 }
 
 impl CpuProfiler {
@@ -202,63 +217,35 @@ impl CpuProfiler {
         if opts.frequency_hz == 0 || opts.frequency_hz > MAX_FREQUENCY_HZ {
             return Err(ProfilerError::BadFrequency(opts.frequency_hz));
         }
-        if !sys::has_profiling_privileges() {
-            return Err(ProfilerError::Permission);
-        }
-        if let Some(pids) = &opts.targets {
-            if let Some(&p) = pids.iter().find(|&&p| !sys::process_alive(p)) {
-                return Err(ProfilerError::NoSuchProcess(p));
-            }
-        }
-        // The skeleton borrows its object storage for its whole life; a profiler lives about as
-        // long as the process, so the few hundred bytes are leaked on purpose.
-        let storage: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = CpuSkelBuilder::default()
-            .open(storage)
-            .map_err(ProfilerError::bpf("opening the cpu skeleton"))?;
-        let filter = opts.targets.is_some();
-        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-            ro.filter_targets = u8::from(filter);
-            ro.follow_forks = u8::from(filter && opts.follow_forks);
-        }
-        if !(filter && opts.follow_forks) {
-            open.progs.on_fork.set_autoload(false);
-        }
-        if !opts.dwarf {
-            // Nothing is ever copied: keep the ring at its smallest.
-            open.maps
-                .stack_events
-                .set_max_entries(4096)
-                .map_err(ProfilerError::bpf("sizing the stack ring"))?;
-        } else {
-            let cpus = sys::online_cpus().map_or(1, |c| c.len()) as u64;
-            let bytes = (cpus * COPY_RING_BYTES_PER_CPU)
-                .next_power_of_two()
-                .clamp(2 << 20, 64 << 20);
-            open.maps
-                .stack_events
-                .set_max_entries(bytes as u32)
-                .map_err(ProfilerError::bpf("sizing the stack ring"))?;
-        }
         let cpus_n = sys::online_cpus().map_or(1, |c| c.len()) as u64;
-        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-            ro.emit_ticks = u8::from(opts.timeline);
-        }
-        let tick_bytes = if opts.timeline {
-            (cpus_n * opts.frequency_hz * TICK_RING_BYTES_PER_CPU_HZ)
-                .next_power_of_two()
-                .clamp(64 << 10, 32 << 20)
-        } else {
-            4096
-        };
-        open.maps
-            .ticks
-            .set_max_entries(tick_bytes as u32)
-            .map_err(ProfilerError::bpf("sizing the tick ring"))?;
-        let skel = open
-            .load()
-            .map_err(ProfilerError::bpf("loading the cpu program"))?;
+        let (skel, fork_link) = open_targeted!(CpuSkelBuilder, "cpu", opts, |open| {
+            // Without DWARF unwinding nothing is ever copied: keep the ring at its smallest.
+            let copy_bytes = if opts.dwarf {
+                (cpus_n * COPY_RING_BYTES_PER_CPU)
+                    .next_power_of_two()
+                    .clamp(2 << 20, 64 << 20)
+            } else {
+                4096
+            };
+            open.maps
+                .stack_events
+                .set_max_entries(copy_bytes as u32)
+                .map_err(ProfilerError::bpf("sizing the stack ring"))?;
+            if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+                ro.emit_ticks = u8::from(opts.timeline);
+            }
+            let tick_bytes = if opts.timeline {
+                (cpus_n * opts.frequency_hz * TICK_RING_BYTES_PER_CPU_HZ)
+                    .next_power_of_two()
+                    .clamp(64 << 10, 32 << 20)
+            } else {
+                4096
+            };
+            open.maps
+                .ticks
+                .set_max_entries(tick_bytes as u32)
+                .map_err(ProfilerError::bpf("sizing the tick ring"))?;
+        });
 
         // The targets are planned before the targets map lets BPF sample them, so their first
         // samples are unwound like the rest.
@@ -274,24 +261,8 @@ impl CpuProfiler {
                 }
             }
         }
-        if let Some(pids) = &opts.targets {
-            for &p in pids {
-                skel.maps
-                    .targets
-                    .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)
-                    .map_err(ProfilerError::bpf("adding a target pid"))?;
-            }
-        }
-
-        let mut links = Vec::new();
-        if filter && opts.follow_forks {
-            links.push(
-                skel.progs
-                    .on_fork
-                    .attach()
-                    .map_err(ProfilerError::bpf("attaching the fork tracepoint"))?,
-            );
-        }
+        crate::raw::add_targets(&skel.maps.targets, opts.targets.as_deref().unwrap_or(&[]))?;
+        let mut links: Vec<Link> = fork_link.into_iter().collect();
 
         let cpus = sys::online_cpus().map_err(ProfilerError::CpuList)?;
         let mut event = if opts.force_cpu_clock {
@@ -323,24 +294,8 @@ impl CpuProfiler {
             .map_err(|e| tracing::debug!(error = %e, "BPF run-time stats unavailable"))
             .ok();
         let ticks = if opts.timeline {
-            let got: Arc<Mutex<Vec<Tick>>> = Arc::default();
-            let sink = Arc::clone(&got);
-            let reader =
-                crate::ring::RingReader::start("baton-ticks", &skel.maps.ticks, move |d| {
-                    if d.len() >= 28 {
-                        lock(&sink).push((
-                            u64_at(d, 0),
-                            u32_at(d, 8),
-                            u32_at(d, 12),
-                            u32_at(d, 16) as i32,
-                            u32_at(d, 20) as i32,
-                            u32_at(d, 24),
-                        ));
-                    }
-                })?;
             Some(TickReader {
-                reader,
-                got,
+                ring: RingCollector::start("baton-ticks", &skel.maps.ticks)?,
                 pending: Vec::new(),
             })
         } else {
@@ -399,7 +354,11 @@ impl CpuProfiler {
         } else {
             &self.skel.maps.counts1
         };
-        counts.keys().map(|k| u32_at(&k, 0)).collect()
+        counts
+            .keys()
+            .filter_map(|k| decode::<SampleKey>(&k).ok())
+            .map(|k| k.pid)
+            .collect()
     }
 
     /// Cumulative counters.
@@ -453,71 +412,50 @@ impl CpuProfiler {
             (&self.skel.maps.counts1, &self.skel.maps.stacks1)
         };
         let keys: Vec<Vec<u8>> = counts.keys().collect();
-        let mut stack_cache: HashMap<i32, Option<Vec<u64>>> = HashMap::new();
+        let mut stack_reader = StackReader::new(stacks);
         let mut samples = Vec::with_capacity(keys.len());
         let mut by_key: HashMap<(u32, u32, i32, i32), usize> = HashMap::new();
-        for key in keys {
+        for raw in keys {
             let Some(count) = counts
-                .lookup(&key, MapFlags::ANY)
+                .lookup(&raw, MapFlags::ANY)
                 .map_err(ProfilerError::bpf("reading a count"))?
-                .and_then(|v| {
-                    v.get(..8)
-                        .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-                })
+                .and_then(|v| decode::<u64>(&v).ok())
             else {
                 continue;
             };
-            let _ = counts.delete(&key);
-            if key.len() < KEY_SIZE {
+            let _ = counts.delete(&raw);
+            let Ok(key) = decode::<SampleKey>(&raw) else {
                 continue;
-            }
-            let (pid, tid, cgroup_id) = (u32_at(&key, 0), u32_at(&key, 4), u64_at(&key, 8));
-            let kstack = u32_at(&key, 16) as i32;
-            let ustack = u32_at(&key, 20) as i32;
-            let comm = comm_at(&key, 24);
-            let mut fetch = |id: i32| -> Vec<u64> {
-                if id < 0 {
-                    return Vec::new();
-                }
-                let entry = stack_cache
-                    .entry(id)
-                    .or_insert_with(|| stack_of(stacks, id));
-                match entry {
-                    Some(v) => v.clone(),
-                    None => {
-                        self.stack_lookup_missing += count;
-                        Vec::new()
-                    }
-                }
             };
-            let kernel = fetch(kstack);
-            let user = fetch(ustack);
+            let kernel = stack_reader.get_weighted(key.kernel_stack, count);
+            let user = stack_reader.get_weighted(key.user_stack, count);
             by_key
-                .entry((pid, tid, kstack, ustack))
+                .entry((key.pid, key.tid, key.kernel_stack, key.user_stack))
                 .or_insert(samples.len());
             samples.push(RawSample {
-                pid,
-                tid,
-                cgroup_id,
-                comm,
+                pid: key.pid,
+                tid: key.tid,
+                cgroup_id: key.cgroup_id,
+                comm: comm(&key.comm),
                 kernel,
                 user,
                 user_origin: UserStackOrigin::FramePointers,
                 count,
             });
         }
+        self.stack_lookup_missing += stack_reader.stale;
         // Ticks of the drained buffer name its samples; the others wait for the next drain.
         let mut ticks = Vec::new();
         if let Some(t) = &mut self.ticks {
-            t.reader.flush();
-            let got = std::mem::take(&mut *lock(&t.got));
+            let got = t.ring.take();
             let mut keep = Vec::new();
             for tick in t.pending.drain(..).chain(got) {
-                let (ts, pid, tid, k, u, buffer) = tick;
-                if buffer != old {
+                if tick.buffer != old {
                     keep.push(tick);
-                } else if let Some(&i) = by_key.get(&(pid, tid, k, u)) {
-                    ticks.push((ts, i));
+                } else if let Some(&i) =
+                    by_key.get(&(tick.pid, tick.tid, tick.kernel_stack, tick.user_stack))
+                {
+                    ticks.push((tick.ts, i));
                 }
             }
             tracing::debug!(
@@ -527,23 +465,14 @@ impl CpuProfiler {
                 "timeline ticks"
             );
             // A tick whose buffer was drained twice since is stale: keep at most one window.
-            keep.retain(|t| t.5 == self.active);
+            keep.retain(|t| t.buffer == self.active);
             t.pending = keep;
         }
         // Clear the whole idle stack map, including stacks whose count could not be stored.
-        let stack_keys: Vec<Vec<u8>> = stacks.keys().collect();
-        for k in stack_keys {
-            let _ = stacks.delete(&k);
-        }
+        crate::raw::clear(stacks);
         if let Some(d) = &mut self.dwarf {
             // Copies taken before the flip are in the ring: wait for one more pass over it.
-            let asked = d.shared.flush_asked.fetch_add(1, Ordering::SeqCst) + 1;
-            let t0 = Instant::now();
-            while d.shared.flush_done.load(Ordering::SeqCst) < asked
-                && t0.elapsed() < Duration::from_millis(500)
-            {
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            d.reader.flush_within(Duration::from_millis(500));
             let copied = std::mem::take(&mut *lock(&d.shared.stacks));
             for ((pid, tid, cgroup_id, comm, kernel, user), (count, times)) in copied {
                 ticks.extend(times.into_iter().map(|ts| (ts, samples.len())));
@@ -606,36 +535,15 @@ fn start_reader(skel: &CpuSkel<'static>, timeline: bool) -> Result<DwarfReader, 
         unwinder: Mutex::new(DwarfUnwinder::new()),
         stacks: Mutex::new(HashMap::new()),
         timeline,
-        stop: AtomicBool::new(false),
-        flush_asked: AtomicU64::new(0),
-        flush_done: AtomicU64::new(0),
     });
-    let mut builder = RingBufferBuilder::new();
     let cb_shared = Arc::clone(&shared);
-    builder
-        .add(&skel.maps.stack_events, move |data: &[u8]| {
-            take_copy(&cb_shared, data)
-        })
-        .map_err(ProfilerError::bpf("reading the stack ring"))?;
-    let ring = builder
-        .build()
-        .map_err(ProfilerError::bpf("reading the stack ring"))?;
-    let t_shared = Arc::clone(&shared);
-    let thread = std::thread::Builder::new()
-        .name("baton-unwind".into())
-        .spawn(move || {
-            while !t_shared.stop.load(Ordering::Relaxed) {
-                let asked = t_shared.flush_asked.load(Ordering::SeqCst);
-                // BPF submits without waking us: this is a 20 ms sleep, then a read of all.
-                let _ = ring.poll(Duration::from_millis(20));
-                let _ = ring.consume();
-                t_shared.flush_done.store(asked, Ordering::SeqCst);
-            }
-        })
-        .map_err(|e| ProfilerError::Thread(e.to_string()))?;
+    // BPF submits without waking us: the reader reads everything every 20 ms.
+    let reader = RingReader::start("baton-unwind", &skel.maps.stack_events, move |data| {
+        take_copy(&cb_shared, data)
+    })?;
     Ok(DwarfReader {
+        reader,
         shared,
-        thread: Some(thread),
         planned: HashSet::new(),
     })
 }

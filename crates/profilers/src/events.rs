@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 use libbpf_rs::{Link, MapCore, MapFlags};
 
 use crate::copies::CopyReader;
-use crate::raw::{
-    clear_if_half_full, comm_at, drain_hists, percpu_sum, u32_at, u64_at, StackReader,
-};
-use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
+use crate::mechanics::record::{comm, decode, record};
+use crate::raw::{clear_if_half_full, drain_hists, percpu_sum, StackReader};
+use crate::{Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
 
 /// What the generic code needs of a skeleton built on `common.h`.
 pub(crate) trait EventSkel {
@@ -74,13 +73,31 @@ macro_rules! event_skel {
 }
 pub(crate) use event_skel;
 
-/// One row's sums as BPF keeps them.
+/// `struct row_key` of common.h: a thread's events of one kind, with their stacks, in buffer
+/// `buffer`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RowKey {
+    pid: u32,
+    tid: u32,
+    cgroup_id: u64,
+    kernel_stack: i32,
+    user_stack: i32,
+    kind: u32,
+    buffer: u32,
+    comm: [u8; 16],
+}
+record!(RowKey, "row_key", 48);
+
+/// `struct row_value` of common.h: one row's sums.
+#[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RowValue {
     pub count: u64,
     pub ns: u64,
     pub bytes: u64,
 }
+record!(RowValue, "row_value", 24);
 
 /// How one event profiler reads its maps.
 pub(crate) struct Spec {
@@ -135,11 +152,7 @@ impl<S: EventSkel> EventProfiler<S> {
             o.dwarf,
             o.targets.as_deref(),
         )?;
-        for &p in o.targets.iter().flatten() {
-            skel.targets()
-                .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)
-                .map_err(ProfilerError::bpf("adding a target pid"))?;
-        }
+        crate::raw::add_targets(skel.targets(), o.targets.as_deref().unwrap_or(&[]))?;
         Ok(EventProfiler {
             copies,
             skel,
@@ -157,19 +170,6 @@ impl<S: EventSkel> EventProfiler<S> {
     }
 }
 
-/// Checks targets exist before anything is loaded.
-pub(crate) fn check_targets(o: &StartOptions) -> Result<(), ProfilerError> {
-    if !sys::has_profiling_privileges() {
-        return Err(ProfilerError::Permission);
-    }
-    if let Some(pids) = &o.targets {
-        if let Some(&p) = pids.iter().find(|&&p| !sys::process_alive(p)) {
-            return Err(ProfilerError::NoSuchProcess(p));
-        }
-    }
-    Ok(())
-}
-
 impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
     fn info(&self) -> &'static baton_model::ProfilerInfo {
         self.spec.info
@@ -184,38 +184,33 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
         let rows = self.skel.rows();
         let mut stacks = StackReader::new(self.skel.stacks());
         let mut comms: HashMap<u32, String> = HashMap::new();
-        for key in rows.keys().collect::<Vec<_>>() {
-            if key.len() < 48 || u32_at(&key, 28) != old {
+        for raw in rows.keys().collect::<Vec<_>>() {
+            let Ok(key) = decode::<RowKey>(&raw) else {
+                continue;
+            };
+            if key.buffer != old {
                 continue;
             }
             let v = rows
-                .lookup(&key, MapFlags::ANY)
+                .lookup(&raw, MapFlags::ANY)
                 .map_err(ProfilerError::bpf("reading a row"))?;
-            let _ = rows.delete(&key);
-            let Some(v) = v.filter(|v| v.len() >= 24) else {
+            let _ = rows.delete(&raw);
+            let Some(Ok(value)) = v.map(|v| decode::<RowValue>(&v)) else {
                 continue;
             };
-            let value = RowValue {
-                count: u64_at(&v, 0),
-                ns: u64_at(&v, 8),
-                bytes: u64_at(&v, 16),
-            };
-            let kernel = stacks.get(u32_at(&key, 16) as i32);
-            let user = stacks.get(u32_at(&key, 20) as i32);
-            let pid = u32_at(&key, 0);
-            let comm = comm_at(&key, 32);
-            comms.entry(pid).or_insert_with(|| comm.clone());
+            let comm = comm(&key.comm);
+            comms.entry(key.pid).or_insert_with(|| comm.clone());
             out.events.push(Event {
-                pid,
-                tid: u32_at(&key, 4),
-                cgroup_id: u64_at(&key, 8),
+                pid: key.pid,
+                tid: key.tid,
+                cgroup_id: key.cgroup_id,
                 comm,
-                kernel,
-                user,
+                kernel: stacks.get(key.kernel_stack),
+                user: stacks.get(key.user_stack),
                 count: value.count,
                 values: (self.spec.values)(&value),
                 weight: 1.0,
-                labels: vec![(self.spec.label, (self.spec.kind_name)(u32_at(&key, 24)))],
+                labels: vec![(self.spec.label, (self.spec.kind_name)(key.kind))],
                 frames: Vec::new(),
             });
         }
@@ -320,48 +315,15 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
     }
 }
 
-/// Opens, configures (targets, fork following) and loads a skeleton built on `common.h`.
-/// An optional last argument, `|ro| { … }`, sets the program's own read-only variables too.
-macro_rules! open_event_skel {
-    ($builder:ident, $o:expr, $what:literal) => {
-        crate::events::open_event_skel!($builder, $o, $what, |_ro| {})
-    };
-    ($builder:ident, $o:expr, $what:literal, |$ro:ident| $extra:block) => {{
-        let storage: &'static mut std::mem::MaybeUninit<libbpf_rs::OpenObject> =
-            Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
-        let mut open = libbpf_rs::skel::SkelBuilder::open($builder::default(), storage).map_err(
-            crate::ProfilerError::bpf(concat!("opening the ", $what, " skeleton")),
-        )?;
-        let follow = $o.targets.is_some() && $o.follow_forks;
-        if let Some($ro) = open.maps.rodata_data.as_deref_mut() {
-            $ro.filter_targets = u8::from($o.targets.is_some());
-            $ro.follow_forks = u8::from(follow);
-            $ro.dwarf = u8::from($o.dwarf);
-            $extra
-        }
-        if !$o.dwarf {
-            // Nothing is ever copied: keep the ring at its smallest.
-            open.maps
-                .copies
-                .set_max_entries(4096)
-                .map_err(crate::ProfilerError::bpf("sizing the copy ring"))?;
-        }
-        if !follow {
-            open.progs.on_fork.set_autoload(false);
-        }
-        let skel = libbpf_rs::skel::OpenSkel::load(open).map_err(crate::ProfilerError::bpf(
-            concat!("loading the ", $what, " programs"),
-        ))?;
-        let mut links = Vec::new();
-        if follow {
-            links.push(
-                skel.progs
-                    .on_fork
-                    .attach()
-                    .map_err(crate::ProfilerError::bpf("attaching the fork tracepoint"))?,
-            );
-        }
-        (skel, links)
-    }};
+/// The fork link, if any, and the links of `progs` attached in order, each failure named by
+/// its context.
+pub(crate) fn attach_all<const N: usize>(
+    fork: Option<Link>,
+    progs: [(&libbpf_rs::ProgramMut<'_>, &'static str); N],
+) -> Result<Vec<Link>, ProfilerError> {
+    let mut links: Vec<Link> = fork.into_iter().collect();
+    for (prog, context) in progs {
+        links.push(prog.attach().map_err(ProfilerError::bpf(context))?);
+    }
+    Ok(links)
 }
-pub(crate) use open_event_skel;

@@ -2,20 +2,26 @@
 //! ring buffer. Exec triggers use it so that a process living a millisecond is still seen.
 
 use std::cell::RefCell;
-use std::mem::MaybeUninit;
 use std::rc::Rc;
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{Link, RingBuffer, RingBufferBuilder};
 
-use crate::sys;
+use crate::mechanics::record::{decode, record};
+use crate::mechanics::skel::open_load;
 use crate::ProfilerError;
 
 bpf_skel!("exec");
 use skel::{ExecSkel, ExecSkelBuilder};
 
-/// Size of the filename field of an event, as in `exec.bpf.c`.
-const FILENAME_LEN: usize = 256;
+/// `struct exec_event` of exec.bpf.c: a process and the file it exec'd.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ExecEvent {
+    pid: u32,
+    pad: u32,
+    filename: [u8; 256],
+}
+record!(ExecEvent, "exec_event", 264);
 
 /// A running exec watcher. Dropping it detaches the program.
 pub struct ExecEvents {
@@ -29,18 +35,7 @@ pub struct ExecEvents {
 impl ExecEvents {
     /// Loads and attaches the `sched_process_exec` program.
     pub fn start() -> Result<ExecEvents, ProfilerError> {
-        if !sys::has_profiling_privileges() {
-            return Err(ProfilerError::Permission);
-        }
-        // As for the CPU profiler, the skeleton's object storage lives as long as the process.
-        let storage: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = ExecSkelBuilder::default()
-            .open(storage)
-            .map_err(ProfilerError::bpf("opening the exec skeleton"))?;
-        let skel = open
-            .load()
-            .map_err(ProfilerError::bpf("loading the exec program"))?;
+        let skel = open_load("exec", None, ExecSkelBuilder::default(), |_| Ok(()))?;
         let link = skel
             .progs
             .on_exec
@@ -51,12 +46,11 @@ impl ExecEvents {
         let mut builder = RingBufferBuilder::new();
         builder
             .add(&skel.maps.events, move |data: &[u8]| {
-                if data.len() >= 8 + FILENAME_LEN {
-                    let pid = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]);
-                    let name = &data[8..8 + FILENAME_LEN];
+                if let Ok(e) = decode::<ExecEvent>(data) {
+                    let name = &e.filename;
                     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
                     let file = String::from_utf8_lossy(&name[..end]).into_owned();
-                    sink.borrow_mut().push((pid, file));
+                    sink.borrow_mut().push((e.pid, file));
                 }
                 0
             })
@@ -82,17 +76,7 @@ impl ExecEvents {
 
     /// Events lost because the ring buffer was full.
     pub fn dropped(&self) -> u64 {
-        self.skel
-            .maps
-            .dropped
-            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .ok()
-            .flatten()
-            .and_then(|v| {
-                v.get(..8)
-                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-            })
-            .unwrap_or(0)
+        crate::raw::u64_value(&self.skel.maps.dropped, &0u32.to_ne_bytes()).unwrap_or(0)
     }
 }
 
@@ -102,7 +86,7 @@ mod tests {
 
     #[test]
     fn sees_a_process_that_lives_a_millisecond() {
-        if !sys::has_profiling_privileges() {
+        if !crate::sys::has_profiling_privileges() {
             panic!("this test needs root (or CAP_BPF + CAP_PERFMON) to load BPF");
         }
         let mut ev = ExecEvents::start().expect("exec watcher starts");

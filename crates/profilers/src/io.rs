@@ -3,7 +3,8 @@
 //! latency, bytes and requests per (thread, operation, stacks), and a latency histogram per
 //! (process, operation).
 
-use crate::events::{event_skel, open_event_skel, EventProfiler, RowValue, Spec};
+use crate::events::{attach_all, event_skel, EventProfiler, RowValue, Spec};
+use crate::mechanics::skel::open_copying;
 use crate::{ProfilerError, StartOptions};
 
 bpf_skel!("io");
@@ -40,19 +41,16 @@ static SPEC: Spec = Spec {
 };
 
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
-    crate::events::check_targets(o)?;
-    let (skel, mut links) = open_event_skel!(IoSkelBuilder, o, "io");
-    links.push(
-        skel.progs
-            .on_start
-            .attach()
-            .map_err(ProfilerError::bpf("attaching to block:block_io_start"))?,
-    );
-    links.push(
-        skel.progs
-            .on_complete
-            .attach()
-            .map_err(ProfilerError::bpf("attaching to block:block_rq_complete"))?,
-    );
+    let (skel, fork) = open_copying!(IoSkelBuilder, "io", o);
+    let links = attach_all(
+        fork,
+        [
+            (&skel.progs.on_start, "attaching to block:block_io_start"),
+            (
+                &skel.progs.on_complete,
+                "attaching to block:block_rq_complete",
+            ),
+        ],
+    )?;
     Ok(Box::new(EventProfiler::new(skel, links, &SPEC, o, None)?))
 }

@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
 
+use baton_model::sync::lock;
+
 use crate::copies::CopyReader;
-use crate::events::open_event_skel;
+use crate::mechanics::record::{comm, decode, kind_of, record};
+use crate::mechanics::skel::open_copying;
 use crate::perf::{open_sampling_event, SamplingEvent};
-use crate::raw::{
-    clear_if_half_full, comm_at, drain_hists, percpu_sum, pids_of, u32_at, u64_at, StackReader,
-};
+use crate::raw::{clear_if_half_full, drain_hists, percpu_sum, pids_of, StackReader};
 use crate::ring::RingReader;
 use crate::uprobe::{functions_matching, resolve_binary, Followed};
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
@@ -103,6 +104,52 @@ impl Probe {
     }
 }
 
+/// `struct sample_event` of latency.bpf.c: a CPU sample inside request `id`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SampleEvent {
+    kind: u32,
+    pid: u32,
+    id: u64,
+    tid: u32,
+    kernel_stack: i32,
+    user_stack: i32,
+    /// 1: the user stack was copied under `cookie` instead of walked.
+    copied: u32,
+    comm: [u8; 16],
+    cookie: u64,
+}
+record!(SampleEvent, "sample_event", 56);
+
+/// `struct slow_event` of latency.bpf.c: request `id` ended at least `threshold` slow.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SlowEvent {
+    kind: u32,
+    pid: u32,
+    id: u64,
+    latency: u64,
+    start: u64,
+    tid: u32,
+    pad: u32,
+}
+record!(SlowEvent, "slow_event", 40);
+
+/// `struct inflight` of latency.bpf.c: a request that began and has not ended.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Inflight {
+    start: u64,
+    id: u64,
+    pid: u32,
+    tid: u32,
+}
+record!(Inflight, "inflight", 24);
+
+/// The `kind`s of the events ring.
+const EV_SAMPLE: u32 = 1;
+const EV_SLOW: u32 = 2;
+
 /// A sample taken inside a request, before its request is known to be slow.
 #[derive(Clone)]
 struct Sample {
@@ -127,24 +174,23 @@ struct State {
 
 impl State {
     fn on_event(&mut self, d: &[u8]) {
-        if d.len() < 24 {
-            return;
-        }
-        let id = u64_at(d, 8);
-        match u32_at(d, 0) {
-            1 if d.len() >= 56 => self.pending.entry(id).or_default().push(Sample {
-                pid: u32_at(d, 4),
-                tid: u32_at(d, 16),
-                kernel: u32_at(d, 20) as i32,
-                user: u32_at(d, 24) as i32,
-                comm: comm_at(d, 32),
-                copied: (u32_at(d, 28) != 0).then(|| u64_at(d, 48)),
-            }),
-            2 => {
-                self.slow.insert(id, u64_at(d, 16));
-                if d.len() >= 40 {
-                    self.slow_at
-                        .insert(id, (u32_at(d, 4), u32_at(d, 32), u64_at(d, 24)));
+        match kind_of(d) {
+            Some(EV_SAMPLE) => {
+                if let Ok(e) = decode::<SampleEvent>(d) {
+                    self.pending.entry(e.id).or_default().push(Sample {
+                        pid: e.pid,
+                        tid: e.tid,
+                        kernel: e.kernel_stack,
+                        user: e.user_stack,
+                        comm: comm(&e.comm),
+                        copied: (e.copied != 0).then_some(e.cookie),
+                    });
+                }
+            }
+            Some(EV_SLOW) => {
+                if let Ok(e) = decode::<SlowEvent>(d) {
+                    self.slow.insert(e.id, e.latency);
+                    self.slow_at.insert(e.id, (e.pid, e.tid, e.start));
                 }
             }
             _ => {}
@@ -174,7 +220,6 @@ pub struct LatencyProfiler {
 impl LatencyProfiler {
     pub fn start(o: &StartOptions) -> Result<LatencyProfiler, ProfilerError> {
         let info = &crate::registry::LATENCY;
-        crate::events::check_targets(o)?;
         let bad = |message: String| ProfilerError::BadOption {
             profiler: info.name,
             message,
@@ -203,10 +248,13 @@ impl LatencyProfiler {
         } else {
             o.frequency_hz
         };
-        let (mut skel, mut links) = open_event_skel!(LatencySkelBuilder, o, "latency", |ro| {
-            ro.match_arg = match_arg;
-            ro.threshold_ns = threshold_ns;
+        let (mut skel, fork) = open_copying!(LatencySkelBuilder, "latency", o, |open| {
+            if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+                ro.match_arg = match_arg;
+                ro.threshold_ns = threshold_ns;
+            }
         });
+        let mut links: Vec<Link> = fork.into_iter().collect();
         let cpus = sys::online_cpus().map_err(ProfilerError::CpuList)?;
         let mut events = Vec::new();
         for cpu in cpus {
@@ -228,7 +276,7 @@ impl LatencyProfiler {
         let state: Arc<Mutex<State>> = Arc::default();
         let sink = Arc::clone(&state);
         let reader = RingReader::start("baton-latency", &skel.maps.events, move |d| {
-            sink.lock().unwrap_or_else(|p| p.into_inner()).on_event(d)
+            lock(&sink).on_event(d)
         })?;
         if let Some(bss) = skel.maps.bss_data.as_deref_mut() {
             bss.active_buffer = 0;
@@ -259,12 +307,8 @@ impl LatencyProfiler {
         match &o.targets {
             None => p.attach(-1, None)?,
             Some(pids) => {
+                crate::raw::add_targets(&p.skel.maps.targets, pids)?;
                 for &pid in pids {
-                    p.skel
-                        .maps
-                        .targets
-                        .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
-                        .map_err(ProfilerError::bpf("adding a target pid"))?;
                     p.attach(pid as i32, o.pending_exec.clone())?;
                     p.followed.mark(pid);
                 }
@@ -357,13 +401,14 @@ impl crate::Profiler for LatencyProfiler {
                     .ok()
                     .flatten()
             })
-            .map(|v| u64_at(&v, 8))
+            .filter_map(|v| decode::<Inflight>(&v).ok())
+            .map(|f| f.id)
             .collect();
         let mut out = Drained::default();
         let period = 1_000_000_000 / self.frequency_hz;
         let mut stacks = StackReader::new(&self.skel.maps.stacks);
         {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = lock(&self.state);
             let slow = std::mem::take(&mut st.slow);
             for (id, (pid, tid, start_ns)) in std::mem::take(&mut st.slow_at) {
                 let dur_ns = slow.get(&id).copied().unwrap_or(0);

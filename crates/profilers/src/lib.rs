@@ -32,6 +32,7 @@ pub mod io;
 pub mod latency;
 pub mod locks;
 pub mod malloc;
+mod mechanics;
 pub mod offcpu;
 mod perf;
 pub mod profiler;
@@ -44,6 +45,7 @@ pub mod unwind;
 pub mod uprobe;
 
 pub use cpu::{CpuOptions, CpuProfiler, RawSample, UserStackOrigin, Window};
+pub use mechanics::record::{bad_records, RecordError};
 pub use perf::SamplingEvent;
 pub use profiler::{Drained, Event, Profiler, ProfilerStats, RawHistogram, RawSpan, StartOptions};
 
@@ -83,19 +85,51 @@ pub enum ProfilerError {
         context: &'static str,
         source: libbpf_rs::Error,
     },
+    #[error("BPF: {step} the {profiler} programs: {source}")]
+    Load {
+        profiler: &'static str,
+        step: &'static str,
+        source: libbpf_rs::Error,
+    },
 }
 
 impl ProfilerError {
+    /// A failed BPF call, `context` saying what it did.
     pub(crate) fn bpf(context: &'static str) -> impl FnOnce(libbpf_rs::Error) -> ProfilerError {
         move |source| {
-            // With the privileges, EACCES means the verifier refused the program.
-            if source.kind() == libbpf_rs::ErrorKind::PermissionDenied
-                && !sys::has_profiling_privileges()
-            {
-                ProfilerError::Permission
-            } else {
-                ProfilerError::Bpf { context, source }
-            }
+            ProfilerError::unless_permission(source, |source| ProfilerError::Bpf {
+                context,
+                source,
+            })
+        }
+    }
+
+    /// A skeleton of `profiler` that failed to open or load (`step`).
+    pub(crate) fn load(
+        profiler: &'static str,
+        step: &'static str,
+    ) -> impl FnOnce(libbpf_rs::Error) -> ProfilerError {
+        move |source| {
+            ProfilerError::unless_permission(source, |source| ProfilerError::Load {
+                profiler,
+                step,
+                source,
+            })
+        }
+    }
+
+    /// [`ProfilerError::Permission`] when `source` is a refusal for lack of privileges, else
+    /// `other(source)`. With the privileges, EACCES means the verifier refused the program.
+    fn unless_permission(
+        source: libbpf_rs::Error,
+        other: impl FnOnce(libbpf_rs::Error) -> ProfilerError,
+    ) -> ProfilerError {
+        if source.kind() == libbpf_rs::ErrorKind::PermissionDenied
+            && !sys::has_profiling_privileges()
+        {
+            ProfilerError::Permission
+        } else {
+            other(source)
         }
     }
 }

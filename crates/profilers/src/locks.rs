@@ -3,7 +3,8 @@
 //! the `syscalls:sys_enter_futex` / `sys_exit_futex` tracepoints, with a wait-time histogram
 //! per process.
 
-use crate::events::{event_skel, open_event_skel, EventProfiler, RowValue, Spec};
+use crate::events::{attach_all, event_skel, EventProfiler, RowValue, Spec};
+use crate::mechanics::skel::open_copying;
 use crate::{ProfilerError, StartOptions};
 
 bpf_skel!("locks");
@@ -38,19 +39,19 @@ static SPEC: Spec = Spec {
 };
 
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
-    crate::events::check_targets(o)?;
-    let (skel, mut links) = open_event_skel!(LocksSkelBuilder, o, "locks");
-    links.push(
-        skel.progs
-            .on_futex_enter
-            .attach()
-            .map_err(ProfilerError::bpf("attaching to syscalls:sys_enter_futex"))?,
-    );
-    links.push(
-        skel.progs
-            .on_futex_exit
-            .attach()
-            .map_err(ProfilerError::bpf("attaching to syscalls:sys_exit_futex"))?,
-    );
+    let (skel, fork) = open_copying!(LocksSkelBuilder, "locks", o);
+    let links = attach_all(
+        fork,
+        [
+            (
+                &skel.progs.on_futex_enter,
+                "attaching to syscalls:sys_enter_futex",
+            ),
+            (
+                &skel.progs.on_futex_exit,
+                "attaching to syscalls:sys_exit_futex",
+            ),
+        ],
+    )?;
     Ok(Box::new(EventProfiler::new(skel, links, &SPEC, o, None)?))
 }

@@ -17,15 +17,16 @@
 //! or to `lib=PATH`; children of targets are followed by attaching to them as they appear.
 
 use std::collections::{HashMap, HashSet};
-use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
+use baton_model::sync::lock;
+use libbpf_rs::{Link, UprobeOpts};
 
 use crate::copies::CopyReader;
-use crate::raw::{comm_at, percpu_sum, pids_of, u32_at, u64_at};
+use crate::mechanics::record::{addresses, comm, decode, kind_of, record};
+use crate::mechanics::skel::open_copying;
+use crate::raw::{percpu_sum, pids_of, StackEntry};
 use crate::ring::RingReader;
 use crate::uprobe::Followed;
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
@@ -33,15 +34,40 @@ use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 bpf_skel!("malloc");
 use skel::{MallocSkel, MallocSkelBuilder};
 
-/// Layout of `struct alloc_event` in malloc.bpf.c.
-const EV_TID: usize = 16;
-const EV_STACK_BYTES: usize = 20;
-const EV_SIZE: usize = 24;
-const EV_ACC: usize = 32;
-const EV_CGROUP: usize = 40;
-const EV_COMM: usize = 48;
-const EV_COOKIE: usize = 64;
-const EV_STACK: usize = 72;
+/// `struct alloc_event` of malloc.bpf.c: a sampled allocation.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AllocEvent {
+    kind: u32,
+    pid: u32,
+    addr: u64,
+    tid: u32,
+    stack_bytes: u32,
+    size: u64,
+    /// Bytes the thread allocated since its previous sample, this one included.
+    acc: u64,
+    cgroup_id: u64,
+    comm: [u8; 16],
+    /// The copy of the user stack this allocation's stack is unwound from, or 0 when `stack`
+    /// holds the frame-pointer walk.
+    cookie: u64,
+    stack: StackEntry,
+}
+record!(AllocEvent, "alloc_event", 1088);
+
+/// `struct free_event` of malloc.bpf.c: a sampled allocation freed.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FreeEvent {
+    kind: u32,
+    pid: u32,
+    addr: u64,
+}
+record!(FreeEvent, "free_event", 16);
+
+/// The `kind`s of the events ring.
+const EV_ALLOC: u32 = 1;
+const EV_FREE: u32 = 2;
 
 /// (pid, tid, comm, cgroup id, user stack): what a row is aggregated under.
 type Key = (u32, u32, String, u64, Vec<u64>);
@@ -80,55 +106,52 @@ struct State {
 
 impl State {
     fn on_event(&mut self, data: &[u8]) {
-        if data.len() < 16 {
-            return;
-        }
-        let kind = u32_at(data, 0);
-        let pid = u32_at(data, 4);
-        let addr = u64_at(data, 8);
-        match kind {
-            1 if data.len() >= EV_STACK => {
-                let n =
-                    (u32_at(data, EV_STACK_BYTES) as usize / 8).min((data.len() - EV_STACK) / 8);
-                let stack: Vec<u64> = (0..n)
-                    .map(|i| u64_at(data, EV_STACK + 8 * i))
-                    .take_while(|&a| a != 0)
-                    .collect();
-                let size = u64_at(data, EV_SIZE).max(1);
-                let acc = u64_at(data, EV_ACC).max(size);
-                let key = (
-                    pid,
-                    u32_at(data, EV_TID),
-                    comm_at(data, EV_COMM),
-                    u64_at(data, EV_CGROUP),
-                    stack,
-                );
-                match u64_at(data, EV_COOKIE) {
-                    0 => self.count(key, addr, size, acc, true),
-                    cookie => {
-                        self.unresolved_at
-                            .insert((pid, addr), self.unresolved.len());
-                        self.unresolved.push(Unresolved {
-                            key,
-                            addr,
-                            size,
-                            acc,
-                            cookie,
-                            freed: false,
-                        });
+        match kind_of(data) {
+            Some(EV_ALLOC) => {
+                if let Ok(e) = decode::<AllocEvent>(data) {
+                    self.on_alloc(&e);
+                }
+            }
+            Some(EV_FREE) => {
+                if let Ok(e) = decode::<FreeEvent>(data) {
+                    // An address is live or waiting, never both: malloc returns it again only
+                    // after this free.
+                    let was_live = self.live.remove(&(e.pid, e.addr)).is_some();
+                    let waiting = self.unresolved_at.remove(&(e.pid, e.addr));
+                    if let Some(i) = waiting.filter(|_| !was_live) {
+                        self.unresolved[i].freed = true;
                     }
                 }
             }
-            2 => {
-                // An address is live or waiting, never both: malloc returns it again only
-                // after this free.
-                let was_live = self.live.remove(&(pid, addr)).is_some();
-                let waiting = self.unresolved_at.remove(&(pid, addr));
-                if let Some(i) = waiting.filter(|_| !was_live) {
-                    self.unresolved[i].freed = true;
-                }
-            }
             _ => {}
+        }
+    }
+
+    fn on_alloc(&mut self, e: &AllocEvent) {
+        let frames = (e.stack_bytes as usize / 8).min(e.stack.len());
+        let size = e.size.max(1);
+        let acc = e.acc.max(size);
+        let key = (
+            e.pid,
+            e.tid,
+            comm(&e.comm),
+            e.cgroup_id,
+            addresses(&e.stack[..frames]),
+        );
+        match e.cookie {
+            0 => self.count(key, e.addr, size, acc, true),
+            cookie => {
+                self.unresolved_at
+                    .insert((e.pid, e.addr), self.unresolved.len());
+                self.unresolved.push(Unresolved {
+                    key,
+                    addr: e.addr,
+                    size,
+                    acc,
+                    cookie,
+                    freed: false,
+                });
+            }
         }
     }
 
@@ -218,9 +241,6 @@ const FUNCTIONS: &[(&str, &str, Option<&str>)] = &[
 impl MallocProfiler {
     pub fn start(o: &StartOptions) -> Result<MallocProfiler, ProfilerError> {
         let info = &crate::registry::MALLOC;
-        if !sys::has_profiling_privileges() {
-            return Err(ProfilerError::Permission);
-        }
         let sample_bytes = o.option_u64(info, "sample_bytes")?;
         let lib = Some(o.option(info, "lib"))
             .filter(|l| !l.is_empty())
@@ -233,36 +253,11 @@ impl MallocProfiler {
                 });
             }
         }
-        if let Some(pids) = &o.targets {
-            if let Some(&p) = pids.iter().find(|&&p| !sys::process_alive(p)) {
-                return Err(ProfilerError::NoSuchProcess(p));
+        let (skel, fork_link) = open_copying!(MallocSkelBuilder, "malloc", o, |open| {
+            if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+                ro.sample_bytes = sample_bytes;
             }
-        }
-        let storage: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = MallocSkelBuilder::default()
-            .open(storage)
-            .map_err(ProfilerError::bpf("opening the malloc skeleton"))?;
-        let follow = o.targets.is_some() && o.follow_forks;
-        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-            ro.sample_bytes = sample_bytes;
-            ro.follow_forks = u8::from(follow);
-            ro.filter_targets = u8::from(o.targets.is_some());
-            ro.dwarf = u8::from(o.dwarf);
-        }
-        if !o.dwarf {
-            // Nothing is ever copied: keep the ring at its smallest.
-            open.maps
-                .copies
-                .set_max_entries(4096)
-                .map_err(ProfilerError::bpf("sizing the copy ring"))?;
-        }
-        if !follow {
-            open.progs.on_fork.set_autoload(false);
-        }
-        let skel = open
-            .load()
-            .map_err(ProfilerError::bpf("loading the malloc programs"))?;
+        });
         let copies = CopyReader::start(
             "baton-malloc-copies",
             &skel.maps.copies,
@@ -273,20 +268,8 @@ impl MallocProfiler {
         let state: Arc<Mutex<State>> = Arc::default();
         let sink = Arc::clone(&state);
         let reader = RingReader::start("baton-malloc", &skel.maps.events, move |data| {
-            sink.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .on_event(data)
+            lock(&sink).on_event(data)
         })?;
-        let fork_link = if follow {
-            Some(
-                skel.progs
-                    .on_fork
-                    .attach()
-                    .map_err(ProfilerError::bpf("attaching the fork tracepoint"))?,
-            )
-        } else {
-            None
-        };
         let mut p = MallocProfiler {
             copies,
             skel,
@@ -310,12 +293,8 @@ impl MallocProfiler {
                 p.attach(-1, &path)?;
             }
             Some(pids) => {
+                crate::raw::add_targets(&p.skel.maps.targets, pids)?;
                 for &pid in pids {
-                    p.skel
-                        .maps
-                        .targets
-                        .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
-                        .map_err(ProfilerError::bpf("adding a target pid"))?;
                     p.attach_pid(pid)?;
                 }
             }
@@ -392,16 +371,11 @@ impl crate::Profiler for MallocProfiler {
         self.reader.flush();
         // Every allocation read so far had its copy submitted before it: once the copy ring
         // is flushed too, all of those are unwound.
-        let waiting = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unresolved
-            .len();
+        let waiting = lock(&self.state).unresolved.len();
         if let Some(c) = &self.copies {
             c.flush();
         }
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.state);
         let st = &mut *guard;
         match &self.copies {
             Some(c) => {
@@ -542,28 +516,30 @@ mod tests {
 
     /// An allocation event as BPF lays it out, with a copied stack (`cookie`) or a walked one.
     fn alloc(pid: u32, tid: u32, addr: u64, size: u64, cookie: u64, stack: &[u64]) -> Vec<u8> {
-        let mut d = vec![0u8; EV_STACK + 8 * stack.len()];
-        d[0..4].copy_from_slice(&1u32.to_ne_bytes());
-        d[4..8].copy_from_slice(&pid.to_ne_bytes());
-        d[8..16].copy_from_slice(&addr.to_ne_bytes());
-        d[EV_TID..EV_TID + 4].copy_from_slice(&tid.to_ne_bytes());
-        d[EV_STACK_BYTES..EV_STACK_BYTES + 4]
-            .copy_from_slice(&((8 * stack.len()) as u32).to_ne_bytes());
-        d[EV_SIZE..EV_SIZE + 8].copy_from_slice(&size.to_ne_bytes());
-        d[EV_ACC..EV_ACC + 8].copy_from_slice(&size.to_ne_bytes());
-        d[EV_COOKIE..EV_COOKIE + 8].copy_from_slice(&cookie.to_ne_bytes());
-        for (i, a) in stack.iter().enumerate() {
-            d[EV_STACK + 8 * i..EV_STACK + 8 * i + 8].copy_from_slice(&a.to_ne_bytes());
-        }
-        d
+        let mut e = AllocEvent {
+            kind: EV_ALLOC,
+            pid,
+            addr,
+            tid,
+            stack_bytes: (8 * stack.len()) as u32,
+            size,
+            acc: size,
+            cgroup_id: 0,
+            comm: [0; 16],
+            cookie,
+            stack: [0; 127],
+        };
+        e.stack[..stack.len()].copy_from_slice(stack);
+        crate::mechanics::record::bytes_of(&e).to_vec()
     }
 
     fn free(pid: u32, addr: u64) -> Vec<u8> {
-        let mut d = vec![0u8; 16];
-        d[0..4].copy_from_slice(&2u32.to_ne_bytes());
-        d[4..8].copy_from_slice(&pid.to_ne_bytes());
-        d[8..16].copy_from_slice(&addr.to_ne_bytes());
-        d
+        let e = FreeEvent {
+            kind: EV_FREE,
+            pid,
+            addr,
+        };
+        crate::mechanics::record::bytes_of(&e).to_vec()
     }
 
     #[test]

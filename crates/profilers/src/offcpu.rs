@@ -13,22 +13,20 @@
 //! block's end, which BPF then reports through the same ring.
 
 use std::collections::HashMap;
-use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
+use libbpf_rs::{Link, MapCore, MapFlags};
 
 use crate::copies::CopyReader;
-use crate::raw::{comm_at, percpu_sum, stack_of, u32_at, u64_at};
-use crate::sys;
+use crate::mechanics::record::{comm, decode, record};
+use crate::mechanics::skel::open_copying;
+use crate::raw::{percpu_sum, StackReader};
+use crate::ring::RingCollector;
 use crate::ProfilerError;
 
 bpf_skel!("offcpu");
 use skel::{OffcpuSkel, OffcpuSkelBuilder};
 
-const KEY_SIZE: usize = 48;
 const STACK_ENTRIES: usize = 16384;
 /// Default shortest block recorded.
 pub const DEFAULT_MIN_BLOCK_NS: u64 = 1_000_000;
@@ -101,13 +99,60 @@ pub struct BlockSpan {
     pub block: Option<usize>,
 }
 
-/// (start, dur, pid, tid, kernel stack, user stack, state, buffer) as BPF sent it.
-type RawBlockSpan = (u64, u64, u32, u32, i32, i32, u32, u32);
+/// `struct block_key` of offcpu.bpf.c: what the counts maps count under.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BlockKey {
+    pid: u32,
+    tid: u32,
+    cgroup_id: u64,
+    kernel_stack: i32,
+    user_stack: i32,
+    state: u32,
+    pad: u32,
+    comm: [u8; 16],
+}
+record!(BlockKey, "block_key", 48);
+
+/// `struct block_value` of offcpu.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BlockValue {
+    ns: u64,
+    count: u64,
+}
+record!(BlockValue, "block_value", 16);
+
+/// `struct span` of offcpu.bpf.c: a recorded block for the timeline, and the key it is counted
+/// under in buffer `buffer` (2: a block unwound from a copied stack).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Span {
+    start: u64,
+    dur: u64,
+    pid: u32,
+    tid: u32,
+    kernel_stack: i32,
+    user_stack: i32,
+    state: u32,
+    buffer: u32,
+}
+record!(Span, "span", 40);
+
+impl BlockState {
+    /// The state of a `TASK_*` bit set from BPF.
+    fn of(state: u32) -> BlockState {
+        if state & 2 != 0 {
+            BlockState::Uninterruptible
+        } else {
+            BlockState::Sleeping
+        }
+    }
+}
 
 struct SpanReader {
-    reader: crate::ring::RingReader,
-    got: Arc<Mutex<Vec<RawBlockSpan>>>,
-    pending: Vec<RawBlockSpan>,
+    ring: RingCollector<Span>,
+    pending: Vec<Span>,
 }
 
 /// Counters of the off-CPU profiler, cumulative since start.
@@ -155,55 +200,24 @@ pub struct OffCpuProfiler {
 impl OffCpuProfiler {
     /// Loads the program and attaches it to `sched_switch`.
     pub fn start(opts: &OffCpuOptions) -> Result<OffCpuProfiler, ProfilerError> {
-        if !sys::has_profiling_privileges() {
-            return Err(ProfilerError::Permission);
-        }
-        if let Some(pids) = &opts.targets {
-            if let Some(&p) = pids.iter().find(|&&p| !sys::process_alive(p)) {
-                return Err(ProfilerError::NoSuchProcess(p));
+        let (skel, fork_link) = open_copying!(OffcpuSkelBuilder, "offcpu", opts, |open| {
+            if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+                ro.min_block_ns = opts.min_block_ns;
+                ro.emit_spans = u8::from(opts.timeline);
             }
-        }
-        // As for the CPU profiler: the skeleton borrows its storage for its whole life.
-        let storage: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = OffcpuSkelBuilder::default()
-            .open(storage)
-            .map_err(ProfilerError::bpf("opening the offcpu skeleton"))?;
-        let follow = opts.targets.is_some() && opts.follow_forks;
-        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-            ro.filter_targets = u8::from(opts.targets.is_some());
-            ro.follow_forks = u8::from(follow);
-            ro.min_block_ns = opts.min_block_ns;
-            ro.dwarf = u8::from(opts.dwarf);
-        }
-        if !opts.dwarf {
-            // Nothing is ever copied: keep the ring at its smallest.
+            // 40-byte spans: the tracked-switch budget for 16 s, at least 256 KiB.
+            let span_bytes = if opts.timeline {
+                (opts.max_tracked_per_sec.max(1) * 40 * 16)
+                    .next_power_of_two()
+                    .clamp(256 << 10, 32 << 20)
+            } else {
+                4096
+            };
             open.maps
-                .copies
-                .set_max_entries(4096)
-                .map_err(ProfilerError::bpf("sizing the copy ring"))?;
-        }
-        if !follow {
-            open.progs.on_fork.set_autoload(false);
-        }
-        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-            ro.emit_spans = u8::from(opts.timeline);
-        }
-        // 40-byte spans: the tracked-switch budget for 16 s, at least 256 KiB.
-        let span_bytes = if opts.timeline {
-            (opts.max_tracked_per_sec.max(1) * 40 * 16)
-                .next_power_of_two()
-                .clamp(256 << 10, 32 << 20)
-        } else {
-            4096
-        };
-        open.maps
-            .spans
-            .set_max_entries(span_bytes as u32)
-            .map_err(ProfilerError::bpf("sizing the span ring"))?;
-        let skel = open
-            .load()
-            .map_err(ProfilerError::bpf("loading the offcpu program"))?;
+                .spans
+                .set_max_entries(span_bytes as u32)
+                .map_err(ProfilerError::bpf("sizing the span ring"))?;
+        });
         let copies = CopyReader::start(
             "baton-offcpu",
             &skel.maps.copies,
@@ -211,51 +225,18 @@ impl OffCpuProfiler {
             opts.dwarf,
             opts.targets.as_deref(),
         )?;
-        for &p in opts.targets.iter().flatten() {
-            skel.maps
-                .targets
-                .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)
-                .map_err(ProfilerError::bpf("adding a target pid"))?;
-        }
+        crate::raw::add_targets(&skel.maps.targets, opts.targets.as_deref().unwrap_or(&[]))?;
         let link = skel
             .progs
             .on_switch
             .attach()
             .map_err(ProfilerError::bpf("attaching to sched_switch"))?;
-        let fork_link = if follow {
-            Some(
-                skel.progs
-                    .on_fork
-                    .attach()
-                    .map_err(ProfilerError::bpf("attaching the fork tracepoint"))?,
-            )
-        } else {
-            None
-        };
-        let stats_fd = sys::enable_bpf_run_time_stats()
+        let stats_fd = crate::sys::enable_bpf_run_time_stats()
             .map_err(|e| tracing::debug!(error = %e, "BPF run-time stats unavailable"))
             .ok();
         let spans = if opts.timeline {
-            let got: Arc<Mutex<Vec<RawBlockSpan>>> = Arc::default();
-            let sink = Arc::clone(&got);
-            let reader =
-                crate::ring::RingReader::start("baton-offspans", &skel.maps.spans, move |d| {
-                    if d.len() >= 40 {
-                        sink.lock().unwrap_or_else(|p| p.into_inner()).push((
-                            u64_at(d, 0),
-                            u64_at(d, 8),
-                            u32_at(d, 16),
-                            u32_at(d, 20),
-                            u32_at(d, 24) as i32,
-                            u32_at(d, 28) as i32,
-                            u32_at(d, 32),
-                            u32_at(d, 36),
-                        ));
-                    }
-                })?;
             Some(SpanReader {
-                reader,
-                got,
+                ring: RingCollector::start("baton-offspans", &skel.maps.spans)?,
                 pending: Vec::new(),
             })
         } else {
@@ -351,63 +332,45 @@ impl OffCpuProfiler {
         };
         let stacks = &self.skel.maps.stacks;
         let keys: Vec<Vec<u8>> = counts.keys().collect();
-        let mut cache: HashMap<i32, Vec<u64>> = HashMap::new();
+        let mut stacks_read = StackReader::new(stacks);
         let mut out = Vec::with_capacity(keys.len());
         let mut by_key: HashMap<(u32, u32, i32, i32, u32), usize> = HashMap::new();
         // Blocks unwound from copies, by what their spans know of them.
         let mut by_copy: HashMap<(u32, u32, i32, u32), usize> = HashMap::new();
-        for key in keys {
+        for raw in keys {
             let value = counts
-                .lookup(&key, MapFlags::ANY)
+                .lookup(&raw, MapFlags::ANY)
                 .map_err(ProfilerError::bpf("reading a block"))?;
-            let _ = counts.delete(&key);
-            let (Some(value), true) = (value, key.len() >= KEY_SIZE) else {
+            let _ = counts.delete(&raw);
+            let (Some(Ok(value)), Ok(key)) = (
+                value.map(|v| decode::<BlockValue>(&v)),
+                decode::<BlockKey>(&raw),
+            ) else {
                 continue;
-            };
-            let mut fetch = |id: i32| -> Vec<u64> {
-                if id < 0 {
-                    return Vec::new();
-                }
-                cache
-                    .entry(id)
-                    .or_insert_with(|| stack_of(stacks, id).unwrap_or_default())
-                    .clone()
             };
             by_key
                 .entry((
-                    u32_at(&key, 0),
-                    u32_at(&key, 4),
-                    u32_at(&key, 16) as i32,
-                    u32_at(&key, 20) as i32,
-                    u32_at(&key, 24),
+                    key.pid,
+                    key.tid,
+                    key.kernel_stack,
+                    key.user_stack,
+                    key.state,
                 ))
                 .or_insert(out.len());
             out.push(Block {
-                pid: u32_at(&key, 0),
-                tid: u32_at(&key, 4),
-                cgroup_id: u64_at(&key, 8),
-                kernel: fetch(u32_at(&key, 16) as i32),
-                user: fetch(u32_at(&key, 20) as i32),
-                state: if u32_at(&key, 24) & 2 != 0 {
-                    BlockState::Uninterruptible
-                } else {
-                    BlockState::Sleeping
-                },
-                comm: comm_at(&key, 32),
-                ns: u64_at(&value, 0),
-                count: u64_at(&value, 8),
+                pid: key.pid,
+                tid: key.tid,
+                cgroup_id: key.cgroup_id,
+                kernel: stacks_read.get(key.kernel_stack),
+                user: stacks_read.get(key.user_stack),
+                state: BlockState::of(key.state),
+                comm: comm(&key.comm),
+                ns: value.ns,
+                count: value.count,
             });
         }
         if let Some(c) = &self.copies {
             for (k, sums) in c.take(&self.skel.maps.dwarf_pids) {
-                let kernel = if k.kernel_stack < 0 {
-                    Vec::new()
-                } else {
-                    cache
-                        .entry(k.kernel_stack)
-                        .or_insert_with(|| stack_of(stacks, k.kernel_stack).unwrap_or_default())
-                        .clone()
-                };
                 by_copy
                     .entry((k.pid, k.tid, k.kernel_stack, k.what & 3))
                     .or_insert(out.len());
@@ -416,12 +379,8 @@ impl OffCpuProfiler {
                     tid: k.tid,
                     cgroup_id: k.cgroup_id,
                     comm: k.comm,
-                    state: if k.what & 2 != 0 {
-                        BlockState::Uninterruptible
-                    } else {
-                        BlockState::Sleeping
-                    },
-                    kernel,
+                    state: BlockState::of(k.what),
+                    kernel: stacks_read.get(k.kernel_stack),
                     user: k.user,
                     ns: sums.ns,
                     count: sums.count,
@@ -430,33 +389,28 @@ impl OffCpuProfiler {
         }
         // Spans of the drained buffer (and of copied blocks) name its blocks; the others wait.
         if let Some(sr) = &mut self.spans {
-            sr.reader.flush();
-            let got = std::mem::take(&mut *sr.got.lock().unwrap_or_else(|p| p.into_inner()));
+            let got = sr.ring.take();
             let mut keep = Vec::new();
             for sp in sr.pending.drain(..).chain(got) {
-                let (start_ns, dur_ns, pid, tid, k, u, state, buffer) = sp;
-                if buffer != old && buffer != 2 {
+                if sp.buffer != old && sp.buffer != 2 {
                     keep.push(sp);
                     continue;
                 }
+                let (pid, tid, k) = (sp.pid, sp.tid, sp.kernel_stack);
                 self.last_spans.push(BlockSpan {
                     pid,
                     tid,
-                    start_ns,
-                    dur_ns,
-                    state: if state & 2 != 0 {
-                        BlockState::Uninterruptible
+                    start_ns: sp.start,
+                    dur_ns: sp.dur,
+                    state: BlockState::of(sp.state),
+                    block: if sp.buffer == 2 {
+                        by_copy.get(&(pid, tid, k, sp.state & 3)).copied()
                     } else {
-                        BlockState::Sleeping
-                    },
-                    block: if buffer == 2 {
-                        by_copy.get(&(pid, tid, k, state & 3)).copied()
-                    } else {
-                        by_key.get(&(pid, tid, k, u, state)).copied()
+                        by_key.get(&(pid, tid, k, sp.user_stack, sp.state)).copied()
                     },
                 });
             }
-            keep.retain(|s| s.7 == self.active);
+            keep.retain(|s| s.buffer == self.active);
             sr.pending = keep;
         }
         // Sleeping threads keep stack ids across drains, so the stack map is cleared only when
@@ -467,10 +421,7 @@ impl OffCpuProfiler {
                 bss.generation = bss.generation.wrapping_add(1);
             }
             std::thread::sleep(Duration::from_millis(5));
-            let ids: Vec<Vec<u8>> = stacks.keys().collect();
-            for k in ids {
-                let _ = stacks.delete(&k);
-            }
+            crate::raw::clear(stacks);
             self.clears += 1;
         }
         Ok(out)

@@ -1,46 +1,31 @@
-//! Reading the raw bytes BPF maps and ring buffers hand back: integers at offsets, `comm`
-//! strings, stack address lists, per-CPU counters.
+//! Reading BPF maps: stack maps, per-CPU counters, target sets and power-of-two histograms,
+//! every value decoded through [`crate::mechanics::record`].
 
 use libbpf_rs::{MapCore, MapFlags};
+
+use crate::mechanics::record::{addresses, decode, record};
 
 /// Most frames a BPF stack map entry holds (`MAX_STACK_DEPTH` in the BPF C).
 pub(crate) const STACK_DEPTH: usize = 127;
 
-pub(crate) fn u32_at(b: &[u8], o: usize) -> u32 {
-    b.get(o..o + 4)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u32::from_ne_bytes)
-}
+/// A stack map entry: `MAX_STACK_DEPTH` addresses, leaf first, zero after the last.
+pub(crate) type StackEntry = [u64; STACK_DEPTH];
 
-pub(crate) fn u64_at(b: &[u8], o: usize) -> u64 {
-    b.get(o..o + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_ne_bytes)
+/// `struct hist_key` of base.h: a histogram bucket of (process, kind) in buffer `buffer`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HistKey {
+    pub pid: u32,
+    pub kind: u32,
+    pub bucket: u32,
+    pub buffer: u32,
 }
-
-/// The NUL-terminated 16-byte `comm` at `o`.
-pub(crate) fn comm_at(b: &[u8], o: usize) -> String {
-    let bytes = b.get(o..o + 16).unwrap_or(&[]);
-    let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-/// The addresses of a stack buffer, up to the first zero.
-pub(crate) fn addresses(raw: &[u8]) -> Vec<u64> {
-    raw.chunks_exact(8)
-        .take(STACK_DEPTH)
-        .map(|c| u64_at(c, 0))
-        .take_while(|&a| a != 0)
-        .collect()
-}
+record!(HistKey, "hist_key", 16);
 
 /// The stack with id `id` in a stack map, or `None` when it is not there.
 pub(crate) fn stack_of(stacks: &(impl MapCore + ?Sized), id: i32) -> Option<Vec<u64>> {
-    stacks
-        .lookup(&id.to_ne_bytes(), MapFlags::ANY)
-        .ok()
-        .flatten()
-        .map(|raw| addresses(&raw))
+    let raw = stacks.lookup(&id.to_ne_bytes(), MapFlags::ANY).ok()??;
+    Some(addresses(&decode::<StackEntry>(&raw).ok()?))
 }
 
 /// The sum over CPUs of entry `idx` of a per-CPU array of u64.
@@ -48,12 +33,36 @@ pub(crate) fn percpu_sum(map: &(impl MapCore + ?Sized), idx: u32) -> u64 {
     map.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
         .ok()
         .flatten()
-        .map_or(0, |per_cpu| per_cpu.iter().map(|v| u64_at(v, 0)).sum())
+        .map_or(0, |per_cpu| {
+            per_cpu.iter().filter_map(|v| decode::<u64>(v).ok()).sum()
+        })
+}
+
+/// The u64 value at `key` of a map, if there is one.
+pub(crate) fn u64_value(map: &(impl MapCore + ?Sized), key: &[u8]) -> Option<u64> {
+    let raw = map.lookup(key, MapFlags::ANY).ok()??;
+    decode::<u64>(&raw).ok()
 }
 
 /// The pids in a targets map (`tgid -> 1`).
 pub(crate) fn pids_of(targets: &(impl MapCore + ?Sized)) -> Vec<u32> {
-    targets.keys().map(|k| u32_at(&k, 0)).collect()
+    targets
+        .keys()
+        .filter_map(|k| decode::<u32>(&k).ok())
+        .collect()
+}
+
+/// Adds `pids` to a targets map.
+pub(crate) fn add_targets(
+    targets: &(impl MapCore + ?Sized),
+    pids: &[u32],
+) -> Result<(), crate::ProfilerError> {
+    for p in pids {
+        targets
+            .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)
+            .map_err(crate::ProfilerError::bpf("adding a target pid"))?;
+    }
+    Ok(())
 }
 
 /// Reads a BPF stack map once per id during one drain, counting ids whose stack is gone.
@@ -75,6 +84,11 @@ impl<'a, M: MapCore + ?Sized> StackReader<'a, M> {
 
     /// The addresses of stack `id`, leaf first; empty for a negative id (no stack taken).
     pub(crate) fn get(&mut self, id: i32) -> Vec<u64> {
+        self.get_weighted(id, 1)
+    }
+
+    /// As [`StackReader::get`], counting a missing stack `weight` times in `stale`.
+    pub(crate) fn get_weighted(&mut self, id: i32, weight: u64) -> Vec<u64> {
         if id < 0 {
             return Vec::new();
         }
@@ -85,9 +99,16 @@ impl<'a, M: MapCore + ?Sized> StackReader<'a, M> {
             .or_insert_with(|| stack_of(map, id).unwrap_or_default())
             .clone();
         if s.is_empty() {
-            self.stale += 1;
+            self.stale += weight;
         }
         s
+    }
+}
+
+/// Empties a stack map.
+pub(crate) fn clear(stacks: &(impl MapCore + ?Sized)) {
+    for k in stacks.keys().collect::<Vec<_>>() {
+        let _ = stacks.delete(&k);
     }
 }
 
@@ -95,35 +116,36 @@ impl<'a, M: MapCore + ?Sized> StackReader<'a, M> {
 /// holds may point into what this clears; those rows are then counted without stacks.
 pub(crate) fn clear_if_half_full(stacks: &(impl MapCore + ?Sized), capacity: usize) {
     if stacks.keys().count() > capacity / 2 {
-        for k in stacks.keys().collect::<Vec<_>>() {
-            let _ = stacks.delete(&k);
-        }
+        clear(stacks);
     }
 }
 
 /// Histogram counts per (pid, kind), as (power-of-two bucket, count).
 pub(crate) type HistCounts = std::collections::HashMap<(u32, u32), Vec<(u32, f64)>>;
 
-/// Reads and deletes the histogram counts of buffer `old` from a map keyed
-/// `(pid, kind, bucket, buffer)` (`struct hist_key` in base.h and calls.bpf.c), grouped by
-/// (pid, kind) as (bucket, count).
+/// Reads and deletes the histogram counts of buffer `old` from a map keyed by [`HistKey`],
+/// grouped by (pid, kind) as (bucket, count).
 pub(crate) fn drain_hists(
     hists: &(impl MapCore + ?Sized),
     old: u32,
 ) -> Result<HistCounts, crate::ProfilerError> {
     let mut by = HistCounts::new();
-    for key in hists.keys().collect::<Vec<_>>() {
-        if key.len() < 16 || u32_at(&key, 12) != old {
+    for raw in hists.keys().collect::<Vec<_>>() {
+        let Ok(key) = decode::<HistKey>(&raw) else {
+            continue;
+        };
+        if key.buffer != old {
             continue;
         }
         let n = hists
-            .lookup(&key, MapFlags::ANY)
+            .lookup(&raw, MapFlags::ANY)
             .map_err(crate::ProfilerError::bpf("reading a histogram"))?
-            .map_or(0, |v| u64_at(&v, 0));
-        let _ = hists.delete(&key);
-        by.entry((u32_at(&key, 0), u32_at(&key, 4)))
+            .and_then(|v| decode::<u64>(&v).ok())
+            .unwrap_or(0);
+        let _ = hists.delete(&raw);
+        by.entry((key.pid, key.kind))
             .or_default()
-            .push((u32_at(&key, 8), n as f64));
+            .push((key.bucket, n as f64));
     }
     Ok(by)
 }

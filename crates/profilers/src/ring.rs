@@ -2,12 +2,14 @@
 //! so a drain sees every event submitted before it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use baton_model::sync::lock;
 use libbpf_rs::{MapCore, RingBufferBuilder};
 
+use crate::mechanics::record::{decode, Record};
 use crate::ProfilerError;
 
 #[derive(Default)]
@@ -63,11 +65,14 @@ impl RingReader {
     /// Returns once the thread has read the ring through at least once after this call began,
     /// so every event submitted before it has reached the callback (or after 1 s).
     pub(crate) fn flush(&self) {
+        self.flush_within(Duration::from_secs(1));
+    }
+
+    /// [`RingReader::flush`], waiting at most `limit`.
+    pub(crate) fn flush_within(&self, limit: Duration) {
         let asked = self.flags.asked.fetch_add(1, Ordering::SeqCst) + 1;
         let t0 = Instant::now();
-        while self.flags.done.load(Ordering::SeqCst) < asked
-            && t0.elapsed() < Duration::from_secs(1)
-        {
+        while self.flags.done.load(Ordering::SeqCst) < asked && t0.elapsed() < limit {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -79,5 +84,32 @@ impl Drop for RingReader {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A ring of fixed records `T`, decoded and kept until taken.
+pub(crate) struct RingCollector<T: Record + Send> {
+    reader: RingReader,
+    got: Arc<Mutex<Vec<T>>>,
+}
+
+impl<T: Record + Send> RingCollector<T> {
+    /// Starts reading `map` on a thread named `name`; records of the wrong size are dropped
+    /// (and counted).
+    pub(crate) fn start(name: &str, map: &dyn MapCore) -> Result<Self, ProfilerError> {
+        let got: Arc<Mutex<Vec<T>>> = Arc::default();
+        let sink = Arc::clone(&got);
+        let reader = RingReader::start(name, map, move |d| {
+            if let Ok(r) = decode::<T>(d) {
+                lock(&sink).push(r);
+            }
+        })?;
+        Ok(RingCollector { reader, got })
+    }
+
+    /// Every record submitted before this call and not taken yet.
+    pub(crate) fn take(&self) -> Vec<T> {
+        self.reader.flush();
+        std::mem::take(&mut *lock(&self.got))
     }
 }

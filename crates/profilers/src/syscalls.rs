@@ -3,7 +3,8 @@
 //! stack) with stacks taken for at most `max_stacks_per_sec` syscalls a second (at random,
 //! weighted), so a process making a million syscalls a second costs a bounded stack budget.
 
-use crate::events::{event_skel, open_event_skel, EventProfiler, RowValue, Spec};
+use crate::events::{attach_all, event_skel, EventProfiler, RowValue, Spec};
+use crate::mechanics::skel::open_copying;
 use crate::{ProfilerError, StartOptions};
 
 bpf_skel!("syscalls");
@@ -40,21 +41,15 @@ static SPEC: Spec = Spec {
 };
 
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
-    crate::events::check_targets(o)?;
     let budget = o.option_u64(&crate::registry::SYSCALLS, "max_stacks_per_sec")?;
-    let (skel, mut links) = open_event_skel!(SyscallsSkelBuilder, o, "syscalls");
-    links.push(
-        skel.progs
-            .on_enter
-            .attach()
-            .map_err(ProfilerError::bpf("attaching to raw_syscalls:sys_enter"))?,
-    );
-    links.push(
-        skel.progs
-            .on_exit
-            .attach()
-            .map_err(ProfilerError::bpf("attaching to raw_syscalls:sys_exit"))?,
-    );
+    let (skel, fork) = open_copying!(SyscallsSkelBuilder, "syscalls", o);
+    let links = attach_all(
+        fork,
+        [
+            (&skel.progs.on_enter, "attaching to raw_syscalls:sys_enter"),
+            (&skel.progs.on_exit, "attaching to raw_syscalls:sys_exit"),
+        ],
+    )?;
     Ok(Box::new(EventProfiler::new(
         skel,
         links,

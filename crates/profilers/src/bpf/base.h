@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 // What every Baton BPF program that follows target processes shares: the targets map with fork
-// following, per-CPU counters, and small helpers. Include it after declaring STAT_COUNT and
-// STAT_FORKS_FOLLOWED in the program's stat enum.
+// following, per-CPU counters, stack maps, the histogram key, and small helpers. Include it after
+// declaring STAT_COUNT and STAT_FORKS_FOLLOWED in the program's stat enum.
+//
+// Every struct that user space reads or writes has a `_Static_assert` on its size next to it,
+// and a `#[repr(C)]` twin of the same name in Rust with the same assertion (see
+// `mechanics/record.rs`).
 #ifndef BATON_BASE_H
 #define BATON_BASE_H
 
@@ -14,12 +18,32 @@
 #define TASK_COMM_LEN 16
 
 struct task_struct {
+    unsigned int flags;
     unsigned int __state;
     int pid;
     int tgid;
     char comm[TASK_COMM_LEN];
 } __attribute__((preserve_access_index));
 
+// A stack map of `entries` stacks of MAX_STACK_DEPTH addresses (a `[u64; 127]` in Rust).
+#define STACK_MAP(name, entries)                                                               \
+    struct {                                                                                   \
+        __uint(type, BPF_MAP_TYPE_STACK_TRACE);                                                \
+        __uint(max_entries, entries);                                                          \
+        __uint(key_size, sizeof(__u32));                                                       \
+        __uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));                                   \
+    } name SEC(".maps")
+
+// A power-of-two histogram's key: (process, what is measured, bucket, buffer); `HistKey` in Rust.
+struct hist_key {
+    __u32 pid;
+    __u32 kind;
+    __u32 bucket;
+    __u32 buffer;
+};
+_Static_assert(sizeof(struct hist_key) == 16, "hist_key is HistKey in Rust");
+
+// Processes to profile when filtering is on (tgid -> 1).
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 8192);

@@ -29,13 +29,7 @@ struct call_key {
     // The function's address in the process, for a one-frame stack when stacks are off.
     __u64 ip;
 };
-
-struct hist_key {
-    __u32 pid;
-    __u32 function;
-    __u32 bucket;
-    __u32 buffer;
-};
+_Static_assert(sizeof(struct call_key) == 56, "call_key is CallKey in Rust");
 
 struct entry_key {
     __u32 tid;
@@ -64,20 +58,11 @@ struct {
     __type(value, __u64);
 } entered SEC(".maps");
 
-struct {
-    __uint(type, BPF_MAP_TYPE_STACK_TRACE);
-    __uint(max_entries, 16384);
-    __uint(key_size, sizeof(__u32));
-    __uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
-} stacks SEC(".maps");
-
-
+STACK_MAP(stacks, 16384);
 
 const volatile __u8 take_stacks = 1;
 const volatile __u8 measure_latency = 0;
 volatile __u32 active_buffer = 0;
-
-
 
 SEC("uprobe")
 int BPF_UPROBE(call_entry)
@@ -110,7 +95,6 @@ int BPF_UPROBE(call_entry)
     return 0;
 }
 
-
 SEC("uretprobe")
 int BPF_URETPROBE(call_return)
 {
@@ -124,13 +108,12 @@ int BPF_URETPROBE(call_return)
     __u64 delta = bpf_ktime_get_ns() - *start;
     bpf_map_delete_elem(&entered, &ek);
     struct hist_key hk = {
-        .pid = id >> 32, .function = ek.function, .bucket = log2_bucket(delta),
+        .pid = id >> 32, .kind = ek.function, .bucket = log2_bucket(delta),
         .buffer = active_buffer};
     if (add_u64(&hists, &hk, 1) != 0)
         bump(STAT_LOST_MAP_FULL);
     bump(STAT_RETURNS);
     return 0;
 }
-
 
 char LICENSE[] SEC("license") = "GPL";

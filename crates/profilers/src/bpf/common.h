@@ -8,12 +8,7 @@
 #include "base.h"
 #include "copy.h"
 
-struct {
-    __uint(type, BPF_MAP_TYPE_STACK_TRACE);
-    __uint(max_entries, 16384);
-    __uint(key_size, sizeof(__u32));
-    __uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
-} stacks SEC(".maps");
+STACK_MAP(stacks, 16384);
 
 // Which half of the double-buffered maps BPF counts into; user space drains the other.
 volatile __u32 active_buffer = 0;
@@ -41,19 +36,14 @@ struct row_key {
     __u32 buffer;
     char comm[TASK_COMM_LEN];
 };
+_Static_assert(sizeof(struct row_key) == 48, "row_key is RowKey in Rust");
 
 struct row_value {
     __u64 count;
     __u64 ns;
     __u64 bytes;
 };
-
-struct hist_key {
-    __u32 pid;
-    __u32 kind;
-    __u32 bucket;
-    __u32 buffer;
-};
+_Static_assert(sizeof(struct row_value) == 24, "row_value is RowValue in Rust");
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -87,7 +77,6 @@ static __always_inline int add_row(struct row_key *key, __u64 count, __u64 ns, _
     return 0;
 }
 
-
 // Counts one value in the power-of-two histogram of (pid, kind); -1 when the map is full.
 static __always_inline int add_hist(__u32 pid, __u32 kind, __u64 value)
 {
@@ -96,5 +85,28 @@ static __always_inline int add_hist(__u32 pid, __u32 kind, __u64 value)
     return add_u64(&hists, &k, 1);
 }
 
+// A row key for the current thread's events of `kind`, without stacks yet.
+static __always_inline void current_row_key(struct row_key *key, __u32 kind)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    key->pid = pid_tgid >> 32;
+    key->tid = (__u32)pid_tgid;
+    key->cgroup_id = bpf_get_current_cgroup_id();
+    key->kernel_stack = -1;
+    key->user_stack = -1;
+    key->kind = kind;
+    bpf_get_current_comm(&key->comm, sizeof(key->comm));
+}
+
+// Counts an event that ended: through the copy ring when its user stack was copied (user space
+// pairs it with the copy), else in its row. Returns -1 when it could not be counted.
+static __always_inline int count_ended(struct row_key *key, __u32 copied, __u64 cookie,
+                                       __u64 count, __u64 ns, __u64 bytes)
+{
+    if (copied && send_end(key->pid, key->tid, cookie, key->kind, key->cgroup_id,
+                           key->kernel_stack, ns, count, bytes, key->comm) == 0)
+        return 0;
+    return add_row(key, count, ns, bytes);
+}
 
 #endif

@@ -8,33 +8,7 @@
 #ifndef BATON_COPY_H
 #define BATON_COPY_H
 
-// The user registers as the uapi <asm/ptrace.h> lays them out on x86-64.
-struct user_regs {
-    unsigned long r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi;
-    unsigned long orig_rax, rip, cs, eflags, rsp, ss;
-};
-
-#define MAX_RANGES 16
-struct range {
-    __u64 start;
-    __u64 end;
-};
-struct unwind_plan {
-    __u32 all;
-    __u32 n;
-    struct range ranges[MAX_RANGES];
-};
-
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 8192);
-    __type(key, __u32);
-    __type(value, struct unwind_plan);
-} dwarf_pids SEC(".maps");
-
-#define PAGE 4096
-#define USTACK_PAGES 8
-#define USTACK_BYTES (USTACK_PAGES * PAGE)
+#include "unwind.h"
 
 enum { EV_COPY = 1, EV_END = 2 };
 
@@ -50,6 +24,7 @@ struct copy_event {
     __u64 stack_bytes;
     __u8 stack[USTACK_BYTES];
 };
+_Static_assert(sizeof(struct copy_event) == 56 + USTACK_BYTES, "copy_event is CopyEvent + stack in Rust");
 
 // What an event that had its stack copied measured; `what` is its kind (a block's state, a
 // syscall number, an operation).
@@ -67,6 +42,7 @@ struct end_event {
     __u64 bytes;
     char comm[16];
 };
+_Static_assert(sizeof(struct end_event) == 80, "end_event is EndEvent in Rust");
 
 // Sized by user space before load: one page when DWARF unwinding is off.
 struct {
@@ -107,15 +83,7 @@ static __always_inline int copy_user_stack(struct task_struct *task, __u32 tgid,
         return 0;
     if ((regs.cs & 3) != 3 || regs.rsp == 0)
         return 0;
-    int wanted = plan->all;
-    __u32 n = plan->n;
-    for (int i = 0; i < MAX_RANGES && !wanted; i++) {
-        if (i >= n)
-            break;
-        if (regs.rip >= plan->ranges[i].start && regs.rip < plan->ranges[i].end)
-            wanted = 1;
-    }
-    if (!wanted)
+    if (!plan_covers(plan, regs.rip))
         return 0;
     struct copy_event *ev = bpf_ringbuf_reserve(&copies, sizeof(*ev), 0);
     if (!ev) {
@@ -130,26 +98,26 @@ static __always_inline int copy_user_stack(struct task_struct *task, __u32 tgid,
     ev->ip = regs.rip;
     ev->sp = regs.rsp;
     ev->bp = regs.rbp;
-    __u64 sp = regs.rsp;
-    __u64 first = PAGE - (sp & (PAGE - 1));
-    __u64 copied = 0;
-    if (first > PAGE)
-        first = PAGE;
-    if (first > 0 && bpf_probe_read_user(ev->stack, first, (void *)sp) == 0) {
-        copied = first;
-        for (int i = 0; i < USTACK_PAGES - 1; i++) {
-            __u64 off = copied;
-            if (off > USTACK_BYTES - PAGE)
-                break;
-            if (bpf_probe_read_user(ev->stack + off, PAGE, (void *)(sp + off)) != 0)
-                break;
-            copied = off + PAGE;
-        }
-    }
-    ev->stack_bytes = copied;
+    ev->stack_bytes = copy_stack_pages(ev->stack, regs.rsp);
     bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
     copy_bump(0);
     return 1;
+}
+
+// The user stack of an event that starts now: copied under `cookie` where the plan wants it
+// (`*copied` = 1, and no stack id), else walked by frame pointers into `stacks`. Needs
+// STAT_USTACK_FAILED in the program's stat enum.
+static __always_inline __s32 user_stack_or_copy(void *ctx, void *stacks, struct task_struct *task,
+                                                __u32 tgid, __u32 tid, __u64 cookie,
+                                                __u32 *copied)
+{
+    *copied = copy_user_stack(task, tgid, tid, cookie);
+    if (*copied)
+        return -1;
+    __s32 id = bpf_get_stackid(ctx, stacks, BPF_F_USER_STACK);
+    if (id < 0)
+        bump(STAT_USTACK_FAILED);
+    return id;
 }
 
 // Reports the end of an event whose stack was copied. Returns 0 when sent.

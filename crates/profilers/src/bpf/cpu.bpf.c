@@ -4,34 +4,31 @@
 // space can drain one buffer while the other fills.
 //
 // Samples whose user code lacks frame pointers (user space lists those code ranges per process
-// in `dwarf_pids`) are not walked here: the program copies the user registers and the top of
-// the user stack into a ring buffer instead, and user space unwinds them with DWARF CFI.
-#include <linux/bpf.h>
+// in `dwarf_pids`, unwind.h) are not walked here: the program copies the user registers and the
+// top of the user stack into a ring buffer instead, and user space unwinds them with DWARF CFI.
+enum stat_index {
+    STAT_SAMPLES = 0,         // samples taken (after filtering)
+    STAT_LOST_MAP_FULL = 1,   // samples lost because the counts map was full
+    STAT_KSTACK_FAILED = 2,   // kernel stack expected but not collected
+    STAT_USTACK_FAILED = 3,   // user stack expected but not collected
+    STAT_IDLE = 4,            // samples of the idle task, not recorded
+    STAT_FILTERED = 5,        // samples of processes not targeted
+    STAT_FORKS_FOLLOWED = 6,  // children added to the target set
+    STAT_DWARF_COPIED = 7,    // samples whose user stack was copied for DWARF unwinding
+    STAT_DWARF_RING_FULL = 8, // copies that did not fit the ring (frame pointers used instead)
+    STAT_DWARF_NO_REGS = 9,   // copies without user registers (frame pointers used instead)
+    STAT_TICKS_LOST = 10,     // samples left off the timeline: the tick ring was full
+    STAT_COUNT = 11,
+};
+#include "base.h"
+#include "unwind.h"
 #include <linux/bpf_perf_event.h>
 #include <linux/ptrace.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
 
-#define MAX_STACK_DEPTH 127
 #define MAX_ENTRIES 16384
 #define STACK_ENTRIES 16384
-#define TASK_COMM_LEN 16
 #define PF_KTHREAD 0x00200000
 #define EFAULT 14
-
-// CO-RE views of the two kernel structs we read; fields are relocated by name at load time.
-struct task_struct {
-    unsigned int flags;
-    int pid;
-    int tgid;
-} __attribute__((preserve_access_index));
-
-// The user registers as the uapi <asm/ptrace.h> lays them out on x86-64.
-struct user_regs {
-    unsigned long r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi;
-    unsigned long orig_rax, rip, cs, eflags, rsp, ss;
-};
 
 struct sample_key {
     __u32 pid;
@@ -41,6 +38,7 @@ struct sample_key {
     __s32 user_stack;
     char comm[TASK_COMM_LEN];
 };
+_Static_assert(sizeof(struct sample_key) == 40, "sample_key is SampleKey in Rust");
 
 #define COUNTS_MAP(name)                                                                       \
     struct {                                                                                   \
@@ -50,52 +48,13 @@ struct sample_key {
         __type(value, __u64);                                                                  \
     } name SEC(".maps")
 
-#define STACKS_MAP(name)                                                                       \
-    struct {                                                                                   \
-        __uint(type, BPF_MAP_TYPE_STACK_TRACE);                                                \
-        __uint(max_entries, STACK_ENTRIES);                                                    \
-        __uint(key_size, sizeof(__u32));                                                       \
-        __uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));                                   \
-    } name SEC(".maps")
-
 COUNTS_MAP(counts0);
 COUNTS_MAP(counts1);
-STACKS_MAP(stacks0);
-STACKS_MAP(stacks1);
+STACK_MAP(stacks0, STACK_ENTRIES);
+STACK_MAP(stacks1, STACK_ENTRIES);
 
-// Processes to profile when filtering is on (tgid -> 1).
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 8192);
-    __type(key, __u32);
-    __type(value, __u8);
-} targets SEC(".maps");
-
-// Code ranges without frame pointers, per process (tgid). `all` = 1 copies every sample of the
-// process (its executable lacks frame pointers, so its frames are in nearly every stack).
-#define MAX_RANGES 16
-struct range {
-    __u64 start;
-    __u64 end;
-};
-struct unwind_plan {
-    __u32 all;
-    __u32 n;
-    struct range ranges[MAX_RANGES];
-};
-
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 8192);
-    __type(key, __u32);
-    __type(value, struct unwind_plan);
-} dwarf_pids SEC(".maps");
-
-// A copied sample: enough for user space to unwind with CFI. The user stack is copied from the
-// stack pointer upwards, page by page, up to USTACK_BYTES or the end of the stack mapping.
-#define PAGE 4096
-#define USTACK_PAGES 8
-#define USTACK_BYTES (USTACK_PAGES * PAGE)
+// A copied sample: enough for user space to unwind with CFI (see copy_stack_pages). The copied
+// stack comes last, so user space decodes the rest and reads the stack where it lies.
 struct stack_event {
     __u32 pid;
     __u32 tid;
@@ -106,10 +65,12 @@ struct stack_event {
     __u64 bp;
     __s64 kernel_bytes;
     __u64 stack_bytes;
+    __u64 ts;                   // when the sample was taken, for the timeline
     __u64 kernel[MAX_STACK_DEPTH];
     __u8 stack[USTACK_BYTES];
-    __u64 ts;                   // when the sample was taken, for the timeline
 };
+_Static_assert(sizeof(struct stack_event) == 1096 + USTACK_BYTES,
+               "stack_event is StackEvent + stack in Rust");
 
 // Sized by user space before load: one page when DWARF unwinding is off.
 struct {
@@ -127,6 +88,7 @@ struct tick {
     __u32 buffer;
     __u32 pad;
 };
+_Static_assert(sizeof(struct tick) == 32, "tick is Tick in Rust");
 
 // Sized by user space before load from the CPU count and frequency.
 struct {
@@ -134,41 +96,10 @@ struct {
     __uint(max_entries, 256 * 1024);
 } ticks SEC(".maps");
 
-enum stat_index {
-    STAT_SAMPLES = 0,         // samples taken (after filtering)
-    STAT_LOST_MAP_FULL = 1,   // samples lost because the counts map was full
-    STAT_KSTACK_FAILED = 2,   // kernel stack expected but not collected
-    STAT_USTACK_FAILED = 3,   // user stack expected but not collected
-    STAT_IDLE = 4,            // samples of the idle task, not recorded
-    STAT_FILTERED = 5,        // samples of processes not targeted
-    STAT_FORKS_FOLLOWED = 6,  // children added to the target set
-    STAT_DWARF_COPIED = 7,    // samples whose user stack was copied for DWARF unwinding
-    STAT_DWARF_RING_FULL = 8, // copies that did not fit the ring (frame pointers used instead)
-    STAT_DWARF_NO_REGS = 9,   // copies without user registers (frame pointers used instead)
-    STAT_TICKS_LOST = 10,     // samples left off the timeline: the tick ring was full
-    STAT_COUNT = 11,
-};
-
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, STAT_COUNT);
-    __type(key, __u32);
-    __type(value, __u64);
-} stats SEC(".maps");
-
-const volatile __u8 filter_targets = 0;
-const volatile __u8 follow_forks = 0;
 const volatile __u8 include_idle = 0;
 const volatile __u8 emit_ticks = 0;
 // Which buffer the programs write to; flipped by user space at each drain.
 volatile __u32 active_buffer = 0;
-
-static __always_inline void bump(__u32 idx)
-{
-    __u64 *v = bpf_map_lookup_elem(&stats, &idx);
-    if (v)
-        *v += 1;
-}
 
 // Whether this sample should be unwound from a copied stack, and the user registers if so.
 static __always_inline int wants_copy(__u32 tgid, struct bpf_perf_event_data *ctx, int in_user,
@@ -196,17 +127,7 @@ static __always_inline int wants_copy(__u32 tgid, struct bpf_perf_event_data *ct
         bump(STAT_DWARF_NO_REGS);
         return 0;
     }
-    if (plan->all)
-        return 1;
-    __u64 ip = regs->rip;
-    __u32 n = plan->n;
-    for (int i = 0; i < MAX_RANGES; i++) {
-        if (i >= n)
-            break;
-        if (ip >= plan->ranges[i].start && ip < plan->ranges[i].end)
-            return 1;
-    }
-    return 0;
+    return plan_covers(plan, regs->rip);
 }
 
 // Sends one sample with its copied user stack. Returns 0 when the ring is full.
@@ -224,26 +145,7 @@ static __always_inline int send_copy(struct bpf_perf_event_data *ctx, __u32 tgid
     ev->sp = regs->rsp;
     ev->bp = regs->rbp;
     ev->kernel_bytes = bpf_get_stack(ctx, ev->kernel, sizeof(ev->kernel), 0);
-
-    // First the rest of the page the stack pointer is in, then whole pages while they read:
-    // a read past the end of the stack mapping fails, and the copy ends there.
-    __u64 sp = regs->rsp;
-    __u64 first = PAGE - (sp & (PAGE - 1));
-    __u64 copied = 0;
-    if (first > PAGE)
-        first = PAGE;
-    if (first > 0 && bpf_probe_read_user(ev->stack, first, (void *)sp) == 0) {
-        copied = first;
-        for (int i = 0; i < USTACK_PAGES - 1; i++) {
-            __u64 off = copied;
-            if (off > USTACK_BYTES - PAGE)
-                break;
-            if (bpf_probe_read_user(ev->stack + off, PAGE, (void *)(sp + off)) != 0)
-                break;
-            copied = off + PAGE;
-        }
-    }
-    ev->stack_bytes = copied;
+    ev->stack_bytes = copy_stack_pages(ev->stack, regs->rsp);
     ev->ts = bpf_ktime_get_ns();
     // No wakeup per sample: the reader polls the ring every 20 ms anyway.
     bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
@@ -316,36 +218,8 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
             bump(STAT_TICKS_LOST);
         }
     }
-    __u64 *count = bpf_map_lookup_elem(counts, &key);
-    if (count) {
-        __sync_fetch_and_add(count, 1);
-        return 0;
-    }
-    __u64 one = 1;
-    if (bpf_map_update_elem(counts, &key, &one, BPF_NOEXIST) != 0) {
-        // Another CPU may have inserted the same key in between; retry the add once.
-        count = bpf_map_lookup_elem(counts, &key);
-        if (count)
-            __sync_fetch_and_add(count, 1);
-        else
-            bump(STAT_LOST_MAP_FULL);
-    }
-    return 0;
-}
-
-// Follows children of targeted processes, as `perf record -- cmd` does.
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
-{
-    if (!filter_targets || !follow_forks)
-        return 0;
-    __u32 ptgid = parent->tgid;
-    if (!bpf_map_lookup_elem(&targets, &ptgid))
-        return 0;
-    __u32 ctgid = child->tgid;
-    __u8 one = 1;
-    if (ctgid != ptgid && bpf_map_update_elem(&targets, &ctgid, &one, BPF_ANY) == 0)
-        bump(STAT_FORKS_FOLLOWED);
+    if (add_u64(counts, &key, 1) != 0)
+        bump(STAT_LOST_MAP_FULL);
     return 0;
 }
 

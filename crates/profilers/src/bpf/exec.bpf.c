@@ -23,6 +23,7 @@ struct exec_event {
     __u32 pad;
     char filename[FILENAME_LEN];
 };
+_Static_assert(sizeof(struct exec_event) == 264, "exec_event is ExecEvent in Rust");
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);

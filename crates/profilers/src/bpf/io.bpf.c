@@ -42,22 +42,13 @@ int BPF_PROG(on_start, struct request *rq)
     if (!is_target(pid_tgid >> 32))
         return 0;
     struct inflight f = {};
-    f.key.pid = pid_tgid >> 32;
-    f.key.tid = (__u32)pid_tgid;
-    f.key.cgroup_id = bpf_get_current_cgroup_id();
-    f.key.kind = rq->cmd_flags & REQ_OP_MASK;
-    bpf_get_current_comm(&f.key.comm, sizeof(f.key.comm));
+    current_row_key(&f.key, rq->cmd_flags & REQ_OP_MASK);
     f.key.kernel_stack = bpf_get_stackid(ctx, &stacks, 0);
     if (f.key.kernel_stack < 0)
         bump(STAT_KSTACK_FAILED);
     f.ts = bpf_ktime_get_ns();
-    f.key.user_stack = -1;
-    f.copied = copy_user_stack(bpf_get_current_task_btf(), f.key.pid, f.key.tid, f.ts);
-    if (!f.copied) {
-        f.key.user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-        if (f.key.user_stack < 0)
-            bump(STAT_USTACK_FAILED);
-    }
+    f.key.user_stack = user_stack_or_copy(ctx, &stacks, bpf_get_current_task_btf(), f.key.pid,
+                                          f.key.tid, f.ts, &f.copied);
     __u64 id = (__u64)rq;
     if (bpf_map_update_elem(&inflight, &id, &f, BPF_ANY) != 0)
         bump(STAT_INFLIGHT_FULL);
@@ -78,12 +69,7 @@ int BPF_PROG(on_complete, struct request *rq, int error, unsigned int nr_bytes)
     bpf_map_delete_elem(&inflight, &id);
     if (add_hist(key.pid, key.kind, delta) != 0)
         bump(STAT_LOST_MAP_FULL);
-    if (copied && send_end(key.pid, key.tid, cookie, key.kind, key.cgroup_id, key.kernel_stack,
-                           delta, 1, nr_bytes, key.comm) == 0) {
-        bump(STAT_REQUESTS);
-        return 0;
-    }
-    if (add_row(&key, 1, delta, nr_bytes) != 0)
+    if (count_ended(&key, copied, cookie, 1, delta, nr_bytes) != 0)
         bump(STAT_LOST_MAP_FULL);
     bump(STAT_REQUESTS);
     return 0;

@@ -33,6 +33,7 @@ struct inflight {
     __u32 pid;
     __u32 tid;
 };
+_Static_assert(sizeof(struct inflight) == 24, "inflight is Inflight in Rust");
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -68,6 +69,7 @@ struct sample_event {
     char comm[TASK_COMM_LEN];
     __u64 cookie;
 };
+_Static_assert(sizeof(struct sample_event) == 56, "sample_event is SampleEvent in Rust");
 
 struct slow_event {
     __u32 kind;
@@ -78,6 +80,7 @@ struct slow_event {
     __u32 tid;
     __u32 pad;
 };
+_Static_assert(sizeof(struct slow_event) == 40, "slow_event is SlowEvent in Rust");
 
 static __always_inline int begin(__u64 arg)
 {
@@ -203,15 +206,10 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
     if (e->kernel_stack < 0 && e->kernel_stack != -14)
         bump(STAT_KSTACK_FAILED);
     __u64 now = bpf_ktime_get_ns();
-    if (copy_user_stack(bpf_get_current_task_btf(), e->pid, tid, now)) {
-        e->copied = 1;
+    e->user_stack = user_stack_or_copy(ctx, &stacks, bpf_get_current_task_btf(), e->pid, tid, now,
+                                       &e->copied);
+    if (e->copied)
         e->cookie = now;
-        e->user_stack = -1;
-    } else {
-        e->user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-        if (e->user_stack < 0)
-            bump(STAT_USTACK_FAILED);
-    }
     bpf_ringbuf_submit(e, 0);
     bump(STAT_SAMPLES);
     return 0;

@@ -73,13 +73,8 @@ int on_futex_enter(struct futex_enter *args)
     }
     __u64 now = bpf_ktime_get_ns();
     s->op = cmd;
-    s->user_stack = -1;
-    s->copied = copy_user_stack(task, pid_tgid >> 32, (__u32)pid_tgid, now);
-    if (!s->copied) {
-        s->user_stack = bpf_get_stackid(args, &stacks, BPF_F_USER_STACK);
-        if (s->user_stack < 0)
-            bump(STAT_USTACK_FAILED);
-    }
+    s->user_stack = user_stack_or_copy(args, &stacks, task, pid_tgid >> 32, (__u32)pid_tgid, now,
+                                       &s->copied);
     s->ts = now;
     return 0;
 }
@@ -94,23 +89,12 @@ int on_futex_exit(struct futex_exit *args)
     __u64 cookie = s->ts;
     __u64 delta = bpf_ktime_get_ns() - cookie;
     s->ts = 0;
-    __u64 pid_tgid = bpf_get_current_pid_tgid();
     struct row_key key = {};
-    key.pid = pid_tgid >> 32;
-    key.tid = (__u32)pid_tgid;
-    key.cgroup_id = bpf_get_current_cgroup_id();
-    key.kernel_stack = -1;
+    current_row_key(&key, s->op);
     key.user_stack = s->user_stack;
-    key.kind = s->op;
-    bpf_get_current_comm(&key.comm, sizeof(key.comm));
     if (add_hist(key.pid, 0, delta) != 0)
         bump(STAT_LOST_MAP_FULL);
-    if (s->copied &&
-        send_end(key.pid, key.tid, cookie, key.kind, key.cgroup_id, -1, delta, 1, 0, key.comm) == 0) {
-        bump(STAT_WAITS);
-        return 0;
-    }
-    if (add_row(&key, 1, delta, 0) != 0)
+    if (count_ended(&key, s->copied, cookie, 1, delta, 0) != 0)
         bump(STAT_LOST_MAP_FULL);
     bump(STAT_WAITS);
     return 0;

@@ -39,6 +39,7 @@ struct free_event {
     __u32 pid;
     __u64 addr;
 };
+_Static_assert(sizeof(struct free_event) == 16, "free_event is FreeEvent in Rust");
 
 struct alloc_event {
     __u32 kind;
@@ -55,6 +56,7 @@ struct alloc_event {
     __u64 cookie;
     __u64 stack[MAX_STACK_DEPTH];
 };
+_Static_assert(sizeof(struct alloc_event) == 1088, "alloc_event is AllocEvent in Rust");
 
 // Per thread: the sampling budget, and the allocation between its entry and its return.
 struct thread_state {
@@ -94,12 +96,9 @@ struct {
     __uint(max_entries, 16 * 1024 * 1024);
 } events SEC(".maps");
 
-
-
 #include "copy.h"
 
 const volatile __u64 sample_bytes = 65536;
-
 
 // A budget drawn uniformly from [sample_bytes / 2, 3 * sample_bytes / 2): the mean is
 // sample_bytes, and the jitter keeps the samples from locking onto a periodic pattern.
@@ -264,6 +263,5 @@ int BPF_UPROBE(free_entry, __u64 ptr)
     on_free_addr(ptr);
     return 0;
 }
-
 
 char LICENSE[] SEC("license") = "GPL";

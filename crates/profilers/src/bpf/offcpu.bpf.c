@@ -39,11 +39,13 @@ struct block_key {
     __u32 pad;
     char comm[TASK_COMM_LEN];
 };
+_Static_assert(sizeof(struct block_key) == 48, "block_key is BlockKey in Rust");
 
 struct block_value {
     __u64 ns;
     __u64 count;
 };
+_Static_assert(sizeof(struct block_value) == 16, "block_value is BlockValue in Rust");
 
 // A thread asleep: when it went off CPU, and the key it will be counted under. `copied`: its
 // user stack went to user space as a copy (DWARF unwinding), so its block is reported through
@@ -73,12 +75,7 @@ COUNTS_MAP(counts1);
 // One stack map for both buffers: a sleeping thread's stack ids must stay valid until it wakes,
 // whatever the drains in between. User space clears it only when it fills, and bumps
 // `generation`; a thread that went to sleep before a clear is counted without its stacks.
-struct {
-    __uint(type, BPF_MAP_TYPE_STACK_TRACE);
-    __uint(max_entries, STACK_ENTRIES);
-    __uint(key_size, sizeof(__u32));
-    __uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
-} stacks SEC(".maps");
+STACK_MAP(stacks, STACK_ENTRIES);
 
 // Per-thread start of the current block, in task-local storage: a switch-in finds it through
 // the task itself, with no hash lookup. `ts` is 0 when the thread is not being tracked.
@@ -88,10 +85,6 @@ struct {
     __type(key, int);
     __type(value, struct start);
 } starts SEC(".maps");
-
-
-
-
 
 
 // A recorded block for the timeline: when it began, how long it lasted, and the key it is
@@ -106,6 +99,7 @@ struct span {
     __u32 state;
     __u32 buffer;
 };
+_Static_assert(sizeof(struct span) == 40, "span is Span in Rust");
 
 // Sized by user space before load.
 struct {
@@ -119,7 +113,6 @@ volatile __u32 active_buffer = 0;
 volatile __u32 generation = 0;
 // Track one switch-out in this many; set by user space from the observed switch rate.
 volatile __u32 sample_every = 1;
-
 
 SEC("tp_btf/sched_switch")
 int BPF_PROG(on_switch, _Bool preempt, struct task_struct *prev, struct task_struct *next)
@@ -154,14 +147,8 @@ int BPF_PROG(on_switch, _Bool preempt, struct task_struct *prev, struct task_str
         s->key.kernel_stack = bpf_get_stackid(ctx, &stacks, 0);
         if (s->key.kernel_stack < 0)
             bump(STAT_KSTACK_FAILED);
-        s->copied = copy_user_stack(prev, prev_tgid, prev_tid, now);
-        if (s->copied) {
-            s->key.user_stack = -1;
-        } else {
-            s->key.user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-            if (s->key.user_stack < 0)
-                bump(STAT_USTACK_FAILED);
-        }
+        s->key.user_stack = user_stack_or_copy(ctx, &stacks, prev, prev_tgid, prev_tid, now,
+                                               &s->copied);
         s->ts = now;
     }
 
@@ -226,6 +213,5 @@ switch_in:;
     bump(STAT_BLOCKS);
     return 0;
 }
-
 
 char LICENSE[] SEC("license") = "GPL";

@@ -49,14 +49,9 @@ int BPF_PROG(on_enter, struct pt_regs *regs, long id)
     s->weight = sampled_weight();
     s->user_stack = -1;
     s->copied = 0;
-    if (s->weight) {
-        s->copied = copy_user_stack(task, pid_tgid >> 32, (__u32)pid_tgid, now);
-        if (!s->copied) {
-            s->user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-            if (s->user_stack < 0)
-                bump(STAT_USTACK_FAILED);
-        }
-    }
+    if (s->weight)
+        s->user_stack = user_stack_or_copy(ctx, &stacks, task, pid_tgid >> 32, (__u32)pid_tgid,
+                                           now, &s->copied);
     s->ts = now;
     return 0;
 }
@@ -79,19 +74,9 @@ int BPF_PROG(on_exit, struct pt_regs *regs, long ret)
     if (!s->weight)
         return 0;
     struct row_key key = {};
-    key.pid = pid;
-    key.tid = (__u32)pid_tgid;
-    key.cgroup_id = bpf_get_current_cgroup_id();
-    key.kernel_stack = -1;
+    current_row_key(&key, s->nr);
     key.user_stack = s->user_stack;
-    key.kind = s->nr;
-    bpf_get_current_comm(&key.comm, sizeof(key.comm));
-    if (s->copied && send_end(pid, key.tid, cookie, key.kind, key.cgroup_id, -1,
-                              delta * s->weight, s->weight, 0, key.comm) == 0) {
-        bump(STAT_TRACKED);
-        return 0;
-    }
-    if (add_row(&key, s->weight, delta * s->weight, 0) != 0)
+    if (count_ended(&key, s->copied, cookie, s->weight, delta * s->weight, 0) != 0)
         bump(STAT_LOST_MAP_FULL);
     bump(STAT_TRACKED);
     return 0;

@@ -40,21 +40,31 @@ pub struct ProcessPlan {
     pub ranges: Vec<Range<u64>>,
 }
 
-/// Size of `struct unwind_plan` in the BPF programs.
-const PLAN_SIZE: usize = 8 + MAX_RANGES * 16;
+/// Bytes of user stack a copy carries (`USTACK_BYTES` in unwind.h).
+pub(crate) const USTACK_BYTES: usize = 8 * 4096;
+
+/// `struct unwind_plan` of unwind.h: a [`ProcessPlan`] as BPF reads it from `dwarf_pids`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UnwindPlan {
+    all: u32,
+    n: u32,
+    /// (start, end) of each range.
+    ranges: [[u64; 2]; MAX_RANGES],
+}
+crate::mechanics::record::record!(UnwindPlan, "unwind_plan", 264);
 
 /// A plan as BPF's `struct unwind_plan` lays it out (`dwarf_pids` values).
 pub(crate) fn encode_plan(plan: &ProcessPlan) -> Vec<u8> {
-    let mut v = Vec::with_capacity(PLAN_SIZE);
-    v.extend_from_slice(&u32::from(plan.all).to_ne_bytes());
-    let n = plan.ranges.len().min(MAX_RANGES);
-    v.extend_from_slice(&(n as u32).to_ne_bytes());
-    for r in plan.ranges.iter().take(MAX_RANGES) {
-        v.extend_from_slice(&r.start.to_ne_bytes());
-        v.extend_from_slice(&r.end.to_ne_bytes());
+    let mut p = UnwindPlan {
+        all: u32::from(plan.all),
+        n: plan.ranges.len().min(MAX_RANGES) as u32,
+        ranges: [[0; 2]; MAX_RANGES],
+    };
+    for (slot, r) in p.ranges.iter_mut().zip(&plan.ranges) {
+        *slot = [r.start, r.end];
     }
-    v.resize(PLAN_SIZE, 0);
-    v
+    crate::mechanics::record::bytes_of(&p).to_vec()
 }
 
 impl ProcessPlan {
