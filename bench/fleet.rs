@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use baton_model::time::now_ms;
 use baton_model::{Batch, Frame, FrameKind, StackSample, ValueType};
 use baton_store::{DuckDbStore, Store};
 
@@ -80,13 +81,6 @@ fn post(a: &ureq::Agent, url: &str, body: &[u8], json: bool) -> anyhow::Result<u
     let code = r.status().as_u16();
     r.into_body().read_to_vec()?;
     Ok(code)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn ingest(url: &str, batches: usize, rows: usize, clients: usize) -> anyhow::Result<()> {

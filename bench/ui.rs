@@ -20,9 +20,7 @@ fn main() -> anyhow::Result<()> {
     let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| "/tmp/baton-ui-bench".into()));
     let mut store = DuckDbStore::open(&dir)?;
     let mut rng = Lcg(7);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    let now = baton_model::time::now_ms();
     let mut labels = Labels::new();
     labels.insert("comm".into(), "synthetic".into());
     labels.insert("pid".into(), "4242".into());

@@ -1,10 +1,11 @@
-//! The dictionary both backends share: frame and stack ids, symbol keys, the `detail` column,
-//! and naming stacks from cached frames.
+//! The dictionary both backends share: frame and stack ids, symbol keys, the ids a store holds
+//! already (so each frame, stack and symbol is written once), and the columns a row's labels
+//! fill.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use baton_model::batch::fnv1a;
-use baton_model::{Frame, FrameKind, NamedStacks, ValueType};
+use baton_model::batch::{fnv1a, Span};
+use baton_model::{Batch, Frame, FrameKind, Labels};
 
 /// Every label of a row that has no column of its own (a profiler's `state=sleeping`, an ad-hoc
 /// script's keys, an ingest's extra labels), as `k=v;k=v` in name order. A `;` in a value
@@ -26,6 +27,7 @@ pub(crate) fn symbol_key(f: &Frame) -> String {
     }
 }
 
+/// A frame's id: a hash of what tells it apart.
 pub(crate) fn frame_id(f: &Frame) -> u64 {
     // Inlined frames share their caller's address: their function tells them apart.
     let inlined = match f.kind {
@@ -41,6 +43,7 @@ pub(crate) fn frame_id(f: &Frame) -> u64 {
     ])
 }
 
+/// A stack's id: a hash of its frame ids, leaf first.
 pub(crate) fn stack_id(frame_ids: &[u64]) -> u64 {
     let bytes: Vec<u8> = frame_ids.iter().flat_map(|i| i.to_le_bytes()).collect();
     fnv1a(&[&bytes])
@@ -77,120 +80,126 @@ impl std::hash::Hasher for IdHash {
     }
 }
 
-/// Per-stack totals as interned names (inlined functions first), from the caches a backend
-/// filled: equal names merge in the tree.
-pub(crate) fn name_stacks(
-    rows: &[(u64, f64)],
-    value_type: Option<ValueType>,
-    stack_cache: &IdMap<Vec<u64>>,
-    name_cache: &IdMap<String>,
-    inlined_cache: &IdMap<Vec<Frame>>,
-) -> NamedStacks {
-    let mut out = NamedStacks {
-        value_type,
-        names: Vec::new(),
-        stacks: Vec::with_capacity(rows.len()),
-    };
-    // Looked up once per frame of every stack (millions for a large profile): a cheap hash of
-    // ids that are already well-mixed FNV hashes.
-    let mut by_frame: HashMap<u64, Vec<u32>, BuildIdHash> =
-        HashMap::with_capacity_and_hasher(4096, BuildIdHash);
-    let mut by_name: HashMap<String, u32> = HashMap::new();
-    for (sid, v) in rows {
-        let Some(fids) = stack_cache.get(sid) else {
-            continue;
-        };
-        let mut idx = Vec::with_capacity(fids.len());
-        for fid in fids {
-            if let Some(is) = by_frame.get(fid) {
-                idx.extend_from_slice(is);
-                continue;
+/// The frames, stacks, symbols and batches a store holds, known at open and kept as it writes.
+#[derive(Default)]
+pub(crate) struct Dictionary {
+    pub frames: HashSet<u64>,
+    pub stacks: HashSet<u64>,
+    pub symbols: HashSet<(String, u64)>,
+    /// User frames whose symbol row exists, so the write path checks a u64, not a string key.
+    pub symbolized: HashSet<u64>,
+    /// Ids of the batches stored through `Store::write_batch_once`.
+    pub batches: HashSet<String>,
+}
+
+/// What a write adds to the dictionary, in the order first seen. It joins the [`Dictionary`]
+/// (through [`Dictionary::commit`]) only once the write succeeded, so a failed write leaves
+/// nothing taken as stored.
+#[derive(Default)]
+pub(crate) struct NewEntries<'a> {
+    pub frames: Vec<(u64, &'a Frame)>,
+    /// A user frame's symbol: (symbol key, file offset) and the frame that has it.
+    pub symbols: Vec<((String, u64), &'a Frame)>,
+    /// Stack id and its frame ids, leaf first.
+    pub stacks: Vec<(u64, Vec<u64>)>,
+    frame_ids: HashSet<u64>,
+    stack_ids: HashSet<u64>,
+    symbol_keys: HashSet<(String, u64)>,
+    symbolized: HashSet<u64>,
+}
+
+impl Dictionary {
+    /// A stack's id, noting in `new` its frames, symbols and itself where the store lacks them.
+    pub(crate) fn intern<'a>(&self, stack: &'a [Frame], new: &mut NewEntries<'a>) -> u64 {
+        let mut fids = Vec::with_capacity(stack.len());
+        for f in stack {
+            let fid = frame_id(f);
+            if !self.frames.contains(&fid) && new.frame_ids.insert(fid) {
+                new.frames.push((fid, f));
             }
-            let Some(name) = name_cache.get(fid) else {
-                continue;
-            };
-            let mut intern = |n: String| {
-                *by_name.entry(n.clone()).or_insert_with(|| {
-                    out.names.push(n);
-                    (out.names.len() - 1) as u32
-                })
-            };
-            let mut is: Vec<u32> = inlined_cache
-                .get(fid)
-                .into_iter()
-                .flatten()
-                .map(|f| intern(f.display_name()))
-                .collect();
-            is.push(intern(name.clone()));
-            idx.extend_from_slice(&is);
-            by_frame.insert(*fid, is);
+            // A frame's symbol is written once; a frame first seen unresolved gets its symbol
+            // when a later batch resolves it.
+            if f.kind == FrameKind::User
+                && f.function.is_some()
+                && !self.symbolized.contains(&fid)
+                && new.symbolized.insert(fid)
+            {
+                let key = (symbol_key(f), f.address);
+                if !self.symbols.contains(&key) && new.symbol_keys.insert(key.clone()) {
+                    new.symbols.push((key, f));
+                }
+            }
+            fids.push(fid);
         }
-        out.stacks.push((idx, *v));
+        let sid = stack_id(&fids);
+        if !self.stacks.contains(&sid) && new.stack_ids.insert(sid) {
+            new.stacks.push((sid, fids));
+        }
+        sid
     }
-    out
-}
 
-/// Caches a frame read back from the store: itself, its display name, and the frames inlined
-/// at its address from a late symbol's chain (JSON `[[name, file, line], …]`, innermost first).
-pub(crate) fn cache_frame(
-    fid: u64,
-    f: Frame,
-    inlined: Option<&str>,
-    frames: &mut IdMap<Frame>,
-    names: &mut IdMap<String>,
-    inlined_frames: &mut IdMap<Vec<Frame>>,
-) {
-    let chain: Vec<(String, Option<String>, Option<u32>)> = inlined
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_default();
-    if !chain.is_empty() {
-        let list = chain
-            .into_iter()
-            .map(|(name, file, line)| Frame {
-                kind: FrameKind::Inlined,
-                function: Some(name),
-                module: f.module.clone(),
-                build_id: f.build_id.clone(),
-                address: f.address,
-                file,
-                line,
-            })
-            .collect();
-        inlined_frames.insert(fid, list);
+    /// Takes what a successful write stored as known.
+    pub(crate) fn commit(&mut self, new: NewEntries<'_>) {
+        self.frames.extend(new.frame_ids);
+        self.stacks.extend(new.stack_ids);
+        self.symbols.extend(new.symbol_keys);
+        self.symbolized.extend(new.symbolized);
     }
-    names.insert(fid, f.display_name());
-    frames.insert(fid, f);
 }
 
-/// The stack ids the timeline's spans name, sorted and without repeats.
-pub(crate) fn span_stack_ids(spans: &[crate::TimelineSpan]) -> Vec<u64> {
-    let mut sids: Vec<u64> = spans
-        .iter()
-        .filter_map(|s| s.stack.as_deref()?.parse().ok())
-        .collect();
-    sids.sort_unstable();
-    sids.dedup();
-    sids
+/// What the `frames` table keeps of a frame besides its key: the name of a frame resolved on
+/// the host (a user frame's is in `symbols`, keyed by build ID and offset), and the source
+/// location of an inlined one.
+pub(crate) fn frame_columns(f: &Frame) -> (Option<&str>, Option<&str>, Option<u32>) {
+    let name = match f.kind {
+        FrameKind::User => None,
+        _ => f.function.as_deref(),
+    };
+    match f.kind {
+        FrameKind::Inlined => (name, f.file.as_deref(), f.line),
+        _ => (name, None, None),
+    }
 }
 
-/// The timeline's stacks: each stack id (in decimal, too wide for JavaScript numbers) to its
-/// function names, leaf first, from the caches a backend filled for those ids.
-pub(crate) fn timeline_stacks(
-    sids: &[u64],
-    stack_cache: &IdMap<Vec<u64>>,
-    name_cache: &IdMap<String>,
-    inlined_cache: &IdMap<Vec<Frame>>,
-) -> std::collections::BTreeMap<String, Vec<String>> {
-    let mut out = std::collections::BTreeMap::new();
-    for &sid in sids {
-        let named = name_stacks(&[(sid, 0.0)], None, stack_cache, name_cache, inlined_cache);
-        if let Some((idx, _)) = named.stacks.first() {
-            let names = idx
-                .iter()
-                .map(|&i| named.names[i as usize].clone())
-                .collect();
-            out.insert(sid.to_string(), names);
+/// The label columns of a sample, histogram or span row.
+pub(crate) struct LabelColumns<'a> {
+    pub host: Option<&'a str>,
+    pub service: Option<&'a str>,
+    pub comm: Option<&'a str>,
+    pub exe: Option<&'a str>,
+    pub cgroup: Option<&'a str>,
+    pub pid: Option<i32>,
+    pub tid: Option<i32>,
+    pub run: Option<i64>,
+}
+
+impl<'a> LabelColumns<'a> {
+    pub(crate) fn of(labels: Option<&'a Labels>) -> LabelColumns<'a> {
+        let l = |k: &str| labels.and_then(|ls| ls.get(k)).map(String::as_str);
+        LabelColumns {
+            host: l("host"),
+            service: l("service"),
+            comm: l("comm"),
+            exe: l("exe"),
+            cgroup: l("cgroup"),
+            pid: l("pid").and_then(|v| v.parse().ok()),
+            tid: l("tid").and_then(|v| v.parse().ok()),
+            run: l("run").and_then(|v| v.parse().ok()),
         }
     }
-    out
+}
+
+/// A span's sample (by index, when it names one of the batch's), and the labels it takes: its
+/// sample's, or the batch's first sample's when it has none (one batch is one host's, and one
+/// run's).
+pub(crate) fn span_source<'a>(batch: &'a Batch, sp: &Span) -> (Option<usize>, LabelColumns<'a>) {
+    let own = sp
+        .sample
+        .map(|i| i as usize)
+        .filter(|&i| i < batch.samples.len());
+    let labels = own.or((!batch.samples.is_empty()).then_some(0));
+    (
+        own,
+        LabelColumns::of(labels.map(|i| &batch.samples[i].labels)),
+    )
 }

@@ -10,7 +10,10 @@ mod clickhouse;
 mod dict;
 mod duck;
 mod query;
+mod read;
 mod schema;
+/// A throwaway ClickHouse server, and the benchmarks' hooks: for tests and benchmarks only.
+#[cfg(feature = "test-support")]
 pub mod testserver;
 
 pub use clickhouse::{ClickHouseStats, ClickHouseStore, ClickHouseUrl, CLICKHOUSE_SCHEMA_VERSION};

@@ -7,6 +7,15 @@ pub const LABEL_COLUMNS: &[&str] = &[
     "comm", "pid", "tid", "exe", "cgroup", "host", "run", "service",
 ];
 
+/// The column of a label that can be grouped on.
+pub(crate) fn label_column(label: &str) -> Result<&'static str, StoreError> {
+    LABEL_COLUMNS
+        .iter()
+        .find(|c| **c == label)
+        .copied()
+        .ok_or_else(|| StoreError::UnknownLabel(label.to_string()))
+}
+
 /// The built-in profilers' own labels. They, and any other label without a column (an ad-hoc
 /// script's keys, an ingest's extra labels), are stored together in the `detail` column as
 /// `k=v;k=v`, and can be filtered on (`state=sleeping`, `syscall!=futex`, `op~write.*`) like the

@@ -6,6 +6,7 @@
 use std::sync::OnceLock;
 
 use baton_model::batch::{Span, SpanKind};
+use baton_model::sync::lock;
 use baton_model::{Batch, Frame, FrameKind, Histogram, Labels, StackSample, ValueType};
 use baton_store::{
     ClickHouseStore, ClickHouseUrl, DuckDbStore, Filter, FilterOp, LateSymbol, Point, Query, Store,
@@ -30,9 +31,7 @@ fn server() -> &'static std::sync::Mutex<Option<ClickHouse>> {
 
 /// A fresh database on the suite's ClickHouse server.
 fn clickhouse(name: &str) -> ClickHouseStore {
-    let port = server()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let port = lock(server())
         .as_ref()
         .map(|c| c.http_port)
         .expect("server");
@@ -585,9 +584,7 @@ fn a_reopened_clickhouse_store_knows_its_dictionaries_and_batches() {
 fn a_retried_batch_stores_each_table_once_on_clickhouse() {
     let mut s = clickhouse("retry");
     let ch = |sql: &str| {
-        server()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(server())
             .as_ref()
             .expect("server")
             .exec(sql)

@@ -1,0 +1,375 @@
+//! The read path both backends share. Every view starts from one aggregation (weighted totals
+//! per stack id); the stacks and frames those ids name are read once and cached, since both are
+//! immutable once written. A backend answers only the few primitives of [`Backend`]; profiles,
+//! named stacks, timeline stacks and merged histograms are built here, once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use baton_model::{
+    Frame, FrameKind, Histogram, Labels, NamedStacks, Profile, StackSample, ValueType,
+};
+
+use crate::dict::{BuildIdHash, IdMap};
+use crate::{Point, Query, StoreError, Timeline, TimelineQuery, TimelineSpan, Unsymbolized};
+
+/// A frame as a backend reads it back: its id, the frame with its symbol applied, and the
+/// functions inlined at its address from a late symbol (JSON `[[name, file, line], …]`,
+/// innermost first), when it has them.
+pub(crate) type StoredFrame = (u64, Frame, Option<String>);
+
+/// One summed histogram bucket: (name, unit, key, le, count).
+pub(crate) type BucketRow = (String, String, String, u64, f64);
+
+/// What a backend reads for the shared path. Ids come in chunks of at most [`Backend::ID_CHUNK`].
+pub(crate) trait Backend {
+    /// Most ids in one `IN (…)` list.
+    const ID_CHUNK: usize;
+    /// Weighted totals per stack id for a query: the one aggregation every view starts from.
+    fn stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64)>, StoreError>;
+    /// The value type of the query's samples (one profiler has one value type).
+    fn value_type(&mut self, q: &Query) -> Result<Option<ValueType>, StoreError>;
+    /// The stored stacks among `ids`, each with its comma-separated frame ids, leaf first.
+    fn stacks(&mut self, ids: &[u64]) -> Result<Vec<(u64, String)>, StoreError>;
+    /// The stored frames among `ids`, with their symbols.
+    fn frames(&mut self, ids: &[u64]) -> Result<Vec<StoredFrame>, StoreError>;
+    /// The query's histogram buckets summed per (name, unit, key, le), in (name, key, le)
+    /// order.
+    fn histogram_buckets(&mut self, q: &Query) -> Result<Vec<BucketRow>, StoreError>;
+    /// Spans that overlap the query's window, in start order, at most `limit + 1`.
+    fn spans(&mut self, q: &TimelineQuery) -> Result<Vec<TimelineSpan>, StoreError>;
+    /// Weighted totals per time bucket of `step_ms`.
+    fn timeseries(&mut self, q: &Query, step_ms: i64) -> Result<Vec<Point>, StoreError>;
+    /// Distinct values of a label column in the range, most weighted first.
+    fn label_values(&mut self, q: &Query, col: &str, limit: usize) -> Result<Totals, StoreError>;
+}
+
+/// The [`crate::Store`] methods every backend answers alike, written once: the read path over
+/// the store's [`Backend`] (`self.$backend`) and [`Cache`] (`self.cache`), and writes by batch
+/// id over its dictionary (`self.dict`) and its `write_in(batch, id)`.
+macro_rules! shared_store_methods {
+    ($backend:ident) => {
+        fn write_batch(&mut self, batch: &baton_model::Batch) -> Result<(), $crate::StoreError> {
+            self.write_in(batch, None)
+        }
+
+        fn write_batch_once(
+            &mut self,
+            batch: &baton_model::Batch,
+            batch_id: &str,
+            host: Option<&str>,
+        ) -> Result<bool, $crate::StoreError> {
+            if self.dict.batches.contains(batch_id) {
+                return Ok(false);
+            }
+            self.write_in(batch, Some((batch_id, host)))?;
+            self.dict.batches.insert(batch_id.to_string());
+            Ok(true)
+        }
+
+        fn profile(
+            &mut self,
+            q: &$crate::Query,
+        ) -> Result<baton_model::Profile, $crate::StoreError> {
+            self.cache.profile(&mut self.$backend, q)
+        }
+
+        fn named_stacks(
+            &mut self,
+            q: &$crate::Query,
+        ) -> Result<baton_model::NamedStacks, $crate::StoreError> {
+            self.cache.named_stacks(&mut self.$backend, q)
+        }
+
+        fn timeline(
+            &mut self,
+            q: &$crate::TimelineQuery,
+        ) -> Result<$crate::Timeline, $crate::StoreError> {
+            self.cache.timeline(&mut self.$backend, q)
+        }
+
+        fn histograms(
+            &mut self,
+            q: &$crate::Query,
+        ) -> Result<Vec<baton_model::Histogram>, $crate::StoreError> {
+            $crate::read::histograms(&mut self.$backend, q)
+        }
+
+        fn timeseries(
+            &mut self,
+            q: &$crate::Query,
+            step_ms: i64,
+        ) -> Result<Vec<$crate::Point>, $crate::StoreError> {
+            $crate::read::Backend::timeseries(&mut self.$backend, q, step_ms)
+        }
+
+        fn label_values(
+            &mut self,
+            q: &$crate::Query,
+            label: &str,
+            limit: usize,
+        ) -> Result<Vec<(String, f64)>, $crate::StoreError> {
+            let col = $crate::query::label_column(label)?;
+            $crate::read::Backend::label_values(&mut self.$backend, q, col, limit)
+        }
+    };
+}
+pub(crate) use shared_store_methods;
+
+/// Label values and their weighted totals, most weighted first.
+pub(crate) type Totals = Vec<(String, f64)>;
+
+/// `1,2,3`: ids for an `IN (…)` list.
+pub(crate) fn id_list(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Stacks and frames read back for queries.
+#[derive(Default)]
+pub(crate) struct Cache {
+    frames: IdMap<Frame>,
+    /// Display name of each cached frame, computed once.
+    names: IdMap<String>,
+    /// Frames inlined at a user frame's address, leaf first, from a late symbol.
+    inlined: IdMap<Vec<Frame>>,
+    stacks: IdMap<Vec<u64>>,
+}
+
+impl Cache {
+    /// Forgets everything: frames read before symbols were added were read without them (and
+    /// cached stacks are taken to have their frames cached, so they go too).
+    pub(crate) fn clear(&mut self) {
+        self.frames.clear();
+        self.names.clear();
+        self.inlined.clear();
+        self.stacks.clear();
+    }
+
+    /// Weighted samples of the query, aggregated per stack, with frames resolved.
+    pub(crate) fn profile<B: Backend>(
+        &mut self,
+        b: &mut B,
+        q: &Query,
+    ) -> Result<Profile, StoreError> {
+        let rows = b.stack_totals(q)?;
+        let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        self.fill(b, &ids)?;
+        let value_type = b.value_type(q)?.unwrap_or_else(ValueType::cpu_nanoseconds);
+        let mut p = Profile::new(value_type);
+        p.start_unix_ns = q.from_ms.saturating_mul(1_000_000);
+        p.duration_ns = (q.to_ms - q.from_ms).saturating_mul(1_000_000);
+        for (sid, v) in rows {
+            let stack: Vec<Frame> = self
+                .stacks
+                .get(&sid)
+                .map(|fids| {
+                    fids.iter()
+                        .flat_map(|f| {
+                            let inlined = self.inlined.get(f).into_iter().flatten();
+                            inlined.chain(self.frames.get(f)).cloned()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Weighted sums are already applied; carry them as value with weight 1.
+            p.samples.push(StackSample {
+                stack,
+                labels: Labels::new(),
+                value: v.round() as i64,
+                weight: 1.0,
+                value_index: 0,
+            });
+        }
+        Ok(p)
+    }
+
+    /// The same stacks as [`Cache::profile`], as interned names.
+    pub(crate) fn named_stacks<B: Backend>(
+        &mut self,
+        b: &mut B,
+        q: &Query,
+    ) -> Result<NamedStacks, StoreError> {
+        let rows = b.stack_totals(q)?;
+        let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        self.fill(b, &ids)?;
+        let value_type = b.value_type(q)?;
+        Ok(self.name_stacks(&rows, value_type))
+    }
+
+    /// Timeline spans, and the stacks they name: function names, leaf first, keyed by the
+    /// stack id in decimal (too wide for JavaScript numbers).
+    pub(crate) fn timeline<B: Backend>(
+        &mut self,
+        b: &mut B,
+        q: &TimelineQuery,
+    ) -> Result<Timeline, StoreError> {
+        let mut spans = b.spans(q)?;
+        let truncated = spans.len() > q.limit;
+        spans.truncate(q.limit);
+        let mut sids: Vec<u64> = spans
+            .iter()
+            .filter_map(|s| s.stack.as_deref()?.parse().ok())
+            .collect();
+        sids.sort_unstable();
+        sids.dedup();
+        self.fill(b, &sids)?;
+        let mut stacks = BTreeMap::new();
+        for &sid in &sids {
+            let named = self.name_stacks(&[(sid, 0.0)], None);
+            if let Some((idx, _)) = named.stacks.first() {
+                let names = idx
+                    .iter()
+                    .map(|&i| named.names[i as usize].clone())
+                    .collect();
+                stacks.insert(sid.to_string(), names);
+            }
+        }
+        Ok(Timeline {
+            spans,
+            stacks,
+            truncated,
+        })
+    }
+
+    /// Loads the stacks of `ids`, and their frames, that are not cached yet.
+    fn fill<B: Backend>(&mut self, b: &mut B, ids: &[u64]) -> Result<(), StoreError> {
+        let missing: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|i| !self.stacks.contains_key(i))
+            .collect();
+        let mut fresh: Vec<(u64, Vec<u64>)> = Vec::with_capacity(missing.len());
+        for chunk in missing.chunks(B::ID_CHUNK) {
+            for (sid, text) in b.stacks(chunk)? {
+                let frames = text.split(',').filter_map(|s| s.parse().ok()).collect();
+                fresh.push((sid, frames));
+            }
+        }
+        // Only the new stacks' frames can be missing: a cached stack's frames were read with it,
+        // and clearing the frame caches clears the stack cache too.
+        let mut need: Vec<u64> = fresh
+            .iter()
+            .flat_map(|(_, f)| f.iter().copied())
+            .filter(|f| !self.frames.contains_key(f))
+            .collect();
+        need.sort_unstable();
+        need.dedup();
+        for chunk in need.chunks(B::ID_CHUNK) {
+            for (fid, f, inlined) in b.frames(chunk)? {
+                self.insert_frame(fid, f, inlined.as_deref());
+            }
+        }
+        // Stacks join the cache once their frames are in it.
+        self.stacks.extend(fresh);
+        Ok(())
+    }
+
+    /// Caches a frame read back from the store: itself, its display name, and the frames
+    /// inlined at its address from a late symbol's chain.
+    fn insert_frame(&mut self, fid: u64, f: Frame, inlined: Option<&str>) {
+        let chain: Vec<(String, Option<String>, Option<u32>)> = inlined
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default();
+        if !chain.is_empty() {
+            let list = chain
+                .into_iter()
+                .map(|(name, file, line)| Frame {
+                    kind: FrameKind::Inlined,
+                    function: Some(name),
+                    module: f.module.clone(),
+                    build_id: f.build_id.clone(),
+                    address: f.address,
+                    file,
+                    line,
+                })
+                .collect();
+            self.inlined.insert(fid, list);
+        }
+        self.names.insert(fid, f.display_name());
+        self.frames.insert(fid, f);
+    }
+
+    /// Per-stack totals as interned names (inlined functions first), from the cache: equal
+    /// names merge in the tree.
+    fn name_stacks(&self, rows: &[(u64, f64)], value_type: Option<ValueType>) -> NamedStacks {
+        let mut out = NamedStacks {
+            value_type,
+            names: Vec::new(),
+            stacks: Vec::with_capacity(rows.len()),
+        };
+        // Looked up once per frame of every stack (millions for a large profile): a cheap hash
+        // of ids that are already well-mixed FNV hashes.
+        let mut by_frame: HashMap<u64, Vec<u32>, BuildIdHash> =
+            HashMap::with_capacity_and_hasher(4096, BuildIdHash);
+        let mut by_name: HashMap<String, u32> = HashMap::new();
+        for (sid, v) in rows {
+            let Some(fids) = self.stacks.get(sid) else {
+                continue;
+            };
+            let mut idx = Vec::with_capacity(fids.len());
+            for fid in fids {
+                if let Some(is) = by_frame.get(fid) {
+                    idx.extend_from_slice(is);
+                    continue;
+                }
+                let Some(name) = self.names.get(fid) else {
+                    continue;
+                };
+                let mut intern = |n: String| {
+                    *by_name.entry(n.clone()).or_insert_with(|| {
+                        out.names.push(n);
+                        (out.names.len() - 1) as u32
+                    })
+                };
+                let mut is: Vec<u32> = self
+                    .inlined
+                    .get(fid)
+                    .into_iter()
+                    .flatten()
+                    .map(|f| intern(f.display_name()))
+                    .collect();
+                is.push(intern(name.clone()));
+                idx.extend_from_slice(&is);
+                by_frame.insert(*fid, is);
+            }
+            out.stacks.push((idx, *v));
+        }
+        out
+    }
+}
+
+/// The query's histograms, merged per (name, key), each labelled with `profiler` only.
+pub(crate) fn histograms<B: Backend>(b: &mut B, q: &Query) -> Result<Vec<Histogram>, StoreError> {
+    let mut out: Vec<Histogram> = Vec::new();
+    for (name, unit, key, le, count) in b.histogram_buckets(q)? {
+        let same = out
+            .last()
+            .is_some_and(|h| h.name == name && h.key == key && h.unit == unit);
+        if !same {
+            let mut labels = Labels::new();
+            labels.insert("profiler".into(), q.profiler.clone());
+            out.push(Histogram::new(&name, &unit, &key, labels));
+        }
+        if let Some(h) = out.last_mut() {
+            h.add(le, count);
+        }
+    }
+    Ok(out)
+}
+
+/// The first build IDs' offsets, `limit` offsets in all.
+pub(crate) fn first_offsets(
+    groups: impl IntoIterator<Item = Unsymbolized>,
+    limit: usize,
+) -> Vec<Unsymbolized> {
+    let mut out = Vec::new();
+    let mut left = limit;
+    for mut u in groups {
+        if left == 0 {
+            break;
+        }
+        u.offsets.truncate(left);
+        left -= u.offsets.len();
+        out.push(u);
+    }
+    out
+}
