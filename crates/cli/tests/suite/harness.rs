@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod fleet;
+
 pub fn baton() -> Command {
     Command::new(env!("CARGO_BIN_EXE_baton"))
 }
