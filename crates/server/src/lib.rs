@@ -13,13 +13,14 @@
 //! Query parameters: `profiler` (default `cpu`), `since` (e.g. `15m`, default `1h`) or
 //! `from`/`to` in Unix milliseconds, and any number of `filter=label=value` (`!=`, `~` too).
 //!
-//! Layout: `state` (what handlers share), `router` (the local and fleet routes),
-//! `handlers` (UI, queries, status), [`runs`], [`fleet`], [`ingest`], `flame` (the flame
+//! Layout: `state` (what handlers share), `router` (the local and fleet routes), `handlers`
+//! (UI, queries, status), [`runs`], [`fleet`], [`ingest`], [`debuginfo`], `flame` (the flame
 //! graph's encodings), `metrics` (the `/metrics` table), [`api`] (every JSON body), [`auth`],
 //! [`tls`].
 
 pub mod api;
 pub mod auth;
+pub mod debuginfo;
 mod error;
 mod flame;
 pub mod fleet;

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::handlers::{info, query, ui};
-use crate::{auth, fleet, ingest, metrics, runs, tls, AppState};
+use crate::{auth, debuginfo, fleet, ingest, metrics, runs, tls, AppState};
 
 /// The largest pprof upload.
 const INGEST_LIMIT: usize = 64 << 20;
@@ -65,8 +65,8 @@ fn fleet_routes() -> Router<AppState> {
         )
         .route(
             "/api/v1/debuginfo/{build_id}",
-            get(ingest::has_debuginfo)
-                .put(ingest::put_debuginfo)
+            get(debuginfo::has_debuginfo)
+                .put(debuginfo::put_debuginfo)
                 .layer(DefaultBodyLimit::max(DEBUGINFO_LIMIT)),
         )
 }

@@ -1,5 +1,5 @@
 //! The runs API: submit an on-demand run, list, show and cancel, over this host's scheduler;
-//! on a fleet server the same routes go to [`crate::fleet::handlers`].
+//! on a fleet server the same routes go to `fleet::handlers`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
