@@ -76,7 +76,7 @@ impl ExecEvents {
 
     /// Events lost because the ring buffer was full.
     pub fn dropped(&self) -> u64 {
-        crate::raw::u64_value(&self.skel.maps.dropped, &0u32.to_ne_bytes()).unwrap_or(0)
+        crate::mechanics::maps::u64_value(&self.skel.maps.dropped, &0u32.to_ne_bytes()).unwrap_or(0)
     }
 }
 

@@ -1,8 +1,27 @@
 //! The profiler registry and the BPF profilers that run on this host.
 //!
-//! Every profiler is declared once, in [`registry`], and implements [`Profiler`] in its own
-//! module. BPF C lives in
-//! `src/bpf/<name>.bpf.c` and is compiled into a skeleton by `build.rs`.
+//! Every profiler implements [`Profiler`] in its own module, which declares its own
+//! [`baton_model::ProfilerInfo`]; [`registry`] lists them. The crate is laid out by concern:
+//!
+//! - `profiler.rs`: the [`Profiler`] trait and what a drain hands back ([`Drained`]).
+//! - `registry.rs`: the list of built-in profilers, and the live config's ad-hoc ones.
+//! - `profilers/`: one module per built-in profiler (`cpu`, `offcpu`, `malloc`, `calls`,
+//!   `latency`, and `syscalls`, `locks`, `io` on the generic `events` profiler). A new BPF
+//!   profiler (a GPU or allocator profiler) is a module here, a `src/bpf/<name>.bpf.c`, and an
+//!   entry in the registry.
+//! - `mechanics/`: what profilers are built from, owned by none: BPF records and their checked
+//!   decoding (`record`), skeleton start-up (`skel`), map reads (`maps`), ring readers (`ring`),
+//!   perf events (`perf`), uprobe targets (`uprobe`), user-stack copies (`copies`) and DWARF
+//!   unwinding (`unwind`). A new way to get stacks (an interpreter unwinder for Python or the
+//!   JVM) is a module here, used by the profilers that want it.
+//! - `adhoc/`: ad-hoc profilers, bpftrace scripts from the config: their definition (`def`),
+//!   the bpftrace process (`process`) and the parsing of its output (`parse`).
+//! - `exec.rs`, `sys.rs`: the exec watcher for triggers, and host facts (privileges, CPUs).
+//! - `src/bpf/`: the BPF C. `build.rs` compiles every `<name>.bpf.c` into a skeleton; shared
+//!   headers are `base.h` (targets, fork following, counters, stack maps), `unwind.h` (plans and
+//!   stack copying), `copy.h` (the copy ring of event profilers) and `common.h` (rows and
+//!   histograms of the `events` profilers). Every struct C and Rust share has a size assertion
+//!   on both sides (see `mechanics/record.rs`).
 
 /// Includes the skeleton `build.rs` generated from `src/bpf/NAME.bpf.c` as a private module
 /// `skel`.
@@ -23,30 +42,18 @@ macro_rules! bpf_skel {
 }
 
 pub mod adhoc;
-pub mod calls;
-mod copies;
-pub mod cpu;
-mod events;
 pub mod exec;
-pub mod io;
-pub mod latency;
-pub mod locks;
-pub mod malloc;
 mod mechanics;
-pub mod offcpu;
-mod perf;
 pub mod profiler;
-mod raw;
+mod profilers;
 pub mod registry;
-mod ring;
 pub mod sys;
-pub mod syscalls;
-pub mod unwind;
-pub mod uprobe;
 
-pub use cpu::{CpuOptions, CpuProfiler, RawSample, UserStackOrigin, Window};
+pub use mechanics::{unwind, uprobe};
+pub use profilers::{calls, cpu, io, latency, locks, malloc, offcpu, syscalls};
+
+pub use mechanics::perf::SamplingEvent;
 pub use mechanics::record::{bad_records, RecordError};
-pub use perf::SamplingEvent;
 pub use profiler::{Drained, Event, Profiler, ProfilerStats, RawHistogram, RawSpan, StartOptions};
 
 /// Errors from loading, attaching or reading a profiler.
@@ -59,7 +66,7 @@ pub enum ProfilerError {
     Permission,
     #[error("unknown profiler {name:?}; available profilers: {available}")]
     UnknownProfiler { name: String, available: String },
-    #[error("frequency {0} Hz is out of range; use 1 to {max} Hz", max = cpu::MAX_FREQUENCY_HZ)]
+    #[error("frequency {0} Hz is out of range; use 1 to {max} Hz", max = profilers::cpu::MAX_FREQUENCY_HZ)]
     BadFrequency(u64),
     #[error("process {0} does not exist (check the pid with `ps -p {0}`)")]
     NoSuchProcess(u32),

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use baton_model::ProfilerInfo;
 
-use crate::unwind::UnwindStats;
+use crate::mechanics::unwind::UnwindStats;
 use crate::ProfilerError;
 
 /// How any profiler is started. Profiler-specific settings are in `options`, checked against

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use baton_model::sync::lock;
 use libbpf_rs::{MapCore, MapFlags};
 
+use crate::mechanics::maps::percpu_sum;
 use crate::mechanics::record::{comm, decode, decode_with_tail, kind_of, record};
-use crate::raw::percpu_sum;
-use crate::ring::RingReader;
-use crate::unwind::{encode_plan, DwarfUnwinder, UnwindStats, USTACK_BYTES};
+use crate::mechanics::ring::RingReader;
+use crate::mechanics::unwind::{encode_plan, DwarfUnwinder, UnwindStats, USTACK_BYTES};
 use crate::ProfilerError;
 
 /// `struct copy_event` of copy.h without its trailing `stack[USTACK_BYTES]`, which is read

@@ -83,7 +83,7 @@ impl Followed {
 
     /// Live targets without probes yet, marked as handled (an attach that fails is not retried).
     pub(crate) fn new_children(&mut self, targets: &dyn MapCore) -> Vec<u32> {
-        crate::raw::pids_of(targets)
+        crate::mechanics::maps::pids_of(targets)
             .into_iter()
             .filter(|&pid| self.attached.insert(pid) && crate::sys::process_alive(pid))
             .collect()

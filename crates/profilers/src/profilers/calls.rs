@@ -12,14 +12,56 @@ use std::time::Duration;
 
 use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
 
+use crate::mechanics::maps::{clear_if_half_full, drain_hists, percpu_sum, pids_of, StackReader};
 use crate::mechanics::record::{comm, decode, record};
 use crate::mechanics::skel::open_targeted;
-use crate::raw::{clear_if_half_full, drain_hists, percpu_sum, pids_of, StackReader};
-use crate::uprobe::{functions_matching, resolve_binary, Followed};
+use crate::mechanics::uprobe::{functions_matching, resolve_binary, Followed};
 use crate::{Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
+
+use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
 
 bpf_skel!("calls");
 use skel::{CallsSkel, CallsSkelBuilder};
+
+/// What the profiler declares: the registry lists it.
+pub static INFO: ProfilerInfo = ProfilerInfo {
+    name: "calls",
+    description: "call counts of the functions matching a pattern (uprobes, as funccount), \
+                  per stack, with an optional latency histogram per function",
+    claims: &[Claim {
+        resource: "uprobe",
+        shared: Some(8),
+    }],
+    values: &[ValueInfo {
+        kind: "calls",
+        unit: "count",
+        help: "calls of the probed functions",
+    }],
+    histograms: &["call_latency"],
+    labels: &["function"],
+    default_frequency: 0,
+    max_frequency: 0,
+    default_rate: "every call of the chosen functions (at most 1,000 functions)",
+    cost: CostClass::High,
+    options: &[
+        OptionInfo {
+            name: "probe",
+            default: "",
+            help: "[BINARY:]PATTERN: functions to count, a glob (BINARY: a path or a library \
+                   name such as libc; default the target's executable)",
+        },
+        OptionInfo {
+            name: "latency",
+            default: "false",
+            help: "also time each call (uretprobes) into a histogram per function",
+        },
+        OptionInfo {
+            name: "stacks",
+            default: "true",
+            help: "count per user stack (false: per function only, cheaper)",
+        },
+    ],
+};
 
 /// Most functions one run may probe.
 const MAX_FUNCTIONS: usize = 1000;
@@ -63,7 +105,7 @@ pub struct CallsProfiler {
 
 impl CallsProfiler {
     pub fn start(o: &StartOptions) -> Result<CallsProfiler, ProfilerError> {
-        let info = &crate::registry::CALLS;
+        let info = &INFO;
         let bad = |message: String| ProfilerError::BadOption {
             profiler: info.name,
             message,
@@ -115,7 +157,7 @@ impl CallsProfiler {
                 p.attach(-1, path)?;
             }
             Some(pids) => {
-                crate::raw::add_targets(&p.skel.maps.targets, pids)?;
+                crate::mechanics::maps::add_targets(&p.skel.maps.targets, pids)?;
                 for &pid in pids {
                     let path = match &o.pending_exec {
                         Some(exe) if p.binary.is_empty() => exe.clone(),
@@ -200,7 +242,7 @@ pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, Pr
 
 impl crate::Profiler for CallsProfiler {
     fn info(&self) -> &'static baton_model::ProfilerInfo {
-        &crate::registry::CALLS
+        &INFO
     }
 
     fn drain(&mut self) -> Result<Drained, ProfilerError> {

@@ -19,17 +19,46 @@ use std::time::{Duration, Instant};
 use baton_model::sync::lock;
 use libbpf_rs::{Link, MapCore, MapFlags};
 
+use crate::mechanics::maps::{percpu_sum, StackEntry, StackReader};
+use crate::mechanics::perf::{open_sampling_event, SamplingEvent};
 use crate::mechanics::record::{addresses, comm, decode, decode_with_tail, record};
+use crate::mechanics::ring::{RingCollector, RingReader};
 use crate::mechanics::skel::open_targeted;
-use crate::perf::{open_sampling_event, SamplingEvent};
-use crate::raw::{percpu_sum, StackEntry, StackReader};
-use crate::ring::{RingCollector, RingReader};
+use crate::mechanics::unwind::{encode_plan, DwarfUnwinder, USTACK_BYTES};
 use crate::sys;
-use crate::unwind::{encode_plan, DwarfUnwinder, USTACK_BYTES};
 use crate::{ProfilerError, ProfilerStats};
+
+use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
 
 bpf_skel!("cpu");
 use skel::{CpuSkel, CpuSkelBuilder};
+
+/// What the profiler declares: the registry lists it.
+pub static INFO: ProfilerInfo = ProfilerInfo {
+    name: "cpu",
+    description: "on-CPU stacks sampled on a perf event (cycles, else cpu-clock)",
+    // Sampling on `cycles` where a PMU exists: one PMU user per host.
+    claims: &[Claim {
+        resource: "pmu",
+        shared: None,
+    }],
+    values: &[ValueInfo {
+        kind: "cpu",
+        unit: "nanoseconds",
+        help: "CPU time, estimated as samples × the sampling period",
+    }],
+    histograms: &[],
+    labels: &[],
+    default_frequency: DEFAULT_CONTINUOUS_HZ,
+    max_frequency: 999,
+    default_rate: "19 Hz continuous, 99 Hz for record, per CPU",
+    cost: CostClass::Low,
+    options: &[OptionInfo {
+        name: "timeline",
+        default: "on",
+        help: "on: each frame-pointer sample's time goes to the timeline too; off: counts only",
+    }],
+};
 
 /// Highest sampling frequency accepted; perf's default ceiling is far above what a profiler of
 /// production hosts should use.
@@ -256,12 +285,15 @@ impl CpuProfiler {
         };
         if let Some(d) = &mut dwarf {
             for &pid in opts.targets.iter().flatten() {
-                if let Some(maps) = crate::copies::maps_to_plan(pid) {
+                if let Some(maps) = crate::mechanics::copies::maps_to_plan(pid) {
                     plan_pid(d, &skel.maps.dwarf_pids, pid, &maps);
                 }
             }
         }
-        crate::raw::add_targets(&skel.maps.targets, opts.targets.as_deref().unwrap_or(&[]))?;
+        crate::mechanics::maps::add_targets(
+            &skel.maps.targets,
+            opts.targets.as_deref().unwrap_or(&[]),
+        )?;
         let mut links: Vec<Link> = fork_link.into_iter().collect();
 
         let cpus = sys::online_cpus().map_err(ProfilerError::CpuList)?;
@@ -343,7 +375,7 @@ impl CpuProfiler {
 
     /// Pids in the targeted set (grows as children are followed).
     pub fn target_pids(&self) -> Vec<u32> {
-        crate::raw::pids_of(&self.skel.maps.targets)
+        crate::mechanics::maps::pids_of(&self.skel.maps.targets)
     }
 
     /// Pids that have samples in the filling buffer, without draining it. Lets the agent
@@ -469,7 +501,7 @@ impl CpuProfiler {
             t.pending = keep;
         }
         // Clear the whole idle stack map, including stacks whose count could not be stored.
-        crate::raw::clear(stacks);
+        crate::mechanics::maps::clear(stacks);
         if let Some(d) = &mut self.dwarf {
             // Copies taken before the flip are in the ring: wait for one more pass over it.
             d.reader.flush_within(Duration::from_millis(500));
@@ -588,13 +620,13 @@ pub(crate) fn start_dyn(
         follow_forks: o.follow_forks,
         force_cpu_clock: o.force_cpu_clock,
         dwarf: o.dwarf,
-        timeline: o.option(&crate::registry::CPU, "timeline") != "off",
+        timeline: o.option(&INFO, "timeline") != "off",
     })?))
 }
 
 impl crate::Profiler for CpuProfiler {
     fn info(&self) -> &'static baton_model::ProfilerInfo {
-        &crate::registry::CPU
+        &INFO
     }
 
     fn drain(&mut self) -> Result<crate::Drained, ProfilerError> {

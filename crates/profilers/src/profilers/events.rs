@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use libbpf_rs::{Link, MapCore, MapFlags};
 
-use crate::copies::CopyReader;
+use crate::mechanics::copies::CopyReader;
+use crate::mechanics::maps::{clear_if_half_full, drain_hists, percpu_sum, StackReader};
 use crate::mechanics::record::{comm, decode, record};
-use crate::raw::{clear_if_half_full, drain_hists, percpu_sum, StackReader};
 use crate::{Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
 
 /// What the generic code needs of a skeleton built on `common.h`.
@@ -33,7 +33,7 @@ pub(crate) trait EventSkel {
 /// Implements [`EventSkel`] for a generated skeleton type.
 macro_rules! event_skel {
     ($skel:ident) => {
-        impl crate::events::EventSkel for $skel<'static> {
+        impl crate::profilers::events::EventSkel for $skel<'static> {
             fn rows(&self) -> &dyn libbpf_rs::MapCore {
                 &self.maps.rows
             }
@@ -152,7 +152,7 @@ impl<S: EventSkel> EventProfiler<S> {
             o.dwarf,
             o.targets.as_deref(),
         )?;
-        crate::raw::add_targets(skel.targets(), o.targets.as_deref().unwrap_or(&[]))?;
+        crate::mechanics::maps::add_targets(skel.targets(), o.targets.as_deref().unwrap_or(&[]))?;
         Ok(EventProfiler {
             copies,
             skel,
@@ -285,7 +285,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
     }
 
     fn target_pids(&self) -> Vec<u32> {
-        crate::raw::pids_of(self.skel.targets())
+        crate::mechanics::maps::pids_of(self.skel.targets())
     }
 
     /// Sets stack sampling from the event rate since the last call, so about `budget` events

@@ -3,12 +3,49 @@
 //! latency, bytes and requests per (thread, operation, stacks), and a latency histogram per
 //! (process, operation).
 
-use crate::events::{attach_all, event_skel, EventProfiler, RowValue, Spec};
 use crate::mechanics::skel::open_copying;
+use crate::profilers::events::{attach_all, event_skel, EventProfiler, RowValue, Spec};
 use crate::{ProfilerError, StartOptions};
+
+use baton_model::{Claim, CostClass, ProfilerInfo, ValueInfo};
 
 bpf_skel!("io");
 use skel::{IoSkel, IoSkelBuilder};
+
+/// What the profiler declares: the registry lists it.
+pub static INFO: ProfilerInfo = ProfilerInfo {
+    name: "io",
+    description: "block I/O latency, bytes and requests per process, operation and stack, \
+                  from the block tracepoints",
+    claims: &[Claim {
+        resource: "tracepoint:block",
+        shared: Some(4),
+    }],
+    values: &[
+        ValueInfo {
+            kind: "io_time",
+            unit: "nanoseconds",
+            help: "time from submission to completion",
+        },
+        ValueInfo {
+            kind: "io_bytes",
+            unit: "bytes",
+            help: "bytes completed",
+        },
+        ValueInfo {
+            kind: "io_requests",
+            unit: "count",
+            help: "requests completed",
+        },
+    ],
+    histograms: &["io_latency"],
+    labels: &["op"],
+    default_frequency: 0,
+    max_frequency: 0,
+    default_rate: "every request of the targets",
+    cost: CostClass::Medium,
+    options: &[],
+};
 
 event_skel!(IoSkel);
 
@@ -26,7 +63,7 @@ fn op_name(op: u32) -> String {
 }
 
 static SPEC: Spec = Spec {
-    info: &crate::registry::IO,
+    info: &INFO,
     event: "block:block_io_start/block_rq_complete",
     label: "op",
     kind_name: op_name,

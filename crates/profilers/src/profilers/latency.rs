@@ -17,17 +17,63 @@ use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
 
 use baton_model::sync::lock;
 
-use crate::copies::CopyReader;
+use crate::mechanics::copies::CopyReader;
+use crate::mechanics::maps::{clear_if_half_full, drain_hists, percpu_sum, pids_of, StackReader};
+use crate::mechanics::perf::{open_sampling_event, SamplingEvent};
 use crate::mechanics::record::{comm, decode, kind_of, record};
+use crate::mechanics::ring::RingReader;
 use crate::mechanics::skel::open_copying;
-use crate::perf::{open_sampling_event, SamplingEvent};
-use crate::raw::{clear_if_half_full, drain_hists, percpu_sum, pids_of, StackReader};
-use crate::ring::RingReader;
-use crate::uprobe::{functions_matching, resolve_binary, Followed};
+use crate::mechanics::uprobe::{functions_matching, resolve_binary, Followed};
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
+
+use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
 
 bpf_skel!("latency");
 use skel::{LatencySkel, LatencySkelBuilder};
+
+/// What the profiler declares: the registry lists it.
+pub static INFO: ProfilerInfo = ProfilerInfo {
+    name: "latency",
+    description: "request latency between a begin and an end probe (uprobes or USDT), as a \
+                  histogram, with the CPU stacks of requests slower than a threshold",
+    claims: &[Claim {
+        resource: "uprobe",
+        shared: Some(8),
+    }],
+    values: &[ValueInfo {
+        kind: "slow_request_cpu",
+        unit: "nanoseconds",
+        help: "CPU time of slow requests, sampled on their threads (cpu-clock)",
+    }],
+    histograms: &["request_latency"],
+    labels: &["request"],
+    default_frequency: 99,
+    max_frequency: 999,
+    default_rate: "every request timed; CPU sampled at 99 Hz inside requests",
+    cost: CostClass::High,
+    options: &[
+        OptionInfo {
+            name: "begin",
+            default: "",
+            help: "where a request begins: [BINARY:]SYMBOL (uprobe) or usdt:[BINARY:]PROVIDER:NAME",
+        },
+        OptionInfo {
+            name: "end",
+            default: "",
+            help: "where it ends, in the same forms",
+        },
+        OptionInfo {
+            name: "match",
+            default: "thread",
+            help: "pair begin and end by thread, or by an argument of both: arg1 … arg6",
+        },
+        OptionInfo {
+            name: "threshold",
+            default: "10ms",
+            help: "requests at least this slow keep the CPU stacks sampled while they ran",
+        },
+    ],
+};
 
 const DEFAULT_HZ: u64 = 99;
 const STACK_ENTRIES: usize = 16384;
@@ -219,7 +265,7 @@ pub struct LatencyProfiler {
 
 impl LatencyProfiler {
     pub fn start(o: &StartOptions) -> Result<LatencyProfiler, ProfilerError> {
-        let info = &crate::registry::LATENCY;
+        let info = &INFO;
         let bad = |message: String| ProfilerError::BadOption {
             profiler: info.name,
             message,
@@ -307,7 +353,7 @@ impl LatencyProfiler {
         match &o.targets {
             None => p.attach(-1, None)?,
             Some(pids) => {
-                crate::raw::add_targets(&p.skel.maps.targets, pids)?;
+                crate::mechanics::maps::add_targets(&p.skel.maps.targets, pids)?;
                 for &pid in pids {
                     p.attach(pid as i32, o.pending_exec.clone())?;
                     p.followed.mark(pid);
@@ -374,7 +420,7 @@ pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, Pr
 
 impl crate::Profiler for LatencyProfiler {
     fn info(&self) -> &'static baton_model::ProfilerInfo {
-        &crate::registry::LATENCY
+        &INFO
     }
 
     fn drain(&mut self) -> Result<Drained, ProfilerError> {

@@ -3,12 +3,44 @@
 //! the `syscalls:sys_enter_futex` / `sys_exit_futex` tracepoints, with a wait-time histogram
 //! per process.
 
-use crate::events::{attach_all, event_skel, EventProfiler, RowValue, Spec};
 use crate::mechanics::skel::open_copying;
+use crate::profilers::events::{attach_all, event_skel, EventProfiler, RowValue, Spec};
 use crate::{ProfilerError, StartOptions};
+
+use baton_model::{Claim, CostClass, ProfilerInfo, ValueInfo};
 
 bpf_skel!("locks");
 use skel::{LocksSkel, LocksSkelBuilder};
+
+/// What the profiler declares: the registry lists it.
+pub static INFO: ProfilerInfo = ProfilerInfo {
+    name: "locks",
+    description: "time waiting on futexes (mutexes, condition variables) per user stack, \
+                  from the futex syscall tracepoints",
+    claims: &[Claim {
+        resource: "tracepoint:syscalls:futex",
+        shared: Some(4),
+    }],
+    values: &[
+        ValueInfo {
+            kind: "lock_wait",
+            unit: "nanoseconds",
+            help: "time blocked in futex waits",
+        },
+        ValueInfo {
+            kind: "lock_waits",
+            unit: "count",
+            help: "futex waits",
+        },
+    ],
+    histograms: &["futex_wait"],
+    labels: &["op"],
+    default_frequency: 0,
+    max_frequency: 0,
+    default_rate: "every futex wait (each one already blocks)",
+    cost: CostClass::Medium,
+    options: &[],
+};
 
 event_skel!(LocksSkel);
 
@@ -24,7 +56,7 @@ fn futex_op(op: u32) -> String {
 }
 
 static SPEC: Spec = Spec {
-    info: &crate::registry::LOCKS,
+    info: &INFO,
     event: "syscalls:sys_enter_futex/sys_exit_futex",
     label: "op",
     kind_name: futex_op,

@@ -23,16 +23,64 @@ use std::sync::{Arc, Mutex};
 use baton_model::sync::lock;
 use libbpf_rs::{Link, UprobeOpts};
 
-use crate::copies::CopyReader;
+use crate::mechanics::copies::CopyReader;
+use crate::mechanics::maps::{percpu_sum, pids_of, StackEntry};
 use crate::mechanics::record::{addresses, comm, decode, kind_of, record};
+use crate::mechanics::ring::RingReader;
 use crate::mechanics::skel::open_copying;
-use crate::raw::{percpu_sum, pids_of, StackEntry};
-use crate::ring::RingReader;
-use crate::uprobe::Followed;
+use crate::mechanics::uprobe::Followed;
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
+
+use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
 
 bpf_skel!("malloc");
 use skel::{MallocSkel, MallocSkelBuilder};
+
+/// What the profiler declares: the registry lists it.
+pub static INFO: ProfilerInfo = ProfilerInfo {
+    name: "malloc",
+    description: "allocations per stack from uprobes on libc malloc/calloc/realloc/\
+                  posix_memalign/free, sampled by bytes, with live (unfreed) bytes",
+    claims: &[Claim {
+        resource: "uprobe:libc",
+        shared: Some(2),
+    }],
+    values: &[
+        ValueInfo {
+            kind: "alloc_bytes",
+            unit: "bytes",
+            help: "bytes allocated in the window",
+        },
+        ValueInfo {
+            kind: "alloc_count",
+            unit: "count",
+            help: "allocations in the window",
+        },
+        ValueInfo {
+            kind: "live_bytes",
+            unit: "bytes",
+            help: "bytes allocated since the start and not freed at the end of the window",
+        },
+    ],
+    histograms: &[],
+    labels: &[],
+    default_frequency: 0,
+    max_frequency: 0,
+    default_rate: "1 sample per 64 KiB allocated, per thread",
+    cost: CostClass::High,
+    options: &[
+        OptionInfo {
+            name: "sample_bytes",
+            default: "65536",
+            help: "mean bytes between samples, per thread; 0 records every allocation (exact)",
+        },
+        OptionInfo {
+            name: "lib",
+            default: "",
+            help: "the library holding malloc (default: the libc each target maps)",
+        },
+    ],
+};
 
 /// `struct alloc_event` of malloc.bpf.c: a sampled allocation.
 #[repr(C)]
@@ -240,7 +288,7 @@ const FUNCTIONS: &[(&str, &str, Option<&str>)] = &[
 
 impl MallocProfiler {
     pub fn start(o: &StartOptions) -> Result<MallocProfiler, ProfilerError> {
-        let info = &crate::registry::MALLOC;
+        let info = &INFO;
         let sample_bytes = o.option_u64(info, "sample_bytes")?;
         let lib = Some(o.option(info, "lib"))
             .filter(|l| !l.is_empty())
@@ -293,7 +341,7 @@ impl MallocProfiler {
                 p.attach(-1, &path)?;
             }
             Some(pids) => {
-                crate::raw::add_targets(&p.skel.maps.targets, pids)?;
+                crate::mechanics::maps::add_targets(&p.skel.maps.targets, pids)?;
                 for &pid in pids {
                     p.attach_pid(pid)?;
                 }
@@ -364,7 +412,7 @@ pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, Pr
 
 impl crate::Profiler for MallocProfiler {
     fn info(&self) -> &'static baton_model::ProfilerInfo {
-        &crate::registry::MALLOC
+        &INFO
     }
 
     fn drain(&mut self) -> Result<Drained, ProfilerError> {

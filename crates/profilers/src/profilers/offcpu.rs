@@ -17,15 +17,62 @@ use std::time::{Duration, Instant};
 
 use libbpf_rs::{Link, MapCore, MapFlags};
 
-use crate::copies::CopyReader;
+use crate::mechanics::copies::CopyReader;
+use crate::mechanics::maps::{percpu_sum, StackReader};
 use crate::mechanics::record::{comm, decode, record};
+use crate::mechanics::ring::RingCollector;
 use crate::mechanics::skel::open_copying;
-use crate::raw::{percpu_sum, StackReader};
-use crate::ring::RingCollector;
 use crate::ProfilerError;
+
+use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
 
 bpf_skel!("offcpu");
 use skel::{OffcpuSkel, OffcpuSkelBuilder};
+
+/// What the profiler declares: the registry lists it.
+pub static INFO: ProfilerInfo = ProfilerInfo {
+    name: "offcpu",
+    description: "time blocked per stack, from sched_switch (sleeping or uninterruptible)",
+    claims: &[Claim {
+        resource: "tracepoint:sched:sched_switch",
+        shared: Some(4),
+    }],
+    values: &[
+        ValueInfo {
+            kind: "offcpu",
+            unit: "nanoseconds",
+            help: "time blocked",
+        },
+        ValueInfo {
+            kind: "blocks",
+            unit: "count",
+            help: "blocks at least min_block long",
+        },
+    ],
+    histograms: &[],
+    labels: &["state"],
+    default_frequency: 0,
+    max_frequency: 0,
+    default_rate: "stacks for at most 1,000 switch-outs/s, sampled beyond with weights",
+    cost: CostClass::Medium,
+    options: &[
+        OptionInfo {
+            name: "min_block",
+            default: "1ms",
+            help: "shortest block recorded; shorter ones are only counted",
+        },
+        OptionInfo {
+            name: "max_tracked_per_sec",
+            default: "1000",
+            help: "switch-outs per second whose stacks are taken; beyond, 1 in N at random",
+        },
+        OptionInfo {
+            name: "timeline",
+            default: "on",
+            help: "on: each recorded block's start and end go to the timeline too",
+        },
+    ],
+};
 
 const STACK_ENTRIES: usize = 16384;
 /// Default shortest block recorded.
@@ -225,7 +272,10 @@ impl OffCpuProfiler {
             opts.dwarf,
             opts.targets.as_deref(),
         )?;
-        crate::raw::add_targets(&skel.maps.targets, opts.targets.as_deref().unwrap_or(&[]))?;
+        crate::mechanics::maps::add_targets(
+            &skel.maps.targets,
+            opts.targets.as_deref().unwrap_or(&[]),
+        )?;
         let link = skel
             .progs
             .on_switch
@@ -284,7 +334,7 @@ impl OffCpuProfiler {
 
     /// Pids in the targeted set (grows as children are followed).
     pub fn target_pids(&self) -> Vec<u32> {
-        crate::raw::pids_of(&self.skel.maps.targets)
+        crate::mechanics::maps::pids_of(&self.skel.maps.targets)
     }
 
     /// Cumulative counters.
@@ -421,7 +471,7 @@ impl OffCpuProfiler {
                 bss.generation = bss.generation.wrapping_add(1);
             }
             std::thread::sleep(Duration::from_millis(5));
-            crate::raw::clear(stacks);
+            crate::mechanics::maps::clear(stacks);
             self.clears += 1;
         }
         Ok(out)
@@ -432,7 +482,7 @@ impl OffCpuProfiler {
 pub(crate) fn start_dyn(
     o: &crate::StartOptions,
 ) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
-    let info = &crate::registry::OFFCPU;
+    let info = &INFO;
     Ok(Box::new(OffCpuProfiler::start(&OffCpuOptions {
         targets: o.targets.clone(),
         follow_forks: o.follow_forks,
@@ -445,7 +495,7 @@ pub(crate) fn start_dyn(
 
 impl crate::Profiler for OffCpuProfiler {
     fn info(&self) -> &'static baton_model::ProfilerInfo {
-        &crate::registry::OFFCPU
+        &INFO
     }
 
     fn drain(&mut self) -> Result<crate::Drained, ProfilerError> {

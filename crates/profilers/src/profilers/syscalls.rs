@@ -3,12 +3,48 @@
 //! stack) with stacks taken for at most `max_stacks_per_sec` syscalls a second (at random,
 //! weighted), so a process making a million syscalls a second costs a bounded stack budget.
 
-use crate::events::{attach_all, event_skel, EventProfiler, RowValue, Spec};
 use crate::mechanics::skel::open_copying;
+use crate::profilers::events::{attach_all, event_skel, EventProfiler, RowValue, Spec};
 use crate::{ProfilerError, StartOptions};
+
+use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
 
 bpf_skel!("syscalls");
 use skel::{SyscallsSkel, SyscallsSkelBuilder};
+
+/// What the profiler declares: the registry lists it.
+pub static INFO: ProfilerInfo = ProfilerInfo {
+    name: "syscalls",
+    description: "syscall counts and latency per process, syscall and user stack, from \
+                  raw_syscalls, with exact latency histograms per syscall",
+    claims: &[Claim {
+        resource: "tracepoint:raw_syscalls",
+        shared: Some(2),
+    }],
+    values: &[
+        ValueInfo {
+            kind: "syscall_time",
+            unit: "nanoseconds",
+            help: "time in syscalls",
+        },
+        ValueInfo {
+            kind: "syscalls",
+            unit: "count",
+            help: "syscalls made",
+        },
+    ],
+    histograms: &["syscall_latency"],
+    labels: &["syscall"],
+    default_frequency: 0,
+    max_frequency: 0,
+    default_rate: "every syscall timed; stacks for at most 1,000 syscalls/s, weighted",
+    cost: CostClass::Medium,
+    options: &[OptionInfo {
+        name: "max_stacks_per_sec",
+        default: "1000",
+        help: "syscalls per second whose user stacks are taken; beyond, 1 in N at random",
+    }],
+};
 
 mod names {
     include!(concat!(env!("OUT_DIR"), "/syscall_names.rs"));
@@ -26,7 +62,7 @@ pub fn syscall_name(nr: u32) -> String {
 }
 
 static SPEC: Spec = Spec {
-    info: &crate::registry::SYSCALLS,
+    info: &INFO,
     event: "raw_syscalls:sys_enter/sys_exit",
     label: "syscall",
     kind_name: syscall_name,
@@ -41,7 +77,7 @@ static SPEC: Spec = Spec {
 };
 
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
-    let budget = o.option_u64(&crate::registry::SYSCALLS, "max_stacks_per_sec")?;
+    let budget = o.option_u64(&INFO, "max_stacks_per_sec")?;
     let (skel, fork) = open_copying!(SyscallsSkelBuilder, "syscalls", o);
     let links = attach_all(
         fork,

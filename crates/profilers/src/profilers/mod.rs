@@ -1,0 +1,17 @@
+//! The built-in profilers, one module each. A module holds its BPF program's skeleton
+//! (`bpf/<name>.bpf.c`), the `#[repr(C)]` records it shares with that program, its own
+//! [`baton_model::ProfilerInfo`] (`INFO`), its constructor (`start_dyn`) and its
+//! [`crate::Profiler`] implementation; [`crate::registry`] lists them.
+//!
+//! `events` is the generic profiler the tracepoint profilers built on `bpf/common.h`
+//! (`syscalls`, `locks`, `io`) instantiate with a [`events::Spec`].
+
+pub mod calls;
+pub mod cpu;
+pub(crate) mod events;
+pub mod io;
+pub mod latency;
+pub mod locks;
+pub mod malloc;
+pub mod offcpu;
+pub mod syscalls;
