@@ -52,3 +52,37 @@ impl CgroupResolver {
         }
     }
 }
+
+/// Container cgroups on this host (Docker, containerd, CRI-O, Podman), by their cgroup path.
+pub fn containers() -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(e.path().join("cgroup")) else {
+            continue;
+        };
+        for line in text.lines() {
+            let path = line.rsplit(':').next().unwrap_or("");
+            if [
+                "docker-",
+                "cri-containerd-",
+                "crio-",
+                "libpod-",
+                "/docker/",
+                "/kubepods",
+            ]
+            .iter()
+            .any(|m| path.contains(m))
+            {
+                out.insert(path.to_string());
+            }
+        }
+    }
+    out.into_iter().collect()
+}

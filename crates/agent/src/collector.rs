@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use baton_model::{Batch, Frame, FrameKind, Histogram, Labels, ProfilerInfo, Span, StackSample};
 use baton_profilers::sys::process_alive;
@@ -71,13 +70,6 @@ fn realtime_minus_monotonic_ns() -> i64 {
     let mono = read(libc::CLOCK_MONOTONIC);
     let real = read(libc::CLOCK_REALTIME);
     real - mono
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Collector {
@@ -354,7 +346,7 @@ impl Collector {
             .collect();
         Ok(WindowReport {
             batch: {
-                let mut b = Batch::new(info.name, info.value_types(), now_ms());
+                let mut b = Batch::new(info.name, info.value_types(), baton_model::time::now_ms());
                 b.samples = samples;
                 b.histograms = histograms;
                 b.spans = spans;

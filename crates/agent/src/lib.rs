@@ -10,6 +10,7 @@ pub mod observe;
 pub mod prom;
 pub mod targets;
 
+pub use cgroups::containers;
 pub use collector::{Collector, CollectorOptions, WindowReport};
 pub use metrics::AgentMetrics;
 

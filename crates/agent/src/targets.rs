@@ -2,6 +2,20 @@
 
 use baton_config::Selector;
 
+/// Why a target names no process to profile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("bad target {0:?}; use pid:PID, comm:NAME, exe:PATH, cgroup:PATH or service:NAME")]
+    Bad(String),
+    #[error("process {0} does not exist")]
+    NoSuchProcess(u32),
+    #[error("no service {0:?} in the config")]
+    NoService(String),
+    /// Nothing alive matches now (a service's processes may come back later).
+    #[error("no live process matches {0:?}")]
+    NoLiveProcess(Target),
+}
+
 /// A parsed target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -14,12 +28,8 @@ pub enum Target {
 
 impl Target {
     /// Parses `pid:1234`, `comm:NAME`, `exe:PATH`, `cgroup:PATH` or `service:NAME`.
-    pub fn parse(s: &str) -> Result<Target, String> {
-        let bad = || {
-            format!(
-                "bad target {s:?}; use pid:PID, comm:NAME, exe:PATH, cgroup:PATH or service:NAME"
-            )
-        };
+    pub fn parse(s: &str) -> Result<Target, TargetError> {
+        let bad = || TargetError::Bad(s.to_string());
         let (kind, value) = s.split_once(':').ok_or_else(bad)?;
         if value.is_empty() {
             return Err(bad());
@@ -92,11 +102,11 @@ pub fn selector_pids(sel: &Selector) -> Vec<u32> {
 pub fn resolve(
     target: &Target,
     services: &dyn Fn(&str) -> Option<Selector>,
-) -> Result<Vec<u32>, String> {
+) -> Result<Vec<u32>, TargetError> {
     let pids = match target {
         Target::Pid(p) => {
             if !baton_profilers::sys::process_alive(*p) {
-                return Err(format!("process {p} does not exist"));
+                return Err(TargetError::NoSuchProcess(*p));
             }
             vec![*p]
         }
@@ -113,7 +123,7 @@ pub fn resolve(
             ..Default::default()
         }),
         Target::Service(name) => {
-            let sel = services(name).ok_or_else(|| format!("no service {name:?} in the config"))?;
+            let sel = services(name).ok_or_else(|| TargetError::NoService(name.clone()))?;
             selector_pids(&sel)
         }
     };
@@ -123,7 +133,7 @@ pub fn resolve(
         .filter(|p| baton_profilers::sys::process_alive(*p))
         .collect();
     if pids.is_empty() {
-        return Err(format!("no live process matches {target:?}"));
+        return Err(TargetError::NoLiveProcess(target.clone()));
     }
     Ok(pids)
 }

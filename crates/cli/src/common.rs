@@ -45,10 +45,13 @@ pub fn one_line(e: &anyhow::Error) -> String {
 /// 77 (EX_NOPERM) for missing privileges, 2 for bad input, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for c in e.chain() {
-        // The agent wraps the profiler's errors transparently: look inside.
+        // The agent and the runtime wrap the profiler's errors transparently: look inside.
+        let runtime = c.downcast_ref::<baton_runtime::Error>();
         let inner = match c.downcast_ref::<baton_agent::AgentError>() {
             Some(baton_agent::AgentError::Profiler(p)) => Some(p),
-            None => c.downcast_ref::<ProfilerError>(),
+            None => runtime
+                .and_then(|r| r.profiler())
+                .or_else(|| c.downcast_ref::<ProfilerError>()),
         };
         if let Some(p) = inner {
             return match p {
@@ -61,7 +64,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
-        if c.downcast_ref::<UsageError>().is_some() {
+        if c.downcast_ref::<UsageError>().is_some() || runtime.is_some_and(|r| r.is_bad_input()) {
             return 2;
         }
         if let Some(
@@ -171,13 +174,6 @@ pub fn list_profilers(json: bool) -> anyhow::Result<std::process::ExitCode> {
         println!();
     }
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// The option names the registry declares for a profiler (for config validation).
-pub fn registry_options(name: &str) -> Option<Vec<&'static str>> {
-    baton_profilers::registry::find(name)
-        .ok()
-        .map(|r| r.info.options.iter().map(|o| o.name).collect())
 }
 
 /// Parses a size such as `1GiB`, `512MiB`, `64KiB`, `10MB` or a byte count.

@@ -13,8 +13,11 @@ fn known_profilers() -> Vec<&'static str> {
 
 /// Exit 0 on a good tree; exit 1 with one `file:line:col: message` line per problem.
 pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    match baton_config::load_dir_checked(dir, &known_profilers(), &crate::common::registry_options)
-    {
+    match baton_config::load_dir_checked(
+        dir,
+        &known_profilers(),
+        &baton_runtime::config_watch::registry_options,
+    ) {
         Ok(cfg) => {
             // Ad-hoc scripts are also compiled and attached by bpftrace itself, where it can.
             let mut failed = Vec::new();
@@ -93,8 +96,11 @@ pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 /// Prints the effective config (defaults filled in) and its version, as JSON.
 pub fn show(dir: &Path) -> anyhow::Result<ExitCode> {
-    match baton_config::load_dir_checked(dir, &known_profilers(), &crate::common::registry_options)
-    {
+    match baton_config::load_dir_checked(
+        dir,
+        &known_profilers(),
+        &baton_runtime::config_watch::registry_options,
+    ) {
         Ok(cfg) => {
             println!("{}", serde_json::to_string_pretty(&cfg)?);
             Ok(ExitCode::SUCCESS)

@@ -2,10 +2,8 @@
 //! library crates. clap stops here.
 
 mod agent_cmd;
-mod client;
 mod common;
 mod config_cmd;
-mod outbox;
 mod plan;
 mod query;
 mod record;
@@ -13,11 +11,11 @@ mod runs_cmd;
 mod server_cmd;
 mod symbolize_cmd;
 mod up;
-mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use baton_runtime::client;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]

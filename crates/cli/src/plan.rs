@@ -21,9 +21,12 @@ pub struct PlanArgs {
 
 pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
     let known: Vec<&str> = baton_profilers::registry::builtin_names();
-    let config =
-        baton_config::load_dir_checked(&a.config, &known, &crate::common::registry_options)
-            .map_err(|e| usage(e.to_string()))?;
+    let config = baton_config::load_dir_checked(
+        &a.config,
+        &known,
+        &baton_runtime::config_watch::registry_options,
+    )
+    .map_err(|e| usage(e.to_string()))?;
     let text = std::fs::read_to_string(&a.fleet)
         .with_context(|| format!("reading {}", a.fleet.display()))
         .map_err(|e| usage(format!("{e:#}")))?;

@@ -1,209 +1,61 @@
 //! `baton record`: profile local processes for a while, with no server.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use baton_agent::{Collector, CollectorOptions};
+use baton_agent::CollectorOptions;
 use baton_model::export::{self, Format};
 use baton_model::{parse_duration, Profile};
 use baton_profilers::cpu::MAX_FREQUENCY_HZ;
 use baton_profilers::{ProfilerError, StartOptions};
+use baton_runtime::record::{record, Progress, RecordOptions, Recording};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::common::{print_top, usage};
 use crate::RecordArgs;
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+/// The progress bar: up to the duration, or a spinner until the command exits.
+struct Bar {
+    duration: Option<Duration>,
+    bar: Option<ProgressBar>,
 }
 
-pub(crate) fn stop_requested() -> bool {
-    STOP.load(Ordering::SeqCst)
-}
-
-pub(crate) fn request_stop() {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// Makes SIGINT/SIGTERM end the run, keeping what was gathered.
-pub(crate) fn install_stop_handler() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-}
-
-/// A child that is forked but blocked before `exec` until profiling is attached, so the profile
-/// starts at the command's first instruction. (std's `Command::spawn` waits for the exec, so the
-/// fork is done by hand.)
-struct GatedChild {
-    pid: libc::pid_t,
-    gate: Option<OwnedFd>,
-    /// Read end of a pipe whose write end the child holds close-on-exec: it reads EOF once the
-    /// child has exec'd (or died).
-    execd: Option<OwnedFd>,
-    status: Option<i32>,
-}
-
-/// Finds `prog` the way a shell would: a path as is, a bare name along `$PATH`.
-fn resolve_program(prog: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        p.is_file()
-            && p.metadata()
-                .map(|m| m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-    };
-    if prog.contains('/') {
-        let p = PathBuf::from(prog);
-        return executable(&p).then_some(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(prog))
-        .find(|p| executable(p))
-}
-
-impl GatedChild {
-    fn spawn(argv: &[String]) -> anyhow::Result<GatedChild> {
-        let prog = resolve_program(&argv[0])
-            .ok_or_else(|| usage(format!("command not found or not executable: {}", argv[0])))?;
-        let c_prog = CString::new(prog.as_os_str().as_bytes())
-            .map_err(|_| usage("the command contains a NUL byte"))?;
-        let c_args: Vec<CString> = argv
-            .iter()
-            .map(|a| CString::new(a.as_bytes()))
-            .collect::<Result<_, _>>()
-            .map_err(|_| usage("an argument contains a NUL byte"))?;
-        let mut c_argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
-        c_argv.push(std::ptr::null());
-
-        let mut fds = [0i32; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("creating the start gate");
-        }
-        // SAFETY: pipe2 returned two new descriptors that we now own.
-        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let mut efds = [0i32; 2];
-        // SAFETY: `efds` has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(efds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("creating the exec pipe");
-        }
-        // SAFETY: pipe2 returned two new descriptors that we now own.
-        let (exec_rd, exec_wr) =
-            unsafe { (OwnedFd::from_raw_fd(efds[0]), OwnedFd::from_raw_fd(efds[1])) };
-        // SAFETY: after fork the child only calls async-signal-safe functions (close, read,
-        // execv, _exit) on memory prepared before the fork.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(std::io::Error::last_os_error()).context("fork");
-        }
-        if pid == 0 {
-            // SAFETY: see above; this branch never returns.
-            unsafe {
-                libc::close(wr.as_raw_fd());
-                libc::close(exec_rd.as_raw_fd());
-                let mut b = 0u8;
-                let n = libc::read(rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
-                if n != 1 {
-                    // The parent gave up before profiling started: do not run the command.
-                    libc::_exit(126);
-                }
-                libc::execv(c_prog.as_ptr(), c_argv.as_ptr());
-                libc::_exit(127);
+impl Progress for Bar {
+    fn started(&mut self) {
+        let b = match self.duration {
+            Some(d) => {
+                let b = ProgressBar::new(d.as_millis() as u64);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} recording {bar:30} {elapsed}/{duration} {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                b
             }
-        }
-        drop(rd);
-        drop(exec_wr);
-        Ok(GatedChild {
-            pid,
-            gate: Some(wr),
-            execd: Some(exec_rd),
-            status: None,
-        })
-    }
-
-    fn id(&self) -> u32 {
-        self.pid as u32
-    }
-
-    /// Waits up to `timeout` for the released child to exec (or die), and then for its
-    /// executable to be mapped: the close-on-exec descriptors close before the kernel maps the
-    /// new program.
-    fn wait_exec(&mut self, timeout: Duration) {
-        let Some(fd) = self.execd.take() else {
-            return;
-        };
-        let t0 = Instant::now();
-        let mut p = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polling one valid descriptor we own, with a valid pollfd.
-        unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
-        let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", self.pid)) else {
-            return;
-        };
-        let exe = exe.to_string_lossy().into_owned();
-        while t0.elapsed() < timeout {
-            match std::fs::read_to_string(format!("/proc/{}/maps", self.pid)) {
-                Ok(maps) if !maps.lines().any(|l| l.ends_with(exe.as_str())) => {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                _ => break,
+            None => {
+                let b = ProgressBar::new_spinner();
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} recording until the command exits {elapsed} {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                b
             }
-        }
+        };
+        self.bar = Some(b);
     }
 
-    fn release(&mut self) {
-        if let Some(gate) = self.gate.take() {
-            // SAFETY: writing one byte from a valid buffer to a descriptor we own.
-            unsafe { libc::write(gate.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    fn tick(&mut self, elapsed: Duration, samples: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(elapsed.as_millis() as u64);
+            b.set_message(format!("{samples} samples"));
         }
-    }
-
-    /// The exit status once the child has exited (reaping it), else None.
-    fn try_wait(&mut self) -> Option<i32> {
-        if self.status.is_none() {
-            let mut st = 0;
-            // SAFETY: waiting on our own child with a valid status pointer.
-            if unsafe { libc::waitpid(self.pid, &mut st, libc::WNOHANG) } == self.pid {
-                self.status = Some(st);
-            }
-        }
-        self.status
-    }
-
-    fn kill(&mut self) {
-        self.gate.take();
-        // SAFETY: signalling and reaping our own child.
-        unsafe {
-            libc::kill(self.pid, libc::SIGKILL);
-            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-        }
-    }
-}
-
-fn describe_status(st: i32) -> String {
-    if libc::WIFEXITED(st) {
-        format!("exit code {}", libc::WEXITSTATUS(st))
-    } else if libc::WIFSIGNALED(st) {
-        format!("killed by signal {}", libc::WTERMSIG(st))
-    } else {
-        format!("status {st}")
     }
 }
 
@@ -307,16 +159,8 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    install_stop_handler();
-    let mut child = if a.command.is_empty() {
-        None
-    } else {
-        Some(GatedChild::spawn(&a.command)?)
-    };
     let targets = if a.all || (adhoc.is_some() && modes == 0) {
         None
-    } else if let Some(c) = &child {
-        Some(vec![c.id()])
     } else {
         Some(a.pid.clone())
     };
@@ -329,89 +173,35 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
             force_cpu_clock: a.cpu_clock,
             dwarf: a.unwind == crate::UnwindMode::Auto,
             options,
-            pending_exec: a.command.first().and_then(|c| which(c)),
+            pending_exec: None,
             attach_in_background: false,
         },
         host: baton_agent::hostname(),
         jvm_perf_maps: !a.no_jvm_perf_map,
-        defer_discovery: child.is_some(),
+        defer_discovery: false,
         defer_symbols: false,
     };
-    let mut collector = match Collector::start(&opts) {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(c) = &mut child {
-                c.kill();
-            }
-            return Err(e.into());
-        }
+    let mut bar = Bar {
+        duration,
+        bar: None,
     };
-    if let Some(c) = &mut child {
-        c.release();
-        // Look at the command's own mappings as soon as it has exec'd (until then it is this
-        // binary, forked), so its unwinding plan is right from its first samples.
-        c.wait_exec(Duration::from_millis(500));
-        collector.discover();
+    let Recording {
+        collector,
+        report,
+        elapsed,
+        ended_early,
+        command_status,
+    } = record(
+        RecordOptions {
+            collector: opts,
+            command: a.command.clone(),
+            duration,
+        },
+        &mut bar,
+    )?;
+    if let Some(b) = &bar.bar {
+        b.finish_and_clear();
     }
-
-    let started = Instant::now();
-    let bar = match duration {
-        Some(d) => {
-            let b = ProgressBar::new(d.as_millis() as u64);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} recording {bar:30} {elapsed}/{duration} {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            b
-        }
-        None => {
-            let b = ProgressBar::new_spinner();
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} recording until the command exits {elapsed} {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            b
-        }
-    };
-    let mut ended_early = None;
-    let mut child_status = None;
-    loop {
-        // Look often at first, so the libraries a new command's loader maps are seen before a
-        // short command exits.
-        let first_second = started.elapsed() < Duration::from_secs(1);
-        std::thread::sleep(Duration::from_millis(if first_second { 50 } else { 200 }));
-        collector.discover();
-        let elapsed = started.elapsed();
-        bar.set_position(elapsed.as_millis() as u64);
-        bar.set_message(format!("{} samples", collector.stats().samples));
-        if STOP.load(Ordering::SeqCst) {
-            ended_early = Some("interrupted");
-            break;
-        }
-        if duration.is_some_and(|d| elapsed >= d) {
-            break;
-        }
-        if let Some(c) = &mut child {
-            if let Some(st) = c.try_wait() {
-                child_status = Some(st);
-                // Children it forked may still run; stop once they are gone too.
-                if collector.live_targets().is_empty() {
-                    break;
-                }
-            }
-        } else if !a.pid.is_empty() && collector.live_targets().is_empty() {
-            ended_early = Some("every target process exited");
-            break;
-        }
-    }
-    collector.finish();
-    let report = collector.collect(None)?;
-    bar.finish_and_clear();
-    let elapsed = started.elapsed();
     let stats = report.stats;
     let processes: std::collections::HashSet<&str> = report
         .batch
@@ -478,8 +268,8 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
     if let Some(why) = ended_early {
         eprintln!("ended early: {why}; the profile holds the data gathered so far");
     }
-    if let Some(st) = child_status {
-        eprintln!("command ended: {}", describe_status(st));
+    if let Some(st) = command_status {
+        eprintln!("command ended: {st}");
     }
 
     let mut profile = Profile::new(report.batch.value_type.clone());
@@ -542,20 +332,6 @@ fn write_output(
         _ => export::write(selected, f, out)?,
     }
     Ok(())
-}
-
-/// The file `execvp` would run for `cmd`: itself when it has a slash, else the first match on
-/// `PATH`.
-fn which(cmd: &str) -> Option<PathBuf> {
-    if cmd.contains('/') {
-        return std::fs::canonicalize(cmd).ok();
-    }
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(cmd))
-        .find(|p| p.is_file())
-        .and_then(|p| std::fs::canonicalize(p).ok())
 }
 
 /// The histograms as a table, most values first (at most 10 rows; `--format json` has them

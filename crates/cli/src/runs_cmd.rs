@@ -175,10 +175,7 @@ pub fn hosts(server: &str, json_out: bool) -> anyhow::Result<ExitCode> {
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = baton_model::time::now_ms() as u64;
     println!(
         "{:<24} {:<6} {:>9} {:>5} {:<20} LABELS",
         "HOST", "STATE", "LAST SEEN", "CPUS", "KERNEL"

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use baton_model::parse_duration;
+use baton_model::{parse_duration, sync};
+use baton_runtime::config_watch::{load_initial_config, spawn_config_watch};
+use baton_runtime::stop::{install_stop_handler, request_stop, stop_requested, until_stopped};
 use baton_server::auth::{Audit, Tokens};
 use baton_server::fleet::Fleet;
 use baton_server::ingest::{default_debug_dirs, symbolizer_loop, DebugInfo};
@@ -15,7 +17,6 @@ use baton_store::{DuckDbStore, Store};
 use serde_json::json;
 
 use crate::common::{default_data_dir, usage};
-use crate::record::{install_stop_handler, request_stop, stop_requested};
 use crate::ServerArgs;
 
 pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -80,43 +81,25 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     let store: Arc<Mutex<Box<dyn Store>>> = Arc::new(Mutex::new(store));
     if let Some(keep) = retention {
         // At start, then hourly.
-        let store = store.clone();
-        std::thread::Builder::new()
-            .name("baton-retention".into())
-            .spawn(move || loop {
-                let before = baton_model::time::now_ms() - keep.as_millis() as i64;
-                let r = store
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .drop_before(before);
-                match r {
-                    Ok(0) => {}
-                    Ok(n) => eprintln!("baton server: retention removed {n} (rows or day partitions) older than {keep:?}"),
-                    Err(e) => tracing::warn!(error = %e, "retention failed"),
-                }
-                std::thread::sleep(Duration::from_secs(3600));
-            })
-            .context("starting the retention thread")?;
+        baton_runtime::server::spawn_retention(store.clone(), keep)?;
     }
     let audit = Arc::new(Audit::new(data.join("audit.log")));
     let live = match &a.config {
-        Some(dir) => Some(Arc::new(RwLock::new(crate::up::load_initial_config(dir)?))),
+        Some(dir) => Some(Arc::new(RwLock::new(load_initial_config(dir)?))),
         None => None,
     };
     let fleet = Arc::new(Fleet::new(
         host_timeout,
         heartbeat,
         live.clone(),
-        crate::up::now_ms_u64,
+        baton_runtime::scheduler_clock,
         |profiler, options| {
             let r = baton_profilers::registry::find(profiler).map_err(|e| e.to_string())?;
             r.info.check_options(options)
         },
     ));
     // Run ids go on after the store's run history, which outlives this process.
-    let last_run = store
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let last_run = sync::lock(&store)
         .run_history(1)
         .map_err(|e| anyhow::anyhow!("reading the run history: {e}"))?;
     if let Some(r) = last_run.first() {
@@ -140,24 +123,12 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     install_stop_handler();
     if let (Some(dir), Some(live)) = (&a.config, &live) {
-        let dir = dir.clone();
-        let live = live.clone();
-        let fleet = fleet.clone();
-        let audit = audit.clone();
-        std::thread::Builder::new()
-            .name("baton-config-watch".into())
-            .spawn(move || {
-                crate::up::watch_config(&dir, &live, &|accepted, version| {
-                    audit.record(
-                        "config_change",
-                        json!({ "version": version, "accepted": accepted }),
-                    );
-                    if accepted {
-                        fleet.wake();
-                    }
-                })
-            })
-            .context("starting the config watcher")?;
+        spawn_config_watch(
+            dir.clone(),
+            live.clone(),
+            audit.clone(),
+            Some(fleet.clone()),
+        )?;
     }
     let symbolizer = {
         let store = store.clone();
@@ -208,34 +179,11 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let served = rt.block_on(async move {
-        let reaper = {
-            let fleet = fleet.clone();
-            let store = history_store.clone();
-            tokio::spawn(async move {
-                let mut ticks = 0u64;
-                while !stop_requested() {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    for h in fleet.reap() {
-                        eprintln!("baton server: host {h} is gone (no heartbeat); its runs failed");
-                    }
-                    // Every 2 s, runs that ended go to the store's run history.
-                    ticks += 1;
-                    if ticks % 4 == 0 {
-                        record_history(&fleet, &store).await;
-                    }
-                }
-                record_history(&fleet, &store).await;
-            })
-        };
+        let reaper = tokio::spawn(baton_runtime::server::reap(fleet, history_store));
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let shutdown = async {
-            while !stop_requested() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
         let r = match tls {
-            Some(cfg) => baton_server::serve_tls(listener, cfg, state, shutdown).await,
-            None => baton_server::serve(listener, state, shutdown).await,
+            Some(cfg) => baton_server::serve_tls(listener, cfg, state, until_stopped()).await,
+            None => baton_server::serve(listener, state, until_stopped()).await,
         };
         // The reaper records the last ended runs as it stops.
         let _ = tokio::time::timeout(Duration::from_secs(5), reaper).await;
@@ -248,26 +196,4 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     served.context("HTTP server")?;
     eprintln!("baton server: stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes the runs that ended since the last call to the store's run history.
-async fn record_history(fleet: &Arc<Fleet>, store: &Arc<Mutex<Box<dyn Store>>>) {
-    let recs = fleet.unrecorded(baton_model::time::now_ms());
-    if recs.is_empty() {
-        return;
-    }
-    let ids: Vec<u64> = recs.iter().map(|r| r.id).collect();
-    let store = store.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record_runs(&recs)
-    })
-    .await;
-    match r {
-        Ok(Ok(())) => fleet.mark_recorded(&ids),
-        Ok(Err(e)) => tracing::warn!(error = %e, "recording the run history failed; retrying"),
-        Err(e) => tracing::warn!(error = %e, "recording the run history failed"),
-    }
 }

@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use baton_model::{Batch, FrameKind};
+use baton_model::{sync, Batch, FrameKind};
 
 use crate::client::Client;
+use crate::Error;
 
 struct Entry {
     path: PathBuf,
@@ -62,9 +63,10 @@ pub struct Outbox {
 
 impl Outbox {
     /// Opens the buffer directory and picks up the batches a previous run left there.
-    pub fn open(dir: &Path, max_bytes: u64, id_prefix: String) -> anyhow::Result<Outbox> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            anyhow::anyhow!("cannot create the buffer directory {}: {e}", dir.display())
+    pub fn open(dir: &Path, max_bytes: u64, id_prefix: String) -> Result<Outbox, Error> {
+        std::fs::create_dir_all(dir).map_err(|error| Error::BufferDir {
+            dir: dir.to_path_buf(),
+            error,
         })?;
         let mut found = Vec::new();
         for e in std::fs::read_dir(dir)? {
@@ -124,7 +126,7 @@ impl Outbox {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.state)
     }
 
     /// Batches and bytes waiting.
@@ -134,10 +136,10 @@ impl Outbox {
     }
 
     /// Writes a batch to disk; the shipper sends it when it can.
-    pub fn push(&self, batch: &Batch) -> anyhow::Result<()> {
+    pub fn push(&self, batch: &Batch) -> std::io::Result<()> {
         let rows = batch.samples.len() as u64;
         {
-            let mut m = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = sync::lock(&self.modules);
             for s in &batch.samples {
                 for f in &s.stack {
                     if f.kind == FrameKind::User && f.function.is_none() {
@@ -295,12 +297,7 @@ impl Outbox {
     /// Uploads the symbol and debug sections of the ELF file with `build_id`, so the server can
     /// name its frames.
     fn upload(&self, client: &Client, build_id: &str) {
-        let module = self
-            .modules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(build_id)
-            .cloned();
+        let module = sync::lock(&self.modules).get(build_id).cloned();
         let Some(module) = module else {
             return;
         };

@@ -1,4 +1,4 @@
-//! What `baton up` observes for the config's triggers: process and host CPU and RSS growth from
+//! What the driver observes for the config's triggers: process and host CPU and RSS growth from
 //! /proc (once a second), new executables from BPF exec events, and Prometheus metrics scraped
 //! from URLs (on their own thread, so a slow endpoint never stalls the driver).
 
@@ -11,6 +11,7 @@ use baton_agent::observe::{ExecWatch, HostCpu, ProcessCpu, RssWatch};
 use baton_agent::targets::selector_pids;
 use baton_agent::AgentMetrics;
 use baton_config::{Config, TriggerCondition};
+use baton_model::sync;
 use baton_profilers::exec::ExecEvents;
 use baton_scheduler::{JobRequest, Observation, TriggerEngine};
 use baton_server::LiveConfig;
@@ -152,7 +153,7 @@ impl TriggerWatch {
                 }
             }
         }
-        obs.append(&mut self.scraped.lock().unwrap_or_else(|p| p.into_inner()));
+        obs.append(&mut sync::lock(&self.scraped));
         let mut out = Vec::new();
         for o in &obs {
             out.extend(self.engine.observe(config, o, now));
@@ -162,18 +163,16 @@ impl TriggerWatch {
 }
 
 /// Fetches one URL's body, with a short timeout.
-fn fetch(url: &str) -> Result<String, String> {
+fn fetch(url: &str) -> Result<String, ureq::Error> {
     let mut resp = ureq::get(url)
         .config()
         .timeout_global(Some(Duration::from_secs(2)))
         .build()
-        .call()
-        .map_err(|e| e.to_string())?;
+        .call()?;
     resp.body_mut()
         .with_config()
         .limit(16 << 20)
         .read_to_string()
-        .map_err(|e| e.to_string())
 }
 
 /// Scrapes every URL that a `prometheus` trigger names, every [`SCRAPE_INTERVAL`], and queues
@@ -194,12 +193,7 @@ pub fn scrape_loop(
             continue;
         }
         next = Instant::now() + SCRAPE_INTERVAL;
-        let Some(config) = live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .config
-            .clone()
-        else {
+        let Some(config) = sync::read(live).config.clone() else {
             continue;
         };
         // url -> [(service, metric selector)]
@@ -218,6 +212,7 @@ pub fn scrape_loop(
             let series = match fetch(&url) {
                 Ok(body) => baton_agent::prom::parse(&body),
                 Err(e) => {
+                    let e = e.to_string();
                     metrics
                         .trigger_scrape_errors
                         .fetch_add(1, Ordering::Relaxed);
@@ -236,17 +231,13 @@ pub fn scrape_loop(
                     .ok()
                     .and_then(|sel| baton_agent::prom::value(&sel, &series));
                 match value {
-                    Some(value) => {
-                        out.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(Observation::Metric {
-                                host: host.into(),
-                                service,
-                                url: url.clone(),
-                                metric,
-                                value,
-                            })
-                    }
+                    Some(value) => sync::lock(out).push(Observation::Metric {
+                        host: host.into(),
+                        service,
+                        url: url.clone(),
+                        metric,
+                        value,
+                    }),
                     None => {
                         metrics
                             .trigger_scrape_errors

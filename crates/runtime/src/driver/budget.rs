@@ -1,0 +1,85 @@
+//! Write budgets: every batch the driver stores is labelled with its services, then admitted
+//! through each service's budget and the host's (rows per minute): accepted, down-sampled with
+//! raised weights, or refused. Each outcome is counted in `/metrics` and, per budget, in
+//! `/api/v1/status`.
+
+use std::sync::atomic::Ordering;
+
+use baton_agent::WindowReport;
+use baton_model::sync;
+use serde_json::json;
+
+use super::Driver;
+use crate::scheduler_clock as clock;
+
+impl Driver {
+    /// Labels a batch's rows with their service, then writes it through the write budgets (each
+    /// service's, then its profiler's).
+    pub(super) fn store_batch(&mut self, mut r: WindowReport) {
+        let config = self.config();
+        if let Some(c) = &config {
+            baton_agent::attribute::attribute(c, &mut r.batch);
+        }
+        let per_minute = config
+            .as_ref()
+            .map(|c| c.host.write_budget_rows_per_minute)
+            .unwrap_or_else(|| baton_config::HostLimits::default().write_budget_rows_per_minute);
+        let rows = r.batch.samples.len() as u64;
+        let before = self.budgets.stats;
+        self.budgets.admit_batch(
+            &mut r.batch,
+            |svc| {
+                config
+                    .as_ref()?
+                    .services
+                    .get(svc)?
+                    .write_budget_rows_per_minute
+            },
+            per_minute,
+            clock(),
+        );
+        let st = self.budgets.stats;
+        if st != before {
+            let kept = r.batch.samples.len() as u64;
+            if st.batches_downsampled > before.batches_downsampled
+                || st.batches_refused > before.batches_refused
+            {
+                tracing::warn!(rows, kept, "write budget: batch down-sampled or refused");
+                eprintln!(
+                    "baton up: write budget: {kept} of {rows} rows kept ({} budget(s) over)",
+                    (st.batches_downsampled - before.batches_downsampled)
+                        + (st.batches_refused - before.batches_refused)
+                );
+            }
+        }
+        self.metrics
+            .batches_downsampled
+            .store(st.batches_downsampled, Ordering::Relaxed);
+        self.metrics
+            .batches_refused_budget
+            .store(st.batches_refused, Ordering::Relaxed);
+        self.metrics
+            .rows_dropped_budget
+            .store(st.rows_dropped, Ordering::Relaxed);
+        let per_key: serde_json::Map<String, serde_json::Value> = self
+            .budgets
+            .per_key
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    json!({
+                        "batches_accepted": v.batches_accepted,
+                        "batches_downsampled": v.batches_downsampled,
+                        "batches_refused": v.batches_refused,
+                        "rows_dropped": v.rows_dropped,
+                    }),
+                )
+            })
+            .collect();
+        sync::write(&self.status)["write_budgets"] = serde_json::Value::Object(per_key);
+        if !r.batch.samples.is_empty() {
+            self.sink.write(&self.metrics, r);
+        }
+    }
+}
