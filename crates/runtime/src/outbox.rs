@@ -370,17 +370,17 @@ mod tests {
     use super::*;
     use baton_model::{StackSample, ValueType};
 
+    /// A batch of `rows` one-sample rows, one pid each.
     fn batch(rows: usize) -> Batch {
+        let sample = |pid: usize| StackSample {
+            labels: [("pid".to_string(), pid.to_string())].into(),
+            value: 1,
+            weight: 1.0,
+            value_index: 0,
+            stack: Vec::new(),
+        };
         let mut b = Batch::new("cpu", vec![ValueType::new("cpu", "nanoseconds")], 1);
-        for i in 0..rows {
-            b.samples.push(StackSample {
-                stack: vec![],
-                labels: [("pid".to_string(), i.to_string())].into(),
-                value: 1,
-                weight: 1.0,
-                value_index: 0,
-            });
-        }
+        b.samples = (0..rows).map(sample).collect();
         b
     }
 
