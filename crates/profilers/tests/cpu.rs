@@ -50,9 +50,9 @@ fn a_targets_samples_are_unwound_from_dwarf_without_a_plan_call() {
         samples.extend(prof.drain().expect("drain").samples);
     }
     let (mut leaf, mut dwarf, mut to_main) = (0u64, 0u64, 0u64);
-    for s in samples.iter().filter(|s| s.pid == pid) {
+    for s in samples.iter().filter(|s| s.event.pid == pid) {
         let user: Vec<String> = sym
-            .user_frames(pid, &s.user)
+            .user_frames(pid, &s.event.user)
             .into_iter()
             .filter_map(|f| f.function)
             .collect();
@@ -62,12 +62,12 @@ fn a_targets_samples_are_unwound_from_dwarf_without_a_plan_call() {
         {
             continue;
         }
-        leaf += s.count;
+        leaf += s.event.count;
         if s.user_origin == UserStackOrigin::Dwarf {
-            dwarf += s.count;
+            dwarf += s.event.count;
         }
         if user.iter().any(|f| f == "main") {
-            to_main += s.count;
+            to_main += s.event.count;
         }
     }
     let _ = child.kill();

@@ -34,6 +34,36 @@ struct task_struct {
         __uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));                                   \
     } name SEC(".maps")
 
+// A ring buffer of `bytes` bytes (user space may size it again before load).
+#define RINGBUF(name, bytes)                                                                   \
+    struct {                                                                                   \
+        __uint(type, BPF_MAP_TYPE_RINGBUF);                                                    \
+        __uint(max_entries, bytes);                                                            \
+    } name SEC(".maps")
+
+// Task-local storage of `type`: found through the task itself, with no hash lookup.
+#define TASK_STORAGE(name, value_type)                                                               \
+    struct {                                                                                   \
+        __uint(type, BPF_MAP_TYPE_TASK_STORAGE);                                               \
+        __uint(map_flags, BPF_F_NO_PREALLOC);                                                  \
+        __type(key, int);                                                                      \
+        __type(value, value_type);                                                             \
+    } name SEC(".maps")
+
+// One row of events: a thread's stacks and what its events are (a syscall number, an operation,
+// a block's state), in buffer `buffer`; `RowKey` in Rust.
+struct row_key {
+    __u32 pid;
+    __u32 tid;
+    __u64 cgroup_id;
+    __s32 kernel_stack;
+    __s32 user_stack;
+    __u32 kind;
+    __u32 buffer;
+    char comm[TASK_COMM_LEN];
+};
+_Static_assert(sizeof(struct row_key) == 48, "row_key is RowKey in Rust");
+
 // A power-of-two histogram's key: (process, what is measured, bucket, buffer); `HistKey` in Rust.
 struct hist_key {
     __u32 pid;
@@ -89,6 +119,16 @@ static __always_inline int add_u64(void *map, void *key, __u64 n)
         return -1;
     __sync_fetch_and_add(v, n);
     return 0;
+}
+
+// The task-local storage of `task` in `map`, created if need be; NULL, counted in stat `full`,
+// when none can be had.
+static __always_inline void *task_start(void *map, struct task_struct *task, __u32 full)
+{
+    void *s = bpf_task_storage_get(map, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!s)
+        bump(full);
+    return s;
 }
 
 // The power-of-two bucket of `v`: floor(log2(v)), 0 for 0 and 1.

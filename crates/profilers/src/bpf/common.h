@@ -24,20 +24,7 @@ static __always_inline __u32 sampled_weight(void)
     return bpf_get_prandom_u32() % every == 0 ? every : 0;
 }
 
-// One row of an event profiler: a thread's stacks and what its events add up to.
-struct row_key {
-    __u32 pid;
-    __u32 tid;
-    __u64 cgroup_id;
-    __s32 kernel_stack;
-    __s32 user_stack;
-    // What the events are: a syscall number, an operation.
-    __u32 kind;
-    __u32 buffer;
-    char comm[TASK_COMM_LEN];
-};
-_Static_assert(sizeof(struct row_key) == 48, "row_key is RowKey in Rust");
-
+// What one row's events add up to.
 struct row_value {
     __u64 count;
     __u64 ns;

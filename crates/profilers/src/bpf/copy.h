@@ -4,7 +4,7 @@
 // as user space plans it in `dwarf_pids`), an event copies the user registers and stack into the
 // `copies` ring under a cookie (its start time); when the event ends, `send_end` reports what
 // was measured through the same ring, and user space pairs the two by (thread, cookie).
-// Include it after <bpf/bpf_helpers.h> and a `struct task_struct` declaration.
+// Include it after base.h.
 #ifndef BATON_COPY_H
 #define BATON_COPY_H
 
@@ -18,9 +18,7 @@ struct copy_event {
     __u64 cookie;
     __u32 tid;
     __u32 pad;
-    __u64 ip;
-    __u64 sp;
-    __u64 bp;
+    struct copied_regs regs;
     __u64 stack_bytes;
     __u8 stack[USTACK_BYTES];
 };
@@ -45,10 +43,7 @@ struct end_event {
 _Static_assert(sizeof(struct end_event) == 80, "end_event is EndEvent in Rust");
 
 // Sized by user space before load: one page when DWARF unwinding is off.
-struct {
-    __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 8 * 1024 * 1024);
-} copies SEC(".maps");
+RINGBUF(copies, 8 * 1024 * 1024);
 
 // [0]: stacks copied; [1]: copies or ends the ring had no room for.
 struct {
@@ -95,9 +90,7 @@ static __always_inline int copy_user_stack(struct task_struct *task, __u32 tgid,
     ev->tid = tid;
     ev->pad = 0;
     ev->cookie = cookie;
-    ev->ip = regs.rip;
-    ev->sp = regs.rsp;
-    ev->bp = regs.rbp;
+    save_regs(&ev->regs, &regs);
     ev->stack_bytes = copy_stack_pages(ev->stack, regs.rsp);
     bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
     copy_bump(0);

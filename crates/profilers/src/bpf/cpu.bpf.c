@@ -60,9 +60,7 @@ struct stack_event {
     __u32 tid;
     __u64 cgroup_id;
     char comm[TASK_COMM_LEN];
-    __u64 ip;
-    __u64 sp;
-    __u64 bp;
+    struct copied_regs regs;
     __s64 kernel_bytes;
     __u64 stack_bytes;
     __u64 ts;                   // when the sample was taken, for the timeline
@@ -73,10 +71,7 @@ _Static_assert(sizeof(struct stack_event) == 1096 + USTACK_BYTES,
                "stack_event is StackEvent + stack in Rust");
 
 // Sized by user space before load: one page when DWARF unwinding is off.
-struct {
-    __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 16 * 1024 * 1024);
-} stack_events SEC(".maps");
+RINGBUF(stack_events, 16 * 1024 * 1024);
 
 // One sample's time and stacks, for the timeline: `buffer` says which stack map the ids are in.
 struct tick {
@@ -91,10 +86,7 @@ struct tick {
 _Static_assert(sizeof(struct tick) == 32, "tick is Tick in Rust");
 
 // Sized by user space before load from the CPU count and frequency.
-struct {
-    __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 256 * 1024);
-} ticks SEC(".maps");
+RINGBUF(ticks, 256 * 1024);
 
 const volatile __u8 include_idle = 0;
 const volatile __u8 emit_ticks = 0;
@@ -141,9 +133,7 @@ static __always_inline int send_copy(struct bpf_perf_event_data *ctx, __u32 tgid
     ev->tid = tid;
     ev->cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-    ev->ip = regs->rip;
-    ev->sp = regs->rsp;
-    ev->bp = regs->rbp;
+    save_regs(&ev->regs, regs);
     ev->kernel_bytes = bpf_get_stack(ctx, ev->kernel, sizeof(ev->kernel), 0);
     ev->stack_bytes = copy_stack_pages(ev->stack, regs->rsp);
     ev->ts = bpf_ktime_get_ns();

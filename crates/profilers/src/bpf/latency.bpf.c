@@ -50,10 +50,7 @@ struct {
     __type(value, __u64);
 } running SEC(".maps");
 
-struct {
-    __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 4 * 1024 * 1024);
-} events SEC(".maps");
+RINGBUF(events, 4 * 1024 * 1024);
 
 enum { EV_SAMPLE = 1, EV_SLOW = 2 };
 

@@ -48,12 +48,7 @@ struct start {
     __u32 pad;
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-    __type(key, int);
-    __type(value, struct start);
-} starts SEC(".maps");
+TASK_STORAGE(starts, struct start);
 
 SEC("tracepoint/syscalls/sys_enter_futex")
 int on_futex_enter(struct futex_enter *args)
@@ -66,11 +61,9 @@ int on_futex_enter(struct futex_enter *args)
     if (!is_target(pid_tgid >> 32))
         return 0;
     struct task_struct *task = bpf_get_current_task_btf();
-    struct start *s = bpf_task_storage_get(&starts, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-    if (!s) {
-        bump(STAT_NO_STORAGE);
+    struct start *s = task_start(&starts, task, STAT_NO_STORAGE);
+    if (!s)
         return 0;
-    }
     __u64 now = bpf_ktime_get_ns();
     s->op = cmd;
     s->user_stack = user_stack_or_copy(args, &stacks, task, pid_tgid >> 32, (__u32)pid_tgid, now,

@@ -70,12 +70,7 @@ struct thread_state {
 };
 
 // In task-local storage: found through the task itself, with no hash lookup or LRU lock.
-struct {
-    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-    __type(key, int);
-    __type(value, struct thread_state);
-} threads SEC(".maps");
+TASK_STORAGE(threads, struct thread_state);
 
 struct live_key {
     __u64 addr;
@@ -91,10 +86,7 @@ struct {
     __type(value, __u8);
 } live SEC(".maps");
 
-struct {
-    __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 16 * 1024 * 1024);
-} events SEC(".maps");
+RINGBUF(events, 16 * 1024 * 1024);
 
 #include "copy.h"
 

@@ -29,18 +29,7 @@ enum stat_index {
 #define TASK_INTERRUPTIBLE 0x1
 #define TASK_UNINTERRUPTIBLE 0x2
 
-struct block_key {
-    __u32 pid;
-    __u32 tid;
-    __u64 cgroup_id;
-    __s32 kernel_stack;
-    __s32 user_stack;
-    __u32 state;
-    __u32 pad;
-    char comm[TASK_COMM_LEN];
-};
-_Static_assert(sizeof(struct block_key) == 48, "block_key is BlockKey in Rust");
-
+// Blocks are counted under a row_key (base.h) whose kind is the state they slept in.
 struct block_value {
     __u64 ns;
     __u64 count;
@@ -54,7 +43,7 @@ struct start {
     __u64 ts;
     __u32 generation;
     __u32 weight;
-    struct block_key key;
+    struct row_key key;
     __u32 copied;
     __u32 pad;
 };
@@ -65,7 +54,7 @@ struct start {
     struct {                                                                                   \
         __uint(type, BPF_MAP_TYPE_HASH);                                                       \
         __uint(max_entries, MAX_ENTRIES);                                                      \
-        __type(key, struct block_key);                                                         \
+        __type(key, struct row_key);                                                         \
         __type(value, struct block_value);                                                     \
     } name SEC(".maps")
 
@@ -79,12 +68,7 @@ STACK_MAP(stacks, STACK_ENTRIES);
 
 // Per-thread start of the current block, in task-local storage: a switch-in finds it through
 // the task itself, with no hash lookup. `ts` is 0 when the thread is not being tracked.
-struct {
-    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-    __type(key, int);
-    __type(value, struct start);
-} starts SEC(".maps");
+TASK_STORAGE(starts, struct start);
 
 
 // A recorded block for the timeline: when it began, how long it lasted, and the key it is
@@ -102,10 +86,7 @@ struct span {
 _Static_assert(sizeof(struct span) == 40, "span is Span in Rust");
 
 // Sized by user space before load.
-struct {
-    __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 256 * 1024);
-} spans SEC(".maps");
+RINGBUF(spans, 256 * 1024);
 
 const volatile __u8 emit_spans = 0;
 const volatile __u64 min_block_ns = 1000000;
@@ -131,18 +112,16 @@ int BPF_PROG(on_switch, _Bool preempt, struct task_struct *prev, struct task_str
             bump(STAT_SKIPPED);
             goto switch_in;
         }
-        struct start *s = bpf_task_storage_get(&starts, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-        if (!s) {
-            bump(STAT_STARTS_FULL);
+        struct start *s = task_start(&starts, prev, STAT_STARTS_FULL);
+        if (!s)
             goto switch_in;
-        }
         s->generation = generation;
         s->weight = every > 1 ? every : 1;
         s->key.pid = prev_tgid;
         s->key.tid = prev_tid;
         s->key.cgroup_id = bpf_get_current_cgroup_id();
-        s->key.state = state;
-        s->key.pad = 0;
+        s->key.kind = state;
+        s->key.buffer = 0;
         bpf_get_current_comm(&s->key.comm, sizeof(s->key.comm));
         s->key.kernel_stack = bpf_get_stackid(ctx, &stacks, 0);
         if (s->key.kernel_stack < 0)
@@ -158,7 +137,7 @@ switch_in:;
         return 0;
     __u64 delta = now - s->ts;
     s->ts = 0;
-    struct block_key key = s->key;
+    struct row_key key = s->key;
     __u32 gen = s->generation;
     __u64 weight = s->weight;
     // The switch-out's time, which named the copy.
@@ -182,7 +161,7 @@ switch_in:;
             sp->tid = key.tid;
             sp->kernel_stack = key.kernel_stack;
             sp->user_stack = key.user_stack;
-            sp->state = key.state;
+            sp->state = key.kind;
             sp->buffer = copied ? 2 : active_buffer;
             bpf_ringbuf_submit(sp, BPF_RB_NO_WAKEUP);
         } else {
@@ -191,7 +170,7 @@ switch_in:;
     }
     if (copied) {
         // User space pairs this with the copy sent at the switch-out and counts the block.
-        if (send_end(key.pid, key.tid, cookie, key.state, key.cgroup_id, key.kernel_stack,
+        if (send_end(key.pid, key.tid, cookie, key.kind, key.cgroup_id, key.kernel_stack,
                      delta * weight, weight, 0, key.comm) == 0) {
             bump(STAT_BLOCKS);
             return 0;

@@ -25,12 +25,7 @@ struct start {
     __u32 copied;
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-    __type(key, int);
-    __type(value, struct start);
-} starts SEC(".maps");
+TASK_STORAGE(starts, struct start);
 
 SEC("tp_btf/sys_enter")
 int BPF_PROG(on_enter, struct pt_regs *regs, long id)
@@ -39,11 +34,9 @@ int BPF_PROG(on_enter, struct pt_regs *regs, long id)
     if (!is_target(pid_tgid >> 32))
         return 0;
     struct task_struct *task = bpf_get_current_task_btf();
-    struct start *s = bpf_task_storage_get(&starts, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-    if (!s) {
-        bump(STAT_NO_STORAGE);
+    struct start *s = task_start(&starts, task, STAT_NO_STORAGE);
+    if (!s)
         return 0;
-    }
     __u64 now = bpf_ktime_get_ns();
     s->nr = (__u32)id;
     s->weight = sampled_weight();

@@ -33,6 +33,21 @@ struct {
     __type(value, struct unwind_plan);
 } dwarf_pids SEC(".maps");
 
+// The registers user space starts unwinding a copied stack from; `CopiedRegs` in Rust.
+struct copied_regs {
+    __u64 ip;
+    __u64 sp;
+    __u64 bp;
+};
+_Static_assert(sizeof(struct copied_regs) == 24, "copied_regs is CopiedRegs in Rust");
+
+static __always_inline void save_regs(struct copied_regs *to, struct user_regs *from)
+{
+    to->ip = from->rip;
+    to->sp = from->rsp;
+    to->bp = from->rbp;
+}
+
 // A copy holds the user stack from the stack pointer upwards, page by page, up to USTACK_BYTES
 // or the end of the stack mapping.
 #define PAGE 4096

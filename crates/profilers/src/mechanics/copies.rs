@@ -14,7 +14,7 @@ use libbpf_rs::{MapCore, MapFlags};
 use crate::mechanics::maps::percpu_sum;
 use crate::mechanics::record::{comm, decode, decode_with_tail, kind_of, record};
 use crate::mechanics::ring::RingReader;
-use crate::mechanics::unwind::{encode_plan, DwarfUnwinder, UnwindStats, USTACK_BYTES};
+use crate::mechanics::unwind::{encode_plan, CopiedRegs, DwarfUnwinder, UnwindStats, USTACK_BYTES};
 use crate::ProfilerError;
 
 /// `struct copy_event` of copy.h without its trailing `stack[USTACK_BYTES]`, which is read
@@ -27,9 +27,7 @@ struct CopyEvent {
     cookie: u64,
     tid: u32,
     pad: u32,
-    ip: u64,
-    sp: u64,
-    bp: u64,
+    regs: CopiedRegs,
     stack_bytes: u64,
 }
 record!(CopyEvent, "copy_event", 56);
@@ -98,7 +96,8 @@ impl State {
                     return;
                 };
                 let stack = &stack[..(c.stack_bytes as usize).min(USTACK_BYTES)];
-                let (user, _) = lock(unwinder).unwind(c.pid, c.ip, c.sp, c.bp, stack);
+                let (user, _) =
+                    lock(unwinder).unwind(c.pid, c.regs.ip, c.regs.sp, c.regs.bp, stack);
                 self.pending
                     .insert((c.tid, c.cookie), (user, self.generation));
             }
@@ -241,6 +240,23 @@ impl CopyReader {
     /// Waits until every copy submitted so far has been unwound.
     pub(crate) fn flush(&self) {
         self.reader.flush();
+    }
+
+    /// Adds the counters of `copies` (stacks copied, copies or ends lost or unpaired, the
+    /// unwinder's) to `s`; nothing without DWARF unwinding.
+    pub(crate) fn add_stats(
+        copies: Option<&CopyReader>,
+        copy_stats: &dyn MapCore,
+        s: crate::ProfilerStats,
+    ) -> crate::ProfilerStats {
+        let Some(c) = copies else { return s };
+        let (dwarf_copied, dwarf_ring_full, unwind) = c.stats(copy_stats);
+        crate::ProfilerStats {
+            dwarf_copied,
+            dwarf_ring_full,
+            unwind,
+            ..s
+        }
     }
 
     /// (stacks copied, copies or ends lost or unpaired), and the unwinder's counters.

@@ -1,6 +1,8 @@
 //! Reading BPF maps: stack maps, per-CPU counters, target sets and power-of-two histograms,
 //! every value decoded through [`crate::mechanics::record`].
 
+use std::time::{Duration, Instant};
+
 use libbpf_rs::{MapCore, MapFlags};
 
 use crate::mechanics::record::{addresses, decode, record};
@@ -21,6 +23,22 @@ pub(crate) struct HistKey {
     pub buffer: u32,
 }
 record!(HistKey, "hist_key", 16);
+
+/// `struct row_key` of base.h: a thread's events of one kind (a syscall number, an operation, a
+/// block's state), with their stacks, in buffer `buffer`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct RowKey {
+    pub pid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    pub kernel_stack: i32,
+    pub user_stack: i32,
+    pub kind: u32,
+    pub buffer: u32,
+    pub comm: [u8; 16],
+}
+record!(RowKey, "row_key", 48);
 
 /// The stack with id `id` in a stack map, or `None` when it is not there.
 pub(crate) fn stack_of(stacks: &(impl MapCore + ?Sized), id: i32) -> Option<Vec<u64>> {
@@ -123,9 +141,37 @@ pub(crate) fn clear_if_half_full(stacks: &(impl MapCore + ?Sized), capacity: usi
 /// Histogram counts per (pid, kind), as (power-of-two bucket, count).
 pub(crate) type HistCounts = std::collections::HashMap<(u32, u32), Vec<(u32, f64)>>;
 
+/// Reads and deletes the histograms of buffer `old` (see [`drain_hists`]) as histograms of
+/// nanoseconds named `name`, keyed by `key_of(kind)`, each with its process's name from
+/// `comms`, else from `/proc`.
+pub(crate) fn drain_histograms(
+    hists: &(impl MapCore + ?Sized),
+    old: u32,
+    name: &'static str,
+    key_of: impl Fn(u32) -> String,
+    comms: &std::collections::HashMap<u32, String>,
+) -> Result<Vec<crate::RawHistogram>, crate::ProfilerError> {
+    let by = drain_hists(hists, old)?;
+    Ok(by
+        .into_iter()
+        .map(|((pid, kind), buckets)| crate::RawHistogram {
+            name,
+            unit: "nanoseconds",
+            key: key_of(kind),
+            pid,
+            comm: comms
+                .get(&pid)
+                .cloned()
+                .unwrap_or_else(|| crate::sys::comm_of(pid)),
+            buckets,
+            le_buckets: Vec::new(),
+        })
+        .collect())
+}
+
 /// Reads and deletes the histogram counts of buffer `old` from a map keyed by [`HistKey`],
 /// grouped by (pid, kind) as (bucket, count).
-pub(crate) fn drain_hists(
+fn drain_hists(
     hists: &(impl MapCore + ?Sized),
     old: u32,
 ) -> Result<HistCounts, crate::ProfilerError> {
@@ -148,4 +194,100 @@ pub(crate) fn drain_hists(
             .push((key.bucket, n as f64));
     }
     Ok(by)
+}
+
+/// Which half of a program's double-buffered maps BPF fills (its `active_buffer`); user space
+/// drains the other.
+#[derive(Debug, Default)]
+pub(crate) struct Buffers {
+    active: u32,
+}
+
+impl Buffers {
+    /// The buffer BPF fills now.
+    pub(crate) fn active(&self) -> u32 {
+        self.active
+    }
+
+    /// Makes BPF fill the other buffer (`set` writes the program's `active_buffer`), waits for
+    /// the programs that read the old index just before, and returns the buffer to drain.
+    pub(crate) fn flip(&mut self, set: impl FnOnce(u32)) -> u32 {
+        let old = self.active;
+        self.active = 1 - old;
+        set(self.active);
+        // A program that read the old index just before the flip finishes within microseconds.
+        std::thread::sleep(Duration::from_millis(5));
+        old
+    }
+}
+
+/// Flips the [`Buffers`] `$buffers` of skeleton `$skel`, whose `.bss` holds `active_buffer`;
+/// evaluates to the buffer to drain.
+macro_rules! flip_buffers {
+    ($buffers:expr, $skel:expr) => {{
+        let bss = &mut $skel.maps.bss_data;
+        $buffers.flip(|b| {
+            if let Some(bss) = bss.as_deref_mut() {
+                bss.active_buffer = b;
+            }
+        })
+    }};
+}
+pub(crate) use flip_buffers;
+
+/// One-in-N sampling set from the rate of events, so that about a budget of them a second are
+/// taken (stacks, tracked switch-outs).
+#[derive(Debug)]
+pub(crate) struct RateSampler {
+    /// When, and the events seen so far, at the last decision.
+    last: (Instant, u64),
+}
+
+impl RateSampler {
+    pub(crate) fn new() -> RateSampler {
+        RateSampler {
+            last: (Instant::now(), 0),
+        }
+    }
+
+    /// N for `budget` events a second, `seen` being the events so far; `None` until 0.1 s has
+    /// passed since the last decision.
+    pub(crate) fn every(&mut self, seen: u64, budget: u64) -> Option<u32> {
+        let (t0, s0) = self.last;
+        let secs = t0.elapsed().as_secs_f64();
+        if secs < 0.1 {
+            return None;
+        }
+        self.last = (Instant::now(), seen);
+        let rate = seen.saturating_sub(s0) as f64 / secs;
+        Some((rate / budget.max(1) as f64).ceil().clamp(1.0, 1e6) as u32)
+    }
+}
+
+/// Where a program keeps the counters [`crate::ProfilerStats`] reports, as slots of its per-CPU
+/// `stats` array (the program's `enum stat_index`).
+#[derive(Debug)]
+pub(crate) struct StatSlots {
+    /// Events recorded.
+    pub samples: u32,
+    /// Events BPF had no room for, summed.
+    pub lost: &'static [u32],
+    pub user_stack_failed: u32,
+    pub kernel_stack_failed: Option<u32>,
+    pub forks_followed: u32,
+}
+
+impl StatSlots {
+    /// The counters, read from the program's `stats` map.
+    pub(crate) fn read(&self, stats: &(impl MapCore + ?Sized)) -> crate::ProfilerStats {
+        let read = |i: u32| percpu_sum(stats, i);
+        crate::ProfilerStats {
+            samples: read(self.samples),
+            lost_map_full: self.lost.iter().map(|&i| read(i)).sum(),
+            user_stack_failed: read(self.user_stack_failed),
+            kernel_stack_failed: self.kernel_stack_failed.map_or(0, read),
+            forks_followed: read(self.forks_followed),
+            ..crate::ProfilerStats::default()
+        }
+    }
 }

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 ///
 /// # Safety
 ///
-/// The type is `#[repr(C)]` (or a primitive, or an array of them) and made only of integers
-/// and arrays of integers, so every bit pattern is a valid value, and it has no padding (every
+/// The type is `#[repr(C)]` (or a primitive, or an array of them) and made only of integers,
+/// arrays of integers and other records, so every bit pattern is a valid value, and it has no padding (every
 /// C twin spells its padding out as fields).
 pub(crate) unsafe trait Record: Copy + 'static {
     /// The C struct's name, for errors.
@@ -48,7 +48,7 @@ unsafe impl<const N: usize> Record for [u64; N] {
 /// has the size `$size` the C side asserts too.
 ///
 /// The caller promises what [`Record`]'s safety section asks: `$t` is `#[repr(C)]`, made of
-/// integers and arrays of integers only, with its padding spelled out as fields.
+/// integers, arrays of integers and other records only, with its padding spelled out as fields.
 macro_rules! record {
     ($t:ty, $c:literal, $size:expr) => {
         const _: () = assert!(

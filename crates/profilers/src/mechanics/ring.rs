@@ -87,6 +87,16 @@ impl Drop for RingReader {
     }
 }
 
+/// Bytes for a ring that should hold `want` bytes when `on`, as the kernel takes them (a power
+/// of two), between `min` and `max`; the smallest ring (a page) when off.
+pub(crate) fn ring_bytes(on: bool, want: u64, min: u64, max: u64) -> u32 {
+    if on {
+        want.next_power_of_two().clamp(min, max) as u32
+    } else {
+        4096
+    }
+}
+
 /// A ring of fixed records `T`, decoded and kept until taken.
 pub(crate) struct RingCollector<T: Record + Send> {
     reader: RingReader,

@@ -69,24 +69,45 @@ fn rooted(proc_dir: &str, path: &Path) -> PathBuf {
 
 /// The processes a uprobe profiler has probes in. Uprobes are attached per process (so no
 /// other process traps); BPF adds the children of targets to the targets map as they fork, and
-/// [`Followed::new_children`] hands them over to be attached.
+/// [`Followed::attach_children`] attaches to them.
 #[derive(Debug, Default)]
 pub(crate) struct Followed {
     attached: HashSet<u32>,
+    /// Probes on every process: there are no children to follow.
+    all: bool,
 }
 
 impl Followed {
+    /// For a profiler of `targets`, or of every process when `None`.
+    pub(crate) fn new(targets: Option<&[u32]>) -> Followed {
+        Followed {
+            attached: HashSet::new(),
+            all: targets.is_none(),
+        }
+    }
+
     /// Notes that `pid` has its probes.
     pub(crate) fn mark(&mut self, pid: u32) {
         self.attached.insert(pid);
     }
 
-    /// Live targets without probes yet, marked as handled (an attach that fails is not retried).
+    /// Live targets without probes yet (children BPF followed), marked as handled: an attach
+    /// that fails is not retried. None when probing every process.
     pub(crate) fn new_children(&mut self, targets: &dyn MapCore) -> Vec<u32> {
+        if self.all {
+            return Vec::new();
+        }
         crate::mechanics::maps::pids_of(targets)
             .into_iter()
             .filter(|&pid| self.attached.insert(pid) && crate::sys::process_alive(pid))
             .collect()
+    }
+}
+
+/// Logs a child's failed attach: the parent's probes keep running.
+pub(crate) fn child_attached(pid: u32, result: Result<(), ProfilerError>) {
+    if let Err(e) = result {
+        tracing::debug!(pid, error = %e, "could not attach to a child");
     }
 }
 

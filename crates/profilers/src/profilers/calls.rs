@@ -8,15 +8,16 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
 
-use crate::mechanics::maps::{clear_if_half_full, drain_hists, percpu_sum, pids_of, StackReader};
+use crate::mechanics::maps::{
+    clear_if_half_full, drain_histograms, flip_buffers, pids_of, Buffers, StackReader, StatSlots,
+};
 use crate::mechanics::record::{comm, decode, record};
 use crate::mechanics::skel::open_targeted;
-use crate::mechanics::uprobe::{functions_matching, resolve_binary, Followed};
-use crate::{Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
+use crate::mechanics::uprobe::{child_attached, functions_matching, resolve_binary, Followed};
+use crate::{Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
 use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
 
@@ -98,8 +99,7 @@ pub struct CallsProfiler {
     names: Vec<String>,
     index: HashMap<String, u32>,
     followed: Followed,
-    all: bool,
-    active: u32,
+    buffers: Buffers,
     stale_stacks: u64,
 }
 
@@ -146,9 +146,8 @@ impl CallsProfiler {
             latency,
             names: Vec::new(),
             index: HashMap::new(),
-            followed: Followed::default(),
-            all: o.targets.is_none(),
-            active: 0,
+            followed: Followed::new(o.targets.as_deref()),
+            buffers: Buffers::default(),
             stale_stacks: 0,
         };
         match &o.targets {
@@ -235,6 +234,15 @@ impl CallsProfiler {
     }
 }
 
+/// Slots of `enum stat_index` in calls.bpf.c.
+static STATS: StatSlots = StatSlots {
+    samples: 0,
+    lost: &[1],
+    user_stack_failed: 2,
+    kernel_stack_failed: None,
+    forks_followed: 5,
+};
+
 /// The registry's constructor.
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
     Ok(Box::new(CallsProfiler::start(o)?))
@@ -246,12 +254,7 @@ impl crate::Profiler for CallsProfiler {
     }
 
     fn drain(&mut self) -> Result<Drained, ProfilerError> {
-        let old = self.active;
-        self.active = 1 - old;
-        if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
-            bss.active_buffer = self.active;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+        let old = flip_buffers!(self.buffers, self.skel);
         let mut out = Drained::default();
         let counts = &self.skel.maps.counts;
         let mut stacks = StackReader::new(&self.skel.maps.stacks);
@@ -295,32 +298,22 @@ impl crate::Profiler for CallsProfiler {
         }
         self.stale_stacks += stacks.stale;
         clear_if_half_full(&self.skel.maps.stacks, STACK_ENTRIES);
-        let by = drain_hists(&self.skel.maps.hists, old)?;
         let comms: HashMap<u32, String> =
             out.events.iter().map(|e| (e.pid, e.comm.clone())).collect();
-        for ((pid, function), buckets) in by {
-            out.histograms.push(RawHistogram {
-                name: "call_latency",
-                unit: "nanoseconds",
-                key: self.name(function),
-                pid,
-                comm: comms.get(&pid).cloned().unwrap_or_default(),
-                buckets,
-                le_buckets: Vec::new(),
-            });
-        }
+        out.histograms = drain_histograms(
+            &self.skel.maps.hists,
+            old,
+            "call_latency",
+            |f| self.name(f),
+            &comms,
+        )?;
         Ok(out)
     }
 
     fn stats(&self) -> ProfilerStats {
-        let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
         ProfilerStats {
-            samples: read(0),
-            lost_map_full: read(1),
-            user_stack_failed: read(2),
-            forks_followed: read(5),
             stack_lookup_missing: self.stale_stacks,
-            ..ProfilerStats::default()
+            ..STATS.read(&self.skel.maps.stats)
         }
     }
 
@@ -329,15 +322,12 @@ impl crate::Profiler for CallsProfiler {
     }
 
     fn tick(&mut self) {
-        if self.all {
-            return;
-        }
+        // Children followed by BPF get their own probes.
         for pid in self.followed.new_children(&self.skel.maps.targets) {
-            let r =
-                resolve_binary(Some(pid), &self.binary).and_then(|p| self.attach(pid as i32, p));
-            if let Err(e) = r {
-                tracing::debug!(pid, error = %e, "could not attach to a child");
-            }
+            child_attached(
+                pid,
+                resolve_binary(Some(pid), &self.binary).and_then(|p| self.attach(pid as i32, p)),
+            );
         }
     }
 

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use baton_model::sync::lock;
 use libbpf_rs::{Link, MapCore, MapFlags};
 
-use crate::mechanics::maps::{percpu_sum, StackEntry, StackReader};
+use crate::mechanics::maps::{flip_buffers, percpu_sum, Buffers, StackEntry, StackReader};
 use crate::mechanics::perf::{open_sampling_event, SamplingEvent};
 use crate::mechanics::record::{addresses, comm, decode, decode_with_tail, record};
-use crate::mechanics::ring::{RingCollector, RingReader};
+use crate::mechanics::ring::{ring_bytes, RingCollector, RingReader};
 use crate::mechanics::skel::open_targeted;
-use crate::mechanics::unwind::{encode_plan, DwarfUnwinder, USTACK_BYTES};
+use crate::mechanics::unwind::{encode_plan, CopiedRegs, DwarfUnwinder, USTACK_BYTES};
 use crate::sys;
 use crate::{ProfilerError, ProfilerStats};
 
@@ -94,9 +94,7 @@ struct StackEvent {
     tid: u32,
     cgroup_id: u64,
     comm: [u8; 16],
-    ip: u64,
-    sp: u64,
-    bp: u64,
+    regs: CopiedRegs,
     kernel_bytes: i64,
     stack_bytes: u64,
     ts: u64,
@@ -143,17 +141,33 @@ pub enum UserStackOrigin {
     Dwarf,
 }
 
-/// One aggregated sample as the kernel gave it: raw addresses, leaf first.
+/// One aggregated sample: the row every profiler hands back (raw addresses, leaf first;
+/// `count` samples, and their CPU time as its value), and where its user stack came from.
 #[derive(Debug, Clone)]
 pub struct RawSample {
-    pub pid: u32,
-    pub tid: u32,
-    pub cgroup_id: u64,
-    pub comm: String,
-    pub kernel: Vec<u64>,
-    pub user: Vec<u64>,
+    pub event: crate::Event,
     pub user_origin: UserStackOrigin,
-    pub count: u64,
+}
+
+/// The sample row of `count` samples of `period_ns` each, of a thread and its stacks.
+fn sample(key: CopyKey, count: u64, period_ns: u64, user_origin: UserStackOrigin) -> RawSample {
+    let (pid, tid, cgroup_id, comm, kernel, user) = key;
+    RawSample {
+        event: crate::Event {
+            pid,
+            tid,
+            cgroup_id,
+            comm,
+            kernel,
+            user,
+            count,
+            values: vec![count * period_ns],
+            weight: 1.0,
+            labels: Vec::new(),
+            frames: Vec::new(),
+        },
+        user_origin,
+    }
 }
 
 /// A drained window: its samples and the counters at the end of it.
@@ -177,7 +191,7 @@ pub struct CpuProfiler {
     _stats_fd: Option<OwnedFd>,
     event: SamplingEvent,
     frequency_hz: u64,
-    active: u32,
+    buffers: Buffers,
     stack_lookup_missing: u64,
     last_drain: Instant,
 }
@@ -220,12 +234,12 @@ fn take_copy(shared: &DwarfShared, data: &[u8]) {
     let kernel = addresses(&ev.kernel[..kernel_frames]);
     let stack_bytes = (ev.stack_bytes as usize).min(USTACK_BYTES);
     let stack = &stack[..stack_bytes];
-    let (pid, ip, sp) = (ev.pid, ev.ip, ev.sp);
-    let (user, _complete) = lock(&shared.unwinder).unwind(pid, ip, sp, ev.bp, stack);
+    let (pid, regs) = (ev.pid, ev.regs);
+    let (user, _complete) = lock(&shared.unwinder).unwind(pid, regs.ip, regs.sp, regs.bp, stack);
     tracing::trace!(
         pid,
-        ip,
-        sp,
+        ip = regs.ip,
+        sp = regs.sp,
         stack_bytes,
         frames = user.len(),
         "unwound a copied stack"
@@ -248,31 +262,24 @@ impl CpuProfiler {
         }
         let cpus_n = sys::online_cpus().map_or(1, |c| c.len()) as u64;
         let (skel, fork_link) = open_targeted!(CpuSkelBuilder, "cpu", opts, |open| {
-            // Without DWARF unwinding nothing is ever copied: keep the ring at its smallest.
-            let copy_bytes = if opts.dwarf {
-                (cpus_n * COPY_RING_BYTES_PER_CPU)
-                    .next_power_of_two()
-                    .clamp(2 << 20, 64 << 20)
-            } else {
-                4096
-            };
+            // Without DWARF unwinding nothing is ever copied: the ring is at its smallest.
+            let copy_bytes = ring_bytes(
+                opts.dwarf,
+                cpus_n * COPY_RING_BYTES_PER_CPU,
+                2 << 20,
+                64 << 20,
+            );
             open.maps
                 .stack_events
-                .set_max_entries(copy_bytes as u32)
+                .set_max_entries(copy_bytes)
                 .map_err(ProfilerError::bpf("sizing the stack ring"))?;
             if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
                 ro.emit_ticks = u8::from(opts.timeline);
             }
-            let tick_bytes = if opts.timeline {
-                (cpus_n * opts.frequency_hz * TICK_RING_BYTES_PER_CPU_HZ)
-                    .next_power_of_two()
-                    .clamp(64 << 10, 32 << 20)
-            } else {
-                4096
-            };
+            let tick_bytes = cpus_n * opts.frequency_hz * TICK_RING_BYTES_PER_CPU_HZ;
             open.maps
                 .ticks
-                .set_max_entries(tick_bytes as u32)
+                .set_max_entries(ring_bytes(opts.timeline, tick_bytes, 64 << 10, 32 << 20))
                 .map_err(ProfilerError::bpf("sizing the tick ring"))?;
         });
 
@@ -342,7 +349,7 @@ impl CpuProfiler {
             _stats_fd: stats_fd,
             event,
             frequency_hz: opts.frequency_hz,
-            active: 0,
+            buffers: Buffers::default(),
             stack_lookup_missing: 0,
             last_drain: Instant::now(),
         };
@@ -381,7 +388,7 @@ impl CpuProfiler {
     /// Pids that have samples in the filling buffer, without draining it. Lets the agent
     /// snapshot a process's mappings before the process can exit.
     pub fn pending_pids(&self) -> HashSet<u32> {
-        let counts = if self.active == 0 {
+        let counts = if self.buffers.active() == 0 {
             &self.skel.maps.counts0
         } else {
             &self.skel.maps.counts1
@@ -428,13 +435,8 @@ impl CpuProfiler {
 
     /// Flips buffers and returns everything aggregated since the last drain.
     pub fn drain(&mut self) -> Result<Window, ProfilerError> {
-        let old = self.active;
-        self.active = 1 - old;
-        if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
-            bss.active_buffer = self.active;
-        }
-        // A program that read the old index just before the flip finishes within microseconds.
-        std::thread::sleep(Duration::from_millis(5));
+        let old = flip_buffers!(self.buffers, self.skel);
+        let period = self.period_ns();
         let elapsed = self.last_drain.elapsed();
         self.last_drain = Instant::now();
 
@@ -464,16 +466,19 @@ impl CpuProfiler {
             by_key
                 .entry((key.pid, key.tid, key.kernel_stack, key.user_stack))
                 .or_insert(samples.len());
-            samples.push(RawSample {
-                pid: key.pid,
-                tid: key.tid,
-                cgroup_id: key.cgroup_id,
-                comm: comm(&key.comm),
-                kernel,
-                user,
-                user_origin: UserStackOrigin::FramePointers,
+            samples.push(sample(
+                (
+                    key.pid,
+                    key.tid,
+                    key.cgroup_id,
+                    comm(&key.comm),
+                    kernel,
+                    user,
+                ),
                 count,
-            });
+                period,
+                UserStackOrigin::FramePointers,
+            ));
         }
         self.stack_lookup_missing += stack_reader.stale;
         // Ticks of the drained buffer name its samples; the others wait for the next drain.
@@ -497,7 +502,7 @@ impl CpuProfiler {
                 "timeline ticks"
             );
             // A tick whose buffer was drained twice since is stale: keep at most one window.
-            keep.retain(|t| t.buffer == self.active);
+            keep.retain(|t| t.buffer == self.buffers.active());
             t.pending = keep;
         }
         // Clear the whole idle stack map, including stacks whose count could not be stored.
@@ -506,18 +511,9 @@ impl CpuProfiler {
             // Copies taken before the flip are in the ring: wait for one more pass over it.
             d.reader.flush_within(Duration::from_millis(500));
             let copied = std::mem::take(&mut *lock(&d.shared.stacks));
-            for ((pid, tid, cgroup_id, comm, kernel, user), (count, times)) in copied {
+            for (key, (count, times)) in copied {
                 ticks.extend(times.into_iter().map(|ts| (ts, samples.len())));
-                samples.push(RawSample {
-                    pid,
-                    tid,
-                    cgroup_id,
-                    comm,
-                    kernel,
-                    user,
-                    user_origin: UserStackOrigin::Dwarf,
-                    count,
-                });
+                samples.push(sample(key, count, period, UserStackOrigin::Dwarf));
             }
             // Forget processes that are gone: their pid may come back as another program.
             let gone: Vec<u32> = d
@@ -637,33 +633,16 @@ impl crate::Profiler for CpuProfiler {
             .iter()
             .map(|&(ts, i)| crate::RawSpan {
                 kind: baton_model::SpanKind::Cpu,
-                pid: w.samples[i].pid,
-                tid: w.samples[i].tid,
+                pid: w.samples[i].event.pid,
+                tid: w.samples[i].event.tid,
                 start_ns: ts,
                 dur_ns: period,
                 event: Some(i),
                 label: String::new(),
             })
             .collect();
-        let events = w
-            .samples
-            .into_iter()
-            .map(|r| crate::Event {
-                pid: r.pid,
-                tid: r.tid,
-                cgroup_id: r.cgroup_id,
-                comm: r.comm,
-                kernel: r.kernel,
-                user: r.user,
-                count: r.count,
-                values: vec![r.count * period],
-                weight: 1.0,
-                labels: Vec::new(),
-                frames: Vec::new(),
-            })
-            .collect();
         Ok(crate::Drained {
-            events,
+            events: w.samples.into_iter().map(|r| r.event).collect(),
             histograms: Vec::new(),
             spans,
         })

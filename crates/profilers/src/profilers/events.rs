@@ -7,14 +7,16 @@
 //! [`event_skel!`], describes itself in a [`Spec`], and calls [`EventProfiler::new`].
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use libbpf_rs::{Link, MapCore, MapFlags};
 
 use crate::mechanics::copies::CopyReader;
-use crate::mechanics::maps::{clear_if_half_full, drain_hists, percpu_sum, StackReader};
+use crate::mechanics::maps::{
+    clear_if_half_full, drain_histograms, percpu_sum, Buffers, RateSampler, RowKey, StackReader,
+    StatSlots,
+};
 use crate::mechanics::record::{comm, decode, record};
-use crate::{Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
+use crate::{Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
 /// What the generic code needs of a skeleton built on `common.h`.
 pub(crate) trait EventSkel {
@@ -73,22 +75,6 @@ macro_rules! event_skel {
 }
 pub(crate) use event_skel;
 
-/// `struct row_key` of common.h: a thread's events of one kind, with their stacks, in buffer
-/// `buffer`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RowKey {
-    pid: u32,
-    tid: u32,
-    cgroup_id: u64,
-    kernel_stack: i32,
-    user_stack: i32,
-    kind: u32,
-    buffer: u32,
-    comm: [u8; 16],
-}
-record!(RowKey, "row_key", 48);
-
 /// `struct row_value` of common.h: one row's sums.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -112,12 +98,8 @@ pub(crate) struct Spec {
     pub histogram: &'static str,
     /// The histogram's key for a kind (`write`), or one key for all.
     pub hist_key: fn(u32) -> String,
-    /// Stat slots: events recorded, lost, user-stack failures, kernel-stack failures, forks.
-    pub stat_events: u32,
-    pub stat_lost: u32,
-    pub stat_ustack: u32,
-    pub stat_kstack: Option<u32>,
-    pub stat_forks: u32,
+    /// Where its program keeps its counters.
+    pub stats: StatSlots,
 }
 
 const STACK_ENTRIES: usize = 16384;
@@ -129,11 +111,11 @@ pub(crate) struct EventProfiler<S: EventSkel> {
     skel: S,
     _links: Vec<Link>,
     spec: &'static Spec,
-    active: u32,
+    buffers: Buffers,
     stale_stacks: u64,
     /// Events per second whose stacks are taken, when the profiler samples stacks.
     budget: Option<u64>,
-    last_adapt: (Instant, u64),
+    sampler: RateSampler,
 }
 
 impl<S: EventSkel> EventProfiler<S> {
@@ -158,15 +140,11 @@ impl<S: EventSkel> EventProfiler<S> {
             skel,
             _links: links,
             spec,
-            active: 0,
+            buffers: Buffers::default(),
             stale_stacks: 0,
             budget,
-            last_adapt: (Instant::now(), 0),
+            sampler: RateSampler::new(),
         })
-    }
-
-    fn stat(&self, i: u32) -> u64 {
-        percpu_sum(self.skel.stats(), i)
     }
 }
 
@@ -176,10 +154,8 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
     }
 
     fn drain(&mut self) -> Result<Drained, ProfilerError> {
-        let old = self.active;
-        self.active = 1 - old;
-        self.skel.set_buffer(self.active);
-        std::thread::sleep(Duration::from_millis(5));
+        let skel = &mut self.skel;
+        let old = self.buffers.flip(|b| skel.set_buffer(b));
         let mut out = Drained::default();
         let rows = self.skel.rows();
         let mut stacks = StackReader::new(self.skel.stacks());
@@ -240,48 +216,25 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
         }
         self.stale_stacks += stacks.stale;
         clear_if_half_full(self.skel.stacks(), STACK_ENTRIES);
-        let by = drain_hists(self.skel.hists(), old)?;
-        for ((pid, kind), buckets) in by {
-            let comm = comms
-                .get(&pid)
-                .cloned()
-                .or_else(|| {
-                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .ok()
-                        .map(|c| c.trim().to_string())
-                })
-                .unwrap_or_default();
-            out.histograms.push(RawHistogram {
-                name: self.spec.histogram,
-                unit: "nanoseconds",
-                key: (self.spec.hist_key)(kind),
-                pid,
-                comm,
-                buckets,
-                le_buckets: Vec::new(),
-            });
-        }
+        out.histograms = drain_histograms(
+            self.skel.hists(),
+            old,
+            self.spec.histogram,
+            self.spec.hist_key,
+            &comms,
+        )?;
         Ok(out)
     }
 
     fn stats(&self) -> ProfilerStats {
-        let (dwarf_copied, dwarf_lost, unwind) = self
-            .copies
-            .as_ref()
-            .map(|c| c.stats(self.skel.copy_stats()))
-            .unwrap_or_default();
-        ProfilerStats {
-            dwarf_copied,
-            dwarf_ring_full: dwarf_lost,
-            unwind,
-            samples: self.stat(self.spec.stat_events),
-            lost_map_full: self.stat(self.spec.stat_lost),
-            user_stack_failed: self.stat(self.spec.stat_ustack),
-            kernel_stack_failed: self.spec.stat_kstack.map_or(0, |i| self.stat(i)),
-            forks_followed: self.stat(self.spec.stat_forks),
-            stack_lookup_missing: self.stale_stacks,
-            ..ProfilerStats::default()
-        }
+        CopyReader::add_stats(
+            self.copies.as_ref(),
+            self.skel.copy_stats(),
+            ProfilerStats {
+                stack_lookup_missing: self.stale_stacks,
+                ..self.spec.stats.read(self.skel.stats())
+            },
+        )
     }
 
     fn target_pids(&self) -> Vec<u32> {
@@ -292,16 +245,10 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
     /// a second have their stacks taken.
     fn tick(&mut self) {
         let Some(budget) = self.budget else { return };
-        let seen = self.stat(self.spec.stat_events);
-        let (t0, s0) = self.last_adapt;
-        let secs = t0.elapsed().as_secs_f64();
-        if secs < 0.1 {
-            return;
+        let seen = percpu_sum(self.skel.stats(), self.spec.stats.samples);
+        if let Some(every) = self.sampler.every(seen, budget) {
+            self.skel.set_sample_every(every);
         }
-        self.last_adapt = (Instant::now(), seen);
-        let rate = seen.saturating_sub(s0) as f64 / secs;
-        let every = (rate / budget.max(1) as f64).ceil().clamp(1.0, 1e6) as u32;
-        self.skel.set_sample_every(every);
     }
 
     fn event_name(&self) -> String {
@@ -327,3 +274,21 @@ pub(crate) fn attach_all<const N: usize>(
     }
     Ok(links)
 }
+
+/// Starts an event profiler: opens and loads skeleton `$builder` of program `$name`, attaches
+/// `$prog`s to their tracepoints (`$what`, named in errors), and wraps it with `$spec`;
+/// `$budget` caps the stacks taken per second, if any.
+macro_rules! start_events {
+    ($builder:ident, $name:literal, $o:expr, $spec:expr, $budget:expr,
+     [$(($prog:ident, $what:literal)),+ $(,)?]) => {{
+        let (skel, fork) = crate::mechanics::skel::open_copying!($builder, $name, $o);
+        let links = crate::profilers::events::attach_all(
+            fork,
+            [$((&skel.progs.$prog, concat!("attaching to ", $what))),+],
+        )?;
+        Ok(Box::new(crate::profilers::events::EventProfiler::new(
+            skel, links, $spec, $o, $budget,
+        )?))
+    }};
+}
+pub(crate) use start_events;

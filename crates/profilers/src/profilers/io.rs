@@ -3,8 +3,8 @@
 //! latency, bytes and requests per (thread, operation, stacks), and a latency histogram per
 //! (process, operation).
 
-use crate::mechanics::skel::open_copying;
-use crate::profilers::events::{attach_all, event_skel, EventProfiler, RowValue, Spec};
+use crate::mechanics::maps::StatSlots;
+use crate::profilers::events::{event_skel, start_events, RowValue, Spec};
 use crate::{ProfilerError, StartOptions};
 
 use baton_model::{Claim, CostClass, ProfilerInfo, ValueInfo};
@@ -70,24 +70,25 @@ static SPEC: Spec = Spec {
     values: |v: &RowValue| vec![v.ns, v.bytes, v.count],
     histogram: "io_latency",
     hist_key: op_name,
-    stat_events: 0,
-    stat_lost: 1,
-    stat_ustack: 2,
-    stat_kstack: Some(3),
-    stat_forks: 5,
+    stats: StatSlots {
+        samples: 0,
+        lost: &[1],
+        user_stack_failed: 2,
+        kernel_stack_failed: Some(3),
+        forks_followed: 5,
+    },
 };
 
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
-    let (skel, fork) = open_copying!(IoSkelBuilder, "io", o);
-    let links = attach_all(
-        fork,
+    start_events!(
+        IoSkelBuilder,
+        "io",
+        o,
+        &SPEC,
+        None,
         [
-            (&skel.progs.on_start, "attaching to block:block_io_start"),
-            (
-                &skel.progs.on_complete,
-                "attaching to block:block_rq_complete",
-            ),
-        ],
-    )?;
-    Ok(Box::new(EventProfiler::new(skel, links, &SPEC, o, None)?))
+            (on_start, "block:block_io_start"),
+            (on_complete, "block:block_rq_complete"),
+        ]
+    )
 }

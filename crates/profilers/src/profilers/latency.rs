@@ -11,20 +11,21 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
 
 use baton_model::sync::lock;
 
 use crate::mechanics::copies::CopyReader;
-use crate::mechanics::maps::{clear_if_half_full, drain_hists, percpu_sum, pids_of, StackReader};
+use crate::mechanics::maps::{
+    clear_if_half_full, drain_histograms, flip_buffers, pids_of, Buffers, StackReader, StatSlots,
+};
 use crate::mechanics::perf::{open_sampling_event, SamplingEvent};
 use crate::mechanics::record::{comm, decode, kind_of, record};
 use crate::mechanics::ring::RingReader;
 use crate::mechanics::skel::open_copying;
-use crate::mechanics::uprobe::{functions_matching, resolve_binary, Followed};
-use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, RawHistogram, StartOptions};
+use crate::mechanics::uprobe::{child_attached, functions_matching, resolve_binary, Followed};
+use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
 use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
 
@@ -256,10 +257,9 @@ pub struct LatencyProfiler {
     begin: Probe,
     end: Probe,
     followed: Followed,
-    all: bool,
     frequency_hz: u64,
     threshold_ns: u64,
-    active: u32,
+    buffers: Buffers,
     stale_stacks: u64,
 }
 
@@ -343,11 +343,10 @@ impl LatencyProfiler {
             state,
             begin,
             end,
-            followed: Followed::default(),
-            all: o.targets.is_none(),
+            followed: Followed::new(o.targets.as_deref()),
             frequency_hz,
             threshold_ns,
-            active: 0,
+            buffers: Buffers::default(),
             stale_stacks: 0,
         };
         match &o.targets {
@@ -413,6 +412,16 @@ impl LatencyProfiler {
     }
 }
 
+/// Slots of `enum stat_index` in latency.bpf.c: `samples` are requests ended, `lost` requests
+/// or samples BPF had no room for.
+static STATS: StatSlots = StatSlots {
+    samples: 0,
+    lost: &[1, 6],
+    user_stack_failed: 2,
+    kernel_stack_failed: Some(3),
+    forks_followed: 4,
+};
+
 /// The registry's constructor.
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
     Ok(Box::new(LatencyProfiler::start(o)?))
@@ -424,12 +433,7 @@ impl crate::Profiler for LatencyProfiler {
     }
 
     fn drain(&mut self) -> Result<Drained, ProfilerError> {
-        let old = self.active;
-        self.active = 1 - old;
-        if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
-            bss.active_buffer = self.active;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+        let old = flip_buffers!(self.buffers, self.skel);
         self.reader.flush();
         if let Some(c) = &self.copies {
             c.flush();
@@ -514,45 +518,27 @@ impl crate::Profiler for LatencyProfiler {
         }
         self.stale_stacks += stacks.stale;
         clear_if_half_full(&self.skel.maps.stacks, STACK_ENTRIES);
-        let by = drain_hists(&self.skel.maps.hists, old)?;
         // One histogram per process (the kind is always 0).
-        for ((pid, _), buckets) in by {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|c| c.trim().to_string())
-                .unwrap_or_default();
-            out.histograms.push(RawHistogram {
-                name: "request_latency",
-                unit: "nanoseconds",
-                key: String::new(),
-                pid,
-                comm,
-                buckets,
-                le_buckets: Vec::new(),
-            });
-        }
+        out.histograms = drain_histograms(
+            &self.skel.maps.hists,
+            old,
+            "request_latency",
+            |_| String::new(),
+            &HashMap::new(),
+        )?;
         Ok(out)
     }
 
     /// `samples`: requests ended; `lost_map_full`: requests or samples BPF had no room for.
     fn stats(&self) -> ProfilerStats {
-        let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
-        let (dwarf_copied, dwarf_ring_full, unwind) = self
-            .copies
-            .as_ref()
-            .map(|c| c.stats(&self.skel.maps.copy_stats))
-            .unwrap_or_default();
-        ProfilerStats {
-            dwarf_copied,
-            dwarf_ring_full,
-            unwind,
-            samples: read(0),
-            lost_map_full: read(1) + read(6),
-            user_stack_failed: read(2),
-            kernel_stack_failed: read(3),
-            forks_followed: read(4),
-            stack_lookup_missing: self.stale_stacks,
-            ..ProfilerStats::default()
-        }
+        CopyReader::add_stats(
+            self.copies.as_ref(),
+            &self.skel.maps.copy_stats,
+            ProfilerStats {
+                stack_lookup_missing: self.stale_stacks,
+                ..STATS.read(&self.skel.maps.stats)
+            },
+        )
     }
 
     fn target_pids(&self) -> Vec<u32> {
@@ -560,13 +546,9 @@ impl crate::Profiler for LatencyProfiler {
     }
 
     fn tick(&mut self) {
-        if self.all {
-            return;
-        }
+        // Children followed by BPF get their own probes.
         for pid in self.followed.new_children(&self.skel.maps.targets) {
-            if let Err(e) = self.attach(pid as i32, None) {
-                tracing::debug!(pid, error = %e, "could not attach to a child");
-            }
+            child_attached(pid, self.attach(pid as i32, None));
         }
     }
 

@@ -3,8 +3,8 @@
 //! the `syscalls:sys_enter_futex` / `sys_exit_futex` tracepoints, with a wait-time histogram
 //! per process.
 
-use crate::mechanics::skel::open_copying;
-use crate::profilers::events::{attach_all, event_skel, EventProfiler, RowValue, Spec};
+use crate::mechanics::maps::StatSlots;
+use crate::profilers::events::{event_skel, start_events, RowValue, Spec};
 use crate::{ProfilerError, StartOptions};
 
 use baton_model::{Claim, CostClass, ProfilerInfo, ValueInfo};
@@ -63,27 +63,25 @@ static SPEC: Spec = Spec {
     values: |v: &RowValue| vec![v.ns, v.count],
     histogram: "futex_wait",
     hist_key: |_| "futex".into(),
-    stat_events: 0,
-    stat_lost: 1,
-    stat_ustack: 2,
-    stat_kstack: None,
-    stat_forks: 4,
+    stats: StatSlots {
+        samples: 0,
+        lost: &[1],
+        user_stack_failed: 2,
+        kernel_stack_failed: None,
+        forks_followed: 4,
+    },
 };
 
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
-    let (skel, fork) = open_copying!(LocksSkelBuilder, "locks", o);
-    let links = attach_all(
-        fork,
+    start_events!(
+        LocksSkelBuilder,
+        "locks",
+        o,
+        &SPEC,
+        None,
         [
-            (
-                &skel.progs.on_futex_enter,
-                "attaching to syscalls:sys_enter_futex",
-            ),
-            (
-                &skel.progs.on_futex_exit,
-                "attaching to syscalls:sys_exit_futex",
-            ),
-        ],
-    )?;
-    Ok(Box::new(EventProfiler::new(skel, links, &SPEC, o, None)?))
+            (on_futex_enter, "syscalls:sys_enter_futex"),
+            (on_futex_exit, "syscalls:sys_exit_futex"),
+        ]
+    )
 }

@@ -24,11 +24,11 @@ use baton_model::sync::lock;
 use libbpf_rs::{Link, UprobeOpts};
 
 use crate::mechanics::copies::CopyReader;
-use crate::mechanics::maps::{percpu_sum, pids_of, StackEntry};
+use crate::mechanics::maps::{pids_of, StackEntry, StatSlots};
 use crate::mechanics::record::{addresses, comm, decode, kind_of, record};
 use crate::mechanics::ring::RingReader;
 use crate::mechanics::skel::open_copying;
-use crate::mechanics::uprobe::Followed;
+use crate::mechanics::uprobe::{child_attached, Followed};
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
 use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
@@ -254,8 +254,6 @@ pub struct MallocProfiler {
     followed: Followed,
     /// The library to probe in every target, when given (`lib=PATH`).
     lib: Option<PathBuf>,
-    /// Every process (probes on the host's libc with no pid filter).
-    all: bool,
     sample_bytes: u64,
 }
 
@@ -325,9 +323,8 @@ impl MallocProfiler {
             _fork_link: fork_link,
             reader,
             state,
-            followed: Followed::default(),
+            followed: Followed::new(o.targets.as_deref()),
             lib,
-            all: o.targets.is_none(),
             sample_bytes,
         };
         match &o.targets {
@@ -404,6 +401,16 @@ impl MallocProfiler {
         Ok(())
     }
 }
+
+/// Slots of `enum stat_index` in malloc.bpf.c: `samples` are sampled allocations, `lost`
+/// sampled allocations or frees the ring had no room for, and allocations `live` could not hold.
+static STATS: StatSlots = StatSlots {
+    samples: 1,
+    lost: &[2, 3, 5],
+    user_stack_failed: 6,
+    kernel_stack_failed: None,
+    forks_followed: 7,
+};
 
 /// The registry's constructor.
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
@@ -504,22 +511,11 @@ impl crate::Profiler for MallocProfiler {
     /// `samples`: sampled allocations; `lost_map_full`: sampled allocations or frees the ring
     /// had no room for, and allocations the live map could not hold.
     fn stats(&self) -> ProfilerStats {
-        let read = |i: u32| percpu_sum(&self.skel.maps.stats, i);
-        let (copied, lost, unwind) = self
-            .copies
-            .as_ref()
-            .map(|c| c.stats(&self.skel.maps.copy_stats))
-            .unwrap_or_default();
-        ProfilerStats {
-            samples: read(1),
-            lost_map_full: read(2) + read(3) + read(5),
-            user_stack_failed: read(6),
-            forks_followed: read(7),
-            dwarf_copied: copied,
-            dwarf_ring_full: lost,
-            unwind,
-            ..ProfilerStats::default()
-        }
+        CopyReader::add_stats(
+            self.copies.as_ref(),
+            &self.skel.maps.copy_stats,
+            STATS.read(&self.skel.maps.stats),
+        )
     }
 
     /// Plans which of the process's code lacks frame pointers, so BPF copies the stacks of
@@ -535,14 +531,9 @@ impl crate::Profiler for MallocProfiler {
     }
 
     fn tick(&mut self) {
-        if self.all {
-            return;
-        }
         // Children followed by BPF get their own probes.
         for pid in self.followed.new_children(&self.skel.maps.targets) {
-            if let Err(e) = self.attach_pid(pid) {
-                tracing::debug!(pid, error = %e, "could not attach to a child");
-            }
+            child_attached(pid, self.attach_pid(pid));
         }
     }
 

@@ -13,14 +13,14 @@
 //! block's end, which BPF then reports through the same ring.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libbpf_rs::{Link, MapCore, MapFlags};
 
 use crate::mechanics::copies::CopyReader;
-use crate::mechanics::maps::{percpu_sum, StackReader};
+use crate::mechanics::maps::{flip_buffers, percpu_sum, Buffers, RateSampler, RowKey, StackReader};
 use crate::mechanics::record::{comm, decode, record};
-use crate::mechanics::ring::RingCollector;
+use crate::mechanics::ring::{ring_bytes, RingCollector};
 use crate::mechanics::skel::open_copying;
 use crate::ProfilerError;
 
@@ -146,21 +146,6 @@ pub struct BlockSpan {
     pub block: Option<usize>,
 }
 
-/// `struct block_key` of offcpu.bpf.c: what the counts maps count under.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct BlockKey {
-    pid: u32,
-    tid: u32,
-    cgroup_id: u64,
-    kernel_stack: i32,
-    user_stack: i32,
-    state: u32,
-    pad: u32,
-    comm: [u8; 16],
-}
-record!(BlockKey, "block_key", 48);
-
 /// `struct block_value` of offcpu.bpf.c.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -237,11 +222,10 @@ pub struct OffCpuProfiler {
     _link: Link,
     _fork_link: Option<Link>,
     _stats_fd: Option<std::os::fd::OwnedFd>,
-    active: u32,
+    buffers: Buffers,
     clears: u64,
     max_tracked_per_sec: u64,
-    /// (when, switch-outs so far) at the last `adapt`.
-    last_adapt: (Instant, u64),
+    sampler: RateSampler,
 }
 
 impl OffCpuProfiler {
@@ -253,16 +237,10 @@ impl OffCpuProfiler {
                 ro.emit_spans = u8::from(opts.timeline);
             }
             // 40-byte spans: the tracked-switch budget for 16 s, at least 256 KiB.
-            let span_bytes = if opts.timeline {
-                (opts.max_tracked_per_sec.max(1) * 40 * 16)
-                    .next_power_of_two()
-                    .clamp(256 << 10, 32 << 20)
-            } else {
-                4096
-            };
+            let span_bytes = opts.max_tracked_per_sec.max(1) * 40 * 16;
             open.maps
                 .spans
-                .set_max_entries(span_bytes as u32)
+                .set_max_entries(ring_bytes(opts.timeline, span_bytes, 256 << 10, 32 << 20))
                 .map_err(ProfilerError::bpf("sizing the span ring"))?;
         });
         let copies = CopyReader::start(
@@ -300,10 +278,10 @@ impl OffCpuProfiler {
             _link: link,
             _fork_link: fork_link,
             _stats_fd: stats_fd,
-            active: 0,
+            buffers: Buffers::default(),
             clears: 0,
             max_tracked_per_sec: opts.max_tracked_per_sec.max(1),
-            last_adapt: (Instant::now(), 0),
+            sampler: RateSampler::new(),
         })
     }
 
@@ -316,16 +294,9 @@ impl OffCpuProfiler {
     /// `max_tracked_per_sec` are tracked. Call it a few times a second.
     pub fn adapt(&mut self) {
         let seen = self.stats().switches_out;
-        let (t0, s0) = self.last_adapt;
-        let secs = t0.elapsed().as_secs_f64();
-        if secs < 0.1 {
+        let Some(every) = self.sampler.every(seen, self.max_tracked_per_sec) else {
             return;
-        }
-        self.last_adapt = (Instant::now(), seen);
-        let rate = seen.saturating_sub(s0) as f64 / secs;
-        let every = (rate / self.max_tracked_per_sec as f64)
-            .ceil()
-            .clamp(1.0, 1e6) as u32;
+        };
         // Initialised to 1, the variable lives in .data, not .bss.
         if let Some(data) = self.skel.maps.data_data.as_deref_mut() {
             data.sample_every = every;
@@ -369,12 +340,7 @@ impl OffCpuProfiler {
     /// Flips buffers and returns the blocks that ended since the last drain.
     pub fn drain(&mut self) -> Result<Vec<Block>, ProfilerError> {
         self.last_spans.clear();
-        let old = self.active;
-        self.active = 1 - old;
-        if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
-            bss.active_buffer = self.active;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+        let old = flip_buffers!(self.buffers, self.skel);
         let counts = if old == 0 {
             &self.skel.maps.counts0
         } else {
@@ -394,18 +360,12 @@ impl OffCpuProfiler {
             let _ = counts.delete(&raw);
             let (Some(Ok(value)), Ok(key)) = (
                 value.map(|v| decode::<BlockValue>(&v)),
-                decode::<BlockKey>(&raw),
+                decode::<RowKey>(&raw),
             ) else {
                 continue;
             };
             by_key
-                .entry((
-                    key.pid,
-                    key.tid,
-                    key.kernel_stack,
-                    key.user_stack,
-                    key.state,
-                ))
+                .entry((key.pid, key.tid, key.kernel_stack, key.user_stack, key.kind))
                 .or_insert(out.len());
             out.push(Block {
                 pid: key.pid,
@@ -413,7 +373,7 @@ impl OffCpuProfiler {
                 cgroup_id: key.cgroup_id,
                 kernel: stacks_read.get(key.kernel_stack),
                 user: stacks_read.get(key.user_stack),
-                state: BlockState::of(key.state),
+                state: BlockState::of(key.kind),
                 comm: comm(&key.comm),
                 ns: value.ns,
                 count: value.count,
@@ -460,7 +420,7 @@ impl OffCpuProfiler {
                     },
                 });
             }
-            keep.retain(|s| s.buffer == self.active);
+            keep.retain(|s| s.buffer == self.buffers.active());
             sr.pending = keep;
         }
         // Sleeping threads keep stack ids across drains, so the stack map is cleared only when

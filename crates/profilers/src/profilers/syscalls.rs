@@ -3,8 +3,8 @@
 //! stack) with stacks taken for at most `max_stacks_per_sec` syscalls a second (at random,
 //! weighted), so a process making a million syscalls a second costs a bounded stack budget.
 
-use crate::mechanics::skel::open_copying;
-use crate::profilers::events::{attach_all, event_skel, EventProfiler, RowValue, Spec};
+use crate::mechanics::maps::StatSlots;
+use crate::profilers::events::{event_skel, start_events, RowValue, Spec};
 use crate::{ProfilerError, StartOptions};
 
 use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
@@ -69,30 +69,28 @@ static SPEC: Spec = Spec {
     values: |v: &RowValue| vec![v.ns, v.count],
     histogram: "syscall_latency",
     hist_key: syscall_name,
-    stat_events: 0,
-    stat_lost: 2,
-    stat_ustack: 3,
-    stat_kstack: None,
-    stat_forks: 5,
+    stats: StatSlots {
+        samples: 0,
+        lost: &[2],
+        user_stack_failed: 3,
+        kernel_stack_failed: None,
+        forks_followed: 5,
+    },
 };
 
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
     let budget = o.option_u64(&INFO, "max_stacks_per_sec")?;
-    let (skel, fork) = open_copying!(SyscallsSkelBuilder, "syscalls", o);
-    let links = attach_all(
-        fork,
-        [
-            (&skel.progs.on_enter, "attaching to raw_syscalls:sys_enter"),
-            (&skel.progs.on_exit, "attaching to raw_syscalls:sys_exit"),
-        ],
-    )?;
-    Ok(Box::new(EventProfiler::new(
-        skel,
-        links,
-        &SPEC,
+    start_events!(
+        SyscallsSkelBuilder,
+        "syscalls",
         o,
+        &SPEC,
         Some(budget),
-    )?))
+        [
+            (on_enter, "raw_syscalls:sys_enter"),
+            (on_exit, "raw_syscalls:sys_exit"),
+        ]
+    )
 }
 
 #[cfg(test)]

@@ -43,6 +43,16 @@ pub struct ProcessPlan {
 /// Bytes of user stack a copy carries (`USTACK_BYTES` in unwind.h).
 pub(crate) const USTACK_BYTES: usize = 8 * 4096;
 
+/// `struct copied_regs` of unwind.h: the registers unwinding a copied stack starts from.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CopiedRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+crate::mechanics::record::record!(CopiedRegs, "copied_regs", 24);
+
 /// `struct unwind_plan` of unwind.h: a [`ProcessPlan`] as BPF reads it from `dwarf_pids`.
 #[repr(C)]
 #[derive(Clone, Copy)]
