@@ -1,6 +1,6 @@
 //! The registry: the list of every profiler Baton can run. Each profiler module declares its
-//! own [`ProfilerInfo`] (`INFO`) and constructor (`start_dyn`); adding a profiler means one new
-//! module under `profilers/` and one entry in [`REGISTRY`].
+//! own [`ProfilerInfo`] (`INFO`) and how it starts; adding a profiler means one new module
+//! under `profilers/` and one entry in [`REGISTRY`].
 
 use baton_model::sync::{read, write};
 use baton_model::ProfilerInfo;
@@ -29,11 +29,15 @@ pub static REGISTRY: &[Registered] = &[
     },
     Registered {
         info: &crate::profilers::malloc::INFO,
-        start: crate::profilers::malloc::start_dyn,
+        start: |o| {
+            Ok(Box::new(crate::profilers::malloc::MallocProfiler::start(
+                o,
+            )?))
+        },
     },
     Registered {
         info: &crate::profilers::calls::INFO,
-        start: crate::profilers::calls::start_dyn,
+        start: |o| Ok(Box::new(crate::profilers::calls::CallsProfiler::start(o)?)),
     },
     Registered {
         info: &crate::profilers::syscalls::INFO,
@@ -49,7 +53,11 @@ pub static REGISTRY: &[Registered] = &[
     },
     Registered {
         info: &crate::profilers::latency::INFO,
-        start: crate::profilers::latency::start_dyn,
+        start: |o| {
+            Ok(Box::new(crate::profilers::latency::LatencyProfiler::start(
+                o,
+            )?))
+        },
     },
 ];
 

@@ -131,6 +131,29 @@ static __always_inline void *task_start(void *map, struct task_struct *task, __u
     return s;
 }
 
+// The current thread's slot in task storage `map` when its process is a target; NULL otherwise,
+// or (counted in stat `full`) when none can be had.
+static __always_inline void *target_start(void *map, __u32 full)
+{
+    if (!is_target(bpf_get_current_pid_tgid() >> 32))
+        return 0;
+    return task_start(map, bpf_get_current_task_btf(), full);
+}
+
+// Takes the event the current thread started in task storage `map`, whose values begin with
+// `__u64 ts` (0: none started): NULL when there is none, else its slot, with `*cookie` its
+// start and `*delta` how long it lasted; its `ts` is cleared.
+static __always_inline void *take_started(void *map, __u64 *cookie, __u64 *delta)
+{
+    __u64 *ts = bpf_task_storage_get(map, bpf_get_current_task_btf(), 0, 0);
+    if (!ts || *ts == 0)
+        return 0;
+    *cookie = *ts;
+    *delta = bpf_ktime_get_ns() - *ts;
+    *ts = 0;
+    return ts;
+}
+
 // The power-of-two bucket of `v`: floor(log2(v)), 0 for 0 and 1.
 static __always_inline __u32 log2_bucket(__u64 v)
 {

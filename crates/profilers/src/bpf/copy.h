@@ -113,6 +113,15 @@ static __always_inline __s32 user_stack_or_copy(void *ctx, void *stacks, struct 
     return id;
 }
 
+// user_stack_or_copy for the current thread.
+static __always_inline __s32 current_user_stack(void *ctx, void *stacks, __u64 cookie,
+                                                __u32 *copied)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    return user_stack_or_copy(ctx, stacks, bpf_get_current_task_btf(), pid_tgid >> 32,
+                              (__u32)pid_tgid, cookie, copied);
+}
+
 // Reports the end of an event whose stack was copied. Returns 0 when sent.
 static __always_inline int send_end(__u32 pid, __u32 tid, __u64 cookie, __u32 what,
                                     __u64 cgroup_id, __s32 kernel_stack, __u64 ns, __u64 count,

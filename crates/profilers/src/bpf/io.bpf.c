@@ -47,8 +47,7 @@ int BPF_PROG(on_start, struct request *rq)
     if (f.key.kernel_stack < 0)
         bump(STAT_KSTACK_FAILED);
     f.ts = bpf_ktime_get_ns();
-    f.key.user_stack = user_stack_or_copy(ctx, &stacks, bpf_get_current_task_btf(), f.key.pid,
-                                          f.key.tid, f.ts, &f.copied);
+    f.key.user_stack = current_user_stack(ctx, &stacks, f.ts, &f.copied);
     __u64 id = (__u64)rq;
     if (bpf_map_update_elem(&inflight, &id, &f, BPF_ANY) != 0)
         bump(STAT_INFLIGHT_FULL);

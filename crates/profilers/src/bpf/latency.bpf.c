@@ -203,8 +203,7 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
     if (e->kernel_stack < 0 && e->kernel_stack != -14)
         bump(STAT_KSTACK_FAILED);
     __u64 now = bpf_ktime_get_ns();
-    e->user_stack = user_stack_or_copy(ctx, &stacks, bpf_get_current_task_btf(), e->pid, tid, now,
-                                       &e->copied);
+    e->user_stack = current_user_stack(ctx, &stacks, now, &e->copied);
     if (e->copied)
         e->cookie = now;
     bpf_ringbuf_submit(e, 0);

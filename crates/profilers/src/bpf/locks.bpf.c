@@ -48,6 +48,7 @@ struct start {
     __u32 pad;
 };
 
+_Static_assert(__builtin_offsetof(struct start, ts) == 0, "take_started reads ts first");
 TASK_STORAGE(starts, struct start);
 
 SEC("tracepoint/syscalls/sys_enter_futex")
@@ -57,17 +58,12 @@ int on_futex_enter(struct futex_enter *args)
     if (cmd != FUTEX_WAIT && cmd != FUTEX_WAIT_BITSET && cmd != FUTEX_LOCK_PI &&
         cmd != FUTEX_LOCK_PI2 && cmd != FUTEX_WAIT_REQUEUE_PI)
         return 0;
-    __u64 pid_tgid = bpf_get_current_pid_tgid();
-    if (!is_target(pid_tgid >> 32))
-        return 0;
-    struct task_struct *task = bpf_get_current_task_btf();
-    struct start *s = task_start(&starts, task, STAT_NO_STORAGE);
+    struct start *s = target_start(&starts, STAT_NO_STORAGE);
     if (!s)
         return 0;
     __u64 now = bpf_ktime_get_ns();
     s->op = cmd;
-    s->user_stack = user_stack_or_copy(args, &stacks, task, pid_tgid >> 32, (__u32)pid_tgid, now,
-                                       &s->copied);
+    s->user_stack = current_user_stack(args, &stacks, now, &s->copied);
     s->ts = now;
     return 0;
 }
@@ -75,13 +71,10 @@ int on_futex_enter(struct futex_enter *args)
 SEC("tracepoint/syscalls/sys_exit_futex")
 int on_futex_exit(struct futex_exit *args)
 {
-    struct task_struct *task = bpf_get_current_task_btf();
-    struct start *s = bpf_task_storage_get(&starts, task, 0, 0);
-    if (!s || s->ts == 0)
+    __u64 cookie, delta;
+    struct start *s = take_started(&starts, &cookie, &delta);
+    if (!s)
         return 0;
-    __u64 cookie = s->ts;
-    __u64 delta = bpf_ktime_get_ns() - cookie;
-    s->ts = 0;
     struct row_key key = {};
     current_row_key(&key, s->op);
     key.user_stack = s->user_stack;

@@ -25,16 +25,13 @@ struct start {
     __u32 copied;
 };
 
+_Static_assert(__builtin_offsetof(struct start, ts) == 0, "take_started reads ts first");
 TASK_STORAGE(starts, struct start);
 
 SEC("tp_btf/sys_enter")
 int BPF_PROG(on_enter, struct pt_regs *regs, long id)
 {
-    __u64 pid_tgid = bpf_get_current_pid_tgid();
-    if (!is_target(pid_tgid >> 32))
-        return 0;
-    struct task_struct *task = bpf_get_current_task_btf();
-    struct start *s = task_start(&starts, task, STAT_NO_STORAGE);
+    struct start *s = target_start(&starts, STAT_NO_STORAGE);
     if (!s)
         return 0;
     __u64 now = bpf_ktime_get_ns();
@@ -43,8 +40,7 @@ int BPF_PROG(on_enter, struct pt_regs *regs, long id)
     s->user_stack = -1;
     s->copied = 0;
     if (s->weight)
-        s->user_stack = user_stack_or_copy(ctx, &stacks, task, pid_tgid >> 32, (__u32)pid_tgid,
-                                           now, &s->copied);
+        s->user_stack = current_user_stack(ctx, &stacks, now, &s->copied);
     s->ts = now;
     return 0;
 }
@@ -52,13 +48,10 @@ int BPF_PROG(on_enter, struct pt_regs *regs, long id)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_exit, struct pt_regs *regs, long ret)
 {
-    struct task_struct *task = bpf_get_current_task_btf();
-    struct start *s = bpf_task_storage_get(&starts, task, 0, 0);
-    if (!s || s->ts == 0)
+    __u64 cookie, delta;
+    struct start *s = take_started(&starts, &cookie, &delta);
+    if (!s)
         return 0;
-    __u64 cookie = s->ts;
-    __u64 delta = bpf_ktime_get_ns() - cookie;
-    s->ts = 0;
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 pid = pid_tgid >> 32;
     bump(STAT_SYSCALLS);

@@ -243,11 +243,6 @@ static STATS: StatSlots = StatSlots {
     forks_followed: 5,
 };
 
-/// The registry's constructor.
-pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
-    Ok(Box::new(CallsProfiler::start(o)?))
-}
-
 impl crate::Profiler for CallsProfiler {
     fn info(&self) -> &'static baton_model::ProfilerInfo {
         &INFO

@@ -422,11 +422,6 @@ static STATS: StatSlots = StatSlots {
     forks_followed: 4,
 };
 
-/// The registry's constructor.
-pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
-    Ok(Box::new(LatencyProfiler::start(o)?))
-}
-
 impl crate::Profiler for LatencyProfiler {
     fn info(&self) -> &'static baton_model::ProfilerInfo {
         &INFO

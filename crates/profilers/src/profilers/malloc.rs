@@ -412,11 +412,6 @@ static STATS: StatSlots = StatSlots {
     forks_followed: 7,
 };
 
-/// The registry's constructor.
-pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
-    Ok(Box::new(MallocProfiler::start(o)?))
-}
-
 impl crate::Profiler for MallocProfiler {
     fn info(&self) -> &'static baton_model::ProfilerInfo {
         &INFO

@@ -1,7 +1,8 @@
 //! The built-in profilers, one module each. A module holds its BPF program's skeleton
 //! (`bpf/<name>.bpf.c`), the `#[repr(C)]` records it shares with that program, its own
-//! [`baton_model::ProfilerInfo`] (`INFO`), its constructor (`start_dyn`) and its
-//! [`crate::Profiler`] implementation; [`crate::registry`] lists them.
+//! [`baton_model::ProfilerInfo`] (`INFO`), its [`crate::Profiler`] implementation, and how it
+//! starts from [`crate::StartOptions`] (`start_dyn`, or the profiler's own `start` where it
+//! takes them as they are); [`crate::registry`] lists them.
 //!
 //! `events` is the generic profiler the tracepoint profilers built on `bpf/common.h`
 //! (`syscalls`, `locks`, `io`) instantiate with a [`events::Spec`].
