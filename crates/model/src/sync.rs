@@ -5,7 +5,8 @@
 //! the agent must keep profiling rather than cascade the panic. So every lock is taken through
 //! these helpers, which recover the guard from a poisoned lock instead of panicking.
 
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 /// Locks `m`, recovering the guard if a panicking thread poisoned it.
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -20,6 +21,31 @@ pub fn read<T: ?Sized>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 /// Write-locks `l`, recovering the guard if a panicking thread poisoned it.
 pub fn write<T: ?Sized>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits on `c` for a notification or `timeout`, whichever comes first, and gives the guard
+/// back, recovering it if a panicking thread poisoned the lock meanwhile.
+pub fn wait_timeout<'a, T>(
+    c: &Condvar,
+    g: MutexGuard<'a, T>,
+    timeout: Duration,
+) -> MutexGuard<'a, T> {
+    c.wait_timeout(g, timeout)
+        .unwrap_or_else(|p| p.into_inner())
+        .0
+}
+
+/// Waits on `c` until `pending` is false or `timeout` passes, and gives the guard back,
+/// recovering it from a poisoned lock.
+pub fn wait_timeout_while<'a, T>(
+    c: &Condvar,
+    g: MutexGuard<'a, T>,
+    timeout: Duration,
+    pending: impl FnMut(&mut T) -> bool,
+) -> MutexGuard<'a, T> {
+    c.wait_timeout_while(g, timeout, pending)
+        .unwrap_or_else(|p| p.into_inner())
+        .0
 }
 
 #[cfg(test)]

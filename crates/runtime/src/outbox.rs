@@ -208,11 +208,7 @@ impl Outbox {
             let next = {
                 let mut st = self.lock();
                 if st.files.is_empty() {
-                    let (g, _) = self
-                        .cond
-                        .wait_timeout(st, Duration::from_millis(500))
-                        .unwrap_or_else(|p| p.into_inner());
-                    st = g;
+                    st = sync::wait_timeout(&self.cond, st, Duration::from_millis(500));
                 }
                 let n = st
                     .files

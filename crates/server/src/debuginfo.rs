@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use baton_model::sync::lock;
+use baton_model::sync::{lock, wait_timeout_while};
 use baton_store::{LateSymbol, Store};
 use baton_symbolizer::ElfSymbolizer;
 
@@ -173,9 +173,7 @@ impl DebugInfo {
     pub fn wait(&self, timeout: Duration) {
         let (m, c) = &self.wake;
         let g = lock(m);
-        let (mut g, _) = c
-            .wait_timeout_while(g, timeout, |woken| !*woken)
-            .unwrap_or_else(|p| p.into_inner());
+        let mut g = wait_timeout_while(c, g, timeout, |woken| !*woken);
         *g = false;
     }
 }

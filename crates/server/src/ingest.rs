@@ -17,7 +17,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use baton_model::sync::lock;
+use baton_model::sync::{lock, wait_timeout};
 use baton_model::{FrameKind, Labels};
 use baton_store::Store;
 
@@ -126,11 +126,7 @@ impl IngestQueue {
                     if stop() {
                         return;
                     }
-                    jobs = self
-                        .wake
-                        .wait_timeout(jobs, Duration::from_millis(200))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                    jobs = wait_timeout(&self.wake, jobs, Duration::from_millis(200));
                 }
                 let first = Instant::now();
                 let mut rows = 0usize;
@@ -148,11 +144,7 @@ impl IngestQueue {
                     if rows >= self.group_rows || left.is_zero() || stop() {
                         break;
                     }
-                    jobs = self
-                        .wake
-                        .wait_timeout(jobs, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                    jobs = wait_timeout(&self.wake, jobs, left);
                     if jobs.is_empty() {
                         break;
                     }
