@@ -46,6 +46,20 @@ pub struct ResourceClaim {
     pub sharing: Sharing,
 }
 
+impl ResourceClaim {
+    /// A claim on `resource`, shared by at most `shared` runs, or exclusive when `None` (as
+    /// profilers, ad-hoc headers and the config declare it).
+    pub fn new(resource: impl Into<String>, shared: Option<u32>) -> ResourceClaim {
+        ResourceClaim {
+            resource: resource.into(),
+            sharing: match shared {
+                None => Sharing::Exclusive,
+                Some(n) => Sharing::SharedUpTo(n),
+            },
+        }
+    }
+}
+
 /// What the scheduler needs to know about a profiler.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProfilerSpec {
@@ -65,13 +79,7 @@ impl ProfilerSpec {
             claims: info
                 .claims
                 .iter()
-                .map(|c| ResourceClaim {
-                    resource: c.resource.into(),
-                    sharing: match c.shared {
-                        None => Sharing::Exclusive,
-                        Some(n) => Sharing::SharedUpTo(n),
-                    },
-                })
+                .map(|c| ResourceClaim::new(c.resource, c.shared))
                 .collect(),
             default_frequency: info.default_frequency,
             max_frequency: info.max_frequency,
@@ -86,13 +94,7 @@ impl ProfilerSpec {
             claims: def
                 .resources
                 .iter()
-                .map(|r| ResourceClaim {
-                    resource: r.name.clone(),
-                    sharing: match r.shared {
-                        None => Sharing::Exclusive,
-                        Some(n) => Sharing::SharedUpTo(n),
-                    },
-                })
+                .map(|r| ResourceClaim::new(r.name.as_str(), r.shared))
                 .collect(),
             default_frequency: 0,
             max_frequency: 0,
@@ -117,13 +119,7 @@ impl ProfilerSpec {
             if let Some(list) = &o.resources {
                 spec.claims = list
                     .iter()
-                    .map(|r| ResourceClaim {
-                        resource: r.name.clone(),
-                        sharing: match r.shared {
-                            None => Sharing::Exclusive,
-                            Some(n) => Sharing::SharedUpTo(n),
-                        },
-                    })
+                    .map(|r| ResourceClaim::new(r.name.as_str(), r.shared))
                     .collect();
             }
         }

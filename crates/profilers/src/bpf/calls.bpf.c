@@ -3,10 +3,9 @@
 // Calls are counted per (process, thread, function, user stack) in one of two buffers, as the
 // CPU profiler does. With latency on, a uretprobe per function measures each call and counts it
 // in a power-of-two histogram per (process, function).
+#include "stats.h"
 enum stat_index {
-    STAT_CALLS = 0,
-    STAT_LOST_MAP_FULL = 1,
-    STAT_USTACK_FAILED = 2,
+    STATS_HEAD(STAT_CALLS),
     STAT_RETURNS = 3,
     STAT_NO_ENTRY = 4,     // returns whose entry was not seen (attached mid-call, or evicted)
     STAT_FORKS_FOLLOWED = 5,

@@ -15,6 +15,19 @@ volatile __u32 active_buffer = 0;
 // Take stacks for one event in this many (chosen at random); set from the observed rate.
 volatile __u32 sample_every = 1;
 
+// Declares `struct start`, an event in progress on a thread, and its task storage `starts`
+// (target_start, take_started): when it began (`ts`, 0: none; first, as take_started reads
+// it), its user stack id (-1: none), whether that stack went to user space as a copy (copy.h,
+// under `ts`), then the program's own `fields`.
+#define STARTS(fields)                                                                         \
+    struct start {                                                                             \
+        __u64 ts;                                                                              \
+        __s32 user_stack;                                                                      \
+        __u32 copied;                                                                          \
+        fields                                                                                 \
+    };                                                                                         \
+    TASK_STORAGE(starts, struct start)
+
 // Whether this event is one whose stacks are taken, and the weight it then carries.
 static __always_inline __u32 sampled_weight(void)
 {

@@ -3,10 +3,9 @@
 // submitted (the process and its stacks), and measured at block_rq_complete: latency and bytes
 // per (process, thread, operation, stacks), and a latency histogram per (process, operation).
 // Requests of processes that are not targets are not followed.
+#include "stats.h"
 enum stat_index {
-    STAT_REQUESTS = 0,      // requests of targets completed
-    STAT_LOST_MAP_FULL = 1,
-    STAT_USTACK_FAILED = 2,
+    STATS_HEAD(STAT_REQUESTS),  // requests of targets completed
     STAT_KSTACK_FAILED = 3,
     STAT_INFLIGHT_FULL = 4,
     STAT_FORKS_FOLLOWED = 5,

@@ -6,10 +6,9 @@
 // space keeps the samples of requests that end slower than the threshold and drops the rest.
 // This is the CPU profiler's signal composed with request boundaries, as Strobelight's Crochet
 // does.
+#include "stats.h"
 enum stat_index {
-    STAT_REQUESTS = 0,      // requests ended
-    STAT_LOST_MAP_FULL = 1,
-    STAT_USTACK_FAILED = 2,
+    STATS_HEAD(STAT_REQUESTS),  // requests ended
     STAT_KSTACK_FAILED = 3,
     STAT_FORKS_FOLLOWED = 4,
     STAT_SLOW = 5,          // requests at or above the threshold

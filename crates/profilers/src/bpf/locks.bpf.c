@@ -3,10 +3,9 @@
 // FUTEX_WAIT_BITSET, FUTEX_LOCK_PI, FUTEX_LOCK_PI2, FUTEX_WAIT_REQUEUE_PI), from the
 // syscalls:sys_enter_futex and sys_exit_futex tracepoints, per thread and user stack, with a
 // histogram of waits per process. Every wait is recorded (waits are slow by nature).
+#include "stats.h"
 enum stat_index {
-    STAT_WAITS = 0,
-    STAT_LOST_MAP_FULL = 1,
-    STAT_USTACK_FAILED = 2,
+    STATS_HEAD(STAT_WAITS),
     STAT_NO_STORAGE = 3,
     STAT_FORKS_FOLLOWED = 4,
     STAT_COUNT = 5,
@@ -40,16 +39,8 @@ struct futex_exit {
     __s64 ret;
 };
 
-struct start {
-    __u64 ts;
-    __s32 user_stack;
-    __u32 op;
-    __u32 copied;
-    __u32 pad;
-};
-
-_Static_assert(__builtin_offsetof(struct start, ts) == 0, "take_started reads ts first");
-TASK_STORAGE(starts, struct start);
+// A futex wait in progress, and its operation.
+STARTS(__u32 op; __u32 pad;);
 
 SEC("tracepoint/syscalls/sys_enter_futex")
 int on_futex_enter(struct futex_enter *args)

@@ -3,11 +3,10 @@
 // timed into a power-of-two latency histogram per (process, syscall), exactly. Stacks are taken
 // at the entry for one syscall in `sample_every` (at random, so the per-second budget user
 // space sets holds), and those rows carry the weight `sample_every`.
+#include "stats.h"
 enum stat_index {
-    STAT_SYSCALLS = 0,      // syscalls of targets that returned
-    STAT_TRACKED = 1,       // of those, with stacks
-    STAT_LOST_MAP_FULL = 2,
-    STAT_USTACK_FAILED = 3,
+    STATS_HEAD(STAT_SYSCALLS),  // syscalls of targets that returned
+    STAT_TRACKED = 3,           // of those, with stacks
     STAT_NO_STORAGE = 4,
     STAT_FORKS_FOLLOWED = 5,
     STAT_COUNT = 6,
@@ -16,17 +15,8 @@ enum stat_index {
 
 struct pt_regs;
 
-struct start {
-    __u64 ts;
-    __u32 nr;
-    __u32 weight;
-    __s32 user_stack;
-    // The user stack went to user space as a copy (see copy.h), under `ts`.
-    __u32 copied;
-};
-
-_Static_assert(__builtin_offsetof(struct start, ts) == 0, "take_started reads ts first");
-TASK_STORAGE(starts, struct start);
+// A syscall in progress: its number, and the weight its stacks carry (0: none taken).
+STARTS(__u32 nr; __u32 weight;);
 
 SEC("tp_btf/sys_enter")
 int BPF_PROG(on_enter, struct pt_regs *regs, long id)

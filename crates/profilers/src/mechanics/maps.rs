@@ -278,6 +278,18 @@ pub(crate) struct StatSlots {
 }
 
 impl StatSlots {
+    /// The slots of a program whose enum opens with `STATS_HEAD` of bpf/stats.h: samples, lost
+    /// and user stacks failed first; `lost` counts that one slot alone.
+    pub(crate) const fn headed(kernel_stack_failed: Option<u32>, forks_followed: u32) -> StatSlots {
+        StatSlots {
+            samples: 0,
+            lost: &[1],
+            user_stack_failed: 2,
+            kernel_stack_failed,
+            forks_followed,
+        }
+    }
+
     /// The counters, read from the program's `stats` map.
     pub(crate) fn read(&self, stats: &(impl MapCore + ?Sized)) -> crate::ProfilerStats {
         let read = |i: u32| percpu_sum(stats, i);
@@ -288,6 +300,18 @@ impl StatSlots {
             kernel_stack_failed: self.kernel_stack_failed.map_or(0, read),
             forks_followed: read(self.forks_followed),
             ..crate::ProfilerStats::default()
+        }
+    }
+
+    /// As [`StatSlots::read`], with the stack ids user space found gone while draining.
+    pub(crate) fn read_with_stale(
+        &self,
+        stats: &(impl MapCore + ?Sized),
+        stale_stacks: u64,
+    ) -> crate::ProfilerStats {
+        crate::ProfilerStats {
+            stack_lookup_missing: stale_stacks,
+            ..self.read(stats)
         }
     }
 }

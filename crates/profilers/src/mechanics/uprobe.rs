@@ -69,7 +69,7 @@ fn rooted(proc_dir: &str, path: &Path) -> PathBuf {
 
 /// The processes a uprobe profiler has probes in. Uprobes are attached per process (so no
 /// other process traps); BPF adds the children of targets to the targets map as they fork, and
-/// [`Followed::attach_children`] attaches to them.
+/// [`PerProcess::attach_children`] attaches to them.
 #[derive(Debug, Default)]
 pub(crate) struct Followed {
     attached: HashSet<u32>,
@@ -85,31 +85,76 @@ impl Followed {
             all: targets.is_none(),
         }
     }
+}
 
-    /// Notes that `pid` has its probes.
-    pub(crate) fn mark(&mut self, pid: u32) {
-        self.attached.insert(pid);
-    }
+/// A profiler whose uprobes are attached process by process: it attaches to its targets at the
+/// start and to their children as BPF follows them.
+pub(crate) trait PerProcess {
+    /// The program's `targets` map (`tgid -> 1`).
+    fn targets(&self) -> &dyn MapCore;
+    fn followed(&mut self) -> &mut Followed;
+    /// Attaches the probes to process `pid`; `pending_exec` is its executable when it has not
+    /// exec'd it yet (a target started gated), `None` for a child.
+    fn attach_process(
+        &mut self,
+        pid: u32,
+        pending_exec: Option<&Path>,
+    ) -> Result<(), ProfilerError>;
 
-    /// Live targets without probes yet (children BPF followed), marked as handled: an attach
-    /// that fails is not retried. None when probing every process.
-    pub(crate) fn new_children(&mut self, targets: &dyn MapCore) -> Vec<u32> {
-        if self.all {
-            return Vec::new();
+    /// Adds `pids` to the targets map and attaches to each.
+    fn attach_targets(
+        &mut self,
+        pids: &[u32],
+        pending_exec: Option<&Path>,
+    ) -> Result<(), ProfilerError> {
+        crate::mechanics::maps::add_targets(self.targets(), pids)?;
+        for &pid in pids {
+            self.attach_process(pid, pending_exec)?;
+            self.followed().attached.insert(pid);
         }
-        crate::mechanics::maps::pids_of(targets)
-            .into_iter()
-            .filter(|&pid| self.attached.insert(pid) && crate::sys::process_alive(pid))
-            .collect()
+        Ok(())
+    }
+
+    /// Attaches to the live targets without probes yet (children BPF followed), each once: an
+    /// attach that fails is logged and not retried. Nothing when probing every process.
+    fn attach_children(&mut self) {
+        if self.followed().all {
+            return;
+        }
+        for pid in crate::mechanics::maps::pids_of(self.targets()) {
+            if self.followed().attached.insert(pid) && crate::sys::process_alive(pid) {
+                if let Err(e) = self.attach_process(pid, None) {
+                    tracing::debug!(pid, error = %e, "could not attach to a child");
+                }
+            }
+        }
     }
 }
 
-/// Logs a child's failed attach: the parent's probes keep running.
-pub(crate) fn child_attached(pid: u32, result: Result<(), ProfilerError>) {
-    if let Err(e) = result {
-        tracing::debug!(pid, error = %e, "could not attach to a child");
-    }
+/// Implements [`PerProcess`] for a profiler with a skeleton `skel` (with a `targets` map), a
+/// [`Followed`] `followed`, and a method `attach_target(pid, exe)` that attaches to a process.
+macro_rules! per_process {
+    ($profiler:ty) => {
+        impl crate::mechanics::uprobe::PerProcess for $profiler {
+            fn targets(&self) -> &dyn libbpf_rs::MapCore {
+                &self.skel.maps.targets
+            }
+
+            fn followed(&mut self) -> &mut crate::mechanics::uprobe::Followed {
+                &mut self.followed
+            }
+
+            fn attach_process(
+                &mut self,
+                pid: u32,
+                pending_exec: Option<&std::path::Path>,
+            ) -> Result<(), crate::ProfilerError> {
+                self.attach_target(pid, pending_exec)
+            }
+        }
+    };
 }
+pub(crate) use per_process;
 
 /// A function found in an ELF file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 //! and to the children it forks as they are seen.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
 
@@ -16,7 +16,9 @@ use crate::mechanics::maps::{
 };
 use crate::mechanics::record::{comm, decode, record};
 use crate::mechanics::skel::open_targeted;
-use crate::mechanics::uprobe::{child_attached, functions_matching, resolve_binary, Followed};
+use crate::mechanics::uprobe::{
+    functions_matching, per_process, resolve_binary, Followed, PerProcess,
+};
 use crate::{Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
 use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
@@ -155,19 +157,19 @@ impl CallsProfiler {
                 let path = resolve_binary(None, &p.binary)?;
                 p.attach(-1, path)?;
             }
-            Some(pids) => {
-                crate::mechanics::maps::add_targets(&p.skel.maps.targets, pids)?;
-                for &pid in pids {
-                    let path = match &o.pending_exec {
-                        Some(exe) if p.binary.is_empty() => exe.clone(),
-                        _ => resolve_binary(Some(pid), &p.binary)?,
-                    };
-                    p.attach(pid as i32, path)?;
-                    p.followed.mark(pid);
-                }
-            }
+            Some(pids) => p.attach_targets(pids, o.pending_exec.as_deref())?,
         }
         Ok(p)
+    }
+
+    /// Attaches to process `pid`, in `exe` (its executable, not yet exec'd) when the probe
+    /// names no binary.
+    fn attach_target(&mut self, pid: u32, exe: Option<&Path>) -> Result<(), ProfilerError> {
+        let path = match exe {
+            Some(exe) if self.binary.is_empty() => exe.to_path_buf(),
+            _ => resolve_binary(Some(pid), &self.binary)?,
+        };
+        self.attach(pid as i32, path)
     }
 
     fn attach(&mut self, pid: i32, path: PathBuf) -> Result<(), ProfilerError> {
@@ -234,14 +236,10 @@ impl CallsProfiler {
     }
 }
 
+per_process!(CallsProfiler);
+
 /// Slots of `enum stat_index` in calls.bpf.c.
-static STATS: StatSlots = StatSlots {
-    samples: 0,
-    lost: &[1],
-    user_stack_failed: 2,
-    kernel_stack_failed: None,
-    forks_followed: 5,
-};
+static STATS: StatSlots = StatSlots::headed(None, 5);
 
 impl crate::Profiler for CallsProfiler {
     fn info(&self) -> &'static baton_model::ProfilerInfo {
@@ -306,10 +304,7 @@ impl crate::Profiler for CallsProfiler {
     }
 
     fn stats(&self) -> ProfilerStats {
-        ProfilerStats {
-            stack_lookup_missing: self.stale_stacks,
-            ..STATS.read(&self.skel.maps.stats)
-        }
+        STATS.read_with_stale(&self.skel.maps.stats, self.stale_stacks)
     }
 
     fn target_pids(&self) -> Vec<u32> {
@@ -318,12 +313,7 @@ impl crate::Profiler for CallsProfiler {
 
     fn tick(&mut self) {
         // Children followed by BPF get their own probes.
-        for pid in self.followed.new_children(&self.skel.maps.targets) {
-            child_attached(
-                pid,
-                resolve_binary(Some(pid), &self.binary).and_then(|p| self.attach(pid as i32, p)),
-            );
-        }
+        self.attach_children();
     }
 
     fn event_name(&self) -> String {

@@ -90,16 +90,25 @@ pub(crate) struct Spec {
     pub info: &'static baton_model::ProfilerInfo,
     /// What drives it, for summaries.
     pub event: &'static str,
-    /// The label the row's kind becomes (`syscall`, `op`).
-    pub label: &'static str,
     pub kind_name: fn(u32) -> String,
     /// The registry's values, in order, from a row.
     pub values: fn(&RowValue) -> Vec<u64>,
-    pub histogram: &'static str,
     /// The histogram's key for a kind (`write`), or one key for all.
     pub hist_key: fn(u32) -> String,
     /// Where its program keeps its counters.
     pub stats: StatSlots,
+}
+
+impl Spec {
+    /// The label the row's kind becomes (`syscall`, `op`): the profiler's one label.
+    fn label(&self) -> &'static str {
+        self.info.labels[0]
+    }
+
+    /// The histogram of each kind: the profiler's one histogram.
+    fn histogram(&self) -> &'static str {
+        self.info.histograms[0]
+    }
 }
 
 const STACK_ENTRIES: usize = 16384;
@@ -186,7 +195,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
                 count: value.count,
                 values: (self.spec.values)(&value),
                 weight: 1.0,
-                labels: vec![(self.spec.label, (self.spec.kind_name)(key.kind))],
+                labels: vec![(self.spec.label(), (self.spec.kind_name)(key.kind))],
                 frames: Vec::new(),
             });
         }
@@ -209,7 +218,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
                     count: sums.count,
                     values: (self.spec.values)(&value),
                     weight: 1.0,
-                    labels: vec![(self.spec.label, (self.spec.kind_name)(k.what))],
+                    labels: vec![(self.spec.label(), (self.spec.kind_name)(k.what))],
                     frames: Vec::new(),
                 });
             }
@@ -219,7 +228,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
         out.histograms = drain_histograms(
             self.skel.hists(),
             old,
-            self.spec.histogram,
+            self.spec.histogram(),
             self.spec.hist_key,
             &comms,
         )?;
@@ -230,10 +239,9 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
         CopyReader::add_stats(
             self.copies.as_ref(),
             self.skel.copy_stats(),
-            ProfilerStats {
-                stack_lookup_missing: self.stale_stacks,
-                ..self.spec.stats.read(self.skel.stats())
-            },
+            self.spec
+                .stats
+                .read_with_stale(self.skel.stats(), self.stale_stacks),
         )
     }
 

@@ -65,18 +65,10 @@ fn op_name(op: u32) -> String {
 static SPEC: Spec = Spec {
     info: &INFO,
     event: "block:block_io_start/block_rq_complete",
-    label: "op",
     kind_name: op_name,
     values: |v: &RowValue| vec![v.ns, v.bytes, v.count],
-    histogram: "io_latency",
     hist_key: op_name,
-    stats: StatSlots {
-        samples: 0,
-        lost: &[1],
-        user_stack_failed: 2,
-        kernel_stack_failed: Some(3),
-        forks_followed: 5,
-    },
+    stats: StatSlots::headed(Some(3), 5),
 };
 
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {

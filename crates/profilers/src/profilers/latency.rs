@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
@@ -24,7 +24,9 @@ use crate::mechanics::perf::{open_sampling_event, SamplingEvent};
 use crate::mechanics::record::{comm, decode, kind_of, record};
 use crate::mechanics::ring::RingReader;
 use crate::mechanics::skel::open_copying;
-use crate::mechanics::uprobe::{child_attached, functions_matching, resolve_binary, Followed};
+use crate::mechanics::uprobe::{
+    functions_matching, per_process, resolve_binary, Followed, PerProcess,
+};
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
 use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
@@ -351,15 +353,15 @@ impl LatencyProfiler {
         };
         match &o.targets {
             None => p.attach(-1, None)?,
-            Some(pids) => {
-                crate::mechanics::maps::add_targets(&p.skel.maps.targets, pids)?;
-                for &pid in pids {
-                    p.attach(pid as i32, o.pending_exec.clone())?;
-                    p.followed.mark(pid);
-                }
-            }
+            Some(pids) => p.attach_targets(pids, o.pending_exec.as_deref())?,
         }
         Ok(p)
+    }
+
+    /// Attaches the begin and end probes to process `pid`; `exe`: its executable, not yet
+    /// exec'd.
+    fn attach_target(&mut self, pid: u32, exe: Option<&Path>) -> Result<(), ProfilerError> {
+        self.attach(pid as i32, exe.map(Path::to_path_buf))
     }
 
     fn attach(&mut self, pid: i32, pending_exec: Option<PathBuf>) -> Result<(), ProfilerError> {
@@ -411,6 +413,8 @@ impl LatencyProfiler {
         Ok(())
     }
 }
+
+per_process!(LatencyProfiler);
 
 /// Slots of `enum stat_index` in latency.bpf.c: `samples` are requests ended, `lost` requests
 /// or samples BPF had no room for.
@@ -529,10 +533,7 @@ impl crate::Profiler for LatencyProfiler {
         CopyReader::add_stats(
             self.copies.as_ref(),
             &self.skel.maps.copy_stats,
-            ProfilerStats {
-                stack_lookup_missing: self.stale_stacks,
-                ..STATS.read(&self.skel.maps.stats)
-            },
+            STATS.read_with_stale(&self.skel.maps.stats, self.stale_stacks),
         )
     }
 
@@ -542,9 +543,7 @@ impl crate::Profiler for LatencyProfiler {
 
     fn tick(&mut self) {
         // Children followed by BPF get their own probes.
-        for pid in self.followed.new_children(&self.skel.maps.targets) {
-            child_attached(pid, self.attach(pid as i32, None));
-        }
+        self.attach_children();
     }
 
     fn event_name(&self) -> String {

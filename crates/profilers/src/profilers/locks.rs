@@ -58,18 +58,10 @@ fn futex_op(op: u32) -> String {
 static SPEC: Spec = Spec {
     info: &INFO,
     event: "syscalls:sys_enter_futex/sys_exit_futex",
-    label: "op",
     kind_name: futex_op,
     values: |v: &RowValue| vec![v.ns, v.count],
-    histogram: "futex_wait",
     hist_key: |_| "futex".into(),
-    stats: StatSlots {
-        samples: 0,
-        lost: &[1],
-        user_stack_failed: 2,
-        kernel_stack_failed: None,
-        forks_followed: 4,
-    },
+    stats: StatSlots::headed(None, 4),
 };
 
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {

@@ -28,7 +28,7 @@ use crate::mechanics::maps::{pids_of, StackEntry, StatSlots};
 use crate::mechanics::record::{addresses, comm, decode, kind_of, record};
 use crate::mechanics::ring::RingReader;
 use crate::mechanics::skel::open_copying;
-use crate::mechanics::uprobe::{child_attached, Followed};
+use crate::mechanics::uprobe::{per_process, Followed, PerProcess};
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
 use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
@@ -337,17 +337,14 @@ impl MallocProfiler {
                 };
                 p.attach(-1, &path)?;
             }
-            Some(pids) => {
-                crate::mechanics::maps::add_targets(&p.skel.maps.targets, pids)?;
-                for &pid in pids {
-                    p.attach_pid(pid)?;
-                }
-            }
+            Some(pids) => p.attach_targets(pids, None)?,
         }
         Ok(p)
     }
 
-    fn attach_pid(&mut self, pid: u32) -> Result<(), ProfilerError> {
+    /// Probes the library given, or the libc the process maps (a pending exec changes
+    /// nothing: libc is found once the process maps it).
+    fn attach_target(&mut self, pid: u32, _exe: Option<&Path>) -> Result<(), ProfilerError> {
         let path = match &self.lib {
             Some(l) => l.clone(),
             None => libc_of(pid).ok_or_else(|| {
@@ -357,9 +354,7 @@ impl MallocProfiler {
                 ))
             })?,
         };
-        self.attach(pid as i32, &path)?;
-        self.followed.mark(pid);
-        Ok(())
+        self.attach(pid as i32, &path)
     }
 
     fn attach(&mut self, pid: i32, path: &Path) -> Result<(), ProfilerError> {
@@ -401,6 +396,8 @@ impl MallocProfiler {
         Ok(())
     }
 }
+
+per_process!(MallocProfiler);
 
 /// Slots of `enum stat_index` in malloc.bpf.c: `samples` are sampled allocations, `lost`
 /// sampled allocations or frees the ring had no room for, and allocations `live` could not hold.
@@ -527,9 +524,7 @@ impl crate::Profiler for MallocProfiler {
 
     fn tick(&mut self) {
         // Children followed by BPF get their own probes.
-        for pid in self.followed.new_children(&self.skel.maps.targets) {
-            child_attached(pid, self.attach_pid(pid));
-        }
+        self.attach_children();
     }
 
     fn event_name(&self) -> String {

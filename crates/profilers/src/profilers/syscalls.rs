@@ -64,18 +64,10 @@ pub fn syscall_name(nr: u32) -> String {
 static SPEC: Spec = Spec {
     info: &INFO,
     event: "raw_syscalls:sys_enter/sys_exit",
-    label: "syscall",
     kind_name: syscall_name,
     values: |v: &RowValue| vec![v.ns, v.count],
-    histogram: "syscall_latency",
     hist_key: syscall_name,
-    stats: StatSlots {
-        samples: 0,
-        lost: &[2],
-        user_stack_failed: 3,
-        kernel_stack_failed: None,
-        forks_followed: 5,
-    },
+    stats: StatSlots::headed(None, 5),
 };
 
 pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, ProfilerError> {
