@@ -156,6 +156,22 @@ macro_rules! per_process {
 }
 pub(crate) use per_process;
 
+/// The [`crate::Profiler`] methods every per-process uprobe profiler answers the same way:
+/// its targets are BPF's `targets` map, and each tick attaches probes to the children BPF
+/// followed since the last one. Used inside `impl Profiler for …` of a [`per_process!`] type.
+macro_rules! per_process_methods {
+    () => {
+        fn target_pids(&self) -> Vec<u32> {
+            crate::mechanics::maps::pids_of(&self.skel.maps.targets)
+        }
+
+        fn tick(&mut self) {
+            crate::mechanics::uprobe::PerProcess::attach_children(self);
+        }
+    };
+}
+pub(crate) use per_process_methods;
+
 /// A function found in an ELF file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {

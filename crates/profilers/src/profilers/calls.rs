@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts};
 
 use crate::mechanics::maps::{
-    clear_if_half_full, drain_histograms, flip_buffers, pids_of, Buffers, StackReader, StatSlots,
+    clear_if_half_full, drain_histograms, flip_buffers, Buffers, StackReader, StatSlots,
 };
 use crate::mechanics::record::{comm, decode, record};
 use crate::mechanics::skel::open_targeted;
 use crate::mechanics::uprobe::{
-    functions_matching, per_process, resolve_binary, Followed, PerProcess,
+    functions_matching, per_process, per_process_methods, resolve_binary, Followed, PerProcess,
 };
 use crate::{Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
@@ -307,14 +307,7 @@ impl crate::Profiler for CallsProfiler {
         STATS.read_with_stale(&self.skel.maps.stats, self.stale_stacks)
     }
 
-    fn target_pids(&self) -> Vec<u32> {
-        pids_of(&self.skel.maps.targets)
-    }
-
-    fn tick(&mut self) {
-        // Children followed by BPF get their own probes.
-        self.attach_children();
-    }
+    per_process_methods!();
 
     fn event_name(&self) -> String {
         format!(

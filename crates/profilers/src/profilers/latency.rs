@@ -18,14 +18,14 @@ use baton_model::sync::lock;
 
 use crate::mechanics::copies::CopyReader;
 use crate::mechanics::maps::{
-    clear_if_half_full, drain_histograms, flip_buffers, pids_of, Buffers, StackReader, StatSlots,
+    clear_if_half_full, drain_histograms, flip_buffers, Buffers, StackReader, StatSlots,
 };
 use crate::mechanics::perf::{open_sampling_event, SamplingEvent};
 use crate::mechanics::record::{comm, decode, kind_of, record};
 use crate::mechanics::ring::RingReader;
 use crate::mechanics::skel::open_copying;
 use crate::mechanics::uprobe::{
-    functions_matching, per_process, resolve_binary, Followed, PerProcess,
+    functions_matching, per_process, per_process_methods, resolve_binary, Followed, PerProcess,
 };
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
@@ -537,14 +537,7 @@ impl crate::Profiler for LatencyProfiler {
         )
     }
 
-    fn target_pids(&self) -> Vec<u32> {
-        pids_of(&self.skel.maps.targets)
-    }
-
-    fn tick(&mut self) {
-        // Children followed by BPF get their own probes.
-        self.attach_children();
-    }
+    per_process_methods!();
 
     fn event_name(&self) -> String {
         format!(

@@ -24,11 +24,11 @@ use baton_model::sync::lock;
 use libbpf_rs::{Link, UprobeOpts};
 
 use crate::mechanics::copies::CopyReader;
-use crate::mechanics::maps::{pids_of, StackEntry, StatSlots};
+use crate::mechanics::maps::{StackEntry, StatSlots};
 use crate::mechanics::record::{addresses, comm, decode, kind_of, record};
 use crate::mechanics::ring::RingReader;
 use crate::mechanics::skel::open_copying;
-use crate::mechanics::uprobe::{per_process, Followed, PerProcess};
+use crate::mechanics::uprobe::{per_process, per_process_methods, Followed, PerProcess};
 use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
 use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
@@ -518,14 +518,7 @@ impl crate::Profiler for MallocProfiler {
         }
     }
 
-    fn target_pids(&self) -> Vec<u32> {
-        pids_of(&self.skel.maps.targets)
-    }
-
-    fn tick(&mut self) {
-        // Children followed by BPF get their own probes.
-        self.attach_children();
-    }
+    per_process_methods!();
 
     fn event_name(&self) -> String {
         if self.sample_bytes == 0 {
