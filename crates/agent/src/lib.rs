@@ -1,5 +1,7 @@
-//! The host agent: runs the CPU profiler in windows, keeps process snapshots for symbolization,
-//! labels each sample and turns every window into a [`Batch`] for a store.
+//! One collector and the host's observations: a profiler of the registry plus the process
+//! snapshots, symbolization and labels that turn its raw windows into a [`Batch`] for a store,
+//! and the `/proc` reads the runtime needs (run targets, CPU and RSS for triggers, cgroups, JVM
+//! perf maps). No threads and no policy: `baton-runtime` drives it.
 
 pub mod attribute;
 mod cgroups;
