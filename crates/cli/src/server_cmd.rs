@@ -9,12 +9,12 @@ use anyhow::Context;
 use baton_model::{parse_duration, sync};
 use baton_runtime::config_watch::{load_initial_config, spawn_config_watch};
 use baton_runtime::stop::{install_stop_handler, request_stop, stop_requested, until_stopped};
+use baton_server::api::{Facts, ServerFacts};
 use baton_server::auth::{Audit, Tokens};
 use baton_server::fleet::Fleet;
 use baton_server::ingest::{default_debug_dirs, symbolizer_loop, DebugInfo};
 use baton_server::AppState;
 use baton_store::{DuckDbStore, Store};
-use serde_json::json;
 
 use crate::common::{default_data_dir, usage};
 use crate::ServerArgs;
@@ -138,16 +138,16 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             .spawn(move || symbolizer_loop(&store, &d, stop_requested))
             .context("starting the symbolizer")?
     };
-    let status = Arc::new(RwLock::new(json!({
-        "mode": "server",
-        "data_dir": data.display().to_string(),
-        "schema_version": baton_store::SCHEMA_VERSION,
-        "config_dir": a.config.as_ref().map(|d| d.display().to_string()),
-        "profilers": baton_profilers::registry::infos(),
-        "tls": tls.is_some(),
-        "auth": tokens.is_some(),
-    })));
-    let mut state = AppState::new(store.clone(), None, status, live.clone());
+    let facts = Facts::Server(ServerFacts {
+        mode: "server",
+        data_dir: data.display().to_string(),
+        schema_version: baton_store::SCHEMA_VERSION,
+        config_dir: a.config.as_ref().map(|d| d.display().to_string()),
+        profilers: baton_profilers::registry::infos(),
+        tls: tls.is_some(),
+        auth: tokens.is_some(),
+    });
+    let mut state = AppState::new(store.clone(), None, facts, Arc::default(), live.clone());
     state.fleet = Some(fleet.clone());
     state.tokens = tokens.clone();
     state.audit = Some(audit.clone());

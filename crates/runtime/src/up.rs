@@ -11,11 +11,11 @@ use baton_model::sync;
 use baton_profilers::ProfilerError;
 use baton_scheduler::continuous::slot_rules;
 use baton_scheduler::Tuner;
+use baton_server::api::{Facts, Profiling, UpFacts};
 use baton_server::auth::{Audit, Tokens};
 use baton_server::runs::RunsHandle;
 use baton_server::{AppState, MetricsFn};
 use baton_store::{DuckDbStore, Store};
-use serde_json::json;
 
 use crate::config_watch::{default_config, load_initial_config, spawn_config_watch};
 use crate::driver::{
@@ -104,7 +104,7 @@ pub fn run(a: UpOptions) -> Result<(), Error> {
     install_stop_handler();
     let store: Arc<Mutex<Box<dyn Store>>> = Arc::new(Mutex::new(Box::new(store)));
     let metrics = Arc::new(AgentMetrics::default());
-    let status = Arc::new(RwLock::new(json!({})));
+    let status = Arc::new(RwLock::new(Profiling::default()));
     let effective = live
         .as_ref()
         .and_then(|l| sync::read(l).config.clone())
@@ -166,16 +166,16 @@ pub fn run(a: UpOptions) -> Result<(), Error> {
 
     let m2 = metrics.clone();
     let metrics_fn: MetricsFn = Arc::new(move || m2.export());
-    *sync::write(&status) = json!({
-        "profiler": "cpu",
-        "event": event,
-        "frequency_hz": opts.start.frequency_hz,
-        "window_s": window.as_secs(),
-        "data_dir": data.display().to_string(),
-        "schema_version": baton_store::SCHEMA_VERSION,
-        "host": opts.host,
-        "config_dir": a.config.as_ref().map(|d| d.display().to_string()),
-        "profilers": baton_profilers::registry::infos(),
+    sync::write(&status).frequency_hz = Some(opts.start.frequency_hz);
+    let facts = Facts::Up(UpFacts {
+        profiler: "cpu",
+        event: event.to_string(),
+        window_s: window.as_secs(),
+        data_dir: data.display().to_string(),
+        schema_version: baton_store::SCHEMA_VERSION,
+        host: opts.host.clone(),
+        config_dir: a.config.as_ref().map(|d| d.display().to_string()),
+        profilers: baton_profilers::registry::infos(),
     });
     let audit = Arc::new(Audit::new(data.join("audit.log")));
     if let (Some(dir), Some(live)) = (&a.config, &live) {
@@ -184,6 +184,7 @@ pub fn run(a: UpOptions) -> Result<(), Error> {
     let mut state = AppState::new(
         store.clone(),
         Some(metrics_fn),
+        facts,
         status.clone(),
         live.clone(),
     );

@@ -4,9 +4,11 @@
 //! The run views are with their runs (`runs::RunView`, `fleet::FleetRunView`), the agents'
 //! protocol in `fleet::protocol`, and the flame graph's shapes in `flame`.
 
-use baton_model::{Bucket, TopEntry};
+use std::collections::BTreeMap;
+
+use baton_model::{Bucket, ProfilerInfo, TopEntry};
 use baton_store::{Point, Timeline};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Any failed call: `{"error": "one line"}`.
 #[derive(Debug, Serialize)]
@@ -139,4 +141,133 @@ pub struct DebugInfoStored {
 pub struct DebugInfoFound {
     pub build_id: String,
     pub path: String,
+}
+
+/// `GET /api/v1/status`: what this process is, how its profiling stands, and the store's rows.
+#[derive(Debug, Serialize)]
+pub struct StatusBody {
+    #[serde(flatten)]
+    pub facts: Facts,
+    #[serde(flatten)]
+    pub profiling: Profiling,
+    pub sample_rows: u64,
+}
+
+/// What a process serving the API is, set once at its start.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(untagged)]
+pub enum Facts {
+    Up(UpFacts),
+    Server(ServerFacts),
+    /// Nothing said yet.
+    #[default]
+    Unknown,
+}
+
+/// `baton up`: the whole-host profiler, its event and window, and where data and config live.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpFacts {
+    pub profiler: &'static str,
+    pub event: String,
+    pub window_s: u64,
+    pub data_dir: String,
+    pub schema_version: i64,
+    pub host: String,
+    pub config_dir: Option<String>,
+    /// The registry, for the UI's profiler list, values and options.
+    pub profilers: Vec<&'static ProfilerInfo>,
+}
+
+/// `baton server`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerFacts {
+    /// Always `server`.
+    pub mode: &'static str,
+    pub data_dir: String,
+    pub schema_version: i64,
+    pub config_dir: Option<String>,
+    pub profilers: Vec<&'static ProfilerInfo>,
+    pub tls: bool,
+    pub auth: bool,
+}
+
+/// How profiling on this host stands, as the driver updates it; each part appears once the
+/// driver has set it (none on a fleet server).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Profiling {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_hz: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continuous: Option<ContinuousStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<OverheadStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_budgets: Option<BTreeMap<String, BudgetStatus>>,
+}
+
+impl Profiling {
+    /// What an agent's heartbeat says of it.
+    pub fn health(&self) -> Health {
+        Health {
+            overhead: self.overhead.clone(),
+            write_budgets: self.write_budgets.clone(),
+            frequency_hz: self.frequency_hz,
+            continuous: self.continuous.as_ref().map(|c| c.mode.to_string()),
+        }
+    }
+}
+
+/// Continuous profiling: by the config's service rules, or the whole host.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContinuousStatus {
+    /// `services` or `host`.
+    pub mode: &'static str,
+    pub rules: Vec<RuleStatus>,
+}
+
+/// One continuous rule and where its tuning stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleStatus {
+    pub service: String,
+    pub rule: usize,
+    pub profiler: String,
+    pub probability: f64,
+    /// `1 / probability`: what each of its samples weighs.
+    pub weight: f64,
+    pub duration_s: f64,
+    pub slot_s: f64,
+    pub target_samples_per_hour: u64,
+    pub observed_samples: u64,
+}
+
+/// The overhead guard's last check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OverheadStatus {
+    pub percent: f64,
+    pub budget_percent: f64,
+    pub frequency_cap_hz: Option<u64>,
+    pub paused: bool,
+    /// Left out as the user's, not profiling's: the API threads' CPU since start.
+    pub api_cpu_seconds: f64,
+    /// Left out too: what the store's workers spent on the API's queries since start.
+    pub store_cpu_for_api_seconds: f64,
+}
+
+/// One write budget's counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetStatus {
+    pub batches_accepted: u64,
+    pub batches_downsampled: u64,
+    pub batches_refused: u64,
+    pub rows_dropped: u64,
+}
+
+/// An agent's health, as its heartbeat carries it and `/api/v1/hosts` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub overhead: Option<OverheadStatus>,
+    pub write_budgets: Option<BTreeMap<String, BudgetStatus>>,
+    pub frequency_hz: Option<u64>,
+    /// The continuous mode: `services` or `host`.
+    pub continuous: Option<String>,
 }

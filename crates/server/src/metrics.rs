@@ -194,6 +194,7 @@ mod tests {
         AppState::new(
             Arc::new(Mutex::new(store)),
             Some(agent),
+            Default::default(),
             Arc::default(),
             None,
         )

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use baton_model::sync::{lock, read};
 use baton_store::{Store, StoreError};
 
+use crate::api::{Facts, Profiling};
 use crate::error::ApiError;
 use crate::metrics::MetricsFn;
 use crate::params::{parse_params_with, ApiParams};
@@ -75,8 +76,10 @@ pub struct StoreCpu {
 pub struct AppState {
     pub store: Arc<Mutex<Box<dyn Store>>>,
     pub metrics: Option<MetricsFn>,
-    /// Facts shown by `/api/v1/status` (event, frequency, data dir…), updated as they change.
-    pub status: Arc<RwLock<serde_json::Value>>,
+    /// What this process is, for `/api/v1/status`.
+    pub facts: Arc<Facts>,
+    /// How profiling stands, for `/api/v1/status`: the driver updates it as it changes.
+    pub profiling: Arc<RwLock<Profiling>>,
     pub config: Option<Arc<RwLock<LiveConfig>>>,
     pub runs: Option<runs::RunsHandle>,
     /// Fleet mode (`baton server`): hosts, their agents and the runs placed on them.
@@ -100,13 +103,15 @@ impl AppState {
     pub fn new(
         store: Arc<Mutex<Box<dyn Store>>>,
         metrics: Option<MetricsFn>,
-        status: Arc<RwLock<serde_json::Value>>,
+        facts: Facts,
+        profiling: Arc<RwLock<Profiling>>,
         config: Option<Arc<RwLock<LiveConfig>>>,
     ) -> Self {
         AppState {
             store,
             metrics,
-            status,
+            facts: Arc::new(facts),
+            profiling,
             config,
             runs: None,
             fleet: None,

@@ -10,9 +10,9 @@ use std::time::Duration;
 use baton_agent::targets::selector_pids;
 use baton_model::sync;
 use baton_scheduler::{JobRequest, Mode, Scheduler};
+use baton_server::api::Profiling;
 use baton_server::fleet::{Assignment, Heartbeat, HeartbeatReply, Registration, RunReport};
 use baton_server::LiveConfig;
-use serde_json::json;
 
 use crate::client::{Client, ClientError};
 use crate::config_watch::apply_server_config;
@@ -54,7 +54,7 @@ pub(super) struct Control {
     /// Server runs this host could not queue, with the reason, to report once.
     pub(super) refused: Vec<RunReport>,
     /// The driver's status (overhead, write budgets, frequency), sent with each heartbeat.
-    pub(super) status: Arc<RwLock<serde_json::Value>>,
+    pub(super) status: Arc<RwLock<Profiling>>,
 }
 
 impl Control {
@@ -181,15 +181,7 @@ impl Control {
             wait_s: self.heartbeat_s,
             // Services come and go with their processes: look again every 30 heartbeats.
             services: (self.beats % 30 == 0).then(|| self.services()),
-            health: {
-                let st = sync::read(&self.status);
-                Some(json!({
-                    "overhead": st.get("overhead"),
-                    "write_budgets": st.get("write_budgets"),
-                    "frequency_hz": st.get("frequency_hz"),
-                    "continuous": st.get("continuous").and_then(|c| c.get("mode")),
-                }))
-            },
+            health: Some(sync::read(&self.status).health()),
         };
         self.beats += 1;
         let (code, out) = self

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use baton_agent::AgentMetrics;
 use baton_profilers::ProfilerError;
 use baton_scheduler::Tuner;
+use baton_server::api::Profiling;
 use baton_server::LiveConfig;
-use serde_json::json;
 
 use crate::client::Client;
 use crate::config_watch::default_config;
@@ -83,7 +83,7 @@ pub fn run(a: AgentOptions) -> Result<(), Error> {
         ..Default::default()
     }));
     let metrics = Arc::new(AgentMetrics::default());
-    let status = Arc::new(RwLock::new(json!({})));
+    let status = Arc::new(RwLock::new(Profiling::default()));
     let scheduler = new_scheduler(&default_config());
     let desired = desired_frequency(a.frequency, Some(live.clone()));
     let opts = continuous_options(

@@ -3,11 +3,12 @@
 //! raised weights, or refused. Each outcome is counted in `/metrics` and, per budget, in
 //! `/api/v1/status`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use baton_agent::WindowReport;
 use baton_model::sync;
-use serde_json::json;
+use baton_server::api::BudgetStatus;
 
 use super::Driver;
 use crate::scheduler_clock as clock;
@@ -61,23 +62,23 @@ impl Driver {
         self.metrics
             .rows_dropped_budget
             .store(st.rows_dropped, Ordering::Relaxed);
-        let per_key: serde_json::Map<String, serde_json::Value> = self
+        let per_key: BTreeMap<String, BudgetStatus> = self
             .budgets
             .per_key
             .iter()
             .map(|(k, v)| {
                 (
                     k.clone(),
-                    json!({
-                        "batches_accepted": v.batches_accepted,
-                        "batches_downsampled": v.batches_downsampled,
-                        "batches_refused": v.batches_refused,
-                        "rows_dropped": v.rows_dropped,
-                    }),
+                    BudgetStatus {
+                        batches_accepted: v.batches_accepted,
+                        batches_downsampled: v.batches_downsampled,
+                        batches_refused: v.batches_refused,
+                        rows_dropped: v.rows_dropped,
+                    },
                 )
             })
             .collect();
-        sync::write(&self.status)["write_budgets"] = serde_json::Value::Object(per_key);
+        sync::write(&self.status).write_budgets = Some(per_key);
         if !r.batch.samples.is_empty() {
             self.sink.write(&self.metrics, r);
         }

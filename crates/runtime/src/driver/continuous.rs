@@ -11,8 +11,8 @@ use baton_agent::Collector;
 use baton_model::sync;
 use baton_scheduler::continuous::{slot_rules, SlotRule};
 use baton_scheduler::{Mode, RuleState};
+use baton_server::api::{ContinuousStatus, RuleStatus};
 use baton_server::LiveConfig;
-use serde_json::json;
 
 use super::{Driver, HOST_CHAIN, LOCAL_HOST};
 
@@ -138,27 +138,30 @@ impl Driver {
                 );
             }
         }
-        let list: Vec<serde_json::Value> = rules
+        let list: Vec<RuleStatus> = rules
             .iter()
             .map(|r| {
                 let p = self.tuner.probability(&r.service, r.rule);
-                json!({
-                    "service": r.service,
-                    "rule": r.rule,
-                    "profiler": r.profiler,
-                    "probability": p,
-                    "weight": 1.0 / p,
-                    "duration_s": r.duration_ms as f64 / 1000.0,
-                    "slot_s": r.slot_ms as f64 / 1000.0,
-                    "target_samples_per_hour": r.target_samples_per_hour,
-                    "observed_samples": self.tuner.observed(&r.service, r.rule),
-                })
+                RuleStatus {
+                    service: r.service.clone(),
+                    rule: r.rule,
+                    profiler: r.profiler.clone(),
+                    probability: p,
+                    weight: 1.0 / p,
+                    duration_s: r.duration_ms as f64 / 1000.0,
+                    slot_s: r.slot_ms as f64 / 1000.0,
+                    target_samples_per_hour: r.target_samples_per_hour,
+                    observed_samples: self.tuner.observed(&r.service, r.rule),
+                }
             })
             .collect();
-        let mut st = sync::write(&self.status);
-        st["continuous"] = json!({
-            "mode": if rules.iter().any(|r| r.profiler == "cpu") { "services" } else { "host" },
-            "rules": list,
+        sync::write(&self.status).continuous = Some(ContinuousStatus {
+            mode: if rules.iter().any(|r| r.profiler == "cpu") {
+                "services"
+            } else {
+                "host"
+            },
+            rules: list,
         });
     }
 
@@ -219,6 +222,6 @@ impl Driver {
             "baton up: sampling frequency now {} Hz",
             self.opts.start.frequency_hz
         );
-        sync::write(&self.status)["frequency_hz"] = json!(self.opts.start.frequency_hz);
+        sync::write(&self.status).frequency_hz = Some(self.opts.start.frequency_hz);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use baton_model::sync;
 use baton_scheduler::Mode;
-use serde_json::json;
+use baton_server::api::OverheadStatus;
 
 use super::Driver;
 use crate::scheduler_clock as clock;
@@ -86,15 +86,15 @@ impl Driver {
             .overhead_percent_milli
             .store((pct * 1000.0) as u64, Ordering::Relaxed);
         let budget = limits.overhead_budget_percent;
-        sync::write(&self.status)["overhead"] = json!({
-            "percent": pct,
-            "budget_percent": budget,
-            "frequency_cap_hz": self.guard.cap,
-            "paused": self.guard.paused(),
+        sync::write(&self.status).overhead = Some(OverheadStatus {
+            percent: pct,
+            budget_percent: budget,
+            frequency_cap_hz: self.guard.cap,
+            paused: self.guard.paused(),
             // Left out as the user's, not profiling's: the API threads' CPU and what the
             // store's workers spent on the API's queries, since start.
-            "api_cpu_seconds": api,
-            "store_cpu_for_api_seconds": store_api,
+            api_cpu_seconds: api,
+            store_cpu_for_api_seconds: store_api,
         });
         if pct <= budget || self.guard.paused() {
             return;

@@ -30,6 +30,7 @@ use baton_model::sync;
 use baton_profilers::StartOptions;
 use baton_scheduler::continuous::host_key;
 use baton_scheduler::{Observation, ProfilerSpec, Scheduler, Tuner, WriteBudgets};
+use baton_server::api::Profiling;
 use baton_server::LiveConfig;
 
 use crate::remote::RemoteRuns;
@@ -58,7 +59,7 @@ pub struct DriverSetup {
     pub sink: Sink,
     pub metrics: Arc<AgentMetrics>,
     pub desired: DesiredFrequency,
-    pub status: Arc<RwLock<serde_json::Value>>,
+    pub status: Arc<RwLock<Profiling>>,
     pub window_flag: Option<Duration>,
     pub scraped: Arc<Mutex<Vec<Observation>>>,
     pub tuner: Tuner,
@@ -186,7 +187,7 @@ struct Driver {
     /// `--window`, which wins over the config's `[profilers.cpu] window`.
     window_flag: Option<Duration>,
     desired: DesiredFrequency,
-    status: Arc<RwLock<serde_json::Value>>,
+    status: Arc<RwLock<Profiling>>,
     live: Option<Arc<RwLock<LiveConfig>>>,
     triggers: TriggerWatch,
     budgets: WriteBudgets,

@@ -26,6 +26,7 @@ pub use protocol::{
     Assignment, ConfigFiles, Heartbeat, HeartbeatReply, RegisterReply, Registration, RunReport,
 };
 
+use crate::api::Health;
 use crate::state::{LatencyStat, LiveConfig};
 
 /// One host of the fleet.
@@ -39,7 +40,7 @@ pub struct HostRecord {
     pub state: &'static str,
     pub heartbeats: u64,
     /// What the last heartbeat said of the agent's health.
-    pub health: Option<serde_json::Value>,
+    pub health: Option<Health>,
 }
 
 /// A run of the fleet, as the server tracks it.

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::Health;
+
 /// What an agent says about itself when it registers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Registration {
@@ -54,8 +56,8 @@ pub struct Heartbeat {
     pub wait_s: u64,
     /// Config services with processes on the host now, when the agent looked again.
     pub services: Option<Vec<String>>,
-    /// The agent's overhead against its budget, its write budgets and frequency, as JSON.
-    pub health: Option<serde_json::Value>,
+    /// The agent's overhead against its budget, its write budgets and frequency.
+    pub health: Option<Health>,
 }
 
 /// A run for an agent to start.

@@ -4,20 +4,20 @@ use axum::extract::State;
 use axum::Json;
 use baton_model::sync::read;
 
-use crate::api::ConfigView;
+use crate::api::{ConfigView, StatusBody};
 use crate::error::ApiError;
 use crate::state::with_store;
 use crate::AppState;
 
-/// `GET /api/v1/status`: the facts the driver keeps (a document it writes as things change)
-/// and the store's row count.
-pub(crate) async fn status(
-    State(st): State<AppState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+/// `GET /api/v1/status`: what this process is, how its profiling stands (the driver keeps it
+/// up to date), and the store's row count.
+pub(crate) async fn status(State(st): State<AppState>) -> Result<Json<StatusBody>, ApiError> {
     let rows = with_store(&st, |s| s.sample_rows()).await?;
-    let mut v = read(&st.status).clone();
-    v["sample_rows"] = rows.into();
-    Ok(Json(v))
+    Ok(Json(StatusBody {
+        facts: st.facts.as_ref().clone(),
+        profiling: read(&st.profiling).clone(),
+        sample_rows: rows,
+    }))
 }
 
 /// `GET /api/v1/config`
