@@ -236,16 +236,17 @@ fn the_three_examples_run_through_up_and_show_their_workloads() {
     assert!(points.len() >= 2, "{ts}");
     assert!(total >= 1300.0, "{ts}");
 
-    // Off-CPU stacks of one process: after a 4 s warm-up (the run starts and bpftrace attaches
-    // meanwhile, which took over 2 s in one loaded CI run), sleeper spends 10 × 200 ms asleep in
-    // wait_here.
-    let mut sleeper = Workload::spawn(Command::new(workload("sleeper")).args(["4", "10"]));
+    // Off-CPU stacks of one process: after a 6 s warm-up (the run starts and bpftrace attaches
+    // meanwhile, which took over 2 s in one loaded CI run and about 4.4 s in another: 8 of the
+    // 10 sleeps were counted), sleeper spends 10 × 200 ms asleep in wait_here. The warm-up's
+    // own sleep began before the attach, so it is never counted.
+    let mut sleeper = Workload::spawn(Command::new(workload("sleeper")).args(["6", "10"]));
     let pid = sleeper.id();
     let id = submit(
         &up,
         None,
         &format!(
-            r#"{{"profiler":"offcpu_pid","target":"pid:{pid}","duration":"9s","options":{{"args":"{pid}"}}}}"#
+            r#"{{"profiler":"offcpu_pid","target":"pid:{pid}","duration":"11s","options":{{"args":"{pid}"}}}}"#
         ),
     );
     let r = wait_done(&up, None, id, 60);
