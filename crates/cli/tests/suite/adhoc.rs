@@ -42,17 +42,6 @@ fn tree(name: &str, extra: &[(&str, &str)]) -> PathBuf {
     dir
 }
 
-fn json_req(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (u16, serde_json::Value) {
-    let (code, out) = http_req(addr, method, path, token, body.as_bytes());
-    (code, serde_json::from_slice(&out).unwrap_or_default())
-}
-
 fn submit(up: &Up, token: Option<&str>, body: &str) -> u64 {
     let (code, v) = json_req(&up.addr, "POST", "/api/v1/runs", token, body);
     assert_eq!(code, 201, "{v}");

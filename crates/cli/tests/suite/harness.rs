@@ -268,6 +268,19 @@ pub fn offcpu_seconds(addr: &str, filter: &str) -> f64 {
     fg["total"].as_f64().unwrap_or(0.0) / 1e9
 }
 
+/// An HTTP call with an optional bearer token: the status, and the body as JSON (null if it
+/// is not JSON).
+pub fn json_req(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let (code, out) = http_req(addr, method, path, token, body.as_bytes());
+    (code, serde_json::from_slice(&out).unwrap_or_default())
+}
+
 pub fn http_json(addr: &str, path: &str) -> serde_json::Value {
     let (status, body) = http_get(addr, path);
     assert_eq!(

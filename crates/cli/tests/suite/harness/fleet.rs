@@ -190,17 +190,6 @@ pub fn metric(addr: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} at {addr}"))
 }
 
-pub fn json_req(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (u16, serde_json::Value) {
-    let (code, out) = http_req(addr, method, path, token, body.as_bytes());
-    (code, serde_json::from_slice(&out).unwrap_or_default())
-}
-
 /// Three network namespaces on a bridge, like three hosts on a LAN; removed on drop.
 pub struct Lan {
     pub bridge: String,
