@@ -7,6 +7,7 @@
 //! ClickHouse (over HTTP, for scale-out), behind the one [`Store`] trait.
 
 mod clickhouse;
+mod control;
 mod dict;
 mod duck;
 mod query;
@@ -16,7 +17,10 @@ mod schema;
 #[cfg(feature = "test-support")]
 pub mod testserver;
 
-pub use clickhouse::{ClickHouseStats, ClickHouseStore, ClickHouseUrl, CLICKHOUSE_SCHEMA_VERSION};
+pub use clickhouse::{
+    ClickHouseStats, ClickHouseStore, ClickHouseUrl, CLICKHOUSE_SCHEMA_VERSION, IN_FLIGHT_GRACE_MS,
+};
+pub use control::ControlRecord;
 pub use duck::DuckDbStore;
 pub use query::{is_detail_label, Filter, FilterOp, Query, DETAIL_LABELS, LABEL_COLUMNS};
 pub use schema::SCHEMA_VERSION;
@@ -54,6 +58,12 @@ pub enum StoreError {
     UnknownLabel(String),
     #[error("bad filter {0:?}; write it as label=value, label!=value or label~regex")]
     BadFilter(String),
+    /// Another server sharing the ClickHouse store is writing this batch now (its intent row is
+    /// younger than [`IN_FLIGHT_GRACE_MS`]): the sender should retry later, when that write
+    /// has either finished (the retry is a duplicate) or been abandoned (the retry completes
+    /// it).
+    #[error("batch {batch_id} is being written by another server; retry later")]
+    InFlight { batch_id: String },
 }
 
 /// A time bucket of a series.
@@ -127,6 +137,15 @@ pub trait Store: Send {
     fn run_history(&mut self, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
     /// Timeline spans of one process (or host) in a window, with the stacks they name.
     fn timeline(&mut self, q: &TimelineQuery) -> Result<Timeline, StoreError>;
+    /// Stores control-plane documents (hosts, queued and running runs, the tuner's state):
+    /// per (kind, key), the record with the latest `updated_ms` wins, and of equal ones the
+    /// last written (the last in `records`, or the later call). A `deleted` record hides its
+    /// key until a later live one. Retention ([`Store::drop_before`]) keeps them; DuckDB
+    /// forgets tombstones older than the cut, ClickHouse keeps them (one row per key once
+    /// parts merge).
+    fn put_control(&mut self, records: &[ControlRecord]) -> Result<(), StoreError>;
+    /// The winning live record of each key of `kind`, in key order.
+    fn control(&mut self, kind: &str) -> Result<Vec<ControlRecord>, StoreError>;
 }
 
 /// What the timeline asks for: spans that overlap `[from_ms, to_ms)`.

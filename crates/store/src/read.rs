@@ -41,29 +41,20 @@ pub(crate) trait Backend {
     fn timeseries(&mut self, q: &Query, step_ms: i64) -> Result<Vec<Point>, StoreError>;
     /// Distinct values of a label column in the range, most weighted first.
     fn label_values(&mut self, q: &Query, col: &str, limit: usize) -> Result<Totals, StoreError>;
+    /// Whether symbols may have been added since the last call by a writer other than this
+    /// store (another server on a shared store): the cached frames may lack them.
+    fn symbols_changed(&mut self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// The [`crate::Store`] methods every backend answers alike, written once: the read path over
-/// the store's [`Backend`] (`self.$backend`) and [`Cache`] (`self.cache`), and writes by batch
-/// id over its dictionary (`self.dict`) and its `write_in(batch, id)`.
+/// the store's [`Backend`] (`self.$backend`) and [`Cache`] (`self.cache`), and a batch without
+/// an id through its `write_in(batch, None)`.
 macro_rules! shared_store_methods {
     ($backend:ident) => {
         fn write_batch(&mut self, batch: &baton_model::Batch) -> Result<(), $crate::StoreError> {
             self.write_in(batch, None)
-        }
-
-        fn write_batch_once(
-            &mut self,
-            batch: &baton_model::Batch,
-            batch_id: &str,
-            host: Option<&str>,
-        ) -> Result<bool, $crate::StoreError> {
-            if self.dict.batches.contains(batch_id) {
-                return Ok(false);
-            }
-            self.write_in(batch, Some((batch_id, host)))?;
-            self.dict.batches.insert(batch_id.to_string());
-            Ok(true)
         }
 
         fn profile(
@@ -144,12 +135,21 @@ impl Cache {
         self.stacks.clear();
     }
 
+    /// Clears the cache when another writer may have added symbols.
+    fn refresh<B: Backend>(&mut self, b: &mut B) -> Result<(), StoreError> {
+        if b.symbols_changed()? {
+            self.clear();
+        }
+        Ok(())
+    }
+
     /// Weighted samples of the query, aggregated per stack, with frames resolved.
     pub(crate) fn profile<B: Backend>(
         &mut self,
         b: &mut B,
         q: &Query,
     ) -> Result<Profile, StoreError> {
+        self.refresh(b)?;
         let rows = b.stack_totals(q)?;
         let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
         self.fill(b, &ids)?;
@@ -188,6 +188,7 @@ impl Cache {
         b: &mut B,
         q: &Query,
     ) -> Result<NamedStacks, StoreError> {
+        self.refresh(b)?;
         let rows = b.stack_totals(q)?;
         let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
         self.fill(b, &ids)?;
@@ -202,6 +203,7 @@ impl Cache {
         b: &mut B,
         q: &TimelineQuery,
     ) -> Result<Timeline, StoreError> {
+        self.refresh(b)?;
         let mut spans = b.spans(q)?;
         let truncated = spans.len() > q.limit;
         spans.truncate(q.limit);

@@ -111,6 +111,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         run       BIGINT
     );
     ",
+    // 10: the fleet server's control plane (hosts, unfinished runs, placements, tuner state):
+    // one JSON document per (kind, key), the latest `updated_ms` winning; `deleted` is a
+    // tombstone, forgotten by retention.
+    "
+    CREATE TABLE control (
+        kind       VARCHAR NOT NULL,
+        key        VARCHAR NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        deleted    BOOLEAN NOT NULL,
+        json       VARCHAR NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -9,8 +9,8 @@ use baton_model::batch::{Span, SpanKind};
 use baton_model::sync::lock;
 use baton_model::{Batch, Frame, FrameKind, Histogram, Labels, StackSample, ValueType};
 use baton_store::{
-    ClickHouseStore, ClickHouseUrl, DuckDbStore, Filter, FilterOp, LateSymbol, Point, Query, Store,
-    TimelineQuery,
+    ClickHouseStore, ClickHouseUrl, ControlRecord, DuckDbStore, Filter, FilterOp, LateSymbol,
+    Point, Query, RunRecord, Store, StoreError, TimelineQuery, WriteItem,
 };
 
 use baton_store::testserver::{free_port, ClickHouseServer as ClickHouse};
@@ -27,6 +27,15 @@ fn start_clickhouse_on(tag: &str, http: u16, tcp: u16, extra: &str) -> ClickHous
 fn server() -> &'static std::sync::Mutex<Option<ClickHouse>> {
     static CH: OnceLock<std::sync::Mutex<Option<ClickHouse>>> = OnceLock::new();
     CH.get_or_init(|| std::sync::Mutex::new(Some(start_clickhouse("conformance"))))
+}
+
+/// Runs SQL on the suite's ClickHouse server, as an operator would: its answer.
+fn ch_exec(sql: &str) -> String {
+    lock(server())
+        .as_ref()
+        .expect("server")
+        .exec(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// A fresh database on the suite's ClickHouse server.
@@ -380,6 +389,77 @@ fn run_history_keeps_the_latest_state(s: &mut dyn Store) {
     assert_eq!(s.run_history(1).expect("history").len(), 1);
 }
 
+/// A run's record that arrives late (from a lagging server) does not replace a newer one.
+fn run_history_ignores_an_older_record(s: &mut dyn Store) {
+    let rec = |state: &str, at: i64| RunRecord {
+        id: 5,
+        host: "h1".into(),
+        profiler: "cpu".into(),
+        state: state.into(),
+        recorded_ms: at,
+        json: format!(r#"{{"state":"{state}"}}"#),
+    };
+    s.record_runs(&[rec("running", 10)]).expect("record");
+    s.record_runs(&[rec("done", 30)]).expect("record");
+    s.record_runs(&[rec("running", 20)]).expect("record");
+    let h = s.run_history(10).expect("history");
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!((h[0].state.as_str(), h[0].recorded_ms), ("done", 30));
+}
+
+/// Control documents: per key the latest `updated_ms` wins, of equal ones the last written
+/// (in one call or over two); a tombstone hides its key from older records and yields to a
+/// later one; kinds are apart; JSON with tabs, newlines and non-ASCII survives; retention
+/// keeps live documents.
+fn control_latest_record_wins(s: &mut dyn Store) {
+    let doc = |v: &str| format!("{{\"v\":\"{v}\",\"note\":\"a\tb\nc ü \\\\ d\"}}");
+    let put = |s: &mut dyn Store, rs: &[ControlRecord]| s.put_control(rs).expect("put");
+    let live = |s: &mut dyn Store, kind: &str| -> Vec<(String, String, i64)> {
+        s.control(kind)
+            .expect("control")
+            .into_iter()
+            .map(|r| {
+                assert!(!r.deleted && r.kind == kind, "{r:?}");
+                (r.key, r.json, r.updated_ms)
+            })
+            .collect()
+    };
+    let want = |k: &str, v: &str, at: i64| (k.to_string(), doc(v), at);
+    put(
+        s,
+        &[
+            ControlRecord::new("host", "h2", doc("b"), 10),
+            ControlRecord::new("host", "h1", doc("a"), 10),
+            ControlRecord::new("run", "1", doc("queued"), 10),
+            ControlRecord::new("run", "2", doc("queued"), 10),
+            ControlRecord::new("run", "1", doc("running"), 11),
+            ControlRecord::new("run", "3", doc("x"), 30),
+            ControlRecord::deleted("run", "3", 30),
+        ],
+    );
+    assert_eq!(live(s, "host"), [want("h1", "a", 10), want("h2", "b", 10)]);
+    assert_eq!(
+        live(s, "run"),
+        [want("1", "running", 11), want("2", "queued", 10)]
+    );
+    put(s, &[ControlRecord::new("run", "1", doc("stale"), 5)]);
+    put(s, &[ControlRecord::new("run", "1", doc("tie-1"), 11)]);
+    put(s, &[ControlRecord::new("run", "1", doc("tie-2"), 11)]);
+    put(s, &[ControlRecord::deleted("run", "2", 20)]);
+    put(s, &[ControlRecord::new("run", "2", doc("older"), 15)]);
+    assert_eq!(live(s, "run"), [want("1", "tie-2", 11)]);
+    assert!(live(s, "tuner").is_empty());
+    put(s, &[ControlRecord::new("run", "2", doc("again"), 21)]);
+    assert_eq!(
+        live(s, "run"),
+        [want("1", "tie-2", 11), want("2", "again", 21)]
+    );
+    s.drop_before(baton_model::time::now_ms() + 86_400_000)
+        .expect("retention");
+    assert_eq!(live(s, "host").len(), 2, "retention kept the hosts");
+    assert_eq!(live(s, "run").len(), 2, "retention kept the runs");
+}
+
 /// Retention: samples and histograms older than the cut are gone, newer ones stay (ClickHouse
 /// drops whole days, so the old batch is days old and the new one is now).
 fn retention_drops_old_samples(s: &mut dyn Store) {
@@ -537,6 +617,8 @@ conformance!(
     inlined_and_unknown_frames,
     batch_ids_and_late_symbols,
     run_history_keeps_the_latest_state,
+    run_history_ignores_an_older_record,
+    control_latest_record_wins,
     retention_drops_old_samples,
     timeline_spans_by_process_and_window,
 );
@@ -714,4 +796,254 @@ fn two_shards_answer_as_one_server_does() {
     let (n1, n2) = (count(&_a), count(&_b));
     assert_eq!(n1 + n2, 1000, "shard 1 {n1}, shard 2 {n2}");
     assert!(n1 > 0 && n2 > 0, "rows on both shards: {n1} and {n2}");
+}
+
+/// Control documents read the same once ClickHouse has merged their rows (`OPTIMIZE … FINAL`)
+/// as before: the `FINAL` read and the merge pick the same row of each key, ties included.
+#[test]
+fn control_records_read_the_same_after_clickhouse_merges_them() {
+    let mut s = clickhouse("control_merged");
+    control_latest_record_wins(&mut s);
+    let before = (s.control("host").expect("c"), s.control("run").expect("c"));
+    ch_exec("OPTIMIZE TABLE control_merged.control FINAL");
+    let rows = ch_exec("SELECT count() FROM control_merged.control");
+    assert_eq!(rows.trim(), "5", "one row per key after the merge");
+    let after = (s.control("host").expect("c"), s.control("run").expect("c"));
+    assert_eq!(before, after);
+}
+
+/// One host's batch: the stack of `batch` (so two hosts' batches share frames and stacks).
+fn host_batch(host: &str, ts: i64, leaf: &str, value: i64) -> Batch {
+    let mut b = batch(ts, "app", leaf, value, 2.0);
+    b.samples[0].labels.insert("host".into(), host.into());
+    b
+}
+
+/// Two servers on one ClickHouse database, as two stores opened before either wrote: each
+/// writes its own hosts' batches, with the same frames and stacks (so both write those rows:
+/// merges are stopped, so the duplicates are there when the reads run); a batch retried
+/// through the other store is a duplicate; both stores answer every query alike, counting each
+/// sample once; symbols, run records and control documents written through one are seen
+/// through the other.
+#[test]
+fn two_stores_share_one_clickhouse_database() {
+    let mut stores = [clickhouse("shared"), clickhouse("shared")];
+    let merges = |what: &str| {
+        for t in [
+            "frames",
+            "stacks",
+            "symbols",
+            "batches",
+            "samples_local",
+            "runs",
+            "control",
+        ] {
+            ch_exec(&format!("SYSTEM {what} MERGES shared.{t}"));
+        }
+    };
+    merges("STOP");
+    let once = |s: &mut ClickHouseStore, bt: &Batch, id: &str, host: &str| {
+        s.write_batch_once(bt, id, Some(host)).expect("write")
+    };
+    // (store, host, time, leaf, value, batch id)
+    let writes = [
+        (0, "h1", 1000, "hot", 10, "h1-1"),
+        (1, "h2", 1000, "hot", 20, "h2-1"),
+        (0, "h1", 2000, "cold", 5, "h1-2"),
+        (1, "h2", 2000, "cold", 7, "h2-2"),
+    ];
+    for &(i, host, ts, leaf, value, id) in &writes {
+        let bt = host_batch(host, ts, leaf, value);
+        assert!(once(&mut stores[i], &bt, id, host), "{id}");
+    }
+    // Retries through the other server, alone and in a group with a new batch.
+    for &(i, host, ts, leaf, value, id) in &writes[..2] {
+        let bt = host_batch(host, ts, leaf, value);
+        assert!(!once(&mut stores[1 - i], &bt, id, host), "retry of {id}");
+    }
+    let [mut a, mut b] = stores;
+    let (retry, new) = (
+        host_batch("h1", 2000, "cold", 5),
+        host_batch("h2", 3000, "hot", 1),
+    );
+    let group = [
+        WriteItem {
+            batch: &retry,
+            batch_id: Some("h1-2"),
+            host: Some("h1"),
+        },
+        WriteItem {
+            batch: &new,
+            batch_id: Some("h2-3"),
+            host: Some("h2"),
+        },
+    ];
+    let answers: Vec<bool> = b
+        .write_batches(&group)
+        .into_iter()
+        .map(|r| r.expect("group write"))
+        .collect();
+    assert_eq!(answers, [false, true]);
+    let dup = |t: &str, id: &str| -> i64 {
+        let sql = format!("SELECT count() - uniqExact({id}) FROM shared.{t}");
+        ch_exec(&sql).trim().parse().expect("a count")
+    };
+    assert!(
+        dup("stacks", "stack_id") > 0,
+        "both stores wrote the stacks"
+    );
+    assert!(
+        dup("frames", "frame_id") > 0,
+        "both stores wrote the frames"
+    );
+    // Each sample once: (10 + 20 + 5 + 7 + 1) × weight 2.
+    let all = q(0, 10_000);
+    for s in [&mut a, &mut b] {
+        assert_eq!(s.sample_rows().expect("rows"), 5);
+        assert_eq!(s.profile(&all).expect("p").total(), 86.0);
+        assert_eq!(
+            s.label_values(&all, "host", 10).expect("hosts"),
+            [("h2".to_string(), 56.0), ("h1".to_string(), 30.0)]
+        );
+    }
+    let views = |s: &mut ClickHouseStore| {
+        let named = s.named_stacks(&all).expect("named");
+        let tree = serde_json::to_string(&named.flame_tree()).expect("json");
+        let profile = s.profile(&with(all.clone(), "host=h2")).expect("p");
+        let top = serde_json::to_string(&profile.top_functions()).expect("json");
+        (tree, top, s.timeseries(&all, 1000).expect("series"))
+    };
+    let (va, vb) = (views(&mut a), views(&mut b));
+    assert_eq!(va, vb, "the two stores answer alike");
+    assert!(
+        va.0.contains("\"hot\"") && va.0.contains("\"cold\""),
+        "{}",
+        va.0
+    );
+
+    // A symbol added through one store shows in the other's cached profile at once.
+    let mut raw = host_batch("h1", 4000, "belated", 3);
+    raw.samples[0].stack[0].function = None;
+    assert!(once(&mut a, &raw, "h1-3", "h1"));
+    let leaf = |s: &mut ClickHouseStore| {
+        let p = s.profile(&q(4000, 4001)).expect("p");
+        p.samples[0].stack[0].display_name()
+    };
+    let unresolved = leaf(&mut b);
+    assert!(unresolved.contains("0x70"), "no symbol yet: {unresolved}");
+    let late = LateSymbol {
+        offset: 112,
+        function: "late_fn".into(),
+        file: None,
+        line: None,
+        inlined: Vec::new(),
+    };
+    assert_eq!(a.add_symbols("beef", &[late]).expect("add"), 1);
+    assert_eq!(leaf(&mut b), "late_fn");
+    assert!(b.unsymbolized(10).expect("u").is_empty());
+
+    // Run records and control documents from both: the latest wins, whoever wrote it.
+    let rec = |state: &str, at: i64| RunRecord {
+        id: 1,
+        host: "h1".into(),
+        profiler: "cpu".into(),
+        state: state.into(),
+        recorded_ms: at,
+        json: "{}".into(),
+    };
+    a.record_runs(&[rec("running", 10)]).expect("record");
+    b.record_runs(&[rec("done", 20)]).expect("record");
+    a.record_runs(&[rec("running", 15)]).expect("record");
+    for s in [&mut a, &mut b] {
+        let h = s.run_history(10).expect("history");
+        assert_eq!((h.len(), h[0].state.as_str()), (1, "done"), "{h:?}");
+    }
+    a.put_control(&[ControlRecord::new("host", "h1", "old", 10)])
+        .expect("put");
+    b.put_control(&[ControlRecord::new("host", "h1", "new", 20)])
+        .expect("put");
+    a.put_control(&[ControlRecord::new("host", "h1", "late", 15)])
+        .expect("put");
+    for s in [&mut a, &mut b] {
+        let c = s.control("host").expect("control");
+        assert_eq!(c, [ControlRecord::new("host", "h1", "new", 20)]);
+    }
+    merges("START");
+}
+
+/// A batch another server is writing (its intent row is recent) is refused as in flight, so its
+/// sender retries later; one whose writer died (an old intent row) is completed, once; one
+/// stored through another server after this store opened is a duplicate.
+#[test]
+fn a_batch_another_server_holds_waits_or_is_taken_over() {
+    let mut s = clickhouse("in_flight");
+    let now = baton_model::time::now_ms();
+    let intent = |id: &str, at: i64, rows: i64| {
+        ch_exec(&format!(
+            "INSERT INTO in_flight.batches VALUES ('{id}', 'h1', {at}, {rows})"
+        ))
+    };
+    intent("busy", now, -1);
+    intent("dead", now - 2 * baton_store::IN_FLIGHT_GRACE_MS, -1);
+    intent("done", now, 1);
+    let b = host_batch("h1", 1000, "hot", 10);
+    match s.write_batch_once(&b, "busy", Some("h1")) {
+        Err(StoreError::InFlight { batch_id }) => assert_eq!(batch_id, "busy"),
+        other => panic!("a batch in flight elsewhere was answered {other:?}"),
+    }
+    assert!(!s.write_batch_once(&b, "done", Some("h1")).expect("done"));
+    assert_eq!(s.sample_rows().expect("rows"), 0);
+    assert!(s.write_batch_once(&b, "dead", Some("h1")).expect("dead"));
+    assert!(!s.write_batch_once(&b, "dead", Some("h1")).expect("again"));
+    assert_eq!(s.sample_rows().expect("rows"), 1);
+    // The writer of "busy" finishes: its retry here is a duplicate.
+    intent("busy", now, 1);
+    assert!(!s.write_batch_once(&b, "busy", Some("h1")).expect("busy"));
+    assert_eq!(s.sample_rows().expect("rows"), 1);
+}
+
+/// Servers that start together on a new database all open it: the DDL they race on is
+/// idempotent or retried, and the schema ends whole (each migrated column once).
+#[test]
+fn stores_opened_at_once_on_a_new_database_all_migrate() {
+    let port = lock(server())
+        .as_ref()
+        .map(|c| c.http_port)
+        .expect("server");
+    for round in 0..3 {
+        let db = format!("race{round}");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (start, db) = (start.clone(), db.clone());
+                std::thread::spawn(move || {
+                    let url = ClickHouseUrl::parse(&format!("clickhouse://127.0.0.1:{port}/{db}"))
+                        .expect("url");
+                    start.wait();
+                    ClickHouseStore::open(url)
+                })
+            })
+            .collect();
+        let mut stores: Vec<ClickHouseStore> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread").expect("open at once"))
+            .collect();
+        for (i, s) in stores.iter_mut().enumerate() {
+            assert_eq!(
+                s.schema_version().expect("v"),
+                baton_store::CLICKHOUSE_SCHEMA_VERSION
+            );
+            let b = host_batch("h1", 1000 + i as i64, "hot", 1);
+            assert!(s.write_batch_once(&b, &format!("b{i}"), None).expect("w"));
+        }
+        assert_eq!(stores[0].sample_rows().expect("rows"), 4);
+        let cols = ch_exec(&format!(
+            "SELECT count() FROM system.columns WHERE database = '{db}' AND name = 'batch'"
+        ));
+        assert_eq!(
+            cols.trim(),
+            "3",
+            "samples, histograms and spans have one each"
+        );
+    }
 }

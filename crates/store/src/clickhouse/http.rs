@@ -20,6 +20,8 @@ pub(super) struct Http {
     pub url: ClickHouseUrl,
     agent: ureq::Agent,
     pub stats: ClickHouseStats,
+    /// Rows of `symbols` at the last read, to see symbols that another server added.
+    pub symbol_rows: Option<i64>,
 }
 
 /// An error of the HTTP interface.
@@ -38,6 +40,7 @@ impl Http {
             url,
             agent,
             stats: ClickHouseStats::default(),
+            symbol_rows: None,
         }
     }
 

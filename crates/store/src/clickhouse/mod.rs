@@ -11,12 +11,18 @@
 //! Dictionary tables (frames, stacks, symbols, batches) are `ReplacingMergeTree`s keyed by their
 //! id: a row written twice (by two servers, or a retry) collapses when parts merge, and reads
 //! take one row per id, so they never double count.
+//!
+//! Several servers may share one database. Each keeps a cache of the dictionary ids it knows,
+//! so two may write the same frame or stack (harmless, as above); a batch id is checked in the
+//! `batches` table, not only in this process's memory (see `write_group`), and migrations are
+//! idempotent and retried, so that servers starting together do not fail on each other's DDL.
 
 //!
 //! By concern: `url` (where the store is), `http` (the client), `tsv` (the format), `schema`
 //! (migrations), `write`, `read` (the shared read path's primitives and the other queries) and
 //! `dates` (retention by day).
 
+mod control;
 mod dates;
 mod http;
 mod read;
@@ -33,7 +39,16 @@ pub use url::ClickHouseUrl;
 
 use crate::dict::Dictionary;
 use crate::read::Cache;
-use crate::{LateSymbol, RunRecord, Store, StoreError, Unsymbolized, WriteItem};
+use crate::{ControlRecord, LateSymbol, RunRecord, Store, StoreError, Unsymbolized, WriteItem};
+
+/// How long a batch whose intent row another server wrote counts as being written by it
+/// ([`StoreError::InFlight`]); after that, the write is taken as abandoned (its server died), and
+/// a retry counts the rows it left before writing the rest. One insert waits at most 60 s.
+pub const IN_FLIGHT_GRACE_MS: i64 = 30_000;
+
+/// Tries of the schema's creation: servers that start together race on `IF NOT EXISTS`, and
+/// the loser's statement fails; the next try finds the table there.
+const MIGRATE_TRIES: u32 = 5;
 
 pub struct ClickHouseStore {
     http: http::Http,
@@ -49,12 +64,15 @@ impl ClickHouseStore {
     /// message when the server is not there or refuses.
     pub fn open(url: ClickHouseUrl) -> Result<ClickHouseStore, StoreError> {
         let http = http::Http::new(url);
-        http.exec(&format!(
-            "CREATE DATABASE IF NOT EXISTS {} {}",
-            http.db(),
-            http.on_cluster()
-        ))?;
-        http.migrate()?;
+        let mut tries = 0;
+        while let Err(e) = http.create() {
+            tries += 1;
+            if tries >= MIGRATE_TRIES || matches!(e, StoreError::TooNew { .. }) {
+                return Err(e);
+            }
+            tracing::debug!(error = %e, "ClickHouse schema creation raced; trying again");
+            std::thread::sleep(std::time::Duration::from_millis(100 * u64::from(tries)));
+        }
         let (dict, suspect) = read::load_dictionary(&http)?;
         Ok(ClickHouseStore {
             http,
@@ -78,6 +96,21 @@ impl ClickHouseStore {
 impl Store for ClickHouseStore {
     crate::read::shared_store_methods!(http);
 
+    /// Checked against the `batches` table, as a group of one.
+    fn write_batch_once(
+        &mut self,
+        batch: &baton_model::Batch,
+        batch_id: &str,
+        host: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let item = WriteItem {
+            batch,
+            batch_id: Some(batch_id),
+            host,
+        };
+        self.write_group(&[item]).pop().unwrap_or(Ok(false))
+    }
+
     /// One INSERT per table for the whole group.
     fn write_batches(&mut self, items: &[WriteItem<'_>]) -> Vec<Result<bool, StoreError>> {
         self.write_group(items)
@@ -93,6 +126,14 @@ impl Store for ClickHouseStore {
 
     fn run_history(&mut self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
         read::run_history(&self.http, limit)
+    }
+
+    fn put_control(&mut self, records: &[ControlRecord]) -> Result<(), StoreError> {
+        self.http.put_control(records)
+    }
+
+    fn control(&mut self, kind: &str) -> Result<Vec<ControlRecord>, StoreError> {
+        self.http.control(kind)
     }
 
     fn metrics(&self) -> Vec<(&'static str, &'static str, f64)> {
@@ -122,7 +163,7 @@ impl Store for ClickHouseStore {
     }
 
     fn unsymbolized(&mut self, limit: usize) -> Result<Vec<Unsymbolized>, StoreError> {
-        read::unsymbolized(&self.http, &self.dict.symbols, limit)
+        read::unsymbolized(&self.http, &mut self.dict.symbols, limit)
     }
 
     fn add_symbols(&mut self, build_id: &str, symbols: &[LateSymbol]) -> Result<usize, StoreError> {

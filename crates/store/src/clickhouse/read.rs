@@ -203,6 +203,15 @@ impl Backend for Http {
             .collect())
     }
 
+    /// `count()` of the symbols table, from its parts' metadata: it grows when any server adds
+    /// symbols (and shrinks when duplicates merge, a harmless extra clear).
+    fn symbols_changed(&mut self) -> Result<bool, StoreError> {
+        let n = self.number(&format!("SELECT count() FROM {}.symbols", self.db()))?;
+        let changed = self.symbol_rows.is_some_and(|before| before != n);
+        self.symbol_rows = Some(n);
+        Ok(changed)
+    }
+
     fn label_values(&mut self, q: &Query, col: &str, limit: usize) -> Result<Totals, StoreError> {
         let present = match col {
             "host" | "service" | "comm" => format!("{col} != ''"),
@@ -293,22 +302,40 @@ pub(super) fn run_history(http: &Http, limit: usize) -> Result<Vec<RunRecord>, S
         .collect())
 }
 
-/// Native user frames with a build ID and no symbol (as far as this server knows), grouped by
-/// build ID.
+/// Native user frames with a build ID and no symbol, grouped by build ID. The symbols of their
+/// build IDs are read from the store (another server may have added them) and join `known`.
 pub(super) fn unsymbolized(
     http: &Http,
-    known_symbols: &HashSet<(String, u64)>,
+    known: &mut HashSet<(String, u64)>,
     limit: usize,
 ) -> Result<Vec<Unsymbolized>, StoreError> {
-    let mut by_build: BTreeMap<String, (String, Vec<u64>)> = BTreeMap::new();
+    let mut frames: Vec<(String, String, u64)> = Vec::new();
     for r in http.rows(&format!(
         "SELECT DISTINCT build_id, module, address FROM {}.frames WHERE kind = 1 AND isNotNull(build_id) ORDER BY build_id, address",
         http.db()
     ))? {
-        let (Some(b), Some(m), Some(a)) = (field(&r, 0), field(&r, 1), parsed::<u64>(&r, 2)) else {
-            continue;
-        };
-        if known_symbols.contains(&(b.clone(), a)) {
+        if let (Some(b), Some(m), Some(a)) = (field(&r, 0), field(&r, 1), parsed::<u64>(&r, 2)) {
+            if !known.contains(&(b.clone(), a)) {
+                frames.push((b, m, a));
+            }
+        }
+    }
+    let mut builds: Vec<String> = frames.iter().map(|f| quote(&f.0)).collect();
+    builds.dedup();
+    for part in builds.chunks(Http::ID_CHUNK) {
+        for r in http.rows(&format!(
+            "SELECT DISTINCT build_id, file_offset FROM {}.symbols WHERE build_id IN ({})",
+            http.db(),
+            part.join(",")
+        ))? {
+            if let (Some(b), Some(o)) = (field(&r, 0), parsed(&r, 1)) {
+                known.insert((b, o));
+            }
+        }
+    }
+    let mut by_build: BTreeMap<String, (String, Vec<u64>)> = BTreeMap::new();
+    for (b, m, a) in frames {
+        if known.contains(&(b.clone(), a)) {
             continue;
         }
         let e = by_build.entry(b).or_insert_with(|| (m, Vec::new()));

@@ -57,6 +57,12 @@ const MIGRATIONS: &[&str] = &[
     // skips a column that is there already.
     "ALTER TABLE {db}.histograms_local {on} ADD COLUMN batch String DEFAULT '';
      ALTER TABLE {db}.spans_local {on} ADD COLUMN batch String DEFAULT ''",
+    // 5: the control plane (DuckDB's 10): one JSON document per (kind, key). The version is
+    // `updated_ms`; of equal versions the last inserted row wins, both when parts merge and in
+    // the `FINAL` read. A tombstone is a row with `deleted = 1`.
+    "CREATE TABLE IF NOT EXISTS {db}.control {on} (
+        kind String, key String, updated_ms Int64, deleted UInt8, json String
+     ) ENGINE = ReplacingMergeTree(updated_ms) ORDER BY (kind, key)",
 ];
 
 /// The ClickHouse schema version this build writes.
@@ -95,8 +101,19 @@ impl Http {
         self.exec(stmt)
     }
 
+    /// Creates the database and the schema's tables, and brings them to this build's version.
+    /// Every step may run again: a server that raced another one's creation tries again.
+    pub(super) fn create(&self) -> Result<(), StoreError> {
+        self.exec(&format!(
+            "CREATE DATABASE IF NOT EXISTS {} {}",
+            self.db(),
+            self.on_cluster()
+        ))?;
+        self.migrate()
+    }
+
     /// Creates the schema's tables, and brings them to this build's version.
-    pub(super) fn migrate(&self) -> Result<(), StoreError> {
+    fn migrate(&self) -> Result<(), StoreError> {
         let on = self.on_cluster();
         self.exec(&format!(
             "CREATE TABLE IF NOT EXISTS {}.schema_version {on} (version Int64, applied_ms Int64) ENGINE = MergeTree() ORDER BY version",

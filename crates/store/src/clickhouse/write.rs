@@ -1,13 +1,13 @@
 //! ClickHouse writes: batches grouped into one INSERT per table, with the batch ids that make a
 //! retried batch count once, and late symbols and run records.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use baton_model::Batch;
 
 use super::http::ch_err;
 use super::tsv::{opt, or_empty, s};
-use super::ClickHouseStore;
+use super::{ClickHouseStore, IN_FLIGHT_GRACE_MS};
 use crate::dict::{detail, frame_columns, span_source, LabelColumns, NewEntries};
 use crate::query::quote;
 use crate::{LateSymbol, RunRecord, StoreError, WriteItem};
@@ -56,6 +56,15 @@ const SAMPLE_COLUMNS: &str = "ts_ms, profiler, batch, host, service, comm, pid, 
 const HISTOGRAM_COLUMNS: &str =
     "ts_ms, profiler, batch, host, service, comm, pid, exe, run, name, unit, key, le, count";
 
+/// What the `batches` table says of a batch id this store did not write.
+enum Seen {
+    Stored,
+    /// Only intent rows: another server is writing it, or died writing it.
+    Intent {
+        received_ms: i64,
+    },
+}
+
 /// Which of a suspect batch's tables hold all its rows already.
 #[derive(Default, Clone, Copy)]
 struct Stored {
@@ -65,6 +74,7 @@ struct Stored {
 }
 
 impl ClickHouseStore {
+    /// A batch without an id (`Store::write_batch`).
     pub(super) fn write_in(
         &mut self,
         batch: &Batch,
@@ -74,23 +84,54 @@ impl ClickHouseStore {
     }
 
     /// One INSERT per table for the whole group; a batch stored already, or twice in the group,
-    /// is a duplicate.
+    /// is a duplicate. Ids this store has not written are looked up in the `batches` table
+    /// first: another server sharing the database may have stored them (a duplicate), or be
+    /// writing them now ([`StoreError::InFlight`]), or have died writing them (suspect: the retry
+    /// counts what it left). Between that look-up and the intent row that `write_many` inserts,
+    /// two servers given the same batch at once can both write it: a row is not a lock.
     pub(super) fn write_group(&mut self, items: &[WriteItem<'_>]) -> Vec<Result<bool, StoreError>> {
+        let unknown: Vec<&str> = items
+            .iter()
+            .filter_map(|it| it.batch_id)
+            .filter(|id| !self.dict.batches.contains(*id))
+            .collect();
+        let seen = match self.seen(&unknown) {
+            Ok(seen) => seen,
+            Err(e) => return items.iter().map(|_| Err(ch_err(e.to_string()))).collect(),
+        };
+        let now = baton_model::time::now_ms();
         let mut out: Vec<Option<Result<bool, StoreError>>> = Vec::with_capacity(items.len());
         let mut group: Vec<Pending<'_>> = Vec::new();
         let mut in_group = Vec::new();
         let mut ids: HashSet<&str> = HashSet::new();
         for (i, it) in items.iter().enumerate() {
-            match it.batch_id {
-                Some(id) if self.dict.batches.contains(id) || !ids.insert(id) => {
-                    out.push(Some(Ok(false)))
-                }
-                id => {
-                    out.push(None);
-                    group.push((it.batch, id.map(|b| (b, it.host))));
-                    in_group.push(i);
-                }
+            let answer = match it.batch_id {
+                Some(id) if self.dict.batches.contains(id) || !ids.insert(id) => Some(Ok(false)),
+                Some(id) => match seen.get(id) {
+                    Some(Seen::Stored) => {
+                        self.dict.batches.insert(id.to_string());
+                        Some(Ok(false))
+                    }
+                    Some(&Seen::Intent { received_ms })
+                        if !self.suspect.contains(id) && now - received_ms < IN_FLIGHT_GRACE_MS =>
+                    {
+                        Some(Err(StoreError::InFlight {
+                            batch_id: id.to_string(),
+                        }))
+                    }
+                    Some(Seen::Intent { .. }) => {
+                        self.suspect.insert(id.to_string());
+                        None
+                    }
+                    None => None,
+                },
+                None => None,
+            };
+            if answer.is_none() {
+                group.push((it.batch, it.batch_id.map(|b| (b, it.host))));
+                in_group.push(i);
             }
+            out.push(answer);
         }
         let r = self.write_many(&group);
         for (k, &i) in in_group.iter().enumerate() {
@@ -105,6 +146,35 @@ impl ClickHouseStore {
             });
         }
         out.into_iter().map(|o| o.unwrap_or(Ok(false))).collect()
+    }
+
+    /// What the `batches` table holds of `ids`: stored (a row with its sample count), or only
+    /// intent rows (of -1), with the latest one's time.
+    fn seen(&self, ids: &[&str]) -> Result<HashMap<String, Seen>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let list: Vec<String> = ids.iter().map(|id| quote(id)).collect();
+        let rows = self.http.rows(&format!(
+            "SELECT batch_id, max(sample_rows), max(received_ms) FROM {}.batches
+             WHERE batch_id IN ({}) GROUP BY batch_id",
+            self.http.db(),
+            list.join(",")
+        ))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let num = |i: usize| r.get(i)?.as_deref()?.parse::<i64>().ok();
+                let seen = if num(1)? >= 0 {
+                    Seen::Stored
+                } else {
+                    Seen::Intent {
+                        received_ms: num(2)?,
+                    }
+                };
+                Some((r.first()?.clone()?, seen))
+            })
+            .collect())
     }
 
     /// Writes batches together: one INSERT per table for all of them (the ingest writer groups
@@ -207,10 +277,12 @@ impl ClickHouseStore {
         // From the samples' insert on, an error may leave rows stored (a timeout after the
         // commit, or a later table's insert failing): retries must count them first. The
         // batches are marked suspect here, and in the store too (a `batches` row of -1 sample
-        // rows, replaced by the final one), so a server restarted in between knows it.
+        // rows, replaced by the final one), so a server restarted in between knows it, and
+        // another server sharing the store sees the write under way (a suspect batch's retry
+        // marks it again, as under way now).
         let mut intent = Rows::default();
         for &(_, id) in items {
-            if let Some((bid, host)) = id.filter(|(bid, _)| !self.suspect.contains(*bid)) {
+            if let Some((bid, host)) = id {
                 intent.push(&[
                     s(bid),
                     or_empty(host),

@@ -11,7 +11,7 @@ use duckdb::{params, Connection};
 use crate::dict::Dictionary;
 use crate::read::Cache;
 use crate::schema::{MIGRATIONS, SCHEMA_VERSION};
-use crate::{LateSymbol, RunRecord, Store, StoreError, Unsymbolized};
+use crate::{ControlRecord, LateSymbol, RunRecord, Store, StoreError, Unsymbolized};
 
 /// DuckDB's own memory ceiling. Its default is 80% of RAM, far too much for an agent that shares
 /// the host with its workload; queries that need more spill to disk.
@@ -143,6 +143,22 @@ impl DuckDbStore {
 impl Store for DuckDbStore {
     crate::read::shared_store_methods!(conn);
 
+    /// The id is checked against the ids this store wrote (it is the file's only writer), and
+    /// stored in the batch's transaction.
+    fn write_batch_once(
+        &mut self,
+        batch: &baton_model::Batch,
+        batch_id: &str,
+        host: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        if self.dict.batches.contains(batch_id) {
+            return Ok(false);
+        }
+        self.write_in(batch, Some((batch_id, host)))?;
+        self.dict.batches.insert(batch_id.to_string());
+        Ok(true)
+    }
+
     fn unsymbolized(&mut self, limit: usize) -> Result<Vec<Unsymbolized>, StoreError> {
         read::unsymbolized(&self.conn, limit)
     }
@@ -162,19 +178,49 @@ impl Store for DuckDbStore {
             "DELETE FROM spans WHERE start_us < ?",
             params![before_ms.saturating_mul(1000)],
         )?;
-        Ok(n + h + s)
+        let c = self.conn.execute(
+            "DELETE FROM control WHERE deleted AND updated_ms < ?",
+            params![before_ms],
+        )?;
+        Ok(n + h + s + c)
     }
 
     fn record_runs(&mut self, runs: &[RunRecord]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for r in runs {
+            // The latest record wins, as on ClickHouse (`ReplacingMergeTree(recorded_ms)`).
             tx.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (id) DO UPDATE SET
+                   host = excluded.host, profiler = excluded.profiler, state = excluded.state,
+                   recorded_ms = excluded.recorded_ms, json = excluded.json
+                 WHERE excluded.recorded_ms >= runs.recorded_ms",
                 params![r.id, r.host, r.profiler, r.state, r.recorded_ms, r.json],
             )?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// One upsert per key, kept only where it is not older than the stored record.
+    fn put_control(&mut self, records: &[ControlRecord]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for r in crate::control::winners(records) {
+            tx.execute(
+                "INSERT INTO control VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (kind, key) DO UPDATE SET
+                   updated_ms = excluded.updated_ms, deleted = excluded.deleted,
+                   json = excluded.json
+                 WHERE excluded.updated_ms >= control.updated_ms",
+                params![r.kind, r.key, r.updated_ms, r.deleted, r.json],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn control(&mut self, kind: &str) -> Result<Vec<ControlRecord>, StoreError> {
+        read::control(&self.conn, kind)
     }
 
     fn run_history(&mut self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {

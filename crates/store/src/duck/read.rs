@@ -8,7 +8,9 @@ use duckdb::{params_from_iter, Connection};
 use crate::dict::Dictionary;
 use crate::query::{Param, Query};
 use crate::read::{id_list, Backend, BucketRow, StoredFrame, Totals};
-use crate::{Point, RunRecord, StoreError, TimelineQuery, TimelineSpan, Unsymbolized};
+use crate::{
+    ControlRecord, Point, RunRecord, StoreError, TimelineQuery, TimelineSpan, Unsymbolized,
+};
 
 pub(super) fn to_values(params: &[Param]) -> Vec<Value> {
     params
@@ -257,6 +259,24 @@ pub(super) fn run_history(conn: &Connection, limit: usize) -> Result<Vec<RunReco
                 state: r.get(3)?,
                 recorded_ms: r.get(4)?,
                 json: r.get(5)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+pub(super) fn control(conn: &Connection, kind: &str) -> Result<Vec<ControlRecord>, StoreError> {
+    let mut st = conn.prepare(
+        "SELECT key, json, updated_ms FROM control WHERE kind = ? AND NOT deleted ORDER BY key",
+    )?;
+    let rows = st
+        .query_map([kind], |r| {
+            Ok(ControlRecord {
+                kind: kind.to_string(),
+                key: r.get(0)?,
+                json: r.get(1)?,
+                updated_ms: r.get(2)?,
+                deleted: false,
             })
         })?
         .collect::<Result<_, _>>()?;
