@@ -109,6 +109,7 @@ impl ClickHouseStore {
                 Some(id) if self.dict.batches.contains(id) || !ids.insert(id) => Some(Ok(false)),
                 Some(id) => match seen.get(id) {
                     Some(Seen::Stored) => {
+                        self.suspect.remove(id);
                         self.dict.batches.insert(id.to_string());
                         Some(Ok(false))
                     }
