@@ -50,6 +50,8 @@ pub(crate) struct GroupDoc {
 pub(crate) struct TunerDoc {
     /// How often run probabilities are re-tuned (default `24h`).
     pub interval: Option<Spanned<String>>,
+    /// Fleet-wide budget of whole-host sample rows stored per hour (default 1,000,000).
+    pub host_rows_per_hour: Option<Spanned<i64>>,
 }
 
 /// `[profilers.NAME]`: overrides of a registered profiler.
@@ -190,12 +192,22 @@ pub struct ConcurrencyGroup {
 pub struct TunerSettings {
     #[serde(with = "secs")]
     pub interval: Duration,
+    /// The fleet-wide target of sample rows the whole-host chain stores per hour, when no CPU
+    /// rule applies; the fleet tuner draws each host's windows against it.
+    pub host_rows_per_hour: u64,
 }
+
+/// The default fleet budget of whole-host rows per hour: about 25 services at Strobelight's
+/// example target of 40,000 samples an hour. One host at 99 Hz with 4 busy CPUs writes up to
+/// 1.4 million rows an hour, so a small fleet is profiled whole and a large one is sampled,
+/// and the fleet's volume stays flat as hosts are added.
+pub const DEFAULT_HOST_ROWS_PER_HOUR: u64 = 1_000_000;
 
 impl Default for TunerSettings {
     fn default() -> Self {
         TunerSettings {
             interval: Duration::from_secs(86_400),
+            host_rows_per_hour: DEFAULT_HOST_ROWS_PER_HOUR,
         }
     }
 }

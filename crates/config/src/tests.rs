@@ -324,3 +324,26 @@ fn profiler_options_are_checked_against_the_names_given() {
     let cfg = crate::load_checked(&ok, &["calls"], &names).expect("valid");
     assert_eq!(cfg.profilers["calls"].options["latency"], "true");
 }
+
+#[test]
+fn the_fleet_host_row_budget_has_a_default_and_is_validated() {
+    let none = load(&[file("b.toml", "[host]\nmax_concurrent = 2\n")], KNOWN).expect("valid");
+    assert_eq!(none.tuner.host_rows_per_hour, 1_000_000);
+    let set = load(
+        &[file(
+            "b.toml",
+            "[tuner]\ninterval = \"30s\"\nhost_rows_per_hour = 5000\n",
+        )],
+        KNOWN,
+    )
+    .expect("valid");
+    assert_eq!(set.tuner.host_rows_per_hour, 5000);
+    assert_eq!(set.tuner.interval, std::time::Duration::from_secs(30));
+    let p = problems(&[file("b.toml", "[tuner]\n\nhost_rows_per_hour = 0\n")]);
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("b.toml:3:")
+                && p.contains("host_rows_per_hour must be at least 1")),
+        "{p:?}"
+    );
+}

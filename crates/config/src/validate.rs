@@ -255,6 +255,11 @@ pub(crate) fn validate(
                         config.tuner.interval = d;
                     }
                 }
+                if let Some(v) = &t.get_ref().host_rows_per_hour {
+                    if let Some(n) = cx.positive(v, "host_rows_per_hour") {
+                        config.tuner.host_rows_per_hour = n;
+                    }
+                }
             }
         }
         for (name, p) in &doc.profilers {
