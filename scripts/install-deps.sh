@@ -4,7 +4,9 @@
 set -euo pipefail
 
 DUCKDB_VERSION=1.5.6-r.1   # engine 1.5.6; matches the duckdb crate's 1.10500.x C API
-APT_PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config bpftool linux-perf golang-go chromium util-linux nodejs openjdk-17-jdk-headless systemtap-sdt-dev iproute2 openssl curl binutils libc6-dbg bpftrace clickhouse-server)
+# etcd-server: the leader lease of servers sharing a store (--etcd); tests start their own etcd
+# on free ports, so the packaged service is not needed running.
+APT_PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config bpftool linux-perf golang-go chromium util-linux nodejs openjdk-17-jdk-headless systemtap-sdt-dev iproute2 openssl curl binutils libc6-dbg bpftrace clickhouse-server etcd-server)
 
 if [ "$(id -u)" != 0 ]; then
   echo "install-deps: run me as root (apt-get, /usr/local/lib and tracefs need it)" >&2

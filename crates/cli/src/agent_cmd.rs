@@ -23,8 +23,12 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let drain_timeout = parse_duration_flag(&a.drain_timeout, "--drain-timeout")?;
+    if baton_runtime::client::split_servers(&a.server.join(",")).is_empty() {
+        return Err(usage("--server: give at least one URL"));
+    }
     baton_runtime::agent::run(AgentOptions {
-        server: a.server,
+        // A comma-separated list: the client fails over between them.
+        server: a.server.join(","),
         buffer_dir: a.buffer_dir,
         buffer_max,
         labels,

@@ -191,13 +191,34 @@ pub struct ServerArgs {
     /// writes: one INSERT per table for up to 50,000 rows).
     #[arg(long, default_value = "50ms", value_name = "DURATION")]
     pub ingest_linger: String,
+    /// etcd endpoints: run as one of several servers sharing one store (ClickHouse). All take
+    /// ingest and queries; the one holding an etcd lease holds the control plane (hosts, runs,
+    /// heartbeats, the tuner), and another takes over when it stops or dies. Without it, this
+    /// server is the only one.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// With --etcd: the name of this group of servers (its leader key is /baton/NAME/leader).
+    #[arg(long, default_value = "baton", value_name = "NAME")]
+    pub cluster: String,
+    /// With --etcd (and required there): the URL agents and the other servers reach this one
+    /// by, e.g. http://10.0.0.5:7070.
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
 }
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// The server's base URL.
-    #[arg(long, env = "BATON_SERVER")]
-    pub server: String,
+    /// The server's base URL. Give several (repeat the flag, or a comma-separated list) for
+    /// servers sharing one store: agents fail over between them; the first reachable one takes
+    /// this agent's uploads, and control calls follow the server that holds the control plane.
+    #[arg(
+        long,
+        env = "BATON_SERVER",
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub server: Vec<String>,
     /// Where batches wait until the server has them; kept across restarts.
     #[arg(long, default_value = "/var/lib/baton/agent-buffer")]
     pub buffer_dir: PathBuf,

@@ -8,11 +8,13 @@ use std::time::Duration;
 use anyhow::Context;
 use baton_model::{parse_duration, sync};
 use baton_runtime::config_watch::{load_initial_config, spawn_config_watch};
+use baton_runtime::leader::spawn_campaign;
 use baton_runtime::stop::{install_stop_handler, request_stop, stop_requested, until_stopped};
 use baton_server::api::{Facts, ServerFacts};
 use baton_server::auth::{Audit, Tokens};
 use baton_server::fleet::Fleet;
 use baton_server::ingest::{default_debug_dirs, symbolizer_loop, DebugInfo};
+use baton_server::leader::Leadership;
 use baton_server::AppState;
 use baton_store::{DuckDbStore, Store};
 
@@ -54,6 +56,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             )));
         }
     }
+    let leadership = leadership(&a)?;
     let data = a.data.clone().unwrap_or_else(default_data_dir);
     let retention = a
         .retention
@@ -122,6 +125,18 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     install_stop_handler();
+    // With etcd: the campaign for the control plane, on a lease of a third of the host
+    // timeout, so a dead leader is replaced well before its hosts are given up.
+    let campaign = match leadership.self_url() {
+        Some(url) => Some(spawn_campaign(
+            a.etcd.clone(),
+            a.cluster.clone(),
+            url.to_string(),
+            (host_timeout / 3).max(Duration::from_secs(2)),
+            leadership.clone(),
+        )?),
+        None => None,
+    };
     if let (Some(dir), Some(live)) = (&a.config, &live) {
         spawn_config_watch(
             dir.clone(),
@@ -149,6 +164,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     });
     let mut state = AppState::new(store.clone(), None, facts, Arc::default(), live.clone());
     state.fleet = Some(fleet.clone());
+    state.leadership = leadership.clone();
     state.tokens = tokens.clone();
     state.audit = Some(audit.clone());
     state.debuginfo = Some(debuginfo.clone());
@@ -193,7 +209,40 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     debuginfo.wake();
     let _ = symbolizer.join();
     let _ = writer.join();
+    // The campaign revokes its lease as it stops, so another server takes over at once.
+    if let Some(c) = campaign {
+        let _ = c.join();
+    }
     served.context("HTTP server")?;
     eprintln!("baton server: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Solo without `--etcd`; with it, a follower at `--advertise` until its campaign wins.
+fn leadership(a: &ServerArgs) -> anyhow::Result<Arc<Leadership>> {
+    let etcd = a.etcd.iter().any(|e| !e.trim().is_empty());
+    match (etcd, &a.advertise) {
+        (false, None) => Ok(Leadership::solo()),
+        (false, Some(_)) => Err(usage(
+            "--advertise names this server to the others sharing its store; it goes with --etcd",
+        )),
+        (true, None) => Err(usage(
+            "--etcd needs --advertise URL: the URL agents and the other servers reach this one by",
+        )),
+        (true, Some(url)) => {
+            let url = url.trim().trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(usage(format!(
+                    "--advertise {url:?}: write it as http://HOST:PORT (or https://)"
+                )));
+            }
+            if a.cluster.is_empty() || a.cluster.contains('/') {
+                return Err(usage(format!(
+                    "--cluster {:?}: a name without '/'",
+                    a.cluster
+                )));
+            }
+            Ok(Leadership::follower(url.to_string()))
+        }
+    }
 }

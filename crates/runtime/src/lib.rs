@@ -19,6 +19,7 @@ pub mod config_watch;
 pub mod driver;
 mod error;
 pub mod gated;
+pub mod leader;
 pub mod outbox;
 pub mod record;
 pub mod remote;

@@ -195,6 +195,8 @@ impl Outbox {
     }
 
     /// Sends batches, oldest first, until `stop()`; then returns (what is left stays on disk).
+    /// Batches go to the first of the client's servers that answers, wherever the control
+    /// plane is (any server takes ingest): see [`Client::for_ingest`].
     pub fn ship_loop(
         &self,
         client: &Client,
@@ -202,6 +204,7 @@ impl Outbox {
         upload_debuginfo: bool,
         stop: impl Fn() -> bool,
     ) {
+        let client = &client.for_ingest();
         let mut backoff = Duration::from_millis(250);
         let mut uploaded: HashSet<String> = HashSet::new();
         while !stop() {

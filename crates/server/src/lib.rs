@@ -26,6 +26,7 @@ mod flame;
 pub mod fleet;
 mod handlers;
 pub mod ingest;
+pub mod leader;
 mod metrics;
 mod params;
 mod router;

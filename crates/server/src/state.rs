@@ -10,6 +10,7 @@ use baton_store::{Store, StoreError};
 
 use crate::api::{Facts, Profiling};
 use crate::error::ApiError;
+use crate::leader::Leadership;
 use crate::metrics::MetricsFn;
 use crate::params::{parse_params_with, ApiParams};
 use crate::{auth, fleet, ingest, runs};
@@ -84,6 +85,9 @@ pub struct AppState {
     pub runs: Option<runs::RunsHandle>,
     /// Fleet mode (`baton server`): hosts, their agents and the runs placed on them.
     pub fleet: Option<Arc<fleet::Fleet>>,
+    /// Whether this server holds the control plane: always for `baton up` and a lone server
+    /// ([`Leadership::solo`], the default); with `--etcd`, while its campaign holds the lease.
+    pub leadership: Arc<Leadership>,
     /// The accepted tokens; `None` is `--insecure-local` (every caller is the local admin).
     pub tokens: Option<Arc<auth::Tokens>>,
     pub audit: Option<Arc<auth::Audit>>,
@@ -115,6 +119,7 @@ impl AppState {
             config,
             runs: None,
             fleet: None,
+            leadership: Leadership::solo(),
             ingest_queue: None,
             tokens: None,
             audit: None,
