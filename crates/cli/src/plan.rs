@@ -110,6 +110,16 @@ pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
                     / s.write_budget_rows_per_minute.max(1) as f64,
             );
         }
+        if let Some(c) = &report.host_chain {
+            println!(
+                "whole-host chain (no CPU rule): {} rows expected of a fleet budget of {} ({:.3}); windows of {}s stored with p = {:.6}",
+                c.expected_rows,
+                c.target_rows,
+                c.expected_rows as f64 / c.target_rows.max(1) as f64,
+                c.window_seconds,
+                c.probability
+            );
+        }
     }
     Ok(if report.conflicts == 0 {
         ExitCode::SUCCESS

@@ -14,6 +14,7 @@
 
 pub mod budget;
 pub mod continuous;
+pub mod fleet_tuner;
 mod sim;
 mod triggers;
 mod tuner;
@@ -24,9 +25,16 @@ use baton_config::{Config, HostLimits};
 use serde::Serialize;
 
 pub use budget::{keep_row, Admission, BudgetStats, WriteBudgets};
-pub use sim::{simulate, Fleet, FleetError, HostGroup, PlanReport, ServicePlan};
+pub use fleet_tuner::{
+    fleet_probability, host_chain_key, tuned_rules, FleetTuner, FleetTunerState, RuleKey,
+    RuleState, TunedRule,
+};
+pub use sim::{
+    simulate, simulate_recorded, Fleet, FleetError, HostChainPlan, HostGroup, PlanReport,
+    ServicePlan, Span, TunerInput,
+};
 pub use triggers::{Observation, TriggerEngine};
-pub use tuner::{RuleState, Tuner};
+pub use tuner::Tuner;
 
 /// Milliseconds on the scheduler's clock (wall or simulated).
 pub type Millis = u64;
@@ -153,8 +161,9 @@ pub struct JobRequest {
     pub owner: String,
     /// Do not start before this time (spreads continuous runs across their slot).
     pub not_before: Millis,
-    /// The weight every sample of the run carries: `1 / p` for a continuous run drawn with
-    /// probability `p`, 1 for the rest.
+    /// The weight every sample of the run carries: `slot / (duration × p)` (`10 / p`) for a
+    /// continuous run drawn with probability `p`, as it covers a tenth of its slot; `1 / p`
+    /// for a whole-host window drawn at `p` (windows tile time); 1 for the rest.
     pub weight: f64,
     /// Profiler-specific options (`sample_bytes`, `probe`…), checked by the profiler.
     pub options: std::collections::BTreeMap<String, String>,

@@ -11,15 +11,21 @@
 //!
 //! The model: a run of a CPU-style profiler at `f` Hz for `d` seconds on a host where the service
 //! keeps `b` CPUs busy yields `f × d × b` samples. Load follows a daily curve (±25% around the
-//! given figure, peaking mid-day) so triggers and the tuner see change.
+//! given figure, peaking mid-day) so triggers and the tuner see change. When the config has no
+//! CPU rule, the whole-host chain runs: each host draws each window against the fleet row budget,
+//! and a window stores at most one row per sample (`f × window × all the host's busy CPUs`).
+//!
+//! The plan tunes with the fleet server's own [`FleetTuner`] and the hosts' own draws, fed as the
+//! server feeds it: the hosts per service, then each ended run's samples as the host reports them.
 
 use std::collections::{BTreeMap, HashMap};
 
 use baton_config::Config;
 use serde::{Deserialize, Serialize};
 
-use crate::continuous::{host_key, slot_rules};
-use crate::{Decision, Millis, Mode, ProfilerSpec, Scheduler, Sharing, TriggerEngine, Tuner};
+use crate::continuous::{host_key, host_window_draw, slot_rules};
+use crate::fleet_tuner::{host_chain_key, tuned_rules, FleetTuner, RuleKey, TunedRule};
+use crate::{Decision, Millis, Mode, ProfilerSpec, Scheduler, Sharing, TriggerEngine};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +89,84 @@ pub struct ServicePlan {
     pub write_budget_rows_per_minute: u64,
 }
 
+/// What the plan says of the whole-host chain, when the config has no CPU rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostChainPlan {
+    pub window_seconds: u64,
+    /// The fleet budget, `[tuner] host_rows_per_hour`.
+    pub target_rows_per_hour: u64,
+    /// Rows the fleet would store over the span, and the budget over it.
+    pub expected_rows: u64,
+    pub target_rows: u64,
+    /// Rows over the last 24 h of the span (the whole span if shorter), and the budget over it.
+    pub settled_rows: u64,
+    pub settled_target: u64,
+    pub windows_stored: u64,
+    /// Final probability that a host stores a window.
+    pub probability: f64,
+}
+
+/// One input the plan gave its tuner, in order: replayed into another [`FleetTuner`], it gives
+/// the same probabilities.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TunerInput {
+    SeedYield {
+        key: RuleKey,
+        yield_per_hit: f64,
+    },
+    Population {
+        key: RuleKey,
+        hosts: u64,
+        now: Millis,
+    },
+    Observe {
+        host: String,
+        key: RuleKey,
+        hits: u64,
+        samples: u64,
+        now: Millis,
+    },
+    Retune {
+        now: Millis,
+    },
+}
+
+impl TunerInput {
+    /// Gives this input to `tuner`.
+    pub fn apply(&self, tuner: &mut FleetTuner, rules: &[TunedRule]) {
+        match self {
+            TunerInput::SeedYield { key, yield_per_hit } => tuner.seed_yield(key, *yield_per_hit),
+            TunerInput::Population { key, hosts, now } => tuner.set_population(key, *hosts, *now),
+            TunerInput::Observe {
+                host,
+                key,
+                hits,
+                samples,
+                now,
+            } => tuner.observe(host, key, *hits, *samples, *now),
+            TunerInput::Retune { now } => {
+                tuner.maybe_retune(*now, rules);
+            }
+        }
+    }
+}
+
+/// The plan's tuner, recording its inputs when asked.
+struct SimTuner {
+    tuner: FleetTuner,
+    rules: Vec<TunedRule>,
+    log: Option<Vec<TunerInput>>,
+}
+
+impl SimTuner {
+    fn give(&mut self, input: TunerInput) {
+        input.apply(&mut self.tuner, &self.rules);
+        if let Some(log) = &mut self.log {
+            log.push(input);
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanReport {
     pub hosts: u64,
@@ -94,6 +178,10 @@ pub struct PlanReport {
     pub peak_concurrent_per_host: u32,
     pub preemptions: u64,
     pub services: Vec<ServicePlan>,
+    /// The whole-host chain, when the config has no CPU rule.
+    pub host_chain: Option<HostChainPlan>,
+    /// The rules the tuner tuned, as the fleet server would build them.
+    pub tuned_rules: Vec<TunedRule>,
     /// Median scheduler time per host per tick, in nanoseconds (filled by the caller that
     /// times the run).
     pub decisions: u64,
@@ -114,9 +202,9 @@ fn load_factor(t: Millis) -> f64 {
 /// Runs the fleet for `span_ms` with a tick of `tick_ms`. The tuner re-tunes every
 /// `tuner_interval_ms` (the config's interval, or shorter to plan a day quickly).
 ///
-/// With `seed`, each rule's starting probability is computed from the fleet's average load (a
-/// plan knows the fleet); without it the tuner starts from 5% and must find its own way, which
-/// is what the convergence test checks.
+/// With `seed`, each rule's yield per hit is computed from the fleet's average load (a plan
+/// knows the fleet), and the tuner starts from the probability it gives; without it the tuner
+/// starts from 5% and must find its own way, which is what the convergence test checks.
 pub fn simulate(
     config: &Config,
     specs: Vec<ProfilerSpec>,
@@ -126,6 +214,57 @@ pub fn simulate(
     tuner_interval_ms: Millis,
     seed: bool,
 ) -> Result<PlanReport, FleetError> {
+    let span = Span {
+        span_ms,
+        tick_ms,
+        tuner_interval_ms,
+    };
+    run(config, specs, fleet, span, seed, false).map(|(r, _)| r)
+}
+
+/// [`simulate`], also returning every input its tuner was given, in order.
+pub fn simulate_recorded(
+    config: &Config,
+    specs: Vec<ProfilerSpec>,
+    fleet: &Fleet,
+    span: Span,
+    seed: bool,
+) -> Result<(PlanReport, Vec<TunerInput>), FleetError> {
+    run(config, specs, fleet, span, seed, true).map(|(r, log)| (r, log.unwrap_or_default()))
+}
+
+/// The simulated time: how long, in which steps, and the tuner's period.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    pub span_ms: Millis,
+    pub tick_ms: Millis,
+    pub tuner_interval_ms: Millis,
+}
+
+/// The whole-host chain's window: the config's `[profilers.cpu] window`, else 10 s, never under
+/// 1 s (as the host's driver has it).
+fn host_window_ms(config: &Config) -> Millis {
+    config
+        .profilers
+        .get("cpu")
+        .and_then(|p| p.window)
+        .map_or(10_000, |w| w.as_millis() as Millis)
+        .max(1_000)
+}
+
+fn run(
+    config: &Config,
+    specs: Vec<ProfilerSpec>,
+    fleet: &Fleet,
+    span: Span,
+    seed: bool,
+    record: bool,
+) -> Result<(PlanReport, Option<Vec<TunerInput>>), FleetError> {
+    let Span {
+        span_ms,
+        tick_ms,
+        tuner_interval_ms,
+    } = span;
     for g in &fleet.groups {
         for s in g.services.keys() {
             if !config.services.contains_key(s) {
@@ -138,7 +277,15 @@ pub fn simulate(
     }
     let mut sched = Scheduler::new(config, specs);
     let mut triggers = TriggerEngine::default();
-    let mut tuner = Tuner::new(tuner_interval_ms, 0.05, 0);
+    let window_ms = host_window_ms(config);
+    let mut tuner = SimTuner {
+        tuner: FleetTuner::new(tuner_interval_ms, 0.05, 0),
+        rules: tuned_rules(config, window_ms),
+        log: record.then(Vec::new),
+    };
+    let chain = host_chain_key();
+    let chain_on = tuner.rules.iter().any(|r| r.key == chain);
+    let cpu_frequency = sched.spec("cpu").map_or(19, |s| s.default_frequency) as f64;
 
     let mut hosts = Vec::new();
     for g in &fleet.groups {
@@ -158,34 +305,40 @@ pub fn simulate(
         .collect();
 
     let rules = slot_rules(config);
-    let targets: Vec<((String, usize), u64)> = rules
-        .iter()
-        .map(|r| (r.key(), r.target_samples_per_hour))
-        .collect();
-    if seed {
-        for r in &rules {
-            let freq = r
-                .frequency
-                .or_else(|| sched.spec(&r.profiler).map(|s| s.default_frequency))
-                .unwrap_or(19) as f64;
-            let busy: f64 = hosts
-                .iter()
-                .filter_map(|h| {
-                    h.services
-                        .iter()
-                        .find(|(s, _)| *s == r.service)
-                        .map(|(_, b)| b.min(f64::from(h.cpus)))
-                })
-                .sum();
-            let per_hour_at_p1 =
-                busy * freq * (r.duration_ms as f64 / 1000.0) * (3_600_000.0 / r.slot_ms as f64);
-            if per_hour_at_p1 > 0.0 {
-                tuner.seed(
-                    &r.service,
-                    r.rule,
-                    r.target_samples_per_hour as f64 / per_hour_at_p1,
-                );
-            }
+    // Rows one window of the whole-host chain stores on a host at load factor `lf`.
+    let window_rows = |h: &SimHost, lf: f64| {
+        let busy: f64 = h.services.iter().map(|(_, b)| b * lf).sum();
+        (cpu_frequency * window_ms as f64 / 1000.0 * busy.min(f64::from(h.cpus))).round() as u64
+    };
+    // A plan knows its fleet: seeded, the tuner starts from each rule's mean yield per hit at
+    // the day's mean load, so it needs no quick first re-tune and plans the steady state.
+    if seed && chain_on && !hosts.is_empty() {
+        let rows: u64 = hosts.iter().map(|h| window_rows(h, 1.0)).sum();
+        tuner.give(TunerInput::SeedYield {
+            key: chain.clone(),
+            yield_per_hit: rows as f64 / hosts.len() as f64,
+        });
+    }
+    for r in rules.iter().filter(|_| seed) {
+        let freq = r
+            .frequency
+            .or_else(|| sched.spec(&r.profiler).map(|s| s.default_frequency))
+            .unwrap_or(19) as f64;
+        let busy: Vec<f64> = hosts
+            .iter()
+            .filter_map(|h| {
+                h.services
+                    .iter()
+                    .find(|(s, _)| *s == r.service)
+                    .map(|(_, b)| b.min(f64::from(h.cpus)))
+            })
+            .collect();
+        if !busy.is_empty() {
+            let mean = busy.iter().sum::<f64>() / busy.len() as f64;
+            tuner.give(TunerInput::SeedYield {
+                key: r.key(),
+                yield_per_hit: mean * freq * r.duration_ms as f64 / 1000.0,
+            });
         }
     }
     let hosts_of: HashMap<&str, Vec<usize>> = {
@@ -203,6 +356,28 @@ pub fn simulate(
         }
         m
     };
+    // The hosts of each service, as the server learns them from heartbeats.
+    for r in &rules {
+        let hosts = hosts_of
+            .get(r.service.as_str())
+            .map_or(0, |v| v.len() as u64);
+        tuner.give(TunerInput::Population {
+            key: r.key(),
+            hosts,
+            now: 0,
+        });
+    }
+    if chain_on {
+        tuner.give(TunerInput::Population {
+            key: chain.clone(),
+            hosts: hosts.len() as u64,
+            now: 0,
+        });
+    }
+    // The tuner knows the rules before the first draw.
+    tuner.give(TunerInput::Retune { now: 0 });
+    let mut rows = Acc::default();
+    let mut next_window_end = window_ms;
 
     #[derive(Default)]
     struct Acc {
@@ -232,11 +407,10 @@ pub fn simulate(
                 continue;
             }
             let slot_no = r.slot_of(now);
-            let p = tuner.probability(&r.service, r.rule);
+            let p = tuner.tuner.probability(&r.key());
             let Some(list) = hosts_of.get(r.service.as_str()) else {
                 continue;
             };
-            tuner.drew(&r.service, r.rule, list.len() as u64);
             for &hi in list {
                 if let Some(req) = r.draw(host_keys[hi], &hosts[hi].name, slot_no, p, now) {
                     let _ = sched.submit(req, now);
@@ -303,7 +477,13 @@ pub fn simulate(
                         if now >= settled_from {
                             a.settled += samples;
                         }
-                        tuner.observe(&svc, rule, samples, true);
+                        tuner.give(TunerInput::Observe {
+                            host: host.clone(),
+                            key: (svc, rule),
+                            hits: 1,
+                            samples,
+                            now,
+                        });
                     } else {
                         a.triggered_runs += 1;
                     }
@@ -350,7 +530,31 @@ pub fn simulate(
                 }
             }
         }
-        tuner.maybe_retune(now, &targets);
+        // The whole-host chain: each window that ended, each host stores it if drawn.
+        while chain_on && next_window_end <= now {
+            let window = next_window_end / window_ms - 1;
+            let p = tuner.tuner.probability(&chain);
+            let lf = load_factor(next_window_end);
+            for (hi, h) in hosts.iter().enumerate() {
+                if host_window_draw(host_keys[hi], window, p) {
+                    let n = window_rows(h, lf);
+                    rows.continuous_runs += 1;
+                    rows.expected += n;
+                    if next_window_end > settled_from {
+                        rows.settled += n;
+                    }
+                    tuner.give(TunerInput::Observe {
+                        host: h.name.clone(),
+                        key: chain.clone(),
+                        hits: 1,
+                        samples: n,
+                        now: next_window_end,
+                    });
+                }
+            }
+            next_window_end += window_ms;
+        }
+        tuner.give(TunerInput::Retune { now });
         if now % 3_600_000 < tick_ms {
             sched.forget_ended(now.saturating_sub(600_000));
         }
@@ -394,7 +598,7 @@ pub fn simulate(
             trigger_firings: fired,
             trigger_suppressed: suppressed,
             probabilities: (0..svc.continuous.len())
-                .map(|i| tuner.probability(name, i))
+                .map(|i| tuner.tuner.probability(&(name.clone(), i)))
                 .collect(),
             peak_rows_per_minute_per_host: a.peak_rows,
             // A service with its own budget is held to it; the rest to the host's.
@@ -403,7 +607,20 @@ pub fn simulate(
                 .unwrap_or(config.host.write_budget_rows_per_minute),
         });
     }
-    Ok(PlanReport {
+    let host_chain = chain_on.then(|| {
+        let per_hour = config.tuner.host_rows_per_hour;
+        HostChainPlan {
+            window_seconds: window_ms / 1000,
+            target_rows_per_hour: per_hour,
+            expected_rows: rows.expected,
+            target_rows: (per_hour as f64 * hours).round() as u64,
+            settled_rows: rows.settled,
+            settled_target: (per_hour as f64 * settled_hours).round() as u64,
+            windows_stored: rows.continuous_runs,
+            probability: tuner.tuner.probability(&chain),
+        }
+    });
+    let report = PlanReport {
         hosts: hosts.len() as u64,
         simulated_seconds: span_ms / 1000,
         tick_seconds: tick_ms / 1000,
@@ -412,6 +629,9 @@ pub fn simulate(
         peak_concurrent_per_host: peak,
         preemptions,
         services,
+        host_chain,
+        tuned_rules: tuner.rules,
         decisions,
-    })
+    };
+    Ok((report, tuner.log))
 }

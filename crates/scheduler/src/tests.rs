@@ -452,6 +452,108 @@ services = { tiny = 0.05, mid = 2.0, huge = 40.0 }
     }
 }
 
+/// Replays what a plan gave its tuner into a fresh fleet tuner, as the server would be fed.
+fn replayed(r: &PlanReport, inputs: &[TunerInput], interval: Millis) -> FleetTuner {
+    let mut t = FleetTuner::new(interval, 0.05, 0);
+    for i in inputs {
+        i.apply(&mut t, &r.tuned_rules);
+    }
+    t
+}
+
+#[test]
+fn a_plan_reports_the_probabilities_the_fleet_tuner_computes_from_the_same_inputs() {
+    let cfg = config(
+        r#"
+[services.web]
+selector = { comm = "web" }
+continuous = [{ profiler = "cpu", target_samples_per_hour = 30000, duration = "10s" }, { profiler = "cpu", target_samples_per_hour = 5000, duration = "20s" }]
+[services.db]
+selector = { comm = "db" }
+continuous = [{ profiler = "cpu", target_samples_per_hour = 40000, duration = "10s" }]
+"#,
+    );
+    let fleet = Fleet::parse(
+        "[[group]]\nname = \"a\"\ncount = 60\ncpus = 16\nservices = { web = 3.0, db = 1.0 }\n\
+         [[group]]\nname = \"b\"\ncount = 25\ncpus = 8\nservices = { web = 0.5 }\n",
+    )
+    .expect("fleet");
+    let hour = 3_600_000;
+    for seed in [false, true] {
+        let span = Span {
+            span_ms: 8 * hour,
+            tick_ms: 10_000,
+            tuner_interval_ms: hour,
+        };
+        let (r, inputs) =
+            simulate_recorded(&cfg, vec![cpu_spec()], &fleet, span, seed).expect("sim");
+        assert!(
+            r.host_chain.is_none(),
+            "CPU rules apply: no whole-host chain"
+        );
+        assert!(inputs
+            .iter()
+            .any(|i| matches!(i, TunerInput::Observe { .. })));
+        let t = replayed(&r, &inputs, span.tuner_interval_ms);
+        for s in &r.services {
+            for (i, p) in s.probabilities.iter().enumerate() {
+                assert_eq!(*p, t.probability(&(s.name.clone(), i)), "{} #{i}", s.name);
+                assert!(*p < 1.0, "{} #{i}: {p}", s.name);
+            }
+            // Tuned within the first slots and held, the fleet meets its targets.
+            let ratio = s.settled_samples as f64 / s.settled_target as f64;
+            assert!(
+                (0.85..=1.15).contains(&ratio),
+                "{}: {ratio:.3} (seed {seed})",
+                s.name
+            );
+        }
+    }
+}
+
+#[test]
+fn whole_host_volume_stays_within_the_fleet_budget_as_hosts_are_added() {
+    // No CPU rule: the whole-host chain runs, under a fleet budget of 2,000,000 rows an hour.
+    // One host writes up to 99 Hz × 4 busy CPUs × 3,600 s = 1.4 million rows an hour.
+    let cfg = config(
+        "[tuner]\nhost_rows_per_hour = 2000000\n[profilers.cpu]\nfrequency = 99\n\
+         [services.app]\nselector = { comm = \"app\" }\n",
+    );
+    let hour = 3_600_000;
+    let span = Span {
+        span_ms: 4 * hour,
+        tick_ms: 10_000,
+        tuner_interval_ms: hour,
+    };
+    let mut last = f64::INFINITY;
+    for count in [20, 200, 2000] {
+        let fleet = Fleet::parse(&format!(
+            "[[group]]\nname = \"h\"\ncount = {count}\ncpus = 8\nservices = {{ app = 4.0 }}\n"
+        ))
+        .expect("fleet");
+        let (r, inputs) =
+            simulate_recorded(&cfg, vec![cpu_spec()], &fleet, span, false).expect("sim");
+        let c = r
+            .host_chain
+            .clone()
+            .expect("no CPU rule: the whole-host chain runs");
+        eprintln!("{count} hosts: {c:?}");
+        assert_eq!(c.window_seconds, 10);
+        assert_eq!(c.target_rows_per_hour, 2_000_000);
+        // The plan's probability is the fleet tuner's for the same inputs.
+        let t = replayed(&r, &inputs, span.tuner_interval_ms);
+        assert_eq!(c.probability, t.probability(&host_chain_key()));
+        // More hosts, each drawn less often: the fleet stays within its budget (+15%).
+        assert!(c.probability < last, "{count} hosts: p {}", c.probability);
+        last = c.probability;
+        let ratio = c.settled_rows as f64 / c.settled_target as f64;
+        assert!(
+            (0.85..=1.15).contains(&ratio),
+            "{count} hosts: {ratio:.3} of the budget"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
 

@@ -10,7 +10,7 @@ use baton_agent::targets::selector_pids;
 use baton_agent::Collector;
 use baton_model::sync;
 use baton_scheduler::continuous::{slot_rules, SlotRule};
-use baton_scheduler::{Mode, RuleState};
+use baton_scheduler::{Mode, RuleState, TunedRule};
 use baton_server::api::{ContinuousStatus, RuleStatus};
 use baton_server::LiveConfig;
 
@@ -120,10 +120,7 @@ impl Driver {
                 )
             })
             .collect();
-        let targets: Vec<((String, usize), u64)> = rules
-            .iter()
-            .map(|r| (r.key(), r.target_samples_per_hour))
-            .collect();
+        let targets: Vec<TunedRule> = rules.iter().map(TunedRule::from_slot_rule).collect();
         if self.tuner.maybe_retune(now, &targets) {
             if let Err(e) = save_tuner(&self.tuner_file, &self.tuner.state()) {
                 tracing::warn!(error = %e, "saving the tuner state failed");
@@ -147,7 +144,7 @@ impl Driver {
                     rule: r.rule,
                     profiler: r.profiler.clone(),
                     probability: p,
-                    weight: 1.0 / p,
+                    weight: r.weight(p),
                     duration_s: r.duration_ms as f64 / 1000.0,
                     slot_s: r.slot_ms as f64 / 1000.0,
                     target_samples_per_hour: r.target_samples_per_hour,
