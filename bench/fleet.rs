@@ -1,14 +1,24 @@
-//! Fleet benchmarks against a running `baton server`, speaking its real protocol.
+//! Fleet benchmarks against running `baton server`s, speaking their real protocol.
 //!
 //! `ingest URL [BATCHES=200] [ROWS=2000] [CLIENTS=1]`: posts gzip pprof batches (the agents'
 //! wire format) and prints sample rows per second, against the reference measured in the same
 //! run: the same batches written straight into a DuckDB store file (no HTTP, no decode).
 //!
-//! `agents URL [AGENTS=200] [SECONDS=60] [ROWS=200]`: that many simulated agents register, then
-//! each heartbeats every 5 s and ships one batch every 10 s (a 10 s window), as a real agent
-//! does; prints the heartbeat and ingest latencies (p50, p99, max). `bench/fleet.sh` runs it
-//! and reads the server's CPU and memory.
+//! `agents URL[,URL…] [AGENTS=200] [SECONDS=60] [ROWS=200] [--label L] [--watch NAME=PID,…]
+//! [--json FILE]`: that many simulated agents ([`fleet_agents`]) register, then each
+//! long-polls a heartbeat every 5 s and ships one batch every 10 s, as a real agent does.
+//! Prints heartbeat and ingest latencies (p50, p99, max) overall and per server, errors by
+//! kind, the hosts the control plane lists as up, and the CPU (share of one core, over the run
+//! after the warm-up) and memory (idle, peak, end) of the watched processes and of itself.
+//!
+//! `report FILE…`: one table of the `--json` files of several `agents` runs, with figures per
+//! 1,000 agents and a linear projection to 10,000, and a `FLEET_BENCH_JSON {…}` line.
+//!
+//! `clickhouse DB`: starts a private `clickhouse-server` (the store's test server), prints
+//! `CLICKHOUSE <store URL> <pid> <http port> <dir>` and stays until killed.
+//! `bench/fleet.sh` runs them all.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +26,11 @@ use anyhow::Context;
 use baton_model::time::now_ms;
 use baton_model::{Batch, Frame, FrameKind, StackSample, ValueType};
 use baton_store::{DuckDbStore, Store};
+use serde_json::{json, Value};
+
+mod fleet_agents;
+mod fleet_report;
+use fleet_agents::{http_agent, Plan, Tally};
 
 struct Lcg(u64);
 impl Lcg {
@@ -28,7 +43,8 @@ impl Lcg {
     }
 }
 
-/// A window of `rows` samples of one host: 24-deep stacks over 2,000 functions.
+/// A window of `rows` samples of one host (none when `host` is empty): 24-deep stacks over
+/// 2,000 functions.
 fn batch(host: &str, seed: u64, rows: usize, ts_ms: i64) -> Batch {
     let mut rng = Lcg(seed);
     let mut b = Batch::new("cpu", vec![ValueType::new("cpu", "nanoseconds")], ts_ms);
@@ -54,21 +70,15 @@ fn batch(host: &str, seed: u64, rows: usize, ts_ms: i64) -> Batch {
                 ("pid".to_string(), (1000 + rng.next() % 50).to_string()),
                 ("comm".to_string(), format!("worker{}", rng.next() % 8)),
             ]
-            .into(),
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .collect(),
             value: 10_101_010,
             weight: 1.0,
             value_index: 0,
         });
     }
     b
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
 }
 
 fn post(a: &ureq::Agent, url: &str, body: &[u8], json: bool) -> anyhow::Result<u16> {
@@ -111,7 +121,7 @@ fn ingest(url: &str, batches: usize, rows: usize, clients: usize) -> anyhow::Res
             let (queue, encoded, url, run) =
                 (queue.clone(), encoded.clone(), url.to_string(), run.clone());
             std::thread::spawn(move || -> anyhow::Result<()> {
-                let a = agent();
+                let a = http_agent(Duration::from_secs(60));
                 loop {
                     let Some(i) = queue.lock().map_err(|_| anyhow::anyhow!("lock"))?.pop() else {
                         return Ok(());
@@ -155,87 +165,279 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn agents(url: &str, n: usize, secs: u64, rows: usize) -> anyhow::Result<()> {
-    let heartbeats: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let ingests: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let errors: Arc<Mutex<u64>> = Arc::default();
-    let start = Instant::now();
-    let end = start + Duration::from_secs(secs);
-    let threads: Vec<_> = (0..n)
-        .map(|i| {
-            let (url, hb, ing, errors) = (
-                url.to_string(),
-                heartbeats.clone(),
-                ingests.clone(),
-                errors.clone(),
-            );
-            std::thread::spawn(move || {
-                let a = agent();
-                let host = format!("sim{i:04}");
-                let instance = format!("{}-{i}", std::process::id());
-                let reg = serde_json::json!({
-                    "host": host, "instance": instance, "machine_id": format!("{i:032x}"),
-                    "kernel": "6.1.0-sim", "cpus": 64, "labels": {"rack": format!("r{}", i % 20)},
-                });
-                if post(&a, &format!("{url}/api/v1/agents/register"), reg.to_string().as_bytes(), true).ok() != Some(200) {
-                    *errors.lock().expect("lock") += 1;
-                    return;
-                }
-                // Spread the agents over the 5 s heartbeat period.
-                std::thread::sleep(Duration::from_millis((i as u64 * 5000) / n as u64));
-                let mut seq = 0u64;
-                let mut next_batch = Instant::now();
-                while Instant::now() < end {
-                    let body = serde_json::json!({"host": host, "instance": instance, "runs": [], "wait_s": 0});
-                    let t = Instant::now();
-                    match post(&a, &format!("{url}/api/v1/agents/heartbeat"), body.to_string().as_bytes(), true) {
-                        Ok(200) => hb.lock().expect("lock").push(t.elapsed().as_secs_f64()),
-                        _ => *errors.lock().expect("lock") += 1,
-                    }
-                    if Instant::now() >= next_batch {
-                        let b = baton_model::wire::encode_batch(&batch(&host, seq * 1000 + i as u64, rows, now_ms()));
-                        let t = Instant::now();
-                        match post(&a, &format!("{url}/api/v1/ingest?batch_id={host}-{instance}-{seq}&host={host}"), &b, false) {
-                            Ok(201) => ing.lock().expect("lock").push(t.elapsed().as_secs_f64()),
-                            _ => *errors.lock().expect("lock") += 1,
-                        }
-                        seq += 1;
-                        next_batch += Duration::from_secs(10);
-                    }
-                    std::thread::sleep(Duration::from_secs(5).saturating_sub(t.elapsed()));
-                }
-            })
+/// Count, p50, p99 and max (ms) of latencies in seconds.
+fn latency(v: &[f64]) -> Value {
+    let mut v = v.to_vec();
+    let ms = |x: f64| (x * 100_000.0).round() / 100.0;
+    json!({
+        "count": v.len(),
+        "p50_ms": ms(percentile(&mut v, 0.5)),
+        "p99_ms": ms(percentile(&mut v, 0.99)),
+        "max_ms": ms(percentile(&mut v, 1.0)),
+    })
+}
+
+/// User and system CPU ticks of a process, from `/proc/PID/stat`.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let f: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Resident memory of a process in MB, from `/proc/PID/status`.
+fn rss_mb(pid: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// A watched process: its memory over the run and its CPU after the warm-up.
+struct Watched {
+    name: String,
+    pid: String,
+    idle_mb: f64,
+    peak_mb: f64,
+    end_mb: f64,
+    from: Option<(u64, Instant)>,
+    cpu_pct: Option<f64>,
+}
+
+/// Samples the processes every 250 ms until `end`; CPU counts from `warm` on.
+fn watch(
+    procs: Vec<(String, String)>,
+    warm: Instant,
+    end: Instant,
+) -> std::thread::JoinHandle<Vec<Watched>> {
+    let mut ws: Vec<Watched> = procs
+        .into_iter()
+        .map(|(name, pid)| {
+            let idle = rss_mb(&pid).unwrap_or(0.0);
+            Watched {
+                name,
+                pid,
+                idle_mb: idle,
+                peak_mb: idle,
+                end_mb: 0.0,
+                from: None,
+                cpu_pct: None,
+            }
         })
         .collect();
-    for t in threads {
-        let _ = t.join();
+    // SAFETY: sysconf only reads a constant of the system.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    std::thread::spawn(move || loop {
+        let now = Instant::now();
+        for w in &mut ws {
+            let rss = rss_mb(&w.pid).unwrap_or(0.0);
+            w.peak_mb = w.peak_mb.max(rss);
+            if w.from.is_none() && now >= warm {
+                w.from = cpu_ticks(&w.pid).map(|c| (c, now));
+            }
+            if now >= end {
+                w.end_mb = rss;
+                w.cpu_pct = w.from.and_then(|(c0, t0)| {
+                    let c1 = cpu_ticks(&w.pid)?;
+                    let secs = now.duration_since(t0).as_secs_f64();
+                    Some((c1.saturating_sub(c0)) as f64 / tck / secs * 100.0)
+                });
+            }
+        }
+        if now >= end {
+            return ws;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    })
+}
+
+/// Positional arguments, and `--key value` options.
+fn split_args(args: &[String]) -> (Vec<String>, BTreeMap<String, String>) {
+    let (mut pos, mut opts) = (Vec::new(), BTreeMap::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.strip_prefix("--") {
+            Some(k) => {
+                opts.insert(k.to_string(), it.next().cloned().unwrap_or_default());
+            }
+            None => pos.push(a.clone()),
+        }
     }
-    let mut hb = heartbeats
-        .lock()
-        .map_err(|_| anyhow::anyhow!("lock"))?
-        .clone();
-    let mut ing = ingests.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
-    let ms = |v: f64| v * 1000.0;
-    println!("agents: {n} simulated agents for {secs}s, heartbeat every 5s, a {rows}-row batch every 10s");
-    println!(
-        "  heartbeats {:>6}  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
-        hb.len(),
-        ms(percentile(&mut hb, 0.5)),
-        ms(percentile(&mut hb, 0.99)),
-        ms(percentile(&mut hb, 1.0))
-    );
-    println!(
-        "  ingests    {:>6}  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
-        ing.len(),
-        ms(percentile(&mut ing, 0.5)),
-        ms(percentile(&mut ing, 0.99)),
-        ms(percentile(&mut ing, 1.0))
-    );
-    println!(
-        "  errors {}",
-        errors.lock().map_err(|_| anyhow::anyhow!("lock"))?
-    );
+    (pos, opts)
+}
+
+fn agents(args: &[String]) -> anyhow::Result<()> {
+    let (pos, opts) = split_args(args);
+    let num = |i: usize, d: usize| -> anyhow::Result<usize> {
+        pos.get(i)
+            .map(|s| s.parse().context("a number"))
+            .unwrap_or(Ok(d))
+    };
+    let urls: Vec<String> = pos
+        .first()
+        .context("URL[,URL…]")?
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let (n, secs, rows) = (num(1, 200)?.max(1), num(2, 60)? as u64, num(3, 200)?);
+    let label = opts
+        .get("label")
+        .cloned()
+        .unwrap_or_else(|| "agents".into());
+    let mut procs: Vec<(String, String)> = opts
+        .get("watch")
+        .map(|w| {
+            w.split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    procs.push(("fleet-bench".into(), std::process::id().to_string()));
+    // 32 distinct windows, shared by all agents as a fleet running the same binaries would.
+    let bodies: Vec<Vec<u8>> = (0..32)
+        .map(|k| baton_model::wire::encode_batch(&batch("", k * 7919 + 1, rows, 0)))
+        .collect();
+    let warm = Duration::from_secs((secs / 3).min(10));
+    let start = Instant::now();
+    let watcher = watch(procs, start + warm, start + Duration::from_secs(secs));
+    let plan = Plan {
+        urls: urls.clone(),
+        agents: n,
+        secs,
+        warm,
+    };
+    let tally = fleet_agents::run(plan, bodies)?;
+    let watched = watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the watcher panicked"))?;
+    let up = fleet_agents::hosts_up(&urls[0]);
+    let out = summary(&label, &urls, n, secs, rows, warm, &tally, &watched, up);
+    print_agents(&out);
+    if let Some(f) = opts.get("json") {
+        std::fs::write(f, format!("{out}\n")).with_context(|| format!("writing {f}"))?;
+    }
     Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    label: &str,
+    urls: &[String],
+    n: usize,
+    secs: u64,
+    rows: usize,
+    warm: Duration,
+    t: &Tally,
+    watched: &[Watched],
+    up: Option<usize>,
+) -> Value {
+    let all =
+        |m: &BTreeMap<String, Vec<f64>>| -> Vec<f64> { m.values().flatten().copied().collect() };
+    let mut servers: BTreeMap<String, Value> = BTreeMap::new();
+    for (name, v) in &t.heartbeats {
+        servers.entry(name.clone()).or_insert_with(|| json!({}))["heartbeat"] = latency(v);
+    }
+    for (name, v) in &t.ingests {
+        servers.entry(name.clone()).or_insert_with(|| json!({}))["ingest"] = latency(v);
+    }
+    let r1 = |x: f64| (x * 10.0).round() / 10.0;
+    let procs: BTreeMap<String, Value> = watched
+        .iter()
+        .map(|w| {
+            (
+                w.name.clone(),
+                json!({
+                    "cpu_pct": w.cpu_pct.map(r1),
+                    "rss_idle_mb": r1(w.idle_mb),
+                    "rss_peak_mb": r1(w.peak_mb),
+                    "rss_end_mb": r1(w.end_mb),
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "label": label,
+        "urls": urls,
+        "agents": n,
+        "seconds": secs,
+        "warm_s": warm.as_secs(),
+        "rows_per_batch": rows,
+        "heartbeat_s": fleet_agents::HEARTBEAT_S,
+        "batch_every_s": fleet_agents::BATCH_EVERY.as_secs(),
+        "heartbeat": latency(&all(&t.heartbeats)),
+        "ingest": latency(&all(&t.ingests)),
+        "per_server": servers,
+        "errors": t.errors,
+        "redirects": t.redirects,
+        "registered": t.registered,
+        "batches_stored": t.stored,
+        "duplicates": t.duplicates,
+        "hosts_up": up,
+        "processes": procs,
+    })
+}
+
+fn print_agents(v: &Value) {
+    let lat = |l: &Value| {
+        format!(
+            "{:>6}  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms",
+            l["count"], l["p50_ms"], l["p99_ms"], l["max_ms"]
+        )
+    };
+    println!(
+        "{}: {} simulated agents for {}s against {}; heartbeat long-poll every {}s, a {}-row batch every {}s; latencies after {}s",
+        v["label"].as_str().unwrap_or(""),
+        v["agents"],
+        v["seconds"],
+        v["urls"].as_array().map(|u| u.len()).unwrap_or(0),
+        v["heartbeat_s"],
+        v["rows_per_batch"],
+        v["batch_every_s"],
+        v["warm_s"],
+    );
+    println!("  heartbeats {}", lat(&v["heartbeat"]));
+    println!("  ingests    {}", lat(&v["ingest"]));
+    if let Some(m) = v["per_server"].as_object().filter(|m| m.len() > 1) {
+        for (name, s) in m {
+            println!("  {name}: heartbeats {}", lat(&s["heartbeat"]));
+            println!("  {name}: ingests    {}", lat(&s["ingest"]));
+        }
+    }
+    println!(
+        "  registered {}, redirects to the leader {}, batches stored {}, duplicates {}, hosts up {}, errors {}",
+        v["registered"], v["redirects"], v["batches_stored"], v["duplicates"], v["hosts_up"], v["errors"]
+    );
+    if let Some(m) = v["processes"].as_object() {
+        for (name, p) in m {
+            println!(
+                "  {name}: CPU {}% of one core, RSS idle {} MB, peak {} MB, end {} MB",
+                p["cpu_pct"], p["rss_idle_mb"], p["rss_peak_mb"], p["rss_end_mb"]
+            );
+        }
+    }
+}
+
+fn clickhouse(db: &str) -> anyhow::Result<()> {
+    let s = baton_store::testserver::ClickHouseServer::start("fleet-bench")
+        .map_err(|e| anyhow::anyhow!(e))?;
+    println!(
+        "CLICKHOUSE {} {} {} {}",
+        s.url(db),
+        s.pid().unwrap_or(0),
+        s.http_port,
+        s.dir.display()
+    );
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -252,12 +454,11 @@ fn main() -> anyhow::Result<()> {
             num(3, 2000)?,
             num(4, 1)?,
         ),
-        Some("agents") => agents(
-            args.get(1).context("URL")?,
-            num(2, 200)?,
-            num(3, 60)? as u64,
-            num(4, 200)?,
+        Some("agents") => agents(&args[1..]),
+        Some("report") => fleet_report::report(&args[1..]),
+        Some("clickhouse") => clickhouse(args.get(1).map_or("baton", String::as_str)),
+        _ => anyhow::bail!(
+            "usage: fleet-bench ingest URL [BATCHES ROWS CLIENTS] | agents URL[,URL…] [AGENTS SECONDS ROWS] [--label L] [--watch NAME=PID,…] [--json FILE] | report FILE… | clickhouse DB"
         ),
-        _ => anyhow::bail!("usage: fleet-bench ingest URL [BATCHES ROWS CLIENTS] | agents URL [AGENTS SECONDS ROWS]"),
     }
 }
