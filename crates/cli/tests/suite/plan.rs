@@ -51,3 +51,56 @@ fn plan_rejects_a_fleet_with_an_unknown_service() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"nope\""));
 }
+
+#[test]
+fn plan_without_cpu_rules_tunes_the_whole_host_chain_to_the_fleet_budget() {
+    let dir = scratch("plan-host-chain");
+    let cfg = dir.join("config");
+    std::fs::create_dir_all(&cfg).expect("mkdir");
+    std::fs::write(
+        cfg.join("baton.toml"),
+        "[tuner]\ninterval = \"1h\"\nhost_rows_per_hour = 3000000\n\n[services.app]\nselector = { comm = \"app\" }\n",
+    )
+    .expect("write config");
+    let fleet = dir.join("fleet.toml");
+    let mut rows_per_hour = Vec::new();
+    for count in [50, 500] {
+        std::fs::write(
+            &fleet,
+            format!(
+                "[[group]]\nname = \"h\"\ncount = {count}\ncpus = 16\nservices = {{ app = 4.0 }}\n"
+            ),
+        )
+        .expect("write fleet");
+        let out = run(baton()
+            .args(["plan", "--format", "json", "--simulate", "3h", "--config"])
+            .arg(&cfg)
+            .arg("--fleet")
+            .arg(&fleet));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let c = &v["host_chain"];
+        eprintln!("{count} hosts: {c}");
+        let p = c["probability"]
+            .as_f64()
+            .expect("the host chain's probability");
+        assert!(p > 0.0 && p < 1.0, "{c}");
+        assert_eq!(c["target_rows_per_hour"], 3_000_000);
+        let ratio =
+            c["expected_rows"].as_f64().expect("rows") / c["target_rows"].as_f64().expect("target");
+        assert!(
+            (0.85..=1.15).contains(&ratio),
+            "{count} hosts: {ratio:.3} of the budget"
+        );
+        rows_per_hour.push(c["expected_rows"].as_u64().expect("rows"));
+    }
+    // Ten times the hosts, the same volume within the budget's +15%.
+    assert!(
+        rows_per_hour[1] as f64 <= rows_per_hour[0] as f64 * 1.15 + 1.0,
+        "{rows_per_hour:?}"
+    );
+}
