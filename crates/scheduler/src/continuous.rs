@@ -79,6 +79,12 @@ pub fn host_window_draw(host_key: u64, window: u64, p: f64) -> bool {
     p > 0.0 && sequence(host_key, host_chain_salt(), window) < p
 }
 
+/// The weight of the samples of a whole-host window stored at probability `p`: `1 / p`, as the
+/// windows tile time.
+pub fn host_window_weight(p: f64) -> f64 {
+    1.0 / p
+}
+
 /// splitmix64's finaliser: a well-mixed 64-bit hash of one word.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -239,5 +245,6 @@ mod tests {
         );
         assert!(!host_window_draw(k, 3, 0.0));
         assert!(host_window_draw(k, 3, 1.0));
+        assert_eq!(host_window_weight(0.25), 4.0);
     }
 }

@@ -40,9 +40,9 @@ pub const MAX_PROBABILITY: f64 = 1.0;
 
 const HOUR_MS: f64 = 3_600_000.0;
 
-/// Hits the quick first re-tune waits for (or one per host, in a smaller fleet): hosts yield
-/// differently, and the mean of 30 hits is within about a fifth of the hosts' spread of the
-/// fleet's mean, where the first hit alone can be off by any factor.
+/// Hits the quick first re-tune waits for (or one per host, in a smaller fleet). Hosts yield
+/// differently: the mean of 30 hits is off the fleet's mean by about a fifth of the hosts'
+/// standard deviation, where the first hit alone can be off by any factor.
 pub const QUICK_HITS: u64 = 30;
 
 /// What the tuner tunes: a (service, rule index) pair.
