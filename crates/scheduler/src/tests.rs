@@ -467,7 +467,10 @@ fn a_plan_reports_the_probabilities_the_fleet_tuner_computes_from_the_same_input
         r#"
 [services.web]
 selector = { comm = "web" }
-continuous = [{ profiler = "cpu", target_samples_per_hour = 30000, duration = "10s" }, { profiler = "cpu", target_samples_per_hour = 5000, duration = "20s" }]
+continuous = [
+  { profiler = "cpu", target_samples_per_hour = 30000, duration = "10s" },
+  { profiler = "cpu", target_samples_per_hour = 5000, duration = "20s" },
+]
 [services.db]
 selector = { comm = "db" }
 continuous = [{ profiler = "cpu", target_samples_per_hour = 40000, duration = "10s" }]
