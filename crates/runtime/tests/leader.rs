@@ -206,6 +206,10 @@ fn one_leads_the_other_takes_over_and_a_leader_without_etcd_steps_down() {
         TTL + Duration::from_secs(1)
     );
     assert_eq!(other.leadership.epoch(), 1);
+    eprintln!(
+        "took over {:?} after the leader stopped",
+        took.unwrap_or_default()
+    );
 
     // etcd dies: the leader cannot renew, and steps down before its lease could have ended.
     etcd.kill();
@@ -215,6 +219,10 @@ fn one_leads_the_other_takes_over_and_a_leader_without_etcd_steps_down() {
         "the leader still leads {TTL:?} after etcd died"
     );
     assert_eq!(other.leadership.leader_url(), None, "no leader is known");
+    eprintln!(
+        "stepped down {:?} after etcd died",
+        down.unwrap_or_default()
+    );
 }
 
 #[test]
@@ -273,5 +281,9 @@ fn a_dead_leaders_key_expires_with_its_lease() {
     assert!(
         granted.elapsed() >= TTL,
         "led before the dead leader's lease expired"
+    );
+    eprintln!(
+        "led {:?} after the dead leader's lease was granted",
+        granted.elapsed()
     );
 }
