@@ -407,8 +407,11 @@ fn print_agents(v: &Value) {
     println!("  ingests    {}", lat(&v["ingest"]));
     if let Some(m) = v["per_server"].as_object().filter(|m| m.len() > 1) {
         for (name, s) in m {
-            println!("  {name}: heartbeats {}", lat(&s["heartbeat"]));
-            println!("  {name}: ingests    {}", lat(&s["ingest"]));
+            for (what, key) in [("heartbeats", "heartbeat"), ("ingests   ", "ingest")] {
+                if !s[key].is_null() {
+                    println!("  {name}: {what} {}", lat(&s[key]));
+                }
+            }
         }
     }
     println!(

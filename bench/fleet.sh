@@ -16,7 +16,8 @@
 # simulated agents run in the fleet-bench process, one thread each, and are not counted in any
 # of them (their own CPU is in the JSON line). The end: one table, per 1,000 agents and a linear
 # projection to 10,000, and a `FLEET_BENCH_JSON {...}` line.
-# Usage: bench/fleet.sh [AGENTS=2000] [SECONDS=60]; env ROWS=200, SKIP_INGEST=1, SKIP_AGENTS=1.
+# Usage: bench/fleet.sh [AGENTS=2000] [SECONDS=60]; env ROWS=200, SKIP_INGEST=1, SKIP_AGENTS=1,
+# OUT=DIR to keep each phase's figures (a.json, b.json; `fleet-bench report` reads them again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AGENTS=${1:-2000}
@@ -28,6 +29,8 @@ FB=$T/release/fleet-bench
 cargo build --release -q -p baton-bench --bin fleet-bench
 [ -x "$BATON" ] || { echo "no $BATON: cargo build --release -p baton" >&2; exit 1; }
 tmp=$(mktemp -d)
+OUT=${OUT:-$tmp}
+mkdir -p "$OUT"
 PIDS=()
 CHDIR=
 stop_all() {
@@ -87,10 +90,10 @@ start_etcd() {
   tail -20 "$tmp/etcd.log" >&2; exit 1
 }
 # run_agents DB NAME URLS LABEL WATCH: the simulated agents against URLS, their figures in
-# $tmp/NAME.json; then the rows their batches left in ClickHouse database DB, and everything
+# $OUT/NAME.json; then the rows their batches left in ClickHouse database DB, and everything
 # stopped.
 run_agents() {
-  "$FB" agents "$3" "$AGENTS" "$SECS" "$ROWS" --label "$4" --watch "$5" --json "$tmp/$2.json"
+  "$FB" agents "$3" "$AGENTS" "$SECS" "$ROWS" --label "$4" --watch "$5" --json "$OUT/$2.json"
   local rows hosts
   read -r rows hosts < <(curl -s "http://127.0.0.1:$CH_HTTP/" --data-binary \
     "SELECT count(), uniqExact(host) FROM $1.samples_local FORMAT TSV")
@@ -132,4 +135,4 @@ run_agents fleet_b b "$U1,$U2" "B: 2 servers + ClickHouse + etcd" \
   "server1=$S1,server2=$S2,clickhouse=$CH_PID,etcd=$ETCD_PID"
 
 echo "== summary ($(nproc) CPUs; agents' cadence: heartbeat long-poll every 5 s, $ROWS rows every 10 s)"
-"$FB" report "$tmp/a.json" "$tmp/b.json"
+"$FB" report "$OUT/a.json" "$OUT/b.json"

@@ -1,5 +1,6 @@
 //! Simulated agents for `fleet-bench agents`: each speaks the real protocol (register, long-poll
-//! heartbeats, gzip pprof batches) from a thread of its own, against one server or several.
+//! heartbeats, gzip pprof batches) from two threads of its own (control loop and shipper),
+//! against one server or several.
 //!
 //! Agent `i` ships its batches to server `i % n` and sends register and heartbeat to the
 //! control plane: first to its own server, then, when that answers 503 (or 421) with
@@ -136,30 +137,57 @@ fn config_version(body: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
-/// One simulated agent, until the end of the run.
+/// One simulated agent, until the end of the run: its control loop here, and its shipper in a
+/// thread of its own, as a real agent's outbox ships apart from its heartbeats.
 fn run_agent(i: usize, sh: &Shared) {
     let plan = &sh.plan;
     let end = sh.start + Duration::from_secs(plan.secs);
-    let a = http_agent(Duration::from_secs(60));
     let host = format!("sim{i:05}");
     let instance = format!("{}-{i}", std::process::id());
-    let ingest_to = plan.urls[i % plan.urls.len()].clone();
-    let mut control = ingest_to.clone();
+    let home = plan.urls[i % plan.urls.len()].clone();
+    // Agents started over the first heartbeat period.
+    std::thread::sleep(Duration::from_millis(
+        (i as u64 * HEARTBEAT_S * 1000) / plan.agents as u64,
+    ));
+    std::thread::scope(|s| {
+        let shipper = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn_scoped(s, || ship(i, sh, &home, &host, &instance, end));
+        if let Err(e) = shipper {
+            sh.error(format!("no shipper thread: {e}"));
+        }
+        control(i, sh, &home, &host, &instance, end);
+    });
+}
+
+/// A batch every `BATCH_EVERY` to the agent's own server, in order (a slow one delays the
+/// next, as batches wait in a real agent's outbox).
+fn ship(i: usize, sh: &Shared, url: &str, host: &str, instance: &str, end: Instant) {
+    let a = http_agent(Duration::from_secs(60));
+    let mut next = Instant::now() + BATCH_EVERY;
+    for seq in 0.. {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        if Instant::now() >= end {
+            return;
+        }
+        ingest(sh, &a, url, host, instance, seq, i);
+        next += BATCH_EVERY;
+    }
+}
+
+/// Register, then heartbeat (long poll) until `end`, at the control plane's holder.
+fn control(i: usize, sh: &Shared, home: &str, host: &str, instance: &str, end: Instant) {
+    let a = http_agent(Duration::from_secs(60));
+    let mut control = home.to_string();
     let reg = json!({
         "host": host, "instance": instance, "machine_id": format!("{i:032x}"),
         "kernel": "6.1.0-sim", "cpus": 64, "labels": {"rack": format!("r{}", i % 20)},
         "version": "sim",
     })
     .to_string();
-    // Registrations spread over the first heartbeat period, as agents that started over time.
-    std::thread::sleep(Duration::from_millis(
-        (i as u64 * HEARTBEAT_S * 1000) / plan.agents as u64,
-    ));
     let mut registered = false;
     let mut wait_s = HEARTBEAT_S;
     let mut config: Option<String> = None;
-    let mut next_batch = Instant::now() + BATCH_EVERY;
-    let mut seq = 0usize;
     let mut hops = 0;
     while Instant::now() < end {
         let t = Instant::now();
@@ -210,7 +238,7 @@ fn run_agent(i: usize, sh: &Shared) {
                 // poll): the latency is what the call took beyond that.
                 let held = Duration::from_secs(wait_s);
                 let latency = if took >= held { took - held } else { took };
-                if t >= sh.start + plan.warm {
+                if t >= sh.start + sh.plan.warm {
                     let name = sh.name(&control);
                     sh.tally()
                         .heartbeats
@@ -232,11 +260,6 @@ fn run_agent(i: usize, sh: &Shared) {
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
-        }
-        if Instant::now() >= next_batch && Instant::now() < end {
-            ingest(sh, &a, &ingest_to, &host, &instance, seq, i);
-            seq += 1;
-            next_batch += BATCH_EVERY;
         }
     }
 }

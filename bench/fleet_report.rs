@@ -9,13 +9,30 @@ use serde_json::{json, Map, Value};
 const TARGET: f64 = 10_000.0;
 
 /// The projection's assumption, printed with it.
-pub const ASSUMPTION: &str = "linear in agents at this cadence: a process's CPU is multiplied by \
-10,000 / agents, its RSS is its idle RSS plus its growth during the run multiplied by 10,000 / \
-agents, and the split between servers stays as measured (the control plane's holder takes every \
-register and heartbeat, each server the ingest of its share of agents)";
+pub const ASSUMPTION: &str = "linear in agents at this cadence. CPU: a process's CPU divided by \
+the agents served (agents x the share of due batches that were stored during the measured span; \
+when the servers fall behind, this charges the heartbeats of all agents to fewer, an upper bound), \
+times 10,000. RSS: idle RSS plus the growth during the run x 10,000 / agents (the growth holds \
+batches waiting for the store, so it is an upper bound too). The split between processes stays as \
+measured: the control plane's holder takes every register and heartbeat, each server the batches \
+of its share of the agents";
 
-/// One process's figures, per 1,000 agents and at 10,000.
-fn scaled(p: &Value, agents: f64) -> Value {
+/// The share of the batches due during the measured span that were stored.
+fn served(v: &Value) -> f64 {
+    let agents = v["agents"].as_f64().unwrap_or(0.0);
+    let span = v["seconds"].as_f64().unwrap_or(0.0) - v["warm_s"].as_f64().unwrap_or(0.0);
+    let due = agents * span / v["batch_every_s"].as_f64().unwrap_or(10.0);
+    let stored = v["ingest"]["count"].as_f64().unwrap_or(0.0);
+    if due > 0.0 {
+        (stored / due).min(1.0)
+    } else {
+        0.0
+    }
+}
+
+/// One process's figures, per 1,000 agents and at 10,000: CPU over the `served` agents, memory
+/// over all.
+fn scaled(p: &Value, agents: f64, served: f64) -> Value {
     let cpu = p["cpu_pct"].as_f64().unwrap_or(0.0);
     let idle = p["rss_idle_mb"].as_f64().unwrap_or(0.0);
     let peak = p["rss_peak_mb"].as_f64().unwrap_or(0.0);
@@ -25,65 +42,72 @@ fn scaled(p: &Value, agents: f64) -> Value {
         "cpu_pct": r1(cpu),
         "rss_idle_mb": r1(idle),
         "rss_peak_mb": r1(peak),
-        "cpu_pct_per_1k_agents": r1(cpu / agents * 1000.0),
+        "cpu_pct_per_1k_agents": r1(cpu / served * 1000.0),
         "rss_mb_per_1k_agents": r1(grow / agents * 1000.0),
-        "cores_at_10k": (cpu / agents * TARGET).round() / 100.0,
+        "cores_at_10k": (cpu / served * TARGET).round() / 100.0,
         "rss_mb_at_10k": r1(idle + grow / agents * TARGET),
     })
 }
 
-/// One cell: `name <figures>` of each process, joined by `sep`.
-fn each(procs: &Map<String, Value>, sep: &str, cell: impl Fn(&Value) -> String) -> String {
-    procs
-        .iter()
-        .map(|(name, p)| format!("{name} {}", cell(p)))
-        .collect::<Vec<_>>()
-        .join(sep)
+/// `p50 / p99` of a latency summary, or `-` when there is none.
+fn ms(l: &Value) -> String {
+    if l.is_null() {
+        return "-".into();
+    }
+    format!("{} / {}", l["p50_ms"], l["p99_ms"])
 }
 
 pub fn report(files: &[String]) -> anyhow::Result<()> {
     let mut phases = Vec::new();
     println!(
-        "| phase | agents | heartbeat p50 / p99 | ingest p50 / p99 | errors | CPU, % of one core | RSS peak | per 1,000 agents: CPU, RSS growth | 10,000 agents (linear) |"
+        "| phase | agents (batches stored/due) | process | heartbeat p50 / p99 ms | ingest p50 / p99 ms | errors | CPU, % of one core | RSS idle / peak MB | per 1,000 agents served: CPU %, RSS growth MB | 10,000 agents (linear): cores, RSS MB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for f in files {
         let text = std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?;
         let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {f}"))?;
         let agents = v["agents"].as_f64().context("agents")?.max(1.0);
+        let share = served(&v);
+        let served_agents = (agents * share).max(1.0);
         let procs: Map<String, Value> = v["processes"]
             .as_object()
             .context("processes")?
             .iter()
             .filter(|(name, _)| name.as_str() != "fleet-bench")
-            .map(|(name, p)| (name.clone(), scaled(p, agents)))
+            .map(|(name, p)| (name.clone(), scaled(p, agents, served_agents)))
             .collect();
         let errors: u64 = v["errors"]
             .as_object()
             .map(|m| m.values().filter_map(Value::as_u64).sum())
             .unwrap_or(0);
-        let ms = |l: &Value| format!("{} / {} ms", l["p50_ms"], l["p99_ms"]);
+        // The phase's row (all servers' calls together), then one per process.
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} ({:.0}%) | all | {} | {} | {errors} | | | | |",
             v["label"].as_str().unwrap_or(""),
             v["agents"],
+            share * 100.0,
             ms(&v["heartbeat"]),
             ms(&v["ingest"]),
-            errors,
-            each(&procs, " + ", |p| format!("{}%", p["cpu_pct"])),
-            each(&procs, " + ", |p| format!("{} MB", p["rss_peak_mb"])),
-            each(&procs, "; ", |p| format!(
-                "{}%, {} MB",
-                p["cpu_pct_per_1k_agents"], p["rss_mb_per_1k_agents"]
-            )),
-            each(&procs, "; ", |p| format!(
-                "{} cores, {} MB",
-                p["cores_at_10k"], p["rss_mb_at_10k"]
-            )),
         );
+        for (name, p) in &procs {
+            let calls = &v["per_server"][name];
+            println!(
+                "| | | {name} | {} | {} | | {} | {} / {} | {}, {} | {}, {} |",
+                ms(&calls["heartbeat"]),
+                ms(&calls["ingest"]),
+                p["cpu_pct"],
+                p["rss_idle_mb"],
+                p["rss_peak_mb"],
+                p["cpu_pct_per_1k_agents"],
+                p["rss_mb_per_1k_agents"],
+                p["cores_at_10k"],
+                p["rss_mb_at_10k"],
+            );
+        }
         phases.push(json!({
             "label": v["label"],
             "agents": v["agents"],
+            "batches_stored_of_due": (share * 1000.0).round() / 1000.0,
             "seconds": v["seconds"],
             "rows_per_batch": v["rows_per_batch"],
             "heartbeat": v["heartbeat"],
