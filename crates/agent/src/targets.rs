@@ -45,14 +45,40 @@ impl Target {
     }
 }
 
+/// The cgroup subtree this agent treats as its host, when several agents share one machine.
+static SCOPE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Limits this process's view of "the host's processes" (services, triggers' observations) to
+/// the cgroup subtree `cgroup` (a cgroup v2 path such as `/machines/h1`); only the first call
+/// counts.
+pub fn set_scope(cgroup: &str) {
+    let _ = SCOPE.set(cgroup.trim_end_matches('/').to_string());
+}
+
+/// Whether a cgroup path lies in the subtree `scope`.
+fn in_scope(scope: &str, cgroup: &str) -> bool {
+    scope.is_empty()
+        || cgroup == scope
+        || cgroup
+            .strip_prefix(scope)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Every process of this host: all of `/proc`, or those in the scope (see [`set_scope`]).
 pub fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    let pids = std::fs::read_dir("/proc").map(|rd| {
+        rd.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect()
+    });
+    let pids: Vec<u32> = pids.unwrap_or_default();
+    match SCOPE.get() {
+        None => pids,
+        Some(scope) => pids
+            .into_iter()
+            .filter(|&p| cgroup_of(p).is_some_and(|c| in_scope(scope, &c)))
+            .collect(),
+    }
 }
 
 pub fn comm_of(pid: u32) -> Option<String> {
@@ -152,6 +178,15 @@ mod tests {
         assert!(Target::parse("pid:x").is_err());
         assert!(Target::parse("nope").is_err());
         assert!(Target::parse("comm:").is_err());
+    }
+
+    #[test]
+    fn a_scope_is_a_cgroup_subtree() {
+        assert!(in_scope("/m/h1", "/m/h1"));
+        assert!(in_scope("/m/h1", "/m/h1/svc"));
+        assert!(!in_scope("/m/h1", "/m/h10"));
+        assert!(!in_scope("/m/h1", "/m"));
+        assert!(in_scope("", "/anything"));
     }
 
     #[test]

@@ -23,6 +23,14 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let drain_timeout = parse_duration_flag(&a.drain_timeout, "--drain-timeout")?;
+    if let Some(scope) = &a.cgroup_scope {
+        if !scope.starts_with('/') {
+            return Err(usage(format!(
+                "--cgroup-scope {scope:?}: give a cgroup v2 path such as /machines/h1"
+            )));
+        }
+        baton_agent::targets::set_scope(scope);
+    }
     if baton_runtime::client::split_servers(&a.server.join(",")).is_empty() {
         return Err(usage("--server: give at least one URL"));
     }

@@ -253,6 +253,11 @@ pub struct AgentArgs {
     /// At stop, how long to keep sending what is buffered before leaving it on disk.
     #[arg(long, default_value = "5s")]
     pub drain_timeout: String,
+    /// Treat only the processes under this cgroup (v2 path, e.g. /machines/h1) as this host's:
+    /// services, their runs and triggers see no others. For several agents on one machine,
+    /// each owning a slice (test rigs of simulated hosts, one agent per container host).
+    #[arg(long, value_name = "CGROUP")]
+    pub cgroup_scope: Option<String>,
 }
 
 #[derive(Args)]

@@ -91,22 +91,32 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => Some(Arc::new(RwLock::new(load_initial_config(dir)?))),
         None => None,
     };
-    let fleet = Arc::new(Fleet::new(
-        host_timeout,
-        heartbeat,
-        live.clone(),
-        baton_runtime::scheduler_clock,
-        |profiler, options| {
-            let r = baton_profilers::registry::find(profiler).map_err(|e| e.to_string())?;
-            r.info.check_options(options)
-        },
-    ));
-    // Run ids go on after the store's run history, which outlives this process.
-    let last_run = sync::lock(&store)
-        .run_history(1)
-        .map_err(|e| anyhow::anyhow!("reading the run history: {e}"))?;
-    if let Some(r) = last_run.first() {
-        fleet.continue_after(r.id);
+    let fleet = Arc::new(
+        Fleet::new(
+            host_timeout,
+            heartbeat,
+            live.clone(),
+            baton_runtime::scheduler_clock,
+            |profiler, options| {
+                let r = baton_profilers::registry::find(profiler).map_err(|e| e.to_string())?;
+                r.info.check_options(options)
+            },
+        )
+        .with_leadership(leadership.clone()),
+    );
+    // Alone, this server holds the control plane from the start: read it back before serving
+    // (hosts, unfinished runs, run ids, the tuner). With etcd, the control-plane loop reads it
+    // whenever this server comes to lead.
+    if leadership.is_leader() {
+        let r = baton_runtime::control_plane::load(&fleet, sync::lock(&store).as_mut())
+            .map_err(|e| anyhow::anyhow!("reading the control plane from the store: {e}"))?;
+        fleet.set_loaded(leadership.epoch());
+        if r.hosts + r.runs > 0 {
+            eprintln!(
+                "baton server: holding the control plane: {} hosts and {} runs read from the store ({} to send again)",
+                r.hosts, r.runs, r.requeued
+            );
+        }
     }
     let history_store = store.clone();
     let debuginfo = {
@@ -195,13 +205,13 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let served = rt.block_on(async move {
-        let reaper = tokio::spawn(baton_runtime::server::reap(fleet, history_store));
+        let reaper = tokio::spawn(baton_runtime::control_plane::run(fleet, history_store));
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let r = match tls {
             Some(cfg) => baton_server::serve_tls(listener, cfg, state, until_stopped()).await,
             None => baton_server::serve(listener, state, until_stopped()).await,
         };
-        // The reaper records the last ended runs as it stops.
+        // The control-plane loop writes the last changes and ended runs as it stops.
         let _ = tokio::time::timeout(Duration::from_secs(5), reaper).await;
         r
     });

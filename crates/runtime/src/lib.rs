@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod client;
 pub mod config_watch;
+pub mod control_plane;
 pub mod driver;
 mod error;
 pub mod gated;

@@ -203,6 +203,9 @@ pub struct Profiling {
     pub overhead: Option<OverheadStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_budgets: Option<BTreeMap<String, BudgetStatus>>,
+    /// The whole-host chain's window, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
 }
 
 impl Profiling {

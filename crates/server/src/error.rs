@@ -36,6 +36,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let code = match e {
             StoreError::UnknownLabel(_) | StoreError::BadFilter(_) => StatusCode::BAD_REQUEST,
+            // Another server is writing the same batch: the sender retries later.
+            StoreError::InFlight { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())

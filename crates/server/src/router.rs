@@ -57,6 +57,7 @@ fn local_routes() -> Router<AppState> {
 fn fleet_routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/hosts", get(fleet::handlers::hosts))
+        .route("/api/v1/tuner", get(fleet::handlers::tuner))
         .route("/api/v1/agents/register", post(fleet::handlers::register))
         .route("/api/v1/agents/heartbeat", post(fleet::handlers::heartbeat))
         .route(

@@ -112,7 +112,7 @@ pub(crate) async fn submit(
 ) -> Result<Response, ApiError> {
     check_caller(&st, &who, &req)?;
     if st.fleet.is_some() {
-        return fleet::submit(&st, &who, req).await;
+        return Ok(fleet::submit(&st, &who, req).await.into_response());
     }
     let h = handle(&st)?;
     check_target(&req.target)?;
@@ -152,7 +152,7 @@ pub(crate) async fn list(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     if st.fleet.is_some() {
-        return fleet::list(&st, q).await;
+        return Ok(fleet::list(&st, q).await.into_response());
     }
     let h = handle(&st)?;
     let all = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
@@ -174,7 +174,7 @@ pub(crate) async fn show(
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
     if st.fleet.is_some() {
-        return fleet::show(&st, id).await;
+        return Ok(fleet::show(&st, id).await.into_response());
     }
     let h = handle(&st)?;
     let s = lock(&h.scheduler);
@@ -191,7 +191,7 @@ pub(crate) async fn cancel(
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
     if st.fleet.is_some() {
-        return fleet::cancel(&st, &who, id).await;
+        return Ok(fleet::cancel(&st, &who, id).await.into_response());
     }
     let h = handle(&st)?;
     let now = (h.clock)();

@@ -182,11 +182,21 @@ impl Control {
             // Services come and go with their processes: look again every 30 heartbeats.
             services: (self.beats % 30 == 0).then(|| self.services()),
             health: Some(sync::read(&self.status).health()),
+            yields: sync::lock(&self.remote).take_yields(),
+            window_ms: sync::read(&self.status).window_ms,
         };
         self.beats += 1;
-        let (code, out) = self
+        let sent = self
             .client
-            .post_json("/api/v1/agents/heartbeat", &serde_json::to_value(&hb)?)?;
+            .post_json("/api/v1/agents/heartbeat", &serde_json::to_value(&hb)?);
+        let (code, out) = match sent {
+            Ok(r) if r.0 == 200 => r,
+            other => {
+                // Not counted by the server: report these yields again next time.
+                sync::lock(&self.remote).restore_yields(hb.yields);
+                other?
+            }
+        };
         if code == 404 || code == 409 {
             // The server restarted (or another agent took the name): register again.
             self.registered = false;
@@ -206,6 +216,7 @@ impl Control {
         }
         let reply: HeartbeatReply = serde_json::from_slice(&out)?;
         self.heartbeat_s = reply.heartbeat_s.max(1);
+        sync::lock(&self.remote).probabilities = Some(reply.probabilities);
         if let Some(c) = reply.config {
             apply_server_config(&self.live, c);
         }
@@ -228,6 +239,10 @@ impl Control {
     /// Queues a run the server assigned to this host; a refusal is reported with the next
     /// heartbeat.
     fn queue(&mut self, asg: Assignment, now: u64) {
+        if sync::lock(&self.remote).local_id(asg.id).is_some() {
+            // Sent again by a server that took over before this host said it had it.
+            return;
+        }
         let req = JobRequest {
             profiler: asg.profiler.clone(),
             host: LOCAL_HOST.into(),

@@ -15,8 +15,8 @@ use crate::scheduler_clock as clock;
 
 impl Driver {
     /// Labels a batch's rows with their service, then writes it through the write budgets (each
-    /// service's, then its profiler's).
-    pub(super) fn store_batch(&mut self, mut r: WindowReport) {
+    /// service's, then its profiler's). Returns the sample rows written.
+    pub(super) fn store_batch(&mut self, mut r: WindowReport) -> u64 {
         let config = self.config();
         if let Some(c) = &config {
             baton_agent::attribute::attribute(c, &mut r.batch);
@@ -79,8 +79,10 @@ impl Driver {
             })
             .collect();
         sync::write(&self.status).write_budgets = Some(per_key);
-        if !r.batch.samples.is_empty() {
+        let kept = r.batch.samples.len() as u64;
+        if kept > 0 {
             self.sink.write(&self.metrics, r);
         }
+        kept
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use baton_agent::targets::selector_pids;
 use baton_agent::Collector;
 use baton_model::sync;
-use baton_scheduler::continuous::{slot_rules, SlotRule};
+use baton_scheduler::continuous::{host_window_draw, host_window_weight, slot_rules, SlotRule};
 use baton_scheduler::{Mode, RuleState, TunedRule};
 use baton_server::api::{ContinuousStatus, RuleStatus};
 use baton_server::LiveConfig;
@@ -64,7 +64,8 @@ pub(super) fn is_host_chain(mode: &Mode) -> bool {
 
 impl Driver {
     /// Draws each continuous rule once per slot, for services with processes on this host, and
-    /// queues the runs drawn with their weight `1 / p`.
+    /// queues the runs drawn with their weight `slot / (duration × p)`. In fleet mode `p` is the
+    /// fleet tuner's, from the server; before the server has said one, this host's own.
     pub(super) fn draw_continuous(
         &mut self,
         rules: &[SlotRule],
@@ -84,7 +85,11 @@ impl Driver {
                 continue;
             }
             self.tuner.drew(&r.service, r.rule, 1);
-            let p = self.tuner.probability(&r.service, r.rule);
+            let fleet_p = self
+                .remote
+                .as_ref()
+                .and_then(|m| sync::lock(m).rule_probability(&r.service, r.rule));
+            let p = fleet_p.unwrap_or_else(|| self.tuner.probability(&r.service, r.rule));
             let Some(req) = r.draw(self.host_key, LOCAL_HOST, slot, p, now) else {
                 continue;
             };
@@ -162,15 +167,49 @@ impl Driver {
         });
     }
 
-    /// Stores the continuous collector's window; returns its raw sample count.
+    /// The whole-host chain's next window, when this host profiles it: `(duration, weight)`.
+    /// `baton up` profiles every window, back to back, at weight 1. In fleet mode windows are
+    /// aligned to multiples of their length, and each is drawn against the fleet tuner's
+    /// probability `p` (1 until the server says one): a drawn window weighs `1 / p`; for one not
+    /// drawn, whole-host profiling is detached until the next window starts.
+    pub(super) fn next_host_window(&mut self, now: u64, window_ms: u64) -> Option<(u64, f64)> {
+        let Some(remote) = &self.remote else {
+            return Some((window_ms, 1.0));
+        };
+        if now < self.chain_next_ms {
+            return None;
+        }
+        let p = sync::lock(remote).host_chain_probability().unwrap_or(1.0);
+        let window = now / window_ms.max(1);
+        let end = (window + 1) * window_ms.max(1);
+        self.chain_next_ms = end;
+        if host_window_draw(self.host_key, window, p) {
+            return Some((end - now, host_window_weight(p)));
+        }
+        if self.continuous.take().is_some() {
+            tracing::debug!(
+                p,
+                "whole-host window {window} not drawn: detached until it ends"
+            );
+        }
+        None
+    }
+
+    /// Stores the continuous collector's window, weighted as its host-chain window; returns its
+    /// raw sample count.
     pub(super) fn flush_continuous(&mut self) -> u64 {
         let Some(c) = &mut self.continuous else {
             return 0;
         };
         match c.collect(Some(&self.metrics)) {
-            Ok(r) => {
+            Ok(mut r) => {
                 let n = r.sample_count;
-                self.store_batch(r);
+                if self.chain_weight != 1.0 {
+                    for s in &mut r.batch.samples {
+                        s.weight *= self.chain_weight;
+                    }
+                }
+                self.chain_rows += self.store_batch(r);
                 n
             }
             Err(e) => {

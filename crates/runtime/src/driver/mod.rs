@@ -199,6 +199,12 @@ struct Driver {
     /// The last slot drawn for each continuous rule.
     drawn: HashMap<(String, usize), u64>,
     host_key: u64,
+    /// Fleet mode: when the whole-host chain draws its next window.
+    chain_next_ms: u64,
+    /// The weight of the whole-host window under way (`1 / p` of its draw).
+    chain_weight: f64,
+    /// Sample rows stored of the whole-host window under way.
+    chain_rows: u64,
 }
 
 impl Driver {
@@ -242,6 +248,9 @@ impl Driver {
             tuner_file,
             drawn: HashMap::new(),
             host_key: host_key(&host_name),
+            chain_next_ms: 0,
+            chain_weight: 1.0,
+            chain_rows: 0,
         }
     }
 

@@ -161,25 +161,32 @@ impl Driver {
                 ));
             }
         } else if host_chain.iter().all(|(_, st)| *st == RunState::Processing) {
-            let req = JobRequest {
-                profiler: "cpu".into(),
-                host: LOCAL_HOST.into(),
-                target: "host".into(),
-                mode: Mode::Continuous {
-                    service: HOST_CHAIN.into(),
-                    rule: 0,
-                },
-                duration_ms: window_for(self.window_flag, self.live.as_deref()).as_millis() as u64,
-                frequency: Some(self.opts.start.frequency_hz),
-                priority: 0,
-                force: false,
-                owner: "continuous".into(),
-                not_before: now,
-                weight: 1.0,
-                options: Default::default(),
-            };
-            if let Err(e) = s.submit(req, now) {
-                tracing::error!(error = %e, "queueing the continuous run failed");
+            let window_ms = window_for(self.window_flag, self.live.as_deref()).as_millis() as u64;
+            sync::write(&self.status).window_ms = Some(window_ms);
+            drop(s);
+            let next = self.next_host_window(now, window_ms);
+            s = sync::lock(&self.scheduler);
+            if let Some((duration_ms, weight)) = next {
+                let req = JobRequest {
+                    profiler: "cpu".into(),
+                    host: LOCAL_HOST.into(),
+                    target: "host".into(),
+                    mode: Mode::Continuous {
+                        service: HOST_CHAIN.into(),
+                        rule: 0,
+                    },
+                    duration_ms,
+                    frequency: Some(self.opts.start.frequency_hz),
+                    priority: 0,
+                    force: false,
+                    owner: "continuous".into(),
+                    not_before: now,
+                    weight,
+                    options: Default::default(),
+                };
+                if let Err(e) = s.submit(req, now) {
+                    tracing::error!(error = %e, "queueing the continuous run failed");
+                }
             }
         }
         // A new config's limits and profiler specs reach the scheduler.
@@ -218,6 +225,12 @@ impl Driver {
         out
     }
 
+    /// The weight of a run's samples.
+    fn run_weight(&self, id: u64) -> f64 {
+        let s = sync::lock(&self.scheduler);
+        s.run(id).map_or(1.0, |r| r.request.weight)
+    }
+
     fn is_host_chain(&self, id: u64) -> bool {
         let s = sync::lock(&self.scheduler);
         s.run(id).is_some_and(|r| is_host_chain(&r.request.mode))
@@ -228,6 +241,11 @@ impl Driver {
         match d {
             Decision::Start { run, .. } | Decision::Resume { run, .. } => {
                 if self.is_host_chain(run) {
+                    if self.continuous_run != Some(run) {
+                        // A new window: its weight, and its rows counted from 0.
+                        self.chain_weight = self.run_weight(run);
+                        self.chain_rows = 0;
+                    }
                     self.continuous_run = Some(run);
                     if self.continuous.is_none() && !self.guard.paused() {
                         match Collector::start(&self.opts) {
@@ -257,6 +275,10 @@ impl Driver {
                 } else if self.is_host_chain(run) {
                     let samples = self.flush_continuous();
                     sync::lock(&self.scheduler).finish(run, samples, None);
+                    if let Some(r) = &self.remote {
+                        // A drawn window ended: what it stored teaches the fleet tuner.
+                        sync::lock(r).add_yield(HOST_CHAIN, 0, true, self.chain_rows);
+                    }
                 } else {
                     // Ended before its collector started (e.g. ended while suspended).
                     sync::lock(&self.scheduler).finish(run, 0, None);

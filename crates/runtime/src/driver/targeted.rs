@@ -134,6 +134,9 @@ impl Driver {
             Ok(n) => {
                 if let Mode::Continuous { service, rule } = &self.run_mode(id) {
                     self.tuner.observe(service, *rule, flushed + n, finish);
+                    if let Some(r) = &self.remote {
+                        sync::lock(r).add_yield(service, *rule, finish, flushed + n);
+                    }
                 }
                 (n, None)
             }

@@ -27,10 +27,10 @@ const LIST_RUNS: usize = 200;
 pub(crate) async fn register(
     State(st): State<AppState>,
     Json(reg): Json<Registration>,
-) -> Result<Json<RegisterReply>, ApiError> {
-    let f = fleet(&st)?;
+) -> Result<Json<RegisterReply>, Refusal> {
+    let f = control(&st)?;
     if reg.host.is_empty() || reg.instance.is_empty() {
-        return Err(ApiError::bad_request("host and instance are required"));
+        return Err(ApiError::bad_request("host and instance are required").into());
     }
     let now = (f.clock)();
     let mut failed = Vec::new();
@@ -54,6 +54,10 @@ pub(crate) async fn register(
                 }
             }
         }
+        for id in &failed {
+            s.touch_run(*id);
+        }
+        s.touch_host(&reg.host);
         let heartbeats = s.hosts.get(&reg.host).map(|h| h.heartbeats).unwrap_or(0);
         s.hosts.insert(
             reg.host.clone(),
@@ -61,9 +65,10 @@ pub(crate) async fn register(
                 registration: reg.clone(),
                 registered_ms: now,
                 last_seen_ms: now,
-                state: "up",
+                state: "up".into(),
                 heartbeats,
                 health: None,
+                window_ms: None,
             },
         );
     }
@@ -79,9 +84,9 @@ pub(crate) async fn register(
 pub(crate) async fn heartbeat(
     State(st): State<AppState>,
     Json(hb): Json<Heartbeat>,
-) -> Result<Json<HeartbeatReply>, ApiError> {
+) -> Result<Json<HeartbeatReply>, Refusal> {
     let started = std::time::Instant::now();
-    let f = fleet(&st)?.clone();
+    let f = control(&st)?.clone();
     let now = (f.clock)();
     {
         let mut s = f.lock();
@@ -89,28 +94,40 @@ pub(crate) async fn heartbeat(
             return Err(ApiError::not_found(format!(
                 "host {} is not registered; register first",
                 hb.host
-            )));
+            ))
+            .into());
         };
         if h.registration.instance != hb.instance {
             return Err(ApiError(
                 StatusCode::CONFLICT,
                 format!("host {} registered again as another agent process", hb.host),
-            ));
+            )
+            .into());
         }
         h.last_seen_ms = now;
-        h.state = "up";
+        let mut changed = h.state != "up";
+        h.state = "up".into();
         h.heartbeats += 1;
         if hb.health.is_some() {
             h.health = hb.health.clone();
         }
         if let Some(svcs) = &hb.services {
+            changed |= h.registration.services != *svcs;
             h.registration.services = svcs.clone();
+        }
+        if hb.window_ms.is_some() && hb.window_ms != h.window_ms {
+            h.window_ms = hb.window_ms;
+            changed = true;
+        }
+        if changed {
+            s.touch_host(&hb.host);
         }
         for rep in &hb.runs {
             if let Some(r) = s.runs.get_mut(&rep.id) {
                 if r.host != hb.host || r.is_terminal() {
                     continue;
                 }
+                let before = (r.state.clone(), r.samples);
                 if rep.state != "queued" && r.started_at_ms.is_none() {
                     let queued = r.queued_at_ms.min(now);
                     r.started_at_ms = Some(rep.started_at_ms.map_or(now, |t| t.clamp(queued, now)));
@@ -122,9 +139,13 @@ pub(crate) async fn heartbeat(
                     let from = r.started_at_ms.unwrap_or(r.queued_at_ms).min(now);
                     r.ended_at_ms = Some(rep.ended_at_ms.map_or(now, |t| t.clamp(from, now)));
                 }
+                if before != (r.state.clone(), r.samples) {
+                    s.touch_run(rep.id);
+                }
             }
         }
     }
+    f.learn(&hb.host, &hb.yields);
     // Server-side handling time of the heartbeat, before any long-poll wait.
     f.heartbeat_latency.observe(started.elapsed());
     let wants_config = |f: &Fleet| {
@@ -144,11 +165,13 @@ pub(crate) async fn heartbeat(
                 cancel,
                 config,
                 heartbeat_s: f.heartbeat_s,
+                probabilities: f.probabilities(),
             };
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             break HeartbeatReply {
                 heartbeat_s: f.heartbeat_s,
+                probabilities: f.probabilities(),
                 ..Default::default()
             };
         }
@@ -168,11 +191,71 @@ fn fleet(st: &AppState) -> Result<&Arc<Fleet>, ApiError> {
         .ok_or_else(|| ApiError::not_found("this is not a fleet server"))
 }
 
+/// Why a control-plane call is not served here.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    Api(ApiError),
+    /// Another server holds the control plane (its URL, when known): a 503 with the header
+    /// `X-Baton-Leader`, which clients follow.
+    NotLeader(Option<String>),
+    /// This server took the control plane over and is still reading it from the store.
+    Loading,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Refusal {
+        Refusal::Api(e)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Api(e) => e.into_response(),
+            Refusal::NotLeader(url) => {
+                let msg = match &url {
+                    Some(u) => format!("this server does not hold the fleet's control plane; {u} does"),
+                    None => "this server does not hold the fleet's control plane, and no server holds it now; retry".to_string(),
+                };
+                let mut r = ApiError(StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+                if let Some(v) = url.and_then(|u| u.parse().ok()) {
+                    r.headers_mut().insert(crate::leader::LEADER_HEADER, v);
+                }
+                r
+            }
+            Refusal::Loading => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this server is taking over the fleet's control plane; retry in a moment".into(),
+            )
+            .into_response(),
+        }
+    }
+}
+
+/// The fleet, where this server holds its control plane and has read it from the store.
+fn control(st: &AppState) -> Result<&Arc<Fleet>, Refusal> {
+    let f = fleet(st)?;
+    if !f.leadership.is_leader() {
+        return Err(Refusal::NotLeader(f.leadership.leader_url()));
+    }
+    if !f.is_loaded() {
+        return Err(Refusal::Loading);
+    }
+    Ok(f)
+}
+
 /// `GET /api/v1/hosts`
-pub(crate) async fn hosts(State(st): State<AppState>) -> Result<Json<Hosts<HostRecord>>, ApiError> {
-    let f = fleet(&st)?;
+pub(crate) async fn hosts(State(st): State<AppState>) -> Result<Json<Hosts<HostRecord>>, Refusal> {
+    let f = control(&st)?;
     let hosts = f.lock().hosts.values().cloned().collect();
     Ok(Json(Hosts { hosts }))
+}
+
+/// `GET /api/v1/tuner`: the fleet tuner's probability, hosts and yield per rule.
+pub(crate) async fn tuner(
+    State(st): State<AppState>,
+) -> Result<Json<super::tuning::TunerView>, Refusal> {
+    Ok(Json(control(&st)?.tuner_view()))
 }
 
 /// The host a run goes to: the one it names, which must be up, or the only one up.
@@ -213,8 +296,8 @@ pub(crate) async fn submit(
     st: &AppState,
     who: &Principal,
     req: RunRequest,
-) -> Result<Response, ApiError> {
-    let f = fleet(st)?;
+) -> Result<Response, Refusal> {
+    let f = control(st)?;
     check_target(&req.target)?;
     (f.check_run)(&req.profiler, &req.options).map_err(ApiError::bad_request)?;
     let duration = parse_duration(&req.duration)
@@ -254,6 +337,9 @@ pub(crate) async fn submit(
         );
         (id, host)
     };
+    // The run is in the store before it is acknowledged: a server killed now still has it.
+    let records = f.run_records(id, baton_model::time::now_ms());
+    with_store(st, move |s| s.put_control(&records)).await?;
     f.wake();
     if let Some(a) = &st.audit {
         let mut rec = audit_record(id, who, &req);
@@ -288,8 +374,8 @@ async fn history(
 }
 
 /// `GET /api/v1/runs` in fleet mode, newest first; `?host=H` keeps one host's.
-pub(crate) async fn list(st: &AppState, q: Option<String>) -> Result<Response, ApiError> {
-    let f = fleet(st)?;
+pub(crate) async fn list(st: &AppState, q: Option<String>) -> Result<Response, Refusal> {
+    let f = control(st)?;
     let host = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "host")
         .map(|(_, v)| v.to_string());
@@ -320,8 +406,8 @@ pub(crate) async fn list(st: &AppState, q: Option<String>) -> Result<Response, A
 }
 
 /// `GET /api/v1/runs/{id}` in fleet mode.
-pub(crate) async fn show(st: &AppState, id: u64) -> Result<Response, ApiError> {
-    let f = fleet(st)?;
+pub(crate) async fn show(st: &AppState, id: u64) -> Result<Response, Refusal> {
+    let f = control(st)?;
     let live = f.lock().runs.get(&id).map(FleetRun::view);
     if let Some(v) = live {
         return Ok(Json(v).into_response());
@@ -331,13 +417,13 @@ pub(crate) async fn show(st: &AppState, id: u64) -> Result<Response, ApiError> {
         .into_iter()
         .find(|(r, _)| r.id == id)
         .map(|(_, v)| Json(v).into_response())
-        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")).into())
 }
 
 /// `POST /api/v1/runs/{id}/cancel` in fleet mode: a run not sent yet is cancelled at once;
 /// one sent is cancelled by its agent, told in its next heartbeat.
-pub(crate) async fn cancel(st: &AppState, who: &Principal, id: u64) -> Result<Response, ApiError> {
-    let f = fleet(st)?;
+pub(crate) async fn cancel(st: &AppState, who: &Principal, id: u64) -> Result<Response, Refusal> {
+    let f = control(st)?;
     let now = (f.clock)();
     let out = {
         let mut s = f.lock();
@@ -354,7 +440,9 @@ pub(crate) async fn cancel(st: &AppState, who: &Principal, id: u64) -> Result<Re
                 r.cancel_requested = true;
             }
         }
-        r.view()
+        let view = r.view();
+        s.touch_run(id);
+        view
     };
     f.wake();
     if let Some(a) = &st.audit {

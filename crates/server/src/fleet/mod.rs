@@ -9,42 +9,56 @@
 //! The server places a run on its host; the host's agent queues it in its own scheduler, which
 //! keeps the host's safety rules (one PMU user, concurrency groups, caps).
 //!
-//! This module holds the fleet's state; `protocol` the agents' messages, `handlers` the routes.
+//! The fleet's state is durable: hosts, unfinished runs with their placements, the next run id
+//! and the tuner's state are kept in the store (`durable`), so a restarted server, or another
+//! server that takes over the control plane, resumes them. Only the server that holds the
+//! control plane (`crate::leader`) serves agents and runs; the others answer with its URL.
+//!
+//! This module holds the fleet's state; `protocol` the agents' messages, `handlers` the routes,
+//! `durable` what goes to the store and back.
 
+pub mod durable;
 pub(crate) mod handlers;
 pub mod protocol;
+pub mod tuning;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use baton_model::sync::{lock, read};
 use baton_model::time::rfc3339_ms;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use protocol::{
-    Assignment, ConfigFiles, Heartbeat, HeartbeatReply, RegisterReply, Registration, RunReport,
+    Assignment, ConfigFiles, Heartbeat, HeartbeatReply, Probabilities, RegisterReply, Registration,
+    RuleProbability, RuleYield, RunReport,
 };
 
 use crate::api::Health;
+use crate::leader::Leadership;
 use crate::state::{LatencyStat, LiveConfig};
 
 /// One host of the fleet.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostRecord {
     #[serde(flatten)]
     pub registration: Registration,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
     /// `up` or `gone`.
-    pub state: &'static str,
+    pub state: String,
     pub heartbeats: u64,
     /// What the last heartbeat said of the agent's health.
     pub health: Option<Health>,
+    /// The length of the host's whole-host windows, as its last heartbeat said.
+    #[serde(default)]
+    pub window_ms: Option<u64>,
 }
 
 /// A run of the fleet, as the server tracks it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetRun {
     pub host: String,
     /// What the agent is sent: the id, profiler, target, duration and the rest.
@@ -102,6 +116,21 @@ pub struct FleetState {
     pub hosts: BTreeMap<String, HostRecord>,
     pub runs: BTreeMap<u64, FleetRun>,
     next_run: u64,
+    /// Hosts and runs changed since they were last written to the store.
+    dirty_hosts: BTreeSet<String>,
+    dirty_runs: BTreeSet<u64>,
+}
+
+impl FleetState {
+    /// Marks a run to be written to the store.
+    pub(crate) fn touch_run(&mut self, id: u64) {
+        self.dirty_runs.insert(id);
+    }
+
+    /// Marks a host to be written to the store.
+    pub(crate) fn touch_host(&mut self, host: &str) {
+        self.dirty_hosts.insert(host.to_string());
+    }
 }
 
 /// The fleet: shared state plus the wake-up for long polls.
@@ -115,6 +144,13 @@ pub struct Fleet {
     /// Checks a request's profiler and options against the registry.
     pub check_run: fn(&str, &BTreeMap<String, String>) -> Result<(), String>,
     pub heartbeat_latency: LatencyStat,
+    /// Whether this server holds the control plane, and who does.
+    pub leadership: Arc<Leadership>,
+    /// The leadership epoch whose state was read from the store (0: none yet).
+    loaded_epoch: AtomicU64,
+    /// The fleet-wide tuner: run probabilities for every continuous rule and the whole-host
+    /// chain.
+    pub tuning: Mutex<tuning::Tuning>,
 }
 
 impl Fleet {
@@ -137,7 +173,31 @@ impl Fleet {
             clock,
             check_run,
             heartbeat_latency: Default::default(),
+            leadership: Leadership::solo(),
+            loaded_epoch: AtomicU64::new(0),
+            tuning: Mutex::new(tuning::Tuning::new(clock())),
         }
+    }
+
+    /// Takes part in an election for the control plane instead of holding it alone.
+    pub fn with_leadership(mut self, leadership: Arc<Leadership>) -> Fleet {
+        self.leadership = leadership;
+        self
+    }
+
+    /// Whether the state of the current leadership epoch was read from the store.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded_epoch.load(Ordering::Acquire) == self.leadership.epoch()
+    }
+
+    /// The leadership epoch whose state was read.
+    pub fn loaded_epoch(&self) -> u64 {
+        self.loaded_epoch.load(Ordering::Acquire)
+    }
+
+    /// Notes that the state of `epoch` was read from the store.
+    pub fn set_loaded(&self, epoch: u64) {
+        self.loaded_epoch.store(epoch, Ordering::Release);
     }
 
     /// Run ids continue after the largest in the store's history (a restarted server never
@@ -165,11 +225,13 @@ impl Fleet {
             .collect()
     }
 
+    /// Notes runs as in the run history; their control records are then deleted.
     pub fn mark_recorded(&self, ids: &[u64]) {
         let mut s = self.lock();
         for id in ids {
             if let Some(r) = s.runs.get_mut(id) {
                 r.recorded = true;
+                s.dirty_runs.insert(*id);
             }
         }
     }
@@ -190,14 +252,17 @@ impl Fleet {
         let mut gone = Vec::new();
         for h in st.hosts.values_mut() {
             if h.state == "up" && now.saturating_sub(h.last_seen_ms) > self.host_timeout_ms {
-                h.state = "gone";
+                h.state = "gone".into();
                 gone.push(h.registration.host.clone());
             }
         }
         for name in &gone {
+            st.touch_host(name);
             let last = st.hosts[name].last_seen_ms;
+            let mut failed = Vec::new();
             for r in st.runs.values_mut() {
                 if &r.host == name && !r.is_terminal() {
+                    failed.push(r.job.id);
                     r.fail(
                         now,
                         format!(
@@ -207,6 +272,7 @@ impl Fleet {
                     );
                 }
             }
+            st.dirty_runs.extend(failed);
         }
         gone
     }
@@ -236,6 +302,12 @@ impl Fleet {
                 cancel.push(r.job.id);
             }
         }
+        let ids: Vec<u64> = assign
+            .iter()
+            .map(|a| a.id)
+            .chain(cancel.iter().copied())
+            .collect();
+        st.dirty_runs.extend(ids);
         (assign, cancel)
     }
 

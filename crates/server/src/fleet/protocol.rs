@@ -58,6 +58,40 @@ pub struct Heartbeat {
     pub services: Option<Vec<String>>,
     /// The agent's overhead against its budget, its write budgets and frequency.
     pub health: Option<Health>,
+    /// What the continuous draws of this host yielded since its last heartbeat that went
+    /// through, per rule: the fleet's tuner learns from it.
+    #[serde(default)]
+    pub yields: Vec<RuleYield>,
+    /// The length of this host's whole-host windows, which the tuner's draw rate needs.
+    #[serde(default)]
+    pub window_ms: Option<u64>,
+}
+
+/// What one tuned rule's drawn runs yielded on a host: `hits` runs (or whole-host windows)
+/// that ended, and the raw samples they stored (sample rows for the whole-host chain).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleYield {
+    pub service: String,
+    pub rule: usize,
+    pub hits: u64,
+    pub samples: u64,
+}
+
+/// The fleet tuner's run probability for one rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleProbability {
+    pub service: String,
+    pub rule: usize,
+    pub probability: f64,
+}
+
+/// The fleet tuner's probabilities, as every heartbeat reply carries them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Probabilities {
+    /// Per continuous rule of the config.
+    pub rules: Vec<RuleProbability>,
+    /// The probability that a host profiles a whole-host window (when no CPU rule applies).
+    pub host_chain: Option<f64>,
 }
 
 /// A run for an agent to start.
@@ -89,6 +123,9 @@ pub struct HeartbeatReply {
     pub cancel: Vec<u64>,
     pub config: Option<ConfigFiles>,
     pub heartbeat_s: u64,
+    /// The fleet tuner's run probabilities, which the agent draws against.
+    #[serde(default)]
+    pub probabilities: Probabilities,
 }
 
 /// The answer to a registration.
