@@ -1,5 +1,6 @@
 //! Per-service continuous profiling in a real `baton up`: slots drawn against the tuned
-//! probability, samples weighted `1 / p` in the store, the tuner acting on what it saw, and
+//! probability, samples weighted `slot / (duration × p)` (`10 / p`) in the store, so weighted
+//! sums estimate the service's whole time, the tuner acting on what it saw, and
 //! per-service write budgets.
 
 use std::process::Command;
@@ -56,7 +57,7 @@ continuous = [{ profiler = "cpu", target_samples_per_hour = 18000, duration = "1
     let mut w = Command::new(&split).arg("150").spawn().expect("workload");
     let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
 
-    // p starts at 1: the first slot runs, with weight 1.
+    // p starts at 1: the first slot runs, and a run covers a tenth of its slot: weight 10.
     let first = eventually(30, "a first continuous run of the service", || {
         runs_of(&up.addr, "burner")
             .into_iter()
@@ -64,13 +65,13 @@ continuous = [{ profiler = "cpu", target_samples_per_hour = 18000, duration = "1
     });
     eprintln!("first: {first}");
     assert_eq!(first["mode"], "continuous");
-    assert_eq!(first["weight"].as_f64(), Some(1.0));
+    assert_eq!(first["weight"].as_f64(), Some(10.0));
     let samples = first["samples"].as_u64().expect("samples");
     assert!(samples > 30, "{first}");
     let period = 1e9 / 99.0;
     let total = stored_total(&up.addr, first["id"].as_u64().expect("id"));
     assert!(
-        (total / (samples as f64 * period) - 1.0).abs() < 0.02,
+        (total / (samples as f64 * period * 10.0) - 1.0).abs() < 0.02,
         "stored {total} for {samples} samples"
     );
 
@@ -94,16 +95,16 @@ continuous = [{ profiler = "cpu", target_samples_per_hour = 18000, duration = "1
     });
     eprintln!("tuned probability {p}");
     assert!(p > 0.05, "the tuner overshot: {p}");
-    // A run drawn after that carries weight 1/p, and the store sums it weighted.
-    // Each 10 s slot draws with p ≈ 0.5 by a hash of (host, slot, rule): 17 slots pass without a
-    // draw with probability 0.5^17 (CI once saw 8 in a row).
+    // A run drawn after that carries weight 10/p, and the store sums it weighted.
+    // The host draws its 10 s slots by a low-discrepancy sequence: at p ≈ 0.27 it runs about
+    // one slot in four, never many in a row without one.
     let later = eventually(
         180,
         "a continuous run drawn at the tuned probability",
         || {
             runs_of(&up.addr, "burner")
                 .into_iter()
-                .find(|r| r["state"] == "done" && r["weight"].as_f64().is_some_and(|w| w > 1.01))
+                .find(|r| r["state"] == "done" && r["weight"].as_f64().is_some_and(|w| w > 10.1))
         },
     );
     eprintln!("later: {later}");

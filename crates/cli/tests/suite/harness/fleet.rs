@@ -303,3 +303,118 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// Cgroups that stand for the process trees of separate hosts on this one machine: an agent
+/// given `--cgroup-scope` of one sees only that slice's processes as its host's. Each slice's
+/// processes are killed and the cgroups removed on drop.
+pub struct Slices {
+    root: PathBuf,
+    pub children: Vec<Child>,
+}
+
+impl Slices {
+    pub fn new(tag: &str) -> Slices {
+        let root = PathBuf::from(format!("/sys/fs/cgroup/baton-{tag}"));
+        std::fs::create_dir_all(&root).unwrap_or_else(|e| {
+            panic!(
+                "creating {}: {e} (cgroup v2 at /sys/fs/cgroup and root are needed)",
+                root.display()
+            )
+        });
+        Slices {
+            root,
+            children: Vec::new(),
+        }
+    }
+
+    /// The cgroup path of slice `name`, as `--cgroup-scope` takes it.
+    pub fn scope(&self, name: &str) -> String {
+        let rel = self
+            .root
+            .strip_prefix("/sys/fs/cgroup")
+            .expect("under cgroupfs");
+        format!("/{}/{name}", rel.display())
+    }
+
+    /// Starts `cmd` and moves it into slice `name`; returns its pid.
+    pub fn spawn(&mut self, name: &str, cmd: &mut Command) -> u32 {
+        let dir = self.root.join(name);
+        std::fs::create_dir_all(&dir).expect("create slice cgroup");
+        let child = cmd.spawn().expect("start a slice's process");
+        let pid = child.id();
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("move into the slice");
+        self.children.push(child);
+        pid
+    }
+}
+
+impl Drop for Slices {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.root) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').expect("stat format").1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+/// Starts `tests/workloads/duty.c`: `percent` of one CPU for `secs` seconds.
+pub fn duty(secs: u64, percent: u32) -> Command {
+    let mut c = Command::new(workload("duty"));
+    c.args([secs.to_string(), percent.to_string()]);
+    c
+}
+
+/// A real etcd (Debian's `etcd-server`) on free loopback ports, stopped on drop.
+pub struct Etcd {
+    /// Kept to stop it on drop.
+    _proc: Proc,
+    pub url: String,
+}
+
+pub fn start_etcd(dir: &Path) -> Etcd {
+    assert!(
+        Path::new("/usr/bin/etcd").exists(),
+        "/usr/bin/etcd is missing: scripts/install-deps.sh installs Debian's etcd-server"
+    );
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let proc = Proc::spawn(
+        "etcd",
+        Command::new("/usr/bin/etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("t={peer_url}")]),
+    );
+    proc.wait_line("ready to serve client requests", 30);
+    Etcd { _proc: proc, url }
+}

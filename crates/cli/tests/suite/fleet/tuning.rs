@@ -1,0 +1,290 @@
+//! The fleet's tuner: a rule's target holds for the whole fleet, not per host; weighted sums
+//! estimate true CPU time; a host that joins is absorbed within a period; whole-host profiling
+//! stays within a fleet-wide budget of rows as hosts are added. What is stored is read straight
+//! from ClickHouse, not through the server.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use baton_store::testserver::ClickHouseServer;
+
+use crate::harness::fleet::*;
+use crate::harness::*;
+
+/// The tuner's period in these tests.
+const PERIOD_S: u64 = 30;
+
+/// Writes a config tree and returns its directory.
+fn config(dir: &Path, text: &str) -> String {
+    let c = dir.join("config");
+    std::fs::create_dir_all(&c).expect("config dir");
+    std::fs::write(c.join("baton.toml"), text).expect("config");
+    c.display().to_string()
+}
+
+/// (raw samples, weighted samples) of `where_` with ts in `[from, to)`, from ClickHouse.
+fn stored(ch: &ClickHouseServer, db: &str, where_: &str, from: i64, to: i64) -> (f64, f64) {
+    let out = ch
+        .exec(&format!(
+            "SELECT sum(value), sum(value * weight) FROM {db}.samples WHERE profiler = 'cpu' \
+             AND value_index = 0 AND ts_ms >= {from} AND ts_ms < {to} AND {where_}"
+        ))
+        .unwrap_or_else(|e| panic!("ClickHouse: {e}"));
+    let mut f = out
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().unwrap_or(0.0));
+    (f.next().unwrap_or(0.0), f.next().unwrap_or(0.0))
+}
+
+/// Sample rows of whole-host windows with ts in `[from, to)`.
+fn host_rows(ch: &ClickHouseServer, db: &str, from: i64, to: i64) -> u64 {
+    ch.count(&format!(
+        "SELECT count() FROM {db}.samples WHERE profiler = 'cpu' AND value_index = 0 \
+         AND service = '' AND ts_ms >= {from} AND ts_ms < {to}"
+    ))
+    .expect("count")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+/// The fleet tuner's view of a rule (service, rule index), from `/api/v1/tuner`.
+fn tuned(addr: &str, service: &str) -> Option<serde_json::Value> {
+    let (code, v) = json_req(addr, "GET", "/api/v1/tuner", Some(VIEWER), "");
+    assert_eq!(code, 200, "{v}");
+    v["rules"]
+        .as_array()?
+        .iter()
+        .find(|r| r["service"] == service)
+        .cloned()
+}
+
+/// Starts an agent for host `i` in its namespace, seeing only slice `h{i}` as its processes.
+fn agent(i: usize, lan: &Lan, slices: &Slices, url: &str, dir: &Path) -> Agent {
+    let token = dir.join("agent.token");
+    start_agent(
+        &format!("h{i}"),
+        url,
+        &dir.join(format!("buf{i}")),
+        &[
+            "--token-file",
+            token.to_str().expect("path"),
+            "--cgroup-scope",
+            &slices.scope(&format!("h{i}")),
+        ],
+        Some((&lan.spaces[i - 1], &format!("10.77.0.1{i}"))),
+    )
+}
+
+/// Waits until `secs` past `since`.
+fn sleep_until(since: Instant, secs: u64) {
+    let left = Duration::from_secs(secs).saturating_sub(since.elapsed());
+    std::thread::sleep(left);
+}
+
+/// Three hosts run the same service at 30% of a CPU each; its CPU rule's target is T samples a
+/// period. Once tuned, the fleet stores T ± 15% (not 3T), the weighted CPU time is the true
+/// CPU time ± 10%, and after a fourth host joins the total is back within ± 15% one period later.
+#[test]
+fn a_rules_target_holds_for_the_whole_fleet() {
+    require_root();
+    let tag = format!("{}", std::process::id() % 10000);
+    let dir = scratch("fleet-target");
+    let tokens = tokens_file(&dir);
+    let ch = ClickHouseServer::start("target").unwrap_or_else(|e| panic!("{e}"));
+    let db = "target";
+    let lan = Lan::new(&tag, 4);
+    let mut slices = Slices::new(&format!("target-{tag}"));
+    // One host's run: 1 s at 199 Hz of 30% of a CPU, about 60 samples; a host has 360 slots an
+    // hour, so three hosts at p = 1 would store about 64,800 an hour. The target asks for
+    // 60% of that: p settles near 0.6, and with a fourth host near 0.45.
+    let per_hour = 38_880u64;
+    let cfg = config(
+        &dir,
+        &format!(
+            "[tuner]\ninterval = \"{PERIOD_S}s\"\n\n[services.web]\nselector = {{ comm = \"duty\" }}\n\
+             continuous = [{{ profiler = \"cpu\", duration = \"1s\", frequency = 199, \
+             target_samples_per_hour = {per_hour} }}]\n"
+        ),
+    );
+    let server = start_server(
+        &dir.join("data"),
+        &format!("10.77.0.1:{}", free_port()),
+        &[
+            "--auth",
+            tokens.to_str().expect("path"),
+            "--store",
+            &ch.url(db),
+            "--config",
+            &cfg,
+        ],
+    );
+    let url = format!("http://{}", server.addr);
+    let mut pids: Vec<u32> = (1..=3)
+        .map(|i| slices.spawn(&format!("h{i}"), &mut duty(900, 30)))
+        .collect();
+    let _agents: Vec<Agent> = (1..=3)
+        .map(|i| agent(i, &lan, &slices, &url, &dir))
+        .collect();
+    // The first quick re-tune learns what a run yields, then the period's re-tunes hold it.
+    let settled = eventually(150, "the tuner to re-tune twice with 3 hosts", || {
+        let r = tuned(&server.addr, "web")?;
+        (r["retunes"].as_u64()? >= 2 && r["hosts"].as_u64()? == 3).then_some(r)
+    });
+    eprintln!("tuned with 3 hosts: {settled}");
+    let p3 = settled["probability"].as_f64().expect("p");
+    assert!(p3 < 0.95, "the target binds: p = {p3}");
+
+    // Measure four periods.
+    let window = Duration::from_secs(4 * PERIOD_S);
+    let measure = |pids: &[u32]| -> (f64, f64, f64) {
+        let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+        let from = now_ms();
+        std::thread::sleep(window);
+        let to = now_ms();
+        let cpu1: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+        // Let the last runs' batches arrive (runs end, agents ship within a second or two).
+        std::thread::sleep(Duration::from_secs(5));
+        let (raw, weighted) = stored(&ch, db, "service = 'web'", from, to);
+        (raw, weighted, cpu1 - cpu0)
+    };
+    let target = per_hour as f64 * window.as_secs_f64() / 3600.0;
+    let (raw, weighted, cpu) = measure(&pids);
+    let estimated_cpu = weighted / 199.0;
+    eprintln!(
+        "3 hosts: stored {raw} raw samples against a target of {target:.0}; weighted CPU {estimated_cpu:.1} s, true {cpu:.1} s"
+    );
+    assert!(
+        (raw / target - 1.0).abs() <= 0.15,
+        "the fleet stored {raw} samples in {window:?}, target {target:.0} (± 15%)"
+    );
+    assert!(
+        (estimated_cpu / cpu - 1.0).abs() <= 0.10,
+        "weighted CPU {estimated_cpu:.2} s against a true {cpu:.2} s (± 10%)"
+    );
+
+    // A fourth host joins: its registration adds it to the service's hosts and the tuner
+    // rescales at once; one period later the fleet is back at its target.
+    pids.push(slices.spawn("h4", &mut duty(900, 30)));
+    let _fourth = agent(4, &lan, &slices, &url, &dir);
+    let joined = Instant::now();
+    let four = eventually(60, "the tuner to count 4 hosts", || {
+        let r = tuned(&server.addr, "web")?;
+        (r["hosts"].as_u64()? == 4).then_some(r)
+    });
+    let p4 = four["probability"].as_f64().expect("p");
+    eprintln!("tuned with 4 hosts: {four}");
+    assert!(p4 < p3, "a fourth host lowers p: {p3} -> {p4}");
+    sleep_until(joined, PERIOD_S);
+    let (raw, weighted, cpu) = measure(&pids);
+    let estimated_cpu = weighted / 199.0;
+    eprintln!(
+        "4 hosts: stored {raw} raw samples against a target of {target:.0}; weighted CPU {estimated_cpu:.1} s, true {cpu:.1} s"
+    );
+    assert!(
+        (raw / target - 1.0).abs() <= 0.15,
+        "with a fourth host the fleet stored {raw} samples in {window:?}, target {target:.0} (± 15%)"
+    );
+    assert!(
+        (estimated_cpu / cpu - 1.0).abs() <= 0.10,
+        "with a fourth host, weighted CPU {estimated_cpu:.2} s against a true {cpu:.2} s (± 10%)"
+    );
+}
+
+/// With no rules, whole-host profiling runs under the fleet's budget of rows: two hosts and
+/// then four store about the budget per window, not twice as much.
+#[test]
+fn whole_host_profiling_stays_within_the_fleet_budget() {
+    require_root();
+    let tag = format!("{}", std::process::id() % 10000 + 1);
+    let dir = scratch("fleet-budget");
+    let tokens = tokens_file(&dir);
+    let ch = ClickHouseServer::start("budget").unwrap_or_else(|e| panic!("{e}"));
+    let db = "budget";
+    let lan = Lan::new(&tag, 4);
+    let slices = Slices::new(&format!("budget-{tag}"));
+    // Each agent profiles this whole machine in 1 s windows; the budget is set below what two
+    // of them write at p = 1, so it binds from the start.
+    let probe_server = start_server(
+        &dir.join("probe"),
+        &format!("10.77.0.1:{}", free_port()),
+        &[
+            "--auth",
+            tokens.to_str().expect("path"),
+            "--store",
+            &ch.url("probe"),
+        ],
+    );
+    // First learn what one host writes per window, unbudgeted.
+    let url = format!("http://{}", probe_server.addr);
+    let a = agent(1, &lan, &slices, &url, &dir);
+    std::thread::sleep(Duration::from_secs(8));
+    let from = now_ms();
+    std::thread::sleep(Duration::from_secs(20));
+    let per_window = host_rows(&ch, "probe", from, now_ms()) as f64 / 20.0;
+    drop(a);
+    drop(probe_server);
+    assert!(
+        per_window > 5.0,
+        "one host writes {per_window} rows a window"
+    );
+    // The budget: what 1.5 hosts would write.
+    let budget_per_s = (per_window * 1.5).round();
+    let per_hour = (budget_per_s * 3600.0) as u64;
+    let cfg = config(
+        &dir,
+        &format!("[tuner]\ninterval = \"{PERIOD_S}s\"\nhost_rows_per_hour = {per_hour}\n"),
+    );
+    let server = start_server(
+        &dir.join("data"),
+        &format!("10.77.0.1:{}", free_port()),
+        &[
+            "--auth",
+            tokens.to_str().expect("path"),
+            "--store",
+            &ch.url(db),
+            "--config",
+            &cfg,
+        ],
+    );
+    let url = format!("http://{}", server.addr);
+    let mut agents: Vec<Agent> = (1..=2)
+        .map(|i| agent(i, &lan, &slices, &url, &dir))
+        .collect();
+    let measure = |what: &str| {
+        let from = now_ms();
+        std::thread::sleep(Duration::from_secs(2 * PERIOD_S));
+        let to = now_ms();
+        std::thread::sleep(Duration::from_secs(3));
+        let rows = host_rows(&ch, db, from, to) as f64 / (2 * PERIOD_S) as f64;
+        eprintln!("{what}: {rows:.1} rows a 1 s window against a budget of {budget_per_s}");
+        rows
+    };
+    eventually(120, "the host chain tuned with 2 hosts", || {
+        let r = tuned(&server.addr, "host")?;
+        (r["retunes"].as_u64()? >= 2 && r["hosts"].as_u64()? == 2).then_some(())
+    });
+    let two = measure("2 hosts");
+    agents.extend((3..=4).map(|i| agent(i, &lan, &slices, &url, &dir)));
+    let joined = Instant::now();
+    eventually(60, "the host chain tuned with 4 hosts", || {
+        let r = tuned(&server.addr, "host")?;
+        (r["hosts"].as_u64()? == 4).then_some(())
+    });
+    sleep_until(joined, PERIOD_S);
+    let four = measure("4 hosts");
+    for (n, rows) in [(2, two), (4, four)] {
+        assert!(
+            rows <= budget_per_s * 1.15,
+            "{n} hosts stored {rows:.1} rows a window, over the budget of {budget_per_s} (+15%)"
+        );
+        assert!(
+            rows >= budget_per_s * 0.85,
+            "{n} hosts stored {rows:.1} rows a window: the budget of {budget_per_s} is not used"
+        );
+    }
+}
