@@ -97,7 +97,11 @@ impl ClickHouseStore {
             .collect();
         let seen = match self.seen(&unknown) {
             Ok(seen) => seen,
-            Err(e) => return items.iter().map(|_| Err(ch_err(e.to_string()))).collect(),
+            Err(e) => {
+                // The write failed before its first INSERT: counted as the insert it stopped.
+                self.http.stats.insert_errors += 1;
+                return items.iter().map(|_| Err(ch_err(e.to_string()))).collect();
+            }
         };
         let now = baton_model::time::now_ms();
         let mut out: Vec<Option<Result<bool, StoreError>>> = Vec::with_capacity(items.len());
