@@ -85,11 +85,7 @@ impl Driver {
                 continue;
             }
             self.tuner.drew(&r.service, r.rule, 1);
-            let fleet_p = self
-                .remote
-                .as_ref()
-                .and_then(|m| sync::lock(m).rule_probability(&r.service, r.rule));
-            let p = fleet_p.unwrap_or_else(|| self.tuner.probability(&r.service, r.rule));
+            let p = self.rule_probability(r);
             let Some(req) = r.draw(self.host_key, LOCAL_HOST, slot, p, now) else {
                 continue;
             };
@@ -103,6 +99,16 @@ impl Driver {
                 Err(e) => tracing::error!(error = %e, "a continuous run was refused"),
             }
         }
+    }
+
+    /// A rule's run probability: the fleet tuner's in fleet mode once the server said one, else
+    /// this host's own tuner's.
+    fn rule_probability(&self, r: &SlotRule) -> f64 {
+        let fleet = self
+            .remote
+            .as_ref()
+            .and_then(|m| sync::lock(m).rule_probability(&r.service, r.rule));
+        fleet.unwrap_or_else(|| self.tuner.probability(&r.service, r.rule))
     }
 
     /// Re-tunes the continuous rules' probabilities at the end of each tuner interval, and
@@ -130,7 +136,9 @@ impl Driver {
             if let Err(e) = save_tuner(&self.tuner_file, &self.tuner.state()) {
                 tracing::warn!(error = %e, "saving the tuner state failed");
             }
-            for (r, (p, seen)) in rules.iter().zip(&before) {
+            // In fleet mode the server's tuner decides; this host's own is only the fallback
+            // for when no server has answered yet, and is not worth a line.
+            for (r, (p, seen)) in rules.iter().zip(&before).filter(|_| self.remote.is_none()) {
                 eprintln!(
                     "baton up: tuner: {}#{} saw {seen} samples; probability {p:.4} -> {:.4} (target {}/h)",
                     r.service,
@@ -143,7 +151,7 @@ impl Driver {
         let list: Vec<RuleStatus> = rules
             .iter()
             .map(|r| {
-                let p = self.tuner.probability(&r.service, r.rule);
+                let p = self.rule_probability(r);
                 RuleStatus {
                     service: r.service.clone(),
                     rule: r.rule,

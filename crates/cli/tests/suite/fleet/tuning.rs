@@ -26,7 +26,7 @@ fn config(dir: &Path, text: &str) -> String {
 fn stored(ch: &ClickHouseServer, db: &str, where_: &str, from: i64, to: i64) -> (f64, f64) {
     let out = ch
         .exec(&format!(
-            "SELECT sum(value), sum(value * weight) FROM {db}.samples WHERE profiler = 'cpu' \
+            "SELECT sum(value), sum(value * weight) FROM {db}.samples_local WHERE profiler = 'cpu' \
              AND value_index = 0 AND ts_ms >= {from} AND ts_ms < {to} AND {where_}"
         ))
         .unwrap_or_else(|e| panic!("ClickHouse: {e}"));
@@ -39,7 +39,7 @@ fn stored(ch: &ClickHouseServer, db: &str, where_: &str, from: i64, to: i64) -> 
 /// Sample rows of whole-host windows with ts in `[from, to)`.
 fn host_rows(ch: &ClickHouseServer, db: &str, from: i64, to: i64) -> u64 {
     ch.count(&format!(
-        "SELECT count() FROM {db}.samples WHERE profiler = 'cpu' AND value_index = 0 \
+        "SELECT count() FROM {db}.samples_local WHERE profiler = 'cpu' AND value_index = 0 \
          AND service = '' AND ts_ms >= {from} AND ts_ms < {to}"
     ))
     .expect("count")

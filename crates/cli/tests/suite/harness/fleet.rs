@@ -314,7 +314,7 @@ pub struct Slices {
 
 impl Slices {
     pub fn new(tag: &str) -> Slices {
-        let root = PathBuf::from(format!("/sys/fs/cgroup/baton-{tag}"));
+        let root = cgroup2_mount().join(format!("baton-{tag}"));
         std::fs::create_dir_all(&root).unwrap_or_else(|e| {
             panic!(
                 "creating {}: {e} (cgroup v2 at /sys/fs/cgroup and root are needed)",
@@ -331,8 +331,8 @@ impl Slices {
     pub fn scope(&self, name: &str) -> String {
         let rel = self
             .root
-            .strip_prefix("/sys/fs/cgroup")
-            .expect("under cgroupfs");
+            .strip_prefix(cgroup2_mount())
+            .expect("under cgroup2");
         format!("/{}/{name}", rel.display())
     }
 
@@ -363,6 +363,18 @@ impl Drop for Slices {
         }
         let _ = std::fs::remove_dir(&self.root);
     }
+}
+
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// a hybrid machine.
+fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("/proc/self/mounts");
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .expect("no cgroup2 mount: slices of simulated hosts need cgroup v2")
 }
 
 /// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
