@@ -20,6 +20,7 @@ pub mod control_plane;
 pub mod driver;
 mod error;
 pub mod gated;
+pub mod history;
 pub mod leader;
 pub mod outbox;
 pub mod record;

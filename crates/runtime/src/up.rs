@@ -130,6 +130,11 @@ pub fn run(a: UpOptions) -> Result<(), Error> {
         Ok(None) => {}
         Err(e) => eprintln!("baton up: tuner: ignoring {}: {e}", tuner_file.display()),
     }
+    // Runs that end go to the store's run history, and ids go on after it.
+    if let Err(e) = crate::history::continue_ids(&scheduler, &store) {
+        tracing::warn!(error = %e, "reading the run history failed; run ids start at 1");
+    }
+    let history = crate::history::spawn(scheduler.clone(), store.clone(), opts.host.clone())?;
     let scraped = Arc::default();
     if let Some(live) = &live {
         spawn_scraper(live.clone(), Arc::clone(&scraped), metrics.clone())?;
@@ -214,6 +219,8 @@ pub fn run(a: UpOptions) -> Result<(), Error> {
     // Make sure the collector stops even if the server failed.
     request_stop();
     let flushed = worker.join().map_err(|_| Error::CollectorPanicked)?;
+    // The collector ended its runs: the history thread writes them before it returns.
+    let _ = history.join();
     served.map_err(Error::io("HTTP server"))?;
     flushed?;
     eprintln!(

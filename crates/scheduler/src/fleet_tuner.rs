@@ -11,7 +11,9 @@
 //! [[`MIN_PROBABILITY`], 1],
 //!
 //! where the yield per hit is learnt from what was stored: the raw samples (or rows, for the
-//! host chain) that drawn runs or windows ended with, over the number of them. The yield does not
+//! host chain) that drawn runs or windows ended with, over the number of them, with the earlier
+//! estimate counting for up to 15 hits more (so a period of few hits does not swing `p`, and one
+//! of many stands on its own). The yield does not
 //! depend on `p`, so one re-tune from a known yield lands on the target; luck in the draws does
 //! not move `p`. A period with no hits keeps the last known yield; a rule with no yield known yet
 //! looks harder (`p × 4`). A change of a rule's host count re-applies the formula at once.
@@ -148,6 +150,9 @@ pub struct RuleState {
     /// Raw samples per ended hit, once known.
     #[serde(alias = "yield_per_run")]
     pub yield_per_hit: Option<f64>,
+    /// The hits that estimate stands on, decayed.
+    #[serde(default)]
+    pub yield_weight: f64,
     /// Hosts running the service when saved.
     #[serde(default)]
     pub hosts: u64,
@@ -184,6 +189,8 @@ pub struct RuleStatus {
 struct KeyState {
     p: f64,
     yield_per_hit: Option<f64>,
+    /// The hits the yield estimate stands on, decayed (see [`KeyState::learn_yield`]).
+    yield_weight: f64,
     hosts: u64,
     /// When the tuner first saw the rule (hosts or hits), for the quick first re-tune.
     first_seen: Option<Millis>,
@@ -195,7 +202,31 @@ struct KeyState {
     rule: Option<TunedRule>,
 }
 
+/// How much what earlier periods taught of a yield still counts in the next period's estimate…
+pub const YIELD_DECAY: f64 = 0.5;
+/// …standing for at most this many hits: a period with many hits of its own is nearly all its
+/// own (no lag behind a daily load curve), one with a handful leans on the past.
+pub const YIELD_PRIOR_HITS: f64 = 30.0;
+
 impl KeyState {
+    /// Folds the period's hits into the yield estimate: a mean over hits in which the earlier
+    /// estimate counts as `YIELD_DECAY` × (its hits, at most `YIELD_PRIOR_HITS`). A period of few
+    /// hits (a rule drawn a handful of times) then does not swing `p`, and one of many stands
+    /// on its own.
+    fn learn_yield(&mut self) {
+        let hits = self.period.hits as f64;
+        let samples = self.period.samples as f64;
+        let (y, w) = match self.yield_per_hit {
+            Some(y0) if self.yield_weight > 0.0 => {
+                let w0 = self.yield_weight.min(YIELD_PRIOR_HITS) * YIELD_DECAY;
+                ((y0 * w0 + samples) / (w0 + hits), w0 + hits)
+            }
+            _ => (samples / hits, hits),
+        };
+        self.yield_per_hit = Some(y);
+        self.yield_weight = w;
+    }
+
     /// Re-applies the formula with the known yield, hosts and rule; false when one is missing
     /// (no yield known, a yield of 0, no host, or never re-tuned).
     fn apply_formula(&mut self) -> bool {
@@ -235,6 +266,7 @@ impl FleetTuner {
         self.keys.entry(key.clone()).or_insert_with(|| KeyState {
             p: initial,
             yield_per_hit: None,
+            yield_weight: 0.0,
             hosts: 0,
             first_seen: None,
             period: Counts::default(),
@@ -324,7 +356,7 @@ impl FleetTuner {
             }
             any = true;
             if k.period.hits > 0 {
-                k.yield_per_hit = Some(k.period.samples as f64 / k.period.hits as f64);
+                k.learn_yield();
             }
             // Hits so far yielded nothing, or none has ended yet: look harder.
             if k.hosts > 0 && !k.apply_formula() {
@@ -385,6 +417,7 @@ impl FleetTuner {
                     rule: key.1,
                     probability: k.p,
                     yield_per_hit: k.yield_per_hit,
+                    yield_weight: k.yield_weight,
                     hosts: k.hosts,
                     period: k.period,
                     total: k.total,
@@ -409,6 +442,7 @@ impl FleetTuner {
             }
             if let Some(y) = r.yield_per_hit.filter(|y| y.is_finite() && *y >= 0.0) {
                 k.yield_per_hit = Some(y);
+                k.yield_weight = r.yield_weight.max(0.0);
             }
             k.hosts = r.hosts;
             k.period = r.period;

@@ -293,6 +293,11 @@ impl Scheduler {
         }
     }
 
+    /// Run ids go on after `last` (the largest in a run history this scheduler's runs join).
+    pub fn continue_ids_after(&mut self, last: u64) {
+        self.next_id = self.next_id.max(last + 1);
+    }
+
     /// Takes a new config's limits; runs already going keep going.
     pub fn reconfigure(&mut self, config: &Config) {
         self.limits = config.host.clone();

@@ -1,7 +1,7 @@
 //! The runs API: submit an on-demand run, list, show and cancel, over this host's scheduler;
 //! on a fleet server the same routes go to `fleet::handlers`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, RawQuery, State};
@@ -157,14 +157,28 @@ pub(crate) async fn list(
     let h = handle(&st)?;
     let all = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
         .any(|(k, v)| k == "all" && (v == "1" || v == "true"));
-    let s = lock(&h.scheduler);
-    let mut runs: Vec<RunView> = s
-        .runs()
-        .filter(|r| all || !matches!(r.request.mode, Mode::Continuous { .. }))
-        .map(RunView::of)
-        .collect();
+    let (mut runs, known): (Vec<serde_json::Value>, HashSet<u64>) = {
+        let s = lock(&h.scheduler);
+        (
+            s.runs()
+                .filter(|r| all || !matches!(r.request.mode, Mode::Continuous { .. }))
+                .filter_map(|r| serde_json::to_value(RunView::of(r)).ok())
+                .collect(),
+            s.runs().map(|r| r.id).collect(),
+        )
+    };
     runs.reverse();
-    runs.truncate(200);
+    // Runs of earlier processes, from the store's run history.
+    if runs.len() < fleet::LIST_RUNS {
+        let stored = fleet::history(&st, 2 * fleet::LIST_RUNS).await?;
+        runs.extend(
+            stored
+                .into_iter()
+                .filter(|(r, v)| !known.contains(&r.id) && (all || v["mode"] != "continuous"))
+                .map(|(_, v)| v),
+        );
+    }
+    runs.truncate(fleet::LIST_RUNS);
     Ok(Json(RunList { runs }).into_response())
 }
 
@@ -177,11 +191,21 @@ pub(crate) async fn show(
         return Ok(fleet::show(&st, id).await.into_response());
     }
     let h = handle(&st)?;
-    let s = lock(&h.scheduler);
-    let r = s
-        .run(id)
-        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
-    Ok(Json(RunView::of(r)).into_response())
+    let live = {
+        let s = lock(&h.scheduler);
+        s.run(id)
+            .and_then(|r| serde_json::to_value(RunView::of(r)).ok())
+    };
+    if let Some(v) = live {
+        return Ok(Json(v).into_response());
+    }
+    // A run of an earlier process, from the store's run history.
+    fleet::history(&st, 10_000)
+        .await?
+        .into_iter()
+        .find(|(r, _)| r.id == id)
+        .map(|(_, v)| Json(v).into_response())
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))
 }
 
 /// `POST /api/v1/runs/{id}/cancel`: the run as it is after the cancel.

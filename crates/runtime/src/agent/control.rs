@@ -127,6 +127,9 @@ impl Control {
         if let Ok(Some(c)) = serde_json::from_value(v["config"].clone()) {
             apply_server_config(&self.live, c);
         }
+        if let Ok(p) = serde_json::from_value(v["probabilities"].clone()) {
+            sync::lock(&self.remote).probabilities = Some(p);
+        }
         self.registered = true;
         eprintln!(
             "baton agent: registered {} with {} (heartbeat every {}s)",

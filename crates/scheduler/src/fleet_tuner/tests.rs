@@ -196,3 +196,33 @@ fn what_the_tuner_learnt_survives_a_restart() {
     .expect("old state");
     assert_eq!(old[0].yield_per_hit, Some(12.0));
 }
+
+#[test]
+fn a_period_of_few_hits_leans_on_the_past_and_one_of_many_stands_on_its_own() {
+    let r = [rule(36_000)];
+    let mut t = FleetTuner::new(HOUR, 1.0, 0);
+    t.set_population(&key(), 10, 0);
+    // The first period: 100 hits of 50 samples.
+    t.observe("h0", &key(), 100, 5_000, 0);
+    assert!(t.maybe_retune(HOUR, &r));
+    assert_eq!(
+        t.status_of(&key()).and_then(|s| s.yield_per_hit),
+        Some(50.0)
+    );
+    // A period of 4 hits of 80: the estimate leans on the 15 hits' worth of the past.
+    t.observe("h0", &key(), 4, 320, HOUR);
+    assert!(t.maybe_retune(2 * HOUR, &r));
+    let y = t
+        .status_of(&key())
+        .and_then(|s| s.yield_per_hit)
+        .expect("yield");
+    assert!((y - (50.0 * 15.0 + 320.0) / 19.0).abs() < 1e-9, "{y}");
+    // A period of 1,000 hits of 80 stands nearly on its own.
+    t.observe("h0", &key(), 1_000, 80_000, 2 * HOUR);
+    assert!(t.maybe_retune(3 * HOUR, &r));
+    let y = t
+        .status_of(&key())
+        .and_then(|s| s.yield_per_hit)
+        .expect("yield");
+    assert!(y > 79.5, "{y}");
+}

@@ -21,7 +21,7 @@ use crate::submit::{audit_event, audit_record, check_target, RunRequest};
 use crate::AppState;
 
 /// The most runs a list shows.
-const LIST_RUNS: usize = 200;
+pub(crate) const LIST_RUNS: usize = 200;
 
 /// `POST /api/v1/agents/register`
 pub(crate) async fn register(
@@ -77,6 +77,7 @@ pub(crate) async fn register(
         heartbeat_s: f.heartbeat_s,
         failed_runs: failed,
         config: f.config_files(),
+        probabilities: f.probabilities(),
     }))
 }
 
@@ -359,7 +360,7 @@ enum ListedRun {
 }
 
 /// Runs of earlier server processes, from the store's run history, as stored.
-async fn history(
+pub(crate) async fn history(
     st: &AppState,
     limit: usize,
 ) -> Result<Vec<(baton_store::RunRecord, serde_json::Value)>, ApiError> {

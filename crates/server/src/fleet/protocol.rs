@@ -135,4 +135,7 @@ pub struct RegisterReply {
     /// Runs of the agent's previous process, failed because it restarted.
     pub failed_runs: Vec<u64>,
     pub config: Option<ConfigFiles>,
+    /// The fleet tuner's run probabilities, so a new host draws against them from its first slot.
+    #[serde(default)]
+    pub probabilities: Probabilities,
 }
