@@ -337,3 +337,45 @@ fn an_offcpu_run_through_up_measures_ten_sleeps_of_200_ms() {
     );
     up.stop();
 }
+
+/// `baton up`'s runs go into the store's run history: after a restart on the same data they are
+/// still listed and shown, and new run ids go on after them.
+#[test]
+fn runs_outlive_a_restart_of_baton_up() {
+    require_root();
+    let split = workload("split");
+    let data = scratch("runs-history");
+    let mut w = Command::new(&split).arg("30").spawn().expect("workload");
+    let up = Up::start(&data);
+    let id = submit(
+        &up.addr,
+        &format!("--target pid:{} --duration 1s --frequency 99", w.id()),
+    );
+    let r = wait_done(&up.addr, id);
+    assert_eq!(r["state"], "done", "{r}");
+    let samples = r["samples"].as_u64().expect("samples");
+    assert!(up.stop().success());
+    let up = Up::start(&data);
+    let v = http_json(&up.addr, "/api/v1/runs");
+    let listed = v["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .find(|x| x["id"].as_u64() == Some(id))
+        .cloned()
+        .unwrap_or_else(|| panic!("run {id} is not listed after the restart: {v}"));
+    assert_eq!(listed["state"], "done", "{listed}");
+    assert_eq!(listed["samples"].as_u64(), Some(samples), "{listed}");
+    let shown = http_json(&up.addr, &format!("/api/v1/runs/{id}"));
+    assert_eq!(shown["id"].as_u64(), Some(id), "{shown}");
+    let next = submit(
+        &up.addr,
+        &format!("--target pid:{} --duration 1s --frequency 99", w.id()),
+    );
+    assert!(
+        next > id,
+        "run ids go on after the history: {next} after {id}"
+    );
+    let _ = w.kill();
+    let _ = w.wait();
+}
