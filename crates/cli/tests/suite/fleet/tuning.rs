@@ -14,6 +14,9 @@ use crate::harness::*;
 /// The tuner's period in these tests.
 const PERIOD_S: u64 = 30;
 
+/// The rule's sampling frequency.
+const HZ: f64 = 199.0;
+
 /// Writes a config tree and returns its directory.
 fn config(dir: &Path, text: &str) -> String {
     let c = dir.join("config");
@@ -22,7 +25,8 @@ fn config(dir: &Path, text: &str) -> String {
     c.display().to_string()
 }
 
-/// (raw samples, weighted samples) of `where_` with ts in `[from, to)`, from ClickHouse.
+/// (Σ value, Σ value × weight) of CPU samples of `where_` with ts in `[from, to)`, from
+/// ClickHouse: CPU nanoseconds, raw and weighted.
 fn stored(ch: &ClickHouseServer, db: &str, where_: &str, from: i64, to: i64) -> (f64, f64) {
     let out = ch
         .exec(&format!(
@@ -101,12 +105,15 @@ fn a_rules_target_holds_for_the_whole_fleet() {
     let mut slices = Slices::new(&format!("target-{tag}"));
     // One host's run: 1 s at 199 Hz of 30% of a CPU, about 60 samples; a host has 360 slots an
     // hour, so three hosts at p = 1 would store about 64,800 an hour. The target asks for
-    // 60% of that: p settles near 0.6, and with a fourth host near 0.45.
+    // 60% of that: p settles near 0.6, and with a fourth host near 0.45. Four agents share two
+    // cores here: the overhead guard is set high so that it never lowers the rule's frequency
+    // (that would change the yield under the tuner; the guard has tests of its own).
     let per_hour = 38_880u64;
     let cfg = config(
         &dir,
         &format!(
-            "[tuner]\ninterval = \"{PERIOD_S}s\"\n\n[services.web]\nselector = {{ comm = \"duty\" }}\n\
+            "[host]\noverhead_budget_percent = 50.0\n\n[tuner]\ninterval = \"{PERIOD_S}s\"\n\n\
+             [services.web]\nselector = {{ comm = \"duty\" }}\n\
              continuous = [{{ profiler = \"cpu\", duration = \"1s\", frequency = 199, \
              target_samples_per_hour = {per_hour} }}]\n"
         ),
@@ -149,12 +156,12 @@ fn a_rules_target_holds_for_the_whole_fleet() {
         let cpu1: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
         // Let the last runs' batches arrive (runs end, agents ship within a second or two).
         std::thread::sleep(Duration::from_secs(5));
-        let (raw, weighted) = stored(&ch, db, "service = 'web'", from, to);
-        (raw, weighted, cpu1 - cpu0)
+        let (raw_ns, weighted_ns) = stored(&ch, db, "service = 'web'", from, to);
+        // A CPU sample's value is its period, 1/199 s: raw samples, and weighted CPU seconds.
+        (raw_ns * HZ / 1e9, weighted_ns / 1e9, cpu1 - cpu0)
     };
     let target = per_hour as f64 * window.as_secs_f64() / 3600.0;
-    let (raw, weighted, cpu) = measure(&pids);
-    let estimated_cpu = weighted / 199.0;
+    let (raw, estimated_cpu, cpu) = measure(&pids);
     eprintln!(
         "3 hosts: stored {raw} raw samples against a target of {target:.0}; weighted CPU {estimated_cpu:.1} s, true {cpu:.1} s"
     );
@@ -180,8 +187,7 @@ fn a_rules_target_holds_for_the_whole_fleet() {
     eprintln!("tuned with 4 hosts: {four}");
     assert!(p4 < p3, "a fourth host lowers p: {p3} -> {p4}");
     sleep_until(joined, PERIOD_S);
-    let (raw, weighted, cpu) = measure(&pids);
-    let estimated_cpu = weighted / 199.0;
+    let (raw, estimated_cpu, cpu) = measure(&pids);
     eprintln!(
         "4 hosts: stored {raw} raw samples against a target of {target:.0}; weighted CPU {estimated_cpu:.1} s, true {cpu:.1} s"
     );
@@ -209,6 +215,10 @@ fn whole_host_profiling_stays_within_the_fleet_budget() {
     let slices = Slices::new(&format!("budget-{tag}"));
     // Each agent profiles this whole machine in 1 s windows; the budget is set below what two
     // of them write at p = 1, so it binds from the start.
+    // The overhead guard is set high so that it never lowers the frequency (that would change
+    // what a window holds under the tuner; the guard has tests of its own).
+    let guard = "[host]\noverhead_budget_percent = 50.0\n";
+    let probe_cfg = config(&dir.join("probe-config"), guard);
     let probe_server = start_server(
         &dir.join("probe"),
         &format!("10.77.0.1:{}", free_port()),
@@ -217,6 +227,8 @@ fn whole_host_profiling_stays_within_the_fleet_budget() {
             tokens.to_str().expect("path"),
             "--store",
             &ch.url("probe"),
+            "--config",
+            &probe_cfg,
         ],
     );
     // First learn what one host writes per window, unbudgeted.
@@ -237,7 +249,7 @@ fn whole_host_profiling_stays_within_the_fleet_budget() {
     let per_hour = (budget_per_s * 3600.0) as u64;
     let cfg = config(
         &dir,
-        &format!("[tuner]\ninterval = \"{PERIOD_S}s\"\nhost_rows_per_hour = {per_hour}\n"),
+        &format!("{guard}\n[tuner]\ninterval = \"{PERIOD_S}s\"\nhost_rows_per_hour = {per_hour}\n"),
     );
     let server = start_server(
         &dir.join("data"),
