@@ -42,6 +42,11 @@ pub struct Restored {
     pub requeued: usize,
 }
 
+/// The document of the next run id.
+fn next_run_record(next_run: u64, now_ms: i64) -> ControlRecord {
+    ControlRecord::new(META, NEXT_RUN, next_run.to_string(), now_ms)
+}
+
 /// A run's document; a tombstone once it is in the run history.
 fn run_record(r: &FleetRun, now_ms: i64) -> ControlRecord {
     let key = r.job.id.to_string();
@@ -83,12 +88,7 @@ impl Fleet {
                 out.push(run_record(r, now_ms));
             }
         }
-        out.push(ControlRecord::new(
-            META,
-            NEXT_RUN,
-            st.next_run.to_string(),
-            now_ms,
-        ));
+        out.push(next_run_record(st.next_run, now_ms));
         out
     }
 
@@ -102,12 +102,7 @@ impl Fleet {
             .map(|r| run_record(r, now_ms))
             .into_iter()
             .collect();
-        out.push(ControlRecord::new(
-            META,
-            NEXT_RUN,
-            st.next_run.to_string(),
-            now_ms,
-        ));
+        out.push(next_run_record(st.next_run, now_ms));
         out
     }
 

@@ -17,6 +17,9 @@ const PERIOD_S: u64 = 30;
 /// The rule's sampling frequency.
 const HZ: f64 = 199.0;
 
+/// The whole-host windows of the budget test, in seconds.
+const WINDOW_S: f64 = 3.0;
+
 /// Writes a config tree and returns its directory.
 fn config(dir: &Path, text: &str) -> String {
     let c = dir.join("config");
@@ -69,17 +72,31 @@ fn tuned(addr: &str, service: &str) -> Option<serde_json::Value> {
 
 /// Starts an agent for host `i` in its namespace, seeing only slice `h{i}` as its processes.
 fn agent(i: usize, lan: &Lan, slices: &Slices, url: &str, dir: &Path) -> Agent {
+    agent_with(i, lan, slices, url, dir, &[])
+}
+
+fn agent_with(
+    i: usize,
+    lan: &Lan,
+    slices: &Slices,
+    url: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> Agent {
     let token = dir.join("agent.token");
+    let scope = slices.scope(&format!("h{i}"));
+    let mut args = vec![
+        "--token-file",
+        token.to_str().expect("path"),
+        "--cgroup-scope",
+        &scope,
+    ];
+    args.extend_from_slice(extra);
     start_agent(
         &format!("h{i}"),
         url,
         &dir.join(format!("buf{i}")),
-        &[
-            "--token-file",
-            token.to_str().expect("path"),
-            "--cgroup-scope",
-            &slices.scope(&format!("h{i}")),
-        ],
+        &args,
         Some((&lan.spaces[i - 1], &format!("10.77.0.1{i}"))),
     )
 }
@@ -146,33 +163,34 @@ fn a_rules_target_holds_for_the_whole_fleet() {
     let p3 = settled["probability"].as_f64().expect("p");
     assert!(p3 < 0.95, "the target binds: p = {p3}");
 
-    // Measure four periods.
+    // Measure four periods: the raw samples stored against the target, and the weighted CPU
+    // time against the true one.
     let window = Duration::from_secs(4 * PERIOD_S);
-    let measure = |pids: &[u32]| -> (f64, f64, f64) {
+    let target = per_hour as f64 * window.as_secs_f64() / 3600.0;
+    let measure = |what: &str, pids: &[u32]| {
         let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
         let from = now_ms();
         std::thread::sleep(window);
         let to = now_ms();
-        let cpu1: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+        let cpu = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0;
         // Let the last runs' batches arrive (runs end, agents ship within a second or two).
         std::thread::sleep(Duration::from_secs(5));
         let (raw_ns, weighted_ns) = stored(&ch, db, "service = 'web'", from, to);
         // A CPU sample's value is its period, 1/199 s: raw samples, and weighted CPU seconds.
-        (raw_ns * HZ / 1e9, weighted_ns / 1e9, cpu1 - cpu0)
+        let (raw, estimated_cpu) = (raw_ns * HZ / 1e9, weighted_ns / 1e9);
+        eprintln!(
+            "{what}: stored {raw:.0} raw samples against a target of {target:.0}; weighted CPU {estimated_cpu:.1} s, true {cpu:.1} s"
+        );
+        assert!(
+            (raw / target - 1.0).abs() <= 0.15,
+            "{what}: the fleet stored {raw:.0} samples in {window:?}, target {target:.0} (± 15%)"
+        );
+        assert!(
+            (estimated_cpu / cpu - 1.0).abs() <= 0.10,
+            "{what}: weighted CPU {estimated_cpu:.2} s against a true {cpu:.2} s (± 10%)"
+        );
     };
-    let target = per_hour as f64 * window.as_secs_f64() / 3600.0;
-    let (raw, estimated_cpu, cpu) = measure(&pids);
-    eprintln!(
-        "3 hosts: stored {raw} raw samples against a target of {target:.0}; weighted CPU {estimated_cpu:.1} s, true {cpu:.1} s"
-    );
-    assert!(
-        (raw / target - 1.0).abs() <= 0.15,
-        "the fleet stored {raw} samples in {window:?}, target {target:.0} (± 15%)"
-    );
-    assert!(
-        (estimated_cpu / cpu - 1.0).abs() <= 0.10,
-        "weighted CPU {estimated_cpu:.2} s against a true {cpu:.2} s (± 10%)"
-    );
+    measure("3 hosts", &pids);
 
     // A fourth host joins: its registration adds it to the service's hosts and the tuner
     // rescales at once; one period later the fleet is back at its target.
@@ -187,22 +205,12 @@ fn a_rules_target_holds_for_the_whole_fleet() {
     eprintln!("tuned with 4 hosts: {four}");
     assert!(p4 < p3, "a fourth host lowers p: {p3} -> {p4}");
     sleep_until(joined, PERIOD_S);
-    let (raw, estimated_cpu, cpu) = measure(&pids);
-    eprintln!(
-        "4 hosts: stored {raw} raw samples against a target of {target:.0}; weighted CPU {estimated_cpu:.1} s, true {cpu:.1} s"
-    );
-    assert!(
-        (raw / target - 1.0).abs() <= 0.15,
-        "with a fourth host the fleet stored {raw} samples in {window:?}, target {target:.0} (± 15%)"
-    );
-    assert!(
-        (estimated_cpu / cpu - 1.0).abs() <= 0.10,
-        "with a fourth host, weighted CPU {estimated_cpu:.2} s against a true {cpu:.2} s (± 10%)"
-    );
+    measure("4 hosts", &pids);
 }
 
 /// With no rules, whole-host profiling runs under the fleet's budget of rows: two hosts and
-/// then four store about the budget per window, not twice as much.
+/// then four store no more than the budget per window (+15%), not twice as much, and use most of
+/// it.
 #[test]
 fn whole_host_profiling_stays_within_the_fleet_budget() {
     require_root();
@@ -212,9 +220,16 @@ fn whole_host_profiling_stays_within_the_fleet_budget() {
     let ch = ClickHouseServer::start("budget").unwrap_or_else(|e| panic!("{e}"));
     let db = "budget";
     let lan = Lan::new(&tag, 4);
-    let slices = Slices::new(&format!("budget-{tag}"));
-    // Each agent profiles this whole machine in 1 s windows; the budget is set below what two
-    // of them write at p = 1, so it binds from the start.
+    let mut slices = Slices::new(&format!("budget-{tag}"));
+    // Two processes keep the machine busy (80% of a CPU in all), and each agent profiles this
+    // whole machine at 99 Hz in windows of 3 s (attaching the profiler again after a window that
+    // was not drawn takes a good part of a second on this loaded 2-core machine: in 1 s windows
+    // that would eat the windows); the budget is set below what two of them write at p = 1, so
+    // it binds from the start.
+    for _ in 0..2 {
+        slices.spawn("load", &mut duty(900, 40));
+    }
+    let whole = ["--frequency", "99", "--window", "3s"];
     // The overhead guard is set high so that it never lowers the frequency (that would change
     // what a window holds under the tuner; the guard has tests of its own).
     let guard = "[host]\noverhead_budget_percent = 50.0\n";
@@ -233,20 +248,21 @@ fn whole_host_profiling_stays_within_the_fleet_budget() {
     );
     // First learn what one host writes per window, unbudgeted.
     let url = format!("http://{}", probe_server.addr);
-    let a = agent(1, &lan, &slices, &url, &dir);
-    std::thread::sleep(Duration::from_secs(8));
+    let a = agent_with(1, &lan, &slices, &url, &dir, &whole);
+    // Past its start (it uploads debug info, which the windows would see as load).
+    std::thread::sleep(Duration::from_secs(20));
     let from = now_ms();
     std::thread::sleep(Duration::from_secs(20));
-    let per_window = host_rows(&ch, "probe", from, now_ms()) as f64 / 20.0;
+    let per_window = host_rows(&ch, "probe", from, now_ms()) as f64 / 20.0 * WINDOW_S;
     drop(a);
     drop(probe_server);
     assert!(
         per_window > 5.0,
         "one host writes {per_window} rows a window"
     );
-    // The budget: what 1.5 hosts would write.
-    let budget_per_s = (per_window * 1.5).round();
-    let per_hour = (budget_per_s * 3600.0) as u64;
+    // The budget: what 1.2 hosts would write.
+    let budget_per_window = (per_window * 1.2).round();
+    let per_hour = (budget_per_window * 3600.0 / WINDOW_S) as u64;
     let cfg = config(
         &dir,
         &format!("{guard}\n[tuner]\ninterval = \"{PERIOD_S}s\"\nhost_rows_per_hour = {per_hour}\n"),
@@ -265,38 +281,51 @@ fn whole_host_profiling_stays_within_the_fleet_budget() {
     );
     let url = format!("http://{}", server.addr);
     let mut agents: Vec<Agent> = (1..=2)
-        .map(|i| agent(i, &lan, &slices, &url, &dir))
+        .map(|i| agent_with(i, &lan, &slices, &url, &dir, &whole))
         .collect();
     let measure = |what: &str| {
         let from = now_ms();
         std::thread::sleep(Duration::from_secs(2 * PERIOD_S));
         let to = now_ms();
         std::thread::sleep(Duration::from_secs(3));
-        let rows = host_rows(&ch, db, from, to) as f64 / (2 * PERIOD_S) as f64;
-        eprintln!("{what}: {rows:.1} rows a 1 s window against a budget of {budget_per_s}");
+        let rows = host_rows(&ch, db, from, to) as f64 / (2 * PERIOD_S) as f64 * WINDOW_S;
+        let windows = ch
+            .count(&format!(
+                "SELECT uniqExact(host, ts_ms) FROM {db}.samples_local WHERE profiler = 'cpu' \
+                 AND service = '' AND ts_ms >= {from} AND ts_ms < {to}"
+            ))
+            .unwrap_or(0);
+        eprintln!(
+            "{what}: {rows:.1} rows a {WINDOW_S} s window against a budget of {budget_per_window}; {windows} windows stored; tuner {:?}",
+            tuned(&server.addr, "host")
+        );
         rows
     };
     eventually(120, "the host chain tuned with 2 hosts", || {
         let r = tuned(&server.addr, "host")?;
-        (r["retunes"].as_u64()? >= 2 && r["hosts"].as_u64()? == 2).then_some(())
+        (r["retunes"].as_u64()? >= 3 && r["hosts"].as_u64()? == 2).then_some(())
     });
     let two = measure("2 hosts");
-    agents.extend((3..=4).map(|i| agent(i, &lan, &slices, &url, &dir)));
-    let joined = Instant::now();
-    eventually(60, "the host chain tuned with 4 hosts", || {
+    agents.extend((3..=4).map(|i| agent_with(i, &lan, &slices, &url, &dir, &whole)));
+    // Four agents load the machine more than two, so each window holds more rows: give the
+    // tuner two periods to learn the new yield.
+    let before = eventually(60, "the host chain tuned with 4 hosts", || {
         let r = tuned(&server.addr, "host")?;
-        (r["hosts"].as_u64()? == 4).then_some(())
+        (r["hosts"].as_u64()? == 4).then_some(r["retunes"].as_u64()?)
     });
-    sleep_until(joined, PERIOD_S);
+    eventually(3 * PERIOD_S, "two re-tunes with 4 hosts", || {
+        let r = tuned(&server.addr, "host")?;
+        (r["retunes"].as_u64()? >= before + 2).then_some(())
+    });
     let four = measure("4 hosts");
     for (n, rows) in [(2, two), (4, four)] {
         assert!(
-            rows <= budget_per_s * 1.15,
-            "{n} hosts stored {rows:.1} rows a window, over the budget of {budget_per_s} (+15%)"
+            rows <= budget_per_window * 1.15,
+            "{n} hosts stored {rows:.1} rows a window, over the budget of {budget_per_window} (+15%)"
         );
         assert!(
-            rows >= budget_per_s * 0.85,
-            "{n} hosts stored {rows:.1} rows a window: the budget of {budget_per_s} is not used"
+            rows >= budget_per_window * 0.6,
+            "{n} hosts stored {rows:.1} rows a window: the budget of {budget_per_window} is not used"
         );
     }
 }

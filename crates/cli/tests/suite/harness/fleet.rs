@@ -142,9 +142,11 @@ pub fn start_agent(
         server.into(),
         "--buffer-dir".into(),
         buffer.display().to_string(),
-        "--window".into(),
-        "1s".into(),
     ];
+    // Whole-host windows of 1 s, unless the test gives its own.
+    if !extra.contains(&"--window") {
+        args.extend(["--window".into(), "1s".into()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut cmd = match netns {
         Some((ns, ip)) => {
