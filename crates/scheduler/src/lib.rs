@@ -293,6 +293,16 @@ impl Scheduler {
         }
     }
 
+    /// Sets the weight a run's samples were stored with (a continuous run's weight, corrected
+    /// for the time its profiler really ran).
+    pub fn set_weight(&mut self, id: u64, weight: f64) {
+        if let Some(r) = self.runs.get_mut(&id) {
+            if weight.is_finite() && weight > 0.0 {
+                r.request.weight = weight;
+            }
+        }
+    }
+
     /// Run ids go on after `last` (the largest in a run history this scheduler's runs join).
     pub fn continue_ids_after(&mut self, last: u64) {
         self.next_id = self.next_id.max(last + 1);

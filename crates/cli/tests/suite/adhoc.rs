@@ -551,7 +551,10 @@ max_per_hour = 1
         .flat_map(|x| x["buckets"].as_array().cloned().unwrap_or_default())
         .filter(|b| b["le"] == 8191)
         .filter_map(|b| b["count"].as_f64())
-        .sum();
+        .sum::<f64>()
+        // Counts are weighted by the run's weight (a run covers a tenth of its slot): the run's
+        // own count is the sum over its weight.
+        / cont["weight"].as_f64().expect("weight");
     // 100 reads per 100 ms round, over at most the time the run held (3 s, or more where a
     // pass of the collector loop ran long: `baton up` logs such a pass), less bpftrace's attach.
     let held = cont["ended_at_ms"].as_f64().expect("ended")

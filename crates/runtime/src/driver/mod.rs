@@ -177,6 +177,8 @@ struct Driver {
     /// next stored, and the samples it stored so far.
     flush_due: HashMap<u64, Instant>,
     flushed: HashMap<u64, u64>,
+    /// When each targeted run's profiler was attached (its collector started).
+    profiling_since: HashMap<u64, Instant>,
     /// The config version the scheduler was last given.
     config_version: Option<String>,
     scheduler: Arc<Mutex<Scheduler>>,
@@ -232,6 +234,7 @@ impl Driver {
             targeted: BTreeMap::new(),
             flush_due: HashMap::new(),
             flushed: HashMap::new(),
+            profiling_since: HashMap::new(),
             config_version: None,
             scheduler,
             sink,

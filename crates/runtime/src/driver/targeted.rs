@@ -99,6 +99,7 @@ impl Driver {
                     eprintln!("baton up: run {id} started ({profiler} on {target})");
                 }
                 self.targeted.insert(id, c);
+                self.profiling_since.insert(id, Instant::now());
             }
             Err(e) => {
                 eprintln!("baton up: run {id} could not start: {e}");
@@ -143,6 +144,7 @@ impl Driver {
             Err(e) => (0, Some(e.to_string())),
         };
         drop(c);
+        self.profiling_since.remove(&id);
         let mut s = sync::lock(&self.scheduler);
         if finish {
             match &failure {
@@ -175,13 +177,33 @@ impl Driver {
     /// Drains a targeted run's collector and stores the window under its run id. Samples get
     /// the run's weight and, for a service's run, the `service` label. Returns the raw count.
     fn store_run_window(&mut self, id: u64, c: &mut Collector) -> Result<u64, AgentError> {
-        let (mode, weight) = {
+        let (mode, mut weight, duration_ms) = {
             let s = sync::lock(&self.scheduler);
             match s.run(id) {
-                Some(r) => (r.request.mode.clone(), r.request.weight),
-                None => (Mode::OnDemand, 1.0),
+                // A run preempted (or resumed) profiled in parts: its nominal weight stands.
+                Some(r) if r.preemptions > 0 => (r.request.mode.clone(), r.request.weight, 0),
+                Some(r) => (
+                    r.request.mode.clone(),
+                    r.request.weight,
+                    r.request.duration_ms,
+                ),
+                None => (Mode::OnDemand, 1.0, 0),
             }
         };
+        // A continuous rule's run stands for its share of the slot: the time it really
+        // profiled, which is its duration less the time its profiler took to attach (a good
+        // part of a second on a loaded host). Its weight counts that time, so weighted sums stay
+        // estimates of the whole (ad-hoc scripts, which attach in the background and flush
+        // while they run, and runs preempted on the way keep their nominal weight).
+        if let (Mode::Continuous { .. }, Some(since), None) =
+            (&mode, self.profiling_since.get(&id), c.flush_interval())
+        {
+            let profiled = since.elapsed().as_millis() as f64;
+            if duration_ms > 0 && profiled > 0.0 {
+                weight *= (duration_ms as f64 / profiled).clamp(1.0, 20.0);
+                sync::lock(&self.scheduler).set_weight(id, weight);
+            }
+        }
         let service = match &mode {
             Mode::Continuous { service, .. } | Mode::Triggered { service, .. } => {
                 Some(service.clone())
