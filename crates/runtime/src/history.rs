@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use baton_model::sync;
 use baton_model::time::now_ms;
-use baton_scheduler::fleet_tuner::HOST_CHAIN_SERVICE;
-use baton_scheduler::{Mode, Scheduler};
+use baton_scheduler::Scheduler;
 use baton_server::runs::RunView;
 use baton_store::{RunRecord, Store, StoreError};
 
+use crate::driver::is_host_chain;
 use crate::stop::{sleep_unless_stopped, stop_requested};
 use crate::Error;
 
@@ -64,15 +64,12 @@ fn record(
         let s = sync::lock(scheduler);
         s.runs()
             .filter(|r| r.state.is_terminal() && !recorded.contains(&r.id))
-            .filter(|r| !matches!(&r.request.mode, Mode::Continuous { service, .. } if service == HOST_CHAIN_SERVICE))
+            .filter(|r| !is_host_chain(&r.request.mode))
             .map(|r| RunRecord {
                 id: r.id,
                 host: host.to_string(),
                 profiler: r.request.profiler.clone(),
-                state: serde_json::to_value(r.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                state: r.state.name().into(),
                 recorded_ms: now,
                 json: serde_json::to_string(&RunView::of(r)).unwrap_or_default(),
             })

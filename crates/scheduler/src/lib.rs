@@ -184,6 +184,19 @@ pub enum RunState {
 }
 
 impl RunState {
+    /// The state as the API and the agents' reports spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Suspended => "suspended",
+            RunState::Processing => "processing",
+            RunState::Done => "done",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,

@@ -154,13 +154,9 @@ impl Control {
                 continue;
             }
             if let Some(r) = s.run(local) {
-                let state = serde_json::to_value(r.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_else(|| "running".into());
                 out.push(RunReport {
                     id: server,
-                    state,
+                    state: r.state.name().into(),
                     reason: r.reason.clone(),
                     samples: r.samples,
                     started_at_ms: r.started_at,

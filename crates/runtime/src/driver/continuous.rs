@@ -58,7 +58,7 @@ pub fn window_for(flag: Option<Duration>, live: Option<&RwLock<LiveConfig>>) -> 
 }
 
 /// Whether a run is a window of the whole-host chain.
-pub(super) fn is_host_chain(mode: &Mode) -> bool {
+pub fn is_host_chain(mode: &Mode) -> bool {
     matches!(mode, Mode::Continuous { service, .. } if service == HOST_CHAIN)
 }
 

@@ -39,14 +39,14 @@ use crate::stop::stop_requested;
 use crate::triggers::{scrape_loop, TriggerWatch};
 use crate::Error;
 
-pub use continuous::{load_tuner, window_for, TUNER_FILE};
+pub use continuous::{is_host_chain, load_tuner, window_for, TUNER_FILE};
 use guard::OverheadGuard;
 
 /// The scheduler's name for this host in `baton up` (and for the agent's own scheduler).
 pub const LOCAL_HOST: &str = "local";
 
 /// The pseudo-service of the whole-host continuous chain.
-const HOST_CHAIN: &str = "host";
+const HOST_CHAIN: &str = baton_scheduler::fleet_tuner::HOST_CHAIN_SERVICE;
 
 /// The frequency continuous profiling wants now (flag, config or default).
 pub type DesiredFrequency = Arc<dyn Fn() -> u64 + Send + Sync>;

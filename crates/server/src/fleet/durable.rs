@@ -117,10 +117,7 @@ impl Fleet {
     ) -> Restored {
         let mut out = Restored::default();
         let mut st = self.lock();
-        st.hosts.clear();
-        st.runs.clear();
-        st.dirty_hosts.clear();
-        st.dirty_runs.clear();
+        st.forget();
         for h in hosts.iter().filter(|r| !r.deleted) {
             match serde_json::from_str::<HostRecord>(&h.json) {
                 Ok(mut rec) => {
@@ -160,10 +157,6 @@ impl Fleet {
 
     /// Forgets every host and run (this server no longer holds the control plane).
     pub fn clear(&self) {
-        let mut st = self.lock();
-        st.hosts.clear();
-        st.runs.clear();
-        st.dirty_hosts.clear();
-        st.dirty_runs.clear();
+        self.lock().forget();
     }
 }

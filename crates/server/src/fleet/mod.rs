@@ -131,6 +131,14 @@ impl FleetState {
     pub(crate) fn touch_host(&mut self, host: &str) {
         self.dirty_hosts.insert(host.to_string());
     }
+
+    /// Forgets every host and run, and what was to be written of them.
+    fn forget(&mut self) {
+        self.hosts.clear();
+        self.runs.clear();
+        self.dirty_hosts.clear();
+        self.dirty_runs.clear();
+    }
 }
 
 /// The fleet: shared state plus the wake-up for long polls.

@@ -101,6 +101,22 @@ fn agent_with(
     )
 }
 
+/// A server on the LAN's bridge, with tokens, storing into `store`, with the config tree `cfg`.
+fn server_on(data: &Path, tokens: &Path, store: &str, cfg: &str) -> Server {
+    start_server(
+        data,
+        &format!("10.77.0.1:{}", free_port()),
+        &[
+            "--auth",
+            tokens.to_str().expect("path"),
+            "--store",
+            store,
+            "--config",
+            cfg,
+        ],
+    )
+}
+
 /// Waits until `secs` past `since`.
 fn sleep_until(since: Instant, secs: u64) {
     let left = Duration::from_secs(secs).saturating_sub(since.elapsed());
@@ -135,18 +151,7 @@ fn a_rules_target_holds_for_the_whole_fleet() {
              target_samples_per_hour = {per_hour} }}]\n"
         ),
     );
-    let server = start_server(
-        &dir.join("data"),
-        &format!("10.77.0.1:{}", free_port()),
-        &[
-            "--auth",
-            tokens.to_str().expect("path"),
-            "--store",
-            &ch.url(db),
-            "--config",
-            &cfg,
-        ],
-    );
+    let server = server_on(&dir.join("data"), &tokens, &ch.url(db), &cfg);
     let url = format!("http://{}", server.addr);
     let mut pids: Vec<u32> = (1..=3)
         .map(|i| slices.spawn(&format!("h{i}"), &mut duty(900, 30)))
@@ -234,18 +239,7 @@ fn whole_host_profiling_stays_within_the_fleet_budget() {
     // what a window holds under the tuner; the guard has tests of its own).
     let guard = "[host]\noverhead_budget_percent = 50.0\n";
     let probe_cfg = config(&dir.join("probe-config"), guard);
-    let probe_server = start_server(
-        &dir.join("probe"),
-        &format!("10.77.0.1:{}", free_port()),
-        &[
-            "--auth",
-            tokens.to_str().expect("path"),
-            "--store",
-            &ch.url("probe"),
-            "--config",
-            &probe_cfg,
-        ],
-    );
+    let probe_server = server_on(&dir.join("probe"), &tokens, &ch.url("probe"), &probe_cfg);
     // First learn what one host writes per window, unbudgeted.
     let url = format!("http://{}", probe_server.addr);
     let a = agent_with(1, &lan, &slices, &url, &dir, &whole);
@@ -267,18 +261,7 @@ fn whole_host_profiling_stays_within_the_fleet_budget() {
         &dir,
         &format!("{guard}\n[tuner]\ninterval = \"{PERIOD_S}s\"\nhost_rows_per_hour = {per_hour}\n"),
     );
-    let server = start_server(
-        &dir.join("data"),
-        &format!("10.77.0.1:{}", free_port()),
-        &[
-            "--auth",
-            tokens.to_str().expect("path"),
-            "--store",
-            &ch.url(db),
-            "--config",
-            &cfg,
-        ],
-    );
+    let server = server_on(&dir.join("data"), &tokens, &ch.url(db), &cfg);
     let url = format!("http://{}", server.addr);
     let mut agents: Vec<Agent> = (1..=2)
         .map(|i| agent_with(i, &lan, &slices, &url, &dir, &whole))
