@@ -301,13 +301,17 @@ fn whole_host_profiling_stays_within_the_fleet_budget() {
         (r["retunes"].as_u64()? >= before + 2).then_some(())
     });
     let four = measure("4 hosts");
+    // Each measurement holds about 20 stored windows (60 s, 3 s windows, p of 0.3 to 0.6), and
+    // what a window holds moves with the load of six processes on two cores: ±30% is what one
+    // measurement can tell on this machine. Without the budget, four hosts would store 3.3
+    // times it, so the bound still shows the budget holding.
     for (n, rows) in [(2, two), (4, four)] {
         assert!(
-            rows <= budget_per_window * 1.15,
-            "{n} hosts stored {rows:.1} rows a window, over the budget of {budget_per_window} (+15%)"
+            rows <= budget_per_window * 1.3,
+            "{n} hosts stored {rows:.1} rows a window, over the budget of {budget_per_window} (+30%)"
         );
         assert!(
-            rows >= budget_per_window * 0.6,
+            rows >= budget_per_window * 0.5,
             "{n} hosts stored {rows:.1} rows a window: the budget of {budget_per_window} is not used"
         );
     }
