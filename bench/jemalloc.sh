@@ -54,7 +54,7 @@ usdt:$SHIM:baton:free {
 uprobe:$tmp/loop:checkpoint { @stop = 1; }
 EOF
 attach() { # starts bpftrace on the probes, output to $1; waits until attached
-  bpftrace "$tmp/count.bt" > "$1" 2>&1 &
+  BPFTRACE_MAP_KEYS_MAX=262144 bpftrace "$tmp/count.bt" > "$1" 2>&1 &
   bp=$!
   for _ in $(seq 100); do grep -q '^Attaching' "$1" 2>/dev/null && break; sleep 0.2; done
   sleep 1

@@ -7,6 +7,7 @@ mod config;
 mod continuous;
 mod fleet;
 mod harness;
+mod jemalloc;
 mod plan;
 mod profilers;
 mod record;
