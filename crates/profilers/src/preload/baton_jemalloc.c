@@ -37,6 +37,8 @@
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define TLS __thread __attribute__((tls_model("initial-exec")))
+// Hidden, and kept under their own names: the x86-64 entry points below (assembly) use them.
+#define SHARED __attribute__((visibility("hidden"), used))
 
 // The USDT semaphores: the kernel counts attached probes here. Hidden, so that each library's
 // probes read their own even where another object defines the same names.
@@ -55,7 +57,7 @@ EXPORT volatile uint64_t baton_jemalloc_dropped;
 EXPORT volatile int baton_jemalloc_active;
 
 // Set by the backtrace hook when jemalloc samples an allocation on this thread.
-static TLS unsigned char sampled;
+SHARED TLS unsigned char sampled;
 
 static inline int listening(void)
 {
@@ -95,7 +97,7 @@ typedef void (*del_sz_fn)(void *, size_t);
 typedef void (*del_sz_al_fn)(void *, size_t, size_t);
 
 // Each entry point's next definition (RTLD_NEXT): null until resolved, which READY tests.
-#define NEXT(name, type) static type next_##name;
+#define NEXT(name, type) SHARED type next_##name;
 #define ALL_NEXT(X)                                                                              \
     X(free, free_fn) /* first: no block from `malloc` is then freed before `free` is known */    \
     X(malloc, malloc_fn)                                                                         \
@@ -144,7 +146,8 @@ static inline int page_aligned(const void *p) { return ((uintptr_t)p & (PAGE - 1
 // mixed-size workload mispredicts (many small blocks are page-aligned), the mark's almost never
 // is. In .bss: pages of it never marked are never written, and read as the zero page.
 #define MARK_BITS 22
-static unsigned char marks[1UL << MARK_BITS];
+SHARED unsigned char marks[1UL << MARK_BITS];
+_Static_assert(MARK_BITS == 22, "free's assembly (x86-64) masks 22 bits");
 
 static inline unsigned char *mark_of(const void *p)
 {
@@ -285,18 +288,20 @@ static uint64_t sample_mean(void)
 // The slow path after an allocation jemalloc sampled. Called, never tail-called, by the
 // exported entry points, so a frame-pointer walk from the probe, past its first frame, starts at
 // that entry point.
-__attribute__((noinline)) static void reported_alloc(void *p)
+// Returns `p`, so that its caller keeps nothing across the call.
+SHARED __attribute__((noinline)) void *reported_alloc(void *p)
 {
     sampled = 0;
     if (!p || !tracking || !listening())
-        return;
+        return p;
     if (!page_aligned(p) || !set_insert((uintptr_t)p)) {
         __atomic_fetch_add(&baton_jemalloc_dropped, 1, __ATOMIC_RELAXED);
-        return;
+        return p;
     }
     size_t size = next_malloc_usable_size(p);
     uint64_t mean = sample_mean();
     DTRACE_PROBE3(baton, alloc, p, size, mean);
+    return p;
 }
 
 // Keeps `p` live in a register past the call, so the call before it is not a tail call.
@@ -307,7 +312,7 @@ __attribute__((noinline)) static void reported_alloc(void *p)
 #define AFTER_ALLOC(p)                                                                           \
     do {                                                                                         \
         if (UNLIKELY(sampled)) {                                                                 \
-            reported_alloc(p);                                                                   \
+            p = reported_alloc(p);                                                               \
             NO_TAIL(p);                                                                          \
         }                                                                                        \
     } while (0)
@@ -418,31 +423,81 @@ __attribute__((noinline)) static int ready_slow(void **slot, const char *name)
 
 // ---- The entry points -----------------------------------------------------------------------
 
-EXPORT void *malloc(size_t n)
-{
-    malloc_fn f = next_malloc;
-    if (UNLIKELY(!f)) {
-        if (!ready_slow((void **)&next_malloc, "malloc"))
-            return boot_alloc(n, 0);
-        f = next_malloc;
+// Each allocation entry point: the fast path forwards, then reads the flag; the first calls,
+// before the next definition is known, go through its unready half (which may serve from
+// `boot`; jemalloc reports nothing then, since the hook is installed last).
+#define ALLOC_SLOW(name, params, args, unready)                                                  \
+    SHARED __attribute__((noinline)) void *unready_##name params                                 \
+    {                                                                                            \
+        if (!READY(name))                                                                        \
+            return unready;                                                                      \
+        void *p = next_##name args;                                                              \
+        sampled = 0;                                                                             \
+        return p;                                                                                \
     }
-    void *p = f(n);
-    AFTER_ALLOC(p);
-    return p;
+#define ALLOC_ENTRY(name, params, args, unready)                                                 \
+    ALLOC_SLOW(name, params, args, unready)                                                      \
+    EXPORT void *name params                                                                     \
+    {                                                                                            \
+        if (UNLIKELY(!next_##name))                                                              \
+            FORWARD unready_##name args;                                                         \
+        void *p = next_##name args;                                                              \
+        AFTER_ALLOC(p);                                                                          \
+        return p;                                                                                \
+    }
+
+static void *boot_calloc(size_t count, size_t size)
+{
+    size_t n;
+    if (__builtin_mul_overflow(count, size, &n))
+        return 0;
+    return boot_alloc(n, 0); // static memory, never handed out twice: already zero
 }
 
-EXPORT void *calloc(size_t count, size_t size)
-{
-    if (UNLIKELY(!READY(calloc))) {
-        size_t n;
-        if (__builtin_mul_overflow(count, size, &n))
-            return 0;
-        return boot_alloc(n, 0); // static memory, never handed out twice: already zero
-    }
-    void *p = next_calloc(count, size);
-    AFTER_ALLOC(p);
-    return p;
-}
+#if defined(__x86_64__)
+// malloc, the hottest entry, in assembly: the compiler keeps a frame and a saved register
+// around the call, where only the sampled path needs a frame (the one the probe's stack walk
+// reads); it is made there, before calling reported_alloc.
+ALLOC_SLOW(malloc, (size_t n), (n), boot_alloc(n, 0))
+__asm__(".text\n"
+        ".globl malloc\n"
+        ".type malloc, @function\n"
+        ".p2align 4\n"
+        "malloc:\n"
+        "  .cfi_startproc\n"
+        "  mov next_malloc(%rip), %rax\n"
+        "  test %rax, %rax\n"
+        "  jz unready_malloc\n"
+        "  sub $8, %rsp\n"
+        "  .cfi_adjust_cfa_offset 8\n"
+        "  call *%rax\n"
+        "  add $8, %rsp\n"
+        "  .cfi_adjust_cfa_offset -8\n"
+        "  mov sampled@gottpoff(%rip), %rcx\n"
+        "  cmpb $0, %fs:(%rcx)\n"
+        "  jne 1f\n"
+        "  ret\n"
+        "1:\n"
+        "  push %rbp\n"
+        "  .cfi_adjust_cfa_offset 8\n"
+        "  .cfi_offset %rbp, -16\n"
+        "  mov %rsp, %rbp\n"
+        "  .cfi_def_cfa_register %rbp\n"
+        "  mov %rax, %rdi\n"
+        "  call reported_alloc\n"
+        "  pop %rbp\n"
+        "  .cfi_def_cfa %rsp, 8\n"
+        "  ret\n"
+        "  .cfi_endproc\n"
+        ".size malloc, .-malloc\n");
+#else
+ALLOC_ENTRY(malloc, (size_t n), (n), boot_alloc(n, 0))
+#endif
+ALLOC_ENTRY(calloc, (size_t count, size_t size), (count, size), boot_calloc(count, size))
+ALLOC_ENTRY(aligned_alloc, (size_t align, size_t n), (align, n), boot_alloc(n, align))
+ALLOC_ENTRY(memalign, (size_t align, size_t n), (align, n), boot_alloc(n, align))
+ALLOC_ENTRY(valloc, (size_t n), (n), boot_alloc(n, PAGE))
+
 
 // The slow path of a free of a marked pointer (a `boot` block, or maybe a sample): says whether
 // to forward it. A sample is reported before it is given back, so the report comes before any
@@ -459,21 +514,47 @@ __attribute__((noinline)) static int marked_free(void *p)
 // Each free-like entry point is a leaf in its fast path, ending in a jump to the next
 // definition; anything else (a marked pointer, an unresolved definition) is handled by its slow
 // half, also jumped to.
-#define FREE_ENTRY(name, params, args)                                                           \
-    __attribute__((noinline)) static void slow_##name params                                     \
+#define FREE_SLOW(name, params, args)                                                            \
+    SHARED __attribute__((noinline)) void slow_##name params                                     \
     {                                                                                            \
         if (marked(p) && !marked_free(p))                                                        \
             return;                                                                              \
         if (READY(name))                                                                         \
             next_##name args;                                                                    \
-    }                                                                                            \
+    }
+#define FREE_ENTRY(name, params, args)                                                           \
+    FREE_SLOW(name, params, args)                                                                \
     EXPORT void name params                                                                      \
     {                                                                                            \
         if (UNLIKELY(marked(p)) || UNLIKELY(!next_##name))                                       \
             FORWARD slow_##name args;                                                            \
         FORWARD next_##name args;                                                                \
     }
+
+#if defined(__x86_64__)
+// free in assembly: a leaf that jumps on, without the frame the compiler would make.
+FREE_SLOW(free, (void *p), (p))
+__asm__(".text\n"
+        ".globl free\n"
+        ".type free, @function\n"
+        ".p2align 4\n"
+        "free:\n"
+        "  .cfi_startproc\n"
+        "  mov %rdi, %rax\n"
+        "  shr $12, %rax\n"
+        "  and $0x3fffff, %eax\n" // MARK_BITS
+        "  lea marks(%rip), %rcx\n"
+        "  cmpb $0, (%rcx,%rax)\n"
+        "  jne slow_free\n"
+        "  mov next_free(%rip), %rax\n"
+        "  test %rax, %rax\n"
+        "  jz slow_free\n"
+        "  jmp *%rax\n"
+        "  .cfi_endproc\n"
+        ".size free, .-free\n");
+#else
 FREE_ENTRY(free, (void *p), (p))
+#endif
 
 // A reported pointer handed to realloc is reported freed first (realloc frees it, or ends its
 // sample even in place); if realloc fails it is still allocated, and reported again.
@@ -520,26 +601,7 @@ EXPORT int posix_memalign(void **out, size_t align, size_t n)
     return r;
 }
 
-#define ALIGNED_ENTRY(name)                                                                      \
-    EXPORT void *name(size_t align, size_t n)                                                    \
-    {                                                                                            \
-        if (UNLIKELY(!READY(name)))                                                              \
-            return boot_alloc(n, align);                                                         \
-        void *p = next_##name(align, n);                                                         \
-        AFTER_ALLOC(p);                                                                          \
-        return p;                                                                                \
-    }
-ALIGNED_ENTRY(aligned_alloc)
-ALIGNED_ENTRY(memalign)
 
-EXPORT void *valloc(size_t n)
-{
-    if (UNLIKELY(!READY(valloc)))
-        return boot_alloc(n, PAGE);
-    void *p = next_valloc(n);
-    AFTER_ALLOC(p);
-    return p;
-}
 
 EXPORT size_t malloc_usable_size(void *p)
 {
@@ -552,14 +614,7 @@ EXPORT size_t malloc_usable_size(void *p)
 
 // ---- jemalloc's own API ---------------------------------------------------------------------
 
-EXPORT void *mallocx(size_t n, int flags)
-{
-    if (UNLIKELY(!READY(mallocx)))
-        return 0;
-    void *p = next_mallocx(n, flags);
-    AFTER_ALLOC(p);
-    return p;
-}
+ALLOC_ENTRY(mallocx, (size_t n, int flags), (n, flags), 0)
 
 EXPORT void *rallocx(void *old, size_t n, int flags)
 {
@@ -609,23 +664,14 @@ FREE_ENTRY(sdallocx, (void *p, size_t n, int flags), (p, n, flags))
 
 // ---- C++ operators (jemalloc defines them; so may the C++ runtime) --------------------------
 
-#define NEW_ENTRY(name, params, args)                                                            \
-    EXPORT void *name params                                                                     \
-    {                                                                                            \
-        if (UNLIKELY(!READY(name)))                                                              \
-            abort();                                                                             \
-        void *p = next_##name args;                                                              \
-        AFTER_ALLOC(p);                                                                          \
-        return p;                                                                                \
-    }
-NEW_ENTRY(_Znwm, (size_t n), (n))
-NEW_ENTRY(_Znam, (size_t n), (n))
-NEW_ENTRY(_ZnwmRKSt9nothrow_t, (size_t n, const void *nt), (n, nt))
-NEW_ENTRY(_ZnamRKSt9nothrow_t, (size_t n, const void *nt), (n, nt))
-NEW_ENTRY(_ZnwmSt11align_val_t, (size_t n, size_t al), (n, al))
-NEW_ENTRY(_ZnamSt11align_val_t, (size_t n, size_t al), (n, al))
-NEW_ENTRY(_ZnwmSt11align_val_tRKSt9nothrow_t, (size_t n, size_t al, const void *nt), (n, al, nt))
-NEW_ENTRY(_ZnamSt11align_val_tRKSt9nothrow_t, (size_t n, size_t al, const void *nt), (n, al, nt))
+ALLOC_ENTRY(_Znwm, (size_t n), (n), (abort(), (void *)0))
+ALLOC_ENTRY(_Znam, (size_t n), (n), (abort(), (void *)0))
+ALLOC_ENTRY(_ZnwmRKSt9nothrow_t, (size_t n, const void *nt), (n, nt), (abort(), (void *)0))
+ALLOC_ENTRY(_ZnamRKSt9nothrow_t, (size_t n, const void *nt), (n, nt), (abort(), (void *)0))
+ALLOC_ENTRY(_ZnwmSt11align_val_t, (size_t n, size_t al), (n, al), (abort(), (void *)0))
+ALLOC_ENTRY(_ZnamSt11align_val_t, (size_t n, size_t al), (n, al), (abort(), (void *)0))
+ALLOC_ENTRY(_ZnwmSt11align_val_tRKSt9nothrow_t, (size_t n, size_t al, const void *nt), (n, al, nt), (abort(), (void *)0))
+ALLOC_ENTRY(_ZnamSt11align_val_tRKSt9nothrow_t, (size_t n, size_t al, const void *nt), (n, al, nt), (abort(), (void *)0))
 
 #define DELETE_ENTRY FREE_ENTRY
 DELETE_ENTRY(_ZdlPv, (void *p), (p))
