@@ -113,7 +113,8 @@ run shim 3000000 512 count > "$tmp/acc.truth"
 sleep 0.5
 detach
 cat "$tmp/acc.truth" | grep -v ops_per_sec
-python3 - "$tmp/acc.out" "$tmp/acc.truth" "$m_shim" "$bare" <<'EOF'
+status=0
+python3 - "$tmp/acc.out" "$tmp/acc.truth" "$m_shim" "$bare" <<'EOF' || status=1
 import math, re, sys
 out, truth, shim, bare = open(sys.argv[1]).read(), open(sys.argv[2]).read(), float(sys.argv[3]), float(sys.argv[4])
 maps = {"alloc": {}, "freed": {}}
@@ -141,3 +142,69 @@ if abs(count.get("na", 0) - count.get("nf", 0)) > 2: bad.append("allocs and free
 print("FAIL: " + "; ".join(bad) if bad else "OK")
 sys.exit(1 if bad else 0)
 EOF
+
+# A real allocator-heavy program linked against libjemalloc.so.2: Debian's clickhouse-server
+# (C++, so operator new and delete come through the reporter too), one query that allocates a
+# lot, best of 5, in each mode; and the sampled call sites with bpftrace attached.
+CH=$(command -v clickhouse-server || true)
+if [ -z "$CH" ] || ! ldd "$CH" | grep libjemalloc >/dev/null; then
+  echo "== clickhouse-server: not installed or not linked against libjemalloc.so.2, skipped =="
+  exit $status
+fi
+echo "== clickhouse-server: a GROUP BY of 3,000,000 strings, best of 5 =="
+ch=$tmp/ch
+mkdir -p "$ch"
+port=$((20000 + RANDOM % 20000))
+cat > "$ch/config.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>$ch/server.log</log><errorlog>$ch/error.log</errorlog></logger>
+  <http_port>$port</http_port><tcp_port>$((port + 1))</tcp_port><listen_host>127.0.0.1</listen_host>
+  <path>$ch/data/</path><tmp_path>$ch/tmp/</tmp_path><users_config>$ch/users.xml</users_config>
+  <default_profile>default</default_profile><default_database>default</default_database>
+  <mark_cache_size>67108864</mark_cache_size>
+</yandex>
+XML
+cat > "$ch/users.xml" <<'XML'
+<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default></profiles>
+  <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <quotas><default></default></quotas>
+</yandex>
+XML
+QUERY="SELECT count(), sum(length(s)) FROM (SELECT toString(number) AS s, groupArray(number) FROM numbers(3000000) GROUP BY s) FORMAT Null"
+ch_run() { # MODE: best query seconds
+  local pid
+  case "$1" in
+    bare) "$CH" --config-file="$ch/config.xml" >/dev/null 2>&1 & pid=$! ;;
+    *) MALLOC_CONF=$CONF LD_PRELOAD=$SHIM "$CH" --config-file="$ch/config.xml" >/dev/null 2>&1 & pid=$! ;;
+  esac
+  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$port/ping" >/dev/null && break; sleep 0.5; done
+  local best=999
+  for _ in 1 2 3 4 5; do
+    local t0 t1
+    t0=$(date +%s.%N)
+    curl -sf "http://127.0.0.1:$port/" --data-binary "$QUERY" >/dev/null || { echo "query failed in $1" >&2; }
+    t1=$(date +%s.%N)
+    best=$(awk -v a="$best" -v b="$(echo "$t1 - $t0" | bc)" 'BEGIN { print (b < a) ? b : a }')
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$best"
+}
+c_bare=$(ch_run bare)
+c_shim=$(ch_run shim)
+cat > "$tmp/sites.bt" <<BT
+usdt:$SHIM:baton:alloc { @n = count(); }
+usdt:$SHIM:baton:free { @f = count(); }
+BT
+BPFTRACE_MAP_KEYS_MAX=262144 bpftrace "$tmp/sites.bt" > "$tmp/sites.out" 2>&1 &
+bp=$!
+sleep 3
+c_traced=$(ch_run shim)
+detach
+awk -v b="$c_bare" -v s="$c_shim" -v t="$c_traced" 'BEGIN {
+  printf "bare %.3f s, reporter %.3f s (%.3fx throughput), reporter + bpftrace %.3f s (%.3fx)\n",
+    b, s, b / s, t, b / t }'
+grep -E '^@(n|f):' "$tmp/sites.out" | tr '\n' ' '; echo "(sampled allocs, sampled frees)"
+exit $status

@@ -27,6 +27,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -396,7 +397,7 @@ static void init(void)
     }
     // Another thread resolves: wait for it (this thread's own recursion is served from `boot`).
     while (__atomic_load_n(&state, __ATOMIC_ACQUIRE) != 2)
-        __builtin_ia32_pause();
+        sched_yield();
 }
 
 __attribute__((constructor)) static void construct(void)
