@@ -1,4 +1,5 @@
-//! Compiles each BPF program under `src/bpf/` and generates its Rust skeleton.
+//! Compiles each BPF program under `src/bpf/` and generates its Rust skeleton, and builds the
+//! preloadable allocation samplers under `src/preload/` (embedded in the profilers crate).
 
 use std::env;
 use std::path::PathBuf;
@@ -32,6 +33,38 @@ fn main() {
         println!("cargo:rerun-if-changed={src}");
     }
     syscall_names(&out, &arch);
+    preload_libraries(&out);
+}
+
+/// Builds each `src/preload/NAME.c` into `libNAME.so`: position-independent, with frame
+/// pointers (the BPF side walks the stack from inside it), and with sibling calls kept as calls
+/// so its sampling function is always called from the entry point the program called.
+fn preload_libraries(out: &std::path::Path) {
+    println!("cargo:rerun-if-changed=src/preload");
+    let mut sources: Vec<_> = std::fs::read_dir("src/preload")
+        .expect("src/preload exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "c"))
+        .collect();
+    sources.sort();
+    for src in sources {
+        let stem = src
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("a C file name");
+        let lib = out.join(format!("lib{stem}.so"));
+        let status = std::process::Command::new("clang")
+            .args(["-O2", "-g", "-fPIC", "-shared", "-fno-omit-frame-pointer"])
+            .args(["-fvisibility=hidden", "-Wall", "-Wextra", "-Werror"])
+            .arg("-o")
+            .arg(&lib)
+            .arg(&src)
+            .args(["-ldl", "-lm", "-lpthread"])
+            .status()
+            .unwrap_or_else(|e| panic!("running clang for {}: {e}", src.display()));
+        assert!(status.success(), "building {} failed", src.display());
+        println!("cargo:rerun-if-changed={}", src.display());
+    }
 }
 
 /// Writes `syscall_names.rs`, the syscall numbers of the target architecture and their names,

@@ -23,4 +23,4 @@ pub use frame::{Frame, FrameKind};
 pub use hist::{Bucket, Histogram};
 pub use named::{FlatTree, NamedStacks};
 pub use profile::{Labels, Profile, StackSample, ValueType};
-pub use registry::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
+pub use registry::{Claim, CostClass, CostlyMode, OptionInfo, ProfilerInfo, ValueInfo};

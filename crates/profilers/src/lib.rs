@@ -16,6 +16,8 @@
 //!   JVM) is a module here, used by the profilers that want it.
 //! - `adhoc/`: ad-hoc profilers, bpftrace scripts from the config: their definition (`def`),
 //!   the bpftrace process (`process`) and the parsing of its output (`parse`).
+//! - `preload/`: the allocation sampler preloaded into processes (`baton_malloc.c`, built by
+//!   `build.rs` and embedded), with where it is installed and which processes load it.
 //! - `exec.rs`, `sys.rs`: the exec watcher for triggers, and host facts (privileges, CPUs).
 //! - `src/bpf/`: the BPF C. `build.rs` compiles every `<name>.bpf.c` into a skeleton; shared
 //!   headers are `base.h` (targets, fork following, counters, stack maps), `unwind.h` (plans and
@@ -44,6 +46,7 @@ macro_rules! bpf_skel {
 pub mod adhoc;
 pub mod exec;
 mod mechanics;
+pub mod preload;
 pub mod profiler;
 mod profilers;
 pub mod registry;

@@ -166,6 +166,18 @@ pub fn start(name: &str, opts: &StartOptions) -> Result<Box<dyn Profiler>, Profi
     (r.start)(opts)
 }
 
+/// The environment a command that `baton record NAME -- CMD` starts gets from the profiler (the
+/// malloc profiler preloads its sampler); empty for most.
+pub fn command_env(
+    name: &str,
+    opts: &StartOptions,
+) -> Result<Vec<(String, String)>, ProfilerError> {
+    match name {
+        "malloc" => crate::malloc::command_env(opts),
+        _ => Ok(Vec::new()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

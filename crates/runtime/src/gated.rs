@@ -54,6 +54,11 @@ fn cloexec_pipe(what: &'static str) -> Result<(OwnedFd, OwnedFd), Error> {
 impl GatedChild {
     /// Forks `argv`, held before its `exec` until [`GatedChild::release`].
     pub fn spawn(argv: &[String]) -> Result<GatedChild, Error> {
+        GatedChild::spawn_with_env(argv, &[])
+    }
+
+    /// [`GatedChild::spawn`] with `env` set (over this process's environment) in the command's.
+    pub fn spawn_with_env(argv: &[String], env: &[(String, String)]) -> Result<GatedChild, Error> {
         let prog =
             resolve_program(&argv[0]).ok_or_else(|| Error::CommandNotFound(argv[0].clone()))?;
         let c_prog = CString::new(prog.as_os_str().as_bytes())
@@ -65,11 +70,22 @@ impl GatedChild {
             .map_err(|_| Error::NulByte("an argument contains a NUL byte"))?;
         let mut c_argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
         c_argv.push(std::ptr::null());
+        let mut vars: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !env.iter().any(|(n, _)| k.as_bytes() == n.as_bytes()))
+            .collect();
+        vars.extend(env.iter().map(|(k, v)| (k.into(), v.into())));
+        let c_env: Vec<CString> = vars
+            .iter()
+            .map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| Error::NulByte("the environment contains a NUL byte"))?;
+        let mut c_envp: Vec<*const libc::c_char> = c_env.iter().map(|a| a.as_ptr()).collect();
+        c_envp.push(std::ptr::null());
 
         let (rd, wr) = cloexec_pipe("creating the start gate")?;
         let (exec_rd, exec_wr) = cloexec_pipe("creating the exec pipe")?;
         // SAFETY: after fork the child only calls async-signal-safe functions (close, read,
-        // execv, _exit) on memory prepared before the fork.
+        // execve, _exit) on memory prepared before the fork.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(Error::io("fork")(std::io::Error::last_os_error()));
@@ -85,7 +101,7 @@ impl GatedChild {
                     // The parent gave up before profiling started: do not run the command.
                     libc::_exit(126);
                 }
-                libc::execv(c_prog.as_ptr(), c_argv.as_ptr());
+                libc::execve(c_prog.as_ptr(), c_argv.as_ptr(), c_envp.as_ptr());
                 libc::_exit(127);
             }
         }

@@ -46,7 +46,12 @@ pub fn record(mut opts: RecordOptions, progress: &mut dyn Progress) -> Result<Re
     let mut child = if opts.command.is_empty() {
         None
     } else {
-        Some(GatedChild::spawn(&opts.command)?)
+        // The profiler may want the command started its way (the malloc sampler preloaded).
+        let env = baton_profilers::registry::command_env(
+            &opts.collector.profiler,
+            &opts.collector.start,
+        )?;
+        Some(GatedChild::spawn_with_env(&opts.command, &env)?)
     };
     // Processes named by pid: the recording ends early when they have all exited.
     let pids_given = child.is_none() && opts.collector.start.targets.is_some();

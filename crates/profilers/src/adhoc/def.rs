@@ -102,6 +102,7 @@ pub fn info_of(def: &AdhocDef) -> &'static ProfilerInfo {
         default_rate:
             "what the script does (ad-hoc bpftrace), bounded by its max_duration and max_output",
         cost: CostClass::High,
+        costly_modes: &[],
         options: OPTIONS,
     }))
 }

@@ -1,6 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
-// Baton malloc profiler: uprobes on libc's malloc, calloc, realloc, posix_memalign and free in
-// the target processes.
+// Baton malloc profiler. Two ways in:
+//
+// - The sampling libraries' USDT probes (`usdt_alloc`, `usdt_free`): Baton's preload library
+//   (src/preload/baton_malloc.c) or its jemalloc shim samples in the process and fires
+//   baton:alloc(ptr, size, mean) for sampled allocations only, and baton:free(ptr) for frees of
+//   those. Only samples trap. The event carries the mean; user space weighs the sample
+//   1 / (1 - exp(-size / mean)). The stack is walked from the probe, past its first frame (the
+//   library's sampling function), so it starts at the entry point the program called.
+// - Uprobes on libc's malloc, calloc, realloc, posix_memalign and free in the target processes
+//   (`mode=uprobe`): every call traps. The rest of this comment is about them.
 //
 // Sampling is by bytes: each thread counts down a budget drawn around `sample_bytes`; the
 // allocation that exhausts it is sampled and carries every byte allocated since the thread's
@@ -28,10 +36,14 @@ enum stat_index {
 };
 #include "base.h"
 #include <linux/ptrace.h>
+#include <stdbool.h>
+#include <bpf/usdt.bpf.h>
 
 enum event_kind {
     EV_ALLOC = 1,
     EV_FREE = 2,
+    // A sampled allocation from a sampling library: `acc` holds the sampling mean.
+    EV_SAMPLED = 3,
 };
 
 struct free_event {
@@ -253,6 +265,66 @@ SEC("uprobe")
 int BPF_UPROBE(free_entry, __u64 ptr)
 {
     on_free_addr(ptr);
+    return 0;
+}
+
+// baton:alloc(ptr, size, mean) of a sampling library: one sampled allocation.
+SEC("usdt")
+int usdt_alloc(struct pt_regs *ctx)
+{
+    long ptr = 0, size = 0, mean = 0;
+    bump(STAT_CALLS);
+    bpf_usdt_arg(ctx, 0, &ptr);
+    bpf_usdt_arg(ctx, 1, &size);
+    bpf_usdt_arg(ctx, 2, &mean);
+    if (ptr == 0) {
+        bump(STAT_FAILED);
+        return 0;
+    }
+    struct alloc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) {
+        bump(STAT_RING_FULL);
+        return 0;
+    }
+    __u64 id = bpf_get_current_pid_tgid();
+    e->kind = EV_SAMPLED;
+    e->pid = id >> 32;
+    e->tid = (__u32)id;
+    e->addr = ptr;
+    e->size = size;
+    e->acc = mean;
+    e->cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    __u64 cookie = bpf_ktime_get_ns();
+    long n = 0;
+    if (copy_user_stack(bpf_get_current_task_btf(), e->pid, e->tid, cookie)) {
+        e->cookie = cookie;
+    } else {
+        e->cookie = 0;
+        // Past the library's sampling function: the walk starts at the entry point called.
+        n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), BPF_F_USER_STACK | 1);
+        if (n < 0) {
+            bump(STAT_USTACK_FAILED);
+            n = 0;
+        }
+    }
+    e->stack_bytes = (__u32)n;
+    bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    bump(STAT_SAMPLED);
+    return 0;
+}
+
+// baton:free(ptr) of a sampling library: a sampled allocation freed (in exact mode, any).
+SEC("usdt")
+int usdt_free(struct pt_regs *ctx)
+{
+    long ptr = 0;
+    bpf_usdt_arg(ctx, 0, &ptr);
+    struct free_event e = {.kind = EV_FREE, .pid = bpf_get_current_pid_tgid() >> 32, .addr = ptr};
+    if (bpf_ringbuf_output(&events, &e, sizeof(e), BPF_RB_NO_WAKEUP) != 0)
+        bump(STAT_FREE_LOST);
+    else
+        bump(STAT_FREES);
     return 0;
 }
 

@@ -46,6 +46,7 @@ pub static INFO: ProfilerInfo = ProfilerInfo {
     max_frequency: 0,
     default_rate: "every call of the chosen functions (at most 1,000 functions)",
     cost: CostClass::High,
+    costly_modes: &[],
     options: &[
         OptionInfo {
             name: "probe",

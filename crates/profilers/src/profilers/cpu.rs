@@ -53,6 +53,7 @@ pub static INFO: ProfilerInfo = ProfilerInfo {
     max_frequency: 999,
     default_rate: "19 Hz continuous, 99 Hz for record, per CPU",
     cost: CostClass::Low,
+    costly_modes: &[],
     options: &[OptionInfo {
         name: "timeline",
         default: "on",

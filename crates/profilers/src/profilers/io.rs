@@ -44,6 +44,7 @@ pub static INFO: ProfilerInfo = ProfilerInfo {
     max_frequency: 0,
     default_rate: "every request of the targets",
     cost: CostClass::Medium,
+    costly_modes: &[],
     options: &[],
 };
 

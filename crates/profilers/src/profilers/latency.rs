@@ -54,6 +54,7 @@ pub static INFO: ProfilerInfo = ProfilerInfo {
     max_frequency: 999,
     default_rate: "every request timed; CPU sampled at 99 Hz inside requests",
     cost: CostClass::High,
+    costly_modes: &[],
     options: &[
         OptionInfo {
             name: "begin",

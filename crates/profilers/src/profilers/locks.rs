@@ -39,6 +39,7 @@ pub static INFO: ProfilerInfo = ProfilerInfo {
     max_frequency: 0,
     default_rate: "every futex wait (each one already blocks)",
     cost: CostClass::Medium,
+    costly_modes: &[],
     options: &[],
 };
 

@@ -1,20 +1,37 @@
-//! The malloc profiler: allocations per stack from uprobes on libc's `malloc`, `calloc`,
-//! `realloc`, `posix_memalign` and `free`, sampled by bytes (see `malloc.bpf.c`).
+//! The malloc profiler: allocations per stack, with the bytes and allocations still live.
 //!
-//! A sampled allocation arrives with its user stack, its size and the bytes it stands for
-//! (`acc`: everything its thread allocated since its previous sample), and weighs `acc / size`.
-//! Per stack the window reports `alloc_bytes` (sum of `acc`), `alloc_count` (sum of weights)
-//! and `live_bytes`: the weighted bytes of sampled allocations, made at any time since the
-//! profiler started, that are not freed at the end of the window, as bcc's `memleak` reports
-//! outstanding allocations. With `sample_bytes=0` every allocation is recorded, weight 1.
+//! Two modes (`mode=`):
 //!
-//! Where the allocating code lacks frame pointers, BPF copies the stack at the allocation's
-//! return and the event names the copy (`copies.rs` unwinds it from DWARF CFI). Such events wait
-//! in `State::unresolved` until the drain has flushed both rings, then are counted like the
-//! rest; a free that comes first marks the waiting allocation freed.
+//! - **sampler** (the default, `auto`): the process samples its own allocations, by bytes, as a
+//!   Poisson process with a mean in bytes, through Baton's preloaded library (`preload/`, for
+//!   glibc malloc) or Baton's jemalloc shim (jemalloc's own sampling). Only sampled allocations
+//!   and their frees reach BPF, through the USDT probes `baton:alloc(ptr, size, mean)` and
+//!   `baton:free(ptr)`; an unsampled allocation costs nanoseconds and never traps. An
+//!   allocation of `s` bytes sampled at mean `m` weighs `1 / (1 - exp(-s/m))`: its chance of
+//!   being sampled, inverted, so sums estimate the true totals per stack. `baton record malloc
+//!   -- CMD` starts the command with the library; a running process must have been started
+//!   with it (`baton preload` says how).
+//! - **uprobe**: uprobes on libc's `malloc`, `calloc`, `realloc`, `posix_memalign` and `free` in
+//!   the targets, for processes already running without a sampler. Every call traps (about
+//!   2.4 µs here), so it is marked high-cost and its runs are capped. It samples by bytes in BPF;
+//!   a sample carries every byte its thread allocated since its previous one (`acc`) and weighs
+//!   `acc / size`.
 //!
-//! Probes are attached per target process (so other processes never trap), to the libc it maps,
-//! or to `lib=PATH`; children of targets are followed by attaching to them as they appear.
+//! Per stack the window reports `alloc_bytes` and `alloc_count` (weighted sums of the window's
+//! sampled allocations) and `live_bytes` and `live_count`: the weighted sampled allocations,
+//! made at any time since the profiler started, that are not freed at the end of the window, as
+//! bcc's `memleak` reports outstanding allocations. With `sample_bytes=0` every allocation is
+//! recorded, weight 1.
+//!
+//! Where the allocating code lacks frame pointers, BPF copies the stack and the event names the
+//! copy (`copies.rs` unwinds it from DWARF CFI). Such events wait in `State::unresolved` until
+//! the drain has flushed both rings, then are counted like the rest; a free that comes first
+//! marks the waiting allocation freed.
+//!
+//! Probes are attached per target process (so other processes never trap), to the sampler or
+//! libc it maps, or to `lib=PATH`; children of targets are followed by attaching to them as
+//! they appear. Without targets, the sampler mode attaches to the installed library in every
+//! process that loads it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,9 +46,9 @@ use crate::mechanics::record::{addresses, comm, decode, kind_of, record};
 use crate::mechanics::ring::RingReader;
 use crate::mechanics::skel::open_copying;
 use crate::mechanics::uprobe::{per_process, per_process_methods, Followed, PerProcess};
-use crate::{sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
+use crate::{preload, sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
-use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
+use baton_model::{Claim, CostClass, CostlyMode, OptionInfo, ProfilerInfo, ValueInfo};
 
 bpf_skel!("malloc");
 use skel::{MallocSkel, MallocSkelBuilder};
@@ -39,8 +56,9 @@ use skel::{MallocSkel, MallocSkelBuilder};
 /// What the profiler declares: the registry lists it.
 pub static INFO: ProfilerInfo = ProfilerInfo {
     name: "malloc",
-    description: "allocations per stack from uprobes on libc malloc/calloc/realloc/\
-                  posix_memalign/free, sampled by bytes, with live (unfreed) bytes",
+    description: "allocations per stack, sampled by bytes inside the process (Baton's preload \
+                  library for glibc, or jemalloc's own sampling), with live (unfreed) bytes; \
+                  mode=uprobe traps every malloc/free of a process started without either",
     claims: &[Claim {
         resource: "uprobe:libc",
         shared: Some(2),
@@ -61,23 +79,44 @@ pub static INFO: ProfilerInfo = ProfilerInfo {
             unit: "bytes",
             help: "bytes allocated since the start and not freed at the end of the window",
         },
+        ValueInfo {
+            kind: "live_count",
+            unit: "count",
+            help: "allocations made since the start and not freed at the end of the window",
+        },
     ],
     histograms: &[],
     labels: &[],
     default_frequency: 0,
     max_frequency: 0,
-    default_rate: "1 sample per 64 KiB allocated, per thread",
-    cost: CostClass::High,
+    default_rate: "1 sample per 512 KiB allocated, per thread; a trap per sample only",
+    cost: CostClass::Low,
+    costly_modes: &[CostlyMode {
+        option: "mode",
+        value: "uprobe",
+        cost: CostClass::High,
+        per_call: "a trap on every malloc, calloc, realloc, posix_memalign and free call, \
+                   sampled or not: about 2.4 µs each on this project's test VM",
+        max_duration_s: 300,
+    }],
     options: &[
         OptionInfo {
+            name: "mode",
+            default: "auto",
+            help: "auto: the sampler the process loads (Baton's preload library, or its \
+                   jemalloc shim), which `baton record -- CMD` starts the command with; \
+                   uprobe: trap every call in a process started without one (high cost)",
+        },
+        OptionInfo {
             name: "sample_bytes",
-            default: "65536",
-            help: "mean bytes between samples, per thread; 0 records every allocation (exact)",
+            default: "524288",
+            help: "mean bytes between samples, per thread; 0 records every allocation (exact). \
+                   A process started with the sampler keeps the mean it was started with",
         },
         OptionInfo {
             name: "lib",
             default: "",
-            help: "the library holding malloc (default: the libc each target maps)",
+            help: "mode=uprobe: the library holding malloc (default: the libc each target maps)",
         },
     ],
 };
@@ -116,10 +155,32 @@ record!(FreeEvent, "free_event", 16);
 /// The `kind`s of the events ring.
 const EV_ALLOC: u32 = 1;
 const EV_FREE: u32 = 2;
+/// A sampled allocation from a sampling library; its `acc` is the sampling mean.
+const EV_SAMPLED: u32 = 3;
+
+/// What one sampled allocation of `size` bytes stands for: (bytes, allocations).
+///
+/// From a sampler (Poisson sampling over bytes at mean `mean`), its chance of being sampled was
+/// `1 - exp(-size/mean)`, and it weighs the inverse; `mean` 0 is exact mode, weight 1. From the
+/// uprobe mode it carries the `acc` bytes its thread allocated since its previous sample.
+fn weighed(kind: u32, size: u64, acc: u64) -> (f64, f64) {
+    let size = size.max(1) as f64;
+    if kind == EV_SAMPLED {
+        if acc == 0 {
+            return (size, 1.0);
+        }
+        let w = 1.0 / -(-size / acc as f64).exp_m1();
+        (size * w, w)
+    } else {
+        let acc = (acc as f64).max(size);
+        (acc, acc / size)
+    }
+}
 
 /// (pid, tid, comm, cgroup id, user stack): what a row is aggregated under.
 type Key = (u32, u32, String, u64, Vec<u64>);
 
+/// Weighted sums: bytes, allocations, and the sampled events behind them.
 #[derive(Default)]
 struct Totals {
     bytes: f64,
@@ -127,13 +188,23 @@ struct Totals {
     events: u64,
 }
 
+/// A live sampled allocation: its key's index, and what it stands for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Live {
+    idx: usize,
+    bytes: f64,
+    count: f64,
+}
+
 /// A sampled allocation whose stack is a copy not unwound yet.
 struct Unresolved {
     key: Key,
     addr: u64,
-    size: u64,
-    acc: u64,
+    bytes: f64,
+    count: f64,
     cookie: u64,
+    /// Leading frames of the unwound stack that are the sampler's own.
+    skip: usize,
     /// Freed before it was resolved: counted as allocated, not as live.
     freed: bool,
 }
@@ -144,8 +215,8 @@ struct State {
     keys: HashMap<Key, usize>,
     entries: Vec<Key>,
     window: HashMap<usize, Totals>,
-    /// Sampled allocations not freed yet: (pid, address) -> (key index, weighted bytes).
-    live: HashMap<(u32, u64), (usize, f64)>,
+    /// Sampled allocations not freed yet, by (pid, address).
+    live: HashMap<(u32, u64), Live>,
     /// Allocations waiting for their copied stack, in arrival order.
     unresolved: Vec<Unresolved>,
     /// (pid, address) -> index in `unresolved` of the latest allocation there.
@@ -155,15 +226,16 @@ struct State {
 impl State {
     fn on_event(&mut self, data: &[u8]) {
         match kind_of(data) {
-            Some(EV_ALLOC) => {
+            Some(kind @ (EV_ALLOC | EV_SAMPLED)) => {
                 if let Ok(e) = decode::<AllocEvent>(data) {
-                    self.on_alloc(&e);
+                    self.on_alloc(kind, &e);
                 }
             }
             Some(EV_FREE) => {
                 if let Ok(e) = decode::<FreeEvent>(data) {
                     // An address is live or waiting, never both: malloc returns it again only
-                    // after this free.
+                    // after this free. Frees of addresses never seen (exact mode reports every
+                    // free) change nothing.
                     let was_live = self.live.remove(&(e.pid, e.addr)).is_some();
                     let waiting = self.unresolved_at.remove(&(e.pid, e.addr));
                     if let Some(i) = waiting.filter(|_| !was_live) {
@@ -175,10 +247,9 @@ impl State {
         }
     }
 
-    fn on_alloc(&mut self, e: &AllocEvent) {
+    fn on_alloc(&mut self, kind: u32, e: &AllocEvent) {
         let frames = (e.stack_bytes as usize / 8).min(e.stack.len());
-        let size = e.size.max(1);
-        let acc = e.acc.max(size);
+        let (bytes, count) = weighed(kind, e.size, e.acc);
         let key = (
             e.pid,
             e.tid,
@@ -187,16 +258,17 @@ impl State {
             addresses(&e.stack[..frames]),
         );
         match e.cookie {
-            0 => self.count(key, e.addr, size, acc, true),
+            0 => self.count(key, e.addr, bytes, count, true),
             cookie => {
                 self.unresolved_at
                     .insert((e.pid, e.addr), self.unresolved.len());
                 self.unresolved.push(Unresolved {
                     key,
                     addr: e.addr,
-                    size,
-                    acc,
+                    bytes,
+                    count,
                     cookie,
+                    skip: usize::from(kind == EV_SAMPLED),
                     freed: false,
                 });
             }
@@ -204,7 +276,7 @@ impl State {
     }
 
     /// Adds one sampled allocation to the window, and to the live ones unless it was freed.
-    fn count(&mut self, key: Key, addr: u64, size: u64, acc: u64, live: bool) {
+    fn count(&mut self, key: Key, addr: u64, bytes: f64, count: f64, live: bool) {
         let pid = key.0;
         let idx = match self.keys.get(&key) {
             Some(&i) => i,
@@ -215,11 +287,11 @@ impl State {
             }
         };
         let t = self.window.entry(idx).or_default();
-        t.bytes += acc as f64;
-        t.count += acc as f64 / size as f64;
+        t.bytes += bytes;
+        t.count += count;
         t.events += 1;
         if live {
-            self.live.insert((pid, addr), (idx, acc as f64));
+            self.live.insert((pid, addr), Live { idx, bytes, count });
         }
     }
 
@@ -236,10 +308,21 @@ impl State {
             None => false,
         });
         for mut u in ready {
-            u.key.4 = unwound(u.key.1, u.cookie).unwrap_or_default();
-            self.count(u.key, u.addr, u.size, u.acc, !u.freed);
+            let mut stack = unwound(u.key.1, u.cookie).unwrap_or_default();
+            stack.drain(..u.skip.min(stack.len()));
+            u.key.4 = stack;
+            self.count(u.key, u.addr, u.bytes, u.count, !u.freed);
         }
     }
+}
+
+/// How the profiler learns of allocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The USDT probes of the sampler the process loads.
+    Sampler,
+    /// Uprobes on every call to libc's allocation functions.
+    Uprobe,
 }
 
 /// A running malloc profiler. Dropping it detaches every probe.
@@ -252,7 +335,8 @@ pub struct MallocProfiler {
     reader: RingReader,
     state: Arc<Mutex<State>>,
     followed: Followed,
-    /// The library to probe in every target, when given (`lib=PATH`).
+    mode: Mode,
+    /// The library to probe in every target, when given (`lib=PATH`, uprobe mode).
     lib: Option<PathBuf>,
     sample_bytes: u64,
 }
@@ -284,10 +368,43 @@ const FUNCTIONS: &[(&str, &str, Option<&str>)] = &[
     ("free", "free_entry", None),
 ];
 
+/// Why a process cannot be profiled in the sampler mode, in words that say what to do.
+fn no_sampler(pid: u32) -> ProfilerError {
+    let what = if preload::maps_libc(pid) {
+        format!(
+            "process {pid} loads no allocation sampler (neither Baton's {} nor its jemalloc \
+             shim)",
+            preload::MALLOC_LIBRARY_NAME
+        )
+    } else {
+        format!(
+            "process {pid} maps no libc: its allocator is linked in statically, where no \
+             sampler can be preloaded and no libc malloc can be probed"
+        )
+    };
+    ProfilerError::Attach(format!(
+        "{what}; start it with LD_PRELOAD={}/{} (`baton preload` installs the library and \
+         shows how), or trap every call of a running process with --opt mode=uprobe (high \
+         cost: about 2.4 µs per call)",
+        preload::DEFAULT_DIR,
+        preload::MALLOC_LIBRARY_NAME
+    ))
+}
+
 impl MallocProfiler {
     pub fn start(o: &StartOptions) -> Result<MallocProfiler, ProfilerError> {
         let info = &INFO;
         let sample_bytes = o.option_u64(info, "sample_bytes")?;
+        let mode = match o.option(info, "mode") {
+            "auto" | "sampler" | "preload" => Mode::Sampler,
+            "uprobe" => Mode::Uprobe,
+            other => {
+                return Err(ProfilerError::BadOption {
+                    profiler: info.name,
+                    message: format!("mode {other:?}: use auto or uprobe"),
+                })
+            }
+        };
         let lib = Some(o.option(info, "lib"))
             .filter(|l| !l.is_empty())
             .map(PathBuf::from);
@@ -324,27 +441,53 @@ impl MallocProfiler {
             reader,
             state,
             followed: Followed::new(o.targets.as_deref()),
+            mode,
             lib,
             sample_bytes,
         };
-        match &o.targets {
-            None => {
+        match (&o.targets, mode) {
+            (None, Mode::Uprobe) => {
                 let path = match &p.lib {
                     Some(l) => l.clone(),
                     None => libc_of(std::process::id()).ok_or_else(|| {
                         ProfilerError::Attach("cannot find this host's libc; give lib=PATH".into())
                     })?,
                 };
-                p.attach(-1, &path)?;
+                p.attach_uprobes(-1, &path)?;
             }
-            Some(pids) => p.attach_targets(pids, None)?,
+            (None, Mode::Sampler) => {
+                // Every process that loads the installed library.
+                let path = preload::install(None).map_err(|e| {
+                    ProfilerError::Attach(format!(
+                        "installing {} into {}: {e}",
+                        preload::MALLOC_LIBRARY_NAME,
+                        preload::DEFAULT_DIR
+                    ))
+                })?;
+                p.attach_sampler(-1, &path)?;
+            }
+            (Some(pids), _) => p.attach_targets(pids, o.pending_exec.as_deref())?,
         }
         Ok(p)
     }
 
-    /// Probes the library given, or the libc the process maps (a pending exec changes
-    /// nothing: libc is found once the process maps it).
-    fn attach_target(&mut self, pid: u32, _exe: Option<&Path>) -> Result<(), ProfilerError> {
+    /// Probes the target's sampler (sampler mode), or the library given or the libc the
+    /// process maps (uprobe mode). A target that will exec (`baton record -- CMD`) is probed in
+    /// the library its command is started with, before it maps it.
+    fn attach_target(
+        &mut self,
+        pid: u32,
+        pending_exec: Option<&Path>,
+    ) -> Result<(), ProfilerError> {
+        if self.mode == Mode::Sampler {
+            let path = match preload::mapped_sampler(pid) {
+                Some(p) => p,
+                None if pending_exec.is_some() => preload::install(None)
+                    .map_err(|e| ProfilerError::Attach(format!("installing the sampler: {e}")))?,
+                None => return Err(no_sampler(pid)),
+            };
+            return self.attach_sampler(pid as i32, &path);
+        }
         let path = match &self.lib {
             Some(l) => l.clone(),
             None => libc_of(pid).ok_or_else(|| {
@@ -354,10 +497,27 @@ impl MallocProfiler {
                 ))
             })?,
         };
-        self.attach(pid as i32, &path)
+        self.attach_uprobes(pid as i32, &path)
     }
 
-    fn attach(&mut self, pid: i32, path: &Path) -> Result<(), ProfilerError> {
+    /// Attaches to the `baton:alloc` and `baton:free` probes of the sampler at `path`.
+    fn attach_sampler(&mut self, pid: i32, path: &Path) -> Result<(), ProfilerError> {
+        for (prog, name) in [
+            (&self.skel.progs.usdt_alloc, "alloc"),
+            (&self.skel.progs.usdt_free, "free"),
+        ] {
+            let link = prog.attach_usdt(pid, path, "baton", name).map_err(|e| {
+                ProfilerError::Attach(format!(
+                    "attaching to baton:{name} in {} (pid {pid}): {e}",
+                    path.display()
+                ))
+            })?;
+            self.links.push(link);
+        }
+        Ok(())
+    }
+
+    fn attach_uprobes(&mut self, pid: i32, path: &Path) -> Result<(), ProfilerError> {
         for (func, entry, ret) in FUNCTIONS {
             for (prog_name, retprobe) in [(Some(*entry), false), (*ret, true)] {
                 let Some(prog_name) = prog_name else { continue };
@@ -399,6 +559,33 @@ impl MallocProfiler {
 
 per_process!(MallocProfiler);
 
+/// The environment `baton record malloc -- CMD` starts its command with: in the sampler mode,
+/// Baton's sampler preloaded at the mean asked for; nothing in the uprobe mode.
+pub fn command_env(o: &StartOptions) -> Result<Vec<(String, String)>, ProfilerError> {
+    if o.option(&INFO, "mode") == "uprobe" {
+        return Ok(Vec::new());
+    }
+    let sample_bytes = o.option_u64(&INFO, "sample_bytes")?;
+    let lib = preload::install(None).map_err(|e| {
+        ProfilerError::Attach(format!(
+            "installing {} into {}: {e}",
+            preload::MALLOC_LIBRARY_NAME,
+            preload::DEFAULT_DIR
+        ))
+    })?;
+    let existing = std::env::var("LD_PRELOAD").ok();
+    Ok(vec![
+        (
+            "LD_PRELOAD".to_string(),
+            preload::ld_preload(&lib, existing.as_deref()),
+        ),
+        (
+            preload::SAMPLE_BYTES_ENV.to_string(),
+            sample_bytes.to_string(),
+        ),
+    ])
+}
+
 /// Slots of `enum stat_index` in malloc.bpf.c: `samples` are sampled allocations, `lost`
 /// sampled allocations or frees the ring had no room for, and allocations `live` could not hold.
 static STATS: StatSlots = StatSlots {
@@ -432,9 +619,11 @@ impl crate::Profiler for MallocProfiler {
             }
             None => st.resolve(waiting, |_, _| None),
         }
-        let mut live: HashMap<usize, f64> = HashMap::new();
-        for &(idx, bytes) in st.live.values() {
-            *live.entry(idx).or_default() += bytes;
+        let mut live: HashMap<usize, (f64, f64)> = HashMap::new();
+        for l in st.live.values() {
+            let t = live.entry(l.idx).or_default();
+            t.0 += l.bytes;
+            t.1 += l.count;
         }
         // A process that has exited reports what it left unfreed at exit (its leaks) in this
         // window, and is then forgotten: its memory is gone with it.
@@ -467,7 +656,8 @@ impl crate::Profiler for MallocProfiler {
                     values: vec![
                         t.map_or(0, |t| t.bytes.round() as u64),
                         t.map_or(0, |t| t.count.round() as u64),
-                        live.get(&i).map_or(0, |b| b.round() as u64),
+                        live.get(&i).map_or(0, |l| l.0.round() as u64),
+                        live.get(&i).map_or(0, |l| l.1.round() as u64),
                     ],
                     weight: 1.0,
                     labels: Vec::new(),
@@ -476,7 +666,7 @@ impl crate::Profiler for MallocProfiler {
             })
             .collect();
         // Keys no allocation refers to any more are forgotten.
-        let used: HashSet<usize> = st.live.values().map(|&(i, _)| i).collect();
+        let used: HashSet<usize> = st.live.values().map(|l| l.idx).collect();
         if used.len() < st.entries.len() / 2 && st.entries.len() > 4096 {
             let mut remap = HashMap::new();
             let old = std::mem::take(&mut st.entries);
@@ -490,7 +680,7 @@ impl crate::Profiler for MallocProfiler {
                 }
             }
             for v in st.live.values_mut() {
-                v.0 = remap[&v.0];
+                v.idx = remap[&v.idx];
             }
         }
         Ok(Drained {
@@ -521,13 +711,14 @@ impl crate::Profiler for MallocProfiler {
     per_process_methods!();
 
     fn event_name(&self) -> String {
-        if self.sample_bytes == 0 {
-            "libc malloc uprobes, every allocation".into()
-        } else {
-            format!(
-                "libc malloc uprobes, 1 sample per {} KiB",
-                self.sample_bytes / 1024
-            )
+        match (self.mode, self.sample_bytes) {
+            (Mode::Uprobe, 0) => "libc malloc uprobes, every allocation".into(),
+            (Mode::Uprobe, n) => format!("libc malloc uprobes, 1 sample per {} KiB", n / 1024),
+            (Mode::Sampler, 0) => "sampled in the process, every allocation".into(),
+            (Mode::Sampler, n) => format!(
+                "sampled in the process, 1 sample per {} KiB allocated on average",
+                n / 1024
+            ),
         }
     }
 }
@@ -565,6 +756,21 @@ mod tests {
     }
 
     #[test]
+    fn sampler_weights_invert_the_chance_of_being_sampled() {
+        // Exact mode: weight 1.
+        assert_eq!(weighed(EV_SAMPLED, 100, 0), (100.0, 1.0));
+        // An allocation as big as the mean is sampled with chance 1 - 1/e.
+        let (b, c) = weighed(EV_SAMPLED, 4096, 4096);
+        assert!((c - 1.0 / (1.0 - (-1.0f64).exp())).abs() < 1e-12);
+        assert!((b - 4096.0 * c).abs() < 1e-9);
+        // Small ones weigh about mean / size.
+        let (_, c) = weighed(EV_SAMPLED, 16, 524_288);
+        assert!((c - 524_288.0 / 16.0).abs() / c < 1e-3, "{c}");
+        // The uprobe mode's samples carry their thread's bytes.
+        assert_eq!(weighed(EV_ALLOC, 100, 1000), (1000.0, 10.0));
+    }
+
+    #[test]
     fn copied_stacks_wait_for_the_drain_and_frees_that_come_first_count() {
         let mut st = State::default();
         st.on_event(&alloc(1, 10, 0x100, 64, 0, &[0xa, 0xb]));
@@ -587,12 +793,19 @@ mod tests {
         let (b, i) = bytes_of(&st, &[0xc, 0xd]);
         assert_eq!(b, 32.0);
         assert!(
-            st.live.values().all(|&(j, _)| j != i),
+            st.live.values().all(|l| l.idx != i),
             "a freed allocation is live"
         );
         let (b, i) = bytes_of(&st, &[0xe]);
         assert_eq!(b, 16.0);
-        assert_eq!(st.live.get(&(1, 0x300)), Some(&(i, 16.0)));
+        assert_eq!(
+            st.live.get(&(1, 0x300)),
+            Some(&Live {
+                idx: i,
+                bytes: 16.0,
+                count: 1.0
+            })
+        );
         // The one left over moved to the front, and a free still finds it.
         assert_eq!(st.unresolved.len(), 1);
         assert_eq!(st.unresolved_at.get(&(1, 0x400)), Some(&0));

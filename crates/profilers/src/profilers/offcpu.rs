@@ -55,6 +55,7 @@ pub static INFO: ProfilerInfo = ProfilerInfo {
     max_frequency: 0,
     default_rate: "stacks for at most 1,000 switch-outs/s, sampled beyond with weights",
     cost: CostClass::Medium,
+    costly_modes: &[],
     options: &[
         OptionInfo {
             name: "min_block",

@@ -39,6 +39,7 @@ pub static INFO: ProfilerInfo = ProfilerInfo {
     max_frequency: 0,
     default_rate: "every syscall timed; stacks for at most 1,000 syscalls/s, weighted",
     cost: CostClass::Medium,
+    costly_modes: &[],
     options: &[OptionInfo {
         name: "max_stacks_per_sec",
         default: "1000",
