@@ -24,14 +24,25 @@ fn parse_collapsed(text: &str) -> Vec<(Vec<String>, u64)> {
         .collect()
 }
 
-/// Records `cmd` into a collapsed profile and returns its stacks and what baton printed.
+/// Records `cmd` with the CPU profiler into a collapsed profile and returns its stacks and what
+/// baton printed.
 fn record_collapsed(tag: &str, args: &[&str], cmd: &[&str]) -> (Vec<(Vec<String>, u64)>, String) {
+    record_with("cpu", tag, args, cmd)
+}
+
+/// [`record_collapsed`] with `profiler`.
+fn record_with(
+    profiler: &str,
+    tag: &str,
+    args: &[&str],
+    cmd: &[&str],
+) -> (Vec<(Vec<String>, u64)>, String) {
     require_root();
     let dir = scratch(&format!("unwind-{tag}"));
     let out_file = dir.join("profile.folded");
     let mut c = baton();
     c.current_dir(&dir)
-        .args(["record", "cpu", "--format", "collapsed", "--output"])
+        .args(["record", profiler, "--format", "collapsed", "--output"])
         .arg(&out_file)
         .args(args)
         .arg("--")
@@ -458,5 +469,39 @@ fn vdso_frames_unwind_into_their_callers() {
     assert!(
         full >= 90.0,
         "only {full:.1}% of vDSO samples unwind to main <- tick"
+    );
+}
+
+/// Exact malloc profiling under a burst: `burst` (no frame pointers) allocates 1,000 times in a
+/// tight loop from `burst_site`, far faster than the copy ring is read, so every copy of the
+/// user stack must fit the ring at once. Each allocation is counted, and each keeps its caller
+/// chain `main -> burst_site` (then the allocator's leaf, if the profiler adds one).
+#[test]
+fn a_burst_of_allocations_without_frame_pointers_keeps_every_chain() {
+    let burst = workload_without_frame_pointers("burst");
+    let (stacks, log) = record_with(
+        "malloc",
+        "burst",
+        &["--opt", "sample_bytes=0", "--value", "alloc_count"],
+        &[burst.to_str().expect("path"), "0.3"],
+    );
+    let count = |pred: &dyn Fn(&[String]) -> bool| -> u64 {
+        stacks.iter().filter(|(f, _)| pred(f)).map(|(_, n)| n).sum()
+    };
+    let at_site = count(&|f| f.iter().any(|x| x == "burst_site"));
+    let chained = count(&|f| has_chain(f, &["main", "burst_site"]));
+    let text: String = stacks
+        .iter()
+        .map(|(f, n)| format!("{} {n}\n", f.join(";")))
+        .collect();
+    eprintln!("{at_site} allocations at burst_site, {chained} under main;burst_site\n{text}{log}");
+    assert_eq!(at_site, 1_000, "allocations counted at burst_site:\n{text}");
+    assert_eq!(
+        chained, 1_000,
+        "allocations at burst_site that keep main;burst_site:\n{text}"
+    );
+    assert!(
+        log.contains("unwound from DWARF CFI"),
+        "the summary does not report DWARF unwinding:\n{log}"
     );
 }

@@ -4,7 +4,11 @@
 // as user space plans it in `dwarf_pids`), an event copies the user registers and stack into the
 // `copies` ring under a cookie (its start time); when the event ends, `send_end` reports what
 // was measured through the same ring, and user space pairs the two by (thread, cookie).
-// Include it after base.h.
+//
+// A copy takes in the ring only the stack it holds: it is built in a per-CPU slot and sent with
+// its real length, and it stops where its stack does (the main thread's initial stack pointer,
+// or the end of a thread's stack mapping), so a shallow stack costs a few hundred bytes of the
+// ring rather than USTACK_BYTES, and a burst of events fits. Include it after base.h.
 #ifndef BATON_COPY_H
 #define BATON_COPY_H
 
@@ -12,6 +16,8 @@
 
 enum { EV_COPY = 1, EV_END = 2 };
 
+// A copy: the header, then the `stack_bytes` bytes of `stack` that were copied and no more
+// (the record in the ring is that long).
 struct copy_event {
     __u32 kind;
     __u32 pid;
@@ -42,10 +48,66 @@ struct end_event {
 };
 _Static_assert(sizeof(struct end_event) == 80, "end_event is EndEvent in Rust");
 
-// Sized by user space before load: one page when DWARF unwinding is off.
-RINGBUF(copies, 8 * 1024 * 1024);
+// Sized by user space before load (`size_copy_ring`): 16 MiB, or one page when DWARF unwinding
+// is off.
+RINGBUF(copies, 16 * 1024 * 1024);
 
-// [0]: stacks copied; [1]: copies or ends the ring had no room for.
+// Where a copy is built before it goes into the ring, one slot per CPU (indexed by CPU: a
+// per-CPU map's value cannot hold USTACK_BYTES and the header). `busy` keeps a program that
+// interrupts another on the same CPU from writing over its copy. Sized by user space before
+// load: the possible CPUs, or one slot when DWARF unwinding is off.
+struct copy_slot {
+    __u64 busy;
+    struct copy_event ev;
+};
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct copy_slot);
+} copy_slots SEC(".maps");
+
+// What copy_stack_limit reads of a task and its mappings (CO-RE, against the kernel's own
+// structs).
+struct mm_struct___copy {
+    unsigned long start_stack;
+} __attribute__((preserve_access_index));
+struct task_struct___copy {
+    struct mm_struct___copy *mm;
+} __attribute__((preserve_access_index));
+struct vm_area_struct___copy {
+    unsigned long vm_end;
+} __attribute__((preserve_access_index));
+
+// bpf_find_vma's callback: the end of the mapping found.
+static long copy_vma_end(struct task_struct *task, struct vm_area_struct___copy *vma, __u64 *end)
+{
+    *end = vma->vm_end;
+    return 0;
+}
+
+// How much of `task`'s stack above `sp` a copy needs, at most USTACK_BYTES. On the main thread's
+// stack the frames end at the process's initial stack pointer (mm->start_stack, where argc
+// lies); above it are only the arguments, the environment and the auxiliary vector, often many
+// KiB. Other stacks (threads', signal stacks) end where their mapping does; when the mapping
+// cannot be looked up (its lock is taken), the copy's reads stop at the first page that fails,
+// which may be past the mapping.
+static __always_inline __u64 copy_stack_limit(struct task_struct *task, __u64 sp)
+{
+    struct task_struct___copy *t = (void *)task;
+    __u64 end = BPF_CORE_READ(t, mm, start_stack);
+    if (end > sp && end - sp < USTACK_BYTES)
+        return end - sp;
+    end = 0;
+    if (bpf_find_vma(task, sp, copy_vma_end, &end, 0) != 0)
+        return USTACK_BYTES;
+    if (end > sp && end - sp < USTACK_BYTES)
+        return end - sp;
+    return USTACK_BYTES;
+}
+
+// [0]: stacks copied; [1]: copies or ends that found no room (the ring was full, or the CPU's
+// slot was in use).
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, 2);
@@ -80,19 +142,31 @@ static __always_inline int copy_user_stack(struct task_struct *task, __u32 tgid,
         return 0;
     if (!plan_covers(plan, regs.rip))
         return 0;
-    struct copy_event *ev = bpf_ringbuf_reserve(&copies, sizeof(*ev), 0);
-    if (!ev) {
+    __u32 cpu = bpf_get_smp_processor_id();
+    struct copy_slot *slot = bpf_map_lookup_elem(&copy_slots, &cpu);
+    if (!slot || slot->busy) {
         copy_bump(1);
         return 0;
     }
+    slot->busy = 1;
+    struct copy_event *ev = &slot->ev;
     ev->kind = EV_COPY;
     ev->pid = tgid;
     ev->tid = tid;
     ev->pad = 0;
     ev->cookie = cookie;
     save_regs(&ev->regs, &regs);
-    ev->stack_bytes = copy_stack_pages(ev->stack, regs.rsp);
-    bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+    __u64 copied = copy_stack_upto(ev->stack, regs.rsp, copy_stack_limit(task, regs.rsp));
+    ev->stack_bytes = copied;
+    __u64 len = sizeof(*ev) - USTACK_BYTES + copied;
+    if (len > sizeof(*ev))
+        len = sizeof(*ev);
+    long err = bpf_ringbuf_output(&copies, ev, len, BPF_RB_NO_WAKEUP);
+    slot->busy = 0;
+    if (err != 0) {
+        copy_bump(1);
+        return 0;
+    }
     copy_bump(0);
     return 1;
 }

@@ -69,27 +69,37 @@ static __always_inline int plan_covers(struct unwind_plan *plan, __u64 ip)
     return 0;
 }
 
-// Copies the user stack at `sp` into `dst` (USTACK_BYTES): first the rest of the page the stack
-// pointer is in, then whole pages while they read; a read past the end of the stack mapping
-// fails, and the copy ends there. Returns the bytes copied.
-static __always_inline __u64 copy_stack_pages(__u8 *dst, __u64 sp)
+// Copies at most `limit` bytes of the user stack at `sp` into `dst` (USTACK_BYTES): first the
+// rest of the page the stack pointer is in, then page by page while they read; a read past the
+// end of the stack mapping fails, and the copy ends there. Returns the bytes copied.
+static __always_inline __u64 copy_stack_upto(__u8 *dst, __u64 sp, __u64 limit)
 {
     __u64 first = PAGE - (sp & (PAGE - 1));
-    __u64 copied = 0;
-    if (first > PAGE)
-        first = PAGE;
-    if (first > 0 && bpf_probe_read_user(dst, first, (void *)sp) == 0) {
-        copied = first;
-        for (int i = 0; i < USTACK_PAGES - 1; i++) {
-            __u64 off = copied;
-            if (off > USTACK_BYTES - PAGE)
-                break;
-            if (bpf_probe_read_user(dst + off, PAGE, (void *)(sp + off)) != 0)
-                break;
-            copied = off + PAGE;
-        }
+    if (first > limit)
+        first = limit;
+    if (first > PAGE || first == 0)
+        return 0;
+    if (bpf_probe_read_user(dst, first, (void *)sp) != 0)
+        return 0;
+    __u64 copied = first;
+    for (int i = 0; i < USTACK_PAGES - 1; i++) {
+        __u64 off = copied;
+        if (off >= limit || off > USTACK_BYTES - PAGE)
+            break;
+        __u64 n = limit - off;
+        if (n > PAGE)
+            n = PAGE;
+        if (bpf_probe_read_user(dst + off, n, (void *)(sp + off)) != 0)
+            break;
+        copied = off + n;
     }
     return copied;
+}
+
+// copy_stack_upto as far as USTACK_BYTES or the end of the stack mapping.
+static __always_inline __u64 copy_stack_pages(__u8 *dst, __u64 sp)
+{
+    return copy_stack_upto(dst, sp, USTACK_BYTES);
 }
 
 #endif

@@ -17,8 +17,8 @@ use crate::mechanics::ring::RingReader;
 use crate::mechanics::unwind::{encode_plan, CopiedRegs, DwarfUnwinder, UnwindStats, USTACK_BYTES};
 use crate::ProfilerError;
 
-/// `struct copy_event` of copy.h without its trailing `stack[USTACK_BYTES]`, which is read
-/// where it lies in the ring.
+/// `struct copy_event` of copy.h without its trailing stack: the record goes on with the
+/// `stack_bytes` bytes BPF copied (at most `USTACK_BYTES`), read where they lie in the ring.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct CopyEvent {
@@ -92,10 +92,13 @@ impl State {
     fn on_event(&mut self, unwinder: &Mutex<DwarfUnwinder>, d: &[u8]) {
         match kind_of(d) {
             Some(EV_COPY) => {
-                let Ok((c, stack)) = decode_with_tail::<CopyEvent>(d, USTACK_BYTES) else {
+                // The record is as long as the stack BPF copied (copy.h sends no more).
+                let tail = d.len().saturating_sub(std::mem::size_of::<CopyEvent>());
+                let Ok((c, stack)) = decode_with_tail::<CopyEvent>(d, tail.min(USTACK_BYTES))
+                else {
                     return;
                 };
-                let stack = &stack[..(c.stack_bytes as usize).min(USTACK_BYTES)];
+                let stack = &stack[..(c.stack_bytes as usize).min(stack.len())];
                 let (user, _) =
                     lock(unwinder).unwind(c.pid, c.regs.ip, c.regs.sp, c.regs.bp, stack);
                 self.pending
@@ -267,5 +270,61 @@ impl CopyReader {
             percpu_sum(copy_stats, 1) + unpaired,
             lock(&self.unwinder).stats,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mechanics::record::{bad_records, bytes_of};
+    use crate::mechanics::unwind::tests::capture;
+
+    /// A copy record as copy.h sends it: the header, then only the stack bytes copied.
+    fn copy_record(tid: u32, cookie: u64, regs: CopiedRegs, stack: &[u8]) -> Vec<u8> {
+        let head = CopyEvent {
+            kind: EV_COPY,
+            pid: std::process::id(),
+            cookie,
+            tid,
+            pad: 0,
+            regs,
+            stack_bytes: stack.len() as u64,
+        };
+        [bytes_of(&head), stack].concat()
+    }
+
+    #[test]
+    fn a_copy_as_long_as_its_stack_is_unwound_and_a_longer_one_dropped() {
+        let unwinder = Mutex::new(DwarfUnwinder::new());
+        let mut st = State::default();
+        let (ip, sp, bp, stack) = capture();
+        // A few KiB of this thread's stack, far less than USTACK_BYTES.
+        let stack = &stack[..stack.len().min(8192)];
+        st.on_event(
+            &unwinder,
+            &copy_record(7, 1, CopiedRegs { ip, sp, bp }, stack),
+        );
+        let (user, _) = st.pending.get(&(7, 1)).expect("the short copy is kept");
+        assert!(
+            user.len() >= 5,
+            "only {} frames from a short copy",
+            user.len()
+        );
+
+        let before = bad_records();
+        let long = vec![0u8; USTACK_BYTES + 8];
+        st.on_event(
+            &unwinder,
+            &copy_record(7, 2, CopiedRegs { ip, sp, bp }, &long),
+        );
+        assert!(
+            !st.pending.contains_key(&(7, 2)),
+            "a copy past USTACK_BYTES was kept"
+        );
+        st.on_event(&unwinder, &EV_COPY.to_ne_bytes());
+        assert!(
+            bad_records() - before >= 2,
+            "malformed copies were not counted"
+        );
     }
 }

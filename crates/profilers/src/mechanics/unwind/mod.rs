@@ -383,7 +383,7 @@ fn own_vdso() -> Option<ModuleUnwind> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -416,7 +416,7 @@ mod tests {
     /// The registers and 64 KiB of stack at the call site, with the instruction pointer inside
     /// this function.
     #[inline(never)]
-    fn capture() -> (u64, u64, u64, Vec<u8>) {
+    pub(crate) fn capture() -> (u64, u64, u64, Vec<u8>) {
         let (ip, sp, bp): (u64, u64, u64);
         // SAFETY: reads three registers, touches no memory.
         unsafe {
