@@ -3,8 +3,10 @@
 # on bench/jemalloc_loop.c linked against Debian's libjemalloc.so.2, all measured in this run:
 #   bare            no MALLOC_CONF
 #   prof            MALLOC_CONF=prof:true,lg_prof_sample:19, jemalloc's own backtraces
-#   shim            the same, with the reporter preloaded (no unwinding), no tracer attached
-#   shim+bpftrace   the same, with bpftrace attached to its probes (a trap per sample)
+#   shim            the same, with the reporter preloaded, no tracer attached (the reporter then
+#                   pauses jemalloc's sampling: prof.active follows the probes' semaphore)
+#   shim-active     the same, sampling kept on (BATON_JEMALLOC_KEEP_ACTIVE): hook, no unwinding
+#   shim+bpftrace   the reporter with bpftrace attached to its probes (a trap per sample)
 # Prints throughput (malloc/free pairs per second, median of REPEATS) and the ratio to bare; the
 # cost per unsampled pair (shim against bare) and per sampled pair (every allocation sampled,
 # lg_prof_sample:0); then checks, through bpftrace, that the probes fire about once per 2^19
@@ -37,8 +39,9 @@ run() { # MODE PAIRS [LIVE_MB [count]]: the loop's output in MODE
     bare) "$tmp/loop" "$@" ;;
     prof) MALLOC_CONF=$CONF "$tmp/loop" "$@" ;;
     shim) MALLOC_CONF=$CONF LD_PRELOAD=$SHIM "$tmp/loop" "$@" ;;
+    shim-active) MALLOC_CONF=$CONF BATON_JEMALLOC_KEEP_ACTIVE=1 LD_PRELOAD=$SHIM "$tmp/loop" "$@" ;;
     every-prof) MALLOC_CONF=prof:true,lg_prof_sample:0 "$tmp/loop" "$@" ;;
-    every-shim) MALLOC_CONF=prof:true,lg_prof_sample:0 LD_PRELOAD=$SHIM "$tmp/loop" "$@" ;;
+    every-shim) MALLOC_CONF=prof:true,lg_prof_sample:0 BATON_JEMALLOC_KEEP_ACTIVE=1 LD_PRELOAD=$SHIM "$tmp/loop" "$@" ;;
   esac
 }
 
@@ -63,9 +66,10 @@ detach() { kill -INT "$bp"; wait "$bp" || true; bp=""; }
 
 echo "== throughput: $PAIRS pairs, 16 B..4 KiB, median of $REPEAT (interleaved) =="
 declare -A R
-for mode in bare prof shim; do R[$mode]=""; done
+MODES="bare prof shim shim-active"
+for mode in $MODES; do R[$mode]=""; done
 for _ in $(seq "$REPEAT"); do
-  for mode in bare prof shim; do R[$mode]+="$(run $mode "$PAIRS" | rate) "; done
+  for mode in $MODES; do R[$mode]+="$(run $mode "$PAIRS" | rate) "; done
 done
 attach "$tmp/traced.out"
 traced=""
@@ -73,15 +77,15 @@ for _ in $(seq "$REPEAT"); do traced+="$(run shim "$PAIRS" | rate) "; done
 detach
 bare=$(echo ${R[bare]} | tr ' ' '\n' | median)
 fmt() { awk -v r="$1" -v b="$bare" 'BEGIN { printf "%12.0f pairs/s  %.3fx bare", r, r / b }'; }
-for mode in bare prof shim; do
+for mode in $MODES; do
   m=$(echo ${R[$mode]} | tr ' ' '\n' | median)
   printf '%-15s %s\n' "$mode" "$(fmt "$m")"
-  eval "m_$mode=$m"
+  eval "m_${mode/-/_}=$m"
 done
 m_traced=$(echo $traced | tr ' ' '\n' | median)
 printf '%-15s %s\n' "shim+bpftrace" "$(fmt "$m_traced")"
 awk -v b="$bare" -v s="$m_shim" -v p="$m_prof" 'BEGIN {
-  printf "per pair against bare: %+.2f ns with the reporter, %+.2f ns with prof alone\n",
+  printf "per pair against bare: %+.2f ns with the reporter (no tracer), %+.2f ns with prof alone\n",
     1e9 / s - 1e9 / b, 1e9 / p - 1e9 / b }'
 # The reporter's own cost per unsampled pair, in one process: chunks through it and chunks
 # straight to jemalloc, alternating (without it, both are the same calls: a calibration).

@@ -27,6 +27,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -265,10 +266,43 @@ static inline int set_take(uintptr_t p)
 
 // 1 once jemalloc is found with profiling on and the hook installed.
 static int tracking;
-// jemalloc's `prof.lg_sample` (the current sampling period, which `prof.reset` may change).
-static size_t lg_sample_mib[2];
-static size_t lg_sample_miblen;
+// jemalloc's `prof.lg_sample` (the current sampling period, which `prof.reset` may change) and
+// `prof.active`.
+static size_t lg_sample_mib[2], active_mib[2];
+static size_t lg_sample_miblen, active_miblen;
 static mallctlbymib_fn jemalloc_mallctlbymib;
+
+// ---- Sampling only while someone listens ----------------------------------------------------
+
+// jemalloc's sampling costs even when nothing reports its samples (about 0.4 us each, most of it
+// jemalloc's own bookkeeping), so it runs only while a probe is attached: every allocation
+// compares the alloc probe's semaphore with the value last seen, and on a change `prof.active`
+// follows it. BATON_JEMALLOC_KEEP_ACTIVE leaves `prof.active` as MALLOC_CONF set it.
+SHARED unsigned short seen_semaphore;
+static int keep_active;
+static pthread_mutex_t active_lock = PTHREAD_MUTEX_INITIALIZER;
+
+// Held across fork, so that a child never inherits it held.
+static void lock_active(void) { pthread_mutex_lock(&active_lock); }
+static void unlock_active(void) { pthread_mutex_unlock(&active_lock); }
+
+static void follow_semaphore(void)
+{
+    pthread_mutex_lock(&active_lock);
+    unsigned short now = __atomic_load_n(&baton_alloc_semaphore, __ATOMIC_RELAXED);
+    if (tracking && !keep_active) {
+        _Bool on = now != 0;
+        jemalloc_mallctlbymib(active_mib, active_miblen, 0, 0, &on, sizeof on);
+    }
+    __atomic_store_n(&seen_semaphore, now, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&active_lock);
+}
+
+static inline int semaphore_moved(void)
+{
+    return __atomic_load_n(&baton_alloc_semaphore, __ATOMIC_RELAXED) !=
+           __atomic_load_n(&seen_semaphore, __ATOMIC_RELAXED);
+}
 
 static void backtrace_hook(void **vec, unsigned *len, unsigned max)
 {
@@ -286,12 +320,16 @@ static uint64_t sample_mean(void)
     return (uint64_t)1 << lg;
 }
 
-// The slow path after an allocation jemalloc sampled. Called, never tail-called, by the
-// exported entry points, so a frame-pointer walk from the probe, past its first frame, starts at
-// that entry point.
-// Returns `p`, so that its caller keeps nothing across the call.
+// The slow path after an allocation jemalloc sampled (or after the semaphore moved). Called,
+// never tail-called, by the
+// exported entry points, so a frame-pointer walk from the probe, past its first frame, starts
+// at that entry point. Returns `p`, so that its caller keeps nothing across the call.
 SHARED __attribute__((noinline)) void *reported_alloc(void *p)
 {
+    if (UNLIKELY(semaphore_moved()))
+        follow_semaphore();
+    if (!sampled)
+        return p;
     sampled = 0;
     if (!p || !tracking || !listening())
         return p;
@@ -312,7 +350,7 @@ SHARED __attribute__((noinline)) void *reported_alloc(void *p)
 // which runs this (or clears the flag), so it is never left set for a later allocation.
 #define AFTER_ALLOC(p)                                                                           \
     do {                                                                                         \
-        if (UNLIKELY(sampled)) {                                                                 \
+        if (UNLIKELY(sampled) || UNLIKELY(semaphore_moved())) {                                  \
             p = reported_alloc(p);                                                               \
             NO_TAIL(p);                                                                          \
         }                                                                                        \
@@ -357,9 +395,11 @@ static void start_tracking(void)
     size_t n = sizeof prof;
     if (mallctl("opt.prof", &prof, &n, 0, 0) != 0 || !prof)
         return;
-    lg_sample_miblen = 2;
-    if (nametomib("prof.lg_sample", lg_sample_mib, &lg_sample_miblen) != 0)
+    lg_sample_miblen = active_miblen = 2;
+    if (nametomib("prof.lg_sample", lg_sample_mib, &lg_sample_miblen) != 0 ||
+        nametomib("prof.active", active_mib, &active_miblen) != 0)
         return;
+    keep_active = getenv("BATON_JEMALLOC_KEEP_ACTIVE") != 0;
     size_t nb = DEFAULT_BUCKETS;
     const char *v = getenv("BATON_JEMALLOC_BUCKETS");
     if (v && *v) {
@@ -381,6 +421,8 @@ static void start_tracking(void)
     }
     __atomic_store_n(&tracking, 1, __ATOMIC_RELEASE);
     baton_jemalloc_active = 1;
+    pthread_atfork(lock_active, unlock_active, unlock_active);
+    follow_semaphore();
 }
 
 static void init(void)
@@ -476,6 +518,9 @@ __asm__(".text\n"
         "  .cfi_adjust_cfa_offset -8\n"
         "  mov sampled@gottpoff(%rip), %rcx\n"
         "  cmpb $0, %fs:(%rcx)\n"
+        "  jne 1f\n"
+        "  movzwl baton_alloc_semaphore(%rip), %ecx\n"
+        "  cmpw seen_semaphore(%rip), %cx\n"
         "  jne 1f\n"
         "  ret\n"
         "1:\n"
