@@ -1,5 +1,6 @@
 //! Observations for triggers, from /proc: CPU use of a set of processes and of the whole host,
-//! processes that exec'd a new binary, and RSS growth.
+//! processes that exec'd a new binary, and RSS growth; and from the stored windows of heap
+//! profiling, live-heap growth.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -185,6 +186,60 @@ impl RssWatch {
     }
 }
 
+/// Live-heap growth per service, from the `live_bytes` of the windows the host stores (any
+/// profiler whose batches carry that value, with `service` and `pid` labels).
+#[derive(Debug, Default)]
+pub struct HeapWatch {
+    /// Per (service, pid): its latest window's end and live bytes.
+    last: HashMap<(String, u32), (i64, f64)>,
+    /// Per service: the fastest growth between two windows of one process, not yet taken.
+    fresh: HashMap<String, f64>,
+}
+
+impl HeapWatch {
+    /// Reads one window: each process's live bytes (the weighted sum of its `live_bytes`
+    /// rows), and its growth since its previous window.
+    pub fn window(&mut self, batch: &baton_model::Batch) {
+        let Some(idx) = std::iter::once(&batch.value_type)
+            .chain(&batch.more_value_types)
+            .position(|v| v.kind == "live_bytes")
+        else {
+            return;
+        };
+        let mut level: HashMap<(String, u32), f64> = HashMap::new();
+        for s in batch
+            .samples
+            .iter()
+            .filter(|s| s.value_index as usize == idx)
+        {
+            let (Some(service), Some(pid)) = (
+                s.labels.get("service"),
+                s.labels.get("pid").and_then(|p| p.parse().ok()),
+            ) else {
+                continue;
+            };
+            *level.entry((service.clone(), pid)).or_default() += s.value as f64 * s.weight;
+        }
+        for (key, live) in level {
+            let service = key.0.clone();
+            let Some((t0, l0)) = self.last.insert(key, (batch.ts_ms, live)) else {
+                continue;
+            };
+            if batch.ts_ms > t0 {
+                let rate = (live - l0) * 1000.0 / (batch.ts_ms - t0) as f64;
+                let best = self.fresh.entry(service).or_insert(rate);
+                *best = best.max(rate);
+            }
+        }
+    }
+
+    /// The service's fastest live-heap growth (bytes per second) since the last call, if a new
+    /// window of one of its processes came.
+    pub fn take(&mut self, service: &str) -> Option<f64> {
+        self.fresh.remove(service)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +277,48 @@ mod tests {
         let rate = w.fastest(&[me]).expect("a rate");
         assert!(rate > 10.0 * 1024.0 * 1024.0, "grew at {rate} B/s");
         assert!(std::hint::black_box(&hold).len() == 6);
+    }
+
+    fn heap_batch(ts_ms: i64, rows: &[(&str, &str, i64)]) -> baton_model::Batch {
+        let mut b = baton_model::Batch::new(
+            "malloc",
+            vec![
+                baton_model::ValueType::new("alloc_bytes", "bytes"),
+                baton_model::ValueType::new("live_bytes", "bytes"),
+            ],
+            1,
+        );
+        b.ts_ms = ts_ms;
+        for &(service, pid, live) in rows {
+            for (value_index, value) in [(0, 7), (1, live)] {
+                b.samples.push(baton_model::StackSample {
+                    stack: Vec::new(),
+                    labels: [
+                        ("service".to_string(), service.to_string()),
+                        ("pid".to_string(), pid.to_string()),
+                    ]
+                    .into(),
+                    value,
+                    weight: 2.0,
+                    value_index,
+                });
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn heap_growth_is_the_fastest_process_between_its_windows() {
+        let mut w = HeapWatch::default();
+        w.window(&heap_batch(1_000, &[("a", "1", 100), ("a", "2", 100)]));
+        assert_eq!(w.take("a"), None, "one window has no growth yet");
+        // pid 1 grows by 2 × 1000 weighted bytes in 2 s, pid 2 shrinks.
+        w.window(&heap_batch(3_000, &[("a", "1", 1_100), ("a", "2", 50)]));
+        assert_eq!(w.take("a"), Some(1_000.0));
+        assert_eq!(w.take("a"), None, "taken once per new window");
+        w.window(&heap_batch(5_000, &[("a", "1", 1_100)]));
+        assert_eq!(w.take("a"), Some(0.0));
+        assert_eq!(w.take("b"), None);
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub(crate) struct ContinuousDoc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TriggerDoc {
-    /// `process_cpu`, `host_cpu`, `rss_growth`, `exec` or `prometheus`.
+    /// `process_cpu`, `host_cpu`, `rss_growth`, `heap_growth`, `exec` or `prometheus`.
     pub kind: Spanned<String>,
     pub profiler: Spanned<String>,
     pub duration: Spanned<String>,
@@ -134,7 +134,8 @@ pub(crate) struct TriggerDoc {
     /// Sampling frequency of the runs it fires (default: the profiler's).
     pub frequency: Option<Spanned<i64>>,
     pub above_percent: Option<Spanned<f64>>,
-    /// How long the condition must hold (`process_cpu`).
+    /// How long the condition must hold (`process_cpu`; optional for `rss_growth` and
+    /// `heap_growth`, where it asks for sustained growth).
     #[serde(rename = "for")]
     pub for_: Option<Spanned<String>>,
     pub bytes_per_second: Option<Spanned<i64>>,
@@ -143,6 +144,9 @@ pub(crate) struct TriggerDoc {
     pub url: Option<Spanned<String>>,
     pub metric: Option<Spanned<String>>,
     pub above: Option<Spanned<f64>>,
+    /// Profiler options of the runs it fires (`mode = "uprobe"`, `sample_bytes = 0`), over
+    /// the `[profilers.NAME]` ones.
+    pub options: Option<BTreeMap<String, Spanned<toml::Value>>>,
 }
 
 // ---- The validated configuration. ----
@@ -298,6 +302,8 @@ pub struct TriggerRule {
     pub max_per_hour: u32,
     /// Sampling frequency of the runs it fires; `None`: the profiler's default.
     pub frequency: Option<u64>,
+    /// Profiler options of the runs it fires, as text (checked like `[profilers.NAME]`'s).
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -311,8 +317,20 @@ pub enum TriggerCondition {
     HostCpu {
         above_percent: f64,
     },
+    /// A process's resident memory grows faster than `bytes_per_second`, measured over 5 s;
+    /// with `for_`, it has done so the whole time.
     RssGrowth {
         bytes_per_second: u64,
+        #[serde(with = "opt_secs")]
+        for_: Option<Duration>,
+    },
+    /// A process's live heap (`live_bytes`, from whatever malloc profiling runs on it) grew
+    /// faster than `bytes_per_second` between its last two windows; with `for_`, every
+    /// window has grown so for that long.
+    HeapGrowth {
+        bytes_per_second: u64,
+        #[serde(with = "opt_secs")]
+        for_: Option<Duration>,
     },
     Exec {
         pattern: String,

@@ -347,3 +347,73 @@ fn the_fleet_host_row_budget_has_a_default_and_is_validated() {
         "{p:?}"
     );
 }
+
+#[test]
+fn growth_triggers_take_a_for_and_the_runs_options() {
+    let text = r#"[services.api]
+selector = { comm = "api" }
+
+[[services.api.triggers]]
+kind = "heap_growth"
+bytes_per_second = 1048576
+for = "30s"
+profiler = "malloc"
+duration = "20s"
+cooldown = "10m"
+max_per_hour = 2
+options = { mode = "uprobe", sample_bytes = 0 }
+
+[[services.api.triggers]]
+kind = "rss_growth"
+bytes_per_second = 1048576
+profiler = "malloc"
+duration = "20s"
+cooldown = "10m"
+max_per_hour = 2
+"#;
+    let names = |p: &str| (p == "malloc").then(|| vec!["mode", "sample_bytes"]);
+    let cfg = crate::load_checked(&[file("g.toml", text)], &["malloc"], &names).expect("valid");
+    let t = &cfg.services["api"].triggers;
+    assert_eq!(
+        t[0].condition,
+        TriggerCondition::HeapGrowth {
+            bytes_per_second: 1 << 20,
+            for_: Some(std::time::Duration::from_secs(30)),
+        }
+    );
+    assert_eq!(t[0].options["mode"], "uprobe");
+    assert_eq!(t[0].options["sample_bytes"], "0");
+    assert_eq!(
+        t[1].condition,
+        TriggerCondition::RssGrowth {
+            bytes_per_second: 1 << 20,
+            for_: None,
+        }
+    );
+    assert!(t[1].options.is_empty());
+
+    // A misspelt option, a bad `for` and a `for`-less kind's `for`, each at its line.
+    let bad = text
+        .replace("sample_bytes = 0", "sample_byte = 0")
+        .replace("for = \"30s\"", "for = \"soon\"")
+        .replace(
+            "kind = \"rss_growth\"",
+            "kind = \"host_cpu\"\nabove_percent = 50.0\nfor = \"1m\"",
+        )
+        .replace(
+            "bytes_per_second = 1048576\nprofiler = \"malloc\"\nduration",
+            "profiler = \"malloc\"\nduration",
+        );
+    let e = crate::load_checked(&[file("g.toml", &bad)], &["malloc"], &names)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("g.toml:7:") && e.contains("for: "), "{e}");
+    assert!(
+        e.contains("g.toml:12:") && e.contains("did you mean `sample_bytes`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("g.toml:17:") && e.contains("`for` does not apply to a `host_cpu` trigger"),
+        "{e}"
+    );
+}

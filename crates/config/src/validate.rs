@@ -19,6 +19,7 @@ const TRIGGER_KINDS: &[&str] = &[
     "process_cpu",
     "host_cpu",
     "rss_growth",
+    "heap_growth",
     "exec",
     "prometheus",
 ];
@@ -292,7 +293,7 @@ pub(crate) fn validate(
                 continue;
             }
             service_at.insert(name.get_ref().clone(), here(name.span()));
-            if let Some(svc) = service(&mut cx, s.get_ref(), known) {
+            if let Some(svc) = service(&mut cx, s.get_ref(), known, options_of) {
                 config.services.insert(name.get_ref().clone(), svc);
             }
         }
@@ -367,8 +368,29 @@ fn profiler_override(
         }),
         options: BTreeMap::new(),
     };
+    o.options = profiler_options(cx, name, p.options.as_ref(), options_of);
+    if let (Some(f), Some(m), Some(span)) = (o.frequency, o.max_frequency, p.frequency.as_ref()) {
+        if f > m {
+            cx.at(
+                span.span(),
+                format!("frequency {f} is above this profiler's max_frequency {m}"),
+            );
+            o.frequency = Some(m);
+        }
+    }
+    o
+}
+
+/// Profiler options as text, each checked against the profiler's option names where known.
+fn profiler_options(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    options: Option<&BTreeMap<String, Spanned<toml::Value>>>,
+    options_of: OptionsOf<'_>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
     let allowed = options_of(name);
-    for (k, v) in p.options.iter().flatten() {
+    for (k, v) in options.into_iter().flatten() {
         if let Some(allowed) = &allowed {
             if !allowed.contains(&k.as_str()) {
                 let hint = suggest(k, allowed.iter().copied())
@@ -401,18 +423,9 @@ fn profiler_override(
                 continue;
             }
         };
-        o.options.insert(k.clone(), text);
+        out.insert(k.clone(), text);
     }
-    if let (Some(f), Some(m), Some(span)) = (o.frequency, o.max_frequency, p.frequency.as_ref()) {
-        if f > m {
-            cx.at(
-                span.span(),
-                format!("frequency {f} is above this profiler's max_frequency {m}"),
-            );
-            o.frequency = Some(m);
-        }
-    }
-    o
+    out
 }
 
 /// Resource kinds a claim may name, and whether the kind takes a `:detail`.
@@ -524,7 +537,12 @@ fn selector(cx: &mut Ctx<'_>, s: &Spanned<SelectorDoc>) -> Option<Selector> {
     })
 }
 
-fn service(cx: &mut Ctx<'_>, s: &ServiceDoc, known: &[&str]) -> Option<Service> {
+fn service(
+    cx: &mut Ctx<'_>,
+    s: &ServiceDoc,
+    known: &[&str],
+    options_of: OptionsOf<'_>,
+) -> Option<Service> {
     let sel = selector(cx, &s.selector);
     let mut continuous = Vec::new();
     for c in &s.continuous {
@@ -544,7 +562,7 @@ fn service(cx: &mut Ctx<'_>, s: &ServiceDoc, known: &[&str]) -> Option<Service> 
     }
     let mut triggers = Vec::new();
     for t in &s.triggers {
-        if let Some(rule) = trigger(cx, t.get_ref(), known) {
+        if let Some(rule) = trigger(cx, t.get_ref(), known, options_of) {
             triggers.push(rule);
         }
     }
@@ -561,17 +579,31 @@ fn service(cx: &mut Ctx<'_>, s: &ServiceDoc, known: &[&str]) -> Option<Service> 
     })
 }
 
-fn trigger(cx: &mut Ctx<'_>, t: &TriggerDoc, known: &[&str]) -> Option<TriggerRule> {
+fn trigger(
+    cx: &mut Ctx<'_>,
+    t: &TriggerDoc,
+    known: &[&str],
+    options_of: OptionsOf<'_>,
+) -> Option<TriggerRule> {
     let kind = t.kind.get_ref().as_str();
     let profiler = cx.profiler(&t.profiler, known);
     let duration = cx.duration(&t.duration, "duration");
     let cooldown = cx.duration(&t.cooldown, "cooldown");
     let max_per_hour = cx.positive(&t.max_per_hour, "max_per_hour");
-    // Which optional fields each kind needs; any other optional field is a mistake.
+    let options = match (&profiler, &t.options) {
+        (Some(p), Some(o)) => profiler_options(cx, p, Some(o), options_of),
+        _ => BTreeMap::new(),
+    };
+    // Which optional fields each kind needs, and which it may have; any other optional field
+    // is a mistake.
+    let may: &[&str] = match kind {
+        "rss_growth" | "heap_growth" => &["for"],
+        _ => &[],
+    };
     let needs: &[&str] = match kind {
         "process_cpu" => &["above_percent", "for"],
         "host_cpu" => &["above_percent"],
-        "rss_growth" => &["bytes_per_second"],
+        "rss_growth" | "heap_growth" => &["bytes_per_second"],
         "exec" => &["pattern"],
         "prometheus" => &["url", "metric", "above"],
         other => {
@@ -607,7 +639,7 @@ fn trigger(cx: &mut Ctx<'_>, t: &TriggerDoc, known: &[&str]) -> Option<TriggerRu
                 cx.at(t.kind.span(), format!("a `{kind}` trigger needs `{name}`"));
                 ok = false;
             }
-            (false, Some(span)) => {
+            (false, Some(span)) if !may.contains(name) => {
                 cx.at(
                     span.clone(),
                     format!("`{name}` does not apply to a `{kind}` trigger"),
@@ -641,12 +673,28 @@ fn trigger(cx: &mut Ctx<'_>, t: &TriggerDoc, known: &[&str]) -> Option<TriggerRu
         "host_cpu" => TriggerCondition::HostCpu {
             above_percent: pct(cx, &t.above_percent)?,
         },
-        "rss_growth" => TriggerCondition::RssGrowth {
-            bytes_per_second: t
+        "rss_growth" | "heap_growth" => {
+            let bytes_per_second = t
                 .bytes_per_second
                 .as_ref()
-                .and_then(|v| cx.positive(v, "bytes_per_second"))?,
-        },
+                .and_then(|v| cx.positive(v, "bytes_per_second"));
+            let for_ = match &t.for_ {
+                Some(d) => Some(cx.duration(d, "for")?),
+                None => None,
+            };
+            let bytes_per_second = bytes_per_second?;
+            if kind == "rss_growth" {
+                TriggerCondition::RssGrowth {
+                    bytes_per_second,
+                    for_,
+                }
+            } else {
+                TriggerCondition::HeapGrowth {
+                    bytes_per_second,
+                    for_,
+                }
+            }
+        }
         "exec" => TriggerCondition::Exec {
             pattern: t.pattern.as_ref()?.get_ref().clone(),
         },
@@ -683,6 +731,7 @@ fn trigger(cx: &mut Ctx<'_>, t: &TriggerDoc, known: &[&str]) -> Option<TriggerRu
     };
     Some(TriggerRule {
         frequency,
+        options,
         condition,
         profiler: profiler?,
         duration: duration?,

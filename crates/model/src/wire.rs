@@ -175,9 +175,47 @@ pub fn encode_batch(b: &Batch) -> Vec<u8> {
     gz.finish().unwrap_or_default()
 }
 
+/// The heap profiler's value names, in its order, with the names Go's runtime (and `pprof` for
+/// gperftools heap profiles) gives the same values.
+const HEAP_VALUES: &[(&str, &str)] = &[
+    ("alloc_bytes", "alloc_space"),
+    ("alloc_count", "alloc_objects"),
+    ("live_bytes", "inuse_space"),
+    ("live_count", "inuse_objects"),
+];
+
+/// The profiler a heap profile from another producer is stored under, so that its values and
+/// the `malloc` profiler's are queried alike.
+pub const HEAP_PROFILER: &str = "malloc";
+
+/// For a heap profile (every sample type one of Go's `alloc_space`, `alloc_objects`,
+/// `inuse_space`, `inuse_objects`): its types renamed to the heap profiler's `alloc_bytes`,
+/// `alloc_count`, `live_bytes`, `live_count`, in that order, and the value index each pprof
+/// slot moves to. `None` for any other profile.
+fn heap_types(types: &[ValueType]) -> Option<(Vec<ValueType>, Vec<u8>)> {
+    let ours = |t: &ValueType| HEAP_VALUES.iter().position(|(_, go)| *go == t.kind);
+    let mut at: Vec<usize> = types.iter().map(ours).collect::<Option<_>>()?;
+    let mut sorted = at.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != at.len() {
+        return None;
+    }
+    let renamed = sorted
+        .iter()
+        .map(|&i| ValueType::new(HEAP_VALUES[i].0, if i % 2 == 0 { "bytes" } else { "count" }))
+        .collect();
+    for slot in &mut at {
+        *slot = sorted.iter().position(|i| i == slot).unwrap_or(0);
+    }
+    Some((renamed, at.into_iter().map(|i| i as u8).collect()))
+}
+
 /// Decodes pprof (gzip or not) into a batch. `profiler` (from the request) wins over the one
-/// the file names, else [`FOREIGN_PROFILER`]; `labels` are set on every sample and histogram,
-/// over what the file says. `now_ms` stamps a file that carries no time.
+/// the file names, else [`HEAP_PROFILER`] for a heap profile, else [`FOREIGN_PROFILER`];
+/// `labels` are set on every sample and histogram, over what the file says. `now_ms` stamps a
+/// file that carries no time. A heap profile's values (Go's `inuse_space`…) get the heap
+/// profiler's names (`live_bytes`…), whatever profiler it is stored under.
 pub fn decode_batch(
     bytes: &[u8],
     profiler: Option<&str>,
@@ -210,18 +248,30 @@ pub fn decode_batch(
             spans = Some(serde_json::from_str(j).map_err(|e| bad(format!("spans: {e}")))?);
         }
     }
-    let profiler = profiler
-        .map(str::to_string)
-        .or(named)
-        .unwrap_or_else(|| FOREIGN_PROFILER.into());
-    if profiler.is_empty() || profiler.len() > 64 {
-        return Err(bad("the profiler name must be 1 to 64 characters".into()));
-    }
     let types = pb
         .sample_type
         .iter()
         .map(|t| Ok(ValueType::new(s(t.r#type)?, s(t.unit)?)))
         .collect::<Result<Vec<_>, WireError>>()?;
+    let heap = heap_types(&types);
+    let profiler = profiler.map(str::to_string).or(named).unwrap_or_else(|| {
+        if heap.is_some() {
+            HEAP_PROFILER
+        } else {
+            FOREIGN_PROFILER
+        }
+        .into()
+    });
+    if profiler.is_empty() || profiler.len() > 64 {
+        return Err(bad("the profiler name must be 1 to 64 characters".into()));
+    }
+    let (types, slot_index) = match heap {
+        Some((renamed, at)) => (renamed, at),
+        None => {
+            let n = types.len().min(256);
+            (types, (0..n).map(|i| i as u8).collect())
+        }
+    };
     if types.is_empty() {
         return Err(bad("no sample_type".into()));
     }
@@ -358,7 +408,7 @@ pub fn decode_batch(
                 labels: sl.clone(),
                 value: v,
                 weight,
-                value_index: i as u8,
+                value_index: slot_index[i],
             });
         }
     }
@@ -391,6 +441,73 @@ mod tests {
             file: function.map(|_| "a.c".to_string()),
             line: function.map(|_| 7),
         }
+    }
+
+    #[test]
+    fn go_heap_values_get_the_heap_profilers_names_and_order() {
+        let go = [
+            "alloc_objects",
+            "alloc_space",
+            "inuse_objects",
+            "inuse_space",
+        ];
+        let types: Vec<ValueType> = go
+            .iter()
+            .map(|k| {
+                ValueType::new(
+                    k,
+                    if k.ends_with("objects") {
+                        "count"
+                    } else {
+                        "bytes"
+                    },
+                )
+            })
+            .collect();
+        let mut b = Batch::new("go-heap", types, 5_000);
+        for (i, v) in [3, 4096, 1, 1024].into_iter().enumerate() {
+            b.samples.push(StackSample {
+                stack: vec![frame(FrameKind::User, Some("leaky"), "/bin/go", 16)],
+                labels: Labels::new(),
+                value: v,
+                weight: 1.0,
+                value_index: i as u8,
+            });
+        }
+        let got = decode_batch(&encode_batch(&b), None, &Labels::new(), 0).expect("decode");
+        assert_eq!(got.profiler, "go-heap", "the file's name is kept");
+        let names: Vec<&str> = std::iter::once(&got.value_type)
+            .chain(&got.more_value_types)
+            .map(|t| t.kind.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["alloc_bytes", "alloc_count", "live_bytes", "live_count"]
+        );
+        let by_index: Vec<(u8, i64)> = got
+            .samples
+            .iter()
+            .map(|s| (s.value_index, s.value))
+            .collect();
+        assert_eq!(by_index, [(1, 3), (0, 4096), (3, 1), (2, 1024)]);
+        // Only in-use values (a gperftools heap profile through pprof).
+        let (t, at) = heap_types(&[
+            ValueType::new("inuse_objects", "count"),
+            ValueType::new("inuse_space", "bytes"),
+        ])
+        .expect("a heap profile");
+        assert_eq!(
+            (t[0].kind.as_str(), t[1].kind.as_str()),
+            ("live_bytes", "live_count")
+        );
+        assert_eq!(at, [1, 0]);
+        // Anything else keeps its names.
+        assert!(heap_types(&[ValueType::new("samples", "count")]).is_none());
+        assert!(heap_types(&[
+            ValueType::new("inuse_space", "bytes"),
+            ValueType::new("inuse_space", "bytes")
+        ])
+        .is_none());
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! What the driver observes for the config's triggers: process and host CPU and RSS growth from
-//! /proc (once a second), new executables from BPF exec events, and Prometheus metrics scraped
-//! from URLs (on their own thread, so a slow endpoint never stalls the driver).
+//! /proc (once a second), live-heap growth from the windows the driver stores, new executables
+//! from BPF exec events, and Prometheus metrics scraped from URLs (on their own thread, so a
+//! slow endpoint never stalls the driver).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use baton_agent::observe::{ExecWatch, HostCpu, ProcessCpu, RssWatch};
+use baton_agent::observe::{ExecWatch, HeapWatch, HostCpu, ProcessCpu, RssWatch};
 use baton_agent::targets::selector_pids;
 use baton_agent::AgentMetrics;
 use baton_config::{Config, TriggerCondition};
@@ -26,6 +27,8 @@ pub struct TriggerWatch {
     pub engine: TriggerEngine,
     cpu: HashMap<String, ProcessCpu>,
     rss: HashMap<String, RssWatch>,
+    /// Live-heap growth, fed every window the driver stores.
+    pub heap: HeapWatch,
     /// Exec events from BPF, started when a config first has an exec rule.
     exec_bpf: Option<ExecEvents>,
     /// The BPF exec watcher could not start: poll /proc instead.
@@ -127,6 +130,15 @@ impl TriggerWatch {
                 let watch = self.rss.entry(name.clone()).or_default();
                 if let Some(b) = watch.fastest(&pids) {
                     obs.push(Observation::RssGrowth {
+                        host: host.into(),
+                        service: name.clone(),
+                        bytes_per_second: b,
+                    });
+                }
+            }
+            if has(|c| matches!(c, TriggerCondition::HeapGrowth { .. })) {
+                if let Some(b) = self.heap.take(name) {
+                    obs.push(Observation::HeapGrowth {
                         host: host.into(),
                         service: name.clone(),
                         bytes_per_second: b,

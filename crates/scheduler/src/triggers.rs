@@ -26,6 +26,13 @@ pub enum Observation {
         service: String,
         bytes_per_second: f64,
     },
+    /// The fastest growth of a process's live heap (`live_bytes`) between its last two
+    /// windows; observed once per new window.
+    HeapGrowth {
+        host: String,
+        service: String,
+        bytes_per_second: f64,
+    },
     /// A process started running `exe`; the run it fires profiles that process (`pid`).
     Exec {
         host: String,
@@ -48,6 +55,7 @@ impl Observation {
             Observation::ProcessCpu { host, service, .. }
             | Observation::HostCpu { host, service, .. }
             | Observation::RssGrowth { host, service, .. }
+            | Observation::HeapGrowth { host, service, .. }
             | Observation::Exec { host, service, .. }
             | Observation::Metric { host, service, .. } => (host, service),
         }
@@ -120,12 +128,28 @@ impl TriggerEngine {
                     Observation::HostCpu { percent, .. },
                 ) => (*percent > *above_percent, None),
                 (
-                    TriggerCondition::RssGrowth { bytes_per_second },
+                    TriggerCondition::RssGrowth {
+                        bytes_per_second,
+                        for_,
+                    },
                     Observation::RssGrowth {
                         bytes_per_second: b,
                         ..
                     },
-                ) => (*b > *bytes_per_second as f64, None),
+                )
+                | (
+                    TriggerCondition::HeapGrowth {
+                        bytes_per_second,
+                        for_,
+                    },
+                    Observation::HeapGrowth {
+                        bytes_per_second: b,
+                        ..
+                    },
+                ) => (
+                    *b > *bytes_per_second as f64,
+                    for_.map(|f| f.as_millis() as Millis),
+                ),
                 (TriggerCondition::Exec { pattern }, Observation::Exec { exe, .. }) => {
                     (glob_match(pattern, exe), None)
                 }
@@ -196,7 +220,7 @@ impl TriggerEngine {
                 owner: format!("trigger:{service}#{i}"),
                 not_before: now,
                 weight: 1.0,
-                options: Default::default(),
+                options: rule.options.clone(),
             });
         }
         out
@@ -319,6 +343,56 @@ max_per_hour = 10
             .len(),
             1
         );
+    }
+
+    #[test]
+    fn sustained_heap_growth_fires_a_run_with_the_rules_options() {
+        let text = r#"
+[services.s]
+selector = { comm = "s" }
+
+[[services.s.triggers]]
+kind = "heap_growth"
+bytes_per_second = 1000
+for = "20s"
+profiler = "malloc"
+duration = "30s"
+cooldown = "10m"
+max_per_hour = 1
+options = { mode = "uprobe" }
+"#;
+        let c = baton_config::load(
+            &[baton_config::SourceFile {
+                path: "t.toml".into(),
+                text: text.into(),
+            }],
+            &["malloc"],
+        )
+        .expect("valid");
+        let heap = |b: f64| Observation::HeapGrowth {
+            host: "h".into(),
+            service: "s".into(),
+            bytes_per_second: b,
+        };
+        let mut e = TriggerEngine::default();
+        // Growing windows for 10 s, then one that did not grow: the clock starts again.
+        assert!(e.observe(&c, &heap(5_000.0), 0).is_empty());
+        assert!(e.observe(&c, &heap(5_000.0), 10_000).is_empty());
+        assert!(e.observe(&c, &heap(0.0), 20_000).is_empty());
+        assert!(e.observe(&c, &heap(5_000.0), 30_000).is_empty());
+        assert!(e.observe(&c, &heap(5_000.0), 40_000).is_empty());
+        let r = e.observe(&c, &heap(5_000.0), 50_000);
+        assert_eq!(r.len(), 1, "20 s of growth fires");
+        assert_eq!(r[0].profiler, "malloc");
+        assert_eq!(r[0].target, "service:s");
+        assert_eq!(r[0].options["mode"], "uprobe");
+        // RSS observations are another condition's business.
+        let rss = Observation::RssGrowth {
+            host: "h".into(),
+            service: "s".into(),
+            bytes_per_second: 1e9,
+        };
+        assert!(e.observe(&c, &rss, 60_000).is_empty());
     }
 
     #[test]

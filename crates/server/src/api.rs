@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use baton_model::{Bucket, ProfilerInfo, TopEntry};
-use baton_store::{Point, Timeline};
+use baton_store::{Point, Series, Timeline};
 use serde::{Deserialize, Serialize};
 
 /// Any failed call: `{"error": "one line"}`.
@@ -67,13 +67,22 @@ pub struct Histograms {
     pub histograms: Vec<HistogramSummary>,
 }
 
-/// `GET /api/v1/timeseries`: weighted totals per step.
+/// `GET /api/v1/timeseries`: weighted totals per step. For a level (`live_bytes`), a step's
+/// point is per process the mean of its windows' totals, summed over processes, never a sum
+/// across windows. With `group_by`, `series` has one series per value of that label
+/// (largest first) and `points` is their sum.
 #[derive(Debug, Serialize)]
 pub struct Timeseries {
     pub from_ms: i64,
     pub to_ms: i64,
     pub step_ms: i64,
+    /// Whether the value is a level (what is held at a window's end) rather than a total.
+    pub level: bool,
     pub points: Vec<Point>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<Series>,
 }
 
 /// One value of a label and its weight.

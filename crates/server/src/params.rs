@@ -12,10 +12,12 @@ pub struct ApiParams {
     pub step_ms: i64,
     pub limit: usize,
     pub format: Option<Format>,
+    /// A label column to split a time series by (`pid`, `service`…).
+    pub group_by: Option<String>,
 }
 
 /// Parses `profiler`, `value`, `since` or `from`/`to`, `filter` (repeatable), `step`, `limit`,
-/// `format`.
+/// `format`, `group_by`.
 pub fn parse_params(raw: &str) -> Result<ApiParams, String> {
     parse_params_with(raw, None)
 }
@@ -71,6 +73,7 @@ pub fn parse_params_with(
     let mut step = None;
     let mut limit = 100usize;
     let mut format = None;
+    let mut group_by = None;
     for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
         match k.as_ref() {
             "profiler" => profiler = v.into_owned(),
@@ -116,6 +119,17 @@ pub fn parse_params_with(
                     .parse()
                     .map_err(|_| format!("limit: {v:?} is not a number"))?
             }
+            "group_by" => {
+                if !v.is_empty() {
+                    if !baton_store::LABEL_COLUMNS.contains(&v.as_ref()) {
+                        return Err(format!(
+                            "group_by: {v:?} is not a label column; use one of {}",
+                            baton_store::LABEL_COLUMNS.join(", ")
+                        ));
+                    }
+                    group_by = Some(v.into_owned());
+                }
+            }
             "format" => {
                 format = Some(Format::parse(&v).ok_or_else(|| {
                     format!("format: unknown {v:?}; use one of {}", Format::NAMES)
@@ -155,6 +169,7 @@ pub fn parse_params_with(
         step_ms,
         limit,
         format,
+        group_by,
     })
 }
 

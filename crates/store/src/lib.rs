@@ -13,6 +13,7 @@ mod duck;
 mod query;
 mod read;
 mod schema;
+mod series;
 /// A throwaway ClickHouse server, and the benchmarks' hooks: for tests and benchmarks only.
 #[cfg(feature = "test-support")]
 pub mod testserver;
@@ -24,6 +25,7 @@ pub use control::ControlRecord;
 pub use duck::DuckDbStore;
 pub use query::{is_detail_label, Filter, FilterOp, Query, DETAIL_LABELS, LABEL_COLUMNS};
 pub use schema::SCHEMA_VERSION;
+pub use series::{is_level, Series};
 
 use baton_model::{Batch, Histogram, NamedStacks, Profile};
 
@@ -82,8 +84,16 @@ pub trait Store: Send {
     /// The same stacks as [`Store::profile`], as interned names: the fast path for flame graphs
     /// and top tables.
     fn named_stacks(&mut self, q: &Query) -> Result<NamedStacks, StoreError>;
-    /// Weighted totals per time bucket of `step_ms`.
+    /// Weighted totals per time bucket of `step_ms` (a level, see [`is_level`], per window).
     fn timeseries(&mut self, q: &Query, step_ms: i64) -> Result<Vec<Point>, StoreError>;
+    /// The same per value of a label column (`pid`, `service`…) when `group_by` names one, in
+    /// descending order of their largest point; one series with an empty key otherwise.
+    fn series(
+        &mut self,
+        q: &Query,
+        step_ms: i64,
+        group_by: Option<&str>,
+    ) -> Result<Vec<Series>, StoreError>;
     /// Distinct values of a label in the range, most weighted first.
     fn label_values(
         &mut self,

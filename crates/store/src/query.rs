@@ -102,7 +102,7 @@ pub(crate) enum Dialect {
 }
 
 impl Dialect {
-    fn text(self, col: &str) -> String {
+    pub(crate) fn text(self, col: &str) -> String {
         match self {
             Dialect::DuckDb => format!("CAST({col} AS VARCHAR)"),
             Dialect::ClickHouse => format!("toString({col})"),

@@ -10,7 +10,7 @@ use baton_model::{
 };
 
 use crate::dict::{BuildIdHash, IdMap};
-use crate::{Point, Query, StoreError, Timeline, TimelineQuery, TimelineSpan, Unsymbolized};
+use crate::{Query, StoreError, Timeline, TimelineQuery, TimelineSpan, Unsymbolized};
 
 /// A frame as a backend reads it back: its id, the frame with its symbol applied, and the
 /// functions inlined at its address from a late symbol (JSON `[[name, file, line], …]`,
@@ -37,8 +37,14 @@ pub(crate) trait Backend {
     fn histogram_buckets(&mut self, q: &Query) -> Result<Vec<BucketRow>, StoreError>;
     /// Spans that overlap the query's window, in start order, at most `limit + 1`.
     fn spans(&mut self, q: &TimelineQuery) -> Result<Vec<TimelineSpan>, StoreError>;
-    /// Weighted totals per time bucket of `step_ms`.
-    fn timeseries(&mut self, q: &Query, step_ms: i64) -> Result<Vec<Point>, StoreError>;
+    /// Rows of [`crate::series::series_sql`]: (bucket, group key, value) per time bucket of
+    /// `step_ms`, per value of the label column `group` if given.
+    fn series(
+        &mut self,
+        q: &Query,
+        step_ms: i64,
+        group: Option<&'static str>,
+    ) -> Result<Vec<crate::series::SeriesRow>, StoreError>;
     /// Distinct values of a label column in the range, most weighted first.
     fn label_values(&mut self, q: &Query, col: &str, limit: usize) -> Result<Totals, StoreError>;
     /// Whether symbols may have been added since the last call by a writer other than this
@@ -90,7 +96,21 @@ macro_rules! shared_store_methods {
             q: &$crate::Query,
             step_ms: i64,
         ) -> Result<Vec<$crate::Point>, $crate::StoreError> {
-            $crate::read::Backend::timeseries(&mut self.$backend, q, step_ms)
+            let series = $crate::series::series(&mut self.$backend, q, step_ms, None)?;
+            Ok(series
+                .into_iter()
+                .next()
+                .map(|s| s.points)
+                .unwrap_or_default())
+        }
+
+        fn series(
+            &mut self,
+            q: &$crate::Query,
+            step_ms: i64,
+            group_by: Option<&str>,
+        ) -> Result<Vec<$crate::Series>, $crate::StoreError> {
+            $crate::series::series(&mut self.$backend, q, step_ms, group_by)
         }
 
         fn label_values(

@@ -249,6 +249,72 @@ fn values_details_and_histograms(s: &mut dyn Store) {
     );
 }
 
+/// A malloc window of one process: `live` bytes held at its end over two stacks, and `alloc`
+/// bytes allocated in it.
+fn heap_window(ts: i64, pid: &str, live: i64, alloc: i64) -> Batch {
+    let mut b = batch(ts, "app", "leak_site", alloc, 1.0);
+    b.profiler = "malloc".into();
+    b.value_type = ValueType::new("alloc_bytes", "bytes");
+    b.more_value_types = vec![
+        ValueType::new("alloc_count", "count"),
+        ValueType::new("live_bytes", "bytes"),
+    ];
+    b.samples[0].labels.insert("pid".into(), pid.into());
+    b.samples[0]
+        .labels
+        .insert("service".into(), format!("svc{pid}"));
+    for (leaf, v) in [("leak_site", live - live / 4), ("other_site", live / 4)] {
+        let mut s = b.samples[0].clone();
+        s.stack[0] = frame(FrameKind::User, Some(leaf), leaf.len() as u64 * 16);
+        s.value = v;
+        s.value_index = 2;
+        b.samples.push(s);
+    }
+    b
+}
+
+/// A level (`live_bytes`) is a window's total, never summed across windows: per process the
+/// mean of its windows in a step, summed over the processes of a series. Counts still sum.
+fn level_series_per_window_and_group(s: &mut dyn Store) {
+    s.write_batch(&heap_window(1_000, "7", 200, 10)).expect("w");
+    s.write_batch(&heap_window(2_000, "7", 400, 10)).expect("w");
+    s.write_batch(&heap_window(1_500, "8", 1_000, 10))
+        .expect("w");
+    let mut live = q(0, 10_000);
+    live.profiler = "malloc".into();
+    live.value = Some("live_bytes".into());
+    let pt = |ts_ms, value| Point { ts_ms, value };
+    assert_eq!(
+        s.timeseries(&live, 10_000).expect("ts"),
+        vec![pt(0, 1_300.0)]
+    );
+    assert_eq!(
+        s.timeseries(&live, 1_000).expect("ts"),
+        vec![pt(1_000, 1_200.0), pt(2_000, 400.0)]
+    );
+    let by_pid = s.series(&live, 10_000, Some("pid")).expect("series");
+    let keys: Vec<(&str, f64)> = by_pid
+        .iter()
+        .map(|x| (x.key.as_str(), x.points[0].value))
+        .collect();
+    assert_eq!(keys, vec![("8", 1_000.0), ("7", 300.0)]);
+    let by_service = s.series(&live, 1_000, Some("service")).expect("series");
+    assert_eq!(by_service[0].key, "svc8");
+    assert_eq!(
+        by_service[1].points,
+        vec![pt(1_000, 200.0), pt(2_000, 400.0)]
+    );
+    assert!(matches!(
+        s.series(&live, 1_000, Some("colour")),
+        Err(StoreError::UnknownLabel(_))
+    ));
+    let mut alloc = live.clone();
+    alloc.value = None;
+    assert_eq!(s.timeseries(&alloc, 10_000).expect("ts"), vec![pt(0, 30.0)]);
+    let whole = s.series(&alloc, 10_000, None).expect("series");
+    assert_eq!((whole.len(), whole[0].key.as_str()), (1, ""));
+}
+
 /// Inlined frames keep their names and lines; unknown frames keep module and offset.
 fn inlined_and_unknown_frames(s: &mut dyn Store) {
     let mut b = batch(1000, "a", "outer", 10, 1.0);
@@ -614,6 +680,7 @@ macro_rules! conformance {
 conformance!(
     sums_filters_series_and_labels,
     values_details_and_histograms,
+    level_series_per_window_and_group,
     inlined_and_unknown_frames,
     batch_ids_and_late_symbols,
     run_history_keeps_the_latest_state,

@@ -1,4 +1,5 @@
-//! Write budgets: every batch the driver stores is labelled with its services, then admitted
+//! Write budgets: every batch the driver stores is labelled with its services (and read for
+//! live-heap growth), then admitted
 //! through each service's budget and the host's (rows per minute): accepted, down-sampled with
 //! raised weights, or refused. Each outcome is counted in `/metrics` and, per budget, in
 //! `/api/v1/status`.
@@ -20,6 +21,8 @@ impl Driver {
         let config = self.config();
         if let Some(c) = &config {
             baton_agent::attribute::attribute(c, &mut r.batch);
+            // Every row, before any budget thins them: live-heap growth for `heap_growth`.
+            self.triggers.heap.window(&r.batch);
         }
         let per_minute = config
             .as_ref()

@@ -2,13 +2,15 @@
 //! thread timeline, label values and exports. Each reads the common parameters (`profiler`,
 //! `since` or `from`/`to`, `filter`…) and answers one of the shapes of [`crate::api`].
 
+use std::collections::BTreeMap;
+
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use baton_model::export::{self, Format};
-use baton_store::{FilterOp, TimelineQuery};
+use baton_store::{FilterOp, Point, TimelineQuery};
 
 use crate::api::{
     HistogramSummary, Histograms, LabelValue, LabelValues, TimelineBody, Timeseries, Top,
@@ -135,7 +137,8 @@ pub(crate) async fn histograms(
     }))
 }
 
-/// `GET /api/v1/timeseries`: weighted totals per `step`.
+/// `GET /api/v1/timeseries`: weighted totals per `step`; with `group_by=LABEL`, one series per
+/// value of the label too.
 pub(crate) async fn timeseries(
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
@@ -143,12 +146,27 @@ pub(crate) async fn timeseries(
     let p = st.params(q.as_deref())?;
     let query = p.query.clone();
     let step_ms = p.step_ms;
-    let points = with_store(&st, move |s| s.timeseries(&query, step_ms)).await?;
+    let group_by = p.group_by.clone();
+    let series = with_store(&st, move |s| s.series(&query, step_ms, group_by.as_deref())).await?;
+    let mut sum: BTreeMap<i64, f64> = BTreeMap::new();
+    for pt in series.iter().flat_map(|s| &s.points) {
+        *sum.entry(pt.ts_ms).or_default() += pt.value;
+    }
     Ok(Json(Timeseries {
         from_ms: p.query.from_ms,
         to_ms: p.query.to_ms,
         step_ms,
-        points,
+        level: p.query.value.as_deref().is_some_and(baton_store::is_level),
+        points: sum
+            .into_iter()
+            .map(|(ts_ms, value)| Point { ts_ms, value })
+            .collect(),
+        series: if p.group_by.is_some() {
+            series
+        } else {
+            Vec::new()
+        },
+        group_by: p.group_by,
     }))
 }
 

@@ -11,7 +11,8 @@ use super::http::Http;
 use crate::dict::{symbol_key, Dictionary};
 use crate::query::{inline, quote, Dialect, Query};
 use crate::read::{id_list, Backend, BucketRow, StoredFrame, Totals};
-use crate::{Point, RunRecord, StoreError, TimelineQuery, TimelineSpan, Unsymbolized};
+use crate::series::{series_sql, SeriesRow};
+use crate::{RunRecord, StoreError, TimelineQuery, TimelineSpan, Unsymbolized};
 
 /// A symbol as read back: function, file, line, inlined chain (JSON).
 type SymbolRow = (String, Option<String>, Option<u32>, Option<String>);
@@ -189,17 +190,24 @@ impl Backend for Http {
             .collect())
     }
 
-    fn timeseries(&mut self, q: &Query, step_ms: i64) -> Result<Vec<Point>, StoreError> {
-        let step = step_ms.max(1);
-        let sql = self.samples_sql(
-            q,
-            &format!("intDiv(ts_ms, {step}) * {step} AS b, sum(value * weight)"),
-            " GROUP BY b ORDER BY b",
-        );
+    fn series(
+        &mut self,
+        q: &Query,
+        step_ms: i64,
+        group: Option<&'static str>,
+    ) -> Result<Vec<SeriesRow>, StoreError> {
+        let table = self.table("samples");
+        let (sql, params) = series_sql(q, Dialect::ClickHouse, &table, step_ms, group);
         Ok(self
-            .pairs(&sql)?
+            .rows(&inline(&sql, &params))?
             .into_iter()
-            .map(|(ts_ms, value)| Point { ts_ms, value })
+            .filter_map(|r| {
+                Some((
+                    parsed(&r, 0)?,
+                    field(&r, 1).unwrap_or_default(),
+                    parsed(&r, 2)?,
+                ))
+            })
             .collect())
     }
 

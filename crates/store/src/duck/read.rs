@@ -6,11 +6,10 @@ use duckdb::types::Value;
 use duckdb::{params_from_iter, Connection};
 
 use crate::dict::Dictionary;
-use crate::query::{Param, Query};
+use crate::query::{Dialect, Param, Query};
 use crate::read::{id_list, Backend, BucketRow, StoredFrame, Totals};
-use crate::{
-    ControlRecord, Point, RunRecord, StoreError, TimelineQuery, TimelineSpan, Unsymbolized,
-};
+use crate::series::{series_sql, SeriesRow};
+use crate::{ControlRecord, RunRecord, StoreError, TimelineQuery, TimelineSpan, Unsymbolized};
 
 pub(super) fn to_values(params: &[Param]) -> Vec<Value> {
     params
@@ -145,23 +144,20 @@ impl Backend for Connection {
         Ok(rows)
     }
 
-    fn timeseries(&mut self, q: &Query, step_ms: i64) -> Result<Vec<Point>, StoreError> {
-        let step = step_ms.max(1);
-        let (wh, params) = q.where_clause();
-        let sql = format!(
-            "SELECT (ts_ms // {step}) * {step} AS b, sum(value * weight) FROM samples
-             WHERE {wh} GROUP BY b ORDER BY b"
-        );
+    fn series(
+        &mut self,
+        q: &Query,
+        step_ms: i64,
+        group: Option<&'static str>,
+    ) -> Result<Vec<SeriesRow>, StoreError> {
+        let (sql, params) = series_sql(q, Dialect::DuckDb, "samples", step_ms, group);
         let mut st = self.prepare(&sql)?;
-        let pts = st
+        let rows = st
             .query_map(params_from_iter(to_values(&params)), |r| {
-                Ok(Point {
-                    ts_ms: r.get(0)?,
-                    value: r.get(1)?,
-                })
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?
             .collect::<Result<_, _>>()?;
-        Ok(pts)
+        Ok(rows)
     }
 
     fn label_values(&mut self, q: &Query, col: &str, limit: usize) -> Result<Totals, StoreError> {

@@ -1,0 +1,103 @@
+//! Time series over the samples: weighted totals per step, optionally one series per value of a
+//! label. A value type that is a level (`live_bytes`: what is held at the end of a window, not
+//! what happened in it) is never summed across windows: a step's point is, per process, the
+//! mean of its windows' totals, summed over the processes of the series.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::query::{label_column, Dialect, Param, Query};
+use crate::{Point, StoreError};
+
+/// Whether a value type is a level rather than a count of events: `live_bytes`, `live_count`
+/// (any `live_*`), which a window reports as what is held at its end.
+pub fn is_level(value_type: &str) -> bool {
+    value_type.starts_with("live_")
+}
+
+/// One series of a grouped time series: the label value (empty where the sample had none).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Series {
+    pub key: String,
+    pub points: Vec<Point>,
+}
+
+/// One row of a series query: (bucket start, group key, value).
+pub(crate) type SeriesRow = (i64, String, f64);
+
+/// The SELECT of a series over `table`, returning (bucket, key, value) ordered by bucket and
+/// key. `group` is a label column (from [`crate::LABEL_COLUMNS`], never user text).
+pub(crate) fn series_sql(
+    q: &Query,
+    d: Dialect,
+    table: &str,
+    step_ms: i64,
+    group: Option<&str>,
+) -> (String, Vec<Param>) {
+    let step = step_ms.max(1);
+    let (wh, params) = q.where_in(d);
+    let bucket = match d {
+        Dialect::DuckDb => format!("(ts_ms // {step}) * {step}"),
+        Dialect::ClickHouse => format!("intDiv(ts_ms, {step}) * {step}"),
+    };
+    let key = group.map_or_else(
+        || "''".to_string(),
+        |col| format!("coalesce({}, '')", d.text(col)),
+    );
+    let level = q.value.as_deref().is_some_and(is_level);
+    let sql = if level {
+        // A window is one (host, pid, ts_ms): its total is the level; a process's level over a
+        // step is the mean of its windows'; a series sums its processes.
+        format!(
+            "SELECT b, g, sum(v) FROM (
+               SELECT b, g, avg(w) AS v FROM (
+                 SELECT {bucket} AS b, {key} AS g, coalesce(host, '') AS h,
+                        coalesce(pid, -1) AS p, ts_ms, sum(value * weight) AS w
+                 FROM {table} WHERE {wh} GROUP BY b, g, h, p, ts_ms
+               ) AS windows GROUP BY b, g, h, p
+             ) AS processes GROUP BY b, g ORDER BY b, g"
+        )
+    } else {
+        format!(
+            "SELECT {bucket} AS b, {key} AS g, sum(value * weight) FROM {table}
+             WHERE {wh} GROUP BY b, g ORDER BY b, g"
+        )
+    };
+    (sql, params)
+}
+
+/// The series of a query, grouped by `group_by` (a label column) if given: the series in
+/// descending order of their largest point.
+pub(crate) fn series<B: crate::read::Backend>(
+    b: &mut B,
+    q: &Query,
+    step_ms: i64,
+    group_by: Option<&str>,
+) -> Result<Vec<Series>, StoreError> {
+    let col = group_by.map(label_column).transpose()?;
+    let mut by_key: BTreeMap<String, Vec<Point>> = BTreeMap::new();
+    for (ts_ms, key, value) in b.series(q, step_ms, col)? {
+        by_key.entry(key).or_default().push(Point { ts_ms, value });
+    }
+    let peak = |s: &Series| s.points.iter().map(|p| p.value).fold(f64::MIN, f64::max);
+    let mut out: Vec<Series> = by_key
+        .into_iter()
+        .map(|(key, points)| Series { key, points })
+        .collect();
+    out.sort_by(|a, b| peak(b).total_cmp(&peak(a)).then_with(|| a.key.cmp(&b.key)));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_are_the_live_values() {
+        assert!(is_level("live_bytes"));
+        assert!(is_level("live_count"));
+        assert!(!is_level("alloc_bytes"));
+        assert!(!is_level("nanoseconds"));
+    }
+}
