@@ -51,7 +51,15 @@ fn build(dir: &Path) -> (PathBuf, PathBuf) {
     let exe = dir.join("jemalloc_loop");
     must(
         Command::new("clang")
-            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+            // At fixed addresses (no PIE), so that its frames in bpftrace's stacks, printed after
+            // it exited, can be told apart by address; calls kept as calls.
+            .args([
+                "-O2",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-fno-optimize-sibling-calls",
+            ])
+            .args(["-no-pie", "-o"])
             .arg(&exe)
             .arg(repo().join("bench/jemalloc_loop.c"))
             .arg(JEMALLOC),
@@ -75,6 +83,7 @@ impl Tracer {
             &script,
             format!(
                 "usdt:{lib}:baton:alloc {{ @alloc[pid, arg1, arg2] = count(); @sz[arg0] = arg1; \
+                 @stacks[pid, ustack(perf, 4)] = count(); \
                  @mn[arg0] = arg2; @na[pid] = count(); }}\n\
                  usdt:{lib}:baton:free {{ @nf[pid] = count(); \
                  if (@stop[pid] == 0 && @sz[arg0] != 0) {{ @freed[pid, @sz[arg0], @mn[arg0]] = count(); }} \
@@ -175,6 +184,39 @@ fn estimate(samples: &HashMap<(u64, u64), u64>) -> f64 {
         .sum()
 }
 
+/// The address range of function `name` in the (not position-independent) executable `exe`.
+fn symbol_range(exe: &Path, name: &str) -> std::ops::Range<u64> {
+    let out = must(
+        Command::new("nm").args(["-S", "--defined-only"]).arg(exe),
+        "nm",
+    );
+    out.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[3] == name).then(|| {
+                let start = u64::from_str_radix(f[0], 16).expect("nm address");
+                start..start + u64::from_str_radix(f[1], 16).expect("nm size")
+            })
+        })
+        .unwrap_or_else(|| panic!("{name} not in {}", exe.display()))
+}
+
+/// Per stack bpftrace took at the alloc probe (addresses, innermost first), its count, for `pid`.
+fn stacks_of(out: &str, pid: u32) -> Vec<(Vec<u64>, u64)> {
+    out.split(&format!("@stacks[{pid}, "))
+        .skip(1)
+        .filter_map(|entry| {
+            let (frames, rest) = entry.split_once("]: ")?;
+            let n = rest.lines().next()?.trim().parse().ok()?;
+            let addrs = frames
+                .lines()
+                .filter_map(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+                .collect();
+            Some((addrs, n))
+        })
+        .collect()
+}
+
 fn field(out: &str, name: &str) -> f64 {
     out.split_whitespace()
         .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
@@ -255,6 +297,20 @@ fn jemalloc_samples_estimate_allocated_and_live_bytes() {
         "allocs {} and frees {} do not pair up",
         c.allocs,
         c.frees
+    );
+    // The stack at the probe, past its first frame (the reporter's own), is the entry point the
+    // program called, then its caller: [malloc, alloc_site, main] for the workload's blocks.
+    let (site, main) = (symbol_range(&exe, "alloc_site"), symbol_range(&exe, "main"));
+    let stacks = stacks_of(&traced, pids[0]);
+    let total: u64 = stacks.iter().map(|(_, n)| n).sum();
+    let through_site: u64 = stacks
+        .iter()
+        .filter(|(f, _)| f.len() >= 4 && site.contains(&f[2]) && main.contains(&f[3]))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        through_site as f64 >= 0.95 * total as f64,
+        "only {through_site} of {total} sampled stacks read [reporter, malloc, alloc_site, main]: {stacks:x?}"
     );
     let alloc = estimate(&c.alloc);
     let live = alloc - estimate(&c.freed);
