@@ -1,6 +1,8 @@
 //! Helpers shared by the subcommands: logging, data directory, exit codes, tables.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use baton_model::TopEntry;
 use baton_profilers::ProfilerError;
@@ -131,6 +133,48 @@ pub fn format_value(v: f64, unit: &str) -> String {
     }
 }
 
+/// `baton preload`: installs the allocation sampler into `dir` and says how to start a service
+/// with it (a shell, a systemd drop-in, a container).
+pub fn preload(dir: &Path, quiet: bool, json: bool) -> anyhow::Result<std::process::ExitCode> {
+    use baton_profilers::preload;
+    let lib = preload::install(Some(dir)).with_context(|| {
+        format!(
+            "installing {} into {}",
+            preload::MALLOC_LIBRARY_NAME,
+            dir.display()
+        )
+    })?;
+    let lib = lib.display();
+    let mean = preload::DEFAULT_SAMPLE_BYTES;
+    let env = preload::SAMPLE_BYTES_ENV;
+    if quiet {
+        println!("{lib}");
+    } else if json {
+        let v = serde_json::json!({
+            "library": lib.to_string(),
+            "environment": { "LD_PRELOAD": lib.to_string(), env: mean.to_string() },
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "installed {lib}\n\n\
+             Start a service with it, and Baton's malloc profiler reads its samples:\n\n\
+             \x20 shell:      LD_PRELOAD={lib} ./server\n\n\
+             \x20 systemd:    systemctl edit myservice, then\n\
+             \x20               [Service]\n\
+             \x20               Environment=LD_PRELOAD={lib}\n\n\
+             \x20 container:  mount {dir} read-only into it, and set\n\
+             \x20               LD_PRELOAD={lib}\n\n\
+             It samples 1 allocation per {kib} KiB on average ({env} sets the mean in bytes), \
+             costs nanoseconds per allocation, and traps only on samples while Baton profiles \
+             the process: baton run malloc --target pid:PID",
+            dir = dir.display(),
+            kib = mean / 1024
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// `baton profilers`: the registry, as a table or JSON.
 pub fn list_profilers(json: bool) -> anyhow::Result<std::process::ExitCode> {
     let infos = baton_profilers::registry::infos();
@@ -154,6 +198,16 @@ pub fn list_profilers(json: bool) -> anyhow::Result<std::process::ExitCode> {
             println!("    labels: {}", p.labels.join(", "));
         }
         println!("    default rate: {}", p.default_rate);
+        for m in p.costly_modes {
+            println!(
+                "    {}={}: {} cost: {}; runs capped at {} s",
+                m.option,
+                m.value,
+                m.cost.name(),
+                m.per_call,
+                m.max_duration_s
+            );
+        }
         let claims: Vec<String> = p
             .claims
             .iter()

@@ -118,6 +118,26 @@ enum Command {
         Addresses are virtual addresses as in the ELF file (what `nm` prints), in hex (0x…) \
         or decimal; --file-offsets takes file offsets instead.")]
     Symbolize(SymbolizeArgs),
+    /// Install Baton's allocation sampler (the library the malloc profiler reads from) and
+    /// show how to start a service with it.
+    #[command(after_help = "Examples:\n  \
+        sudo baton preload                       # install, print the path and how to use it\n  \
+        LD_PRELOAD=$(sudo baton preload --quiet) ./server\n\n\
+        A process started with the library samples its own allocations (1 per 512 KiB on \
+        average, BATON_MALLOC_SAMPLE_BYTES sets the mean); it costs nanoseconds per allocation \
+        and traps only on samples, and only while Baton profiles it. Then `baton run malloc \
+        --target pid:PID` or a continuous malloc rule reads it.")]
+    Preload {
+        /// Where to install it.
+        #[arg(long, default_value = baton_profilers::preload::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Print only the library's path.
+        #[arg(long)]
+        quiet: bool,
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
     /// The hosts of a fleet server: state, last heartbeat, kernel, labels.
     Hosts {
         #[arg(long, env = "BATON_SERVER", default_value = "http://127.0.0.1:7070")]
@@ -539,6 +559,7 @@ fn main() -> ExitCode {
         Command::Hosts { server, format } => runs_cmd::hosts(&server, format == "json"),
         Command::Query(a) => query::run(a),
         Command::Profilers { format } => common::list_profilers(format == "json"),
+        Command::Preload { dir, quiet, format } => common::preload(&dir, quiet, format == "json"),
         Command::Config(ConfigCommand::Check { dir, json }) => config_cmd::check(&dir, json),
         Command::Run(r) => runs_cmd::run(runs_cmd::RunArgs {
             json: r.format == "json",

@@ -113,6 +113,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         options.insert("min_block".into(), d.clone());
     }
     info.check_options(&options).map_err(usage)?;
+    let costly_options = options.clone();
     if let Some(v) = &a.value {
         info.value_index(v).map_err(usage)?;
     }
@@ -253,6 +254,21 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
             stats.kernel_stack_failed,
             stats.user_stack_failed,
         );
+    }
+    if stats.traps > 0 {
+        // What the probes cost the targets: one trap per hit.
+        match info.costly_mode(&costly_options) {
+            Some(m) => eprintln!(
+                "{}={}: {} calls trapped, about {:.2} s of the targets' time at {:.1} µs each \
+                 (bench/malloc.sh measures it)",
+                m.option,
+                m.value,
+                stats.traps,
+                stats.traps as f64 * m.per_call_ns as f64 / 1e9,
+                m.per_call_ns as f64 / 1e3
+            ),
+            None => eprintln!("{} probe hits trapped in the targets", stats.traps),
+        }
     }
     print_histograms(&report.batch.histograms);
     if stats.dwarf_copied > 0 {

@@ -72,6 +72,8 @@ pub struct CostlyMode {
     pub cost: CostClass,
     /// What it costs the target, in words, measured (`about 2.4 µs per call`).
     pub per_call: &'static str,
+    /// The same, in nanoseconds per probed call, for estimates of what a run cost its targets.
+    pub per_call_ns: u64,
     /// The longest run the scheduler accepts in this mode.
     pub max_duration_s: u64,
 }

@@ -209,6 +209,9 @@ pub struct ProfilerStats {
     pub ticks_lost: u64,
     /// The DWARF unwinder's counters.
     pub unwind: UnwindStats,
+    /// Probe hits in the targets (uprobe and USDT profilers): each one a trap into the kernel
+    /// that the target pays for.
+    pub traps: u64,
 }
 
 impl ProfilerStats {

@@ -77,6 +77,17 @@ pub struct ProfilerSpec {
     /// Hard ceilings: no run passes them, forced or not.
     pub max_frequency: u64,
     pub max_duration_ms: Millis,
+    /// Modes an option selects that cost more, each with its own longest run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub costly_modes: Vec<CostlyModeSpec>,
+}
+
+/// A costly mode (`mode=uprobe`) and the longest run the scheduler accepts in it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CostlyModeSpec {
+    pub option: String,
+    pub value: String,
+    pub max_duration_ms: Millis,
 }
 
 impl ProfilerSpec {
@@ -92,6 +103,15 @@ impl ProfilerSpec {
             default_frequency: info.default_frequency,
             max_frequency: info.max_frequency,
             max_duration_ms: 3_600_000,
+            costly_modes: info
+                .costly_modes
+                .iter()
+                .map(|m| CostlyModeSpec {
+                    option: m.option.into(),
+                    value: m.value.into(),
+                    max_duration_ms: m.max_duration_s * 1000,
+                })
+                .collect(),
         }
     }
 
@@ -107,6 +127,7 @@ impl ProfilerSpec {
             default_frequency: 0,
             max_frequency: 0,
             max_duration_ms: def.max_duration.as_millis() as Millis,
+            costly_modes: Vec::new(),
         }
     }
 
@@ -260,6 +281,13 @@ pub enum SubmitError {
         asked_ms: Millis,
         max_ms: Millis,
     },
+    #[error("{profiler} with {mode} traps every call in its targets: runs of it are capped at {max_ms} ms, and {asked_ms} ms was asked (not even --force passes it)")]
+    CostlyModeCeiling {
+        profiler: String,
+        mode: String,
+        asked_ms: Millis,
+        max_ms: Millis,
+    },
     #[error("frequency {asked} Hz is above {profiler}'s hard ceiling of {max} Hz (not even --force passes it)")]
     FrequencyCeiling {
         profiler: String,
@@ -369,6 +397,16 @@ impl Scheduler {
                 profiler: spec.name.clone(),
                 asked_ms: req.duration_ms,
                 max_ms: spec.max_duration_ms,
+            });
+        }
+        if let Some(m) = spec.costly_modes.iter().find(|m| {
+            req.options.get(&m.option) == Some(&m.value) && req.duration_ms > m.max_duration_ms
+        }) {
+            return Err(SubmitError::CostlyModeCeiling {
+                profiler: spec.name.clone(),
+                mode: format!("{}={}", m.option, m.value),
+                asked_ms: req.duration_ms,
+                max_ms: m.max_duration_ms,
             });
         }
         let frequency = req.frequency.unwrap_or(spec.default_frequency);

@@ -27,6 +27,7 @@ fn cpu_spec() -> ProfilerSpec {
         default_frequency: 19,
         max_frequency: 999,
         max_duration_ms: 3_600_000,
+        costly_modes: Vec::new(),
     }
 }
 
@@ -253,6 +254,34 @@ fn hard_ceilings_hold_even_when_forced() {
 }
 
 #[test]
+fn a_costly_mode_has_its_own_ceiling() {
+    let cfg = basic();
+    let mut spec = cpu_spec();
+    spec.costly_modes.push(CostlyModeSpec {
+        option: "mode".into(),
+        value: "uprobe".into(),
+        max_duration_ms: 300_000,
+    });
+    let mut s = Scheduler::new(&cfg, vec![spec]);
+    let mut r = req(Mode::OnDemand, 400);
+    r.options.insert("mode".into(), "uprobe".into());
+    r.force = true;
+    assert!(matches!(
+        s.submit(r.clone(), 0),
+        Err(SubmitError::CostlyModeCeiling {
+            max_ms: 300_000,
+            ..
+        })
+    ));
+    r.duration_ms = 300_000;
+    assert!(s.submit(r.clone(), 0).is_ok());
+    // The default mode keeps the profiler's own ceiling.
+    r.options.clear();
+    r.duration_ms = 400_000;
+    assert!(s.submit(r, 0).is_ok());
+}
+
+#[test]
 fn groups_and_cap_are_soft_but_resources_are_hard() {
     // A made-up second profiler sharing nothing, to exercise the cap and groups.
     let cfg = config("[host]\nmax_concurrent = 1\n");
@@ -266,6 +295,7 @@ fn groups_and_cap_are_soft_but_resources_are_hard() {
         default_frequency: 1,
         max_frequency: 1,
         max_duration_ms: 60_000,
+        costly_modes: Vec::new(),
     });
     let mut s = Scheduler::new(&cfg, specs);
     s.submit(req(Mode::OnDemand, 10), 0).expect("cpu");

@@ -63,6 +63,11 @@ pub fn workload_without_frame_pointers(name: &str) -> PathBuf {
     workload_with(name, "-nofp", &["-fomit-frame-pointer"])
 }
 
+/// Compiles `tests/workloads/NAME.c` linked statically (libc's malloc inside the binary).
+pub fn workload_static(name: &str) -> PathBuf {
+    workload_with(name, "-static", &["-static", "-fno-omit-frame-pointer"])
+}
+
 /// Compiles `tests/workloads/NAME.c` (or `.cc`) with `-O2 -g` plus `flags` into `NAME{suffix}`.
 fn workload_with(name: &str, suffix: &str, flags: &[&str]) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

@@ -7,6 +7,7 @@ mod config;
 mod continuous;
 mod fleet;
 mod harness;
+mod heap;
 mod jemalloc;
 mod plan;
 mod profilers;

@@ -32,7 +32,8 @@ enum stat_index {
     STAT_USTACK_FAILED = 6,
     STAT_FORKS_FOLLOWED = 7,
     STAT_FAILED = 8,       // allocations that returned NULL
-    STAT_COUNT = 9,
+    STAT_TRAPS = 9,        // probe hits: each a trap into the kernel in the target
+    STAT_COUNT = 10,
 };
 #include "base.h"
 #include <linux/ptrace.h>
@@ -206,24 +207,28 @@ static __always_inline void on_free_addr(__u64 addr)
 SEC("uprobe")
 int BPF_UPROBE(malloc_entry, __u64 size)
 {
+    bump(STAT_TRAPS);
     return alloc_entry(size, 0);
 }
 
 SEC("uretprobe")
 int BPF_URETPROBE(malloc_return, __u64 ret)
 {
+    bump(STAT_TRAPS);
     return alloc_return(ctx, ret);
 }
 
 SEC("uprobe")
 int BPF_UPROBE(calloc_entry, __u64 n, __u64 size)
 {
+    bump(STAT_TRAPS);
     return alloc_entry(n * size, 0);
 }
 
 SEC("uretprobe")
 int BPF_URETPROBE(calloc_return, __u64 ret)
 {
+    bump(STAT_TRAPS);
     return alloc_return(ctx, ret);
 }
 
@@ -231,6 +236,7 @@ int BPF_URETPROBE(calloc_return, __u64 ret)
 SEC("uprobe")
 int BPF_UPROBE(realloc_entry, __u64 ptr, __u64 size)
 {
+    bump(STAT_TRAPS);
     on_free_addr(ptr);
     if (size == 0)
         return 0;
@@ -240,18 +246,21 @@ int BPF_UPROBE(realloc_entry, __u64 ptr, __u64 size)
 SEC("uretprobe")
 int BPF_URETPROBE(realloc_return, __u64 ret)
 {
+    bump(STAT_TRAPS);
     return alloc_return(ctx, ret);
 }
 
 SEC("uprobe")
 int BPF_UPROBE(memalign_entry, __u64 memptr, __u64 align, __u64 size)
 {
+    bump(STAT_TRAPS);
     return alloc_entry(size, memptr);
 }
 
 SEC("uretprobe")
 int BPF_URETPROBE(memalign_return, int rc)
 {
+    bump(STAT_TRAPS);
     struct thread_state *t = bpf_task_storage_get(&threads, bpf_get_current_task_btf(), 0, 0);
     if (!t)
         return 0;
@@ -264,6 +273,7 @@ int BPF_URETPROBE(memalign_return, int rc)
 SEC("uprobe")
 int BPF_UPROBE(free_entry, __u64 ptr)
 {
+    bump(STAT_TRAPS);
     on_free_addr(ptr);
     return 0;
 }
@@ -272,6 +282,7 @@ int BPF_UPROBE(free_entry, __u64 ptr)
 SEC("usdt")
 int usdt_alloc(struct pt_regs *ctx)
 {
+    bump(STAT_TRAPS);
     long ptr = 0, size = 0, mean = 0;
     bump(STAT_CALLS);
     bpf_usdt_arg(ctx, 0, &ptr);
@@ -318,6 +329,7 @@ int usdt_alloc(struct pt_regs *ctx)
 SEC("usdt")
 int usdt_free(struct pt_regs *ctx)
 {
+    bump(STAT_TRAPS);
     long ptr = 0;
     bpf_usdt_arg(ctx, 0, &ptr);
     struct free_event e = {.kind = EV_FREE, .pid = bpf_get_current_pid_tgid() >> 32, .addr = ptr};

@@ -101,6 +101,33 @@ pub fn maps_libc(pid: u32) -> bool {
     })
 }
 
+/// Whether the ELF executable at `path` is dynamically linked (it names a program
+/// interpreter, so `LD_PRELOAD` applies to it). Anything unreadable or not 64-bit ELF counts as
+/// dynamic: the check only turns away what is certainly static.
+pub fn is_dynamic(path: &Path) -> bool {
+    let Ok(data) = std::fs::read(path) else {
+        return true;
+    };
+    let field = |off: usize, len: usize| -> Option<u64> {
+        let b = data.get(off..off + len)?;
+        Some(b.iter().rev().fold(0u64, |v, &x| (v << 8) | u64::from(x)))
+    };
+    // 64-bit (class 2), little-endian (data 1) ELF only.
+    if !data.starts_with(b"\x7fELF") || data.get(4) != Some(&2) || data.get(5) != Some(&1) {
+        return true;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) =
+        (field(0x20, 8), field(0x36, 2), field(0x38, 2))
+    else {
+        return true;
+    };
+    const PT_INTERP: u64 = 3;
+    (0..phnum).any(|i| {
+        let at = phoff as usize + (i * phentsize) as usize;
+        field(at, 4) == Some(PT_INTERP)
+    }) || phnum == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +164,28 @@ mod tests {
             sampler_in_maps(1, "7f00-7f10 r-xp 0 08:01 1 /lib/libc.so.6\n"),
             None
         );
+    }
+
+    #[test]
+    fn a_static_executable_is_told_from_a_dynamic_one() {
+        let dir = std::env::temp_dir().join(format!("baton-static-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let src = dir.join("m.c");
+        std::fs::write(&src, "int main(void) { return 0; }\n").expect("write");
+        for (flags, dynamic) in [(&[][..], true), (&["-static"][..], false)] {
+            let out = dir.join(if dynamic { "dyn" } else { "static" });
+            let st = std::process::Command::new("cc")
+                .args(flags)
+                .arg("-o")
+                .arg(&out)
+                .arg(&src)
+                .status()
+                .expect("cc");
+            assert!(st.success());
+            assert_eq!(is_dynamic(&out), dynamic, "{flags:?}");
+        }
+        assert!(is_dynamic(Path::new("/nonexistent")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
