@@ -124,6 +124,17 @@ static __always_inline void copy_bump(__u32 idx)
         *v += 1;
 }
 
+// Records go into the copy ring without waking its reader, which reads every 20 ms anyway,
+// unless the ring is more than half full: then the reader is woken to make room before a burst
+// of copies fills it.
+static __always_inline __u64 copy_wakeup(void)
+{
+    __u64 used = bpf_ringbuf_query(&copies, BPF_RB_AVAIL_DATA);
+    if (used > bpf_ringbuf_query(&copies, BPF_RB_RING_SIZE) / 2)
+        return BPF_RB_FORCE_WAKEUP;
+    return BPF_RB_NO_WAKEUP;
+}
+
 // Copies `task`'s (the current task's) user registers and stack when its user code lacks
 // frame pointers. Returns 1 when a copy was sent.
 static __always_inline int copy_user_stack(struct task_struct *task, __u32 tgid, __u32 tid,
@@ -161,7 +172,7 @@ static __always_inline int copy_user_stack(struct task_struct *task, __u32 tgid,
     __u64 len = sizeof(*ev) - USTACK_BYTES + copied;
     if (len > sizeof(*ev))
         len = sizeof(*ev);
-    long err = bpf_ringbuf_output(&copies, ev, len, BPF_RB_NO_WAKEUP);
+    long err = bpf_ringbuf_output(&copies, ev, len, copy_wakeup());
     slot->busy = 0;
     if (err != 0) {
         copy_bump(1);
