@@ -9,6 +9,7 @@ mod fleet;
 mod harness;
 mod heap;
 mod jemalloc;
+mod leaks;
 mod plan;
 mod profilers;
 mod record;

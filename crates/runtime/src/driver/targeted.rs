@@ -1,9 +1,10 @@
 //! Targeted runs: every run but the whole-host chain (on-demand, triggered, a continuous rule's
 //! draw) gets its own collector on the processes its target names now. Its windows are stored
 //! under its run id, with its weight and service, when it stops, and while it runs for
-//! profilers that flush (ad-hoc scripts).
+//! profilers that flush (ad-hoc scripts) and, once a window, for on-demand and triggered runs
+//! of profilers that report a level (`malloc`'s `live_bytes`), so it reads as a series.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use baton_agent::targets::{resolve, Target, TargetError};
 use baton_agent::{AgentError, Collector, CollectorOptions};
@@ -11,6 +12,7 @@ use baton_model::sync;
 use baton_profilers::StartOptions;
 use baton_scheduler::Mode;
 
+use super::continuous::window_for;
 use super::Driver;
 use crate::scheduler_clock as clock;
 
@@ -238,18 +240,51 @@ impl Driver {
         Ok(n)
     }
 
-    /// Stores the windows of running runs whose profiler asks to be flushed while it runs
-    /// (ad-hoc scripts), so their data is queryable before the run ends. A window that fails
-    /// (the script's output cannot be stored, or passed its ceiling) fails the run.
+    /// How often a running run's windows are stored: its profiler's own interval (ad-hoc
+    /// scripts); or, for an on-demand or triggered run of a profiler that reports a level
+    /// (`live_bytes`: what is held at a window's end), the profiler's `window` in the config,
+    /// else the host's. A continuous rule's draw is one window, as its weight assumes.
+    fn flush_every(&self, id: u64, c: &Collector) -> Option<Duration> {
+        if let Some(every) = c.flush_interval() {
+            return Some(every);
+        }
+        let info = c.info();
+        if !info.values.iter().any(|v| baton_store::is_level(v.kind)) {
+            return None;
+        }
+        let continuous = matches!(
+            sync::lock(&self.scheduler).run(id).map(|r| &r.request.mode),
+            Some(Mode::Continuous { .. })
+        );
+        if continuous {
+            return None;
+        }
+        let own = self.live.as_deref().and_then(|l| {
+            sync::read(l)
+                .config
+                .as_ref()?
+                .profilers
+                .get(info.name)?
+                .window
+        });
+        Some(own.unwrap_or_else(|| window_for(self.window_flag, self.live.as_deref())))
+    }
+
+    /// Stores the windows of running runs whose windows are stored while they run (see
+    /// [`Driver::flush_every`]), so their data is queryable before the run ends. A window that
+    /// fails (the script's output cannot be stored, or passed its ceiling) fails the run.
     pub(super) fn flush_running(&mut self) {
         let now = Instant::now();
-        let due: Vec<u64> = self
+        let every: Vec<(u64, Duration)> = self
             .targeted
             .iter()
-            .filter_map(|(id, c)| {
-                let every = c.flush_interval()?;
-                let next = *self.flush_due.entry(*id).or_insert(now + every);
-                (now >= next).then_some(*id)
+            .filter_map(|(id, c)| Some((*id, self.flush_every(*id, c)?)))
+            .collect();
+        let due: Vec<u64> = every
+            .into_iter()
+            .filter_map(|(id, every)| {
+                let next = *self.flush_due.entry(id).or_insert(now + every);
+                (now >= next).then_some(id)
             })
             .collect();
         for id in due {
@@ -260,7 +295,7 @@ impl Driver {
                 Ok(n) => {
                     *self.flushed.entry(id).or_insert(0) += n;
                     sync::lock(&self.scheduler).add_samples(id, n);
-                    if let Some(every) = c.flush_interval() {
+                    if let Some(every) = self.flush_every(id, &c) {
                         self.flush_due.insert(id, now + every);
                     }
                     self.targeted.insert(id, c);
