@@ -105,9 +105,34 @@ async function fetchTree(params) {
   return { tree, json: j, fetchMs: t1 - t0, parseMs: t2 - t1, bytes: entry ? entry.transferSize || entry.encodedBodySize : buf.byteLength, rawBytes: buf.byteLength };
 }
 
-// The weighted-samples chart: bars per step, drag to select (`onSelect(fromMs, toMs, shift)`),
-// and shaded selections.
+// Labels the series chart can split by (`group_by` of /api/v1/timeseries).
+const SPLITS = ["", "service", "pid", "comm", "host"];
+const LINE_COLOURS = ["#2f6fdf", "#e8862a", "#2e7d32", "#c62828", "#8e44ad", "#00838f", "#6d4c41", "#d81b60"];
+
+// The split chart: one line per label value (the 8 largest), with a legend; each point's
+// tooltip gives its value in the unit of the selected value type.
+function splitLines(ts, X, h, unit) {
+  const top = ts.series.slice(0, LINE_COLOURS.length);
+  const max = Math.max(1e-9, ...top.flatMap((s) => s.points.map((p) => p.value)));
+  const Y = (v) => (h - 2 - (h - 16) * v / max).toFixed(1);
+  const half = ts.step_ms / 2;
+  let svg = "";
+  top.forEach((s, i) => {
+    const c = LINE_COLOURS[i];
+    const pts = s.points.map((p) => `${X(p.ts_ms + half).toFixed(1)},${Y(p.value)}`).join(" ");
+    svg += `<polyline class="split" data-key="${esc(s.key)}" points="${pts}" fill="none" stroke="${c}" stroke-width="1.6"></polyline>`;
+    for (const p of s.points) svg += `<circle cx="${X(p.ts_ms + half).toFixed(1)}" cy="${Y(p.value)}" r="2" fill="${c}"><title>${esc(ts.group_by)}=${esc(s.key || "none")} ${fmtTime(p.ts_ms)}: ${fmtValue(p.value, unit)}</title></circle>`;
+  });
+  const legend = top.map((s, i) => `<span><i style="background:${LINE_COLOURS[i]}"></i>${esc(ts.group_by)}=${esc(s.key || "none")}: ${fmtValue(Math.max(...s.points.map((p) => p.value)), unit)} peak</span>`).join("")
+    + (ts.series.length > top.length ? `<span>+${ts.series.length - top.length} more</span>` : "");
+  return { svg, legend };
+}
+
+// The weighted-samples chart: bars per step (or, split, a line per label value), drag to
+// select (`onSelect(fromMs, toMs, shift)`), and shaded selections. A level (`live_bytes`) is
+// what is held at each window's end, not summed over windows.
 function drawSeries(box, ts, shades, onSelect) {
+  box.classList.toggle("split", !!(ts.series && ts.series.length));
   const w = box.clientWidth || 800, h = box.clientHeight || 76;
   const pts = ts.points;
   if (!pts.length) { box.innerHTML = '<div style="padding:8px;color:#777">no samples in this range</div>'; return; }
@@ -118,11 +143,25 @@ function drawSeries(box, ts, shades, onSelect) {
   const bw = Math.max(1, w * step / Math.max(step, t1 - t0) - 1);
   let svg = "";
   for (const [a, b, col] of shades) if (a && b) svg += `<rect x="${X(a).toFixed(1)}" y="0" width="${Math.max(1, X(b) - X(a)).toFixed(1)}" height="${h}" fill="${col}" opacity="0.18"></rect>`;
-  for (const p of pts) {
-    const bh = (h - 14) * p.value / max;
-    svg += `<rect x="${X(p.ts_ms).toFixed(1)}" y="${(h - bh).toFixed(1)}" width="${bw.toFixed(1)}" height="${bh.toFixed(1)}" fill="#f08030"><title>${fmtTime(p.ts_ms)}: ${p.value.toExponential(3)}</title></rect>`;
+  const q0 = q();
+  const value = q0.get("value") || "";
+  const info = (registry[q0.get("profiler") || "cpu"] || { values: [] }).values.find((v) => v.kind === value);
+  const unit = info ? info.unit : "";
+  let legend = "";
+  if (ts.series && ts.series.length) {
+    const lines = splitLines(ts, X, h, unit);
+    svg += lines.svg;
+    legend = lines.legend;
+  } else {
+    for (const p of pts) {
+      const bh = (h - 14) * p.value / max;
+      svg += `<rect x="${X(p.ts_ms).toFixed(1)}" y="${(h - bh).toFixed(1)}" width="${bw.toFixed(1)}" height="${bh.toFixed(1)}" fill="#f08030"><title>${fmtTime(p.ts_ms)}: ${unit ? fmtValue(p.value, unit) : p.value.toExponential(3)}</title></rect>`;
+    }
   }
-  box.innerHTML = `<svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="none">${svg}<text x="4" y="11" font-size="10" fill="#777">weighted samples over time: drag to select${shades.length > 1 ? " A, shift-drag for B" : ""}</text></svg>`;
+  const what = ts.level ? `${esc(value)} held at each window's end (a level, per process)` : "weighted samples";
+  const split = ts.group_by ? ` by ${esc(ts.group_by)}` : "";
+  box.innerHTML = `<svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="none">${svg}<text x="4" y="11" font-size="10" fill="#777">${what}${split} over time: drag to select${shades.length > 1 ? " A, shift-drag for B" : ""}</text></svg>`
+    + (legend ? `<div class="legend series-legend">${legend}</div>` : "");
   const el = box.querySelector("svg");
   let start = null;
   el.onmousedown = (e) => { start = e.offsetX; };
@@ -173,6 +212,7 @@ async function explore() {
   <div class="bar">
     <label>search <input id="search" placeholder="function regex  ( / )" value="${esc(u.get("search") || "")}"></label>
     <span class="tabs">${["flame", "icicle", "sandwich"].map((v) => `<button data-view="${v}" class="${v === view ? "on" : ""}">${v}</button>`).join("")}</span>
+    <label title="one line per value of a label over time (live_bytes: the live heap per process or service)">split <select id="split">${SPLITS.map((l) => `<option value="${l}"${l === (u.get("split") || "") ? " selected" : ""}>${l || "none"}</option>`).join("")}</select></label>
     <button id="refresh">Refresh</button> <label><input type="checkbox" id="auto"${u.get("auto") ? " checked" : ""}> auto</label>
     <span>export: <a id="dl-pprof" href="#">pprof</a> · <a id="dl-collapsed" href="#">collapsed</a> · <a id="dl-speedscope" href="#">speedscope</a></span>
     <span class="keys">/ search · Esc reset · u up · i icicle</span>
@@ -200,6 +240,7 @@ async function explore() {
   }
   wireSelection(u, explore);
   document.querySelectorAll(".tabs button").forEach((b) => b.onclick = () => { setQ({ view: b.dataset.view }); explore(); });
+  $("split").onchange = () => { setQ({ split: $("split").value || null }); explore(); };
   $("refresh").onclick = () => { setQ({ from: null, to: null }); explore(); };
   $("auto").onchange = () => setQ({ auto: $("auto").checked ? "1" : null });
 
@@ -215,7 +256,9 @@ async function explore() {
   try { got = await fetchTree(first); } catch (e) { setStatus("error: " + e.message, true); return; }
   // The store answers one query at a time: the rest is asked for once the first is in.
   const fullP = progressive ? fetchTree(base) : null;
-  api("/api/v1/timeseries", base)
+  const seriesP = new URLSearchParams(base);
+  if (u.get("split")) seriesP.set("group_by", u.get("split"));
+  api("/api/v1/timeseries", seriesP)
     .then((ts) => drawSeries($("series"), ts, [[+u.get("from"), +u.get("to"), "#2f6fdf"]], (a, b) => { setQ({ from: a, to: b }, true); explore(); }))
     .catch((e) => setStatus("error: " + e.message, true));
   const d0 = performance.now();

@@ -122,6 +122,25 @@ options = {{ mode = "uprobe" }}
         level / MIB,
         last / MIB
     );
+    // In the UI, Explore split by pid draws the leaking process's live heap as a line, and
+    // says it is a level.
+    let dom = chromium_dom(&format!(
+        "http://{}/explore?profiler=malloc&value=live_bytes&since=10m&split=pid&run={id}",
+        up.addr
+    ));
+    assert!(
+        dom.contains(&format!("class=\"split\" data-key=\"{}\"", w.id())),
+        "no live-heap line for pid {} in the DOM",
+        w.id()
+    );
+    assert!(
+        dom.contains("live_bytes held at each window's end") && dom.contains("by pid over time"),
+        "the chart does not say what it shows"
+    );
+    assert!(
+        dom.contains(&format!("pid={}: ", w.id())),
+        "no legend entry"
+    );
     // A 2 s burst of growth is not a leak: its rule never fired.
     assert!(
         fired_by(&up.addr, "trigger:spike#0").is_empty(),
