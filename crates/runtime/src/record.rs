@@ -43,6 +43,7 @@ pub struct Recording {
 /// Records as `opts` says; SIGINT or SIGTERM ends it early, keeping what was gathered.
 pub fn record(mut opts: RecordOptions, progress: &mut dyn Progress) -> Result<Recording, Error> {
     install_stop_handler();
+    opts.collector.start.pending_exec = opts.command.first().and_then(|c| exec_path(c));
     let mut child = if opts.command.is_empty() {
         None
     } else {
@@ -58,7 +59,6 @@ pub fn record(mut opts: RecordOptions, progress: &mut dyn Progress) -> Result<Re
     if let Some(c) = &child {
         opts.collector.start.targets = Some(vec![c.id()]);
     }
-    opts.collector.start.pending_exec = opts.command.first().and_then(|c| exec_path(c));
     opts.collector.defer_discovery = child.is_some();
     let mut collector = match Collector::start(&opts.collector) {
         Ok(c) => c,

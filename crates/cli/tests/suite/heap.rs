@@ -192,3 +192,46 @@ fn a_sampler_that_cannot_work_never_stops_the_program() {
         "the program did not run to its end under the sampler: {log}"
     );
 }
+
+/// The same two sites in a program linked with jemalloc (Debian's libjemalloc.so.2): `baton
+/// record` starts it with the jemalloc shim and jemalloc's own sampling (`prof`,
+/// `lg_prof_sample` 16 for a mean of 64 KiB), and the estimates are within 10% again.
+#[test]
+fn jemalloc_programs_are_sampled_by_jemalloc_itself() {
+    require_root();
+    let dir = scratch("heap-jemalloc");
+    let exe = dir.join("twosites-jemalloc");
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/workloads/twosites.c");
+    let st = Command::new("clang")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .arg("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+        .status()
+        .expect("clang");
+    assert!(
+        st.success(),
+        "building twosites against libjemalloc.so.2 failed (libjemalloc2 installed?)"
+    );
+    let cmd = [exe.to_str().expect("path")];
+    const MIB: f64 = 1048576.0;
+    for (value, a_truth, b_truth) in [
+        ("alloc_bytes", 300.0 * MIB, 100.0 * MIB),
+        ("live_bytes", 150.0 * MIB, 100.0 * MIB),
+    ] {
+        let (text, log) = record_malloc(&["--opt", "sample_bytes=65536", "--value", value], &cmd);
+        let (a, b) = (through(&text, "site_a"), through(&text, "site_b"));
+        eprintln!("jemalloc {value}: site_a {a:.0} (truth {a_truth}), site_b {b:.0} (truth {b_truth})\n{log}");
+        for (site, got, truth) in [("site_a", a, a_truth), ("site_b", b, b_truth)] {
+            assert!(
+                (got - truth).abs() <= 0.1 * truth,
+                "jemalloc {value} at {site}: {got:.0}, not {truth} ± 10%"
+            );
+        }
+        assert!(
+            text.contains("main;site_a;malloc "),
+            "no main;site_a;malloc stack:\n{text}"
+        );
+    }
+}

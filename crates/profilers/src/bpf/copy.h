@@ -135,10 +135,11 @@ static __always_inline __u64 copy_wakeup(void)
     return BPF_RB_NO_WAKEUP;
 }
 
-// Copies `task`'s (the current task's) user registers and stack when its user code lacks
-// frame pointers. Returns 1 when a copy was sent.
-static __always_inline int copy_user_stack(struct task_struct *task, __u32 tgid, __u32 tid,
-                                           __u64 cookie)
+// Copies `task`'s (the current task's) user registers and stack when the process has an
+// unwinding plan and, unless `any_ip`, the plan covers the current instruction (its code lacks
+// frame pointers). Returns 1 when a copy was sent.
+static __always_inline int copy_user_stack_if(struct task_struct *task, __u32 tgid, __u32 tid,
+                                              __u64 cookie, int any_ip)
 {
     if (!dwarf)
         return 0;
@@ -151,7 +152,7 @@ static __always_inline int copy_user_stack(struct task_struct *task, __u32 tgid,
         return 0;
     if ((regs.cs & 3) != 3 || regs.rsp == 0)
         return 0;
-    if (!plan_covers(plan, regs.rip))
+    if (!any_ip && !plan_covers(plan, regs.rip))
         return 0;
     __u32 cpu = bpf_get_smp_processor_id();
     struct copy_slot *slot = bpf_map_lookup_elem(&copy_slots, &cpu);
@@ -180,6 +181,13 @@ static __always_inline int copy_user_stack(struct task_struct *task, __u32 tgid,
     }
     copy_bump(0);
     return 1;
+}
+
+// copy_user_stack_if where the current instruction lacks frame pointers (the plan covers it).
+static __always_inline int copy_user_stack(struct task_struct *task, __u32 tgid, __u32 tid,
+                                           __u64 cookie)
+{
+    return copy_user_stack_if(task, tgid, tid, cookie, 0);
 }
 
 // The user stack of an event that starts now: copied under `cookie` where the plan wants it

@@ -278,6 +278,28 @@ int BPF_UPROBE(free_entry, __u64 ptr)
     return 0;
 }
 
+// Whether a frame-pointer walk of `frames` addresses went through code process `tgid`'s plan
+// says lacks frame pointers (only the first 32 frames are looked at: past them a wrong turn
+// changes little).
+static __always_inline int walk_crosses_plan(__u32 tgid, __u64 *stack, long frames)
+{
+    if (!dwarf)
+        return 0;
+    struct unwind_plan *plan = bpf_map_lookup_elem(&dwarf_pids, &tgid);
+    if (!plan)
+        return 0;
+    if (plan->all)
+        return 1;
+    for (int i = 0; i < 32 && i < MAX_STACK_DEPTH; i++) {
+        if (i >= frames)
+            break;
+        // A return address points just past its call: look one byte back.
+        if (plan_covers(plan, stack[i] - 1))
+            return 1;
+    }
+    return 0;
+}
+
 // baton:alloc(ptr, size, mean) of a sampling library: one sampled allocation.
 SEC("usdt")
 int usdt_alloc(struct pt_regs *ctx)
@@ -306,16 +328,20 @@ int usdt_alloc(struct pt_regs *ctx)
     e->acc = mean;
     e->cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    __u64 cookie = bpf_ktime_get_ns();
-    long n = 0;
-    if (copy_user_stack(bpf_get_current_task_btf(), e->pid, e->tid, cookie)) {
-        e->cookie = cookie;
-    } else {
-        e->cookie = 0;
-        // Past the library's sampling function: the walk starts at the entry point called.
-        n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), BPF_F_USER_STACK | 1);
-        if (n < 0) {
-            bump(STAT_USTACK_FAILED);
+    // The sampler has frame pointers, so the walk starts well: past the library's sampling
+    // function, at the entry point the program called. Where it then passes through code the
+    // plan says lacks them (a caller built without, or a libc function that allocates), the
+    // rest of the walk cannot be trusted, and the stack is copied for DWARF unwinding instead.
+    e->cookie = 0;
+    long n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), BPF_F_USER_STACK | 1);
+    if (n < 0) {
+        bump(STAT_USTACK_FAILED);
+        n = 0;
+    }
+    if (walk_crosses_plan(e->pid, e->stack, n / 8)) {
+        __u64 cookie = bpf_ktime_get_ns();
+        if (copy_user_stack_if(bpf_get_current_task_btf(), e->pid, e->tid, cookie, 1)) {
+            e->cookie = cookie;
             n = 0;
         }
     }

@@ -1,9 +1,12 @@
-//! Baton's preloadable allocation sampler (`baton_malloc.c`, built by build.rs and embedded
-//! here): where it is installed, how a command is started with it, and which processes load it.
+//! Baton's preloadable allocation samplers, built by build.rs and embedded here: where they are
+//! installed, how a command is started with them, and which processes load them.
 //!
-//! The library samples glibc allocations by bytes inside the process and fires the USDT probes
-//! `baton:alloc` and `baton:free` for sampled allocations only, which the malloc profiler's
-//! default mode attaches to. It is written out once to a stable path (`/usr/local/lib/baton/`
+//! - `baton_malloc.c` samples glibc allocations by bytes inside the process.
+//! - `baton_jemalloc.c` reports the allocations jemalloc samples itself (`prof`,
+//!   `lg_prof_sample`), for programs linked with `libjemalloc.so`.
+//!
+//! Both fire the USDT probes `baton:alloc(ptr, size, mean)` and `baton:free(ptr)` for sampled
+//! allocations only, which the malloc profiler's default mode attaches to. It is written out once to a stable path (`/usr/local/lib/baton/`
 //! by default), so services can be started with it (`LD_PRELOAD`) from a systemd drop-in or a
 //! container's environment.
 
@@ -15,7 +18,14 @@ pub static MALLOC_LIBRARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lib
 /// Its file name, wherever it is installed.
 pub const MALLOC_LIBRARY_NAME: &str = "libbaton_malloc.so";
 
-/// Where `baton` installs it unless told otherwise.
+/// The jemalloc shim's bytes: it reports the allocations jemalloc samples itself.
+pub static JEMALLOC_LIBRARY: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/libbaton_jemalloc.so"));
+
+/// Its file name, wherever it is installed.
+pub const JEMALLOC_LIBRARY_NAME: &str = "libbaton_jemalloc.so";
+
+/// Where `baton` installs them unless told otherwise.
 pub const DEFAULT_DIR: &str = "/usr/local/lib/baton";
 
 /// The environment variable that sets the sampling mean in bytes (0: every allocation).
@@ -24,22 +34,54 @@ pub const SAMPLE_BYTES_ENV: &str = "BATON_MALLOC_SAMPLE_BYTES";
 /// The sampling mean the library uses when the environment does not set one.
 pub const DEFAULT_SAMPLE_BYTES: u64 = 512 * 1024;
 
-/// Writes the library into `dir` (the default directory when `None`) unless the same bytes are
-/// there already, and returns its path. The file is replaced atomically (a new file renamed over
-/// the old), so processes that map the old one keep running.
+/// Writes both libraries into `dir` (the default directory when `None`) unless the same bytes
+/// are there already, and returns the glibc sampler's path. A file is replaced atomically (a new
+/// file renamed over the old), so processes that map the old one keep running.
 pub fn install(dir: Option<&Path>) -> std::io::Result<PathBuf> {
     let dir = dir.unwrap_or(Path::new(DEFAULT_DIR));
-    let path = dir.join(MALLOC_LIBRARY_NAME);
-    if std::fs::read(&path).is_ok_and(|b| b == MALLOC_LIBRARY) {
+    install_one(dir, JEMALLOC_LIBRARY_NAME, JEMALLOC_LIBRARY)?;
+    install_one(dir, MALLOC_LIBRARY_NAME, MALLOC_LIBRARY)
+}
+
+/// The installed jemalloc shim's path (installing both libraries if needed).
+pub fn install_jemalloc(dir: Option<&Path>) -> std::io::Result<PathBuf> {
+    let glibc = install(dir)?;
+    Ok(glibc.with_file_name(JEMALLOC_LIBRARY_NAME))
+}
+
+fn install_one(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let path = dir.join(name);
+    if std::fs::read(&path).is_ok_and(|b| b == bytes) {
         return Ok(path);
     }
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{MALLOC_LIBRARY_NAME}.{}", std::process::id()));
-    std::fs::write(&tmp, MALLOC_LIBRARY)?;
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&tmp, &path)?;
     Ok(path)
+}
+
+/// Whether the executable at `path` links jemalloc dynamically (it names `libjemalloc.so` as a
+/// needed library), so its allocations are jemalloc's and the jemalloc shim reports them.
+pub fn links_jemalloc(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.windows(14).any(|w| w == b"libjemalloc.so"))
+}
+
+/// `MALLOC_CONF` that turns jemalloc's own sampling on at a mean of about `sample_bytes` (a
+/// power of two: jemalloc takes its log), after whatever the environment sets.
+pub fn jemalloc_conf(sample_bytes: u64, existing: Option<&str>) -> String {
+    let lg = if sample_bytes <= 1 {
+        0
+    } else {
+        (sample_bytes as f64).log2().round() as u32
+    };
+    let ours = format!("prof:true,prof_active:true,lg_prof_sample:{lg}");
+    match existing.filter(|e| !e.trim().is_empty()) {
+        Some(e) => format!("{e},{ours}"),
+        None => ours,
+    }
 }
 
 /// `LD_PRELOAD` for a command started with the library at `lib`: the library first, then
@@ -164,6 +206,19 @@ mod tests {
             sampler_in_maps(1, "7f00-7f10 r-xp 0 08:01 1 /lib/libc.so.6\n"),
             None
         );
+    }
+
+    #[test]
+    fn jemalloc_samples_at_the_nearest_power_of_two_after_the_environment() {
+        assert_eq!(
+            jemalloc_conf(524_288, None),
+            "prof:true,prof_active:true,lg_prof_sample:19"
+        );
+        assert_eq!(
+            jemalloc_conf(0, Some("narenas:2")),
+            "narenas:2,prof:true,prof_active:true,lg_prof_sample:0"
+        );
+        assert!(jemalloc_conf(65_000, None).ends_with(":16"));
     }
 
     #[test]

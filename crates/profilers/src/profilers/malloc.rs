@@ -466,6 +466,7 @@ impl MallocProfiler {
                     ))
                 })?;
                 p.attach_sampler(-1, &path)?;
+                p.attach_sampler(-1, &path.with_file_name(preload::JEMALLOC_LIBRARY_NAME))?;
             }
             (Some(pids), _) => p.attach_targets(pids, o.pending_exec.as_deref())?,
         }
@@ -491,6 +492,11 @@ impl MallocProfiler {
                         exe.display(),
                         exe.display()
                     )))
+                }
+                (None, Some(exe)) if preload::links_jemalloc(exe) => {
+                    preload::install_jemalloc(None).map_err(|e| {
+                        ProfilerError::Attach(format!("installing the jemalloc shim: {e}"))
+                    })?
                 }
                 (None, Some(_)) => preload::install(None)
                     .map_err(|e| ProfilerError::Attach(format!("installing the sampler: {e}")))?,
@@ -570,20 +576,39 @@ impl MallocProfiler {
 per_process!(MallocProfiler);
 
 /// The environment `baton record malloc -- CMD` starts its command with: in the sampler mode,
-/// Baton's sampler preloaded at the mean asked for; nothing in the uprobe mode.
+/// Baton's glibc sampler preloaded at the mean asked for, or, for a command linked with
+/// jemalloc, the jemalloc shim with jemalloc's own sampling turned on; nothing in the uprobe
+/// mode.
 pub fn command_env(o: &StartOptions) -> Result<Vec<(String, String)>, ProfilerError> {
     if o.option(&INFO, "mode") == "uprobe" {
         return Ok(Vec::new());
     }
     let sample_bytes = o.option_u64(&INFO, "sample_bytes")?;
-    let lib = preload::install(None).map_err(|e| {
+    let installing = |e: std::io::Error| {
         ProfilerError::Attach(format!(
-            "installing {} into {}: {e}",
-            preload::MALLOC_LIBRARY_NAME,
+            "installing Baton's allocation samplers into {}: {e}",
             preload::DEFAULT_DIR
         ))
-    })?;
+    };
     let existing = std::env::var("LD_PRELOAD").ok();
+    if o.pending_exec
+        .as_deref()
+        .is_some_and(preload::links_jemalloc)
+    {
+        let lib = preload::install_jemalloc(None).map_err(installing)?;
+        let conf = std::env::var("MALLOC_CONF").ok();
+        return Ok(vec![
+            (
+                "LD_PRELOAD".to_string(),
+                preload::ld_preload(&lib, existing.as_deref()),
+            ),
+            (
+                "MALLOC_CONF".to_string(),
+                preload::jemalloc_conf(sample_bytes, conf.as_deref()),
+            ),
+        ]);
+    }
+    let lib = preload::install(None).map_err(installing)?;
     Ok(vec![
         (
             "LD_PRELOAD".to_string(),
