@@ -26,6 +26,9 @@ pub(crate) trait Backend {
     const ID_CHUNK: usize;
     /// Weighted totals per stack id for a query: the one aggregation every view starts from.
     fn stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64)>, StoreError>;
+    /// [`Backend::stack_totals`] of a level (`live_bytes`), from the rows of
+    /// [`crate::series::level_totals_sql`] through [`crate::series::level_totals`].
+    fn level_stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64)>, StoreError>;
     /// The value type of the query's samples (one profiler has one value type).
     fn value_type(&mut self, q: &Query) -> Result<Option<ValueType>, StoreError>;
     /// The stored stacks among `ids`, each with its comma-separated frame ids, leaf first.
@@ -134,6 +137,15 @@ pub(crate) fn id_list(ids: &[u64]) -> String {
     ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// Weighted totals per stack: summed over the range, or for a level the mean over windows.
+fn totals<B: Backend>(b: &mut B, q: &Query) -> Result<Vec<(u64, f64)>, StoreError> {
+    if q.value.as_deref().is_some_and(crate::is_level) {
+        b.level_stack_totals(q)
+    } else {
+        b.stack_totals(q)
+    }
+}
+
 /// Stacks and frames read back for queries.
 #[derive(Default)]
 pub(crate) struct Cache {
@@ -170,7 +182,7 @@ impl Cache {
         q: &Query,
     ) -> Result<Profile, StoreError> {
         self.refresh(b)?;
-        let rows = b.stack_totals(q)?;
+        let rows = totals(b, q)?;
         let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
         self.fill(b, &ids)?;
         let value_type = b.value_type(q)?.unwrap_or_else(ValueType::cpu_nanoseconds);
@@ -209,7 +221,7 @@ impl Cache {
         q: &Query,
     ) -> Result<NamedStacks, StoreError> {
         self.refresh(b)?;
-        let rows = b.stack_totals(q)?;
+        let rows = totals(b, q)?;
         let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
         self.fill(b, &ids)?;
         let value_type = b.value_type(q)?;

@@ -1,7 +1,8 @@
 //! Time series over the samples: weighted totals per step, optionally one series per value of a
 //! label. A value type that is a level (`live_bytes`: what is held at the end of a window, not
 //! what happened in it) is never summed across windows: a step's point is, per process, the
-//! mean of its windows' totals, summed over the processes of the series.
+//! mean of its windows' totals, summed over the processes of the series; and a level's flame
+//! graph is, per stack, the mean over each process's windows in the range.
 
 use std::collections::BTreeMap;
 
@@ -65,6 +66,47 @@ pub(crate) fn series_sql(
         )
     };
     (sql, params)
+}
+
+/// The two SELECTs of a level's stack totals over `table`: (stack, host, pid, weighted sum)
+/// per stack and process, and (host, pid, windows) per process; see [`level_totals`].
+pub(crate) fn level_totals_sql(q: &Query, d: Dialect, table: &str) -> [(String, Vec<Param>); 2] {
+    let (wh, params) = q.where_in(d);
+    let process = "coalesce(host, '') AS h, coalesce(pid, -1) AS p";
+    [
+        (
+            format!(
+                "SELECT stack_id, {process}, sum(value * weight) FROM {table}
+                 WHERE {wh} GROUP BY stack_id, h, p"
+            ),
+            params.clone(),
+        ),
+        (
+            format!(
+                "SELECT {process}, count(DISTINCT ts_ms) FROM {table} WHERE {wh} GROUP BY h, p"
+            ),
+            params,
+        ),
+    ]
+}
+
+/// Per-stack totals of a level: per process, the mean over its windows in the range (a window
+/// where the stack held nothing counts as zero), summed over processes. `stacks` and `windows`
+/// are the rows of [`level_totals_sql`]'s two queries.
+pub(crate) fn level_totals(
+    stacks: Vec<(u64, String, i64, f64)>,
+    windows: Vec<(String, i64, f64)>,
+) -> Vec<(u64, f64)> {
+    let n: BTreeMap<(String, i64), f64> = windows
+        .into_iter()
+        .map(|(h, p, n)| ((h, p), n.max(1.0)))
+        .collect();
+    let mut out: BTreeMap<u64, f64> = BTreeMap::new();
+    for (stack, h, p, sum) in stacks {
+        let windows = n.get(&(h, p)).copied().unwrap_or(1.0);
+        *out.entry(stack).or_default() += sum / windows;
+    }
+    out.into_iter().collect()
 }
 
 /// The series of a query, grouped by `group_by` (a label column) if given: the series in

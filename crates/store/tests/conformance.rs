@@ -308,6 +308,18 @@ fn level_series_per_window_and_group(s: &mut dyn Store) {
         s.series(&live, 1_000, Some("colour")),
         Err(StoreError::UnknownLabel(_))
     ));
+    // A level's flame graph: per process the mean of its windows (pid 7: leak_site 150 and
+    // 300, other_site 50 and 100), summed over processes.
+    let p = s.profile(&live).expect("profile");
+    assert_eq!(p.total(), 1_300.0);
+    let top = p.top_functions();
+    let leak = top
+        .iter()
+        .find(|t| t.function == "leak_site")
+        .expect("leak_site");
+    assert_eq!(leak.self_value, 225.0 + 750.0);
+    let named = s.named_stacks(&with(live.clone(), "pid=7")).expect("named");
+    assert_eq!(named.total(), 300.0);
     let mut alloc = live.clone();
     alloc.value = None;
     assert_eq!(s.timeseries(&alloc, 10_000).expect("ts"), vec![pt(0, 30.0)]);

@@ -141,6 +141,14 @@ options = {{ mode = "uprobe" }}
         dom.contains(&format!("pid={}: ", w.id())),
         "no legend entry"
     );
+    // The flame graph of a level is a mean over the windows too, not their sum.
+    let total = top["total"].as_f64().expect("total");
+    assert!(
+        total <= last * 1.05,
+        "live bytes over the run read {:.1} MiB in the top table; the last window held {:.1} MiB",
+        total / MIB,
+        last / MIB
+    );
     // A 2 s burst of growth is not a leak: its rule never fired.
     assert!(
         fired_by(&up.addr, "trigger:spike#0").is_empty(),
