@@ -251,3 +251,84 @@ func main() {
         );
     }
 }
+
+/// `heap_growth` reads the live heap itself: a malloc run started when the program starts
+/// stores a window every 2 s, its `live_bytes` grow window after window, and after 4 s of that
+/// the rule fires a heap run of its own on the service.
+#[test]
+fn sustained_live_heap_growth_fires_a_heap_growth_rule() {
+    require_root();
+    let leak = scratch("leak-heap").join("leakheap");
+    std::fs::copy(workload("leak"), &leak).expect("copy leak");
+    let cfg = scratch("heap-trigger-config");
+    std::fs::write(
+        cfg.join("t.toml"),
+        r#"
+[profilers.malloc]
+window = "2s"
+
+[services.leakheap]
+selector = { comm = "leakheap" }
+[[services.leakheap.triggers]]
+kind = "exec"
+pattern = "*/leakheap"
+profiler = "malloc"
+duration = "14s"
+cooldown = "10m"
+max_per_hour = 1
+options = { mode = "uprobe" }
+[[services.leakheap.triggers]]
+kind = "heap_growth"
+bytes_per_second = 2097152
+for = "4s"
+profiler = "malloc"
+duration = "3s"
+cooldown = "10m"
+max_per_hour = 1
+options = { mode = "uprobe" }
+"#,
+    )
+    .expect("write config");
+    let data = scratch("heap-trigger-data");
+    let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let w = Workload::spawn(Command::new(&leak).args(["45", "45"]));
+    let first = eventually(20, "the exec rule's malloc run", || {
+        fired_by(&up.addr, "trigger:leakheap#0").into_iter().next()
+    });
+    assert_eq!(
+        first["target"],
+        format!("pid:{}", w.id()).as_str(),
+        "{first}"
+    );
+    let run = eventually(40, "the heap_growth rule to fire", || {
+        fired_by(&up.addr, "trigger:leakheap#1").into_iter().next()
+    });
+    eprintln!("heap_growth run: {run}");
+    assert_eq!(run["profiler"], "malloc", "{run}");
+    assert_eq!(run["target"], "service:leakheap", "{run}");
+    // It fired only once the first run's windows had grown for 4 s (3 windows of 2 s).
+    let fired = run["queued_at_ms"].as_u64().expect("queued_at_ms");
+    let started = first["started_at_ms"].as_u64().unwrap_or(fired);
+    assert!(
+        fired >= started + 4_000,
+        "fired {} ms after the first run started",
+        fired as i64 - started as i64
+    );
+    let id = run["id"].as_u64().expect("id");
+    let run = eventually(40, "the heap_growth run to finish", || {
+        fired_by(&up.addr, "trigger:leakheap#1")
+            .into_iter()
+            .find(|r| r["id"] == id && r["state"] == "done")
+    });
+    let top = http_json(
+        &up.addr,
+        &format!("/api/v1/top?profiler=malloc&value=live_bytes&since=10m&filter=run%3D{id}"),
+    );
+    assert!(
+        self_percent(&top["rows"], "leak_site") > 80.0,
+        "{run}: {top}"
+    );
+    drop(w);
+    assert!(up.stop().success());
+}
