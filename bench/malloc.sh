@@ -3,7 +3,7 @@
 # malloc/free pairs, 16 B to 2 KiB, a pool of 4,096 live blocks), as throughput ratios against
 # the same loop with no profiler, measured in the same run and interleaved, pinned to one CPU:
 #
-#   sampler        the default: Baton's preloaded sampler, 1 sample per 512 KiB on average
+#   sampler        the default: Baton's preloaded sampler, 1 sample per 2 MiB on average
 #   sampler-idle   the sampler preloaded, no Baton attached (what a service started with it pays
 #                  while nothing profiles it)
 #   sampler-none   the sampler with Baton attached and a mean so large nothing is sampled: the

@@ -123,7 +123,7 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         sudo baton preload                       # install, print the path and how to use it\n  \
         LD_PRELOAD=$(sudo baton preload --quiet) ./server\n\n\
-        A process started with the library samples its own allocations (1 per 512 KiB on \
+        A process started with the library samples its own allocations (1 per 2 MiB on \
         average, BATON_MALLOC_SAMPLE_BYTES sets the mean); it costs nanoseconds per allocation \
         and traps only on samples, and only while Baton profiles it. Then `baton run malloc \
         --target pid:PID` or a continuous malloc rule reads it.")]

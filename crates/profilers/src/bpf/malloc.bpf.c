@@ -45,7 +45,19 @@ enum event_kind {
     EV_FREE = 2,
     // A sampled allocation from a sampling library: `acc` holds the sampling mean.
     EV_SAMPLED = 3,
+    // A batch of frees of sampled allocations, from the glibc sampler.
+    EV_FREES = 4,
 };
+
+#define FREE_BATCH 64
+struct frees_event {
+    __u32 kind;
+    __u32 pid;
+    __u32 n;
+    __u32 pad;
+    __u64 addrs[FREE_BATCH];
+};
+_Static_assert(sizeof(struct frees_event) == 528, "frees_event is FreesEvent in Rust");
 
 struct free_event {
     __u32 kind;
@@ -278,9 +290,34 @@ int BPF_UPROBE(free_entry, __u64 ptr)
     return 0;
 }
 
+// Sends the `n` addresses at user address `batch` as one frees event.
+static __always_inline void send_frees(__u64 batch, long n)
+{
+    if (n <= 0 || batch == 0)
+        return;
+    if (n > FREE_BATCH)
+        n = FREE_BATCH;
+    struct frees_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) {
+        bump(STAT_FREE_LOST);
+        return;
+    }
+    e->kind = EV_FREES;
+    e->pid = bpf_get_current_pid_tgid() >> 32;
+    e->pad = 0;
+    if (bpf_probe_read_user(e->addrs, n * sizeof(__u64), (void *)batch) != 0)
+        n = 0;
+    e->n = n;
+    bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    __u32 idx = STAT_FREES;
+    __u64 *v = bpf_map_lookup_elem(&stats, &idx);
+    if (v)
+        *v += n;
+}
+
 // Whether a frame-pointer walk of `frames` addresses went through code process `tgid`'s plan
-// says lacks frame pointers (only the first 32 frames are looked at: past them a wrong turn
-// changes little).
+// says lacks frame pointers (only the first 32 frames are looked at: past them a wrong
+// turn changes little).
 static __always_inline int walk_crosses_plan(__u32 tgid, __u64 *stack, long frames)
 {
     if (!dwarf)
@@ -290,6 +327,10 @@ static __always_inline int walk_crosses_plan(__u32 tgid, __u64 *stack, long fram
         return 0;
     if (plan->all)
         return 1;
+    // A frame in such code is itself right (its return address was read through its callee's
+    // frame); what follows it is not, and the walk often ends there. Even the outermost frame
+    // counts (libc's __libc_start_call_main, as a rule): a walk that stops at a frame without
+    // frame pointers cannot be told from one that lost its callers there.
     for (int i = 0; i < 32 && i < MAX_STACK_DEPTH; i++) {
         if (i >= frames)
             break;
@@ -348,6 +389,25 @@ int usdt_alloc(struct pt_regs *ctx)
     e->stack_bytes = (__u32)n;
     bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
     bump(STAT_SAMPLED);
+    // The frees waiting in the sampler since its last report come along (glibc sampler).
+    long freed = 0, nfreed = 0;
+    if (bpf_usdt_arg_cnt(ctx) >= 5) {
+        bpf_usdt_arg(ctx, 3, &freed);
+        bpf_usdt_arg(ctx, 4, &nfreed);
+        send_frees(freed, nfreed);
+    }
+    return 0;
+}
+
+// baton:frees(batch, n) of the glibc sampler: a full batch of frees of sampled allocations.
+SEC("usdt")
+int usdt_frees(struct pt_regs *ctx)
+{
+    bump(STAT_TRAPS);
+    long batch = 0, n = 0;
+    bpf_usdt_arg(ctx, 0, &batch);
+    bpf_usdt_arg(ctx, 1, &n);
+    send_frees(batch, n);
     return 0;
 }
 

@@ -4,9 +4,15 @@
 // tells Baton only of sampled allocations and of frees of sampled pointers, through two USDT
 // probes:
 //
-//   baton:alloc(ptr, size, mean)  a sampled allocation; `mean` is the sampling mean in bytes
-//                                 (0: every allocation is reported)
-//   baton:free(ptr)               a sampled allocation freed
+//   baton:alloc(ptr, size, mean, freed, nfreed)
+//                          a sampled allocation; `mean` is the sampling mean in bytes (0: every
+//                          allocation is reported); `freed` points to `nfreed` (at most 64)
+//                          addresses of sampled allocations freed since the last report
+//   baton:frees(freed, n)  a full batch of 64 such frees, when no sample came to carry them
+//   baton:free(ptr)        one free, in exact mode (every free is reported)
+//
+// Frees of sampled allocations wait in a batch until the next sample or until the batch is
+// full, so a sample costs one trap; live counts can lag by at most 63 sampled allocations.
 //
 // Sampling is a Poisson process over allocated bytes, as in tcmalloc and Go's runtime: each
 // thread counts down an exponentially distributed number of bytes with mean `mean`; the
@@ -23,7 +29,7 @@
 // (exact mode) every allocation is reported, served by glibc, and every free is reported too:
 // Baton ignores frees of pointers it never saw.
 //
-// The environment sets the mean: BATON_MALLOC_SAMPLE_BYTES (default 524288). Nothing here
+// The environment sets the mean: BATON_MALLOC_SAMPLE_BYTES (default 2 MiB, as tcmalloc). Nothing here
 // allocates through malloc, and a failure (no address space for the region) only stops sampling:
 // the program runs on.
 #define _GNU_SOURCE
@@ -48,6 +54,7 @@
 // The USDT semaphores: the kernel counts attached probes here.
 EXPORT unsigned short baton_alloc_semaphore __attribute__((section(".probes")));
 EXPORT unsigned short baton_free_semaphore __attribute__((section(".probes")));
+EXPORT unsigned short baton_frees_semaphore __attribute__((section(".probes")));
 #include <sys/sdt.h>
 
 extern void *__libc_malloc(size_t);
@@ -57,7 +64,7 @@ extern void *__libc_realloc(void *, size_t);
 extern void *__libc_memalign(size_t, size_t);
 
 #define PAGE 4096UL
-#define DEFAULT_MEAN (512UL * 1024)
+#define DEFAULT_MEAN (2UL * 1024 * 1024)
 
 // Read by Baton (its symbol) to learn the mean a process samples at; set from the environment.
 EXPORT volatile uint64_t baton_malloc_sample_bytes = DEFAULT_MEAN;
@@ -214,10 +221,27 @@ static size_t span_bytes(const void *p)
     return spans[((uintptr_t)p - region_base) / PAGE].bytes;
 }
 
+// Frees of sampled allocations wait here, and reach Baton in batches: with the next sample's
+// probe, or by themselves once the batch is full. A sample then costs one trap, not two.
+#define FREE_BATCH 64
+static uint64_t pending[FREE_BATCH];
+static uint32_t npending;
+// The batch a thread reports, taken out of `pending` under the lock.
+static TLS uint64_t reporting[FREE_BATCH];
+
+// Takes the waiting frees into this thread's `reporting`; returns how many. Under the lock.
+static uint32_t take_pending(void)
+{
+    uint32_t n = npending;
+    memcpy(reporting, pending, n * sizeof(pending[0]));
+    npending = 0;
+    return n;
+}
+
 static void span_free(void *p)
 {
     uintptr_t i = ((uintptr_t)p - region_base) / PAGE;
-    DTRACE_PROBE1(baton, free, p);
+    uint32_t full = 0;
     lock_region();
     uint32_t pages = spans[i].pages;
     // Big spans give their memory back; small ones keep it for the next sample of their size.
@@ -226,7 +250,14 @@ static void span_free(void *p)
     uint32_t c = class_of(pages);
     spans[i].next = free_lists[c];
     free_lists[c] = (uint32_t)(i + 1);
+    pending[npending++] = (uintptr_t)p;
+    if (npending == FREE_BATCH)
+        full = take_pending();
     unlock_region();
+    if (full) {
+        uint64_t *batch = reporting;
+        DTRACE_PROBE2(baton, frees, batch, full);
+    }
 }
 
 // ---- Sampling -------------------------------------------------------------------------------
@@ -259,8 +290,17 @@ __attribute__((noinline)) static void *sample(size_t n, size_t align, int zero)
         if (zero && !fresh)
             memset(p, 0, n);
     }
-    if (p)
-        DTRACE_PROBE3(baton, alloc, p, n, mean);
+    if (p) {
+        // The frees waiting go with it (exact mode reports each free by itself).
+        uint32_t nfreed = 0;
+        if (mean != 0) {
+            lock_region();
+            nfreed = take_pending();
+            unlock_region();
+        }
+        uint64_t *freed = reporting;
+        DTRACE_PROBE5(baton, alloc, p, n, mean, freed, nfreed);
+    }
     return p;
 unsampled:
     return align ? __libc_memalign(align, n) : zero ? __libc_calloc(1, n) : __libc_malloc(n);
@@ -417,10 +457,24 @@ EXPORT size_t malloc_usable_size(void *p)
     return p ? usable_size(p) : 0;
 }
 
-// ---- Start-up -------------------------------------------------------------------------------
+// ---- Start-up and exit -------------------------------------------------------------------------------
 
 static void before_fork(void) { lock_region(); }
 static void after_fork(void) { unlock_region(); }
+
+// At exit, the frees still waiting are reported, so what the process leaves unfreed is right.
+__attribute__((destructor)) static void flush(void)
+{
+    if (!region_size)
+        return;
+    lock_region();
+    uint32_t n = take_pending();
+    unlock_region();
+    if (n) {
+        uint64_t *batch = reporting;
+        DTRACE_PROBE2(baton, frees, batch, n);
+    }
+}
 
 __attribute__((constructor)) static void init(void)
 {

@@ -32,7 +32,7 @@ pub const DEFAULT_DIR: &str = "/usr/local/lib/baton";
 pub const SAMPLE_BYTES_ENV: &str = "BATON_MALLOC_SAMPLE_BYTES";
 
 /// The sampling mean the library uses when the environment does not set one.
-pub const DEFAULT_SAMPLE_BYTES: u64 = 512 * 1024;
+pub const DEFAULT_SAMPLE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// Writes both libraries into `dir` (the default directory when `None`) unless the same bytes
 /// are there already, and returns the glibc sampler's path. A file is replaced atomically (a new

@@ -89,7 +89,7 @@ pub static INFO: ProfilerInfo = ProfilerInfo {
     labels: &[],
     default_frequency: 0,
     max_frequency: 0,
-    default_rate: "1 sample per 512 KiB allocated, per thread; a trap per sample only",
+    default_rate: "1 sample per 2 MiB allocated, per thread; a trap per sample only",
     cost: CostClass::Low,
     costly_modes: &[CostlyMode {
         option: "mode",
@@ -110,7 +110,7 @@ pub static INFO: ProfilerInfo = ProfilerInfo {
         },
         OptionInfo {
             name: "sample_bytes",
-            default: "524288",
+            default: "2097152",
             help: "mean bytes between samples, per thread; 0 records every allocation (exact). \
                    A process started with the sampler keeps the mean it was started with",
         },
@@ -153,11 +153,25 @@ struct FreeEvent {
 }
 record!(FreeEvent, "free_event", 16);
 
+/// `struct frees_event` of malloc.bpf.c: a batch of frees of sampled allocations.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FreesEvent {
+    kind: u32,
+    pid: u32,
+    n: u32,
+    pad: u32,
+    addrs: [u64; 64],
+}
+record!(FreesEvent, "frees_event", 528);
+
 /// The `kind`s of the events ring.
 const EV_ALLOC: u32 = 1;
 const EV_FREE: u32 = 2;
 /// A sampled allocation from a sampling library; its `acc` is the sampling mean.
 const EV_SAMPLED: u32 = 3;
+/// A batch of frees from the glibc sampler.
+const EV_FREES: u32 = 4;
 
 /// What one sampled allocation of `size` bytes stands for: (bytes, allocations).
 ///
@@ -234,17 +248,28 @@ impl State {
             }
             Some(EV_FREE) => {
                 if let Ok(e) = decode::<FreeEvent>(data) {
-                    // An address is live or waiting, never both: malloc returns it again only
-                    // after this free. Frees of addresses never seen (exact mode reports every
-                    // free) change nothing.
-                    let was_live = self.live.remove(&(e.pid, e.addr)).is_some();
-                    let waiting = self.unresolved_at.remove(&(e.pid, e.addr));
-                    if let Some(i) = waiting.filter(|_| !was_live) {
-                        self.unresolved[i].freed = true;
+                    self.on_free(e.pid, e.addr);
+                }
+            }
+            Some(EV_FREES) => {
+                if let Ok(e) = decode::<FreesEvent>(data) {
+                    for &addr in &e.addrs[..(e.n as usize).min(e.addrs.len())] {
+                        self.on_free(e.pid, addr);
                     }
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A sampled allocation freed. An address is live or waiting, never both: malloc returns
+    /// it again only after this free. Frees of addresses never seen (exact mode reports every
+    /// free) change nothing.
+    fn on_free(&mut self, pid: u32, addr: u64) {
+        let was_live = self.live.remove(&(pid, addr)).is_some();
+        let waiting = self.unresolved_at.remove(&(pid, addr));
+        if let Some(i) = waiting.filter(|_| !was_live) {
+            self.unresolved[i].freed = true;
         }
     }
 
@@ -518,10 +543,19 @@ impl MallocProfiler {
 
     /// Attaches to the `baton:alloc` and `baton:free` probes of the sampler at `path`.
     fn attach_sampler(&mut self, pid: i32, path: &Path) -> Result<(), ProfilerError> {
+        // The jemalloc shim has no batches of frees.
+        let batches = !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libbaton_jemalloc"));
         for (prog, name) in [
             (&self.skel.progs.usdt_alloc, "alloc"),
             (&self.skel.progs.usdt_free, "free"),
+            (&self.skel.progs.usdt_frees, "frees"),
         ] {
+            if name == "frees" && !batches {
+                continue;
+            }
             let link = prog.attach_usdt(pid, path, "baton", name).map_err(|e| {
                 ProfilerError::Attach(format!(
                     "attaching to baton:{name} in {} (pid {pid}): {e}",
