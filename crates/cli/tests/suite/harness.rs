@@ -297,6 +297,35 @@ pub fn http_json(addr: &str, path: &str) -> serde_json::Value {
     serde_json::from_slice(&body).expect("json body")
 }
 
+/// The runs that one trigger rule (`trigger:SERVICE#N`) fired, as `/api/v1/runs` lists them.
+pub fn triggered(addr: &str, owner: &str) -> Vec<serde_json::Value> {
+    http_json(addr, "/api/v1/runs")["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["mode"] == "triggered" && r["owner"] == owner)
+        .collect()
+}
+
+/// Writes `program` (Go, standard library only) as `NAME.go` in `dir` and runs it offline with
+/// `args`, with its build cache and GOPATH in `dir`; fails loudly if Go is missing or the
+/// program fails.
+pub fn go_run(dir: &Path, name: &str, program: &str, args: &[&Path]) {
+    let src = dir.join(format!("{name}.go"));
+    std::fs::write(&src, program).expect("write go");
+    let st = Command::new("go")
+        .arg("run")
+        .arg(&src)
+        .args(args)
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOPROXY", "off")
+        .status()
+        .expect("go (scripts/install-deps.sh installs golang-go)");
+    assert!(st.success(), "go run {name}.go failed");
+}
+
 /// Polls `f` until it returns Some or `secs` pass.
 pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);

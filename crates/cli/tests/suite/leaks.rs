@@ -7,17 +7,6 @@ use std::process::Command;
 use crate::harness::fleet::start_server;
 use crate::harness::*;
 
-/// The runs fired by one trigger rule.
-fn fired_by(addr: &str, owner: &str) -> Vec<serde_json::Value> {
-    http_json(addr, "/api/v1/runs")["runs"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r["mode"] == "triggered" && r["owner"] == owner)
-        .collect()
-}
-
 const MIB: f64 = 1024.0 * 1024.0;
 
 #[test]
@@ -56,14 +45,14 @@ options = {{ mode = "uprobe" }}
     // About 10 MiB/s for 40 s against a rule of 2 MiB/s held for 8 s.
     let w = Workload::spawn(Command::new(&leak).args(["40", "45"]));
     let run = eventually(40, "the leak's malloc run to start by itself", || {
-        fired_by(&up.addr, "trigger:leak#0").into_iter().next()
+        triggered(&up.addr, "trigger:leak#0").into_iter().next()
     });
     eprintln!("run: {run}");
     assert_eq!(run["profiler"], "malloc", "{run}");
     assert_eq!(run["target"], "service:leak", "{run}");
     let id = run["id"].as_u64().expect("id");
     let run = eventually(40, "the heap run to finish", || {
-        fired_by(&up.addr, "trigger:leak#0").into_iter().find(|r| {
+        triggered(&up.addr, "trigger:leak#0").into_iter().find(|r| {
             r["id"] == id
                 && ["done", "failed", "cancelled"].contains(&r["state"].as_str().unwrap_or(""))
         })
@@ -151,7 +140,7 @@ options = {{ mode = "uprobe" }}
     );
     // A 2 s burst of growth is not a leak: its rule never fired.
     assert!(
-        fired_by(&up.addr, "trigger:spike#0").is_empty(),
+        triggered(&up.addr, "trigger:spike#0").is_empty(),
         "a 2 s burst started a heap run"
     );
     drop(w);
@@ -167,9 +156,10 @@ options = {{ mode = "uprobe" }}
 fn a_go_heap_profile_lands_under_the_heap_value_names() {
     let dir = scratch("go-heap");
     let server = start_server(&dir.join("data"), "127.0.0.1:0", &["--insecure-local"]);
-    let src = dir.join("heap.go");
-    std::fs::write(
-        &src,
+    let prof = dir.join("go-heap.pb.gz");
+    go_run(
+        &dir,
+        "heap",
         r#"package main
 
 import (
@@ -203,19 +193,8 @@ func main() {
 	runtime.KeepAlive(kept)
 }
 "#,
-    )
-    .expect("write go");
-    let prof = dir.join("go-heap.pb.gz");
-    let st = Command::new("go")
-        .arg("run")
-        .arg(&src)
-        .arg(&prof)
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("GOPROXY", "off")
-        .status()
-        .expect("go (scripts/install-deps.sh installs golang-go)");
-    assert!(st.success(), "go run failed");
+        &[&prof],
+    );
     let bytes = std::fs::read(&prof).expect("profile");
     let (code, out) = http_req(
         &server.addr,
@@ -294,7 +273,7 @@ options = { mode = "uprobe" }
     std::thread::sleep(std::time::Duration::from_secs(2));
     let w = Workload::spawn(Command::new(&leak).args(["45", "45"]));
     let first = eventually(20, "the exec rule's malloc run", || {
-        fired_by(&up.addr, "trigger:leakheap#0").into_iter().next()
+        triggered(&up.addr, "trigger:leakheap#0").into_iter().next()
     });
     assert_eq!(
         first["target"],
@@ -302,7 +281,7 @@ options = { mode = "uprobe" }
         "{first}"
     );
     let run = eventually(40, "the heap_growth rule to fire", || {
-        fired_by(&up.addr, "trigger:leakheap#1").into_iter().next()
+        triggered(&up.addr, "trigger:leakheap#1").into_iter().next()
     });
     eprintln!("heap_growth run: {run}");
     assert_eq!(run["profiler"], "malloc", "{run}");
@@ -317,7 +296,7 @@ options = { mode = "uprobe" }
     );
     let id = run["id"].as_u64().expect("id");
     let run = eventually(40, "the heap_growth run to finish", || {
-        fired_by(&up.addr, "trigger:leakheap#1")
+        triggered(&up.addr, "trigger:leakheap#1")
             .into_iter()
             .find(|r| r["id"] == id && r["state"] == "done")
     });

@@ -33,17 +33,6 @@ fn metrics_server(value: Arc<AtomicU64>) -> String {
     addr
 }
 
-fn triggered(addr: &str, owner: &str) -> Vec<serde_json::Value> {
-    let v = http_json(addr, "/api/v1/runs");
-    v["runs"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r["mode"] == "triggered" && r["owner"] == owner)
-        .collect()
-}
-
 fn metric(addr: &str, name: &str) -> f64 {
     let (_, m) = http_get(addr, "/metrics");
     String::from_utf8_lossy(&m)

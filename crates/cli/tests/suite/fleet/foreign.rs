@@ -12,9 +12,10 @@ use crate::harness::*;
 fn foreign_pprof_is_accepted() {
     let dir = scratch("fleet-foreign");
     let server = start_server(&dir.join("data"), "127.0.0.1:0", &["--insecure-local"]);
-    let src = dir.join("burn.go");
-    std::fs::write(
-        &src,
+    let prof = dir.join("go-cpu.pb.gz");
+    go_run(
+        &dir,
+        "burn",
         r#"package main
 
 import (
@@ -47,18 +48,8 @@ func main() {
 	}
 }
 "#,
-    )
-    .expect("write go");
-    let prof = dir.join("go-cpu.pb.gz");
-    let st = Command::new("go")
-        .arg("run")
-        .arg(&src)
-        .arg(&prof)
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPROXY", "off")
-        .status()
-        .expect("go (scripts/install-deps.sh installs golang-go)");
-    assert!(st.success(), "go run failed");
+        &[&prof],
+    );
     let bytes = std::fs::read(&prof).expect("profile");
     let (code, out) = http_req(
         &server.addr,
