@@ -187,6 +187,10 @@ mod tests {
         assert_eq!(p.step_ms, 1000);
         assert!(parse_params("since=5x").is_err());
         assert!(parse_params("bogus=1").is_err());
+        let g = parse_params("group_by=service").expect("ok");
+        assert_eq!(g.group_by.as_deref(), Some("service"));
+        let e = parse_params("group_by=colour").unwrap_err();
+        assert!(e.contains("not a label column"), "{e}");
         // Service labels resolve through the config to the services that carry them.
         let cfg = baton_config::load(
             &[baton_config::SourceFile {
