@@ -1,7 +1,7 @@
 /* Allocation-heavy loop for the allocation profilers' overhead: ARGV[1] seconds (default 5) of
  * mixed-size malloc/free pairs (16 B to 2 KiB, log-uniform, from a fixed seed), each freeing a
  * random block of a pool of 4,096 live ones, so the allocator sees a realistic mix of sizes and
- * lifetimes. Prints `ops_per_sec=N` (pairs per second) and the bytes allocated. */
+ * lifetimes. Prints `ops_per_sec=N` (pairs per second), the pairs and the bytes allocated. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +47,7 @@ int main(int argc, char **argv) {
         t = now() - t0;
     } while (t < secs);
     for (int i = 0; i < POOL; i++) free(pool[i]);
-    printf("ops_per_sec=%.0f bytes=%llu\n", ops / t, (unsigned long long)bytes);
+    printf("ops_per_sec=%.0f pairs=%llu bytes=%llu\n", ops / t, (unsigned long long)ops,
+           (unsigned long long)bytes);
     return 0;
 }

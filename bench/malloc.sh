@@ -11,6 +11,8 @@
 #   sampler-4k     the sampler at 1 sample per 4 KiB: nearly every allocation traps, which gives
 #                  the cost of one sampled allocation
 #   uprobe         mode=uprobe at its default sampling: every call traps
+#   jemalloc       the loop linked with jemalloc, under the default mode (the jemalloc shim and
+#                  jemalloc's own sampling), against the same binary bare
 #
 # Prints ops/s per mode, the ratio to bare, and the cost per allocation derived from them; then
 # a real allocator-heavy program (Debian's python3 on a dict/list/str churn) bare and under the
@@ -25,6 +27,7 @@ BATON=${BATON:-${CARGO_TARGET_DIR:-target}/release/baton}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 clang -O2 -g -fno-omit-frame-pointer -o "$tmp/allocloop" bench/allocloop.c
+clang -O2 -g -fno-omit-frame-pointer -o "$tmp/allocloop-je" bench/allocloop.c /usr/lib/x86_64-linux-gnu/libjemalloc.so.2
 LIB=$("$BATON" preload --quiet)
 CPU=${CPU:-1}
 
@@ -39,11 +42,13 @@ run_mode() {
     sampler) "$BATON" record malloc --format collapsed --output "$tmp/s.folded" -- taskset -c "$CPU" "$tmp/allocloop" "$SECS" 2>"$tmp/sampler.log" | rate ;;
     sampler-none) "$BATON" record malloc --opt sample_bytes=1000000000000000 --format collapsed --output "$tmp/n.folded" -- taskset -c "$CPU" "$tmp/allocloop" "$SECS" 2>"$tmp/none.log" | rate ;;
     sampler-4k) "$BATON" record malloc --opt sample_bytes=4096 --format collapsed --output "$tmp/k.folded" -- taskset -c "$CPU" "$tmp/allocloop" "$SECS" 2>"$tmp/4k.log" | rate ;;
+    jemalloc-bare) taskset -c "$CPU" "$tmp/allocloop-je" "$SECS" | rate ;;
+    jemalloc) "$BATON" record malloc --format collapsed --output "$tmp/j.folded" -- "$tmp/allocloop-je" "$SECS" 2>"$tmp/jemalloc.log" | rate ;;
     uprobe) "$BATON" record malloc --opt mode=uprobe --format collapsed --output "$tmp/u.folded" -- taskset -c "$CPU" "$tmp/allocloop" "$SECS" 2>"$tmp/uprobe.log" | rate ;;
   esac
 }
 
-MODES=(bare sampler-idle sampler sampler-none sampler-4k uprobe)
+MODES=(bare sampler-idle sampler sampler-none sampler-4k uprobe jemalloc-bare jemalloc)
 declare -A runs
 for i in $(seq "$REPEAT"); do
   for m in "${MODES[@]}"; do
@@ -57,6 +62,7 @@ done
 b=${med[bare]}
 echo "allocloop, ${SECS}s x $REPEAT (median), pinned to CPU $CPU"
 for m in "${MODES[@]}"; do
+  [ "${m#jemalloc}" = "$m" ] || continue
   awk -v m="$m" -v r="${med[$m]}" -v b="$b" 'BEGIN {
     printf "  %-13s %12.0f pairs/s   ratio %.4f   +%.1f ns per malloc/free pair\n", m, r, r / b, (1e9 / r - 1e9 / b) }'
 done
@@ -65,7 +71,18 @@ done
 events=$(grep -o '[0-9]* events' "$tmp/4k.log" | head -1 | cut -d' ' -f1)
 awk -v r="${med[sampler-4k]}" -v b="$b" -v e="$events" -v s="$SECS" 'BEGIN {
   if (e > 0) printf "  one sampled allocation: %.2f us (%d samples in %d s at 1 per 4 KiB)\n", (1 - r / b) * s / e * 1e6, e, s }'
+awk -v r="${med[jemalloc]}" -v b="${med[jemalloc-bare]}" 'BEGIN {
+  printf "  %-13s %12.0f pairs/s   (bare jemalloc %.0f)   ratio %.4f\n", "jemalloc", r, b, r / b }'
 sed 's/^/  sampler: /' <(grep -h "recorded" "$tmp/sampler.log")
+sed 's/^/  jemalloc: /' <(grep -h "recorded" "$tmp/jemalloc.log")
+# The default modes must stay on: at least 0.95 of bare throughput.
+fail=0
+for pair in "sampler:bare" "jemalloc:jemalloc-bare"; do
+  m=${pair%%:*}; base=${pair#*:}
+  if ! awk -v r="${med[$m]}" -v b="${med[$base]}" 'BEGIN { exit !(r / b >= 0.95) }'; then
+    echo "  FAIL: $m runs at less than 0.95 of bare"; fail=1
+  fi
+done
 sed 's/^/  uprobe:  /' <(grep -h "recorded" "$tmp/uprobe.log")
 
 # A real program: python3 building and dropping dicts, lists and strings.
@@ -106,3 +123,4 @@ if t=$(command -v memleak-bpfcc); then
 else
   echo "bcc memleak: not installed (bpfcc-tools)"
 fi
+exit $fail

@@ -235,3 +235,81 @@ fn jemalloc_programs_are_sampled_by_jemalloc_itself() {
         );
     }
 }
+
+/// The allocation-heavy loop of bench/malloc.sh (mixed sizes, 16 B to 2 KiB) under the default
+/// mode, with glibc and with jemalloc: its samples are there and weigh up to the bytes and
+/// allocations it counted itself, within 10% (jemalloc's bytes are usable sizes). (Its throughput against bare is the benchmark's
+/// to measure, not a test's.)
+#[test]
+fn the_allocation_loop_is_sampled_and_weighted_to_its_own_counts() {
+    require_root();
+    let dir = scratch("heap-loop");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/allocloop.c");
+    for (name, extra) in [
+        ("glibc", None),
+        (
+            "jemalloc",
+            Some("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+        ),
+    ] {
+        let exe = dir.join(format!("allocloop-{name}"));
+        let st = Command::new("clang")
+            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .args(extra)
+            .status()
+            .expect("clang");
+        assert!(st.success(), "building allocloop ({name}) failed");
+        let out = run(baton()
+            .args([
+                "record",
+                "malloc",
+                "--format",
+                "collapsed",
+                "--value",
+                "alloc_bytes",
+            ])
+            .arg("--")
+            .arg(&exe)
+            .arg("1"));
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {log}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let printed = |key: &str| -> f64 {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("the loop printed no {key}: {text}"))
+        };
+        let (bytes, pairs) = (printed("bytes"), printed("pairs"));
+        let estimated = through(&text, "main");
+        eprintln!(
+            "{name}: {estimated:.0} bytes estimated, {bytes} allocated in {pairs} pairs\n{log}"
+        );
+        // jemalloc reports usable sizes: its size classes round a request up by at most 25%
+        // (a few percent on this mix), so its bytes lie between the requested total and 1.25
+        // times it, within the same 10%.
+        let (low, high) = match extra {
+            None => (0.9 * bytes, 1.1 * bytes),
+            Some(_) => (0.9 * bytes, 1.25 * 1.1 * bytes),
+        };
+        assert!(
+            (low..=high).contains(&estimated),
+            "{name}: the samples weigh {estimated:.0} bytes, the loop allocated {bytes}"
+        );
+        let summary = log
+            .lines()
+            .find(|l| l.starts_with("recorded"))
+            .unwrap_or("");
+        let count: f64 = summary
+            .split(", ")
+            .find_map(|p| p.strip_suffix(" alloc_count"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no alloc_count in the summary: {summary}"));
+        assert!(
+            (count - pairs).abs() <= 0.1 * pairs,
+            "{name}: the samples weigh {count} allocations, the loop made {pairs}"
+        );
+    }
+}
