@@ -186,6 +186,9 @@ impl RssWatch {
     }
 }
 
+/// How long [`HeapWatch`] remembers a process's last window.
+const HEAP_FORGET_MS: i64 = 600_000;
+
 /// Live-heap growth per service, from the `live_bytes` of the windows the host stores (any
 /// profiler whose batches carry that value, with `service` and `pid` labels).
 #[derive(Debug, Default)]
@@ -231,6 +234,10 @@ impl HeapWatch {
                 *best = best.max(rate);
             }
         }
+        // Processes without a window for 10 minutes (gone, or no longer profiled) are
+        // forgotten: their next window starts afresh.
+        self.last
+            .retain(|_, (t, _)| batch.ts_ms.saturating_sub(*t) < HEAP_FORGET_MS);
     }
 
     /// The service's fastest live-heap growth (bytes per second) since the last call, if a new
@@ -319,6 +326,13 @@ mod tests {
         w.window(&heap_batch(5_000, &[("a", "1", 1_100)]));
         assert_eq!(w.take("a"), Some(0.0));
         assert_eq!(w.take("b"), None);
+        // Ten minutes on, pid 1 grew by 200 weighted bytes in 600 s; pid 2, silent since, is
+        // forgotten: its next window has nothing to grow from.
+        w.window(&heap_batch(605_000, &[("a", "1", 1_200)]));
+        let rate = w.take("a").expect("pid 1's growth");
+        assert!((rate - 200.0 / 600.0).abs() < 1e-9, "{rate}");
+        w.window(&heap_batch(606_000, &[("a", "2", 9_000)]));
+        assert_eq!(w.take("a"), None);
     }
 
     #[test]
