@@ -10,6 +10,7 @@ use baton_model::{
 };
 
 use crate::dict::{BuildIdHash, IdMap};
+use crate::series::LevelKey;
 use crate::{Query, StoreError, Timeline, TimelineQuery, TimelineSpan, Unsymbolized};
 
 /// A frame as a backend reads it back: its id, the frame with its symbol applied, and the
@@ -26,9 +27,9 @@ pub(crate) trait Backend {
     const ID_CHUNK: usize;
     /// Weighted totals per stack id for a query: the one aggregation every view starts from.
     fn stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64)>, StoreError>;
-    /// [`Backend::stack_totals`] of a level (`live_bytes`), from the rows of
+    /// Totals of a level (`live_bytes`) per stack or label value, from the rows of
     /// [`crate::series::level_totals_sql`] through [`crate::series::level_totals`].
-    fn level_stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64)>, StoreError>;
+    fn level_totals(&mut self, q: &Query, key: LevelKey) -> Result<Totals, StoreError>;
     /// The value type of the query's samples (one profiler has one value type).
     fn value_type(&mut self, q: &Query) -> Result<Option<ValueType>, StoreError>;
     /// The stored stacks among `ids`, each with its comma-separated frame ids, leaf first.
@@ -123,7 +124,7 @@ macro_rules! shared_store_methods {
             limit: usize,
         ) -> Result<Vec<(String, f64)>, $crate::StoreError> {
             let col = $crate::query::label_column(label)?;
-            $crate::read::Backend::label_values(&mut self.$backend, q, col, limit)
+            $crate::read::label_totals(&mut self.$backend, q, col, limit)
         }
     };
 }
@@ -140,10 +141,30 @@ pub(crate) fn id_list(ids: &[u64]) -> String {
 /// Weighted totals per stack: summed over the range, or for a level the mean over windows.
 fn totals<B: Backend>(b: &mut B, q: &Query) -> Result<Vec<(u64, f64)>, StoreError> {
     if q.value.as_deref().is_some_and(crate::is_level) {
-        b.level_stack_totals(q)
+        Ok(b.level_totals(q, LevelKey::Stack)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+            .collect())
     } else {
         b.stack_totals(q)
     }
+}
+
+/// A label's values in the range, most weighted first: summed, or for a level the mean over
+/// windows (see [`crate::series::level_totals`]).
+pub(crate) fn label_totals<B: Backend>(
+    b: &mut B,
+    q: &Query,
+    col: &'static str,
+    limit: usize,
+) -> Result<Totals, StoreError> {
+    if !q.value.as_deref().is_some_and(crate::is_level) {
+        return b.label_values(q, col, limit);
+    }
+    let mut out = b.level_totals(q, LevelKey::Label(col))?;
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out.truncate(limit);
+    Ok(out)
 }
 
 /// Stacks and frames read back for queries.

@@ -68,16 +68,33 @@ pub(crate) fn series_sql(
     (sql, params)
 }
 
-/// The two SELECTs of a level's stack totals over `table`: (stack, host, pid, weighted sum)
-/// per stack and process, and (host, pid, windows) per process; see [`level_totals`].
-pub(crate) fn level_totals_sql(q: &Query, d: Dialect, table: &str) -> [(String, Vec<Param>); 2] {
+/// What a level's totals are per: each stack, or each value of a label column (from
+/// [`crate::LABEL_COLUMNS`], never user text).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LevelKey {
+    Stack,
+    Label(&'static str),
+}
+
+/// The two SELECTs of a level's totals over `table`: (key as text, host, pid, weighted sum) per
+/// key and process, and (host, pid, windows) per process; see [`level_totals`].
+pub(crate) fn level_totals_sql(
+    q: &Query,
+    d: Dialect,
+    table: &str,
+    key: LevelKey,
+) -> [(String, Vec<Param>); 2] {
     let (wh, params) = q.where_in(d);
+    let key = match key {
+        LevelKey::Stack => d.text("stack_id"),
+        LevelKey::Label(col) => format!("coalesce({}, '')", d.text(col)),
+    };
     let process = "coalesce(host, '') AS h, coalesce(pid, -1) AS p";
     [
         (
             format!(
-                "SELECT stack_id, {process}, sum(value * weight) FROM {table}
-                 WHERE {wh} GROUP BY stack_id, h, p"
+                "SELECT {key} AS k, {process}, sum(value * weight) FROM {table}
+                 WHERE {wh} GROUP BY k, h, p"
             ),
             params.clone(),
         ),
@@ -90,21 +107,21 @@ pub(crate) fn level_totals_sql(q: &Query, d: Dialect, table: &str) -> [(String, 
     ]
 }
 
-/// Per-stack totals of a level: per process, the mean over its windows in the range (a window
-/// where the stack held nothing counts as zero), summed over processes. `stacks` and `windows`
-/// are the rows of [`level_totals_sql`]'s two queries.
+/// Totals of a level per key: per process, the mean over its windows in the range (a window
+/// where the key held nothing counts as zero), summed over processes. `keys` and `windows`
+/// are the rows of [`level_totals_sql`]'s two queries; keys that are empty are left out.
 pub(crate) fn level_totals(
-    stacks: Vec<(u64, String, i64, f64)>,
+    keys: Vec<(String, String, i64, f64)>,
     windows: Vec<(String, i64, f64)>,
-) -> Vec<(u64, f64)> {
+) -> Vec<(String, f64)> {
     let n: BTreeMap<(String, i64), f64> = windows
         .into_iter()
         .map(|(h, p, n)| ((h, p), n.max(1.0)))
         .collect();
-    let mut out: BTreeMap<u64, f64> = BTreeMap::new();
-    for (stack, h, p, sum) in stacks {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for (key, h, p, sum) in keys.into_iter().filter(|k| !k.0.is_empty()) {
         let windows = n.get(&(h, p)).copied().unwrap_or(1.0);
-        *out.entry(stack).or_default() += sum / windows;
+        *out.entry(key).or_default() += sum / windows;
     }
     out.into_iter().collect()
 }

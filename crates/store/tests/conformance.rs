@@ -320,6 +320,10 @@ fn level_series_per_window_and_group(s: &mut dyn Store) {
     assert_eq!(leak.self_value, 225.0 + 750.0);
     let named = s.named_stacks(&with(live.clone(), "pid=7")).expect("named");
     assert_eq!(named.total(), 300.0);
+    assert_eq!(
+        s.label_values(&live, "pid", 10).expect("labels"),
+        vec![("8".to_string(), 1_000.0), ("7".to_string(), 300.0)]
+    );
     let mut alloc = live.clone();
     alloc.value = None;
     assert_eq!(s.timeseries(&alloc, 10_000).expect("ts"), vec![pt(0, 30.0)]);

@@ -11,7 +11,7 @@ use super::http::Http;
 use crate::dict::{symbol_key, Dictionary};
 use crate::query::{inline, quote, Dialect, Query};
 use crate::read::{id_list, Backend, BucketRow, StoredFrame, Totals};
-use crate::series::{level_totals, level_totals_sql, series_sql, SeriesRow};
+use crate::series::{level_totals, level_totals_sql, series_sql, LevelKey, SeriesRow};
 use crate::{RunRecord, StoreError, TimelineQuery, TimelineSpan, Unsymbolized};
 
 /// A symbol as read back: function, file, line, inlined chain (JSON).
@@ -48,29 +48,21 @@ impl Backend for Http {
         self.pairs(&self.samples_sql(q, "stack_id, sum(value * weight)", " GROUP BY stack_id"))
     }
 
-    fn level_stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64)>, StoreError> {
+    fn level_totals(&mut self, q: &Query, key: LevelKey) -> Result<Totals, StoreError> {
         let table = self.table("samples");
-        let [(stacks, p1), (windows, p2)] = level_totals_sql(q, Dialect::ClickHouse, &table);
-        let stacks = self
-            .rows(&inline(&stacks, &p1))?
+        let [(keys, p1), (windows, p2)] = level_totals_sql(q, Dialect::ClickHouse, &table, key);
+        let text = |r: &[Option<String>], i| field(r, i).unwrap_or_default();
+        let keys = self
+            .rows(&inline(&keys, &p1))?
             .into_iter()
-            .filter_map(|r| {
-                let host = field(&r, 1).unwrap_or_default();
-                Some((parsed(&r, 0)?, host, parsed(&r, 2)?, parsed(&r, 3)?))
-            })
+            .filter_map(|r| Some((text(&r, 0), text(&r, 1), parsed(&r, 2)?, parsed(&r, 3)?)))
             .collect();
         let windows = self
             .rows(&inline(&windows, &p2))?
             .into_iter()
-            .filter_map(|r| {
-                Some((
-                    field(&r, 0).unwrap_or_default(),
-                    parsed(&r, 1)?,
-                    parsed(&r, 2)?,
-                ))
-            })
+            .filter_map(|r| Some((text(&r, 0), parsed(&r, 1)?, parsed(&r, 2)?)))
             .collect();
-        Ok(level_totals(stacks, windows))
+        Ok(level_totals(keys, windows))
     }
 
     fn value_type(&mut self, q: &Query) -> Result<Option<ValueType>, StoreError> {

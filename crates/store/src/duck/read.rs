@@ -8,7 +8,7 @@ use duckdb::{params_from_iter, Connection};
 use crate::dict::Dictionary;
 use crate::query::{Dialect, Param, Query};
 use crate::read::{id_list, Backend, BucketRow, StoredFrame, Totals};
-use crate::series::{level_totals, level_totals_sql, series_sql, SeriesRow};
+use crate::series::{level_totals, level_totals_sql, series_sql, LevelKey, SeriesRow};
 use crate::{ControlRecord, RunRecord, StoreError, TimelineQuery, TimelineSpan, Unsymbolized};
 
 pub(super) fn to_values(params: &[Param]) -> Vec<Value> {
@@ -38,10 +38,10 @@ impl Backend for Connection {
         Ok(rows)
     }
 
-    fn level_stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64)>, StoreError> {
-        let [(stacks, p1), (windows, p2)] = level_totals_sql(q, Dialect::DuckDb, "samples");
-        let mut st = self.prepare(&stacks)?;
-        let stacks = st
+    fn level_totals(&mut self, q: &Query, key: LevelKey) -> Result<Totals, StoreError> {
+        let [(keys, p1), (windows, p2)] = level_totals_sql(q, Dialect::DuckDb, "samples", key);
+        let mut st = self.prepare(&keys)?;
+        let keys = st
             .query_map(params_from_iter(to_values(&p1)), |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
@@ -52,7 +52,7 @@ impl Backend for Connection {
                 Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as f64))
             })?
             .collect::<Result<_, _>>()?;
-        Ok(level_totals(stacks, windows))
+        Ok(level_totals(keys, windows))
     }
 
     fn value_type(&mut self, q: &Query) -> Result<Option<ValueType>, StoreError> {
