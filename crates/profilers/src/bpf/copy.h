@@ -135,16 +135,16 @@ static __always_inline __u64 copy_wakeup(void)
     return BPF_RB_NO_WAKEUP;
 }
 
-// Copies `task`'s (the current task's) user registers and stack when the process has an
-// unwinding plan and, unless `any_ip`, the plan covers the current instruction (its code lacks
-// frame pointers). Returns 1 when a copy was sent.
+// Copies `task`'s (the current task's) user registers and stack: with `any_ip`, always (DWARF
+// unwinding on); else when the process's unwinding plan covers the current instruction (its
+// code lacks frame pointers). Returns 1 when a copy was sent.
 static __always_inline int copy_user_stack_if(struct task_struct *task, __u32 tgid, __u32 tid,
                                               __u64 cookie, int any_ip)
 {
     if (!dwarf)
         return 0;
     struct unwind_plan *plan = bpf_map_lookup_elem(&dwarf_pids, &tgid);
-    if (!plan)
+    if (!plan && !any_ip)
         return 0;
     struct user_regs regs = {};
     struct pt_regs *uregs = bpf_task_pt_regs(task);
@@ -152,7 +152,7 @@ static __always_inline int copy_user_stack_if(struct task_struct *task, __u32 tg
         return 0;
     if ((regs.cs & 3) != 3 || regs.rsp == 0)
         return 0;
-    if (!any_ip && !plan_covers(plan, regs.rip))
+    if (!any_ip && plan && !plan_covers(plan, regs.rip))
         return 0;
     __u32 cpu = bpf_get_smp_processor_id();
     struct copy_slot *slot = bpf_map_lookup_elem(&copy_slots, &cpu);
