@@ -17,11 +17,11 @@
 # Prints ops/s per mode, the ratio to bare, and the cost per allocation derived from them; then
 # a real allocator-heavy program (Debian's python3 on a dict/list/str churn) bare and under the
 # default mode, with the top allocation sites Baton found; then whether bcc's memleak runs here.
-# Usage (as root): bench/malloc.sh [SECONDS=3] [REPEATS=3]
+# Usage (as root): bench/malloc.sh [SECONDS=3] [REPEATS=5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-3}
-REPEAT=${2:-3}
+REPEAT=${2:-5}
 BATON=${BATON:-${CARGO_TARGET_DIR:-target}/release/baton}
 [ -x "$BATON" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 tmp=$(mktemp -d)
@@ -110,8 +110,10 @@ done
 b=$(printf '%s\n' "${pb[@]}" | median)
 p=$(printf '%s\n' "${pp[@]}" | median)
 awk -v b="$b" -v p="$p" 'BEGIN { printf "python3 churn: bare %.0f records/s, under baton record malloc %.0f records/s, ratio %.4f\n", b, p, p / b }'
-echo "  top allocation sites (alloc_bytes, the frame that called the allocator):"
-awk '{ v = $NF; $NF = ""; n = split($0, f, ";"); site = (n > 1) ? f[n - 1] : f[n]; gsub(/ +$/, "", site); s[site] += v; t += v }
+echo "  top allocation sites (alloc_bytes, by the first frame outside the allocators):"
+awk '{ v = $NF; $NF = ""; sub(/ +$/, ""); n = split($0, f, ";"); site = f[1]
+       for (i = n; i >= 1; i--) if (f[i] !~ /^(malloc|calloc|realloc|reallocarray|posix_memalign|aligned_alloc|memalign|valloc|pvalloc|_?PyObject_(Malloc|Calloc|Realloc)|_?PyMem_[A-Za-z]*|_PyObject_GC_[A-Za-z]*|gc_alloc|_PyObject_New[A-Za-z]*)$/) { site = f[i]; break }
+       s[site] += v; t += v }
      END { for (k in s) printf "%6.2f%%  %s\n", 100 * s[k] / t, k }' "$tmp/py.folded" | sort -rn | head -5 | sed 's/^/    /'
 
 if t=$(command -v memleak-bpfcc); then

@@ -37,8 +37,9 @@ fn main() {
 }
 
 /// Builds each `src/preload/NAME.c` into `libNAME.so`: position-independent, with frame
-/// pointers (the BPF side walks the stack from inside it), and with sibling calls kept as calls
-/// so its sampling function is always called from the entry point the program called.
+/// pointers (the BPF side walks the stack from inside it). Sibling calls stay optimised, so the
+/// fast paths jump straight into the allocator; the sources keep their sampling calls out of tail
+/// position themselves, so the stack always shows the entry point the program called.
 fn preload_libraries(out: &std::path::Path) {
     println!("cargo:rerun-if-changed=src/preload");
     let mut sources: Vec<_> = std::fs::read_dir("src/preload")

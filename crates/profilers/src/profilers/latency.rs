@@ -252,7 +252,6 @@ impl State {
 pub struct LatencyProfiler {
     /// First, so its reader thread stops before the ring's map is closed.
     copies: Option<CopyReader>,
-    skel: LatencySkel<'static>,
     links: Vec<Link>,
     _events: Vec<OwnedFd>,
     reader: RingReader,
@@ -264,6 +263,9 @@ pub struct LatencyProfiler {
     threshold_ns: u64,
     buffers: Buffers,
     stale_stacks: u64,
+    /// Last: its links (USDT ones use the object's manager when they detach) and readers go
+    /// first, and the object is closed after them.
+    skel: LatencySkel<'static>,
 }
 
 impl LatencyProfiler {

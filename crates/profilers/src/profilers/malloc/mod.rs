@@ -137,7 +137,6 @@ enum Mode {
 pub struct MallocProfiler {
     /// First, so its reader thread stops before the ring's map is closed.
     copies: Option<CopyReader>,
-    skel: MallocSkel<'static>,
     links: Vec<Link>,
     _fork_link: Option<Link>,
     reader: RingReader,
@@ -147,6 +146,9 @@ pub struct MallocProfiler {
     /// The library to probe in every target, when given (`lib=PATH`, uprobe mode).
     lib: Option<PathBuf>,
     sample_bytes: u64,
+    /// Last: its links (USDT ones use the object's manager when they detach) and readers go
+    /// first, and the object is closed after them.
+    skel: MallocSkel<'static>,
 }
 
 /// The library a process allocates through: the libc it maps (by its path inside the
