@@ -112,7 +112,7 @@ p=$(printf '%s\n' "${pp[@]}" | median)
 awk -v b="$b" -v p="$p" 'BEGIN { printf "python3 churn: bare %.0f records/s, under baton record malloc %.0f records/s, ratio %.4f\n", b, p, p / b }'
 echo "  top allocation sites (alloc_bytes, by the first frame outside the allocators):"
 awk '{ v = $NF; $NF = ""; sub(/ +$/, ""); n = split($0, f, ";"); site = f[1]
-       for (i = n; i >= 1; i--) if (f[i] !~ /^(malloc|calloc|realloc|reallocarray|posix_memalign|aligned_alloc|memalign|valloc|pvalloc|_?PyObject_(Malloc|Calloc|Realloc)|_?PyMem_[A-Za-z]*|_PyObject_GC_[A-Za-z]*|gc_alloc|_PyObject_New[A-Za-z]*)$/) { site = f[i]; break }
+       for (i = n; i >= 1; i--) if (f[i] !~ /^(malloc|calloc|realloc|reallocarray|posix_memalign|aligned_alloc|memalign|valloc|pvalloc|_?PyObject_(Malloc|Calloc|Realloc)|_?PyMem_[A-Za-z]*|_PyObject_GC_[A-Za-z]*|gc_alloc|_PyObject_New[A-Za-z]*|realloc_by_copy)$/) { site = f[i]; break }
        s[site] += v; t += v }
      END { for (k in s) printf "%6.2f%%  %s\n", 100 * s[k] / t, k }' "$tmp/py.folded" | sort -rn | head -5 | sed 's/^/    /'
 

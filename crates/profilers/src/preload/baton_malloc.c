@@ -354,7 +354,7 @@ EXPORT void *calloc(size_t count, size_t size)
 
 // Moves a sampled allocation, or makes a sampled one of an unsampled one: a new block, the
 // bytes copied, the old block freed (and reported if it was sampled).
-static inline __attribute__((always_inline)) void *move(void *old, size_t old_bytes, size_t n, int sampled)
+static inline __attribute__((always_inline)) void *realloc_by_copy(void *old, size_t old_bytes, size_t n, int sampled)
 {
     void *p = sampled ? sample(n, 0, 0) : __libc_malloc(n);
     if (!p)
@@ -388,7 +388,7 @@ EXPORT void *realloc(void *old, size_t n)
     if (LIKELY(!sampled && !in_region(old) && baton_malloc_sample_bytes != 0))
         return __libc_realloc(old, n);
     // Exact mode reports the old block freed and the new one allocated.
-    p = move(old, usable_size(old), n, sampled || baton_malloc_sample_bytes == 0);
+    p = realloc_by_copy(old, usable_size(old), n, sampled || baton_malloc_sample_bytes == 0);
     NO_TAIL(p);
     return p;
 }
