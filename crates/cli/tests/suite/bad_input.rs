@@ -42,12 +42,12 @@ fn bad_input_gets_clear_errors() {
     check(
         &["record", "malloc", "--all", "--opt", "sample_byte=0"],
         2,
-        "profiler malloc has no option \"sample_byte\"; its options are sample_bytes, lib",
+        "profiler malloc has no option \"sample_byte\"; its options are mode, sample_bytes, lib",
     );
     check(
         &["record", "malloc", "--all", "--value", "rss"],
         2,
-        "its values are alloc_bytes, alloc_count, live_bytes",
+        "its values are alloc_bytes, alloc_count, live_bytes, live_count",
     );
     check(
         &["record", "calls", "--all", "--opt", "probe"],

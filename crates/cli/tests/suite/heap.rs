@@ -313,3 +313,52 @@ fn the_allocation_loop_is_sampled_and_weighted_to_its_own_counts() {
         );
     }
 }
+
+/// A process Baton did not start and that loads no sampler: the default mode says what is
+/// missing, and `mode=uprobe` profiles it, reporting the calls it trapped and what they cost.
+#[test]
+fn the_uprobe_mode_profiles_a_running_process_and_reports_its_cost() {
+    require_root();
+    let w = workload("alloc");
+    // Three seconds before it allocates, for both attempts to attach; it exits a second after.
+    let mut running = Command::new(&w).args(["3", "1"]).spawn().expect("alloc");
+    let pid = running.id().to_string();
+    let out = run(baton().args(["record", "malloc", "--duration", "1s", "--pid", &pid]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the default mode profiled a process without a sampler"
+    );
+    assert!(
+        err.contains("loads no allocation sampler") && err.contains("mode=uprobe"),
+        "the error does not say what is missing: {err}"
+    );
+    let out = run(baton()
+        .args([
+            "record",
+            "malloc",
+            "--opt",
+            "mode=uprobe",
+            "--opt",
+            "sample_bytes=0",
+        ])
+        .args(["--format", "collapsed", "--duration", "20s", "--pid", &pid]));
+    let _ = running.wait();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{log}\n{text}");
+    assert!(out.status.success(), "{log}");
+    assert_eq!(through(&text, "alloc_site_a"), 4_096_000.0, "{text}");
+    // 1,000 mallocs (entry and return) and 500 frees, each a trap.
+    let trapped: u64 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("mode=uprobe: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cost line in the summary: {log}"));
+    assert!(
+        trapped >= 2_500,
+        "{trapped} calls trapped, not at least 2,500: {log}"
+    );
+    assert!(log.contains("of the targets' time at 2.4 µs each"), "{log}");
+}
