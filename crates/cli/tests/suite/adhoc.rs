@@ -77,6 +77,17 @@ fn total_value(rows: &serde_json::Value, function: &str) -> f64 {
 }
 
 /// bpftrace processes running one of Baton's wrapped scripts.
+/// Whether process `pid` holds a loaded BPF program (bpftrace attaches it right after).
+fn has_bpf_prog(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("bpf-prog"))
+            })
+        })
+        .unwrap_or(false)
+}
+
 fn baton_bpftraces() -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").expect("proc").flatten() {
@@ -225,19 +236,34 @@ fn the_three_examples_run_through_up_and_show_their_workloads() {
     assert!(points.len() >= 2, "{ts}");
     assert!(total >= 1300.0, "{ts}");
 
-    // Off-CPU stacks of one process: after a 6 s warm-up (the run starts and bpftrace attaches
-    // meanwhile, which took over 2 s in one loaded CI run and about 4.4 s in another: 8 of the
-    // 10 sleeps were counted), sleeper spends 10 × 200 ms asleep in wait_here. The warm-up's
-    // own sleep began before the attach, so it is never counted.
-    let mut sleeper = Workload::spawn(Command::new(workload("sleeper")).args(["6", "10"]));
+    // Off-CPU stacks of one process. bpftrace took from 2 s to over 6 s to compile and attach
+    // in loaded CI runs, so the workload waits, stopped, until bpftrace has loaded its program
+    // and a second more has passed; then it runs: 10 × 200 ms asleep in wait_here. Its stopped
+    // time began before the attach, so it is never counted.
+    let sh = format!("kill -STOP $$; exec {} 0 10", workload("sleeper").display());
+    let mut sleeper = Workload::spawn(Command::new("sh").args(["-c", &sh]));
     let pid = sleeper.id();
+    eventually(10, "the workload to stop itself", || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+        state.starts_with('T').then_some(())
+    });
     let id = submit(
         &up,
         None,
         &format!(
-            r#"{{"profiler":"offcpu_pid","target":"pid:{pid}","duration":"11s","options":{{"args":"{pid}"}}}}"#
+            r#"{{"profiler":"offcpu_pid","target":"pid:{pid}","duration":"15s","options":{{"args":"{pid}"}}}}"#
         ),
     );
+    eventually(12, "bpftrace to load its program", || {
+        baton_bpftraces()
+            .into_iter()
+            .any(|bt| has_bpf_prog(bt))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: kill(2) with a pid and a signal number; no memory is shared.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     let r = wait_done(&up, None, id, 60);
     sleeper.wait();
     assert_eq!(r["state"], "done", "{r}");
