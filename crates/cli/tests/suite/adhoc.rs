@@ -258,7 +258,7 @@ fn the_three_examples_run_through_up_and_show_their_workloads() {
     eventually(12, "bpftrace to load its program", || {
         baton_bpftraces()
             .into_iter()
-            .any(|bt| has_bpf_prog(bt))
+            .any(has_bpf_prog)
             .then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
