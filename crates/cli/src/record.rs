@@ -281,6 +281,31 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
             stats.unwind.peak_unwind_bytes as f64 / 1048576.0,
         );
     }
+    let interp = baton_profilers::interp::stats();
+    if interp.stacks > 0 {
+        eprintln!(
+            "interpreter frames: {} Python frames merged into {} stacks ({} stacks left native: \
+             their frames could not be read; {} deeper than {} frames, cut at the root)",
+            interp.frames,
+            interp.stacks,
+            interp.failed,
+            interp.truncated,
+            baton_profilers::interp::MAX_FRAMES,
+        );
+    }
+    for f in baton_profilers::interp::fallbacks() {
+        eprintln!(
+            "pid {} ({}): Python frames left out, native frames only: {}{}",
+            f.pid,
+            f.comm,
+            f.reason,
+            if f.samples > 0 {
+                format!(" ({} stacks)", f.samples)
+            } else {
+                String::new()
+            }
+        );
+    }
     if let Some(why) = ended_early {
         eprintln!("ended early: {why}; the profile holds the data gathered so far");
     }

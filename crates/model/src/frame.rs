@@ -16,6 +16,10 @@ pub enum FrameKind {
     /// address: `module`, `build_id` and `address` are the caller's, `function`, `file` and
     /// `line` its own, resolved on the host from DWARF.
     Inlined,
+    /// A function of interpreted code (a Python function), named on the host from the runtime's
+    /// own objects: `module` is the runtime (`[python]`), `function`, `file` and `line` its
+    /// own, `address` 0.
+    Interpreted,
 }
 
 impl FrameKind {
@@ -25,6 +29,7 @@ impl FrameKind {
             FrameKind::User => 1,
             FrameKind::Jit => 2,
             FrameKind::Inlined => 3,
+            FrameKind::Interpreted => 4,
         }
     }
 
@@ -34,6 +39,7 @@ impl FrameKind {
             1 => Some(FrameKind::User),
             2 => Some(FrameKind::Jit),
             3 => Some(FrameKind::Inlined),
+            4 => Some(FrameKind::Interpreted),
             _ => None,
         }
     }
@@ -41,6 +47,9 @@ impl FrameKind {
 
 /// Module name used for kernel frames.
 pub const KERNEL_MODULE: &str = "[kernel.kallsyms]";
+
+/// Module names of interpreted frames, one per runtime.
+pub const INTERPRETED_MODULES: &[&str] = &["[python]"];
 
 /// A resolved or unresolved frame. A frame with no symbol is kept, never dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -311,6 +311,8 @@ pub fn decode_batch(
             FrameKind::Kernel
         } else if module == "[jit]" {
             FrameKind::Jit
+        } else if crate::frame::INTERPRETED_MODULES.contains(&module.as_str()) {
+            FrameKind::Interpreted
         } else {
             FrameKind::User
         };
@@ -536,6 +538,12 @@ mod tests {
                 "[jit]",
                 0x7f00_0000_1000,
             ),
+            // Two lines of one Python function: two frames, told apart by their lines.
+            Frame {
+                line: Some(9),
+                ..frame(FrameKind::Interpreted, Some("Mod.leaf_c"), "[python]", 0)
+            },
+            frame(FrameKind::Interpreted, Some("Mod.leaf_c"), "[python]", 0),
         ];
         let mut labels = Labels::new();
         labels.insert("pid".into(), "42".into());

@@ -12,8 +12,10 @@
 //! - `mechanics/`: what profilers are built from, owned by none: BPF records and their checked
 //!   decoding (`record`), skeleton start-up (`skel`), map reads (`maps`), ring readers (`ring`),
 //!   perf events (`perf`), uprobe targets (`uprobe`), user-stack copies (`copies`) and DWARF
-//!   unwinding (`unwind`). A new way to get stacks (an interpreter unwinder for Python or the
-//!   JVM) is a module here, used by the profilers that want it.
+//!   unwinding (`unwind`).
+//! - `interp/`: interpreter frames (CPython) walked in BPF (`bpf/interp.h`), named from the
+//!   runtime's objects and merged into the native stacks of every profiler that copies stacks.
+//!   A new interpreter is a module there.
 //! - `adhoc/`: ad-hoc profilers, bpftrace scripts from the config: their definition (`def`),
 //!   the bpftrace process (`process`) and the parsing of its output (`parse`).
 //! - `preload/`: the allocation sampler preloaded into processes (`baton_malloc.c`, built by
@@ -45,6 +47,7 @@ macro_rules! bpf_skel {
 
 pub mod adhoc;
 pub mod exec;
+pub mod interp;
 mod mechanics;
 pub mod preload;
 pub mod profiler;

@@ -29,18 +29,27 @@ pub(crate) fn symbol_key(f: &Frame) -> String {
 
 /// A frame's id: a hash of what tells it apart.
 pub(crate) fn frame_id(f: &Frame) -> u64 {
-    // Inlined frames share their caller's address: their function tells them apart.
+    // Inlined frames share their caller's address: their function tells them apart. An
+    // interpreted frame has no address: it is its function, file and line.
     let inlined = match f.kind {
-        FrameKind::Inlined => f.function.as_deref().unwrap_or(""),
+        FrameKind::Inlined | FrameKind::Interpreted => f.function.as_deref().unwrap_or(""),
         _ => "",
     };
-    fnv1a(&[
-        &[f.kind.as_u8()],
+    let kind = [f.kind.as_u8()];
+    let address = f.address.to_le_bytes();
+    let mut parts: Vec<&[u8]> = vec![
+        &kind,
         f.module.as_bytes(),
         f.build_id.as_deref().unwrap_or("").as_bytes(),
-        &f.address.to_le_bytes(),
+        &address,
         inlined.as_bytes(),
-    ])
+    ];
+    let line = f.line.unwrap_or(0).to_le_bytes();
+    if f.kind == FrameKind::Interpreted {
+        parts.push(f.file.as_deref().unwrap_or("").as_bytes());
+        parts.push(&line);
+    }
+    fnv1a(&parts)
 }
 
 /// A stack's id: a hash of its frame ids, leaf first.
@@ -156,7 +165,7 @@ pub(crate) fn frame_columns(f: &Frame) -> (Option<&str>, Option<&str>, Option<u3
         _ => f.function.as_deref(),
     };
     match f.kind {
-        FrameKind::Inlined => (name, f.file.as_deref(), f.line),
+        FrameKind::Inlined | FrameKind::Interpreted => (name, f.file.as_deref(), f.line),
         _ => (name, None, None),
     }
 }

@@ -5,6 +5,7 @@
 //! symbolizer of the fleet issue can reuse the same keys and the same cache.
 
 mod debugfile;
+pub mod interp;
 mod maps;
 pub mod perfmap;
 mod vdso;
@@ -289,6 +290,11 @@ impl HostSymbolizer {
             .zip(addrs)
             .enumerate()
             .flat_map(|(i, (n, &a))| {
+                // Interpreter frames an unwinder merged in.
+                if let Some(f) = interp::frame(a) {
+                    self.stats.frames_resolved += 1;
+                    return vec![f];
+                }
                 // Code outside any file (anonymous or memfd mappings) may be JIT code.
                 let lookup = if i > 0 { a.saturating_sub(1) } else { a };
                 let outside_files = n.is_none_or(|(idx, _)| {

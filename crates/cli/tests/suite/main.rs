@@ -12,6 +12,7 @@ mod jemalloc;
 mod leaks;
 mod plan;
 mod profilers;
+mod python;
 mod record;
 mod runs;
 mod triggers;

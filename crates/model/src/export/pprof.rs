@@ -207,7 +207,16 @@ pub fn build_placed(profile: &Profile, raw_unknown: bool) -> (PbProfile, Vec<(us
 
     let mut mappings: HashMap<(String, Option<String>), u64> = HashMap::new();
     let mut functions: HashMap<(String, String), u64> = HashMap::new();
-    type LocationKey = (FrameKind, String, u64, Option<String>, Vec<String>);
+    // An interpreted frame has no address: its file and line tell its locations apart.
+    type LocationKey = (
+        FrameKind,
+        String,
+        u64,
+        Option<String>,
+        Vec<String>,
+        Option<String>,
+        Option<u32>,
+    );
     let mut locations: HashMap<LocationKey, u64> = HashMap::new();
     let mut mapping_unresolved: HashMap<u64, bool> = HashMap::new();
 
@@ -246,12 +255,18 @@ pub fn build_placed(profile: &Profile, raw_unknown: bool) -> (PbProfile, Vec<(us
                 }
             };
             let chain: Vec<String> = inlined.iter().map(|i| i.display_name()).collect();
+            let (file, line) = match f.kind {
+                FrameKind::Interpreted => (f.file.clone(), f.line),
+                _ => (None, None),
+            };
             let lkey = (
                 f.kind,
                 f.module.clone(),
                 f.address,
                 f.function.clone(),
                 chain,
+                file,
+                line,
             );
             let lid = match locations.get(&lkey) {
                 Some(&id) => id,

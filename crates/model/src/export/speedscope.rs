@@ -9,7 +9,9 @@ use crate::profile::Profile;
 
 pub fn write(profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
     let mut frames: Vec<serde_json::Value> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+    // A frame is its name, file and line: an interpreted function's lines are frames of their
+    // own, as in speedscope's own importers.
+    let mut index: HashMap<(String, Option<String>, Option<u32>), usize> = HashMap::new();
     let mut samples: Vec<Vec<usize>> = Vec::new();
     let mut weights: Vec<f64> = Vec::new();
     for s in profile.samples.iter().filter(|s| s.value_index == 0) {
@@ -20,10 +22,11 @@ pub fn write(profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
         let mut ids = Vec::with_capacity(s.stack.len());
         for f in s.stack.iter().rev() {
             let name = f.display_name();
-            let id = match index.get(&name) {
+            let key = (name, f.file.clone(), f.line);
+            let id = match index.get(&key) {
                 Some(&i) => i,
                 None => {
-                    let mut fr = json!({ "name": name });
+                    let mut fr = json!({ "name": key.0.clone() });
                     if let Some(file) = &f.file {
                         fr["file"] = json!(file);
                     }
@@ -31,7 +34,7 @@ pub fn write(profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
                         fr["line"] = json!(line);
                     }
                     frames.push(fr);
-                    index.insert(name, frames.len() - 1);
+                    index.insert(key, frames.len() - 1);
                     frames.len() - 1
                 }
             };

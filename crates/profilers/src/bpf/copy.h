@@ -13,8 +13,9 @@
 #define BATON_COPY_H
 
 #include "unwind.h"
+#include "interp.h"
 
-enum { EV_COPY = 1, EV_END = 2 };
+enum { EV_COPY = 1, EV_END = 2, EV_INTERP = 3 };
 
 // A copy: the header, then the `stack_bytes` bytes of `stack` that were copied and no more
 // (the record in the ring is that long).
@@ -48,6 +49,21 @@ struct end_event {
 };
 _Static_assert(sizeof(struct end_event) == 80, "end_event is EndEvent in Rust");
 
+// The interpreter frames (interp.h) of the copy that follows it under the same (tid, cookie); sent
+// `n` frames long, only for processes with an interpreter.
+struct interp_event {
+    __u32 kind;
+    __u32 pid;
+    __u64 cookie;
+    __u32 tid;
+    __u32 n;
+    __u32 status;
+    __u32 pad;
+    __u64 frames[MAX_INTERP_FRAMES];
+};
+_Static_assert(sizeof(struct interp_event) == 32 + 8 * MAX_INTERP_FRAMES,
+               "interp_event is InterpEvent in Rust");
+
 // Sized by user space before load (`size_copy_ring`): 16 MiB, or one page when DWARF unwinding
 // is off.
 RINGBUF(copies, 16 * 1024 * 1024);
@@ -59,6 +75,7 @@ RINGBUF(copies, 16 * 1024 * 1024);
 struct copy_slot {
     __u64 busy;
     struct copy_event ev;
+    struct interp_event iv;
 };
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -161,6 +178,21 @@ static __always_inline int copy_user_stack_if(struct task_struct *task, __u32 tg
         return 0;
     }
     slot->busy = 1;
+    // The interpreter's frames first, so that user space has them when the copy comes.
+    struct interp_event *iv = &slot->iv;
+    iv->n = interp_walk(tgid, tid, iv->frames, &iv->status);
+    if (iv->n > 0 || iv->status == INTERP_READ_FAILED) {
+        iv->kind = EV_INTERP;
+        iv->pid = tgid;
+        iv->cookie = cookie;
+        iv->tid = tid;
+        iv->pad = 0;
+        __u64 ilen = sizeof(*iv) - sizeof(iv->frames) + (__u64)iv->n * 8;
+        if (ilen > sizeof(*iv))
+            ilen = sizeof(*iv);
+        if (bpf_ringbuf_output(&copies, iv, ilen, BPF_RB_NO_WAKEUP) != 0)
+            copy_bump(1);
+    }
     struct copy_event *ev = &slot->ev;
     ev->kind = EV_COPY;
     ev->pid = tgid;

@@ -22,6 +22,7 @@ enum stat_index {
 };
 #include "base.h"
 #include "unwind.h"
+#include "interp.h"
 #include <linux/bpf_perf_event.h>
 #include <linux/ptrace.h>
 
@@ -65,9 +66,12 @@ struct stack_event {
     __u64 stack_bytes;
     __u64 ts;                   // when the sample was taken, for the timeline
     __u64 kernel[MAX_STACK_DEPTH];
+    __u32 interp_n;             // interpreter frames (interp.h), leaf first
+    __u32 interp_status;
+    __u64 interp[MAX_INTERP_FRAMES];
     __u8 stack[USTACK_BYTES];
 };
-_Static_assert(sizeof(struct stack_event) == 1096 + USTACK_BYTES,
+_Static_assert(sizeof(struct stack_event) == 1104 + 8 * MAX_INTERP_FRAMES + USTACK_BYTES,
                "stack_event is StackEvent + stack in Rust");
 
 // Sized by user space before load: one page when DWARF unwinding is off.
@@ -136,6 +140,7 @@ static __always_inline int send_copy(struct bpf_perf_event_data *ctx, __u32 tgid
     save_regs(&ev->regs, regs);
     ev->kernel_bytes = bpf_get_stack(ctx, ev->kernel, sizeof(ev->kernel), 0);
     ev->stack_bytes = copy_stack_pages(ev->stack, regs->rsp);
+    ev->interp_n = interp_walk(tgid, tid, ev->interp, &ev->interp_status);
     ev->ts = bpf_ktime_get_ns();
     // No wakeup per sample: the reader polls the ring every 20 ms anyway.
     bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);

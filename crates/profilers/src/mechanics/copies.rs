@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use baton_model::sync::lock;
-use libbpf_rs::{MapCore, MapFlags};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::mechanics::maps::percpu_sum;
 use crate::mechanics::record::{comm, decode, decode_with_tail, kind_of, record};
@@ -51,9 +51,24 @@ struct EndEvent {
 }
 record!(EndEvent, "end_event", 80);
 
+/// `struct interp_event` of copy.h without its frames: it goes on with `n` of them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InterpEvent {
+    kind: u32,
+    pid: u32,
+    cookie: u64,
+    tid: u32,
+    n: u32,
+    status: u32,
+    pad: u32,
+}
+record!(InterpEvent, "interp_event", 32);
+
 /// The `kind`s of copy.h's ring.
 const EV_COPY: u32 = 1;
 const EV_END: u32 = 2;
+const EV_INTERP: u32 = 3;
 /// A copy whose end has not come after this many drains is dropped (its event was shorter than
 /// the profiler records, or its end was lost).
 const PENDING_DRAINS: u32 = 3;
@@ -83,6 +98,8 @@ pub(crate) struct CopiedSums {
 struct State {
     /// (tid, cookie) -> (unwound user stack, drain generation it arrived in).
     pending: HashMap<(u32, u64), (Vec<u64>, u32)>,
+    /// (tid, cookie) -> the interpreter frames of the copy that comes next, and their status.
+    interp: HashMap<(u32, u64), (Vec<u64>, u32)>,
     done: HashMap<CopiedKey, CopiedSums>,
     unpaired: u64,
     generation: u32,
@@ -91,6 +108,18 @@ struct State {
 impl State {
     fn on_event(&mut self, unwinder: &Mutex<DwarfUnwinder>, d: &[u8]) {
         match kind_of(d) {
+            Some(EV_INTERP) => {
+                let tail = d.len().saturating_sub(std::mem::size_of::<InterpEvent>());
+                let Ok((e, frames)) = decode_with_tail::<InterpEvent>(d, tail) else {
+                    return;
+                };
+                let frames: Vec<u64> = frames
+                    .chunks_exact(8)
+                    .take(e.n as usize)
+                    .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
+                    .collect();
+                self.interp.insert((e.tid, e.cookie), (frames, e.status));
+            }
             Some(EV_COPY) => {
                 // The record is as long as the stack BPF copied (copy.h sends no more).
                 let tail = d.len().saturating_sub(std::mem::size_of::<CopyEvent>());
@@ -99,8 +128,11 @@ impl State {
                     return;
                 };
                 let stack = &stack[..(c.stack_bytes as usize).min(stack.len())];
-                let (user, _) =
+                let (mut user, _) =
                     lock(unwinder).unwind(c.pid, c.regs.ip, c.regs.sp, c.regs.bp, stack);
+                if let Some((frames, status)) = self.interp.remove(&(c.tid, c.cookie)) {
+                    user = crate::interp::splice(c.pid, user, &frames, status);
+                }
                 self.pending
                     .insert((c.tid, c.cookie), (user, self.generation));
             }
@@ -143,12 +175,24 @@ pub(crate) fn maps_to_plan(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()
 }
 
+/// An owned handle on a program's map, to keep beside the skeleton that owns it.
+pub(crate) fn map_handle(map: &dyn MapCore) -> Option<MapHandle> {
+    let info = libbpf_rs::MapInfo::new(map.as_fd())
+        .map_err(|e| tracing::warn!("map info: {e}"))
+        .ok()?;
+    MapHandle::from_map_id(info.info.id)
+        .map_err(|e| tracing::warn!("map {}: {e}", info.info.id))
+        .ok()
+}
+
 /// Reads a program's `copies` ring and plans its `dwarf_pids`.
 pub(crate) struct CopyReader {
     /// First, so the thread stops before anything it uses goes.
     reader: RingReader,
     state: Arc<Mutex<State>>,
     unwinder: Arc<Mutex<DwarfUnwinder>>,
+    /// The program's `interp_procs` (interp.h).
+    interp_procs: Option<MapHandle>,
 }
 
 impl CopyReader {
@@ -159,13 +203,15 @@ impl CopyReader {
         name: &str,
         copies: &dyn MapCore,
         dwarf_pids: &dyn MapCore,
+        interp_procs: &dyn MapCore,
         dwarf: bool,
         targets: Option<&[u32]>,
     ) -> Result<Option<CopyReader>, ProfilerError> {
         if !dwarf {
             return Ok(None);
         }
-        let reader = CopyReader::start_reader(name, copies)?;
+        let mut reader = CopyReader::start_reader(name, copies)?;
+        reader.interp_procs = map_handle(interp_procs);
         reader.plan_targets(dwarf_pids, targets);
         Ok(Some(reader))
     }
@@ -179,12 +225,16 @@ impl CopyReader {
             reader,
             state,
             unwinder,
+            interp_procs: None,
         })
     }
 
     /// Plans which of `pid`'s code lacks frame pointers and tells BPF through `dwarf_pids`.
     pub(crate) fn observe_maps(&self, dwarf_pids: &dyn MapCore, pid: u32, maps: &str) {
         let plan = lock(&self.unwinder).prepare_maps(pid, maps);
+        if let Some(m) = &self.interp_procs {
+            crate::interp::write_map(m, pid);
+        }
         let key = pid.to_ne_bytes();
         match plan {
             Some(plan) if !plan.is_empty() => {
@@ -222,12 +272,15 @@ impl CopyReader {
         });
         for pid in dead {
             let _ = dwarf_pids.delete(&pid.to_ne_bytes());
+            crate::interp::forget(pid, self.interp_procs.as_ref().map(|m| m as &dyn MapCore));
         }
         let mut st = lock(&self.state);
         st.generation = st.generation.wrapping_add(1);
         let now = st.generation;
         st.pending
             .retain(|_, (_, g)| now.wrapping_sub(*g) <= PENDING_DRAINS);
+        // An interpreter record is followed at once by its copy; one left over lost its copy.
+        st.interp.clear();
         st.done.drain().collect()
     }
 

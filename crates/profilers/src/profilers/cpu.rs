@@ -100,8 +100,15 @@ struct StackEvent {
     stack_bytes: u64,
     ts: u64,
     kernel: StackEntry,
+    interp_n: u32,
+    interp_status: u32,
+    interp: [u64; crate::interp::MAX_INTERP_FRAMES],
 }
-record!(StackEvent, "stack_event", 1096);
+record!(
+    StackEvent,
+    "stack_event",
+    1104 + 8 * crate::interp::MAX_INTERP_FRAMES
+);
 
 /// `struct tick` of cpu.bpf.c: one sample's time and stacks, for the timeline; `buffer` says
 /// which stack map the ids are in.
@@ -236,7 +243,12 @@ fn take_copy(shared: &DwarfShared, data: &[u8]) {
     let stack_bytes = (ev.stack_bytes as usize).min(USTACK_BYTES);
     let stack = &stack[..stack_bytes];
     let (pid, regs) = (ev.pid, ev.regs);
-    let (user, _complete) = lock(&shared.unwinder).unwind(pid, regs.ip, regs.sp, regs.bp, stack);
+    let (mut user, _complete) =
+        lock(&shared.unwinder).unwind(pid, regs.ip, regs.sp, regs.bp, stack);
+    let n = (ev.interp_n as usize).min(ev.interp.len());
+    if n > 0 || ev.interp_status != 0 {
+        user = crate::interp::splice(pid, user, &ev.interp[..n], ev.interp_status);
+    }
     tracing::trace!(
         pid,
         ip = regs.ip,
@@ -294,7 +306,13 @@ impl CpuProfiler {
         if let Some(d) = &mut dwarf {
             for &pid in opts.targets.iter().flatten() {
                 if let Some(maps) = crate::mechanics::copies::maps_to_plan(pid) {
-                    plan_pid(d, &skel.maps.dwarf_pids, pid, &maps);
+                    plan_pid(
+                        d,
+                        &skel.maps.dwarf_pids,
+                        &skel.maps.interp_procs,
+                        pid,
+                        &maps,
+                    );
                 }
             }
         }
@@ -363,7 +381,13 @@ impl CpuProfiler {
     /// libraries. A no-op without DWARF unwinding.
     pub fn plan_unwinding(&mut self, pid: u32, maps: &str) {
         if let Some(d) = &mut self.dwarf {
-            plan_pid(d, &self.skel.maps.dwarf_pids, pid, maps);
+            plan_pid(
+                d,
+                &self.skel.maps.dwarf_pids,
+                &self.skel.maps.interp_procs,
+                pid,
+                maps,
+            );
         }
     }
 
@@ -526,6 +550,7 @@ impl CpuProfiler {
             for pid in gone {
                 d.planned.remove(&pid);
                 let _ = self.skel.maps.dwarf_pids.delete(&pid.to_ne_bytes());
+                crate::interp::forget(pid, Some(&self.skel.maps.interp_procs));
             }
             lock(&d.shared.unwinder).retain(sys::process_alive);
         }
@@ -539,8 +564,15 @@ impl CpuProfiler {
 }
 
 /// Plans `pid`'s unwinding from its mappings and tells BPF through `dwarf_pids`.
-fn plan_pid(d: &mut DwarfReader, dwarf_pids: &dyn MapCore, pid: u32, maps: &str) {
+fn plan_pid(
+    d: &mut DwarfReader,
+    dwarf_pids: &dyn MapCore,
+    interp_procs: &dyn MapCore,
+    pid: u32,
+    maps: &str,
+) {
     let plan = lock(&d.shared.unwinder).prepare_maps(pid, maps);
+    crate::interp::write_map(interp_procs, pid);
     let key = pid.to_ne_bytes();
     match plan {
         Some(plan) if !plan.is_empty() => {

@@ -27,6 +27,7 @@ pub(crate) trait EventSkel {
     fn targets(&self) -> &dyn MapCore;
     fn copies(&self) -> &dyn MapCore;
     fn dwarf_pids(&self) -> &dyn MapCore;
+    fn interp_procs(&self) -> &dyn MapCore;
     fn copy_stats(&self) -> &dyn MapCore;
     fn set_buffer(&mut self, buffer: u32);
     fn set_sample_every(&mut self, every: u32);
@@ -56,6 +57,9 @@ macro_rules! event_skel {
             }
             fn dwarf_pids(&self) -> &dyn libbpf_rs::MapCore {
                 &self.maps.dwarf_pids
+            }
+            fn interp_procs(&self) -> &dyn libbpf_rs::MapCore {
+                &self.maps.interp_procs
             }
             fn copy_stats(&self) -> &dyn libbpf_rs::MapCore {
                 &self.maps.copy_stats
@@ -140,6 +144,7 @@ impl<S: EventSkel> EventProfiler<S> {
             &format!("baton-{}", spec.info.name),
             skel.copies(),
             skel.dwarf_pids(),
+            skel.interp_procs(),
             o.dwarf,
             o.targets.as_deref(),
         )?;

@@ -336,6 +336,7 @@ impl LatencyProfiler {
             "baton-latency-copies",
             &skel.maps.copies,
             &skel.maps.dwarf_pids,
+            &skel.maps.interp_procs,
             o.dwarf,
             o.targets.as_deref(),
         )?;

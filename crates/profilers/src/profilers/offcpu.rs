@@ -248,6 +248,7 @@ impl OffCpuProfiler {
             "baton-offcpu",
             &skel.maps.copies,
             &skel.maps.dwarf_pids,
+            &skel.maps.interp_procs,
             opts.dwarf,
             opts.targets.as_deref(),
         )?;

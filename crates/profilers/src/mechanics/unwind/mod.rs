@@ -224,6 +224,14 @@ impl DwarfUnwinder {
         if plan.ranges.len() > MAX_RANGES {
             plan.all = true;
         }
+        // A process whose interpreter frames BPF walks has all its stacks copied: they travel
+        // with the copies.
+        if matches!(
+            crate::interp::observe(pid, text),
+            crate::interp::Runtime::Python(_)
+        ) {
+            plan.all = true;
+        }
         if plan.all {
             plan.ranges.clear();
         }

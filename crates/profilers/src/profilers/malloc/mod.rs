@@ -235,6 +235,7 @@ impl MallocProfiler {
             "baton-malloc-copies",
             &skel.maps.copies,
             &skel.maps.dwarf_pids,
+            &skel.maps.interp_procs,
             o.dwarf,
             o.targets.as_deref(),
         )?;
