@@ -273,6 +273,42 @@ fn node_functions_are_named_from_its_perf_map() {
 }
 
 #[test]
+fn erlang_functions_are_named_from_the_beam_jits_perf_map() {
+    let dir = scratch("erlang-beams");
+    let st = Command::new("erlc")
+        .arg("-o")
+        .arg(&dir)
+        .arg(workload_source("erlang/hot.erl"))
+        .status()
+        .expect("erlc must be installed (scripts/install-deps.sh installs erlang-base)");
+    assert!(st.success(), "erlc failed");
+    let pa = dir.to_str().expect("path");
+    // +JPperf true: the JIT writes /tmp/perf-PID.map and keeps frame pointers.
+    let cmd = [
+        "erl", "-noshell", "+JPperf", "true", "-pa", pa, "-run", "hot", "main", "3",
+    ];
+    let (hot, table) = self_share_containing(&["--frequency", "199"], &cmd, "hot:burn/2");
+    assert!(hot > 50.0, "hot:burn/2 has {hot:.1}% self:\n{table}");
+    // Complete stacks: burn/2 under loop/1, its caller.
+    let doc = record_json(&["--frequency", "99"], &cmd);
+    let names: Vec<String> = doc["top"]
+        .as_array()
+        .expect("top")
+        .iter()
+        .filter_map(|r| r["function"].as_str().map(str::to_string))
+        .collect();
+    let find = |needle: &str| names.iter().find(|n| n.contains(needle)).cloned();
+    let (burn, lp) = (find("hot:burn/2"), find("hot:loop/1"));
+    let (Some(burn), Some(lp)) = (burn, lp) else {
+        panic!("hot:burn/2 or hot:loop/1 missing: {names:?}");
+    };
+    assert!(
+        find_path(&doc["flamegraph"], &[&lp, &burn]),
+        "{burn} is not under {lp} in the flame graph"
+    );
+}
+
+#[test]
 fn java_hot_method_is_named_through_jcmd() {
     let dir = scratch("java-classes");
     let st = Command::new("javac")
