@@ -241,6 +241,20 @@ fn a_c_extensions_frames_sit_under_the_python_function_that_called_it() {
         deflate * 100.0,
         encoder * 100.0
     );
+    // The interpreter's own static functions are named from the debug file python3.11-dbg
+    // installs for /usr/bin/python3.11 (found through its .gnu_debuglink).
+    assert!(
+        stacks
+            .iter()
+            .all(|(s, _)| s.iter().all(|(n, _, _)| !n.contains("[unknown] python3.11+"))),
+        "unnamed python3.11 frames with python3.11-dbg installed\n{stderr}"
+    );
+    assert!(
+        stacks
+            .iter()
+            .any(|(s, _)| s.iter().any(|(n, _, _)| n == "pymain_run_python")),
+        "pymain_run_python (static in Modules/main.c) is not named\n{stderr}"
+    );
     assert!(
         deflate >= 0.2,
         "deflate under compress_loop: {:.1}%\n{stderr}",
