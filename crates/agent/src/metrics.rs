@@ -63,6 +63,55 @@ impl AgentMetrics {
             .store(s.unwind.unwind_bytes, Ordering::Relaxed);
     }
 
+    /// Every series: the counters of [`AgentMetrics::export`], then the interpreter unwinder's,
+    /// with one series per process whose interpreter frames are left out, labelled with why.
+    pub fn lines(&self) -> Vec<baton_model::prom::Line> {
+        use baton_model::prom::label_value;
+        let mut out: Vec<baton_model::prom::Line> = self
+            .export()
+            .into_iter()
+            .map(|(n, h, k, v)| (n.into(), h, k, v))
+            .collect();
+        let s = baton_profilers::interp::stats();
+        out.extend([
+            (
+                "baton_interp_stacks_total".into(),
+                "Stacks with interpreter (Python) frames merged in.",
+                "counter",
+                s.stacks as f64,
+            ),
+            (
+                "baton_interp_frames_total".into(),
+                "Interpreter frames named.",
+                "counter",
+                s.frames as f64,
+            ),
+            (
+                "baton_interp_unreadable_total".into(),
+                "Stacks left native because their interpreter frames could not be read.",
+                "counter",
+                s.failed as f64,
+            ),
+        ]);
+        for f in baton_profilers::interp::fallbacks() {
+            out.push((
+                format!(
+                    "baton_interp_fallback_stacks{{pid=\"{}\",comm=\"{}\",reason=\"{}\"}}",
+                    f.pid,
+                    label_value(&f.comm),
+                    label_value(&f.reason)
+                )
+                .into(),
+                "One series per process whose interpreter frames are left out, labelled with \
+                 why; the value counts its stacks left native after a failed read (0 for an \
+                 unsupported version, whose stacks are all native).",
+                "gauge",
+                f.samples as f64,
+            ));
+        }
+        out
+    }
+
     /// `(name, help, kind, value)` for each counter, in Prometheus naming.
     pub fn export(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;

@@ -11,6 +11,7 @@ pub mod frame;
 pub mod hist;
 pub mod named;
 pub mod profile;
+pub mod prom;
 pub mod registry;
 pub mod sync;
 pub mod time;

@@ -170,7 +170,7 @@ pub fn run(a: UpOptions) -> Result<(), Error> {
     }
 
     let m2 = metrics.clone();
-    let metrics_fn: MetricsFn = Arc::new(move || m2.export());
+    let metrics_fn: MetricsFn = Arc::new(move || m2.lines());
     sync::write(&status).frequency_hz = Some(opts.start.frequency_hz);
     let facts = Facts::Up(UpFacts {
         profiler: "cpu",

@@ -15,7 +15,7 @@ use crate::ingest::IngestQueue;
 use crate::state::{AppState, LatencyStat};
 
 /// Counter lines for `/metrics`: (name, help, kind, value).
-pub type MetricLines = Vec<(&'static str, &'static str, &'static str, f64)>;
+pub type MetricLines = Vec<baton_model::prom::Line>;
 /// Produces the agent's metrics at scrape time.
 pub type MetricsFn = Arc<dyn Fn() -> MetricLines + Send + Sync>;
 
@@ -141,7 +141,7 @@ pub(crate) fn render(st: &AppState) -> String {
                 value,
             } => {
                 if let Some(v) = value(st) {
-                    lines.push((*name, *help, *kind, v));
+                    lines.push(((*name).into(), *help, *kind, v));
                 }
             }
             Row::Store => {
@@ -150,19 +150,13 @@ pub(crate) fn render(st: &AppState) -> String {
                         store
                             .metrics()
                             .into_iter()
-                            .map(|(name, help, v)| (name, help, COUNTER, v)),
+                            .map(|(name, help, v)| (name.into(), help, COUNTER, v)),
                     );
                 }
             }
         }
     }
-    let mut out = String::new();
-    for (name, help, kind, value) in lines {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
-    }
-    out
+    baton_model::prom::render(&lines)
 }
 
 /// `GET /metrics`
@@ -190,7 +184,8 @@ mod tests {
     fn state() -> AppState {
         let store: Box<dyn baton_store::Store> =
             Box::new(baton_store::DuckDbStore::in_memory().expect("store"));
-        let agent: MetricsFn = Arc::new(|| vec![("baton_agent_x", "From the agent.", GAUGE, 2.0)]);
+        let agent: MetricsFn =
+            Arc::new(|| vec![("baton_agent_x".into(), "From the agent.", GAUGE, 2.0)]);
         AppState::new(
             Arc::new(Mutex::new(store)),
             Some(agent),

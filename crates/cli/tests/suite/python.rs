@@ -244,9 +244,9 @@ fn a_c_extensions_frames_sit_under_the_python_function_that_called_it() {
     // The interpreter's own static functions are named from the debug file python3.11-dbg
     // installs for /usr/bin/python3.11 (found through its .gnu_debuglink).
     assert!(
-        stacks
+        stacks.iter().all(|(s, _)| s
             .iter()
-            .all(|(s, _)| s.iter().all(|(n, _, _)| !n.contains("[unknown] python3.11+"))),
+            .all(|(n, _, _)| !n.contains("[unknown] python3.11+"))),
         "unnamed python3.11 frames with python3.11-dbg installed\n{stderr}"
     );
     assert!(
@@ -421,4 +421,55 @@ fn python_2_7_keeps_native_stacks_and_says_why() {
         stderr.contains("Python frames left out") && stderr.contains("Python 2.7"),
         "record does not say why: {stderr}"
     );
+}
+
+/// `baton up` profiling the whole host: a Python 3.11 process gets Python frames in the store,
+/// and a Python 2.7 process is counted in `/metrics` with why it keeps native stacks.
+#[test]
+fn up_names_python_frames_host_wide_and_metrics_count_what_it_cannot() {
+    require_root();
+    let hot = script("hot.py");
+    let prog = scratch("python27-up").join("spin.py");
+    std::fs::write(
+        &prog,
+        "import time\nend = time.time() + 20\nwhile time.time() < end:\n    pass\n",
+    )
+    .expect("script");
+    let mut py3 = Workload::spawn(Command::new("/usr/bin/python3.11").arg(&hot).arg("20"));
+    let mut py2 = Workload::spawn(Command::new(pyenv_python("2.7")).arg(&prog));
+    let data = scratch("python-up").join("data");
+    let up = Up::start_with(&data, &["--frequency", "49"]);
+    let pid2 = py2.id();
+    let metrics = eventually(15, "the Python 2.7 process in /metrics", || {
+        let (_, body) = http_get(&up.addr, "/metrics");
+        let text = String::from_utf8_lossy(&body).into_owned();
+        text.contains(&format!("baton_interp_fallback_stacks{{pid=\"{pid2}\""))
+            .then_some(text)
+    });
+    assert!(metrics.contains("Python 2.7"), "{metrics}");
+    let pid3 = py3.id();
+    let rows = eventually(20, "leaf_c of the Python 3.11 process in the store", || {
+        let top = http_json(
+            &up.addr,
+            &format!("/api/v1/top?since=5m&limit=50&filter=pid%3D{pid3}"),
+        );
+        let rows = top["rows"].clone();
+        rows.as_array()?
+            .iter()
+            .any(|r| r["function"] == "leaf_c")
+            .then_some(rows)
+    });
+    assert!(
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .any(|r| r["function"] == "top_a"),
+        "{rows}"
+    );
+    up.stop();
+    let _ = std::process::Command::new("kill")
+        .args([py3.id().to_string(), pid2.to_string()])
+        .status();
+    py3.wait();
+    py2.wait();
 }

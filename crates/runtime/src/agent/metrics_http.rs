@@ -40,33 +40,27 @@ impl MetricsServer {
 
 /// The text of one scrape.
 fn render(metrics: &AgentMetrics, outbox: &Outbox) -> String {
-    let mut lines = metrics.export();
+    let mut lines = metrics.lines();
     for (name, help, counter) in OUTBOX_COUNTERS {
         let v = counter(&outbox.stats).load(Ordering::Relaxed) as f64;
-        lines.push((name, help, "counter", v));
+        lines.push(((*name).into(), help, "counter", v));
     }
     let (pending, bytes) = outbox.pending();
     lines.extend([
         (
-            "baton_agent_buffer_batches",
+            "baton_agent_buffer_batches".into(),
             "Batches waiting on disk.",
             "gauge",
             pending as f64,
         ),
         (
-            "baton_agent_buffer_bytes",
+            "baton_agent_buffer_bytes".into(),
             "Bytes waiting on disk.",
             "gauge",
             bytes as f64,
         ),
     ]);
-    let mut out = String::new();
-    for (name, help, kind, value) in lines {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
-    }
-    out
+    baton_model::prom::render(&lines)
 }
 
 /// Binds `listen` and serves `/metrics` and `/healthz` on a runtime of its own.
