@@ -111,13 +111,16 @@ struct Mapped {
     start: u64,
     /// The file offset of that mapping.
     offset: u64,
+    /// Whether any mapping of it is executable (a file only read, as a symbolizer maps the
+    /// files it reads, runs no interpreter).
+    exec: bool,
 }
 
 fn mapped_files(maps: &str) -> Vec<Mapped> {
     let mut out: Vec<Mapped> = Vec::new();
     for line in maps.lines() {
         let mut f = line.split_whitespace();
-        let (Some(range), Some(_perm), Some(off), Some(_dev), Some(_inode)) =
+        let (Some(range), Some(perm), Some(off), Some(_dev), Some(_inode)) =
             (f.next(), f.next(), f.next(), f.next(), f.next())
         else {
             continue;
@@ -132,7 +135,9 @@ fn mapped_files(maps: &str) -> Vec<Mapped> {
             .and_then(|s| u64::from_str_radix(s, 16).ok())
             .unwrap_or(0);
         let offset = u64::from_str_radix(off, 16).unwrap_or(0);
+        let exec = perm.contains('x');
         if let Some(m) = out.iter_mut().find(|m| m.path == path) {
+            m.exec |= exec;
             if start < m.start {
                 m.start = start;
                 m.offset = offset;
@@ -142,6 +147,7 @@ fn mapped_files(maps: &str) -> Vec<Mapped> {
                 path: path.to_string(),
                 start,
                 offset,
+                exec,
             });
         }
     }
@@ -207,7 +213,7 @@ pub(crate) fn detect(pid: u32, maps: &str) -> Detection {
         .iter()
         .filter(|m| {
             let name = m.path.rsplit('/').next().unwrap_or("");
-            name.starts_with("libpython") || name.starts_with("python")
+            m.exec && (name.starts_with("libpython") || name.starts_with("python"))
         })
         .collect();
     if candidates.is_empty() {
@@ -554,6 +560,21 @@ fn location_table_line(t: &[u8], first: i64, target: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_executable_mappings_count() {
+        let maps = "\
+7f0000000000-7f0000100000 r--s 00000000 fe:00 1 /usr/lib/libpython3.11.so.1.0
+400000-401000 r--p 00000000 fe:00 2 /usr/bin/python3.11
+401000-402000 r-xp 00001000 fe:00 2 /usr/bin/python3.11
+";
+        let files = mapped_files(maps);
+        let lib = files.iter().find(|m| m.path.ends_with(".so.1.0")).expect("lib");
+        let exe = files.iter().find(|m| m.path.ends_with("python3.11")).expect("exe");
+        assert!(!lib.exec, "a file only read is not running code");
+        assert!(exe.exec && exe.start == 0x400000 && exe.offset == 0);
+        assert!(matches!(detect(1, &maps.replace("r-xp", "r--p")), Detection::NotPython));
+    }
 
     #[test]
     fn versions_from_file_names() {
