@@ -569,11 +569,20 @@ mod tests {
 401000-402000 r-xp 00001000 fe:00 2 /usr/bin/python3.11
 ";
         let files = mapped_files(maps);
-        let lib = files.iter().find(|m| m.path.ends_with(".so.1.0")).expect("lib");
-        let exe = files.iter().find(|m| m.path.ends_with("python3.11")).expect("exe");
+        let lib = files
+            .iter()
+            .find(|m| m.path.ends_with(".so.1.0"))
+            .expect("lib");
+        let exe = files
+            .iter()
+            .find(|m| m.path.ends_with("python3.11"))
+            .expect("exe");
         assert!(!lib.exec, "a file only read is not running code");
         assert!(exe.exec && exe.start == 0x400000 && exe.offset == 0);
-        assert!(matches!(detect(1, &maps.replace("r-xp", "r--p")), Detection::NotPython));
+        assert!(matches!(
+            detect(1, &maps.replace("r-xp", "r--p")),
+            Detection::NotPython
+        ));
     }
 
     #[test]
