@@ -473,3 +473,37 @@ fn up_names_python_frames_host_wide_and_metrics_count_what_it_cannot() {
     py3.wait();
     py2.wait();
 }
+
+/// The tracepoint profilers get Python frames too: `syscalls` on a Python function that writes.
+#[test]
+fn syscalls_of_a_python_function_are_under_it() {
+    let prog = scratch("python-syscalls").join("writes.py");
+    std::fs::write(
+        &prog,
+        "import os, time\n\
+         def write_loop(end):\n    fd = os.open('/dev/null', os.O_WRONLY)\n    n = 0\n    while time.time() < end:\n        os.write(fd, b'x')\n        n += 1\n    return n\n\
+         write_loop(time.time() + 2)\n",
+    )
+    .expect("script");
+    let (stacks, stderr) = record(
+        "syscalls",
+        &[],
+        &["/usr/bin/python3.11", prog.to_str().expect("path")],
+        "python-syscalls-run",
+    );
+    let total: f64 = stacks.iter().map(|(_, w)| w).sum();
+    let under: f64 = stacks
+        .iter()
+        .filter(|(s, _)| {
+            python_frames(s)
+                .last()
+                .is_some_and(|(n, _, _)| n == "write_loop")
+        })
+        .map(|(_, w)| w)
+        .sum();
+    assert!(
+        under / total > 0.5,
+        "write_loop has {:.1}% of the syscalls\n{stderr}",
+        under / total * 100.0
+    );
+}
