@@ -97,6 +97,17 @@ fn python_frames(stack: &Stack) -> Vec<&(String, Option<String>, Option<u64>)> {
         .collect()
 }
 
+/// The share of the weight whose innermost Python frame is `name`.
+fn leaf_share(stacks: &[(Stack, f64)], name: &str) -> f64 {
+    let total: f64 = stacks.iter().map(|(_, w)| w).sum();
+    let hit: f64 = stacks
+        .iter()
+        .filter(|(s, _)| python_frames(s).last().is_some_and(|(n, _, _)| n == name))
+        .map(|(_, w)| w)
+        .sum();
+    hit / total.max(1.0)
+}
+
 /// The line of `hot.py` that holds `needle`.
 fn line_of(file: &Path, needle: &str) -> u64 {
     std::fs::read_to_string(file)
@@ -294,15 +305,7 @@ fn threads_offcpu_malloc_and_a_fork_are_named() {
         &[py, t, "3"],
         "python-threads",
     );
-    let share = |name: &str| -> f64 {
-        let total: f64 = stacks.iter().map(|(_, w)| w).sum();
-        stacks
-            .iter()
-            .filter(|(s, _)| python_frames(s).last().is_some_and(|(n, _, _)| n == name))
-            .map(|(_, w)| w)
-            .sum::<f64>()
-            / total
-    };
+    let share = |name: &str| leaf_share(&stacks, name);
     assert!(
         share("spin_one") > 0.25,
         "spin_one: {}\n{stderr}",
@@ -332,20 +335,11 @@ fn threads_offcpu_malloc_and_a_fork_are_named() {
 
     // Allocations: 1 MiB bytearrays from alloc_here.
     let (stacks, stderr) = record("malloc", &[], &[py, t, "3"], "python-malloc");
-    let total: f64 = stacks.iter().map(|(_, w)| w).sum();
-    let here: f64 = stacks
-        .iter()
-        .filter(|(s, _)| {
-            python_frames(s)
-                .last()
-                .is_some_and(|(n, _, _)| n == "alloc_here")
-        })
-        .map(|(_, w)| w)
-        .sum();
+    let here = leaf_share(&stacks, "alloc_here");
     assert!(
-        here / total > 0.5,
+        here > 0.5,
         "alloc_here has {:.1}% of the bytes allocated\n{stderr}",
-        here / total * 100.0
+        here * 100.0
     );
 
     // A fork: the child runs spin_one, the parent spin_two; both named.
@@ -506,19 +500,10 @@ fn syscalls_of_a_python_function_are_under_it() {
         &["/usr/bin/python3.11", prog.to_str().expect("path")],
         "python-syscalls-run",
     );
-    let total: f64 = stacks.iter().map(|(_, w)| w).sum();
-    let under: f64 = stacks
-        .iter()
-        .filter(|(s, _)| {
-            python_frames(s)
-                .last()
-                .is_some_and(|(n, _, _)| n == "write_loop")
-        })
-        .map(|(_, w)| w)
-        .sum();
+    let under = leaf_share(&stacks, "write_loop");
     assert!(
-        under / total > 0.5,
+        under > 0.5,
         "write_loop has {:.1}% of the syscalls\n{stderr}",
-        under / total * 100.0
+        under * 100.0
     );
 }

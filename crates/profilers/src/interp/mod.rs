@@ -157,13 +157,9 @@ fn comm_of(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// What process `pid` runs, given its `/proc/PID/maps` text; detected again when the
-/// mappings change (an exec, a library loaded).
-pub(crate) fn observe(pid: u32, maps: &str) -> Runtime {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    maps.hash(&mut h);
-    let maps_hash = h.finish();
+/// What process `pid` runs, given its `/proc/PID/maps` text and a hash of it; detected again
+/// when the mappings change (an exec, a library loaded).
+pub(crate) fn observe(pid: u32, maps: &str, maps_hash: u64) -> Runtime {
     if let Some(k) = lock(registry()).procs.get(&pid) {
         if k.maps_hash == maps_hash {
             return k.runtime.clone();

@@ -8,7 +8,12 @@
 //! interpreter's thread list for the one whose `thread_id` (`pthread_self()`, the thread
 //! pointer on x86-64) is the task's `fsbase`.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use baton_model::sync::lock;
+use baton_symbolizer::{parse_maps, MapEntry};
 
 use super::mem::ProcMem;
 use super::python_layouts::LAYOUTS;
@@ -104,56 +109,6 @@ pub(crate) enum Detection {
     NotPython,
 }
 
-/// One mapped file of a process: its path, where its offset-0 page is mapped.
-struct Mapped {
-    path: String,
-    /// Start of the lowest mapping of the file.
-    start: u64,
-    /// The file offset of that mapping.
-    offset: u64,
-    /// Whether any mapping of it is executable (a file only read, as a symbolizer maps the
-    /// files it reads, runs no interpreter).
-    exec: bool,
-}
-
-fn mapped_files(maps: &str) -> Vec<Mapped> {
-    let mut out: Vec<Mapped> = Vec::new();
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perm), Some(off), Some(_dev), Some(_inode)) =
-            (f.next(), f.next(), f.next(), f.next(), f.next())
-        else {
-            continue;
-        };
-        let Some(path) = f.next() else { continue };
-        if !path.starts_with('/') {
-            continue;
-        }
-        let start = range
-            .split('-')
-            .next()
-            .and_then(|s| u64::from_str_radix(s, 16).ok())
-            .unwrap_or(0);
-        let offset = u64::from_str_radix(off, 16).unwrap_or(0);
-        let exec = perm.contains('x');
-        if let Some(m) = out.iter_mut().find(|m| m.path == path) {
-            m.exec |= exec;
-            if start < m.start {
-                m.start = start;
-                m.offset = offset;
-            }
-        } else {
-            out.push(Mapped {
-                path: path.to_string(),
-                start,
-                offset,
-                exec,
-            });
-        }
-    }
-    out
-}
-
 /// The minor version a file name says: `libpython3.11.so.1.0`, `python3.11`, `libpython2.7.so`.
 fn version_from_name(name: &str) -> Option<(u8, u8)> {
     let rest = name
@@ -171,9 +126,18 @@ struct PySymbols {
     version: Option<u64>,
     code_type: Option<u64>,
     eval: Option<(u64, u64)>,
-    /// The first loadable segment's address and file offset, to relocate by.
-    base_vaddr: u64,
-    base_offset: u64,
+    /// Loadable segments: (address, file offset, file size), to relocate by.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl PySymbols {
+    /// The address the file gives the byte at `offset`.
+    fn svma_of_offset(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(_, off, size)| offset >= *off && offset < off + size)
+            .map(|(addr, off, _)| addr + (offset - off))
+    }
 }
 
 fn py_symbols(path: &Path) -> Option<PySymbols> {
@@ -185,13 +149,14 @@ fn py_symbols(path: &Path) -> Option<PySymbols> {
         version: None,
         code_type: None,
         eval: None,
-        base_vaddr: 0,
-        base_offset: 0,
+        segments: file
+            .segments()
+            .map(|seg| {
+                let (off, size) = seg.file_range();
+                (seg.address(), off, size)
+            })
+            .collect(),
     };
-    if let Some(seg) = file.segments().next() {
-        s.base_vaddr = seg.address();
-        s.base_offset = seg.file_range().0;
-    }
     for sym in file.dynamic_symbols().chain(file.symbols()) {
         match sym.name() {
             Ok("_PyRuntime") => s.runtime = s.runtime.or(Some(sym.address())),
@@ -206,31 +171,44 @@ fn py_symbols(path: &Path) -> Option<PySymbols> {
     Some(s)
 }
 
+/// [`py_symbols`] of a mapped file, read once per file (an interpreter's mappings change with
+/// every extension module it loads, and each change is looked at again).
+fn cached_symbols(pid: u32, e: &MapEntry) -> Option<Arc<PySymbols>> {
+    type Cache = Mutex<HashMap<(u64, u64, String), Option<Arc<PySymbols>>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    let key = (e.dev, e.inode, e.path.clone());
+    if let Some(s) = lock(cache).get(&key) {
+        return s.clone();
+    }
+    let root = format!("/proc/{pid}/root{}", e.path);
+    let syms = py_symbols(Path::new(&root)).map(Arc::new);
+    lock(cache).insert(key, syms.clone());
+    syms
+}
+
 /// Looks for a CPython in process `pid`, whose `/proc/PID/maps` text is `maps`.
 pub(crate) fn detect(pid: u32, maps: &str) -> Detection {
-    let files = mapped_files(maps);
-    let candidates: Vec<&Mapped> = files
-        .iter()
-        .filter(|m| {
-            let name = m.path.rsplit('/').next().unwrap_or("");
-            m.exec && (name.starts_with("libpython") || name.starts_with("python"))
-        })
-        .collect();
+    // Executable mappings only: a file a process only reads (as Baton's symbolizer maps the
+    // files it reads) runs no interpreter.
+    let mut candidates: Vec<MapEntry> = Vec::new();
+    for e in parse_maps(maps) {
+        let name = e.path.rsplit('/').next().unwrap_or("");
+        let python = name.starts_with("libpython") || name.starts_with("python");
+        if python && e.path.starts_with('/') && !candidates.iter().any(|c| c.path == e.path) {
+            candidates.push(e);
+        }
+    }
     if candidates.is_empty() {
         return Detection::NotPython;
     }
     // The file that holds the runtime: the executable (Debian's static python3.11) or
     // libpython (pyenv's builds, whose executable only links it).
-    let mut found = None;
-    for m in &candidates {
-        let root = format!("/proc/{pid}/root{}", m.path);
-        if let Some(syms) = py_symbols(Path::new(&root)) {
-            if let Some(rt) = syms.runtime {
-                found = Some((*m, syms, rt));
-                break;
-            }
-        }
-    }
+    let found = candidates.iter().find_map(|m| {
+        let syms = cached_symbols(pid, m)?;
+        let rt = syms.runtime?;
+        Some((m, syms, rt))
+    });
     let Some((m, syms, runtime_sym)) = found else {
         let named = candidates.iter().find_map(|m| {
             let name = m.path.rsplit('/').next().unwrap_or("");
@@ -249,9 +227,11 @@ pub(crate) fn detect(pid: u32, maps: &str) -> Detection {
         };
     };
     let name = m.path.rsplit('/').next().unwrap_or("").to_string();
-    // The load bias: where the file's first segment is, against where the file says.
-    let bias = (m.start.wrapping_sub(m.offset))
-        .wrapping_sub(syms.base_vaddr.wrapping_sub(syms.base_offset));
+    // The load bias: where the mapping is, against where the file says its code is.
+    let Some(svma) = syms.svma_of_offset(m.file_offset) else {
+        return Detection::Unsupported(format!("{name}: its mapping is outside its segments"));
+    };
+    let bias = m.start.wrapping_sub(svma);
     let runtime = runtime_sym.wrapping_add(bias);
     let mem = ProcMem::new(pid);
     // Py_Version (3.11+) is the full hex version; older ones are named by their file.
@@ -563,26 +543,12 @@ mod tests {
 
     #[test]
     fn only_executable_mappings_count() {
+        // A file only read (as a symbolizer maps the files it reads) runs no interpreter.
         let maps = "\
 7f0000000000-7f0000100000 r--s 00000000 fe:00 1 /usr/lib/libpython3.11.so.1.0
 400000-401000 r--p 00000000 fe:00 2 /usr/bin/python3.11
-401000-402000 r-xp 00001000 fe:00 2 /usr/bin/python3.11
 ";
-        let files = mapped_files(maps);
-        let lib = files
-            .iter()
-            .find(|m| m.path.ends_with(".so.1.0"))
-            .expect("lib");
-        let exe = files
-            .iter()
-            .find(|m| m.path.ends_with("python3.11"))
-            .expect("exe");
-        assert!(!lib.exec, "a file only read is not running code");
-        assert!(exe.exec && exe.start == 0x400000 && exe.offset == 0);
-        assert!(matches!(
-            detect(1, &maps.replace("r-xp", "r--p")),
-            Detection::NotPython
-        ));
+        assert!(matches!(detect(1, maps), Detection::NotPython));
     }
 
     #[test]

@@ -227,7 +227,7 @@ impl DwarfUnwinder {
         // A process whose interpreter frames BPF walks has all its stacks copied: they travel
         // with the copies.
         if matches!(
-            crate::interp::observe(pid, text),
+            crate::interp::observe(pid, text, maps_hash),
             crate::interp::Runtime::Python(_)
         ) {
             plan.all = true;
