@@ -194,13 +194,20 @@ pub(crate) fn observe(pid: u32, maps: &str, maps_hash: u64) -> Runtime {
     }
     // Names read before the change (an exec) are not this program's.
     r.names.retain(|(p, _), _| *p != pid);
-    r.procs.insert(
-        pid,
-        Known {
-            maps_hash,
-            runtime: runtime.clone(),
-        },
-    );
+    // Only interpreters are remembered: most processes are native, and not every profiler
+    // forgets the native ones when they exit. Telling a native one again is a look at its
+    // mappings, and happens only when they change.
+    if matches!(runtime, Runtime::Native) {
+        r.procs.remove(&pid);
+    } else {
+        r.procs.insert(
+            pid,
+            Known {
+                maps_hash,
+                runtime: runtime.clone(),
+            },
+        );
+    }
     runtime
 }
 
