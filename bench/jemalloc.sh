@@ -6,7 +6,8 @@
 #   shim            the same, with the reporter preloaded, no tracer attached (the reporter then
 #                   pauses jemalloc's sampling: prof.active follows the probes' semaphore)
 #   shim-active     the same, sampling kept on (BATON_JEMALLOC_KEEP_ACTIVE): hook, no unwinding
-#   shim+bpftrace   the reporter with bpftrace attached to its probes (a trap per sample)
+#   shim+bpftrace   the reporter with bpftrace attached to its probes (a trap per sample; frees
+#                   ride along with the next sample's trap)
 # Prints throughput (malloc/free pairs per second, median of REPEATS) and the ratio to bare; the
 # cost per unsampled pair (shim against bare) and per sampled pair (every allocation sampled,
 # lg_prof_sample:0); then checks, through bpftrace, that the probes fire about once per 2^19
@@ -47,13 +48,16 @@ run() { # MODE PAIRS [LIVE_MB [count]]: the loop's output in MODE
 
 # A bpftrace program on the reporter's probes: per (usable size, mean), the sampled allocations,
 # and those freed before the loop's checkpoint; all allocs and frees.
-cat > "$tmp/count.bt" <<EOF
-usdt:$SHIM:baton:alloc { @alloc[arg1, arg2] = count(); @sz[arg0] = arg1; @mn[arg0] = arg2; @na = count(); }
-usdt:$SHIM:baton:free {
-  @nf = count();
-  if (@stop == 0 && @sz[arg0] != 0) { @freed[@sz[arg0], @mn[arg0]] = count(); }
-  delete(@sz[arg0]); delete(@mn[arg0]);
+# Frees come in batches (with the next sample's alloc probe, or 64 at a time), before it.
+frees() { # ARRAY COUNT: bpftrace for each freed pointer of a batch
+  echo "\$i = 0; while (\$i < $2 && \$i < 64) { \$p = *(uint64 *)($1 + \$i * 8); @nf = count();
+    if (@stop == 0 && @sz[\$p] != 0) { @freed[@sz[\$p], @mn[\$p]] = count(); }
+    delete(@sz[\$p]); delete(@mn[\$p]); \$i++; }"
 }
+cat > "$tmp/count.bt" <<EOF
+usdt:$SHIM:baton:alloc { $(frees arg3 arg4)
+  @alloc[arg1, arg2] = count(); @sz[arg0] = arg1; @mn[arg0] = arg2; @na = count(); }
+usdt:$SHIM:baton:frees { $(frees arg0 arg1) }
 uprobe:$tmp/loop:checkpoint { @stop = 1; }
 EOF
 attach() { # starts bpftrace on the probes, output to $1; waits until attached
@@ -109,7 +113,7 @@ detach
 awk -v b="$e_bare" -v p="$e_prof" -v s="$e_shim" -v t="$e_traced" 'BEGIN {
   printf "jemalloc own backtrace (libgcc unwind): %.2f us per sampled pair\n", 1e6 / p - 1e6 / b
   printf "reporter hook, no tracer:               %.2f us per sampled pair\n", 1e6 / s - 1e6 / b
-  printf "reporter hook + bpftrace (2 traps):     %.2f us per sampled pair\n", 1e6 / t - 1e6 / b }'
+  printf "reporter hook + bpftrace (1 trap):      %.2f us per sampled pair\n", 1e6 / t - 1e6 / b }'
 
 echo "== accuracy: 3000000 pairs after 512 MiB kept live, through bpftrace =="
 attach "$tmp/acc.out"
@@ -199,8 +203,8 @@ ch_run() { # MODE: best query seconds
 c_bare=$(ch_run bare)
 c_shim=$(ch_run shim)
 cat > "$tmp/sites.bt" <<BT
-usdt:$SHIM:baton:alloc { @n = count(); }
-usdt:$SHIM:baton:free { @f = count(); }
+usdt:$SHIM:baton:alloc { @n = count(); @f = sum(arg4); }
+usdt:$SHIM:baton:frees { @f = sum(arg1); }
 BT
 BPFTRACE_MAP_KEYS_MAX=262144 bpftrace "$tmp/sites.bt" > "$tmp/sites.out" 2>&1 &
 bp=$!

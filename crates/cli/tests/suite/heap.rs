@@ -214,6 +214,12 @@ fn jemalloc_programs_are_sampled_by_jemalloc_itself() {
         st.success(),
         "building twosites against libjemalloc.so.2 failed (libjemalloc2 installed?)"
     );
+    two_sites_within_ten_percent(&exe, "jemalloc", "main;site_a;malloc ");
+}
+
+/// Records `twosites` built as `exe` at a mean of 64 KiB, and checks the estimates of
+/// allocated and live bytes at both sites within 10%, and a stack ending in `tail`.
+fn two_sites_within_ten_percent(exe: &std::path::Path, what: &str, tail: &str) {
     let cmd = [exe.to_str().expect("path")];
     const MIB: f64 = 1048576.0;
     for (value, a_truth, b_truth) in [
@@ -222,18 +228,98 @@ fn jemalloc_programs_are_sampled_by_jemalloc_itself() {
     ] {
         let (text, log) = record_malloc(&["--opt", "sample_bytes=65536", "--value", value], &cmd);
         let (a, b) = (through(&text, "site_a"), through(&text, "site_b"));
-        eprintln!("jemalloc {value}: site_a {a:.0} (truth {a_truth}), site_b {b:.0} (truth {b_truth})\n{log}");
+        eprintln!("{what} {value}: site_a {a:.0} (truth {a_truth}), site_b {b:.0} (truth {b_truth})\n{log}");
         for (site, got, truth) in [("site_a", a, a_truth), ("site_b", b, b_truth)] {
             assert!(
                 (got - truth).abs() <= 0.1 * truth,
-                "jemalloc {value} at {site}: {got:.0}, not {truth} ± 10%"
+                "{what} {value} at {site}: {got:.0}, not {truth} ± 10%"
             );
         }
-        assert!(
-            text.contains("main;site_a;malloc "),
-            "no main;site_a;malloc stack:\n{text}"
-        );
+        assert!(text.contains(tail), "no {tail:?} stack:\n{text}");
     }
+}
+
+/// The same two sites in a program that carries jemalloc inside it (linked with Debian's
+/// `libjemalloc.a`), where nothing can be preloaded. `baton record` turns jemalloc's own
+/// sampling on (`MALLOC_CONF`) and probes the profiling functions jemalloc calls for its samples
+/// alone; the stacks end in the jemalloc function the program entered (`malloc` reaches
+/// `malloc_default` by a tail call). A running process is read the same way when it was started
+/// with jemalloc's profiling on, and refused with what to do when it was not.
+#[test]
+fn statically_linked_jemalloc_is_sampled_by_jemalloc_itself() {
+    require_root();
+    let dir = scratch("heap-jemalloc-static");
+    let exe = dir.join("twosites-jemalloc-static");
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/workloads/twosites.c");
+    let st = Command::new("clang")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .args([
+            "/usr/lib/x86_64-linux-gnu/libjemalloc.a",
+            "-lpthread",
+            "-ldl",
+            "-lm",
+        ])
+        .status()
+        .expect("clang");
+    assert!(
+        st.success(),
+        "building twosites against libjemalloc.a failed (libjemalloc-dev installed?)"
+    );
+    two_sites_within_ten_percent(&exe, "static jemalloc", "main;site_a;je_malloc_default ");
+
+    // Running, started without jemalloc's profiling: refused, naming the variable to set.
+    let mut plain = Command::new(&exe).args(["5"]).spawn().expect("twosites");
+    let out = run(baton()
+        .args(["record", "malloc", "--duration", "1s", "--pid"])
+        .arg(plain.id().to_string()));
+    let _ = plain.kill();
+    let _ = plain.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert!(
+        !out.status.success(),
+        "a process without profiling was recorded: {err}"
+    );
+    assert!(
+        err.contains("MALLOC_CONF=") && err.contains("prof:true"),
+        "the error does not say what to set: {err}"
+    );
+
+    // Running, started with it: its samples are read. It waits 3 s before allocating.
+    let mut running = Command::new(&exe)
+        .args(["3"])
+        .env("MALLOC_CONF", "prof:true,lg_prof_sample:16")
+        .spawn()
+        .expect("twosites");
+    let out = run(baton()
+        .args([
+            "record",
+            "malloc",
+            "--duration",
+            "20s",
+            "--format",
+            "collapsed",
+        ])
+        .args(["--value", "alloc_bytes", "--pid"])
+        .arg(running.id().to_string()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let _ = running.kill();
+    let _ = running.wait();
+    let a = through(&text, "site_a");
+    eprintln!("running static jemalloc: site_a {a:.0}\n{log}");
+    assert!(
+        out.status.success(),
+        "recording the running process failed: {log}"
+    );
+    let truth = 300.0 * 1048576.0;
+    assert!(
+        (a - truth).abs() <= 0.1 * truth,
+        "running static jemalloc alloc_bytes at site_a: {a:.0}, not {truth} ± 10%"
+    );
 }
 
 /// The allocation-heavy loop of bench/malloc.sh (mixed sizes, 16 B to 2 KiB) under the default

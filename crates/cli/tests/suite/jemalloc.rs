@@ -79,16 +79,27 @@ impl Tracer {
     fn start(dir: &Path, lib: &Path, exe: &Path) -> Tracer {
         let script = dir.join("count.bt");
         let (lib, exe) = (lib.display(), exe.display());
+        // The frees of a batch (`n` pointers at `at`), each one ending its sample; before the
+        // checkpoint, counted as freed by its sample's (size, mean).
+        let frees = |at: &str, n: &str| -> String {
+            format!(
+                "$i = 0; while ($i < {n} && $i < 64) {{ $p = *(uint64 *)({at} + $i * 8); \
+                 @nf[pid] = count(); \
+                 if (@stop[pid] == 0 && @sz[$p] != 0) {{ @freed[pid, @sz[$p], @mn[$p]] = count(); }} \
+                 delete(@sz[$p]); delete(@mn[$p]); $i++; }}\n"
+            )
+        };
         std::fs::write(
             &script,
             format!(
-                "usdt:{lib}:baton:alloc {{ @alloc[pid, arg1, arg2] = count(); @sz[arg0] = arg1; \
+                "usdt:{lib}:baton:alloc {{\n{}\
+                 @alloc[pid, arg1, arg2] = count(); @sz[arg0] = arg1; \
                  @stacks[pid, ustack(perf, 4)] = count(); \
                  @mn[arg0] = arg2; @na[pid] = count(); }}\n\
-                 usdt:{lib}:baton:free {{ @nf[pid] = count(); \
-                 if (@stop[pid] == 0 && @sz[arg0] != 0) {{ @freed[pid, @sz[arg0], @mn[arg0]] = count(); }} \
-                 delete(@sz[arg0]); delete(@mn[arg0]); }}\n\
-                 uprobe:{exe}:checkpoint {{ @stop[pid] = 1; }}\n"
+                 usdt:{lib}:baton:frees {{\n{}}}\n\
+                 uprobe:{exe}:checkpoint {{ @stop[pid] = 1; }}\n",
+                frees("arg3", "arg4"),
+                frees("arg0", "arg1"),
             ),
         )
         .expect("write the bpftrace script");

@@ -7,6 +7,10 @@
 //   those. Only samples trap. The event carries the mean; user space weighs the sample
 //   1 / (1 - exp(-size / mean)). The stack is walked from the probe, past its first frame (the
 //   library's sampling function), so it starts at the entry point the program called.
+// - Uprobes on jemalloc's own profiling functions, for programs that link jemalloc statically
+//   (`je_sampled`, `je_freed`): jemalloc calls prof_malloc_sample_object for the allocations its
+//   own sampling chose and prof_free_sampled_object when one of those is freed, and for no
+//   other, so again only samples trap.
 // - Uprobes on libc's malloc, calloc, realloc, posix_memalign and free in the target processes
 //   (`mode=uprobe`): every call traps. The rest of this comment is about them.
 //
@@ -45,8 +49,13 @@ enum event_kind {
     EV_FREE = 2,
     // A sampled allocation from a sampling library: `acc` holds the sampling mean.
     EV_SAMPLED = 3,
-    // A batch of frees of sampled allocations, from the glibc sampler.
+    // A batch of frees of sampled allocations, from a sampling library.
     EV_FREES = 4,
+    // A sampled allocation of a statically linked jemalloc: `acc` holds its sampling mean,
+    // `tctx` the profiling context jemalloc gave it.
+    EV_JE_SAMPLED = 5,
+    // One of those freed: jemalloc names it by its context and size, not by its address.
+    EV_JE_FREED = 6,
 };
 
 #define FREE_BATCH 64
@@ -65,6 +74,13 @@ struct free_event {
     __u64 addr;
 };
 _Static_assert(sizeof(struct free_event) == 16, "free_event is FreeEvent in Rust");
+struct je_freed_event {
+    __u32 kind;
+    __u32 pid;
+    __u64 tctx;
+    __u64 size;
+};
+_Static_assert(sizeof(struct je_freed_event) == 24, "je_freed_event is JeFreedEvent in Rust");
 
 struct alloc_event {
     __u32 kind;
@@ -79,9 +95,11 @@ struct alloc_event {
     // The copy of the user stack (copy.h) this allocation's stack is unwound from, or 0 when
     // `stack` holds the frame-pointer walk.
     __u64 cookie;
+    // jemalloc's profiling context of the allocation (EV_JE_SAMPLED), else 0.
+    __u64 tctx;
     __u64 stack[MAX_STACK_DEPTH];
 };
-_Static_assert(sizeof(struct alloc_event) == 1088, "alloc_event is AllocEvent in Rust");
+_Static_assert(sizeof(struct alloc_event) == 1096, "alloc_event is AllocEvent in Rust");
 
 // Per thread: the sampling budget, and the allocation between its entry and its return.
 struct thread_state {
@@ -176,6 +194,7 @@ static __always_inline int alloc_return(struct pt_regs *ctx, __u64 addr)
     e->addr = addr;
     e->size = size;
     e->acc = acc;
+    e->tctx = 0;
     e->cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     // The copy is submitted before the event, so user space has it by the time it reads this.
@@ -341,45 +360,39 @@ static __always_inline int walk_crosses_plan(__u32 tgid, __u64 *stack, long fram
     return 0;
 }
 
-// baton:alloc(ptr, size, mean) of a sampling library: one sampled allocation.
-SEC("usdt")
-int usdt_alloc(struct pt_regs *ctx)
+// Reports one allocation a sampler chose: `skip` leading frames of the walk are the sampler's
+// own; with `copy`, the stack is always copied where DWARF unwinding is on (the allocator's code
+// lacks frame pointers), else only where the walk crosses code the plan says lacks them.
+static __always_inline void report_sampled(struct pt_regs *ctx, __u32 kind, __u64 ptr,
+                                           __u64 size, __u64 mean, __u64 tctx, __u64 skip,
+                                           int copy)
 {
-    bump(STAT_TRAPS);
-    long ptr = 0, size = 0, mean = 0;
-    bump(STAT_CALLS);
-    bpf_usdt_arg(ctx, 0, &ptr);
-    bpf_usdt_arg(ctx, 1, &size);
-    bpf_usdt_arg(ctx, 2, &mean);
-    if (ptr == 0) {
-        bump(STAT_FAILED);
-        return 0;
-    }
     struct alloc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
     if (!e) {
         bump(STAT_RING_FULL);
-        return 0;
+        return;
     }
     __u64 id = bpf_get_current_pid_tgid();
-    e->kind = EV_SAMPLED;
+    e->kind = kind;
     e->pid = id >> 32;
     e->tid = (__u32)id;
     e->addr = ptr;
     e->size = size;
     e->acc = mean;
+    e->tctx = tctx;
     e->cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    // The sampler has frame pointers, so the walk starts well: past the library's sampling
-    // function, at the entry point the program called. Where it then passes through code the
-    // plan says lacks them (a caller built without, or a libc function that allocates), the
-    // rest of the walk cannot be trusted, and the stack is copied for DWARF unwinding instead.
+    // A sampler with frame pointers starts the walk well: past its own frames, at the entry
+    // point the program called. Where the walk then passes through code the plan says lacks
+    // them (a caller built without, or a libc function that allocates), the rest of it cannot
+    // be trusted, and the stack is copied for DWARF unwinding instead.
     e->cookie = 0;
-    long n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), BPF_F_USER_STACK | 1);
+    long n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), BPF_F_USER_STACK | (skip & 0xff));
     if (n < 0) {
         bump(STAT_USTACK_FAILED);
         n = 0;
     }
-    if (walk_crosses_plan(e->pid, e->stack, n / 8)) {
+    if (copy || walk_crosses_plan(e->pid, e->stack, n / 8)) {
         __u64 cookie = bpf_ktime_get_ns();
         if (copy_user_stack_if(bpf_get_current_task_btf(), e->pid, e->tid, cookie, 1)) {
             e->cookie = cookie;
@@ -389,13 +402,69 @@ int usdt_alloc(struct pt_regs *ctx)
     e->stack_bytes = (__u32)n;
     bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
     bump(STAT_SAMPLED);
-    // The frees waiting in the sampler since its last report come along (glibc sampler).
-    long freed = 0, nfreed = 0;
+}
+
+// baton:alloc(ptr, size, mean[, freed, nfreed]) of a sampling library: one sampled allocation,
+// and the frees of earlier samples waiting in the library since its last report. Those go
+// first: the new allocation may have reused a freed address.
+SEC("usdt")
+int usdt_alloc(struct pt_regs *ctx)
+{
+    bump(STAT_TRAPS);
+    bump(STAT_CALLS);
+    long ptr = 0, size = 0, mean = 0, freed = 0, nfreed = 0;
     if (bpf_usdt_arg_cnt(ctx) >= 5) {
         bpf_usdt_arg(ctx, 3, &freed);
         bpf_usdt_arg(ctx, 4, &nfreed);
         send_frees(freed, nfreed);
     }
+    bpf_usdt_arg(ctx, 0, &ptr);
+    bpf_usdt_arg(ctx, 1, &size);
+    bpf_usdt_arg(ctx, 2, &mean);
+    if (ptr == 0) {
+        bump(STAT_FAILED);
+        return 0;
+    }
+    report_sampled(ctx, EV_SAMPLED, ptr, size, mean, 0, 1, 0);
+    return 0;
+}
+
+// jemalloc linked into the program (5.3): prof_malloc_sample_object(tsd, ptr, size, usize,
+// tctx), called for each allocation jemalloc's sampling chose, after it is made. The attach
+// cookie is the offset from this function to jemalloc's `lg_prof_sample` (the current sampling
+// period's log2, which `prof.reset` may change), so the mean is read as the sample is taken.
+// The allocator's code lacks frame pointers: the stack is copied, and user space drops the
+// frames inside jemalloc.
+SEC("uprobe")
+int BPF_UPROBE(je_sampled, __u64 tsd, __u64 ptr, __u64 size, __u64 usize, __u64 tctx)
+{
+    bump(STAT_TRAPS);
+    bump(STAT_CALLS);
+    __u64 lg = 64;
+    __u64 at = PT_REGS_IP(ctx) + bpf_get_attach_cookie(ctx);
+    if (bpf_probe_read_user(&lg, sizeof(lg), (void *)at) != 0 || lg > 62) {
+        bump(STAT_FAILED);
+        return 0;
+    }
+    report_sampled(ctx, EV_JE_SAMPLED, ptr, usize, 1ULL << lg, tctx, 0, 1);
+    return 0;
+}
+
+// prof_free_sampled_object(tsd, usize, prof_info) of the same: a sampled allocation freed.
+// jemalloc passes no address; the allocation's context (prof_info->alloc_tctx, after the
+// allocation time) and size name it.
+SEC("uprobe")
+int BPF_UPROBE(je_freed, __u64 tsd, __u64 usize, __u64 info)
+{
+    bump(STAT_TRAPS);
+    struct je_freed_event e = {.kind = EV_JE_FREED, .pid = bpf_get_current_pid_tgid() >> 32,
+                               .size = usize};
+    if (bpf_probe_read_user(&e.tctx, sizeof(e.tctx), (void *)(info + 8)) != 0)
+        return 0;
+    if (bpf_ringbuf_output(&events, &e, sizeof(e), BPF_RB_NO_WAKEUP) != 0)
+        bump(STAT_FREE_LOST);
+    else
+        bump(STAT_FREES);
     return 0;
 }
 

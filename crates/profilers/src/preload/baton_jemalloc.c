@@ -2,12 +2,19 @@
 // Baton's allocation reporter for processes that link jemalloc dynamically: a library preloaded
 // into the process (LD_PRELOAD=libbaton_jemalloc.so, with MALLOC_CONF=prof:true,...) that lets
 // jemalloc sample, by its own byte sampling (`prof`, `lg_prof_sample`), and tells Baton only of
-// the sampled allocations and of the frees of those, through the same two USDT probes as the
-// glibc sampler (baton_malloc.c):
+// the sampled allocations and of the frees of those, through the USDT probes of the glibc
+// sampler (baton_malloc.c):
 //
-//   baton:alloc(ptr, size, mean)  a sampled allocation: its usable size (what jemalloc samples
-//                                 by) and the mean, 2^lg_prof_sample bytes
-//   baton:free(ptr)               a sampled allocation freed
+//   baton:alloc(ptr, size, mean, freed, n)
+//                                 a sampled allocation: its usable size (what jemalloc samples
+//                                 by) and the mean, 2^lg_prof_sample bytes; and the frees of
+//                                 earlier samples since the last report: `n` pointers at `freed`
+//   baton:frees(freed, n)         a full batch of those frees (64), or the rest at exit
+//
+// Frees wait in one batch, shared by the threads, and travel with the next sample's probe, so a
+// sample costs one trap rather than two. The batch is reported under its lock, and a freed
+// pointer joins it before jemalloc has it back: whichever report carries a later sample of the
+// same address carries its free too, and BPF sends the frees first.
 //
 // How a sampled allocation is known: jemalloc calls its backtrace hook
 // (`experimental.hooks.prof_backtrace`) on the allocating thread, before the allocation, for
@@ -46,7 +53,7 @@
 // probes read their own even where another object defines the same names.
 __attribute__((visibility("hidden"))) unsigned short baton_alloc_semaphore
     __attribute__((section(".probes")));
-__attribute__((visibility("hidden"))) unsigned short baton_free_semaphore
+__attribute__((visibility("hidden"))) unsigned short baton_frees_semaphore
     __attribute__((section(".probes")));
 #include <sys/sdt.h>
 
@@ -312,6 +319,43 @@ static void backtrace_hook(void **vec, unsigned *len, unsigned max)
     sampled = 1;
 }
 
+// ---- Frees waiting for the next report ------------------------------------------------------
+
+#define FREE_BATCH 64
+static uint64_t batch[FREE_BATCH];
+static uint32_t nbatch;
+static pthread_mutex_t batch_lock = PTHREAD_MUTEX_INITIALIZER;
+
+// A reported pointer freed: it joins the batch, which is reported when full.
+static void report_free(void *p)
+{
+    pthread_mutex_lock(&batch_lock);
+    batch[nbatch++] = (uintptr_t)p;
+    if (nbatch == FREE_BATCH) {
+        uint64_t *freed = batch;
+        uint32_t n = nbatch;
+        DTRACE_PROBE2(baton, frees, freed, n);
+        nbatch = 0;
+    }
+    pthread_mutex_unlock(&batch_lock);
+}
+
+// At exit, the frees still waiting are reported, so what the process leaves unfreed is right.
+__attribute__((destructor)) static void flush_frees(void)
+{
+    pthread_mutex_lock(&batch_lock);
+    if (nbatch) {
+        uint64_t *freed = batch;
+        uint32_t n = nbatch;
+        DTRACE_PROBE2(baton, frees, freed, n);
+        nbatch = 0;
+    }
+    pthread_mutex_unlock(&batch_lock);
+}
+
+static void lock_batch(void) { pthread_mutex_lock(&batch_lock); }
+static void unlock_batch(void) { pthread_mutex_unlock(&batch_lock); }
+
 static uint64_t sample_mean(void)
 {
     size_t lg = 0, n = sizeof lg;
@@ -339,7 +383,12 @@ SHARED __attribute__((noinline)) void *reported_alloc(void *p)
     }
     size_t size = next_malloc_usable_size(p);
     uint64_t mean = sample_mean();
-    DTRACE_PROBE3(baton, alloc, p, size, mean);
+    pthread_mutex_lock(&batch_lock);
+    uint64_t *freed = batch;
+    uint32_t n = nbatch;
+    DTRACE_PROBE5(baton, alloc, p, size, mean, freed, n);
+    nbatch = 0;
+    pthread_mutex_unlock(&batch_lock);
     return p;
 }
 
@@ -422,6 +471,7 @@ static void start_tracking(void)
     __atomic_store_n(&tracking, 1, __ATOMIC_RELEASE);
     baton_jemalloc_active = 1;
     pthread_atfork(lock_active, unlock_active, unlock_active);
+    pthread_atfork(lock_batch, unlock_batch, unlock_batch);
     follow_semaphore();
 }
 
@@ -553,7 +603,7 @@ __attribute__((noinline)) static int marked_free(void *p)
     if (in_boot(p))
         return 0;
     if (set_take((uintptr_t)p))
-        DTRACE_PROBE1(baton, free, p);
+        report_free(p);
     return 1;
 }
 
@@ -618,7 +668,7 @@ EXPORT void *realloc(void *old, size_t n)
     if (UNLIKELY(marked(old))) {
         was = set_take((uintptr_t)old);
         if (was)
-            DTRACE_PROBE1(baton, free, old);
+            report_free(old);
     }
     void *p = next_realloc(old, n);
     if (UNLIKELY(was) && !p && n != 0) {
@@ -670,7 +720,7 @@ EXPORT void *rallocx(void *old, size_t n, int flags)
     if (UNLIKELY(marked(old))) {
         was = set_take((uintptr_t)old);
         if (was)
-            DTRACE_PROBE1(baton, free, old);
+            report_free(old);
     }
     void *p = next_rallocx(old, n, flags);
     if (UNLIKELY(was) && !p) {
@@ -691,7 +741,7 @@ EXPORT size_t xallocx(void *p, size_t n, size_t extra, int flags)
     size_t after = next_xallocx(p, n, extra, flags);
     if (UNLIKELY(tracking) && after != before) {
         if (marked(p) && set_take((uintptr_t)p))
-            DTRACE_PROBE1(baton, free, p);
+            report_free(p);
         AFTER_ALLOC(p);
     }
     sampled = 0;

@@ -3,7 +3,9 @@
 //! the sampled allocations still live).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use super::jemalloc::StaticJemalloc;
 use crate::mechanics::maps::StackEntry;
 use crate::mechanics::record::{addresses, comm, decode, kind_of, record};
 
@@ -24,9 +26,11 @@ struct AllocEvent {
     /// The copy of the user stack this allocation's stack is unwound from, or 0 when `stack`
     /// holds the frame-pointer walk.
     cookie: u64,
+    /// jemalloc's profiling context of the allocation (`EV_JE_SAMPLED`), else 0.
+    tctx: u64,
     stack: StackEntry,
 }
-record!(AllocEvent, "alloc_event", 1088);
+record!(AllocEvent, "alloc_event", 1096);
 
 /// `struct free_event` of malloc.bpf.c: a sampled allocation freed.
 #[repr(C)]
@@ -37,6 +41,18 @@ struct FreeEvent {
     addr: u64,
 }
 record!(FreeEvent, "free_event", 16);
+
+/// `struct je_freed_event` of malloc.bpf.c: a sampled allocation of a statically linked
+/// jemalloc freed, named by its profiling context and size.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct JeFreedEvent {
+    kind: u32,
+    pid: u32,
+    tctx: u64,
+    size: u64,
+}
+record!(JeFreedEvent, "je_freed_event", 24);
 
 /// `struct frees_event` of malloc.bpf.c: a batch of frees of sampled allocations.
 #[repr(C)]
@@ -55,8 +71,12 @@ const EV_ALLOC: u32 = 1;
 const EV_FREE: u32 = 2;
 /// A sampled allocation from a sampling library; its `acc` is the sampling mean.
 const EV_SAMPLED: u32 = 3;
-/// A batch of frees from the glibc sampler.
+/// A batch of frees from a sampling library.
 const EV_FREES: u32 = 4;
+/// A sampled allocation of a statically linked jemalloc; its `acc` is the sampling mean.
+const EV_JE_SAMPLED: u32 = 5;
+/// One of those freed.
+const EV_JE_FREED: u32 = 6;
 
 /// What one sampled allocation of `size` bytes stands for: (bytes, allocations).
 ///
@@ -65,7 +85,7 @@ const EV_FREES: u32 = 4;
 /// uprobe mode it carries the `acc` bytes its thread allocated since its previous sample.
 fn weighed(kind: u32, size: u64, acc: u64) -> (f64, f64) {
     let size = size.max(1) as f64;
-    if kind == EV_SAMPLED {
+    if kind == EV_SAMPLED || kind == EV_JE_SAMPLED {
         if acc == 0 {
             return (size, 1.0);
         }
@@ -104,9 +124,18 @@ pub(super) struct Unresolved {
     count: f64,
     cookie: u64,
     /// Leading frames of the unwound stack that are the sampler's own.
-    skip: usize,
+    skip: Skip,
     /// Freed before it was resolved: counted as allocated, not as live.
     freed: bool,
+}
+
+/// Which leading frames of a stack are the allocator's or sampler's own.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Skip {
+    /// This many.
+    Frames(usize),
+    /// Those inside a statically linked jemalloc: up to its entry point the program called.
+    Jemalloc,
 }
 
 /// What the ring reader builds up between drains.
@@ -121,6 +150,11 @@ pub(super) struct State {
     pub(super) unresolved: Vec<Unresolved>,
     /// (pid, address) -> index in `unresolved` of the latest allocation there.
     pub(super) unresolved_at: HashMap<(u32, u64), usize>,
+    /// Live samples of a statically linked jemalloc, by (pid, profiling context): their
+    /// (size, address). jemalloc names a freed sample by its context and size alone.
+    pub(super) je_live: HashMap<(u32, u64), Vec<(u64, u64)>>,
+    /// The statically linked jemalloc of each target that has one.
+    pub(super) je_targets: HashMap<u32, Arc<StaticJemalloc>>,
 }
 
 impl State {
@@ -134,6 +168,22 @@ impl State {
             Some(EV_FREE) => {
                 if let Ok(e) = decode::<FreeEvent>(data) {
                     self.on_free(e.pid, e.addr);
+                }
+            }
+            Some(EV_JE_SAMPLED) => {
+                if let Ok(e) = decode::<AllocEvent>(data) {
+                    self.je_live
+                        .entry((e.pid, e.tctx))
+                        .or_default()
+                        .push((e.size, e.addr));
+                    self.on_alloc(EV_JE_SAMPLED, &e);
+                }
+            }
+            Some(EV_JE_FREED) => {
+                if let Ok(e) = decode::<JeFreedEvent>(data) {
+                    if let Some(addr) = self.je_freed(e.pid, e.tctx, e.size) {
+                        self.on_free(e.pid, addr);
+                    }
                 }
             }
             Some(EV_FREES) => {
@@ -158,6 +208,33 @@ impl State {
         }
     }
 
+    /// The address of the live jemalloc sample of context `tctx` just freed: one of that size
+    /// (any of that context when none is).
+    fn je_freed(&mut self, pid: u32, tctx: u64, size: u64) -> Option<u64> {
+        let live = self.je_live.get_mut(&(pid, tctx))?;
+        let i = live
+            .iter()
+            .rposition(|&(s, _)| s == size)
+            .unwrap_or(live.len().checked_sub(1)?);
+        let (_, addr) = live.swap_remove(i);
+        if live.is_empty() {
+            self.je_live.remove(&(pid, tctx));
+        }
+        Some(addr)
+    }
+
+    /// Drops a stack's leading frames that are the allocator's own.
+    fn trim(&self, pid: u32, skip: Skip, stack: &mut Vec<u64>) {
+        let n = match skip {
+            Skip::Frames(n) => n,
+            Skip::Jemalloc => self
+                .je_targets
+                .get(&pid)
+                .map_or(0, |je| je.frames_inside(stack)),
+        };
+        stack.drain(..n.min(stack.len()));
+    }
+
     fn on_alloc(&mut self, kind: u32, e: &AllocEvent) {
         let frames = (e.stack_bytes as usize / 8).min(e.stack.len());
         let (bytes, count) = weighed(kind, e.size, e.acc);
@@ -169,6 +246,11 @@ impl State {
             addresses(&e.stack[..frames]),
         );
         match e.cookie {
+            0 if kind == EV_JE_SAMPLED => {
+                let mut key = key;
+                self.trim(e.pid, Skip::Jemalloc, &mut key.4);
+                self.count(key, e.addr, bytes, count, true)
+            }
             0 => self.count(key, e.addr, bytes, count, true),
             cookie => {
                 self.unresolved_at
@@ -179,7 +261,11 @@ impl State {
                     bytes,
                     count,
                     cookie,
-                    skip: usize::from(kind == EV_SAMPLED),
+                    skip: match kind {
+                        EV_SAMPLED => Skip::Frames(1),
+                        EV_JE_SAMPLED => Skip::Jemalloc,
+                        _ => Skip::Frames(0),
+                    },
                     freed: false,
                 });
             }
@@ -224,7 +310,7 @@ impl State {
         });
         for mut u in ready {
             let mut stack = unwound(u.key.1, u.cookie).unwrap_or_default();
-            stack.drain(..u.skip.min(stack.len()));
+            self.trim(u.key.0, u.skip, &mut stack);
             u.key.4 = stack;
             self.count(u.key, u.addr, u.bytes, u.count, !u.freed);
         }
@@ -248,6 +334,7 @@ mod tests {
             cgroup_id: 0,
             comm: [0; 16],
             cookie,
+            tctx: 0,
             stack: [0; 127],
         };
         e.stack[..stack.len()].copy_from_slice(stack);

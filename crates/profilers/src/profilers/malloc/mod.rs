@@ -53,7 +53,9 @@ bpf_skel!("malloc");
 use skel::{MallocSkel, MallocSkelBuilder};
 
 mod events;
+pub mod jemalloc;
 use events::State;
+use jemalloc::StaticJemalloc;
 
 /// What the profiler declares: the registry lists it.
 pub static INFO: ProfilerInfo = ProfilerInfo {
@@ -145,6 +147,8 @@ pub struct MallocProfiler {
     mode: Mode,
     /// The library to probe in every target, when given (`lib=PATH`, uprobe mode).
     lib: Option<PathBuf>,
+    /// Executables read for a statically linked jemalloc, by path.
+    je_binaries: HashMap<PathBuf, Option<Arc<StaticJemalloc>>>,
     sample_bytes: u64,
     /// Last: its links (USDT ones use the object's manager when they detach) and readers go
     /// first, and the object is closed after them.
@@ -254,6 +258,7 @@ impl MallocProfiler {
             followed: Followed::new(o.targets.as_deref()),
             mode,
             lib,
+            je_binaries: HashMap::new(),
             sample_bytes,
         };
         match (&o.targets, mode) {
@@ -309,7 +314,13 @@ impl MallocProfiler {
         pending_exec: Option<&Path>,
     ) -> Result<(), ProfilerError> {
         if self.mode == Mode::Sampler {
-            let path = match (preload::mapped_sampler(pid), pending_exec) {
+            let sampler = preload::mapped_sampler(pid);
+            if sampler.is_none() {
+                if let Some(je) = self.static_jemalloc(pid, pending_exec) {
+                    return self.attach_static_jemalloc(pid, pending_exec.is_none(), &je);
+                }
+            }
+            let path = match (sampler, pending_exec) {
                 (Some(p), _) => p,
                 (None, Some(exe)) if !preload::is_dynamic(exe) => {
                     return Err(ProfilerError::Attach(format!(
@@ -343,10 +354,79 @@ impl MallocProfiler {
         self.attach_uprobes(pid as i32, &path)
     }
 
+    /// The statically linked jemalloc of the executable `pid` runs (or will run, once it execs
+    /// `pending_exec`), read once per executable.
+    fn static_jemalloc(
+        &mut self,
+        pid: u32,
+        pending_exec: Option<&Path>,
+    ) -> Option<(PathBuf, Arc<StaticJemalloc>)> {
+        let exe = match pending_exec {
+            Some(e) => e.to_path_buf(),
+            None => PathBuf::from(format!("/proc/{pid}/exe")),
+        };
+        let key = std::fs::canonicalize(&exe).unwrap_or_else(|_| exe.clone());
+        let je = self
+            .je_binaries
+            .entry(key)
+            .or_insert_with(|| StaticJemalloc::read(&exe).map(Arc::new))
+            .clone()?;
+        Some((exe, je))
+    }
+
+    /// Probes jemalloc's own profiling functions in `pid`'s executable. A process already
+    /// running (`running`) must have been started with jemalloc's profiling on.
+    fn attach_static_jemalloc(
+        &mut self,
+        pid: u32,
+        running: bool,
+        (exe, je): &(PathBuf, Arc<StaticJemalloc>),
+    ) -> Result<(), ProfilerError> {
+        if running && je.profiling_on(pid) == Some(false) {
+            return Err(ProfilerError::Attach(format!(
+                "process {pid} links jemalloc statically, and its profiling is off: restart it \
+                 with {}={} (jemalloc then samples by itself, and Baton reads only the samples), \
+                 or trap every call with --opt mode=uprobe --opt lib={} (high cost: about \
+                 2.4 µs per call)",
+                je.conf_env,
+                preload::jemalloc_conf(self.sample_bytes, None),
+                std::fs::read_link(exe)
+                    .unwrap_or_else(|_| exe.clone())
+                    .display()
+            )));
+        }
+        for (prog, func, cookie) in [
+            (&self.skel.progs.je_sampled, &je.sampled_fn, je.cookie()),
+            (&self.skel.progs.je_freed, &je.freed_fn, 0),
+        ] {
+            let link = prog
+                .attach_uprobe_with_opts(
+                    pid as i32,
+                    exe,
+                    0,
+                    UprobeOpts {
+                        func_name: Some(func.clone()),
+                        cookie,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| {
+                    ProfilerError::Attach(format!(
+                        "attaching to jemalloc's {func} in {} (pid {pid}): {e}",
+                        exe.display()
+                    ))
+                })?;
+            self.links.push(link);
+        }
+        lock(&self.state).je_targets.insert(pid, Arc::clone(je));
+        Ok(())
+    }
+
     /// Attaches to the `baton:alloc` and `baton:free` probes of the sampler at `path`.
     fn attach_sampler(&mut self, pid: i32, path: &Path) -> Result<(), ProfilerError> {
-        // The jemalloc shim has no batches of frees.
-        let batches = !path
+        // The jemalloc shim reports every free in batches; the glibc sampler also has a probe
+        // per free (exact mode).
+        let shim = path
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("libbaton_jemalloc"));
@@ -355,7 +435,7 @@ impl MallocProfiler {
             (&self.skel.progs.usdt_free, "free"),
             (&self.skel.progs.usdt_frees, "frees"),
         ] {
-            if name == "frees" && !batches {
+            if name == "free" && shim {
                 continue;
             }
             let link = prog.attach_usdt(pid, path, "baton", name).map_err(|e| {
@@ -426,6 +506,13 @@ pub fn command_env(o: &StartOptions) -> Result<Vec<(String, String)>, ProfilerEr
             preload::DEFAULT_DIR
         ))
     };
+    if let Some(je) = o.pending_exec.as_deref().and_then(StaticJemalloc::read) {
+        let conf = std::env::var(&je.conf_env).ok();
+        return Ok(vec![(
+            je.conf_env.clone(),
+            preload::jemalloc_conf(sample_bytes, conf.as_deref()),
+        )]);
+    }
     let existing = std::env::var("LD_PRELOAD").ok();
     if o.pending_exec
         .as_deref()
@@ -510,6 +597,8 @@ impl crate::Profiler for MallocProfiler {
             .filter(|&pid| !sys::process_alive(pid))
             .collect();
         st.live.retain(|(pid, _), _| !dead.contains(pid));
+        st.je_live.retain(|(pid, _), _| !dead.contains(pid));
+        st.je_targets.retain(|&pid, _| sys::process_alive(pid));
         let window = std::mem::take(&mut st.window);
         let mut idxs: Vec<usize> = window.keys().chain(live.keys()).copied().collect();
         idxs.sort_unstable();
