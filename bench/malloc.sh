@@ -12,7 +12,9 @@
 #                  the cost of one sampled allocation
 #   uprobe         mode=uprobe at its default sampling: every call traps
 #   jemalloc       the loop linked with jemalloc, under the default mode (the jemalloc shim and
-#                  jemalloc's own sampling), against the same binary bare
+#                  jemalloc's own sampling), against the same binary bare; neither pinned (a
+#                  `taskset` wrapper would be the command `baton record` starts, and it links
+#                  glibc, not jemalloc)
 #
 # Prints ops/s per mode, the ratio to bare, and the cost per allocation derived from them; then
 # a real allocator-heavy program (Debian's python3 on a dict/list/str churn) bare and under the
@@ -42,7 +44,7 @@ run_mode() {
     sampler) "$BATON" record malloc --format collapsed --output "$tmp/s.folded" -- taskset -c "$CPU" "$tmp/allocloop" "$SECS" 2>"$tmp/sampler.log" | rate ;;
     sampler-none) "$BATON" record malloc --opt sample_bytes=1000000000000000 --format collapsed --output "$tmp/n.folded" -- taskset -c "$CPU" "$tmp/allocloop" "$SECS" 2>"$tmp/none.log" | rate ;;
     sampler-4k) "$BATON" record malloc --opt sample_bytes=4096 --format collapsed --output "$tmp/k.folded" -- taskset -c "$CPU" "$tmp/allocloop" "$SECS" 2>"$tmp/4k.log" | rate ;;
-    jemalloc-bare) taskset -c "$CPU" "$tmp/allocloop-je" "$SECS" | rate ;;
+    jemalloc-bare) "$tmp/allocloop-je" "$SECS" | rate ;;
     jemalloc) "$BATON" record malloc --format collapsed --output "$tmp/j.folded" -- "$tmp/allocloop-je" "$SECS" 2>"$tmp/jemalloc.log" | rate ;;
     uprobe) "$BATON" record malloc --opt mode=uprobe --format collapsed --output "$tmp/u.folded" -- taskset -c "$CPU" "$tmp/allocloop" "$SECS" 2>"$tmp/uprobe.log" | rate ;;
   esac
