@@ -31,6 +31,33 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         }
         baton_agent::targets::set_scope(scope);
     }
+    let metrics_token = match &a.metrics_token_file {
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .map_err(|e| usage(format!("--metrics-token-file {}: {e}", f.display())))?;
+            let t = t.trim().to_string();
+            if t.len() < 16 {
+                return Err(usage(format!(
+                    "--metrics-token-file {}: the token is shorter than 16 characters",
+                    f.display()
+                )));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let loopback = a
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .map(|s| s.ip().is_loopback())
+        .unwrap_or_else(|_| a.listen.starts_with("localhost:"));
+    if !loopback && metrics_token.is_none() {
+        return Err(usage(format!(
+            "--listen {} is beyond loopback: give --metrics-token-file FILE, so that /metrics \
+             asks for a token",
+            a.listen
+        )));
+    }
     if baton_runtime::client::split_servers(&a.server.join(",")).is_empty() {
         return Err(usage("--server: give at least one URL"));
     }
@@ -42,6 +69,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         labels,
         host: a.host.unwrap_or_else(baton_agent::hostname),
         listen: a.listen,
+        metrics_token,
         frequency: a.frequency,
         window,
         cpu_clock: a.cpu_clock,

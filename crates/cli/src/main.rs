@@ -102,7 +102,7 @@ enum Command {
         The tokens file has one token per line: ROLE NAME TOKEN, roles viewer, operator, admin \
         and agent. Every API call then needs `Authorization: Bearer TOKEN`; failed auth, runs, \
         forced runs and config changes go to DATA/audit.log.")]
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// The per-host agent of a fleet: profiles this host, takes its runs from the server, and
     /// ships batches (buffered on disk while the server is unreachable).
     #[command(after_help = "Example:\n  \
@@ -224,6 +224,42 @@ pub struct ServerArgs {
     /// by, e.g. http://10.0.0.5:7070.
     #[arg(long, value_name = "URL")]
     pub advertise: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Caps on what callers may send a server. Past one, a call gets 413 (too large), 429 (too
+/// fast) or 507 (no room), at once, and the refusal is counted in /metrics.
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Most bytes an ingested body may have, decompressed (or as sent).
+    #[arg(long, default_value_t = 32 << 20, value_name = "BYTES")]
+    pub max_body_bytes: u64,
+    /// Most samples in one ingested profile.
+    #[arg(long, default_value_t = 500_000, value_name = "N")]
+    pub max_samples: u64,
+    /// Most locations (and functions, and mappings) in one ingested profile.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub max_locations: u64,
+    /// Most strings in one ingested profile's string table.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub max_strings: u64,
+    /// Most location ids, values and labels all of one profile's samples list together.
+    #[arg(long, default_value_t = 4_000_000, value_name = "N")]
+    pub max_sample_entries: u64,
+    /// Most bytes one debug-info upload may have, decompressed (it is written to disk).
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    pub max_debuginfo_bytes: u64,
+    /// Most bytes all uploaded debug info may take on disk.
+    #[arg(long, default_value_t = 20 << 30, value_name = "BYTES")]
+    pub debuginfo_space: u64,
+    /// API calls per second per token, on average (0: no limit). Agents that share a token
+    /// share its rate.
+    #[arg(long, default_value_t = 200.0, value_name = "PER_SECOND")]
+    pub rate_limit: f64,
+    /// Calls a token may make at once, above its rate.
+    #[arg(long, default_value_t = 400.0, value_name = "N")]
+    pub rate_burst: f64,
 }
 
 #[derive(Args)]
@@ -252,9 +288,12 @@ pub struct AgentArgs {
     /// This host's name [default: the kernel's host name].
     #[arg(long)]
     pub host: Option<String>,
-    /// Address of the agent's own /metrics.
+    /// Address of the agent's own /metrics. Beyond loopback it needs --metrics-token-file.
     #[arg(long, default_value = "127.0.0.1:7071")]
     pub listen: String,
+    /// A file holding the token /metrics asks for (Authorization: Bearer TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     /// Continuous sampling frequency [default: the config's, else 19 Hz].
     #[arg(long, short = 'F')]
     pub frequency: Option<u64>,
@@ -553,7 +592,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Record(a) => record::run(a),
         Command::Up(a) => up::run(a),
-        Command::Server(a) => server_cmd::run(a),
+        Command::Server(a) => server_cmd::run(*a),
         Command::Agent(a) => agent_cmd::run(a),
         Command::Symbolize(a) => symbolize_cmd::run(a),
         Command::Hosts { server, format } => runs_cmd::hosts(&server, format == "json"),

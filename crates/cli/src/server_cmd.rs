@@ -124,11 +124,10 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         if dirs.is_empty() {
             dirs = default_debug_dirs();
         }
-        Arc::new(DebugInfo::new(
-            data.join("debuginfo"),
-            dirs,
-            a.debuginfod.clone(),
-        ))
+        Arc::new(
+            DebugInfo::new(data.join("debuginfo"), dirs, a.debuginfod.clone())
+                .with_limits(a.limits.max_debuginfo_bytes, a.limits.debuginfo_space),
+        )
     };
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
@@ -178,6 +177,21 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     state.tokens = tokens.clone();
     state.audit = Some(audit.clone());
     state.debuginfo = Some(debuginfo.clone());
+    state.limits = baton_model::limits::Limits {
+        max_bytes: a.limits.max_body_bytes,
+        max_samples: a.limits.max_samples,
+        max_locations: a.limits.max_locations,
+        max_strings: a.limits.max_strings,
+        max_sample_entries: a.limits.max_sample_entries,
+    };
+    // A gzip upload is at most its decompressed cap as sent.
+    state.debuginfo_body_limit = a.limits.max_debuginfo_bytes;
+    if a.limits.rate_limit > 0.0 {
+        state.rate = Some(Arc::new(baton_server::auth::RateLimit::new(
+            a.limits.rate_limit,
+            a.limits.rate_burst,
+        )));
+    }
     // Ingested batches are written by one writer thread, grouped by size and time.
     let linger = crate::common::parse_duration_flag(&a.ingest_linger, "--ingest-linger")?;
     let queue = Arc::new(baton_server::ingest::IngestQueue::new(

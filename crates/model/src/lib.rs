@@ -9,6 +9,7 @@ pub mod export;
 pub mod flame;
 pub mod frame;
 pub mod hist;
+pub mod limits;
 pub mod named;
 pub mod profile;
 pub mod prom;

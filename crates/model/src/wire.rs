@@ -18,7 +18,7 @@ use flate2::Compression;
 use prost::Message;
 
 use crate::batch::{Batch, Span, SpanKind};
-use crate::export::pprof::{build_placed, decode, DecodeError, PbProfile};
+use crate::export::pprof::{build_placed, decode_within, DecodeError, PbProfile};
 use crate::frame::{Frame, FrameKind, KERNEL_MODULE};
 use crate::hist::Histogram;
 use crate::profile::{Labels, Profile, StackSample, ValueType};
@@ -117,6 +117,13 @@ pub enum WireError {
     Decode(#[from] DecodeError),
     #[error("malformed pprof: {0}")]
     Malformed(String),
+}
+
+impl WireError {
+    /// Whether the input was refused for its size rather than its form (HTTP 413, not 400).
+    pub fn too_large(&self) -> bool {
+        matches!(self, WireError::Decode(d) if d.too_large())
+    }
 }
 
 /// Encodes a batch as gzip pprof, losing nothing the store keeps.
@@ -222,7 +229,24 @@ pub fn decode_batch(
     labels: &Labels,
     now_ms: i64,
 ) -> Result<Batch, WireError> {
-    let pb = decode(bytes)?;
+    decode_batch_within(
+        bytes,
+        profiler,
+        labels,
+        now_ms,
+        &crate::limits::Limits::default(),
+    )
+}
+
+/// [`decode_batch`] of an untrusted body, within `limits` (checked before decoding).
+pub fn decode_batch_within(
+    bytes: &[u8],
+    profiler: Option<&str>,
+    labels: &Labels,
+    now_ms: i64,
+    limits: &crate::limits::Limits,
+) -> Result<Batch, WireError> {
+    let pb = decode_within(bytes, limits)?;
     let bad = |m: String| WireError::Malformed(m);
     let strings = &pb.string_table;
     if strings.first().is_some_and(|s| !s.is_empty()) {
@@ -431,6 +455,7 @@ pub fn decode_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::pprof::decode;
 
     fn frame(kind: FrameKind, function: Option<&str>, module: &str, address: u64) -> Frame {
         Frame {

@@ -5,11 +5,18 @@
 //! `agent` (register, heartbeat, ingest, debug info). Every API call needs a token unless the
 //! server runs with no tokens file (`--insecure-local`, loopback only), where every caller is
 //! the local admin.
+//!
+//! The file may hold a token's SHA-256 instead of the token (`sha256:HEX`, as
+//! `printf %s TOKEN | sha256sum` prints it), and the server keeps only hashes in memory: a
+//! request's token is hashed and looked up. Tokens are never logged; the audit log names the
+//! token's NAME. Each token has a rate ([`RateLimit`]); past it, calls get 429.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
@@ -71,10 +78,40 @@ impl Principal {
     }
 }
 
-/// The tokens a server accepts.
+/// The tokens a server accepts, by their SHA-256.
 #[derive(Debug, Default)]
 pub struct Tokens {
-    by_token: HashMap<String, Principal>,
+    by_hash: HashMap<[u8; 32], Principal>,
+}
+
+/// A token's SHA-256.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// A token's line for a tokens file, with its hash in place of the token.
+pub fn hashed_line(role: &str, name: &str, token: &str) -> String {
+    let hex: String = token_hash(token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{role} {name} sha256:{hex}")
+}
+
+/// `sha256:HEX` as the 32 bytes it spells.
+fn parse_hash(s: &str) -> Option<[u8; 32]> {
+    let hex = s.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl Tokens {
@@ -103,24 +140,34 @@ impl Tokens {
                         ));
                         continue;
                     };
-                    if token.len() < 16 {
-                        problems.push(format!(
-                            "{at}: the token of {name} is shorter than 16 characters"
-                        ));
-                        continue;
-                    }
+                    let hash = match parse_hash(token) {
+                        Some(h) => h,
+                        None if token.starts_with("sha256:") => {
+                            problems.push(format!(
+                                "{at}: the hash of {name} is not sha256: and 64 hex digits"
+                            ));
+                            continue;
+                        }
+                        None if token.len() < 16 => {
+                            problems.push(format!(
+                                "{at}: the token of {name} is shorter than 16 characters"
+                            ));
+                            continue;
+                        }
+                        None => token_hash(token),
+                    };
                     let p = Principal {
                         name: name.to_string(),
                         role,
                     };
-                    if t.by_token.insert(token.to_string(), p).is_some() {
+                    if t.by_hash.insert(hash, p).is_some() {
                         problems.push(format!("{at}: this token is listed twice"));
                     }
                 }
                 _ => problems.push(format!("{at}: expected ROLE NAME TOKEN")),
             }
         }
-        if t.by_token.is_empty() && problems.is_empty() {
+        if t.by_hash.is_empty() && problems.is_empty() {
             problems.push(format!("{file}: no tokens"));
         }
         if problems.is_empty() {
@@ -131,7 +178,44 @@ impl Tokens {
     }
 
     pub fn check(&self, token: &str) -> Option<&Principal> {
-        self.by_token.get(token)
+        self.by_hash.get(&token_hash(token))
+    }
+}
+
+/// Calls per token, as a token bucket: `rate` a second on average, up to `burst` at once.
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Calls refused with 429.
+    pub refused: AtomicU64,
+}
+
+impl RateLimit {
+    pub fn new(rate: f64, burst: f64) -> RateLimit {
+        RateLimit {
+            rate,
+            burst: burst.max(1.0),
+            buckets: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether `who` may make a call now; the call takes one from its bucket.
+    pub fn allow(&self, who: &str) -> bool {
+        let now = Instant::now();
+        let mut b = lock(&self.buckets);
+        let e = b.entry(who.to_string()).or_insert((self.burst, now));
+        e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * self.rate).min(self.burst);
+        e.1 = now;
+        if e.0 >= 1.0 {
+            e.0 -= 1.0;
+            true
+        } else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            false
+        }
     }
 }
 
@@ -245,6 +329,20 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
             ),
         );
     }
+    if let Some(r) = &st.rate {
+        if !r.allow(&p.name) {
+            let mut resp = deny(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} is past its rate of calls (the server's --rate-limit); try again shortly",
+                    p.name
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return resp;
+        }
+    }
     req.extensions_mut().insert(p);
     next.run(req).await
 }
@@ -252,6 +350,15 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_past_its_rate_is_refused_and_others_are_not() {
+        let r = RateLimit::new(0.001, 3.0);
+        assert!((0..3).all(|_| r.allow("a")));
+        assert!(!r.allow("a"));
+        assert!(r.allow("b"), "another token has its own bucket");
+        assert_eq!(r.refused.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn tokens_file_is_checked_line_by_line() {
@@ -268,6 +375,17 @@ mod tests {
         let e = Tokens::parse("boss x cccccccccccccccccccc\nviewer y short\n", "t").unwrap_err();
         assert!(e.contains("t:1: unknown role"), "{e}");
         assert!(e.contains("t:2: the token of y"), "{e}");
+        // A hashed line stands for its token, and holds no token.
+        let line = hashed_line("operator", "ci", "cccccccccccccccccccc");
+        assert!(!line.contains("cccc"), "{line}");
+        let t = Tokens::parse(&line, "t").expect("hashed");
+        assert_eq!(
+            t.check("cccccccccccccccccccc").map(|p| p.role),
+            Some(Role::Operator)
+        );
+        assert!(Tokens::parse("viewer z sha256:abc", "t")
+            .unwrap_err()
+            .contains("t:1: the hash of z"));
     }
 
     #[test]

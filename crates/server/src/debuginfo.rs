@@ -35,8 +35,35 @@ pub struct DebugInfo {
     /// has it (asked again after 10 minutes if nothing came).
     asked: Mutex<HashMap<String, Instant>>,
     wake: (Mutex<bool>, Condvar),
+    /// Most bytes one file may have once decompressed, and all the directory's files together.
+    max_bytes: u64,
+    max_space: u64,
     pub uploads: AtomicU64,
+    /// Uploads refused: malformed, too big, no room, or the wrong build ID.
+    pub refused: AtomicU64,
     pub symbols_added: AtomicU64,
+}
+
+/// An upload refused, with the HTTP status it gets.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Refused {
+    fn bad(message: impl Into<String>) -> Refused {
+        Refused {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 fn valid_build_id(b: &str) -> bool {
@@ -52,9 +79,33 @@ impl DebugInfo {
             misses: Mutex::new(HashMap::new()),
             asked: Mutex::new(HashMap::new()),
             wake: (Mutex::new(false), Condvar::new()),
+            max_bytes: 1 << 30,
+            max_space: 20 << 30,
             uploads: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             symbols_added: AtomicU64::new(0),
         }
+    }
+
+    /// Caps one file's decompressed size and the directory's total (`--max-debuginfo-bytes`,
+    /// `--debuginfo-space`).
+    pub fn with_limits(mut self, max_bytes: u64, max_space: u64) -> DebugInfo {
+        self.max_bytes = max_bytes;
+        self.max_space = max_space;
+        self
+    }
+
+    /// Bytes the directory's files take.
+    fn space_used(&self) -> u64 {
+        std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// The file for `build_id` on this machine, without asking the network.
@@ -109,7 +160,7 @@ impl DebugInfo {
             }
         }
         let got = fetch(&format!("{url}/buildid/{build_id}/debuginfo"))
-            .and_then(|bytes| self.put(build_id, &bytes));
+            .and_then(|bytes| self.put(build_id, &bytes).map_err(|e| e.message));
         match got {
             Ok(p) => Some(p),
             Err(e) => {
@@ -121,42 +172,78 @@ impl DebugInfo {
     }
 
     /// Stores an ELF file (as is, or gzip-compressed) under its build ID, after checking that it
-    /// has that build ID.
-    pub fn put(&self, build_id: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+    /// has that build ID. The file's name is the build ID, checked to be hex: nothing of the path
+    /// comes from the input. It is decompressed straight to disk, within the caps.
+    pub fn put(&self, build_id: &str, bytes: &[u8]) -> Result<PathBuf, Refused> {
+        let r = self.put_checked(build_id, bytes);
+        if r.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn put_checked(&self, build_id: &str, bytes: &[u8]) -> Result<PathBuf, Refused> {
+        use baton_model::limits::{inflate_to, LimitError};
         if !valid_build_id(build_id) {
-            return Err(format!(
+            return Err(Refused::bad(format!(
                 "{build_id:?} is not a build ID (hex, 8 to 128 digits)"
-            ));
+            )));
         }
-        // Agents send it gzip-compressed.
-        let unzipped;
-        let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
-            let mut out = Vec::new();
-            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut out)
-                .map_err(|e| format!("bad gzip stream: {e}"))?;
-            unzipped = out;
-            &unzipped[..]
-        } else {
-            bytes
+        let internal = |e: std::io::Error| Refused {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: e.to_string(),
         };
-        if !bytes.starts_with(b"\x7fELF") {
-            return Err("not an ELF file".into());
+        std::fs::create_dir_all(&self.dir).map_err(internal)?;
+        let used = self.space_used();
+        if used >= self.max_space {
+            return Err(Refused {
+                status: StatusCode::INSUFFICIENT_STORAGE,
+                message: format!(
+                    "the debug-info directory is full: {used} of {} bytes (--debuginfo-space)",
+                    self.max_space
+                ),
+            });
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
         let tmp = self
             .dir
             .join(format!(".{build_id}.tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
+        let written = std::fs::File::create(&tmp).map_err(internal).and_then(|f| {
+            let mut w = std::io::BufWriter::new(f);
+            let cap = self.max_bytes.min(self.max_space - used);
+            let n = inflate_to(
+                bytes,
+                bytes.starts_with(&[0x1f, 0x8b]),
+                &mut w,
+                cap,
+                b"\x7fELF",
+            )
+            .map_err(|e| match e {
+                LimitError::TooLarge { .. } => Refused {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    message: format!(
+                        "the debug info is over {cap} bytes decompressed \
+                                 (--max-debuginfo-bytes, --debuginfo-space)"
+                    ),
+                },
+                LimitError::Malformed(m) => Refused::bad(format!("not an ELF file: {m}")),
+            })?;
+            std::io::Write::flush(&mut w).map_err(internal)?;
+            Ok(n)
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         let found = baton_symbolizer::build_id_of(&tmp);
         if found.as_deref() != Some(build_id) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(format!(
+            return Err(Refused::bad(format!(
                 "the file's build ID is {}, not {build_id}",
                 found.as_deref().unwrap_or("absent")
-            ));
+            )));
         }
         let dest = self.dir.join(build_id);
-        std::fs::rename(&tmp, &dest).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &dest).map_err(internal)?;
         self.uploads.fetch_add(1, Ordering::Relaxed);
         self.wake();
         Ok(dest)
@@ -253,7 +340,7 @@ pub fn symbolizer_loop(
 pub(crate) async fn put_debuginfo(
     State(st): State<AppState>,
     Path(build_id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Some(d) = st.debuginfo.clone() else {
         return Err(ApiError(
@@ -261,12 +348,17 @@ pub(crate) async fn put_debuginfo(
             "this server keeps no debug info".into(),
         ));
     };
+    // A body over the route's limit is refused (413) before it is read whole, and counted.
+    let body = body.map_err(|e| {
+        d.refused.fetch_add(1, Ordering::Relaxed);
+        ApiError(e.status(), e.body_text())
+    })?;
     let bid = build_id.clone();
     let size = body.len();
     tokio::task::spawn_blocking(move || d.put(&bid, &body))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+        .map_err(|e| ApiError(e.status, e.message))?;
     tracing::info!(build_id, size, "debug info uploaded");
     Ok((
         StatusCode::CREATED,

@@ -35,6 +35,8 @@ pub struct IngestStats {
     pub samples: AtomicU64,
     pub duplicates: AtomicU64,
     pub refused: AtomicU64,
+    /// Of the refused, those past a size or count cap (413).
+    pub too_large: AtomicU64,
     pub bytes: AtomicU64,
     pub latency: LatencyStat,
 }
@@ -185,7 +187,7 @@ pub(crate) async fn ingest(
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let stats = st.ingest.clone();
@@ -193,6 +195,20 @@ pub(crate) async fn ingest(
         stats.refused.fetch_add(1, Ordering::Relaxed);
         ApiError(StatusCode::BAD_REQUEST, m)
     };
+    let too_large = |m: String| {
+        stats.refused.fetch_add(1, Ordering::Relaxed);
+        stats.too_large.fetch_add(1, Ordering::Relaxed);
+        ApiError(StatusCode::PAYLOAD_TOO_LARGE, m)
+    };
+    // A body over the route's limit is refused before it is read whole.
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(format!(
+            "{} (the limit is --max-body-bytes, {} bytes)",
+            e.body_text(),
+            st.limits.max_bytes
+        )),
+        _ => refuse(e.body_text()),
+    })?;
     let mut profiler = None;
     let mut batch_id = headers
         .get("x-baton-batch-id")
@@ -230,12 +246,19 @@ pub(crate) async fn ingest(
     }
     stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
     let now = baton_model::time::now_ms();
+    let limits = st.limits;
     let decoded = tokio::task::spawn_blocking(move || {
-        baton_model::wire::decode_batch(&body, profiler.as_deref(), &labels, now)
+        baton_model::wire::decode_batch_within(&body, profiler.as_deref(), &labels, now, &limits)
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let batch = decoded.map_err(|e| refuse(e.to_string()))?;
+    let batch = decoded.map_err(|e| {
+        if e.too_large() {
+            too_large(e.to_string())
+        } else {
+            refuse(e.to_string())
+        }
+    })?;
     let rows = batch.samples.len() as u64;
     let host = batch
         .samples

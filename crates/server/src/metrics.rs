@@ -95,8 +95,10 @@ const TABLE: &[Row] = rows![
         |st| Some(n(&st.ingest.batches));
     baton_ingest_duplicate_batches_total, COUNTER, "Ingested batches already stored under their batch id (not stored again).",
         |st| Some(n(&st.ingest.duplicates));
-    baton_ingest_refused_batches_total, COUNTER, "Uploads refused as malformed.",
+    baton_ingest_refused_batches_total, COUNTER, "Uploads refused: malformed, or past a size or count cap.",
         |st| Some(n(&st.ingest.refused));
+    baton_ingest_too_large_total, COUNTER, "Uploads refused past a size or count cap (413).",
+        |st| Some(n(&st.ingest.too_large));
     baton_ingest_bytes_total, COUNTER, "Bytes of pprof received.",
         |st| Some(n(&st.ingest.bytes));
     baton_ingest_request_seconds_count, COUNTER, "Ingest calls timed.",
@@ -109,6 +111,10 @@ const TABLE: &[Row] = rows![
         |st| Some(n(&st.auth_failures));
     baton_debuginfo_uploads_total, COUNTER, "Debug-info files stored by build ID.",
         |st| st.debuginfo.as_ref().map(|d| n(&d.uploads));
+    baton_debuginfo_refused_total, COUNTER, "Debug-info uploads refused: malformed, too big, no room, or the wrong build ID.",
+        |st| st.debuginfo.as_ref().map(|d| n(&d.refused));
+    baton_rate_limited_total, COUNTER, "API calls refused with 429: their token was past its rate.",
+        |st| st.rate.as_ref().map(|r| n(&r.refused));
     baton_symbols_late_total, COUNTER, "Symbols resolved after their samples were stored.",
         |st| st.debuginfo.as_ref().map(|d| n(&d.symbols_added));
     baton_fleet_hosts_up, GAUGE, "Hosts whose agent heartbeats.",
@@ -209,7 +215,7 @@ mod tests {
         let text = render(&st);
         let got = names(&text);
         assert_eq!(got[0], "baton_agent_x", "the agent's lines come first");
-        assert_eq!(got.len(), 1 + 9 + 2, "agent, ingest and auth, http");
+        assert_eq!(got.len(), 1 + 10 + 2, "agent, ingest and auth, http");
         assert!(text.contains(
             "# HELP baton_ingest_samples_total Sample rows stored from ingested batches.\n\
              # TYPE baton_ingest_samples_total counter\nbaton_ingest_samples_total 5\n"
@@ -242,6 +248,7 @@ mod tests {
             || 0,
             check,
         )));
+        st.rate = Some(Arc::new(crate::auth::RateLimit::new(1.0, 1.0)));
         let text = render(&st);
         let rows = TABLE
             .iter()

@@ -13,15 +13,14 @@ use axum::Router;
 use crate::handlers::{info, query, ui};
 use crate::{auth, debuginfo, fleet, ingest, metrics, runs, tls, AppState};
 
-/// The largest pprof upload.
-const INGEST_LIMIT: usize = 64 << 20;
-/// The largest debug-info upload.
-const DEBUGINFO_LIMIT: usize = 1 << 30;
-
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
+    // The largest bodies read: a pprof upload as sent (compressed or not) is at most what it
+    // may decompress to; a debug-info upload is streamed to disk within its own cap.
+    let ingest_limit = usize::try_from(state.limits.max_bytes).unwrap_or(usize::MAX);
+    let debuginfo_limit = usize::try_from(state.debuginfo_body_limit).unwrap_or(usize::MAX);
     local_routes()
-        .merge(fleet_routes())
+        .merge(fleet_routes(ingest_limit, debuginfo_limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::middleware,
@@ -54,7 +53,7 @@ fn local_routes() -> Router<AppState> {
 }
 
 /// What only `baton server` answers: the agents' calls, the hosts, ingest and debug info.
-fn fleet_routes() -> Router<AppState> {
+fn fleet_routes(ingest_limit: usize, debuginfo_limit: usize) -> Router<AppState> {
     Router::new()
         .route("/api/v1/hosts", get(fleet::handlers::hosts))
         .route("/api/v1/tuner", get(fleet::handlers::tuner))
@@ -62,13 +61,13 @@ fn fleet_routes() -> Router<AppState> {
         .route("/api/v1/agents/heartbeat", post(fleet::handlers::heartbeat))
         .route(
             "/api/v1/ingest",
-            post(ingest::ingest).layer(DefaultBodyLimit::max(INGEST_LIMIT)),
+            post(ingest::ingest).layer(DefaultBodyLimit::max(ingest_limit)),
         )
         .route(
             "/api/v1/debuginfo/{build_id}",
             get(debuginfo::has_debuginfo)
                 .put(debuginfo::put_debuginfo)
-                .layer(DefaultBodyLimit::max(DEBUGINFO_LIMIT)),
+                .layer(DefaultBodyLimit::max(debuginfo_limit)),
         )
 }
 

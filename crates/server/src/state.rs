@@ -101,6 +101,12 @@ pub struct AppState {
     pub store_cpu: Option<StoreCpu>,
     pub(crate) requests: Arc<AtomicU64>,
     pub(crate) query_errors: Arc<AtomicU64>,
+    /// Caps on what an ingested body may expand to and hold.
+    pub limits: baton_model::limits::Limits,
+    /// The largest debug-info upload read, compressed as sent.
+    pub debuginfo_body_limit: u64,
+    /// Requests per token: past its rate a token gets 429.
+    pub rate: Option<Arc<crate::auth::RateLimit>>,
 }
 
 impl AppState {
@@ -129,6 +135,9 @@ impl AppState {
             store_cpu: None,
             requests: Arc::default(),
             query_errors: Arc::default(),
+            limits: baton_model::limits::Limits::default(),
+            debuginfo_body_limit: 1 << 30,
+            rate: None,
         }
     }
 

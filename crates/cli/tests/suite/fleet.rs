@@ -8,6 +8,7 @@ mod auth;
 mod control_plane;
 mod foreign;
 mod history;
+mod hostile;
 mod hosts;
 mod outages;
 mod symbols;

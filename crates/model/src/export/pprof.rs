@@ -403,18 +403,35 @@ pub enum DecodeError {
     Gzip(io::Error),
     #[error("bad protobuf: {0}")]
     Proto(#[from] prost::DecodeError),
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
 }
 
-/// Decodes a pprof file, gzip-compressed or not.
-pub fn decode(bytes: &[u8]) -> Result<PbProfile, DecodeError> {
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut raw = Vec::new();
-        let mut d = flate2::read::GzDecoder::new(bytes);
-        io::Read::read_to_end(&mut d, &mut raw).map_err(DecodeError::Gzip)?;
-        Ok(PbProfile::decode(raw.as_slice())?)
-    } else {
-        Ok(PbProfile::decode(bytes)?)
+impl DecodeError {
+    /// Whether the input was refused for its size rather than its form (HTTP 413, not 400).
+    pub fn too_large(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::Limit(crate::limits::LimitError::TooLarge { .. })
+        )
     }
+}
+
+/// Decodes a pprof file from an untrusted source, gzip-compressed or not: refused, before
+/// anything is decoded, when it expands past `limits.max_bytes` or lists more elements than
+/// `limits` allow.
+pub fn decode_within(
+    bytes: &[u8],
+    limits: &crate::limits::Limits,
+) -> Result<PbProfile, DecodeError> {
+    let raw = crate::limits::inflate(bytes, limits.max_bytes)?;
+    crate::limits::check_pprof(&raw, limits)?;
+    Ok(PbProfile::decode(raw.as_ref())?)
+}
+
+/// Decodes a pprof file, gzip-compressed or not, within the default [`crate::limits::Limits`].
+pub fn decode(bytes: &[u8]) -> Result<PbProfile, DecodeError> {
+    decode_within(bytes, &crate::limits::Limits::default())
 }
 
 #[cfg(test)]

@@ -63,11 +63,13 @@ fn render(metrics: &AgentMetrics, outbox: &Outbox) -> String {
     baton_model::prom::render(&lines)
 }
 
-/// Binds `listen` and serves `/metrics` and `/healthz` on a runtime of its own.
+/// Binds `listen` and serves `/metrics` and `/healthz` on a runtime of its own. With `token`,
+/// `/metrics` answers only `Authorization: Bearer TOKEN` (401 otherwise).
 pub(super) fn serve(
     listen: &str,
     metrics: Arc<AgentMetrics>,
     outbox: Arc<Outbox>,
+    token: Option<String>,
 ) -> Result<(MetricsServer, std::net::SocketAddr), Error> {
     use axum::routing::get;
     let listener = std::net::TcpListener::bind(listen).map_err(|error| Error::Listen {
@@ -81,12 +83,29 @@ pub(super) fn serve(
         .enable_all()
         .build()?;
     let text = Arc::new(move || render(&metrics, &outbox));
+    let token = Arc::new(token);
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(move || {
-                let t = text.clone();
-                async move { t() }
+            get(move |headers: axum::http::HeaderMap| {
+                let (t, token) = (text.clone(), token.clone());
+                async move {
+                    use axum::response::IntoResponse;
+                    let given = headers
+                        .get(axum::http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .map(str::trim);
+                    match token.as_deref() {
+                        Some(want) if given != Some(want) => (
+                            axum::http::StatusCode::UNAUTHORIZED,
+                            "a token is needed: send Authorization: Bearer TOKEN \
+                             (the agent's --metrics-token-file)\n",
+                        )
+                            .into_response(),
+                        _ => t().into_response(),
+                    }
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));

@@ -49,6 +49,8 @@ pub struct AgentOptions {
     pub host: String,
     /// Address of the agent's own `/metrics`.
     pub listen: String,
+    /// The token `/metrics` asks for, when given.
+    pub metrics_token: Option<String>,
     /// Continuous frequency; wins over the config's.
     pub frequency: Option<u64>,
     /// Whole-host window length; wins over the config's.
@@ -128,8 +130,12 @@ pub fn run(a: AgentOptions) -> Result<(), Error> {
             .spawn(move || outbox.ship_loop(&client, &host, upload, stop_requested))
             .map_err(Error::io("starting the shipper"))?
     };
-    let (metrics_server, metrics_addr) =
-        metrics_http::serve(&a.listen, metrics.clone(), outbox.clone())?;
+    let (metrics_server, metrics_addr) = metrics_http::serve(
+        &a.listen,
+        metrics.clone(),
+        outbox.clone(),
+        a.metrics_token.clone(),
+    )?;
     eprintln!("baton agent: metrics at http://{metrics_addr}/metrics");
     let control = Control {
         client: client.clone(),
