@@ -18,6 +18,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// The most bytes of one answer from a server the agent reads.
+const MAX_ANSWER_BYTES: u64 = 64 << 20;
+
 use baton_model::sync;
 use baton_server::leader::LEADER_HEADER;
 
@@ -358,14 +361,23 @@ fn read_answer(
         .map(|v| v.trim().trim_end_matches('/'))
         .filter(|v| v.starts_with("http://") || v.starts_with("https://"))
         .map(str::to_string);
+    // A server's answer (a config, a run list) is read up to a cap, so a broken or hostile
+    // server cannot make the agent allocate without bound.
     let mut body = Vec::new();
     resp.into_body()
         .into_reader()
+        .take(MAX_ANSWER_BYTES + 1)
         .read_to_end(&mut body)
         .map_err(|source| ClientError::Response {
             base: base.to_string(),
             source,
         })?;
+    if body.len() as u64 > MAX_ANSWER_BYTES {
+        return Err(ClientError::Response {
+            base: base.to_string(),
+            source: std::io::Error::other(format!("the answer is over {MAX_ANSWER_BYTES} bytes")),
+        });
+    }
     Ok(Answer {
         status,
         body,

@@ -183,6 +183,9 @@ impl IngestQueue {
 const RESERVED: &[&str] = &["profiler", "batch_id"];
 
 /// `POST /api/v1/ingest`
+/// The most labels an ingest's query string may set.
+const MAX_QUERY_LABELS: usize = 64;
+
 pub(crate) async fn ingest(
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
@@ -234,6 +237,15 @@ pub(crate) async fn ingest(
                 labels.insert(key.to_string(), v.to_string());
             }
         }
+    }
+    if labels.len() > MAX_QUERY_LABELS {
+        return Err(refuse(format!(
+            "{} labels in the query: at most {MAX_QUERY_LABELS}",
+            labels.len()
+        )));
+    }
+    if labels.values().any(|v| v.len() > 1024) {
+        return Err(refuse("a label value is over 1024 bytes".into()));
     }
     if batch_id
         .as_ref()

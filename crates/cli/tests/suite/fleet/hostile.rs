@@ -104,6 +104,16 @@ fn hostile_bodies_are_refused_within_bounded_memory() {
     let text = String::from_utf8_lossy(&out);
     assert_eq!(code, 413, "2,000 samples: {text}");
     assert!(text.contains("--max-samples"), "{text}");
+    // A query string with more labels than an ingest takes.
+    let labels: String = (0..65).map(|i| format!("&l{i}=x")).collect();
+    let (code, out) = http_req(
+        &server.addr,
+        "POST",
+        &format!("/api/v1/ingest?profiler=x{labels}"),
+        None,
+        &many,
+    );
+    assert_eq!(code, 400, "65 labels: {}", String::from_utf8_lossy(&out));
     // Truncated: a sample whose length runs past the end; gzip cut short.
     let (code, _) = http_req(
         &server.addr,
@@ -117,7 +127,7 @@ fn hostile_bodies_are_refused_within_bounded_memory() {
     assert_eq!(code, 400);
     assert_eq!(
         metric(&server.addr, "baton_ingest_refused_batches_total"),
-        refused + 4.0
+        refused + 5.0
     );
     assert_eq!(metric(&server.addr, "baton_ingest_too_large_total"), 2.0);
 
