@@ -305,6 +305,20 @@ mod tests {
     }
 
     #[test]
+    fn a_profiler_over_the_host_wide_budget_is_downsampled_with_raised_weights() {
+        let mut w = WriteBudgets::default();
+        let mut b = batch(&[("", 10_000)]);
+        w.admit_batch(&mut b, |_| None, 1_000, 0);
+        let kept = b.samples.len();
+        assert!((800..1_200).contains(&kept), "{kept}");
+        // Every kept row stands for the ten it was drawn from.
+        assert!(b.samples.iter().all(|s| (s.weight - 10.0).abs() < 1e-9));
+        assert!((weighted(&b, "") / 10_000.0 - 1.0).abs() < 0.15);
+        assert_eq!(w.per_key["cpu"].batches_downsampled, 1);
+        assert_eq!(w.per_key["cpu"].rows_dropped, 10_000 - kept as u64);
+    }
+
+    #[test]
     fn downsampling_keeps_weighted_sums_unbiased() {
         let p = 0.1;
         let n = 200_000u64;
