@@ -279,10 +279,20 @@ fn the_overhead_guard_lowers_the_frequency_then_stops_when_over_budget() {
         .arg("8")
         .spawn()
         .expect("workload");
-    eventually(40, "the guard to lower the frequency", || {
+    // It halves the frequency at each check over budget (99, 49, 24, …, 1): the first lower
+    // frequency seen is one of those halvings, and not 1 (the checks are 2 s apart, the status
+    // is read every 0.5 s).
+    let chain: Vec<u64> =
+        std::iter::successors(Some(99u64), |f| (*f > 1).then(|| (f / 2).max(1))).collect();
+    let first = eventually(40, "the guard to lower the frequency", || {
         let s = http_json(&up.addr, "/api/v1/status");
-        (s["frequency_hz"].as_u64().is_some_and(|f| f < 99)).then_some(())
+        s["frequency_hz"].as_u64().filter(|&f| f < 99)
     });
+    eprintln!("first lowered frequency: {first} Hz (halvings: {chain:?})");
+    assert!(
+        chain.contains(&first) && first > 1,
+        "the guard went from 99 Hz to {first} Hz, not by halving"
+    );
     let (_, m) = http_get(&up.addr, "/metrics");
     let m = String::from_utf8_lossy(&m).to_string();
     let throttled: f64 = m
