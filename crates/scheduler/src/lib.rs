@@ -485,6 +485,14 @@ impl Scheduler {
         })
     }
 
+    /// Records the options a run starts with, once the config's `[profilers.NAME] options` are
+    /// merged into the request's, so the run says what it ran with.
+    pub fn set_options(&mut self, id: u64, options: BTreeMap<String, String>) {
+        if let Some(r) = self.runs.get_mut(&id) {
+            r.request.options = options;
+        }
+    }
+
     /// Lowers a run's frequency (the overhead guard's cap); never raises it.
     pub fn lower_frequency(&mut self, id: u64, hz: u64) {
         if let Some(r) = self.runs.get_mut(&id) {

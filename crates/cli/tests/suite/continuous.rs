@@ -301,6 +301,11 @@ continuous = [{ profiler = "syscalls", target_samples_per_hour = 1000000, durati
     });
     eprintln!("run: {run}");
     assert_eq!(run["profiler"], "syscalls");
+    // The run started with the config's option, and says so.
+    assert_eq!(
+        run["options"]["max_stacks_per_sec"], "5",
+        "the config's profiler option is not the run's: {run}"
+    );
     let id = run["id"].as_u64().expect("id");
     let h = http_json(
         &up.addr,

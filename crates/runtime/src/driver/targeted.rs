@@ -44,8 +44,12 @@ impl Driver {
         if let Some(live) = &self.live {
             let l = sync::read(live);
             if let Some(o) = l.config.as_ref().and_then(|c| c.profilers.get(&profiler)) {
+                let before = options.len();
                 for (k, v) in &o.options {
                     options.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                if options.len() != before {
+                    sync::lock(&self.scheduler).set_options(id, options.clone());
                 }
             }
         }
