@@ -208,11 +208,65 @@ fn all_outputs_are_written() {
                 .is_some_and(|(_, n)| n.parse::<u64>().is_ok()))),
             "p.speedscope.json" => {
                 let v: serde_json::Value = serde_json::from_str(&text).expect("speedscope json");
-                assert_eq!(v["profiles"][0]["type"], "sampled");
+                check_speedscope(&v);
             }
             _ => assert!(text.contains("<svg")),
         }
     }
+}
+
+/// A speedscope document from `split`: every sample names frames that exist, root first; the
+/// weights add up to the profile's span; and the leaves split about 75/25, as the workload
+/// burns.
+fn check_speedscope(v: &serde_json::Value) {
+    let p = &v["profiles"][0];
+    assert_eq!(p["type"], "sampled");
+    assert_eq!(p["unit"], "nanoseconds", "{}", p["unit"]);
+    let frames = v["shared"]["frames"].as_array().expect("frames");
+    let names: Vec<&str> = frames
+        .iter()
+        .map(|f| f["name"].as_str().expect("a frame's name"))
+        .collect();
+    let samples = p["samples"].as_array().expect("samples");
+    let weights: Vec<f64> = p["weights"]
+        .as_array()
+        .expect("weights")
+        .iter()
+        .map(|w| w.as_f64().expect("a weight"))
+        .collect();
+    assert_eq!(samples.len(), weights.len());
+    assert!(!samples.is_empty());
+    let total: f64 = weights.iter().sum();
+    let span =
+        p["endValue"].as_f64().expect("endValue") - p["startValue"].as_f64().expect("startValue");
+    assert!(
+        (total - span).abs() <= 1e-6 * span.max(1.0),
+        "weights {total} vs span {span}"
+    );
+    let (mut hot, mut cold) = (0.0, 0.0);
+    for (s, w) in samples.iter().zip(&weights) {
+        let stack: Vec<&str> = s
+            .as_array()
+            .expect("a sample")
+            .iter()
+            .map(|i| names[i.as_u64().expect("an index") as usize])
+            .collect();
+        match stack.last().copied() {
+            Some("leaf_hot") => {
+                assert!(stack.ends_with(&["main", "mid", "leaf_hot"]), "{stack:?}");
+                hot += w;
+            }
+            Some("leaf_cold") => cold += w,
+            _ => {}
+        }
+    }
+    let share = hot / total;
+    assert!(
+        (0.65..=0.85).contains(&share) && cold / total > 0.15,
+        "leaf_hot {:.1}%, leaf_cold {:.1}% of the weight, not about 75/25",
+        100.0 * share,
+        100.0 * cold / total
+    );
 }
 
 #[test]
