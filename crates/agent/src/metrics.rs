@@ -400,60 +400,88 @@ pub fn self_rss_bytes() -> f64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_threads_cpu_clock_counts_its_own_work_only() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let h = std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tx.send(unsafe { libc::gettid() } as u32).expect("send");
-            let t0 = std::time::Instant::now();
-            let mut x = 1u64;
-            while t0.elapsed() < std::time::Duration::from_millis(200) {
-                x = std::hint::black_box(x.wrapping_mul(3).wrapping_add(1));
-            }
-            done_rx.recv().expect("recv");
-        });
-        let tid = rx.recv().expect("tid");
-        assert!(thread_ids().contains(&tid));
-        std::thread::sleep(std::time::Duration::from_millis(400));
-        let busy = thread_cpu_ns(tid);
-        // SAFETY: gettid has no preconditions.
-        let me = thread_cpu_ns(unsafe { libc::gettid() } as u32);
-        done_tx.send(()).expect("send");
-        h.join().expect("join");
-        assert!(
-            (150_000_000..400_000_000).contains(&busy),
-            "the burning thread used {busy} ns"
-        );
-        assert!(me < busy / 2, "the sleeping thread used {me} ns");
+    /// This thread's CPU clock, as it reads it itself.
+    fn own_cpu_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
 
+    /// Burns this thread's CPU until its own clock has advanced `ns`.
+    fn burn(ns: u64) {
+        let start = own_cpu_ns();
+        let mut x = 1u64;
+        while own_cpu_ns() - start < ns {
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_mul(3).wrapping_add(1));
+            }
+        }
+    }
+
+    /// Another thread's clock, read by id, lies between what that thread read of its own clock
+    /// before and after: no assumption on how fast anything runs.
+    #[test]
+    fn a_threads_cpu_clock_is_read_by_its_id() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            burn(20_000_000);
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() } as u32;
+            tx.send((tid, own_cpu_ns())).expect("send");
+            go_rx.recv().expect("recv");
+            own_cpu_ns()
+        });
+        let (tid, before) = rx.recv().expect("tid");
+        assert!(thread_ids().contains(&tid));
+        let read = thread_cpu_ns(tid);
+        go_tx.send(()).expect("send");
+        let after = h.join().expect("join");
+        assert!(
+            (before..=after).contains(&read),
+            "read {read} ns, the thread saw {before} then {after}"
+        );
+        assert!(before >= 20_000_000);
+        // This thread's own, the same way.
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() } as u32;
+        let (a, r, b) = (own_cpu_ns(), thread_cpu_ns(me), own_cpu_ns());
+        assert!((a..=b).contains(&r), "{a} <= {r} <= {b}");
+    }
+
+    /// A named thread's CPU from `/proc` ticks (utime + stime, which the kernel scales to the
+    /// thread's precise runtime and then truncates, each, to whole ticks) is at most two ticks
+    /// under its own clock and never over it; and it is kept once the thread exits.
     #[test]
     fn thread_cpu_keeps_what_an_exited_thread_used() {
         let mut t = ThreadCpu::default();
         assert_eq!(t.seconds("baton-t-burn"), 0.0);
         let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let h = std::thread::Builder::new()
             .name("baton-t-burn".into())
             .spawn(move || {
-                let end = std::time::Instant::now() + std::time::Duration::from_millis(300);
-                let mut x = 1u64;
-                while std::time::Instant::now() < end {
-                    x = std::hint::black_box(x.wrapping_mul(3).wrapping_add(1));
-                }
-                tx.send(()).ok();
-                // Stay alive until the reading below, then exit.
-                std::thread::sleep(std::time::Duration::from_millis(300));
+                burn(100_000_000);
+                tx.send(own_cpu_ns()).ok();
+                go_rx.recv().ok();
+                own_cpu_ns()
             })
             .expect("spawn");
-        rx.recv().expect("burned");
+        let before = rx.recv().expect("burned") as f64 / 1e9;
         let during = t.seconds("baton-t-burn");
-        h.join().expect("join");
-        let after = t.seconds("baton-t-burn");
-        // 300 ms of wall time spinning: at least 0.1 s of CPU even on a busy machine.
-        assert!(during >= 0.1, "{during}");
-        assert_eq!(after, during, "the exited thread's time is kept");
+        go_tx.send(()).expect("send");
+        let after = h.join().expect("join") as f64 / 1e9;
+        let tick = 1.0 / crate::observe::clk_tck();
+        assert!(
+            during >= before - 2.0 * tick - 1e-9 && during <= after + 1e-9,
+            "read {during} s, the thread saw {before} then {after} s (a tick is {tick} s)"
+        );
+        let gone = t.seconds("baton-t-burn");
+        assert_eq!(gone, during, "the exited thread's time is kept");
         assert_eq!(t.seconds("no-such-thread"), during);
     }
 }

@@ -39,12 +39,21 @@ impl ProcessCpu {
     /// The busiest of `pids` since the previous call, in percent of one CPU. A pid seen for the
     /// first time has no rate yet.
     pub fn busiest(&mut self, pids: &[u32]) -> Option<f64> {
-        let now = Instant::now();
-        let tck = clk_tck();
+        self.busiest_at(pids, Instant::now(), clk_tck(), process_ticks)
+    }
+
+    /// [`ProcessCpu::busiest`] at `now`, with `ticks` (at `tck` a second) read by `read`.
+    fn busiest_at(
+        &mut self,
+        pids: &[u32],
+        now: Instant,
+        tck: f64,
+        read: impl Fn(u32) -> Option<u64>,
+    ) -> Option<f64> {
         let mut best: Option<f64> = None;
         let mut seen = HashMap::with_capacity(pids.len());
         for &pid in pids {
-            let Some(t) = process_ticks(pid) else {
+            let Some(t) = read(pid) else {
                 continue;
             };
             if let Some((t0, i0)) = self.last.get(&pid) {
@@ -159,11 +168,20 @@ impl RssWatch {
     /// The fastest-growing of `pids`, in bytes per second over the window; `None` until some pid
     /// has been watched for a whole window. A process that appears or exits is never growth.
     pub fn fastest(&mut self, pids: &[u32]) -> Option<f64> {
-        let now = Instant::now();
+        self.fastest_at(pids, Instant::now(), rss_bytes)
+    }
+
+    /// [`RssWatch::fastest`] at `now`, with each pid's RSS read by `read`.
+    fn fastest_at(
+        &mut self,
+        pids: &[u32],
+        now: Instant,
+        read: impl Fn(u32) -> Option<u64>,
+    ) -> Option<f64> {
         let mut best: Option<f64> = None;
         let mut keep = HashMap::with_capacity(pids.len());
         for &pid in pids {
-            let Some(rss) = rss_bytes(pid) else {
+            let Some(rss) = read(pid) else {
                 continue;
             };
             let mut h = self.history.remove(&pid).unwrap_or_default();
@@ -251,39 +269,46 @@ impl HeapWatch {
 mod tests {
     use super::*;
 
+    /// Rates from given readings and times: nothing here depends on how fast the machine is.
     #[test]
-    fn a_busy_thread_reads_near_100_percent() {
+    fn the_busiest_process_is_its_ticks_over_the_time_between_calls() {
         let mut p = ProcessCpu::default();
-        let me = std::process::id();
-        assert_eq!(p.busiest(&[me]), None);
-        let end = Instant::now() + std::time::Duration::from_millis(300);
-        let mut x = 1u64;
-        while Instant::now() < end {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-        }
-        let pct = p.busiest(&[me]).expect("a rate");
-        assert!(pct > 50.0, "busy loop read {pct:.1}%");
+        let t0 = Instant::now();
+        let ticks = |a: u64, b: u64| move |pid: u32| if pid == 1 { Some(a) } else { Some(b) };
+        assert_eq!(p.busiest_at(&[1, 2], t0, 100.0, ticks(1_000, 50)), None);
+        // 2 s later: pid 1 used 150 ticks (1.5 s of CPU at 100 a second), pid 2 used 20.
+        let later = t0 + Duration::from_secs(2);
+        let pct = p.busiest_at(&[1, 2], later, 100.0, ticks(1_150, 70));
+        assert_eq!(pct, Some(75.0));
+        // A pid that cannot be read is skipped; a new one has no rate yet.
+        let p3 = p.busiest_at(&[3], later + Duration::from_secs(1), 100.0, |_| None);
+        assert_eq!(p3, None);
+        // The real reading of this process works.
+        assert!(process_ticks(std::process::id()).is_some());
         let mut h = HostCpu::default();
-        assert!(h.percent().is_none());
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(h.percent().is_some_and(|v| (0.0..=100.0).contains(&v)));
+        assert!(h.percent().is_none(), "the first reading only primes");
     }
 
     #[test]
-    fn rss_growth_is_seen_once_a_window_has_passed() {
-        let me = std::process::id();
-        let mut w = RssWatch::new(Duration::from_millis(200));
-        assert_eq!(w.fastest(&[me]), None);
-        let mut hold = Vec::new();
-        for _ in 0..6 {
-            // 8 MiB, touched so it is resident.
-            hold.push(vec![1u8; 8 << 20]);
-            std::thread::sleep(Duration::from_millis(50));
-            w.fastest(&[me]);
-        }
-        let rate = w.fastest(&[me]).expect("a rate");
-        assert!(rate > 10.0 * 1024.0 * 1024.0, "grew at {rate} B/s");
-        assert!(std::hint::black_box(&hold).len() == 6);
+    fn rss_growth_is_measured_over_a_whole_window() {
+        let mut w = RssWatch::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mib = |n: u64| move |_: u32| Some(n << 20);
+        assert_eq!(w.fastest_at(&[7], at(0), mib(100)), None);
+        assert_eq!(
+            w.fastest_at(&[7], at(2), mib(120)),
+            None,
+            "not a window yet"
+        );
+        // After 5 s: 50 MiB more, 10 MiB a second.
+        assert_eq!(w.fastest_at(&[7], at(5), mib(150)), Some(10.0 * 1048576.0));
+        // The base moves up: from the sample at 2 s, 70 MiB over 5 s.
+        assert_eq!(w.fastest_at(&[7], at(7), mib(190)), Some(14.0 * 1048576.0));
+        // A process that is gone is forgotten.
+        assert_eq!(w.fastest_at(&[8], at(8), |_| None), None);
+        assert!(w.history.is_empty());
+        assert!(rss_bytes(std::process::id()).is_some_and(|b| b > 0));
     }
 
     fn heap_batch(ts_ms: i64, rows: &[(&str, &str, i64)]) -> baton_model::Batch {

@@ -271,7 +271,8 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         }
     }
     print_histograms(&report.batch.histograms);
-    if stats.dwarf_copied > 0 {
+    // Always said where DWARF unwinding is on, so "none copied" reads as 0, not as silence.
+    if stats.dwarf_copied > 0 || a.unwind == crate::UnwindMode::Auto {
         eprintln!(
             "user stacks without frame pointers: {} unwound from DWARF CFI ({} to the outermost \
              frame, {} fell back to frame pointers); unwind tables: {:.2} MiB at most",

@@ -72,8 +72,10 @@ fn total_value(rows: &serde_json::Value, function: &str) -> f64 {
         .expect("rows")
         .iter()
         .find(|r| r["function"] == function)
-        .and_then(|r| r["total_value"].as_f64())
-        .unwrap_or(0.0)
+        // A function not in the table has 0; a row without the field is a broken table.
+        .map_or(0.0, |r| {
+            r["total_value"].as_f64().expect("a row's total_value")
+        })
 }
 
 /// bpftrace processes running one of Baton's wrapped scripts.

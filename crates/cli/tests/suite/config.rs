@@ -237,7 +237,11 @@ fn a_service_over_its_own_write_budget_is_cut_alone() {
     eprintln!("budgets: {budgets}");
     // The host's own budget was never touched: only the service was cut.
     // (No `cpu` entry yet means no batch reached it: nothing cut there either.)
-    let host_cut = |k: &str| budgets["cpu"][k].as_u64().unwrap_or(0);
+    let host_cut = |k: &str| {
+        budgets
+            .get("cpu")
+            .map_or(0, |c| c[k].as_u64().expect("a write budget's counter"))
+    };
     assert_eq!(host_cut("batches_refused"), 0, "{budgets}");
     assert_eq!(host_cut("batches_downsampled"), 0, "{budgets}");
     // Rows kept are labelled with the service.

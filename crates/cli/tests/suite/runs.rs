@@ -350,7 +350,7 @@ fn an_offcpu_run_through_up_measures_ten_sleeps_of_200_ms() {
     // The CPU profile is not mixed with it.
     let cpu = http_json(&up.addr, "/api/v1/top?since=10m&filter=comm%3Dsleeper");
     assert!(
-        cpu["total"].as_f64().unwrap_or(0.0) < 0.5e9,
+        cpu["total"].as_f64().expect("the top table's total") < 0.5e9,
         "off-CPU time leaked into the cpu profile: {cpu}"
     );
     up.stop();
