@@ -126,6 +126,63 @@ impl WireError {
     }
 }
 
+/// What an ingest's query string says: `profiler=NAME&batch_id=ID&LABEL=VALUE…`.
+#[derive(Debug, Default, PartialEq)]
+pub struct IngestQuery {
+    pub profiler: Option<String>,
+    pub batch_id: Option<String>,
+    pub labels: Labels,
+}
+
+/// The most labels an ingest's query string may set, and the longest value.
+pub const MAX_QUERY_LABELS: usize = 64;
+pub const MAX_LABEL_VALUE: usize = 1024;
+
+/// Reads an ingest's query string (a batch id in the query wins over `header_batch_id`).
+/// Label names are 1 to 64 lower-case letters, digits and `_`; at most [`MAX_QUERY_LABELS`]
+/// labels, each value at most [`MAX_LABEL_VALUE`] bytes; a batch id is 1 to 200 characters.
+pub fn parse_ingest_query(q: &str, header_batch_id: Option<String>) -> Result<IngestQuery, String> {
+    let mut out = IngestQuery {
+        batch_id: header_batch_id,
+        ..IngestQuery::default()
+    };
+    for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+        match k.as_ref() {
+            "profiler" => out.profiler = Some(v.to_string()),
+            "batch_id" => out.batch_id = Some(v.to_string()),
+            key => {
+                let ok = !key.is_empty()
+                    && key.len() <= 64
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                if !ok {
+                    return Err(format!(
+                        "bad label name {key:?}: use lower-case letters, digits and _"
+                    ));
+                }
+                if v.len() > MAX_LABEL_VALUE {
+                    return Err(format!(
+                        "the value of {key} is over {MAX_LABEL_VALUE} bytes"
+                    ));
+                }
+                out.labels.insert(key.to_string(), v.to_string());
+                if out.labels.len() > MAX_QUERY_LABELS {
+                    return Err(format!("more than {MAX_QUERY_LABELS} labels in the query"));
+                }
+            }
+        }
+    }
+    if out
+        .batch_id
+        .as_ref()
+        .is_some_and(|b| b.is_empty() || b.len() > 200)
+    {
+        return Err("batch_id must be 1 to 200 characters".into());
+    }
+    Ok(out)
+}
+
 /// Encodes a batch as gzip pprof, losing nothing the store keeps.
 pub fn encode_batch(b: &Batch) -> Vec<u8> {
     let samples = b

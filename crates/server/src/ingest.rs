@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use baton_model::sync::{lock, wait_timeout};
-use baton_model::{FrameKind, Labels};
+use baton_model::FrameKind;
 use baton_store::Store;
 
 use crate::api::Ingested;
@@ -179,13 +179,7 @@ impl IngestQueue {
     }
 }
 
-/// Query keys that are not labels.
-const RESERVED: &[&str] = &["profiler", "batch_id"];
-
 /// `POST /api/v1/ingest`
-/// The most labels an ingest's query string may set.
-const MAX_QUERY_LABELS: usize = 64;
-
 pub(crate) async fn ingest(
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
@@ -212,47 +206,16 @@ pub(crate) async fn ingest(
         )),
         _ => refuse(e.body_text()),
     })?;
-    let mut profiler = None;
-    let mut batch_id = headers
+    let header_batch_id = headers
         .get("x-baton-batch-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let mut labels = Labels::new();
-    for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
-        match k.as_ref() {
-            "profiler" => profiler = Some(v.to_string()),
-            "batch_id" => batch_id = Some(v.to_string()),
-            key => {
-                let ok = !key.is_empty()
-                    && key.len() <= 64
-                    && key
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                    && !RESERVED.contains(&key);
-                if !ok {
-                    return Err(refuse(format!(
-                        "bad label name {key:?}: use lower-case letters, digits and _"
-                    )));
-                }
-                labels.insert(key.to_string(), v.to_string());
-            }
-        }
-    }
-    if labels.len() > MAX_QUERY_LABELS {
-        return Err(refuse(format!(
-            "{} labels in the query: at most {MAX_QUERY_LABELS}",
-            labels.len()
-        )));
-    }
-    if labels.values().any(|v| v.len() > 1024) {
-        return Err(refuse("a label value is over 1024 bytes".into()));
-    }
-    if batch_id
-        .as_ref()
-        .is_some_and(|b| b.is_empty() || b.len() > 200)
-    {
-        return Err(refuse("batch_id must be 1 to 200 characters".into()));
-    }
+    let baton_model::wire::IngestQuery {
+        profiler,
+        batch_id,
+        labels,
+    } = baton_model::wire::parse_ingest_query(q.as_deref().unwrap_or(""), header_batch_id)
+        .map_err(refuse)?;
     if body.is_empty() {
         return Err(refuse("empty body: send a pprof file".into()));
     }

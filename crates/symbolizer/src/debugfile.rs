@@ -22,14 +22,18 @@ pub fn debug_only(data: &[u8]) -> Result<Vec<u8>, String> {
     }
     // The ELF header and program headers are copied as they are, from the start of the file.
     let phoff = header.e_phoff.get(endian);
+    // Checked: a hostile header's offset plus table size can overflow (a fuzzer found one).
     let ph_end = if header.e_phnum.get(endian) == 0 {
-        u64::from(header.e_ehsize.get(endian))
+        Some(u64::from(header.e_ehsize.get(endian)))
     } else {
-        phoff + u64::from(header.e_phnum.get(endian)) * u64::from(header.e_phentsize.get(endian))
+        u64::from(header.e_phnum.get(endian))
+            .checked_mul(u64::from(header.e_phentsize.get(endian)))
+            .and_then(|n| phoff.checked_add(n))
     };
-    if ph_end > 1 << 16 || ph_end as usize > data.len() {
-        return Err("program headers are not near the start of the file".into());
-    }
+    let ph_end = match ph_end {
+        Some(e) if e <= 1 << 16 && e as usize <= data.len() => e,
+        _ => return Err("program headers are not near the start of the file".into()),
+    };
     // A dynamic symbol table's string table is kept with it.
     let mut keep: Vec<bool> = sections.iter().map(|s| wanted(s, endian)).collect();
     for s in sections {
@@ -84,6 +88,28 @@ fn wanted(s: &SectionHeader64<Endianness>, endian: Endianness) -> bool {
 mod tests {
     use super::*;
     use crate::{build_id_of, ElfSymbolizer};
+
+    /// Inputs the fuzzer (bench/fuzz.sh) crashed on, kept in fuzz/regressions/elf_cutter: each
+    /// is now refused with an error.
+    #[test]
+    fn inputs_a_fuzzer_found_are_refused() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/regressions/elf_cutter");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).expect("fuzz/regressions/elf_cutter") {
+            let path = e.expect("entry").path();
+            let data = std::fs::read(&path).expect("read");
+            let r = debug_only(&data);
+            assert!(
+                r.is_err(),
+                "{} was cut: {} bytes",
+                path.display(),
+                r.map_or(0, |v| v.len())
+            );
+            n += 1;
+        }
+        assert!(n > 0, "no regression inputs in {}", dir.display());
+    }
 
     #[inline(never)]
     fn a_function_to_find() -> u64 {

@@ -14,6 +14,17 @@ mod process;
 pub use def::{info_of, wrapped_script};
 pub use process::{bpftrace_path, children_cost, dry_run, start, AdhocProfiler};
 
+/// Feeds `output`, line by line, to the parser of bpftrace's JSON output as a run of `def`
+/// would, and returns the events and histograms it made (or the first error). For the fuzz
+/// targets (`fuzz/`) and tests: no bpftrace runs.
+pub fn parse_output(def: &baton_config::adhoc::AdhocDef, output: &str) -> Result<usize, String> {
+    let mut s = parse::Shared::default();
+    for line in output.lines() {
+        parse::parse_line(line.trim_end(), def, &[], &mut s)?;
+    }
+    Ok(s.ready.events.len() + s.ready.histograms.len())
+}
+
 #[cfg(test)]
 mod tests {
     use baton_config::adhoc::AdhocDef;

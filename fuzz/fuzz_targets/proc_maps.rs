@@ -1,0 +1,8 @@
+//! `/proc/PID/maps` text.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let _ = baton_symbolizer::parse_maps(&text);
+});
