@@ -159,13 +159,21 @@ impl Outbox {
         let id = format!("{}.{seq}", self.id_prefix);
         let path = self.dir.join(format!("{seq:016}-{rows}-{id}.pb.gz"));
         let tmp = path.with_extension("tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_data()?;
-        }
-        std::fs::rename(&tmp, &path)?;
+        let written = std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&bytes)?;
+                f.sync_data()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path));
         self.stats.produced_rows.fetch_add(rows, Ordering::Relaxed);
+        if let Err(e) = written {
+            // A full or broken disk: the batch is lost, and counted as dropped (so produced =
+            // shipped + dropped + buffered still holds), and its partial file goes.
+            let _ = std::fs::remove_file(&tmp);
+            self.stats.dropped_rows.fetch_add(rows, Ordering::Relaxed);
+            self.stats.dropped_batches.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
         st.bytes += bytes.len() as u64;
         st.files.push_back(Entry {
             path,

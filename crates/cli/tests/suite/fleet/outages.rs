@@ -238,3 +238,76 @@ fn a_slow_clickhouse_fills_the_agents_buffers_not_the_server() {
     // Every batch went through the writer (grouping is tested with the queue itself).
     assert!(metric(&server.addr, "baton_store_write_batches_total") >= 2.0);
 }
+
+/// Unmounts a test's tmpfs when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The agent's buffer is a 64 KiB tmpfs and the server is down: the disk fills, each batch that
+/// does not fit is dropped and counted, and the agent goes on. Once the server is back, what
+/// was buffered is stored: produced = shipped + dropped, the server holds every shipped row, and
+/// no partial file is left behind.
+#[test]
+fn a_full_buffer_disk_drops_and_counts_what_it_cannot_keep() {
+    require_root();
+    let dir = scratch("fleet-full-disk");
+    let buf = dir.join("buf");
+    std::fs::create_dir_all(&buf).expect("buffer dir");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&buf)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "mounting a tmpfs at {} failed", buf.display());
+    let _mounted = Tmpfs(buf.clone());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data = dir.join("data");
+    let server = start_server(&data, &listen, &["--insecure-local"]);
+    let url = format!("http://{listen}");
+    let mut split = spawn_split("120");
+    let flags = [
+        "--frequency",
+        "99",
+        "--drain-timeout",
+        "5s",
+        "--buffer-max",
+        "1GiB",
+    ];
+    let mut agent = start_agent("f1", &url, &buf, &flags, None);
+    eventually(30, "a first batch shipped", || {
+        (metric(&agent.metrics, "baton_agent_samples_shipped_total") > 0.0).then_some(())
+    });
+    drop(server);
+    eventually(90, "batches dropped for the full disk", || {
+        (metric(&agent.metrics, "baton_agent_samples_dropped_total") > 0.0).then_some(())
+    });
+    let server = start_server(&data, &listen, &["--insecure-local"]);
+    eventually(60, "the buffer to drain", || {
+        (metric(&agent.metrics, "baton_agent_buffer_batches") == 0.0).then_some(())
+    });
+    agent.proc.signal(libc::SIGTERM);
+    assert!(agent.proc.wait_exit(60).success());
+    let (produced, shipped, dropped, left) = agent_totals(&agent);
+    let _ = split.kill();
+    let _ = split.wait();
+    eprintln!("produced {produced}, shipped {shipped}, dropped {dropped}, {left} batches left");
+    assert!(dropped > 0);
+    assert_eq!(left, 0);
+    assert_eq!(produced, shipped + dropped, "a loss was not counted");
+    let stored = http_json(&server.addr, "/api/v1/status")["sample_rows"]
+        .as_u64()
+        .expect("sample_rows");
+    assert_eq!(stored, shipped, "rows stored = rows shipped");
+    let partial: Vec<_> = std::fs::read_dir(&buf)
+        .expect("buffer")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "tmp"))
+        .collect();
+    assert!(partial.is_empty(), "partial files left: {partial:?}");
+}
