@@ -189,3 +189,67 @@ fn ui_shows_the_workload_in_headless_chromium() {
     eprintln!("screenshot kept at {}", shot.display());
     up.stop();
 }
+
+/// A fork storm (a process about every millisecond, each exec'ing `/bin/true`, for 8 s) beside
+/// the split workload under `baton up` at 99 Hz, whole host: `baton up` keeps answering, writes
+/// every window it closes (no write errors, and its written rows are the store's), still
+/// profiles the workload, and its memory stays bounded.
+#[test]
+fn a_fork_storm_is_survived() {
+    use crate::harness::fleet::metric;
+    require_root();
+    let data = scratch("fork-storm");
+    let up = Up::start_with(&data, &["--frequency", "99"]);
+    let mut w = Command::new(workload("split"))
+        .arg("14")
+        .spawn()
+        .expect("split");
+    wait_for_split(&up.addr);
+    let windows = metric(&up.addr, "baton_windows_total");
+    let out = Command::new(workload("forkstorm"))
+        .arg("8")
+        .output()
+        .expect("forkstorm");
+    let started: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("started=")
+        .and_then(|n| n.parse().ok())
+        .expect("forkstorm's count");
+    let _ = w.wait();
+    let after = metric(&up.addr, "baton_windows_total");
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", up.child.id()))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    eprintln!(
+        "{started} processes started; windows {windows} -> {after}; baton up RSS {} MB",
+        rss_kb / 1024
+    );
+    assert!(
+        started >= 1000,
+        "the storm started only {started} processes"
+    );
+    assert!(after >= windows + 6.0, "windows stopped during the storm");
+    assert_eq!(metric(&up.addr, "baton_batch_write_errors_total"), 0.0);
+    // Windows go on being written (the host is profiled whole): the two counts agree between
+    // two writes.
+    eventually(20, "rows written = rows in the store", || {
+        let stored = http_json(&up.addr, "/api/v1/status")["sample_rows"]
+            .as_u64()
+            .expect("sample_rows") as f64;
+        (metric(&up.addr, "baton_sample_rows_written_total") == stored).then_some(())
+    });
+    let top = http_json(&up.addr, "/api/v1/top?since=1m&filter=comm%3Dsplit");
+    assert!(
+        top["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .any(|r| r["function"] == "leaf_hot"),
+        "split was not profiled through the storm: {top}"
+    );
+    assert!(rss_kb < 600 * 1024, "baton up grew to {} MB", rss_kb / 1024);
+    assert!(up.stop().success());
+}
