@@ -510,11 +510,21 @@ pub struct RecordArgs {
     /// `jcmd PID Compiler.perfmap`, as the JVM's user, every 2 s while it samples them).
     #[arg(long)]
     pub no_jvm_perf_map: bool,
-    /// With the profiler `adhoc`: the bpftrace script to run, with its `// baton:` header
-    /// (see `examples/config/adhoc/`). It chooses its own targets; --pid, --all and -- CMD are
-    /// optional, and filter rows keyed by `pid`.
+    /// With the profiler `adhoc`: the bpftrace script to run (see `examples/config/adhoc/`).
+    /// Without a `// baton:` header, each map's kind is inferred from how the script uses it,
+    /// and said. It chooses its own targets; --pid, --all and -- CMD are optional, and filter
+    /// rows keyed by `pid`.
     #[arg(long, value_name = "FILE.bt")]
     pub script: Option<PathBuf>,
+    /// With the profiler `adhoc`: the bpftrace program itself, as `bpftrace -e` takes it, e.g.
+    /// 'profile:hz:49 { @hot[ustack] = count(); }' (map kinds inferred).
+    #[arg(
+        short = 'e',
+        long = "program",
+        value_name = "PROGRAM",
+        conflicts_with = "script"
+    )]
+    pub program: Option<String>,
     /// The command to start and profile from its first instruction.
     #[arg(last = true)]
     pub command: Vec<String>,

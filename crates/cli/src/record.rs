@@ -59,10 +59,50 @@ impl Progress for Bar {
     }
 }
 
-/// `record adhoc --script FILE`: validates the script as a one-file tree and registers it.
-fn register_script(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+/// `record adhoc --script FILE` or `-e PROGRAM`: validates the script as a one-file tree and
+/// registers it. A script without a `// baton:` header gets one inferred from its maps, and
+/// what was inferred is said.
+fn register_script(path: &Path, program: Option<&str>) -> anyhow::Result<String> {
+    let mut text = match program {
+        Some(p) => p.to_string(),
+        None => std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?,
+    };
+    if !baton_config::infer::has_header(&text) {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("oneliner");
+        let name: String = stem
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = if name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            name
+        } else {
+            format!("s_{name}")
+        };
+        let owner = std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "record".into());
+        let owner: String = owner
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .collect();
+        let (with_header, notes) = baton_config::infer::infer_header(&text, &name, &owner)
+            .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+        eprintln!("no `// baton:` header: map kinds inferred from the script:");
+        for n in notes {
+            eprintln!("  {n}");
+        }
+        text = with_header;
+    }
     let file = baton_config::SourceFile {
         path: path.to_path_buf(),
         text,
@@ -92,7 +132,11 @@ fn register_script(path: &Path) -> anyhow::Result<String> {
 
 pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
     let adhoc = match (&a.script, a.profiler.as_str()) {
-        (Some(path), "adhoc") => Some(register_script(path)?),
+        (Some(path), "adhoc") => Some(register_script(path, None)?),
+        (None, "adhoc") if a.program.is_some() => Some(register_script(
+            Path::new("oneliner.bt"),
+            a.program.as_deref(),
+        )?),
         (Some(_), other) => {
             return Err(usage(format!(
                 "--script goes with the profiler `adhoc` (baton record adhoc --script FILE.bt), not {other}"
@@ -100,8 +144,13 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         }
         (None, "adhoc") => {
             return Err(usage(
-                "baton record adhoc needs --script FILE.bt: a bpftrace script with a `// baton:` header",
+                "baton record adhoc needs --script FILE.bt or -e 'PROGRAM': a bpftrace script",
             ))
+        }
+        (None, other) if a.program.is_some() => {
+            return Err(usage(format!(
+                "-e goes with the profiler `adhoc` (baton record adhoc -e 'PROGRAM'), not {other}"
+            )))
         }
         (None, _) => None,
     };

@@ -23,6 +23,7 @@
 //! here touches the network or the kernel; the caller passes the names of known profilers.
 
 pub mod adhoc;
+pub mod infer;
 pub mod metric;
 mod schema;
 mod validate;
