@@ -47,6 +47,15 @@ if [ ! -f "$here/tests/ui/node_modules/playwright-core/package.json" ] \
   (cd "$here/tests/ui" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 fi
 
+# kubernetes-validate (PyPI: the Kubernetes schemas, offline) for the deploy/ manifests' test,
+# in a venv of its own (Debian's python3 is externally managed).
+KV_VERSION=1.37.0
+if ! /opt/baton-venv/bin/kubernetes-validate --version 2>/dev/null | grep -q "$KV_VERSION"; then
+  echo "install-deps: kubernetes-validate $KV_VERSION (in /opt/baton-venv)"
+  python3 -m venv /opt/baton-venv
+  /opt/baton-venv/bin/pip install --quiet "kubernetes-validate==$KV_VERSION"
+fi
+
 # tracefs is not mounted at boot on these machines; tracepoint profilers need it.
 if ! mountpoint -q /sys/kernel/tracing; then
   mount -t tracefs nodev /sys/kernel/tracing && echo "install-deps: mounted tracefs on /sys/kernel/tracing"

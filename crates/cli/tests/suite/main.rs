@@ -5,6 +5,7 @@ mod adhoc;
 mod bad_input;
 mod config;
 mod continuous;
+mod deploy;
 mod fleet;
 mod harness;
 mod heap;
