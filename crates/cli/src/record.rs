@@ -73,21 +73,7 @@ fn register_script(path: &Path, program: Option<&str>) -> anyhow::Result<String>
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("oneliner");
-        let name: String = stem
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let name = if name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            name
-        } else {
-            format!("s_{name}")
-        };
+        let name = baton_config::infer::key_name(stem);
         let owner = std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
             .unwrap_or_else(|_| "record".into());

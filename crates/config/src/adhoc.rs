@@ -434,47 +434,13 @@ fn map_def(
     })
 }
 
-/// The maps a script uses, as (name without `@`, byte offset), skipping comments and strings.
+/// The maps a script uses, as (name without `@`, byte offset of its first use), skipping
+/// comments and strings.
 pub fn maps_used(script: &str) -> Vec<(String, usize)> {
-    let b = script.as_bytes();
     let mut out: Vec<(String, usize)> = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 2;
-            }
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    if b[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'@' => {
-                let start = i;
-                i += 1;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
-                    i += 1;
-                }
-                let name = &script[start + 1..i];
-                if !out.iter().any(|(n, _)| n == name) {
-                    out.push((name.to_string(), start));
-                }
-            }
-            _ => i += 1,
+    for r in crate::infer::map_refs(script) {
+        if !out.iter().any(|(n, _)| *n == r.name) {
+            out.push((r.name, r.at));
         }
     }
     out

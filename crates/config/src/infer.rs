@@ -11,14 +11,14 @@
 //! The anonymous map `@` is renamed `@anon`.
 
 /// One use of a map: where its `@` is and where its name ends.
-struct MapRef {
-    name: String,
-    at: usize,
-    end: usize,
+pub(crate) struct MapRef {
+    pub(crate) name: String,
+    pub(crate) at: usize,
+    pub(crate) end: usize,
 }
 
 /// Every map reference in `script`, skipping comments and strings.
-fn map_refs(script: &str) -> Vec<MapRef> {
+pub(crate) fn map_refs(script: &str) -> Vec<MapRef> {
     let b = script.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -112,8 +112,9 @@ fn assigned_at(script: &str, mut end: usize) -> Option<&str> {
     (!rhs.starts_with('=')).then(|| rhs.trim_start())
 }
 
-/// A key expression as a label name: `comm` stays, `args->fd` becomes `args_fd`.
-fn key_name(expr: &str) -> String {
+/// Any text as a name Baton takes (lower-case letters, digits, `_`, not starting with a digit):
+/// `comm` stays, `args->fd` becomes `args_fd`.
+pub fn key_name(expr: &str) -> String {
     let mut s: String = expr
         .chars()
         .map(|c| {
