@@ -237,10 +237,9 @@ continuous = [{ profiler = "offcpu", target_samples_per_hour = 1000000, duration
     .expect("write config");
     let data = scratch("continuous-offcpu-data");
     // 200 ms sleeps for 60 s.
-    let mut w = Command::new(&sleeper)
-        .args(["0", "300"])
-        .spawn()
-        .expect("workload");
+    // Killed even when the test fails: a sleeper left running would join the next test's
+    // service (it selects by command name).
+    let _w = Workload::spawn(Command::new(&sleeper).args(["0", "300"]));
     let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
     let run = eventually(
         40,
@@ -266,8 +265,6 @@ continuous = [{ profiler = "offcpu", target_samples_per_hour = 1000000, duration
     // Whole-host CPU profiling went on beside it.
     let status = http_json(&up.addr, "/api/v1/status");
     assert_eq!(status["continuous"]["mode"], "host", "{status}");
-    let _ = w.kill();
-    let _ = w.wait();
     up.stop();
 }
 
@@ -289,10 +286,9 @@ continuous = [{ profiler = "syscalls", target_samples_per_hour = 1000000, durati
     )
     .expect("write config");
     let data = scratch("continuous-syscalls-data");
-    let mut w = Command::new(&sleeper)
-        .args(["0", "300"])
-        .spawn()
-        .expect("workload");
+    // Killed even when the test fails: a sleeper left running would join the next test's
+    // service (it selects by command name).
+    let _w = Workload::spawn(Command::new(&sleeper).args(["0", "300"]));
     let up = Up::start_with(&data, &["--config", cfg.to_str().expect("utf-8")]);
     let run = eventually(40, "a finished continuous syscalls run", || {
         runs_of(&up.addr, "sleepers")
@@ -316,11 +312,10 @@ continuous = [{ profiler = "syscalls", target_samples_per_hour = 1000000, durati
     let h = &h["histograms"][0];
     // 200 ms sleeps during a 2 s run: 9 to 11, their median in [2^27, 2^28) ns. Counts are
     // weighted by the run's weight (10 at p = 1): the run's own count is the sum over it.
-    let n = h["count"].as_f64().unwrap_or(0.0) / run["weight"].as_f64().expect("weight");
+    // Rounded: the quotient of two weighted floats lands a hair off the whole count.
+    let n = (h["count"].as_f64().expect("count") / run["weight"].as_f64().expect("weight")).round();
     assert!((8.0..=11.0).contains(&n), "{n} clock_nanosleep calls: {h}");
     let p50 = h["p50"].as_u64().unwrap_or(0);
     assert!((134_217_728..=268_435_455).contains(&p50), "p50 {p50} ns");
-    let _ = w.kill();
-    let _ = w.wait();
     up.stop();
 }

@@ -13,6 +13,8 @@ pub const VIEWER: &str = "viewer-token-0123456789";
 pub const OPERATOR: &str = "operator-token-0123456789";
 pub const ADMIN: &str = "admin-token-0123456789";
 pub const AGENT: &str = "agent-token-0123456789";
+/// The token an agent's /metrics asks for when it listens beyond loopback (in a namespace).
+pub const METRICS: &str = "metrics-token-0123456789";
 
 /// A child process whose stderr is echoed and kept.
 pub struct Proc {
@@ -150,7 +152,15 @@ pub fn start_agent(
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut cmd = match netns {
         Some((ns, ip)) => {
-            args.extend(["--listen".into(), format!("{ip}:7071")]);
+            // Beyond loopback, /metrics needs a token.
+            let token = buffer.with_extension("metrics-token");
+            std::fs::write(&token, METRICS).expect("metrics token");
+            args.extend([
+                "--listen".into(),
+                format!("{ip}:7071"),
+                "--metrics-token-file".into(),
+                token.display().to_string(),
+            ]);
             let mut c = Command::new("ip");
             c.args(["netns", "exec", ns, "unshare", "--uts", "--", "sh", "-c"])
                 .arg(format!("hostname {host} && exec {bin} \"$@\""))
@@ -183,7 +193,11 @@ pub fn start_agent(
 
 /// A counter from a `/metrics` page.
 pub fn metric(addr: &str, name: &str) -> f64 {
-    let (code, body) = http_get(addr, "/metrics");
+    let (mut code, mut body) = http_get(addr, "/metrics");
+    if code == 401 {
+        // An agent listening beyond loopback.
+        (code, body) = http_req(addr, "GET", "/metrics", Some(METRICS), b"");
+    }
     assert_eq!(code, 200);
     String::from_utf8_lossy(&body)
         .lines()
