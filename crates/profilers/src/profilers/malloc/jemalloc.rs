@@ -40,7 +40,7 @@ pub struct StaticJemalloc {
     lg_sample_at: u64,
     opt_prof_at: Option<u64>,
     /// Stated address ranges of jemalloc's functions: its entry points and everything with its
-    /// internal prefix.
+    /// internal prefix, sorted by start (a sample's frames are looked up in them).
     entries: Vec<Range<u64>>,
     /// The lowest stated address of a loaded segment, and whether the file is position
     /// independent: how a process's mappings give the load bias.
@@ -75,7 +75,7 @@ impl StaticJemalloc {
         find(&freed_fn)?;
         let (lg_sample_at, _) = find(&format!("{internal}lg_prof_sample"))?;
         let opt_prof_at = find(&format!("{internal}opt_prof")).map(|(a, _)| a);
-        let entries = symbols
+        let mut entries: Vec<Range<u64>> = symbols
             .iter()
             .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
             .filter(|s| {
@@ -89,6 +89,8 @@ impl StaticJemalloc {
             })
             .map(|s| s.address()..s.address() + s.size())
             .collect();
+        entries.sort_by_key(|r| (r.start, r.end));
+        entries.dedup();
         let base = file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
         Some(StaticJemalloc {
             sampled_fn: name.to_string(),
@@ -122,10 +124,16 @@ impl StaticJemalloc {
             .take_while(|&(i, &a)| {
                 // A return address points just past its call.
                 let at = a.wrapping_sub(bias).wrapping_sub(u64::from(i > 0));
-                self.entries.iter().any(|r| r.contains(&at))
+                self.inside(at)
             })
             .count();
         inside.saturating_sub(1)
+    }
+
+    /// Whether the stated address `at` is in one of jemalloc's functions.
+    fn inside(&self, at: u64) -> bool {
+        let i = self.entries.partition_point(|r| r.start <= at);
+        i > 0 && self.entries[i - 1].contains(&at)
     }
 
     /// Whether jemalloc's profiling is on in process `pid` (its `opt_prof`, read from its
