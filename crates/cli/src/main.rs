@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod common;
 mod config_cmd;
+mod fdo_cmd;
 mod plan;
 mod query;
 mod record;
@@ -118,6 +119,20 @@ enum Command {
         Addresses are virtual addresses as in the ELF file (what `nm` prints), in hex (0x…) \
         or decimal; --file-offsets takes file offsets instead.")]
     Symbolize(SymbolizeArgs),
+    /// Write an LLVM sample profile (for clang -fprofile-sample-use) and a BOLT profile (for
+    /// llvm-bolt) of one binary, from the CPU samples of its build ID.
+    #[command(after_help = "Examples:\n  \
+        sudo baton record cpu --frequency 999 --output app.pb.gz -- ./app\n  \
+        baton fdo --binary ./app --input app.pb.gz --output app.afdo.txt --bolt app.fdata\n  \
+        baton fdo --binary ./app --server http://baton:7070 --since 7d --filter service=app -o app.afdo.txt\n  \
+        clang -O2 -fprofile-sample-use=app.afdo.txt ... ; llvm-bolt app -o app.bolt -data=app.fdata\n\n\
+        Build the binary with -gline-tables-only -fdebug-info-for-profiling \
+        -funique-internal-linkage-names (and -Wl,--emit-relocs for BOLT). Samples from several \
+        inputs and servers are merged; counts are microseconds of CPU time. The report says how \
+        much mapped to source and why the rest did not. Exit 0 when a profile was written, 1 \
+        when no sample of the build ID was found (nothing is written), 2 for bad input (a binary \
+        whose build ID is not --build-id).")]
+    Fdo(fdo_cmd::FdoArgs),
     /// Install Baton's allocation sampler (the library the malloc profiler reads from) and
     /// show how to start a service with it.
     #[command(after_help = "Examples:\n  \
@@ -605,6 +620,7 @@ fn main() -> ExitCode {
         Command::Server(a) => server_cmd::run(*a),
         Command::Agent(a) => agent_cmd::run(a),
         Command::Symbolize(a) => symbolize_cmd::run(a),
+        Command::Fdo(a) => fdo_cmd::run(a),
         Command::Hosts { server, format } => runs_cmd::hosts(&server, format == "json"),
         Command::Query(a) => query::run(a),
         Command::Profilers { format } => common::list_profilers(format == "json"),

@@ -10,7 +10,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::handlers::{info, query, ui};
+use crate::handlers::{fdo, info, query, ui};
 use crate::{auth, debuginfo, fleet, ingest, metrics, runs, tls, AppState};
 
 /// The router with every route.
@@ -43,6 +43,7 @@ fn local_routes() -> Router<AppState> {
         .route("/api/v1/histograms", get(query::histograms))
         .route("/api/v1/timeline", get(query::timeline))
         .route("/api/v1/export", get(query::export_profile))
+        .route("/api/v1/fdo", get(fdo::fdo))
         .route("/api/v1/labels/{label}", get(query::labels))
         .route("/api/v1/status", get(info::status))
         .route("/api/v1/config", get(info::config))

@@ -5,6 +5,7 @@
 //! symbolizer of the fleet issue can reuse the same keys and the same cache.
 
 mod debugfile;
+pub mod fdo;
 pub mod interp;
 mod maps;
 pub mod perfmap;
