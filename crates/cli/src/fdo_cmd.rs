@@ -254,6 +254,11 @@ fn report_text(cov: &Coverage, p: &SampleProfile, build_id: &str, a: &FdoArgs, s
         }
     );
     eprintln!(
+        "  line 0 (no source line) {:>12.0}  {:5.1}%",
+        cov.line_zero,
+        pct(cov.line_zero)
+    );
+    eprintln!(
         "  outside every function  {:>12.0}  {:5.1}%",
         cov.outside_functions,
         pct(cov.outside_functions)
@@ -299,14 +304,14 @@ fn write_file(p: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// The text profile converted by `llvm-profdata merge --sample`.
 fn convert(text: &[u8], out: &Path, format: &str) -> anyhow::Result<()> {
     let tool = [
-        "llvm-profdata-16",
         "/usr/lib/llvm-16/bin/llvm-profdata",
+        "llvm-profdata-16",
         "llvm-profdata",
     ]
     .into_iter()
     .find(|t| {
         std::process::Command::new(t)
-            .arg("--version")
+            .args(["merge", "--help"])
             .output()
             .is_ok_and(|o| o.status.success())
     })

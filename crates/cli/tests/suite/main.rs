@@ -6,6 +6,7 @@ mod bad_input;
 mod config;
 mod continuous;
 mod deploy;
+mod fdo;
 mod fleet;
 mod harness;
 mod heap;

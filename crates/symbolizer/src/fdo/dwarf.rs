@@ -21,8 +21,10 @@ pub struct Loc {
 pub enum Lookup {
     /// The chain, outermost (the function the address is in) first.
     Found(Vec<Loc>),
-    /// A function DWARF knows, but no line for the address (no line table, or line 0).
+    /// A function, but no line for the address (no line table, or a stripped binary).
     NoLine,
+    /// A line-table row of line 0: code the compiler made that belongs to no source line.
+    LineZero,
     /// No DWARF function covers the address.
     NoFunction,
 }
@@ -197,9 +199,12 @@ impl Tables {
                 _ => break,
             }
         }
-        let Some((line, disc)) = self.line_at(addr).filter(|l| l.0 != 0) else {
+        let Some((line, disc)) = self.line_at(addr) else {
             return Lookup::NoLine;
         };
+        if line == 0 {
+            return Lookup::LineZero;
+        }
         let mut out = Vec::with_capacity(chain.len());
         for (i, &n) in chain.iter().enumerate() {
             let node = &self.nodes[n];

@@ -142,8 +142,12 @@ pub struct Coverage {
     pub samples: f64,
     pub mapped: f64,
     /// In a function, but DWARF has no line for the address (no line table, a stripped
-    /// binary, or compiler-generated code at line 0).
+    /// binary).
     pub no_line_table: f64,
+    /// At line 0: code the compiler generated for no source line (a sample profile has no
+    /// place for it; LLVM's own tools drop it too).
+    #[serde(default)]
+    pub line_zero: f64,
     /// Outside every function the binary's symbols and DWARF know.
     pub outside_functions: f64,
     /// Samples of the build ID whose leaf is in another module (a library it called).

@@ -168,6 +168,7 @@ impl SampleProfile {
                             inner.body.entry(last).or_default().samples += w;
                         }
                         Lookup::NoLine => cov.no_line_table += w,
+                        Lookup::LineZero => cov.line_zero += w,
                         Lookup::NoFunction => cov.outside_functions += w,
                     }
                 }
