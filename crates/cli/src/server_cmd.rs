@@ -200,6 +200,10 @@ pub fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         linger,
     ));
     state.ingest_queue = Some(queue.clone());
+    // FDO profiles that continuous rules ask to keep fresh.
+    state.fdo_dir = Some(data.join("fdo"));
+    baton_server::fdo_fresh::spawn(state.clone(), data.join("fdo"), stop_requested)
+        .context("starting the FDO refresher")?;
     let writer = {
         let (queue, store) = (queue.clone(), store.clone());
         std::thread::Builder::new()

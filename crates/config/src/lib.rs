@@ -35,8 +35,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use schema::{
-    ConcurrencyGroup, Config, ContinuousRule, HostLimits, ProfilerOverride, ResourceSpec, Selector,
-    Service, TriggerCondition, TriggerRule, TunerSettings,
+    ConcurrencyGroup, Config, ContinuousRule, FdoRefresh, HostLimits, ProfilerOverride,
+    ResourceSpec, Selector, Service, TriggerCondition, TriggerRule, TunerSettings,
 };
 
 /// One problem found in the tree, with where it is.

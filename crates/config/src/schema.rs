@@ -120,6 +120,10 @@ pub(crate) struct ContinuousDoc {
     /// Length of one run on one host, e.g. `30s`.
     pub duration: Spanned<String>,
     pub frequency: Option<Spanned<i64>>,
+    /// Keep an FDO profile of the service's binaries fresh, over this much history (cpu only).
+    pub fdo: Option<Spanned<String>>,
+    /// How often that profile is rewritten (default 15m).
+    pub fdo_every: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +293,19 @@ pub struct ContinuousRule {
     #[serde(with = "secs")]
     pub duration: Duration,
     pub frequency: Option<u64>,
+    /// Keep an FDO profile of the service's binaries, over this much history, fresh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fdo: Option<FdoRefresh>,
+}
+
+/// A continuous rule's ask for fresh FDO profiles: samples of the last `window`, rewritten
+/// every `every`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FdoRefresh {
+    #[serde(with = "secs")]
+    pub window: Duration,
+    #[serde(with = "secs")]
+    pub every: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -417,3 +417,45 @@ max_per_hour = 2
         "{e}"
     );
 }
+
+#[test]
+fn fdo_refresh_is_read_and_checked_on_cpu_rules_only() {
+    let ok = file(
+        "svc.toml",
+        r#"
+[services.app]
+selector = { comm = "app" }
+continuous = [{ profiler = "cpu", target_samples_per_hour = 1000, duration = "10s", fdo = "24h", fdo_every = "30m" }]
+"#,
+    );
+    let cfg = load(&[ok], KNOWN).expect("valid");
+    let fdo = cfg.services["app"].continuous[0].fdo.clone().expect("fdo");
+    assert_eq!(fdo.window, std::time::Duration::from_secs(86_400));
+    assert_eq!(fdo.every, std::time::Duration::from_secs(1_800));
+    let bad = file(
+        "svc.toml",
+        r#"
+[services.app]
+selector = { comm = "app" }
+continuous = [
+  { profiler = "offcpu", target_samples_per_hour = 1000, duration = "10s", fdo = "24h" },
+  { profiler = "cpu", target_samples_per_hour = 1000, duration = "10s", fdo_every = "1h" },
+  { profiler = "cpu", target_samples_per_hour = 1000, duration = "10s", fdo = "soon" },
+]
+"#,
+    );
+    let p = problems(&[bad]);
+    assert_eq!(p.len(), 3, "{p:?}");
+    assert!(
+        p[0].starts_with("svc.toml:5:") && p[0].contains("cpu rule"),
+        "{p:?}"
+    );
+    assert!(
+        p[1].starts_with("svc.toml:6:") && p[1].contains("needs fdo"),
+        "{p:?}"
+    );
+    assert!(
+        p[2].starts_with("svc.toml:7:") && p[2].contains("fdo:"),
+        "{p:?}"
+    );
+}

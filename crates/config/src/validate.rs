@@ -537,6 +537,34 @@ fn selector(cx: &mut Ctx<'_>, s: &Spanned<SelectorDoc>) -> Option<Selector> {
     })
 }
 
+/// A continuous rule's `fdo` and `fdo_every`: `Some(None)` when it asks for none, `None` when
+/// what it asks is wrong (the problem is recorded).
+fn fdo_refresh(cx: &mut Ctx<'_>, c: &ContinuousDoc) -> Option<Option<FdoRefresh>> {
+    let Some(w) = &c.fdo else {
+        if let Some(e) = &c.fdo_every {
+            cx.at(
+                e.span(),
+                "fdo_every needs fdo (the history a profile covers, e.g. \"24h\")",
+            );
+            return None;
+        }
+        return Some(None);
+    };
+    if c.profiler.get_ref() != "cpu" {
+        cx.at(
+            w.span(),
+            "fdo profiles are built from cpu samples: put fdo on a cpu rule",
+        );
+        return None;
+    }
+    let window = cx.duration(w, "fdo")?;
+    let every = match &c.fdo_every {
+        Some(e) => cx.duration(e, "fdo_every")?,
+        None => Duration::from_secs(900),
+    };
+    Some(Some(FdoRefresh { window, every }))
+}
+
 fn service(
     cx: &mut Ctx<'_>,
     s: &ServiceDoc,
@@ -551,12 +579,16 @@ fn service(
         let target = cx.positive(&c.target_samples_per_hour, "target_samples_per_hour");
         let duration = cx.duration(&c.duration, "duration");
         let frequency = c.frequency.as_ref().map(|f| cx.frequency(f));
-        if let (Some(profiler), Some(target), Some(duration)) = (profiler, target, duration) {
+        let fdo = fdo_refresh(cx, c);
+        if let (Some(profiler), Some(target), Some(duration), Some(fdo)) =
+            (profiler, target, duration, fdo)
+        {
             continuous.push(ContinuousRule {
                 profiler,
                 target_samples_per_hour: target,
                 duration,
                 frequency: frequency.flatten(),
+                fdo,
             });
         }
     }

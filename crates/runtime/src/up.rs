@@ -207,6 +207,10 @@ pub fn run(a: UpOptions) -> Result<(), Error> {
         },
     });
 
+    // FDO profiles that continuous rules ask to keep fresh.
+    state.fdo_dir = Some(data.join("fdo"));
+    baton_server::fdo_fresh::spawn(state.clone(), data.join("fdo"), crate::stop::stop_requested)
+        .map_err(Error::io("starting the FDO refresher"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name(baton_agent::metrics::API_THREAD_NAME)

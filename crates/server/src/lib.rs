@@ -22,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod debuginfo;
 mod error;
+pub mod fdo_fresh;
 mod flame;
 pub mod fleet;
 mod handlers;

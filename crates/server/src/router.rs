@@ -44,6 +44,11 @@ fn local_routes() -> Router<AppState> {
         .route("/api/v1/timeline", get(query::timeline))
         .route("/api/v1/export", get(query::export_profile))
         .route("/api/v1/fdo", get(fdo::fdo))
+        .route("/api/v1/fdo/profiles", get(fdo::profiles))
+        .route(
+            "/api/v1/fdo/profiles/{service}/{file}",
+            get(fdo::profile_file),
+        )
         .route("/api/v1/labels/{label}", get(query::labels))
         .route("/api/v1/status", get(info::status))
         .route("/api/v1/config", get(info::config))

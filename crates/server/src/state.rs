@@ -95,6 +95,8 @@ pub struct AppState {
     /// `baton server`: ingested batches are written by a writer thread, grouped.
     pub ingest_queue: Option<Arc<ingest::IngestQueue>>,
     pub debuginfo: Option<Arc<ingest::DebugInfo>>,
+    /// Where fresh FDO profiles are kept (`crate::fdo_fresh`), when this server keeps any.
+    pub fdo_dir: Option<std::path::PathBuf>,
     pub auth_failures: Arc<AtomicU64>,
     /// `baton up`: the CPU of the store's own threads, so that what they spend while an API
     /// call holds the store is counted as the API's (the overhead guard leaves it out).
@@ -131,6 +133,7 @@ impl AppState {
             audit: None,
             ingest: Arc::default(),
             debuginfo: None,
+            fdo_dir: None,
             auth_failures: Arc::default(),
             store_cpu: None,
             requests: Arc::default(),

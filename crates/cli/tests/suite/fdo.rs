@@ -406,3 +406,74 @@ fn bad_fdo_input_is_a_clear_error_and_writes_nothing() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a pprof profile"));
 }
+
+#[test]
+fn a_continuous_rule_keeps_an_fdo_profile_of_its_service_fresh() {
+    require_root();
+    let dir = scratch("fdo-fresh");
+    let base = build(&dir, "fdobench", None);
+    let build_id = baton_symbolizer::build_id_of(&base).expect("build id");
+    let cfg = dir.join("config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    // A 2 s run per slot at p = 1, and the profile rewritten every 2 s from the last hour.
+    std::fs::write(
+        cfg.join("svc.toml"),
+        r#"
+[services.bench]
+selector = { comm = "fdobench" }
+continuous = [{ profiler = "cpu", target_samples_per_hour = 1000000, duration = "2s", frequency = 499, fdo = "1h", fdo_every = "2s" }]
+"#,
+    )
+    .unwrap();
+    let _w = Workload::spawn(Command::new(&base).arg("100000000"));
+    let up = Up::start_with(&dir.join("data"), &["--config", cfg.to_str().unwrap()]);
+    let first = eventually(60, "a fresh FDO profile of the service", || {
+        let v = http_json(&up.addr, "/api/v1/fdo/profiles");
+        v.as_array()?
+            .iter()
+            .find(|p| p["service"] == "bench" && p["build_id"] == build_id.as_str())
+            .cloned()
+    });
+    eprintln!("{first}");
+    assert!(first["mapped_us"].as_f64().unwrap() > 0.0, "{first}");
+    assert_eq!(first["binary"], base.to_str().unwrap());
+    // The files are served, and llvm-profdata reads the sample profile.
+    let (status, body) = http_get(
+        &up.addr,
+        &format!("/api/v1/fdo/profiles/{}", first["llvm"].as_str().unwrap()),
+    );
+    assert_eq!(status, 200);
+    let text = dir.join("fresh.afdo.txt");
+    std::fs::write(&text, &body).unwrap();
+    let show = Command::new(llvm_tool("llvm-profdata"))
+        .args(["show", "--sample"])
+        .arg(&text)
+        .output()
+        .unwrap();
+    assert!(
+        show.status.success() && String::from_utf8_lossy(&show.stdout).contains("mix"),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    let (status, _) = http_get(
+        &up.addr,
+        &format!("/api/v1/fdo/profiles/{}", first["bolt"].as_str().unwrap()),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = http_get(&up.addr, "/api/v1/fdo/profiles/bench/..%2Fsecret");
+    assert_eq!(status, 404);
+    // It is rewritten as the rule says, with the samples stored since.
+    let later = eventually(30, "a newer FDO profile", || {
+        let v = http_json(&up.addr, "/api/v1/fdo/profiles");
+        v.as_array()?
+            .iter()
+            .find(|p| {
+                p["build_id"] == build_id.as_str()
+                    && p["updated_ms"].as_i64() > first["updated_ms"].as_i64()
+                    && p["samples_us"].as_f64() > first["samples_us"].as_f64()
+            })
+            .cloned()
+    });
+    eprintln!("{later}");
+    up.stop();
+}

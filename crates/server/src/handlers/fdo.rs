@@ -10,7 +10,6 @@ use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use baton_model::FrameKind;
 use baton_symbolizer::fdo::{FdoBinary, SampleProfile, Samples};
 
 use crate::error::ApiError;
@@ -124,25 +123,51 @@ pub(crate) async fn fdo(
         .into_response())
 }
 
-/// The binary of a build ID: uploaded debug info first, else a module path of the samples that
-/// is a file of this host with that build ID.
 fn binary_for(st: &AppState, profile: &baton_model::Profile, build_id: &str) -> Option<PathBuf> {
-    if let Some(p) = st.debuginfo.as_ref().and_then(|d| d.local(build_id)) {
-        return Some(p);
-    }
-    let mut seen = std::collections::HashSet::new();
-    for s in &profile.samples {
-        for f in &s.stack {
-            if f.kind == FrameKind::User
-                && f.build_id.as_deref() == Some(build_id)
-                && seen.insert(f.module.clone())
-            {
-                let p = PathBuf::from(&f.module);
-                if baton_symbolizer::build_id_of(&p).as_deref() == Some(build_id) {
-                    return Some(p);
-                }
-            }
-        }
-    }
-    None
+    let known = st.debuginfo.as_ref().and_then(|d| d.local(build_id));
+    baton_symbolizer::fdo::find_binary(&profile.samples, build_id, known)
+}
+
+/// `GET /api/v1/fdo/profiles`: the profiles kept fresh for services, newest first.
+pub(crate) async fn profiles(
+    State(st): State<AppState>,
+) -> Json<Vec<crate::fdo_fresh::FreshProfile>> {
+    Json(
+        st.fdo_dir
+            .as_deref()
+            .map(crate::fdo_fresh::list)
+            .unwrap_or_default(),
+    )
+}
+
+/// `GET /api/v1/fdo/profiles/{service}/{file}`: one of them.
+pub(crate) async fn profile_file(
+    State(st): State<AppState>,
+    axum::extract::Path((service, file)): axum::extract::Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let safe = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('.')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    let (Some(dir), true) = (&st.fdo_dir, safe(&service) && safe(&file)) else {
+        return Err(ApiError::not_found("no such FDO profile"));
+    };
+    let bytes = std::fs::read(dir.join(&service).join(&file))
+        .map_err(|_| ApiError::not_found(format!("no FDO profile {service}/{file}")))?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
+        ],
+        Body::from(bytes),
+    )
+        .into_response())
 }

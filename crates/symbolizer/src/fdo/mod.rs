@@ -135,6 +135,33 @@ impl Samples {
     }
 }
 
+/// The binary of a build ID on this host: `known` (uploaded debug info) first, else a module path
+/// of the samples that is a file here with that build ID.
+pub fn find_binary(
+    samples: &[StackSample],
+    build_id: &str,
+    known: Option<PathBuf>,
+) -> Option<PathBuf> {
+    if known.is_some() {
+        return known;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in samples {
+        for f in &s.stack {
+            if f.kind == FrameKind::User
+                && f.build_id.as_deref() == Some(build_id)
+                && seen.insert(f.module.as_str())
+            {
+                let p = PathBuf::from(&f.module);
+                if crate::build_id_of(&p).as_deref() == Some(build_id) {
+                    return Some(p);
+                }
+            }
+        }
+    }
+    None
+}
+
 /// How many sampled leaf addresses were mapped to source, and why the others were not.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Coverage {
@@ -189,11 +216,13 @@ impl FdoBinary {
             .flatten()
             .map(crate::hex)
             .filter(|b| !b.is_empty());
+        // A separate debug file keeps the program headers with its data gone: its segments
+        // still say where each file offset of the real binary loads.
         let segments = file
             .segments()
             .map(|s| {
                 let (off, size) = s.file_range();
-                (off, s.address(), size)
+                (off, s.address(), if size == 0 { s.size() } else { size })
             })
             .filter(|s| s.2 > 0)
             .collect();
