@@ -227,7 +227,7 @@ async function explore() {
     </div>
     <div class="panel side"><table id="top"><thead><tr>
       <th class="num" data-k="self">Self %</th><th class="num" data-k="total">Total %</th><th data-k="function">Function</th><th></th>
-    </tr></thead><tbody></tbody></table></div>
+    </tr></thead><tbody></tbody></table><div id="fdo"></div></div>
   </div>`;
   const base = selection(u);
   for (const [id, fmt, name] of [["dl-pprof", "pprof", "baton.pb.gz"], ["dl-collapsed", "collapsed", "baton.folded"], ["dl-speedscope", "speedscope", "baton.speedscope.json"]]) {
@@ -287,6 +287,7 @@ async function explore() {
   }
   const tree = got.tree;
   renderTop(tree, u);
+  if ((u.get("profiler") || "cpu") === "cpu") renderFdo(base);
   Object.assign(debug.timings, {
     stacks: got.json.stacks, nodes: tree.size, bytes: got.bytes, rawBytes: got.rawBytes,
     fetchMs: got.fetchMs, fullMs: performance.now() - t0,
@@ -407,6 +408,23 @@ function renderTop(tree, u) {
     $("search").oninput();
   };
   document.querySelectorAll("#top th[data-k]").forEach((th) => th.onclick = () => { setQ({ sort: th.dataset.k }); renderTop(tree, q()); });
+}
+
+// The binaries of the selection's CPU samples, each with its FDO profiles to download.
+async function renderFdo(base) {
+  let bins;
+  try { bins = await api("/api/v1/fdo/binaries", base); } catch (e) { return; }
+  if (!bins.length) return;
+  const link = (b, fmt, text, ext) => {
+    const p = new URLSearchParams(base);
+    p.set("build_id", b.build_id);
+    p.set("format", fmt);
+    const name = `${b.module.split("/").pop()}.${ext}`;
+    return `<a class="fdo" href="/api/v1/fdo?${esc(p.toString())}" download="${esc(name)}">${text}</a>`;
+  };
+  $("fdo").innerHTML = `<h4 title="for clang -fprofile-sample-use and llvm-bolt; see docs/fdo.md">FDO profiles</h4>` +
+    bins.map((b) => `<div class="bin" data-build-id="${esc(b.build_id)}" title="build ID ${esc(b.build_id)}">${esc(b.module.split("/").pop())} ${(100 * b.share).toFixed(1)}%: ${link(b, "llvm", "sample profile", "afdo.txt")} · ${link(b, "bolt", "BOLT", "fdata")}</div>`).join("");
+  if (token()) for (const a of document.querySelectorAll("#fdo a.fdo")) a.onclick = (e) => { e.preventDefault(); download(a.href, a.download); };
 }
 
 function wireSelection(u, again, prefix = "") {

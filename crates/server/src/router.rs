@@ -44,6 +44,7 @@ fn local_routes() -> Router<AppState> {
         .route("/api/v1/timeline", get(query::timeline))
         .route("/api/v1/export", get(query::export_profile))
         .route("/api/v1/fdo", get(fdo::fdo))
+        .route("/api/v1/fdo/binaries", get(fdo::binaries))
         .route("/api/v1/fdo/profiles", get(fdo::profiles))
         .route(
             "/api/v1/fdo/profiles/{service}/{file}",

@@ -234,7 +234,7 @@ fn a_profile_from_record_makes_the_benchmark_faster_and_is_valid_for_llvm_and_bo
 }
 
 #[test]
-fn a_profile_from_baton_ups_store_makes_it_faster_and_merges_by_adding() {
+fn a_profile_from_baton_ups_store_makes_it_faster_merges_by_adding_and_is_in_the_ui() {
     require_root();
     let dir = scratch("fdo-up");
     let base = build(&dir, "fdo", None);
@@ -294,6 +294,26 @@ fn a_profile_from_baton_ups_store_makes_it_faster_and_merges_by_adding() {
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(String::from_utf8_lossy(&body), store_text);
+
+    // The UI's Explore page lists the binary with links to its profiles, in a real browser;
+    // its sample-profile link downloads the same profile.
+    let dom = chromium_dom(&format!("http://{}/explore?since=1h", up.addr));
+    assert!(
+        dom.contains(&format!("data-build-id=\"{build_id}\"")),
+        "the Explore page lists no FDO profile of the binary:\n{dom}"
+    );
+    let href = dom
+        .split("href=\"")
+        .skip(1)
+        .filter_map(|h| h.split('"').next())
+        .map(|h| h.replace("&amp;", "&"))
+        .find(|h| {
+            h.starts_with("/api/v1/fdo?") && h.contains(&build_id) && h.contains("format=llvm")
+        })
+        .unwrap_or_else(|| panic!("no sample-profile link in:\n{dom}"));
+    let (status, body) = http_get(&up.addr, &href);
+    assert_eq!(status, 200, "{href}");
+    assert_eq!(String::from_utf8_lossy(&body), store_text, "{href}");
 
     // Two sources of one build ID (the store and the separate record) merge by adding.
     let from_file = dir.join("file.afdo.txt");

@@ -171,3 +171,39 @@ pub(crate) async fn profile_file(
     )
         .into_response())
 }
+
+/// One binary of `GET /api/v1/fdo/binaries`.
+#[derive(serde::Serialize)]
+pub(crate) struct Binary {
+    build_id: String,
+    module: String,
+    /// Its share of the selection's CPU samples whose leaf is user code.
+    share: f64,
+}
+
+/// `GET /api/v1/fdo/binaries`: the binaries the selection's CPU samples are in, most first
+/// (what `/api/v1/fdo` can build a profile of).
+pub(crate) async fn binaries(
+    State(st): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Vec<Binary>>, ApiError> {
+    let mut p = st.params(q.as_deref())?;
+    if p.query.profiler != "cpu" {
+        return Ok(Json(Vec::new()));
+    }
+    p.query.value = None;
+    let query = p.query.clone();
+    let profile = with_store(&st, move |s| s.profile(&query)).await?;
+    let ids = Samples::build_ids(&profile.samples);
+    let total: f64 = ids.iter().map(|i| i.2).sum();
+    Ok(Json(
+        ids.into_iter()
+            .take(p.limit.min(20))
+            .map(|(build_id, module, w)| Binary {
+                build_id,
+                module,
+                share: if total > 0.0 { w / total } else { 0.0 },
+            })
+            .collect(),
+    ))
+}
