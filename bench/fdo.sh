@@ -11,7 +11,7 @@
 #   bench/fdo.sh            # both programs
 #   bench/fdo.sh fdo        # only the benchmark workload
 #   N=21 bench/fdo.sh zstd  # only zstd, 21 interleaved runs
-#   REUSE=1 WORK=DIR bench/fdo.sh zstd   # compare the binaries an earlier run left in DIR
+#   REUSE=1 WORK=DIR bench/fdo.sh fdo    # compare the binaries an earlier run left in DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BATON=${BATON:-${CARGO_TARGET_DIR:-target}/release/baton}
@@ -87,6 +87,10 @@ bolt() {
 }
 
 bench_fdo() {
+  if [ -n "${REUSE:-}" ] && [ -x "$WORK/fdo.pgo" ]; then
+    compare fdo 20000 -- 4000000
+    return
+  fi
   local src=tests/workloads/fdo.c
   "$LLVM/clang" $FLAGS $LDFLAGS -o "$WORK/fdo.base" "$src"
   "$BATON" record cpu --frequency 999 --output "$WORK/fdo.pb.gz" -- "$WORK/fdo.base" >/dev/null

@@ -8,7 +8,7 @@ DUCKDB_VERSION=1.5.6-r.1   # engine 1.5.6; matches the duckdb crate's 1.10500.x 
 # python3.11-dbg: debug files that name static functions of python3.11's extension modules.
 # etcd-server: the leader lease of servers sharing a store (--etcd); tests start their own etcd
 # on free ports, so the packaged service is not needed running.
-APT_PACKAGES=(clang llvm clang-16 llvm-16 bolt-16 libelf-dev zlib1g-dev pkg-config bpftool linux-perf golang-go chromium util-linux nodejs openjdk-17-jdk-headless systemtap-sdt-dev iproute2 openssl curl binutils libc6-dbg bpftrace clickhouse-server etcd-server libjemalloc2 libjemalloc-dev erlang-base python3.11-dbg)
+APT_PACKAGES=(clang llvm clang-16 llvm-16 bolt-16 valgrind bc libelf-dev zlib1g-dev pkg-config bpftool linux-perf golang-go chromium util-linux nodejs openjdk-17-jdk-headless systemtap-sdt-dev iproute2 openssl curl binutils libc6-dbg bpftrace clickhouse-server etcd-server libjemalloc2 libjemalloc-dev erlang-base python3.11-dbg)
 
 if [ "$(id -u)" != 0 ]; then
   echo "install-deps: run me as root (apt-get, /usr/local/lib and tracefs need it)" >&2
