@@ -37,7 +37,7 @@ __attribute__((noinline)) void rare_fixup(vm_t *vm, uint64_t h) {
     for (int i = 0; i < 8; i++) vm->regs[i] ^= h >> i;
 }
 
-void op_sub(vm_t *vm, uint32_t arg) { vm->acc -= vm->regs[arg & 7] ^ arg; }
+static void op_sub(vm_t *vm, uint32_t arg) { vm->acc -= vm->regs[arg & 7] ^ arg; }
 void op_shift(vm_t *vm, uint32_t arg) { unsigned s = arg % 13; vm->acc = (vm->acc << s) | (vm->acc >> (64 - s - 1) >> 1); }
 handler_t slow_ops[2];
 

@@ -258,6 +258,13 @@ fn report_text(cov: &Coverage, p: &SampleProfile, build_id: &str, a: &FdoArgs, s
         cov.line_zero,
         pct(cov.line_zero)
     );
+    if cov.no_start_line > 0.0 {
+        eprintln!(
+            "  no start line           {:>12.0}  {:5.1}%  (build with -fdebug-info-for-profiling)",
+            cov.no_start_line,
+            pct(cov.no_start_line)
+        );
+    }
     eprintln!(
         "  outside every function  {:>12.0}  {:5.1}%",
         cov.outside_functions,

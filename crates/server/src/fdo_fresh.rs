@@ -81,6 +81,18 @@ pub fn refresh(
     service: &str,
     window: Duration,
 ) -> Result<Vec<FreshProfile>, String> {
+    // The service's name is a directory and part of a URL path.
+    let safe = !service.is_empty()
+        && !service.starts_with('.')
+        && service
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !safe {
+        return Err(format!(
+            "service {service:?}: FDO profiles are kept only for services named with \
+             letters, digits, '-', '_' and '.'"
+        ));
+    }
     let to_ms = now_ms();
     let q = Query {
         profiler: "cpu".into(),
@@ -101,11 +113,18 @@ pub fn refresh(
             break;
         }
         let known = state.debuginfo.as_ref().and_then(|d| d.local(&build_id));
-        let Some(path) = find_binary(&profile.samples, &build_id, known) else {
+        let local = state.fleet.is_none();
+        let Some(path) = find_binary(&profile.samples, &build_id, known, local) else {
             tracing::debug!(%build_id, %module, "no binary for an fdo profile here");
             continue;
         };
-        let bin = FdoBinary::open_for(&path, Some(&build_id)).map_err(|e| e.to_string())?;
+        let bin = match FdoBinary::open_for(&path, Some(&build_id)) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(%build_id, error = %e, "fdo: skipping a binary");
+                continue;
+            }
+        };
         let samples = Samples::from_profile(&profile, &build_id);
         let (prof, cov) = SampleProfile::build(&bin, &samples);
         if prof.functions.is_empty() {

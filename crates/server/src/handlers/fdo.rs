@@ -92,21 +92,35 @@ pub(crate) async fn fdo(
              file); fetch format=samples and run `baton fdo --binary` where the binary is"
         )));
     };
-    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+    let body = tokio::task::spawn_blocking(move || -> Result<Result<Vec<u8>, String>, String> {
         let bin = FdoBinary::open_for(&path, Some(&build_id)).map_err(|e| e.to_string())?;
-        Ok(match output {
+        let (prof, cov) = SampleProfile::build(&bin, &samples);
+        if prof.functions.is_empty() {
+            return Ok(Err(format!(
+                "none of the {:.0} µs sampled in {} maps to a function with source lines \
+                 (no line table: {:.0}, line 0: {:.0}, no start line: {:.0}, outside every \
+                 function: {:.0})",
+                cov.samples,
+                path.display(),
+                cov.no_line_table,
+                cov.line_zero,
+                cov.no_start_line,
+                cov.outside_functions
+            )));
+        }
+        Ok(Ok(match output {
             Output::Bolt => bin.bolt_profile(&samples, "cpu-clock").into_bytes(),
             _ => {
-                let (prof, _) = SampleProfile::build(&bin, &samples);
                 let mut out = Vec::new();
                 prof.write_text(&mut out).map_err(|e| e.to_string())?;
                 out
             }
-        })
+        }))
     })
     .await
     .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::not_found)?;
     Ok((
         [
             (
@@ -125,7 +139,8 @@ pub(crate) async fn fdo(
 
 fn binary_for(st: &AppState, profile: &baton_model::Profile, build_id: &str) -> Option<PathBuf> {
     let known = st.debuginfo.as_ref().and_then(|d| d.local(build_id));
-    baton_symbolizer::fdo::find_binary(&profile.samples, build_id, known)
+    // A fleet server's samples name paths of other hosts: only its debug-info store counts.
+    baton_symbolizer::fdo::find_binary(&profile.samples, build_id, known, st.fleet.is_none())
 }
 
 /// `GET /api/v1/fdo/profiles`: the profiles kept fresh for services, newest first.

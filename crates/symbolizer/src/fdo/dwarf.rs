@@ -25,6 +25,9 @@ pub enum Lookup {
     NoLine,
     /// A line-table row of line 0: code the compiler made that belongs to no source line.
     LineZero,
+    /// A function without its start line (`DW_AT_decl_line`), which line offsets count from:
+    /// built without `-fdebug-info-for-profiling` and with too little debug info.
+    NoStartLine,
     /// No DWARF function covers the address.
     NoFunction,
 }
@@ -53,7 +56,12 @@ pub struct Tables {
     nodes: Vec<Node>,
     /// `(low, high, node)` of every concrete function's ranges, sorted by `low`.
     tops: Vec<(u64, u64, usize)>,
+    /// Units that could not be read.
+    pub bad_units: usize,
 }
+
+/// Inlining nests no deeper than this in any real program; a deeper tree is not followed.
+const MAX_DEPTH: usize = 128;
 
 impl Tables {
     /// Reads `.debug_info` and `.debug_line` of an ELF file (an empty table when it has none).
@@ -74,13 +82,17 @@ impl Tables {
         let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
         let mut t = Tables::default();
         let mut units = dwarf.units();
+        // A unit that cannot be read is skipped (and counted), not the whole binary.
         while let Some(header) = units.next().map_err(|e| e.to_string())? {
-            let unit = dwarf.unit(header).map_err(|e| e.to_string())?;
-            t.read_lines(&unit).map_err(|e| e.to_string())?;
-            let mut tree = unit.entries_tree(None).map_err(|e| e.to_string())?;
-            let root = tree.root().map_err(|e| e.to_string())?;
-            t.walk(&dwarf, &unit, root, None)
-                .map_err(|e| e.to_string())?;
+            let read = dwarf.unit(header).and_then(|unit| {
+                t.read_lines(&unit)?;
+                let mut tree = unit.entries_tree(None)?;
+                let root = tree.root()?;
+                t.walk(&dwarf, &unit, root, None, 0)
+            });
+            if read.is_err() {
+                t.bad_units += 1;
+            }
         }
         t.sequences.sort_by_key(|s| s.start);
         t.tops.sort_by_key(|r| r.0);
@@ -128,13 +140,17 @@ impl Tables {
         unit: &gimli::Unit<R<'d>>,
         node: gimli::EntriesTreeNode<'_, '_, R<'d>>,
         parent: Option<usize>,
+        depth: usize,
     ) -> gimli::Result<()> {
+        if depth > MAX_DEPTH {
+            return Ok(());
+        }
         let mut children = node.children();
         while let Some(child) = children.next()? {
             let e = child.entry();
             let tag = e.tag();
             if tag != gimli::DW_TAG_subprogram && tag != gimli::DW_TAG_inlined_subroutine {
-                self.walk(dwarf, unit, child, parent)?;
+                self.walk(dwarf, unit, child, parent, depth + 1)?;
                 continue;
             }
             let mut ranges = Vec::new();
@@ -146,7 +162,7 @@ impl Tables {
             }
             if ranges.is_empty() {
                 // A declaration or an abstract instance: named through the concrete ones.
-                self.walk(dwarf, unit, child, parent)?;
+                self.walk(dwarf, unit, child, parent, depth + 1)?;
                 continue;
             }
             let inlined = tag == gimli::DW_TAG_inlined_subroutine;
@@ -175,7 +191,7 @@ impl Tables {
                     .tops
                     .extend(ranges.iter().map(|&(lo, hi)| (lo, hi, idx))),
             }
-            self.walk(dwarf, unit, child, Some(idx))?;
+            self.walk(dwarf, unit, child, Some(idx), depth + 1)?;
         }
         Ok(())
     }
@@ -218,6 +234,18 @@ impl Tables {
                 line,
                 discriminator: base_discriminator(discriminator),
             });
+        }
+        // An inlined function whose name DWARF gives elsewhere (another unit, as LTO writes)
+        // ends the chain: its samples stay with its caller, at the line of the call.
+        if let Some(cut) = chain
+            .iter()
+            .skip(1)
+            .position(|&n| self.nodes[n].name.is_none())
+        {
+            out.truncate(cut + 1);
+        }
+        if out.iter().any(|l| l.start_line == 0) {
+            return Lookup::NoStartLine;
         }
         Lookup::Found(out)
     }

@@ -135,14 +135,16 @@ impl Samples {
     }
 }
 
-/// The binary of a build ID on this host: `known` (uploaded debug info) first, else a module path
-/// of the samples that is a file here with that build ID.
+/// The binary of a build ID on this host: `known` (uploaded debug info) first, else (with
+/// `local_paths`, where the samples were taken on this host) a module path of the samples that
+/// is a file here with that build ID.
 pub fn find_binary(
     samples: &[StackSample],
     build_id: &str,
     known: Option<PathBuf>,
+    local_paths: bool,
 ) -> Option<PathBuf> {
-    if known.is_some() {
+    if known.is_some() || !local_paths {
         return known;
     }
     let mut seen = std::collections::HashSet::new();
@@ -153,7 +155,7 @@ pub fn find_binary(
                 && seen.insert(f.module.as_str())
             {
                 let p = PathBuf::from(&f.module);
-                if crate::build_id_of(&p).as_deref() == Some(build_id) {
+                if p.is_file() && crate::build_id_of(&p).as_deref() == Some(build_id) {
                     return Some(p);
                 }
             }
@@ -175,6 +177,10 @@ pub struct Coverage {
     /// place for it; LLVM's own tools drop it too).
     #[serde(default)]
     pub line_zero: f64,
+    /// In a function DWARF gives no start line for (built without
+    /// `-fdebug-info-for-profiling`): its lines have nothing to count from.
+    #[serde(default)]
+    pub no_start_line: f64,
     /// Outside every function the binary's symbols and DWARF know.
     pub outside_functions: f64,
     /// Samples of the build ID whose leaf is in another module (a library it called).
@@ -199,7 +205,8 @@ pub struct FdoBinary {
     pub build_id: Option<String>,
     /// `(file offset, virtual address, file size)` of each loadable segment.
     segments: Vec<(u64, u64, u64)>,
-    /// `(start, end, name)` of each function symbol, sorted.
+    /// `(start, end, name)` of each function symbol, sorted; local ones named as BOLT names
+    /// them (`NAME/N`).
     symbols: Vec<(u64, u64, String)>,
     tables: dwarf::Tables,
 }
@@ -226,7 +233,7 @@ impl FdoBinary {
             })
             .filter(|s| s.2 > 0)
             .collect();
-        let mut symbols: Vec<(u64, u64, String)> = file
+        let mut all: Vec<(u64, u64, String, bool)> = file
             .symbols()
             .chain(file.dynamic_symbols())
             .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
@@ -235,11 +242,27 @@ impl FdoBinary {
                     s.address(),
                     s.address() + s.size(),
                     s.name().ok()?.to_string(),
+                    s.is_local(),
                 ))
             })
             .collect();
-        symbols.sort();
-        symbols.dedup_by_key(|s| s.0);
+        all.sort();
+        all.dedup_by_key(|s| s.0);
+        // BOLT names a local symbol NAME/N, N counting that name's local symbols in address
+        // order; its profiles must name them the same way.
+        let mut seen: std::collections::HashMap<String, u32> = Default::default();
+        let symbols = all
+            .into_iter()
+            .map(|(lo, hi, name, local)| {
+                if local {
+                    let n = seen.entry(name.clone()).or_default();
+                    *n += 1;
+                    (lo, hi, format!("{name}/{n}"))
+                } else {
+                    (lo, hi, name)
+                }
+            })
+            .collect();
         let tables = dwarf::Tables::read(&file)
             .map_err(|e| FdoError::Binary(format!("{}: DWARF: {e}", path.display())))?;
         Ok(FdoBinary {
@@ -287,6 +310,15 @@ impl FdoBinary {
     pub fn lookup(&self, vaddr: u64) -> Lookup {
         match self.tables.lookup(vaddr) {
             Lookup::NoFunction if self.symbol(vaddr).is_some() => Lookup::NoLine,
+            // The function itself named elsewhere: its symbol is its linkage name.
+            Lookup::Found(mut chain) if chain[0].function.is_empty() => match self.symbol(vaddr) {
+                Some((name, _)) => {
+                    let bare = name.rsplit_once('/').map_or(name, |(n, _)| n);
+                    chain[0].function = bare.to_string();
+                    Lookup::Found(chain)
+                }
+                None => Lookup::NoFunction,
+            },
             l => l,
         }
     }

@@ -55,6 +55,17 @@ impl FunctionSamples {
         node
     }
 
+    fn has_targets(&self) -> bool {
+        self.body
+            .values()
+            .any(|b| b.targets.values().any(|&c| round(c) > 0))
+            || self
+                .inlined
+                .values()
+                .flat_map(|m| m.values())
+                .any(|f| f.has_targets())
+    }
+
     fn write(&self, out: &mut impl Write, depth: usize, top: bool) -> std::io::Result<()> {
         if top {
             writeln!(
@@ -93,7 +104,7 @@ impl FunctionSamples {
                 }
             }
             for callee in self.inlined.get(&key).into_iter().flat_map(|m| m.values()) {
-                if round(callee.total) == 0 {
+                if round(callee.total) == 0 && !callee.has_targets() {
                     continue;
                 }
                 writeln!(
@@ -101,7 +112,7 @@ impl FunctionSamples {
                     "{pad}{}: {}:{}",
                     fmt_key(key),
                     callee.name,
-                    round(callee.total)
+                    round(callee.total).max(1)
                 )?;
                 callee.write(out, depth + 1, false)?;
             }
@@ -169,12 +180,15 @@ impl SampleProfile {
                         }
                         Lookup::NoLine => cov.no_line_table += w,
                         Lookup::LineZero => cov.line_zero += w,
+                        Lookup::NoStartLine => cov.no_start_line += w,
                         Lookup::NoFunction => cov.outside_functions += w,
                     }
                 }
                 _ => cov.leaf_elsewhere += w,
             }
-            // Each caller frame's call site names the function the frame below it is in.
+            // Each caller frame's call site names the function the frame below it is in;
+            // a (site, target) pair counts once per stack, however often recursion repeats it.
+            let mut seen: std::collections::HashSet<(u64, String)> = Default::default();
             for pair in s.frames.windows(2) {
                 let (Some(callee), Some(caller)) = (pair[0], pair[1]) else {
                     continue;
@@ -182,11 +196,15 @@ impl SampleProfile {
                 let Lookup::Found(callee_chain) = resolve(callee) else {
                     continue;
                 };
-                // A return address: the call is the instruction before it.
-                let Lookup::Found(site) = resolve(caller.saturating_sub(1)) else {
+                // Caller frames are stored one byte before their return address, inside the
+                // call instruction, so the address is the call's own.
+                let Lookup::Found(site) = resolve(caller) else {
                     continue;
                 };
                 let target = callee_chain[0].function.clone();
+                if !seen.insert((caller, target.clone())) {
+                    continue;
+                }
                 let top = p
                     .functions
                     .entry(site[0].function.clone())
@@ -206,7 +224,13 @@ impl SampleProfile {
                     .head += w;
             }
         }
-        p.functions.retain(|_, f| round(f.total) > 0);
+        // A function sampled too little to count still keeps the call targets it has (an
+        // indirect call's dispatcher may spend little time itself), with a total of 1.
+        p.functions
+            .retain(|_, f| round(f.total) > 0 || f.has_targets());
+        for f in p.functions.values_mut() {
+            f.total = f.total.max(1.0);
+        }
         (p, cov)
     }
 
