@@ -208,18 +208,7 @@ fn gather(a: &FdoArgs, build_id: &str) -> anyhow::Result<(Samples, String, Vec<S
                 all.merge(&s);
             }
             404 => {}
-            _ => {
-                let msg = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["error"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-                let e = format!("{server} answered {status}: {msg}");
-                return Err(if (400..500).contains(&status) {
-                    usage(e)
-                } else {
-                    anyhow::anyhow!(e)
-                });
-            }
+            _ => return Err(crate::query::answer_error(server, status, &body)),
         }
     }
     Ok((all, names.join(" + "), elsewhere))

@@ -32,16 +32,7 @@ pub fn run(a: QueryArgs) -> anyhow::Result<ExitCode> {
     }
     let (status, body) = get(&a.server, &format!("{path}?{q}"))?;
     if !(200..300).contains(&status) {
-        let msg = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        let e = anyhow::anyhow!("server answered {status}: {msg}");
-        return Err(if (400..500).contains(&status) {
-            usage(e.to_string())
-        } else {
-            e
-        });
+        return Err(answer_error("server", status, &body));
     }
     if path == "/api/v1/histograms" && a.output.is_none() {
         let v: serde_json::Value =
@@ -91,6 +82,21 @@ pub fn run(a: QueryArgs) -> anyhow::Result<ExitCode> {
         None => std::io::stdout().lock().write_all(&body)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A server's error answer as an error: its JSON `error` (else the body), a usage error (exit 2)
+/// for a 4xx.
+pub fn answer_error(who: &str, status: u16, body: &[u8]) -> anyhow::Error {
+    let msg = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let e = format!("{who} answered {status}: {msg}");
+    if (400..500).contains(&status) {
+        usage(e)
+    } else {
+        anyhow::anyhow!(e)
+    }
 }
 
 /// GET `path` from a baton server: (status, body).

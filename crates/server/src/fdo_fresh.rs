@@ -81,13 +81,7 @@ pub fn refresh(
     service: &str,
     window: Duration,
 ) -> Result<Vec<FreshProfile>, String> {
-    // The service's name is a directory and part of a URL path.
-    let safe = !service.is_empty()
-        && !service.starts_with('.')
-        && service
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if !safe {
+    if !safe_name(service) {
         return Err(format!(
             "service {service:?}: FDO profiles are kept only for services named with \
              letters, digits, '-', '_' and '.'"
@@ -157,6 +151,15 @@ pub fn refresh(
         written.push(meta);
     }
     Ok(written)
+}
+
+/// Whether a service or file name can be a directory entry here and a URL path segment: letters,
+/// digits, `-`, `_` and `.`, not leading with a dot.
+pub(crate) fn safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {

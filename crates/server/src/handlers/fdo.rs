@@ -160,13 +160,8 @@ pub(crate) async fn profile_file(
     State(st): State<AppState>,
     axum::extract::Path((service, file)): axum::extract::Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let safe = |s: &str| {
-        !s.is_empty()
-            && !s.starts_with('.')
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
-    let (Some(dir), true) = (&st.fdo_dir, safe(&service) && safe(&file)) else {
+    use crate::fdo_fresh::safe_name;
+    let (Some(dir), true) = (&st.fdo_dir, safe_name(&service) && safe_name(&file)) else {
         return Err(ApiError::not_found("no such FDO profile"));
     };
     let bytes = std::fs::read(dir.join(&service).join(&file))

@@ -95,10 +95,7 @@ impl Samples {
         }
         Samples {
             build_id: build_id.to_string(),
-            stacks: by_stack
-                .into_iter()
-                .map(|(frames, count)| SampleStack { frames, count })
-                .collect(),
+            stacks: stacks_of(by_stack),
         }
     }
 
@@ -108,10 +105,7 @@ impl Samples {
         for s in self.stacks.iter().chain(&other.stacks) {
             *by_stack.entry(s.frames.clone()).or_default() += s.count;
         }
-        self.stacks = by_stack
-            .into_iter()
-            .map(|(frames, count)| SampleStack { frames, count })
-            .collect();
+        self.stacks = stacks_of(by_stack);
     }
 
     pub fn total(&self) -> f64 {
@@ -162,6 +156,13 @@ pub fn find_binary(
         }
     }
     None
+}
+
+fn stacks_of(by_stack: BTreeMap<Vec<Option<u64>>, f64>) -> Vec<SampleStack> {
+    by_stack
+        .into_iter()
+        .map(|(frames, count)| SampleStack { frames, count })
+        .collect()
 }
 
 /// How many sampled leaf addresses were mapped to source, and why the others were not.
