@@ -305,6 +305,13 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
             None => eprintln!("{} probe hits trapped in the targets", stats.traps),
         }
     }
+    if stats.rate_limited > 0 {
+        eprintln!(
+            "{} events past the rate limit were left out; the ones kept past it are weighted to \
+             stand for them",
+            stats.rate_limited
+        );
+    }
     print_histograms(&report.batch.histograms);
     // Always said where DWARF unwinding is on, so "none copied" reads as 0, not as silence.
     if stats.dwarf_copied > 0 || a.unwind == crate::UnwindMode::Auto {

@@ -56,6 +56,7 @@ pub mod registry;
 pub mod sys;
 
 pub use mechanics::{unwind, uprobe};
+pub use profilers::gpu;
 pub use profilers::{calls, cpu, io, latency, locks, malloc, offcpu, syscalls};
 
 pub use mechanics::perf::SamplingEvent;

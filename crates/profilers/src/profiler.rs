@@ -212,6 +212,8 @@ pub struct ProfilerStats {
     /// Probe hits in the targets (uprobe and USDT profilers): each one a trap into the kernel
     /// that the target pays for.
     pub traps: u64,
+    /// Events a rate limit left out (counted, and stood for by the weight of those kept).
+    pub rate_limited: u64,
 }
 
 impl ProfilerStats {

@@ -59,6 +59,18 @@ pub static REGISTRY: &[Registered] = &[
             )?))
         },
     },
+    Registered {
+        info: &crate::profilers::gpu::cuda::INFO,
+        start: crate::profilers::gpu::cuda::start_dyn,
+    },
+    Registered {
+        info: &crate::profilers::gpu::gpumem::INFO,
+        start: crate::profilers::gpu::gpumem::start_dyn,
+    },
+    Registered {
+        info: &crate::profilers::gpu::nvml::INFO,
+        start: crate::profilers::gpu::nvml::start_dyn,
+    },
 ];
 
 /// The ad-hoc profilers of the live config tree, by name: their declaration (leaked once per

@@ -12,6 +12,7 @@ mod parse;
 mod process;
 
 pub use def::{info_of, wrapped_script};
+pub(crate) use parse::demangle;
 pub use process::{bpftrace_path, children_cost, dry_run, start, AdhocProfiler};
 
 /// Feeds `output`, line by line, to the parser of bpftrace's JSON output as a run of `def`

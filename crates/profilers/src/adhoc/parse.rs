@@ -433,7 +433,7 @@ fn stack_frames(text: &str, kind: FrameKind) -> Vec<Frame> {
 }
 
 /// Rust (legacy and v0) and C++ names as people read them.
-fn demangle(name: &str) -> String {
+pub(crate) fn demangle(name: &str) -> String {
     if let Ok(d) = rustc_demangle::try_demangle(name) {
         return format!("{d:#}");
     }

@@ -111,7 +111,7 @@ impl Spec {
 
     /// The histogram of each kind: the profiler's one histogram.
     fn histogram(&self) -> &'static str {
-        self.info.histograms[0]
+        self.info.histograms.first().copied().unwrap_or("")
     }
 }
 
@@ -159,6 +159,13 @@ impl<S: EventSkel> EventProfiler<S> {
             budget,
             sampler: RateSampler::new(),
         })
+    }
+}
+
+impl<S: EventSkel> EventProfiler<S> {
+    /// The skeleton, for profilers that read maps of their own beside the rows.
+    pub(crate) fn skel(&self) -> &S {
+        &self.skel
     }
 }
 

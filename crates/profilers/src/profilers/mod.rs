@@ -4,12 +4,15 @@
 //! starts from [`crate::StartOptions`] (`start_dyn`, or the profiler's own `start` where it
 //! takes them as they are); [`crate::registry`] lists them.
 //!
+//! `gpu` holds the GPU profilers (`cuda`, `gpumem`, `nvml`).
+//!
 //! `events` is the generic profiler the tracepoint profilers built on `bpf/common.h`
 //! (`syscalls`, `locks`, `io`) instantiate with a [`events::Spec`].
 
 pub mod calls;
 pub mod cpu;
 pub(crate) mod events;
+pub mod gpu;
 pub mod io;
 pub mod latency;
 pub mod locks;
