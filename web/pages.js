@@ -570,14 +570,46 @@ async function timeline() {
   setStatus("loading…");
   let data;
   try { data = await api("/api/v1/timeline", p); } catch (e) { setStatus("error: " + e.message, true); return; }
+  const gauges = await gpuGauges(u, data);
   const view = new TimelineView($("tl"), data, {
     onPick: (s) => showSpan(s, data),
     onRange: (a, b) => { setQ({ from: a, to: b }, true); timeline(); },
+    gauges,
   });
-  $("tl-lanes").querySelector("tbody").innerHTML = view.lanes.map((l) => `<tr data-tid="${l.tid}"><td>${l.tid}</td><td>${esc(l.comm)}</td><td class="num">${l.cpu}</td><td class="num">${l.offcpu} · ${(l.offcpuUs / 1000).toFixed(0)} ms</td><td class="num">${l.requests}</td></tr>`).join("");
+  $("tl-lanes").querySelector("tbody").innerHTML = view.lanes.map((l) => `<tr data-tid="${l.tid}"><td>${l.tid}</td><td>${esc(l.comm)}</td><td class="num">${l.cpu}</td><td class="num">${l.offcpu} · ${(l.offcpuUs / 1000).toFixed(0)} ms</td><td class="num">${l.requests}</td></tr>`).join("")
+    + gauges.map((ga) => `<tr class="gauge" data-gauge="${esc(ga.value)}" data-gpu="${esc(ga.gpu)}"><td colspan="2">${esc(ga.title)}</td><td class="num" colspan="3">mean ${fmtValue(ga.points.reduce((a, p) => a + p.value, 0) / Math.max(1, ga.points.length), ga.unit)} · ${ga.points.length} readings</td></tr>`).join("");
   setStatus(`${data.spans.length.toLocaleString()} spans${data.truncated ? " (truncated: narrow the window)" : ""} · ${fmtTime(data.from_ms)} – ${fmtTime(data.to_ms)}`);
   debug.timeline = view;
   document.body.dataset.loaded = "1";
+}
+
+// The GPU gauges the `nvml` profiler read for this process in the window, as timeline lanes:
+// the process's own (SM utilisation, memory held) on each GPU it used, then those GPUs' device
+// readings (busy, memory used, power). None when nvml did not run.
+const GPU_PROCESS = [["gpu_proc_util", "SM util", "percent", 100], ["gpu_proc_mem_used", "memory", "bytes", 0]];
+const GPU_DEVICE = [["gpu_util", "busy", "percent", 100], ["gpu_mem_used", "memory used", "bytes", 0], ["gpu_power", "power", "milliwatts", 0]];
+async function gpuGauges(u, data) {
+  const series = async (value, filters) => {
+    const p = new URLSearchParams({ profiler: "nvml", value, from: data.from_ms, to: data.to_ms, step: "1s", group_by: "gpu" });
+    for (const f of filters) p.append("filter", f);
+    if (u.get("host")) p.append("filter", "host=" + u.get("host"));
+    try { return (await api("/api/v1/timeseries", p)).series || []; } catch (e) { return []; }
+  };
+  const out = [];
+  const gpus = new Set();
+  for (const [value, what, unit, max] of GPU_PROCESS) {
+    for (const s of await series(value, ["pid=" + u.get("pid")])) {
+      gpus.add(s.key);
+      out.push({ value, gpu: s.key, title: `gpu${s.key} ${what} (pid)`, unit, max, points: s.points });
+    }
+  }
+  if (!gpus.size) return out;
+  for (const [value, what, unit, max] of GPU_DEVICE) {
+    for (const s of await series(value, [])) {
+      if (gpus.has(s.key)) out.push({ value, gpu: s.key, title: `gpu${s.key} ${what}`, unit, max, points: s.points });
+    }
+  }
+  return out;
 }
 
 function showSpan(s, data) {

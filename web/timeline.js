@@ -1,15 +1,19 @@
 // The timeline: one lane per thread of a process, with CPU samples as ticks coloured by their
 // leaf function, off-CPU intervals as bars and requests (the `latency` profiler's slow ones)
-// as a band under them. Click a mark for its stack; drag across lanes to narrow the window.
+// as a band under them; under the threads, one lane per GPU gauge of the process (the `nvml`
+// profiler's readings) as a step line. Click a mark for its stack; drag across lanes to narrow
+// the window.
 
-import { colour, showTip, fmtTime, sizeCanvas } from "./app.js";
+import { colour, showTip, fmtTime, fmtValue, sizeCanvas } from "./app.js";
 
-const LANE = 40, HEAD = 22, LEFT = 150;
+const LANE = 40, HEAD = 22, LEFT = 150, GAUGE = 34;
 
 export class TimelineView {
-  constructor(canvas, data, { onPick = null, onRange = null } = {}) {
+  constructor(canvas, data, { onPick = null, onRange = null, gauges = [] } = {}) {
     this.canvas = canvas;
     this.data = data;
+    // [{ title, unit, max, points: [{ ts_ms, value }] }]
+    this.gauges = gauges;
     this.onPick = onPick;
     this.onRange = onRange;
     this.from = data.from_ms * 1000;
@@ -69,7 +73,8 @@ export class TimelineView {
 
   draw() {
     const c = this.canvas, W = c.clientWidth || 900;
-    const H = HEAD + Math.max(1, this.lanes.length) * LANE + 4;
+    const threadsH = HEAD + Math.max(1, this.lanes.length) * LANE;
+    const H = threadsH + this.gauges.length * GAUGE + 4;
     const g = sizeCanvas(c, W, H);
     g.font = "11px ui-monospace, monospace";
     g.textBaseline = "middle";
@@ -117,6 +122,34 @@ export class TimelineView {
       g.fillStyle = "#777";
       g.fillText("No spans for this process in the window.", LEFT, HEAD + 14);
     }
+    this.gauges.forEach((ga, gi) => this.drawGauge(g, ga, threadsH + gi * GAUGE, W));
+  }
+
+  // One gauge lane: its title and mean on the left, its readings as a step line scaled to
+  // `max` (or its largest reading).
+  drawGauge(g, ga, y, W) {
+    g.fillStyle = "#eef5ee";
+    g.fillRect(0, y, W, GAUGE - 2);
+    g.fillStyle = "#333";
+    g.fillText(ga.title.slice(0, 22), 4, y + 10);
+    const vals = ga.points.map((p) => p.value);
+    const mean = vals.length ? vals.reduce((a, b) => a + b, 0) / vals.length : 0;
+    g.fillStyle = "#888";
+    g.fillText("mean " + fmtValue(mean, ga.unit), 4, y + 24);
+    const top = Math.max(ga.max || 0, ...vals, 1);
+    g.strokeStyle = "#2e8b57";
+    g.lineWidth = 1.5;
+    g.beginPath();
+    let last = null;
+    for (const p of ga.points) {
+      const x = Math.max(LEFT, this.xOf(p.ts_ms * 1000));
+      const yy = y + GAUGE - 4 - (GAUGE - 8) * p.value / top;
+      if (last === null) g.moveTo(x, yy);
+      else { g.lineTo(x, last); g.lineTo(x, yy); }
+      last = yy;
+    }
+    if (last !== null) g.lineTo(W, last);
+    g.stroke();
   }
 
   hit(e) {

@@ -9,7 +9,7 @@
  *   - replays a graph 3 times through cudaGraphLaunch and 2 times through cuGraphLaunch;
  *   - allocates 3 x 1 MiB with cudaMalloc in load_weights and frees one (2 MiB stay live), and
  *     5 x 4 KiB with cuMemAlloc in make_scratch, all freed.
- * It prints the streams' handles, then lingers for LINGER seconds.
+ * It prints the streams' handles on stderr, then lingers for LINGER seconds.
  * Usage: gpu N [LINGER] */
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,8 +120,7 @@ int main(int argc, char **argv)
         abort();
     if (cudaStreamCreate(&stream_a) != 0 || cuStreamCreate(&stream_b, 0) != 0)
         abort();
-    printf("stream_a %p\nstream_b %p\n", (void *)stream_a, (void *)stream_b);
-    fflush(stdout);
+    fprintf(stderr, "stream_a %p\nstream_b %p\n", (void *)stream_a, (void *)stream_b);
     load_weights();
     make_scratch();
     for (int i = 0; i < n; i++)

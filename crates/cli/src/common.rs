@@ -179,12 +179,26 @@ pub fn preload(dir: &Path, quiet: bool, json: bool) -> anyhow::Result<std::proce
 pub fn list_profilers(json: bool) -> anyhow::Result<std::process::ExitCode> {
     let infos = baton_profilers::registry::infos();
     if json {
-        println!("{}", serde_json::to_string_pretty(&infos)?);
+        let mut list = Vec::new();
+        for p in &infos {
+            let mut v = serde_json::to_value(p)?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "unavailable".into(),
+                    baton_profilers::registry::unavailable(p.name).into(),
+                );
+            }
+            list.push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(std::process::ExitCode::SUCCESS);
     }
     for p in infos {
         println!("{}  ({} cost)", p.name, p.cost.name());
         println!("    {}", p.description);
+        if let Some(why) = baton_profilers::registry::unavailable(p.name) {
+            println!("    unavailable here: {why}");
+        }
         let values: Vec<String> = p
             .values
             .iter()

@@ -142,6 +142,24 @@ pub fn infos() -> Vec<&'static ProfilerInfo> {
     all().into_iter().map(|r| r.info).collect()
 }
 
+/// Why profiler `name` cannot run on this host at all, if it cannot: the GPU profilers on a
+/// host without an NVIDIA driver or CUDA libraries. Checked once per process (a driver
+/// installed later is seen after a restart). `cuda` and `gpumem` can still profile a process
+/// by pid that loads CUDA libraries of its own; runs over the whole host are not scheduled.
+pub fn unavailable(name: &str) -> Option<String> {
+    static CUDA: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    static NVML: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    match name {
+        "cuda" | "gpumem" => CUDA.get_or_init(crate::profilers::gpu::host_unavailable).clone(),
+        "nvml" => NVML
+            .get_or_init(|| {
+                crate::profilers::gpu::nvml::unavailable(&crate::profilers::gpu::nvml::default_library())
+            })
+            .clone(),
+        _ => None,
+    }
+}
+
 /// Every registered profiler's name.
 pub fn names() -> Vec<&'static str> {
     all().into_iter().map(|r| r.info.name).collect()

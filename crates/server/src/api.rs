@@ -250,6 +250,9 @@ pub struct RuleStatus {
     pub slot_s: f64,
     pub target_samples_per_hour: u64,
     pub observed_samples: u64,
+    /// Why its profiler cannot run on this host (no NVIDIA driver): it is never drawn here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
 }
 
 /// The overhead guard's last check.

@@ -121,9 +121,12 @@ pub fn parse_params_with(
             }
             "group_by" => {
                 if !v.is_empty() {
-                    if !baton_store::LABEL_COLUMNS.contains(&v.as_ref()) {
+                    if !baton_store::LABEL_COLUMNS.contains(&v.as_ref())
+                        && !baton_store::is_detail_label(&v)
+                    {
                         return Err(format!(
-                            "group_by: {v:?} is not a label column; use one of {}",
+                            "group_by: {v:?} is not a label; use one of {}, or a profiler's \
+                             own label (lower-case letters, digits and _)",
                             baton_store::LABEL_COLUMNS.join(", ")
                         ));
                     }
@@ -189,8 +192,10 @@ mod tests {
         assert!(parse_params("bogus=1").is_err());
         let g = parse_params("group_by=service").expect("ok");
         assert_eq!(g.group_by.as_deref(), Some("service"));
-        let e = parse_params("group_by=colour").unwrap_err();
-        assert!(e.contains("not a label column"), "{e}");
+        let e = parse_params("group_by=Colour;").unwrap_err();
+        assert!(e.contains("not a label"), "{e}");
+        let g = parse_params("group_by=gpu").expect("a profiler's own label");
+        assert_eq!(g.group_by.as_deref(), Some("gpu"));
         // Service labels resolve through the config to the services that carry them.
         let cfg = baton_config::load(
             &[baton_config::SourceFile {

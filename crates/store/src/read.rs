@@ -47,7 +47,7 @@ pub(crate) trait Backend {
         &mut self,
         q: &Query,
         step_ms: i64,
-        group: Option<&'static str>,
+        group: Option<&str>,
     ) -> Result<Vec<crate::series::SeriesRow>, StoreError>;
     /// Distinct values of a label column in the range, most weighted first.
     fn label_values(&mut self, q: &Query, col: &str, limit: usize) -> Result<Totals, StoreError>;

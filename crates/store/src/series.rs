@@ -29,7 +29,8 @@ pub struct Series {
 pub(crate) type SeriesRow = (i64, String, f64);
 
 /// The SELECT of a series over `table`, returning (bucket, key, value) ordered by bucket and
-/// key. `group` is a label column (from [`crate::LABEL_COLUMNS`], never user text).
+/// key. `group` is a label column (from [`crate::LABEL_COLUMNS`]) or a detail label (checked
+/// by [`crate::is_detail_label`]).
 pub(crate) fn series_sql(
     q: &Query,
     d: Dialect,
@@ -43,10 +44,23 @@ pub(crate) fn series_sql(
         Dialect::DuckDb => format!("(ts_ms // {step}) * {step}"),
         Dialect::ClickHouse => format!("intDiv(ts_ms, {step}) * {step}"),
     };
-    let key = group.map_or_else(
-        || "''".to_string(),
-        |col| format!("coalesce({}, '')", d.text(col)),
-    );
+    let key = match group {
+        None => "''".to_string(),
+        Some(col) if crate::LABEL_COLUMNS.contains(&col) => {
+            format!("coalesce({}, '')", d.text(col))
+        }
+        // A detail label's value in `detail` (`k=v;k=v`); the name is checked to be letters,
+        // digits and `_` only, so it is safe inside the pattern.
+        Some(label) if crate::is_detail_label(label) => match d {
+            Dialect::DuckDb => format!(
+                "regexp_extract(';' || coalesce(detail, ''), ';{label}=([^;]*)', 1)"
+            ),
+            Dialect::ClickHouse => {
+                format!("extract(concat(';', ifNull(detail, '')), ';{label}=([^;]*)')")
+            }
+        },
+        Some(_) => "''".to_string(),
+    };
     let level = q.value.as_deref().is_some_and(is_level);
     let sql = if level {
         // A window is one (host, pid, ts_ms): its total is the level; a process's level over a
@@ -127,15 +141,19 @@ pub(crate) fn level_totals(
     out.into_iter().collect()
 }
 
-/// The series of a query, grouped by `group_by` (a label column) if given: the series in
-/// descending order of their largest point.
+/// The series of a query, grouped by `group_by` (a label column, or a profiler's own label such
+/// as `gpu` or `syscall`) if given: the series in descending order of their largest point.
 pub(crate) fn series<B: crate::read::Backend>(
     b: &mut B,
     q: &Query,
     step_ms: i64,
     group_by: Option<&str>,
 ) -> Result<Vec<Series>, StoreError> {
-    let col = group_by.map(label_column).transpose()?;
+    let col = match group_by {
+        Some(g) if crate::is_detail_label(g) => Some(g),
+        Some(g) => Some(label_column(g)?),
+        None => None,
+    };
     let mut by_key: BTreeMap<String, Vec<Point>> = BTreeMap::new();
     for (ts_ms, key, value) in b.series(q, step_ms, col)? {
         by_key.entry(key).or_default().push(Point { ts_ms, value });

@@ -268,6 +268,9 @@ fn heap_window(ts: i64, pid: &str, live: i64, alloc: i64) -> Batch {
         s.stack[0] = frame(FrameKind::User, Some(leaf), leaf.len() as u64 * 16);
         s.value = v;
         s.value_index = 2;
+        // A profiler's own label, kept in `detail`.
+        let arena = if leaf == "leak_site" { "big" } else { "small" };
+        s.labels.insert("arena".into(), arena.into());
         b.samples.push(s);
     }
     b
@@ -305,9 +308,17 @@ fn level_series_per_window_and_group(s: &mut dyn Store) {
         vec![pt(1_000, 200.0), pt(2_000, 400.0)]
     );
     assert!(matches!(
-        s.series(&live, 1_000, Some("colour")),
+        s.series(&live, 1_000, Some("Colour")),
         Err(StoreError::UnknownLabel(_))
     ));
+    // Grouped by a profiler's own label (in `detail`): pid 7 means 225 and 75, pid 8 750 and
+    // 250.
+    let by_arena = s.series(&live, 10_000, Some("arena")).expect("series");
+    let keys: Vec<(&str, f64)> = by_arena
+        .iter()
+        .map(|x| (x.key.as_str(), x.points[0].value))
+        .collect();
+    assert_eq!(keys, vec![("big", 975.0), ("small", 325.0)]);
     // A level's flame graph: per process the mean of its windows (pid 7: leak_site 150 and
     // 300, other_site 50 and 100), summed over processes.
     let p = s.profile(&live).expect("profile");

@@ -8,6 +8,7 @@ mod continuous;
 mod deploy;
 mod fdo;
 mod fleet;
+mod gpu;
 mod harness;
 mod heap;
 mod jemalloc;

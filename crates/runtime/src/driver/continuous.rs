@@ -81,6 +81,16 @@ impl Driver {
             let Some(svc) = config.services.get(&r.service) else {
                 continue;
             };
+            // A profiler this host cannot run (no NVIDIA driver) is said once, never queued.
+            if let Some(why) = baton_profilers::registry::unavailable(&r.profiler) {
+                if self.said_unavailable.insert(r.key()) {
+                    eprintln!(
+                        "baton up: continuous rule {}#{} ({}) is not run on this host: {why}",
+                        r.service, r.rule, r.profiler
+                    );
+                }
+                continue;
+            }
             if selector_pids(&svc.selector).is_empty() {
                 continue;
             }
@@ -162,6 +172,7 @@ impl Driver {
                     slot_s: r.slot_ms as f64 / 1000.0,
                     target_samples_per_hour: r.target_samples_per_hour,
                     observed_samples: self.tuner.observed(&r.service, r.rule),
+                    unavailable: baton_profilers::registry::unavailable(&r.profiler),
                 }
             })
             .collect();

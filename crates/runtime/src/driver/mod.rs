@@ -200,6 +200,8 @@ struct Driver {
     tuner_file: PathBuf,
     /// The last slot drawn for each continuous rule.
     drawn: HashMap<(String, usize), u64>,
+    /// Continuous rules whose profiler this host cannot run, already said.
+    said_unavailable: std::collections::HashSet<(String, usize)>,
     host_key: u64,
     /// Fleet mode: when the whole-host chain draws its next window.
     chain_next_ms: u64,
@@ -250,6 +252,7 @@ impl Driver {
             tuner,
             tuner_file,
             drawn: HashMap::new(),
+            said_unavailable: Default::default(),
             host_key: host_key(&host_name),
             chain_next_ms: 0,
             chain_weight: 1.0,

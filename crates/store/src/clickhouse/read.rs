@@ -211,7 +211,7 @@ impl Backend for Http {
         &mut self,
         q: &Query,
         step_ms: i64,
-        group: Option<&'static str>,
+        group: Option<&str>,
     ) -> Result<Vec<SeriesRow>, StoreError> {
         let table = self.table("samples");
         let (sql, params) = series_sql(q, Dialect::ClickHouse, &table, step_ms, group);

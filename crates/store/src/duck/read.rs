@@ -165,7 +165,7 @@ impl Backend for Connection {
         &mut self,
         q: &Query,
         step_ms: i64,
-        group: Option<&'static str>,
+        group: Option<&str>,
     ) -> Result<Vec<SeriesRow>, StoreError> {
         let (sql, params) = series_sql(q, Dialect::DuckDb, "samples", step_ms, group);
         let mut st = self.prepare(&sql)?;

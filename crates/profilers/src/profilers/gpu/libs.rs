@@ -192,8 +192,9 @@ pub(crate) fn host_unavailable() -> Option<String> {
         return None;
     }
     Some(
-        "no NVIDIA driver on this host (no /proc/driver/nvidia, no libcuda.so.1 or \
-         libcudart.so in the loader's cache or /usr/local/cuda)"
+        "no NVIDIA driver (no /proc/driver/nvidia, and no libcuda.so.1 or libcudart.so in the \
+         loader's cache or /usr/local/cuda); a process that loads CUDA libraries of its own can \
+         still be profiled by pid"
             .into(),
     )
 }

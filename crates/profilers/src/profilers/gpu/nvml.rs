@@ -19,8 +19,17 @@ use baton_model::{Claim, CostClass, Frame, FrameKind, OptionInfo, ProfilerInfo, 
 
 use crate::{Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
-/// The library NVML is when `lib=` does not say.
+/// The library NVML is when neither `lib=` nor `BATON_NVML_LIBRARY` says.
 pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
+
+/// The NVML library runs load when `lib=` does not say: `BATON_NVML_LIBRARY` in Baton's
+/// environment (a driver installed outside the loader's path), else [`DEFAULT_LIBRARY`].
+pub fn default_library() -> String {
+    std::env::var("BATON_NVML_LIBRARY")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_LIBRARY.into())
+}
 
 /// What the profiler declares: the registry lists it.
 pub static INFO: ProfilerInfo = ProfilerInfo {
@@ -93,8 +102,9 @@ pub static INFO: ProfilerInfo = ProfilerInfo {
     options: &[
         OptionInfo {
             name: "lib",
-            default: DEFAULT_LIBRARY,
-            help: "the NVML library to load (a path, or a name the loader finds)",
+            default: "",
+            help: "the NVML library to load, a path or a name the loader finds (default \
+                   $BATON_NVML_LIBRARY, else libnvidia-ml.so.1)",
         },
         OptionInfo {
             name: "interval",
@@ -390,7 +400,11 @@ pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, Pr
     if interval < Duration::from_millis(100) {
         return Err(bad("interval must be at least 100ms".into()));
     }
-    let nvml = Nvml::load(o.option(&INFO, "lib")).map_err(ProfilerError::Attach)?;
+    let lib = match o.option(&INFO, "lib") {
+        "" => default_library(),
+        l => l.to_string(),
+    };
+    let nvml = Nvml::load(&lib).map_err(ProfilerError::Attach)?;
     let window = Arc::new(Mutex::new(Window::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let readings = Arc::new(AtomicU64::new(0));
