@@ -150,10 +150,14 @@ pub fn unavailable(name: &str) -> Option<String> {
     static CUDA: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     static NVML: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     match name {
-        "cuda" | "gpumem" => CUDA.get_or_init(crate::profilers::gpu::host_unavailable).clone(),
+        "cuda" | "gpumem" => CUDA
+            .get_or_init(crate::profilers::gpu::host_unavailable)
+            .clone(),
         "nvml" => NVML
             .get_or_init(|| {
-                crate::profilers::gpu::nvml::unavailable(&crate::profilers::gpu::nvml::default_library())
+                crate::profilers::gpu::nvml::unavailable(
+                    &crate::profilers::gpu::nvml::default_library(),
+                )
             })
             .clone(),
         _ => None,

@@ -52,9 +52,9 @@ pub(crate) fn series_sql(
         // A detail label's value in `detail` (`k=v;k=v`); the name is checked to be letters,
         // digits and `_` only, so it is safe inside the pattern.
         Some(label) if crate::is_detail_label(label) => match d {
-            Dialect::DuckDb => format!(
-                "regexp_extract(';' || coalesce(detail, ''), ';{label}=([^;]*)', 1)"
-            ),
+            Dialect::DuckDb => {
+                format!("regexp_extract(';' || coalesce(detail, ''), ';{label}=([^;]*)', 1)")
+            }
             Dialect::ClickHouse => {
                 format!("extract(concat(';', ifNull(detail, '')), ';{label}=([^;]*)')")
             }

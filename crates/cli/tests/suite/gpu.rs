@@ -39,7 +39,12 @@ fn fake() -> &'static Fake {
         }
         let app = dir.join("gpu");
         let st = Command::new("clang")
-            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"])
+            .args([
+                "-O2",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-mno-omit-leaf-frame-pointer",
+            ])
             .args(["-fno-optimize-sibling-calls", "-o"])
             .arg(&app)
             .arg(src.join("gpu.c"))
@@ -89,11 +94,15 @@ fn pprof_samples(pb: &Path) -> Vec<RawSample> {
         }
     }
     let mut out: Vec<RawSample> = Vec::new();
-    for line in samples.lines().skip_while(|l| !l.starts_with("Samples:")).skip(2) {
-        if let Some((values, locs)) = line.split_once(": ").filter(|(v, _)| {
-            v.split_whitespace()
-                .all(|x| x.parse::<f64>().is_ok())
-        }) {
+    for line in samples
+        .lines()
+        .skip_while(|l| !l.starts_with("Samples:"))
+        .skip(2)
+    {
+        if let Some((values, locs)) = line
+            .split_once(": ")
+            .filter(|(v, _)| v.split_whitespace().all(|x| x.parse::<f64>().is_ok()))
+        {
             out.push(RawSample {
                 values: values
                     .split_whitespace()
@@ -113,8 +122,7 @@ fn pprof_samples(pb: &Path) -> Vec<RawSample> {
                 let Some((value, tail)) = after.split_once(']') else {
                     break;
                 };
-                s.labels
-                    .insert(key.trim().to_string(), value.to_string());
+                s.labels.insert(key.trim().to_string(), value.to_string());
                 rest = tail;
             }
         }
@@ -134,7 +142,10 @@ fn record_gpu(profiler: &str, args: &[&str], n: u32) -> (Vec<RawSample>, String)
         .arg(&f.app)
         .args([n.to_string().as_str(), "1"]));
     let log = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "baton record {profiler} failed:\n{log}");
+    assert!(
+        out.status.success(),
+        "baton record {profiler} failed:\n{log}"
+    );
     (pprof_samples(&pb), log)
 }
 
@@ -159,7 +170,10 @@ fn cuda_counts_every_launch_with_its_kernel_dimensions_stream_and_call_chain() {
         .iter()
         .filter(|s| label(s, "kernel") == "matmul_kernel(float*, int)")
         .collect();
-    assert!(!matmul.is_empty(), "no matmul launches:\n{log}\n{samples:?}");
+    assert!(
+        !matmul.is_empty(),
+        "no matmul launches:\n{log}\n{samples:?}"
+    );
     assert_eq!(matmul.iter().map(|s| s.values[0]).sum::<f64>(), 1000.0);
     for s in &matmul {
         assert_eq!(label(s, "api"), "cudaLaunchKernel");
@@ -168,7 +182,13 @@ fn cuda_counts_every_launch_with_its_kernel_dimensions_stream_and_call_chain() {
         assert_eq!(label(s, "stream"), "0x5000");
         assert_eq!(
             s.stack[..5],
-            ["cudaLaunchKernel", "launch_matmul", "forward_pass", "train_step", "main"],
+            [
+                "cudaLaunchKernel",
+                "launch_matmul",
+                "forward_pass",
+                "train_step",
+                "main"
+            ],
             "{s:?}"
         );
     }
@@ -177,17 +197,30 @@ fn cuda_counts_every_launch_with_its_kernel_dimensions_stream_and_call_chain() {
     assert_eq!(sum(&softmax), 500.0, "{samples:?}");
     for s in samples.iter().filter(|s| softmax(s)) {
         assert_eq!(
-            (label(s, "api"), label(s, "grid"), label(s, "block"), label(s, "stream")),
+            (
+                label(s, "api"),
+                label(s, "grid"),
+                label(s, "block"),
+                label(s, "stream")
+            ),
             ("cuLaunchKernel", "8x1x1", "256x1x1", "0x6000")
         );
-        assert_eq!(s.stack[..4], ["cuLaunchKernel", "launch_softmax", "decode_loop", "main"]);
+        assert_eq!(
+            s.stack[..4],
+            ["cuLaunchKernel", "launch_softmax", "decode_loop", "main"]
+        );
     }
     // cuLaunchKernelEx reads its dimensions and stream from the CUlaunchConfig.
     let ex = |s: &RawSample| label(s, "kernel") == "layernorm_kernel";
     assert_eq!(sum(&ex), 5.0);
     for s in samples.iter().filter(|s| ex(s)) {
         assert_eq!(
-            (label(s, "api"), label(s, "grid"), label(s, "block"), label(s, "stream")),
+            (
+                label(s, "api"),
+                label(s, "grid"),
+                label(s, "block"),
+                label(s, "stream")
+            ),
             ("cuLaunchKernelEx", "2x2x2", "32x4x1", "0x6000")
         );
         assert_eq!(s.stack[..3], ["cuLaunchKernelEx", "launch_ex", "main"]);
@@ -245,12 +278,26 @@ fn gpumem_reports_device_bytes_allocated_and_exactly_what_stays_live() {
     assert_eq!(by("make_scratch", 0), 5.0 * 4096.0, "{log}\n{samples:?}");
     assert_eq!(by("make_scratch", 1), 5.0);
     assert_eq!(by("make_scratch", 2), 0.0, "every scratch buffer freed");
-    for s in samples.iter().filter(|s| s.stack.iter().any(|f| f == "load_weights")) {
-        assert_eq!(s.stack[..3], ["cudaMalloc", "load_weights", "main"], "{s:?}");
+    for s in samples
+        .iter()
+        .filter(|s| s.stack.iter().any(|f| f == "load_weights"))
+    {
+        assert_eq!(
+            s.stack[..3],
+            ["cudaMalloc", "load_weights", "main"],
+            "{s:?}"
+        );
         assert_eq!(label(s, "api"), "cudaMalloc");
     }
-    for s in samples.iter().filter(|s| s.stack.iter().any(|f| f == "make_scratch")) {
-        assert_eq!(s.stack[..3], ["cuMemAlloc_v2", "make_scratch", "main"], "{s:?}");
+    for s in samples
+        .iter()
+        .filter(|s| s.stack.iter().any(|f| f == "make_scratch"))
+    {
+        assert_eq!(
+            s.stack[..3],
+            ["cuMemAlloc_v2", "make_scratch", "main"],
+            "{s:?}"
+        );
         assert_eq!(label(s, "api"), "cuMemAlloc");
     }
 }
@@ -292,7 +339,10 @@ fn nvml_readings_land_in_the_store_and_as_lanes_on_the_timeline() {
         .args(["--duration", "4s", "--wait", "--format", "json"])
         .args(["--server", &format!("http://{}", up.addr)]));
     let json = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success() && json.contains("\"done\""), "run: {json}");
+    assert!(
+        out.status.success() && json.contains("\"done\""),
+        "run: {json}"
+    );
     // The process's own readings, and each device's, as the fake library scripts them.
     let pid_filter = format!("filter=pid%3D{pid}");
     let proc_util = eventually(10, "the process's SM utilisation", || {
@@ -300,7 +350,10 @@ fn nvml_readings_land_in_the_store_and_as_lanes_on_the_timeline() {
     });
     assert_eq!(proc_util, 58.0 * 2.0, "58% on each of the two GPUs");
     assert_eq!(
-        series_mean(&up.addr, &format!("value=gpu_proc_mem_used&{pid_filter}&filter=gpu%3D0")),
+        series_mean(
+            &up.addr,
+            &format!("value=gpu_proc_mem_used&{pid_filter}&filter=gpu%3D0")
+        ),
         Some(2.0 * 1024.0 * 1024.0 * 1024.0)
     );
     assert_eq!(
@@ -316,11 +369,11 @@ fn nvml_readings_land_in_the_store_and_as_lanes_on_the_timeline() {
         Some(312_000.0)
     );
     // The Timeline page draws them as lanes of the process.
-    let dom = chromium_dom(&format!(
-        "http://{}/timeline?pid={pid}&since=5m",
-        up.addr
-    ));
-    assert!(dom.contains("data-loaded=\"1\""), "the page never loaded:\n{dom}");
+    let dom = chromium_dom(&format!("http://{}/timeline?pid={pid}&since=5m", up.addr));
+    assert!(
+        dom.contains("data-loaded=\"1\""),
+        "the page never loaded:\n{dom}"
+    );
     for (gauge, gpu, text) in [
         ("gpu_proc_util", "0", "mean 58 percent"),
         ("gpu_proc_util", "1", "mean 58 percent"),
@@ -364,8 +417,11 @@ fn without_a_driver_the_gpu_profilers_say_why_once_and_queue_nothing() {
         assert!(why.starts_with("no NVIDIA driver"), "{name}: {p}");
     }
     assert_eq!(
-        list.as_array().expect("list").iter().find(|p| p["name"] == "cpu").expect("cpu")
-            ["unavailable"],
+        list.as_array()
+            .expect("list")
+            .iter()
+            .find(|p| p["name"] == "cpu")
+            .expect("cpu")["unavailable"],
         serde_json::Value::Null
     );
     let text = run(baton().arg("profilers"));
@@ -413,4 +469,37 @@ continuous = [
     up.stop();
     let _ = w.kill();
     let _ = w.wait();
+}
+
+#[test]
+fn cuda_launches_from_python_carry_the_python_functions_that_made_them() {
+    require_root();
+    // PyTorch launches from Python through the runtime it loads with dlopen; `lib=` probes the
+    // library before the script loads it, so no launch is missed.
+    let f = fake();
+    let cudart = f.dir.join("libcudart.so.12");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/workloads/python/cuda_launch.py");
+    let out = run(baton()
+        .args(["record", "cuda", "--format", "collapsed", "--opt"])
+        .arg(format!("lib={}", cudart.display()))
+        .args(["--", "/usr/bin/python3.11"])
+        .arg(&script)
+        .arg(&cudart)
+        .args(["300", "1"]));
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{log}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut total = 0.0;
+    let mut from_python = 0.0;
+    for (stack, v) in text.lines().filter_map(|l| l.rsplit_once(' ')) {
+        let v: f64 = v.parse().expect("a count");
+        total += v;
+        assert!(stack.ends_with(";cudaLaunchKernel"), "{stack}");
+        if stack.contains(";main;train_step;forward;launch;") {
+            from_python += v;
+        }
+    }
+    assert_eq!(total, 300.0, "{text}\n{log}");
+    assert_eq!(from_python, 300.0, "Python frames missing:\n{text}");
 }

@@ -229,7 +229,12 @@ static __always_inline int count_launch(struct pt_regs *ctx, struct launch_desc 
     current_row_key(&key, desc_id(d));
     __u64 cookie = bpf_ktime_get_ns();
     __u32 copied = 0;
-    key.user_stack = current_user_stack(ctx, &stacks, cookie, &copied);
+    // A Python process (PyTorch) launches from Python: its stack is copied whatever the code,
+    // so that user space adds the interpreter's frames (interp.h) to the unwound one.
+    if (bpf_map_lookup_elem(&interp_procs, &d->pid))
+        copied = copy_user_stack_if(bpf_get_current_task_btf(), d->pid, key.tid, cookie, 1);
+    if (!copied)
+        key.user_stack = current_user_stack(ctx, &stacks, cookie, &copied);
     if (count_ended(&key, copied, cookie, weight, 0, 0) != 0)
         bump(STAT_LOST_MAP_FULL);
     bump(STAT_EVENTS);

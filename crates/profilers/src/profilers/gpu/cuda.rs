@@ -96,7 +96,6 @@ pub struct CudaProfiler {
     /// Labels of each launch description id.
     labels: HashMap<u32, Vec<(&'static str, String)>>,
     symbols: libs::Symbols,
-    ticks: u32,
 }
 
 /// Starts the profiler.
@@ -129,7 +128,6 @@ pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, Pr
         descs: Descriptions::default(),
         labels: HashMap::new(),
         symbols: libs::Symbols::default(),
-        ticks: 0,
     }))
 }
 
@@ -231,8 +229,7 @@ impl crate::Profiler for CudaProfiler {
 
     fn tick(&mut self) {
         self.inner.tick();
-        self.ticks += 1;
-        super::follow(&mut self.attacher, self.inner.skel(), self.ticks);
+        super::follow(&mut self.attacher, self.inner.skel());
         self.learn_descriptions();
     }
 

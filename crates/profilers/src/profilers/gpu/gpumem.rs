@@ -104,6 +104,11 @@ static SPEC: Spec = Spec {
     stats: StatSlots::headed(None, 4),
 };
 
+/// Live allocations are summed per (pid, tid, user stack, description id)…
+type LiveRow = (u32, u32, Vec<u64>, u32);
+/// …into (bytes, allocations, cgroup id, comm).
+type LiveSum = (u64, u64, u64, [u8; 16]);
+
 /// A running device-memory profiler.
 pub struct GpuMemProfiler {
     inner: EventProfiler<GpuSkel<'static>>,
@@ -112,7 +117,6 @@ pub struct GpuMemProfiler {
     /// The stack of each live allocation, read the first time it is seen (BPF's stack map may
     /// be emptied while the allocation lives on).
     stacks: HashMap<(u32, u64), Vec<u64>>,
-    ticks: u32,
 }
 
 /// Starts the profiler. Stacks are frame-pointer walks: the live table refers to them by id.
@@ -134,7 +138,6 @@ pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, Pr
         attacher,
         descs: Descriptions::default(),
         stacks: HashMap::new(),
-        ticks: 0,
     }))
 }
 
@@ -145,8 +148,7 @@ impl GpuMemProfiler {
     fn live_events(&mut self) -> Vec<Event> {
         let map = &self.inner.skel().maps.live;
         let stack_map = &self.inner.skel().maps.stacks;
-        let mut sums: HashMap<(u32, u32, Vec<u64>, u32), (u64, u64, u64, [u8; 16])> =
-            HashMap::new();
+        let mut sums: HashMap<LiveRow, LiveSum> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
         for raw in map.keys().collect::<Vec<_>>() {
             let Ok(k) = decode::<LiveKey>(&raw) else {
@@ -247,8 +249,7 @@ impl crate::Profiler for GpuMemProfiler {
 
     fn tick(&mut self) {
         self.inner.tick();
-        self.ticks += 1;
-        super::follow(&mut self.attacher, self.inner.skel(), self.ticks);
+        super::follow(&mut self.attacher, self.inner.skel());
     }
 
     fn event_name(&self) -> String {

@@ -380,21 +380,22 @@ pub fn host_unavailable() -> Option<String> {
     libs::host_unavailable()
 }
 
-/// Each tick: probes the targets BPF followed since the last (forked children); every fifth,
-/// looks again at every target's maps for CUDA libraries it loaded since (`dlopen`).
-fn follow(a: &mut Attacher, skel: &GpuSkel<'static>, tick: u32) {
+/// Each tick (~200 ms): probes the targets BPF followed since the last (forked children), and
+/// the CUDA libraries any target loaded since (`dlopen`, as PyTorch loads them). Launches a
+/// process makes before its library is seen are missed; `lib=` probes a library from the start.
+fn follow(a: &mut Attacher, skel: &GpuSkel<'static>) {
     let pids = crate::mechanics::maps::pids_of(&skel.maps.targets);
     for pid in pids {
-        let known = a.done.iter().any(|(p, _, _)| *p == pid as i32);
-        if (!known || tick % 5 == 0) && crate::sys::process_alive(pid) {
-            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-            if !known {
-                if let Err(e) = a.attach_process(skel, pid, None) {
-                    tracing::debug!(pid, error = %e, "could not probe a followed process");
-                }
-            }
-            a.rescan(skel, pid, &maps);
+        if !crate::sys::process_alive(pid) {
+            continue;
         }
+        if !a.done.iter().any(|(p, _, _)| *p == pid as i32) {
+            if let Err(e) = a.attach_process(skel, pid, None) {
+                tracing::debug!(pid, error = %e, "could not probe a followed process");
+            }
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        a.rescan(skel, pid, &maps);
     }
 }
 

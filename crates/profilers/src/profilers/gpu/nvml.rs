@@ -184,6 +184,16 @@ struct Nvml {
 unsafe impl Send for Nvml {}
 unsafe impl Sync for Nvml {}
 
+/// A symbol's address as a function pointer of type `F`.
+///
+/// # Safety
+/// `F` must be an `extern "C"` function pointer type matching the symbol's C signature.
+unsafe fn as_fn<F: Copy>(p: *mut c_void) -> F {
+    debug_assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
+    // SAFETY: the caller's promise; a function pointer has a data pointer's size here.
+    unsafe { std::mem::transmute_copy(&p) }
+}
+
 fn dlerror() -> String {
     // SAFETY: dlerror returns NULL or a NUL-terminated string owned by libc.
     let e = unsafe { libc::dlerror() };
@@ -214,26 +224,23 @@ impl Nvml {
             (!p.is_null()).then_some(p)
         };
         let need = |name: &str| sym(name).ok_or_else(|| format!("{lib} lacks {name}"));
-        // SAFETY (all transmutes): each symbol is the NVML function of that name, whose C
-        // signature is the one declared in the field it goes to.
-        let init: unsafe extern "C" fn() -> Ret =
-            unsafe { std::mem::transmute(need("nvmlInit_v2")?) };
+        // SAFETY (every `as_fn`): each symbol is the NVML function of that name, whose C
+        // signature is the one of the field it goes to.
+        let init: unsafe extern "C" fn() -> Ret = unsafe { as_fn(need("nvmlInit_v2")?) };
         let n = unsafe {
             Nvml {
                 handle,
-                shutdown: std::mem::transmute(need("nvmlShutdown")?),
-                count: std::mem::transmute(need("nvmlDeviceGetCount_v2")?),
-                by_index: std::mem::transmute(need("nvmlDeviceGetHandleByIndex_v2")?),
-                name: std::mem::transmute(need("nvmlDeviceGetName")?),
-                utilization: std::mem::transmute(need("nvmlDeviceGetUtilizationRates")?),
-                memory: std::mem::transmute(need("nvmlDeviceGetMemoryInfo")?),
-                power: std::mem::transmute(need("nvmlDeviceGetPowerUsage")?),
-                temperature: std::mem::transmute(need("nvmlDeviceGetTemperature")?),
-                clock: std::mem::transmute(need("nvmlDeviceGetClockInfo")?),
-                processes: sym("nvmlDeviceGetComputeRunningProcesses_v3")
-                    .map(|p| std::mem::transmute(p)),
-                process_utilization: sym("nvmlDeviceGetProcessUtilization")
-                    .map(|p| std::mem::transmute(p)),
+                shutdown: as_fn(need("nvmlShutdown")?),
+                count: as_fn(need("nvmlDeviceGetCount_v2")?),
+                by_index: as_fn(need("nvmlDeviceGetHandleByIndex_v2")?),
+                name: as_fn(need("nvmlDeviceGetName")?),
+                utilization: as_fn(need("nvmlDeviceGetUtilizationRates")?),
+                memory: as_fn(need("nvmlDeviceGetMemoryInfo")?),
+                power: as_fn(need("nvmlDeviceGetPowerUsage")?),
+                temperature: as_fn(need("nvmlDeviceGetTemperature")?),
+                clock: as_fn(need("nvmlDeviceGetClockInfo")?),
+                processes: sym("nvmlDeviceGetComputeRunningProcesses_v3").map(|p| as_fn(p)),
+                process_utilization: sym("nvmlDeviceGetProcessUtilization").map(|p| as_fn(p)),
             }
         };
         // SAFETY: nvmlInit_v2 takes nothing.
