@@ -9,10 +9,12 @@
  *   - replays a graph 3 times through cudaGraphLaunch and 2 times through cuGraphLaunch;
  *   - allocates 3 x 1 MiB with cudaMalloc in load_weights and frees one (2 MiB stay live), and
  *     5 x 4 KiB with cuMemAlloc in make_scratch, all freed.
- * It prints the streams' handles on stderr, then lingers for LINGER seconds.
+ * It prints the streams' handles and the launch loops' time on stderr, then lingers for LINGER
+ * seconds.
  * Usage: gpu N [LINGER] */
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fakecuda/cuda_api.h"
@@ -123,9 +125,14 @@ int main(int argc, char **argv)
     fprintf(stderr, "stream_a %p\nstream_b %p\n", (void *)stream_a, (void *)stream_b);
     load_weights();
     make_scratch();
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < n; i++)
         train_step(i);
     decode_loop(n / 2);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    fprintf(stderr, "launch loops: %d launches in %.6f s\n", n + n / 2,
+            (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
     for (int i = 0; i < 5; i++)
         launch_ex();
     replay_graph();

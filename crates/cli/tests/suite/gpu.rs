@@ -22,17 +22,23 @@ fn fake() -> &'static Fake {
     FAKE.get_or_init(|| {
         let dir = scratch("fakecuda");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/workloads");
-        for (c, so) in [
-            ("cudart", "libcudart.so.12"),
-            ("cuda", "libcuda.so.1"),
-            ("nvml", "libnvidia-ml.so.1"),
+        // The driver first: the runtime links it, as a runtime calls its driver.
+        for (c, so, links) in [
+            ("cuda", "libcuda.so.1", false),
+            ("cudart", "libcudart.so.12", true),
+            ("nvml", "libnvidia-ml.so.1", false),
         ] {
-            let st = Command::new("clang")
-                .args(["-O2", "-g", "-fPIC", "-shared", "-Wall"])
+            let mut cc = Command::new("clang");
+            cc.args(["-O2", "-g", "-fPIC", "-shared", "-Wall"])
                 .arg(format!("-Wl,-soname,{so}"))
                 .arg("-o")
                 .arg(dir.join(so))
-                .arg(src.join("fakecuda").join(format!("{c}.c")))
+                .arg(src.join("fakecuda").join(format!("{c}.c")));
+            if links {
+                cc.arg(dir.join("libcuda.so.1"))
+                    .arg(format!("-Wl,-rpath,{}", dir.display()));
+            }
+            let st = cc
                 .status()
                 .expect("clang builds the fake CUDA libraries (scripts/install-deps.sh)");
             assert!(st.success(), "building the fake {so} failed");

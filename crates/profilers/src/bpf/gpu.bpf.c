@@ -10,7 +10,11 @@
 //
 // The handles cuLaunchKernel takes are named from cuModuleGetFunction, whose return is probed.
 // A driver call made from inside a runtime call on the same thread (the runtime calling the
-// driver) is not counted twice: runtime entry points set `in_runtime` until they return.
+// driver) is not counted twice. A runtime launch remembers its stack pointer and return address;
+// a driver launch deeper on the stack (or at the same depth, a tail call) while that return
+// address is still in place is inside it.
+// (A uretprobe would say when the runtime call returns, but it costs a second trap per launch.)
+// cudaMalloc, whose return is probed anyway, sets `in_runtime` until it returns.
 //
 // gpumem: cudaMalloc and cuMemAlloc (entry and return) and cudaFree and cuMemFree. An allocation
 // is counted in a row (bytes, count) whose kind is the id of its (API, caller), and kept in
@@ -122,6 +126,8 @@ struct gpu_thread {
     __u64 second;
     __u32 in_window;
     __u32 in_runtime;
+    __u64 rt_sp;     // the last runtime launch's stack pointer at entry
+    __u64 rt_ret;    // and its return address
     __u64 out_ptr;
     __u64 size;
     __u64 name_ptr;
@@ -213,12 +219,19 @@ static __always_inline int count_launch(struct pt_regs *ctx, struct launch_desc 
     struct gpu_thread *t = thread_of_target();
     if (!t)
         return 0;
-    if (!runtime && t->in_runtime) {
-        bump(STAT_NESTED);
-        return 0;
+    __u64 sp = PT_REGS_SP(ctx);
+    if (runtime) {
+        t->rt_sp = sp;
+        t->rt_ret = caller_of(ctx);
+    } else if (t->rt_sp && sp <= t->rt_sp) {
+        // (Equal: the runtime jumped to the driver as a tail call.)
+        __u64 ret = 0;
+        bpf_probe_read_user(&ret, sizeof(ret), (void *)t->rt_sp);
+        if (ret == t->rt_ret) {
+            bump(STAT_NESTED);
+            return 0;
+        }
     }
-    if (runtime)
-        t->in_runtime = 1;
     __u32 weight = rate_weight(t);
     if (weight == 0)
         return 0;
@@ -306,16 +319,6 @@ int BPF_UPROBE(graph_launch)
     d.func = PT_REGS_PARM1(ctx);
     d.stream = PT_REGS_PARM2(ctx);
     return count_launch(ctx, &d, api, api == API_CUDA_GRAPH_LAUNCH);
-}
-
-// The return of a runtime entry point: driver calls count again.
-SEC("uretprobe")
-int BPF_URETPROBE(runtime_return)
-{
-    struct gpu_thread *t = bpf_task_storage_get(&threads, bpf_get_current_task_btf(), 0, 0);
-    if (t)
-        t->in_runtime = 0;
-    return 0;
 }
 
 SEC("uprobe")
