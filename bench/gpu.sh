@@ -8,7 +8,11 @@
 #   cuda         under `baton record cuda` at its default rate limit (2,000 launches a second
 #                per thread recorded in full, 1 in 16 past it): every launch still traps
 #   cuda-all     under `baton record cuda --opt max_rate=0`: every launch recorded with its stack
+#   trap-ref     the reference for one trap: `baton record calls` counting the driver's
+#                cuLaunchKernel without stacks (the cheapest uprobe Baton has), 1.5 N traps
 #
+# A runtime launch traps twice (cudaLaunchKernel, and the driver's cuLaunchKernel it calls,
+# recognised as nested and not counted): the cuda modes take 2.5 N traps for 1.5 N launches.
 # Prints the loops' time per mode (median of REPEATS, interleaved, pinned to one CPU), the ratio
 # of throughput to bare and the cost per launch derived from them; then the NVML reader's CPU
 # time per reading (fake NVML with 8 devices: Baton's own cost, not the driver's; the GPU check
@@ -42,14 +46,17 @@ for _ in $(seq "$REPEAT"); do
     # command Baton starts, and its probes would go in only once the loop had run.
     runs[cuda]+="$(taskset -c "$CPU" "$BATON" record cuda -o "$tmp/c.pb" -- "$tmp/gpu" "$N" 2>&1 | secs) "
     runs[cuda-all]+="$(taskset -c "$CPU" "$BATON" record cuda --opt max_rate=0 -o "$tmp/a.pb" -- "$tmp/gpu" "$N" 2>&1 | secs) "
+    runs[trap-ref]+="$(taskset -c "$CPU" "$BATON" record calls --opt probe="$tmp/libcuda.so.1:cuLaunchKernel" --opt stacks=false -o "$tmp/r.pb" -- "$tmp/gpu" "$N" 2>&1 | secs) "
 done
 launches=$((N + N / 2))
 bare=$(echo "${runs[bare]}" | tr ' ' '\n' | grep . | median)
-printf "%-10s %12s %10s %14s\n" mode "loops (s)" "vs bare" "ns per launch"
-for m in bare cuda cuda-all; do
+printf "%-10s %12s %10s %14s %12s\n" mode "loops (s)" "vs bare" "ns per launch" "ns per trap"
+for m in bare cuda cuda-all trap-ref; do
     t=$(echo "${runs[$m]}" | tr ' ' '\n' | grep . | median)
-    awk -v m="$m" -v t="$t" -v b="$bare" -v n="$launches" \
-        'BEGIN { printf "%-10s %12.4f %10.4f %14.0f\n", m, t, b / t, (t - b) / n * 1e9 }'
+    traps=$((N * 5 / 2))
+    [ "$m" = trap-ref ] && traps=$launches
+    awk -v m="$m" -v t="$t" -v b="$bare" -v n="$launches" -v k="$traps" \
+        'BEGIN { printf "%-10s %12.4f %10.4f %14.0f %12.0f\n", m, t, b / t, (t - b) / n * 1e9, (t - b) / k * 1e9 }'
 done
 echo "($launches launches per run, median of $REPEAT, CPU $CPU)"
 

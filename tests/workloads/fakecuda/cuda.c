@@ -22,6 +22,24 @@ CUresult cuInit(unsigned int flags)
     return 0;
 }
 
+CUresult cuDeviceGet(int *device, int ordinal)
+{
+    *device = ordinal;
+    return ordinal == 0 ? 0 : 101; /* CUDA_ERROR_INVALID_DEVICE */
+}
+
+CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, int dev)
+{
+    (void)flags, (void)dev;
+    *pctx = (CUcontext)0x1000;
+    return 0;
+}
+
+CUresult cuCtxSynchronize(void)
+{
+    return 0;
+}
+
 CUresult cuModuleLoadData(CUmodule *module, const void *image)
 {
     (void)image;
