@@ -76,7 +76,7 @@ pub(crate) struct ProfilerDoc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ResourceDoc {
-    /// `pmu`, `tracepoint:GROUP:NAME`, `kprobe:FUNC`, `uprobe:LIBRARY`, `gpu` or `gpu:N`.
+    /// `pmu`, `tracepoint:GROUP:NAME`, `kprobe:FUNC`, `uprobe:LIBRARY`, `gpu[:N]` or `cupti[:N]`.
     pub name: Spanned<String>,
     /// How many runs may hold it at once; absent means exclusive.
     pub shared: Option<Spanned<i64>>,

@@ -224,7 +224,7 @@ fn profiler_resources_are_checked_and_typed() {
     let ok = load(
         &[file(
             "p.toml",
-            "[profilers.cpu]\nresources = [{ name = \"pmu\", shared = 2 }, { name = \"tracepoint:sched:sched_switch\" }, { name = \"gpu:0\" }]\n",
+            "[profilers.cpu]\nresources = [{ name = \"pmu\", shared = 2 }, { name = \"tracepoint:sched:sched_switch\" }, { name = \"gpu:0\" }, { name = \"cupti\" }]\n",
         )],
         KNOWN,
     )
@@ -243,6 +243,10 @@ fn profiler_resources_are_checked_and_typed() {
             },
             ResourceSpec {
                 name: "gpu:0".into(),
+                shared: None
+            },
+            ResourceSpec {
+                name: "cupti".into(),
                 shared: None
             },
         ]

@@ -435,6 +435,9 @@ const RESOURCE_KINDS: &[(&str, bool)] = &[
     ("kprobe", true),
     ("uprobe", true),
     ("gpu", false),
+    // CUPTI's activity API, one subscriber per process: a kernel-timing profiler claims it
+    // exclusively (docs/gpu.md).
+    ("cupti", false),
 ];
 
 pub(crate) fn resource(cx: &mut Ctx<'_>, r: &ResourceDoc) -> Option<ResourceSpec> {
@@ -445,8 +448,8 @@ pub(crate) fn resource(cx: &mut Ctx<'_>, r: &ResourceDoc) -> Option<ResourceSpec
     };
     let known = RESOURCE_KINDS.iter().find(|(k, _)| *k == kind);
     let ok = match known {
-        // `gpu` alone or `gpu:N`; the others need their detail.
-        Some(("gpu", _)) => detail.is_none_or(|d| d.parse::<u32>().is_ok()),
+        // `gpu` and `cupti` alone or `:N` (a device); the others need their detail.
+        Some(("gpu" | "cupti", _)) => detail.is_none_or(|d| d.parse::<u32>().is_ok()),
         Some((_, true)) => detail.is_some_and(|d| !d.is_empty()),
         Some((_, false)) => detail.is_none(),
         None => false,
@@ -458,7 +461,7 @@ pub(crate) fn resource(cx: &mut Ctx<'_>, r: &ResourceDoc) -> Option<ResourceSpec
             .unwrap_or_default();
         cx.at(
             r.name.span(),
-            format!("bad resource `{name}`: use pmu, tracepoint:GROUP:NAME, kprobe:FUNC, uprobe:LIBRARY, gpu or gpu:N{hint}"),
+            format!("bad resource `{name}`: use pmu, tracepoint:GROUP:NAME, kprobe:FUNC, uprobe:LIBRARY, gpu[:N] or cupti[:N]{hint}"),
         );
         return None;
     }
