@@ -138,8 +138,16 @@ fn a_profile_from_record_makes_the_benchmark_faster_and_is_valid_for_llvm_and_bo
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
     let cov = &report["coverage"];
-    let mapped = cov["mapped"].as_f64().unwrap() / cov["samples"].as_f64().unwrap();
-    assert!(mapped > 0.8, "only {mapped:.2} of samples mapped: {report}");
+    let total = cov["samples"].as_f64().unwrap();
+    let mapped = cov["mapped"].as_f64().unwrap() / total;
+    // What is not mapped is only what the line table gives line 0: clang-16 puts the jump
+    // table's address arithmetic of `run`'s switch there, and how many samples land on it
+    // depends on the CPU (25-30% on one VM, under 20% on another).
+    let line_zero = cov["line_zero"].as_f64().unwrap() / total;
+    assert!(
+        mapped > 0.5 && mapped + line_zero > 0.97,
+        "only {mapped:.2} of samples mapped ({line_zero:.2} at line 0): {report}"
+    );
     assert_eq!(cov["binary_has_lines"], true, "{report}");
     let hot: Vec<&str> = report["hottest"]
         .as_array()
