@@ -272,9 +272,11 @@ impl Collector {
             let weight = if raw.weight > 0.0 { raw.weight } else { 1.0 };
             let last = raw.values.len().saturating_sub(1);
             for (i, &value) in raw.values.iter().enumerate() {
-                // A row with no value of a type is left out, except the primary one of a row
-                // that has no value at all (it still counts as a sample).
-                if value == 0 && !(i == 0 && raw.values.iter().all(|&v| v == 0)) {
+                // A row with no value of a type is left out, except a zero the profiler read
+                // (`keep_zero`) and the primary one of a row that has no value at all (it
+                // still counts as a sample).
+                let reading = i < 64 && raw.keep_zero & (1 << i) != 0;
+                if value == 0 && !reading && !(i == 0 && raw.values.iter().all(|&v| v == 0)) {
                     continue;
                 }
                 if let Some(slot) = first_sample.last_mut() {

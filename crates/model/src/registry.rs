@@ -39,6 +39,28 @@ pub struct Claim {
     pub shared: Option<u32>,
 }
 
+/// The GPU gauges the `nvml` profiler reads: levels, averaged over windows, never summed.
+pub const GPU_GAUGES: &[&str] = &[
+    "gpu_util",
+    "gpu_mem_util",
+    "gpu_mem_used",
+    "gpu_mem_total",
+    "gpu_power",
+    "gpu_temperature",
+    "gpu_sm_clock",
+    "gpu_proc_util",
+    "gpu_proc_mem_util",
+    "gpu_proc_mem_used",
+];
+
+/// Whether a value type is a level rather than a count of events: `live_bytes`, `live_count`
+/// (any `live_*`), which a window reports as what is held at its end, and the GPU gauges
+/// ([`GPU_GAUGES`]), which it reports as the mean of its readings. A level is never summed
+/// across windows.
+pub fn is_level(value_type: &str) -> bool {
+    value_type.starts_with("live_") || GPU_GAUGES.contains(&value_type)
+}
+
 /// A value a profiler measures per stack, as pprof names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ValueInfo {

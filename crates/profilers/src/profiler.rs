@@ -98,6 +98,9 @@ pub struct Event {
     /// Frames already named by the profiler (bpftrace's), leaf first, after any resolved from
     /// `kernel` and `user`.
     pub frames: Vec<baton_model::Frame>,
+    /// Values (bit `i`: value `i`) whose 0 is a reading to store, as an idle GPU's utilisation
+    /// is; other zero values are left out.
+    pub keep_zero: u64,
 }
 
 /// A distribution in power-of-two buckets, before labelling.

@@ -11,12 +11,7 @@ use serde::Serialize;
 use crate::query::{label_column, Dialect, Param, Query};
 use crate::{Point, StoreError};
 
-/// Whether a value type is a level rather than a count of events: `live_bytes`, `live_count`
-/// (any `live_*`), which a window reports as what is held at its end, and the GPU gauges
-/// (`gpu_*`: utilisation, memory, power), which it reports as the mean of its readings.
-pub fn is_level(value_type: &str) -> bool {
-    value_type.starts_with("live_") || value_type.starts_with("gpu_")
-}
+pub use baton_model::registry::is_level;
 
 /// One series of a grouped time series: the label value (empty where the sample had none).
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -2,8 +2,9 @@
  * the real names and signatures, returning scripted values. The environment scripts them:
  * BATON_FAKE_NVML_DEVICES (default 1) devices, each reporting the process
  * BATON_FAKE_NVML_PID (if set) as running on it. Device i reports GPU utilisation 70+i %,
- * memory utilisation 41 %, 12 GiB used of 80 GiB, 312 W, 64 C and an SM clock of 1755 MHz; the
- * process uses 2 GiB, 58 % of the SMs and 22 % of the memory bandwidth. */
+ * memory utilisation 41 % (device 0) or 0 % (the others: an idle memory bus, a reading of 0),
+ * 12 GiB used of 80 GiB, 312 W, 64 C and an SM clock of 1755 MHz; the process uses 2 GiB, 58 %
+ * of the SMs and 22 % of the memory bandwidth. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,7 +83,7 @@ nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_
     if (index_of(device) < 0)
         return NVML_ERROR_INVALID_ARGUMENT;
     u->gpu = 70 + (unsigned int)index_of(device);
-    u->memory = 41;
+    u->memory = index_of(device) == 0 ? 41 : 0;
     return NVML_SUCCESS;
 }
 

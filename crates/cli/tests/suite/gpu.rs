@@ -352,9 +352,21 @@ fn nvml_readings_land_in_the_store_and_as_lanes_on_the_timeline() {
     // The process's own readings, and each device's, as the fake library scripts them.
     let pid_filter = format!("filter=pid%3D{pid}");
     let proc_util = eventually(10, "the process's SM utilisation", || {
-        series_mean(&up.addr, &format!("value=gpu_proc_util&{pid_filter}"))
+        series_mean(
+            &up.addr,
+            &format!("value=gpu_proc_util&{pid_filter}&filter=gpu%3D1"),
+        )
     });
-    assert_eq!(proc_util, 58.0 * 2.0, "58% on each of the two GPUs");
+    assert_eq!(proc_util, 58.0);
+    // A reading of 0 (device 1's idle memory bus) is stored, not left out like a zero count.
+    assert_eq!(
+        series_mean(&up.addr, "value=gpu_mem_util&filter=gpu%3D1"),
+        Some(0.0)
+    );
+    assert_eq!(
+        series_mean(&up.addr, "value=gpu_mem_util&filter=gpu%3D0"),
+        Some(41.0)
+    );
     assert_eq!(
         series_mean(
             &up.addr,

@@ -180,6 +180,7 @@ fn map_output(
                 values,
                 weight: 1.0,
                 frames: vec![named_frame(&format!("@{}", map.name), "[bpftrace]")],
+                keep_zero: 0,
                 ..Default::default()
             });
         }

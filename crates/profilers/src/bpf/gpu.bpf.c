@@ -11,8 +11,8 @@
 // The handles cuLaunchKernel takes are named from cuModuleGetFunction, whose return is probed.
 // A driver call made from inside a runtime call on the same thread (the runtime calling the
 // driver) is not counted twice. A runtime launch remembers its stack pointer and return address;
-// a driver launch deeper on the stack (or at the same depth, a tail call) while that return
-// address is still in place is inside it.
+// the first driver launch after it, deeper on the stack (or at the same depth, a tail call)
+// while that return address is still in place, is inside it.
 // (A uretprobe would say when the runtime call returns, but it costs a second trap per launch.)
 // cudaMalloc, whose return is probed anyway, sets `in_runtime` until it returns.
 //
@@ -223,11 +223,13 @@ static __always_inline int count_launch(struct pt_regs *ctx, struct launch_desc 
     if (runtime) {
         t->rt_sp = sp;
         t->rt_ret = caller_of(ctx);
-    } else if (t->rt_sp && sp <= t->rt_sp) {
+    } else if (t->rt_sp) {
+        // Only the first driver launch after a runtime launch can be inside it.
+        __u64 rt_sp = t->rt_sp, ret = 0;
+        t->rt_sp = 0;
         // (Equal: the runtime jumped to the driver as a tail call.)
-        __u64 ret = 0;
-        bpf_probe_read_user(&ret, sizeof(ret), (void *)t->rt_sp);
-        if (ret == t->rt_ret) {
+        if (sp <= rt_sp && bpf_probe_read_user(&ret, sizeof(ret), (void *)rt_sp) == 0 &&
+            ret == t->rt_ret) {
             bump(STAT_NESTED);
             return 0;
         }

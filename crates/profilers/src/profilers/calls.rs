@@ -288,6 +288,7 @@ impl crate::Profiler for CallsProfiler {
                 weight: 1.0,
                 labels: vec![("function", self.name(key.function))],
                 frames: Vec::new(),
+                keep_zero: 0,
             });
         }
         self.stale_stacks += stacks.stale;

@@ -173,6 +173,7 @@ fn sample(key: CopyKey, count: u64, period_ns: u64, user_origin: UserStackOrigin
             weight: 1.0,
             labels: Vec::new(),
             frames: Vec::new(),
+            keep_zero: 0,
         },
         user_origin,
     }

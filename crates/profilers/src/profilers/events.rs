@@ -209,6 +209,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
                 weight: 1.0,
                 labels: vec![(self.spec.label(), (self.spec.kind_name)(key.kind))],
                 frames: Vec::new(),
+                keep_zero: 0,
             });
         }
         if let Some(c) = &self.copies {
@@ -232,6 +233,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
                     weight: 1.0,
                     labels: vec![(self.spec.label(), (self.spec.kind_name)(k.what))],
                     frames: Vec::new(),
+                    keep_zero: 0,
                 });
             }
         }

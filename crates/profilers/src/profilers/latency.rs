@@ -512,6 +512,7 @@ impl crate::Profiler for LatencyProfiler {
                     weight: 1.0,
                     labels: vec![("request", format!("{id:x} ({latency_ms:.1} ms)"))],
                     frames: Vec::new(),
+                    keep_zero: 0,
                 });
             }
         }

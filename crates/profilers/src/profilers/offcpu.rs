@@ -475,6 +475,7 @@ impl crate::Profiler for OffCpuProfiler {
                 weight: 1.0,
                 labels: vec![("state", b.state.name().to_string())],
                 frames: Vec::new(),
+                keep_zero: 0,
             })
             .collect();
         let spans = self

@@ -76,8 +76,10 @@ struct HandleKey {
 }
 record!(HandleKey, "handle_key", 16);
 
-/// The slot of `enum stat_index` in gpu.bpf.c that counts launches the rate limit left out.
+/// Slots of `enum stat_index` in gpu.bpf.c: launches the rate limit left out, and launches
+/// whose description found no room.
 const STAT_RATE_LIMITED: u32 = 5;
+const STAT_DESCS_FULL: u32 = 7;
 
 static SPEC: Spec = Spec {
     info: &INFO,
@@ -96,6 +98,8 @@ pub struct CudaProfiler {
     /// Labels of each launch description id.
     labels: HashMap<u32, Vec<(&'static str, String)>>,
     symbols: libs::Symbols,
+    /// Launches without a description already warned about.
+    descs_full_said: u64,
 }
 
 /// Starts the profiler.
@@ -128,6 +132,7 @@ pub(crate) fn start_dyn(o: &StartOptions) -> Result<Box<dyn crate::Profiler>, Pr
         descs: Descriptions::default(),
         labels: HashMap::new(),
         symbols: libs::Symbols::default(),
+        descs_full_said: 0,
     }))
 }
 
@@ -196,8 +201,18 @@ impl crate::Profiler for CudaProfiler {
     }
 
     fn drain(&mut self) -> Result<Drained, ProfilerError> {
-        self.learn_descriptions();
+        // After the flip: every id in the drained rows was described before its row was added.
         let mut out = self.inner.drain()?;
+        self.learn_descriptions();
+        let full = percpu_sum(&self.inner.skel().maps.stats, STAT_DESCS_FULL);
+        if full > self.descs_full_said {
+            tracing::warn!(
+                launches = full,
+                "cuda: launch descriptions map full (16,384 kinds of launch per run); further \
+                 new kinds are labelled unknown"
+            );
+            self.descs_full_said = full;
+        }
         for e in &mut out.events {
             let id: u32 = e
                 .labels

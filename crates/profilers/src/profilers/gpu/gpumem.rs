@@ -198,6 +198,7 @@ impl GpuMemProfiler {
                     weight: 1.0,
                     labels: vec![("api", desc.to_string())],
                     frames: Vec::new(),
+                    keep_zero: 0,
                 },
             )
             .collect()

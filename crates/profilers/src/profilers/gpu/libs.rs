@@ -208,7 +208,7 @@ pub(crate) struct Symbols {
 
 #[derive(Default)]
 struct FileSymbols {
-    /// (file offset, size, name), sorted by offset.
+    /// (file offset, size, name), sorted by offset, then name.
     functions: Vec<(u64, u64, String)>,
 }
 
@@ -263,8 +263,9 @@ fn read_symbols(path: &Path) -> Option<FileSymbols> {
             name.to_string(),
         ));
     }
+    // Aliases (several names at one address) are all kept: `offset_of` finds any of them.
     functions.sort();
-    functions.dedup_by_key(|f| f.0);
+    functions.dedup();
     Some(FileSymbols { functions })
 }
 

@@ -192,7 +192,8 @@ fn program<'a>(skel: &'a GpuSkel<'static>, p: Prog) -> &'a libbpf_rs::ProgramMut
 /// The probes of one profiler, attached file by file and process by process.
 pub(crate) struct Attacher {
     probes: &'static [Probe],
-    links: Vec<Link>,
+    /// The probes, with the process each is for (-1: every process).
+    links: Vec<(i32, Link)>,
     /// (pid or -1, file's device and inode) pairs already probed (or found to hold no entry
     /// point): one file reached by two paths (`/proc/PID/root/...` and the plain one) is
     /// probed once.
@@ -258,7 +259,7 @@ impl Attacher {
                             path.display()
                         ))
                     })?;
-                self.links.push(link);
+                self.links.push((pid, link));
                 if !probe.ret {
                     self.attached += 1;
                 }
@@ -380,6 +381,18 @@ fn follow(a: &mut Attacher, skel: &GpuSkel<'static>) {
         }
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
         a.rescan(skel, pid, &maps);
+    }
+    // Processes that ended (workers recreated every epoch): their probes go, and a new process
+    // that takes the pid is probed afresh.
+    let gone: HashSet<i32> = a
+        .done
+        .iter()
+        .map(|(p, _, _)| *p)
+        .filter(|&p| p >= 0 && !crate::sys::process_alive(p as u32))
+        .collect();
+    if !gone.is_empty() {
+        a.links.retain(|(p, _)| !gone.contains(p));
+        a.done.retain(|(p, _, _)| !gone.contains(p));
     }
 }
 

@@ -223,7 +223,13 @@ impl Nvml {
             let p = unsafe { libc::dlsym(handle, n.as_ptr()) };
             (!p.is_null()).then_some(p)
         };
-        let need = |name: &str| sym(name).ok_or_else(|| format!("{lib} lacks {name}"));
+        let need = |name: &str| {
+            sym(name).ok_or_else(|| {
+                // SAFETY: the handle came from dlopen and nothing of it is kept.
+                unsafe { libc::dlclose(handle) };
+                format!("{lib} lacks {name}: not an NVML library")
+            })
+        };
         // SAFETY (every `as_fn`): each symbol is the NVML function of that name, whose C
         // signature is the one of the field it goes to.
         let init: unsafe extern "C" fn() -> Ret = unsafe { as_fn(need("nvmlInit_v2")?) };
@@ -246,6 +252,10 @@ impl Nvml {
         // SAFETY: nvmlInit_v2 takes nothing.
         let r = unsafe { init() };
         if r != NVML_SUCCESS {
+            // Dropping `n` would call nvmlShutdown without an init: close the library alone.
+            let n = std::mem::ManuallyDrop::new(n);
+            // SAFETY: the handle came from dlopen; `n` is never used again.
+            unsafe { libc::dlclose(n.handle) };
             return Err(format!(
                 "nvmlInit failed (NVML error {r}): is the NVIDIA driver loaded?"
             ));
@@ -267,17 +277,13 @@ impl Nvml {
                 if unsafe { (self.by_index)(i, &mut d) } != NVML_SUCCESS {
                     return None;
                 }
-                let mut buf = [0 as c_char; 96];
+                let mut buf = [0u8; 96];
                 // SAFETY: the buffer's length is passed.
-                let name = if unsafe { (self.name)(d, buf.as_mut_ptr(), buf.len() as c_uint) }
-                    == NVML_SUCCESS
-                {
-                    // SAFETY: NVML NUL-terminates within the length given.
-                    unsafe { CStr::from_ptr(buf.as_ptr()) }
-                        .to_string_lossy()
-                        .into_owned()
-                } else {
-                    "unknown GPU".into()
+                let r = unsafe { (self.name)(d, buf.as_mut_ptr().cast(), buf.len() as c_uint) };
+                // Checked for its NUL rather than trusted to have one.
+                let name = match CStr::from_bytes_until_nul(&buf) {
+                    Ok(n) if r == NVML_SUCCESS => n.to_string_lossy().into_owned(),
+                    _ => "unknown GPU".into(),
                 };
                 Some((i, d, name))
             })
@@ -508,6 +514,13 @@ impl crate::Profiler for NvmlProfiler {
                 values,
                 weight: 1.0,
                 labels: vec![("gpu", gpu.to_string()), ("gpu_name", name.clone())],
+                // A device row's readings are the first seven values, a process row's the
+                // last three; their zeros (an idle GPU) are readings, stored as such.
+                keep_zero: if pid == 0 {
+                    0b00_0111_1111
+                } else {
+                    0b11_1000_0000
+                },
                 frames: vec![Frame {
                     kind: FrameKind::User,
                     function: Some(format!("gpu{gpu}: {name}")),
@@ -544,5 +557,15 @@ impl Drop for NvmlProfiler {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn its_values_are_the_gauges_the_store_averages() {
+        let kinds: Vec<&str> = super::INFO.values.iter().map(|v| v.kind).collect();
+        assert_eq!(kinds, baton_model::registry::GPU_GAUGES);
+        assert_eq!(kinds.len(), super::VALUES);
     }
 }

@@ -625,6 +625,7 @@ impl crate::Profiler for MallocProfiler {
                     weight: 1.0,
                     labels: Vec::new(),
                     frames: Vec::new(),
+                    keep_zero: 0,
                 }
             })
             .collect();
