@@ -190,30 +190,33 @@ pub fn functions_matching(path: &Path, pattern: &str) -> Result<Vec<Function>, P
     })?;
     let mut out: Vec<Function> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for sym in file.symbols().chain(file.dynamic_symbols()) {
-        if sym.kind() != SymbolKind::Text || !sym.is_definition() || sym.address() == 0 {
+    for (name, file_offset, _) in defined_functions(&file) {
+        if !glob(pattern.as_bytes(), name.as_bytes()) || !seen.insert(file_offset) {
             continue;
         }
-        let Ok(name) = sym.name() else { continue };
-        if !glob(pattern.as_bytes(), name.as_bytes()) || !seen.insert(sym.address()) {
-            continue;
-        }
-        let Some(section) = sym
-            .section_index()
-            .and_then(|i| file.section_by_index(i).ok())
-        else {
-            continue;
-        };
-        let Some((offset, _)) = section.file_range() else {
-            continue;
-        };
         out.push(Function {
             name: name.to_string(),
-            file_offset: sym.address() - section.address() + offset,
+            file_offset,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// The defined functions of an ELF file, from the symbol table and the dynamic one (a function
+/// in both comes twice): (name, file offset of its first instruction, size).
+pub(crate) fn defined_functions<'a>(
+    file: &'a object::File<'a>,
+) -> impl Iterator<Item = (&'a str, u64, u64)> + 'a {
+    file.symbols()
+        .chain(file.dynamic_symbols())
+        .filter(|sym| sym.kind() == SymbolKind::Text && sym.is_definition() && sym.address() != 0)
+        .filter_map(move |sym| {
+            let name = sym.name().ok()?;
+            let section = file.section_by_index(sym.section_index()?).ok()?;
+            let (offset, _) = section.file_range()?;
+            Some((name, sym.address() - section.address() + offset, sym.size()))
+        })
 }
 
 /// Glob match with `*` (any run) and `?` (any one byte).

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use object::read::elf::{Dyn as _, ElfFile64};
-use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 /// Which CUDA library a file is, from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -242,27 +241,9 @@ impl Symbols {
 fn read_symbols(path: &Path) -> Option<FileSymbols> {
     let data = std::fs::read(path).ok()?;
     let file = object::File::parse(&*data).ok()?;
-    let mut functions = Vec::new();
-    for sym in file.symbols().chain(file.dynamic_symbols()) {
-        if sym.kind() != SymbolKind::Text || !sym.is_definition() || sym.address() == 0 {
-            continue;
-        }
-        let Ok(name) = sym.name() else { continue };
-        let Some(section) = sym
-            .section_index()
-            .and_then(|i| file.section_by_index(i).ok())
-        else {
-            continue;
-        };
-        let Some((offset, _)) = section.file_range() else {
-            continue;
-        };
-        functions.push((
-            sym.address() - section.address() + offset,
-            sym.size(),
-            name.to_string(),
-        ));
-    }
+    let mut functions: Vec<(u64, u64, String)> = crate::mechanics::uprobe::defined_functions(&file)
+        .map(|(name, offset, size)| (offset, size, name.to_string()))
+        .collect();
     // Aliases (several names at one address) are all kept: `offset_of` finds any of them.
     functions.sort();
     functions.dedup();
