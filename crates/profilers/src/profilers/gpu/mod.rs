@@ -366,8 +366,10 @@ pub fn host_unavailable() -> Option<String> {
 }
 
 /// Each tick (~200 ms): probes the targets BPF followed since the last (forked children), and
-/// the CUDA libraries any target loaded since (`dlopen`, as PyTorch loads them). Launches a
-/// process makes before its library is seen are missed; `lib=` probes a library from the start.
+/// drops the probes of ended ones. The CUDA libraries a target loads later (`dlopen`, as
+/// PyTorch does) are probed from `observe_maps`, which the collector calls with each target's
+/// mappings as it re-reads them every tick; launches made before that are missed, and `lib=`
+/// probes a library from the start.
 fn follow(a: &mut Attacher, skel: &GpuSkel<'static>) {
     let pids = crate::mechanics::maps::pids_of(&skel.maps.targets);
     for pid in pids {
@@ -379,8 +381,6 @@ fn follow(a: &mut Attacher, skel: &GpuSkel<'static>) {
                 tracing::debug!(pid, error = %e, "could not probe a followed process");
             }
         }
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        a.rescan(skel, pid, &maps);
     }
     // Processes that ended (workers recreated every epoch): their probes go, and a new process
     // that takes the pid is probed afresh.
