@@ -269,6 +269,10 @@ impl Collector {
             for (k, v) in &raw.labels {
                 labels.insert((*k).to_string(), v.clone());
             }
+            // What the thread published about itself never replaces Baton's own labels.
+            for (k, v) in raw.context.iter().flat_map(|c| c.iter()) {
+                labels.entry(k.clone()).or_insert_with(|| v.clone());
+            }
             let weight = if raw.weight > 0.0 { raw.weight } else { 1.0 };
             let last = raw.values.len().saturating_sub(1);
             for (i, &value) in raw.values.iter().enumerate() {

@@ -312,6 +312,22 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
             stats.rate_limited
         );
     }
+    let c = stats.context;
+    if c.processes > 0 || c.read > 0 || c.failed > 0 {
+        eprintln!(
+            "thread context: {} processes publish it; {} samples or events read it ({} reads \
+             failed); {} labels cut to {} bytes, {} dropped as invalid, {} over the cap of {} \
+             values per key",
+            c.processes,
+            c.read,
+            c.failed,
+            c.cut,
+            baton_profilers::threadctx::MAX_VALUE_BYTES,
+            c.invalid,
+            c.over_cap,
+            baton_profilers::threadctx::DEFAULT_VALUES_PER_KEY,
+        );
+    }
     print_histograms(&report.batch.histograms);
     // Always said where DWARF unwinding is on, so "none copied" reads as 0, not as silence.
     if stats.dwarf_copied > 0 || a.unwind == crate::UnwindMode::Auto {

@@ -55,7 +55,7 @@ mod profilers;
 pub mod registry;
 pub mod sys;
 
-pub use mechanics::{unwind, uprobe};
+pub use mechanics::{threadctx, unwind, uprobe};
 pub use profilers::gpu;
 pub use profilers::{calls, cpu, io, latency, locks, malloc, offcpu, syscalls};
 

@@ -101,6 +101,9 @@ pub struct Event {
     /// Values (bit `i`: value `i`) whose 0 is a reading to store, as an idle GPU's utilisation
     /// is; other zero values are left out.
     pub keep_zero: u64,
+    /// Labels the thread published for itself (`endpoint=/checkout`, `trace_id`), decoded
+    /// from its thread context (`mechanics::threadctx`).
+    pub context: Option<crate::mechanics::threadctx::ContextLabels>,
 }
 
 /// A distribution in power-of-two buckets, before labelling.
@@ -217,6 +220,8 @@ pub struct ProfilerStats {
     pub traps: u64,
     /// Events a rate limit left out (counted, and stood for by the weight of those kept).
     pub rate_limited: u64,
+    /// Thread context read at samples and events, and labels left out or cut.
+    pub context: crate::mechanics::threadctx::ContextStats,
 }
 
 impl ProfilerStats {

@@ -61,8 +61,9 @@ struct row_key {
     __u32 kind;
     __u32 buffer;
     char comm[TASK_COMM_LEN];
+    __u64 ctx; // the thread's context (threadctx.h), 0: none
 };
-_Static_assert(sizeof(struct row_key) == 48, "row_key is RowKey in Rust");
+_Static_assert(sizeof(struct row_key) == 56, "row_key is RowKey in Rust");
 
 // A power-of-two histogram's key: (process, what is measured, bucket, buffer); `HistKey` in Rust.
 struct hist_key {

@@ -7,6 +7,7 @@
 
 #include "base.h"
 #include "copy.h"
+#include "threadctx.h"
 
 STACK_MAP(stacks, 16384);
 
@@ -96,6 +97,7 @@ static __always_inline void current_row_key(struct row_key *key, __u32 kind)
     key->user_stack = -1;
     key->kind = kind;
     bpf_get_current_comm(&key->comm, sizeof(key->comm));
+    key->ctx = thread_ctx(key->pid);
 }
 
 // Counts an event that ended: through the copy ring when its user stack was copied (user space
@@ -104,7 +106,7 @@ static __always_inline int count_ended(struct row_key *key, __u32 copied, __u64 
                                        __u64 count, __u64 ns, __u64 bytes)
 {
     if (copied && send_end(key->pid, key->tid, cookie, key->kind, key->cgroup_id,
-                           key->kernel_stack, ns, count, bytes, key->comm) == 0)
+                           key->kernel_stack, ns, count, bytes, key->comm, key->ctx) == 0)
         return 0;
     return add_row(key, count, ns, bytes);
 }

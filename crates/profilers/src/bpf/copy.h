@@ -46,8 +46,9 @@ struct end_event {
     __u64 count;
     __u64 bytes;
     char comm[16];
+    __u64 ctx; // the thread's context (threadctx.h), 0: none
 };
-_Static_assert(sizeof(struct end_event) == 80, "end_event is EndEvent in Rust");
+_Static_assert(sizeof(struct end_event) == 88, "end_event is EndEvent in Rust");
 
 // The interpreter frames (interp.h) of the copy that follows it under the same (tid, cookie); sent
 // `n` frames long, only for processes with an interpreter.
@@ -250,11 +251,11 @@ static __always_inline __s32 current_user_stack(void *ctx, void *stacks, __u64 c
 // Reports the end of an event whose stack was copied. Returns 0 when sent.
 static __always_inline int send_end(__u32 pid, __u32 tid, __u64 cookie, __u32 what,
                                     __u64 cgroup_id, __s32 kernel_stack, __u64 ns, __u64 count,
-                                    __u64 bytes, const char *comm)
+                                    __u64 bytes, const char *comm, __u64 ctx)
 {
     struct end_event e = {.kind = EV_END, .pid = pid, .cookie = cookie, .tid = tid,
                           .what = what, .cgroup_id = cgroup_id, .kernel_stack = kernel_stack,
-                          .ns = ns, .count = count, .bytes = bytes};
+                          .ns = ns, .count = count, .bytes = bytes, .ctx = ctx};
     __builtin_memcpy(e.comm, comm, sizeof(e.comm));
     if (bpf_ringbuf_output(&copies, &e, sizeof(e), BPF_RB_NO_WAKEUP) != 0) {
         copy_bump(1);

@@ -23,6 +23,7 @@ enum stat_index {
 #include "base.h"
 #include "unwind.h"
 #include "interp.h"
+#include "threadctx.h"
 #include <linux/bpf_perf_event.h>
 #include <linux/ptrace.h>
 
@@ -38,8 +39,9 @@ struct sample_key {
     __s32 kernel_stack;
     __s32 user_stack;
     char comm[TASK_COMM_LEN];
+    __u64 ctx; // the thread's context (threadctx.h), 0: none
 };
-_Static_assert(sizeof(struct sample_key) == 40, "sample_key is SampleKey in Rust");
+_Static_assert(sizeof(struct sample_key) == 48, "sample_key is SampleKey in Rust");
 
 #define COUNTS_MAP(name)                                                                       \
     struct {                                                                                   \
@@ -65,13 +67,14 @@ struct stack_event {
     __s64 kernel_bytes;
     __u64 stack_bytes;
     __u64 ts;                   // when the sample was taken, for the timeline
+    __u64 ctx;                  // the thread's context (threadctx.h), 0: none
     __u64 kernel[MAX_STACK_DEPTH];
     __u32 interp_n;             // interpreter frames (interp.h), leaf first
     __u32 interp_status;
     __u64 interp[MAX_INTERP_FRAMES];
     __u8 stack[USTACK_BYTES];
 };
-_Static_assert(sizeof(struct stack_event) == 1104 + 8 * MAX_INTERP_FRAMES + USTACK_BYTES,
+_Static_assert(sizeof(struct stack_event) == 1112 + 8 * MAX_INTERP_FRAMES + USTACK_BYTES,
                "stack_event is StackEvent + stack in Rust");
 
 // Sized by user space before load: one page when DWARF unwinding is off.
@@ -142,6 +145,7 @@ static __always_inline int send_copy(struct bpf_perf_event_data *ctx, __u32 tgid
     ev->stack_bytes = copy_stack_pages(ev->stack, regs->rsp);
     ev->interp_n = interp_walk(tgid, tid, ev->interp, &ev->interp_status);
     ev->ts = bpf_ktime_get_ns();
+    ev->ctx = thread_ctx(tgid);
     // No wakeup per sample: the reader polls the ring every 20 ms anyway.
     bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
     return 1;
@@ -183,6 +187,7 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
     key.tid = tid;
     key.cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
+    key.ctx = thread_ctx(tgid);
 
     __u32 buf = active_buffer;
     void *stacks = buf ? (void *)&stacks1 : (void *)&stacks0;

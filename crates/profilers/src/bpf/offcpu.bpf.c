@@ -49,6 +49,7 @@ struct start {
 };
 
 #include "copy.h"
+#include "threadctx.h"
 
 #define COUNTS_MAP(name)                                                                       \
     struct {                                                                                   \
@@ -123,6 +124,7 @@ int BPF_PROG(on_switch, _Bool preempt, struct task_struct *prev, struct task_str
         s->key.kind = state;
         s->key.buffer = 0;
         bpf_get_current_comm(&s->key.comm, sizeof(s->key.comm));
+        s->key.ctx = thread_ctx(prev_tgid);
         s->key.kernel_stack = bpf_get_stackid(ctx, &stacks, 0);
         if (s->key.kernel_stack < 0)
             bump(STAT_KSTACK_FAILED);
@@ -171,7 +173,7 @@ switch_in:;
     if (copied) {
         // User space pairs this with the copy sent at the switch-out and counts the block.
         if (send_end(key.pid, key.tid, cookie, key.kind, key.cgroup_id, key.kernel_stack,
-                     delta * weight, weight, 0, key.comm) == 0) {
+                     delta * weight, weight, 0, key.comm, key.ctx) == 0) {
             bump(STAT_BLOCKS);
             return 0;
         }

@@ -48,8 +48,9 @@ struct EndEvent {
     count: u64,
     bytes: u64,
     comm: [u8; 16],
+    ctx: u64,
 }
-record!(EndEvent, "end_event", 80);
+record!(EndEvent, "end_event", 88);
 
 /// `struct interp_event` of copy.h without its frames: it goes on with `n` of them.
 #[repr(C)]
@@ -84,6 +85,8 @@ pub(crate) struct CopiedKey {
     pub what: u32,
     pub kernel_stack: i32,
     pub user: Vec<u64>,
+    /// The thread's interned context (`bpf/threadctx.h`), 0: none.
+    pub ctx: u64,
 }
 
 /// Sums of the events under one key.
@@ -150,6 +153,7 @@ impl State {
                             what: e.what,
                             kernel_stack: e.kernel_stack,
                             user,
+                            ctx: e.ctx,
                         };
                         let sums = self.done.entry(key).or_default();
                         sums.ns += e.ns;

@@ -37,8 +37,10 @@ pub(crate) struct RowKey {
     pub kind: u32,
     pub buffer: u32,
     pub comm: [u8; 16],
+    /// The thread's interned context (`bpf/threadctx.h`), 0: none.
+    pub ctx: u64,
 }
-record!(RowKey, "row_key", 48);
+record!(RowKey, "row_key", 56);
 
 /// The stack with id `id` in a stack map, or `None` when it is not there.
 pub(crate) fn stack_of(stacks: &(impl MapCore + ?Sized), id: i32) -> Option<Vec<u64>> {

@@ -6,7 +6,8 @@
 //! - [`ring`]: ring-buffer reader threads with a flush handshake;
 //! - [`perf`]: `perf_event_open` for sampling;
 //! - [`uprobe`]: binaries, symbols and followed processes for uprobe profilers;
-//! - [`copies`] and [`unwind`]: user-stack copies and their DWARF unwinding.
+//! - [`copies`] and [`unwind`]: user-stack copies and their DWARF unwinding;
+//! - [`threadctx`]: the labels processes publish per thread, read at each sample.
 
 pub(crate) mod copies;
 pub(crate) mod maps;
@@ -14,5 +15,6 @@ pub(crate) mod perf;
 pub(crate) mod record;
 pub(crate) mod ring;
 pub(crate) mod skel;
+pub mod threadctx;
 pub mod unwind;
 pub mod uprobe;

@@ -289,6 +289,7 @@ impl crate::Profiler for CallsProfiler {
                 labels: vec![("function", self.name(key.function))],
                 frames: Vec::new(),
                 keep_zero: 0,
+                context: None,
             });
         }
         self.stale_stacks += stacks.stale;

@@ -24,6 +24,7 @@ use crate::mechanics::perf::{open_sampling_event, SamplingEvent};
 use crate::mechanics::record::{addresses, comm, decode, decode_with_tail, record};
 use crate::mechanics::ring::{ring_bytes, RingCollector, RingReader};
 use crate::mechanics::skel::open_targeted;
+use crate::mechanics::threadctx::{ContextLabels, ThreadContexts};
 use crate::mechanics::unwind::{encode_plan, CopiedRegs, DwarfUnwinder, USTACK_BYTES};
 use crate::sys;
 use crate::{ProfilerError, ProfilerStats};
@@ -83,8 +84,9 @@ struct SampleKey {
     kernel_stack: i32,
     user_stack: i32,
     comm: [u8; 16],
+    ctx: u64,
 }
-record!(SampleKey, "sample_key", 40);
+record!(SampleKey, "sample_key", 48);
 
 /// `struct stack_event` of cpu.bpf.c without its trailing `stack[USTACK_BYTES]`, which is read
 /// where it lies in the ring.
@@ -99,6 +101,7 @@ struct StackEvent {
     kernel_bytes: i64,
     stack_bytes: u64,
     ts: u64,
+    ctx: u64,
     kernel: StackEntry,
     interp_n: u32,
     interp_status: u32,
@@ -107,7 +110,7 @@ struct StackEvent {
 record!(
     StackEvent,
     "stack_event",
-    1104 + 8 * crate::interp::MAX_INTERP_FRAMES
+    1112 + 8 * crate::interp::MAX_INTERP_FRAMES
 );
 
 /// `struct tick` of cpu.bpf.c: one sample's time and stacks, for the timeline; `buffer` says
@@ -158,8 +161,14 @@ pub struct RawSample {
 }
 
 /// The sample row of `count` samples of `period_ns` each, of a thread and its stacks.
-fn sample(key: CopyKey, count: u64, period_ns: u64, user_origin: UserStackOrigin) -> RawSample {
-    let (pid, tid, cgroup_id, comm, kernel, user) = key;
+fn sample(
+    key: CopyKey,
+    count: u64,
+    period_ns: u64,
+    user_origin: UserStackOrigin,
+    context: Option<ContextLabels>,
+) -> RawSample {
+    let (pid, tid, cgroup_id, comm, kernel, user, _) = key;
     RawSample {
         event: crate::Event {
             pid,
@@ -174,6 +183,7 @@ fn sample(key: CopyKey, count: u64, period_ns: u64, user_origin: UserStackOrigin
             labels: Vec::new(),
             frames: Vec::new(),
             keep_zero: 0,
+            context,
         },
         user_origin,
     }
@@ -203,6 +213,7 @@ pub struct CpuProfiler {
     buffers: Buffers,
     stack_lookup_missing: u64,
     last_drain: Instant,
+    contexts: ThreadContexts,
 }
 
 /// Reads the tick ring; ticks of the buffer still filling wait for the next drain.
@@ -215,8 +226,9 @@ struct TickReader {
 /// default and the ring is read at each drain).
 const TICK_RING_BYTES_PER_CPU_HZ: u64 = 32 * 16;
 
-/// Key of a copied sample once unwound: (pid, tid, cgroup, comm, kernel stack, user stack).
-type CopyKey = (u32, u32, u64, String, Vec<u64>, Vec<u64>);
+/// Key of a copied sample once unwound: (pid, tid, cgroup, comm, kernel stack, user stack,
+/// interned thread context).
+type CopyKey = (u32, u32, u64, String, Vec<u64>, Vec<u64>, u64);
 
 /// What the reader thread shares with the profiler.
 struct DwarfShared {
@@ -260,7 +272,15 @@ fn take_copy(shared: &DwarfShared, data: &[u8]) {
     );
     let mut stacks = lock(&shared.stacks);
     let slot = stacks
-        .entry((pid, ev.tid, ev.cgroup_id, comm(&ev.comm), kernel, user))
+        .entry((
+            pid,
+            ev.tid,
+            ev.cgroup_id,
+            comm(&ev.comm),
+            kernel,
+            user,
+            ev.ctx,
+        ))
         .or_default();
     slot.0 += 1;
     if shared.timeline && ev.ts != 0 {
@@ -372,6 +392,7 @@ impl CpuProfiler {
             buffers: Buffers::default(),
             stack_lookup_missing: 0,
             last_drain: Instant::now(),
+            contexts: ThreadContexts::default(),
         };
         Ok(p)
     }
@@ -448,6 +469,7 @@ impl CpuProfiler {
             *slot = percpu_sum(&self.skel.maps.stats, i as u32);
         }
         s.stack_lookup_missing = self.stack_lookup_missing;
+        s.context = self.contexts.stats(&self.skel.maps.ctx_stats);
         if let Some(d) = &self.dwarf {
             s.unwind = lock(&d.shared.unwinder).stats;
         }
@@ -500,10 +522,12 @@ impl CpuProfiler {
                     comm(&key.comm),
                     kernel,
                     user,
+                    key.ctx,
                 ),
                 count,
                 period,
                 UserStackOrigin::FramePointers,
+                self.contexts.labels(key.ctx, &self.skel.maps.ctx_records),
             ));
         }
         self.stack_lookup_missing += stack_reader.stale;
@@ -539,7 +563,8 @@ impl CpuProfiler {
             let copied = std::mem::take(&mut *lock(&d.shared.stacks));
             for (key, (count, times)) in copied {
                 ticks.extend(times.into_iter().map(|ts| (ts, samples.len())));
-                samples.push(sample(key, count, period, UserStackOrigin::Dwarf));
+                let context = self.contexts.labels(key.6, &self.skel.maps.ctx_records);
+                samples.push(sample(key, count, period, UserStackOrigin::Dwarf, context));
             }
             // Forget processes that are gone: their pid may come back as another program.
             let gone: Vec<u32> = d
@@ -555,6 +580,7 @@ impl CpuProfiler {
             }
             lock(&d.shared.unwinder).retain(sys::process_alive);
         }
+        self.contexts.prune(&self.skel.maps.ctx_procs);
         Ok(Window {
             samples,
             ticks,
@@ -696,6 +722,7 @@ impl crate::Profiler for CpuProfiler {
 
     fn observe_maps(&mut self, pid: u32, maps: &str) {
         self.plan_unwinding(pid, maps);
+        self.contexts.observe(pid, maps, &self.skel.maps.ctx_procs);
     }
 
     fn event_name(&self) -> String {

@@ -16,6 +16,7 @@ use crate::mechanics::maps::{
     StatSlots,
 };
 use crate::mechanics::record::{comm, decode, record};
+use crate::mechanics::threadctx::ThreadContexts;
 use crate::{Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
 /// What the generic code needs of a skeleton built on `common.h`.
@@ -29,6 +30,9 @@ pub(crate) trait EventSkel {
     fn dwarf_pids(&self) -> &dyn MapCore;
     fn interp_procs(&self) -> &dyn MapCore;
     fn copy_stats(&self) -> &dyn MapCore;
+    fn ctx_procs(&self) -> &dyn MapCore;
+    fn ctx_records(&self) -> &dyn MapCore;
+    fn ctx_stats(&self) -> &dyn MapCore;
     fn set_buffer(&mut self, buffer: u32);
     fn set_sample_every(&mut self, every: u32);
 }
@@ -63,6 +67,15 @@ macro_rules! event_skel {
             }
             fn copy_stats(&self) -> &dyn libbpf_rs::MapCore {
                 &self.maps.copy_stats
+            }
+            fn ctx_procs(&self) -> &dyn libbpf_rs::MapCore {
+                &self.maps.ctx_procs
+            }
+            fn ctx_records(&self) -> &dyn libbpf_rs::MapCore {
+                &self.maps.ctx_records
+            }
+            fn ctx_stats(&self) -> &dyn libbpf_rs::MapCore {
+                &self.maps.ctx_stats
             }
             fn set_buffer(&mut self, buffer: u32) {
                 if let Some(bss) = self.maps.bss_data.as_deref_mut() {
@@ -129,6 +142,7 @@ pub(crate) struct EventProfiler<S: EventSkel> {
     /// Events per second whose stacks are taken, when the profiler samples stacks.
     budget: Option<u64>,
     sampler: RateSampler,
+    contexts: ThreadContexts,
 }
 
 impl<S: EventSkel> EventProfiler<S> {
@@ -158,6 +172,7 @@ impl<S: EventSkel> EventProfiler<S> {
             stale_stacks: 0,
             budget,
             sampler: RateSampler::new(),
+            contexts: ThreadContexts::default(),
         })
     }
 }
@@ -210,6 +225,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
                 labels: vec![(self.spec.label(), (self.spec.kind_name)(key.kind))],
                 frames: Vec::new(),
                 keep_zero: 0,
+                context: self.contexts.labels(key.ctx, self.skel.ctx_records()),
             });
         }
         if let Some(c) = &self.copies {
@@ -234,10 +250,12 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
                     labels: vec![(self.spec.label(), (self.spec.kind_name)(k.what))],
                     frames: Vec::new(),
                     keep_zero: 0,
+                    context: self.contexts.labels(k.ctx, self.skel.ctx_records()),
                 });
             }
         }
         self.stale_stacks += stacks.stale;
+        self.contexts.prune(self.skel.ctx_procs());
         clear_if_half_full(self.skel.stacks(), STACK_ENTRIES);
         out.histograms = drain_histograms(
             self.skel.hists(),
@@ -250,13 +268,15 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
     }
 
     fn stats(&self) -> ProfilerStats {
-        CopyReader::add_stats(
+        let mut s = CopyReader::add_stats(
             self.copies.as_ref(),
             self.skel.copy_stats(),
             self.spec
                 .stats
                 .read_with_stale(self.skel.stats(), self.stale_stacks),
-        )
+        );
+        s.context = self.contexts.stats(self.skel.ctx_stats());
+        s
     }
 
     fn target_pids(&self) -> Vec<u32> {
@@ -281,6 +301,7 @@ impl<S: EventSkel> crate::Profiler for EventProfiler<S> {
         if let Some(c) = &self.copies {
             c.observe_maps(self.skel.dwarf_pids(), pid, maps);
         }
+        self.contexts.observe(pid, maps, self.skel.ctx_procs());
     }
 }
 

@@ -513,6 +513,7 @@ impl crate::Profiler for LatencyProfiler {
                     labels: vec![("request", format!("{id:x} ({latency_ms:.1} ms)"))],
                     frames: Vec::new(),
                     keep_zero: 0,
+                    context: None,
                 });
             }
         }

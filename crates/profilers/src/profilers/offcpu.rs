@@ -22,6 +22,7 @@ use crate::mechanics::maps::{flip_buffers, percpu_sum, Buffers, RateSampler, Row
 use crate::mechanics::record::{comm, decode, record};
 use crate::mechanics::ring::{ring_bytes, RingCollector};
 use crate::mechanics::skel::open_copying;
+use crate::mechanics::threadctx::{ContextLabels, ThreadContexts};
 use crate::ProfilerError;
 
 use baton_model::{Claim, CostClass, OptionInfo, ProfilerInfo, ValueInfo};
@@ -132,6 +133,8 @@ pub struct Block {
     pub ns: u64,
     /// Blocks added up in `ns` (weighted likewise).
     pub count: u64,
+    /// What the thread published about itself when it went to sleep.
+    pub context: Option<ContextLabels>,
 }
 
 /// A recorded block on the timeline: `CLOCK_MONOTONIC` start and length in ns, and the
@@ -227,6 +230,7 @@ pub struct OffCpuProfiler {
     clears: u64,
     max_tracked_per_sec: u64,
     sampler: RateSampler,
+    contexts: ThreadContexts,
 }
 
 impl OffCpuProfiler {
@@ -284,6 +288,7 @@ impl OffCpuProfiler {
             clears: 0,
             max_tracked_per_sec: opts.max_tracked_per_sec.max(1),
             sampler: RateSampler::new(),
+            contexts: ThreadContexts::default(),
         })
     }
 
@@ -379,6 +384,7 @@ impl OffCpuProfiler {
                 comm: comm(&key.comm),
                 ns: value.ns,
                 count: value.count,
+                context: self.contexts.labels(key.ctx, &self.skel.maps.ctx_records),
             });
         }
         if let Some(c) = &self.copies {
@@ -396,9 +402,11 @@ impl OffCpuProfiler {
                     user: k.user,
                     ns: sums.ns,
                     count: sums.count,
+                    context: self.contexts.labels(k.ctx, &self.skel.maps.ctx_records),
                 });
             }
         }
+        self.contexts.prune(&self.skel.maps.ctx_procs);
         // Spans of the drained buffer (and of copied blocks) name its blocks; the others wait.
         if let Some(sr) = &mut self.spans {
             let got = sr.ring.take();
@@ -476,6 +484,7 @@ impl crate::Profiler for OffCpuProfiler {
                 labels: vec![("state", b.state.name().to_string())],
                 frames: Vec::new(),
                 keep_zero: 0,
+                context: b.context,
             })
             .collect();
         let spans = self
@@ -516,6 +525,7 @@ impl crate::Profiler for OffCpuProfiler {
                 .as_ref()
                 .map(|c| c.stats(&self.skel.maps.copy_stats).2)
                 .unwrap_or_default(),
+            context: self.contexts.stats(&self.skel.maps.ctx_stats),
             ..crate::ProfilerStats::default()
         }
     }
@@ -534,6 +544,7 @@ impl crate::Profiler for OffCpuProfiler {
         if let Some(c) = &self.copies {
             c.observe_maps(&self.skel.maps.dwarf_pids, pid, maps);
         }
+        self.contexts.observe(pid, maps, &self.skel.maps.ctx_procs);
     }
 
     fn event_name(&self) -> String {

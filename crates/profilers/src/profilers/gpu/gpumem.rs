@@ -199,6 +199,7 @@ impl GpuMemProfiler {
                     labels: vec![("api", desc.to_string())],
                     frames: Vec::new(),
                     keep_zero: 0,
+                    context: None,
                 },
             )
             .collect()

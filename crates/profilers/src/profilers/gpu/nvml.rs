@@ -521,6 +521,7 @@ impl crate::Profiler for NvmlProfiler {
                 } else {
                     0b11_1000_0000
                 },
+                context: None,
                 frames: vec![Frame {
                     kind: FrameKind::User,
                     function: Some(format!("gpu{gpu}: {name}")),

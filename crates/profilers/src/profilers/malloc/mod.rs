@@ -626,6 +626,7 @@ impl crate::Profiler for MallocProfiler {
                     labels: Vec::new(),
                     frames: Vec::new(),
                     keep_zero: 0,
+                    context: None,
                 }
             })
             .collect();
