@@ -588,14 +588,20 @@ pub struct QueryArgs {
     /// How far back to look, e.g. 5m, 1h.
     #[arg(long, default_value = "5m")]
     pub since: String,
-    /// Label filter, repeatable: comm=NAME, pid=N, exe=PATH, cgroup=PATH, and a profiler's own
-    /// (state=sleeping, syscall=write, op=write, function=NAME); `!=` and `~regex` too.
+    /// Label filter, repeatable: comm=NAME, pid=N, exe=PATH, cgroup=PATH, a profiler's own
+    /// (state=sleeping, syscall=write, op=write, function=NAME) and the ones threads publish
+    /// (endpoint=/checkout, trace_id=HEX); `!=` and `~regex` too.
     #[arg(long)]
     pub filter: Vec<String>,
     /// The value to show, for profilers that measure several (malloc: alloc_bytes,
     /// alloc_count, live_bytes). Default: the profiler's first.
     #[arg(long, value_name = "NAME")]
     pub value: Option<String>,
+    /// Totals per value of a label instead of stacks: a column (comm, pid, service…), a
+    /// profiler's own label, or one threads publish (--by endpoint). With --format json, the
+    /// values as JSON.
+    #[arg(long, value_name = "LABEL")]
+    pub by: Option<String>,
     /// top, collapsed, pprof, json, or hist (the profiler's histograms, with percentiles).
     #[arg(long, short = 'f', default_value = "top")]
     pub format: String,

@@ -11,6 +11,9 @@ use crate::QueryArgs;
 
 pub fn run(a: QueryArgs) -> anyhow::Result<ExitCode> {
     baton_model::parse_duration(&a.since).map_err(|e| usage(format!("--since: {e}")))?;
+    if let Some(label) = &a.by {
+        return by_label(&a, label);
+    }
     let (path, export_format) = match a.format.as_str() {
         "top" => ("/api/v1/top", None),
         "json" => ("/api/v1/flamegraph", None),
@@ -104,6 +107,55 @@ pub fn get(server: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
     crate::client::Client::new(server)?
         .get(path)
         .map_err(|e| anyhow::anyhow!("{e} (is `baton up` or `baton server` running?)"))
+}
+
+/// `--by LABEL`: the label's values with their totals and shares, or the server's JSON.
+fn by_label(a: &QueryArgs, label: &str) -> anyhow::Result<ExitCode> {
+    if !matches!(a.format.as_str(), "top" | "json") {
+        return Err(usage(
+            "--by prints a table (--format top) or JSON (--format json)",
+        ));
+    }
+    let mut q = form_query(a, None);
+    q.push_str(&format!("&limit={}", a.top));
+    let path = format!(
+        "/api/v1/labels/{}?{q}",
+        form_urlencoded::byte_serialize(label.as_bytes()).collect::<String>()
+    );
+    let (status, body) = get(&a.server, &path)?;
+    if !(200..300).contains(&status) {
+        return Err(answer_error("server", status, &body));
+    }
+    if a.format == "json" || a.output.is_some() {
+        match &a.output {
+            Some(p) => {
+                std::fs::write(p, &body).with_context(|| format!("writing {}", p.display()))?
+            }
+            None => std::io::stdout().lock().write_all(&body)?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).context("decoding label values")?;
+    let values = v["values"].as_array().cloned().unwrap_or_default();
+    if values.is_empty() {
+        eprintln!(
+            "no {} samples carry {label} in the last {}",
+            a.profiler, a.since
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let total: f64 = values.iter().filter_map(|r| r["total"].as_f64()).sum();
+    println!("{:>8}  {:>14}  {label}", "share", "total");
+    for r in &values {
+        let t = r["total"].as_f64().unwrap_or(0.0);
+        println!(
+            "{:>7.1}%  {:>14.0}  {}",
+            100.0 * t / total.max(f64::MIN_POSITIVE),
+            t,
+            r["value"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn form_query(a: &QueryArgs, format: Option<&str>) -> String {

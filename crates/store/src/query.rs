@@ -7,13 +7,31 @@ pub const LABEL_COLUMNS: &[&str] = &[
     "comm", "pid", "tid", "exe", "cgroup", "host", "run", "service",
 ];
 
-/// The column of a label that can be grouped on.
-pub(crate) fn label_column(label: &str) -> Result<&'static str, StoreError> {
-    LABEL_COLUMNS
-        .iter()
-        .find(|c| **c == label)
-        .copied()
-        .ok_or_else(|| StoreError::UnknownLabel(label.to_string()))
+/// A label that can be grouped on: a column, or a label kept in `detail` (a profiler's own,
+/// or one a thread published); an error names any other.
+pub(crate) fn group_label(label: &str) -> Result<&str, StoreError> {
+    if LABEL_COLUMNS.contains(&label) || is_detail_label(label) {
+        Ok(label)
+    } else {
+        Err(StoreError::UnknownLabel(label.to_string()))
+    }
+}
+
+/// The SQL text of a label checked by [`group_label`], '' where a row lacks it. A detail
+/// label's name is letters, digits and `_` only, so it is safe inside the pattern.
+pub(crate) fn group_expr(label: &str, d: Dialect) -> String {
+    if LABEL_COLUMNS.contains(&label) {
+        return format!("coalesce({}, '')", d.text(label));
+    }
+    debug_assert!(is_detail_label(label));
+    match d {
+        Dialect::DuckDb => {
+            format!("regexp_extract(';' || coalesce(detail, ''), ';{label}=([^;]*)', 1)")
+        }
+        Dialect::ClickHouse => {
+            format!("extract(concat(';', ifNull(detail, '')), ';{label}=([^;]*)')")
+        }
+    }
 }
 
 /// The built-in profilers' own labels. They, and any other label without a column (an ad-hoc

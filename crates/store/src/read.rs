@@ -50,7 +50,9 @@ pub(crate) trait Backend {
         group: Option<&str>,
     ) -> Result<Vec<crate::series::SeriesRow>, StoreError>;
     /// Distinct values of a label column in the range, most weighted first.
-    fn label_values(&mut self, q: &Query, col: &str, limit: usize) -> Result<Totals, StoreError>;
+    /// Weighted totals per value of `label` (checked by [`crate::query::group_label`]), most
+    /// first; rows without the label are left out.
+    fn label_values(&mut self, q: &Query, label: &str, limit: usize) -> Result<Totals, StoreError>;
     /// Whether symbols may have been added since the last call by a writer other than this
     /// store (another server on a shared store): the cached frames may lack them.
     fn symbols_changed(&mut self) -> Result<bool, StoreError> {
@@ -123,8 +125,8 @@ macro_rules! shared_store_methods {
             label: &str,
             limit: usize,
         ) -> Result<Vec<(String, f64)>, $crate::StoreError> {
-            let col = $crate::query::label_column(label)?;
-            $crate::read::label_totals(&mut self.$backend, q, col, limit)
+            let label = $crate::query::group_label(label)?;
+            $crate::read::label_totals(&mut self.$backend, q, label, limit)
         }
     };
 }
@@ -155,13 +157,13 @@ fn totals<B: Backend>(b: &mut B, q: &Query) -> Result<Vec<(u64, f64)>, StoreErro
 pub(crate) fn label_totals<B: Backend>(
     b: &mut B,
     q: &Query,
-    col: &'static str,
+    label: &str,
     limit: usize,
 ) -> Result<Totals, StoreError> {
     if !q.value.as_deref().is_some_and(crate::is_level) {
-        return b.label_values(q, col, limit);
+        return b.label_values(q, label, limit);
     }
-    let mut out = b.level_totals(q, LevelKey::Label(col))?;
+    let mut out = b.level_totals(q, LevelKey::Label(label))?;
     out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     out.truncate(limit);
     Ok(out)

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::query::{label_column, Dialect, Param, Query};
+use crate::query::{Dialect, Param, Query};
 use crate::{Point, StoreError};
 
 pub use baton_model::registry::is_level;
@@ -24,8 +24,7 @@ pub struct Series {
 pub(crate) type SeriesRow = (i64, String, f64);
 
 /// The SELECT of a series over `table`, returning (bucket, key, value) ordered by bucket and
-/// key. `group` is a label column (from [`crate::LABEL_COLUMNS`]) or a detail label (checked
-/// by [`crate::is_detail_label`]).
+/// key. `group` is a label checked by [`crate::query::group_label`].
 pub(crate) fn series_sql(
     q: &Query,
     d: Dialect,
@@ -41,20 +40,7 @@ pub(crate) fn series_sql(
     };
     let key = match group {
         None => "''".to_string(),
-        Some(col) if crate::LABEL_COLUMNS.contains(&col) => {
-            format!("coalesce({}, '')", d.text(col))
-        }
-        // A detail label's value in `detail` (`k=v;k=v`); the name is checked to be letters,
-        // digits and `_` only, so it is safe inside the pattern.
-        Some(label) if crate::is_detail_label(label) => match d {
-            Dialect::DuckDb => {
-                format!("regexp_extract(';' || coalesce(detail, ''), ';{label}=([^;]*)', 1)")
-            }
-            Dialect::ClickHouse => {
-                format!("extract(concat(';', ifNull(detail, '')), ';{label}=([^;]*)')")
-            }
-        },
-        Some(_) => "''".to_string(),
+        Some(label) => crate::query::group_expr(label, d),
     };
     let level = q.value.as_deref().is_some_and(is_level);
     let sql = if level {
@@ -78,12 +64,12 @@ pub(crate) fn series_sql(
     (sql, params)
 }
 
-/// What a level's totals are per: each stack, or each value of a label column (from
-/// [`crate::LABEL_COLUMNS`], never user text).
+/// What a level's totals are per: each stack, or each value of a label checked by
+/// [`crate::query::group_label`].
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum LevelKey {
+pub(crate) enum LevelKey<'a> {
     Stack,
-    Label(&'static str),
+    Label(&'a str),
 }
 
 /// The two SELECTs of a level's totals over `table`: (key as text, host, pid, weighted sum) per
@@ -97,7 +83,7 @@ pub(crate) fn level_totals_sql(
     let (wh, params) = q.where_in(d);
     let key = match key {
         LevelKey::Stack => d.text("stack_id"),
-        LevelKey::Label(col) => format!("coalesce({}, '')", d.text(col)),
+        LevelKey::Label(label) => crate::query::group_expr(label, d),
     };
     let process = "coalesce(host, '') AS h, coalesce(pid, -1) AS p";
     [
@@ -144,11 +130,7 @@ pub(crate) fn series<B: crate::read::Backend>(
     step_ms: i64,
     group_by: Option<&str>,
 ) -> Result<Vec<Series>, StoreError> {
-    let col = match group_by {
-        Some(g) if crate::is_detail_label(g) => Some(g),
-        Some(g) => Some(label_column(g)?),
-        None => None,
-    };
+    let col = group_by.map(crate::query::group_label).transpose()?;
     let mut by_key: BTreeMap<String, Vec<Point>> = BTreeMap::new();
     for (ts_ms, key, value) in b.series(q, step_ms, col)? {
         by_key.entry(key).or_default().push(Point { ts_ms, value });

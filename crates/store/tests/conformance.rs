@@ -227,6 +227,17 @@ fn values_details_and_histograms(s: &mut dyn Store) {
         s.profile(&with(q.clone(), "fd!=3")).expect("p").total(),
         0.0
     );
+    // Totals per value of a label kept in `detail` (one a thread published, or a profiler's
+    // own); rows without it are left out, and a name that is no label is refused.
+    assert_eq!(
+        s.label_values(&q, "op", 10).expect("labels"),
+        vec![("write".to_string(), 3.0)]
+    );
+    assert!(s.label_values(&q, "state", 10).expect("labels").is_empty());
+    assert!(matches!(
+        s.label_values(&q, "Op", 10),
+        Err(StoreError::UnknownLabel(_))
+    ));
     q.value = None;
     let hs = s.histograms(&q).expect("hist");
     assert_eq!(hs.len(), 1);
@@ -319,6 +330,10 @@ fn level_series_per_window_and_group(s: &mut dyn Store) {
         .map(|x| (x.key.as_str(), x.points[0].value))
         .collect();
     assert_eq!(keys, vec![("big", 975.0), ("small", 325.0)]);
+    assert_eq!(
+        s.label_values(&live, "arena", 10).expect("labels"),
+        vec![("big".to_string(), 975.0), ("small".to_string(), 325.0)]
+    );
     // A level's flame graph: per process the mean of its windows (pid 7: leak_site 150 and
     // 300, other_site 50 and 100), summed over processes.
     let p = s.profile(&live).expect("profile");

@@ -1,5 +1,6 @@
 //! Shared helpers: root check, workload builds, running baton, HTTP on loopback.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -435,4 +436,81 @@ impl Drop for Workload {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// One sample of `go tool pprof -raw`: its values, its stack (function names, leaf first) and
+/// its labels.
+#[derive(Debug)]
+pub struct RawSample {
+    pub values: Vec<f64>,
+    pub stack: Vec<String>,
+    pub labels: HashMap<String, String>,
+}
+
+/// The samples of a pprof file, as `go tool pprof -raw` reads them.
+pub fn pprof_samples(pb: &Path) -> Vec<RawSample> {
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(pb)
+        .output()
+        .expect("go tool pprof (scripts/install-deps.sh installs golang-go)");
+    assert!(out.status.success(), "go tool pprof -raw failed");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (samples, rest) = text
+        .split_once("\nLocations\n")
+        .expect("a Locations section");
+    let locations = rest.split("\nMappings\n").next().unwrap_or_default();
+    let mut functions: HashMap<u64, String> = HashMap::new();
+    for line in locations.lines() {
+        // "     1: 0x11e0 M=1 cuLaunchKernelEx /path/cuda.c:58 s=0"
+        let mut parts = line.split_whitespace();
+        let (Some(id), Some(_addr), Some(_m), Some(f)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if let Some(Ok(id)) = id.strip_suffix(':').map(str::parse::<u64>) {
+            functions.insert(id, f.to_string());
+        }
+    }
+    let mut out: Vec<RawSample> = Vec::new();
+    for line in samples
+        .lines()
+        .skip_while(|l| !l.starts_with("Samples:"))
+        .skip(2)
+    {
+        if let Some((values, locs)) = line
+            .split_once(": ")
+            .filter(|(v, _)| v.split_whitespace().all(|x| x.parse::<f64>().is_ok()))
+        {
+            out.push(RawSample {
+                values: values
+                    .split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect(),
+                stack: locs
+                    .split_whitespace()
+                    .filter_map(|l| l.parse::<u64>().ok())
+                    .map(|l| functions.get(&l).cloned().unwrap_or_default())
+                    .collect(),
+                labels: HashMap::new(),
+            });
+        } else if let Some(s) = out.last_mut() {
+            // "key:[value] key:[value]" (values may hold spaces, never brackets).
+            let mut rest = line.trim();
+            while let Some((key, after)) = rest.split_once(":[") {
+                let Some((value, tail)) = after.split_once(']') else {
+                    break;
+                };
+                s.labels.insert(key.trim().to_string(), value.to_string());
+                rest = tail;
+            }
+        }
+    }
+    out
+}
+
+/// A sample's label, '' when it has none.
+pub fn label<'a>(s: &'a RawSample, key: &str) -> &'a str {
+    s.labels.get(key).map_or("", String::as_str)
 }

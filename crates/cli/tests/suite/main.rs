@@ -18,6 +18,7 @@ mod profilers;
 mod python;
 mod record;
 mod runs;
+mod threadctx;
 mod triggers;
 mod ui;
 mod unwind;

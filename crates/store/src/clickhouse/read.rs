@@ -9,7 +9,7 @@ use baton_model::{Frame, FrameKind, ValueType};
 
 use super::http::Http;
 use crate::dict::{symbol_key, Dictionary};
-use crate::query::{inline, quote, Dialect, Query};
+use crate::query::{group_expr, inline, quote, Dialect, Query};
 use crate::read::{id_list, Backend, BucketRow, StoredFrame, Totals};
 use crate::series::{level_totals, level_totals_sql, series_sql, LevelKey, SeriesRow};
 use crate::{RunRecord, StoreError, TimelineQuery, TimelineSpan, Unsymbolized};
@@ -237,15 +237,12 @@ impl Backend for Http {
         Ok(changed)
     }
 
-    fn label_values(&mut self, q: &Query, col: &str, limit: usize) -> Result<Totals, StoreError> {
-        let present = match col {
-            "host" | "service" | "comm" => format!("{col} != ''"),
-            _ => format!("{col} IS NOT NULL"),
-        };
+    fn label_values(&mut self, q: &Query, label: &str, limit: usize) -> Result<Totals, StoreError> {
+        let l = group_expr(label, Dialect::ClickHouse);
         let sql = self.samples_sql(
             q,
-            &format!("toString({col}) AS l, sum(value * weight) AS v"),
-            &format!(" AND {present} GROUP BY l ORDER BY v DESC, l LIMIT {limit}"),
+            &format!("{l} AS l, sum(value * weight) AS v"),
+            &format!(" AND {l} != '' GROUP BY l ORDER BY v DESC, l LIMIT {limit}"),
         );
         Ok(self
             .rows(&sql)?

@@ -6,7 +6,7 @@ use duckdb::types::Value;
 use duckdb::{params_from_iter, Connection};
 
 use crate::dict::Dictionary;
-use crate::query::{Dialect, Param, Query};
+use crate::query::{group_expr, Dialect, Param, Query};
 use crate::read::{id_list, Backend, BucketRow, StoredFrame, Totals};
 use crate::series::{level_totals, level_totals_sql, series_sql, LevelKey, SeriesRow};
 use crate::{ControlRecord, RunRecord, StoreError, TimelineQuery, TimelineSpan, Unsymbolized};
@@ -177,11 +177,12 @@ impl Backend for Connection {
         Ok(rows)
     }
 
-    fn label_values(&mut self, q: &Query, col: &str, limit: usize) -> Result<Totals, StoreError> {
+    fn label_values(&mut self, q: &Query, label: &str, limit: usize) -> Result<Totals, StoreError> {
         let (wh, params) = q.where_clause();
+        let l = group_expr(label, Dialect::DuckDb);
         let sql = format!(
-            "SELECT CAST({col} AS VARCHAR) AS l, sum(value * weight) AS v FROM samples
-             WHERE {wh} AND {col} IS NOT NULL GROUP BY l ORDER BY v DESC LIMIT {limit}"
+            "SELECT {l} AS l, sum(value * weight) AS v FROM samples
+             WHERE {wh} AND {l} != '' GROUP BY l ORDER BY v DESC, l LIMIT {limit}"
         );
         let mut st = self.prepare(&sql)?;
         let out = st
