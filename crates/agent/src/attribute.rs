@@ -1,5 +1,6 @@
 //! Attributes sample rows to the config's services, by matching each row's labels against the
-//! services' selectors, and labels them `service`.
+//! services' selectors, and labels them `service` and with the service's own labels (`team`,
+//! `tier`), stored with the row so a query answers as the config was when it was written.
 
 use std::collections::HashMap;
 
@@ -7,7 +8,8 @@ use baton_config::Config;
 use baton_model::Batch;
 
 /// Sets the `service` label on every row that has none and whose process a service's selector
-/// matches (the first service in name order wins). Returns the rows attributed per service.
+/// matches (the first service in name order wins), and the service's labels on every row of a
+/// service (never replacing a label the row has). Returns the rows attributed per service.
 pub fn attribute(config: &Config, batch: &mut Batch) -> HashMap<String, u64> {
     let mut counts: HashMap<String, u64> = HashMap::new();
     if config.services.is_empty() {
@@ -16,8 +18,9 @@ pub fn attribute(config: &Config, batch: &mut Batch) -> HashMap<String, u64> {
     // Rows of one process share cgroup, comm and exe: match each distinct triple once.
     let mut cache: HashMap<(String, String, String), Option<String>> = HashMap::new();
     for s in &mut batch.samples {
-        if let Some(svc) = s.labels.get("service") {
-            *counts.entry(svc.clone()).or_default() += 1;
+        if let Some(svc) = s.labels.get("service").cloned() {
+            add_service_labels(config, &svc, &mut s.labels);
+            *counts.entry(svc).or_default() += 1;
             continue;
         }
         let get = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
@@ -36,11 +39,21 @@ pub fn attribute(config: &Config, batch: &mut Batch) -> HashMap<String, u64> {
             })
             .clone();
         if let Some(name) = found {
+            add_service_labels(config, &name, &mut s.labels);
             *counts.entry(name.clone()).or_default() += 1;
             s.labels.insert("service".into(), name);
         }
     }
     counts
+}
+
+/// The labels the config gives service `name`, added where the row has none of that name.
+fn add_service_labels(config: &Config, name: &str, labels: &mut baton_model::Labels) {
+    if let Some(svc) = config.services.get(name) {
+        for (k, v) in &svc.labels {
+            labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -63,7 +76,7 @@ mod tests {
 
     #[test]
     fn rows_get_the_service_their_process_belongs_to() {
-        let text = "[services.db]\nselector = { comm = \"postgres\" }\n[services.web]\nselector = { unit = \"nginx.service\" }\n";
+        let text = "[services.db]\nselector = { comm = \"postgres\" }\nlabels = { team = \"data\", tier = \"1\" }\n[services.web]\nselector = { unit = \"nginx.service\" }\n";
         let config = baton_config::load(
             &[baton_config::SourceFile {
                 path: "a.toml".into(),
@@ -95,5 +108,16 @@ mod tests {
             .map(|s| s.labels.get("service").map(String::as_str))
             .collect();
         assert_eq!(svc, [Some("db"), Some("web"), None, Some("db")]);
+        // The service's labels are stored with its rows, and only its rows.
+        let team: Vec<Option<&str>> = batch
+            .samples
+            .iter()
+            .map(|s| s.labels.get("team").map(String::as_str))
+            .collect();
+        assert_eq!(team, [Some("data"), None, None, Some("data")]);
+        assert_eq!(
+            batch.samples[0].labels.get("tier").map(String::as_str),
+            Some("1")
+        );
     }
 }

@@ -88,7 +88,7 @@ pub(crate) struct ResourceDoc {
 pub(crate) struct ServiceDoc {
     pub selector: Spanned<SelectorDoc>,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: BTreeMap<Spanned<String>, String>,
     #[serde(default)]
     pub continuous: Vec<Spanned<ContinuousDoc>>,
     #[serde(default)]

@@ -463,3 +463,15 @@ continuous = [
         "{p:?}"
     );
 }
+
+#[test]
+fn service_labels_must_be_storable_names_that_are_not_columns() {
+    let text = "[services.a]\nselector = { comm = \"a\" }\nlabels = { team = \"pay\", Tier = \"1\", pid = \"2\" }\n";
+    let p = problems(&[file("s.toml", text)]);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(
+        p[0].starts_with("s.toml:3:") && p[0].contains("`Tier`"),
+        "{p:?}"
+    );
+    assert!(p[1].contains("`pid` is one Baton sets itself"), "{p:?}");
+}

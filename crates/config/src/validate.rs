@@ -605,13 +605,46 @@ fn service(
         .write_budget_rows_per_minute
         .as_ref()
         .and_then(|v| cx.positive(v, "write_budget_rows_per_minute"));
+    let mut labels = BTreeMap::new();
+    for (k, v) in &s.labels {
+        if let Err(e) = label_key(k.get_ref()) {
+            cx.at(k.span(), e);
+        } else {
+            labels.insert(k.get_ref().clone(), v.clone());
+        }
+    }
     Some(Service {
         selector: sel?,
-        labels: s.labels.clone(),
+        labels,
         continuous,
         triggers,
         write_budget_rows_per_minute: budget,
     })
+}
+
+/// Labels every sample has a column for; a service's label cannot take their names.
+const COLUMN_LABELS: &[&str] = &[
+    "comm", "pid", "tid", "exe", "cgroup", "host", "run", "service",
+];
+
+/// Checks a service label's name: it is stored with each sample, so it must be a storable
+/// label name (lower-case letters, digits and `_`, not starting with a digit) and not one of
+/// the columns.
+fn label_key(k: &str) -> Result<(), String> {
+    let ok = k.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && k.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !ok {
+        return Err(format!(
+            "label `{k}`: use lower-case letters, digits and `_`, starting with a letter"
+        ));
+    }
+    if COLUMN_LABELS.contains(&k) || k == "baton_weight" {
+        return Err(format!(
+            "label `{k}` is one Baton sets itself; choose another name"
+        ));
+    }
+    Ok(())
 }
 
 fn trigger(

@@ -37,6 +37,6 @@ mod submit;
 pub mod tls;
 
 pub use metrics::{MetricLines, MetricsFn};
-pub use params::{parse_params, parse_params_with, ApiParams};
+pub use params::{parse_params, ApiParams};
 pub use router::{router, serve, serve_tls};
 pub use state::{AppState, LatencyStat, LiveConfig, StoreCpu};

@@ -3,7 +3,7 @@
 use baton_model::export::Format;
 use baton_model::parse_duration;
 use baton_model::time::now_ms;
-use baton_store::{Filter, FilterOp, Query};
+use baton_store::{Filter, Query};
 
 /// Everything an API call may say.
 #[derive(Debug, Clone)]
@@ -17,53 +17,10 @@ pub struct ApiParams {
 }
 
 /// Parses `profiler`, `value`, `since` or `from`/`to`, `filter` (repeatable), `step`, `limit`,
-/// `format`, `group_by`.
+/// `format`, `group_by`. A filter on a service's label (`team=payments`) is a filter on the
+/// label as stored with each sample, so it answers as the config was when the sample was
+/// written.
 pub fn parse_params(raw: &str) -> Result<ApiParams, String> {
-    parse_params_with(raw, None)
-}
-
-/// A filter on a label that a service of the config carries (`team=payments`) becomes a filter
-/// on the `service` column: the services with that label value, or (with `!=`) the others.
-fn service_label_filter(
-    text: &str,
-    config: &baton_config::Config,
-) -> Option<Result<Filter, String>> {
-    let (label, op, value) = Filter::split(text).ok()?;
-    if !config
-        .services
-        .values()
-        .any(|s| s.labels.contains_key(label))
-    {
-        return None;
-    }
-    let op = match op {
-        FilterOp::Eq => FilterOp::AnyOf,
-        FilterOp::NotEq => FilterOp::NoneOf,
-        _ => {
-            return Some(Err(format!(
-                "service label `{label}`: use = or != (regexes apply to stored labels only)"
-            )))
-        }
-    };
-    let values = config
-        .services
-        .iter()
-        .filter(|(_, s)| s.labels.get(label).map(String::as_str) == Some(value))
-        .map(|(name, _)| name.clone())
-        .collect();
-    Some(Ok(Filter {
-        label: "service".into(),
-        op,
-        value: text.to_string(),
-        values,
-    }))
-}
-
-/// Like [`parse_params`]; with a config, filters may also name the services' labels.
-pub fn parse_params_with(
-    raw: &str,
-    config: Option<&baton_config::Config>,
-) -> Result<ApiParams, String> {
     let mut profiler = "cpu".to_string();
     let mut value = None;
     let mut since = None;
@@ -99,12 +56,7 @@ pub fn parse_params_with(
             }
             "filter" => {
                 if !v.is_empty() {
-                    // A label the config gives services (`team=payments`) selects those
-                    // services; any other label is a stored one.
-                    match config.and_then(|c| service_label_filter(&v, c)) {
-                        Some(f) => filters.push(f?),
-                        None => filters.push(Filter::parse(&v).map_err(|e| e.to_string())?),
-                    }
+                    filters.push(Filter::parse(&v).map_err(|e| e.to_string())?);
                 }
             }
             "step" => {
@@ -196,27 +148,11 @@ mod tests {
         assert!(e.contains("not a label"), "{e}");
         let g = parse_params("group_by=gpu").expect("a profiler's own label");
         assert_eq!(g.group_by.as_deref(), Some("gpu"));
-        // Service labels resolve through the config to the services that carry them.
-        let cfg = baton_config::load(
-            &[baton_config::SourceFile {
-                path: "s.toml".into(),
-                text: "[services.a]\nselector = { comm = \"a\" }\nlabels = { team = \"pay\" }\n[services.b]\nselector = { comm = \"b\" }\nlabels = { team = \"search\" }\n".into(),
-            }],
-            &["cpu"],
-        )
-        .expect("config");
-        let p = parse_params_with("filter=team%3Dpay", Some(&cfg)).expect("team=pay");
-        assert_eq!(p.query.filters[0].label, "service");
-        assert_eq!(p.query.filters[0].op, FilterOp::AnyOf);
-        assert_eq!(p.query.filters[0].values, vec!["a".to_string()]);
-        let p = parse_params_with("filter=team!%3Dpay", Some(&cfg)).expect("team!=pay");
-        assert_eq!(p.query.filters[0].op, FilterOp::NoneOf);
-        assert!(parse_params_with("filter=team~p.*", Some(&cfg)).is_err());
-        // Any other label is a stored one (an ad-hoc script's key), filtered in `detail`.
-        let p = parse_params_with("filter=colour%3Dred", Some(&cfg)).expect("stored label");
+        // A service's label is a stored one, filtered in `detail`; so is an ad-hoc script's.
+        let p = parse_params("filter=colour%3Dred").expect("stored label");
         assert_eq!(p.query.filters[0].label, "colour");
-        assert!(parse_params_with("filter=Colour%3Dred", Some(&cfg)).is_err());
-        let p = parse_params("filter=team%3Dpay").expect("no config: a stored label");
+        assert!(parse_params("filter=Colour%3Dred").is_err());
+        let p = parse_params("filter=team%3Dpay").expect("a stored label");
         assert_eq!(p.query.filters[0].label, "team");
         assert!(parse_params("from=5&to=5").is_err());
     }

@@ -12,7 +12,7 @@ use crate::api::{Facts, Profiling};
 use crate::error::ApiError;
 use crate::leader::Leadership;
 use crate::metrics::MetricsFn;
-use crate::params::{parse_params_with, ApiParams};
+use crate::params::{parse_params, ApiParams};
 use crate::{auth, fleet, ingest, runs};
 
 /// The config in force and the story of its reloads, shared with whoever watches the directory.
@@ -151,8 +151,7 @@ impl AppState {
 
     /// An API call's query string, read with the config's service labels.
     pub(crate) fn params(&self, q: Option<&str>) -> Result<ApiParams, ApiError> {
-        parse_params_with(q.unwrap_or(""), self.live_config().as_ref())
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
+        parse_params(q.unwrap_or("")).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
     }
 }
 

@@ -323,3 +323,43 @@ fn the_overhead_guard_lowers_the_frequency_then_stops_when_over_budget() {
     let _ = w.wait();
     assert!(up.stop().success());
 }
+
+#[test]
+fn service_labels_are_stored_with_samples_so_queries_answer_as_the_config_was_then() {
+    require_root();
+    let split = workload("split");
+    let dir = scratch("service-labels-config");
+    let svc = dir.join("svc.toml");
+    let text = |team: &str| {
+        format!("[services.spin]\nselector = {{ comm = \"split\" }}\nlabels = {{ team = \"{team}\" }}\n")
+    };
+    std::fs::write(&svc, text("red")).expect("write");
+    let data = scratch("service-labels-data");
+    let up = Up::start_with(&data, &["--config", dir.to_str().expect("utf-8")]);
+    let mut w = Workload::spawn(std::process::Command::new(&split).arg("60"));
+    let teams = |up: &Up| -> Vec<String> {
+        let v = http_json(&up.addr, "/api/v1/labels/team?since=10m");
+        v["values"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["value"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    eventually(30, "samples labelled team=red", || {
+        teams(&up).contains(&"red".to_string()).then_some(())
+    });
+    std::fs::write(&svc, text("blue")).expect("write");
+    eventually(30, "samples labelled team=blue after the edit", || {
+        teams(&up).contains(&"blue".to_string()).then_some(())
+    });
+    // The samples written before the edit keep the label they had: both answer.
+    let both = teams(&up);
+    assert!(both.contains(&"red".to_string()), "{both:?}");
+    let red = http_json(&up.addr, "/api/v1/top?since=10m&filter=team%3Dred&limit=1");
+    assert!(red["total"].as_f64().unwrap_or(0.0) > 0.0, "{red}");
+    drop(w);
+    assert!(up.stop().success());
+}
