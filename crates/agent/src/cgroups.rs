@@ -2,10 +2,23 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on a v2-only host,
+/// `/sys/fs/cgroup/unified` on a hybrid one. Paths are relative to it, as `/proc/PID/cgroup`'s
+/// `0::` line gives them.
+pub(crate) fn v2_root() -> PathBuf {
+    std::fs::read_to_string("/proc/self/mounts")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+            })
+        })
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+}
 
 /// A cgroup v2 id is the inode number of its directory; a walk of the hierarchy maps them all.
 #[derive(Default)]
@@ -32,7 +45,8 @@ impl CgroupResolver {
     fn walk(&mut self) {
         self.last_walk = Some(Instant::now());
         self.by_id.clear();
-        let root = Path::new(CGROUP_ROOT);
+        let root_buf = v2_root();
+        let root: &Path = &root_buf;
         let mut stack = vec![root.to_path_buf()];
         while let Some(dir) = stack.pop() {
             if let Ok(md) = std::fs::metadata(&dir) {

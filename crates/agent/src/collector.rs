@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use baton_model::{Batch, Frame, FrameKind, Histogram, Labels, ProfilerInfo, Span, StackSample};
 use baton_profilers::sys::process_alive;
@@ -10,6 +11,7 @@ use baton_profilers::{Profiler, ProfilerStats, StartOptions};
 use baton_symbolizer::HostSymbolizer;
 
 use crate::cgroups::CgroupResolver;
+use crate::k8s::PodDirectory;
 use crate::metrics::AgentMetrics;
 use crate::AgentError;
 
@@ -30,6 +32,8 @@ pub struct CollectorOptions {
     /// Leave native frames of files with a build ID unnamed, for the server to name (fleet
     /// mode's delayed symbolization).
     pub defer_symbols: bool,
+    /// The kubelet's pod list, for the names of pods and containers (`--kubelet`).
+    pub pods: Option<Arc<PodDirectory>>,
 }
 
 /// What one window produced.
@@ -53,6 +57,7 @@ pub struct Collector {
     exes: HashMap<u32, String>,
     host: String,
     jvm: Option<crate::jvm::JvmMaps>,
+    pods: Option<Arc<PodDirectory>>,
 }
 
 /// `CLOCK_REALTIME - CLOCK_MONOTONIC` now, in ns: turns BPF's `bpf_ktime_get_ns` times into
@@ -94,6 +99,7 @@ impl Collector {
             exes: HashMap::new(),
             host: opts.host.clone(),
             jvm: opts.jvm_perf_maps.then(crate::jvm::JvmMaps::default),
+            pods: opts.pods.clone(),
         };
         c.symbolizer.defer_by_build_id = opts.defer_symbols;
         if !opts.defer_discovery {
@@ -264,6 +270,9 @@ impl Collector {
             let mut labels = self.common_labels(raw.pid, &raw.comm);
             labels.insert("tid".into(), raw.tid.to_string());
             if let Some(cg) = self.cgroups.path(raw.cgroup_id) {
+                for (k, v) in crate::k8s::labels(&cg, self.pods.as_deref()) {
+                    labels.insert(k.into(), v);
+                }
                 labels.insert("cgroup".into(), cg);
             }
             for (k, v) in &raw.labels {

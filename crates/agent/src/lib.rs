@@ -7,6 +7,7 @@ pub mod attribute;
 mod cgroups;
 mod collector;
 pub mod jvm;
+pub mod k8s;
 pub mod metrics;
 pub mod observe;
 pub mod prom;

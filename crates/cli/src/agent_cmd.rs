@@ -76,6 +76,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         symbolize_locally: a.symbolize_locally,
         debuginfo_upload: !a.no_debuginfo_upload,
         drain_timeout,
+        pods: crate::common::pods(a.kubelet.as_deref())?,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -254,6 +254,14 @@ pub fn parse_duration_flag(v: &str, flag: &str) -> anyhow::Result<std::time::Dur
     baton_model::parse_duration(v).map_err(|e| usage(format!("{flag}: {e}")))
 }
 
+/// The kubelet's pod list for `--kubelet URL`, read on a thread from now on.
+pub fn pods(
+    url: Option<&str>,
+) -> anyhow::Result<Option<std::sync::Arc<baton_agent::k8s::PodDirectory>>> {
+    url.map(|u| baton_agent::k8s::PodDirectory::start(u).map_err(usage))
+        .transpose()
+}
+
 #[cfg(test)]
 mod size_tests {
     #[test]

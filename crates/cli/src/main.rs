@@ -321,6 +321,11 @@ pub struct AgentArgs {
     /// Name native frames here instead of leaving them to the server's symbolizer.
     #[arg(long)]
     pub symbolize_locally: bool,
+    /// The kubelet's read-only API (e.g. http://127.0.0.1:10255): samples of Kubernetes
+    /// containers get their pod, namespace and container names, not only their pod UID and
+    /// container ID (which come from cgroup paths without it).
+    #[arg(long, value_name = "URL", env = "BATON_KUBELET")]
+    pub kubelet: Option<String>,
     /// Never upload binaries for the server's symbolizer.
     #[arg(long)]
     pub no_debuginfo_upload: bool,
@@ -485,6 +490,10 @@ pub struct RecordArgs {
     /// Profile every process on the host.
     #[arg(long)]
     pub all: bool,
+    /// The kubelet's read-only API (e.g. http://127.0.0.1:10255), for the pod, namespace and
+    /// container names of samples in Kubernetes containers.
+    #[arg(long, value_name = "URL", env = "BATON_KUBELET")]
+    pub kubelet: Option<String>,
     /// How long to record, e.g. 10s, 2m. With `-- CMD` the default is until the command exits.
     #[arg(long, short = 'd')]
     pub duration: Option<String>,
@@ -576,6 +585,11 @@ pub struct UpArgs {
     /// loopback without it, every caller is the local admin (insecure-local).
     #[arg(long, value_name = "FILE")]
     pub auth: Option<PathBuf>,
+    /// The kubelet's read-only API (e.g. http://127.0.0.1:10255): samples of Kubernetes
+    /// containers get their pod, namespace and container names, not only their pod UID and
+    /// container ID (which come from cgroup paths without it).
+    #[arg(long, value_name = "URL", env = "BATON_KUBELET")]
+    pub kubelet: Option<String>,
 }
 
 #[derive(Args)]

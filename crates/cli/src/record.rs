@@ -216,6 +216,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         jvm_perf_maps: !a.no_jvm_perf_map,
         defer_discovery: false,
         defer_symbols: false,
+        pods: crate::common::pods(a.kubelet.as_deref())?,
     };
     let mut bar = Bar {
         duration,

@@ -36,6 +36,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         cpu_clock: a.cpu_clock,
         dwarf: a.unwind == crate::UnwindMode::Auto,
         auth: a.auth,
+        pods: crate::common::pods(a.kubelet.as_deref())?,
     })?;
     Ok(ExitCode::SUCCESS)
 }

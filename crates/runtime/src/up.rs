@@ -44,6 +44,8 @@ pub struct UpOptions {
     pub dwarf: bool,
     /// Tokens file; needed when `listen` is not loopback.
     pub auth: Option<PathBuf>,
+    /// The kubelet's pod list, for pod and container names.
+    pub pods: Option<Arc<baton_agent::k8s::PodDirectory>>,
 }
 
 /// Runs `baton up` until SIGINT or SIGTERM: BPF is detached and the last window written.
@@ -94,13 +96,14 @@ pub fn run(a: UpOptions) -> Result<(), Error> {
         None => return Err(Error::NeedsAuth(addr)),
     };
 
-    let opts = continuous_options(
+    let mut opts = continuous_options(
         desired(),
         a.cpu_clock,
         a.dwarf,
         baton_agent::hostname(),
         false,
     );
+    opts.pods = a.pods.clone();
     install_stop_handler();
     let store: Arc<Mutex<Box<dyn Store>>> = Arc::new(Mutex::new(Box::new(store)));
     let metrics = Arc::new(AgentMetrics::default());

@@ -336,7 +336,7 @@ fn service_labels_are_stored_with_samples_so_queries_answer_as_the_config_was_th
     std::fs::write(&svc, text("red")).expect("write");
     let data = scratch("service-labels-data");
     let up = Up::start_with(&data, &["--config", dir.to_str().expect("utf-8")]);
-    let mut w = Workload::spawn(std::process::Command::new(&split).arg("60"));
+    let w = Workload::spawn(std::process::Command::new(&split).arg("60"));
     let teams = |up: &Up| -> Vec<String> {
         let v = http_json(&up.addr, "/api/v1/labels/team?since=10m");
         v["values"]

@@ -12,6 +12,7 @@ mod gpu;
 mod harness;
 mod heap;
 mod jemalloc;
+mod k8s;
 mod leaks;
 mod plan;
 mod profilers;

@@ -62,6 +62,8 @@ pub struct AgentOptions {
     pub debuginfo_upload: bool,
     /// At stop, how long to keep sending what is buffered.
     pub drain_timeout: Duration,
+    /// The kubelet's pod list, for pod and container names.
+    pub pods: Option<Arc<baton_agent::k8s::PodDirectory>>,
 }
 
 /// Runs `baton agent` until SIGINT or SIGTERM; what the server has not taken stays on disk.
@@ -88,13 +90,14 @@ pub fn run(a: AgentOptions) -> Result<(), Error> {
     let status = Arc::new(RwLock::new(Profiling::default()));
     let scheduler = new_scheduler(&default_config());
     let desired = desired_frequency(a.frequency, Some(live.clone()));
-    let opts = continuous_options(
+    let mut opts = continuous_options(
         desired(),
         a.cpu_clock,
         true,
         host.clone(),
         !a.symbolize_locally,
     );
+    opts.pods = a.pods.clone();
     let remote = Arc::new(Mutex::new(RemoteRuns::default()));
     let scraped = Arc::default();
     spawn_scraper(live.clone(), Arc::clone(&scraped), metrics.clone())?;

@@ -110,6 +110,7 @@ pub fn continuous_options(
         jvm_perf_maps: false,
         defer_discovery: false,
         defer_symbols,
+        pods: None,
     }
 }
 

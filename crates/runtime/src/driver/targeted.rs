@@ -94,6 +94,7 @@ impl Driver {
                     jvm_perf_maps: !continuous,
                     defer_discovery: false,
                     defer_symbols: self.opts.defer_symbols,
+                    pods: self.opts.pods.clone(),
                 };
                 Ok(Collector::start(&opts)?)
             });

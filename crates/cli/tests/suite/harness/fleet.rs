@@ -383,7 +383,7 @@ impl Drop for Slices {
 
 /// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
 /// a hybrid machine.
-fn cgroup2_mount() -> PathBuf {
+pub fn cgroup2_mount() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/self/mounts").expect("/proc/self/mounts");
     mounts
         .lines()
