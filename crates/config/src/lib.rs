@@ -26,6 +26,7 @@ pub mod adhoc;
 pub mod infer;
 pub mod metric;
 mod schema;
+mod stack_schema;
 mod validate;
 
 pub use metric::MetricSelector;

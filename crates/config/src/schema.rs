@@ -18,6 +18,27 @@ pub(crate) struct FileDoc {
     pub profilers: BTreeMap<Spanned<String>, Spanned<ProfilerDoc>>,
     #[serde(default)]
     pub services: BTreeMap<Spanned<String>, Spanned<ServiceDoc>>,
+    /// `[[stack_schema]]`: rules that tag stacks and frames and drop or collapse frames, for
+    /// every service's samples.
+    #[serde(default)]
+    pub stack_schema: Vec<Spanned<SchemaDoc>>,
+}
+
+/// One Stack Schema rule: `match` with `tag` or `frame_tag`, or `drop`, or `collapse`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SchemaDoc {
+    /// A regular expression on frame names (`^sqlite3_`), for `tag` and `frame_tag`.
+    #[serde(rename = "match")]
+    pub pattern: Option<Spanned<String>>,
+    /// `key=value` given to a stack when any of its frames matches.
+    pub tag: Option<Spanned<String>>,
+    /// `key=value` given to a stack by its leaf-most frame that matches.
+    pub frame_tag: Option<Spanned<String>>,
+    /// A regular expression: matching frames are removed from stacks.
+    pub drop: Option<Spanned<String>>,
+    /// A regular expression: each run of matching frames becomes its root-most frame.
+    pub collapse: Option<Spanned<String>>,
 }
 
 /// `[host]`: safety limits every host enforces.
@@ -96,6 +117,9 @@ pub(crate) struct ServiceDoc {
     /// Sample rows per minute the store accepts from this service on one host, on top of the
     /// host's per-profiler budget.
     pub write_budget_rows_per_minute: Option<Spanned<i64>>,
+    /// Stack Schema rules for this service's samples only.
+    #[serde(default)]
+    pub stack_schema: Vec<Spanned<SchemaDoc>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +190,9 @@ pub struct Config {
     pub services: BTreeMap<String, Service>,
     /// Ad-hoc profilers: the tree's bpftrace scripts, by name.
     pub adhoc: BTreeMap<String, crate::adhoc::AdhocDef>,
+    /// Stack Schema rules, global and per service, in file order.
+    #[serde(serialize_with = "crate::stack_schema::serialize")]
+    pub stack_schema: baton_model::StackSchema,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -475,3 +475,53 @@ fn service_labels_must_be_storable_names_that_are_not_columns() {
     );
     assert!(p[1].contains("`pid` is one Baton sets itself"), "{p:?}");
 }
+
+#[test]
+fn stack_schema_rules_load_global_and_per_service() {
+    let text = r#"
+[[stack_schema]]
+match = "^sqlite3_"
+tag = "component=db"
+
+[[stack_schema]]
+collapse = "^std::"
+
+[services.web]
+selector = { comm = "web" }
+
+[[services.web.stack_schema]]
+match = "^SSL_"
+frame_tag = "layer=tls"
+"#;
+    let cfg = load(&[file("s.toml", text)], KNOWN).expect("valid");
+    let rules: Vec<String> = cfg
+        .stack_schema
+        .rules
+        .iter()
+        .map(|r| r.describe())
+        .collect();
+    assert_eq!(
+        rules,
+        vec![
+            "[web] frame_tag layer=tls at ^SSL_",
+            "tag component=db when ^sqlite3_",
+            "collapse ^std::"
+        ]
+    );
+}
+
+#[test]
+fn a_broken_stack_schema_rule_is_rejected_at_its_line_and_column() {
+    let text = "[[stack_schema]]\nmatch = \"^(sqlite\"\ntag = \"component=db\"\n\n[[stack_schema]]\ndrop = \"x\"\ncollapse = \"y\"\n\n[[stack_schema]]\nmatch = \"a\"\ntag = \"Pid=1\"\n";
+    let p = problems(&[file("s.toml", text)]);
+    assert_eq!(p.len(), 3, "{p:?}");
+    assert!(p[0].starts_with("s.toml:2:9: regular expression"), "{p:?}");
+    assert!(
+        p[1].starts_with("s.toml:5:1:") && p[1].contains("exactly one"),
+        "{p:?}"
+    );
+    assert!(
+        p[2].starts_with("s.toml:11:7:") && p[2].contains("`Pid`"),
+        "{p:?}"
+    );
+}

@@ -164,6 +164,7 @@ pub(crate) fn validate(
         profilers: BTreeMap::new(),
         services: BTreeMap::new(),
         adhoc: BTreeMap::new(),
+        stack_schema: Default::default(),
     };
     // Ad-hoc profilers first: rules and triggers of the TOML files may name them.
     let mut adhoc_at: BTreeMap<String, String> = BTreeMap::new();
@@ -293,8 +294,18 @@ pub(crate) fn validate(
                 continue;
             }
             service_at.insert(name.get_ref().clone(), here(name.span()));
+            for r in &s.get_ref().stack_schema {
+                if let Some(rule) = crate::stack_schema::rule(&mut cx, r, Some(name.get_ref())) {
+                    config.stack_schema.rules.push(rule);
+                }
+            }
             if let Some(svc) = service(&mut cx, s.get_ref(), known, options_of) {
                 config.services.insert(name.get_ref().clone(), svc);
+            }
+        }
+        for r in &doc.stack_schema {
+            if let Some(rule) = crate::stack_schema::rule(&mut cx, r, None) {
+                config.stack_schema.rules.push(rule);
             }
         }
     }
@@ -627,10 +638,10 @@ const COLUMN_LABELS: &[&str] = &[
     "comm", "pid", "tid", "exe", "cgroup", "host", "run", "service",
 ];
 
-/// Checks a service label's name: it is stored with each sample, so it must be a storable
-/// label name (lower-case letters, digits and `_`, not starting with a digit) and not one of
-/// the columns.
-fn label_key(k: &str) -> Result<(), String> {
+/// Checks a service label's or a tag's name: it is stored with each sample or filtered like
+/// one, so it must be a storable label name (lower-case letters, digits and `_`, not starting
+/// with a digit) and not one of the columns.
+pub(crate) fn label_key(k: &str) -> Result<(), String> {
     let ok = k.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && k.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');

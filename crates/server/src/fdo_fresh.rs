@@ -94,6 +94,8 @@ pub fn refresh(
         from_ms: to_ms - window.as_millis() as i64,
         to_ms: to_ms + 1,
         filters: vec![Filter::parse(&format!("service={service}")).map_err(|e| e.to_string())?],
+        // An FDO profile needs every frame where it ran: no Stack Schema.
+        schema: None,
     };
     let profile = sync::lock(&state.store)
         .profile(&q)

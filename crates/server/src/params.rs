@@ -120,6 +120,7 @@ pub fn parse_params(raw: &str) -> Result<ApiParams, String> {
             from_ms,
             to_ms,
             filters,
+            schema: None,
         },
         step_ms,
         limit,

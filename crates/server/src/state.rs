@@ -149,9 +149,16 @@ impl AppState {
         self.config.as_ref().and_then(|l| read(l).config.clone())
     }
 
-    /// An API call's query string, read with the config's service labels.
+    /// An API call's query string, with the Stack Schema of the config in force.
     pub(crate) fn params(&self, q: Option<&str>) -> Result<ApiParams, ApiError> {
-        parse_params(q.unwrap_or("")).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
+        let mut p =
+            parse_params(q.unwrap_or("")).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+        p.query.schema = self.config.as_ref().and_then(|l| {
+            let l = read(l);
+            let s = &l.config.as_ref()?.stack_schema;
+            (!s.is_empty()).then(|| std::sync::Arc::new(s.clone()))
+        });
+        Ok(p)
     }
 }
 

@@ -195,6 +195,16 @@ pub struct Query {
     pub from_ms: i64,
     pub to_ms: i64,
     pub filters: Vec<Filter>,
+    /// Stack Schema rules to apply as stacks are read; a filter on a key they tag with is
+    /// applied to the tags, not to stored labels.
+    pub schema: Option<std::sync::Arc<baton_model::StackSchema>>,
+}
+
+impl Query {
+    /// Whether `label` is a key the query's Stack Schema tags with.
+    pub fn is_tag(&self, label: &str) -> bool {
+        self.schema.as_ref().is_some_and(|s| s.tags_key(label))
+    }
 }
 
 impl Query {
@@ -222,6 +232,10 @@ impl Query {
             }),
         }
         for f in &self.filters {
+            // Tags are computed from stacks as they are read (`read::Cache`).
+            if self.is_tag(&f.label) {
+                continue;
+            }
             if is_detail_label(&f.label) {
                 let pair = format!("{}={}", f.label, f.value);
                 match f.op {

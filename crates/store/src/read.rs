@@ -27,6 +27,9 @@ pub(crate) trait Backend {
     const ID_CHUNK: usize;
     /// Weighted totals per stack id for a query: the one aggregation every view starts from.
     fn stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64)>, StoreError>;
+    /// Weighted totals per (stack id, service, '' for none), for Stack Schema rules that
+    /// belong to services.
+    fn stack_service_totals(&mut self, q: &Query) -> Result<Vec<(u64, String, f64)>, StoreError>;
     /// Totals of a level (`live_bytes`) per stack or label value, from the rows of
     /// [`crate::series::level_totals_sql`] through [`crate::series::level_totals`].
     fn level_totals(&mut self, q: &Query, key: LevelKey) -> Result<Totals, StoreError>;
@@ -125,6 +128,9 @@ macro_rules! shared_store_methods {
             label: &str,
             limit: usize,
         ) -> Result<Vec<(String, f64)>, $crate::StoreError> {
+            if q.is_tag(label) {
+                return self.cache.tag_totals(&mut self.$backend, q, label, limit);
+            }
             let label = $crate::query::group_label(label)?;
             $crate::read::label_totals(&mut self.$backend, q, label, limit)
         }
@@ -169,6 +175,53 @@ pub(crate) fn label_totals<B: Backend>(
     Ok(out)
 }
 
+/// A stack's total with the query's Stack Schema applied: its tags, and the frames it keeps
+/// (indexes into its frames, inlined ones first, leaf first; `None`: all).
+struct SchemaRow {
+    sid: u64,
+    value: f64,
+    tags: Tags,
+    keep: Option<Vec<usize>>,
+}
+
+/// A stack's Stack Schema tags, (key, value) in key order.
+type Tags = Vec<(String, String)>;
+
+/// A label filter on a Stack Schema tag: a stack without the tag has it as ''.
+struct TagFilter<'a> {
+    filter: &'a crate::Filter,
+    regex: Option<regex::Regex>,
+}
+
+impl<'a> TagFilter<'a> {
+    fn new(filter: &'a crate::Filter) -> Result<TagFilter<'a>, StoreError> {
+        let regex = match filter.op {
+            crate::FilterOp::Regex => Some(
+                regex::Regex::new(&format!("^(?:{})$", filter.value)).map_err(|e| {
+                    StoreError::BadFilter(format!("{}~{}: {e}", filter.label, filter.value))
+                })?,
+            ),
+            _ => None,
+        };
+        Ok(TagFilter { filter, regex })
+    }
+
+    fn keeps(&self, tags: &[(String, String)]) -> bool {
+        let f = self.filter;
+        let v = tags
+            .iter()
+            .find(|(k, _)| *k == f.label)
+            .map_or("", |(_, v)| v.as_str());
+        match f.op {
+            crate::FilterOp::Eq => v == f.value,
+            crate::FilterOp::NotEq => v != f.value,
+            crate::FilterOp::Regex => self.regex.as_ref().is_some_and(|r| r.is_match(v)),
+            crate::FilterOp::AnyOf => f.values.iter().any(|x| x == v),
+            crate::FilterOp::NoneOf => !f.values.iter().any(|x| x == v),
+        }
+    }
+}
+
 /// Stacks and frames read back for queries.
 #[derive(Default)]
 pub(crate) struct Cache {
@@ -178,6 +231,10 @@ pub(crate) struct Cache {
     /// Frames inlined at a user frame's address, leaf first, from a late symbol.
     inlined: IdMap<Vec<Frame>>,
     stacks: IdMap<Vec<u64>>,
+    /// What the Stack Schema `applied_for` made of each (stack, service): stacks never
+    /// change, so neither does this until the rules do.
+    applied: HashMap<(u64, String), (Tags, Option<Vec<usize>>)>,
+    applied_for: Option<std::sync::Arc<baton_model::StackSchema>>,
 }
 
 impl Cache {
@@ -188,6 +245,7 @@ impl Cache {
         self.names.clear();
         self.inlined.clear();
         self.stacks.clear();
+        self.applied.clear();
     }
 
     /// Clears the cache when another writer may have added symbols.
@@ -205,17 +263,15 @@ impl Cache {
         q: &Query,
     ) -> Result<Profile, StoreError> {
         self.refresh(b)?;
-        let rows = totals(b, q)?;
-        let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
-        self.fill(b, &ids)?;
+        let rows = self.schema_rows(b, q)?;
         let value_type = b.value_type(q)?.unwrap_or_else(ValueType::cpu_nanoseconds);
         let mut p = Profile::new(value_type);
         p.start_unix_ns = q.from_ms.saturating_mul(1_000_000);
         p.duration_ns = (q.to_ms - q.from_ms).saturating_mul(1_000_000);
-        for (sid, v) in rows {
-            let stack: Vec<Frame> = self
+        for row in rows {
+            let mut stack: Vec<Frame> = self
                 .stacks
-                .get(&sid)
+                .get(&row.sid)
                 .map(|fids| {
                     fids.iter()
                         .flat_map(|f| {
@@ -225,11 +281,14 @@ impl Cache {
                         .collect()
                 })
                 .unwrap_or_default();
+            if let Some(keep) = &row.keep {
+                stack = keep.iter().filter_map(|&i| stack.get(i).cloned()).collect();
+            }
             // Weighted sums are already applied; carry them as value with weight 1.
             p.samples.push(StackSample {
                 stack,
-                labels: Labels::new(),
-                value: v.round() as i64,
+                labels: row.tags.into_iter().collect(),
+                value: row.value.round() as i64,
                 weight: 1.0,
                 value_index: 0,
             });
@@ -244,11 +303,135 @@ impl Cache {
         q: &Query,
     ) -> Result<NamedStacks, StoreError> {
         self.refresh(b)?;
-        let rows = totals(b, q)?;
-        let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
-        self.fill(b, &ids)?;
+        if q.schema.as_ref().is_none_or(|s| s.is_empty()) {
+            let rows = totals(b, q)?;
+            let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
+            self.fill(b, &ids)?;
+            let value_type = b.value_type(q)?;
+            return Ok(self.name_stacks(&rows, value_type));
+        }
+        let rows = self.schema_rows(b, q)?;
         let value_type = b.value_type(q)?;
-        Ok(self.name_stacks(&rows, value_type))
+        let plain: Vec<(u64, f64)> = rows.iter().map(|r| (r.sid, r.value)).collect();
+        let mut named = self.name_stacks(&plain, value_type);
+        // Rows whose stack was found are named in order; drop and collapse their frames.
+        let mut found = rows.iter().filter(|r| self.stacks.contains_key(&r.sid));
+        for (idx, _) in named.stacks.iter_mut() {
+            if let Some(keep) = found.next().and_then(|r| r.keep.as_ref()) {
+                *idx = keep.iter().filter_map(|&i| idx.get(i).copied()).collect();
+            }
+        }
+        Ok(named)
+    }
+
+    /// Totals per value of a Stack Schema tag, most first (stacks without it left out).
+    pub(crate) fn tag_totals<B: Backend>(
+        &mut self,
+        b: &mut B,
+        q: &Query,
+        key: &str,
+        limit: usize,
+    ) -> Result<Totals, StoreError> {
+        self.refresh(b)?;
+        let mut by: HashMap<String, f64> = HashMap::new();
+        for row in self.schema_rows(b, q)? {
+            if let Some((_, v)) = row.tags.iter().find(|(k, _)| k == key) {
+                *by.entry(v.clone()).or_default() += row.value;
+            }
+        }
+        let mut out: Totals = by.into_iter().collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// The query's per-stack totals with its Stack Schema applied: each stack's tags and the
+    /// frames it keeps, the stacks that fail a filter on a tag left out. Stacks are cached.
+    fn schema_rows<B: Backend>(
+        &mut self,
+        b: &mut B,
+        q: &Query,
+    ) -> Result<Vec<SchemaRow>, StoreError> {
+        let schema = q.schema.clone().filter(|s| !s.is_empty());
+        let level = q.value.as_deref().is_some_and(crate::is_level);
+        let rows: Vec<(u64, String, f64)> = match &schema {
+            // A level's totals are per stack only: a service's own rules do not apply to it.
+            Some(s) if s.has_service_rules() && !level => b.stack_service_totals(q)?,
+            _ => totals(b, q)?
+                .into_iter()
+                .map(|(sid, v)| (sid, String::new(), v))
+                .collect(),
+        };
+        let mut ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.fill(b, &ids)?;
+        let Some(schema) = schema else {
+            return Ok(rows
+                .into_iter()
+                .map(|(sid, _, value)| SchemaRow {
+                    sid,
+                    value,
+                    tags: Vec::new(),
+                    keep: None,
+                })
+                .collect());
+        };
+        let tag_filters: Vec<TagFilter> = q
+            .filters
+            .iter()
+            .filter(|f| q.is_tag(&f.label))
+            .map(TagFilter::new)
+            .collect::<Result<_, _>>()?;
+        if self.applied_for.as_ref() != Some(&schema) {
+            self.applied.clear();
+            self.applied_for = Some(schema.clone());
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for (sid, service, value) in rows {
+            let key = (sid, service);
+            if !self.applied.contains_key(&key) {
+                let names = self.expanded_names(sid);
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let a = schema.apply(&key.1, &refs);
+                let keep = (a.keep.len() != names.len()).then_some(a.keep);
+                self.applied.insert(key.clone(), (a.tags, keep));
+            }
+            let Some((tags, keep)) = self.applied.get(&key) else {
+                continue;
+            };
+            if !tag_filters.iter().all(|f| f.keeps(tags)) {
+                continue;
+            }
+            out.push(SchemaRow {
+                sid,
+                value,
+                tags: tags.clone(),
+                keep: keep.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A cached stack's display names, inlined functions first, leaf first.
+    fn expanded_names(&self, sid: u64) -> Vec<String> {
+        let Some(fids) = self.stacks.get(&sid) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(fids.len());
+        for f in fids {
+            out.extend(
+                self.inlined
+                    .get(f)
+                    .into_iter()
+                    .flatten()
+                    .map(|i| i.display_name()),
+            );
+            if let Some(n) = self.names.get(f) {
+                out.push(n.clone());
+            }
+        }
+        out
     }
 
     /// Timeline spans, and the stacks they name: function names, leaf first, keyed by the

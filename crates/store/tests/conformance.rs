@@ -102,6 +102,7 @@ fn q(from: i64, to: i64) -> Query {
         from_ms: from,
         to_ms: to,
         filters: vec![],
+        schema: None,
     }
 }
 
@@ -696,6 +697,113 @@ fn timeline_spans_by_process_and_window(s: &mut dyn Store) {
     );
 }
 
+/// Stack Schema rules apply as stacks are read: tags group and filter, a collapse keeps the
+/// totals, and a service's rule touches its own rows only.
+fn stack_schema_tags_filters_and_collapses(s: &mut dyn Store) {
+    use baton_model::{SchemaAction, SchemaRule, StackSchema};
+    // (leaf, service, value): sqlite3_step under main in two services, and other work.
+    for (i, (leaf, service, value)) in [
+        ("sqlite3_step", "db", 30),
+        ("sqlite3_step", "web", 10),
+        ("std::io::write", "web", 40),
+        ("render", "web", 20),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut b = batch(1_000 + i as i64, "app", leaf, value, 1.0);
+        b.samples[0].labels.insert("service".into(), service.into());
+        if leaf.starts_with("std::") {
+            // std::io::write called through std::io::buf: a run of two std frames.
+            let buf = frame(FrameKind::User, Some("std::io::buf"), 77);
+            b.samples[0].stack.insert(1, buf);
+        }
+        s.write_batch(&b).expect("write");
+    }
+    let rule = |p: &str, action, service: Option<&str>| SchemaRule {
+        pattern: regex::Regex::new(p).expect("pattern"),
+        action,
+        service: service.map(String::from),
+    };
+    let tag = |k: &str, v: &str| SchemaAction::TagStack {
+        key: k.into(),
+        value: v.into(),
+    };
+    let mut all = q(0, 10_000);
+    all.schema = Some(std::sync::Arc::new(StackSchema {
+        rules: vec![
+            rule("^sqlite3_", tag("component", "db"), None),
+            rule("^std::", SchemaAction::Collapse, None),
+            rule("^render$", tag("feature", "ui"), Some("web")),
+            rule("^sqlite3_", tag("feature", "cache"), Some("web")),
+        ],
+    }));
+    // Grouped by a tag: the tagged share is the function's total share.
+    assert_eq!(
+        s.label_values(&all, "component", 10).expect("tags"),
+        vec![("db".to_string(), 40.0)]
+    );
+    assert_eq!(
+        s.label_values(&all, "feature", 10).expect("tags"),
+        vec![("ui".to_string(), 20.0), ("cache".to_string(), 10.0)]
+    );
+    // Filtered by a tag, or by its absence.
+    assert_eq!(
+        s.profile(&with(all.clone(), "component=db"))
+            .expect("p")
+            .total(),
+        40.0
+    );
+    assert_eq!(
+        s.profile(&with(all.clone(), "component!=db"))
+            .expect("p")
+            .total(),
+        60.0
+    );
+    assert_eq!(
+        s.profile(&with(all.clone(), "feature~u."))
+            .expect("p")
+            .total(),
+        20.0
+    );
+    // The collapse keeps the root-most std frame and every total.
+    let p = s.profile(&all).expect("profile");
+    assert_eq!(p.total(), 100.0);
+    let std_stack = p
+        .samples
+        .iter()
+        .find(|x| {
+            x.stack
+                .iter()
+                .any(|f| f.function.as_deref() == Some("std::io::buf"))
+        })
+        .expect("the std stack");
+    assert!(std_stack
+        .stack
+        .iter()
+        .all(|f| f.function.as_deref() != Some("std::io::write")));
+    assert_eq!(std_stack.value, 40);
+    let named = s.named_stacks(&all).expect("named");
+    assert_eq!(named.total(), 100.0);
+    assert!(!named.names.is_empty());
+    let tree = named.flame_tree();
+    let has = |n: &baton_model::FlameNode, name: &str| -> bool {
+        fn walk(n: &baton_model::FlameNode, name: &str) -> bool {
+            n.name == name || n.children.iter().any(|c| walk(c, name))
+        }
+        walk(n, name)
+    };
+    assert!(has(&tree, "std::io::buf") && !has(&tree, "std::io::write"));
+    // The samples carry their tags.
+    let tagged = p
+        .samples
+        .iter()
+        .filter(|x| x.labels.get("component").map(String::as_str) == Some("db"))
+        .map(|x| x.value)
+        .sum::<i64>();
+    assert_eq!(tagged, 40);
+}
+
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
         mod duckdb {
@@ -730,6 +838,7 @@ conformance!(
     control_latest_record_wins,
     retention_drops_old_samples,
     timeline_spans_by_process_and_window,
+    stack_schema_tags_filters_and_collapses,
 );
 
 #[test]

@@ -48,6 +48,25 @@ impl Backend for Http {
         self.pairs(&self.samples_sql(q, "stack_id, sum(value * weight)", " GROUP BY stack_id"))
     }
 
+    fn stack_service_totals(&mut self, q: &Query) -> Result<Vec<(u64, String, f64)>, StoreError> {
+        let sql = self.samples_sql(
+            q,
+            "stack_id, service, sum(value * weight)",
+            " GROUP BY stack_id, service",
+        );
+        Ok(self
+            .rows(&sql)?
+            .into_iter()
+            .filter_map(|r| {
+                Some((
+                    parsed(&r, 0)?,
+                    field(&r, 1).unwrap_or_default(),
+                    parsed(&r, 2)?,
+                ))
+            })
+            .collect())
+    }
+
     fn level_totals(&mut self, q: &Query, key: LevelKey) -> Result<Totals, StoreError> {
         let table = self.table("samples");
         let [(keys, p1), (windows, p2)] = level_totals_sql(q, Dialect::ClickHouse, &table, key);

@@ -38,6 +38,21 @@ impl Backend for Connection {
         Ok(rows)
     }
 
+    fn stack_service_totals(&mut self, q: &Query) -> Result<Vec<(u64, String, f64)>, StoreError> {
+        let (wh, params) = q.where_clause();
+        let sql = format!(
+            "SELECT stack_id, coalesce(service, ''), sum(value * weight) FROM samples
+             WHERE {wh} GROUP BY stack_id, service"
+        );
+        let mut st = self.prepare(&sql)?;
+        let rows = st
+            .query_map(params_from_iter(to_values(&params)), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     fn level_totals(&mut self, q: &Query, key: LevelKey) -> Result<Totals, StoreError> {
         let [(keys, p1), (windows, p2)] = level_totals_sql(q, Dialect::DuckDb, "samples", key);
         let mut st = self.prepare(&keys)?;

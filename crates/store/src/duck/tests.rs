@@ -54,6 +54,7 @@ fn q(from: i64, to: i64) -> Query {
         from_ms: from,
         to_ms: to,
         filters: vec![],
+        schema: None,
     }
 }
 
