@@ -11,8 +11,34 @@ fn known_profilers() -> Vec<&'static str> {
     baton_profilers::registry::builtin_names()
 }
 
-/// Exit 0 on a good tree; exit 1 with one `file:line:col: message` line per problem.
-pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+/// Where and over what `check` counts the matches of the tree's Stack Schema rules.
+pub struct SchemaCount {
+    pub url: String,
+    pub since: String,
+    pub profiler: String,
+}
+
+/// The server's count of what each of the tree's Stack Schema rules matches.
+fn count_matches(cfg: &baton_config::Config, c: &SchemaCount) -> anyhow::Result<serde_json::Value> {
+    let rules: Vec<_> = cfg.stack_schema.rules.iter().map(|r| r.spec()).collect();
+    let body = serde_json::json!({ "rules": rules });
+    let path = format!(
+        "/api/v1/schema/check?profiler={}&since={}",
+        form_urlencoded::byte_serialize(c.profiler.as_bytes()).collect::<String>(),
+        form_urlencoded::byte_serialize(c.since.as_bytes()).collect::<String>()
+    );
+    let (status, answer) = crate::client::Client::new(&c.url)?
+        .post_json(&path, &body)
+        .map_err(|e| anyhow::anyhow!("{e} (is `baton up` or `baton server` running?)"))?;
+    if !(200..300).contains(&status) {
+        return Err(crate::query::answer_error("server", status, &answer));
+    }
+    Ok(serde_json::from_slice(&answer)?)
+}
+
+/// Exit 0 on a good tree; exit 1 with one `file:line:col: message` line per problem. With a
+/// server, also the stacks each Stack Schema rule matches there.
+pub fn check(dir: &Path, json: bool, count: Option<SchemaCount>) -> anyhow::Result<ExitCode> {
     match baton_config::load_dir_checked(
         dir,
         &known_profilers(),
@@ -32,11 +58,16 @@ pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     )),
                 }
             }
+            let matches = match &count {
+                Some(c) if !cfg.stack_schema.is_empty() => Some(count_matches(&cfg, c)?),
+                _ => None,
+            };
             if json {
                 println!(
                     "{}",
                     serde_json::json!({ "ok": failed.is_empty(), "version": cfg.version,
-                                        "problems": failed, "dry_run_skipped": skipped })
+                                        "problems": failed, "dry_run_skipped": skipped,
+                                        "stack_schema": matches })
                 );
             } else {
                 for f in &failed {
@@ -56,6 +87,20 @@ pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     );
                 } else {
                     eprintln!("{} problem(s); the tree is rejected", failed.len());
+                }
+                if let (Some(m), Some(c)) = (&matches, &count) {
+                    println!(
+                        "stack schema rules against {}'s {} stacks of the last {}:",
+                        c.url, c.profiler, c.since
+                    );
+                    for r in m["rules"].as_array().into_iter().flatten() {
+                        println!(
+                            "  {:>7} stacks {:>6.1}%  {}",
+                            r["stacks"].as_u64().unwrap_or(0),
+                            r["share"].as_f64().unwrap_or(0.0),
+                            r["rule"].as_str().unwrap_or("")
+                        );
+                    }
                 }
             }
             Ok(if failed.is_empty() {

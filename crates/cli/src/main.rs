@@ -467,6 +467,16 @@ enum ConfigCommand {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Also count, on this running `baton up` or server, how many stacks each Stack
+        /// Schema rule of the tree matches.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// The range those counts cover.
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// The profiler whose stacks they count.
+        #[arg(long, default_value = "cpu")]
+        profiler: String,
     },
     /// Print the effective config (defaults filled in) and its version as JSON: of a directory,
     /// or the one in force in a running `baton up` (--server).
@@ -645,7 +655,21 @@ fn main() -> ExitCode {
         Command::Query(a) => query::run(a),
         Command::Profilers { format } => common::list_profilers(format == "json"),
         Command::Preload { dir, quiet, format } => common::preload(&dir, quiet, format == "json"),
-        Command::Config(ConfigCommand::Check { dir, json }) => config_cmd::check(&dir, json),
+        Command::Config(ConfigCommand::Check {
+            dir,
+            json,
+            server,
+            since,
+            profiler,
+        }) => config_cmd::check(
+            &dir,
+            json,
+            server.map(|url| config_cmd::SchemaCount {
+                url,
+                since,
+                profiler,
+            }),
+        ),
         Command::Run(r) => runs_cmd::run(runs_cmd::RunArgs {
             json: r.format == "json",
             profiler: r.profiler,

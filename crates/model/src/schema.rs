@@ -13,6 +13,28 @@
 //! rule changes a total: stacks keep their values whatever frames they lose.
 
 use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+/// A rule as JSON (`baton config check` sends the tree's rules to a server to count what they
+/// match): `action` is `tag`, `frame_tag`, `drop` or `collapse`; `key` and `value` are a tag's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    pub pattern: String,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// How much one rule matches: distinct stacks with a matching frame, and their total.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct RuleMatch {
+    pub stacks: u64,
+    pub total: f64,
+}
 
 /// What a rule does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +64,46 @@ impl PartialEq for SchemaRule {
 impl Eq for SchemaRule {}
 
 impl SchemaRule {
+    /// The rule as JSON.
+    pub fn spec(&self) -> RuleSpec {
+        let (action, key, value) = match &self.action {
+            SchemaAction::TagStack { key, value } => ("tag", key.clone(), value.clone()),
+            SchemaAction::TagFrame { key, value } => ("frame_tag", key.clone(), value.clone()),
+            SchemaAction::Drop => ("drop", String::new(), String::new()),
+            SchemaAction::Collapse => ("collapse", String::new(), String::new()),
+        };
+        RuleSpec {
+            pattern: self.pattern.as_str().to_string(),
+            action: action.into(),
+            key,
+            value,
+            service: self.service.clone(),
+        }
+    }
+
+    /// A rule from JSON, its pattern compiled.
+    pub fn from_spec(s: &RuleSpec) -> Result<SchemaRule, String> {
+        let pattern = Regex::new(&s.pattern).map_err(|e| format!("{:?}: {e}", s.pattern))?;
+        let (key, value) = (s.key.clone(), s.value.clone());
+        let action = match s.action.as_str() {
+            "tag" => SchemaAction::TagStack { key, value },
+            "frame_tag" => SchemaAction::TagFrame { key, value },
+            "drop" => SchemaAction::Drop,
+            "collapse" => SchemaAction::Collapse,
+            other => return Err(format!("unknown action {other:?}")),
+        };
+        Ok(SchemaRule {
+            pattern,
+            action,
+            service: s.service.clone(),
+        })
+    }
+
+    /// Whether the rule looks at samples of `service` ('' for none).
+    pub fn applies_to(&self, service: &str) -> bool {
+        self.service.as_deref().is_none_or(|s| s == service)
+    }
+
     /// A short description, for reports: `tag component=db when ^sqlite3_`.
     pub fn describe(&self) -> String {
         let p = self.pattern.as_str();

@@ -286,3 +286,27 @@ pub struct Health {
     /// The continuous mode: `services` or `host`.
     pub continuous: Option<String>,
 }
+
+/// `POST /api/v1/schema/check`'s body: Stack Schema rules to count, as `baton config check`
+/// sends a tree's.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct SchemaCheckRequest {
+    pub rules: Vec<baton_model::schema::RuleSpec>,
+}
+
+/// What each rule matches in the range: distinct stacks and their share of the total.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SchemaCheck {
+    pub profiler: String,
+    pub total: f64,
+    pub rules: Vec<SchemaRuleMatch>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SchemaRuleMatch {
+    pub rule: String,
+    pub stacks: u64,
+    pub total: f64,
+    /// Percent of the query's total.
+    pub share: f64,
+}

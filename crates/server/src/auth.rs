@@ -266,7 +266,8 @@ fn needed(method: &Method, path: &str) -> Vec<Role> {
     if path == "/api/v1/ingest" || path.starts_with("/api/v1/debuginfo/") && method == Method::PUT {
         return vec![Role::Agent, Role::Operator, Role::Admin];
     }
-    if method == Method::GET || method == Method::HEAD {
+    // Counting what Stack Schema rules would match reads only: viewers may.
+    if method == Method::GET || method == Method::HEAD || path == "/api/v1/schema/check" {
         vec![Role::Viewer, Role::Operator, Role::Admin]
     } else {
         vec![Role::Operator, Role::Admin]

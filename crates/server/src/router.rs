@@ -51,6 +51,7 @@ fn local_routes() -> Router<AppState> {
             get(fdo::profile_file),
         )
         .route("/api/v1/labels/{label}", get(query::labels))
+        .route("/api/v1/schema/check", post(query::schema_check))
         .route("/api/v1/status", get(info::status))
         .route("/api/v1/config", get(info::config))
         .route("/api/v1/runs", get(runs::list).post(runs::submit))

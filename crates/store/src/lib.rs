@@ -94,6 +94,13 @@ pub trait Store: Send {
         step_ms: i64,
         group_by: Option<&str>,
     ) -> Result<Vec<Series>, StoreError>;
+    /// Per rule of `schema`, the query's stacks it matches (a frame matches its pattern) and
+    /// their total; and the query's total.
+    fn schema_matches(
+        &mut self,
+        q: &Query,
+        schema: &baton_model::StackSchema,
+    ) -> Result<(f64, Vec<baton_model::schema::RuleMatch>), StoreError>;
     /// Distinct values of a label in the range, most weighted first.
     fn label_values(
         &mut self,

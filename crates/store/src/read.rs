@@ -93,6 +93,14 @@ macro_rules! shared_store_methods {
             self.cache.timeline(&mut self.$backend, q)
         }
 
+        fn schema_matches(
+            &mut self,
+            q: &$crate::Query,
+            schema: &baton_model::StackSchema,
+        ) -> Result<(f64, Vec<baton_model::schema::RuleMatch>), $crate::StoreError> {
+            self.cache.schema_matches(&mut self.$backend, q, schema)
+        }
+
         fn histograms(
             &mut self,
             q: &$crate::Query,
@@ -187,6 +195,9 @@ struct SchemaRow {
 /// A stack's Stack Schema tags, (key, value) in key order.
 type Tags = Vec<(String, String)>;
 
+/// What the Stack Schema made of a stack: its tags and the frames it keeps (`None`: all).
+type Applied = (Tags, Option<Vec<usize>>);
+
 /// A label filter on a Stack Schema tag: a stack without the tag has it as ''.
 struct TagFilter<'a> {
     filter: &'a crate::Filter,
@@ -233,7 +244,7 @@ pub(crate) struct Cache {
     stacks: IdMap<Vec<u64>>,
     /// What the Stack Schema `applied_for` made of each (stack, service): stacks never
     /// change, so neither does this until the rules do.
-    applied: HashMap<(u64, String), (Tags, Option<Vec<usize>>)>,
+    applied: HashMap<(u64, String), Applied>,
     applied_for: Option<std::sync::Arc<baton_model::StackSchema>>,
 }
 
@@ -411,6 +422,45 @@ impl Cache {
             });
         }
         Ok(out)
+    }
+
+    /// Per rule of `schema`, the stacks of the query with a frame it matches and their total,
+    /// and the query's total: what `baton config check` reports for a tree's rules.
+    pub(crate) fn schema_matches<B: Backend>(
+        &mut self,
+        b: &mut B,
+        q: &Query,
+        schema: &baton_model::StackSchema,
+    ) -> Result<(f64, Vec<baton_model::schema::RuleMatch>), StoreError> {
+        self.refresh(b)?;
+        let rows: Vec<(u64, String, f64)> = if schema.has_service_rules() {
+            b.stack_service_totals(q)?
+        } else {
+            totals(b, q)?
+                .into_iter()
+                .map(|(sid, v)| (sid, String::new(), v))
+                .collect()
+        };
+        let mut ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.fill(b, &ids)?;
+        let mut out = vec![baton_model::schema::RuleMatch::default(); schema.rules.len()];
+        let mut seen: Vec<std::collections::HashSet<u64>> = vec![Default::default(); out.len()];
+        let mut total = 0.0;
+        for (sid, service, v) in rows {
+            total += v;
+            let names = self.expanded_names(sid);
+            for (i, r) in schema.rules.iter().enumerate() {
+                if r.applies_to(&service) && names.iter().any(|n| r.pattern.is_match(n)) {
+                    out[i].total += v;
+                    if seen[i].insert(sid) {
+                        out[i].stacks += 1;
+                    }
+                }
+            }
+        }
+        Ok((total, out))
     }
 
     /// A cached stack's display names, inlined functions first, leaf first.

@@ -363,3 +363,130 @@ fn service_labels_are_stored_with_samples_so_queries_answer_as_the_config_was_th
     drop(w);
     assert!(up.stop().success());
 }
+
+#[test]
+fn stack_schema_rules_tag_collapse_and_count_at_query_time() {
+    require_root();
+    let split = workload("split");
+    let dir = scratch("schema-config");
+    let rules = dir.join("schema.toml");
+    let good = "[[stack_schema]]\nmatch = \"^leaf_hot$\"\ntag = \"component=hot\"\n\n\
+                [[stack_schema]]\ncollapse = \"^(mid|main)$\"\n";
+    std::fs::write(&rules, good).expect("write");
+    let data = scratch("schema-data");
+    let up = Up::start_with(&data, &["--config", dir.to_str().expect("utf-8")]);
+    let server = format!("http://{}", up.addr);
+    let mut w = Workload::spawn(std::process::Command::new(&split).arg("4"));
+    let pid = w.id();
+    let out = run(baton()
+        .args(["run", "cpu", "--target", &format!("pid:{pid}")])
+        .args([
+            "--duration",
+            "3s",
+            "--wait",
+            "--format",
+            "json",
+            "--server",
+            &server,
+        ]));
+    assert!(
+        out.status.success(),
+        "run: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    w.wait();
+    // The run's own samples (the whole-host profile of the same process goes on being
+    // written) no longer change once it is done.
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("run json");
+    let id = done["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no run id: {done}"));
+    let filter = format!("filter=run%3D{id}");
+    let top = eventually(10, "the run's samples", || {
+        let t = http_json(
+            &up.addr,
+            &format!("/api/v1/top?since=10m&{filter}&limit=50"),
+        );
+        (t["total"].as_f64()? > 0.0).then_some(t)
+    });
+    let rows = top["rows"].as_array().cloned().unwrap_or_default();
+    let row = |f: &str| rows.iter().find(|r| r["function"] == f).cloned();
+    let hot = row("leaf_hot").expect("leaf_hot in the top table");
+    // The tagged share equals the function's total share.
+    let tags = http_json(
+        &up.addr,
+        &format!("/api/v1/labels/component?since=10m&{filter}"),
+    );
+    let tagged = tags["values"][0]["total"].as_f64().unwrap_or(0.0);
+    let total = top["total"].as_f64().unwrap_or(0.0);
+    let want = hot["total_value"].as_f64().unwrap_or(-1.0);
+    assert!(
+        (tagged - want).abs() < 1e-6 * total.max(1.0),
+        "tagged {tagged}, leaf_hot {want}: {tags}"
+    );
+    assert!(
+        (60.0..90.0).contains(&(100.0 * tagged / total)),
+        "{tags} of {total}"
+    );
+    // Filtered by the tag: only leaf_hot's stacks.
+    let only = http_json(
+        &up.addr,
+        &format!("/api/v1/top?since=10m&{filter}&filter=component%3Dhot"),
+    );
+    assert!(
+        (only["total"].as_f64().unwrap_or(0.0) - want).abs() < 1e-6 * total.max(1.0),
+        "{only}"
+    );
+    // The collapse removes mid (main stays, where the run was entered) and keeps the total.
+    assert!(row("mid").is_none(), "mid was not collapsed: {rows:?}");
+    assert!(row("main").is_some(), "{rows:?}");
+    let comms = http_json(&up.addr, &format!("/api/v1/labels/comm?since=10m&{filter}"));
+    let by_comm: f64 = comms["values"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|x| x["total"].as_f64()).sum())
+        .unwrap_or(0.0);
+    assert!(
+        (by_comm - total).abs() < 1e-6 * total.max(1.0),
+        "{by_comm} vs {total}"
+    );
+    // `baton config check --server` counts what each rule matches there.
+    let out = run(baton().args([
+        "config",
+        "check",
+        dir.to_str().expect("utf-8"),
+        "--server",
+        &server,
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("tag component=hot when ^leaf_hot$"))
+        .unwrap_or_else(|| panic!("no count of the tag rule:\n{text}"));
+    let stacks: u64 = line
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(stacks >= 1, "{line}");
+    // A broken rule is rejected with file:line:col, and the last good rules stay live.
+    std::fs::write(&rules, good.replace("^leaf_hot$", "^(leaf_hot")).expect("write");
+    let cfg = eventually(20, "the broken rule to be rejected", || {
+        let c = http_json(&up.addr, "/api/v1/config");
+        (c["rejected"] == 1).then_some(c)
+    });
+    let errors = cfg["last_errors"].to_string();
+    assert!(
+        errors.contains("schema.toml:2:9: regular expression"),
+        "{errors}"
+    );
+    let again = http_json(
+        &up.addr,
+        &format!("/api/v1/labels/component?since=10m&{filter}"),
+    );
+    assert_eq!(
+        again["values"][0]["total"], tags["values"][0]["total"],
+        "{again}"
+    );
+    assert!(up.stop().success());
+}

@@ -218,3 +218,47 @@ pub(crate) async fn labels(
             .collect(),
     }))
 }
+
+/// `POST /api/v1/schema/check`: per Stack Schema rule of the body, the stacks of the range with
+/// a frame it matches and their share (`baton config check --server` shows them).
+pub(crate) async fn schema_check(
+    State(st): State<AppState>,
+    RawQuery(q): RawQuery,
+    Json(body): Json<crate::api::SchemaCheckRequest>,
+) -> Result<Json<crate::api::SchemaCheck>, ApiError> {
+    let p = st.params(q.as_deref())?;
+    let mut query = p.query.clone();
+    query.schema = None;
+    let rules = body
+        .rules
+        .iter()
+        .map(baton_model::SchemaRule::from_spec)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError(axum::http::StatusCode::BAD_REQUEST, e))?;
+    let schema = baton_model::StackSchema { rules };
+    let profiler = query.profiler.clone();
+    let (total, matches, schema) = with_store(&st, move |s| {
+        let (total, m) = s.schema_matches(&query, &schema)?;
+        Ok((total, m, schema))
+    })
+    .await?;
+    Ok(Json(crate::api::SchemaCheck {
+        profiler,
+        total,
+        rules: schema
+            .rules
+            .iter()
+            .zip(matches)
+            .map(|(r, m)| crate::api::SchemaRuleMatch {
+                rule: r.describe(),
+                stacks: m.stacks,
+                total: m.total,
+                share: if total > 0.0 {
+                    100.0 * m.total / total
+                } else {
+                    0.0
+                },
+            })
+            .collect(),
+    }))
+}
