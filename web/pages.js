@@ -13,6 +13,38 @@ const debug = (window.__baton = { timings: {} });
 
 // ---- Shared pieces ---------------------------------------------------------------------------
 
+// The trace IDs the selection's samples carry (published by the threads: see docs/threadctx.md),
+// most weighted first, each with its heaviest span, linked to the trace UI through the config's
+// `[ui] trace_url`, or without one to Explore filtered by the trace.
+async function traceLinks(box, params, limit = 5) {
+  if (!box) return;
+  const p = new URLSearchParams(params);
+  p.set("limit", String(limit));
+  let v;
+  try { v = await api("/api/v1/labels/trace_id", p); } catch (e) { box.innerHTML = ""; return; }
+  if (!v.values.length) { box.innerHTML = ""; return; }
+  const total = v.values.reduce((a, t) => a + t.total, 0);
+  const rows = [];
+  for (const t of v.values) {
+    const sp = new URLSearchParams(params);
+    sp.append("filter", "trace_id=" + t.value);
+    sp.set("limit", "1");
+    let span = "";
+    try { const s = await api("/api/v1/labels/span_id", sp); span = s.values.length ? s.values[0].value : ""; } catch (e) { /* the trace alone */ }
+    rows.push([t, span]);
+  }
+  const tpl = status.trace_url;
+  const href = (t, s) => {
+    if (tpl) return tpl.replaceAll("{trace_id}", encodeURIComponent(t)).replaceAll("{span_id}", encodeURIComponent(s));
+    const e = new URLSearchParams(params);
+    e.delete("limit");
+    e.append("filter", "trace_id=" + t);
+    return "/explore?" + e.toString();
+  };
+  box.innerHTML = `<table class="traces"><thead><tr><th>Trace</th><th>Span</th><th class="num">Share</th></tr></thead><tbody>${rows.map(([t, s]) =>
+    `<tr><td><a class="trace" data-trace="${esc(t.value)}" href="${esc(href(t.value, s))}"${tpl ? ' target="_blank" rel="noopener"' : ""}>${esc(t.value.slice(0, 16))}…</a></td><td>${esc(s)}</td><td class="num">${pct(t.total, total)}</td></tr>`).join("")}</tbody></table>`;
+}
+
 function profilerSelect(u) {
   const cur = u.get("profiler") || "cpu";
   return `<label>profiler <select id="profiler">${profilerNames().map((n) => `<option value="${esc(n)}"${n === cur ? " selected" : ""}>${esc(n)}</option>`).join("")}</select></label>
@@ -227,7 +259,7 @@ async function explore() {
     </div>
     <div class="panel side"><table id="top"><thead><tr>
       <th class="num" data-k="self">Self %</th><th class="num" data-k="total">Total %</th><th data-k="function">Function</th><th></th>
-    </tr></thead><tbody></tbody></table><div id="fdo"></div></div>
+    </tr></thead><tbody></tbody></table><div id="fdo"></div><div id="traces"></div></div>
   </div>`;
   const base = selection(u);
   for (const [id, fmt, name] of [["dl-pprof", "pprof", "baton.pb.gz"], ["dl-collapsed", "collapsed", "baton.folded"], ["dl-speedscope", "speedscope", "baton.speedscope.json"]]) {
@@ -288,6 +320,7 @@ async function explore() {
   const tree = got.tree;
   renderTop(tree, u);
   if ((u.get("profiler") || "cpu") === "cpu") renderFdo(base);
+  await traceLinks($("traces"), base);
   Object.assign(debug.timings, {
     stacks: got.json.stacks, nodes: tree.size, bytes: got.bytes, rawBytes: got.rawBytes,
     fetchMs: got.fetchMs, fullMs: performance.now() - t0,
@@ -550,8 +583,8 @@ async function timeline() {
   </div>
   <div class="cols">
     <div class="panel grow"><canvas class="flame" id="tl"></canvas></div>
-    <div class="panel side"><div class="crumbs">selected</div><div id="tl-detail" class="stack">Click a mark.</div>
-      <table id="tl-lanes" class="lanes"><thead><tr><th>tid</th><th>comm</th><th class="num">cpu</th><th class="num">off-CPU</th><th class="num">requests</th></tr></thead><tbody></tbody></table></div>
+    <div class="panel side"><div class="crumbs">selected</div><div id="tl-detail" class="stack">Click a mark.</div><div id="tl-span-traces"></div>
+      <table id="tl-lanes" class="lanes"><thead><tr><th>tid</th><th>comm</th><th class="num">cpu</th><th class="num">off-CPU</th><th class="num">requests</th></tr></thead><tbody></tbody></table><div id="tl-traces"></div></div>
   </div>`;
   const go = () => {
     setQ({ pid: $("tl-pid").value.trim(), host: $("tl-host").value.trim(), since: $("tl-since").value, from: null, to: null });
@@ -580,6 +613,9 @@ async function timeline() {
     + gauges.map((ga) => `<tr class="gauge" data-gauge="${esc(ga.value)}" data-gpu="${esc(ga.gpu)}"><td colspan="2">${esc(ga.title)}</td><td class="num" colspan="3">mean ${fmtValue(ga.points.reduce((a, p) => a + p.value, 0) / Math.max(1, ga.points.length), ga.unit)} · ${ga.points.length} readings</td></tr>`).join("");
   setStatus(`${data.spans.length.toLocaleString()} spans${data.truncated ? " (truncated: narrow the window)" : ""} · ${fmtTime(data.from_ms)} – ${fmtTime(data.to_ms)}`);
   debug.timeline = view;
+  const tp = new URLSearchParams(p);
+  tp.set("profiler", "cpu");
+  await traceLinks($("tl-traces"), tp);
   document.body.dataset.loaded = "1";
 }
 
@@ -624,6 +660,16 @@ function showSpan(s, data) {
     a.textContent = "\n\nthis request's CPU stacks in Explore";
     d.appendChild(a);
   }
+  // The traces this thread's samples carried in the windows around the mark (samples are
+  // stored per window, so this is the thread's work then, not this one sample's alone).
+  const p = new URLSearchParams();
+  const ms = Math.floor(s.start_us / 1000);
+  p.set("profiler", s.kind === "offcpu" ? "offcpu" : "cpu");
+  p.set("from", String(ms - 10000));
+  p.set("to", String(ms + 10000));
+  p.append("filter", "pid=" + s.pid);
+  p.append("filter", "tid=" + s.tid);
+  traceLinks($("tl-span-traces"), p);
 }
 
 // ---- Runs ------------------------------------------------------------------------------------

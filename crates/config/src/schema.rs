@@ -14,6 +14,7 @@ use toml::Spanned;
 pub(crate) struct FileDoc {
     pub host: Option<Spanned<HostDoc>>,
     pub tuner: Option<Spanned<TunerDoc>>,
+    pub ui: Option<Spanned<UiDoc>>,
     #[serde(default)]
     pub profilers: BTreeMap<Spanned<String>, Spanned<ProfilerDoc>>,
     #[serde(default)]
@@ -22,6 +23,15 @@ pub(crate) struct FileDoc {
     /// every service's samples.
     #[serde(default)]
     pub stack_schema: Vec<Spanned<SchemaDoc>>,
+}
+
+/// `[ui]`: what the web UI links to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UiDoc {
+    /// A trace UI's address for one span, with `{trace_id}` and optionally `{span_id}`:
+    /// `https://jaeger.example.com/trace/{trace_id}?uiFind={span_id}`.
+    pub trace_url: Option<Spanned<String>>,
 }
 
 /// One Stack Schema rule: `match` with `tag` or `frame_tag`, or `drop`, or `collapse`.
@@ -190,6 +200,8 @@ pub struct Config {
     pub services: BTreeMap<String, Service>,
     /// Ad-hoc profilers: the tree's bpftrace scripts, by name.
     pub adhoc: BTreeMap<String, crate::adhoc::AdhocDef>,
+    /// The trace UI's address template (`[ui] trace_url`), if any.
+    pub trace_url: Option<String>,
     /// Stack Schema rules, global and per service, in file order.
     #[serde(serialize_with = "crate::stack_schema::serialize")]
     pub stack_schema: baton_model::StackSchema,

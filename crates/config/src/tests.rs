@@ -525,3 +525,27 @@ fn a_broken_stack_schema_rule_is_rejected_at_its_line_and_column() {
         "{p:?}"
     );
 }
+
+#[test]
+fn a_trace_url_needs_an_http_address_with_the_trace_id() {
+    let ok = load(
+        &[file(
+            "ui.toml",
+            "[ui]\ntrace_url = \"https://t.example/trace/{trace_id}?s={span_id}\"\n",
+        )],
+        KNOWN,
+    )
+    .expect("valid");
+    assert_eq!(
+        ok.trace_url.as_deref(),
+        Some("https://t.example/trace/{trace_id}?s={span_id}")
+    );
+    let p = problems(&[file(
+        "ui.toml",
+        "[ui]\ntrace_url = \"https://t.example/trace\"\n",
+    )]);
+    assert!(
+        p.len() == 1 && p[0].starts_with("ui.toml:2:13: trace_url"),
+        "{p:?}"
+    );
+}

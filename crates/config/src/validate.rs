@@ -165,6 +165,7 @@ pub(crate) fn validate(
         services: BTreeMap::new(),
         adhoc: BTreeMap::new(),
         stack_schema: Default::default(),
+        trace_url: None,
     };
     // Ad-hoc profilers first: rules and triggers of the TOML files may name them.
     let mut adhoc_at: BTreeMap<String, String> = BTreeMap::new();
@@ -301,6 +302,24 @@ pub(crate) fn validate(
             }
             if let Some(svc) = service(&mut cx, s.get_ref(), known, options_of) {
                 config.services.insert(name.get_ref().clone(), svc);
+            }
+        }
+        if let Some(ui) = &doc.ui {
+            if let Some(t) = &ui.get_ref().trace_url {
+                let url = t.get_ref();
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || !url.contains("{trace_id}")
+                {
+                    cx.at(
+                        t.span(),
+                        "trace_url: an http:// or https:// address with {trace_id} (and \
+                         optionally {span_id}) in it",
+                    );
+                } else if config.trace_url.is_some() {
+                    cx.at(t.span(), "[ui] trace_url is set twice");
+                } else {
+                    config.trace_url = Some(url.clone());
+                }
             }
         }
         for r in &doc.stack_schema {

@@ -160,6 +160,9 @@ pub struct StatusBody {
     #[serde(flatten)]
     pub profiling: Profiling,
     pub sample_rows: u64,
+    /// The config's trace UI template (`[ui] trace_url`), for links from samples to spans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_url: Option<String>,
 }
 
 /// What a process serving the API is, set once at its start.

@@ -306,3 +306,46 @@ fn long_invalid_and_too_many_values_are_cut_dropped_and_counted() {
     assert!(count(" dropped as invalid") > 0, "{log}");
     assert!(count(" over the cap") > 0, "{log}");
 }
+
+#[test]
+fn trace_ids_link_samples_to_their_span_in_explore_and_timeline() {
+    require_root();
+    let w = workload("threadctx");
+    let dir = scratch("threadctx-ui-config");
+    std::fs::write(
+        dir.join("ui.toml"),
+        "[ui]\ntrace_url = \"http://traces.example/trace/{trace_id}?span={span_id}\"\n",
+    )
+    .expect("write");
+    let data = scratch("threadctx-ui");
+    let up = Up::start_with(&data, &["--config", dir.to_str().expect("utf-8")]);
+    let mut child = Workload::spawn(Command::new(&w).args(["cpu", "5"]));
+    let pid = child.id();
+    let out = run(baton()
+        .args(["run", "cpu", "--target", &format!("pid:{pid}")])
+        .args(["--duration", "3s", "--wait", "--format", "json"])
+        .args(["--server", &format!("http://{}", up.addr)]));
+    assert!(
+        out.status.success(),
+        "run: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("run json");
+    let id = done["id"].as_u64().expect("run id");
+    child.wait();
+    let link = format!("href=\"http://traces.example/trace/{TRACE}?span={SPAN}\"");
+    let explore = chromium_dom(&format!(
+        "http://{}/explore?profiler=cpu&since=10m&filter=run%3D{id}",
+        up.addr
+    ));
+    assert!(
+        explore.contains(&link),
+        "no span link in Explore:\n{explore}"
+    );
+    let timeline = chromium_dom(&format!("http://{}/timeline?pid={pid}&since=5m", up.addr));
+    assert!(
+        timeline.contains(&link),
+        "no span link on the Timeline:\n{timeline}"
+    );
+    up.stop();
+}

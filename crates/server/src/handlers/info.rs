@@ -17,6 +17,10 @@ pub(crate) async fn status(State(st): State<AppState>) -> Result<Json<StatusBody
         facts: st.facts.as_ref().clone(),
         profiling: read(&st.profiling).clone(),
         sample_rows: rows,
+        trace_url: st
+            .config
+            .as_ref()
+            .and_then(|l| read(l).config.as_ref()?.trace_url.clone()),
     }))
 }
 
