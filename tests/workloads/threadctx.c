@@ -7,6 +7,8 @@
 //                              random records marked valid, wild sizes, pointers to nowhere
 //   threadctx many SECONDS     burns CPU under 3,000 distinct endpoints, a 200-byte value and
 //                              a value that is not UTF-8
+//   threadctx plain SECONDS    burns CPU as `cpu` does, publishing nothing
+//   threadctx setcost N        times N label changes and prints the ns each took
 #include "../../helpers/c/baton_threadctx.c"
 
 #include <stdio.h>
@@ -43,6 +45,27 @@ static void sleep_until(unsigned long long end)
         return;
     struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(end - t)};
     nanosleep(&ts, 0);
+}
+
+static void plain(double seconds)
+{
+    unsigned long long start = now_ns(), stop = start + (unsigned long long)(seconds * 1e9);
+    for (unsigned long long i = 0;; i++) {
+        unsigned long long end = start + (i + 1) * SLICE_NS;
+        if (end > stop)
+            break;
+        burn_until(end);
+    }
+}
+
+static void setcost(unsigned long n)
+{
+    int endpoint = baton_ctx_key("endpoint");
+    unsigned long long t0 = now_ns();
+    for (unsigned long i = 0; i < n; i++)
+        baton_ctx_set(endpoint, (i & 1) ? "/checkout" : "/cart");
+    unsigned long long t1 = now_ns();
+    printf("ns_per_set=%.1f\n", (double)(t1 - t0) / (double)n);
 }
 
 static void pattern(double seconds, int sleeping)
@@ -115,7 +138,7 @@ static void many(double seconds)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: threadctx cpu|offcpu|garbage|many SECONDS\n");
+        fprintf(stderr, "usage: threadctx cpu|offcpu|garbage|many|plain SECONDS, or setcost N\n");
         return 2;
     }
     double seconds = atof(argv[2]);
@@ -127,6 +150,10 @@ int main(int argc, char **argv)
         garbage(seconds);
     else if (!strcmp(argv[1], "many"))
         many(seconds);
+    else if (!strcmp(argv[1], "plain"))
+        plain(seconds);
+    else if (!strcmp(argv[1], "setcost"))
+        setcost((unsigned long)seconds);
     else
         return 2;
     return 0;
