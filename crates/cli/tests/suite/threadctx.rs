@@ -349,3 +349,22 @@ fn trace_ids_link_samples_to_their_span_in_explore_and_timeline() {
     );
     up.stop();
 }
+
+#[test]
+fn labels_from_rust_split_cpu_time_75_25() {
+    require_root();
+    // Built with the workspace's tests (cargo test --workspace builds every example).
+    let bin = Path::new(env!("CARGO_BIN_EXE_baton"))
+        .parent()
+        .expect("target dir")
+        .join("examples/endpoints");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build --release -p baton-threadctx --examples (cargo test \
+         --workspace builds it)",
+        bin.display()
+    );
+    let mut cmd = vec![bin.display().to_string(), "4".into()];
+    let (samples, log) = record("cpu", &[], &mut cmd, &[]);
+    check_split("Rust cpu", &samples, &log);
+}
