@@ -263,5 +263,7 @@ impl crate::Profiler for GpuMemProfiler {
 
     fn observe_maps(&mut self, pid: u32, maps: &str) {
         self.attacher.rescan(self.inner.skel(), pid, maps);
+        // The inner profiler finds the process's thread context.
+        self.inner.observe_maps(pid, maps);
     }
 }
