@@ -514,3 +514,11 @@ pub fn pprof_samples(pb: &Path) -> Vec<RawSample> {
 pub fn label<'a>(s: &'a RawSample, key: &str) -> &'a str {
     s.labels.get(key).map_or("", String::as_str)
 }
+
+/// The samples of process `pid`.
+pub fn samples_of(samples: &[RawSample], pid: u32) -> Vec<&RawSample> {
+    samples
+        .iter()
+        .filter(|s| label(s, "pid") == pid.to_string())
+        .collect()
+}

@@ -110,12 +110,7 @@ fn kubernetes_cgroups_of_both_drivers_label_samples_with_pod_and_container() {
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "record failed:\n{log}");
     let samples = pprof_samples(&pb);
-    let of = |pid: u32| -> Vec<&RawSample> {
-        samples
-            .iter()
-            .filter(|s| label(s, "pid") == pid.to_string())
-            .collect()
-    };
+    let of = |pid: u32| samples_of(&samples, pid);
     let (sa, sb) = (of(a.id()), of(b.id()));
     assert!(
         !sa.is_empty() && !sb.is_empty(),

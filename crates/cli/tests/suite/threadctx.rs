@@ -226,12 +226,7 @@ fn garbage_in_a_thread_context_is_counted_and_never_reaches_another_process() {
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "record failed:\n{log}");
     let samples = pprof_samples(&pb);
-    let of = |pid: u32| -> Vec<&RawSample> {
-        samples
-            .iter()
-            .filter(|s| label(s, "pid") == pid.to_string())
-            .collect()
-    };
+    let of = |pid: u32| samples_of(&samples, pid);
     let (bad_samples, good_samples) = (of(bad.id()), of(good.id()));
     assert!(!bad_samples.is_empty() && !good_samples.is_empty(), "{log}");
     // The good process's labels are exactly its own.

@@ -54,17 +54,7 @@ impl Backend for Http {
             "stack_id, service, sum(value * weight)",
             " GROUP BY stack_id, service",
         );
-        Ok(self
-            .rows(&sql)?
-            .into_iter()
-            .filter_map(|r| {
-                Some((
-                    parsed(&r, 0)?,
-                    field(&r, 1).unwrap_or_default(),
-                    parsed(&r, 2)?,
-                ))
-            })
-            .collect())
+        self.keyed(&sql)
     }
 
     fn level_totals(&mut self, q: &Query, key: LevelKey) -> Result<Totals, StoreError> {
@@ -234,17 +224,7 @@ impl Backend for Http {
     ) -> Result<Vec<SeriesRow>, StoreError> {
         let table = self.table("samples");
         let (sql, params) = series_sql(q, Dialect::ClickHouse, &table, step_ms, group);
-        Ok(self
-            .rows(&inline(&sql, &params))?
-            .into_iter()
-            .filter_map(|r| {
-                Some((
-                    parsed(&r, 0)?,
-                    field(&r, 1).unwrap_or_default(),
-                    parsed(&r, 2)?,
-                ))
-            })
-            .collect())
+        self.keyed(&inline(&sql, &params))
     }
 
     /// `count()` of the symbols table, from its parts' metadata: it grows when any server adds
@@ -267,6 +247,26 @@ impl Backend for Http {
             .rows(&sql)?
             .into_iter()
             .filter_map(|r| Some((field(&r, 0)?, parsed(&r, 1)?)))
+            .collect())
+    }
+}
+
+impl Http {
+    /// The rows of a query of (number, text, number), rows that do not parse left out.
+    fn keyed<A: std::str::FromStr, C: std::str::FromStr>(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<(A, String, C)>, StoreError> {
+        Ok(self
+            .rows(sql)?
+            .into_iter()
+            .filter_map(|r| {
+                Some((
+                    parsed(&r, 0)?,
+                    field(&r, 1).unwrap_or_default(),
+                    parsed(&r, 2)?,
+                ))
+            })
             .collect())
     }
 }

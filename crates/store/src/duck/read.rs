@@ -44,13 +44,7 @@ impl Backend for Connection {
             "SELECT stack_id, coalesce(service, ''), sum(value * weight) FROM samples
              WHERE {wh} GROUP BY stack_id, service"
         );
-        let mut st = self.prepare(&sql)?;
-        let rows = st
-            .query_map(params_from_iter(to_values(&params)), |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        self.triples(&sql, &params)
     }
 
     fn level_totals(&mut self, q: &Query, key: LevelKey) -> Result<Totals, StoreError> {
@@ -183,13 +177,7 @@ impl Backend for Connection {
         group: Option<&str>,
     ) -> Result<Vec<SeriesRow>, StoreError> {
         let (sql, params) = series_sql(q, Dialect::DuckDb, "samples", step_ms, group);
-        let mut st = self.prepare(&sql)?;
-        let rows = st
-            .query_map(params_from_iter(to_values(&params)), |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        self.triples(&sql, &params)
     }
 
     fn label_values(&mut self, q: &Query, label: &str, limit: usize) -> Result<Totals, StoreError> {
@@ -206,6 +194,31 @@ impl Backend for Connection {
             })?
             .collect::<Result<_, _>>()?;
         Ok(out)
+    }
+}
+
+/// The rows of a three-column query.
+trait Triples {
+    fn triples<A: duckdb::types::FromSql, B: duckdb::types::FromSql, C: duckdb::types::FromSql>(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<(A, B, C)>, StoreError>;
+}
+
+impl Triples for Connection {
+    fn triples<A: duckdb::types::FromSql, B: duckdb::types::FromSql, C: duckdb::types::FromSql>(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<(A, B, C)>, StoreError> {
+        let mut st = self.prepare(sql)?;
+        let rows = st
+            .query_map(params_from_iter(to_values(params)), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 }
 
