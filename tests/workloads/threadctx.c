@@ -8,6 +8,8 @@
 //   threadctx many SECONDS     burns CPU under 3,000 distinct endpoints, a 200-byte value and
 //                              a value that is not UTF-8
 //   threadctx plain SECONDS    burns CPU as `cpu` does, publishing nothing
+//   threadctx alloc SECONDS    in rounds, allocates and frees 3 MiB in 4 KiB blocks under
+//                              endpoint=/a, then 1 MiB under endpoint=/b
 //   threadctx setcost N        times N label changes and prints the ns each took
 #include "../../helpers/c/baton_threadctx.c"
 
@@ -56,6 +58,34 @@ static void plain(double seconds)
             break;
         burn_until(end);
     }
+}
+
+/* Through a volatile pointer: the compiler may not elide a malloc it cannot see. */
+static void *(*volatile allocator)(size_t) = malloc;
+
+__attribute__((noinline)) static void allocate(unsigned long bytes)
+{
+    for (unsigned long done = 0; done < bytes; done += 4096) {
+        char *p = allocator(4096);
+        if (p) {
+            p[0] = (char)done;
+            sink += (unsigned long)p[0];
+        }
+        free(p);
+    }
+}
+
+static void alloc_rounds(double seconds)
+{
+    int endpoint = baton_ctx_key("endpoint");
+    unsigned long long stop = now_ns() + (unsigned long long)(seconds * 1e9);
+    while (now_ns() < stop) {
+        baton_ctx_set(endpoint, "/a");
+        allocate(3UL << 20);
+        baton_ctx_set(endpoint, "/b");
+        allocate(1UL << 20);
+    }
+    baton_ctx_clear();
 }
 
 static void setcost(unsigned long n)
@@ -154,6 +184,8 @@ int main(int argc, char **argv)
         plain(seconds);
     else if (!strcmp(argv[1], "setcost"))
         setcost((unsigned long)seconds);
+    else if (!strcmp(argv[1], "alloc"))
+        alloc_rounds(seconds);
     else
         return 2;
     return 0;

@@ -12,6 +12,7 @@ enum stat_index {
     STAT_COUNT = 6,
 };
 #include "base.h"
+#include "threadctx.h"
 #include <linux/ptrace.h>
 
 struct call_key {
@@ -27,8 +28,9 @@ struct call_key {
     char comm[TASK_COMM_LEN];
     // The function's address in the process, for a one-frame stack when stacks are off.
     __u64 ip;
+    __u64 ctx; // the thread's context (threadctx.h), 0: none
 };
-_Static_assert(sizeof(struct call_key) == 56, "call_key is CallKey in Rust");
+_Static_assert(sizeof(struct call_key) == 64, "call_key is CallKey in Rust");
 
 struct entry_key {
     __u32 tid;
@@ -75,6 +77,7 @@ int BPF_UPROBE(call_entry)
     key.buffer = active_buffer;
     key.user_stack = -1;
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
+    key.ctx = thread_ctx(key.pid);
     if (take_stacks) {
         key.user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
         if (key.user_stack < 0)

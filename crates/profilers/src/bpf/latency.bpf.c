@@ -64,8 +64,9 @@ struct sample_event {
     __u32 copied;
     char comm[TASK_COMM_LEN];
     __u64 cookie;
+    __u64 ctx; // the thread's context (threadctx.h), 0: none
 };
-_Static_assert(sizeof(struct sample_event) == 56, "sample_event is SampleEvent in Rust");
+_Static_assert(sizeof(struct sample_event) == 64, "sample_event is SampleEvent in Rust");
 
 struct slow_event {
     __u32 kind;
@@ -198,6 +199,7 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
     e->copied = 0;
     e->cookie = 0;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    e->ctx = thread_ctx(e->pid);
     e->kernel_stack = bpf_get_stackid(ctx, &stacks, 0);
     if (e->kernel_stack < 0 && e->kernel_stack != -14)
         bump(STAT_KSTACK_FAILED);

@@ -97,9 +97,10 @@ struct alloc_event {
     __u64 cookie;
     // jemalloc's profiling context of the allocation (EV_JE_SAMPLED), else 0.
     __u64 tctx;
+    __u64 ctx; // the thread's context (threadctx.h), 0: none
     __u64 stack[MAX_STACK_DEPTH];
 };
-_Static_assert(sizeof(struct alloc_event) == 1096, "alloc_event is AllocEvent in Rust");
+_Static_assert(sizeof(struct alloc_event) == 1104, "alloc_event is AllocEvent in Rust");
 
 // Per thread: the sampling budget, and the allocation between its entry and its return.
 struct thread_state {
@@ -132,6 +133,7 @@ struct {
 RINGBUF(events, 16 * 1024 * 1024);
 
 #include "copy.h"
+#include "threadctx.h"
 
 const volatile __u64 sample_bytes = 65536;
 
@@ -197,6 +199,7 @@ static __always_inline int alloc_return(struct pt_regs *ctx, __u64 addr)
     e->tctx = 0;
     e->cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    e->ctx = thread_ctx(e->pid);
     // The copy is submitted before the event, so user space has it by the time it reads this.
     __u64 cookie = bpf_ktime_get_ns();
     long n = 0;
@@ -382,6 +385,7 @@ static __always_inline void report_sampled(struct pt_regs *ctx, __u32 kind, __u6
     e->tctx = tctx;
     e->cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    e->ctx = thread_ctx(e->pid);
     // A sampler with frame pointers starts the walk well: past its own frames, at the entry
     // point the program called. Where the walk then passes through code the plan says lacks
     // them (a caller built without, or a libc function that allocates), the rest of it cannot

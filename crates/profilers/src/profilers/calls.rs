@@ -16,6 +16,7 @@ use crate::mechanics::maps::{
 };
 use crate::mechanics::record::{comm, decode, record};
 use crate::mechanics::skel::open_targeted;
+use crate::mechanics::threadctx::ThreadContexts;
 use crate::mechanics::uprobe::{
     functions_matching, per_process, per_process_methods, resolve_binary, Followed, PerProcess,
 };
@@ -86,8 +87,10 @@ struct CallKey {
     comm: [u8; 16],
     /// The function's address, for a one-frame stack when stacks are off.
     ip: u64,
+    /// The thread's interned context (`bpf/threadctx.h`), 0: none.
+    ctx: u64,
 }
-record!(CallKey, "call_key", 56);
+record!(CallKey, "call_key", 64);
 
 /// A running call-count profiler. Dropping it detaches every probe.
 pub struct CallsProfiler {
@@ -104,6 +107,7 @@ pub struct CallsProfiler {
     followed: Followed,
     buffers: Buffers,
     stale_stacks: u64,
+    contexts: ThreadContexts,
 }
 
 impl CallsProfiler {
@@ -152,6 +156,7 @@ impl CallsProfiler {
             followed: Followed::new(o.targets.as_deref()),
             buffers: Buffers::default(),
             stale_stacks: 0,
+            contexts: ThreadContexts::default(),
         };
         match &o.targets {
             None => {
@@ -289,9 +294,10 @@ impl crate::Profiler for CallsProfiler {
                 labels: vec![("function", self.name(key.function))],
                 frames: Vec::new(),
                 keep_zero: 0,
-                context: None,
+                context: self.contexts.labels(key.ctx, &self.skel.maps.ctx_records),
             });
         }
+        self.contexts.prune(&self.skel.maps.ctx_procs);
         self.stale_stacks += stacks.stale;
         clear_if_half_full(&self.skel.maps.stacks, STACK_ENTRIES);
         let comms: HashMap<u32, String> =
@@ -307,7 +313,13 @@ impl crate::Profiler for CallsProfiler {
     }
 
     fn stats(&self) -> ProfilerStats {
-        STATS.read_with_stale(&self.skel.maps.stats, self.stale_stacks)
+        let mut s = STATS.read_with_stale(&self.skel.maps.stats, self.stale_stacks);
+        s.context = self.contexts.stats(&self.skel.maps.ctx_stats);
+        s
+    }
+
+    fn observe_maps(&mut self, pid: u32, maps: &str) {
+        self.contexts.observe(pid, maps, &self.skel.maps.ctx_procs);
     }
 
     per_process_methods!();

@@ -24,6 +24,7 @@ use crate::mechanics::perf::{open_sampling_event, SamplingEvent};
 use crate::mechanics::record::{comm, decode, kind_of, record};
 use crate::mechanics::ring::RingReader;
 use crate::mechanics::skel::open_copying;
+use crate::mechanics::threadctx::ThreadContexts;
 use crate::mechanics::uprobe::{
     functions_matching, per_process, per_process_methods, resolve_binary, Followed, PerProcess,
 };
@@ -168,8 +169,10 @@ struct SampleEvent {
     copied: u32,
     comm: [u8; 16],
     cookie: u64,
+    /// The thread's interned context (`bpf/threadctx.h`), 0: none.
+    ctx: u64,
 }
-record!(SampleEvent, "sample_event", 56);
+record!(SampleEvent, "sample_event", 64);
 
 /// `struct slow_event` of latency.bpf.c: request `id` ended at least `threshold` slow.
 #[repr(C)]
@@ -210,6 +213,8 @@ struct Sample {
     user: i32,
     /// The copy's cookie, when the user stack was copied for DWARF unwinding.
     copied: Option<u64>,
+    /// The thread's interned context.
+    ctx: u64,
 }
 
 #[derive(Default)]
@@ -234,6 +239,7 @@ impl State {
                         user: e.user_stack,
                         comm: comm(&e.comm),
                         copied: (e.copied != 0).then_some(e.cookie),
+                        ctx: e.ctx,
                     });
                 }
             }
@@ -263,6 +269,7 @@ pub struct LatencyProfiler {
     threshold_ns: u64,
     buffers: Buffers,
     stale_stacks: u64,
+    contexts: ThreadContexts,
     /// Last: its links (USDT ones use the object's manager when they detach) and readers go
     /// first, and the object is closed after them.
     skel: LatencySkel<'static>,
@@ -354,6 +361,7 @@ impl LatencyProfiler {
             threshold_ns,
             buffers: Buffers::default(),
             stale_stacks: 0,
+            contexts: ThreadContexts::default(),
         };
         match &o.targets {
             None => p.attach(-1, None)?,
@@ -476,8 +484,9 @@ impl crate::Profiler for LatencyProfiler {
                 });
             }
             let ids: Vec<u64> = st.pending.keys().copied().collect();
-            // (pid, tid, comm, kernel, user stack id, unwound user stack, request) -> samples
-            type Key = (u32, u32, String, i32, i32, Option<Vec<u64>>, u64);
+            // (pid, tid, comm, kernel, user stack id, unwound user stack, request, context)
+            // -> samples
+            type Key = (u32, u32, String, i32, i32, Option<Vec<u64>>, u64, u64);
             let mut agg: HashMap<Key, u64> = HashMap::new();
             for id in ids {
                 if slow.contains_key(&id) {
@@ -486,8 +495,8 @@ impl crate::Profiler for LatencyProfiler {
                             (Some(c), Some(cookie)) => c.take_unwound(s.tid, cookie),
                             _ => None,
                         };
-                        *agg.entry((s.pid, s.tid, s.comm, s.kernel, s.user, unwound, id))
-                            .or_default() += 1;
+                        let key = (s.pid, s.tid, s.comm, s.kernel, s.user, unwound, id, s.ctx);
+                        *agg.entry(key).or_default() += 1;
                     }
                 } else if !in_flight.contains(&id) {
                     // Ended under the threshold: its samples, and their copies, go.
@@ -498,7 +507,7 @@ impl crate::Profiler for LatencyProfiler {
                     }
                 }
             }
-            for ((pid, tid, comm, k, u, unwound, id), n) in agg {
+            for ((pid, tid, comm, k, u, unwound, id, ctx), n) in agg {
                 let latency_ms = slow.get(&id).copied().unwrap_or(0) as f64 / 1e6;
                 out.events.push(Event {
                     pid,
@@ -513,7 +522,7 @@ impl crate::Profiler for LatencyProfiler {
                     labels: vec![("request", format!("{id:x} ({latency_ms:.1} ms)"))],
                     frames: Vec::new(),
                     keep_zero: 0,
-                    context: None,
+                    context: self.contexts.labels(ctx, &self.skel.maps.ctx_records),
                 });
             }
         }
@@ -521,6 +530,7 @@ impl crate::Profiler for LatencyProfiler {
             // Forgets the copies of samples no request kept, and processes that are gone.
             c.take(&self.skel.maps.dwarf_pids);
         }
+        self.contexts.prune(&self.skel.maps.ctx_procs);
         self.stale_stacks += stacks.stale;
         clear_if_half_full(&self.skel.maps.stacks, STACK_ENTRIES);
         // One histogram per process (the kind is always 0).
@@ -536,11 +546,13 @@ impl crate::Profiler for LatencyProfiler {
 
     /// `samples`: requests ended; `lost_map_full`: requests or samples BPF had no room for.
     fn stats(&self) -> ProfilerStats {
-        CopyReader::add_stats(
+        let mut s = CopyReader::add_stats(
             self.copies.as_ref(),
             &self.skel.maps.copy_stats,
             STATS.read_with_stale(&self.skel.maps.stats, self.stale_stacks),
-        )
+        );
+        s.context = self.contexts.stats(&self.skel.maps.ctx_stats);
+        s
     }
 
     per_process_methods!();
@@ -570,6 +582,7 @@ impl crate::Profiler for LatencyProfiler {
         if let Some(c) = &self.copies {
             c.observe_maps(&self.skel.maps.dwarf_pids, pid, maps);
         }
+        self.contexts.observe(pid, maps, &self.skel.maps.ctx_procs);
     }
 }
 

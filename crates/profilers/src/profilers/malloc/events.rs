@@ -28,9 +28,11 @@ struct AllocEvent {
     cookie: u64,
     /// jemalloc's profiling context of the allocation (`EV_JE_SAMPLED`), else 0.
     tctx: u64,
+    /// The thread's interned context (`bpf/threadctx.h`), 0: none.
+    ctx: u64,
     stack: StackEntry,
 }
-record!(AllocEvent, "alloc_event", 1096);
+record!(AllocEvent, "alloc_event", 1104);
 
 /// `struct free_event` of malloc.bpf.c: a sampled allocation freed.
 #[repr(C)]
@@ -97,8 +99,9 @@ fn weighed(kind: u32, size: u64, acc: u64) -> (f64, f64) {
     }
 }
 
-/// (pid, tid, comm, cgroup id, user stack): what a row is aggregated under.
-pub(super) type Key = (u32, u32, String, u64, Vec<u64>);
+/// (pid, tid, comm, cgroup id, user stack, interned thread context): what a row is aggregated
+/// under.
+pub(super) type Key = (u32, u32, String, u64, Vec<u64>, u64);
 
 /// Weighted sums: bytes, allocations, and the sampled events behind them.
 #[derive(Default)]
@@ -244,6 +247,7 @@ impl State {
             comm(&e.comm),
             e.cgroup_id,
             addresses(&e.stack[..frames]),
+            e.ctx,
         );
         match e.cookie {
             0 if kind == EV_JE_SAMPLED => {
@@ -335,6 +339,7 @@ mod tests {
             comm: [0; 16],
             cookie,
             tctx: 0,
+            ctx: 0,
             stack: [0; 127],
         };
         e.stack[..stack.len()].copy_from_slice(stack);

@@ -44,6 +44,7 @@ use crate::mechanics::copies::CopyReader;
 use crate::mechanics::maps::StatSlots;
 use crate::mechanics::ring::RingReader;
 use crate::mechanics::skel::open_copying;
+use crate::mechanics::threadctx::{ContextLabels, ThreadContexts};
 use crate::mechanics::uprobe::{per_process, per_process_methods, Followed, PerProcess};
 use crate::{preload, sys, Drained, Event, ProfilerError, ProfilerStats, StartOptions};
 
@@ -150,6 +151,9 @@ pub struct MallocProfiler {
     /// Executables read for a statically linked jemalloc, by path.
     je_binaries: HashMap<PathBuf, Option<Arc<StaticJemalloc>>>,
     sample_bytes: u64,
+    contexts: ThreadContexts,
+    /// Labels of the contexts rows have had, kept while rows may have them.
+    context_labels: HashMap<u64, ContextLabels>,
     /// Last: its links (USDT ones use the object's manager when they detach) and readers go
     /// first, and the object is closed after them.
     skel: MallocSkel<'static>,
@@ -260,6 +264,8 @@ impl MallocProfiler {
             lib,
             je_binaries: HashMap::new(),
             sample_bytes,
+            contexts: ThreadContexts::default(),
+            context_labels: HashMap::new(),
         };
         match (&o.targets, mode) {
             (None, Mode::Uprobe) => {
@@ -600,13 +606,28 @@ impl crate::Profiler for MallocProfiler {
         st.je_live.retain(|(pid, _), _| !dead.contains(pid));
         st.je_targets.retain(|&pid, _| sys::process_alive(pid));
         let window = std::mem::take(&mut st.window);
+        // A live row outlasts its context in BPF's table: each context is decoded once and
+        // kept while rows have it.
+        let (contexts, labels) = (&mut self.contexts, &mut self.context_labels);
+        let records = &self.skel.maps.ctx_records;
+        let mut context_of = |ctx: u64| -> Option<ContextLabels> {
+            if ctx == 0 {
+                return None;
+            }
+            if let Some(l) = labels.get(&ctx) {
+                return Some(l.clone());
+            }
+            let l = contexts.labels(ctx, records)?;
+            labels.insert(ctx, l.clone());
+            Some(l)
+        };
         let mut idxs: Vec<usize> = window.keys().chain(live.keys()).copied().collect();
         idxs.sort_unstable();
         idxs.dedup();
         let events = idxs
             .into_iter()
             .map(|i| {
-                let (pid, tid, comm, cgroup_id, user) = st.entries[i].clone();
+                let (pid, tid, comm, cgroup_id, user, ctx) = st.entries[i].clone();
                 let t = window.get(&i);
                 Event {
                     pid,
@@ -626,7 +647,7 @@ impl crate::Profiler for MallocProfiler {
                     labels: Vec::new(),
                     frames: Vec::new(),
                     keep_zero: 0,
-                    context: None,
+                    context: context_of(ctx),
                 }
             })
             .collect();
@@ -648,6 +669,13 @@ impl crate::Profiler for MallocProfiler {
                 v.idx = remap[&v.idx];
             }
         }
+        // Contexts no row has any more are forgotten.
+        if self.context_labels.len() > st.entries.len() {
+            let kept: HashSet<u64> = st.entries.iter().map(|k| k.5).collect();
+            self.context_labels.retain(|c, _| kept.contains(c));
+        }
+        drop(guard);
+        self.contexts.prune(&self.skel.maps.ctx_procs);
         Ok(Drained {
             events,
             histograms: Vec::new(),
@@ -660,6 +688,7 @@ impl crate::Profiler for MallocProfiler {
     fn stats(&self) -> ProfilerStats {
         let mut s = STATS.read(&self.skel.maps.stats);
         s.traps = crate::mechanics::maps::percpu_sum(&self.skel.maps.stats, STAT_TRAPS);
+        s.context = self.contexts.stats(&self.skel.maps.ctx_stats);
         CopyReader::add_stats(self.copies.as_ref(), &self.skel.maps.copy_stats, s)
     }
 
@@ -669,6 +698,7 @@ impl crate::Profiler for MallocProfiler {
         if let Some(c) = &self.copies {
             c.observe_maps(&self.skel.maps.dwarf_pids, pid, maps);
         }
+        self.contexts.observe(pid, maps, &self.skel.maps.ctx_procs);
     }
 
     per_process_methods!();
