@@ -1,5 +1,5 @@
 /* Baton thread context: the writer side. See baton_threadctx.h for the API and
- * docs/threadctx.md for the layout.
+ * docs/labels.md (Layout) for the layout.
  *
  * Per thread: a record (OpenTelemetry's thread-local context record), allocated the first time
  * the thread sets something and freed when it exits, and the initial-exec thread-local pointer

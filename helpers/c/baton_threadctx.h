@@ -15,7 +15,7 @@
  *     baton_ctx_clear();                          // the request is done
  *
  * The per-thread record is OpenTelemetry's thread-local context record, pointed to by the
- * thread-local `otel_thread_ctx_v1`; docs/threadctx.md describes the layout and where it
+ * thread-local `otel_thread_ctx_v1`; docs/labels.md (Layout) describes the layout and where it
  * departs from the OpenTelemetry proposal. Every function is safe to call from any thread;
  * each changes only the calling thread's labels. */
 #ifndef BATON_THREADCTX_H

@@ -47,11 +47,12 @@ pub fn attribute(config: &Config, batch: &mut Batch) -> HashMap<String, u64> {
     counts
 }
 
-/// The labels the config gives service `name`, added where the row has none of that name.
+/// The labels the config gives service `name`: they win over what a thread published under the
+/// same name (the config checks they never take a column's or a profiler's name).
 fn add_service_labels(config: &Config, name: &str, labels: &mut baton_model::Labels) {
     if let Some(svc) = config.services.get(name) {
         for (k, v) in &svc.labels {
-            labels.entry(k.clone()).or_insert_with(|| v.clone());
+            labels.insert(k.clone(), v.clone());
         }
     }
 }

@@ -101,6 +101,8 @@ pub struct PodDirectory {
     pods: RwLock<HashMap<String, Pod>>,
     /// A UID was asked for that is not listed: refresh soon.
     missing: std::sync::atomic::AtomicBool,
+    /// UIDs that made a refresh happen sooner since the last regular one: each does once.
+    asked: std::sync::Mutex<std::collections::HashSet<String>>,
     errors: std::sync::atomic::AtomicU64,
 }
 
@@ -123,23 +125,31 @@ impl PodDirectory {
             url: format!("{base}/pods"),
             pods: RwLock::new(HashMap::new()),
             missing: Default::default(),
+            asked: Default::default(),
             errors: Default::default(),
         });
-        dir.refresh();
         let weak = Arc::downgrade(&dir);
         std::thread::Builder::new()
             .name("baton-kubelet".into())
             .spawn(move || {
-                let mut last = Instant::now();
+                // The first read is here too: a kubelet that does not answer never delays a
+                // start.
+                let mut last: Option<Instant> = None;
                 loop {
-                    std::thread::sleep(Duration::from_millis(250));
                     let Some(d) = weak.upgrade() else { return };
+                    let since = last.map(|t| t.elapsed());
                     let soon = d.missing.load(std::sync::atomic::Ordering::Relaxed)
-                        && last.elapsed() >= SOONEST;
-                    if soon || last.elapsed() >= REFRESH {
+                        && since.is_none_or(|s| s >= SOONEST);
+                    if since.is_none_or(|s| s >= REFRESH) {
+                        sync::lock(&d.asked).clear();
                         d.refresh();
-                        last = Instant::now();
+                        last = Some(Instant::now());
+                    } else if soon {
+                        d.refresh();
+                        last = Some(Instant::now());
                     }
+                    drop(d);
+                    std::thread::sleep(Duration::from_millis(250));
                 }
             })
             .map_err(|e| format!("starting the kubelet reader: {e}"))?;
@@ -149,7 +159,9 @@ impl PodDirectory {
     /// The pod of `uid`, if the kubelet lists it.
     pub fn pod(&self, uid: &str) -> Option<Pod> {
         let p = sync::read(&self.pods).get(uid).cloned();
-        if p.is_none() {
+        // An unlisted pod makes one early read; one the kubelet still does not list waits for
+        // the regular one.
+        if p.is_none() && sync::lock(&self.asked).insert(uid.to_string()) {
             self.missing
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -246,12 +258,22 @@ fn http_get(url: &str) -> Result<Vec<u8>, String> {
         .ok_or("not an http:// address")?;
     let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
     let path = format!("/{}", path.trim_start_matches('/'));
-    let addr = if host.contains(':') {
+    // A port after the host, or after an IPv6 address's brackets.
+    let has_port = match host.rfind(']') {
+        Some(end) => host[end..].contains(':'),
+        None => host.contains(':'),
+    };
+    let addr = if has_port {
         host.to_string()
     } else {
         format!("{host}:80")
     };
-    let mut s = TcpStream::connect(&addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let sock = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+        .map_err(|e| format!("resolving {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to nothing"))?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     s.set_write_timeout(Some(Duration::from_secs(10))).ok();
     // One write: a server that answers on the first segment it reads sees the whole request.

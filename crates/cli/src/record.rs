@@ -318,7 +318,8 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "thread context: {} processes publish it; {} samples or events read it ({} reads \
              failed); {} labels cut to {} bytes, {} dropped as invalid, {} over the cap of {} \
-             values per key",
+             values per key and window, {} rows lost theirs (evicted before the drain), {} \
+             processes not read (their pointer's offset varies by thread)",
             c.processes,
             c.read,
             c.failed,
@@ -327,6 +328,8 @@ pub fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
             c.invalid,
             c.over_cap,
             baton_profilers::threadctx::DEFAULT_VALUES_PER_KEY,
+            c.missing,
+            c.offset_varies,
         );
     }
     print_histograms(&report.batch.histograms);

@@ -14,7 +14,7 @@
 #define BATON_THREADCTX_H
 
 #define CTX_HEAD_BYTES 28
-#define CTX_ATTRS_MAX 228
+#define CTX_ATTRS_MAX 220
 #define CTX_VALID_AT 24
 #define CTX_SIZE_AT 26
 
@@ -29,16 +29,17 @@ enum {
 // One process that publishes thread context (`CtxProc` in Rust).
 struct ctx_proc {
     __s64 tls_offset; // where the thread's record pointer is, from its thread pointer
-    __u64 pad;
+    __u64 cookie;     // which process this pid is: user space's number for it
 };
 _Static_assert(sizeof(struct ctx_proc) == 16, "ctx_proc is CtxProc in Rust");
 
 // A record as read (`CtxRecord` in Rust): `attrs_read` bytes of attributes were read, of the
-// `attrs-data-size` the record's head gives.
+// `attrs-data-size` the record's head gives; `pid` and `cookie` say whose it is.
 struct ctx_record {
     __u32 pid;
     __u16 attrs_read;
     __u16 pad;
+    __u64 cookie; // the process's (`ctx_proc`): a reused pid interns apart
     __u8 head[CTX_HEAD_BYTES];
     __u8 attrs[CTX_ATTRS_MAX];
 };
@@ -53,7 +54,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, 4096);
+    __uint(max_entries, 8192);
     __type(key, __u64);
     __type(value, struct ctx_record);
 } ctx_records SEC(".maps");
@@ -126,6 +127,7 @@ static __always_inline __u64 thread_ctx(__u32 tgid)
         return 0;
     }
     r->pid = tgid;
+    r->cookie = p->cookie;
     r->attrs_read = n;
     // FNV-1a over 8-byte words, with a shift to spread the high bits.
     __u64 h = 0xcbf29ce484222325ULL;

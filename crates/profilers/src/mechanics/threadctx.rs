@@ -33,7 +33,8 @@ const PAGE_BYTES: usize = HEADER_BYTES + MAX_KEYS * KEY_BYTES;
 pub const MAX_VALUE_BYTES: usize = 128;
 /// Distinct values kept per key; later new values are dropped.
 pub const DEFAULT_VALUES_PER_KEY: usize = 1000;
-/// Labels Baton fills itself: a published key of that name is stored as `ctx_<name>`.
+/// Labels Baton fills itself (its columns, the profilers' own, a container's and a pod's): a
+/// published key of that name is stored as `ctx_<name>`.
 const RESERVED: &[&str] = &[
     "comm",
     "pid",
@@ -46,14 +47,34 @@ const RESERVED: &[&str] = &[
     "trace_id",
     "span_id",
     "baton_weight",
+    "state",
+    "syscall",
+    "op",
+    "function",
+    "request",
+    "kernel",
+    "api",
+    "grid",
+    "block",
+    "stream",
+    "gpu",
+    "gpu_name",
+    "container_id",
+    "pod_uid",
+    "pod",
+    "namespace",
+    "container",
 ];
+/// Header flag: a thread found its pointer at another offset from its thread pointer than the
+/// header gives (the variable is in dynamic TLS); BPF would read the wrong memory.
+const FLAG_OFFSET_VARIES: u32 = 1;
 
 /// `struct ctx_proc` of threadctx.h.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct CtxProc {
     pub tls_offset: i64,
-    pub pad: u64,
+    pub cookie: u64,
 }
 record!(CtxProc, "ctx_proc", 16);
 
@@ -64,8 +85,9 @@ pub(crate) struct CtxRecord {
     pub pid: u32,
     pub attrs_read: u16,
     pub pad: u16,
+    pub cookie: u64,
     pub head: [u8; 28],
-    pub attrs: [u8; 228],
+    pub attrs: [u8; 220],
 }
 record!(CtxRecord, "ctx_record", 264);
 
@@ -84,14 +106,16 @@ pub struct ContextStats {
     pub invalid: u64,
     /// Labels dropped because their key had reached its cap of distinct values.
     pub over_cap: u64,
-    /// Rows whose context was no longer in BPF's table at drain time.
+    /// Rows whose context was no longer in BPF's table at drain time (their labels are lost).
     pub missing: u64,
+    /// Processes not read: their helper found its thread pointer offset varies by thread.
+    pub offset_varies: u64,
 }
 
 impl ContextStats {
     /// Labels left out or changed, for summaries.
     pub fn dropped(&self) -> u64 {
-        self.cut + self.invalid + self.over_cap
+        self.cut + self.invalid + self.over_cap + self.missing
     }
 }
 
@@ -99,6 +123,8 @@ impl ContextStats {
 struct Published {
     header: u64,
     start_time: u64,
+    /// This process's number, which BPF copies into its records.
+    cookie: u64,
     generation: u32,
     keys: Vec<Option<String>>,
 }
@@ -106,6 +132,7 @@ struct Published {
 /// The header page as read from a process.
 struct Header {
     tls_offset: i64,
+    flags: u32,
     generation: u32,
     keys: Vec<Option<String>>,
 }
@@ -117,10 +144,16 @@ pub type ContextLabels = Arc<[(String, String)]>;
 /// `ctx_procs`), their keys, and the labels of each context seen.
 pub struct ThreadContexts {
     procs: HashMap<u32, Published>,
+    /// Processes replaced under their pid (or gone) whose rows may still be drained: kept
+    /// until the end of the drain after.
+    retired: Vec<(u32, Published)>,
+    next_cookie: u64,
     decoded: HashMap<u64, ContextLabels>,
     values: HashMap<String, HashSet<String>>,
     values_per_key: usize,
     stats: ContextStats,
+    /// (pid, start time) of processes not read because their offset varies.
+    refused: HashSet<(u32, u64)>,
 }
 
 impl Default for ThreadContexts {
@@ -133,10 +166,13 @@ impl ThreadContexts {
     pub fn new(values_per_key: usize) -> ThreadContexts {
         ThreadContexts {
             procs: HashMap::new(),
+            retired: Vec::new(),
+            next_cookie: 1,
             decoded: HashMap::new(),
             values: HashMap::new(),
             values_per_key,
             stats: ContextStats::default(),
+            refused: HashSet::new(),
         }
     }
 
@@ -147,8 +183,11 @@ impl ThreadContexts {
             // An exiting process's maps are empty: it is forgotten by `prune`, after its last
             // rows are decoded. One that exec'd into a program without the header is forgotten
             // now.
-            if !maps.is_empty() && self.procs.remove(&pid).is_some() {
-                let _ = procs.delete(&pid.to_ne_bytes());
+            if !maps.is_empty() {
+                if let Some(old) = self.procs.remove(&pid) {
+                    let _ = procs.delete(&pid.to_ne_bytes());
+                    self.retired.push((pid, old));
+                }
             }
             return;
         };
@@ -169,24 +208,43 @@ impl ThreadContexts {
         let Some(h) = read_header(pid, addr) else {
             return;
         };
+        if h.flags & FLAG_OFFSET_VARIES != 0 {
+            // Another thread's pointer is elsewhere: reading at the header's offset could
+            // decode any of its memory as labels.
+            if self.refused.insert((pid, start_time)) {
+                self.stats.offset_varies += 1;
+            }
+            let _ = procs.delete(&pid.to_ne_bytes());
+            if let Some(old) = self.procs.remove(&pid) {
+                self.retired.push((pid, old));
+            }
+            return;
+        }
+        let cookie = self.next_cookie;
+        self.next_cookie += 1;
         let value = CtxProc {
             tls_offset: h.tls_offset,
-            pad: 0,
+            cookie,
         };
         if procs
             .update(&pid.to_ne_bytes(), bytes_of(&value), MapFlags::ANY)
             .is_ok()
         {
             self.stats.processes += 1;
-            self.procs.insert(
+            let replaced = self.procs.insert(
                 pid,
                 Published {
                     header: addr,
                     start_time,
+                    cookie,
                     generation: h.generation,
                     keys: h.keys,
                 },
             );
+            // The process this pid named before: its rows may still be drained.
+            if let Some(old) = replaced {
+                self.retired.push((pid, old));
+            }
         }
     }
 
@@ -194,6 +252,8 @@ impl ThreadContexts {
     /// reads a new process at an old one's offset. Call it at the end of each drain: the
     /// drained rows of a process that just exited are decoded with its keys first.
     pub(crate) fn prune(&mut self, procs: &(impl MapCore + ?Sized)) {
+        // Those retired before this drain have had their rows decoded.
+        self.retired.clear();
         let gone: Vec<u32> = self
             .procs
             .iter()
@@ -201,11 +261,17 @@ impl ThreadContexts {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
-            self.procs.remove(&pid);
-            let _ = procs.delete(&pid.to_ne_bytes());
+            if let Some(old) = self.procs.remove(&pid) {
+                let _ = procs.delete(&pid.to_ne_bytes());
+                // Rows still in BPF's other buffer are decoded at the next drain.
+                self.retired.push((pid, old));
+            }
         }
         // Interned records are looked up again each window: BPF's table is an LRU.
         self.decoded.clear();
+        // The cap is per window: one busy window never starves the next.
+        self.values.clear();
+        self.refused.retain(|(pid, t)| start_time(*pid) == *t);
     }
 
     /// The labels of context `id` (0: none), read from BPF's `ctx_records`.
@@ -275,7 +341,7 @@ impl ThreadContexts {
             if !seen.insert(key) {
                 continue;
             }
-            let Some(name) = self.key_name(r.pid, key) else {
+            let Some(name) = self.key_name(r.pid, r.cookie, key) else {
                 self.stats.invalid += 1;
                 continue;
             };
@@ -311,10 +377,18 @@ impl ThreadContexts {
         out
     }
 
-    /// A key index's label name in process `pid`, re-reading its header once when the index
-    /// is past what was read (keys are only ever appended).
-    fn key_name(&mut self, pid: u32, key: u8) -> Option<String> {
-        let p = self.procs.get_mut(&pid)?;
+    /// A key index's label name in the process `pid` and `cookie` name, re-reading its header
+    /// once when the index is past what was read (keys are only ever appended).
+    fn key_name(&mut self, pid: u32, cookie: u64, key: u8) -> Option<String> {
+        let live = self.procs.get_mut(&pid).filter(|p| p.cookie == cookie);
+        let p = match live {
+            Some(p) => p,
+            None => self
+                .retired
+                .iter_mut()
+                .find(|(rp, p)| *rp == pid && p.cookie == cookie)
+                .map(|(_, p)| p)?,
+        };
         if p.keys.get(key as usize).is_none_or(|k| k.is_none()) {
             let h = read_header(pid, p.header)?;
             if h.generation != p.generation {
@@ -375,6 +449,7 @@ fn parse_header(page: &[u8]) -> Option<Header> {
     }
     let count = (u32_at(12) as usize).min(MAX_KEYS);
     let tls_offset = i64::from_ne_bytes(page[16..24].try_into().ok()?);
+    let flags = u32_at(24);
     let generation = u32_at(28);
     let keys = (0..count)
         .map(|i| {
@@ -385,6 +460,7 @@ fn parse_header(page: &[u8]) -> Option<Header> {
         .collect();
     Some(Header {
         tls_offset,
+        flags,
         generation,
         keys,
     })
@@ -438,6 +514,7 @@ mod tests {
             Published {
                 header: 0,
                 start_time: 1,
+                cookie: 1,
                 generation: h.generation,
                 keys: h.keys,
             },
@@ -450,8 +527,9 @@ mod tests {
             pid: 7,
             attrs_read: attrs.len() as u16,
             pad: 0,
+            cookie: 1,
             head: [0; 28],
-            attrs: [0; 228],
+            attrs: [0; 220],
         };
         r.head[..16].fill(trace);
         r.head[16..24].fill(trace);
