@@ -35,7 +35,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let code = match e {
-            StoreError::UnknownLabel(_) | StoreError::BadFilter(_) => StatusCode::BAD_REQUEST,
+            StoreError::UnknownLabel(_)
+            | StoreError::BadFilter(_)
+            | StoreError::TagFilter { .. } => StatusCode::BAD_REQUEST,
             // Another server is writing the same batch: the sender retries later.
             StoreError::InFlight { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

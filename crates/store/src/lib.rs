@@ -60,6 +60,13 @@ pub enum StoreError {
     UnknownLabel(String),
     #[error("bad filter {0:?}; write it as label=value, label!=value or label~regex")]
     BadFilter(String),
+    /// A filter on a Stack Schema tag where stacks are not read (time series, timelines,
+    /// histograms, a level's label totals).
+    #[error(
+        "a filter on the Stack Schema tag `{tag}` applies to flame graphs, top tables, exports \
+         and label totals, not to {what}"
+    )]
+    TagFilter { tag: String, what: &'static str },
     /// Another server sharing the ClickHouse store is writing this batch now (its intent row is
     /// younger than [`IN_FLIGHT_GRACE_MS`]): the sender should retry later, when that write
     /// has either finished (the retry is a duplicate) or been abandoned (the retry completes

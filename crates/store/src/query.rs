@@ -205,6 +205,23 @@ impl Query {
     pub fn is_tag(&self, label: &str) -> bool {
         self.schema.as_ref().is_some_and(|s| s.tags_key(label))
     }
+
+    /// An error when the query filters on a Stack Schema tag, for answers (`what`) that do not
+    /// read stacks and so cannot apply one.
+    pub(crate) fn no_tag_filter(&self, what: &'static str) -> Result<(), StoreError> {
+        match self.filters.iter().find(|f| self.is_tag(&f.label)) {
+            Some(f) => Err(StoreError::TagFilter {
+                tag: f.label.clone(),
+                what,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether any filter is on a Stack Schema tag.
+    pub(crate) fn has_tag_filter(&self) -> bool {
+        self.filters.iter().any(|f| self.is_tag(&f.label))
+    }
 }
 
 impl Query {

@@ -18,6 +18,10 @@ use crate::{Query, StoreError, Timeline, TimelineQuery, TimelineSpan, Unsymboliz
 /// innermost first), when it has them.
 pub(crate) type StoredFrame = (u64, Frame, Option<String>);
 
+/// A stack's total in one service and under one value of a label: (stack id, service, value,
+/// total).
+pub(crate) type StackServiceRow = (u64, String, String, f64);
+
 /// One summed histogram bucket: (name, unit, key, le, count).
 pub(crate) type BucketRow = (String, String, String, u64, f64);
 
@@ -28,8 +32,13 @@ pub(crate) trait Backend {
     /// Weighted totals per stack id for a query: the one aggregation every view starts from.
     fn stack_totals(&mut self, q: &Query) -> Result<Vec<(u64, f64)>, StoreError>;
     /// Weighted totals per (stack id, service, '' for none), for Stack Schema rules that
-    /// belong to services.
-    fn stack_service_totals(&mut self, q: &Query) -> Result<Vec<(u64, String, f64)>, StoreError>;
+    /// belong to services; with a label (checked by [`crate::query::group_label`]), per
+    /// (stack, service, value of the label) (the value '' without one).
+    fn stack_service_totals(
+        &mut self,
+        q: &Query,
+        label: Option<&str>,
+    ) -> Result<Vec<StackServiceRow>, StoreError>;
     /// Totals of a level (`live_bytes`) per stack or label value, from the rows of
     /// [`crate::series::level_totals_sql`] through [`crate::series::level_totals`].
     fn level_totals(&mut self, q: &Query, key: LevelKey) -> Result<Totals, StoreError>;
@@ -105,6 +114,7 @@ macro_rules! shared_store_methods {
             &mut self,
             q: &$crate::Query,
         ) -> Result<Vec<baton_model::Histogram>, $crate::StoreError> {
+            q.no_tag_filter("histograms")?;
             $crate::read::histograms(&mut self.$backend, q)
         }
 
@@ -140,6 +150,11 @@ macro_rules! shared_store_methods {
                 return self.cache.tag_totals(&mut self.$backend, q, label, limit);
             }
             let label = $crate::query::group_label(label)?;
+            if q.has_tag_filter() {
+                return self
+                    .cache
+                    .filtered_label_totals(&mut self.$backend, q, label, limit);
+            }
             $crate::read::label_totals(&mut self.$backend, q, label, limit)
         }
     };
@@ -187,6 +202,8 @@ pub(crate) fn label_totals<B: Backend>(
 /// (indexes into its frames, inlined ones first, leaf first; `None`: all).
 struct SchemaRow {
     sid: u64,
+    /// The rows' service, when the rules have some of a service's ('' otherwise).
+    service: String,
     value: f64,
     tags: Tags,
     keep: Option<Vec<usize>>,
@@ -198,7 +215,7 @@ type Tags = Vec<(String, String)>;
 /// What the Stack Schema made of a stack: its tags and the frames it keeps (`None`: all).
 type Applied = (Tags, Option<Vec<usize>>);
 
-/// A label filter on a Stack Schema tag: a stack without the tag has it as ''.
+/// A label filter on a Stack Schema tag, with a stored label's semantics.
 struct TagFilter<'a> {
     filter: &'a crate::Filter,
     regex: Option<regex::Regex>,
@@ -219,16 +236,19 @@ impl<'a> TagFilter<'a> {
 
     fn keeps(&self, tags: &[(String, String)]) -> bool {
         let f = self.filter;
+        // As for a stored label: `=`, `~` and a set need the tag; `!=` and "none of" pass a
+        // stack without it.
         let v = tags
             .iter()
             .find(|(k, _)| *k == f.label)
-            .map_or("", |(_, v)| v.as_str());
-        match f.op {
-            crate::FilterOp::Eq => v == f.value,
-            crate::FilterOp::NotEq => v != f.value,
-            crate::FilterOp::Regex => self.regex.as_ref().is_some_and(|r| r.is_match(v)),
-            crate::FilterOp::AnyOf => f.values.iter().any(|x| x == v),
-            crate::FilterOp::NoneOf => !f.values.iter().any(|x| x == v),
+            .map(|(_, v)| v.as_str());
+        match (f.op, v) {
+            (crate::FilterOp::Eq, v) => v == Some(f.value.as_str()),
+            (crate::FilterOp::NotEq, v) => v != Some(f.value.as_str()),
+            (crate::FilterOp::Regex, Some(v)) => self.regex.as_ref().is_some_and(|r| r.is_match(v)),
+            (crate::FilterOp::Regex, None) => false,
+            (crate::FilterOp::AnyOf, v) => v.is_some_and(|v| f.values.iter().any(|x| x == v)),
+            (crate::FilterOp::NoneOf, v) => !v.is_some_and(|v| f.values.iter().any(|x| x == v)),
         }
     }
 }
@@ -356,6 +376,68 @@ impl Cache {
         Ok(out)
     }
 
+    /// Totals per value of a stored label over the stacks that pass the query's filters on
+    /// Stack Schema tags: per (stack, service, value) from the store, filtered here.
+    pub(crate) fn filtered_label_totals<B: Backend>(
+        &mut self,
+        b: &mut B,
+        q: &Query,
+        label: &str,
+        limit: usize,
+    ) -> Result<Totals, StoreError> {
+        self.refresh(b)?;
+        if q.value.as_deref().is_some_and(crate::is_level) {
+            return Err(StoreError::TagFilter {
+                tag: q
+                    .filters
+                    .iter()
+                    .find(|f| q.is_tag(&f.label))
+                    .map(|f| f.label.clone())
+                    .unwrap_or_default(),
+                what: "a level's label totals",
+            });
+        }
+        let rows = b.stack_service_totals(q, Some(label))?;
+        // The stacks' tags, through the same path (and cache) as every other answer.
+        let mut per_stack: HashMap<(u64, String), f64> = HashMap::new();
+        let service_rules = q.schema.as_ref().is_some_and(|s| s.has_service_rules());
+        for (sid, service, _, v) in &rows {
+            let svc = if service_rules {
+                service.clone()
+            } else {
+                String::new()
+            };
+            *per_stack.entry((*sid, svc)).or_default() += v;
+        }
+        let kept: std::collections::HashSet<(u64, String)> = self
+            .schema_rows_of(
+                b,
+                q,
+                per_stack
+                    .into_iter()
+                    .map(|((s, svc), v)| (s, svc, v))
+                    .collect(),
+            )?
+            .into_iter()
+            .map(|r| (r.sid, r.service))
+            .collect();
+        let mut by: HashMap<String, f64> = HashMap::new();
+        for (sid, service, value, v) in rows {
+            let svc = if service_rules {
+                service
+            } else {
+                String::new()
+            };
+            if !value.is_empty() && kept.contains(&(sid, svc)) {
+                *by.entry(value).or_default() += v;
+            }
+        }
+        let mut out: Totals = by.into_iter().collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// The query's per-stack totals with its Stack Schema applied: each stack's tags and the
     /// frames it keeps, the stacks that fail a filter on a tag left out. Stacks are cached.
     fn schema_rows<B: Backend>(
@@ -367,21 +449,37 @@ impl Cache {
         let level = q.value.as_deref().is_some_and(crate::is_level);
         let rows: Vec<(u64, String, f64)> = match &schema {
             // A level's totals are per stack only: a service's own rules do not apply to it.
-            Some(s) if s.has_service_rules() && !level => b.stack_service_totals(q)?,
+            Some(s) if s.has_service_rules() && !level => b
+                .stack_service_totals(q, None)?
+                .into_iter()
+                .map(|(sid, service, _, v)| (sid, service, v))
+                .collect(),
             _ => totals(b, q)?
                 .into_iter()
                 .map(|(sid, v)| (sid, String::new(), v))
                 .collect(),
         };
+        self.schema_rows_of(b, q, rows)
+    }
+
+    /// What the query's Stack Schema makes of per-(stack, service) totals: each one's tags and
+    /// kept frames, those failing a filter on a tag left out. Stacks are read and cached.
+    fn schema_rows_of<B: Backend>(
+        &mut self,
+        b: &mut B,
+        q: &Query,
+        rows: Vec<(u64, String, f64)>,
+    ) -> Result<Vec<SchemaRow>, StoreError> {
         let mut ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
         ids.sort_unstable();
         ids.dedup();
         self.fill(b, &ids)?;
-        let Some(schema) = schema else {
+        let Some(schema) = q.schema.clone().filter(|s| !s.is_empty()) else {
             return Ok(rows
                 .into_iter()
-                .map(|(sid, _, value)| SchemaRow {
+                .map(|(sid, service, value)| SchemaRow {
                     sid,
+                    service,
                     value,
                     tags: Vec::new(),
                     keep: None,
@@ -401,21 +499,22 @@ impl Cache {
         let mut out = Vec::with_capacity(rows.len());
         for (sid, service, value) in rows {
             let key = (sid, service);
-            if !self.applied.contains_key(&key) {
+            // A stack not stored yet (its rows came first) is not cached as untagged.
+            if !self.applied.contains_key(&key) && self.stacks.contains_key(&sid) {
                 let names = self.expanded_names(sid);
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                 let a = schema.apply(&key.1, &refs);
                 let keep = (a.keep.len() != names.len()).then_some(a.keep);
                 self.applied.insert(key.clone(), (a.tags, keep));
             }
-            let Some((tags, keep)) = self.applied.get(&key) else {
-                continue;
-            };
+            let none: Applied = (Vec::new(), None);
+            let (tags, keep) = self.applied.get(&key).unwrap_or(&none);
             if !tag_filters.iter().all(|f| f.keeps(tags)) {
                 continue;
             }
             out.push(SchemaRow {
                 sid,
+                service: key.1.clone(),
                 value,
                 tags: tags.clone(),
                 keep: keep.clone(),
@@ -434,7 +533,10 @@ impl Cache {
     ) -> Result<(f64, Vec<baton_model::schema::RuleMatch>), StoreError> {
         self.refresh(b)?;
         let rows: Vec<(u64, String, f64)> = if schema.has_service_rules() {
-            b.stack_service_totals(q)?
+            b.stack_service_totals(q, None)?
+                .into_iter()
+                .map(|(sid, service, _, v)| (sid, service, v))
+                .collect()
         } else {
             totals(b, q)?
                 .into_iter()

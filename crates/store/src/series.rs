@@ -130,6 +130,7 @@ pub(crate) fn series<B: crate::read::Backend>(
     step_ms: i64,
     group_by: Option<&str>,
 ) -> Result<Vec<Series>, StoreError> {
+    q.no_tag_filter("time series")?;
     let col = group_by.map(crate::query::group_label).transpose()?;
     let mut by_key: BTreeMap<String, Vec<Point>> = BTreeMap::new();
     for (ts_ms, key, value) in b.series(q, step_ms, col)? {

@@ -747,6 +747,26 @@ fn stack_schema_tags_filters_and_collapses(s: &mut dyn Store) {
         s.label_values(&all, "feature", 10).expect("tags"),
         vec![("ui".to_string(), 20.0), ("cache".to_string(), 10.0)]
     );
+    // A stored label's totals over the stacks a tag filter keeps.
+    assert_eq!(
+        s.label_values(&with(all.clone(), "component=db"), "service", 10)
+            .expect("filtered"),
+        vec![("db".to_string(), 30.0), ("web".to_string(), 10.0)]
+    );
+    assert_eq!(
+        s.label_values(&with(all.clone(), "feature=ui"), "service", 10)
+            .expect("filtered by a service's rule"),
+        vec![("web".to_string(), 20.0)]
+    );
+    // What reads no stacks refuses a filter on a tag rather than ignore it.
+    assert!(matches!(
+        s.series(&with(all.clone(), "component=db"), 1_000, None),
+        Err(StoreError::TagFilter { .. })
+    ));
+    assert!(matches!(
+        s.histograms(&with(all.clone(), "component=db")),
+        Err(StoreError::TagFilter { .. })
+    ));
     // Filtered by a tag, or by its absence.
     assert_eq!(
         s.profile(&with(all.clone(), "component=db"))

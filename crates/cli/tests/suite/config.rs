@@ -449,6 +449,19 @@ fn stack_schema_rules_tag_collapse_and_count_at_query_time() {
         (by_comm - total).abs() < 1e-6 * total.max(1.0),
         "{by_comm} vs {total}"
     );
+    // The UI groups by the tag, and offers pods and namespaces as filters.
+    let dom = chromium_dom(&format!(
+        "http://{}/explore?profiler=cpu&since=10m&{filter}&by=component",
+        up.addr
+    ));
+    assert!(
+        dom.contains("data-by-value=\"hot\""),
+        "no group-by row for the tag:\n{dom}"
+    );
+    assert!(
+        dom.contains("id=\"f-pod\"") && dom.contains("id=\"f-namespace\""),
+        "{dom}"
+    );
     // `baton config check --server` counts what each rule matches there.
     let out = run(baton().args([
         "config",

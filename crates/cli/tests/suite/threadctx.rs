@@ -363,3 +363,41 @@ fn labels_from_rust_split_cpu_time_75_25() {
     let (samples, log) = record("cpu", &[], &mut cmd, &[]);
     check_split("Rust cpu", &samples, &log);
 }
+
+/// /a's share of `index`'s value among samples labelled /a or /b.
+fn share_of_a(samples: &[RawSample], index: usize) -> (f64, f64) {
+    let (mut a, mut b) = (0.0, 0.0);
+    for s in samples {
+        let v = s.values.get(index).copied().unwrap_or(0.0);
+        match label(s, "endpoint") {
+            "/a" => a += v,
+            "/b" => b += v,
+            _ => {}
+        }
+    }
+    (100.0 * a / (a + b).max(f64::MIN_POSITIVE), a + b)
+}
+
+#[test]
+fn labels_split_allocations_and_calls_too() {
+    require_root();
+    let w = workload("threadctx").display().to_string();
+    // malloc: 3 MiB under /a for each 1 MiB under /b, sampled in the process.
+    let mut cmd = vec![w.clone(), "alloc".into(), "2".into()];
+    let (samples, log) = record("malloc", &["--opt", "sample_bytes=65536"], &mut cmd, &[]);
+    let (share, total) = share_of_a(&samples, 0);
+    assert!(total > 0.0, "no labelled allocations:\n{log}");
+    assert!(
+        (70.0..=80.0).contains(&share),
+        "malloc: /a has {share:.1}% of the bytes\n{log}"
+    );
+    // calls: burn_until runs once a slice, 3 of 4 slices under /a: exactly 75%.
+    let mut cmd = vec![w, "cpu".into(), "2".into()];
+    let (samples, log) = record("calls", &["--opt", "probe=burn_until"], &mut cmd, &[]);
+    let (share, total) = share_of_a(&samples, 0);
+    assert!(total >= 300.0, "{total} labelled calls:\n{log}");
+    assert!(
+        (74.0..=76.0).contains(&share),
+        "calls: /a has {share:.1}% of the calls\n{log}"
+    );
+}

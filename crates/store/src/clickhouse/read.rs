@@ -10,7 +10,7 @@ use baton_model::{Frame, FrameKind, ValueType};
 use super::http::Http;
 use crate::dict::{symbol_key, Dictionary};
 use crate::query::{group_expr, inline, quote, Dialect, Query};
-use crate::read::{id_list, Backend, BucketRow, StoredFrame, Totals};
+use crate::read::{id_list, Backend, BucketRow, StackServiceRow, StoredFrame, Totals};
 use crate::series::{level_totals, level_totals_sql, series_sql, LevelKey, SeriesRow};
 use crate::{RunRecord, StoreError, TimelineQuery, TimelineSpan, Unsymbolized};
 
@@ -48,13 +48,25 @@ impl Backend for Http {
         self.pairs(&self.samples_sql(q, "stack_id, sum(value * weight)", " GROUP BY stack_id"))
     }
 
-    fn stack_service_totals(&mut self, q: &Query) -> Result<Vec<(u64, String, f64)>, StoreError> {
+    fn stack_service_totals(
+        &mut self,
+        q: &Query,
+        label: Option<&str>,
+    ) -> Result<Vec<StackServiceRow>, StoreError> {
+        let l = label.map_or("''".to_string(), |l| group_expr(l, Dialect::ClickHouse));
         let sql = self.samples_sql(
             q,
-            "stack_id, service, sum(value * weight)",
-            " GROUP BY stack_id, service",
+            &format!("stack_id, service AS s, {l} AS l, sum(value * weight)"),
+            " GROUP BY stack_id, s, l",
         );
-        self.keyed(&sql)
+        Ok(self
+            .rows(&sql)?
+            .into_iter()
+            .filter_map(|r| {
+                let text = |i| field(&r, i).unwrap_or_default();
+                Some((parsed(&r, 0)?, text(1), text(2), parsed(&r, 3)?))
+            })
+            .collect())
     }
 
     fn level_totals(&mut self, q: &Query, key: LevelKey) -> Result<Totals, StoreError> {

@@ -7,7 +7,7 @@ use duckdb::{params_from_iter, Connection};
 
 use crate::dict::Dictionary;
 use crate::query::{group_expr, Dialect, Param, Query};
-use crate::read::{id_list, Backend, BucketRow, StoredFrame, Totals};
+use crate::read::{id_list, Backend, BucketRow, StackServiceRow, StoredFrame, Totals};
 use crate::series::{level_totals, level_totals_sql, series_sql, LevelKey, SeriesRow};
 use crate::{ControlRecord, RunRecord, StoreError, TimelineQuery, TimelineSpan, Unsymbolized};
 
@@ -38,13 +38,24 @@ impl Backend for Connection {
         Ok(rows)
     }
 
-    fn stack_service_totals(&mut self, q: &Query) -> Result<Vec<(u64, String, f64)>, StoreError> {
+    fn stack_service_totals(
+        &mut self,
+        q: &Query,
+        label: Option<&str>,
+    ) -> Result<Vec<StackServiceRow>, StoreError> {
         let (wh, params) = q.where_clause();
+        let l = label.map_or("''".to_string(), |l| group_expr(l, Dialect::DuckDb));
         let sql = format!(
-            "SELECT stack_id, coalesce(service, ''), sum(value * weight) FROM samples
-             WHERE {wh} GROUP BY stack_id, service"
+            "SELECT stack_id, coalesce(service, '') AS s, {l} AS l, sum(value * weight)
+             FROM samples WHERE {wh} GROUP BY stack_id, s, l"
         );
-        self.triples(&sql, &params)
+        let mut st = self.prepare(&sql)?;
+        let rows = st
+            .query_map(params_from_iter(to_values(&params)), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     fn level_totals(&mut self, q: &Query, key: LevelKey) -> Result<Totals, StoreError> {
