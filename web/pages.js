@@ -8,12 +8,32 @@ import {
 import { Tree, FlameView } from "./flame.js";
 import { TimelineView } from "./timeline.js";
 
-const LABELS = ["service", "comm", "pid", "exe", "cgroup", "run", "host"];
+const LABELS = ["service", "comm", "pid", "exe", "cgroup", "run", "host", "namespace", "pod"];
 const debug = (window.__baton = { timings: {} });
 
 // ---- Shared pieces ---------------------------------------------------------------------------
 
-// The trace IDs the selection's samples carry (published by the threads: see docs/threadctx.md),
+// The selection's totals per value of a label (any: a thread's, a pod's, a Stack Schema tag);
+// a click on a value adds it as a filter.
+async function byTable(box, params, label) {
+  if (!box) return;
+  if (!label) { box.innerHTML = ""; return; }
+  const p = new URLSearchParams(params);
+  p.set("limit", "20");
+  let v;
+  try { v = await api("/api/v1/labels/" + encodeURIComponent(label), p); } catch (e) { box.innerHTML = `<tr><td>${esc(e.message)}</td></tr>`; return; }
+  const total = v.values.reduce((a, x) => a + x.total, 0);
+  box.innerHTML = `<thead><tr><th>${esc(label)}</th><th class="num">Share</th></tr></thead><tbody>${v.values.map((x) =>
+    `<tr data-by-value="${esc(x.value)}"><td><a href="#">${esc(x.value)}</a></td><td class="num">${pct(x.total, total)}</td></tr>`).join("") || `<tr><td colspan="2">no samples carry ${esc(label)}</td></tr>`}</tbody>`;
+  box.querySelectorAll("tr[data-by-value] a").forEach((a) => a.onclick = (e) => {
+    e.preventDefault();
+    const u = q();
+    setQ({ filter: [...u.getAll("filter"), `${label}=${a.closest("tr").dataset.byValue}`] });
+    explore();
+  });
+}
+
+// The trace IDs the selection's samples carry (published by the threads: see docs/labels.md),
 // most weighted first, each with its heaviest span, linked to the trace UI through the config's
 // `[ui] trace_url`, or without one to Explore filtered by the trace.
 async function traceLinks(box, params, limit = 5) {
@@ -259,7 +279,9 @@ async function explore() {
     </div>
     <div class="panel side"><table id="top"><thead><tr>
       <th class="num" data-k="self">Self %</th><th class="num" data-k="total">Total %</th><th data-k="function">Function</th><th></th>
-    </tr></thead><tbody></tbody></table><div id="fdo"></div><div id="traces"></div></div>
+    </tr></thead><tbody></tbody></table>
+    <div class="by"><label title="totals per value of any label: a thread's (endpoint), a pod's, a Stack Schema tag">group by <input id="by" size="12" placeholder="endpoint" value="${esc(u.get("by") || "")}"></label><table id="by-table"></table></div>
+    <div id="fdo"></div><div id="traces"></div></div>
   </div>`;
   const base = selection(u);
   for (const [id, fmt, name] of [["dl-pprof", "pprof", "baton.pb.gz"], ["dl-collapsed", "collapsed", "baton.folded"], ["dl-speedscope", "speedscope", "baton.speedscope.json"]]) {
@@ -275,6 +297,7 @@ async function explore() {
   $("split").onchange = () => { setQ({ split: $("split").value || null }); explore(); };
   $("refresh").onclick = () => { setQ({ from: null, to: null }); explore(); };
   $("auto").onchange = () => setQ({ auto: $("auto").checked ? "1" : null });
+  $("by").onchange = () => { setQ({ by: $("by").value.trim() || null }); explore(); };
 
   setStatus("loading…");
   const t0 = performance.now();
@@ -320,6 +343,7 @@ async function explore() {
   const tree = got.tree;
   renderTop(tree, u);
   if ((u.get("profiler") || "cpu") === "cpu") renderFdo(base);
+  await byTable($("by-table"), base, u.get("by"));
   await traceLinks($("traces"), base);
   Object.assign(debug.timings, {
     stacks: got.json.stacks, nodes: tree.size, bytes: got.bytes, rawBytes: got.rawBytes,
