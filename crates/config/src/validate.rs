@@ -652,34 +652,6 @@ fn service(
     })
 }
 
-/// Labels every sample has a column for; a service's label cannot take their names.
-const COLUMN_LABELS: &[&str] = &[
-    "comm", "pid", "tid", "exe", "cgroup", "host", "run", "service",
-];
-
-/// Labels Baton's profilers and container detection set themselves.
-const OWN_LABELS: &[&str] = &[
-    "state",
-    "syscall",
-    "op",
-    "function",
-    "request",
-    "kernel",
-    "api",
-    "grid",
-    "block",
-    "stream",
-    "gpu",
-    "gpu_name",
-    "trace_id",
-    "span_id",
-    "container_id",
-    "pod_uid",
-    "pod",
-    "namespace",
-    "container",
-];
-
 /// Checks a service label's or a tag's name: it is stored with each sample or filtered like
 /// one, so it must be a storable label name (lower-case letters, digits and `_`, not starting
 /// with a digit) and not one of the columns.
@@ -692,7 +664,7 @@ pub(crate) fn label_key(k: &str) -> Result<(), String> {
             "label `{k}`: use lower-case letters, digits and `_`, starting with a letter"
         ));
     }
-    if COLUMN_LABELS.contains(&k) || OWN_LABELS.contains(&k) || k == "baton_weight" {
+    if baton_model::registry::BATON_LABELS.contains(&k) {
         return Err(format!(
             "label `{k}` is one Baton sets itself; choose another name"
         ));

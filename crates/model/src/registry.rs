@@ -39,6 +39,40 @@ pub struct Claim {
     pub shared: Option<u32>,
 }
 
+/// Labels Baton sets on samples itself: its columns, `baton_weight`, the profilers' own, the
+/// trace a thread published, and a container's and a pod's. A service's config label may not
+/// take these names, and a label a thread publishes under one is stored as `ctx_<name>`.
+pub const BATON_LABELS: &[&str] = &[
+    "comm",
+    "pid",
+    "tid",
+    "exe",
+    "cgroup",
+    "host",
+    "run",
+    "service",
+    "baton_weight",
+    "state",
+    "syscall",
+    "op",
+    "function",
+    "request",
+    "kernel",
+    "api",
+    "grid",
+    "block",
+    "stream",
+    "gpu",
+    "gpu_name",
+    "trace_id",
+    "span_id",
+    "container_id",
+    "pod_uid",
+    "pod",
+    "namespace",
+    "container",
+];
+
 /// The GPU gauges the `nvml` profiler reads: levels, averaged over windows, never summed.
 pub const GPU_GAUGES: &[&str] = &[
     "gpu_util",

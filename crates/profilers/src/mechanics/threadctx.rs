@@ -33,38 +33,6 @@ const PAGE_BYTES: usize = HEADER_BYTES + MAX_KEYS * KEY_BYTES;
 pub const MAX_VALUE_BYTES: usize = 128;
 /// Distinct values kept per key; later new values are dropped.
 pub const DEFAULT_VALUES_PER_KEY: usize = 1000;
-/// Labels Baton fills itself (its columns, the profilers' own, a container's and a pod's): a
-/// published key of that name is stored as `ctx_<name>`.
-const RESERVED: &[&str] = &[
-    "comm",
-    "pid",
-    "tid",
-    "exe",
-    "cgroup",
-    "host",
-    "run",
-    "service",
-    "trace_id",
-    "span_id",
-    "baton_weight",
-    "state",
-    "syscall",
-    "op",
-    "function",
-    "request",
-    "kernel",
-    "api",
-    "grid",
-    "block",
-    "stream",
-    "gpu",
-    "gpu_name",
-    "container_id",
-    "pod_uid",
-    "pod",
-    "namespace",
-    "container",
-];
 /// Header flag: a thread found its pointer at another offset from its thread pointer than the
 /// header gives (the variable is in dynamic TLS); BPF would read the wrong memory.
 const FLAG_OFFSET_VARIES: u32 = 1;
@@ -479,7 +447,9 @@ pub fn label_name(key: &str) -> Option<String> {
     if name.is_empty() || name.chars().all(|c| c == '_') {
         return None;
     }
-    if name.starts_with(|c: char| c.is_ascii_digit()) || RESERVED.contains(&name.as_str()) {
+    if name.starts_with(|c: char| c.is_ascii_digit())
+        || baton_model::registry::BATON_LABELS.contains(&name.as_str())
+    {
         name = format!("ctx_{name}");
     }
     Some(name)
